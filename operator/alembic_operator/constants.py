@@ -1,0 +1,48 @@
+"""Names fixed by the user-facing contract (../shared/API.md). Users' manifests depend on them: never rename."""
+
+from typing import Final
+
+GROUP: Final = "migrations.alembic-operator.io"
+VERSION: Final = "v1alpha1"
+KIND: Final = "DatabaseMigration"
+PLURAL: Final = "databasemigrations"
+SINGULAR: Final = "databasemigration"
+SHORT_NAME: Final = "dbm"
+CATEGORY: Final = "migrations"
+API_VERSION: Final = f"{GROUP}/{VERSION}"
+
+# Annotations and labels users write.
+APPROVE_ANNOTATION: Final = f"{GROUP}/approve"  # value: status.plan.hash
+WAIT_FOR_LABEL: Final = f"{GROUP}/wait-for"  # on pod templates: the DatabaseMigration's name
+REVISION_ANNOTATION: Final = f"{GROUP}/revision"  # on pod templates: the revision the pod needs
+SCHEDULING_GATE: Final = f"{GROUP}/schema"  # the gate put on held pods
+
+# Labels the operator puts on what it creates.
+OWNER_LABEL: Final = f"{GROUP}/migration"  # the DatabaseMigration's name
+ROLE_LABEL: Final = f"{GROUP}/role"  # plan | backup | migrate | downgrade | restore
+GENERATION_LABEL: Final = f"{GROUP}/generation"
+MANAGED_BY_LABEL: Final = "app.kubernetes.io/managed-by"
+MANAGED_BY: Final = "alembic-operator"
+
+FINALIZER: Final = f"{GROUP}/finalizer"
+
+# Phases (status.phase).
+PHASES: Final = (
+    "Pending",
+    "Planning",
+    "AwaitingApproval",
+    "BackingUp",
+    "Migrating",
+    "RollingBack",
+    "Succeeded",
+    "Failed",
+)
+
+# Condition types.
+READY: Final = "Ready"
+RECONCILING: Final = "Reconciling"
+STALLED: Final = "Stalled"
+BACKUP_SUCCEEDED: Final = "BackupSucceeded"
+MIGRATED: Final = "Migrated"
+ROLLED_BACK: Final = "RolledBack"
+APPROVAL_REQUIRED: Final = "ApprovalRequired"
