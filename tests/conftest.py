@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
 import tempfile
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
+from bed.controlplane import Bed
 from bed.postgres import Database, PostgresServer
+
+if TYPE_CHECKING:
+    from kubernetes.client import ApiClient
 
 # --- PostgreSQL (written by the lead; keep) ---------------------------------------------------------------------
 
@@ -35,3 +43,67 @@ def database(postgres: PostgresServer, request: pytest.FixtureRequest) -> Iterat
         yield db
     finally:
         postgres.drop_database(name)
+
+
+# --- Kubernetes test bed (bed.controlplane) ----------------------------------------------------------------------
+
+Kubectl = Callable[..., "subprocess.CompletedProcess[str]"]
+
+
+@pytest.fixture(scope="session")
+def bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bed]:
+    """A fresh control plane for the session, in a temporary directory, stopped at the end.
+
+    With BED_DIR=DIR set, the bed already running there (`PYTHONPATH=tests python -m bed up --dir DIR`) is used
+    instead and left running: handy when running tests over and over. No environment variable is set.
+    """
+    if reuse := os.environ.get("BED_DIR"):
+        existing = Bed(reuse)
+        if not existing.is_up():
+            pytest.fail(
+                f"BED_DIR={reuse}, but no bed is up there: run `PYTHONPATH=tests python -m bed up --dir {reuse}`"
+            )
+        yield existing
+        return
+    fresh = Bed(tmp_path_factory.mktemp("bed"), daemon=False)
+    fresh.start()
+    try:
+        yield fresh
+    finally:
+        fresh.stop(purge=False)  # keeps logs/ and pki/ in the temporary directory for post-mortems
+
+
+@pytest.fixture(scope="session")
+def kube_api(bed: Bed) -> Iterator[ApiClient]:
+    """A kubernetes ApiClient for the bed's admin kubeconfig (the global kubernetes configuration is untouched)."""
+    api = bed.api_client()
+    try:
+        yield api
+    finally:
+        api.close()  # type: ignore[no-untyped-call]
+
+
+@pytest.fixture
+def namespace(kube_api: ApiClient, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A unique namespace for the test, deleted afterwards (without waiting for it to be gone)."""
+    from kubernetes import client as k8s
+
+    slug = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")[:40].rstrip("-")
+    name = f"t-{slug}-{uuid.uuid4().hex[:6]}"
+    core = k8s.CoreV1Api(kube_api)
+    core.create_namespace(k8s.V1Namespace(metadata=k8s.V1ObjectMeta(name=name)))
+    try:
+        yield name
+    finally:
+        try:
+            core.delete_namespace(name, propagation_policy="Background")
+        except k8s.ApiException as exc:
+            if exc.status != 404:
+                raise
+
+
+@pytest.fixture
+def kubectl(bed: Bed) -> Kubectl:
+    """`kubectl(*args, input=None, check=False, timeout=120)`: runs the cached kubectl against the bed and returns
+    the CompletedProcess (text output)."""
+    return bed.kubectl

@@ -1,0 +1,706 @@
+"""The DatabaseMigration API (v1alpha1) as pydantic models: the one source of truth for the CRD.
+
+``crdgen`` turns these models into the CustomResourceDefinition (``crds/databasemigrations.yaml``) and the field
+reference (``docs/crd-reference.md``); every field's description is what ``kubectl explain`` shows, so it is written
+for the user. The operator reads objects with :func:`parse_spec` / :func:`parse_status` and writes status with
+:func:`dump`.
+
+Conventions:
+
+* Python attributes are snake_case; the Kubernetes names are camelCase aliases (either is accepted on input).
+* The spec is strict: unknown fields and wrong types (``"5"`` for an integer) are refused, as the API server does.
+* Every optional section of the spec defaults to ``{}`` so its own defaults apply when it is omitted.
+* Rules spanning several fields are declared once in :data:`SPEC_RULES`: the CRD gets them as CEL
+  ``x-kubernetes-validations`` and :class:`DatabaseMigrationSpec` checks them in Python with the same message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, ValidationError, model_validator
+from pydantic.alias_generators import to_camel
+
+__all__ = [
+    "SPEC_RULES",
+    "BackupSpec",
+    "BackupStatus",
+    "Condition",
+    "CrossFieldRule",
+    "DatabaseMigrationSpec",
+    "DatabaseMigrationStatus",
+    "DatabaseSpec",
+    "HistoryEntry",
+    "JobTemplateSpec",
+    "MigrationsSpec",
+    "Phase",
+    "PlanStatus",
+    "RollbackStrategy",
+    "RunStatus",
+    "SpecError",
+    "Time",
+    "dump",
+    "parse_spec",
+    "parse_status",
+]
+
+# --- shared pieces ------------------------------------------------------------------------------------------------
+
+Phase = Literal[
+    "Pending",
+    "Planning",
+    "AwaitingApproval",
+    "BackingUp",
+    "Migrating",
+    "RollingBack",
+    "Succeeded",
+    "Failed",
+]
+"""status.phase; the same values, in the same order, as ``constants.PHASES`` (a test checks it)."""
+
+RollbackStrategy = Literal["Auto", "Downgrade", "Restore", "None"]
+ImagePullPolicy = Literal["Always", "IfNotPresent", "Never"]
+ConditionStatus = Literal["True", "False", "Unknown"]
+
+
+def _rfc3339(value: datetime) -> str:
+    """metav1.Time's form: UTC, whole seconds, "Z" (a naive datetime is taken as UTC)."""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+Time = Annotated[datetime, PlainSerializer(_rfc3339, return_type=str, when_used="json")]
+"""A timestamp in status: any RFC 3339 time is read; written (``dump``) as metav1.Time writes it."""
+
+# RFC 1123 subdomain (Secret, ServiceAccount names) and a Secret data key, as Kubernetes validates them.
+DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+SECRET_KEY = r"^[-._a-zA-Z0-9]+$"
+# "head" or an Alembic revision id. Alembic's own ids are 12 hex digits, but `alembic revision --rev-id` accepts any
+# word ("0001_initial" is common); alembic_version.version_num is VARCHAR(32). A "-" or "+" would make it relative
+# ("head-1"), "@" a branch: neither is a fixed target, so both are refused.
+REVISION_PATTERN = r"^[A-Za-z0-9_]+$"
+REVISION_MAX_LENGTH = 32
+# metav1.Condition's own constraints.
+CONDITION_TYPE_PATTERN = (
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])$"
+)
+CONDITION_REASON_PATTERN = r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$"
+
+PRESERVE_UNKNOWN: dict[str, Any] = {"x-kubernetes-preserve-unknown-fields": True}
+"""json_schema_extra for a free-form object (a Kubernetes type the operator passes through untouched)."""
+
+EMPTY_DEFAULT: dict[str, Any] = {"default": {}}
+"""json_schema_extra for a spec section: the API server fills in ``{}`` and then the section's own defaults."""
+
+
+class _SpecModel(BaseModel):
+    """Spec models: camelCase aliases, unknown fields and loose types refused (as the API server does)."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        strict=True,
+        frozen=True,
+    )
+
+
+class _StatusModel(BaseModel):
+    """Status models: camelCase aliases; unknown fields ignored so that an older operator can read a newer status."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+
+
+# --- spec -------------------------------------------------------------------------------------------------------
+
+
+class SecretKeyRef(_SpecModel):
+    """A key of a Secret in the DatabaseMigration's namespace."""
+
+    name: str = Field(
+        min_length=1,
+        max_length=253,
+        pattern=DNS_SUBDOMAIN,
+        description=(
+            "Name of the Secret, in the same namespace as this DatabaseMigration. Required. Example: shop-db. "
+            "The operator and its Jobs read it; its value never appears in status, Events, logs or Job specs."
+        ),
+    )
+    key: str = Field(
+        min_length=1,
+        max_length=253,
+        pattern=SECRET_KEY,
+        description="Key inside the Secret whose value is the database URL. Required. Example: url.",
+    )
+
+
+class DatabaseSpec(_SpecModel):
+    """The database to migrate."""
+
+    url_secret_ref: SecretKeyRef = Field(
+        description=(
+            "The Secret key holding the SQLAlchemy URL of the database, e.g. "
+            "postgresql+psycopg://user:password@host:5432/shop. Required. Use a role that may change the schema."
+        ),
+    )
+
+
+class MigrationsSpec(_SpecModel):
+    """Where the Alembic migration scripts are: the application's own image."""
+
+    image: str = Field(
+        min_length=1,
+        max_length=1024,
+        pattern=r"^\S+$",
+        description=(
+            "The application's container image, holding alembic.ini, env.py, the versions/ directory and the "
+            "models env.py imports. Required. Pin a tag or digest that matches the app being deployed, "
+            "e.g. ghcr.io/acme/shop:1.4.2. Plan, migrate and downgrade Jobs run in this image."
+        ),
+    )
+    config: str = Field(
+        default="alembic.ini",
+        min_length=1,
+        max_length=4096,
+        description=(
+            "Path of the Alembic configuration file inside the image, relative to workingDir or absolute. "
+            'Default "alembic.ini". Example: /app/alembic.ini.'
+        ),
+    )
+    working_dir: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=4096,
+        description=(
+            "Working directory of the migration Jobs' container (where alembic runs, and what relative paths in "
+            "alembic.ini are resolved against). Default: the image's WORKDIR. Example: /app."
+        ),
+    )
+    image_pull_policy: ImagePullPolicy | None = Field(
+        default=None,
+        description=(
+            "Pull policy for the image: Always, IfNotPresent or Never. Default: Kubernetes' own "
+            "(Always for :latest or no tag, otherwise IfNotPresent)."
+        ),
+    )
+
+
+class BackupSpec(_SpecModel):
+    """The backup taken before a migration runs, restored if the migration destroys data and fails."""
+
+    enabled: bool = Field(
+        default=True,
+        description=(
+            "Take a backup of the database before each migration. Default true. Needs volume. Turn it off only "
+            "for databases you can rebuild: without a backup, rollback can only downgrade."
+        ),
+    )
+    volume: dict[str, Any] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=1,
+        description=(
+            "Where backups are written: one Kubernetes volume source (the part of a pod volume after its name), "
+            "e.g. {persistentVolumeClaim: {claimName: shop-backups}}; nfs, csi and others work too. Required when "
+            "enabled is true. It must outlive the Jobs' pods: use a PersistentVolumeClaim in production "
+            "(ReadWriteMany, or ReadWriteOnce if the Jobs can share a node), never emptyDir."
+        ),
+        json_schema_extra=PRESERVE_UNKNOWN,
+    )
+    retain: int = Field(
+        default=5,
+        ge=1,
+        le=1000,
+        description=(
+            "How many backups of this DatabaseMigration to keep on the volume: the newest N are kept, older ones "
+            "deleted after a successful backup. Default 5, minimum 1."
+        ),
+    )
+
+
+class RollbackSpec(_SpecModel):
+    """What the operator does when a migration Job fails."""
+
+    strategy: RollbackStrategy = Field(
+        default="Auto",
+        description=(
+            "What to do when the migration fails. Default Auto. "
+            "Auto: read the database; if it is still at the starting revision nothing more runs; if revisions "
+            "were committed and none destroyed data, downgrade to the starting revision (keeps rows written since "
+            "the backup); otherwise, or if the downgrade fails, restore the backup. "
+            "Downgrade: only run alembic downgrade to the starting revision. "
+            "Restore: only restore the backup (needs backup.enabled). "
+            "None: do nothing but report. "
+            "After a rollback the resource is Failed with condition RolledBack=True."
+        ),
+    )
+
+
+class ApprovalSpec(_SpecModel):
+    """Whether data-losing changes may run without a human."""
+
+    allow_destructive: bool = Field(
+        default=False,
+        description=(
+            "Let plans with data-losing operations (DROP TABLE, DROP COLUMN, TRUNCATE, column type changes...) run "
+            "without approval. Default false: such a plan stops in AwaitingApproval until this is true or the "
+            "resource is annotated migrations.alembic-operator.io/approve=<status.plan.hash> (approves exactly "
+            "that plan)."
+        ),
+    )
+
+
+class LocalObjectReference(_SpecModel):
+    """A reference to an object in the same namespace, by name."""
+
+    name: str = Field(
+        min_length=1,
+        max_length=253,
+        pattern=DNS_SUBDOMAIN,
+        description="Name of the object (here: a Secret of type kubernetes.io/dockerconfigjson). Example: ghcr-pull.",
+    )
+
+
+class JobTemplateSpec(_SpecModel):
+    """Settings applied to the pod of every Job the operator runs (plan, backup, migrate, downgrade, restore)."""
+
+    service_account_name: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=253,
+        pattern=DNS_SUBDOMAIN,
+        description=(
+            "ServiceAccount the Jobs' pods run as. Default: the namespace's default ServiceAccount. "
+            "Example: shop-migrator. The Jobs need no Kubernetes API permissions."
+        ),
+    )
+    resources: dict[str, Any] | None = Field(
+        default=None,
+        description=(
+            "Compute resources of the Jobs' container (a core/v1 ResourceRequirements), "
+            "e.g. {requests: {cpu: 100m, memory: 256Mi}, limits: {memory: 1Gi}}. Default: none."
+        ),
+        json_schema_extra=PRESERVE_UNKNOWN,
+    )
+    node_selector: dict[str, str] = Field(
+        default_factory=dict,
+        max_length=64,
+        description="Node labels the Jobs' pods must run on, e.g. {kubernetes.io/arch: amd64}. Default: any node.",
+    )
+    tolerations: list[dict[str, Any]] = Field(
+        default_factory=list,
+        max_length=64,
+        description=(
+            "Tolerations of the Jobs' pods (core/v1 Toleration), "
+            "e.g. [{key: dedicated, operator: Equal, value: batch, effect: NoSchedule}]. Default: none."
+        ),
+        json_schema_extra={"items": {"type": "object", **PRESERVE_UNKNOWN}},
+    )
+    affinity: dict[str, Any] | None = Field(
+        default=None,
+        description="Affinity of the Jobs' pods (a core/v1 Affinity), e.g. to run next to the database. Default: none.",
+        json_schema_extra=PRESERVE_UNKNOWN,
+    )
+    image_pull_secrets: list[LocalObjectReference] = Field(
+        default_factory=list,
+        max_length=16,
+        description="Secrets used to pull the image from a private registry, e.g. [{name: ghcr-pull}]. Default: none.",
+    )
+    active_deadline_seconds: int | None = Field(
+        default=None,
+        ge=1,
+        description=(
+            "Longest time, in seconds, a Job may run before Kubernetes stops it (and the run counts as failed). "
+            "Must be greater than 0. Default: no limit. Example: 900."
+        ),
+    )
+    env: list[dict[str, Any]] = Field(
+        default_factory=list,
+        max_length=128,
+        description=(
+            "Extra environment variables of the Jobs' container (core/v1 EnvVar), for settings that the "
+            "application's env.py or models need at import time, e.g. [{name: APP_ENV, value: production}]. "
+            "Default: none. The database URL is provided by the operator from database.urlSecretRef."
+        ),
+        json_schema_extra={"items": {"type": "object", **PRESERVE_UNKNOWN}},
+    )
+    pod_labels: dict[str, str] = Field(
+        default_factory=dict,
+        max_length=64,
+        description=(
+            "Labels added to the Jobs' pods, e.g. for network policies: {app.kubernetes.io/part-of: shop}. "
+            "Default: none. The operator's own labels (migrations.alembic-operator.io/*) take precedence."
+        ),
+    )
+    pod_annotations: dict[str, str] = Field(
+        default_factory=dict,
+        max_length=64,
+        description=(
+            'Annotations added to the Jobs\' pods, e.g. {sidecar.istio.io/inject: "false"} (a sidecar that never '
+            "exits keeps a Job from finishing). Default: none."
+        ),
+    )
+    pod_security_context: dict[str, Any] | None = Field(
+        default=None,
+        description=(
+            "Security context of the Jobs' pods (a core/v1 PodSecurityContext), e.g. {runAsNonRoot: true, "
+            "fsGroup: 1000, seccompProfile: {type: RuntimeDefault}}: set fsGroup when the backup volume must be "
+            "writable by the image's user. Default: none."
+        ),
+        json_schema_extra=PRESERVE_UNKNOWN,
+    )
+    security_context: dict[str, Any] | None = Field(
+        default=None,
+        description=(
+            "Security context of the Jobs' container (a core/v1 SecurityContext), e.g. "
+            "{allowPrivilegeEscalation: false, capabilities: {drop: [ALL]}} where Pod Security 'restricted' is "
+            "enforced. Default: none."
+        ),
+        json_schema_extra=PRESERVE_UNKNOWN,
+    )
+
+
+def _spec_schema_extra(schema: dict[str, Any]) -> None:
+    """Attach the cross-field rules to the spec's JSON schema (as the CRD's CEL validations)."""
+    schema["x-kubernetes-validations"] = [rule.cel() for rule in SPEC_RULES]
+
+
+class DatabaseMigrationSpec(_SpecModel):
+    """The desired state: which database, which migration scripts, which revision, and how to do it safely."""
+
+    model_config = ConfigDict(json_schema_extra=_spec_schema_extra)
+
+    database: DatabaseSpec = Field(description="The database to migrate. Required.")
+    migrations: MigrationsSpec = Field(
+        description="The Alembic migration scripts: the application's image and where alembic.ini is. Required.",
+    )
+    target_revision: str = Field(
+        min_length=1,
+        max_length=REVISION_MAX_LENGTH,
+        pattern=REVISION_PATTERN,
+        description=(
+            'The revision the database should be at: "head" (the newest revision in the image) or a revision id '
+            "such as 9d81aa02c4f5 (letters, digits and underscores, at most 32). Required. It must be the "
+            "database's revision or a newer one: an older one stalls with DowngradeNotSupported (the operator only "
+            "upgrades; a failed upgrade is rolled back for you). Changing it (or the image) starts a new run."
+        ),
+    )
+    suspend: bool = Field(
+        default=False,
+        description=(
+            "Stop starting new work: while true, no new plan, backup or migration Job is started (one already "
+            "running is finished). Default false. Useful during maintenance."
+        ),
+    )
+    backup: BackupSpec = Field(
+        default_factory=BackupSpec,
+        description="The backup taken before each migration. Default: enabled, which needs backup.volume.",
+        json_schema_extra=EMPTY_DEFAULT,
+    )
+    rollback: RollbackSpec = Field(
+        default_factory=RollbackSpec,
+        description="What happens when a migration fails. Default: strategy Auto.",
+        json_schema_extra=EMPTY_DEFAULT,
+    )
+    approval: ApprovalSpec = Field(
+        default_factory=ApprovalSpec,
+        description="Approval of data-losing changes. Default: they wait for approval.",
+        json_schema_extra=EMPTY_DEFAULT,
+    )
+    job_template: JobTemplateSpec = Field(
+        default_factory=JobTemplateSpec,
+        description="Pod settings for every Job the operator runs. Optional.",
+        json_schema_extra=EMPTY_DEFAULT,
+    )
+
+    @model_validator(mode="after")
+    def _cross_field_rules(self) -> DatabaseMigrationSpec:
+        for rule in SPEC_RULES:
+            if not rule.check(self):
+                raise ValueError(rule.message)
+        return self
+
+
+@dataclass(frozen=True)
+class CrossFieldRule:
+    """A rule over several spec fields: a CEL expression for the API server and the same check in Python."""
+
+    rule: str
+    """CEL, evaluated with ``self`` = the spec (after defaults)."""
+    message: str
+    """Names the field and the fix; shown by kubectl and raised by :func:`parse_spec`."""
+    field_path: str
+    """Where the API server reports the error (relative to spec)."""
+    reason: Literal["FieldValueInvalid", "FieldValueRequired", "FieldValueForbidden"]
+    check: Callable[[DatabaseMigrationSpec], bool]
+
+    def cel(self) -> dict[str, str]:
+        return {"rule": self.rule, "message": self.message, "fieldPath": self.field_path, "reason": self.reason}
+
+
+SPEC_RULES: tuple[CrossFieldRule, ...] = (
+    CrossFieldRule(
+        rule="!self.backup.enabled || has(self.backup.volume)",
+        message=(
+            "spec.backup.volume is required when spec.backup.enabled is true (the default): set spec.backup.volume "
+            "to a volume source, e.g. {persistentVolumeClaim: {claimName: my-backups}}, "
+            "or set spec.backup.enabled: false to migrate without backups"
+        ),
+        field_path=".backup.volume",
+        reason="FieldValueRequired",
+        check=lambda spec: not spec.backup.enabled or spec.backup.volume is not None,
+    ),
+    CrossFieldRule(
+        rule="self.rollback.strategy != 'Restore' || self.backup.enabled",
+        message=(
+            "spec.rollback.strategy Restore needs a backup: set spec.backup.enabled: true (with spec.backup.volume), "
+            "or choose spec.rollback.strategy Auto, Downgrade or None"
+        ),
+        field_path=".rollback.strategy",
+        reason="FieldValueInvalid",
+        check=lambda spec: spec.rollback.strategy != "Restore" or spec.backup.enabled,
+    ),
+    CrossFieldRule(
+        rule="!(self.targetRevision in ['heads', 'base'])",
+        message=(
+            'spec.targetRevision must be "head" or one revision id: "heads" is refused (merge the heads with '
+            'alembic merge and target the merge revision) and so is "base" (it would remove the whole schema)'
+        ),
+        field_path=".targetRevision",
+        reason="FieldValueInvalid",
+        check=lambda spec: spec.target_revision not in ("heads", "base"),
+    ),
+)
+
+
+# --- status -----------------------------------------------------------------------------------------------------
+
+
+class Condition(_StatusModel):
+    """A metav1.Condition: one aspect of the resource's state, as kstatus, Flux, Argo CD and kubectl wait read it."""
+
+    type: str = Field(
+        max_length=316,
+        pattern=CONDITION_TYPE_PATTERN,
+        description=(
+            "Kind of condition: Ready, Reconciling, Stalled, BackupSucceeded, Migrated, RolledBack or ApprovalRequired."
+        ),
+    )
+    status: ConditionStatus = Field(description="True, False or Unknown.")
+    observed_generation: int | None = Field(
+        default=None,
+        ge=0,
+        description="The metadata.generation this condition was set for; older means it is out of date.",
+    )
+    last_transition_time: Time = Field(
+        description="When status last changed (RFC 3339).",
+    )
+    reason: str = Field(
+        min_length=1,
+        max_length=1024,
+        pattern=CONDITION_REASON_PATTERN,
+        description="Why, as a stable CamelCase word, e.g. Succeeded, JobFailed, DestructiveChangesNotApproved.",
+    )
+    message: str = Field(
+        max_length=32768,
+        description="What happened and what to do, for humans. Never holds database URLs or passwords.",
+    )
+
+
+class PlanStatus(_StatusModel):
+    """What a run does (or did): computed from the scripts in the image before anything runs."""
+
+    revisions: list[str] = Field(
+        default_factory=list,
+        description="Revisions that run, in order (for a downgrade: the ones undone, newest first).",
+    )
+    destructive: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Data-losing operations found in the SQL the plan emits, e.g. "
+            '"DROP COLUMN orders.legacy_code (revision 9d81aa02c4f5)". Empty when there are none.'
+        ),
+    )
+    warnings: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Operations that keep the data but may lock tables or break the running application, e.g. an index "
+            "built without CONCURRENTLY, or a revision that could not be rendered offline. They need no approval."
+        ),
+    )
+    hash: str | None = Field(
+        default=None,
+        description=(
+            "Identity of this plan (sha256:<hex>): annotate the resource with "
+            "migrations.alembic-operator.io/approve=<hash> to approve exactly this plan."
+        ),
+    )
+    from_revision: str | None = Field(
+        default=None,
+        description="The database's revision the plan starts from (empty: an empty database).",
+    )
+    to_revision: str | None = Field(default=None, description="The revision the plan ends at.")
+    generation: int | None = Field(default=None, description="The metadata.generation the plan was made for.")
+
+
+class BackupStatus(_StatusModel):
+    """The newest backup taken for this resource."""
+
+    location: str | None = Field(default=None, description="Where the backup is, a path on backup.volume.")
+    size_bytes: int | None = Field(
+        default=None,
+        ge=0,
+        description="Size of the backup file in bytes.",
+        json_schema_extra={"format": "int64"},
+    )
+    sha256: str | None = Field(default=None, description="SHA-256 of the backup file, in hex.")
+    revision: str | None = Field(default=None, description="The database's revision when the backup was taken.")
+    completed_at: Time | None = Field(default=None, description="When the backup finished (RFC 3339).")
+
+
+class HistoryEntry(_StatusModel):
+    """One finished run."""
+
+    generation: int | None = Field(default=None, description="The metadata.generation the run was for.")
+    from_: str | None = Field(default=None, alias="from", description="The revision the database was at before.")
+    to: str | None = Field(default=None, description="The revision the run aimed at.")
+    result: str | None = Field(
+        default=None,
+        description="How it ended: Succeeded, Failed or RolledBack (the reason tells more).",
+    )
+    reason: str | None = Field(default=None, description="A CamelCase reason, as in the conditions.")
+    started_at: Time | None = Field(default=None, description="When the run started (RFC 3339).")
+    finished_at: Time | None = Field(default=None, description="When the run ended (RFC 3339).")
+    backup: str | None = Field(default=None, description="Location of the backup taken for this run, if any.")
+
+
+class RunStatus(_StatusModel):
+    """The operator's bookkeeping for the run under way, so that a restarted operator picks it up where it was."""
+
+    model_config = ConfigDict(extra="allow")
+
+    generation: int | None = Field(default=None, description="The metadata.generation being worked on.")
+    started_at: Time | None = Field(default=None, description="When the run started (RFC 3339).")
+    start_revision: str | None = Field(
+        default=None,
+        description="The database's revision when the run started: where a rollback returns to.",
+    )
+    target_revision: str | None = Field(default=None, description="The resolved revision the run aims at.")
+    image: str | None = Field(default=None, description="The migrations image the run uses.")
+    plan_hash: str | None = Field(default=None, description="Hash of the plan being carried out.")
+    jobs: dict[str, str] = Field(
+        default_factory=dict,
+        description="Names of the Jobs started for this run, by role (plan, backup, migrate, downgrade, restore).",
+    )
+
+
+class DatabaseMigrationStatus(_StatusModel):
+    """The observed state, written by the operator."""
+
+    observed_generation: int = Field(
+        default=-1,
+        description=(
+            "The metadata.generation the operator last acted on; -1 until it has seen the resource. "
+            "While it differs from metadata.generation, the resource is still being processed."
+        ),
+    )
+    phase: Phase | None = Field(
+        default=None,
+        description=(
+            "Where the current run is: Pending, Planning, AwaitingApproval, BackingUp, Migrating, RollingBack, "
+            "Succeeded or Failed. Read the conditions for automation."
+        ),
+    )
+    message: str | None = Field(
+        default=None,
+        description="What is happening or went wrong, and what to do, in one sentence.",
+    )
+    current_revision: str | None = Field(
+        default=None,
+        description="The revision in the database's alembic_version table, read by the operator (empty: none).",
+    )
+    target_revision: str | None = Field(
+        default=None,
+        description='The resolved target: spec.targetRevision with "head" resolved to a revision id.',
+    )
+    plan: PlanStatus | None = Field(default=None, description="What the current or last run does.")
+    backup: BackupStatus | None = Field(default=None, description="The newest backup of this resource.")
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        description=(
+            "Standard conditions: Ready (at targetRevision for this generation), Reconciling (work under way), "
+            "Stalled (needs a human; reason says why), BackupSucceeded, Migrated, RolledBack, ApprovalRequired."
+        ),
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
+    history: list[HistoryEntry] = Field(
+        default_factory=list,
+        description="Finished runs, newest last (the operator keeps the last few).",
+    )
+    held_pods: int | None = Field(
+        default=None,
+        ge=0,
+        description="Pods waiting for this migration (label migrations.alembic-operator.io/wait-for), still gated.",
+    )
+    run: RunStatus | None = Field(
+        default=None,
+        description="The operator's bookkeeping for the run under way. Not for users; may change between versions.",
+        json_schema_extra=PRESERVE_UNKNOWN,
+    )
+
+
+# --- helpers ----------------------------------------------------------------------------------------------------
+
+
+class SpecError(ValueError):
+    """An invalid DatabaseMigration spec; ``problems`` holds one line per problem, each naming its field path."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("invalid DatabaseMigration spec: " + "; ".join(problems))
+
+
+def _path(loc: tuple[int | str, ...], root: str) -> str:
+    out = root
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return out
+
+
+def _problems(err: ValidationError, root: str) -> list[str]:
+    problems = []
+    for e in err.errors():
+        if e["type"] == "value_error" and "error" in e.get("ctx", {}):
+            msg = str(e["ctx"]["error"])  # our own rule messages name the field themselves
+            problems.append(msg if not e["loc"] else f"{_path(e['loc'], root)}: {msg}")
+            continue
+        msg = {"extra_forbidden": "unknown field", "missing": "required field is missing"}.get(e["type"], e["msg"])
+        problems.append(f"{_path(e['loc'], root)}: {msg}")
+    return problems
+
+
+def parse_spec(spec: Any) -> DatabaseMigrationSpec:
+    """Validate ``.spec`` of a DatabaseMigration (as read from the API: camelCase), raising :class:`SpecError`."""
+    if not isinstance(spec, Mapping):  # kopf hands over a Mapping view (kopf.Spec), not a dict
+        raise SpecError([f"spec: must be an object, not {type(spec).__name__}"])
+    try:
+        return DatabaseMigrationSpec.model_validate(dict(spec))
+    except ValidationError as err:
+        raise SpecError(_problems(err, "spec")) from None
+
+
+def parse_status(status: Any) -> DatabaseMigrationStatus:
+    """Read ``.status`` (missing or empty gives the defaults); fields this version does not know are ignored."""
+    return DatabaseMigrationStatus.model_validate(dict(status or {}))
+
+
+def dump(model: BaseModel) -> dict[str, Any]:
+    """A model as Kubernetes JSON: camelCase keys, RFC 3339 times, unset optional fields left out.
+
+    In a merge patch a left-out key keeps its old value: to clear a status field, send it as ``None`` explicitly.
+    """
+    return model.model_dump(mode="json", by_alias=True, exclude_none=True)

@@ -1,0 +1,80 @@
+"""`alembic-operator`: the operator (`run`), the commands its Jobs run (`job ...`), and tools (`crd`)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import sys
+from importlib import resources
+from pathlib import Path
+
+
+def _run(args: argparse.Namespace) -> int:
+    import kopf
+
+    from . import handlers
+
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    namespaces = [ns for item in args.namespace for ns in item.split(",") if ns]
+    handlers.runtime.namespaces = namespaces or None
+    kopf.configure(verbose=args.verbose)
+    kopf.run(
+        clusterwide=not namespaces,
+        namespaces=namespaces,
+        liveness_endpoint=args.liveness,
+        standalone=args.standalone,
+        peering_name=args.peering,
+        priority=args.priority,
+    )
+    return 0
+
+
+def install_runner(dest: str) -> int:
+    """Copy the self-contained runner (run by the app's image) into the Job's shared volume."""
+    source = resources.files("alembic_operator.runner").joinpath("alembic_runner.py")
+    target = Path(dest)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with resources.as_file(source) as path:
+        shutil.copyfile(path, target)
+    target.chmod(0o644)
+    print(f"runner installed at {target}", file=sys.stderr)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["job"]:
+        if argv[1:2] == ["install-runner"]:
+            return install_runner(argv[2] if len(argv) > 2 else "/alembic-operator/runner.py")
+        from . import jobtools
+
+        return jobtools.main(argv[1:])
+    if argv[:1] == ["crd"]:
+        from . import crdgen
+
+        return crdgen.main(argv[1:])
+
+    parser = argparse.ArgumentParser(prog="alembic-operator", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the operator")
+    run.add_argument("-n", "--namespace", action="append", default=[],
+                     help="watch only these namespaces (repeat or comma-separate); default: all namespaces")
+    run.add_argument("--liveness", default="http://0.0.0.0:8080/healthz",
+                     help="liveness endpoint URL (default %(default)s)")
+    run.add_argument("--peering", default=None, help="KopfPeering name: with several replicas, only one is active")
+    run.add_argument("--standalone", action="store_true", help="no peering (a single replica)")
+    run.add_argument("--priority", type=int, default=0, help="peering priority (give replicas distinct values)")
+    run.add_argument("-v", "--verbose", action="store_true")
+    sub.add_parser("job", help="commands run inside the operator's Jobs (scan, backup, restore, install-runner)")
+    sub.add_parser("crd", help="generate the CRD and its reference (--check to compare with the files)")
+    args = parser.parse_args(argv)
+    if args.command == "run":
+        return _run(args)
+    parser.print_help()
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,254 @@
+"""Kopf handlers: observe, call `reconcile.decide`, act. No decisions are made here.
+
+One daemon per DatabaseMigration loops observe -> decide -> act, and sleeps until a Job of its own changes (the Job
+watch wakes it), the resource changes, or the decision's requeue time passes. Everything it needs to continue is
+in the resource's status and in its Jobs, so a restarted operator resumes every run where it was.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import kopf
+from kubernetes.client import ApiException
+
+from . import __version__, kube
+from . import constants as c
+from .api import parse_spec
+from .dbstate import DatabaseError, DatabaseTarget, decode_secret_value, parse_url, read_revision, sanitize
+from .jobs import ROLES, Owner, build_job, job_name, lock_key
+from .reconcile import WRITING_STEPS, DatabaseObservation, Decision, JobObservation, Observation, decide
+
+log = logging.getLogger("alembic_operator")
+Logger = logging.Logger | logging.LoggerAdapter[Any]
+JobState = Literal["active", "succeeded", "failed"]
+
+OPERATOR_IMAGE = os.environ.get("ALEMBIC_OPERATOR_IMAGE", f"ghcr.io/alembic-operator/alembic-operator:{__version__}")
+
+
+class Runtime:
+    """In-memory state of this operator process; rebuilt from the cluster at start-up."""
+
+    def __init__(self) -> None:
+        self.wakeups: dict[tuple[str, str], asyncio.Event] = {}
+        self.writers: dict[str, set[tuple[str, str]]] = {}  # database key -> resources writing to it
+        self.db_locks: dict[str, asyncio.Lock] = {}
+        self.namespaces: list[str] | None = None
+
+    def wake(self, namespace: str, name: str) -> None:
+        self.wakeups.setdefault((namespace, name), asyncio.Event()).set()
+
+    def note(self, key: str | None, ref: tuple[str, str], run: dict[str, Any]) -> None:
+        for holders in self.writers.values():
+            holders.discard(ref)
+        if key and run.get("step") in WRITING_STEPS:
+            self.writers.setdefault(key, set()).add(ref)
+
+    def busy_with(self, key: str, ref: tuple[str, str]) -> str | None:
+        others = sorted(self.writers.get(key, set()) - {ref})
+        return f"DatabaseMigration {others[0][0]}/{others[0][1]}" if others else None
+
+
+runtime = Runtime()
+
+
+@kopf.on.startup()
+async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+    settings.persistence.finalizer = c.FINALIZER
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=c.GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=c.GROUP)
+    settings.posting.level = logging.WARNING  # our Events are explicit; handler logs stay logs
+    settings.watching.server_timeout = 300
+    settings.networking.request_timeout = 60
+    kube.configure()
+    # Who is writing to which database, from the statuses: the lock survives a restart of the operator.
+    for obj in await kube.list_migrations(runtime.namespaces):
+        run = (obj.get("status") or {}).get("run") or {}
+        meta = obj["metadata"]
+        runtime.note(run.get("databaseKey"), (meta["namespace"], meta["name"]), run)
+
+
+@kopf.on.event("batch", "v1", "jobs", labels={c.MANAGED_BY_LABEL: c.MANAGED_BY})
+async def job_changed(labels: Mapping[str, str], namespace: str | None, **_: Any) -> None:
+    if namespace and (owner := labels.get(c.OWNER_LABEL)):
+        runtime.wake(namespace, owner)
+
+
+@kopf.on.event(c.GROUP, c.VERSION, c.PLURAL)
+async def migration_changed(namespace: str | None, name: str, **_: Any) -> None:
+    if namespace:
+        runtime.wake(namespace, name)
+
+
+@kopf.daemon(c.GROUP, c.VERSION, c.PLURAL, cancellation_timeout=10)
+async def run_migration(namespace: str | None, name: str, stopped: kopf.DaemonStopped, logger: Logger,
+                        **_: Any) -> None:
+    assert namespace, "DatabaseMigration is namespaced"
+    wake = runtime.wakeups.setdefault((namespace, name), asyncio.Event())
+    backoff = 1.0
+    while not stopped:
+        wake.clear()
+        try:
+            delay = await reconcile(namespace, name, logger)
+            backoff = 1.0
+        except Exception as err:  # API hiccups: retry with backoff, never die
+            logger.warning("reconcile failed, retrying in %.0fs: %s", backoff, type(err).__name__)
+            logger.debug("reconcile failure", exc_info=True)
+            delay, backoff = backoff, min(backoff * 2, 60.0)
+        if delay is None:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(wake.wait(), timeout=delay)
+
+
+@kopf.on.delete(c.GROUP, c.VERSION, c.PLURAL)
+async def on_delete(namespace: str | None, name: str, logger: Logger, **_: Any) -> None:
+    """Never kill a running migration: hold the finalizer until the run has nothing writing to the database.
+
+    The database and the backups are never touched by a deletion; a failed migration still gets its rollback.
+    """
+    assert namespace, "DatabaseMigration is namespaced"
+    await reconcile(namespace, name, logger, deleting=True)
+    obj = await kube.get_migration(namespace, name)
+    run = ((obj or {}).get("status") or {}).get("run") or {}
+    jobs = await kube.list_jobs(namespace, name)
+    active = [j["metadata"]["name"] for j in jobs if _job_state(j) == "active"]
+    if active:
+        raise kopf.TemporaryError(f"waiting for Job {', '.join(active)} to finish before deleting", delay=5)
+    runtime.note(None, (namespace, name), {})
+    logger.info("deleted; the database and the backups were left as they are (run step %s)", run.get("step"))
+
+
+# --- observe ----------------------------------------------------------------------------------------------------
+
+
+def _job_state(job: dict[str, Any]) -> JobState:
+    for cond in (job.get("status") or {}).get("conditions") or []:
+        if cond.get("status") == "True" and cond.get("type") in ("Complete", "Failed"):
+            return "succeeded" if cond["type"] == "Complete" else "failed"
+    return "active"
+
+
+async def _observe_job(namespace: str, job: dict[str, Any], target: DatabaseTarget | None) -> JobObservation:
+    name = job["metadata"]["name"]
+    state = _job_state(job)
+    if state == "active":
+        return JobObservation(name=name, state="active")
+    results: list[dict[str, Any]] = []
+    notes: list[str] = []
+    for cond in (job.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == "Failed" and cond.get("status") == "True":
+            notes.append(f"{cond.get('reason')}: {cond.get('message')}")
+    pods = await kube.job_pods(namespace, name)
+    for pod in sorted(pods, key=lambda p: p["metadata"].get("creationTimestamp") or ""):
+        st = pod.get("status") or {}
+        statuses = list(st.get("initContainerStatuses") or []) + list(st.get("containerStatuses") or [])
+        for cs in statuses:
+            term = (cs.get("state") or {}).get("terminated") or (cs.get("lastState") or {}).get("terminated")
+            if not term or (cs.get("name") == "runner" and term.get("exitCode") == 0):
+                continue
+            result = kube.parse_result(term.get("message"))
+            if result is not None:
+                result["container"] = cs.get("name")
+                results.append(result)
+            elif term.get("exitCode"):
+                tail = sanitize((term.get("message") or "").strip()[-400:], target.url if target else None)
+                notes.append(f"container {cs.get('name')} exited {term.get('exitCode')} ({term.get('reason')})"
+                             + (f": {tail}" if tail else ""))
+    failed = [r for r in results if not r.get("ok")]
+    result = failed[0] if failed else (results[-1] if results else None)
+    if result and target:
+        result = {k: sanitize(v, target.url) if isinstance(v, str) else v for k, v in result.items()}
+    return JobObservation(name=name, state=state, result=result, message="; ".join(notes))
+
+
+async def _observe_database(namespace: str, spec: dict[str, Any]) -> tuple[DatabaseObservation, DatabaseTarget | None]:
+    try:
+        ref = parse_spec(spec).database.url_secret_ref
+    except ValueError as err:
+        return DatabaseObservation(error_reason="InvalidSpec", error_message=str(err)), None
+    try:
+        data = await kube.read_secret_data(namespace, ref.name)
+        if data is None:
+            raise DatabaseError("SecretNotFound", f"Secret {namespace}/{ref.name} (spec.database.urlSecretRef.name) "
+                                "does not exist: create it with the database URL under key " + ref.key)
+        target = parse_url(decode_secret_value(data, f"{namespace}/{ref.name}", ref.key), ref.name, ref.key)
+    except DatabaseError as err:
+        return err.observation(), None
+    return await asyncio.to_thread(read_revision, target), target
+
+
+# --- reconcile --------------------------------------------------------------------------------------------------
+
+
+async def reconcile(namespace: str, name: str, logger: Logger, deleting: bool = False) -> float | None:
+    """Observe, decide, act once; return seconds until the next look (None: the resource is gone)."""
+    for _attempt in range(5):
+        obj = await kube.get_migration(namespace, name)
+        if obj is None:
+            runtime.note(None, (namespace, name), {})
+            return None
+        meta = obj["metadata"]
+        if meta.get("deletionTimestamp") and not deleting:
+            return None  # the delete handler owns it now
+        status = dict(obj.get("status") or {})
+        run = dict(status.get("run") or {})
+        generation = int(meta.get("generation") or 1)
+        writing = run.get("step") in WRITING_STEPS
+        if deleting and not writing:
+            return None
+        run_generation = int(run["generation"]) if writing else generation
+        run_spec = run.get("spec") if writing else obj.get("spec")
+
+        database, target = await _observe_database(namespace, run_spec or {})
+        async with runtime.db_locks.setdefault(target.key if target else "", asyncio.Lock()):
+            jobs: dict[str, JobObservation] = {}
+            for job in await kube.list_jobs(namespace, name):
+                labels = job["metadata"].get("labels") or {}
+                if labels.get(c.GENERATION_LABEL) == str(run_generation) and labels.get(c.ROLE_LABEL) in ROLES:
+                    jobs[labels[c.ROLE_LABEL]] = await _observe_job(namespace, job, target)
+            ref = (namespace, name)
+            obs = Observation(
+                name=name, namespace=namespace, generation=generation, spec=dict(obj.get("spec") or {}),
+                annotations=dict(meta.get("annotations") or {}), status=status, database=database, jobs=jobs,
+                now=datetime.now(UTC), busy_with=runtime.busy_with(target.key, ref) if target else None,
+            )
+            decision = decide(obs)
+            if deleting:  # finish what was started (a rollback included), start nothing new
+                decision.jobs = [j for j in decision.jobs if j.role in ("downgrade", "restore")]
+            if target:
+                decision.status.setdefault("run", {})["databaseKey"] = target.key
+            await _act(obj, decision, target)
+            try:
+                if decision.status != status:
+                    await kube.replace_status(obj, decision.status)
+            except ApiException as err:
+                if err.status == 409:
+                    continue  # the object moved on: observe again
+                raise
+            runtime.note(target.key if target else None, ref, decision.status.get("run") or {})
+        for kind, reason, message in decision.events:
+            kopf.event(kopf.Body(obj),  # type: ignore[arg-type]
+                       type=kind, reason=reason, message=message)
+            (logger.warning if kind == "Warning" else logger.info)("%s: %s", reason, message)
+        return decision.requeue_after
+    return 1.0
+
+
+async def _act(obj: dict[str, Any], decision: Decision, target: DatabaseTarget | None) -> None:
+    meta = obj["metadata"]
+    for req in decision.jobs:
+        owner = Owner(name=meta["name"], namespace=meta["namespace"], uid=meta["uid"], generation=req.generation)
+        args = dict(req.args)
+        if req.role in ("migrate", "downgrade"):
+            args["lockKey"] = str(lock_key(target.key if target else meta["uid"]))
+        manifest = build_job(req.role, owner, parse_spec(req.spec), operator_image=OPERATOR_IMAGE, args=args)
+        await kube.create_job(manifest)
+        decision.status.setdefault("run", {}).setdefault("jobs", {})[req.role] = job_name(
+            owner.name, req.role, req.generation)

@@ -1,0 +1,479 @@
+"""What to do next, given what was observed. Pure: no I/O, no clock, no Kubernetes client.
+
+A *run* carries one generation of a DatabaseMigration from plan to a result:
+
+    Planning -> [AwaitingApproval] -> [BackingUp] -> Migrating -> Done (Succeeded)
+                                                        `-> RollingBack -> Done (Failed, rolled back or not)
+
+The run lives in `status.run`, so a restarted operator continues where the last one stopped: Jobs have
+deterministic names (one per role and generation), so a step is never started twice. A new generation replaces
+a run that has not yet written anything (Planning, AwaitingApproval); from BackingUp on, the run finishes first and
+the new generation is queued behind it.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+
+from . import constants as c
+from . import status as s
+from .api import DatabaseMigrationSpec, parse_spec
+from .jobs import Role
+
+HISTORY_LIMIT = 10
+# A database or API error that lasts longer than this turns from Reconciling into Stalled (it still retries).
+TRANSIENT_GRACE = timedelta(minutes=5)
+POLL_ACTIVE = 10.0  # seconds; Job watch events usually wake the reconciler long before
+POLL_IDLE = 60.0
+PLAN_ERRORS = {"MultipleHeads", "UnknownRevision", "UnknownTargetRevision", "DowngradeNotSupported"}
+WRITING_STEPS = {"BackingUp", "Migrating", "RollingBack"}
+BASE = "base"
+SUSPENDED = s.progressing("Pending", "Suspended", "spec.suspend is true: no plan, backup or migration Job starts "
+                          "until it is false")
+
+
+@dataclass(frozen=True)
+class JobObservation:
+    name: str
+    state: Literal["absent", "active", "succeeded", "failed"]
+    result: dict[str, Any] | None = None  # the JSON termination message of the container that reported
+    message: str = ""  # why a Job failed when no result says (DeadlineExceeded, pod evicted...)
+
+
+@dataclass(frozen=True)
+class DatabaseObservation:
+    revision: str | None = None  # None: no revision (empty database, or alembic_version absent)
+    error_reason: str | None = None  # SecretNotFound, InvalidDatabaseURL, DatabaseUnreachable...
+    error_message: str = ""
+    transient: bool = False  # worth retrying without a human
+
+    @property
+    def ok(self) -> bool:
+        return self.error_reason is None
+
+
+@dataclass(frozen=True)
+class Observation:
+    name: str
+    namespace: str
+    generation: int
+    spec: dict[str, Any]
+    annotations: dict[str, str]
+    status: dict[str, Any]
+    database: DatabaseObservation
+    jobs: dict[str, JobObservation]  # by role, for the run's generation
+    now: datetime
+    busy_with: str | None = None  # another DatabaseMigration writing to the same database
+
+
+@dataclass(frozen=True)
+class JobRequest:
+    role: Role
+    generation: int
+    spec: dict[str, Any]  # the spec of the run (not the live one: a queued edit must not leak into it)
+    args: dict[str, str]
+
+
+@dataclass
+class Decision:
+    status: dict[str, Any]
+    jobs: list[JobRequest] = field(default_factory=list)
+    events: list[tuple[str, str, str]] = field(default_factory=list)  # (Normal|Warning, reason, message)
+    requeue_after: float | None = None
+
+
+def plan_hash(plan: dict[str, Any], image: str) -> str:
+    """The approval key: changes whenever anything that will run changes (revisions, SQL, image)."""
+    material = {
+        "from": plan.get("current"),
+        "to": plan.get("target"),
+        "revisions": plan.get("revisions", []),
+        "destructive": plan.get("destructive", []),
+        "sql": plan.get("sqlSha256"),
+        "image": image,
+    }
+    return "sha256:" + hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
+
+
+def _rev(revision: str | None) -> str:
+    return revision or BASE
+
+
+class _Run:
+    """One decide() call: the status being built and the decision's side effects."""
+
+    def __init__(self, obs: Observation) -> None:
+        self.obs = obs
+        self.st: dict[str, Any] = copy.deepcopy(obs.status)
+        self.run: dict[str, Any] = dict(self.st.get("run") or {})
+        self.decision = Decision(status=self.st)
+        self.generation = int(self.run.get("generation") or obs.generation)
+
+    # --- helpers ------------------------------------------------------------------------------------------------
+    def now(self) -> str:
+        return s.now_rfc3339(self.obs.now)
+
+    def outcome(self, outcome: s.Outcome, requeue: float | None = None) -> Decision:
+        before = (self.obs.status.get("phase"), s.get_condition(self.obs.status, c.STALLED) or {})
+        self.st["run"] = self.run
+        if self.obs.generation != self.generation and self.run.get("step") != "Done":
+            outcome = s.Outcome(outcome.kind, outcome.phase, outcome.reason,
+                                f"{outcome.message} (generation {self.obs.generation} is queued behind this run)")
+        st = s.summarize(self.st, outcome, self.generation, self.obs.now)
+        stalled_before = before[1].get("status") == "True" and before[1].get("reason") == outcome.reason
+        if before[0] != outcome.phase or (outcome.kind == "stalled" and not stalled_before):
+            kind = "Warning" if outcome.kind == "stalled" or outcome.phase == "Failed" else "Normal"
+            self.decision.events.append((kind, outcome.reason, f"{outcome.phase}: {outcome.message}"))
+        self.decision.status = st
+        self.decision.requeue_after = requeue
+        return self.decision
+
+    def condition(self, type_: str, value: Literal["True", "False", "Unknown"], reason: str, message: str) -> None:
+        self.st = s.set_condition(self.st, type_, value, reason, message, self.generation, self.obs.now)
+
+    def start_job(self, role: Role, args: dict[str, str]) -> None:
+        self.run.setdefault("jobs", {})
+        self.decision.jobs.append(JobRequest(role, self.generation, self.run["spec"], args))
+
+    def job(self, role: Role) -> JobObservation:
+        return self.obs.jobs.get(role) or JobObservation(name="", state="absent")
+
+    def suspended(self) -> bool:
+        try:
+            return parse_spec(self.obs.spec).suspend
+        except ValueError:
+            return False
+
+    def spec(self) -> DatabaseMigrationSpec:
+        return parse_spec(self.run["spec"])
+
+    def finish(self, result: str, reason: str) -> None:
+        history = list(self.st.get("history") or [])
+        entry = {
+            "generation": self.generation,
+            "from": _rev(self.run.get("startRevision")),
+            "to": self.run.get("targetRevision") or self.run["spec"].get("targetRevision"),
+            "result": result,
+            "reason": reason,
+            "startedAt": self.run.get("startedAt"),
+            "finishedAt": self.now(),
+        }
+        if self.run.get("backup"):
+            entry["backup"] = self.run["backup"].get("location")
+        history.append({k: v for k, v in entry.items() if v is not None})
+        self.st["history"] = history[-HISTORY_LIMIT:]
+        self.run["step"] = "Done"
+        self.run["result"] = result
+
+    def failure_message(self, role: Role) -> str:
+        job = self.job(role)
+        result = job.result or {}
+        detail = result.get("message") or job.message or "no details (see the Job's pod logs)"
+        return f"{role} Job {job.name} failed: {detail}"
+
+    # --- the flow -----------------------------------------------------------------------------------------------
+    def decide(self) -> Decision:
+        obs = self.obs
+        if self.run.get("step") == "Done" and self.run.get("generation") == obs.generation:
+            return self.idle()
+        if not self.run or (self.run.get("generation") != obs.generation and self.run.get("step") not in WRITING_STEPS):
+            return self.new_run()
+        step = self.run.get("step")
+        if step in ("Planning", "AwaitingApproval"):
+            return self.planning() if step == "Planning" else self.approval()
+        if step == "BackingUp":
+            return self.backing_up()
+        if step == "Migrating":
+            return self.migrating()
+        return self.rolling_back()
+
+    def new_run(self) -> Decision:
+        obs = self.obs
+        try:
+            parse_spec(obs.spec)
+        except ValueError as err:
+            self.generation = obs.generation
+            self.run = {"generation": obs.generation, "step": "Done", "result": "Failed", "spec": obs.spec}
+            return self.outcome(s.stalled("Failed", "InvalidSpec", f"{err}. Fix the spec and apply it again."))
+        self.generation = obs.generation
+        self.run = {"generation": obs.generation, "step": "Planning", "startedAt": self.now(), "spec": obs.spec}
+        self.st.pop("plan", None)
+        self.st["targetRevision"] = None
+        # A new generation flips Ready to False before any work starts (kstatus; kubectl wait must not pass early).
+        for cond in (c.APPROVAL_REQUIRED, c.MIGRATED, c.ROLLED_BACK):
+            self.st["conditions"] = [x for x in self.st.get("conditions") or [] if x.get("type") != cond]
+        return self.planning()
+
+    def database(self, phase: str) -> Decision | None:
+        """Stop here if the database cannot be read: transient errors retry, the rest needs a human."""
+        db = self.obs.database
+        if db.ok:
+            self.run.pop("transientSince", None)
+            self.st["currentRevision"] = db.revision
+            return None
+        reason, message = db.error_reason or "DatabaseUnreachable", db.error_message
+        if not db.transient:
+            return self.outcome(s.stalled(phase, reason, message), requeue=POLL_IDLE)
+        since = self.run.setdefault("transientSince", self.now())
+        started = datetime.strptime(since, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+        retries = int(self.run.get("transientRetries", 0)) + 1
+        self.run["transientRetries"] = retries
+        backoff = min(POLL_IDLE, 2.0 ** min(retries, 6))
+        if self.obs.now - started > TRANSIENT_GRACE:
+            return self.outcome(s.stalled(phase, reason, f"{message} (for over {TRANSIENT_GRACE}; still retrying)"),
+                                requeue=backoff)
+        return self.outcome(s.progressing(phase, reason, f"{message}; retrying"), requeue=backoff)
+
+    def planning(self) -> Decision:
+        spec = self.spec()
+        if (stop := self.database("Planning")) is not None:
+            return stop
+        db_rev = self.obs.database.revision
+        if spec.target_revision != "head" and db_rev == spec.target_revision:
+            self.st["targetRevision"] = db_rev
+            self.run.update(startRevision=db_rev, targetRevision=db_rev)
+            self.run["step"] = "Done"
+            self.run["result"] = "UpToDate"
+            return self.idle()
+        job = self.job("plan")
+        if job.state == "absent":
+            if self.suspended():
+                return self.outcome(SUSPENDED, POLL_IDLE)
+            self.start_job("plan", {"target": spec.target_revision})
+            return self.outcome(s.progressing("Planning", "Planning",
+                                              f"resolving {spec.target_revision} from the scripts in "
+                                              f"{spec.migrations.image}"), POLL_ACTIVE)
+        if job.state == "active":
+            return self.outcome(s.progressing("Planning", "Planning", f"plan Job {job.name} is running"), POLL_ACTIVE)
+        result = job.result or {}
+        if job.state == "failed" or not result.get("ok"):
+            reason = str(result["reason"]) if result.get("reason") in PLAN_ERRORS else "PlanFailed"
+            message = self.failure_message("plan") if reason == "PlanFailed" else str(result.get("message"))
+            self.finish("Failed", reason)
+            return self.outcome(s.stalled("Failed", reason, message), POLL_IDLE)
+        return self.planned(spec, result)
+
+    def planned(self, spec: DatabaseMigrationSpec, result: dict[str, Any]) -> Decision:
+        revisions = list(result.get("revisions") or [])
+        destructive = list(result.get("destructive") or [])
+        findings = result.get("findings") or []
+        self.run.update(
+            startRevision=result.get("current"),
+            targetRevision=result.get("target"),
+            revisions=revisions,
+            destructiveRevisions=sorted({f["revision"] for f in findings
+                                         if f.get("severity") == "destructive" and f.get("revision")}
+                                        | set(result.get("destructiveRevisions") or [])),
+            planHash=plan_hash(result, spec.migrations.image),
+            image=spec.migrations.image,
+        )
+        if destructive and not self.run["destructiveRevisions"]:
+            self.run["destructiveRevisions"] = list(revisions)  # findings trimmed away: assume the worst
+        self.st["targetRevision"] = result.get("target")
+        self.st["plan"] = {
+            "revisions": revisions,
+            "destructive": destructive,
+            "hash": self.run["planHash"],
+            "fromRevision": _rev(result.get("current")),
+            "toRevision": result.get("target"),
+            "generation": self.generation,
+        }
+        if result.get("warnings"):
+            self.st["plan"]["warnings"] = list(result["warnings"])
+        if not revisions:
+            self.run["step"] = "Done"
+            self.run["result"] = "UpToDate"
+            return self.idle()
+        self.run["step"] = "AwaitingApproval"
+        return self.approval()
+
+    def approval(self) -> Decision:
+        spec = self.spec()
+        live_spec = parse_spec(self.obs.spec) if self.obs.spec else spec
+        destructive = (self.st.get("plan") or {}).get("destructive") or []
+        if destructive:
+            plan_hash_ = self.run["planHash"]
+            approved_by = ("spec.approval.allowDestructive" if live_spec.approval.allow_destructive
+                           else c.APPROVE_ANNOTATION if self.obs.annotations.get(c.APPROVE_ANNOTATION) == plan_hash_
+                           else None)
+            if approved_by is None:
+                ops = "; ".join(destructive[:10]) + (f"; and {len(destructive) - 10} more" if len(destructive) > 10
+                                                     else "")
+                message = (f"the plan destroys data: {ops}. Review it, then approve exactly this plan with: kubectl "
+                           f"annotate dbm/{self.obs.name} -n {self.obs.namespace} "
+                           f"{c.APPROVE_ANNOTATION}={plan_hash_} (or set spec.approval.allowDestructive: true)")
+                self.condition(c.APPROVAL_REQUIRED, "True", "DestructiveChangesNotApproved", message)
+                return self.outcome(s.stalled("AwaitingApproval", "DestructiveChangesNotApproved", message), POLL_IDLE)
+            self.condition(c.APPROVAL_REQUIRED, "False", "Approved", f"destructive changes approved by {approved_by}")
+        else:
+            self.condition(c.APPROVAL_REQUIRED, "False", "NoDestructiveChanges", "the plan destroys no data")
+        if self.obs.busy_with:
+            return self.outcome(s.progressing(
+                "Pending", "WaitingForDatabase",
+                f"{self.obs.busy_with} is migrating the same database; this one starts when it is done"), 5.0)
+        if self.suspended():
+            return self.outcome(SUSPENDED, POLL_IDLE)
+        if spec.backup.enabled:
+            self.run["step"] = "BackingUp"
+            return self.backing_up()
+        self.condition(c.BACKUP_SUCCEEDED, "False", "BackupDisabled", "spec.backup.enabled is false: no backup")
+        self.run["step"] = "Migrating"
+        return self.migrating()
+
+    def backing_up(self) -> Decision:
+        job = self.job("backup")
+        if job.state == "absent":
+            self.start_job("backup", {})
+            return self.outcome(s.progressing("BackingUp", "BackingUp", "backing up the database"), POLL_ACTIVE)
+        if job.state == "active":
+            return self.outcome(s.progressing("BackingUp", "BackingUp", f"backup Job {job.name} is running"),
+                                POLL_ACTIVE)
+        result = job.result or {}
+        if job.state == "failed" or not result.get("ok"):
+            message = self.failure_message("backup") + "; nothing was changed in the database"
+            self.condition(c.BACKUP_SUCCEEDED, "False", str(result.get("reason") or "BackupFailed"), message)
+            self.finish("Failed", "BackupFailed")
+            return self.outcome(s.stalled("Failed", "JobFailed", message + ". Fix the cause, then edit the "
+                                          "resource to retry."), POLL_IDLE)
+        backup = {k: result[k] for k in ("location", "sizeBytes", "sha256", "revision", "completedAt") if k in result}
+        self.st["backup"] = backup
+        self.run["backup"] = {"location": result.get("location"), "file": result.get("file"),
+                              "sha256": result.get("sha256"), "revision": result.get("revision")}
+        self.condition(c.BACKUP_SUCCEEDED, "True", "BackupCompleted",
+                       f"backup at {result.get('location')} ({result.get('sizeBytes')} bytes)")
+        self.run["step"] = "Migrating"
+        return self.migrating()
+
+    def migrating(self) -> Decision:
+        job = self.job("migrate")
+        start, target = self.run.get("startRevision"), self.run.get("targetRevision")
+        if job.state == "absent":
+            self.start_job("migrate", {"from": _rev(start), "to": str(target)})
+            return self.outcome(s.progressing("Migrating", "Migrating", f"upgrading {_rev(start)} -> {target}"),
+                                POLL_ACTIVE)
+        if job.state == "active":
+            return self.outcome(s.progressing("Migrating", "Migrating",
+                                              f"migration Job {job.name} is upgrading {_rev(start)} -> {target}"),
+                                POLL_ACTIVE)
+        if (stop := self.database("Migrating")) is not None:
+            return stop
+        db_rev = self.obs.database.revision
+        if job.state == "succeeded" and db_rev == target:
+            self.condition(c.MIGRATED, "True", "UpgradeSucceeded", f"upgraded {_rev(start)} -> {target}")
+            self.finish("Succeeded", "Migrated")
+            return self.idle()
+        if job.state == "succeeded":
+            why = f"the migration Job succeeded but the database is at {_rev(db_rev)}, not {target}"
+        else:
+            why = self.failure_message("migrate")
+        self.condition(c.MIGRATED, "False", "UpgradeFailed", why)
+        self.run["failure"] = why
+        return self.choose_rollback(db_rev, why)
+
+    def choose_rollback(self, db_rev: str | None, why: str) -> Decision:
+        start = self.run.get("startRevision")
+        spec = self.spec()
+        if db_rev == start:
+            msg = f"{why}; the transaction rolled back: the database is still at {_rev(start)}"
+            self.condition(c.ROLLED_BACK, "True", "TransactionRolledBack", msg)
+            return self.failed(msg)
+        revisions: list[str] = list(self.run.get("revisions") or [])
+        committed = revisions[: revisions.index(db_rev) + 1] if db_rev in revisions else revisions
+        destroyed = [r for r in committed if r in set(self.run.get("destructiveRevisions") or [])]
+        strategy = spec.rollback.strategy
+        have_backup = bool((self.run.get("backup") or {}).get("file"))
+        if strategy == "None":
+            msg = f"{why}; spec.rollback.strategy is None: the database was left at {_rev(db_rev)}"
+            self.condition(c.ROLLED_BACK, "False", "RollbackDisabled", msg)
+            return self.failed(msg)
+        mode = "Downgrade" if strategy == "Downgrade" or (strategy == "Auto" and not destroyed) else "Restore"
+        if mode == "Restore" and not have_backup:
+            done = ", ".join(destroyed or committed)
+            msg = (f"{why}; revisions {done} committed and a restore is needed, "
+                   f"but there is no backup (spec.backup.enabled is false): the database is at {_rev(db_rev)}")
+            self.condition(c.ROLLED_BACK, "False", "NoBackup", msg)
+            return self.failed(msg, reason="RollbackFailed")
+        self.run["step"] = "RollingBack"
+        self.run["rollback"] = {"mode": mode, "from": _rev(db_rev), "committed": committed, "destroyed": destroyed}
+        return self.rolling_back()
+
+    def rolling_back(self) -> Decision:
+        rb = self.run["rollback"]
+        start = self.run.get("startRevision")
+        role: Role = "downgrade" if rb["mode"] == "Downgrade" else "restore"
+        job = self.job(role)
+        if job.state == "absent":
+            if role == "downgrade":
+                self.start_job(role, {"from": rb["from"], "to": _rev(start)})
+                what = f"downgrading {rb['from']} -> {_rev(start)} (keeps rows written since the backup)"
+            else:
+                backup = self.run["backup"]
+                self.start_job(role, {"file": backup["file"], "sha256": backup["sha256"]})
+                what = f"restoring the backup {backup.get('location')} (taken at {_rev(backup.get('revision'))})"
+            self.condition(c.ROLLED_BACK, "Unknown", "RollingBack", what)
+            return self.outcome(s.progressing("RollingBack", "RollingBack", what), POLL_ACTIVE)
+        if job.state == "active":
+            return self.outcome(s.progressing("RollingBack", "RollingBack", f"{role} Job {job.name} is running"),
+                                POLL_ACTIVE)
+        if (stop := self.database("RollingBack")) is not None:
+            return stop
+        db_rev = self.obs.database.revision
+        why = self.run.get("failure", "the migration failed")
+        if job.state == "succeeded" and db_rev == start:
+            reason = "Downgraded" if role == "downgrade" else "Restored"
+            how = ("downgraded" if role == "downgrade" else f"restored the backup {self.run['backup'].get('location')}")
+            msg = f"{why}; {how}: the database is back at {_rev(start)}"
+            self.condition(c.ROLLED_BACK, "True", reason, msg)
+            return self.failed(msg)
+        problem = (self.failure_message(role) if job.state == "failed"
+                   else f"{role} finished but the database is at {_rev(db_rev)}, not {_rev(start)}")
+        spec = self.spec()
+        if role == "downgrade" and spec.rollback.strategy == "Auto" and (self.run.get("backup") or {}).get("file"):
+            rb.update(mode="Restore", downgradeFailure=problem)
+            return self.rolling_back()
+        msg = (f"{why}; rollback failed: {problem}. The database is at {_rev(db_rev)}; restore it by hand from "
+               f"{(self.run.get('backup') or {}).get('location') or 'your own backups'} (see the runbook)")
+        self.condition(c.ROLLED_BACK, "False", "DowngradeFailed" if role == "downgrade" else "RestoreFailed", msg)
+        return self.failed(msg, reason="RollbackFailed")
+
+    def failed(self, message: str, reason: str = "JobFailed") -> Decision:
+        rolled = s.condition_is(self.st, c.ROLLED_BACK, "True")
+        self.finish("RolledBack" if rolled else "Failed", reason)
+        hint = " Fix the migration in a new image (or change targetRevision), then apply the resource again."
+        return self.outcome(s.stalled("Failed", reason, message + "." + hint), POLL_IDLE)
+
+    def idle(self) -> Decision:
+        """The run is over: keep currentRevision fresh and the summary conditions true to the database."""
+        result = self.run.get("result")
+        if result in ("Succeeded", "UpToDate"):
+            if (stop := self.database("Succeeded")) is not None:
+                return stop
+            db_rev = self.obs.database.revision
+            target = self.run.get("targetRevision")
+            if db_rev != target:
+                return self.outcome(s.stalled(
+                    "Failed", "DatabaseChanged",
+                    f"the database is at {_rev(db_rev)}, not at the target {target}: it was changed outside the "
+                    "operator. Check it, then edit the resource (or its targetRevision) to plan again."), POLL_IDLE)
+            self.st["targetRevision"] = target
+            if result == "UpToDate" and not s.get_condition(self.st, c.MIGRATED):
+                self.condition(c.MIGRATED, "True", "UpToDate", f"the database is already at {target}")
+            msg = f"the database is at {target}"
+            return self.outcome(s.ready("AtTargetRevision" if result == "UpToDate" else "Migrated", msg), POLL_IDLE)
+        # Failed runs stay as they are until a new generation; only keep currentRevision fresh.
+        if self.obs.database.ok:
+            self.st["currentRevision"] = self.obs.database.revision
+        self.st["run"] = self.run
+        self.decision.status = self.st
+        self.decision.requeue_after = POLL_IDLE
+        return self.decision
+
+
+def decide(obs: Observation) -> Decision:
+    """The next step for one DatabaseMigration; call again after acting on it until nothing changes."""
+    return _Run(obs).decide()

@@ -1,0 +1,122 @@
+"""Every status transition, in one place.
+
+The three summary conditions (Ready, Reconciling, Stalled) follow kstatus and always move together:
+
+- progressing: Ready=False, Reconciling=True,  Stalled=False  (work for this generation is under way)
+- ready:       Ready=True,  Reconciling=False, Stalled=False  (at the target, nothing left to do)
+- stalled:     Ready=False, Reconciling=False, Stalled=True   (cannot progress without a human)
+
+`summarize()` is the only function that writes them, together with `status.phase` and `status.message`, so no code
+path can leave a Ready=True next to a Stalled=True. Step conditions (BackupSucceeded, Migrated, RolledBack,
+ApprovalRequired) are set with `set_condition()`. All functions are pure: they take a status dict and return a new
+one.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from . import constants as c
+
+Kind = Literal["progressing", "ready", "stalled"]
+Status = dict[str, Any]
+
+CONDITION_ORDER = (
+    c.READY,
+    c.RECONCILING,
+    c.STALLED,
+    c.APPROVAL_REQUIRED,
+    c.BACKUP_SUCCEEDED,
+    c.MIGRATED,
+    c.ROLLED_BACK,
+)
+# Kubernetes caps a condition message at 32768 characters; ours stay short enough to read in `kubectl get`.
+MAX_MESSAGE = 1024
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What the summary conditions should say: the kind, a stable CamelCase reason and a message for humans."""
+
+    kind: Kind
+    phase: str
+    reason: str
+    message: str
+
+
+def now_rfc3339(now: datetime | None = None) -> str:
+    return (now or datetime.now(UTC)).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def get_condition(status: Status, type_: str) -> dict[str, Any] | None:
+    for cond in status.get("conditions") or []:
+        if cond.get("type") == type_:
+            return dict(cond)
+    return None
+
+
+def condition_is(status: Status, type_: str, value: str) -> bool:
+    cond = get_condition(status, type_)
+    return cond is not None and cond.get("status") == value
+
+
+def set_condition(
+    status: Status,
+    type_: str,
+    value: Literal["True", "False", "Unknown"],
+    reason: str,
+    message: str,
+    generation: int,
+    now: datetime | None = None,
+) -> Status:
+    """Return a copy of `status` with one condition set; lastTransitionTime moves only when the value changes."""
+    new = copy.deepcopy(status)
+    conditions: list[dict[str, Any]] = [dict(x) for x in new.get("conditions") or []]
+    old = next((x for x in conditions if x.get("type") == type_), None)
+    transition = now_rfc3339(now)
+    if old is not None and old.get("status") == value and old.get("lastTransitionTime"):
+        transition = old["lastTransitionTime"]
+    cond = {
+        "type": type_,
+        "status": value,
+        "observedGeneration": generation,
+        "lastTransitionTime": transition,
+        "reason": reason,
+        "message": message[:MAX_MESSAGE],
+    }
+    conditions = [x for x in conditions if x.get("type") != type_] + [cond]
+    order = {t: i for i, t in enumerate(CONDITION_ORDER)}
+    conditions.sort(key=lambda x: order.get(str(x.get("type")), len(order)))
+    new["conditions"] = conditions
+    return new
+
+
+def summarize(status: Status, outcome: Outcome, generation: int, now: datetime | None = None) -> Status:
+    """Set phase, message, observedGeneration and the kstatus triple from one outcome."""
+    ready = "True" if outcome.kind == "ready" else "False"
+    reconciling = "True" if outcome.kind == "progressing" else "False"
+    stalled = "True" if outcome.kind == "stalled" else "False"
+    new = copy.deepcopy(status)
+    new["phase"] = outcome.phase
+    new["message"] = outcome.message[:MAX_MESSAGE]
+    new["observedGeneration"] = generation
+    # The reason of a False condition is the reason the resource is in this state, so every condition explains.
+    new = set_condition(new, c.READY, ready, outcome.reason, outcome.message, generation, now)  # type: ignore[arg-type]
+    new = set_condition(new, c.RECONCILING, reconciling, outcome.reason, outcome.message, generation, now)  # type: ignore[arg-type]
+    new = set_condition(new, c.STALLED, stalled, outcome.reason, outcome.message, generation, now)  # type: ignore[arg-type]
+    return new
+
+
+def progressing(phase: str, reason: str, message: str) -> Outcome:
+    return Outcome("progressing", phase, reason, message)
+
+
+def ready(reason: str, message: str) -> Outcome:
+    return Outcome("ready", "Succeeded", reason, message)
+
+
+def stalled(phase: str, reason: str, message: str) -> Outcome:
+    return Outcome("stalled", phase, reason, message)

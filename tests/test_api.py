@@ -1,0 +1,611 @@
+"""The API model and the generated CRD agree with each other, with API.md, and with the committed files (no cluster).
+
+The CRD's schema is checked offline with a small validator that does what the API server does with a structural
+schema (defaulting, types, enums, patterns, bounds, required and unknown fields); the CEL rules, which need the API
+server, are checked in test_crd_apiserver.py against the same cases.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, get_args
+
+import pytest
+import yaml
+from pydantic import BaseModel
+
+from alembic_operator import api, constants, crdgen
+
+REPO = Path(__file__).resolve().parents[1]
+API_MD = REPO.parent / "shared" / "API.md"
+
+# The example of API.md ("The resource"), as users write it.
+EXAMPLE: dict[str, Any] = yaml.safe_load(
+    """
+apiVersion: migrations.alembic-operator.io/v1alpha1
+kind: DatabaseMigration
+metadata:
+  name: shop
+  namespace: shop
+spec:
+  database:
+    urlSecretRef:
+      name: shop-db
+      key: url
+  migrations:
+    image: ghcr.io/acme/shop:1.4.2
+    config: /app/alembic.ini
+    workingDir: /app
+  targetRevision: head
+  backup:
+    enabled: true
+    volume:
+      persistentVolumeClaim: {claimName: shop-backups}
+    retain: 5
+  rollback:
+    strategy: Auto
+  approval:
+    allowDestructive: false
+  jobTemplate:
+    serviceAccountName: shop-migrator
+    resources: {}
+    nodeSelector: {}
+    tolerations: []
+    imagePullSecrets: []
+    activeDeadlineSeconds: 900
+"""
+)
+
+# The least a user can write: everything else defaults.
+MINIMAL_SPEC: dict[str, Any] = {
+    "database": {"urlSecretRef": {"name": "shop-db", "key": "url"}},
+    "migrations": {"image": "ghcr.io/acme/shop:1.4.2"},
+    "targetRevision": "head",
+    "backup": {"volume": {"persistentVolumeClaim": {"claimName": "shop-backups"}}},
+}
+
+
+def example_spec() -> dict[str, Any]:
+    return copy.deepcopy(EXAMPLE["spec"])
+
+
+@dataclass(frozen=True)
+class Invalid:
+    """A spec the API server and parse_spec must both refuse, naming ``field``."""
+
+    id: str
+    spec: dict[str, Any]
+    field: str
+    by: str  # "schema" (OpenAPI) or "cel" (x-kubernetes-validations) on the API server's side
+
+
+def _with(path: str, value: Any, base: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A copy of the example spec with ``path`` (dotted) set to ``value``, or removed when value is _DELETE."""
+    spec = copy.deepcopy(base if base is not None else example_spec())
+    *parents, last = path.split(".")
+    node = spec
+    for part in parents:
+        node = node.setdefault(part, {})
+    if value is _DELETE:
+        node.pop(last, None)
+    else:
+        node[last] = value
+    return spec
+
+
+_DELETE = object()
+
+INVALID: list[Invalid] = [
+    Invalid("missing-targetRevision", _with("targetRevision", _DELETE), "spec.targetRevision", "schema"),
+    Invalid("bad-rollback-strategy", _with("rollback.strategy", "Sometimes"), "spec.rollback.strategy", "schema"),
+    Invalid("backup-without-volume", _with("backup.volume", _DELETE), "spec.backup.volume", "cel"),
+    Invalid(
+        "backup-omitted-defaults-to-enabled",
+        {k: v for k, v in example_spec().items() if k != "backup"},
+        "spec.backup.volume",
+        "cel",
+    ),
+    Invalid(
+        "restore-without-backup",
+        _with("rollback.strategy", "Restore", _with("backup.enabled", False)),
+        "spec.rollback.strategy",
+        "cel",
+    ),
+    Invalid("negative-retain", _with("backup.retain", -1), "spec.backup.retain", "schema"),
+    Invalid("zero-retain", _with("backup.retain", 0), "spec.backup.retain", "schema"),
+    Invalid("relative-target", _with("targetRevision", "head-1"), "spec.targetRevision", "schema"),
+    Invalid("too-long-target", _with("targetRevision", "a" * 33), "spec.targetRevision", "schema"),
+    Invalid("heads-target", _with("targetRevision", "heads"), "spec.targetRevision", "cel"),
+    Invalid("base-target", _with("targetRevision", "base"), "spec.targetRevision", "cel"),
+    Invalid(
+        "zero-deadline",
+        _with("jobTemplate.activeDeadlineSeconds", 0),
+        "spec.jobTemplate.activeDeadlineSeconds",
+        "schema",
+    ),
+    Invalid(
+        "missing-secret-key", _with("database.urlSecretRef.key", _DELETE), "spec.database.urlSecretRef.key", "schema"
+    ),
+    Invalid("empty-image", _with("migrations.image", ""), "spec.migrations.image", "schema"),
+    Invalid(
+        "two-volume-sources",
+        _with("backup.volume", {"emptyDir": {}, "persistentVolumeClaim": {"claimName": "x"}}),
+        "spec.backup.volume",
+        "schema",
+    ),
+    Invalid("suspend-not-bool", _with("suspend", "yes"), "spec.suspend", "schema"),
+    Invalid("retain-as-string", _with("backup.retain", "5"), "spec.backup.retain", "schema"),
+    Invalid("pull-secret-without-name", _with("jobTemplate.imagePullSecrets", [{}]), "imagePullSecrets", "schema"),
+]
+
+# Fields the API server's pruning/strict field validation refuses (kubectl: "unknown field").
+UNKNOWN_FIELDS: list[Invalid] = [
+    Invalid("unknown-top-field", _with("command", ["alembic", "upgrade"]), "spec.command", "unknown"),
+    Invalid("unknown-nested-field", _with("backup.schedule", "daily"), "spec.backup.schedule", "unknown"),
+]
+
+
+# A full status as the operator writes it (dump of the model): every field survives the API server's pruning.
+STATUS_SAMPLE: dict[str, Any] = {
+    "observedGeneration": 4,
+    "phase": "Succeeded",
+    "currentRevision": "3f2a9c1d0b7e",
+    "targetRevision": "9d81aa02c4f5",
+    "plan": {
+        "revisions": ["5b0e00000000", "9d81aa02c4f5"],
+        "destructive": ["DROP COLUMN orders.legacy_code (revision 9d81aa02c4f5)"],
+        "warnings": ["CREATE INDEX ix_orders_code without CONCURRENTLY locks orders against writes"],
+        "hash": "sha256:abc",
+        "fromRevision": "3f2a9c1d0b7e",
+        "toRevision": "9d81aa02c4f5",
+        "generation": 4,
+    },
+    "backup": {
+        "location": "shop/x.dump",
+        "sizeBytes": 123456,
+        "sha256": "ab",
+        "revision": "3f2a9c1d0b7e",
+        "completedAt": "2025-01-02T03:04:05Z",
+    },
+    "conditions": [
+        {
+            "type": "Ready",
+            "status": "True",
+            "observedGeneration": 4,
+            "lastTransitionTime": "2025-01-02T03:04:05Z",
+            "reason": "Succeeded",
+            "message": "at 9d81aa02c4f5",
+        }
+    ],
+    "history": [
+        {
+            "generation": 4,
+            "from": "3f2a9c1d0b7e",
+            "to": "9d81aa02c4f5",
+            "result": "Succeeded",
+            "reason": "Migrated",
+            "startedAt": "2025-01-02T03:00:00Z",
+            "finishedAt": "2025-01-02T03:04:05Z",
+            "backup": "pvc/shop/shop/x.dump",
+        }
+    ],
+    "heldPods": 0,
+    "run": {
+        "generation": 4,
+        "startedAt": "2025-01-02T03:00:00Z",
+        "startRevision": "3f2a9c1d0b7e",
+        "targetRevision": "9d81aa02c4f5",
+        "image": "ghcr.io/acme/shop:1.4.2",
+        "planHash": "sha256:abc",
+        "jobs": {"migrate": "shop-migrate-4"},
+        "step": "Done",  # the operator's own bookkeeping: kept although the model does not name it
+        "spec": {"targetRevision": "head"},
+    },
+}
+
+
+# --- a small structural-schema validator, as the API server applies it ------------------------------------------
+
+PRESERVE = "x-kubernetes-preserve-unknown-fields"
+
+
+def apply_defaults(schema: dict[str, Any], value: Any) -> Any:
+    """Fill in defaults like the API server: a missing property with a default gets it, then its own defaults."""
+    if isinstance(value, dict) and "properties" in schema:
+        out = dict(value)
+        for name, sub in schema["properties"].items():
+            if name not in out and "default" in sub:
+                out[name] = copy.deepcopy(sub["default"])
+            if name in out:
+                out[name] = apply_defaults(sub, out[name])
+        return out
+    if isinstance(value, list) and "items" in schema:
+        return [apply_defaults(schema["items"], v) for v in value]
+    return value
+
+
+def schema_errors(schema: dict[str, Any], value: Any, path: str) -> list[str]:
+    """Errors of ``value`` against a structural schema (unknown fields count as errors: kubectl's strict mode)."""
+    t = schema.get("type")
+    kinds = {"object": dict, "array": list, "string": str, "boolean": bool}
+    if t == "integer":
+        if not isinstance(value, int) or isinstance(value, bool):
+            return [f"{path}: must be an integer"]
+    elif t in kinds and not isinstance(value, kinds[t]):
+        return [f"{path}: must be of type {t}"]
+    errors: list[str] = []
+    if "enum" in schema and value not in schema["enum"]:
+        errors.append(f"{path}: must be one of {schema['enum']}")
+    if isinstance(value, str):
+        if "pattern" in schema and not re.search(schema["pattern"], value):
+            errors.append(f"{path}: must match {schema['pattern']}")
+        if len(value) < schema.get("minLength", 0) or len(value) > schema.get("maxLength", 1 << 30):
+            errors.append(f"{path}: bad length")
+    if isinstance(value, int) and not isinstance(value, bool):
+        low = schema.get("minimum")
+        if low is not None and (value < low or (schema.get("exclusiveMinimum") and value == low)):
+            errors.append(f"{path}: below minimum")
+        if "maximum" in schema and value > schema["maximum"]:
+            errors.append(f"{path}: above maximum")
+    if isinstance(value, list):
+        if len(value) > schema.get("maxItems", 1 << 30):
+            errors.append(f"{path}: too many items")
+        for i, item in enumerate(value):
+            errors += schema_errors(schema["items"], item, f"{path}[{i}]")
+    if isinstance(value, dict):
+        if not schema.get("minProperties", 0) <= len(value) <= schema.get("maxProperties", 1 << 30):
+            errors.append(f"{path}: wrong number of properties")
+        for name in schema.get("required", []):
+            if name not in value:
+                errors.append(f"{path}.{name}: Required value")
+        props = schema.get("properties", {})
+        for name, sub_value in value.items():
+            if name in props:
+                errors += schema_errors(props[name], sub_value, f"{path}.{name}")
+            elif "additionalProperties" in schema:
+                errors += schema_errors(schema["additionalProperties"], sub_value, f"{path}.{name}")
+            elif not schema.get(PRESERVE):
+                errors.append(f"{path}.{name}: unknown field")
+    return errors
+
+
+@pytest.fixture(scope="module")
+def crd() -> dict[str, Any]:
+    return crdgen.crd()
+
+
+@pytest.fixture(scope="module")
+def spec_schema(crd: dict[str, Any]) -> dict[str, Any]:
+    schema: dict[str, Any] = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    return schema
+
+
+def _walk(node: dict[str, Any], path: str) -> list[tuple[str, dict[str, Any]]]:
+    out = []
+    for name, sub in node.get("properties", {}).items():
+        out.append((f"{path}.{name}", sub))
+        out += _walk(sub, f"{path}.{name}")
+    if "items" in node:
+        out += _walk(node["items"], f"{path}[]")
+    if isinstance(node.get("additionalProperties"), dict):
+        out += _walk(node["additionalProperties"], f"{path}{{}}")
+    return out
+
+
+# --- the generated files ----------------------------------------------------------------------------------------
+
+
+def test_committed_files_are_up_to_date() -> None:
+    for rel, content in crdgen.outputs().items():
+        committed = REPO / rel
+        assert committed.is_file(), f"{rel} is missing: run python -m alembic_operator.crdgen"
+        assert committed.read_text(encoding="utf-8") == content, (
+            f"{rel} is out of date: run python -m alembic_operator.crdgen"
+        )
+    assert crdgen.main(["--check", "--root", str(REPO)]) == 0
+
+
+def test_check_reports_stale_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert crdgen.main(["--check", "--root", str(tmp_path)]) == 1
+    assert "out of date" in capsys.readouterr().err
+    assert crdgen.main(["--root", str(tmp_path)]) == 0
+    assert crdgen.main(["--check", "--root", str(tmp_path)]) == 0
+    (tmp_path / crdgen.CRD_PATH).write_text("edited", encoding="utf-8")
+    assert crdgen.main(["--check", "--root", str(tmp_path)]) == 1
+
+
+def test_output_is_deterministic() -> None:
+    assert crdgen.crd_yaml() == crdgen.crd_yaml()
+    assert crdgen.reference_markdown() == crdgen.reference_markdown()
+    assert yaml.safe_load(crdgen.crd_yaml()) == crdgen.crd()
+
+
+def test_stdout_prints_the_crd(capsys: pytest.CaptureFixture[str]) -> None:
+    assert crdgen.main(["--stdout"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out) == crdgen.crd()
+
+
+# --- the CRD's shape --------------------------------------------------------------------------------------------
+
+
+def test_names_come_from_the_contract(crd: dict[str, Any]) -> None:
+    spec = crd["spec"]
+    assert crd["metadata"]["name"] == f"{constants.PLURAL}.{constants.GROUP}"
+    assert spec["group"] == constants.GROUP
+    assert spec["scope"] == "Namespaced"
+    assert spec["names"] == {
+        "kind": constants.KIND,
+        "listKind": f"{constants.KIND}List",
+        "plural": constants.PLURAL,
+        "singular": constants.SINGULAR,
+        "shortNames": [constants.SHORT_NAME],
+        "categories": [constants.CATEGORY],
+    }
+    (version,) = spec["versions"]
+    assert version["name"] == constants.VERSION
+    assert version["served"] and version["storage"]
+    assert version["subresources"] == {"status": {}}
+
+
+def test_printer_columns(crd: dict[str, Any]) -> None:
+    columns = {c["name"].upper(): c for c in crd["spec"]["versions"][0]["additionalPrinterColumns"]}
+    assert columns["PHASE"]["jsonPath"] == ".status.phase"
+    assert columns["CURRENT"]["jsonPath"] == ".status.currentRevision"
+    assert columns["TARGET"]["jsonPath"] == ".status.targetRevision"
+    assert columns["READY"]["jsonPath"] == '.status.conditions[?(@.type=="Ready")].status'
+    assert columns["AGE"]["jsonPath"] == ".metadata.creationTimestamp"
+    for name in ("PHASE", "CURRENT", "TARGET", "READY", "AGE"):
+        assert "priority" not in columns[name], f"{name} must show without -o wide"
+    assert columns["MESSAGE"]["priority"] == 1
+    assert columns["REASON"]["priority"] == 1
+
+
+def test_status_defaults_to_observed_generation_minus_one(crd: dict[str, Any]) -> None:
+    status = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]
+    assert status["default"] == {"observedGeneration": -1}
+    assert api.parse_status(None).observed_generation == -1
+    assert api.parse_status({}).observed_generation == -1
+
+
+def test_every_property_has_a_description(crd: dict[str, Any]) -> None:
+    root = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    missing = [
+        path
+        for path, node in _walk(root, "")
+        if path != ".metadata" and not path.endswith("[]") and not node.get("description", "").strip()
+    ]
+    assert not missing, f"properties without a description: {missing}"
+    # and every model field declares one itself (not only inherited from a model docstring)
+    for model in (api.DatabaseMigrationSpec, api.DatabaseMigrationStatus):
+        stack: list[type[Any]] = [model]
+        while stack:
+            current = stack.pop()
+            for name, field in current.model_fields.items():
+                assert field.description, f"{current.__name__}.{name} has no description"
+                for arg in (field.annotation, *get_args(field.annotation)):
+                    for inner in (arg, *get_args(arg)):
+                        if isinstance(inner, type) and issubclass(inner, BaseModel):
+                            stack.append(inner)
+
+
+def test_schema_is_structural(crd: dict[str, Any]) -> None:
+    root = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    for path, node in [("", root), *_walk(root, "")]:
+        assert node.get("type") or node.get(PRESERVE), f"{path}: no type"
+        for key in ("$ref", "anyOf", "allOf", "oneOf", "title", "nullable"):
+            assert key not in node, f"{path}: {key}"
+        assert node.get("additionalProperties") is not False, path
+        assert not ("properties" in node and "additionalProperties" in node), path
+        if "default" in node:
+            assert node["default"] is not None, path
+
+
+def test_strings_and_lists_in_the_spec_are_bounded(spec_schema: dict[str, Any]) -> None:
+    """CEL's cost estimate needs bounds on what a rule could iterate; keep every string and list in the spec bounded."""
+    for path, node in _walk(spec_schema, "spec"):
+        if node.get("type") == "string" and "enum" not in node:
+            assert "maxLength" in node, f"{path}: string without maxLength"
+        if node.get("type") == "array":
+            assert "maxItems" in node, f"{path}: list without maxItems"
+
+
+def test_cel_rules_name_the_field(spec_schema: dict[str, Any]) -> None:
+    rules = spec_schema["x-kubernetes-validations"]
+    assert [r["rule"] for r in rules] == [r.rule for r in api.SPEC_RULES]
+    for rule in rules:
+        assert rule["message"].startswith("spec" + rule["fieldPath"]), rule
+        assert rule["reason"] in ("FieldValueInvalid", "FieldValueRequired", "FieldValueForbidden")
+
+
+def test_phase_enum_matches_constants(crd: dict[str, Any]) -> None:
+    assert get_args(api.Phase) == constants.PHASES
+    status = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]
+    assert tuple(status["properties"]["phase"]["enum"]) == constants.PHASES
+
+
+def test_conditions_are_a_list_map_keyed_by_type(crd: dict[str, Any]) -> None:
+    status = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]
+    conditions = status["properties"]["conditions"]
+    assert conditions["x-kubernetes-list-type"] == "map"
+    assert conditions["x-kubernetes-list-map-keys"] == ["type"]
+    item = conditions["items"]
+    assert set(item["required"]) == {"type", "status", "lastTransitionTime", "reason", "message"}
+    assert item["properties"]["status"]["enum"] == ["True", "False", "Unknown"]
+    assert item["properties"]["lastTransitionTime"]["format"] == "date-time"
+
+
+def test_reference_lists_every_field(crd: dict[str, Any]) -> None:
+    text = crdgen.reference_markdown()
+    root = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    for name in ("spec", "status"):
+        for path, _node in _walk(root["properties"][name], name):
+            if not path.endswith("[]") and "{}" not in path:
+                assert f"| `{path}` |" in text, path
+    assert "`spec.backup.retain` | `integer` |  | `5` |" in text
+
+
+# --- pydantic and the schema agree ------------------------------------------------------------------------------
+
+
+def test_api_md_example_parses() -> None:
+    spec = api.parse_spec(example_spec())
+    assert spec.database.url_secret_ref.name == "shop-db"
+    assert spec.migrations.config == "/app/alembic.ini"
+    assert spec.backup.volume == {"persistentVolumeClaim": {"claimName": "shop-backups"}}
+    assert spec.job_template.active_deadline_seconds == 900
+    assert spec.target_revision == "head"
+
+
+@pytest.mark.skipif(not API_MD.is_file(), reason="shared/API.md is not beside the repository")
+def test_example_is_the_one_in_api_md() -> None:
+    text = API_MD.read_text(encoding="utf-8")
+    block = re.search(r"```yaml\n(apiVersion: .*?)```", text, re.S)
+    assert block, "no example in API.md"
+    assert yaml.safe_load(block.group(1)) == EXAMPLE
+
+
+def test_empty_sections_get_their_defaults(spec_schema: dict[str, Any]) -> None:
+    raw = {**MINIMAL_SPEC, "backup": {"volume": {"emptyDir": {}}}}
+    spec = api.parse_spec(raw)
+    assert spec.backup.enabled is True
+    assert spec.backup.retain == 5
+    assert spec.rollback.strategy == "Auto"
+    assert spec.approval.allow_destructive is False
+    assert spec.suspend is False
+    assert spec.migrations.config == "alembic.ini"
+    assert spec.migrations.working_dir is None
+    assert spec.job_template == api.JobTemplateSpec()
+
+    # The API server fills in the same values.
+    defaulted = apply_defaults(spec_schema, raw)
+    assert defaulted["backup"] == {"volume": {"emptyDir": {}}, "enabled": True, "retain": 5}
+    assert defaulted["rollback"] == {"strategy": "Auto"}
+    assert defaulted["approval"] == {"allowDestructive": False}
+    assert defaulted["jobTemplate"] == {}
+    assert defaulted["suspend"] is False
+    assert defaulted["migrations"]["config"] == "alembic.ini"
+
+
+def _drop_empty(value: Any) -> Any:
+    if isinstance(value, dict):
+        out = {k: _drop_empty(v) for k, v in value.items()}
+        return {k: v for k, v in out.items() if v not in ({}, [])}
+    if isinstance(value, list):
+        return [_drop_empty(v) for v in value]
+    return value
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        pytest.param(MINIMAL_SPEC, id="minimal"),
+        pytest.param(example_spec(), id="api-md"),
+        pytest.param({**MINIMAL_SPEC, "backup": {"enabled": False}, "rollback": {"strategy": "None"}}, id="no-backup"),
+    ],
+)
+def test_crd_defaults_equal_model_defaults(spec_schema: dict[str, Any], raw: dict[str, Any]) -> None:
+    """What the API server stores (its defaults applied) is what the model makes of the user's input."""
+    defaulted = apply_defaults(spec_schema, raw)
+    assert schema_errors(spec_schema, defaulted, "spec") == []
+    assert api.parse_spec(defaulted) == api.parse_spec(raw)
+    # every default the model has (other than "unset") is written by the API server too
+    assert _drop_empty(api.dump(api.parse_spec(raw))) == _drop_empty(defaulted)
+
+
+def test_model_round_trips() -> None:
+    spec = api.parse_spec(example_spec())
+    assert api.parse_spec(api.dump(spec)) == spec
+    assert api.parse_spec(spec.model_dump(mode="json")) == spec  # snake_case names are accepted too
+
+
+@pytest.mark.parametrize("case", INVALID, ids=lambda c: c.id)
+def test_invalid_specs_are_refused_naming_the_field(spec_schema: dict[str, Any], case: Invalid) -> None:
+    with pytest.raises(api.SpecError) as caught:
+        api.parse_spec(case.spec)
+    assert case.field in str(caught.value)
+    assert all(p.startswith("spec") for p in caught.value.problems)
+
+    # The API server refuses it too: its OpenAPI schema, or (for cross-field rules) its CEL rule.
+    errors = schema_errors(spec_schema, apply_defaults(spec_schema, case.spec), "spec")
+    if case.by == "schema":
+        assert any(case.field in e for e in errors), errors
+    else:
+        assert errors == [], "a CEL case must pass the OpenAPI schema, or the CEL rule is never reached"
+        rules = [r for r in api.SPEC_RULES if r.message in caught.value.problems]
+        assert [f"spec{r.field_path}" for r in rules] == [case.field]
+
+
+@pytest.mark.parametrize("case", UNKNOWN_FIELDS, ids=lambda c: c.id)
+def test_unknown_fields_are_refused(spec_schema: dict[str, Any], case: Invalid) -> None:
+    with pytest.raises(api.SpecError, match=re.escape(case.field) + ": unknown field"):
+        api.parse_spec(case.spec)
+    assert f"{case.field}: unknown field" in schema_errors(spec_schema, case.spec, "spec")
+
+
+def test_spec_error_lists_every_problem() -> None:
+    with pytest.raises(api.SpecError) as caught:
+        api.parse_spec({"migrations": {"image": "x"}, "backup": {"retain": 0}})
+    text = str(caught.value)
+    for path in ("spec.database", "spec.targetRevision", "spec.backup.retain"):
+        assert path in text
+    with pytest.raises(api.SpecError, match="spec: must be an object"):
+        api.parse_spec(None)
+
+
+def test_revision_ids() -> None:
+    for ok in ("head", "9d81aa02c4f5", "0001_initial", "A" * 32):
+        assert api.parse_spec(_with("targetRevision", ok)).target_revision == ok
+    for bad in ("", "head-1", "+2", "base", "heads", "branch@head", "abc:def", "a b", "a" * 33):
+        with pytest.raises(api.SpecError, match=r"spec\.targetRevision"):
+            api.parse_spec(_with("targetRevision", bad))
+
+
+def test_status_round_trips() -> None:
+    raw = copy.deepcopy(STATUS_SAMPLE)
+    status = api.parse_status(raw)
+    assert status.history[0].from_ == "3f2a9c1d0b7e"
+    assert status.run is not None and status.run.jobs == {"migrate": "shop-migrate-4"}
+    assert api.dump(status) == raw  # times stay RFC 3339 with Z, "from" keeps its name, run keeps unknown keys
+
+    status_schema = crdgen.openapi_schema()["properties"]["status"]
+    assert schema_errors(status_schema, raw, "status") == []
+    assert api.parse_status({"observedGeneration": 1, "futureField": True}).observed_generation == 1
+
+
+def test_times_are_written_as_metav1_time() -> None:
+    status = api.parse_status(
+        {"backup": {"completedAt": "2025-01-02T05:04:05.123456+02:00"}, "run": {"startedAt": "2025-01-02T03:04:05Z"}}
+    )
+    assert api.dump(status)["backup"] == {"completedAt": "2025-01-02T03:04:05Z"}
+    assert api.dump(status)["run"] == {"startedAt": "2025-01-02T03:04:05Z", "jobs": {}}
+    naive = api.Condition(
+        type="Ready", status="True", last_transition_time=datetime(2025, 1, 2, 3, 4, 5), reason="Succeeded", message=""
+    )
+    assert api.dump(naive)["lastTransitionTime"] == "2025-01-02T03:04:05Z"
+
+
+def test_parse_accepts_mappings_as_kopf_hands_them_over() -> None:
+    spec = api.parse_spec(MappingProxyType(example_spec()))
+    assert spec == api.parse_spec(example_spec())
+    assert api.parse_status(MappingProxyType({"observedGeneration": 2})).observed_generation == 2
+
+
+def _example_manifests() -> list[Any]:
+    found = []
+    for path in sorted((REPO / "examples").rglob("*.y*ml")):
+        for i, doc in enumerate(yaml.safe_load_all(path.read_text(encoding="utf-8"))):
+            if isinstance(doc, dict) and doc.get("kind") == constants.KIND:
+                found.append(pytest.param(doc, id=f"{path.relative_to(REPO)}#{i}"))
+    return found or [pytest.param(None, marks=pytest.mark.skip(reason="no DatabaseMigration in examples/"))]
+
+
+@pytest.mark.parametrize("manifest", _example_manifests())
+def test_examples_are_valid(spec_schema: dict[str, Any], manifest: dict[str, Any]) -> None:
+    assert manifest["apiVersion"] == constants.API_VERSION
+    api.parse_spec(manifest["spec"])
+    assert schema_errors(spec_schema, apply_defaults(spec_schema, manifest["spec"]), "spec") == []

@@ -1,0 +1,358 @@
+"""The decision function, without a cluster: each step, each Stalled reason, each rollback path, kstatus rules."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from alembic_operator import constants as c
+from alembic_operator import status as s
+from alembic_operator.reconcile import (
+    DatabaseObservation,
+    Decision,
+    JobObservation,
+    Observation,
+    decide,
+    plan_hash,
+)
+
+NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
+SPEC: dict[str, Any] = {
+    "database": {"urlSecretRef": {"name": "shop-db", "key": "url"}},
+    "migrations": {"image": "shop:1"},
+    "targetRevision": "head",
+    "backup": {"volume": {"emptyDir": {}}},
+}
+PLAN_OK = {"ok": True, "current": "r1", "target": "r3", "revisions": ["r2", "r3"], "destructive": [],
+           "findings": [], "sqlSha256": "abc"}
+PLAN_DESTRUCTIVE = {**PLAN_OK, "destructive": ["DROP COLUMN orders.legacy (revision r3)"],
+                    "findings": [{"rule": "drop-column", "severity": "destructive", "revision": "r3",
+                                  "operation": "DROP COLUMN orders.legacy"}]}
+
+
+def observe(status: dict[str, Any] | None = None, *, generation: int = 1, spec: dict[str, Any] | None = None,
+            db: DatabaseObservation | None = None, jobs: dict[str, JobObservation] | None = None,
+            annotations: dict[str, str] | None = None, now: datetime = NOW, busy: str | None = None) -> Observation:
+    return Observation(
+        name="shop", namespace="shop", generation=generation, spec=spec or SPEC, annotations=annotations or {},
+        status=status or {"observedGeneration": -1}, database=db or DatabaseObservation(revision="r1"),
+        jobs=jobs or {}, now=now, busy_with=busy,
+    )
+
+
+def cond(d: Decision, type_: str) -> dict[str, Any]:
+    found = s.get_condition(d.status, type_)
+    assert found is not None, f"no {type_} condition"
+    return found
+
+
+def summary(d: Decision) -> tuple[str, str, str]:
+    return tuple(cond(d, t)["status"] for t in (c.READY, c.RECONCILING, c.STALLED))  # type: ignore[return-value]
+
+
+def done(job: str, result: dict[str, Any] | None, state: str = "succeeded") -> JobObservation:
+    return JobObservation(name=f"shop-{job}-g1", state=state, result=result)  # type: ignore[arg-type]
+
+
+def advance(d: Decision, **kw: Any) -> Decision:
+    return decide(observe(d.status, **kw))
+
+
+def test_new_resource_starts_a_plan_job_and_is_reconciling() -> None:
+    d = decide(observe())
+    assert [j.role for j in d.jobs] == ["plan"]
+    assert d.jobs[0].args == {"target": "head"}
+    assert d.status["phase"] == "Planning"
+    assert summary(d) == ("False", "True", "False")
+    assert d.status["observedGeneration"] == 1
+    assert all(x["observedGeneration"] == 1 for x in d.status["conditions"])
+    assert d.events and d.events[0][1] == "Planning"
+
+
+def test_explicit_target_already_in_database_is_ready_without_jobs() -> None:
+    d = decide(observe(spec={**SPEC, "targetRevision": "r1"}))
+    assert d.jobs == []
+    assert d.status["phase"] == "Succeeded"
+    assert summary(d) == ("True", "False", "False")
+
+
+def test_plan_with_nothing_to_do_is_ready_without_backup_or_migration() -> None:
+    d = decide(observe())
+    d = advance(d, jobs={"plan": done("plan", {**PLAN_OK, "revisions": [], "target": "r1"})})
+    assert d.jobs == []
+    assert summary(d) == ("True", "False", "False")
+    assert d.status["targetRevision"] == "r1"
+
+
+def test_happy_path_plan_backup_migrate_verify() -> None:
+    d = decide(observe())
+    d = advance(d, jobs={"plan": done("plan", PLAN_OK)})
+    assert [j.role for j in d.jobs] == ["backup"]
+    assert d.status["phase"] == "BackingUp"
+    assert cond(d, c.APPROVAL_REQUIRED)["status"] == "False"
+    backup = {"ok": True, "location": "pvc/b/shop/shop/x.dump", "file": "/backups/shop/shop/x.dump",
+              "sizeBytes": 10, "sha256": "sha256:aa", "revision": "r1", "completedAt": "2026-11-24T12:00:00Z"}
+    d = advance(d, jobs={"plan": done("plan", PLAN_OK), "backup": done("backup", backup)})
+    assert [j.role for j in d.jobs] == ["migrate"]
+    assert d.jobs[0].args == {"from": "r1", "to": "r3"}
+    assert d.status["backup"]["sha256"] == "sha256:aa"
+    assert cond(d, c.BACKUP_SUCCEEDED)["status"] == "True"
+    jobs = {"plan": done("plan", PLAN_OK), "backup": done("backup", backup), "migrate": done("migrate", {"ok": True})}
+    d = advance(d, jobs=jobs, db=DatabaseObservation(revision="r3"))
+    assert d.status["phase"] == "Succeeded"
+    assert summary(d) == ("True", "False", "False")
+    assert cond(d, c.MIGRATED)["status"] == "True"
+    assert d.status["currentRevision"] == "r3"
+    assert d.status["history"][-1]["result"] == "Succeeded"
+    assert d.status["history"][-1]["backup"] == "pvc/b/shop/shop/x.dump"
+    # Idle afterwards: no new jobs, stays Ready.
+    again = advance(d, jobs=jobs, db=DatabaseObservation(revision="r3"))
+    assert again.jobs == [] and summary(again) == ("True", "False", "False") and again.events == []
+
+
+def test_migration_job_success_but_wrong_revision_is_a_failure() -> None:
+    status = _at_migrating()
+    d = decide(observe(status, jobs={"migrate": done("migrate", {"ok": True})}, db=DatabaseObservation("r2")))
+    assert d.status["phase"] == "RollingBack"
+    assert "not r3" in cond(d, c.MIGRATED)["message"]
+
+
+@pytest.mark.parametrize("reason", ["MultipleHeads", "UnknownRevision", "DowngradeNotSupported"])
+def test_plan_errors_stall_with_the_runner_reason(reason: str) -> None:
+    d = decide(observe())
+    d = advance(d, jobs={"plan": done("plan", {"ok": False, "reason": reason, "message": "explain"}, "failed")})
+    assert d.status["phase"] == "Failed"
+    assert summary(d) == ("False", "False", "True")
+    assert cond(d, c.STALLED)["reason"] == reason
+    assert d.events[-1][0] == "Warning"
+
+
+def test_plan_job_crash_is_plan_failed_with_details() -> None:
+    d = decide(observe())
+    d = advance(d, jobs={"plan": JobObservation("shop-plan-g1", "failed", None, "DeadlineExceeded: too long")})
+    assert cond(d, c.STALLED)["reason"] == "PlanFailed"
+    assert "DeadlineExceeded" in d.status["message"]
+
+
+@pytest.mark.parametrize(("db", "reason"), [
+    (DatabaseObservation(error_reason="SecretNotFound", error_message="Secret shop/x does not exist"),
+     "SecretNotFound"),
+    (DatabaseObservation(error_reason="InvalidDatabaseURL", error_message="bad"), "InvalidDatabaseURL"),
+])
+def test_secret_problems_stall_at_once(db: DatabaseObservation, reason: str) -> None:
+    d = decide(observe(db=db))
+    assert summary(d) == ("False", "False", "True")
+    assert cond(d, c.STALLED)["reason"] == reason
+    assert d.jobs == []
+    assert d.requeue_after  # and it keeps looking, so creating the Secret recovers
+
+
+def test_unreachable_database_reconciles_with_backoff_then_stalls() -> None:
+    down = DatabaseObservation(error_reason="DatabaseUnreachable", error_message="refused", transient=True)
+    d = decide(observe(db=down))
+    assert summary(d) == ("False", "True", "False")
+    assert cond(d, c.RECONCILING)["reason"] == "DatabaseUnreachable"
+    first = d.requeue_after
+    d = advance(d, db=down, now=NOW + timedelta(seconds=30))
+    assert d.requeue_after and first and d.requeue_after > first
+    d = advance(d, db=down, now=NOW + timedelta(minutes=6))
+    assert summary(d) == ("False", "False", "True")
+    d = advance(d, now=NOW + timedelta(minutes=7))  # it comes back: planning resumes
+    assert [j.role for j in d.jobs] == ["plan"] and summary(d) == ("False", "True", "False")
+
+
+def test_destructive_plan_waits_for_approval_of_exactly_that_plan() -> None:
+    d = decide(observe())
+    jobs = {"plan": done("plan", PLAN_DESTRUCTIVE)}
+    d = advance(d, jobs=jobs)
+    assert d.status["phase"] == "AwaitingApproval"
+    assert summary(d) == ("False", "False", "True")
+    assert cond(d, c.STALLED)["reason"] == "DestructiveChangesNotApproved"
+    assert cond(d, c.APPROVAL_REQUIRED)["status"] == "True"
+    assert d.status["plan"]["destructive"] == ["DROP COLUMN orders.legacy (revision r3)"]
+    h = d.status["plan"]["hash"]
+    assert h == plan_hash(PLAN_DESTRUCTIVE, "shop:1") and h in d.status["message"]
+    assert d.jobs == []
+    wrong = advance(d, jobs=jobs, annotations={c.APPROVE_ANNOTATION: "sha256:other"})
+    assert wrong.status["phase"] == "AwaitingApproval"
+    ok = advance(d, jobs=jobs, annotations={c.APPROVE_ANNOTATION: h})
+    assert ok.status["phase"] == "BackingUp" and [j.role for j in ok.jobs] == ["backup"]
+    assert cond(ok, c.APPROVAL_REQUIRED)["status"] == "False"
+
+
+def test_allow_destructive_skips_the_wait() -> None:
+    spec = {**SPEC, "approval": {"allowDestructive": True}}
+    d = decide(observe(spec=spec))
+    d = advance(d, spec=spec, jobs={"plan": done("plan", PLAN_DESTRUCTIVE)})
+    assert d.status["phase"] == "BackingUp"
+
+
+def test_plan_hash_changes_with_sql_and_image() -> None:
+    assert plan_hash(PLAN_OK, "a") != plan_hash(PLAN_OK, "b")
+    assert plan_hash(PLAN_OK, "a") != plan_hash({**PLAN_OK, "sqlSha256": "other"}, "a")
+
+
+def test_a_second_resource_on_the_same_database_waits() -> None:
+    d = decide(observe())
+    d = advance(d, jobs={"plan": done("plan", PLAN_OK)}, busy="DatabaseMigration other/x")
+    assert d.jobs == [] and cond(d, c.RECONCILING)["reason"] == "WaitingForDatabase"
+    assert "other/x" in d.status["message"]
+
+
+def test_backup_failure_stalls_without_touching_the_database() -> None:
+    d = decide(observe())
+    d = advance(d, jobs={"plan": done("plan", PLAN_OK)})
+    broken = done("backup", {"ok": False, "reason": "BackupFailed", "message": "disk"}, "failed")
+    d = advance(d, jobs={"plan": done("plan", PLAN_OK), "backup": broken})
+    assert d.jobs == [] and d.status["phase"] == "Failed"
+    assert cond(d, c.STALLED)["reason"] == "JobFailed"
+    assert cond(d, c.BACKUP_SUCCEEDED)["status"] == "False"
+
+
+BACKUP = {"ok": True, "location": "pvc/b/x.dump", "file": "/backups/x.dump", "sha256": "sha256:aa", "revision": "r1"}
+
+
+def _at_migrating(spec: dict[str, Any] | None = None, plan: dict[str, Any] = PLAN_OK) -> dict[str, Any]:
+    spec = spec or SPEC
+    d = decide(observe(spec=spec))
+    d = advance(d, spec=spec, jobs={"plan": done("plan", plan)},
+                annotations={c.APPROVE_ANNOTATION: plan_hash(plan, "shop:1")})
+    if d.status["phase"] == "BackingUp":
+        d = advance(d, spec=spec, jobs={"plan": done("plan", plan), "backup": done("backup", BACKUP)})
+    assert d.status["phase"] == "Migrating"
+    return d.status
+
+
+FAILED = {"ok": False, "reason": "MigrationFailed", "message": "check constraint violated"}
+
+
+def test_failed_transaction_already_rolled_back_needs_nothing_more() -> None:
+    status = _at_migrating()
+    d = decide(observe(status, jobs={"migrate": done("migrate", FAILED, "failed")}, db=DatabaseObservation("r1")))
+    assert d.jobs == []
+    assert d.status["phase"] == "Failed"
+    assert summary(d) == ("False", "False", "True")
+    assert cond(d, c.ROLLED_BACK)["status"] == "True"
+    assert cond(d, c.ROLLED_BACK)["reason"] == "TransactionRolledBack"
+    assert d.status["history"][-1]["result"] == "RolledBack"
+    assert "check constraint violated" in d.status["message"]
+
+
+def _rollback(status: dict[str, Any], db_after: str) -> Decision:
+    failed = {"migrate": done("migrate", FAILED, "failed")}
+    return decide(observe(status, jobs=failed, db=DatabaseObservation(db_after)))
+
+
+def test_auto_downgrades_when_committed_revisions_destroyed_nothing() -> None:
+    d = _rollback(_at_migrating(), "r2")
+    assert [(j.role, j.args) for j in d.jobs] == [("downgrade", {"from": "r2", "to": "r1"})]
+    assert d.status["phase"] == "RollingBack" and summary(d) == ("False", "True", "False")
+    d = advance(d, jobs={"migrate": done("migrate", FAILED, "failed"), "downgrade": done("downgrade", {"ok": True})},
+                db=DatabaseObservation("r1"))
+    assert d.status["phase"] == "Failed"
+    assert cond(d, c.ROLLED_BACK)["reason"] == "Downgraded"
+    assert summary(d) == ("False", "False", "True")
+
+
+def test_auto_restores_when_a_committed_revision_destroyed_data() -> None:
+    plan = {**PLAN_DESTRUCTIVE, "destructive": ["DROP TABLE t (revision r2)"],
+            "findings": [{"rule": "drop-table", "severity": "destructive", "revision": "r2", "operation": "x"}]}
+    d = _rollback(_at_migrating(plan=plan), "r2")
+    assert [(j.role, j.args) for j in d.jobs] == [("restore", {"file": "/backups/x.dump", "sha256": "sha256:aa"})]
+    d = advance(d, jobs={"migrate": done("migrate", FAILED, "failed"), "restore": done("restore", {"ok": True})},
+                db=DatabaseObservation("r1"))
+    assert cond(d, c.ROLLED_BACK)["reason"] == "Restored"
+
+
+def test_auto_falls_back_to_restore_when_the_downgrade_fails() -> None:
+    d = _rollback(_at_migrating(), "r2")
+    jobs = {"migrate": done("migrate", FAILED, "failed"),
+            "downgrade": done("downgrade", {"ok": False, "reason": "DowngradeFailed", "message": "no"}, "failed")}
+    d = advance(d, jobs=jobs, db=DatabaseObservation("r2"))
+    assert [j.role for j in d.jobs] == ["restore"]
+    d = advance(d, jobs={**jobs, "restore": done("restore", {"ok": True})}, db=DatabaseObservation("r1"))
+    assert cond(d, c.ROLLED_BACK)["reason"] == "Restored"
+
+
+@pytest.mark.parametrize(("strategy", "role"), [("Downgrade", "downgrade"), ("Restore", "restore")])
+def test_explicit_strategies_do_only_their_step(strategy: str, role: str) -> None:
+    spec = {**SPEC, "rollback": {"strategy": strategy}}
+    d = _rollback(_at_migrating(spec), "r2")
+    assert [j.role for j in d.jobs] == [role]
+    jobs = {"migrate": done("migrate", FAILED, "failed"), role: done(role, {"ok": False, "message": "x"}, "failed")}
+    d = advance(d, spec=spec, jobs=jobs, db=DatabaseObservation("r2"))
+    assert d.jobs == []
+    assert cond(d, c.ROLLED_BACK)["status"] == "False"
+    assert cond(d, c.STALLED)["reason"] == "RollbackFailed"
+
+
+def test_strategy_none_only_reports() -> None:
+    spec = {**SPEC, "rollback": {"strategy": "None"}}
+    d = _rollback(_at_migrating(spec), "r2")
+    assert d.jobs == [] and cond(d, c.ROLLED_BACK)["reason"] == "RollbackDisabled"
+    assert "r2" in d.status["message"]
+
+
+def test_restore_without_backup_is_reported() -> None:
+    # Restore with backups disabled is refused by the schema; Auto can still need a restore.
+    spec = {**SPEC, "backup": {"enabled": False}}
+    plan = {**PLAN_DESTRUCTIVE, "findings": [{"rule": "drop-table", "severity": "destructive", "revision": "r2"}]}
+    status = _at_migrating(spec, plan=plan)
+    d = _rollback(status, "r2")
+    assert d.jobs == [] and cond(d, c.ROLLED_BACK)["reason"] == "NoBackup"
+
+
+def test_new_generation_flips_ready_false_before_work() -> None:
+    jobs = {"plan": done("plan", {**PLAN_OK, "revisions": [], "target": "r1"})}
+    d = advance(decide(observe()), jobs=jobs)
+    assert summary(d) == ("True", "False", "False")
+    d2 = decide(observe(d.status, generation=2))
+    assert summary(d2) == ("False", "True", "False")
+    assert cond(d2, c.READY)["observedGeneration"] == 2
+    assert [(j.role, j.generation) for j in d2.jobs] == [("plan", 2)]
+
+
+def test_spec_edit_during_migration_is_queued_until_the_run_ends() -> None:
+    status = _at_migrating()
+    edited = {**SPEC, "targetRevision": "r9"}
+    running = {"migrate": JobObservation("shop-migrate-g1", "active")}
+    d = decide(observe(status, generation=2, spec=edited, jobs=running))
+    assert d.jobs == [] and d.status["run"]["generation"] == 1
+    assert d.status["observedGeneration"] == 1 and "generation 2 is queued" in d.status["message"]
+    jobs = {"migrate": done("migrate", {"ok": True})}
+    d = decide(observe(d.status, generation=2, spec=edited, jobs=jobs, db=DatabaseObservation("r3")))
+    assert d.status["history"][-1]["generation"] == 1
+    d = decide(observe(d.status, generation=2, spec=edited, db=DatabaseObservation("r3")))
+    assert [(j.role, j.generation, j.args["target"]) for j in d.jobs] == [("plan", 2, "r9")]
+
+
+def test_a_run_uses_its_own_spec_not_a_queued_edit() -> None:
+    status = _at_migrating()
+    edited = {**SPEC, "migrations": {"image": "shop:2"}}
+    d = decide(observe(status, generation=2, spec=edited, jobs={"migrate": done("migrate", FAILED, "failed")},
+                       db=DatabaseObservation("r2")))
+    assert d.jobs[0].spec["migrations"]["image"] == "shop:1"
+
+
+def test_database_changed_behind_our_back_is_not_ready() -> None:
+    jobs = {"plan": done("plan", {**PLAN_OK, "revisions": [], "target": "r1"})}
+    d = advance(decide(observe()), jobs=jobs)
+    d = advance(d, db=DatabaseObservation("r0"))
+    assert summary(d) == ("False", "False", "True") and cond(d, c.STALLED)["reason"] == "DatabaseChanged"
+
+
+def test_last_transition_time_moves_only_on_change() -> None:
+    d = decide(observe())
+    t = cond(d, c.RECONCILING)["lastTransitionTime"]
+    d2 = advance(d, jobs={"plan": JobObservation("shop-plan-g1", "active")}, now=NOW + timedelta(minutes=1))
+    assert cond(d2, c.RECONCILING)["lastTransitionTime"] == t
+
+
+def test_suspend_starts_nothing_until_lifted() -> None:
+    spec = {**SPEC, "suspend": True}
+    d = decide(observe(spec=spec))
+    assert d.jobs == [] and cond(d, c.RECONCILING)["reason"] == "Suspended"
+    d = advance(d, spec=SPEC)
+    assert [j.role for j in d.jobs] == ["plan"]
