@@ -15,11 +15,11 @@ def _run(args: argparse.Namespace) -> int:
 
     from . import handlers
 
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     namespaces = [ns for item in args.namespace for ns in item.split(",") if ns]
     handlers.runtime.namespaces = namespaces or None
     kopf.configure(verbose=args.verbose)
+    # Alembic announces every connection it configures; the operator connects often to read the revision.
+    logging.getLogger("alembic.runtime.migration").setLevel(logging.WARNING)
     kopf.run(
         clusterwide=not namespaces,
         namespaces=namespaces,

@@ -1,0 +1,1 @@
+"""The shop demo application (only its database models matter for alembic-operator)."""

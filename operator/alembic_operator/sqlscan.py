@@ -1,0 +1,677 @@
+"""Find destructive and locking operations in the SQL Alembic renders offline for PostgreSQL.
+
+``alembic upgrade a:b --sql`` prints the statements an upgrade would run: ``BEGIN;``, ``-- Running upgrade a -> b``
+comments, the DDL/DML of each revision and the ``alembic_version`` bookkeeping, each statement ended by ``;``. This
+module parses that text with **pglast**, which embeds PostgreSQL's own parser (libpg_query): it accepts exactly
+what the server accepts (dollar quoting, ``USING`` clauses, multi-action ``ALTER TABLE``, PL/pgSQL bodies) and
+gives the server's own parse tree (``AlterTableCmd.subtype == AT_DropColumn`` and so on), so no rule depends on
+how a statement happens to be spelled. sqlglot is a multi-dialect transpiler: it parses PostgreSQL DDL into a
+generic tree and falls back to opaque ``Command`` nodes for what it does not model, which is the wrong failure
+mode for a safety gate.
+
+    findings = scan_sql(sql, revision="9d81aa02c4f5")
+    [f.describe() for f in findings if f.severity == "destructive"]
+    # ['DROP COLUMN orders.legacy_code (revision 9d81aa02c4f5)']
+
+Pure: no I/O, no database. The rules are listed in ``RULES`` (name, severity, why, how to do it safely); rule names
+are stable (docs, suppression comments and the CI lint refer to them).
+
+Conservative by design: SQL that does not parse is a destructive finding (``unparseable-sql``), and SQL that
+cannot be analysed statically (dynamic ``EXECUTE`` in a ``DO`` block, a ``DO`` block in another language) is
+a destructive finding too (``opaque-sql``): a human must look. Warnings about locks are not raised for tables
+created earlier in the same plan (nobody else uses them yet); destructive rules always fire.
+
+Not analysed: what a called function or procedure does (``SELECT f()``, ``CALL p()``), and the volatility of
+user-defined functions used as column defaults (only well-known volatile built-ins are recognised).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Collection, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal
+
+import pglast
+from pglast import ast, enums, parser
+from pglast.stream import RawStream
+
+__all__ = [
+    "RULES",
+    "Finding",
+    "Rule",
+    "Scanner",
+    "Severity",
+    "scan_revisions",
+    "scan_sql",
+]
+
+Severity = Literal["destructive", "warning"]
+
+STATEMENT_MAX: Final = 300
+DEFAULT_VERSION_TABLE: Final = "alembic_version"
+VERSION_COLUMN: Final = "version_num"
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str  # kebab-case, stable
+    severity: Severity
+    why: str  # what goes wrong
+    safely: str  # how to do it without the problem
+
+
+@dataclass(frozen=True)
+class Finding:
+    rule: str
+    severity: Severity
+    operation: str  # human, e.g. "DROP COLUMN orders.legacy_code"
+    revision: str | None
+    statement: str  # the SQL statement, trimmed to STATEMENT_MAX characters
+
+    def describe(self) -> str:
+        """The contract's form in status.plan.destructive: 'DROP COLUMN orders.legacy_code (revision 9d81aa02c4f5)'."""
+        if not self.revision or f"revision {self.revision}" in self.operation:
+            return self.operation
+        return f"{self.operation} (revision {self.revision})"
+
+    def to_dict(self) -> dict[str, str | None]:
+        return {"rule": self.rule, "severity": self.severity, "revision": self.revision, "operation": self.operation}
+
+
+def _rule(name: str, severity: Severity, why: str, safely: str) -> tuple[str, Rule]:
+    return name, Rule(name, severity, why, safely)
+
+
+RULES: Final[dict[str, Rule]] = dict(
+    [
+        # --- destructive: data is lost (or may be); needs approval -------------------------------------------------
+        _rule("drop-table", "destructive", "DROP TABLE deletes the table and every row in it.",
+              "Stop using the table in a release first; drop it in a later migration once nothing reads it, "
+              "after a backup (approve the plan)."),
+        _rule("drop-column", "destructive", "DROP COLUMN deletes the column's values in every row; the running "
+              "(old) app version still selects the column and breaks.",
+              "Expand/contract: release an app version that no longer uses the column, then drop it in a later "
+              "migration (approve the plan)."),
+        _rule("truncate", "destructive", "TRUNCATE deletes every row of the table.",
+              "Delete only what must go, with a WHERE clause, or approve the plan."),
+        _rule("alter-column-type", "destructive", "Changing a column's type (ALTER COLUMN ... TYPE / SET DATA TYPE) "
+              "can truncate or round values or fail on existing rows, and rewrites the table under an ACCESS "
+              "EXCLUSIVE lock (only a few binary-compatible changes avoid the rewrite).",
+              "Add a new column of the new type, backfill it in batches, switch the app, then drop the old column."),
+        _rule("drop-schema", "destructive", "DROP SCHEMA deletes the schema (with CASCADE: every table in it).",
+              "Move what must survive out of the schema first, or approve the plan."),
+        _rule("drop-database", "destructive", "DROP DATABASE deletes a whole database.",
+              "Do not drop databases from migrations; do it by hand."),
+        _rule("drop-type", "destructive", "DROP TYPE/DOMAIN fails while columns use it; with CASCADE it deletes "
+              "those columns and their values.",
+              "Migrate the columns off the type first; drop it without CASCADE."),
+        _rule("drop-sequence", "destructive", "DROP SEQUENCE loses the sequence's position; ids generated later "
+              "may collide with existing ones.",
+              "Keep the sequence, or approve the plan."),
+        _rule("drop-cascade", "destructive", "DROP ... CASCADE also drops whatever depends on the object, which "
+              "PostgreSQL decides at run time (columns using a type, generated columns using a function, ...); "
+              "not raised for views and indexes, whose dependents hold no rows.",
+              "Drop the dependents explicitly, then the object without CASCADE."),
+        _rule("drop-owned", "destructive", "DROP OWNED BY drops every object the role owns, tables included.",
+              "Drop the objects explicitly."),
+        _rule("delete-without-where", "destructive", "DELETE without WHERE deletes every row of the table.",
+              "Add a WHERE clause, or approve the plan."),
+        _rule("update-without-where", "destructive", "UPDATE without WHERE overwrites the column(s) in every row; "
+              "the previous values are lost.",
+              "Add a WHERE clause, or copy the values to a new column first, or approve the plan."),
+        _rule("unparseable-sql", "destructive", "The SQL does not parse as PostgreSQL, so it cannot be checked.",
+              "Fix the SQL (it would fail on the server too), or review it and approve the plan."),
+        _rule("opaque-sql", "destructive", "SQL built at run time (EXECUTE in a DO block) or code in a non-SQL "
+              "language cannot be analysed statically.",
+              "Write the statements out as plain SQL, or review the code and approve the plan."),
+        _rule("unrenderable-revision", "destructive", "The revision could not be rendered offline (it reads the "
+              "database or fails in offline mode), so its SQL is unknown.",
+              "Make the revision renderable offline (see context.is_offline_mode()), or review it and approve."),
+        # --- warnings: locks or breaks the running app, but keeps the data -------------------------------------------
+        _rule("rename-table", "warning", "Renaming a table (or view, or moving it to another schema) breaks the "
+              "running (old) app version, which still uses the old name.",
+              "Create the new table/view, copy or sync, switch the app, drop the old one later; or use an "
+              "updatable view under the old name during the transition."),
+        _rule("rename-column", "warning", "Renaming a column breaks the running (old) app version, which still "
+              "uses the old name.",
+              "Add the new column, write both, backfill, switch reads, drop the old column later."),
+        _rule("rename-object", "warning", "Renaming a schema, type, enum value, sequence or function breaks the "
+              "running (old) app version if it refers to the old name.",
+              "Add the new name alongside the old one and remove the old one in a later release."),
+        _rule("set-not-null", "warning", "SET NOT NULL scans the whole table under an ACCESS EXCLUSIVE lock; it "
+              "fails if a row has NULL.",
+              "ADD CONSTRAINT ... CHECK (col IS NOT NULL) NOT VALID; VALIDATE CONSTRAINT; then SET NOT NULL "
+              "(PostgreSQL 12+ uses the validated constraint and skips the scan); then drop the CHECK."),
+        _rule("add-column-not-null-without-default", "warning", "ADD COLUMN ... NOT NULL without a DEFAULT fails "
+              "on a table that has rows, and the old app's INSERTs fail once it exists.",
+              "Add the column nullable (or with a constant DEFAULT), backfill, then set NOT NULL safely."),
+        _rule("add-column-volatile-default", "warning", "A column added with a volatile DEFAULT (random(), "
+              "gen_random_uuid(), clock_timestamp(), nextval()), a serial/identity type or a STORED generated "
+              "expression rewrites the whole table under an ACCESS EXCLUSIVE lock.",
+              "Add the column without the default, set the default afterwards, backfill in batches."),
+        _rule("create-index-not-concurrently", "warning", "CREATE INDEX without CONCURRENTLY blocks writes to the "
+              "table (SHARE lock) for as long as the build takes.",
+              "CREATE INDEX CONCURRENTLY (outside a transaction: op.get_context().autocommit_block(), "
+              "postgresql_concurrently=True)."),
+        _rule("drop-index", "warning", "DROP INDEX without CONCURRENTLY takes an ACCESS EXCLUSIVE lock on the "
+              "table; queries that used the index may get slow.",
+              "DROP INDEX CONCURRENTLY (outside a transaction), after checking nothing needs the index."),
+        _rule("add-foreign-key", "warning", "Adding a FOREIGN KEY validates every row while holding a SHARE ROW "
+              "EXCLUSIVE lock on both tables (writes blocked).",
+              "ADD CONSTRAINT ... FOREIGN KEY ... NOT VALID, then VALIDATE CONSTRAINT in a later step."),
+        _rule("add-check-constraint", "warning", "Adding a CHECK constraint scans the whole table under an ACCESS "
+              "EXCLUSIVE lock.",
+              "ADD CONSTRAINT ... CHECK (...) NOT VALID, then VALIDATE CONSTRAINT in a later step."),
+        _rule("add-unique-constraint", "warning", "Adding a PRIMARY KEY, UNIQUE or EXCLUDE constraint builds its "
+              "index under an ACCESS EXCLUSIVE lock; it fails on duplicates.",
+              "CREATE UNIQUE INDEX CONCURRENTLY, then ADD CONSTRAINT ... USING INDEX."),
+        _rule("table-rewrite", "warning", "VACUUM FULL, CLUSTER, SET TABLESPACE and SET LOGGED/UNLOGGED rewrite "
+              "the table under an ACCESS EXCLUSIVE lock.",
+              "Run maintenance outside migrations (pg_repack), in a maintenance window."),
+        _rule("exclusive-lock", "warning", "LOCK TABLE in a strong mode, or REINDEX without CONCURRENTLY, blocks "
+              "the app for the rest of the transaction / the rebuild.",
+              "Avoid explicit locks in migrations; REINDEX CONCURRENTLY; set lock_timeout."),
+        _rule("drop-view", "warning", "DROP VIEW / MATERIALIZED VIEW breaks readers of the view (a materialized "
+              "view's rows are derived: REFRESH recomputes them).",
+              "Stop using the view in a release first, then drop it."),
+        _rule("delete-rows", "warning", "DELETE with a WHERE clause deletes rows: intended in a data migration, "
+              "but the rows are gone unless the backup is restored.",
+              "Check the WHERE clause; copy the rows aside first if they may be needed."),
+    ]
+)
+
+# Built-in functions that are VOLATILE: used as a column's DEFAULT on ADD COLUMN they force a table rewrite.
+VOLATILE_FUNCTIONS: Final = frozenset({
+    "random", "random_normal", "setseed", "gen_random_uuid", "uuidv4", "uuidv7", "uuid_generate_v1",
+    "uuid_generate_v1mc", "uuid_generate_v4", "gen_random_bytes", "clock_timestamp", "timeofday", "nextval",
+})
+SERIAL_TYPES: Final = frozenset({"serial", "serial4", "bigserial", "serial8", "smallserial", "serial2"})
+# LOCK TABLE modes (lockdefs.h) that block the app's writes: SHARE (5) and stronger.
+_STRONG_LOCK_MODE: Final = 5
+
+_RUNNING = re.compile(r"^--\s*Running (upgrade|downgrade)\s+(.*?)\s*->\s*(.*?)\s*$", re.MULTILINE)
+_DELIMITER = re.compile(r";[ \t]*(?:\n|$)")  # Alembic's offline renderer ends every statement with ";\n\n"
+_PLPGSQL_TAG: Final = "$alembic_operator_do$"
+# Only views and constraints can depend on these: CASCADE loses no rows.
+_CASCADE_HARMLESS: Final = frozenset({"drop-view", "drop-index"})
+
+
+# --- statements ---------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Statement:
+    start: int  # character offset in the scanned text
+    text: str
+    node: Any  # a pglast.ast.Node, or None when the text does not parse
+    error: str | None = None
+
+
+def _statements(sql: str) -> list[_Statement]:
+    """Split and parse. Whole text first (PostgreSQL's own splitting); if some statement is broken, parse the
+    statements one by one so that the broken one becomes a finding and the others are still checked."""
+    try:
+        return list(_parsed(sql, 0))
+    except parser.ParseError:
+        pass
+    try:
+        slices = list(parser.split(sql, with_parser=False, only_slices=True))
+    except parser.ParseError:  # the scanner itself failed (an unterminated quote): use Alembic's delimiter
+        slices, pos = [], 0
+        for m in _DELIMITER.finditer(sql):
+            slices.append(slice(pos, m.start()))
+            pos = m.end()
+        slices.append(slice(pos, len(sql)))
+    out: list[_Statement] = []
+    for piece in slices:
+        text = sql[piece]
+        if not _strip_comments(text):
+            continue
+        try:
+            out.extend(_parsed(text, piece.start))
+        except parser.ParseError as exc:
+            out.append(_Statement(piece.start, text, None, str(exc.args[0]) if exc.args else str(exc)))
+    return out
+
+
+def _parsed(sql: str, offset: int) -> Iterator[_Statement]:
+    for raw in parser.parse_sql(sql):
+        start = raw.stmt_location or 0
+        end = start + raw.stmt_len if raw.stmt_len else len(sql)
+        yield _Statement(offset + start, sql[start:end], raw.stmt)
+
+
+def _strip_comments(text: str) -> str:
+    lines = [line for line in text.strip().splitlines() if not line.lstrip().startswith("--")]
+    return "\n".join(lines).strip()
+
+
+def _trim(text: str) -> str:
+    text = _strip_comments(text) or text.strip()
+    return text if len(text) <= STATEMENT_MAX else text[: STATEMENT_MAX - 1] + "…"
+
+
+# --- names --------------------------------------------------------------------------------------------------------
+
+
+def _rel(rv: Any) -> str:
+    """A RangeVar as written: 'schema.table' only when a schema is present."""
+    if rv is None:
+        return "?"
+    return f"{rv.schemaname}.{rv.relname}" if getattr(rv, "schemaname", None) else str(rv.relname)
+
+
+def _names(items: Any) -> str:
+    """A qualified name given as a sequence of String nodes."""
+    return ".".join(str(getattr(i, "sval", i)) for i in items or ())
+
+
+def _object(obj: Any) -> str:
+    if isinstance(obj, ast.String):
+        return str(obj.sval)
+    if isinstance(obj, ast.TypeName):
+        return _names(obj.names)
+    if isinstance(obj, ast.ObjectWithArgs):
+        return _names(obj.objname)
+    if isinstance(obj, (list, tuple)):
+        return _names(obj)
+    return _deparse(obj)
+
+
+def _deparse(node: Any) -> str:
+    try:
+        return str(RawStream()(node))
+    except Exception:  # deparsing is for display only
+        return "?"
+
+
+def _key(rel: str) -> str:
+    return rel.rsplit(".", 1)[-1]
+
+
+def _walk(node: Any) -> Iterator[Any]:
+    """Every pglast node in the tree, the root included (for DML hidden in CTEs)."""
+    if isinstance(node, (list, tuple)):
+        for item in node:
+            yield from _walk(item)
+    elif isinstance(node, ast.Node):
+        yield node
+        for attr in getattr(type(node), "__slots__", ()):
+            value = getattr(node, attr, None)
+            if isinstance(value, (ast.Node, list, tuple)):
+                yield from _walk(value)
+
+
+def _touches_only_version_num(node: Any) -> bool:
+    """Alembic's bookkeeping in a version table with a custom name: DML that only names the version_num column
+    (INSERT INTO t (version_num) ..., UPDATE t SET version_num=... WHERE t.version_num = ..., DELETE ... WHERE
+    t.version_num = ...)."""
+    if isinstance(node, ast.InsertStmt):
+        names = {str(c.name) for c in node.cols or ()}
+    elif isinstance(node, ast.UpdateStmt):
+        names = {str(t.name) for t in node.targetList or ()}
+        if node.whereClause is None:
+            return False
+        names |= _column_names(node.whereClause)
+    elif isinstance(node, ast.DeleteStmt):
+        if node.whereClause is None:
+            return False
+        names = _column_names(node.whereClause)
+    else:
+        return False
+    return names == {VERSION_COLUMN}
+
+
+def _column_names(node: Any) -> set[str]:
+    fields = [tuple(ref.fields or ()) for ref in _walk(node) if isinstance(ref, ast.ColumnRef)]
+    return {str(getattr(f[-1], "sval", "*")) if f else "*" for f in fields}
+
+
+def _is(value: Any, member: Any) -> bool:
+    return bool(value == member)
+
+
+# --- the scanner --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Scanner:
+    """Scans one plan's SQL, revision after revision, remembering what the plan itself creates (no lock warnings
+    for those: nothing else uses them yet)."""
+
+    allowed: Collection[str] = frozenset()
+    version_table: str = DEFAULT_VERSION_TABLE
+    findings: list[Finding] = field(default_factory=list)
+    _created_tables: set[str] = field(default_factory=set)
+    _created_indexes: set[str] = field(default_factory=set)  # on tables this plan created
+
+    def scan(self, sql: str, revision: str | None = None) -> list[Finding]:
+        """Scan one chunk of SQL; return (and accumulate in ``findings``) what it found."""
+        markers = [(m.start(), m.group(3) if m.group(1) == "upgrade" else m.group(2)) for m in _RUNNING.finditer(sql)]
+        new: list[Finding] = []
+        for stmt in _statements(sql):
+            rev = revision
+            if rev is None:
+                for pos, marked in markers:
+                    if pos <= stmt.start:
+                        rev = marked or None
+            new.extend(self._statement(stmt, rev))
+        new = [f for f in new if f.rule not in self.allowed]
+        self.findings.extend(new)
+        return new
+
+    # one statement -> findings
+
+    def _statement(self, stmt: _Statement, rev: str | None, inner: bool = False) -> list[Finding]:
+        out: list[Finding] = []
+        text = _trim(stmt.text)
+
+        def add(rule: str, operation: str) -> None:
+            out.append(Finding(rule, RULES[rule].severity, operation, rev, text))
+
+        node = stmt.node
+        if node is None:
+            if inner:
+                add("opaque-sql", f"unparseable SQL in a DO block ({stmt.error})")
+            else:
+                add("unparseable-sql", f"unparseable SQL ({stmt.error})")
+            return out
+        if self._bookkeeping(node):
+            return out
+
+        handler = getattr(self, f"_on_{type(node).__name__}", None)
+        if handler is not None:
+            handler(node, add, rev)
+        # DML anywhere in the tree (top level or in a data-modifying CTE)
+        for sub in _walk(node):
+            if isinstance(sub, ast.DeleteStmt) and not self._is_version(sub.relation):
+                if sub.whereClause is None:
+                    add("delete-without-where", f"DELETE FROM {_rel(sub.relation)} without WHERE")
+                else:
+                    add("delete-rows", f"DELETE FROM {_rel(sub.relation)} WHERE ...")
+            elif (isinstance(sub, ast.UpdateStmt) and not self._is_version(sub.relation)
+                  and sub.whereClause is None):
+                cols = ", ".join(str(t.name) for t in sub.targetList or () if getattr(t, "name", None))
+                add("update-without-where", f"UPDATE {_rel(sub.relation)} SET {cols} without WHERE")
+        return out
+
+    def _is_version(self, rv: Any) -> bool:
+        return rv is not None and getattr(rv, "relname", None) == self.version_table
+
+    def _bookkeeping(self, node: Any) -> bool:
+        """Alembic's own alembic_version statements (and BEGIN/COMMIT) are not the migration."""
+        if isinstance(node, ast.TransactionStmt):
+            return True
+        if isinstance(node, (ast.InsertStmt, ast.UpdateStmt, ast.DeleteStmt, ast.CreateStmt, ast.AlterTableStmt)):
+            return self._is_version(node.relation) or _touches_only_version_num(node)
+        if isinstance(node, ast.DropStmt) and _is(node.removeType, enums.ObjectType.OBJECT_TABLE):
+            return all(_key(_object(o)) == self.version_table for o in node.objects or ())
+        if isinstance(node, ast.TruncateStmt):
+            return all(self._is_version(r) for r in node.relations or ())
+        return False
+
+    def _new(self, rel: str) -> bool:
+        return _key(rel) in self._created_tables
+
+    # creations (remembered) ------------------------------------------------------------------------------------
+
+    def _on_CreateStmt(self, node: Any, add: Any, rev: str | None) -> None:
+        self._created_tables.add(_key(_rel(node.relation)))
+
+    def _on_CreateTableAsStmt(self, node: Any, add: Any, rev: str | None) -> None:
+        if node.into is not None:
+            self._created_tables.add(_key(_rel(node.into.rel)))
+
+    def _on_IndexStmt(self, node: Any, add: Any, rev: str | None) -> None:
+        rel = _rel(node.relation)
+        if self._new(rel):
+            if node.idxname:
+                self._created_indexes.add(_key(str(node.idxname)))
+        elif not node.concurrent:
+            kind = "UNIQUE INDEX" if node.unique else "INDEX"
+            add("create-index-not-concurrently", f"CREATE {kind} {node.idxname or ''} ON {rel}".replace("  ", " "))
+
+    # drops -----------------------------------------------------------------------------------------------------
+
+    def _on_DropStmt(self, node: Any, add: Any, rev: str | None) -> None:
+        ot = enums.ObjectType
+        kind = node.removeType
+        cascade = _is(node.behavior, enums.DropBehavior.DROP_CASCADE)
+        verbs = {ot.OBJECT_TABLE: ("drop-table", "DROP TABLE"), ot.OBJECT_SCHEMA: ("drop-schema", "DROP SCHEMA"),
+                 ot.OBJECT_TYPE: ("drop-type", "DROP TYPE"), ot.OBJECT_DOMAIN: ("drop-type", "DROP DOMAIN"),
+                 ot.OBJECT_SEQUENCE: ("drop-sequence", "DROP SEQUENCE"), ot.OBJECT_VIEW: ("drop-view", "DROP VIEW"),
+                 ot.OBJECT_MATVIEW: ("drop-view", "DROP MATERIALIZED VIEW"),
+                 ot.OBJECT_INDEX: ("drop-index", "DROP INDEX")}
+        for obj in node.objects or ():
+            name = _object(obj)
+            rule, verb = verbs.get(kind, (None, f"DROP {_object_kind(kind)}"))
+            if rule == "drop-table" and _key(name) == self.version_table:
+                continue
+            if rule == "drop-index" and (node.concurrent or _key(name) in self._created_indexes):
+                rule = None
+            if rule is not None:
+                add(rule, f"{verb} {name}" + (" CASCADE" if cascade else ""))
+            if cascade and rule not in _CASCADE_HARMLESS and (rule is None or RULES[rule].severity != "destructive"):
+                add("drop-cascade", f"{verb} {name} CASCADE")
+
+    def _on_DropdbStmt(self, node: Any, add: Any, rev: str | None) -> None:
+        add("drop-database", f"DROP DATABASE {node.dbname}")
+
+    def _on_DropOwnedStmt(self, node: Any, add: Any, rev: str | None) -> None:
+        roles = ", ".join(str(getattr(r, "rolename", None) or "?") for r in node.roles or ())
+        add("drop-owned", f"DROP OWNED BY {roles}")
+
+    def _on_TruncateStmt(self, node: Any, add: Any, rev: str | None) -> None:
+        for rv in node.relations or ():
+            if not self._is_version(rv):
+                add("truncate", f"TRUNCATE {_rel(rv)}")
+
+    # ALTER TABLE: one finding per action ---------------------------------------------------------------------------
+
+    def _on_AlterTableStmt(self, node: Any, add: Any, rev: str | None) -> None:
+        at = enums.AlterTableType
+        rel = _rel(node.relation)
+        new = self._new(rel)
+        for cmd in node.cmds or ():
+            sub = cmd.subtype
+            col = f"{rel}.{cmd.name}"
+            if _is(sub, at.AT_DropColumn):
+                add("drop-column", f"DROP COLUMN {col}")
+            elif _is(sub, at.AT_AlterColumnType):
+                type_name = _deparse(cmd.def_.typeName) if cmd.def_ is not None else "?"
+                add("alter-column-type", f"ALTER COLUMN {col} TYPE {type_name}")
+            elif new:
+                continue  # the rest are lock warnings: not for a table this plan created
+            elif _is(sub, at.AT_SetNotNull):
+                add("set-not-null", f"SET NOT NULL {col}")
+            elif _is(sub, at.AT_AddColumn):
+                self._add_column(rel, cmd.def_, add)
+            elif _is(sub, at.AT_AddConstraint):
+                self._add_constraint(rel, cmd.def_, add)
+            elif _is(sub, at.AT_SetTableSpace):
+                add("table-rewrite", f"SET TABLESPACE {rel}")
+            elif _is(sub, at.AT_SetLogged) or _is(sub, at.AT_SetUnLogged):
+                add("table-rewrite", f"SET {'LOGGED' if _is(sub, at.AT_SetLogged) else 'UNLOGGED'} {rel}")
+
+    def _add_column(self, rel: str, coldef: Any, add: Any) -> None:
+        ct = enums.ConstrType
+        col = f"{rel}.{coldef.colname}"
+        type_names = [str(getattr(n, "sval", "")) for n in (coldef.typeName.names if coldef.typeName else ())]
+        not_null = bool(coldef.is_not_null)
+        default = None
+        rewrite = bool(type_names) and type_names[-1].lower() in SERIAL_TYPES
+        for con in coldef.constraints or ():
+            kind = con.contype
+            if _is(kind, ct.CONSTR_NOTNULL) or _is(kind, ct.CONSTR_PRIMARY):
+                not_null = True
+            if _is(kind, ct.CONSTR_DEFAULT):
+                default = con.raw_expr
+            elif _is(kind, ct.CONSTR_IDENTITY) or _is(kind, ct.CONSTR_GENERATED):
+                rewrite = True
+            self._add_constraint(rel, con, add, column=str(coldef.colname))
+        volatile = sorted({
+            _names(f.funcname).rsplit(".", 1)[-1] for f in _walk(default) if isinstance(f, ast.FuncCall)
+        } & VOLATILE_FUNCTIONS)
+        if rewrite or volatile:
+            what = f"volatile DEFAULT {', '.join(v + '()' for v in volatile)}" if volatile else "a computed value"
+            add("add-column-volatile-default", f"ADD COLUMN {col} with {what}")
+        elif not_null and default is None:
+            add("add-column-not-null-without-default", f"ADD COLUMN {col} NOT NULL without DEFAULT")
+
+    def _add_constraint(self, rel: str, con: Any, add: Any, column: str | None = None) -> None:
+        ct = enums.ConstrType
+        kind = con.contype
+        name = f" {con.conname}" if con.conname else ""
+        where = f"{rel}.{column}" if column else rel
+        if _is(kind, ct.CONSTR_FOREIGN) and not con.skip_validation:
+            add("add-foreign-key", f"ADD FOREIGN KEY{name} ON {where} REFERENCES {_rel(con.pktable)}")
+        elif _is(kind, ct.CONSTR_CHECK) and not con.skip_validation:
+            add("add-check-constraint", f"ADD CHECK{name} ON {where}")
+        elif (_is(kind, ct.CONSTR_PRIMARY) or _is(kind, ct.CONSTR_UNIQUE) or _is(kind, ct.CONSTR_EXCLUSION)) \
+                and not con.indexname:
+            label = {ct.CONSTR_PRIMARY: "PRIMARY KEY", ct.CONSTR_UNIQUE: "UNIQUE"}.get(kind, "EXCLUDE")
+            add("add-unique-constraint", f"ADD {label}{name} ON {where}")
+
+    # renames -----------------------------------------------------------------------------------------------------
+
+    def _on_RenameStmt(self, node: Any, add: Any, rev: str | None) -> None:
+        ot = enums.ObjectType
+        kind = node.renameType
+        if kind in (ot.OBJECT_TABLE, ot.OBJECT_VIEW, ot.OBJECT_MATVIEW, ot.OBJECT_FOREIGN_TABLE):
+            rel = _rel(node.relation)
+            if self._new(rel):
+                self._created_tables.add(str(node.newname))
+            else:
+                add("rename-table", f"RENAME {_object_kind(kind)} {rel} TO {node.newname}")
+        elif _is(kind, ot.OBJECT_COLUMN):
+            rel = _rel(node.relation)
+            if not self._new(rel):
+                add("rename-column", f"RENAME COLUMN {rel}.{node.subname} TO {node.newname}")
+        elif kind in (ot.OBJECT_SCHEMA, ot.OBJECT_TYPE, ot.OBJECT_DOMAIN, ot.OBJECT_SEQUENCE, ot.OBJECT_FUNCTION,
+                      ot.OBJECT_PROCEDURE, ot.OBJECT_ATTRIBUTE):
+            old = node.subname if _is(kind, ot.OBJECT_SCHEMA) else (
+                _rel(node.relation) if node.relation is not None else _object(node.object))
+            add("rename-object", f"RENAME {_object_kind(kind)} {old} TO {node.newname}")
+
+    def _on_AlterEnumStmt(self, node: Any, add: Any, rev: str | None) -> None:
+        if node.oldVal:
+            add("rename-object", f"RENAME VALUE {_names(node.typeName)} '{node.oldVal}' TO '{node.newVal}'")
+
+    def _on_AlterObjectSchemaStmt(self, node: Any, add: Any, rev: str | None) -> None:
+        ot = enums.ObjectType
+        if node.objectType in (ot.OBJECT_TABLE, ot.OBJECT_VIEW, ot.OBJECT_MATVIEW) and node.relation is not None:
+            rel = _rel(node.relation)
+            if not self._new(rel):
+                add("rename-table", f"MOVE {_object_kind(node.objectType)} {rel} TO SCHEMA {node.newschema}")
+
+    # maintenance and locks ---------------------------------------------------------------------------------------
+
+    def _on_VacuumStmt(self, node: Any, add: Any, rev: str | None) -> None:
+        if node.is_vacuumcmd and any(getattr(o, "defname", "") == "full" for o in node.options or ()):
+            for vr in node.rels or ():
+                add("table-rewrite", f"VACUUM FULL {_rel(vr.relation)}")
+            if not node.rels:
+                add("table-rewrite", "VACUUM FULL (every table)")
+
+    def _on_ClusterStmt(self, node: Any, add: Any, rev: str | None) -> None:
+        add("table-rewrite", f"CLUSTER {_rel(node.relation) if node.relation is not None else '(every table)'}")
+
+    def _on_ReindexStmt(self, node: Any, add: Any, rev: str | None) -> None:
+        if not any(getattr(p, "defname", "") == "concurrently" for p in node.params or ()):
+            target = _rel(node.relation) if node.relation is not None else str(node.name or "")
+            add("exclusive-lock", f"REINDEX {target}".strip())
+
+    def _on_LockStmt(self, node: Any, add: Any, rev: str | None) -> None:
+        if int(node.mode) >= _STRONG_LOCK_MODE:
+            for rv in node.relations or ():
+                if not self._new(_rel(rv)):
+                    add("exclusive-lock", f"LOCK TABLE {_rel(rv)}")
+
+    # DO blocks: scan the static SQL inside; dynamic SQL is opaque --------------------------------------------------
+
+    def _on_DoStmt(self, node: Any, add: Any, rev: str | None) -> None:
+        body, language = None, "plpgsql"
+        for arg in node.args or ():
+            if arg.defname == "as":
+                body = str(arg.arg.sval)
+            elif arg.defname == "language":
+                language = str(arg.arg.sval).lower()
+        if language != "plpgsql" or body is None:
+            add("opaque-sql", f"DO block in {language}")
+            return
+        if _PLPGSQL_TAG in body:
+            add("opaque-sql", "DO block")
+            return
+        try:
+            tree = pglast.parse_plpgsql(
+                "CREATE FUNCTION alembic_operator_do() RETURNS void LANGUAGE plpgsql AS "
+                f"{_PLPGSQL_TAG}{body}{_PLPGSQL_TAG}"
+            )
+        except Exception as exc:
+            add("opaque-sql", f"DO block that does not parse ({exc})")
+            return
+        for kind, query in _plpgsql_statements(tree):
+            if kind == "dynamic":
+                add("opaque-sql", "EXECUTE of SQL built at run time in a DO block")
+                continue
+            for inner in _inner_statements(query):
+                # findings of the inner SQL, with the inner statement as their text
+                for found in self._statement(inner, rev, inner=True):
+                    add(found.rule, found.operation + " (in a DO block)")
+
+
+def _inner_statements(query: str) -> list[_Statement]:
+    try:
+        return list(_parsed(query, 0))
+    except parser.ParseError as exc:
+        return [_Statement(0, query, None, str(exc.args[0]) if exc.args else str(exc))]
+
+
+_DYNAMIC_KEYS: Final = frozenset({"PLpgSQL_stmt_dynexecute", "PLpgSQL_stmt_dynfors"})
+
+
+def _plpgsql_statements(tree: Any) -> Iterator[tuple[str, str]]:
+    """('static', query) for every SQL statement in a PL/pgSQL tree, ('dynamic', '') for every EXECUTE."""
+    if isinstance(tree, list):
+        for item in tree:
+            yield from _plpgsql_statements(item)
+    elif isinstance(tree, dict):
+        for key, value in tree.items():
+            if key in _DYNAMIC_KEYS or (key == "dynquery" and value):
+                yield "dynamic", ""
+            elif key == "PLpgSQL_stmt_execsql":
+                query = value.get("sqlstmt", {}).get("PLpgSQL_expr", {}).get("query")
+                if query:
+                    yield "static", str(query)
+            else:
+                yield from _plpgsql_statements(value)
+
+
+def _object_kind(kind: Any) -> str:
+    name = getattr(kind, "name", str(kind))
+    return str(name).removeprefix("OBJECT_").replace("_", " ").replace("MATVIEW", "MATERIALIZED VIEW")
+
+
+# --- API ----------------------------------------------------------------------------------------------------------
+
+
+def scan_sql(sql: str, revision: str | None = None, *, allowed: Collection[str] = frozenset(),
+             version_table: str = DEFAULT_VERSION_TABLE) -> list[Finding]:
+    """Findings in one chunk of offline SQL, in statement order.
+
+    ``revision`` labels every finding; when None, the ``-- Running upgrade a -> b`` comments Alembic writes do.
+    ``allowed`` rule names are dropped (the caller's suppressions). ``version_table`` is Alembic's bookkeeping
+    table, whose statements are ignored.
+    """
+    return Scanner(allowed=allowed, version_table=version_table).scan(sql, revision)
+
+
+def scan_revisions(items: Iterable[tuple[str | None, str]], *, allowed: Collection[str] = frozenset(),
+                   version_table: str = DEFAULT_VERSION_TABLE) -> list[Finding]:
+    """Findings of a plan: (revision, sql) pairs in the order they run (tables created by an earlier revision of
+    the plan get no lock warnings)."""
+    scanner = Scanner(allowed=allowed, version_table=version_table)
+    for revision, sql in items:
+        scanner.scan(sql, revision)
+    return scanner.findings
