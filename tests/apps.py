@@ -40,6 +40,7 @@ ALEMBIC_INI = """\
 [alembic]
 script_location = %(here)s/migrations
 prepend_sys_path = %(here)s
+path_separator = os
 # Deliberately empty: the runner passes the URL as the main option.
 sqlalchemy.url =
 

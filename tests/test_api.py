@@ -160,6 +160,7 @@ STATUS_SAMPLE: dict[str, Any] = {
         "revisions": ["5b0e00000000", "9d81aa02c4f5"],
         "destructive": ["DROP COLUMN orders.legacy_code (revision 9d81aa02c4f5)"],
         "warnings": ["CREATE INDEX ix_orders_code without CONCURRENTLY locks orders against writes"],
+        "lineage": ["9d81aa02c4f5", "5b0e00000000", "3f2a9c1d0b7e"],
         "hash": "sha256:abc",
         "fromRevision": "3f2a9c1d0b7e",
         "toRevision": "9d81aa02c4f5",

@@ -532,6 +532,14 @@ class PlanStatus(_StatusModel):
             "built without CONCURRENTLY, or a revision that could not be rendered offline. They need no approval."
         ),
     )
+    lineage: list[str] = Field(
+        default_factory=list,
+        description=(
+            "The target revision and its newest ancestors (up to 50, newest first). A pod that waits for a revision "
+            "(annotation migrations.alembic-operator.io/revision) is released once the database's revision is that "
+            "one or a descendant of it."
+        ),
+    )
     hash: str | None = Field(
         default=None,
         description=(

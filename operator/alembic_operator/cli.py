@@ -51,6 +51,10 @@ def main(argv: list[str] | None = None) -> int:
         from . import jobtools
 
         return jobtools.main(argv[1:])
+    if argv[:1] == ["check"]:
+        from .check.cli import main as check_main
+
+        return check_main(argv[1:])
     if argv[:1] == ["crd"]:
         from . import crdgen
 
@@ -68,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--priority", type=int, default=0, help="peering priority (give replicas distinct values)")
     run.add_argument("-v", "--verbose", action="store_true")
     sub.add_parser("job", help="commands run inside the operator's Jobs (scan, backup, restore, install-runner)")
+    sub.add_parser("check", help="check an Alembic project in CI: integrity, models vs migrations, round trip, "
+                   "lint, drift (docs/check.md)")
     sub.add_parser("crd", help="generate the CRD and its reference (--check to compare with the files)")
     args = parser.parse_args(argv)
     if args.command == "run":

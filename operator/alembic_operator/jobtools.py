@@ -409,10 +409,13 @@ def cmd_scan(plan_dir: Path) -> dict[str, Any]:
         "findings": [f.to_dict() for f in findings],
         "sqlSha256": "sha256:" + digest.hexdigest(),
     }
+    if isinstance(plan.get("lineage"), list):  # the pod gate needs it
+        result["lineage"] = [str(x) for x in plan["lineage"]]
     for key in ("transactionPerMigration", "transactionalDDL"):  # the rollback logic needs them
         if isinstance(plan.get(key), bool):
             result[key] = plan[key]
     _fit_list(result, "findings")
+    _fit_list(result, "lineage")
     _fit_list(result, "warnings", lambda n: f"... and {n} more warning(s): see the plan Job's log")
     _fit_list(result, "destructive", lambda n: f"... and {n} more destructive operation(s): see the plan Job's log")
     if _size(result) > RESULT_MAX:

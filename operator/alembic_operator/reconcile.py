@@ -283,8 +283,9 @@ class _Run:
             "toRevision": result.get("target"),
             "generation": self.generation,
         }
-        if result.get("warnings"):
-            self.st["plan"]["warnings"] = list(result["warnings"])
+        for key in ("warnings", "lineage"):
+            if result.get(key):
+                self.st["plan"][key] = list(result[key])
         if not revisions:
             self.run["step"] = "Done"
             self.run["result"] = "UpToDate"

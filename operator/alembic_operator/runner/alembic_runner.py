@@ -665,6 +665,9 @@ def cmd_current(runner: Runner) -> dict[str, Any]:
     return {"ok": True, "command": "current", **state.facts(), "known": known, "heads": sorted(script.get_heads())}
 
 
+LINEAGE_MAX = 50
+
+
 def cmd_plan(runner: Runner) -> dict[str, Any]:
     args = runner.args
     runner.check_connection()
@@ -703,6 +706,9 @@ def cmd_plan(runner: Runner) -> dict[str, Any]:
             )
         target_ids = [target_script.revision]
     base["target"] = heads_str(target_ids)
+    # The target's newest ancestors (target first): lets the operator tell whether a revision a pod needs is
+    # already contained in the database's revision (the pod gate).
+    base["lineage"] = list(reversed(runner.path(target_ids, [])))[:LINEAGE_MAX] if target_ids else []
 
     ancestors = runner.ancestors(current)
     if set(target_ids) != set(current) and (not target_ids or set(target_ids) <= ancestors):

@@ -1,0 +1,235 @@
+"""The Alembic project under check: its config, its scripts, and env.py run in-process against a given URL.
+
+env.py is the app's own: it imports the models, configures the context (target_metadata, version table,
+include_object, transaction mode) and connects. Every run passes the URL as the `sqlalchemy.url` main option (and,
+with ``export_env``, as environment variables for env.py files that read one), and a guard refuses to go on when
+env.py connected somewhere else: an env.py that ignores the option must never migrate the live database while the
+check believes it is the scratch one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from alembic.config import Config
+from alembic.runtime.environment import EnvironmentContext
+from alembic.script import Script, ScriptDirectory
+from sqlalchemy.engine import URL
+
+from .model import CheckError
+
+OFFLINE_URL = "postgresql://alembic-check@localhost/offline"  # offline rendering: a dialect, no connection
+
+EnvFn = Callable[[Any, Any], Iterable[Any]]
+
+
+def describe(exc: BaseException, limit: int = 500) -> str:
+    """The first line of an exception (SQLAlchemy appends the SQL and a link on later lines)."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def url_string(url: URL) -> str:
+    return url.render_as_string(hide_password=False)
+
+
+class MigrationFailed(Exception):
+    def __init__(self, revision: str | None, error: BaseException) -> None:
+        super().__init__(describe(error))
+        self.revision = revision
+        self.error = error
+
+
+@dataclass
+class EnvFacts:
+    """What env.py configured, read from the migration context."""
+
+    heads: tuple[str, ...] = ()
+    target_metadata: Any = None
+    version_table: str = "alembic_version"
+    version_table_schema: str | None = None
+    diffs: list[Any] = field(default_factory=list)
+
+
+class Project:
+    def __init__(self, config_path: str, section: str = "alembic", export_env: Sequence[str] = ()) -> None:
+        if not os.path.isfile(config_path):
+            raise CheckError(f"the Alembic config {config_path} does not exist (working directory {os.getcwd()})")
+        self.config_path = config_path
+        self.section = section
+        self.export_env = tuple(export_env)
+        self._script: ScriptDirectory | None = None
+
+    def config(self, url: str = OFFLINE_URL, buffer: io.StringIO | None = None) -> Config:
+        if self.config_path.endswith(".toml"):
+            cfg = Config(toml_file=self.config_path, ini_section=self.section, output_buffer=buffer)
+        else:
+            cfg = Config(self.config_path, ini_section=self.section, output_buffer=buffer)
+        cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+        return cfg
+
+    @property
+    def script(self) -> ScriptDirectory:
+        """The script directory (revisions load lazily: see `load`)."""
+        if self._script is None:
+            try:
+                self._script = ScriptDirectory.from_config(self.config())
+            except Exception as exc:
+                raise CheckError(f"cannot read the Alembic configuration {self.config_path}: {describe(exc)}") from None
+        return self._script
+
+    def version_dirs(self) -> list[Path]:
+        script = self.script
+        locations = getattr(script, "_version_locations", None) or [script.versions]
+        return [Path(p) for p in locations]
+
+    def load(self) -> list[str]:
+        """Load every revision through Alembic; returns the heads. Raises what Alembic raises."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            heads = sorted(set(self.script.get_heads()))
+            list(self.script.walk_revisions())
+        return heads
+
+    def upgrade_path(self) -> list[str]:
+        """Every revision from base to the heads, in upgrade order."""
+        revisions = self.script.iterate_revisions("heads", "base")
+        return [sc.revision for sc in reversed(list(revisions))]
+
+    def path_between(self, lower: Sequence[str]) -> list[str]:
+        """Revisions above `lower` (the database's heads) up to the heads, in upgrade order."""
+        if not lower:
+            return self.upgrade_path()
+        low: Any = lower[0] if len(lower) == 1 else tuple(lower)
+        revisions = self.script.iterate_revisions("heads", low)
+        return [sc.revision for sc in reversed(list(revisions)) if sc.revision not in lower]
+
+    def revision(self, rev: str) -> Script | None:
+        try:
+            return self.script.get_revision(rev)
+        except Exception:
+            return None
+
+    @contextlib.contextmanager
+    def _exported(self, url: str) -> Iterator[None]:
+        saved = {name: os.environ.get(name) for name in self.export_env}
+        os.environ.update(dict.fromkeys(self.export_env, url))
+        try:
+            yield
+        finally:
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
+
+    def run_env(self, url: str, fn: EnvFn, *, buffer: io.StringIO | None = None, **opts: Any) -> None:
+        cfg = self.config(url, buffer)
+        with self._exported(url), EnvironmentContext(cfg, self.script, fn=fn, **opts):
+            self.script.run_env()
+
+    def facts(self, url: URL, compare: Any = None, *, models: bool = False,
+              only_at: Sequence[str] | None = None) -> EnvFacts:
+        """Run env.py online against `url` without migrating: the database's heads, env.py's settings, and the
+        autogenerate diffs against `compare` (a MetaData), or against target_metadata when `models` is true
+        (only when the database is at the revisions `only_at`, if given)."""
+        from alembic.autogenerate import compare_metadata
+
+        facts = EnvFacts()
+
+        def fn(rev: Any, context: Any) -> list[Any]:
+            guard(context, url)
+            facts.heads = tuple(context.get_current_heads())
+            facts.target_metadata = context.opts.get("target_metadata")
+            facts.version_table = context.version_table
+            facts.version_table_schema = context.version_table_schema
+            against = facts.target_metadata if models else compare
+            if only_at is not None and set(only_at) != set(facts.heads):
+                against = None
+            if against is not None:
+                facts.diffs = list(compare_metadata(context, against))
+            return []
+
+        self._run_online(url, fn, dont_mutate=True)
+        return facts
+
+    def migrate(self, url: URL, direction: str, destination: str) -> None:
+        """`alembic upgrade|downgrade <destination>` against `url`; raises MigrationFailed with the revision that
+        was running."""
+        script = self.script
+        running: list[str] = []
+
+        def announce(steps: Iterable[Any]) -> Iterator[Any]:
+            for step in steps:
+                running.append(step.revision.revision)
+                yield step
+
+        def fn(heads: Any, context: Any) -> Iterator[Any]:
+            guard(context, url)
+            if direction == "upgrade":
+                return announce(list(script._upgrade_revs(destination, heads)))
+            return announce(list(script._downgrade_revs(destination, heads)))
+
+        try:
+            self._run_online(url, fn, destination_rev=destination)
+        except CheckError:
+            raise
+        except Exception as exc:
+            raise MigrationFailed(running[-1] if running else None, exc) from exc
+
+    def render_offline(self, sc: Script, url: str = OFFLINE_URL) -> str:
+        """`alembic upgrade <down>:<rev> --sql` for one revision (a merge starts from all its parents)."""
+        from alembic.runtime.migration import RevisionStep
+
+        script = self.script
+        buffer = io.StringIO()
+        down = sc.down_revision
+        starting: Any = (tuple(down) or None) if isinstance(down, (tuple, list)) else (down or None)
+
+        def fn(heads: Any, context: Any) -> list[Any]:
+            return [RevisionStep(script.revision_map, sc, True)]
+
+        self.run_env(url, fn, buffer=buffer, as_sql=True, starting_rev=starting, destination_rev=sc.revision)
+        return buffer.getvalue()
+
+    def _run_online(self, url: URL, fn: EnvFn, **opts: Any) -> None:
+        called: list[bool] = []
+
+        def wrapped(rev: Any, context: Any) -> Iterable[Any]:
+            called.append(True)
+            return fn(rev, context)
+
+        self.run_env(url_string(url), wrapped, as_sql=False, **opts)
+        if not called:
+            raise CheckError("env.py did not call context.run_migrations() in online mode")
+
+
+def guard(context: Any, expected: URL) -> None:
+    """Refuse to go on when env.py connected to another database than the one it was given."""
+    connection = getattr(context, "connection", None)
+    if connection is None:
+        return
+    actual: URL = connection.engine.url
+    if not same_database(actual, expected):
+        raise CheckError(
+            f"env.py connected to {actual.render_as_string(hide_password=True)} instead of "
+            f"{expected.render_as_string(hide_password=True)}: it must take the URL from the sqlalchemy.url main "
+            "option (or pass --export-url-env VAR when it reads an environment variable)"
+        )
+
+
+def same_database(a: URL, b: URL) -> bool:
+    if a.get_backend_name() != b.get_backend_name():
+        return False
+    if a.get_backend_name() == "sqlite":
+        return os.path.realpath(a.database or "") == os.path.realpath(b.database or "")
+    ports_agree = a.port is None or b.port is None or a.port == b.port
+    return (a.host or "", a.database) == (b.host or "", b.database) and ports_agree
