@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+pytest_plugins = ["e2e"]  # the end-to-end fixtures (crd, e2e)
+
 from bed.controlplane import Bed
 from bed.postgres import Database, PostgresServer
 

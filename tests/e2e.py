@@ -1,0 +1,185 @@
+"""Fixtures for the end-to-end tests: the CRD on the bed, an operator process, an app, its database.
+
+Every end-to-end test ends with a leak check: the database password must not appear in the operator's log, in
+any Event, status or Job spec of the namespace, or in any container log the node agent kept.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from alembic import command
+from alembic.config import Config
+from kubernetes import client as k8s
+
+from alembic_operator import constants as c
+from apps import Rev, make_project
+from bed.controlplane import Bed
+from bed.postgres import Database
+from harness import Cluster, OperatorProcess, wait_for
+
+REPO = Path(__file__).resolve().parent.parent
+CRD = REPO / "crds" / "databasemigrations.yaml"
+APPS_ROOT = Path.home() / ".cache" / "alembic-operator" / "test-apps"
+
+R1, R2, R3, R4 = "a1a1a1a1a101", "b2b2b2b2b202", "c3c3c3c3c303", "d4d4d4d4d404"
+FAIL, SLOW = "f5f5f5f5f505", "e6e6e6e6e606"
+
+BASE_REVISIONS = [
+    Rev(R1, upgrade=['op.create_table("customers", sa.Column("id", sa.Integer, primary_key=True), '
+                     'sa.Column("name", sa.String(80), nullable=False))'],
+        downgrade=['op.drop_table("customers")']),
+    Rev(R2, upgrade=['op.create_table("orders", sa.Column("id", sa.Integer, primary_key=True), '
+                     'sa.Column("customer_id", sa.Integer, sa.ForeignKey("customers.id")), '
+                     'sa.Column("total", sa.Numeric(10, 2), nullable=False), '
+                     'sa.Column("legacy_code", sa.String(20)))'],
+        downgrade=['op.drop_table("orders")']),
+    Rev(R3, upgrade=['op.add_column("customers", sa.Column("email", sa.String(120)))'],
+        downgrade=['op.drop_column("customers", "email")']),
+]
+DROP_LEGACY = Rev(R4, upgrade=['op.drop_column("orders", "legacy_code")'],
+                  downgrade=['op.add_column("orders", sa.Column("legacy_code", sa.String(20)))'])
+# Fails halfway: the table is created, then a constraint the existing rows violate.
+FAILING = Rev(FAIL, upgrade=['op.create_table("shipments", sa.Column("id", sa.Integer, primary_key=True))',
+                             'op.create_check_constraint("total_positive", "orders", "total > 0")'],
+              downgrade=['op.drop_constraint("total_positive", "orders")', 'op.drop_table("shipments")'])
+
+
+def slow(rev: str, seconds: float, down: str | None = None) -> Rev:
+    """A harmless revision that takes a while and counts how often it ran (table runs)."""
+    kw: dict[str, Any] = {} if down is None else {"down_revision": down}
+    return Rev(rev, upgrade=['op.execute("CREATE TABLE IF NOT EXISTS runs (rev text)")',
+                             f'op.execute("INSERT INTO runs VALUES (\'{rev}\')")',
+                             f'op.execute("SELECT pg_sleep({seconds})")'],
+               downgrade=[f'op.execute("DELETE FROM runs WHERE rev = \'{rev}\'")'], **kw)
+
+
+def checksum(db: Database, table: str, columns: str = "*") -> str:
+    rows = db.query(f"SELECT md5(coalesce(string_agg(t::text, '|' ORDER BY t::text), '')) "
+                    f"FROM (SELECT {columns} FROM {table}) t")
+    return str(rows[0][0])
+
+
+def revision(db: Database) -> str | None:
+    try:
+        rows = db.query("SELECT version_num FROM alembic_version")
+    except Exception:
+        return None
+    return str(rows[0][0]) if rows else None
+
+
+@dataclass
+class E2E:
+    bed: Bed
+    cluster: Cluster
+    db: Database
+    operator: OperatorProcess
+    tmp: Path
+    backups: Path
+    apps: Path
+    projects: list[Path] = field(default_factory=list)
+
+    @property
+    def ns(self) -> str:
+        return self.cluster.ns
+
+    def project(self, revisions: list[Rev], transaction_per_migration: bool = False, name: str = "app") -> Path:
+        # Not under /tmp: the Jobs mount an emptyDir on /tmp (as on a real cluster), which would hide the "image".
+        path = make_project(self.apps / f"{name}-{len(self.projects)}", revisions,
+                            transaction_per_migration=transaction_per_migration).parent
+        self.projects.append(path)
+        return path
+
+    def upgrade_directly(self, project: Path, target: str) -> None:
+        """Bring the database somewhere by hand (what a team did before the operator)."""
+        cfg = Config(str(project / "alembic.ini"))
+        cfg.set_main_option("sqlalchemy.url", self.db.url.replace("%", "%%"))
+        command.upgrade(cfg, target)
+
+    def seed(self) -> None:
+        self.db.query("INSERT INTO customers (id, name) VALUES (1, 'ada'), (2, 'grace'), (3, 'linus')")
+        self.db.query("INSERT INTO orders (id, customer_id, total, legacy_code) VALUES "
+                      "(1, 1, 10.50, 'L-1'), (2, 2, 0, 'L-2'), (3, 3, 99.99, NULL)")
+
+    def spec(self, project: Path, target: str = "head", **extra: Any) -> dict[str, Any]:
+        spec: dict[str, Any] = {
+            "database": {"urlSecretRef": {"name": "db", "key": "url"}},
+            "migrations": {"image": "bed.local/app:1", "workingDir": str(project)},
+            "targetRevision": target,
+            "backup": {"volume": {"hostPath": {"path": str(self.backups), "type": "DirectoryOrCreate"}},
+                       "retain": 3},
+        }
+        spec.update(extra)
+        return spec
+
+    def leak_check(self) -> None:
+        password = self.db.password
+        places: dict[str, str] = {"operator log": self.operator.log()}
+        for obj in self.cluster.custom.list_namespaced_custom_object(c.GROUP, c.VERSION, self.ns,
+                                                                     c.PLURAL)["items"]:
+            places[f"dbm/{obj['metadata']['name']}"] = str(obj)
+        places["events"] = str(self.cluster.events())
+        places["jobs"] = str([self.cluster.api.sanitize_for_serialization(j)
+                              for j in self.cluster.batch.list_namespaced_job(self.ns).items])
+        places["pods"] = str(self.cluster.pods())
+        for log in self.bed.dir.rglob("*.log"):
+            if "etcd" not in log.parts and self.ns in str(log):
+                places[str(log)] = log.read_text(errors="replace")
+        leaks = [where for where, text in places.items() if password in text]
+        assert not leaks, f"the database password leaked into: {leaks}"
+
+
+@pytest.fixture(scope="session")
+def crd(bed: Bed) -> Path:
+    proc = bed.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
+    assert proc.returncode == 0, proc.stderr
+    ext = k8s.ApiextensionsV1Api(k8s.ApiClient(_config(bed)))
+
+    def established() -> bool:
+        obj = ext.read_custom_resource_definition(f"{c.PLURAL}.{c.GROUP}")
+        return any(x.type == "Established" and x.status == "True" for x in obj.status.conditions or [])
+
+    wait_for(established, 30, "the CRD to be established")
+    return CRD
+
+
+def _config(bed: Bed) -> k8s.Configuration:
+    from kubernetes import config
+
+    cfg = k8s.Configuration()
+    config.load_kube_config(str(bed.kubeconfig), client_configuration=cfg)
+    return cfg
+
+
+@pytest.fixture
+def e2e(bed: Bed, crd: Path, kube_api: k8s.ApiClient, namespace: str, database: Database,
+        tmp_path: Path) -> Iterator[E2E]:
+    tmp_path.chmod(0o755)
+    backups = tmp_path / "backups"
+    backups.mkdir()
+    cluster = Cluster(kube_api, namespace)
+    cluster.secret("db", {"url": database.url})
+    operator = OperatorProcess(bed.kubeconfig, [namespace], tmp_path / "operator.log").start()
+    APPS_ROOT.mkdir(parents=True, exist_ok=True)
+    apps = Path(tempfile.mkdtemp(prefix="app-", dir=APPS_ROOT))
+    env = E2E(bed=bed, cluster=cluster, db=database, operator=operator, tmp=tmp_path, backups=backups, apps=apps)
+    try:
+        yield env
+        env.leak_check()
+    finally:
+        operator.stop()
+        shutil.rmtree(apps, ignore_errors=True)
+        # Let the namespace go without our finalizer blocking it.
+        for obj in cluster.custom.list_namespaced_custom_object(c.GROUP, c.VERSION, namespace, c.PLURAL)["items"]:
+            cluster.patch(obj["metadata"]["name"], {"metadata": {"finalizers": None}})
+
+
+def sha256_file(path: Path) -> str:
+    return "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
