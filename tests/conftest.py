@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-pytest_plugins = ["e2e"]  # the end-to-end fixtures (crd, e2e)
-
 from bed.controlplane import Bed
 from bed.postgres import Database, PostgresServer
+
+pytest_plugins = ["e2e"]  # the end-to-end fixtures (crd, e2e)
 
 if TYPE_CHECKING:
     from kubernetes.client import ApiClient

@@ -9,7 +9,7 @@ import pytest
 
 from alembic_operator import constants as c
 from apps import Rev
-from e2e import BASE_REVISIONS, DROP_LEGACY, E2E, R1, R2, R3, R4, checksum, e2e, revision, sha256_file
+from e2e import BASE_REVISIONS, DROP_LEGACY, E2E, R1, R2, R3, R4, checksum, revision, sha256_file
 from harness import wait_for
 
 pytestmark = pytest.mark.bed

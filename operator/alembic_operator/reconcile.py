@@ -205,7 +205,7 @@ class _Run:
         self.st.pop("plan", None)
         self.st["targetRevision"] = None
         # A new generation flips Ready to False before any work starts (kstatus; kubectl wait must not pass early).
-        for cond in (c.APPROVAL_REQUIRED, c.MIGRATED, c.ROLLED_BACK):
+        for cond in (c.APPROVAL_REQUIRED, c.BACKUP_SUCCEEDED, c.MIGRATED, c.ROLLED_BACK):
             self.st["conditions"] = [x for x in self.st.get("conditions") or [] if x.get("type") != cond]
         return self.planning()
 
