@@ -181,3 +181,19 @@ def test_backup_retention_keeps_the_newest(e2e: E2E) -> None:
     assert len(dumps) == 2, dumps
     history = e2e.cluster.get("shop")["status"]["history"]
     assert [h["to"] for h in history] == [R1, R2, R3, R4]
+
+
+def test_baseline_adopts_a_database_that_predates_alembic(e2e: E2E) -> None:
+    project = e2e.project(BASE_REVISIONS)
+    e2e.upgrade_directly(project, R2)
+    e2e.db.query("DROP TABLE alembic_version")  # as if the schema had been made by hand
+    e2e.db.query("INSERT INTO customers (id, name) VALUES (1, 'ada')")
+    e2e.cluster.create("shop", e2e.spec(project, baseline=R2))
+    obj = e2e.cluster.wait_condition("shop", "Ready", timeout=120)
+    st = obj["status"]
+    assert [(h["from"], h["to"], h["result"]) for h in st["history"]] == [
+        ("none", R2, "Baselined"), (R2, R3, "Succeeded")]
+    assert st["plan"]["revisions"] == [R3]  # R1 and R2 were never run against the existing tables
+    assert e2e.cluster.job_roles("shop") == ["backup-g1", "migrate-g1", "plan-g1", "stamp-g1"]
+    assert e2e.db.query("SELECT name FROM customers") == [("ada",)]
+    assert any(e["reason"] == "Baselined" for e in e2e.cluster.events("shop"))

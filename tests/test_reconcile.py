@@ -356,3 +356,56 @@ def test_suspend_starts_nothing_until_lifted() -> None:
     assert d.jobs == [] and cond(d, c.RECONCILING)["reason"] == "Suspended"
     d = advance(d, spec=SPEC)
     assert [j.role for j in d.jobs] == ["plan"]
+
+
+def _ready(spec: dict[str, Any]) -> Decision:
+    jobs = {"plan": done("plan", {**PLAN_OK, "revisions": [], "target": "r1"})}
+    d = advance(decide(observe(spec=spec)), spec=spec, jobs=jobs)
+    assert summary(d) == ("True", "False", "False")
+    return d
+
+
+def test_drift_check_runs_once_per_interval_and_sets_drifted() -> None:
+    spec = {**SPEC, "driftCheck": {"interval": "10m"}}
+    d = _ready(spec)
+    assert [(j.role, j.args["instance"]) for j in d.jobs] == [("drift", str(int(NOW.timestamp()) // 600))]
+    bucket = d.jobs[0].args["instance"]
+    drift = JobObservation(f"shop-drift-g1-{bucket}", "succeeded",
+                           {"ok": True, "drifted": True, "differences": ["add_column orders.note (TEXT)"]},
+                           instance=bucket)
+    d = advance(d, spec=spec, jobs={"drift": drift})
+    assert d.jobs == []
+    assert cond(d, c.DRIFTED)["status"] == "True" and "orders.note" in cond(d, c.DRIFTED)["message"]
+    assert summary(d) == ("True", "False", "False")  # drift is reported, not a failure of the migration
+    assert [e[1] for e in d.events] == ["SchemaDrift"]
+    again = advance(d, spec=spec, jobs={"drift": drift})
+    assert again.events == [] and again.status == d.status
+    later = advance(d, spec=spec, jobs={"drift": drift}, now=NOW + timedelta(minutes=11))
+    assert [j.role for j in later.jobs] == ["drift"]
+    clean = JobObservation("shop-drift-g1-x", "succeeded", {"ok": True, "drifted": False},
+                           instance=str(int(bucket) + 1))
+    d = advance(later, spec=spec, jobs={"drift": clean}, now=NOW + timedelta(minutes=11))
+    assert cond(d, c.DRIFTED)["status"] == "False" and [e[1] for e in d.events] == ["DriftResolved"]
+
+
+def test_no_drift_check_unless_asked() -> None:
+    assert _ready(SPEC).jobs == []
+
+
+def test_baseline_stamps_a_pre_alembic_database_then_plans() -> None:
+    spec = {**SPEC, "baseline": "r1"}
+    legacy = DatabaseObservation(revision=None, versioned=False, tables=3)
+    d = decide(observe(spec=spec, db=legacy))
+    assert [(j.role, j.args) for j in d.jobs] == [("stamp", {"revision": "r1"})]
+    assert cond(d, c.RECONCILING)["reason"] == "Baselining"
+    stamped = {"stamp": done("stamp", {"ok": True, "revision": "r1"})}
+    d = advance(d, spec=spec, jobs=stamped, db=DatabaseObservation("r1", versioned=True, tables=3))
+    assert [j.role for j in d.jobs] == ["plan"]
+    assert d.status["history"][-1]["result"] == "Baselined"
+    assert [e[1] for e in d.events][:1] == ["Baselined"]
+
+
+def test_baseline_is_ignored_for_an_empty_or_versioned_database() -> None:
+    spec = {**SPEC, "baseline": "r1"}
+    for db in (DatabaseObservation(None, versioned=False, tables=0), DatabaseObservation("r0", versioned=True)):
+        assert [j.role for j in decide(observe(spec=spec, db=db)).jobs] == ["plan"]

@@ -16,6 +16,7 @@ Conventions:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -369,6 +370,31 @@ def _spec_schema_extra(schema: dict[str, Any]) -> None:
     schema["x-kubernetes-validations"] = [rule.cel() for rule in SPEC_RULES]
 
 
+class DriftCheckSpec(_SpecModel):
+    """How often the operator checks the live schema for drift."""
+
+    interval: str | None = Field(
+        default=None,
+        pattern=r"^([0-9]+h)?([0-9]+m)?([0-9]+s)?$",
+        max_length=16,
+        description=(
+            'How often to check, as a duration such as "30m", "1h" or "1h30m" (at least 1m). Unset or empty: '
+            "no drift checks. Checks run only while the resource is Ready."
+        ),
+    )
+
+
+def duration_seconds(text: str | None) -> int | None:
+    """ "1h30m" -> 5400; None or "" -> None."""
+    if not text:
+        return None
+    match = re.fullmatch(r"(?:([0-9]+)h)?(?:([0-9]+)m)?(?:([0-9]+)s)?", text)
+    if not match:
+        raise ValueError(f"not a duration: {text!r}")
+    hours, minutes, seconds = (int(x or 0) for x in match.groups())
+    return hours * 3600 + minutes * 60 + seconds
+
+
 class DatabaseMigrationSpec(_SpecModel):
     """The desired state: which database, which migration scripts, which revision, and how to do it safely."""
 
@@ -414,6 +440,27 @@ class DatabaseMigrationSpec(_SpecModel):
     job_template: JobTemplateSpec = Field(
         default_factory=JobTemplateSpec,
         description="Pod settings for every Job the operator runs. Optional.",
+        json_schema_extra=EMPTY_DEFAULT,
+    )
+    baseline: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=REVISION_MAX_LENGTH,
+        pattern=REVISION_PATTERN,
+        description=(
+            "Adopt a database that predates Alembic: when it has tables but no alembic_version table, stamp it at "
+            "this revision (the one whose schema it already has) instead of running the migrations up to it; "
+            "then migrate on to targetRevision as usual. Ignored once the database carries a revision. Recorded "
+            "in status.history. Optional."
+        ),
+    )
+    drift_check: DriftCheckSpec = Field(
+        default_factory=DriftCheckSpec,
+        description=(
+            "Periodic comparison of the live database with the app's models and scripts (in the app's image). "
+            "Differences set the Drifted condition, post an Event and a metric; the schema is never changed. "
+            "Default: off."
+        ),
         json_schema_extra=EMPTY_DEFAULT,
     )
 
@@ -555,6 +602,17 @@ class PlanStatus(_StatusModel):
     generation: int | None = Field(default=None, description="The metadata.generation the plan was made for.")
 
 
+class DriftStatus(_StatusModel):
+    """The last drift check."""
+
+    checked_at: datetime | None = Field(default=None, description="When the last check finished (RFC 3339).")
+    drifted: bool | None = Field(default=None, description="Whether the live database differs.")
+    differences: list[str] = Field(
+        default_factory=list,
+        description="What differs (trimmed), e.g. 'add_column orders.note (TEXT)' or 'behind head: 2 pending'.",
+    )
+
+
 class BackupStatus(_StatusModel):
     """The newest backup taken for this resource."""
 
@@ -654,6 +712,7 @@ class DatabaseMigrationStatus(_StatusModel):
         ge=0,
         description="Pods waiting for this migration (label migrations.alembic-operator.io/wait-for), still gated.",
     )
+    drift: DriftStatus | None = Field(default=None, description="The last drift check (spec.driftCheck).")
     run: RunStatus | None = Field(
         default=None,
         description="The operator's bookkeeping for the run under way. Not for users; may change between versions.",

@@ -103,6 +103,7 @@ def read_revision(target: DatabaseTarget) -> DatabaseObservation:
     try:
         with engine.connect() as conn:
             heads = MigrationContext.configure(conn).get_current_heads()
+            names = sqlalchemy.inspect(conn).get_table_names()
     except DBAPIError as err:
         text = sanitize(str(getattr(err, "orig", err)).strip().splitlines()[0] if str(err).strip() else "", target.url)
         if "password authentication failed" in text or ("role" in text and "does not exist" in text):
@@ -120,4 +121,6 @@ def read_revision(target: DatabaseTarget) -> DatabaseObservation:
         return DatabaseObservation(error_reason="MultipleHeads", transient=False,
                                    error_message=f"the database's alembic_version holds several revisions "
                                    f"({', '.join(heads)}); merge them in the app (alembic merge) first")
-    return DatabaseObservation(revision=heads[0] if heads else None)
+    versioned = "alembic_version" in names
+    return DatabaseObservation(revision=heads[0] if heads else None, versioned=versioned,
+                               tables=len([n for n in names if n != "alembic_version"]))

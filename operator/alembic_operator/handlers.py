@@ -29,6 +29,7 @@ log = logging.getLogger("alembic_operator")
 Logger = logging.Logger | logging.LoggerAdapter[Any]
 JobState = Literal["active", "succeeded", "failed"]
 
+DRIFT_JOBS_KEPT = 2
 OPERATOR_IMAGE = os.environ.get("ALEMBIC_OPERATOR_IMAGE", f"ghcr.io/alembic-operator/alembic-operator:{__version__}")
 
 
@@ -135,11 +136,32 @@ def _job_state(job: dict[str, Any]) -> JobState:
     return "active"
 
 
+def _instance(job: dict[str, Any]) -> int:
+    return int((job["metadata"].get("labels") or {}).get(c.DRIFT_BUCKET_LABEL) or -1)
+
+
+async def _observe_jobs(namespace: str, name: str, generation: int,
+                        target: DatabaseTarget | None) -> dict[str, JobObservation]:
+    """The Jobs of one generation, by role; for repeating roles (drift checks) the newest, older ones deleted."""
+    by_role: dict[str, list[dict[str, Any]]] = {}
+    for job in await kube.list_jobs(namespace, name):
+        labels = job["metadata"].get("labels") or {}
+        if labels.get(c.ROLE_LABEL) == "drift" or (labels.get(c.GENERATION_LABEL) == str(generation)
+                                                   and labels.get(c.ROLE_LABEL) in ROLES):
+            by_role.setdefault(labels[c.ROLE_LABEL], []).append(job)
+    drift = sorted(by_role.get("drift", []), key=_instance)
+    for old in drift[:-DRIFT_JOBS_KEPT]:
+        if _job_state(old) != "active":
+            await kube.delete_job(namespace, old["metadata"]["name"])
+    return {role: await _observe_job(namespace, max(jobs, key=_instance), target) for role, jobs in by_role.items()}
+
+
 async def _observe_job(namespace: str, job: dict[str, Any], target: DatabaseTarget | None) -> JobObservation:
     name = job["metadata"]["name"]
     state = _job_state(job)
     if state == "active":
-        return JobObservation(name=name, state="active")
+        return JobObservation(name=name, state="active",
+                              instance=(job["metadata"].get("labels") or {}).get(c.DRIFT_BUCKET_LABEL))
     results: list[dict[str, Any]] = []
     notes: list[str] = []
     for cond in (job.get("status") or {}).get("conditions") or []:
@@ -165,7 +187,8 @@ async def _observe_job(namespace: str, job: dict[str, Any], target: DatabaseTarg
     result = failed[0] if failed else (results[-1] if results else None)
     if result and target:
         result = {k: sanitize(v, target.url) if isinstance(v, str) else v for k, v in result.items()}
-    return JobObservation(name=name, state=state, result=result, message="; ".join(notes))
+    instance = (job["metadata"].get("labels") or {}).get(c.DRIFT_BUCKET_LABEL)
+    return JobObservation(name=name, state=state, result=result, message="; ".join(notes), instance=instance)
 
 
 async def _observe_database(namespace: str, spec: dict[str, Any]) -> tuple[DatabaseObservation, DatabaseTarget | None]:
@@ -208,11 +231,7 @@ async def reconcile(namespace: str, name: str, logger: Logger, deleting: bool = 
 
         database, target = await _observe_database(namespace, run_spec or {})
         async with runtime.db_locks.setdefault(target.key if target else "", asyncio.Lock()):
-            jobs: dict[str, JobObservation] = {}
-            for job in await kube.list_jobs(namespace, name):
-                labels = job["metadata"].get("labels") or {}
-                if labels.get(c.GENERATION_LABEL) == str(run_generation) and labels.get(c.ROLE_LABEL) in ROLES:
-                    jobs[labels[c.ROLE_LABEL]] = await _observe_job(namespace, job, target)
+            jobs = await _observe_jobs(namespace, name, run_generation, target)
             ref = (namespace, name)
             obs = Observation(
                 name=name, namespace=namespace, generation=generation, spec=dict(obj.get("spec") or {}),
@@ -251,4 +270,4 @@ async def _act(obj: dict[str, Any], decision: Decision, target: DatabaseTarget |
         manifest = build_job(req.role, owner, parse_spec(req.spec), operator_image=OPERATOR_IMAGE, args=args)
         await kube.create_job(manifest)
         decision.status.setdefault("run", {}).setdefault("jobs", {})[req.role] = job_name(
-            owner.name, req.role, req.generation)
+            owner.name, req.role, req.generation, args.get("instance"))

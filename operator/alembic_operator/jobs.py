@@ -23,8 +23,8 @@ from typing import Any, Literal
 from . import constants as c
 from .api import DatabaseMigrationSpec
 
-Role = Literal["plan", "backup", "migrate", "downgrade", "restore"]
-ROLES: tuple[Role, ...] = ("plan", "backup", "migrate", "downgrade", "restore")
+Role = Literal["plan", "backup", "migrate", "downgrade", "restore", "stamp", "drift"]
+ROLES: tuple[Role, ...] = ("plan", "backup", "migrate", "downgrade", "restore", "stamp", "drift")
 
 URL_ENV = "ALEMBIC_OPERATOR_DATABASE_URL"
 WORK_DIR = "/alembic-operator"
@@ -34,7 +34,7 @@ BACKUP_MOUNT = "/backups"
 OPERATOR_UID = 65532
 # A Job that never starts (image pull errors, unschedulable) must still end: defaults per role, in seconds.
 DEFAULT_DEADLINES: dict[Role, int] = {"plan": 600, "backup": 6 * 3600, "migrate": 6 * 3600,
-                                      "downgrade": 6 * 3600, "restore": 6 * 3600}
+                                      "downgrade": 6 * 3600, "restore": 6 * 3600, "stamp": 600, "drift": 600}
 LOCK_TIMEOUT_SECONDS = 600
 
 
@@ -48,12 +48,13 @@ class Owner:
     generation: int
 
 
-def job_name(owner_name: str, role: Role, generation: int) -> str:
+def job_name(owner_name: str, role: Role, generation: int, instance: str | None = None) -> str:
     """Deterministic, so a restarted operator finds the Job it created, and never creates it twice.
 
+    `instance` tells apart Jobs of one role that repeat within a generation (drift checks: one per interval).
     Job names end up in the `job-name` label of their pods: at most 63 characters.
     """
-    suffix = f"-{role}-g{generation}"
+    suffix = f"-{role}-g{generation}" + (f"-{instance}" if instance else "")
     if len(owner_name) + len(suffix) <= 63:
         return owner_name + suffix
     digest = hashlib.sha256(owner_name.encode()).hexdigest()[:8]
@@ -143,13 +144,16 @@ def build_job(
     args: dict[str, str],
 ) -> dict[str, Any]:
     """The Job manifest for one step of a run. `args` carries the step's inputs (revisions, backup file...)."""
-    name = job_name(owner.name, role, owner.generation)
+    instance = args.get("instance")
+    name = job_name(owner.name, role, owner.generation, instance)
     labels = {
         c.OWNER_LABEL: owner.name,
         c.ROLE_LABEL: role,
         c.GENERATION_LABEL: str(owner.generation),
         c.MANAGED_BY_LABEL: c.MANAGED_BY,
     }
+    if instance:
+        labels[c.DRIFT_BUCKET_LABEL] = instance
     work = {"name": "work", "mountPath": WORK_DIR}
     backups = {"name": "backups", "mountPath": BACKUP_MOUNT}
     app_image = spec.migrations.image
@@ -177,6 +181,13 @@ def build_job(
             ["python", RUNNER, verb, "--config", config, "--from", args["from"], "--to", args["to"],
              "--lock-key", args["lockKey"], "--lock-timeout", str(LOCK_TIMEOUT_SECONDS)],
             spec, ours=False, mounts=[work], working_dir=app_dir, pull_policy=pull)]
+    elif role in ("stamp", "drift"):
+        command = ["python", RUNNER, role, "--config", config]
+        if role == "stamp":
+            command += ["--revision", args["revision"]]
+        init = [install]
+        containers = [_container(role, app_image, command, spec, ours=False, mounts=[work], working_dir=app_dir,
+                                 pull_policy=pull)]
     elif role == "backup":
         volumes.append({"name": "backups", **(spec.backup.volume or {"emptyDir": {}})})
         containers = [_container(

@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 from . import constants as c
 from . import status as s
-from .api import DatabaseMigrationSpec, parse_spec
+from .api import DatabaseMigrationSpec, duration_seconds, parse_spec
 from .jobs import Role
 
 HISTORY_LIMIT = 10
@@ -43,11 +43,14 @@ class JobObservation:
     state: Literal["absent", "active", "succeeded", "failed"]
     result: dict[str, Any] | None = None  # the JSON termination message of the container that reported
     message: str = ""  # why a Job failed when no result says (DeadlineExceeded, pod evicted...)
+    instance: str | None = None  # for drift checks: the interval bucket the Job belongs to
 
 
 @dataclass(frozen=True)
 class DatabaseObservation:
     revision: str | None = None  # None: no revision (empty database, or alembic_version absent)
+    versioned: bool | None = None  # whether the alembic_version table exists (None: not known)
+    tables: int | None = None  # tables other than alembic_version (None: not known)
     error_reason: str | None = None  # SecretNotFound, InvalidDatabaseURL, DatabaseUnreachable...
     error_message: str = ""
     transient: bool = False  # worth retrying without a human
@@ -240,6 +243,8 @@ class _Run:
             self.run["step"] = "Done"
             self.run["result"] = "UpToDate"
             return self.idle()
+        if (stop := self.baselining(spec)) is not None:
+            return stop
         job = self.job("plan")
         if job.state == "absent":
             if self.suspended():
@@ -257,6 +262,39 @@ class _Run:
             self.finish("Failed", reason)
             return self.outcome(s.stalled("Failed", reason, message), POLL_IDLE)
         return self.planned(spec, result)
+
+    def baselining(self, spec: DatabaseMigrationSpec) -> Decision | None:
+        """Adopt a pre-Alembic database (spec.baseline): stamp it when it has tables but no alembic_version."""
+        db = self.obs.database
+        job = self.job("stamp")
+        needed = bool(spec.baseline) and db.versioned is False and (db.tables or 0) > 0
+        if job.state == "absent" and not needed:
+            return None
+        if job.state == "absent":
+            if self.suspended():
+                return self.outcome(SUSPENDED, POLL_IDLE)
+            self.start_job("stamp", {"revision": str(spec.baseline)})
+            return self.outcome(s.progressing("Planning", "Baselining",
+                                              f"the database has {db.tables} table(s) and no alembic_version: stamping "
+                                              f"it at spec.baseline {spec.baseline}"), POLL_ACTIVE)
+        if job.state == "active":
+            return self.outcome(s.progressing("Planning", "Baselining", f"stamp Job {job.name} is running"),
+                                POLL_ACTIVE)
+        result = job.result or {}
+        if job.state == "failed" or not result.get("ok"):
+            message = self.failure_message("stamp") + "; nothing was changed"
+            self.finish("Failed", "BaselineFailed")
+            return self.outcome(s.stalled("Failed", "BaselineFailed", message), POLL_IDLE)
+        if not self.run.get("baselined"):
+            self.run["baselined"] = True
+            history = list(self.st.get("history") or [])
+            history.append({"generation": self.generation, "from": "none", "to": spec.baseline,
+                            "result": "Baselined", "reason": "Baselined", "startedAt": self.run.get("startedAt"),
+                            "finishedAt": self.now()})
+            self.st["history"] = history[-HISTORY_LIMIT:]
+            self.decision.events.append(("Normal", "Baselined", f"stamped the pre-Alembic database at "
+                                         f"{spec.baseline} (spec.baseline); no migration ran for it"))
+        return None
 
     def planned(self, spec: DatabaseMigrationSpec, result: dict[str, Any]) -> Decision:
         revisions = list(result.get("revisions") or [])
@@ -442,6 +480,50 @@ class _Run:
         self.condition(c.ROLLED_BACK, "False", "DowngradeFailed" if role == "downgrade" else "RestoreFailed", msg)
         return self.failed(msg, reason="RollbackFailed")
 
+    def drift_check(self) -> float:
+        """spec.driftCheck: one drift Job per interval while Ready; its result sets the Drifted condition."""
+        try:
+            live = parse_spec(self.obs.spec)
+            interval = duration_seconds(live.drift_check.interval)
+        except ValueError:
+            return POLL_IDLE
+        if not interval or live.suspend:
+            return POLL_IDLE
+        interval = max(interval, 60)
+        bucket = int(self.obs.now.timestamp()) // interval
+        job = self.job("drift")
+        if job.state in ("succeeded", "failed"):
+            self.drift_result(job)
+        if job.state == "absent" or int(job.instance or -1) < bucket:
+            self.decision.jobs.append(JobRequest("drift", self.generation, dict(self.obs.spec),
+                                                 {"instance": str(bucket)}))
+        return float(min(POLL_IDLE, (bucket + 1) * interval - self.obs.now.timestamp() + 1))
+
+    def drift_result(self, job: JobObservation) -> None:
+        if self.run.get("driftJob") == job.name:
+            return  # already recorded
+        self.run["driftJob"] = job.name
+        result = job.result or {}
+        checked = self.now()
+        if job.state == "failed" or not result.get("ok"):
+            self.condition(c.DRIFTED, "Unknown", "DriftCheckFailed", self.failure_message("drift"))
+            return
+        differences = [str(x) for x in result.get("differences") or []]
+        if result.get("behindHead"):
+            differences.insert(0, f"behind head: {len(result.get('pending') or [])} revision(s) pending")
+        drifted = bool(result.get("drifted"))
+        before = s.get_condition(self.st, c.DRIFTED) or {}
+        self.st["drift"] = {"checkedAt": checked, "drifted": drifted, "differences": differences[:20]}
+        if drifted:
+            message = "the live database differs from the app's models: " + "; ".join(differences[:5])
+            self.condition(c.DRIFTED, "True", "SchemaDrift", message)
+            if before.get("status") != "True":
+                self.decision.events.append(("Warning", "SchemaDrift", message))
+        else:
+            self.condition(c.DRIFTED, "False", "NoDrift", "the live database matches the app's models and scripts")
+            if before.get("status") == "True":
+                self.decision.events.append(("Normal", "DriftResolved", "the live database matches again"))
+
     def failed(self, message: str, reason: str = "JobFailed") -> Decision:
         rolled = s.condition_is(self.st, c.ROLLED_BACK, "True")
         self.finish("RolledBack" if rolled else "Failed", reason)
@@ -465,7 +547,8 @@ class _Run:
             if result == "UpToDate" and not s.get_condition(self.st, c.MIGRATED):
                 self.condition(c.MIGRATED, "True", "UpToDate", f"the database is already at {target}")
             msg = f"the database is at {target}"
-            return self.outcome(s.ready("AtTargetRevision" if result == "UpToDate" else "Migrated", msg), POLL_IDLE)
+            requeue = self.drift_check()
+            return self.outcome(s.ready("AtTargetRevision" if result == "UpToDate" else "Migrated", msg), requeue)
         # Failed runs stay as they are until a new generation; only keep currentRevision fresh.
         if self.obs.database.ok:
             self.st["currentRevision"] = self.obs.database.revision

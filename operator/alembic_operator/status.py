@@ -32,6 +32,7 @@ CONDITION_ORDER = (
     c.BACKUP_SUCCEEDED,
     c.MIGRATED,
     c.ROLLED_BACK,
+    c.DRIFTED,
 )
 # Kubernetes caps a condition message at 32768 characters; ours stay short enough to read in `kubectl get`.
 MAX_MESSAGE = 1024
