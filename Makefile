@@ -8,7 +8,8 @@ BED_DIR   ?= $(CURDIR)/.bed
 PYTEST_ARGS ?=
 export PYTHONPATH := $(CURDIR)/tests$(if $(PYTHONPATH),:$(PYTHONPATH))
 
-.PHONY: help deps venv controlplane tools test test-unit lint demo dev-cluster dev-cluster-down crd clean
+.PHONY: help deps venv controlplane tools test test-unit lint demo dev-cluster dev-cluster-down crd clean \
+        image-check chart-check bench-gate
 
 help:
 	@echo "make demo              the operator's whole job, end to end, on the local bed"
@@ -68,6 +69,14 @@ dev-cluster-down: venv
 
 demo: deps venv controlplane tools
 	$(PY) examples/demo.py --bed-dir $(BED_DIR)
+
+image-check: venv
+	$(VENV)/bin/hadolint Dockerfile
+	$(PY) -m pytest -q tests/test_image.py
+
+chart-check: venv tools
+	$$($(PY) -m bed tools | sed -n 's/^helm=//p') lint --strict --kube-version 1.36.0 charts/alembic-operator
+	$(PY) -m pytest -q -m "not bed" tests/test_chart.py tests/test_health_lua.py
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -14,11 +14,16 @@ string, None or a tuple (a merge) to say otherwise. Bodies are Python source lin
 The project is usable from any working directory: alembic.ini finds its scripts through `%(here)s`. Its env.py is
 the standard online/offline one (URL from the `sqlalchemy.url` main option, which the runner sets), with the
 transaction mode as a parameter.
+
+With `models=SOURCE`, the project also gets models: a uniquely named module next to alembic.ini (importable through
+`prepend_sys_path`), made of `import sqlalchemy as sa`, `metadata = sa.MetaData()` and SOURCE (which defines tables
+on `metadata`), and env.py's target_metadata is that `metadata`. Without it, target_metadata is None.
 """
 
 from __future__ import annotations
 
 import textwrap
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -155,12 +160,20 @@ def _body(lines: Sequence[str]) -> str:
     return textwrap.indent(textwrap.dedent(source), "    ")
 
 
-def make_project(path: Path, revisions: Sequence[Rev], transaction_per_migration: bool = False) -> Path:
+def make_project(
+    path: Path, revisions: Sequence[Rev], transaction_per_migration: bool = False, models: str | None = None
+) -> Path:
     """Write an Alembic project into `path` (created if needed) and return the path of its alembic.ini."""
     versions = path / "migrations" / "versions"
     versions.mkdir(parents=True, exist_ok=True)
     (path / "alembic.ini").write_text(ALEMBIC_INI)
-    (path / "migrations" / "env.py").write_text(ENV_PY.format(transaction_per_migration=transaction_per_migration))
+    env = ENV_PY.format(transaction_per_migration=transaction_per_migration)
+    if models is not None:
+        module = f"models_{uuid.uuid4().hex[:10]}"  # unique: in-process tests import each project's own
+        header = "import sqlalchemy as sa\n\nmetadata = sa.MetaData()\n\n"
+        (path / f"{module}.py").write_text(header + textwrap.dedent(models))
+        env = env.replace("target_metadata = None", f"from {module} import metadata as target_metadata")
+    (path / "migrations" / "env.py").write_text(env)
     (path / "migrations" / "script.py.mako").write_text("")  # only `alembic revision` needs a real one
     previous: str | None = None
     for rev in revisions:

@@ -90,10 +90,11 @@ class E2E:
     def ns(self) -> str:
         return self.cluster.ns
 
-    def project(self, revisions: list[Rev], transaction_per_migration: bool = False, name: str = "app") -> Path:
+    def project(self, revisions: list[Rev], transaction_per_migration: bool = False, name: str = "app",
+                models: str | None = None) -> Path:
         # Not under /tmp: the Jobs mount an emptyDir on /tmp (as on a real cluster), which would hide the "image".
         path = make_project(self.apps / f"{name}-{len(self.projects)}", revisions,
-                            transaction_per_migration=transaction_per_migration).parent
+                            transaction_per_migration=transaction_per_migration, models=models).parent
         self.projects.append(path)
         return path
 

@@ -197,3 +197,23 @@ def test_baseline_adopts_a_database_that_predates_alembic(e2e: E2E) -> None:
     assert e2e.cluster.job_roles("shop") == ["backup-g1", "migrate-g1", "plan-g1", "stamp-g1"]
     assert e2e.db.query("SELECT name FROM customers") == [("ada",)]
     assert any(e["reason"] == "Baselined" for e in e2e.cluster.events("shop"))
+
+
+def test_drift_check_reports_a_column_added_by_hand(e2e: E2E) -> None:
+    models = '''
+sa.Table("customers", metadata, sa.Column("id", sa.Integer, primary_key=True),
+         sa.Column("name", sa.String(80), nullable=False))
+'''
+    project = e2e.project(BASE_REVISIONS[:1], models=models)
+    e2e.cluster.create("shop", e2e.spec(project, driftCheck={"interval": "10s"}))
+    e2e.cluster.wait_condition("shop", "Drifted", "False", reason="NoDrift", timeout=120)
+    e2e.db.query("ALTER TABLE customers ADD COLUMN nickname text")
+    obj = e2e.cluster.wait_condition("shop", "Drifted", "True", reason="SchemaDrift", timeout=120)
+    assert "nickname" in obj["status"]["drift"]["differences"][0]
+    conds = {x["type"]: x["status"] for x in obj["status"]["conditions"]}
+    assert conds["Ready"] == "True"  # drift is reported; the schema is never changed by the operator
+    assert any(e["reason"] == "SchemaDrift" for e in e2e.cluster.events("shop"))
+    assert "nickname" in [r[0] for r in e2e.db.query(
+        "SELECT column_name FROM information_schema.columns WHERE table_name = 'customers'")]
+    e2e.db.query("ALTER TABLE customers DROP COLUMN nickname")
+    e2e.cluster.wait_condition("shop", "Drifted", "False", reason="NoDrift", timeout=120)

@@ -378,7 +378,7 @@ class DriftCheckSpec(_SpecModel):
         pattern=r"^([0-9]+h)?([0-9]+m)?([0-9]+s)?$",
         max_length=16,
         description=(
-            'How often to check, as a duration such as "30m", "1h" or "1h30m" (at least 1m). Unset or empty: '
+            'How often to check, as a duration such as "30m", "1h" or "1h30m" (at least 10s). Unset or empty: '
             "no drift checks. Checks run only while the resource is Ready."
         ),
     )

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -18,7 +19,7 @@ from typing import Any, Literal
 import kopf
 from kubernetes.client import ApiException
 
-from . import __version__, kube
+from . import __version__, kube, metrics
 from . import constants as c
 from .api import parse_spec
 from .dbstate import DatabaseError, DatabaseTarget, decode_secret_value, parse_url, read_revision, sanitize
@@ -41,6 +42,7 @@ class Runtime:
         self.writers: dict[str, set[tuple[str, str]]] = {}  # database key -> resources writing to it
         self.db_locks: dict[str, asyncio.Lock] = {}
         self.namespaces: list[str] | None = None
+        self.jobs_counted: set[str] = set()  # finished Jobs already in the metrics
 
     def wake(self, namespace: str, name: str) -> None:
         self.wakeups.setdefault((namespace, name), asyncio.Event()).set()
@@ -67,7 +69,11 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.posting.level = logging.WARNING  # our Events are explicit; handler logs stay logs
     settings.watching.server_timeout = 300
     settings.networking.request_timeout = 60
+    if runtime.namespaces:
+        # Roles only: Kopf must not try to list namespaces and CRDs cluster-wide (403s and a slow start).
+        settings.scanning.disabled = True
     kube.configure()
+    metrics.start_from_env()
     # Who is writing to which database, from the statuses: the lock survives a restart of the operator.
     for obj in await kube.list_migrations(runtime.namespaces):
         run = (obj.get("status") or {}).get("run") or {}
@@ -99,7 +105,8 @@ async def run_migration(namespace: str | None, name: str, stopped: kopf.DaemonSt
             delay = await reconcile(namespace, name, logger)
             backoff = 1.0
         except Exception as err:  # API hiccups: retry with backoff, never die
-            logger.warning("reconcile failed, retrying in %.0fs: %s", backoff, type(err).__name__)
+            # Our own errors and the API's carry no database URL (dbstate redacts what comes from the driver).
+            logger.warning("reconcile failed, retrying in %.0fs: %s: %s", backoff, type(err).__name__, str(err)[:500])
             logger.debug("reconcile failure", exc_info=True)
             delay, backoff = backoff, min(backoff * 2, 60.0)
         if delay is None:
@@ -123,6 +130,7 @@ async def on_delete(namespace: str | None, name: str, logger: Logger, **_: Any) 
     if active:
         raise kopf.TemporaryError(f"waiting for Job {', '.join(active)} to finish before deleting", delay=5)
     runtime.note(None, (namespace, name), {})
+    metrics.forget(namespace, name)
     logger.info("deleted; the database and the backups were left as they are (run step %s)", run.get("step"))
 
 
@@ -188,7 +196,21 @@ async def _observe_job(namespace: str, job: dict[str, Any], target: DatabaseTarg
     if result and target:
         result = {k: sanitize(v, target.url) if isinstance(v, str) else v for k, v in result.items()}
     instance = (job["metadata"].get("labels") or {}).get(c.DRIFT_BUCKET_LABEL)
-    return JobObservation(name=name, state=state, result=result, message="; ".join(notes), instance=instance)
+    return JobObservation(name=name, state=state, result=result, message="; ".join(notes), instance=instance,
+                          seconds=_duration(job))
+
+
+def _duration(job: dict[str, Any]) -> float | None:
+    st = job.get("status") or {}
+    ended = st.get("completionTime") or next(
+        (x.get("lastTransitionTime") for x in st.get("conditions") or [] if x.get("type") == "Failed"), None)
+    if not st.get("startTime") or not ended:
+        return None
+    return (_parse_time(ended) - _parse_time(st["startTime"])).total_seconds()
+
+
+def _parse_time(text: str) -> datetime:
+    return datetime.fromisoformat(text)  # the client writes +00:00, the API Z: Python 3.11 reads both
 
 
 async def _observe_database(namespace: str, spec: dict[str, Any]) -> tuple[DatabaseObservation, DatabaseTarget | None]:
@@ -212,20 +234,54 @@ async def _observe_database(namespace: str, spec: dict[str, Any]) -> tuple[Datab
 
 async def reconcile(namespace: str, name: str, logger: Logger, deleting: bool = False) -> float | None:
     """Observe, decide, act once; return seconds until the next look (None: the resource is gone)."""
+    started = time.monotonic()
+    try:
+        delay, status = await _reconcile(namespace, name, logger, deleting)
+    except Exception:
+        metrics.reconcile_finished(namespace, name, time.monotonic() - started, "error")
+        raise
+    if status is not None:
+        outcome = ("ready" if _cond(status, c.READY) == "True" else
+                   "stalled" if _cond(status, c.STALLED) == "True" else "progressing")
+        metrics.reconcile_finished(namespace, name, time.monotonic() - started, outcome)
+        metrics.current_revision(namespace, name, status.get("currentRevision"))
+        if (size := (status.get("backup") or {}).get("sizeBytes")) is not None:
+            metrics.backup_size(namespace, name, size)
+    return delay
+
+
+def _cond(status: dict[str, Any], type_: str) -> str | None:
+    return next((x.get("status") for x in status.get("conditions") or [] if x.get("type") == type_), None)
+
+
+def _count(namespace: str, name: str, before: dict[str, Any], decision: Decision,
+           jobs: dict[str, JobObservation]) -> None:
+    """Metrics of what this pass observed: finished Jobs (once each) and a rollback that just completed."""
+    for role, job in jobs.items():
+        if job.state in ("succeeded", "failed") and job.name not in runtime.jobs_counted:
+            runtime.jobs_counted.add(job.name)
+            metrics.job_finished(namespace, name, role, job.seconds or 0.0, job.state == "succeeded")
+    if _cond(decision.status, c.ROLLED_BACK) == "True" and _cond(before, c.ROLLED_BACK) != "True":
+        reason = next(x["reason"] for x in decision.status["conditions"] if x["type"] == c.ROLLED_BACK)
+        metrics.rollback(namespace, name, reason)
+
+
+async def _reconcile(namespace: str, name: str, logger: Logger,
+                     deleting: bool) -> tuple[float | None, dict[str, Any] | None]:
     for _attempt in range(5):
         obj = await kube.get_migration(namespace, name)
         if obj is None:
             runtime.note(None, (namespace, name), {})
-            return None
+            return None, None
         meta = obj["metadata"]
         if meta.get("deletionTimestamp") and not deleting:
-            return None  # the delete handler owns it now
+            return None, None  # the delete handler owns it now
         status = dict(obj.get("status") or {})
         run = dict(status.get("run") or {})
         generation = int(meta.get("generation") or 1)
         writing = run.get("step") in WRITING_STEPS
         if deleting and not writing:
-            return None
+            return None, None
         run_generation = int(run["generation"]) if writing else generation
         run_spec = run.get("spec") if writing else obj.get("spec")
 
@@ -252,12 +308,13 @@ async def reconcile(namespace: str, name: str, logger: Logger, deleting: bool = 
                     continue  # the object moved on: observe again
                 raise
             runtime.note(target.key if target else None, ref, decision.status.get("run") or {})
+            _count(namespace, name, status, decision, jobs)
         for kind, reason, message in decision.events:
             kopf.event(kopf.Body(obj),  # type: ignore[arg-type]
                        type=kind, reason=reason, message=message)
             (logger.warning if kind == "Warning" else logger.info)("%s: %s", reason, message)
-        return decision.requeue_after
-    return 1.0
+        return decision.requeue_after, decision.status
+    return 1.0, None
 
 
 async def _act(obj: dict[str, Any], decision: Decision, target: DatabaseTarget | None) -> None:

@@ -30,6 +30,8 @@ HISTORY_LIMIT = 10
 TRANSIENT_GRACE = timedelta(minutes=5)
 POLL_ACTIVE = 10.0  # seconds; Job watch events usually wake the reconciler long before
 POLL_IDLE = 60.0
+POLL_HUMAN = 15.0
+MIN_DRIFT_INTERVAL = 10  # seconds; a drift check is a Job, so hourly is the sensible production value
 PLAN_ERRORS = {"MultipleHeads", "UnknownRevision", "UnknownTargetRevision", "DowngradeNotSupported"}
 WRITING_STEPS = {"BackingUp", "Migrating", "RollingBack"}
 BASE = "base"
@@ -44,6 +46,7 @@ class JobObservation:
     result: dict[str, Any] | None = None  # the JSON termination message of the container that reported
     message: str = ""  # why a Job failed when no result says (DeadlineExceeded, pod evicted...)
     instance: str | None = None  # for drift checks: the interval bucket the Job belongs to
+    seconds: float | None = None  # how long a finished Job ran
 
 
 @dataclass(frozen=True)
@@ -220,8 +223,8 @@ class _Run:
             self.st["currentRevision"] = db.revision
             return None
         reason, message = db.error_reason or "DatabaseUnreachable", db.error_message
-        if not db.transient:
-            return self.outcome(s.stalled(phase, reason, message), requeue=POLL_IDLE)
+        if not db.transient:  # a human must act (create the Secret, fix the URL): look again soon after
+            return self.outcome(s.stalled(phase, reason, message), requeue=POLL_HUMAN)
         since = self.run.setdefault("transientSince", self.now())
         started = datetime.strptime(since, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
         retries = int(self.run.get("transientRetries", 0)) + 1
@@ -489,7 +492,7 @@ class _Run:
             return POLL_IDLE
         if not interval or live.suspend:
             return POLL_IDLE
-        interval = max(interval, 60)
+        interval = max(interval, MIN_DRIFT_INTERVAL)
         bucket = int(self.obs.now.timestamp()) // interval
         job = self.job("drift")
         if job.state in ("succeeded", "failed"):
