@@ -17,6 +17,7 @@ help:
 	@echo "make lint              ruff and mypy"
 	@echo "make dev-cluster       start the local bed in the background (prints export KUBECONFIG=...)"
 	@echo "make dev-cluster-down  stop it"
+	@echo "make bench-gate        Ready -> last held pod released, for 1/10/100 pods (median, p99)"
 	@echo "make crd               regenerate crds/ and docs/crd-reference.md from the pydantic model"
 
 # Debian packages: PostgreSQL (server for the tests and the demo, pg_dump/pg_restore for the Jobs), util-linux
@@ -69,6 +70,9 @@ dev-cluster-down: venv
 
 demo: deps venv controlplane tools
 	$(PY) examples/demo.py --bed-dir $(BED_DIR)
+
+bench-gate: deps venv controlplane tools
+	$(PY) tests/bench_gate.py --bed-dir $(BED_DIR) $(BENCH_ARGS)
 
 image-check: venv
 	$(VENV)/bin/hadolint Dockerfile

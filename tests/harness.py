@@ -45,13 +45,16 @@ def free_port() -> int:
 class OperatorProcess:
     """`alembic-operator run` as a child process, watching one namespace; killable at any moment."""
 
-    def __init__(self, kubeconfig: Path, namespaces: list[str], log_path: Path) -> None:
+    def __init__(self, kubeconfig: Path, namespaces: list[str], log_path: Path, extra_args: list[str] | None = None
+                 ) -> None:
         self.kubeconfig = kubeconfig
         self.namespaces = namespaces
         self.log_path = log_path
         self.proc: subprocess.Popen[bytes] | None = None
         self.port = free_port()
         self.starts = 0
+        # The pod-gating webhook is off unless a test asks for it: its configuration is cluster-wide.
+        self.extra_args = extra_args if extra_args is not None else ["--no-webhook"]
 
     def start(self) -> OperatorProcess:
         env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "ALEMBIC_OPERATOR_IMAGE": OPERATOR_IMAGE,
@@ -60,6 +63,7 @@ class OperatorProcess:
                 "--liveness", f"http://127.0.0.1:{self.port}/healthz"]
         for ns in self.namespaces:
             args += ["--namespace", ns]
+        args += self.extra_args
         log = self.log_path.open("ab")
         log.write(f"--- start {self.starts}\n".encode())
         log.flush()

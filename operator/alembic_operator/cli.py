@@ -13,10 +13,11 @@ from pathlib import Path
 def _run(args: argparse.Namespace) -> int:
     import kopf
 
-    from . import handlers
+    from . import handlers, release, webhook  # noqa: F401  (release frees held pods, webhook holds new ones)
 
     namespaces = [ns for item in args.namespace for ns in item.split(",") if ns]
     handlers.runtime.namespaces = namespaces or None
+    webhook.options = webhook.options_from_args(args, namespaces)
     kopf.configure(verbose=args.verbose)
     # Alembic announces every connection it configures; the operator connects often to read the revision.
     logging.getLogger("alembic.runtime.migration").setLevel(logging.WARNING)
@@ -71,6 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--standalone", action="store_true", help="no peering (a single replica)")
     run.add_argument("--priority", type=int, default=0, help="peering priority (give replicas distinct values)")
     run.add_argument("-v", "--verbose", action="store_true")
+    from . import webhook
+
+    webhook.add_arguments(run)
     sub.add_parser("job", help="commands run inside the operator's Jobs (scan, backup, restore, install-runner)")
     sub.add_parser("check", help="check an Alembic project in CI: integrity, models vs migrations, round trip, "
                    "lint, drift (docs/check.md)")

@@ -1,0 +1,1 @@
+../../../operator/alembic_operator/health.lua

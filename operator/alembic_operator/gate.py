@@ -1,0 +1,297 @@
+"""Holding an app's new pods until the schema is ready: every decision, as pure functions.
+
+A pod whose labels carry ``migrations.alembic-operator.io/wait-for: <DatabaseMigration name>`` states a
+*requirement* on that DatabaseMigration (same namespace):
+
+- without the annotation ``migrations.alembic-operator.io/revision``: the resource is Ready at its target
+  (condition Ready=True for the current ``metadata.generation`` and ``status.currentRevision ==
+  status.targetRevision``);
+- with it: the database is at that revision or at a descendant of it, whatever the resource is doing.
+
+A pod whose requirement is not met when it is created gets the scheduling gate ``constants.SCHEDULING_GATE`` (the
+admission webhook, :mod:`alembic_operator.webhook`); the gate is removed as soon as the requirement is met
+(:mod:`alembic_operator.release`). Nothing here talks to Kubernetes: the functions take the objects as dicts, as
+the API returns them, and say what to do.
+
+"Descendant" is read from the resource's status, newest knowledge first:
+
+- ``status.plan.lineage``: ancestors of the plan's target, newest first, the target included (up to 50): a revision
+  that appears at or after ``currentRevision``'s position is an ancestor of the database's revision;
+- ``status.plan.revisions``: the revisions of the last plan in the order they run (``fromRevision`` excluded): for an
+  upgrade plan, a revision at or before ``currentRevision``'s index (and ``fromRevision`` itself) has been applied.
+
+A revision that appears nowhere in the status (plan, lineage, history, current or target) is *unknown*: the pod
+stays held, and the Events say so, since a typo in the annotation would otherwise hold it silently.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from . import constants as c
+
+Obj = Mapping[str, Any]
+
+GATE: dict[str, str] = {"name": c.SCHEDULING_GATE}
+MIN_PREFIX = 4  # shortest abbreviated revision id accepted in the annotation (Alembic accepts prefixes too)
+MAX_LISTED = 5  # pod names listed in one Event message
+
+# Verdict reasons (CamelCase, stable: they appear in Events).
+READY_AT_TARGET = "ReadyAtTarget"
+REVISION_REACHED = "RevisionReached"
+MIGRATION_NOT_FOUND = "MigrationNotFound"
+NOT_READY = "MigrationNotReady"
+WAITING_FOR_REVISION = "WaitingForRevision"
+UNKNOWN_REVISION = "UnknownRevision"
+
+
+@dataclass(frozen=True)
+class Requirement:
+    """What a pod waits for: a DatabaseMigration (same namespace) and, optionally, a revision."""
+
+    migration: str
+    revision: str | None = None
+
+    def describe(self) -> str:
+        if self.revision:
+            return f"the database of DatabaseMigration {self.migration} to reach revision {self.revision}"
+        return f"DatabaseMigration {self.migration} to be Ready at its target revision"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Whether a requirement is met now; the reason and message go into Events."""
+
+    met: bool
+    reason: str
+    message: str
+
+
+def requirement_of(meta: Obj | None) -> Requirement | None:
+    """The requirement a pod (or a pod template) states in its labels and annotations; None: it waits for nothing.
+
+    An empty annotation, or ``head``, means the same as no annotation: Ready at the resource's target.
+    """
+    meta = meta or {}
+    name = str((meta.get("labels") or {}).get(c.WAIT_FOR_LABEL) or "").strip()
+    if not name:
+        return None
+    revision = str((meta.get("annotations") or {}).get(c.REVISION_ANNOTATION) or "").strip()
+    return Requirement(name, None if revision.lower() in ("", "head") else revision)
+
+
+# --- the DatabaseMigration's side ---------------------------------------------------------------------------------
+
+
+def _condition(status: Obj, type_: str) -> Obj | None:
+    for cond in status.get("conditions") or []:
+        if isinstance(cond, Mapping) and cond.get("type") == type_:
+            return cond
+    return None
+
+
+def ready_at_target(dbm: Obj) -> bool:
+    """Ready=True for this generation, and the database at the resolved target."""
+    meta = dbm.get("metadata") or {}
+    status = dbm.get("status") or {}
+    cond = _condition(status, c.READY)
+    if cond is None or cond.get("status") != "True":
+        return False
+    observed = cond.get("observedGeneration", status.get("observedGeneration"))
+    if observed is None or observed != meta.get("generation"):
+        return False
+    target = status.get("targetRevision")
+    return bool(target) and status.get("currentRevision") == target
+
+
+def _strings(values: Any) -> list[str]:
+    return [str(v) for v in values or [] if isinstance(v, str) and v]
+
+
+def known_revisions(status: Obj) -> list[str]:
+    """Every revision id the status mentions (plan, lineage, history, current, target), without repeats."""
+    plan = status.get("plan") or {}
+    found: list[str] = []
+    found += _strings([status.get("currentRevision"), status.get("targetRevision")])
+    found += _strings(plan.get("lineage")) + _strings(plan.get("revisions"))
+    found += _strings([plan.get("fromRevision"), plan.get("toRevision")])
+    for entry in status.get("history") or []:
+        if isinstance(entry, Mapping):
+            found += _strings([entry.get("from"), entry.get("to")])
+    return list(dict.fromkeys(r for r in found if r != "base"))
+
+
+def resolve_revision(status: Obj, revision: str) -> str:
+    """The full id of an abbreviated revision (a unique prefix of at least MIN_PREFIX characters); else as given."""
+    known = known_revisions(status)
+    if revision in known or len(revision) < MIN_PREFIX:
+        return revision
+    matches = [r for r in known if r.startswith(revision)]
+    return matches[0] if len(matches) == 1 else revision
+
+
+RevisionState = Literal["reached", "pending", "unknown"]
+
+
+def revision_state(status: Obj, revision: str) -> RevisionState:
+    """Whether the database (``status.currentRevision``) is at ``revision`` or a descendant of it."""
+    revision = resolve_revision(status, revision)
+    current = status.get("currentRevision")
+    if current and revision == current:
+        return "reached"
+    plan = status.get("plan") or {}
+    if current:
+        lineage = _strings(plan.get("lineage"))  # newest first: later positions are ancestors
+        if current in lineage and revision in lineage and lineage.index(revision) >= lineage.index(current):
+            return "reached"
+        revisions = _strings(plan.get("revisions"))
+        to_rev, from_rev = plan.get("toRevision"), plan.get("fromRevision")
+        upgrade = bool(revisions) and revisions[-1] == to_rev and revisions[0] != from_rev
+        if upgrade and current in revisions:
+            applied = revisions[: revisions.index(current) + 1]
+            if revision in applied or (revision == from_rev and from_rev not in (None, "", "base")):
+                return "reached"
+    return "pending" if revision in known_revisions(status) else "unknown"
+
+
+def _state_of(dbm: Obj) -> str:
+    status = dbm.get("status") or {}
+    phase = status.get("phase") or "not processed yet"
+    current = status.get("currentRevision") or "empty"
+    target = status.get("targetRevision") or "not resolved yet"
+    text = f"phase {phase}, database at {current}, target {target}"
+    stalled = (_condition(status, c.STALLED) or {}).get("status") == "True"
+    message = str(status.get("message") or "").strip()
+    if message and (stalled or phase in ("Failed", "AwaitingApproval")):
+        text += f": {message[:300]}"
+    return text
+
+
+def evaluate(requirement: Requirement, dbm: Obj | None) -> Verdict:
+    """Is the requirement met by this DatabaseMigration (None: it does not exist)?"""
+    name = requirement.migration
+    if dbm is None:
+        return Verdict(False, MIGRATION_NOT_FOUND,
+                       f"waiting for {requirement.describe()}, but DatabaseMigration {name} does not exist in this "
+                       "namespace: create it, or fix the label " + c.WAIT_FOR_LABEL)
+    status = dbm.get("status") or {}
+    if requirement.revision is None:
+        if ready_at_target(dbm):
+            return Verdict(True, READY_AT_TARGET,
+                           f"DatabaseMigration {name} is Ready at revision {status.get('currentRevision')}")
+        return Verdict(False, NOT_READY, f"waiting for {requirement.describe()} ({_state_of(dbm)})")
+    state = revision_state(status, requirement.revision)
+    if state == "reached":
+        return Verdict(True, REVISION_REACHED,
+                       f"the database of DatabaseMigration {name} is at {status.get('currentRevision')}, "
+                       f"revision {requirement.revision} or a descendant of it")
+    if state == "unknown":
+        return Verdict(False, UNKNOWN_REVISION,
+                       f"revision {requirement.revision} (annotation {c.REVISION_ANNOTATION}) is unknown to "
+                       f"DatabaseMigration {name}: it is not in its plan, lineage or history ({_state_of(dbm)}). "
+                       "The pod stays held until the database reaches it: check the annotation, or the resource's "
+                       "targetRevision")
+    return Verdict(False, WAITING_FOR_REVISION, f"waiting for {requirement.describe()} ({_state_of(dbm)})")
+
+
+# --- the pod's side -----------------------------------------------------------------------------------------------
+
+
+def gates_of(pod: Obj) -> list[Obj]:
+    return [g for g in (pod.get("spec") or {}).get("schedulingGates") or [] if isinstance(g, Mapping)]
+
+
+def has_gate(pod: Obj) -> bool:
+    """Does the pod carry our scheduling gate (whatever other gates it has)?"""
+    return any(g.get("name") == c.SCHEDULING_GATE for g in gates_of(pod))
+
+
+def with_gate(pod: Obj) -> list[dict[str, Any]]:
+    """The pod's schedulingGates with ours added at the end (others kept as they are, in order)."""
+    gates = [dict(g) for g in gates_of(pod)]
+    if not any(g.get("name") == c.SCHEDULING_GATE for g in gates):
+        gates.append(dict(GATE))
+    return gates
+
+
+def release_patch() -> dict[str, Any]:
+    """A strategic merge patch that removes our gate and only ours (schedulingGates merge on ``name``).
+
+    The server applies it to the latest pod (no resourceVersion, hence no conflict), and it is a no-op when the
+    gate is already gone: safe to send twice, from two replicas, or after a restart.
+    """
+    return {"spec": {"schedulingGates": [{"$patch": "delete", "name": c.SCHEDULING_GATE}]}}
+
+
+def pod_key(pod: Obj) -> tuple[str, str]:
+    meta = pod.get("metadata") or {}
+    return str(meta.get("namespace") or ""), str(meta.get("name") or "")
+
+
+@dataclass(frozen=True)
+class Admission:
+    """What the webhook does with a pod being created: add the gate or not, and why."""
+
+    hold: bool
+    verdict: Verdict | None = None
+    warning: str | None = None
+
+
+def admit(pod: Obj, dbm: Obj | None, excluded_namespaces: Iterable[str] = ()) -> Admission:
+    """Decide at creation. Unlabelled pods, pods whose requirement is met and pods already gated pass unchanged."""
+    meta = pod.get("metadata") or {}
+    requirement = requirement_of(meta)
+    if requirement is None or meta.get("namespace") in set(excluded_namespaces):
+        return Admission(hold=False)
+    if has_gate(pod):
+        return Admission(hold=False)  # gated in its template already: the release loop handles it
+    verdict = evaluate(requirement, dbm)
+    if verdict.met:
+        return Admission(hold=False, verdict=verdict)
+    if (pod.get("spec") or {}).get("nodeName"):
+        return Admission(hold=False, verdict=verdict,
+                         warning=f"not held: the pod sets spec.nodeName, and Kubernetes refuses scheduling gates on "
+                                 f"such pods; it starts now although it is {verdict.message}")
+    return Admission(hold=True, verdict=verdict)
+
+
+@dataclass(frozen=True)
+class PodVerdict:
+    namespace: str
+    name: str
+    uid: str
+    requirement: Requirement
+    verdict: Verdict
+
+
+def review_pods(pods: Iterable[Obj], migrations: Mapping[tuple[str, str], Obj]) -> list[PodVerdict]:
+    """For each pod that carries our gate and a requirement: is the requirement met now?
+
+    ``migrations`` maps (namespace, name) to the DatabaseMigration; a missing key means it does not exist.
+    Pods without our gate (released, or never held) and pods being deleted are left out.
+    """
+    out: list[PodVerdict] = []
+    for pod in pods:
+        meta = pod.get("metadata") or {}
+        requirement = requirement_of(meta)
+        if requirement is None or not has_gate(pod) or meta.get("deletionTimestamp"):
+            continue
+        namespace, name = pod_key(pod)
+        dbm = migrations.get((namespace, requirement.migration))
+        out.append(PodVerdict(namespace, name, str(meta.get("uid") or ""), requirement, evaluate(requirement, dbm)))
+    return out
+
+
+def summarize_held(migration: str, held: Sequence[PodVerdict]) -> tuple[str, str, str]:
+    """(type, reason, message) of the Event posted on a DatabaseMigration that holds pods."""
+    names = sorted(p.name for p in held)
+    listed = ", ".join(names[:MAX_LISTED]) + (f" and {len(names) - MAX_LISTED} more" if len(names) > MAX_LISTED else "")
+    unknown = sorted({p.requirement.revision or "" for p in held if p.verdict.reason == UNKNOWN_REVISION})
+    if unknown:
+        return ("Warning", UNKNOWN_REVISION,
+                f"{len(names)} pod(s) held ({listed}); revision(s) {', '.join(unknown)} in their annotation "
+                f"{c.REVISION_ANNOTATION} are unknown to this resource: check the annotation")
+    return ("Normal", "PodsHeld", f"{len(names)} pod(s) held until the schema is ready ({listed}): "
+            f"{held[0].verdict.message}" if held else f"no pods held by {migration}")

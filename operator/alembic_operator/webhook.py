@@ -1,0 +1,385 @@
+"""The mutating admission webhook that holds new labelled pods: Kopf's admission server, our own configuration.
+
+Kopf serves the webhook (``kopf.WebhookServer``, TLS); the handler adds the scheduling gate to a labelled pod at
+creation when its requirement is not met yet (:func:`gate.admit`). The ``MutatingWebhookConfiguration`` is written
+here rather than by Kopf (``settings.admission.managed``): Kopf 1.45 builds it without a ``namespaceSelector`` (the
+operator's own namespace must be excluded), with ``timeoutSeconds: 30`` and with ``url`` client configs only (in a
+cluster the API server reaches the operator through a Service reference). Ours:
+
+- matches only pods that carry the ``wait-for`` label (``objectSelector``), on CREATE only;
+- excludes the operator's own namespace (and, when the operator watches some namespaces only, every other one);
+- ``failurePolicy: Fail``: with the operator down, labelled pods are refused, never let through ungated (fail
+  closed); unlabelled pods never reach the webhook. It is left in place when the operator stops, on purpose.
+
+``--webhook-config-name none`` leaves the configuration to someone else (a chart using cert-manager's CA injector):
+the operator then only serves the webhook.
+
+Certificates: ``--webhook-cert-dir`` holding ``tls.crt``/``tls.key`` (and ``ca.crt``), e.g. a cert-manager Secret;
+otherwise a CA and a serving certificate are generated at start-up with ``cryptography`` (kopf[dev]'s generator does
+not work with OpenSSL 3) and the CA goes into the configuration's ``caBundle``.
+
+Kubernetes calls made here (RBAC): get/create/update mutatingwebhookconfigurations; get databasemigrations.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import ipaddress
+import logging
+import os
+import tempfile
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import kopf
+import kubernetes
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from kubernetes.client import ApiException
+
+from . import constants as c
+from . import gate, release
+
+log = logging.getLogger("alembic_operator.webhook")
+
+HANDLER_ID = "hold-until-schema-ready"
+CONFIG_NAME = f"alembic-operator.{c.GROUP}"
+WEBHOOK_NAME = f"schema-gate.{c.GROUP}"
+NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+ENV_PREFIX = "ALEMBIC_OPERATOR_WEBHOOK_"
+
+
+@dataclass(frozen=True)
+class WebhookOptions:
+    """Where the webhook listens, how the API server reaches it, and what its configuration matches."""
+
+    enabled: bool = True
+    listen: str = "0.0.0.0"  # address to listen on
+    port: int = 9443
+    host: str | None = None  # host in the webhook URL (default: the listen address, 127.0.0.1 for 0.0.0.0)
+    service: str | None = None  # NAMESPACE/NAME[:PORT]: reach the webhook through this Service instead of a URL
+    cert_dir: str | None = None  # tls.crt, tls.key (and ca.crt); None: generate
+    config_name: str = CONFIG_NAME
+    namespaces: tuple[str, ...] = ()  # only these namespaces (the operator watches only them); empty: all
+    exclude_namespaces: tuple[str, ...] = field(default_factory=tuple)  # default: the operator's own
+    timeout_seconds: int = 10
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> WebhookOptions:
+        """Read ALEMBIC_OPERATOR_WEBHOOK_{ENABLED,LISTEN,PORT,HOST,SERVICE,CERT_DIR,CONFIG_NAME,NAMESPACES,
+        EXCLUDE_NAMESPACES,TIMEOUT_SECONDS}; what is not set keeps its default."""
+        env = dict(os.environ if environ is None else environ)
+
+        def get(name: str) -> str | None:
+            value = env.get(ENV_PREFIX + name)
+            return value if value not in (None, "") else None
+
+        def split(name: str) -> tuple[str, ...]:
+            return tuple(x.strip() for x in (get(name) or "").split(",") if x.strip())
+
+        opts = cls()
+        if (v := get("ENABLED")) is not None:
+            opts = replace(opts, enabled=v.lower() not in ("0", "false", "no", "off"))
+        if (v := get("LISTEN")) is not None:
+            opts = replace(opts, listen=v)
+        if (v := get("PORT")) is not None:
+            opts = replace(opts, port=int(v))
+        if (v := get("TIMEOUT_SECONDS")) is not None:
+            opts = replace(opts, timeout_seconds=int(v))
+        config_name = env.get(ENV_PREFIX + "CONFIG_NAME")
+        return replace(opts, host=get("HOST"), service=get("SERVICE"), cert_dir=get("CERT_DIR"),
+                       config_name=CONFIG_NAME if config_name is None else config_name, namespaces=split("NAMESPACES"),
+                       exclude_namespaces=split("EXCLUDE_NAMESPACES"))
+
+    def managed(self) -> bool:
+        """Does the operator write the MutatingWebhookConfiguration? No when its name is "" or "none" (the chart
+        ships it, e.g. with cert-manager's CA injection)."""
+        return self.config_name.strip().lower() not in ("", "none")
+
+    def excluded(self) -> tuple[str, ...]:
+        """Namespaces the webhook never sees: those given, else the operator's own (when it runs in a cluster)."""
+        if self.exclude_namespaces:
+            return self.exclude_namespaces
+        own = os.environ.get("POD_NAMESPACE") or (
+            NAMESPACE_FILE.read_text().strip() if NAMESPACE_FILE.is_file() else "")
+        return (own,) if own else ()
+
+    def url_host(self) -> str:
+        if self.host:
+            return self.host
+        addr = ipaddress.ip_address(self.listen) if _is_ip(self.listen) else None
+        return "127.0.0.1" if addr is not None and addr.is_unspecified else self.listen
+
+    def service_ref(self) -> dict[str, Any] | None:
+        if not self.service:
+            return None
+        ref, _, port = self.service.partition(":")
+        namespace, _, name = ref.rpartition("/")
+        if not namespace or not name:
+            raise ValueError(f"--webhook-service must be NAMESPACE/NAME[:PORT], not {self.service!r}")
+        return {"namespace": namespace, "name": name, "port": int(port or 443)}
+
+    def hostnames(self) -> list[str]:
+        """Names and addresses the generated serving certificate is valid for."""
+        names = [self.url_host(), "localhost", "127.0.0.1"]
+        if svc := self.service_ref():
+            base = f"{svc['name']}.{svc['namespace']}"
+            names += [f"{base}.svc", f"{base}.svc.cluster.local", base]
+        if not _is_ip(self.listen) or not ipaddress.ip_address(self.listen).is_unspecified:
+            names.append(self.listen)
+        return list(dict.fromkeys(names))
+
+
+options: WebhookOptions | None = None
+"""Set by the CLI (``alembic-operator run``) before Kopf starts; when None, read from the environment."""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``run`` flags of the webhook; their defaults come from ALEMBIC_OPERATOR_WEBHOOK_* (the chart sets them)."""
+    d = WebhookOptions.from_env()
+    g = parser.add_argument_group("pod gating webhook")
+    g.add_argument("--no-webhook", dest="webhook", action="store_false", default=d.enabled,
+                   help="do not serve the admission webhook (held pods are still released)")
+    g.add_argument("--webhook-listen", default=d.listen, help="address to listen on (default %(default)s)")
+    g.add_argument("--webhook-port", type=int, default=d.port, help="port to listen on (default %(default)s)")
+    g.add_argument("--webhook-host", default=d.host,
+                   help="host the API server calls: the webhook URL is https://HOST:PORT (default: listen address)")
+    g.add_argument("--webhook-service", default=d.service, metavar="NAMESPACE/NAME[:PORT]",
+                   help="call the webhook through this Service instead of a URL (in a cluster)")
+    g.add_argument("--webhook-cert-dir", default=d.cert_dir,
+                   help="directory with tls.crt, tls.key and ca.crt (default: generate a CA and a certificate)")
+    g.add_argument("--webhook-config-name", default=d.config_name,
+                   help="name of the MutatingWebhookConfiguration the operator writes; 'none': it is managed "
+                        "elsewhere (default %(default)s)")
+    g.add_argument("--webhook-exclude-namespace", action="append", default=list(d.exclude_namespaces),
+                   help="namespaces whose pods are never held (default: the operator's own)")
+
+
+def options_from_args(args: argparse.Namespace, namespaces: Sequence[str] = ()) -> WebhookOptions:
+    return WebhookOptions(
+        enabled=bool(args.webhook), listen=args.webhook_listen, port=args.webhook_port, host=args.webhook_host,
+        service=args.webhook_service, cert_dir=args.webhook_cert_dir, config_name=args.webhook_config_name,
+        namespaces=tuple(namespaces),
+        exclude_namespaces=tuple(ns for item in args.webhook_exclude_namespace for ns in item.split(",") if ns),
+    )
+
+
+def _is_ip(value: str) -> bool:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return True
+
+
+# --- certificates -------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CertFiles:
+    cert: Path
+    key: Path
+    ca: Path
+
+
+def make_certificates(directory: Path, hostnames: Sequence[str], days: int = 365) -> CertFiles:
+    """A self-signed CA and a serving certificate for ``hostnames`` (DNS names and IP addresses), as PEM files."""
+    directory.mkdir(parents=True, exist_ok=True)
+    now = dt.datetime.now(dt.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "alembic-operator webhook CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
+          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+          .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=days))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+          .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
+                                       content_commitment=False, key_encipherment=False, data_encipherment=False,
+                                       key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
+          .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+          .sign(ca_key, hashes.SHA256()))
+    key = ec.generate_private_key(ec.SECP256R1())
+    sans: list[x509.GeneralName] = []
+    for name in dict.fromkeys(hostnames):
+        sans.append(x509.IPAddress(ipaddress.ip_address(name)) if _is_ip(name) else x509.DNSName(name))
+    common = next((h for h in hostnames if not _is_ip(h)), hostnames[0] if hostnames else "alembic-operator")
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common)]))
+            .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=days))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    files = CertFiles(directory / "tls.crt", directory / "tls.key", directory / "ca.crt")
+    files.key.touch(mode=0o600)
+    files.key.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                            serialization.NoEncryption()))
+    files.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    files.ca.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    return files
+
+
+def cert_files(opts: WebhookOptions) -> CertFiles:
+    if opts.cert_dir:
+        base = Path(opts.cert_dir)
+        ca = base / "ca.crt"
+        return CertFiles(base / "tls.crt", base / "tls.key", ca if ca.is_file() else base / "tls.crt")
+    return make_certificates(Path(tempfile.mkdtemp(prefix="alembic-operator-webhook-")), opts.hostnames())
+
+
+# --- the configuration --------------------------------------------------------------------------------------------
+
+
+def namespace_selector(opts: WebhookOptions) -> dict[str, Any] | None:
+    exprs: list[dict[str, Any]] = []
+    if opts.namespaces:
+        exprs.append({"key": "kubernetes.io/metadata.name", "operator": "In", "values": sorted(opts.namespaces)})
+    if excluded := opts.excluded():
+        exprs.append({"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": sorted(excluded)})
+    return {"matchExpressions": exprs} if exprs else None
+
+
+def webhook_configuration(opts: WebhookOptions, client_config: dict[str, Any]) -> dict[str, Any]:
+    """The MutatingWebhookConfiguration for a client config yielded by Kopf's server (``url``, ``caBundle``)."""
+    config: dict[str, Any] = {}
+    if client_config.get("caBundle"):
+        config["caBundle"] = client_config["caBundle"]
+    if (svc := opts.service_ref()) is not None:
+        config["service"] = {**svc, "path": f"/{HANDLER_ID}"}
+    else:
+        config["url"] = f"{str(client_config['url']).rstrip('/')}/{HANDLER_ID}"
+    webhook: dict[str, Any] = {
+        "name": WEBHOOK_NAME,
+        "clientConfig": config,
+        "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"], "operations": ["CREATE"],
+                   "scope": "Namespaced"}],
+        "objectSelector": {"matchExpressions": [{"key": c.WAIT_FOR_LABEL, "operator": "Exists"}]},
+        "failurePolicy": "Fail",
+        "matchPolicy": "Equivalent",
+        "sideEffects": "None",
+        "timeoutSeconds": opts.timeout_seconds,
+        "admissionReviewVersions": ["v1"],
+        "reinvocationPolicy": "Never",
+    }
+    if (selector := namespace_selector(opts)) is not None:
+        webhook["namespaceSelector"] = selector
+    return {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "MutatingWebhookConfiguration",
+        "metadata": {"name": opts.config_name, "labels": {c.MANAGED_BY_LABEL: c.MANAGED_BY}},
+        "webhooks": [webhook],
+    }
+
+
+def apply_configuration(body: dict[str, Any]) -> None:
+    """Create or replace the configuration (blocking: run in a thread)."""
+    api = kubernetes.client.AdmissionregistrationV1Api(release.keeper.kube.api)
+    def model(raw: dict[str, Any]) -> kubernetes.client.V1MutatingWebhookConfiguration:
+        obj = kubernetes.client.V1MutatingWebhookConfiguration.from_dict(raw)
+        assert obj is not None
+        return obj
+
+    name = body["metadata"]["name"]
+    for _attempt in range(5):
+        try:
+            current = api.read_mutating_webhook_configuration(name)
+        except ApiException as err:
+            if err.status != 404:
+                raise
+            try:
+                api.create_mutating_webhook_configuration(model(body))
+                return
+            except ApiException as err2:
+                if err2.status == 409:
+                    continue
+                raise
+        version = current.metadata.resource_version if current.metadata else None
+        body = {**body, "metadata": {**body["metadata"], "resourceVersion": version}}
+        try:
+            api.replace_mutating_webhook_configuration(name, model(body))
+            return
+        except ApiException as err:
+            if err.status != 409:
+                raise
+    raise RuntimeError(f"could not write MutatingWebhookConfiguration {name}: conflicts")
+
+
+class GateWebhookServer:
+    """Kopf's HTTPS webhook server, plus writing our MutatingWebhookConfiguration whenever its client config changes
+    (at start-up, and when the certificate files change)."""
+
+    def __init__(self, opts: WebhookOptions) -> None:
+        self.opts = opts
+        files = cert_files(opts)
+        self.server = kopf.WebhookServer(addr=opts.listen, port=opts.port, host=opts.url_host(),
+                                         certfile=str(files.cert), pkeyfile=str(files.key), cafile=str(files.ca))
+
+    async def __call__(self, fn: kopf.WebhookFn) -> AsyncIterator[kopf.WebhookClientConfig]:
+        async with self.server:
+            async for client_config in self.server(fn):
+                body = webhook_configuration(self.opts, dict(client_config))
+                target = body["webhooks"][0]["clientConfig"].get("url") or body["webhooks"][0]["clientConfig"]
+                if self.opts.managed():
+                    await asyncio.to_thread(apply_configuration, body)
+                    log.info("MutatingWebhookConfiguration %s points at %s", self.opts.config_name, target)
+                else:
+                    log.info("serving the webhook at %s; its configuration is managed elsewhere", target)
+                yield client_config
+
+
+def current_options() -> WebhookOptions:
+    return options if options is not None else WebhookOptions.from_env()
+
+
+async def no_server(fn: kopf.WebhookFn) -> AsyncIterator[kopf.WebhookClientConfig]:
+    """The webhook disabled: Kopf insists on a server once an admission handler is registered; this one never
+    listens (and never yields)."""
+    await asyncio.Event().wait()
+    yield kopf.WebhookClientConfig()  # pragma: no cover - never reached
+
+
+@kopf.on.startup()
+async def webhook_startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+    opts = current_options()
+    settings.admission.managed = None  # ours: see the module's docstring
+    if not opts.enabled:
+        log.warning("the pod gating webhook is disabled: labelled pods are not held at creation (held pods, "
+                    "e.g. with the gate in their template, are still released)")
+        settings.admission.server = no_server
+        return
+    settings.admission.server = GateWebhookServer(opts)
+
+
+@kopf.on.mutate("v1", "pods", id=HANDLER_ID, operations=["CREATE"], labels={c.WAIT_FOR_LABEL: kopf.PRESENT},
+                side_effects=False)
+async def hold_until_schema_ready(body: kopf.Body, patch: kopf.Patch, warnings: list[str],
+                                  logger: logging.Logger | logging.LoggerAdapter[Any], **_: Any) -> None:
+    pod = dict(body)
+    meta = dict(pod.get("metadata") or {})
+    requirement = gate.requirement_of(meta)
+    if requirement is None:
+        return
+    key = (str(meta.get("namespace") or ""), requirement.migration)
+    excluded = current_options().excluded()
+    try:
+        # A fresh read, not the watch's copy: a DatabaseMigration and a Deployment applied together must not let
+        # a new pod through on the resource's previous Ready.
+        dbm = await release.keeper.read_migration(*key)
+    except Exception as err:  # fail closed: hold; the release loop frees the pod if its requirement is met
+        logger.warning("could not read DatabaseMigration %s/%s, holding the pod: %s", *key, err)
+        decision = gate.Admission(hold=not gate.has_gate(pod) and not (pod.get("spec") or {}).get("nodeName"),
+                                  verdict=gate.Verdict(False, "MigrationUnreadable", f"could not read it: {err}"))
+    else:
+        decision = gate.admit(pod, dbm, excluded)
+    if decision.warning:
+        warnings.append(decision.warning)
+    if decision.hold and decision.verdict is not None:
+        patch.spec["schedulingGates"] = gate.with_gate(pod)
+        warnings.append(f"pod held by scheduling gate {c.SCHEDULING_GATE}: {decision.verdict.message}")
