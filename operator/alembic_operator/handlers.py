@@ -31,6 +31,7 @@ Logger = logging.Logger | logging.LoggerAdapter[Any]
 JobState = Literal["active", "succeeded", "failed"]
 
 DRIFT_JOBS_KEPT = 2
+GENERATIONS_KEPT = 2  # the Jobs (and their pods' logs) of the newest runs stay for inspection
 OPERATOR_IMAGE = os.environ.get("ALEMBIC_OPERATOR_IMAGE", f"ghcr.io/alembic-operator/alembic-operator:{__version__}")
 
 
@@ -144,6 +145,10 @@ def _job_state(job: dict[str, Any]) -> JobState:
     return "active"
 
 
+def _generation(job: dict[str, Any]) -> int:
+    return int((job["metadata"].get("labels") or {}).get(c.GENERATION_LABEL) or 0)
+
+
 def _instance(job: dict[str, Any]) -> int:
     return int((job["metadata"].get("labels") or {}).get(c.DRIFT_BUCKET_LABEL) or -1)
 
@@ -152,7 +157,12 @@ async def _observe_jobs(namespace: str, name: str, generation: int,
                         target: DatabaseTarget | None) -> dict[str, JobObservation]:
     """The Jobs of one generation, by role; for repeating roles (drift checks) the newest, older ones deleted."""
     by_role: dict[str, list[dict[str, Any]]] = {}
-    for job in await kube.list_jobs(namespace, name):
+    listed = await kube.list_jobs(namespace, name)
+    generations = sorted({_generation(j) for j in listed})[-GENERATIONS_KEPT:]
+    for job in listed:
+        if _generation(job) not in generations and _job_state(job) != "active":
+            await kube.delete_job(namespace, job["metadata"]["name"])  # older runs: history keeps the summary
+            continue
         labels = job["metadata"].get("labels") or {}
         if labels.get(c.ROLE_LABEL) == "drift" or (labels.get(c.GENERATION_LABEL) == str(generation)
                                                    and labels.get(c.ROLE_LABEL) in ROLES):
