@@ -8,18 +8,18 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 from kubernetes import client as k8s
 
 from bed.controlplane import Bed
+from harness import wait_for as eventually
 
 pytestmark = pytest.mark.bed
 
-T = TypeVar("T")
 JSON = dict[str, Any]
 PY = "python"
 
@@ -27,16 +27,6 @@ PY = "python"
 # --- helpers ----------------------------------------------------------------------------------------------------
 
 
-def eventually(check: Callable[[], T | None], timeout: float = 30, what: str = "condition") -> T:
-    """Poll `check` until it returns something other than None/False."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result is not None and result is not False:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.1)
 
 
 class Kube:

@@ -21,7 +21,6 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -32,6 +31,7 @@ import pytest
 import yaml
 
 from alembic_operator import constants as c
+from harness import wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 CHART = REPO / "charts" / "alembic-operator"
@@ -459,15 +459,6 @@ def _adopt_crd(kubectl: Any, release: str, namespace: str) -> None:
             f"meta.helm.sh/release-namespace={namespace}", check=True)
 
 
-def _wait(check: Any, timeout: float, what: str, interval: float = 0.5) -> Any:
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last: {last!r}")
 
 
 def _pod_log(bed: Any, namespace: str, pod: str) -> str:
@@ -513,7 +504,7 @@ def test_install_migrate_upgrade_uninstall(bed: Any, kube_api: Any, namespace: s
         assert any(x.type == "Ready" and x.status == "True" for x in pod.status.conditions or [])
         assert pod.metadata.labels["apps.kubernetes.io/pod-index"] == "0"
         assert pod.spec.service_account_name == "ao-alembic-operator"
-        peering = _wait(lambda: (custom.get_namespaced_custom_object("kopf.dev", "v1", app_namespace,
+        peering = wait_for(lambda: (custom.get_namespaced_custom_object("kopf.dev", "v1", app_namespace,
                                                                      "kopfpeerings", "ao-alembic-operator")
                                  .get("status") or {}).get(pod_name), 60, "the operator in the KopfPeering")
         assert peering["priority"] == 0
@@ -585,7 +576,7 @@ def test_install_migrate_upgrade_uninstall(bed: Any, kube_api: Any, namespace: s
             return new.metadata.uid != old_uid and any(
                 x.type == "Ready" and x.status == "True" for x in new.status.conditions or [])
 
-        _wait(rolled, 120, "the upgraded operator pod to be Ready")
+        wait_for(rolled, 120, "the upgraded operator pod to be Ready")
         if webhook_on:
             assert core.read_namespaced_secret("ao-alembic-operator-webhook-tls", namespace).data == secret_before
         ready = kubectl("wait", "-n", app_namespace, "--for=condition=Ready", "dbm/shop", "--timeout=60s")
@@ -657,7 +648,7 @@ def test_rbac_grants_exactly_what_the_operator_uses(bed: Any, namespace: str, ap
         sa = f"system:serviceaccount:{namespace}:{release}-alembic-operator"
         baseline = _can_i_list(kubectl, f"system:serviceaccount:{namespace}:default", app_namespace)
         expected = used_by_the_code() | (NAMESPACED_ONLY if mode == "namespaced" else CLUSTER_ONLY)
-        extra = _wait(lambda: (_can_i_list(kubectl, sa, app_namespace) - baseline) or None, 30, "the grants")
+        extra = wait_for(lambda: (_can_i_list(kubectl, sa, app_namespace) - baseline) or None, 30, "the grants")
         assert extra == expected
         for group, resource, verb in sorted(expected):
             cluster_scoped = resource in ("customresourcedefinitions", "clusterkopfpeerings")

@@ -6,31 +6,17 @@ import base64
 import json
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
 
 import pytest
 from kubernetes import client as k8s
 
 from bed.controlplane import HERE, SERVICE_ACCOUNT_ISSUER, Bed
+from harness import wait_for as eventually
 
 pytestmark = pytest.mark.bed
 
-T = TypeVar("T")
-
-
-def eventually(check: Callable[[], T | None], timeout: float = 30, what: str = "condition") -> T:
-    """Poll `check` until it returns something other than None/False."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result is not None and result is not False:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.1)
 
 
 def request_token(core: k8s.CoreV1Api, namespace: str, name: str, audiences: list[str] | None = None) -> str:

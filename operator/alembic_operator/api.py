@@ -25,6 +25,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, ValidationError, model_validator
 from pydantic.alias_generators import to_camel
 
+from .constants import Phase  # status.phase: its values are fixed by the contract
+
 __all__ = [
     "SPEC_RULES",
     "BackupSpec",
@@ -50,17 +52,6 @@ __all__ = [
 
 # --- shared pieces ------------------------------------------------------------------------------------------------
 
-Phase = Literal[
-    "Pending",
-    "Planning",
-    "AwaitingApproval",
-    "BackingUp",
-    "Migrating",
-    "RollingBack",
-    "Succeeded",
-    "Failed",
-]
-"""status.phase; the same values, in the same order, as ``constants.PHASES`` (a test checks it)."""
 
 RollbackStrategy = Literal["Auto", "Downgrade", "Restore", "None"]
 ImagePullPolicy = Literal["Always", "IfNotPresent", "Never"]

@@ -1,6 +1,6 @@
 """Names fixed by the user-facing contract (../shared/API.md). Users' manifests depend on them: never rename."""
 
-from typing import Final
+from typing import Final, Literal, get_args
 
 GROUP: Final = "migrations.alembic-operator.io"
 VERSION: Final = "v1alpha1"
@@ -28,7 +28,7 @@ MANAGED_BY: Final = "alembic-operator"
 FINALIZER: Final = f"{GROUP}/finalizer"
 
 # Phases (status.phase).
-PHASES: Final = (
+Phase = Literal[
     "Pending",
     "Planning",
     "AwaitingApproval",
@@ -37,7 +37,8 @@ PHASES: Final = (
     "RollingBack",
     "Succeeded",
     "Failed",
-)
+]
+PHASES: Final = get_args(Phase)
 
 # Condition types.
 READY: Final = "Ready"

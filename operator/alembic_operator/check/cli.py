@@ -17,7 +17,6 @@ import argparse
 import contextlib
 import logging
 import os
-import re
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -25,6 +24,7 @@ from typing import Any, TextIO
 
 from sqlalchemy.engine import URL, make_url
 
+from ..runner.alembic_runner import Redactor  # the Jobs' redactor: one set of rules for every secret printed
 from . import report as output
 from .model import EXIT_USAGE, CheckError, known_rule
 from .run import Checker, Options
@@ -32,26 +32,6 @@ from .run import Checker, Options
 SCRATCH_URL_ENV = "ALEMBIC_OPERATOR_SCRATCH_URL"
 DATABASE_URL_ENV = "DATABASE_URL"
 SKIPPABLE = ("lint", "models", "roundtrip", "live")
-
-
-_URL_PASSWORD = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*://[^\s:/@]*:)[^\s@]+@")
-
-
-class Redactor:
-    """Replaces known secrets with *** (longest first), and the password of any URL written out."""
-
-    def __init__(self) -> None:
-        self.secrets: list[str] = []
-
-    def add(self, secret: str | None) -> None:
-        if secret and secret not in self.secrets:
-            self.secrets.append(secret)
-            self.secrets.sort(key=len, reverse=True)
-
-    def __call__(self, text: str) -> str:
-        for secret in self.secrets:
-            text = text.replace(secret, "***")
-        return _URL_PASSWORD.sub(r"\1***@", text)
 
 
 class _UsageError(Exception):
