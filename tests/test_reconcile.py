@@ -409,3 +409,31 @@ def test_baseline_is_ignored_for_an_empty_or_versioned_database() -> None:
     spec = {**SPEC, "baseline": "r1"}
     for db in (DatabaseObservation(None, versioned=False, tables=0), DatabaseObservation("r0", versioned=True)):
         assert [j.role for j in decide(observe(spec=spec, db=db)).jobs] == ["plan"]
+
+
+def test_a_job_that_failed_for_a_passing_reason_is_retried_with_backoff() -> None:
+    unreachable = {"ok": False, "reason": "DatabaseUnreachable", "message": "connection refused"}
+    d = decide(observe())
+    d = advance(d, jobs={"plan": done("plan", unreachable, "failed")})
+    assert d.jobs == [] and cond(d, c.RECONCILING)["status"] == "True"
+    assert cond(d, c.RECONCILING)["reason"] == "DatabaseUnreachable" and d.requeue_after == 5
+    d = advance(d, jobs={"plan": done("plan", unreachable, "failed")}, now=NOW + timedelta(seconds=6))
+    assert [(j.role, j.args) for j in d.jobs] == [("plan", {"target": "head", "instance": "1"})]
+    # Five retries, then it is a human's problem.
+    now = NOW + timedelta(seconds=6)
+    for attempt in range(2, 6):
+        for _ in range(2):  # schedule, then start
+            now += timedelta(seconds=61)
+            d = advance(d, jobs={"plan": done("plan", unreachable, "failed")}, now=now)
+        assert d.jobs[0].args["instance"] == str(attempt)
+    d = advance(d, jobs={"plan": done("plan", unreachable, "failed")}, now=now + timedelta(seconds=61))
+    assert summary(d) == ("False", "False", "True") and cond(d, c.STALLED)["reason"] == "PlanFailed"
+
+
+def test_a_migration_is_retried_only_if_nothing_changed() -> None:
+    lock = {"ok": False, "reason": "LockTimeout", "message": "another migration holds the lock"}
+    status = _at_migrating()
+    d = decide(observe(status, jobs={"migrate": done("migrate", lock, "failed")}, db=DatabaseObservation("r1")))
+    assert d.jobs == [] and cond(d, c.RECONCILING)["reason"] == "LockTimeout"
+    moved = decide(observe(status, jobs={"migrate": done("migrate", lock, "failed")}, db=DatabaseObservation("r2")))
+    assert moved.status["phase"] == "RollingBack"

@@ -21,7 +21,7 @@ SCHEDULING_GATE: Final = f"{GROUP}/schema"  # the gate put on held pods
 OWNER_LABEL: Final = f"{GROUP}/migration"  # the DatabaseMigration's name
 ROLE_LABEL: Final = f"{GROUP}/role"  # plan | backup | migrate | downgrade | restore
 GENERATION_LABEL: Final = f"{GROUP}/generation"
-DRIFT_BUCKET_LABEL: Final = f"{GROUP}/drift-check"  # which interval a drift-check Job belongs to
+INSTANCE_LABEL: Final = f"{GROUP}/instance"  # tells apart Jobs of one role: drift intervals, retries
 MANAGED_BY_LABEL: Final = "app.kubernetes.io/managed-by"
 MANAGED_BY: Final = "alembic-operator"
 

@@ -150,7 +150,7 @@ def _generation(job: dict[str, Any]) -> int:
 
 
 def _instance(job: dict[str, Any]) -> int:
-    return int((job["metadata"].get("labels") or {}).get(c.DRIFT_BUCKET_LABEL) or -1)
+    return int((job["metadata"].get("labels") or {}).get(c.INSTANCE_LABEL) or -1)
 
 
 async def _observe_jobs(namespace: str, name: str, generation: int,
@@ -179,7 +179,7 @@ async def _observe_job(namespace: str, job: dict[str, Any], target: DatabaseTarg
     state = _job_state(job)
     if state == "active":
         return JobObservation(name=name, state="active",
-                              instance=(job["metadata"].get("labels") or {}).get(c.DRIFT_BUCKET_LABEL))
+                              instance=(job["metadata"].get("labels") or {}).get(c.INSTANCE_LABEL))
     results: list[dict[str, Any]] = []
     notes: list[str] = []
     for cond in (job.get("status") or {}).get("conditions") or []:
@@ -205,7 +205,7 @@ async def _observe_job(namespace: str, job: dict[str, Any], target: DatabaseTarg
     result = failed[0] if failed else (results[-1] if results else None)
     if result and target:
         result = {k: sanitize(v, target.url) if isinstance(v, str) else v for k, v in result.items()}
-    instance = (job["metadata"].get("labels") or {}).get(c.DRIFT_BUCKET_LABEL)
+    instance = (job["metadata"].get("labels") or {}).get(c.INSTANCE_LABEL)
     return JobObservation(name=name, state=state, result=result, message="; ".join(notes), instance=instance,
                           seconds=_duration(job))
 

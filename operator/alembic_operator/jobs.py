@@ -153,7 +153,7 @@ def build_job(
         c.MANAGED_BY_LABEL: c.MANAGED_BY,
     }
     if instance:
-        labels[c.DRIFT_BUCKET_LABEL] = instance
+        labels[c.INSTANCE_LABEL] = instance
     work = {"name": "work", "mountPath": WORK_DIR}
     backups = {"name": "backups", "mountPath": BACKUP_MOUNT}
     app_image = spec.migrations.image

@@ -34,6 +34,10 @@ POLL_HUMAN = 15.0
 MIN_DRIFT_INTERVAL = 10  # seconds; a drift check is a Job, so hourly is the sensible production value
 PLAN_ERRORS = {"MultipleHeads", "UnknownRevision", "UnknownTargetRevision", "DowngradeNotSupported"}
 WRITING_STEPS = {"BackingUp", "Migrating", "RollingBack"}
+# A Job that failed for one of these changed nothing (the runner and the tools say so) and may succeed later.
+TRANSIENT_JOB_REASONS = {"DatabaseUnreachable", "LockTimeout"}
+JOB_RETRIES = 5
+STEP_PHASE = {"plan": "Planning", "backup": "BackingUp", "migrate": "Migrating"}
 BASE = "base"
 SUSPENDED = s.progressing("Pending", "Suspended", "spec.suspend is true: no plan, backup or migration Job starts "
                           "until it is false")
@@ -104,6 +108,10 @@ def plan_hash(plan: dict[str, Any], image: str) -> str:
         "image": image,
     }
     return "sha256:" + hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
+
+
+def _parse_time(text: str) -> datetime:
+    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
 
 
 def _rev(revision: str | None) -> str:
@@ -225,8 +233,7 @@ class _Run:
         reason, message = db.error_reason or "DatabaseUnreachable", db.error_message
         if not db.transient:  # a human must act (create the Secret, fix the URL): look again soon after
             return self.outcome(s.stalled(phase, reason, message), requeue=POLL_HUMAN)
-        since = self.run.setdefault("transientSince", self.now())
-        started = datetime.strptime(since, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+        started = _parse_time(self.run.setdefault("transientSince", self.now()))
         retries = int(self.run.get("transientRetries", 0)) + 1
         self.run["transientRetries"] = retries
         backoff = min(POLL_IDLE, 2.0 ** min(retries, 6))
@@ -258,6 +265,8 @@ class _Run:
                                               f"{spec.migrations.image}"), POLL_ACTIVE)
         if job.state == "active":
             return self.outcome(s.progressing("Planning", "Planning", f"plan Job {job.name} is running"), POLL_ACTIVE)
+        if (retrying := self.retry("plan", {"target": spec.target_revision})) is not None:
+            return retrying
         result = job.result or {}
         if job.state == "failed" or not result.get("ok"):
             reason = str(result["reason"]) if result.get("reason") in PLAN_ERRORS else "PlanFailed"
@@ -298,6 +307,32 @@ class _Run:
             self.decision.events.append(("Normal", "Baselined", f"stamped the pre-Alembic database at "
                                          f"{spec.baseline} (spec.baseline); no migration ran for it"))
         return None
+
+    def retry(self, role: Role, args: dict[str, str]) -> Decision | None:
+        """Start a Job again, with backoff, when it failed for a passing reason and changed nothing."""
+        job = self.job(role)
+        result = job.result or {}
+        attempts: dict[str, int] = self.run.setdefault("attempts", {})
+        done = int(attempts.get(role, 0))
+        if job.state != "failed" or result.get("reason") not in TRANSIENT_JOB_REASONS or done >= JOB_RETRIES:
+            return None
+        phase, reason = STEP_PHASE[role], str(result["reason"])
+        retry_at = self.run.get("retryAt")
+        if retry_at is None:
+            delay = min(60, 5 * 2**done)
+            self.run["retryAt"] = s.now_rfc3339(self.obs.now + timedelta(seconds=delay))
+            return self.outcome(s.progressing(phase, reason, f"{self.failure_message(role)}; nothing was changed; "
+                                              f"retrying in {delay}s (attempt {done + 2} of {JOB_RETRIES + 1})"),
+                                delay)
+        wait = (_parse_time(retry_at) - self.obs.now).total_seconds()
+        if wait > 0:
+            return self.outcome(s.progressing(phase, reason, f"{self.failure_message(role)}; retrying in "
+                                              f"{wait:.0f}s"), wait)
+        self.run.pop("retryAt")
+        attempts[role] = done + 1
+        self.start_job(role, {**args, "instance": str(done + 1)})
+        return self.outcome(s.progressing(phase, reason, f"retrying the {role} Job (attempt {done + 2} of "
+                                          f"{JOB_RETRIES + 1}) after: {result.get('message')}"), POLL_ACTIVE)
 
     def planned(self, spec: DatabaseMigrationSpec, result: dict[str, Any]) -> Decision:
         revisions = list(result.get("revisions") or [])
@@ -375,6 +410,8 @@ class _Run:
         if job.state == "active":
             return self.outcome(s.progressing("BackingUp", "BackingUp", f"backup Job {job.name} is running"),
                                 POLL_ACTIVE)
+        if (retrying := self.retry("backup", {})) is not None:
+            return retrying
         result = job.result or {}
         if job.state == "failed" or not result.get("ok"):
             message = self.failure_message("backup") + "; nothing was changed in the database"
@@ -405,6 +442,8 @@ class _Run:
         if (stop := self.database("Migrating")) is not None:
             return stop
         db_rev = self.obs.database.revision
+        if db_rev == start and (retrying := self.retry("migrate", {"from": _rev(start), "to": str(target)})):
+            return retrying
         if job.state == "succeeded" and db_rev == target:
             self.condition(c.MIGRATED, "True", "UpgradeSucceeded", f"upgraded {_rev(start)} -> {target}")
             self.finish("Succeeded", "Migrated")
