@@ -92,7 +92,7 @@ class E2E:
 
     def project(self, revisions: list[Rev], transaction_per_migration: bool = False, name: str = "app",
                 models: str | None = None) -> Path:
-        # Not under /tmp: the Jobs mount an emptyDir on /tmp (as on a real cluster), which would hide the "image".
+        # A directory that outlives the test run less often than tmp_path is cleaned: the "image" of the Jobs.
         path = make_project(self.apps / f"{name}-{len(self.projects)}", revisions,
                             transaction_per_migration=transaction_per_migration, models=models).parent
         self.projects.append(path)

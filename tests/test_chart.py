@@ -183,7 +183,7 @@ def test_restricted_pod_security_probes_and_resources() -> None:
     sc = ctr["securityContext"]
     assert sc["allowPrivilegeEscalation"] is False and sc["readOnlyRootFilesystem"] is True
     assert sc["capabilities"] == {"drop": ["ALL"]}
-    assert {m["mountPath"] for m in ctr["volumeMounts"]} >= {"/tmp"}
+    assert {m["mountPath"] for m in ctr["volumeMounts"]} >= {"/var/run/alembic-operator"}  # scratch (TMPDIR)
     for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
         assert ctr[probe]["httpGet"] == {"path": "/healthz", "port": "http-health"}
     assert ctr["resources"]["requests"] and ctr["resources"]["limits"]["memory"]
@@ -495,7 +495,7 @@ def test_install_migrate_upgrade_uninstall(bed: Any, kube_api: Any, namespace: s
     core = k8s.CoreV1Api(kube_api)
     custom = k8s.CustomObjectsApi(kube_api)
     pod_name = "ao-alembic-operator-0"
-    # Not under /tmp: the Jobs' containers get an emptyDir at /tmp, which would hide the project on the bed.
+    # The project stands in for the app's image; any directory the bed's processes can read.
     work = Path(tempfile.mkdtemp(prefix="alembic-operator-chart-", dir="/var/tmp"))
     work.chmod(0o755)
     try:

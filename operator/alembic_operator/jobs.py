@@ -124,8 +124,11 @@ def _container(
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
     if name != "runner":
-        container["env"].append({"name": "HOME", "value": "/tmp"})
-        container["volumeMounts"] = [*mounts, {"name": "tmp", "mountPath": "/tmp"}]
+        # Scratch space on the Job's emptyDir, not on /tmp: our containers have a read-only root filesystem, and
+        # the app's image keeps its own /tmp as it is (its files, even its virtualenv, may live there).
+        container["env"] += [{"name": "HOME", "value": WORK_DIR}, {"name": "TMPDIR", "value": WORK_DIR}]
+    if not any(m["name"] == "work" for m in mounts):
+        container["volumeMounts"] = [*mounts, {"name": "work", "mountPath": WORK_DIR}]
     if working_dir:
         container["workingDir"] = working_dir
     if pull_policy:
@@ -164,7 +167,7 @@ def build_job(
                          ours=True, mounts=[work])
     init: list[dict[str, Any]] = []
     containers: list[dict[str, Any]]
-    volumes: list[dict[str, Any]] = [{"name": "work", "emptyDir": {}}, {"name": "tmp", "emptyDir": {}}]
+    volumes: list[dict[str, Any]] = [{"name": "work", "emptyDir": {}}]
 
     if role == "plan":
         init = [install, _container(
