@@ -26,7 +26,6 @@ from .dbstate import DatabaseError, DatabaseTarget, decode_secret_value, parse_u
 from .jobs import ROLES, Owner, build_job, job_name, lock_key
 from .reconcile import WRITING_STEPS, DatabaseObservation, Decision, JobObservation, Observation, decide
 
-log = logging.getLogger("alembic_operator")
 Logger = logging.Logger | logging.LoggerAdapter[Any]
 JobState = Literal["active", "succeeded", "failed"]
 
