@@ -1,0 +1,141 @@
+"""The Job builders, without a cluster: names, security, jobTemplate, and where the database URL comes from."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from alembic_operator import constants as c
+from alembic_operator.api import parse_spec
+from alembic_operator.jobs import ROLES, URL_ENV, Owner, build_job, job_name, lock_key
+
+SPEC: dict[str, Any] = {
+    "database": {"urlSecretRef": {"name": "shop-db", "key": "url"}},
+    "migrations": {"image": "ghcr.io/acme/shop:1.4.2", "workingDir": "/app", "config": "/app/alembic.ini"},
+    "targetRevision": "head",
+    "backup": {"volume": {"persistentVolumeClaim": {"claimName": "shop-backups"}}, "retain": 3},
+    "jobTemplate": {
+        "serviceAccountName": "shop-migrator",
+        "resources": {"limits": {"memory": "512Mi"}},
+        "nodeSelector": {"pool": "batch"},
+        "tolerations": [{"key": "batch", "operator": "Exists"}],
+        "imagePullSecrets": [{"name": "ghcr"}],
+        "activeDeadlineSeconds": 900,
+        "podLabels": {"team": "shop"},
+        "podAnnotations": {"sidecar.istio.io/inject": "false"},
+    },
+}
+OWNER = Owner(name="shop", namespace="shop", uid="0000-1111", generation=4)
+ARGS = {"plan": {"target": "head"}, "backup": {}, "migrate": {"from": "base", "to": "abc", "lockKey": "42"},
+        "downgrade": {"from": "abc", "to": "base", "lockKey": "42"},
+        "restore": {"file": "/backups/shop/shop/x.dump", "sha256": "sha256:aa"},
+        "stamp": {"revision": "abc"}, "drift": {"instance": "7"}}
+
+
+def build(role: str) -> dict[str, Any]:
+    return build_job(role, OWNER, parse_spec(SPEC), operator_image="ghcr.io/alembic-operator/op:1",  # type: ignore[arg-type]
+                     args=ARGS[role])
+
+
+def containers(job: dict[str, Any]) -> list[dict[str, Any]]:
+    pod = job["spec"]["template"]["spec"]
+    return list(pod.get("initContainers", [])) + list(pod["containers"])
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_every_job_is_restricted_never_retried_and_owned(role: str) -> None:
+    job = build(role)
+    assert job["metadata"]["name"] == job_name("shop", role, 4, ARGS[role].get("instance"))  # type: ignore[arg-type]
+    assert job["spec"]["backoffLimit"] == 0
+    assert job["metadata"]["ownerReferences"] == [{
+        "apiVersion": c.API_VERSION, "kind": c.KIND, "name": "shop", "uid": "0000-1111",
+        "controller": True, "blockOwnerDeletion": True}]
+    labels = job["metadata"]["labels"]
+    assert labels[c.OWNER_LABEL] == "shop" and labels[c.ROLE_LABEL] == role and labels[c.GENERATION_LABEL] == "4"
+    pod = job["spec"]["template"]["spec"]
+    assert pod["restartPolicy"] == "Never" and pod["automountServiceAccountToken"] is False
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    for ctr in containers(job):
+        sc = ctr["securityContext"]
+        assert sc["allowPrivilegeEscalation"] is False and sc["capabilities"] == {"drop": ["ALL"]}
+        assert sc["runAsNonRoot"] is True and sc["seccompProfile"] == {"type": "RuntimeDefault"}
+        for env in ctr["env"]:
+            if env["name"] == URL_ENV:
+                assert env == {"name": URL_ENV, "valueFrom": {"secretKeyRef": {"name": "shop-db", "key": "url"}}}
+            else:
+                assert "value" in env and "postgresql" not in env["value"]
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_job_template_reaches_every_pod(role: str) -> None:
+    job = build(role)
+    pod = job["spec"]["template"]["spec"]
+    assert job["spec"]["activeDeadlineSeconds"] == 900
+    assert pod["serviceAccountName"] == "shop-migrator"
+    assert pod["nodeSelector"] == {"pool": "batch"}
+    assert pod["tolerations"] == [{"key": "batch", "operator": "Exists"}]
+    assert pod["imagePullSecrets"] == [{"name": "ghcr"}]
+    meta = job["spec"]["template"]["metadata"]
+    assert meta["labels"]["team"] == "shop" and meta["labels"][c.OWNER_LABEL] == "shop"
+    assert meta["annotations"] == {"sidecar.istio.io/inject": "false"}
+    assert all(ctr["resources"] == {"limits": {"memory": "512Mi"}} for ctr in containers(job))
+
+
+def test_app_steps_run_the_runner_in_the_apps_image_after_ours_installs_it() -> None:
+    for role in ("plan", "migrate", "downgrade", "stamp", "drift"):
+        job = build(role)
+        init = job["spec"]["template"]["spec"]["initContainers"]
+        assert init[0]["image"] == "ghcr.io/alembic-operator/op:1"
+        assert init[0]["command"][:3] == ["alembic-operator", "job", "install-runner"]
+        app = next(x for x in containers(job) if x["image"] == "ghcr.io/acme/shop:1.4.2")
+        assert app["command"][:2] == ["python", "/alembic-operator/runner.py"]
+        assert app["workingDir"] == "/app"
+        assert "/app/alembic.ini" in app["command"]
+    migrate = build("migrate")["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert migrate[migrate.index("--from") + 1] == "base" and migrate[migrate.index("--to") + 1] == "abc"
+    assert migrate[migrate.index("--lock-key") + 1] == "42"
+    plan = build("plan")["spec"]["template"]["spec"]["containers"][0]
+    assert plan["image"] == "ghcr.io/alembic-operator/op:1" and plan["command"][:3] == ["alembic-operator", "job",
+                                                                                         "scan"]
+
+
+def test_backup_and_restore_mount_the_backup_volume_in_our_image() -> None:
+    for role in ("backup", "restore"):
+        pod = build(role)["spec"]["template"]["spec"]
+        assert {"name": "backups", "persistentVolumeClaim": {"claimName": "shop-backups"}} in pod["volumes"]
+        ctr = pod["containers"][0]
+        assert ctr["image"] == "ghcr.io/alembic-operator/op:1"
+        assert {"name": "backups", "mountPath": "/backups"} in ctr["volumeMounts"]
+        assert ctr["securityContext"]["readOnlyRootFilesystem"] is True
+        assert pod["securityContext"]["fsGroup"] == 65532
+    backup = build("backup")["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert backup[backup.index("--dir") + 1] == "/backups/shop/shop"
+    assert backup[backup.index("--retain") + 1] == "3"
+    assert backup[backup.index("--location-prefix") + 1] == "pvc/shop-backups/shop/shop"
+
+
+def test_scratch_space_is_the_jobs_own_volume_not_tmp() -> None:
+    for role in ROLES:
+        job = build(role)
+        for ctr in containers(job):
+            assert all(m["mountPath"] != "/tmp" for m in ctr["volumeMounts"])
+            env = {e["name"]: e.get("value") for e in ctr["env"]}
+            if ctr["name"] != "runner":
+                assert env["TMPDIR"] == env["HOME"] == "/alembic-operator"
+
+
+def test_job_names_are_deterministic_and_fit_a_label() -> None:
+    assert job_name("shop", "migrate", 4) == "shop-migrate-g4"
+    assert job_name("shop", "drift", 4, "2948") == "shop-drift-g4-2948"
+    long = "a" * 70
+    name = job_name(long, "downgrade", 12345)
+    assert len(name) <= 63 and name.endswith("-downgrade-g12345") and name == job_name(long, "downgrade", 12345)
+    assert job_name(long, "downgrade", 1) != job_name("a" * 69 + "b", "downgrade", 1)
+
+
+def test_lock_key_is_a_signed_64_bit_integer_per_database() -> None:
+    keys = {lock_key(str(i)) for i in range(1000)}
+    assert len(keys) == 1000 and all(-(2**63) <= k < 2**63 for k in keys)
+    assert lock_key("x") == lock_key("x")
