@@ -52,13 +52,15 @@ class OperatorProcess:
         self.log_path = log_path
         self.proc: subprocess.Popen[bytes] | None = None
         self.port = free_port()
+        self.metrics_port = free_port()
         self.starts = 0
         # The pod-gating webhook is off unless a test asks for it: its configuration is cluster-wide.
         self.extra_args = extra_args if extra_args is not None else ["--no-webhook"]
 
     def start(self) -> OperatorProcess:
         env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "ALEMBIC_OPERATOR_IMAGE": OPERATOR_IMAGE,
-               "PYTHONUNBUFFERED": "1"}
+               "PYTHONUNBUFFERED": "1", "ALEMBIC_OPERATOR_METRICS_PORT": str(self.metrics_port),
+               "ALEMBIC_OPERATOR_METRICS_ADDR": "127.0.0.1"}
         args = [str(VENV_BIN / "alembic-operator"), "run", "--standalone",
                 "--liveness", f"http://127.0.0.1:{self.port}/healthz"]
         for ns in self.namespaces:
@@ -80,6 +82,11 @@ class OperatorProcess:
                 return bool(r.status == 200)
         except OSError:
             return False
+
+    def metrics(self) -> str:
+        """The operator's /metrics text."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as r:
+            return str(r.read().decode())
 
     def kill(self) -> None:
         """SIGKILL: no cleanup, no chance to finish a status write."""

@@ -41,6 +41,9 @@ def test_migrates_to_head_then_ready(e2e: E2E) -> None:
     assert st["backup"].get("revision") in (None, "")  # the database was empty
     assert st["history"][-1]["result"] == "Succeeded" and st["history"][-1]["to"] == R3
     assert e2e.cluster.job_roles("shop") == ["backup-g1", "migrate-g1", "plan-g1"]
+    text = e2e.operator.metrics()
+    assert f'alembic_operator_current_revision_info{{name="shop",namespace="{e2e.ns}",revision="{R3}"}} 1.0' in text
+    assert f'alembic_operator_jobs_total{{name="shop",namespace="{e2e.ns}",result="succeeded",role="migrate"}}' in text
     # Every Job: no retries, restricted pod security, URL only through secretKeyRef.
     for job in e2e.cluster.jobs("shop"):
         assert job["spec"]["backoffLimit"] == 0
@@ -213,6 +216,8 @@ sa.Table("customers", metadata, sa.Column("id", sa.Integer, primary_key=True),
     conds = {x["type"]: x["status"] for x in obj["status"]["conditions"]}
     assert conds["Ready"] == "True"  # drift is reported; the schema is never changed by the operator
     assert any(e["reason"] == "SchemaDrift" for e in e2e.cluster.events("shop"))
+    drifted = f'alembic_operator_drifted{{name="shop",namespace="{e2e.ns}"}} 1.0'
+    wait_for(lambda: drifted in e2e.operator.metrics(), 30, "the drift metric")
     assert "nickname" in [r[0] for r in e2e.db.query(
         "SELECT column_name FROM information_schema.columns WHERE table_name = 'customers'")]
     e2e.db.query("ALTER TABLE customers DROP COLUMN nickname")

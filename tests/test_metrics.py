@@ -44,7 +44,9 @@ def test_every_name_is_prefixed(m: metrics.Metrics) -> None:
     m.rollback("ns", "a", "restore")
     m.held_pods("ns", "a", 1)
     m.current_revision("ns", "a", "abc")
+    m.drifted("ns", "a", True)
     assert names(m) == {
+        "alembic_operator_drifted",
         "alembic_operator_reconcile", "alembic_operator_reconcile_duration_seconds", "alembic_operator_jobs",
         "alembic_operator_job_duration_seconds", "alembic_operator_backup_size_bytes", "alembic_operator_rollbacks",
         "alembic_operator_held_pods", "alembic_operator_current_revision_info", "alembic_operator_build_info",
@@ -185,3 +187,12 @@ def test_start_from_env() -> None:
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_drifted_is_a_per_resource_flag_that_forget_removes(m: metrics.Metrics) -> None:
+    m.drifted("shop", "db", True)
+    assert value(scrape(m), "alembic_operator_drifted", namespace="shop", name="db") == 1.0
+    m.drifted("shop", "db", False)
+    assert value(scrape(m), "alembic_operator_drifted", namespace="shop", name="db") == 0.0
+    m.forget("shop", "db")
+    assert value(scrape(m), "alembic_operator_drifted", namespace="shop", name="db") is None

@@ -29,6 +29,7 @@ from .reconcile import WRITING_STEPS, DatabaseObservation, Decision, JobObservat
 Logger = logging.Logger | logging.LoggerAdapter[Any]
 JobState = Literal["active", "succeeded", "failed"]
 
+ROLLBACK_MODES = {"TransactionRolledBack": "transaction", "Downgraded": "downgrade", "Restored": "restore"}
 DRIFT_JOBS_KEPT = 2
 GENERATIONS_KEPT = 2  # the Jobs (and their pods' logs) of the newest runs stay for inspection
 OPERATOR_IMAGE = os.environ.get("ALEMBIC_OPERATOR_IMAGE", f"ghcr.io/alembic-operator/alembic-operator:{__version__}")
@@ -254,6 +255,9 @@ async def reconcile(namespace: str, name: str, logger: Logger, deleting: bool = 
                    "stalled" if _cond(status, c.STALLED) == "True" else "progressing")
         metrics.reconcile_finished(namespace, name, time.monotonic() - started, outcome)
         metrics.current_revision(namespace, name, status.get("currentRevision"))
+        metrics.held_pods(namespace, name, int(status.get("heldPods") or 0))
+        if (drift := _cond(status, c.DRIFTED)) in ("True", "False"):
+            metrics.drifted(namespace, name, drift == "True")
         if (size := (status.get("backup") or {}).get("sizeBytes")) is not None:
             metrics.backup_size(namespace, name, size)
     return delay
@@ -272,7 +276,7 @@ def _count(namespace: str, name: str, before: dict[str, Any], decision: Decision
             metrics.job_finished(namespace, name, role, job.seconds or 0.0, job.state == "succeeded")
     if _cond(decision.status, c.ROLLED_BACK) == "True" and _cond(before, c.ROLLED_BACK) != "True":
         reason = next(x["reason"] for x in decision.status["conditions"] if x["type"] == c.ROLLED_BACK)
-        metrics.rollback(namespace, name, reason)
+        metrics.rollback(namespace, name, ROLLBACK_MODES.get(reason, reason))
 
 
 async def _reconcile(namespace: str, name: str, logger: Logger,

@@ -6,6 +6,7 @@
     metrics.backup_size(namespace, name, 123456)
     metrics.rollback(namespace, name, "downgrade")
     metrics.held_pods(namespace, name, 3)
+    metrics.drifted(namespace, name, True)
     metrics.current_revision(namespace, name, "3f2a9c1d0b7e")
     metrics.forget(namespace, name)            # the DatabaseMigration is gone: drop its series
     metrics.start_from_env()                   # at start-up: serve /metrics when ALEMBIC_OPERATOR_METRICS_PORT is set
@@ -18,8 +19,9 @@ Series (all prefixed ``alembic_operator_``; ``namespace``/``name`` are the Datab
                                                                    restore, result succeeded|failed
     job_duration_seconds{namespace,name,role}            histogram how long the Jobs ran (migration, backup...)
     backup_size_bytes{namespace,name}                    gauge     size of the newest backup
-    rollbacks_total{namespace,name,mode}                 counter   rollbacks by mode (downgrade|restore|none)
+    rollbacks_total{namespace,name,mode}                 counter   rollbacks by mode (transaction|downgrade|restore)
     held_pods{namespace,name}                            gauge     pods held by the scheduling gate
+    drifted{namespace,name}                              gauge     1 when the last drift check found differences
     current_revision_info{namespace,name,revision}       gauge     1 for the database's revision (one series per
                                                                    resource: the old revision's series is removed)
     build_info{version}                                  gauge     1
@@ -52,7 +54,7 @@ ADDR_ENV = "ALEMBIC_OPERATOR_METRICS_ADDR"
 DEFAULT_ADDR = "0.0.0.0"
 
 Outcome = Literal["ready", "progressing", "stalled", "error", "deleted"]
-RollbackMode = Literal["downgrade", "restore", "none"]
+RollbackMode = Literal["transaction", "downgrade", "restore"]
 
 RECONCILE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 # Jobs: from a quick plan to a multi-hour backup or migration.
@@ -84,6 +86,9 @@ class Metrics:
                                        ["namespace", "name", "mode"], registry=registry)
         self.held_pods_gauge = Gauge(f"{PREFIX}_held_pods", "Pods held by the scheduling gate until the schema is "
                                      "ready.", ["namespace", "name"], registry=registry)
+        self.drifted_gauge = Gauge(f"{PREFIX}_drifted", "1 when the last drift check found the live schema "
+                                   "differing from the app's models and scripts.", ["namespace", "name"],
+                                   registry=registry)
         self.revision_info = Gauge(f"{PREFIX}_current_revision_info", "The database's Alembic revision (value 1).",
                                    ["namespace", "name", "revision"], registry=registry)
         self.build_info = Gauge(f"{PREFIX}_build_info", "The operator's version (value 1).", ["version"],
@@ -126,6 +131,11 @@ class Metrics:
         with self._lock:
             self.held_pods_gauge.labels(namespace, name).set(max(0, int(count)))
             self._note("held_pods_gauge", (namespace, name))
+
+    def drifted(self, namespace: str, name: str, drifted: bool) -> None:
+        with self._lock:
+            self.drifted_gauge.labels(namespace, name).set(1 if drifted else 0)
+            self._note("drifted_gauge", (namespace, name))
 
     def current_revision(self, namespace: str, name: str, revision: str | None) -> None:
         """One series per resource: the revision's label set replaces the previous one (None: the empty database,
@@ -192,6 +202,10 @@ def rollback(namespace: str, name: str, mode: RollbackMode | str) -> None:
 
 def held_pods(namespace: str, name: str, count: int) -> None:
     _safely(default().held_pods, namespace, name, count)
+
+
+def drifted(namespace: str, name: str, drifted: bool) -> None:
+    _safely(default().drifted, namespace, name, drifted)
 
 
 def current_revision(namespace: str, name: str, revision: str | None) -> None:
