@@ -84,9 +84,12 @@ class OperatorProcess:
             return False
 
     def metrics(self) -> str:
-        """The operator's /metrics text."""
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as r:
-            return str(r.read().decode())
+        """The operator's /metrics text ("" while the endpoint does not answer yet)."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as r:
+                return str(r.read().decode())
+        except OSError:
+            return ""
 
     def kill(self) -> None:
         """SIGKILL: no cleanup, no chance to finish a status write."""

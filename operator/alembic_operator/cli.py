@@ -21,6 +21,8 @@ def _run(args: argparse.Namespace) -> int:
     kopf.configure(verbose=args.verbose)
     # Alembic announces every connection it configures; the operator connects often to read the revision.
     logging.getLogger("alembic.runtime.migration").setLevel(logging.WARNING)
+    # The watch handlers that only wake a resource's loop would log "succeeded" for every Job and status event.
+    logging.getLogger("kopf.objects").addFilter(_QuietWakeups())
     kopf.run(
         clusterwide=not namespaces,
         namespaces=namespaces,
@@ -30,6 +32,13 @@ def _run(args: argparse.Namespace) -> int:
         priority=args.priority,
     )
     return 0
+
+
+class _QuietWakeups(logging.Filter):
+    WAKEUPS = ("Handler 'job_changed' succeeded.", "Handler 'migration_changed' succeeded.")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.getMessage() not in self.WAKEUPS
 
 
 def install_runner(dest: str) -> int:
