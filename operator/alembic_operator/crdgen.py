@@ -201,6 +201,13 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
         "description": "Why the resource is (not) Ready.",
     },
     {
+        "name": "Held",
+        "type": "integer",
+        "jsonPath": ".status.heldPods",
+        "priority": 1,
+        "description": "Pods held until the schema is ready.",
+    },
+    {
         "name": "Suspended",
         "type": "boolean",
         "jsonPath": ".spec.suspend",
