@@ -19,8 +19,10 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, SQLAlch
 from sqlalchemy.pool import NullPool
 
 from .reconcile import DatabaseObservation
+from .runner.alembic_runner import Redactor
 
 URL_EXAMPLE = "postgresql+psycopg://user:password@host:5432/dbname"
+_PASSWORD_PARAM = re.compile(r"(password\s*=\s*)\S+", re.IGNORECASE)
 CONNECT_TIMEOUT = 5
 
 
@@ -84,16 +86,13 @@ def decode_secret_value(data: dict[str, str] | None, secret: str, key: str) -> s
 
 
 def sanitize(text: str, *urls: URL | None) -> str:
-    """Remove credentials from free text: the URLs' passwords, full URLs, and any user:password@ pair."""
-    out = text
+    """Remove credentials from free text: the URLs' passwords, full URLs, any user:password@ pair, password=..."""
+    redact = Redactor()  # the same rules as the Jobs' runner
     for url in urls:
-        if url is None:
-            continue
-        for secret in (url.render_as_string(hide_password=False), str(url.password or "")):
-            if secret and len(secret) >= 3:
-                out = out.replace(secret, "***")
-    out = re.sub(r"(://[^:/@\s]+):[^@\s]+@", r"\1:***@", out)
-    return re.sub(r"(password\s*=\s*)\S+", r"\1***", out, flags=re.IGNORECASE)
+        if url is not None:
+            redact.add(url.render_as_string(hide_password=False), min_length=3)
+            redact.add(str(url.password or ""), min_length=3)
+    return _PASSWORD_PARAM.sub(r"\1***", redact(text))
 
 
 def read_revision(target: DatabaseTarget) -> DatabaseObservation:
