@@ -200,6 +200,14 @@ class Cluster:
     def pods(self) -> list[dict[str, Any]]:
         return [self.api.sanitize_for_serialization(p) for p in self.core.list_namespaced_pod(self.ns).items]
 
+    def wait_event(self, name: str, reason: str, type_: str | None = None, timeout: float = 15) -> dict[str, Any]:
+        """Events are posted after the status write they describe: wait for one rather than expect it at once."""
+        def check() -> dict[str, Any] | None:
+            return next((e for e in self.events(name)
+                         if e["reason"] == reason and (type_ is None or e["type"] == type_)), None)
+
+        return wait_for(check, timeout, f"a {reason} Event on {name}")
+
     def events(self, name: str | None = None) -> list[dict[str, Any]]:
         items = self.core.list_namespaced_event(self.ns).items
         out = [self.api.sanitize_for_serialization(e) for e in items]

@@ -57,9 +57,8 @@ def test_migrates_to_head_then_ready(e2e: E2E) -> None:
                 assert "value" not in env or "postgresql" not in env["value"]
         assert job["metadata"]["ownerReferences"][0]["kind"] == c.KIND
     # One Event per phase change.
-    reasons = [e["reason"] for e in e2e.cluster.events("shop")]
     for reason in ("Planning", "BackingUp", "Migrating", "Migrated"):
-        assert reason in reasons, reasons
+        e2e.cluster.wait_event("shop", reason)
     out = e2e.bed.kubectl("get", "dbm", "-n", e2e.ns)
     header = out.stdout.splitlines()[0].split()
     assert header[:6] == ["NAME", "PHASE", "CURRENT", "TARGET", "READY", "AGE"], out.stdout
@@ -199,7 +198,7 @@ def test_baseline_adopts_a_database_that_predates_alembic(e2e: E2E) -> None:
     assert st["plan"]["revisions"] == [R3]  # R1 and R2 were never run against the existing tables
     assert e2e.cluster.job_roles("shop") == ["backup-g1", "migrate-g1", "plan-g1", "stamp-g1"]
     assert e2e.db.query("SELECT name FROM customers") == [("ada",)]
-    assert any(e["reason"] == "Baselined" for e in e2e.cluster.events("shop"))
+    e2e.cluster.wait_event("shop", "Baselined")
 
 
 def test_drift_check_reports_a_column_added_by_hand(e2e: E2E) -> None:
@@ -215,7 +214,7 @@ sa.Table("customers", metadata, sa.Column("id", sa.Integer, primary_key=True),
     assert "nickname" in obj["status"]["drift"]["differences"][0]
     conds = {x["type"]: x["status"] for x in obj["status"]["conditions"]}
     assert conds["Ready"] == "True"  # drift is reported; the schema is never changed by the operator
-    assert any(e["reason"] == "SchemaDrift" for e in e2e.cluster.events("shop"))
+    e2e.cluster.wait_event("shop", "SchemaDrift", "Warning")
     drifted = f'alembic_operator_drifted{{name="shop",namespace="{e2e.ns}"}} 1.0'
     wait_for(lambda: drifted in e2e.operator.metrics(), 30, "the drift metric")
     assert "nickname" in [r[0] for r in e2e.db.query(

@@ -52,7 +52,7 @@ def test_failed_transaction_needs_no_rollback_and_loses_nothing(e2e: E2E) -> Non
     assert e2e.db.query("SELECT to_regclass('public.shipments')") == [(None,)]
     assert e2e.cluster.job_roles("shop") == ["backup-g1", "migrate-g1", "plan-g1"]
     assert conds["status"]["history"][-1]["result"] == "RolledBack"
-    assert any(e["reason"] == "JobFailed" and e["type"] == "Warning" for e in e2e.cluster.events("shop"))
+    e2e.cluster.wait_event("shop", "JobFailed", "Warning")
 
 
 def test_auto_downgrades_committed_revisions_that_destroyed_nothing(e2e: E2E) -> None:
