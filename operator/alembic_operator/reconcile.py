@@ -151,7 +151,6 @@ class _Run:
         self.st = s.set_condition(self.st, type_, value, reason, message, self.generation, self.obs.now)
 
     def start_job(self, role: Role, args: dict[str, str]) -> None:
-        self.run.setdefault("jobs", {})
         self.decision.jobs.append(JobRequest(role, self.generation, self.run["spec"], args))
 
     def job(self, role: Role) -> JobObservation:
