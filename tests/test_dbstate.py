@@ -77,3 +77,11 @@ def test_unreachable_is_transient_and_bad_password_is_not(database: Database) ->
     denied = read_revision(parse_url(wrong, "s", "url"))
     assert denied.error_reason == "DatabaseAuthenticationFailed" and not denied.transient
     assert SECRET not in denied.error_message and database.password not in denied.error_message
+
+
+def test_a_database_that_does_not_exist_is_a_humans_problem(database: Database) -> None:
+    missing = database.url.rsplit("/", 1)[0] + "/no_such_db"
+    obs = read_revision(parse_url(missing, "s", "url"))
+    assert obs.error_reason == "DatabaseNotFound" and not obs.transient
+    assert "'no_such_db' does not exist" in obs.error_message and "create it" in obs.error_message
+    assert database.password not in obs.error_message

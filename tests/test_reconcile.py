@@ -52,8 +52,9 @@ def summary(d: Decision) -> tuple[str, str, str]:
     return tuple(cond(d, t)["status"] for t in (c.READY, c.RECONCILING, c.STALLED))  # type: ignore[return-value]
 
 
-def done(job: str, result: dict[str, Any] | None, state: str = "succeeded") -> JobObservation:
-    return JobObservation(name=f"shop-{job}-g1", state=state, result=result)  # type: ignore[arg-type]
+def done(job: str, result: dict[str, Any] | None, state: str = "succeeded", instance: int = 0) -> JobObservation:
+    return JobObservation(name=f"shop-{job}-g1" + (f"-{instance}" if instance else ""), state=state,  # type: ignore[arg-type]
+                          result=result, instance=str(instance) if instance else None)
 
 
 def advance(d: Decision, **kw: Any) -> Decision:
@@ -114,9 +115,12 @@ def test_happy_path_plan_backup_migrate_verify() -> None:
 
 def test_migration_job_success_but_wrong_revision_is_a_failure() -> None:
     status = _at_migrating()
-    d = decide(observe(status, jobs={"migrate": done("migrate", {"ok": True})}, db=DatabaseObservation("r2")))
-    assert d.status["phase"] == "RollingBack"
+    report = {"ok": True, "applied": ["r2", "r3"], "revision": "r3"}
+    d = decide(observe(status, jobs={"migrate": done("migrate", report)}, db=DatabaseObservation("r2")))
+    # The Job left the database at r3; something else took it to r2 since: nothing of that is ours to undo.
+    assert d.jobs == [] and d.status["phase"] == "Failed"
     assert "not r3" in cond(d, c.MIGRATED)["message"]
+    assert cond(d, c.STALLED)["reason"] == "DatabaseMoved" and cond(d, c.ROLLED_BACK)["reason"] == "DatabaseMoved"
 
 
 @pytest.mark.parametrize("reason", ["MultipleHeads", "UnknownRevision", "DowngradeNotSupported"])
@@ -225,7 +229,7 @@ def _at_migrating(spec: dict[str, Any] | None = None, plan: dict[str, Any] = PLA
     return d.status
 
 
-FAILED = {"ok": False, "reason": "MigrationFailed", "message": "check constraint violated"}
+FAILED = {"ok": False, "reason": "MigrationFailed", "message": "check constraint violated", "applied": []}
 
 
 def test_failed_transaction_already_rolled_back_needs_nothing_more() -> None:
@@ -240,8 +244,14 @@ def test_failed_transaction_already_rolled_back_needs_nothing_more() -> None:
     assert "check constraint violated" in d.status["message"]
 
 
+def failed_at(db_after: str) -> dict[str, Any]:
+    """The runner's report of a migration that committed the plan's revisions up to `db_after`, then failed."""
+    applied = ["r2", "r3"][: ["r1", "r2", "r3"].index(db_after)]
+    return {**FAILED, "applied": applied, "revision": db_after}
+
+
 def _rollback(status: dict[str, Any], db_after: str) -> Decision:
-    failed = {"migrate": done("migrate", FAILED, "failed")}
+    failed = {"migrate": done("migrate", failed_at(db_after), "failed")}
     return decide(observe(status, jobs=failed, db=DatabaseObservation(db_after)))
 
 
@@ -249,7 +259,8 @@ def test_auto_downgrades_when_committed_revisions_destroyed_nothing() -> None:
     d = _rollback(_at_migrating(), "r2")
     assert [(j.role, j.args) for j in d.jobs] == [("downgrade", {"from": "r2", "to": "r1"})]
     assert d.status["phase"] == "RollingBack" and summary(d) == ("False", "True", "False")
-    d = advance(d, jobs={"migrate": done("migrate", FAILED, "failed"), "downgrade": done("downgrade", {"ok": True})},
+    d = advance(d, jobs={"migrate": done("migrate", failed_at("r2"), "failed"),
+                         "downgrade": done("downgrade", {"ok": True})},
                 db=DatabaseObservation("r1"))
     assert d.status["phase"] == "Failed"
     assert cond(d, c.ROLLED_BACK)["reason"] == "Downgraded"
@@ -261,14 +272,15 @@ def test_auto_restores_when_a_committed_revision_destroyed_data() -> None:
             "findings": [{"rule": "drop-table", "severity": "destructive", "revision": "r2", "operation": "x"}]}
     d = _rollback(_at_migrating(plan=plan), "r2")
     assert [(j.role, j.args) for j in d.jobs] == [("restore", {"file": "/backups/x.dump", "sha256": "sha256:aa"})]
-    d = advance(d, jobs={"migrate": done("migrate", FAILED, "failed"), "restore": done("restore", {"ok": True})},
+    d = advance(d, jobs={"migrate": done("migrate", failed_at("r2"), "failed"),
+                         "restore": done("restore", {"ok": True})},
                 db=DatabaseObservation("r1"))
     assert cond(d, c.ROLLED_BACK)["reason"] == "Restored"
 
 
 def test_auto_falls_back_to_restore_when_the_downgrade_fails() -> None:
     d = _rollback(_at_migrating(), "r2")
-    jobs = {"migrate": done("migrate", FAILED, "failed"),
+    jobs = {"migrate": done("migrate", failed_at("r2"), "failed"),
             "downgrade": done("downgrade", {"ok": False, "reason": "DowngradeFailed", "message": "no"}, "failed")}
     d = advance(d, jobs=jobs, db=DatabaseObservation("r2"))
     assert [j.role for j in d.jobs] == ["restore"]
@@ -281,7 +293,8 @@ def test_explicit_strategies_do_only_their_step(strategy: str, role: str) -> Non
     spec = {**SPEC, "rollback": {"strategy": strategy}}
     d = _rollback(_at_migrating(spec), "r2")
     assert [j.role for j in d.jobs] == [role]
-    jobs = {"migrate": done("migrate", FAILED, "failed"), role: done(role, {"ok": False, "message": "x"}, "failed")}
+    jobs = {"migrate": done("migrate", failed_at("r2"), "failed"),
+            role: done(role, {"ok": False, "message": "x"}, "failed")}
     d = advance(d, spec=spec, jobs=jobs, db=DatabaseObservation("r2"))
     assert d.jobs == []
     assert cond(d, c.ROLLED_BACK)["status"] == "False"
@@ -331,7 +344,7 @@ def test_spec_edit_during_migration_is_queued_until_the_run_ends() -> None:
 def test_a_run_uses_its_own_spec_not_a_queued_edit() -> None:
     status = _at_migrating()
     edited = {**SPEC, "migrations": {"image": "shop:2"}}
-    d = decide(observe(status, generation=2, spec=edited, jobs={"migrate": done("migrate", FAILED, "failed")},
+    d = decide(observe(status, generation=2, spec=edited, jobs={"migrate": done("migrate", failed_at("r2"), "failed")},
                        db=DatabaseObservation("r2")))
     assert d.jobs[0].spec["migrations"]["image"] == "shop:1"
 
@@ -424,9 +437,9 @@ def test_a_job_that_failed_for_a_passing_reason_is_retried_with_backoff() -> Non
     for attempt in range(2, 6):
         for _ in range(2):  # schedule, then start
             now += timedelta(seconds=61)
-            d = advance(d, jobs={"plan": done("plan", unreachable, "failed")}, now=now)
+            d = advance(d, jobs={"plan": done("plan", unreachable, "failed", attempt - 1)}, now=now)
         assert d.jobs[0].args["instance"] == str(attempt)
-    d = advance(d, jobs={"plan": done("plan", unreachable, "failed")}, now=now + timedelta(seconds=61))
+    d = advance(d, jobs={"plan": done("plan", unreachable, "failed", 5)}, now=now + timedelta(seconds=61))
     assert summary(d) == ("False", "False", "True") and cond(d, c.STALLED)["reason"] == "PlanFailed"
 
 
@@ -436,4 +449,6 @@ def test_a_migration_is_retried_only_if_nothing_changed() -> None:
     d = decide(observe(status, jobs={"migrate": done("migrate", lock, "failed")}, db=DatabaseObservation("r1")))
     assert d.jobs == [] and cond(d, c.RECONCILING)["reason"] == "LockTimeout"
     moved = decide(observe(status, jobs={"migrate": done("migrate", lock, "failed")}, db=DatabaseObservation("r2")))
-    assert moved.status["phase"] == "RollingBack"
+    # It never got the lock, so it ran nothing: someone else moved the database. Plan again; undo nothing.
+    assert [(j.role, j.args) for j in moved.jobs] == [("plan", {"target": "head", "instance": "1"})]
+    assert moved.status["phase"] == "Planning" and [e[1] for e in moved.events][:1] == ["DatabaseMoved"]

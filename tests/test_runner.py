@@ -443,6 +443,39 @@ def test_upgrade_interrupted_by_sigterm(runner: Runner, app: Path, tmp_path: Pat
     assert tables(runner.database) == set()
 
 
+def test_upgrade_killed_outright_still_reports_what_it_may_have_committed(runner: Runner, app: Path,
+                                                                          tmp_path: Path) -> None:
+    """SIGKILL (OOM, a lost node): no handler runs, yet the result file names the revisions that were started, so
+    the operator rolls back only those, and only if the database is at one of them."""
+    make_project(app, [
+        *linear(1),
+        Rev("aaaaaaaa0002", upgrade=['op.execute("SELECT pg_sleep(60)")'], message="slow"),
+    ], transaction_per_migration=True)
+    result_file, log_file = tmp_path / "result.json", tmp_path / "stderr.log"
+    env = {**os.environ, URL_ENV: runner.database.url.replace("postgresql+psycopg://",
+                                                              f"postgresql+{RUNNER_DRIVER or 'psycopg'}://")}
+    with log_file.open("w") as stderr:
+        proc = subprocess.Popen(
+            [RUNNER_PYTHON, str(RUNNER), "--result-file", str(result_file), "upgrade", "--from", "base",
+             "--to", "aaaaaaaa0002"], cwd=app, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
+        try:
+            deadline = time.monotonic() + 60
+            while "running upgrade aaaaaaaa0001 -> aaaaaaaa0002" not in log_file.read_text():
+                assert proc.poll() is None and time.monotonic() < deadline, log_file.read_text()
+                time.sleep(0.2)
+            proc.kill()
+            proc.wait(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    result = json.loads(result_file.read_text())
+    assert result["ok"] is False and result["reason"] == "Interrupted", result
+    assert result["attempted"] == ["aaaaaaaa0001", "aaaaaaaa0002"]
+    assert "applied" not in result and runner.database.password not in result_file.read_text()
+    assert version(runner.database) == "aaaaaaaa0001"  # one of the positions the report allows
+
+
 def test_upgrade_unknown_target(runner: Runner, app: Path) -> None:
     make_project(app, linear(1))
     r = runner("upgrade", "--from", "base", "--to", "ffffffffffff")

@@ -105,6 +105,11 @@ def read_revision(target: DatabaseTarget) -> DatabaseObservation:
             names = sqlalchemy.inspect(conn).get_table_names()
     except DBAPIError as err:
         text = sanitize(str(getattr(err, "orig", err)).strip().splitlines()[0] if str(err).strip() else "", target.url)
+        if re.search(r'database "[^"]*" does not exist', text):
+            return DatabaseObservation(error_reason="DatabaseNotFound", transient=False,
+                                       error_message=f"the database {target.url.database!r} does not exist on "
+                                       f"{target.url.host or 'localhost'}:{target.url.port or 5432}: create it, or fix "
+                                       "the database name in the Secret's URL (checked again every 15 s)")
         if "password authentication failed" in text or ("role" in text and "does not exist" in text):
             return DatabaseObservation(error_reason="DatabaseAuthenticationFailed", transient=False,
                                        error_message=f"cannot log in to {target.where}: {text}; check the "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import time
@@ -23,8 +24,18 @@ from . import __version__, kube, metrics
 from . import constants as c
 from .api import parse_spec
 from .dbstate import DatabaseError, DatabaseTarget, decode_secret_value, parse_url, read_revision, sanitize
-from .jobs import ROLES, Owner, build_job, job_name, lock_key
-from .reconcile import WRITING_STEPS, DatabaseObservation, Decision, JobObservation, Observation, decide
+from .jobs import ROLES, Owner, Role, build_job, job_name, lock_key
+from .podstate import pod_progress
+from .reconcile import (
+    WRITING_STEPS,
+    DatabaseObservation,
+    Decision,
+    JobObservation,
+    JobRefusal,
+    JobRequest,
+    Observation,
+    decide,
+)
 
 Logger = logging.Logger | logging.LoggerAdapter[Any]
 JobState = Literal["active", "succeeded", "failed"]
@@ -178,7 +189,8 @@ async def _observe_job(namespace: str, job: dict[str, Any], target: DatabaseTarg
     name = job["metadata"]["name"]
     state = _job_state(job)
     if state == "active":
-        return JobObservation(name=name, state="active",
+        started, blocked = pod_progress(await kube.job_pods(namespace, name))
+        return JobObservation(name=name, state="active", started=started, blocked=blocked,
                               instance=(job["metadata"].get("labels") or {}).get(c.INSTANCE_LABEL))
     results: list[dict[str, Any]] = []
     notes: list[str] = []
@@ -302,17 +314,23 @@ async def _reconcile(namespace: str, name: str, logger: Logger,
         async with runtime.db_locks.setdefault(target.key if target else "", asyncio.Lock()):
             jobs = await _observe_jobs(namespace, name, run_generation, target)
             ref = (namespace, name)
+            lineage, moved_by = await _database_lineage(ref, run, database, target)
             obs = Observation(
                 name=name, namespace=namespace, generation=generation, spec=dict(obj.get("spec") or {}),
                 annotations=dict(meta.get("annotations") or {}), status=status, database=database, jobs=jobs,
                 now=datetime.now(UTC), busy_with=runtime.busy_with(target.key, ref) if target else None,
+                database_lineage=lineage, database_moved_by=moved_by,
             )
             decision = decide(obs)
             if deleting:  # finish what was started (a rollback included), start nothing new
                 decision.jobs = [j for j in decision.jobs if j.role in ("downgrade", "restore")]
+            try:
+                await _act(obj, decision, target)
+            except _JobRefused as refused:  # tell the user now, in the status: retrying cannot help
+                logger.warning("the API server refused the %s Job: %s", refused.role, refused.message)
+                decision = decide(dataclasses.replace(obs, refused=JobRefusal(refused.role, refused.message)))
             if target:
                 decision.status.setdefault("run", {})["databaseKey"] = target.key
-            await _act(obj, decision, target)
             try:
                 if decision.status != status:
                     await kube.replace_status(obj, decision.status)
@@ -330,14 +348,68 @@ async def _reconcile(namespace: str, name: str, logger: Logger,
     return 1.0, None
 
 
+class _JobRefused(Exception):
+    def __init__(self, role: Role, message: str) -> None:
+        super().__init__(message)
+        self.role = role
+        self.message = message
+
+
+# Placeholder inputs for validating, at plan time, the Jobs a run may need later (only their shape matters).
+_DRY_RUN_ARGS: dict[Role, dict[str, str]] = {
+    "backup": {},
+    "migrate": {"from": "base", "to": "head", "lockKey": "0"},
+    "downgrade": {"from": "head", "to": "base", "lockKey": "0"},
+    "restore": {"file": "/backups/dry-run.dump", "sha256": "sha256:0"},
+}
+
+
 async def _act(obj: dict[str, Any], decision: Decision, target: DatabaseTarget | None) -> None:
     meta = obj["metadata"]
     for req in decision.jobs:
         owner = Owner(name=meta["name"], namespace=meta["namespace"], uid=meta["uid"], generation=req.generation)
+        spec = parse_spec(req.spec)
+        if req.role == "plan":
+            await _dry_run_later_jobs(owner, req)
         args = dict(req.args)
         if req.role in ("migrate", "downgrade"):
             args["lockKey"] = str(lock_key(target.key if target else meta["uid"]))
-        manifest = build_job(req.role, owner, parse_spec(req.spec), operator_image=OPERATOR_IMAGE, args=args)
-        await kube.create_job(manifest)
+        manifest = build_job(req.role, owner, spec, operator_image=OPERATOR_IMAGE, args=args)
+        try:
+            await kube.create_job(manifest)
+        except kube.Refused as err:
+            raise _JobRefused(req.role, err.message) from None
         decision.status.setdefault("run", {}).setdefault("jobs", {})[req.role] = job_name(
             owner.name, req.role, req.generation, args.get("instance"))
+
+
+async def _dry_run_later_jobs(owner: Owner, plan: JobRequest) -> None:
+    """Before the first Job of a run: have the API server validate every Job the run may create later (server-side
+    dry run), so a spec it refuses stops the run before anything is written, not halfway through it."""
+    spec = parse_spec(plan.spec)
+    for role, args in _DRY_RUN_ARGS.items():
+        if role in ("backup", "restore") and not spec.backup.enabled:
+            continue
+        manifest = build_job(role, owner, spec, operator_image=OPERATOR_IMAGE,
+                             args={**args, "instance": "dry-run"})
+        try:
+            await kube.create_job(manifest, dry_run=True)
+        except kube.Refused as err:
+            raise _JobRefused(role, err.message) from None
+
+
+async def _database_lineage(ref: tuple[str, str], run: dict[str, Any], database: DatabaseObservation,
+                            target: DatabaseTarget | None) -> tuple[tuple[str, ...], str | None]:
+    """When a finished run's database is no longer at its target: what another DatabaseMigration on the same database
+    planned for the revision it is at now (its lineage), so that a target it contains is not reported as lost."""
+    if (target is None or not database.ok or run.get("step") != "Done"
+            or run.get("result") not in ("Succeeded", "UpToDate") or database.revision == run.get("targetRevision")):
+        return (), None
+    for other in await kube.list_migrations(runtime.namespaces):
+        meta, st = other["metadata"], other.get("status") or {}
+        plan = st.get("plan") or {}
+        if ((meta["namespace"], meta["name"]) != ref and (st.get("run") or {}).get("databaseKey") == target.key
+                and database.revision and plan.get("toRevision") == database.revision):
+            lineage = [str(x) for x in plan.get("lineage") or []]
+            return (database.revision, *lineage), f"DatabaseMigration {meta['namespace']}/{meta['name']}"
+    return (), None

@@ -106,14 +106,40 @@ async def list_jobs(namespace: str, owner: str) -> list[dict[str, Any]]:
     return [_plain(j) for j in result.items]
 
 
-async def create_job(manifest: dict[str, Any]) -> None:
-    """Create a Job; one that exists already (a restarted operator, a lost response) is left as it is."""
+class Refused(Exception):
+    """The API server refused an object for what it says (HTTP 4xx other than a conflict): retrying cannot help."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+def refusal_message(err: ApiException) -> str:
+    """The API server's own words (they name the field), from a Status body; the reason phrase otherwise."""
+    try:
+        body = json.loads(err.body or "")
+    except ValueError:
+        body = None
+    message = body.get("message") if isinstance(body, dict) else None
+    return str(message or f"HTTP {err.status} {err.reason}")
+
+
+async def create_job(manifest: dict[str, Any], dry_run: bool = False) -> None:
+    """Create a Job (or only validate it: `dry_run`, the API server's full admission without storing anything).
+
+    One that exists already (a restarted operator, a lost response) is left as it is. A Job the API server refuses
+    raises Refused; other errors (the API unreachable, 5xx) raise as they are, to be retried.
+    """
+    kwargs = {"dry_run": "All"} if dry_run else {}
     try:
         await asyncio.to_thread(_batch().create_namespaced_job, manifest["metadata"]["namespace"],
-                                manifest)  # type: ignore[arg-type]  # the client takes plain dicts too
+                                manifest, **kwargs)  # type: ignore[arg-type]  # the client takes plain dicts too
     except ApiException as err:
-        if err.status != 409:
-            raise
+        if err.status == 409:
+            return
+        if err.status is not None and 400 <= err.status < 500 and err.status not in (401, 408, 429):
+            raise Refused(refusal_message(err)) from None
+        raise
 
 
 async def delete_job(namespace: str, name: str) -> None:

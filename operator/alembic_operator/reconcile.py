@@ -33,6 +33,9 @@ POLL_IDLE = 60.0
 POLL_HUMAN = 15.0
 MIN_DRIFT_INTERVAL = 10  # seconds; a drift check is a Job, so hourly is the sensible production value
 PLAN_ERRORS = {"MultipleHeads", "UnknownRevision", "UnknownTargetRevision", "DowngradeNotSupported"}
+# A run whose database keeps moving under it (other writers) plans again at most this many times, then stalls.
+MAX_REPLANS = 3
+POLL_STARTING = 3.0  # seconds; while a Job's pod has not started, so a pod that cannot start is reported quickly
 WRITING_STEPS = {"BackingUp", "Migrating", "RollingBack"}
 # A Job that failed for one of these changed nothing (the runner and the tools say so) and may succeed later.
 TRANSIENT_JOB_REASONS = {"DatabaseUnreachable", "LockTimeout"}
@@ -49,8 +52,18 @@ class JobObservation:
     state: Literal["absent", "active", "succeeded", "failed"]
     result: dict[str, Any] | None = None  # the JSON termination message of the container that reported
     message: str = ""  # why a Job failed when no result says (DeadlineExceeded, pod evicted...)
-    instance: str | None = None  # for drift checks: the interval bucket the Job belongs to
+    instance: str | None = None  # which Job of its role within the run (retries, replans) or drift interval bucket
     seconds: float | None = None  # how long a finished Job ran
+    started: bool = True  # an active Job whose pod has begun running (False: still Pending)
+    blocked: tuple[str, str] | None = None  # (reason, message): why its pod cannot start, when a human must act
+
+
+@dataclass(frozen=True)
+class JobRefusal:
+    """The API server refused to create a Job of this run (HTTP 4xx): the spec, not the cluster's state, is at fault."""
+
+    role: Role
+    message: str  # the API server's own message; it names the field
 
 
 @dataclass(frozen=True)
@@ -79,6 +92,11 @@ class Observation:
     jobs: dict[str, JobObservation]  # by role, for the run's generation
     now: datetime
     busy_with: str | None = None  # another DatabaseMigration writing to the same database
+    refused: JobRefusal | None = None  # set when acting on this observation's decision failed
+    # Ancestors of the database's revision (itself included), when another DatabaseMigration's plan knows them, and
+    # that resource: lets a resource whose target is contained in what another one migrated to stay Ready.
+    database_lineage: tuple[str, ...] = ()
+    database_moved_by: str | None = None
 
 
 @dataclass(frozen=True)
@@ -118,6 +136,40 @@ def _rev(revision: str | None) -> str:
     return revision or BASE
 
 
+def committed_by_run(start: str | None, planned: list[str], report: dict[str, Any] | None,
+                     db_rev: str | None) -> list[str] | None:
+    """The revisions this run's migration Job committed, as proven by the Job's own report; None when the database
+    is somewhere that report cannot account for (another writer moved it: nothing of it may be rolled back).
+
+    The runner reports, under the advisory lock it holds while migrating: RevisionMoved (it ran nothing), or
+    "applied" (finished, failed or not: exactly what it committed), or, written before each revision starts so that
+    a killed pod still leaves it behind, "attempted" (it may have committed any prefix of these). No report at all
+    means it never started migrating. A list cut to fit a termination message keeps its head: the Job ran a prefix
+    of `planned` (its plan), and that is what it may have committed.
+    """
+    report = report or {}
+    if report.get("reason") == "RevisionMoved":
+        return [] if db_rev == start else None
+    if report.get("appliedTruncated") or report.get("attemptedTruncated"):
+        positions = [start, *planned]
+        return planned[: positions.index(db_rev)] if db_rev in positions else None
+    applied = report.get("applied")
+    if isinstance(applied, list):
+        end = applied[-1] if applied else start
+        return [str(r) for r in applied] if db_rev == end else None
+    attempted = [str(r) for r in report.get("attempted") or []]
+    positions = [start, *attempted]
+    if db_rev not in positions:
+        return None
+    return attempted[: positions.index(db_rev)]
+
+
+def ran_nothing(report: dict[str, Any] | None) -> bool:
+    """The migration Job's report proves it changed nothing (refused, or never got as far as migrating)."""
+    report = report or {}
+    return report.get("reason") == "RevisionMoved" or not (report.get("applied") or report.get("attempted"))
+
+
 class _Run:
     """One decide() call: the status being built and the decision's side effects."""
 
@@ -151,10 +203,38 @@ class _Run:
         self.st = s.set_condition(self.st, type_, value, reason, message, self.generation, self.obs.now)
 
     def start_job(self, role: Role, args: dict[str, str]) -> None:
+        instance = self.instance(role)
+        if instance:
+            args = {**args, "instance": str(instance)}
         self.decision.jobs.append(JobRequest(role, self.generation, self.run["spec"], args))
 
+    def instance(self, role: Role) -> int:
+        """Which Job of this role the run is on: 0 first, then one more per retry or re-plan (names never repeat)."""
+        instances = self.run.get("instances")
+        if instances is None:  # a run persisted before re-plans existed counted retries only
+            instances = dict(self.run.get("attempts") or {})
+        return int(instances.get(role, 0))
+
+    def next_instance(self, role: Role) -> None:
+        instances = self.run.get("instances")
+        instances = dict(instances if instances is not None else self.run.get("attempts") or {})
+        instances[role] = int(instances.get(role, 0)) + 1
+        self.run["instances"] = instances
+
     def job(self, role: Role) -> JobObservation:
-        return self.obs.jobs.get(role) or JobObservation(name="", state="absent")
+        """The observed Job of the run's current instance of `role`; an older one (before a re-plan) is absent."""
+        job = self.obs.jobs.get(role)
+        if job is None or (role != "drift" and int(job.instance or 0) != self.instance(role)):
+            return JobObservation(name="", state="absent")
+        return job
+
+    def running(self, job: JobObservation, phase: str, reason: str, message: str) -> Decision:
+        """An active Job: progressing, unless its pod cannot start for a reason a human must fix (it is kept: it
+        starts on its own once the cause is gone)."""
+        if job.blocked:
+            why, detail = job.blocked
+            return self.outcome(s.stalled(phase, why, f"{job.name}: {detail}"), POLL_STARTING)
+        return self.outcome(s.progressing(phase, reason, message), POLL_ACTIVE if job.started else POLL_STARTING)
 
     def suspended(self) -> bool:
         try:
@@ -191,6 +271,32 @@ class _Run:
 
     # --- the flow -----------------------------------------------------------------------------------------------
     def decide(self) -> Decision:
+        decision = self.flow()
+        if self.obs.refused is not None:
+            return self.refuse(self.obs.refused)
+        return decision
+
+    def refuse(self, refusal: JobRefusal) -> Decision:
+        """The Job this decision asked for was refused by the API server: say so at once, naming its message.
+
+        Before anything was written the run ends (Failed): fixing the spec is a new generation, hence a new run.
+        A refused rollback Job keeps the run (the database needs it) and is tried again.
+        """
+        self.decision.jobs = []
+        self.st = self.decision.status
+        msg = f"the API server refused the {refusal.role} Job: {refusal.message}"
+        if refusal.role == "drift":
+            self.condition(c.DRIFTED, "Unknown", "JobRefused", f"{msg}. Fix spec.jobTemplate")
+            self.decision.status = self.st
+            return self.decision
+        if self.run.get("step") == "RollingBack":
+            return self.outcome(s.stalled("RollingBack", "JobRefused", f"{msg}. The rollback has not run; it is "
+                                          "tried again every minute (fix the cause in the cluster)"), POLL_IDLE)
+        self.finish("Failed", "JobRefused")
+        return self.outcome(s.stalled("Failed", "JobRefused", f"{msg}. Nothing was run. Fix the spec and apply it "
+                                      "again"), POLL_IDLE)
+
+    def flow(self) -> Decision:
         obs = self.obs
         if self.run.get("step") == "Done" and self.run.get("generation") == obs.generation:
             return self.idle()
@@ -263,7 +369,7 @@ class _Run:
                                               f"resolving {spec.target_revision} from the scripts in "
                                               f"{spec.migrations.image}"), POLL_ACTIVE)
         if job.state == "active":
-            return self.outcome(s.progressing("Planning", "Planning", f"plan Job {job.name} is running"), POLL_ACTIVE)
+            return self.running(job, "Planning", "Planning", f"plan Job {job.name} is running")
         if (retrying := self.retry("plan", {"target": spec.target_revision})) is not None:
             return retrying
         result = job.result or {}
@@ -289,8 +395,7 @@ class _Run:
                                               f"the database has {db.tables} table(s) and no alembic_version: stamping "
                                               f"it at spec.baseline {spec.baseline}"), POLL_ACTIVE)
         if job.state == "active":
-            return self.outcome(s.progressing("Planning", "Baselining", f"stamp Job {job.name} is running"),
-                                POLL_ACTIVE)
+            return self.running(job, "Planning", "Baselining", f"stamp Job {job.name} is running")
         result = job.result or {}
         if job.state == "failed" or not result.get("ok"):
             message = self.failure_message("stamp") + "; nothing was changed"
@@ -328,8 +433,9 @@ class _Run:
             return self.outcome(s.progressing(phase, reason, f"{self.failure_message(role)}; retrying in "
                                               f"{wait:.0f}s"), wait)
         self.run.pop("retryAt")
+        self.next_instance(role)
         attempts[role] = done + 1
-        self.start_job(role, {**args, "instance": str(done + 1)})
+        self.start_job(role, args)
         return self.outcome(s.progressing(phase, reason, f"retrying the {role} Job (attempt {done + 2} of "
                                           f"{JOB_RETRIES + 1}) after: {result.get('message')}"), POLL_ACTIVE)
 
@@ -394,6 +500,11 @@ class _Run:
                 f"{self.obs.busy_with} is migrating the same database; this one starts when it is done"), 5.0)
         if self.suspended():
             return self.outcome(SUSPENDED, POLL_IDLE)
+        if (stop := self.database("Pending")) is not None:
+            return stop
+        if self.obs.database.revision != self.run.get("startRevision"):  # e.g. while it waited for approval or
+            return self.replan(f"the database moved from {_rev(self.run.get('startRevision'))} to "  # another writer
+                               f"{_rev(self.obs.database.revision)} since this run planned")
         if spec.backup.enabled:
             self.run["step"] = "BackingUp"
             return self.backing_up()
@@ -407,8 +518,7 @@ class _Run:
             self.start_job("backup", {})
             return self.outcome(s.progressing("BackingUp", "BackingUp", "backing up the database"), POLL_ACTIVE)
         if job.state == "active":
-            return self.outcome(s.progressing("BackingUp", "BackingUp", f"backup Job {job.name} is running"),
-                                POLL_ACTIVE)
+            return self.running(job, "BackingUp", "BackingUp", f"backup Job {job.name} is running")
         if (retrying := self.retry("backup", {})) is not None:
             return retrying
         result = job.result or {}
@@ -431,39 +541,74 @@ class _Run:
         job = self.job("migrate")
         start, target = self.run.get("startRevision"), self.run.get("targetRevision")
         if job.state == "absent":
+            if (stop := self.database("Migrating")) is not None:
+                return stop
+            if self.obs.database.revision != start:  # moved while the backup ran: this plan is stale
+                return self.replan(f"the database moved from {_rev(start)} to {_rev(self.obs.database.revision)} "
+                                   "before the migration started")
             self.start_job("migrate", {"from": _rev(start), "to": str(target)})
             return self.outcome(s.progressing("Migrating", "Migrating", f"upgrading {_rev(start)} -> {target}"),
                                 POLL_ACTIVE)
         if job.state == "active":
-            return self.outcome(s.progressing("Migrating", "Migrating",
-                                              f"migration Job {job.name} is upgrading {_rev(start)} -> {target}"),
-                                POLL_ACTIVE)
+            return self.running(job, "Migrating", "Migrating",
+                                f"migration Job {job.name} is upgrading {_rev(start)} -> {target}")
         if (stop := self.database("Migrating")) is not None:
             return stop
         db_rev = self.obs.database.revision
+        report = job.result
         if db_rev == start and (retrying := self.retry("migrate", {"from": _rev(start), "to": str(target)})):
             return retrying
         if job.state == "succeeded" and db_rev == target:
             self.condition(c.MIGRATED, "True", "UpgradeSucceeded", f"upgraded {_rev(start)} -> {target}")
             self.finish("Succeeded", "Migrated")
             return self.idle()
+        committed = committed_by_run(start, list(self.run.get("revisions") or []), report, db_rev)
+        if committed is None and job.state == "failed" and ran_nothing(report):
+            return self.replan(f"the database is at {_rev(db_rev)}, not at {_rev(start)} where this run's plan "
+                               f"starts: another writer moved it, and migration Job {job.name} ran nothing")
         if job.state == "succeeded":
             why = f"the migration Job succeeded but the database is at {_rev(db_rev)}, not {target}"
         else:
             why = self.failure_message("migrate")
         self.condition(c.MIGRATED, "False", "UpgradeFailed", why)
         self.run["failure"] = why
-        return self.choose_rollback(db_rev, why)
+        if committed is None:
+            ran = (report or {}).get("applied") or (report or {}).get("attempted") or []
+            msg = (f"{why}; the database is at {_rev(db_rev)}, where this run did not leave it (its Job reported "
+                   f"{', '.join(ran)}): another writer changed it, so nothing was rolled back. Check the database "
+                   "and who else migrates it, then edit the resource to plan again")
+            self.condition(c.ROLLED_BACK, "False", "DatabaseMoved", msg)
+            self.finish("Failed", "DatabaseMoved")
+            return self.outcome(s.stalled("Failed", "DatabaseMoved", msg), POLL_IDLE)
+        return self.choose_rollback(db_rev, committed, why)
 
-    def choose_rollback(self, db_rev: str | None, why: str) -> Decision:
+    def replan(self, why: str) -> Decision:
+        """Nothing of this run reached the database, but its plan no longer starts where the database is: plan
+        again, from scratch (a new approval if the new plan destroys data), at most MAX_REPLANS times."""
+        replans = int(self.run.get("replans", 0)) + 1
+        if replans > MAX_REPLANS:
+            msg = (f"{why}; this run already planned again {MAX_REPLANS} times because other writers keep moving the "
+                   "database. Nothing was run. Stop the other writers, then edit the resource to plan again")
+            self.finish("Failed", "DatabaseKeepsMoving")
+            return self.outcome(s.stalled("Failed", "DatabaseKeepsMoving", msg), POLL_IDLE)
+        self.decision.events.append(("Normal", "DatabaseMoved", f"{why}; nothing was run: planning again"))
+        for role in ("plan", "backup", "migrate"):  # new Job names: this round's Jobs never reuse the last one's
+            self.next_instance(role)
+        keep = ("generation", "startedAt", "spec", "instances", "databaseKey", "jobs")
+        self.run = {**{k: self.run[k] for k in keep if k in self.run}, "replans": replans, "step": "Planning"}
+        self.st.pop("plan", None)
+        for cond in (c.APPROVAL_REQUIRED, c.BACKUP_SUCCEEDED, c.MIGRATED, c.ROLLED_BACK):
+            self.st["conditions"] = [x for x in self.st.get("conditions") or [] if x.get("type") != cond]
+        return self.planning()
+
+    def choose_rollback(self, db_rev: str | None, committed: list[str], why: str) -> Decision:
+        """Undo exactly what this run committed (`committed`, from its own Job's report), nothing else."""
         start = self.run.get("startRevision")
         spec = self.spec()
-        if db_rev == start:
+        if not committed:
             msg = f"{why}; the transaction rolled back: the database is still at {_rev(start)}"
             self.condition(c.ROLLED_BACK, "True", "TransactionRolledBack", msg)
             return self.failed(msg)
-        revisions: list[str] = list(self.run.get("revisions") or [])
-        committed = revisions[: revisions.index(db_rev) + 1] if db_rev in revisions else revisions
         destroyed = [r for r in committed if r in set(self.run.get("destructiveRevisions") or [])]
         strategy = spec.rollback.strategy
         have_backup = bool((self.run.get("backup") or {}).get("file"))
@@ -498,8 +643,7 @@ class _Run:
             self.condition(c.ROLLED_BACK, "Unknown", "RollingBack", what)
             return self.outcome(s.progressing("RollingBack", "RollingBack", what), POLL_ACTIVE)
         if job.state == "active":
-            return self.outcome(s.progressing("RollingBack", "RollingBack", f"{role} Job {job.name} is running"),
-                                POLL_ACTIVE)
+            return self.running(job, "RollingBack", "RollingBack", f"{role} Job {job.name} is running")
         if (stop := self.database("RollingBack")) is not None:
             return stop
         db_rev = self.obs.database.revision
@@ -579,6 +723,10 @@ class _Run:
                 return stop
             db_rev = self.obs.database.revision
             target = self.run.get("targetRevision")
+            if db_rev != target and target in self.obs.database_lineage:
+                by = f" by {self.obs.database_moved_by}" if self.obs.database_moved_by else ""
+                return self.outcome(s.ready("TargetContained", f"the database is at {_rev(db_rev)}, which contains "
+                                            f"the target {target} (migrated further{by})"), self.drift_check())
             if db_rev != target:
                 return self.outcome(s.stalled(
                     "Failed", "DatabaseChanged",

@@ -49,7 +49,10 @@ database with several heads reads "a,b" (sorted) in single-revision fields and f
          "revision": "def", "applied": ["...", "def"], "alreadyAtTarget": false}
         On failure, reason MigrationFailed and the same fields: "revision" is read again after the failure
         (absent if it could not be read), "applied" lists the revisions committed between from and revision
-        ([] when the transaction rolled everything back), "failedRevision" the one that was running.
+        ([] when the transaction rolled everything back), "failedRevision" the one that was running, and
+        "attempted" the revisions it started. Before the first revision and before each next one, the result file
+        already holds reason Interrupted with "attempted" so far: a pod killed outright (SIGKILL, node lost) still
+        reports which revisions it may have committed (any prefix of "attempted"), never more.
     downgrade --from REV --to REV|base [--lock-key N] [--lock-timeout S] [--allow-empty-downgrades]
         Like upgrade, with "reverted" (newest first) instead of "applied" and reason DowngradeFailed. Refuses
         (IrreversibleRevision, nothing runs) when a revision to undo has an empty downgrade(), unless
@@ -626,8 +629,10 @@ class Runner:
 
     # running migrations through the app's env.py, announcing each revision
 
-    def migrate(self, direction: str, destination: str, progress: list[str]) -> None:
-        """Run `alembic upgrade|downgrade <destination>`; appends each revision id to `progress` before it runs."""
+    def migrate(self, direction: str, destination: str, progress: list[str],
+                on_step: Callable[[], None] | None = None) -> None:
+        """Run `alembic upgrade|downgrade <destination>`; appends each revision id to `progress` before it runs,
+        then calls `on_step` (which records the progress where a killed pod still leaves it)."""
         from alembic.runtime.environment import EnvironmentContext
 
         script = self.script
@@ -639,6 +644,8 @@ class Runner:
             for number, step in enumerate(steps, 1):
                 revision = step.revision.revision
                 progress.append(revision)
+                if on_step is not None:
+                    on_step()
                 doc = first_line(step.doc or "")
                 before = ",".join(getattr(step, "from_revisions", ())) or "base"
                 after = ",".join(getattr(step, "to_revisions", ())) or "base"
@@ -870,8 +877,18 @@ def cmd_migrate(runner: Runner, direction: str) -> dict[str, Any]:
         started = time.monotonic()
         progress: list[str] = []
         error: BaseException | None = None
+
+        def interim() -> None:
+            """The result a SIGKILLed pod leaves behind: which revisions may have been committed (any prefix)."""
+            if args.result_file != "-":
+                write_result(args.result_file, {
+                    "ok": False, **base, "reason": "Interrupted", "attempted": list(progress),
+                    "message": f"{direction} was killed before it could report (the pod or node went away); it had "
+                               f"started {', '.join(progress) or 'no revision'}"})
+
+        interim()
         try:
-            runner.migrate(direction, destination, progress)
+            runner.migrate(direction, destination, progress, interim)
         except (Exception, KeyboardInterrupt) as exc:  # KeyboardInterrupt: SIGTERM/SIGINT, see main()
             error = exc
             log_exception(f"{direction} failed", exc)
@@ -885,6 +902,8 @@ def cmd_migrate(runner: Runner, direction: str) -> dict[str, Any]:
                 result[done_key] = runner.path(after.heads, source)
             else:
                 result[done_key] = list(reversed(runner.path(source, after.heads)))
+    if done_key not in result:  # what it may have committed, since it cannot say what it did
+        result["attempted"] = list(progress)
     if error is None and after is not None and set(after.heads) == set(target):
         return {"ok": True, **result, "alreadyAtTarget": False}
 
