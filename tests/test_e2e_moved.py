@@ -132,3 +132,31 @@ def test_a_database_that_does_not_exist_stalls_and_recovers(e2e: E2E) -> None:
     e2e.cluster.secret("db", {"url": e2e.db.url})
     wait_for(lambda: revision(e2e.db) == R3, 120, "the migration once the Secret names a database that exists")
     e2e.cluster.wait_condition("shop", "Ready", timeout=60)
+
+
+BAD_SPECS = {
+    "env without a name": ({"jobTemplate": {"env": [{"value": "x"}]}}, "env"),
+    "a cpu quantity of lots": ({"jobTemplate": {"resources": {"requests": {"cpu": "lots"}}}}, "resources"),
+    "a label value with a space": ({"jobTemplate": {"podLabels": {"team": "data platform"}}}, "podLabels"),
+    "runAsUser root": ({"jobTemplate": {"securityContext": {"runAsUser": "root"}}}, "runAsUser"),
+}
+
+
+@pytest.mark.parametrize("case", [*BAD_SPECS, "a name of 120 characters"])
+def test_every_bad_spec_is_refused_at_apply_or_answered_within_seconds(e2e: E2E, case: str) -> None:
+    """Refused by the API server naming the field, or else Stalled with a reason that names it within 10 s:
+    never a resource without a status while the operator retries forever."""
+    project = e2e.project(BASE_REVISIONS)
+    name, (extra, field) = ("shop", BAD_SPECS[case]) if case in BAD_SPECS else ("s" * 120, ({}, "name"))
+    spec = e2e.spec(project)
+    for key, value in extra.items():
+        spec[key] = value
+    started = time.monotonic()
+    try:
+        e2e.cluster.create(name, spec)
+    except k8s.ApiException as err:
+        assert err.status == 422 and field in str(err.body), err.body
+        return
+    obj = e2e.cluster.wait_condition(name, "Stalled", timeout=10)
+    assert time.monotonic() - started < 10
+    assert obj["status"]["observedGeneration"] == 1 and field in obj["status"]["message"], obj["status"]

@@ -139,3 +139,20 @@ def test_lock_key_is_a_signed_64_bit_integer_per_database() -> None:
     keys = {lock_key(str(i)) for i in range(1000)}
     assert len(keys) == 1000 and all(-(2**63) <= k < 2**63 for k in keys)
     assert lock_key("x") == lock_key("x")
+
+
+def test_api_server_messages_are_traced_back_to_the_resources_field() -> None:
+    from alembic_operator.jobs import source_field
+
+    cases = {
+        'Job.batch "x" is invalid: spec.template.labels: Invalid value: "data platform"': "spec.jobTemplate.podLabels",
+        "spec.template.spec.containers[0].resources.requests: Invalid value: \"2\": must be less than or equal to "
+        "cpu limit": "spec.jobTemplate.resources",
+        "quantities must match the regular expression": "spec.jobTemplate.resources",
+        "Job spec.template.spec.containers[0].env[3].name: Field required": "spec.jobTemplate.env",
+        "spec.template.spec.containers[1].securityContext.runAsUser: Invalid value": "spec.jobTemplate.securityContext",
+        "spec.template.spec.volumes[1].persistentVolumeClaim.claimName: Required value": "spec.backup.volume",
+    }
+    for message, field in cases.items():
+        assert source_field(message) == field, message
+    assert source_field("exceeded quota: compute-resources") is None

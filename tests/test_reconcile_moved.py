@@ -226,3 +226,10 @@ def test_a_backup_waiting_for_a_missing_claim_stalls_then_continues_on_its_own()
     assert summary(d) == ("False", "True", "False") and d.jobs == []
     d = advance(d, jobs={"plan": done("plan", PLAN_OK), "backup": done("backup", BACKUP)})
     assert [j.role for j in d.jobs] == ["migrate"]
+
+
+def test_a_name_too_long_for_a_label_is_answered_not_retried() -> None:
+    obs = observe()
+    d = decide(obs.__class__(**{**obs.__dict__, "name": "s" * 120}))
+    assert d.jobs == [] and cond(d, c.STALLED)["reason"] == "InvalidSpec"
+    assert "metadata.name has 120 characters" in d.status["message"] and d.status["observedGeneration"] == 1

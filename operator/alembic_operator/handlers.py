@@ -24,9 +24,10 @@ from . import __version__, kube, metrics
 from . import constants as c
 from .api import parse_spec
 from .dbstate import DatabaseError, DatabaseTarget, decode_secret_value, parse_url, read_revision, sanitize
-from .jobs import ROLES, Owner, Role, build_job, job_name, lock_key
+from .jobs import ROLES, Owner, Role, build_job, job_name, lock_key, source_field
 from .podstate import pod_progress
 from .reconcile import (
+    MAX_NAME,
     WRITING_STEPS,
     DatabaseObservation,
     Decision,
@@ -168,6 +169,8 @@ async def _observe_jobs(namespace: str, name: str, generation: int,
                         target: DatabaseTarget | None) -> dict[str, JobObservation]:
     """The Jobs of one generation, by role; for repeating roles (drift checks) the newest, older ones deleted."""
     by_role: dict[str, list[dict[str, Any]]] = {}
+    if len(name) > MAX_NAME:
+        return {}  # not a valid label value: no Job of ours can carry it (decide() says so)
     listed = await kube.list_jobs(namespace, name)
     generations = sorted({_generation(j) for j in listed})[-GENERATIONS_KEPT:]
     for job in listed:
@@ -378,7 +381,7 @@ async def _act(obj: dict[str, Any], decision: Decision, target: DatabaseTarget |
         try:
             await kube.create_job(manifest)
         except kube.Refused as err:
-            raise _JobRefused(req.role, err.message) from None
+            raise _JobRefused(req.role, _with_source(err.message)) from None
         decision.status.setdefault("run", {}).setdefault("jobs", {})[req.role] = job_name(
             owner.name, req.role, req.generation, args.get("instance"))
 
@@ -395,7 +398,12 @@ async def _dry_run_later_jobs(owner: Owner, plan: JobRequest) -> None:
         try:
             await kube.create_job(manifest, dry_run=True)
         except kube.Refused as err:
-            raise _JobRefused(role, err.message) from None
+            raise _JobRefused(role, _with_source(err.message)) from None
+
+
+def _with_source(message: str) -> str:
+    field = source_field(message)
+    return f"{field}: {message}" if field else message
 
 
 async def _database_lineage(ref: tuple[str, str], run: dict[str, Any], database: DatabaseObservation,

@@ -62,6 +62,31 @@ def job_name(owner_name: str, role: Role, generation: int, instance: str | None 
     return f"{owner_name[:keep].rstrip('-.')}-{digest}{suffix}"
 
 
+# Where each part of a Job comes from in the DatabaseMigration: an API server message about the Job names the Job's
+# field; the user needs to hear theirs. First match wins.
+SOURCE_FIELDS: tuple[tuple[re.Pattern[str], str], ...] = tuple((re.compile(p), f) for p, f in (
+    (r"containers\[\d+\]\.resources|quantit", "spec.jobTemplate.resources"),
+    (r"containers\[\d+\]\.env|\.env\[", "spec.jobTemplate.env"),
+    (r"containers\[\d+\]\.securityContext", "spec.jobTemplate.securityContext"),
+    (r"spec\.template\.spec\.securityContext|SecurityContext", "spec.jobTemplate.podSecurityContext"),
+    (r"template\.(metadata\.)?labels", "spec.jobTemplate.podLabels"),
+    (r"template\.(metadata\.)?annotations", "spec.jobTemplate.podAnnotations"),
+    (r"tolerations", "spec.jobTemplate.tolerations"),
+    (r"affinity", "spec.jobTemplate.affinity"),
+    (r"nodeSelector", "spec.jobTemplate.nodeSelector"),
+    (r"serviceAccountName", "spec.jobTemplate.serviceAccountName"),
+    (r"imagePullSecrets", "spec.jobTemplate.imagePullSecrets"),
+    (r"activeDeadlineSeconds", "spec.jobTemplate.activeDeadlineSeconds"),
+    (r"volumes\[", "spec.backup.volume"),
+    (r"containers\[\d+\]\.image|imagePullPolicy", "spec.migrations"),
+))
+
+
+def source_field(message: str) -> str | None:
+    """The DatabaseMigration field behind a Job field named in an API server message (None: not ours to say)."""
+    return next((field for pattern, field in SOURCE_FIELDS if pattern.search(message)), None)
+
+
 def lock_key(database_key: str) -> int:
     """The PostgreSQL advisory lock key of a database: a signed 64-bit integer derived from its identity."""
     value = int.from_bytes(hashlib.sha256(f"alembic-operator:{database_key}".encode()).digest()[:8], "big")

@@ -14,6 +14,7 @@ import json
 from typing import Any
 
 import kubernetes
+import pydantic
 from kubernetes.client import ApiException
 
 from . import constants as c
@@ -124,6 +125,18 @@ def refusal_message(err: ApiException) -> str:
     return str(message or f"HTTP {err.status} {err.reason}")
 
 
+def validation_message(err: pydantic.ValidationError) -> str:
+    """The client's own check of a Job, worded like the API server's: field path, then what is wrong."""
+    parts = []
+    for error in err.errors()[:5]:
+        loc = [str(x) for x in error.get("loc", ())]
+        if loc and loc[0].isdigit():  # the positional argument the body was passed as
+            loc = loc[1:]
+        path = "".join(f"[{x}]" if x.isdigit() else f".{x}" for x in loc).lstrip(".")
+        parts.append(f"Job {path}: {error.get('msg')}")
+    return "; ".join(parts) or str(err).splitlines()[0]
+
+
 async def create_job(manifest: dict[str, Any], dry_run: bool = False) -> None:
     """Create a Job (or only validate it: `dry_run`, the API server's full admission without storing anything).
 
@@ -134,6 +147,8 @@ async def create_job(manifest: dict[str, Any], dry_run: bool = False) -> None:
     try:
         await asyncio.to_thread(_batch().create_namespaced_job, manifest["metadata"]["namespace"],
                                 manifest, **kwargs)  # type: ignore[arg-type]  # the client takes plain dicts too
+    except pydantic.ValidationError as err:  # the client checks the types before sending: the same verdict
+        raise Refused(validation_message(err)) from None
     except ApiException as err:
         if err.status == 409:
             return

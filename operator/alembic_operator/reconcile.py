@@ -35,6 +35,7 @@ MIN_DRIFT_INTERVAL = 10  # seconds; a drift check is a Job, so hourly is the sen
 PLAN_ERRORS = {"MultipleHeads", "UnknownRevision", "UnknownTargetRevision", "DowngradeNotSupported"}
 # A run whose database keeps moving under it (other writers) plans again at most this many times, then stalls.
 MAX_REPLANS = 3
+MAX_NAME = 63  # a DatabaseMigration's name is a label value
 POLL_STARTING = 3.0  # seconds; while a Job's pod has not started, so a pod that cannot start is reported quickly
 WRITING_STEPS = {"BackingUp", "Migrating", "RollingBack"}
 # A Job that failed for one of these changed nothing (the runner and the tools say so) and may succeed later.
@@ -315,6 +316,10 @@ class _Run:
         obs = self.obs
         try:
             parse_spec(obs.spec)
+            if len(obs.name) > MAX_NAME:  # the CRD refuses it; a resource created before that rule still gets told
+                raise ValueError(f"metadata.name has {len(obs.name)} characters, at most {MAX_NAME} are allowed: it is "
+                                 "a label value (the Jobs' owner label, the held pods' wait-for label). Create the "
+                                 "resource under a shorter name")
         except ValueError as err:
             self.generation = obs.generation
             self.run = {"generation": obs.generation, "step": "Done", "result": "Failed", "spec": obs.spec}

@@ -358,6 +358,8 @@ class Gatekeeper:
 
     async def sync(self, key: Key) -> None:
         namespace, name = key
+        if len(name) > 63:
+            return  # no pod can carry it as a label value, so none waits for it (the resource's status says why)
         # Decide on a fresh read (taken while the pods are listed: no added latency), not on the watch's copy,
         # which may be behind when a new spec and the app's pods arrive together.
         fresh, pods = await asyncio.gather(self.read_migration(namespace, name),
