@@ -62,7 +62,9 @@ MMDEBSTRAP_OPTS = (
     "--dpkgopt=path-exclude=/usr/share/locale/*",
 )
 HOST_CA = Path("/etc/ssl/certs/ca-certificates.crt")
-CA_IN_BUILD = "/run/host-ca/ca-certificates.crt"
+# Mounted over /mnt, an empty directory of every Debian image: buildah 1.28 leaves the mountpoints it creates for
+# --volume in the image (empty, but there); an existing directory leaves nothing.
+CA_MOUNT = "/mnt"
 BED_PG_MAJOR = "15"  # Debian bookworm's postgresql-client (the bed's server is Debian's 15 too)
 APP_DIR = "/app"  # where app_image() puts a project: the workingDir of the spec
 BUILD_TIMEOUT = 1800
@@ -293,7 +295,7 @@ def _tls_args() -> list[str]:
     """The host's CA bundle for pip inside RUN steps, as a read-only volume and a build argument (see NOTES)."""
     if not HOST_CA.is_file():
         return []
-    return ["--volume", f"{HOST_CA.parent}:{Path(CA_IN_BUILD).parent}:ro", "--build-arg", f"PIP_CERT={CA_IN_BUILD}"]
+    return ["--volume", f"{HOST_CA.parent}:{CA_MOUNT}:ro", "--build-arg", f"PIP_CERT={CA_MOUNT}/{HOST_CA.name}"]
 
 
 def build(context: Path, dockerfile: Path | None, name: str, build_args: dict[str, str] | None = None) -> str:
@@ -305,7 +307,7 @@ def build(context: Path, dockerfile: Path | None, name: str, build_args: dict[st
     context = context.resolve()
     dockerfile = (dockerfile or context / "Dockerfile").resolve()
     args = dict(build_args or {})
-    key = context_hash(context, dockerfile.read_text(), args)[:32]
+    key = context_hash(context, dockerfile.read_text() + json.dumps(_tls_args()), args)[:32]
     ref = f"localhost/bed/{name}:{key}"
     with _locked(cache_dir() / "builds" / f"{key}.lock"):
         if _cached(key, ref):

@@ -1,0 +1,206 @@
+"""The bed's images (bed/images.py): the build context and its hash without an engine; with buildah (bed-marked),
+the bases, the content cache, the thin app layer, the shop image and a push to a real registry in a private
+network namespace."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from apps import linear, make_project
+from bed import images
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _needs(*tools: str) -> None:
+    missing = [t for t in tools if shutil.which(t) is None]
+    if missing:
+        pytest.fail(f"{', '.join(missing)} not installed: `make deps` installs the Debian packages")
+
+
+def run_in(image: str, *cmd: str, volumes: tuple[str, ...] = ()) -> str:
+    """`cmd` in a working container of `image` (chroot isolation, as the image's USER); its stdout."""
+    vol_args = " ".join(f"-v {v}" for v in volumes)
+    script = ('set -e; c=$(buildah from --pull-never "$1"); shift; trap \'buildah rm "$c" >/dev/null\' EXIT; '
+              f'buildah run --isolation chroot {vol_args} "$c" -- "$@"')
+    proc = subprocess.run(images.in_cache_ns(["sh", "-c", script, "sh", image, *cmd]), env=images._buildah_env(),
+                          capture_output=True, text=True, check=False, timeout=300)
+    assert proc.returncode == 0, f"{cmd} in {image}: {proc.stdout}{proc.stderr}"
+    return proc.stdout
+
+
+# --- without an engine ------------------------------------------------------------------------------------------
+
+
+def test_context_follows_dockerignore(tmp_path: Path) -> None:
+    (tmp_path / ".dockerignore").write_text("# comment\n*\n!keep/\nkeep/**/__pycache__\n!top.txt\n/skip*\n")
+    for rel in ("keep/a.py", "keep/sub/b.py", "keep/sub/__pycache__/b.pyc", "top.txt", "other.txt",
+                "big/data.bin", "skipme"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(rel)
+    assert images.context_files(tmp_path) == ["keep", "keep/a.py", "keep/sub", "keep/sub/b.py", "top.txt"]
+
+
+def test_context_of_the_project_dockerfile_matches_test_image() -> None:
+    """The operator image's context by bed/images.py's rules is the one test_image.py checks (its own parser)."""
+    import test_image
+
+    ours = {p for p in images.context_files(REPO) if (REPO / p).is_file()}
+    assert ours == {p.relative_to(REPO).as_posix() for p in test_image.context_files()}
+
+
+def test_hash_follows_content_mode_dockerfile_and_args(tmp_path: Path) -> None:
+    (tmp_path / "a.txt").write_text("one")
+    (tmp_path / "ignored.log").write_text("x")
+    (tmp_path / ".dockerignore").write_text("*.log\n")
+    first = images.context_hash(tmp_path, "FROM x", {"A": "1"})
+    assert images.context_hash(tmp_path, "FROM x", {"A": "1"}) == first
+    (tmp_path / "ignored.log").write_text("changed")  # not in the context: no rebuild
+    assert images.context_hash(tmp_path, "FROM x", {"A": "1"}) == first
+    seen = {first, images.context_hash(tmp_path, "FROM y", {"A": "1"}),
+            images.context_hash(tmp_path, "FROM x", {"A": "2"})}
+    (tmp_path / "a.txt").write_text("two")
+    seen.add(images.context_hash(tmp_path, "FROM x", {"A": "1"}))
+    (tmp_path / "a.txt").chmod(0o755)
+    seen.add(images.context_hash(tmp_path, "FROM x", {"A": "1"}))
+    (tmp_path / "new").mkdir()
+    seen.add(images.context_hash(tmp_path, "FROM x", {"A": "1"}))
+    assert len(seen) == 6
+
+
+def test_bed_dockerfiles_are_hadolint_clean() -> None:
+    exe = shutil.which("hadolint", path=str(Path(sys.executable).parent)) or shutil.which("hadolint")
+    assert exe, "hadolint is not installed (dev extra)"
+    files = [*sorted(images.DOCKERFILES.glob("*/Dockerfile")), REPO / "examples" / "shop" / "Dockerfile"]
+    proc = subprocess.run([exe, "--failure-threshold", "info", *map(str, files)], capture_output=True, text=True,
+                          check=False, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+# --- with buildah -----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.bed
+def test_bases_build_once_then_come_from_the_cache() -> None:
+    _needs("buildah", "mmdebstrap")
+    debian, python = images.debian_base(), images.python_base()
+    started = time.monotonic()
+    assert (images.debian_base(), images.python_base()) == (debian, python)
+    assert time.monotonic() - started < 5, "a cache hit must not rebuild"
+    # Another process (another test session) finds them too.
+    proc = subprocess.run([sys.executable, "-m", "bed.images", "debian", "python"], capture_output=True, text=True,
+                          check=True, timeout=120, env={**os.environ, "PYTHONPATH": str(REPO / "tests")})
+    assert debian in proc.stdout and python in proc.stdout
+    out = run_in(python, "sh", "-c", "python3 --version; id -u; test ! -e /var/cache/apt/archives/*.deb && echo clean")
+    assert out.startswith("Python 3.11") and out.split()[-1] == "clean", out
+
+
+@pytest.mark.bed
+def test_a_removed_image_is_rebuilt(tmp_path: Path) -> None:
+    _needs("buildah")
+    (tmp_path / "Dockerfile").write_text(f"FROM {images.debian_base()}\nRUN echo {tmp_path.name} > /stamp\n")
+    ref = images.build(tmp_path, None, "scratch-test")
+    assert images.build(tmp_path, None, "scratch-test") == ref
+    images.buildah("rmi", "--force", ref)
+    assert images.build(tmp_path, None, "scratch-test") == ref and images.image_exists(ref)
+    images.buildah("rmi", "--force", ref)
+
+
+@pytest.mark.bed
+def test_app_image_is_a_thin_cached_layer_on_the_app_base(tmp_path: Path) -> None:
+    _needs("buildah")
+    base = images.app_base()
+    make_project(tmp_path / "proj", linear(2))
+    started = time.monotonic()
+    ref = images.app_image(tmp_path / "proj")
+    first = time.monotonic() - started
+    started = time.monotonic()
+    assert images.app_image(tmp_path / "proj") == ref
+    assert time.monotonic() - started < 1.5
+    assert first < 10, f"the thin layer took {first:.1f}s"
+    out = run_in(ref, "sh", "-c", "id -u; pwd; python -c 'import alembic, sqlalchemy, psycopg; print(\"ok\")'; "
+                                  "alembic heads")
+    uid, cwd, ok, heads = out.split("\n")[:4]
+    assert (uid, cwd, ok) == ("10001", images.APP_DIR, "ok")
+    assert heads.startswith(linear(2)[-1].id), out
+    (tmp_path / "proj" / "alembic.ini").write_text((tmp_path / "proj" / "alembic.ini").read_text() + "\n")
+    assert images.app_image(tmp_path / "proj") != ref
+    assert base in images.app_base()
+
+
+@pytest.mark.bed
+def test_shop_image_runs_as_a_non_root_user() -> None:
+    _needs("buildah")
+    ref = images.shop_image()
+    out = run_in(ref, "sh", "-c", "id -u; alembic heads")
+    assert out.split()[:2] == ["65534", "88d79e1b94a5"], out
+    fixed = images.shop_image(fixed=True)
+    assert fixed != ref
+    assert "ck_orders_total_not_negative" in run_in(fixed, "sh", "-c", "cat migrations/versions/88d79e1b94a5_*.py")
+
+
+# --- a real registry in a private network namespace -------------------------------------------------------------
+
+
+@pytest.fixture
+def registry(tmp_path: Path) -> Iterator[tuple[str, list[str]]]:
+    """Debian's docker-registry on 127.0.0.1 inside a network namespace of its own (it dies with the process):
+    yields (HOST:PORT, the command prefix that enters the namespace)."""
+    _needs("docker-registry", "unshare", "nsenter")
+    port = 5000 + os.getpid() % 1000
+    config = tmp_path / "registry.yml"
+    config.write_text(f"version: 0.1\nlog: {{level: warn}}\n"
+                      f"storage: {{filesystem: {{rootdirectory: {tmp_path}/data}}}}\n"
+                      f"http: {{addr: '127.0.0.1:{port}'}}\n")
+    with (tmp_path / "registry.log").open("w") as log:
+        proc = subprocess.Popen(["unshare", "--net", "--", "sh", "-c", 'ip link set lo up && exec "$@"', "sh",
+                                 "docker-registry", "serve", str(config)], stdout=log, stderr=subprocess.STDOUT)
+    enter = ["nsenter", f"--net=/proc/{proc.pid}/ns/net"]
+    try:
+        deadline = time.monotonic() + 20
+        while subprocess.run([*enter, "curl", "-fsS", f"http://127.0.0.1:{port}/v2/"], capture_output=True,
+                             check=False).returncode != 0:
+            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "registry.log").read_text()
+            time.sleep(0.2)
+        # The host's loopback does not have it: the registry lives only in the namespace.
+        assert subprocess.run(["curl", "-fsS", "-m", "2", f"http://127.0.0.1:{port}/v2/"], capture_output=True,
+                              check=False).returncode != 0
+        yield f"127.0.0.1:{port}", enter
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+    assert not Path(f"/proc/{proc.pid}").exists() or proc.returncode is not None
+
+
+@pytest.mark.bed
+def test_push_to_a_registry_in_a_network_namespace(registry: tuple[str, list[str]], tmp_path: Path) -> None:
+    _needs("buildah", "curl")
+    host, enter = registry
+    make_project(tmp_path / "proj", linear(1))
+    started = time.monotonic()
+    ref = images.app_image(tmp_path / "proj", push_to=f"{host}/apps/app", netns_cmd=enter)
+    pushed = time.monotonic() - started
+    name, _, digest = ref.partition("@")
+    assert name.startswith(f"{host}/apps/app:") and digest.startswith("sha256:"), ref
+    manifest = subprocess.run([*enter, "curl", "-fsS", "-H", "Accept: application/vnd.oci.image.manifest.v1+json",
+                               "-H", "Accept: application/vnd.docker.distribution.manifest.v2+json",
+                               f"http://{host}/v2/apps/app/manifests/{digest}"],
+                              capture_output=True, text=True, check=False, timeout=30)
+    assert manifest.returncode == 0 and '"layers"' in manifest.stdout, manifest.stderr
+    # A second push of the same image finds every blob there already.
+    again = images.push(images.app_image(tmp_path / "proj"), name, netns_cmd=enter)
+    assert again == ref
+    print(f"pushed the app image in {pushed:.1f}s")
