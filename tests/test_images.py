@@ -111,8 +111,37 @@ def test_a_removed_image_is_rebuilt(tmp_path: Path) -> None:
     ref = images.build(tmp_path, None, "scratch-test")
     assert images.build(tmp_path, None, "scratch-test") == ref
     images.buildah("rmi", "--force", ref)
+    images._VERIFIED.clear()  # as a new process would see it
     assert images.build(tmp_path, None, "scratch-test") == ref and images.image_exists(ref)
     images.buildah("rmi", "--force", ref)
+
+
+COUNT_BUDS = """
+import sys
+from pathlib import Path
+from bed import images
+buds = []
+real = images.buildah
+def counting(*args, **kwargs):
+    buds.extend(args[:1] if args[:1] == ("bud",) else ())
+    return real(*args, **kwargs)
+images.buildah = counting
+print(images.build(Path(sys.argv[1]), None, "concurrency-test"), len(buds))
+"""
+
+
+@pytest.mark.bed
+def test_two_processes_building_the_same_context_build_it_once(tmp_path: Path) -> None:
+    _needs("buildah")
+    (tmp_path / "Dockerfile").write_text(f"FROM {images.debian_base()}\nRUN sleep 2 && echo {tmp_path.name} > /s\n")
+    env = {**os.environ, "PYTHONPATH": str(REPO / "tests")}
+    procs = [subprocess.Popen([sys.executable, "-c", COUNT_BUDS, str(tmp_path)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=env) for _ in range(2)]
+    outs = [proc.communicate(timeout=300) for proc in procs]
+    assert [proc.returncode for proc in procs] == [0, 0], outs
+    refs = {out.split()[0] for out, _err in outs}
+    assert len(refs) == 1 and sorted(int(out.split()[1]) for out, _err in outs) == [0, 1], outs
+    images.buildah("rmi", "--force", refs.pop())
 
 
 @pytest.mark.bed
