@@ -113,7 +113,11 @@ def test_a_removed_image_is_rebuilt(tmp_path: Path) -> None:
     images.buildah("rmi", "--force", ref)
     images._VERIFIED.clear()  # as a new process would see it
     assert images.build(tmp_path, None, "scratch-test") == ref and images.image_exists(ref)
-    images.buildah("rmi", "--force", ref)
+    # prune() removes what has not been used for long (only this record is that old: 1970)
+    record = images.cache_dir() / "builds" / f"{ref.rsplit(':', 1)[1]}.json"
+    os.utime(record, (0, 0))
+    assert images.prune(max_age_days=(time.time() - 86400) / 86400, dangling=False) == [ref]
+    assert not images.image_exists(ref) and not record.exists()
 
 
 COUNT_BUDS = """

@@ -313,7 +313,30 @@ def _cached(key: str, ref: str) -> bool:
     if proc.returncode != 0 or not image_id or proc.stdout.strip() != image_id:
         return False
     _VERIFIED.add(key)
+    os.utime(record)  # last use, for prune()
     return True
+
+
+def prune(max_age_days: float = 14, dangling: bool = True) -> list[str]:
+    """Remove the images no build has asked for in `max_age_days` (by their records' times) and, with `dangling`,
+    the untagged ones (``--layers`` steps: the next build redoes them): every edit of the operator's code leaves a
+    few hundred MB behind otherwise. Returns the refs removed."""
+    removed = []
+    cutoff = time.time() - max_age_days * 86400
+    for record in sorted((cache_dir() / "builds").glob("*.json")):
+        with _locked(record.with_suffix(".lock")):
+            if record.stat().st_mtime >= cutoff:
+                continue
+            ref = json.loads(record.read_text()).get("ref", "")
+            proc = subprocess.run(buildah_cmd("rmi", ref), env=_buildah_env(), capture_output=True, text=True,
+                                  check=False, timeout=120)
+            if proc.returncode == 0 or "image not known" in proc.stderr:
+                record.unlink()
+                removed.append(ref)
+    if dangling:
+        subprocess.run(buildah_cmd("rmi", "--prune"), env=_buildah_env(), capture_output=True, check=False,
+                       timeout=600)
+    return removed
 
 
 def _tls_args() -> list[str]:
@@ -449,7 +472,8 @@ def _timed(label: str, fn: Callable[[], str]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bed.images", description="build the bed's images (cached)")
     parser.add_argument("what", nargs="*", default=["all"],
-                        help="debian, python, operator, appbase, shop, app:DIR, build:DIR (default: all)")
+                        help="debian, python, operator, appbase, shop, app:DIR, build:DIR (default: all), "
+                             "prune:DAYS (remove images unused for DAYS days)")
     parser.add_argument("--push-to", help="HOST:PORT prefix to push to (with --netns PATH for nsenter --net)")
     parser.add_argument("--netns", help="network namespace file, e.g. /run/netns/bed")
     parser.add_argument("--sizes", action="store_true", help="print each image's size")
@@ -461,6 +485,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for item in wanted:
             kind, _, path = item.partition(":")
+            if kind == "prune":
+                print("\n".join(prune(float(path or 14))))
+                continue
             if kind == "app":
                 ref = _timed(item, functools.partial(app_image, Path(path)))
             elif kind == "build":
