@@ -251,3 +251,13 @@ def test_the_image_built_on_the_bed_runs_its_commands(tmp_path: Path) -> None:
     runner = f"/alembic-operator/{Path(jobs.RUNNER).name}"
     assert "plan" in run_in(images.app_base(), "python", runner, "--help", volumes=(f"{shared}:/alembic-operator",))
     assert "plan" in run_in(ref, "python", runner, "--help", volumes=(f"{shared}:/alembic-operator",))
+
+
+def test_every_run_is_valid_bash() -> None:
+    """The PGDG branch cannot be built here (no route to Docker Hub or apt.postgresql.org): at least it parses."""
+    for _stage, word, rest in instructions():
+        if word == "RUN":
+            script = re.sub(r"^(--mount=\S+\s+)+", "", rest)
+            proc = subprocess.run(["bash", "-n", "-o", "pipefail", "-c", script], capture_output=True, text=True,
+                                  check=False, timeout=30)
+            assert proc.returncode == 0, f"{script}\n{proc.stderr}"
