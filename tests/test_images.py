@@ -77,6 +77,13 @@ def test_hash_follows_content_mode_dockerfile_and_args(tmp_path: Path) -> None:
     assert len(seen) == 6
 
 
+def test_repository_names() -> None:
+    assert images._repository("app:1") == "app"
+    assert images._repository("Shop/Web:2@sha256:" + "0" * 64) == "shop/web"
+    with pytest.raises(images.ImageError):
+        images._repository("bad name")
+
+
 def test_bed_dockerfiles_are_hadolint_clean() -> None:
     exe = shutil.which("hadolint", path=str(Path(sys.executable).parent)) or shutil.which("hadolint")
     assert exe, "hadolint is not installed (dev extra)"

@@ -346,17 +346,29 @@ def _tls_args() -> list[str]:
     return ["--volume", f"{HOST_CA.parent}:{CA_MOUNT}:ro", "--build-arg", f"PIP_CERT={CA_MOUNT}/{HOST_CA.name}"]
 
 
+def _repository(name: str) -> str:
+    """`name` without a tag or digest, lower case (what a local image name allows)."""
+    repo = name.split("@", 1)[0]
+    head, _, last = repo.rpartition("/")
+    repo = f"{head}/{last.split(':', 1)[0]}" if head else last.split(":", 1)[0]
+    if not re.fullmatch(r"[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*", repo.lower()):
+        raise ImageError(f"{name!r} is not a repository name")
+    return repo.lower()
+
+
 def build(context: Path, dockerfile: Path | None, name: str, build_args: dict[str, str] | None = None) -> str:
     """``buildah bud`` (chroot isolation) of `context`, or the cached image for the same inputs.
 
-    Returns ``localhost/bed/<name>:<key>``: a name that changes with the content, so images built FROM it are
-    keyed by their base too.
+    `name` is a repository name (``app``, ``shop/web``); a tag in it (``app:1``) is dropped: the local tag is the
+    content key. Returns ``localhost/bed/<name>:<key>``: a name that changes with the content, so images built FROM
+    it are keyed by their base too.
     """
     context = context.resolve()
     dockerfile = (dockerfile or context / "Dockerfile").resolve()
     args = dict(build_args or {})
-    key = context_hash(context, dockerfile.read_text() + json.dumps(_tls_args()), args)[:32]
-    ref = f"localhost/bed/{name}:{key}"
+    repo = _repository(name)
+    key = context_hash(context, f"{repo}\0{dockerfile.read_text()}\0{json.dumps(_tls_args())}", args)[:32]
+    ref = f"localhost/bed/{repo}:{key}"
     with _locked(cache_dir() / "builds" / f"{key}.lock"):
         if _cached(key, ref):
             return ref
