@@ -188,6 +188,32 @@ def test_shop_image_runs_as_a_non_root_user() -> None:
     assert "ck_orders_total_not_negative" in run_in(fixed, "sh", "-c", "cat migrations/versions/88d79e1b94a5_*.py")
 
 
+# buildah's defaults as root (/tmp, /etc and /run are left out: other processes on the machine write there)
+HOST_PLACES = ("/var/lib", "/var/lib/containers", "/var/lib/containers/cache", "/var/tmp", "/etc/containers",
+               "/etc/cni", "/run/containers", "/run/lock")
+
+
+def host_listing() -> dict[str, set[str]]:
+    return {d: set(os.listdir(d)) if os.path.isdir(d) else set() for d in HOST_PLACES}
+
+
+@pytest.mark.bed
+def test_buildah_writes_nothing_outside_the_cache(tmp_path: Path) -> None:
+    """Where buildah writes as root by default (storage, blob-info cache, network locks, big temporary files):
+    a build, a working container and a push leave no new entry there."""
+    _needs("buildah")
+    base = images.debian_base()
+    before = host_listing()
+    (tmp_path / "Dockerfile").write_text(f"FROM {base}\nCOPY f /f\nRUN cat /f\n")
+    (tmp_path / "f").write_text(tmp_path.name)
+    ref = images.build(tmp_path, None, "host-check")
+    run_in(ref, "true")
+    images.buildah("push", ref, f"oci:{tmp_path}/oci:x")
+    images.buildah("rmi", ref)
+    after = host_listing()
+    assert {d: after[d] - before[d] for d in HOST_PLACES if after[d] - before[d]} == {}
+
+
 # --- a real registry in a private network namespace -------------------------------------------------------------
 
 

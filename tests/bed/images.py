@@ -8,8 +8,9 @@ the internet: only Debian's mirror (plain HTTP) and PyPI.
 
 Everything buildah and mmdebstrap write stays under ``$BED_CACHE/images`` (``~/.cache/alembic-operator/images``):
 storage.conf and containers.conf there point buildah's graphroot, runroot and network lock files at it, ``TMPDIR``
-too, and each buildah runs in a private mount namespace whose ``/var/lib`` is a directory of the cache (as root,
-buildah keeps its blob-info cache in ``/var/lib/containers/cache``, with no option to move it).
+too, and each buildah runs in a private mount namespace whose ``/var/lib`` and ``/var/tmp`` are the cache's (as root,
+buildah keeps its blob-info cache in ``/var/lib/containers/cache`` and some temporary files in ``/var/tmp``, with no
+option to move them).
 
 :func:`build` keys an image by a hash of the Dockerfile, the build arguments and every file of the context that
 .dockerignore lets through, tags it ``localhost/bed/<name>:<key>`` and records key -> image id in ``builds/``:
@@ -118,7 +119,9 @@ def _buildah_env() -> dict[str, str]:
         "[network]\n"  # the network backend's lock files (chroot isolation uses the host's network)
         'network_backend = "cni"\n'
         f'network_config_dir = "{root}/net"\n'
-        'cni_plugin_dirs = ["/usr/lib/cni"]\n'))
+        'cni_plugin_dirs = ["/usr/lib/cni"]\n'
+        "[engine]\n"  # buildah's temporary files for image copies (/var/tmp otherwise, whatever TMPDIR says)
+        f'image_copy_tmp_dir = "{root}/tmp"\n'))
     env = dict(os.environ)
     env.update(CONTAINERS_STORAGE_CONF=str(storage_conf), CONTAINERS_CONF=str(containers_conf),
                TMPDIR=str(root / "tmp"), BUILDAH_ISOLATION="chroot")
@@ -133,9 +136,11 @@ def _write_if_changed(path: Path, text: str) -> None:
 
 
 def in_cache_ns(argv: Sequence[str]) -> list[str]:
-    """`argv` in a private mount namespace whose /var/lib is the cache's (see the module docstring)."""
+    """`argv` in a private mount namespace whose /var/lib and /var/tmp are the cache's: as root, buildah keeps its
+    blob-info cache in /var/lib/containers and some temporary files in /var/tmp whatever the configuration says."""
     return ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c",
-            'mount --bind "$0" /var/lib && exec "$@"', str(cache_dir() / "varlib"), *argv]
+            'mount --bind "$0/varlib" /var/lib && mount --bind "$0/tmp" /var/tmp && exec "$@"', str(cache_dir()),
+            *argv]
 
 
 def buildah_cmd(*args: str) -> list[str]:
