@@ -172,6 +172,9 @@ def test_app_image_is_a_thin_cached_layer_on_the_app_base(tmp_path: Path) -> Non
     uid, cwd, ok, heads = out.split("\n")[:4]
     assert (uid, cwd, ok) == ("10001", images.APP_DIR, "ok")
     assert heads.startswith(linear(2)[-1].id), out
+    (tmp_path / "proj" / "migrations" / "__pycache__").mkdir()
+    (tmp_path / "proj" / "migrations" / "__pycache__" / "env.cpython-311.pyc").write_bytes(b"\0")
+    assert images.app_image(tmp_path / "proj") == ref, "bytecode written by in-process runs is not content"
     (tmp_path / "proj" / "alembic.ini").write_text((tmp_path / "proj" / "alembic.ini").read_text() + "\n")
     assert images.app_image(tmp_path / "proj") != ref
     assert base in images.app_base()

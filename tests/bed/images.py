@@ -464,7 +464,13 @@ def app_image(project: Path, push_to: str | None = None, netns_cmd: list[str] | 
     A thin ``buildah bud`` costs about half a second on overlay (measured against ``buildah from`` + ``copy`` +
     ``commit``, which was no faster), so it is a plain build. With `push_to` (``HOST:PORT/REPO``) the image is
     pushed as ``<push_to>:<key>`` and the pushed reference (with digest) is returned; otherwise the local name.
+
+    A project without a .dockerignore gets one that leaves out bytecode: tests that also run Alembic in-process
+    write __pycache__ into it, which must not make a new image.
     """
+    ignore = project / ".dockerignore"
+    if not ignore.exists():
+        ignore.write_text("# bed/images.py app_image(): bytecode is no part of the app\n**/__pycache__\n**/*.pyc\n")
     ref = build(project, DOCKERFILES / "app" / "Dockerfile", "app", {"BASE": app_base()})
     if push_to is None:
         return ref
