@@ -4,7 +4,9 @@ network namespace."""
 
 from __future__ import annotations
 
+import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -15,8 +17,10 @@ from pathlib import Path
 
 import pytest
 
+from alembic_operator import jobs
 from apps import linear, make_project
 from bed import images
+from bed.postgres import Database
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -27,11 +31,12 @@ def _needs(*tools: str) -> None:
         pytest.fail(f"{', '.join(missing)} not installed: `make deps` installs the Debian packages")
 
 
-def run_in(image: str, *cmd: str, volumes: tuple[str, ...] = ()) -> str:
-    """`cmd` in a working container of `image` (chroot isolation, as the image's USER); its stdout."""
-    vol_args = " ".join(f"-v {v}" for v in volumes)
+def run_in(image: str, *cmd: str, volumes: tuple[str, ...] = (), env: dict[str, str] | None = None) -> str:
+    """`cmd` in a working container of `image` (chroot isolation: the host's network; as the image's USER);
+    its stdout. `volumes` are ``HOST:CONTAINER`` bind mounts, `env` extra variables."""
+    opts = [*(f"--volume={v}" for v in volumes), *(f"--env={k}={v}" for k, v in (env or {}).items())]
     script = ('set -e; c=$(buildah from --pull-never "$1"); shift; trap \'buildah rm "$c" >/dev/null\' EXIT; '
-              f'buildah run --isolation chroot {vol_args} "$c" -- "$@"')
+              f'buildah run --isolation chroot {" ".join(map(shlex.quote, opts))} "$c" -- "$@"')
     proc = subprocess.run(images.in_cache_ns(["sh", "-c", script, "sh", image, *cmd]), env=images._buildah_env(),
                           capture_output=True, text=True, check=False, timeout=300)
     assert proc.returncode == 0, f"{cmd} in {image}: {proc.stdout}{proc.stderr}"
@@ -131,6 +136,7 @@ COUNT_BUDS = """
 import sys
 from pathlib import Path
 from bed import images
+from bed.postgres import Database
 buds = []
 real = images.buildah
 def counting(*args, **kwargs):
@@ -215,6 +221,32 @@ def test_buildah_writes_nothing_outside_the_cache(tmp_path: Path) -> None:
     images.buildah("rmi", ref)
     after = host_listing()
     assert {d: after[d] - before[d] for d in HOST_PLACES if after[d] - before[d]} == {}
+
+
+@pytest.mark.bed
+@pytest.mark.postgres
+def test_the_jobs_commands_run_from_the_images_against_postgres(tmp_path: Path, database: Database) -> None:
+    """What the plan and backup Jobs do, container by container, without Kubernetes: the operator image installs
+    the runner into a shared directory, the app image renders the plan, the operator image scans it, then dumps
+    the database with Debian's pg_dump."""
+    _needs("buildah")
+    operator, app = images.operator_image(), images.app_image(make_project(tmp_path / "proj", linear(2)).parent)
+    work, backups = tmp_path / "work", tmp_path / "backups"
+    for d in (work, backups):
+        d.mkdir()
+        d.chmod(0o777)  # an emptyDir / a volume with fsGroup: the images' users (10001, 65532) write there
+    env = {jobs.URL_ENV: database.url}
+    mounts = (f"{work}:{jobs.WORK_DIR}",)
+    run_in(operator, "alembic-operator", "job", "install-runner", jobs.RUNNER, volumes=mounts)
+    run_in(app, "python", jobs.RUNNER, "plan", "--config", "alembic.ini", "--target", "head", "--out", jobs.PLAN_DIR,
+           volumes=mounts, env=env)
+    plan = json.loads((work / "plan" / "plan.json").read_text())
+    assert [r["revision"] for r in plan["revisions"]] == [r.id for r in linear(2)], plan
+    run_in(operator, "alembic-operator", "job", "scan", "--plan-dir", jobs.PLAN_DIR, volumes=mounts)
+    run_in(operator, "alembic-operator", "job", "backup", "--dir", f"{jobs.BACKUP_MOUNT}/ns/app", "--prefix", "app",
+           "--retain", "1", "--location-prefix", "test/ns/app", volumes=(f"{backups}:{jobs.BACKUP_MOUNT}",), env=env)
+    dumps = list((backups / "ns" / "app").glob("app-*"))
+    assert dumps and all(d.stat().st_size > 0 for d in dumps), dumps
 
 
 # --- a real registry in a private network namespace -------------------------------------------------------------
