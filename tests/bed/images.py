@@ -19,6 +19,12 @@ wait for each other on a file lock; different keys build in parallel (containers
 
 The machines this runs on intercept TLS with a CA of their own: builds get the host's bundle as a read-only volume
 and ``PIP_CERT`` as a build argument (only the path; nothing is copied into an image).
+
+Use: ``operator_image()``, ``app_base()``, ``shop_image(fixed=False)`` and ``build(context, dockerfile, name,
+build_args)`` return local names; ``push(local, "HOST:PORT/REPO:TAG", ["nsenter", "--net=..."])`` returns the
+reference pods use (``...@sha256:...``); ``app_image(project_dir, push_to="HOST:PORT/apps/app", netns_cmd=...)``
+does both for a generated Alembic project (its files in ``/app``, user 10001). By hand:
+``PYTHONPATH=tests python -m bed.images [debian|python|operator|appbase|shop|app:DIR|build:DIR|prune:DAYS]``.
 """
 
 from __future__ import annotations
@@ -97,8 +103,8 @@ def _storage_driver() -> str:
     opts = f"lowerdir={probe}/lower,upperdir={probe}/upper,workdir={probe}/work"
     ok = subprocess.run(["unshare", "--mount", "--", "mount", "-t", "overlay", "overlay", "-o", opts,
                          str(probe / "merged")], capture_output=True, check=False, timeout=30).returncode == 0
-    verdict.write_text("overlay" if ok else "vfs")
-    return verdict.read_text().strip()
+    _write_if_changed(verdict, "overlay" if ok else "vfs")
+    return "overlay" if ok else "vfs"
 
 
 def _buildah_env() -> dict[str, str]:
