@@ -485,7 +485,12 @@ def app_image(project: Path, push_to: str | None = None, netns_cmd: list[str] | 
 
 def image_size(ref: str) -> str:
     """The image's uncompressed size as ``buildah images`` prints it (e.g. ``127 MB``)."""
-    return buildah("images", "--format", "{{.Size}}", ref).strip()
+    tag = ref.rsplit(":", 1)[1]
+    for line in buildah("images", "--format", "{{.Tag}} {{.Size}}", ref).splitlines():  # every tag of the repo
+        found, _, size = line.strip().partition(" ")
+        if found == tag:
+            return size.strip()
+    raise ImageError(f"{ref}: not in the store")
 
 
 # --- command line (measurements, and building by hand) -------------------------------------------------------
