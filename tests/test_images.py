@@ -266,12 +266,15 @@ def registry(tmp_path: Path) -> Iterator[tuple[str, list[str]]]:
         proc = subprocess.Popen(["unshare", "--net", "--", "sh", "-c", 'ip link set lo up && exec "$@"', "sh",
                                  "docker-registry", "serve", str(config)], stdout=log, stderr=subprocess.STDOUT)
     enter = ["nsenter", f"--net=/proc/{proc.pid}/ns/net"]
+    netns = None
     try:
         deadline = time.monotonic() + 20
         while subprocess.run([*enter, "curl", "-fsS", f"http://127.0.0.1:{port}/v2/"], capture_output=True,
                              check=False).returncode != 0:
             assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "registry.log").read_text()
             time.sleep(0.2)
+        netns = os.stat(f"/proc/{proc.pid}/ns/net").st_ino  # now (unshare has run)
+        assert netns != os.stat("/proc/self/ns/net").st_ino
         # The host's loopback does not have it: the registry lives only in the namespace.
         assert subprocess.run(["curl", "-fsS", "-m", "2", f"http://127.0.0.1:{port}/v2/"], capture_output=True,
                               check=False).returncode != 0
@@ -283,7 +286,15 @@ def registry(tmp_path: Path) -> Iterator[tuple[str, list[str]]]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=10)
-    assert not Path(f"/proc/{proc.pid}").exists() or proc.returncode is not None
+    if netns is not None:  # nothing is left in the namespace: it is gone
+        assert not [pid for pid in os.listdir("/proc") if pid.isdigit() and _netns_inode(pid) == netns]
+
+
+def _netns_inode(pid: str) -> int | None:
+    try:
+        return os.stat(f"/proc/{pid}/ns/net").st_ino
+    except OSError:
+        return None
 
 
 @pytest.mark.bed
