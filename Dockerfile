@@ -8,14 +8,22 @@
 #
 # The base is pinned by digest (python:3.12-slim-bookworm, linux/amd64+arm64 index); refresh it deliberately with
 # `docker buildx imagetools inspect python:3.12-slim-bookworm` and pass --build-arg PYTHON_IMAGE=... to override.
+# Any Debian-based image with python3 and its venv module works: the Python packages go into a virtualenv
+# (/opt/venv), never into the base's own Python. The test bed builds this file on Debian's python3 with
+# --build-arg PG_SOURCE=debian --build-arg PG_MAJOR=15 (Debian's postgresql-client, no PGDG).
 ARG PYTHON_IMAGE=python:3.12-slim-bookworm@sha256:782412e85d0f0984994c290652577d4018aff08145c85b262bb63dc0c7522254
 
 # --- build: the project's wheel and the wheels of every dependency pyproject.toml declares ----------------------
 FROM ${PYTHON_IMAGE} AS build
+# A CA bundle for pip when the build's network intercepts TLS (the test bed's machines do): a path the builder
+# mounts read-only (`--volume`); it is a build argument, so it never lands in the image's environment.
+ARG PIP_CERT=""
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_ROOT_USER_ACTION=ignore \
-    PYTHONDONTWRITEBYTECODE=1
+    PYTHONDONTWRITEBYTECODE=1 \
+    PATH=/opt/venv/bin:$PATH
+RUN python3 -m venv /opt/venv
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY operator/ operator/
@@ -27,6 +35,9 @@ FROM ${PYTHON_IMAGE}
 # server from 9.2 to N: the newest major from the PostgreSQL project's own apt repository (PGDG) covers the most
 # servers. Debian bookworm's own postgresql-client is 15 and cannot back up PostgreSQL 16, 17 or 18.
 ARG PG_MAJOR=18
+# pgdg: postgresql-client-${PG_MAJOR} from apt.postgresql.org (the default); debian: the base's own distribution
+# (bookworm has 15 only; the test bed uses it so that it needs no download site but Debian's mirror).
+ARG PG_SOURCE=pgdg
 # The PGDG signing key (ACCC4CF8); its full fingerprint is checked before apt trusts it.
 ARG PGDG_KEY_FINGERPRINT=B97B0AFCAA1A47F044F244A07FCC7D46ACCC4CF8
 LABEL org.opencontainers.image.title="alembic-operator" \
@@ -37,29 +48,33 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_ROOT_USER_ACTION=ignore \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
-    ALEMBIC_OPERATOR_PG_BIN=/usr/lib/postgresql/${PG_MAJOR}/bin
+    ALEMBIC_OPERATOR_PG_BIN=/usr/lib/postgresql/${PG_MAJOR}/bin \
+    PATH=/opt/venv/bin:$PATH
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 # Security updates come with the distribution's current versions: apt packages are deliberately not pinned.
 # hadolint ignore=DL3008
 RUN apt-get update \
- && apt-get install -y --no-install-recommends ca-certificates curl gnupg \
- && install -d -m 0755 /usr/share/postgresql-common/pgdg \
- && curl -fsSL -o /usr/share/postgresql-common/pgdg/apt.postgresql.org.asc \
-      https://www.postgresql.org/media/keys/ACCC4CF8.asc \
- && gpg --show-keys --with-colons /usr/share/postgresql-common/pgdg/apt.postgresql.org.asc \
-      | awk -F: '$1 == "fpr" {print $10}' | grep -qx "${PGDG_KEY_FINGERPRINT}" \
- && . /etc/os-release \
- && echo "deb [signed-by=/usr/share/postgresql-common/pgdg/apt.postgresql.org.asc] https://apt.postgresql.org/pub/repos/apt ${VERSION_CODENAME}-pgdg main" \
-      > /etc/apt/sources.list.d/pgdg.list \
- && apt-get update \
- && apt-get install -y --no-install-recommends "postgresql-client-${PG_MAJOR}" \
- && apt-get purge -y --auto-remove curl gnupg \
+ && if [ "${PG_SOURCE}" = pgdg ]; then \
+      apt-get install -y --no-install-recommends ca-certificates curl gnupg \
+      && install -d -m 0755 /usr/share/postgresql-common/pgdg \
+      && curl -fsSL -o /usr/share/postgresql-common/pgdg/apt.postgresql.org.asc \
+           https://www.postgresql.org/media/keys/ACCC4CF8.asc \
+      && gpg --show-keys --with-colons /usr/share/postgresql-common/pgdg/apt.postgresql.org.asc \
+           | awk -F: '$1 == "fpr" {print $10}' | grep -qx "${PGDG_KEY_FINGERPRINT}" \
+      && . /etc/os-release \
+      && echo "deb [signed-by=/usr/share/postgresql-common/pgdg/apt.postgresql.org.asc] https://apt.postgresql.org/pub/repos/apt ${VERSION_CODENAME}-pgdg main" \
+           > /etc/apt/sources.list.d/pgdg.list \
+      && apt-get update \
+      && apt-get purge -y --auto-remove curl gnupg; \
+    elif [ "${PG_SOURCE}" != debian ]; then echo "PG_SOURCE must be pgdg or debian" >&2; exit 1; fi \
+ && apt-get install -y --no-install-recommends ca-certificates "postgresql-client-${PG_MAJOR}" \
  && rm -rf /var/lib/apt/lists/* /root/.gnupg \
  && "/usr/lib/postgresql/${PG_MAJOR}/bin/pg_dump" --version
 # The operator and its dependencies, from the wheels built above only (--no-index): exactly what pyproject.toml
 # declares, nothing fetched at this stage, and no wheel left behind in a layer.
 RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
-    pip install --no-index --find-links=/wheels /wheels/alembic_operator-*.whl \
+    python3 -m venv /opt/venv \
+ && pip install --no-index --find-links=/wheels /wheels/alembic_operator-*.whl \
  && alembic-operator --help > /dev/null
 # A fixed non-root user (the chart's securityContext runs as 65532 too; the Jobs' containers of this image as well).
 RUN groupadd --system --gid 65532 nonroot \

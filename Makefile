@@ -21,13 +21,17 @@ help:
 	@echo "make crd               regenerate crds/ and docs/crd-reference.md from the pydantic model"
 
 # Debian packages: PostgreSQL (server for the tests and the demo, pg_dump/pg_restore for the Jobs), util-linux
-# (unshare, mount: the node agent's mount namespaces). Go builds the control plane.
+# (unshare, mount: the node agent's mount namespaces), mmdebstrap and buildah (the bed's images, tests/bed/images.py),
+# docker-registry (the bed's registry). Go builds the control plane.
 deps:
 	@missing=""; \
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	command -v pg_dump >/dev/null || missing="$$missing postgresql-client"; \
 	command -v unshare >/dev/null || missing="$$missing util-linux"; \
 	command -v curl >/dev/null || missing="$$missing curl"; \
+	command -v mmdebstrap >/dev/null || missing="$$missing mmdebstrap"; \
+	command -v buildah >/dev/null || missing="$$missing buildah"; \
+	command -v docker-registry >/dev/null || missing="$$missing docker-registry"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  $$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get update -qq && \
@@ -75,8 +79,8 @@ bench-gate: deps venv controlplane tools
 	$(PY) tests/bench_gate.py --bed-dir $(BED_DIR) $(BENCH_ARGS)
 
 image-check: venv
-	$(VENV)/bin/hadolint Dockerfile
-	$(PY) -m pytest -q tests/test_image.py
+	$(VENV)/bin/hadolint Dockerfile examples/shop/Dockerfile tests/bed/dockerfiles/*/Dockerfile
+	$(PY) -m pytest -q -m "not bed" tests/test_image.py
 
 chart-check: venv tools
 	$$($(PY) -m bed tools | sed -n 's/^helm=//p') lint --strict --kube-version 1.36.0 charts/alembic-operator

@@ -112,7 +112,10 @@ def _pattern_regex(pattern: str) -> re.Pattern[str]:
     out = ""
     i = 0
     while i < len(pattern):
-        if pattern.startswith("**", i):
+        if pattern.startswith("**/", i):  # zero or more directories, as Docker reads it
+            out += "(?:.*/)?"
+            i += 3
+        elif pattern.startswith("**", i):
             out += ".*"
             i += 2
         elif pattern[i] == "*":
@@ -198,3 +201,63 @@ def test_wheel_from_the_build_context_matches_pyproject(tmp_path: Path) -> None:
                  "alembic_operator/runner/alembic_runner.py", "alembic_operator/metrics.py"):
         assert data in names, f"{data} is not in the wheel"
     assert "alembic-operator = alembic_operator.cli:main" in entry_points
+
+
+# --- the bed's build arguments, and the image itself ------------------------------------------------------------
+
+
+def test_bed_build_arguments_keep_the_users_defaults() -> None:
+    """PG_SOURCE=debian and a local PYTHON_IMAGE are the bed's; a plain `docker build .` still gets the pinned
+    python base and PGDG. The packages go into /opt/venv (works on any Debian python3 with venv), and the CA bundle
+    the bed's network needs is a build argument of the build stage only: never an ENV, never copied."""
+    ins = instructions()
+    args = {rest.split("=", 1)[0]: rest.split("=", 1)[1] for _s, word, rest in ins if word == "ARG" and "=" in rest}
+    assert args["PG_SOURCE"] == "pgdg"
+    runs = [(stage, rest) for stage, word, rest in ins if word == "RUN"]
+    assert any(stage == 0 and "python3 -m venv /opt/venv" in rest for stage, rest in runs)
+    assert any(stage == 1 and "python3 -m venv /opt/venv" in rest for stage, rest in runs)
+    for stage in (0, 1):
+        envs = " ".join(rest for s, word, rest in ins if word == "ENV" and s == stage)
+        assert "PATH=/opt/venv/bin:$PATH" in envs
+        assert "PIP_CERT" not in envs and "SSL_CERT" not in envs
+    assert [(s, rest) for s, word, rest in ins if word == "ARG" and rest.startswith("PIP_CERT")] == [(0, 'PIP_CERT=""')]
+    assert not any("ca-certificates.crt" in rest or "host-ca" in rest for _s, _w, rest in ins)
+
+
+@pytest.mark.bed
+def test_the_image_built_on_the_bed_runs_its_commands(tmp_path: Path) -> None:
+    """The project's Dockerfile, built by buildah on the bed's Debian python and postgresql-client: the operator,
+    pg_dump/pg_restore where ALEMBIC_OPERATOR_PG_BIN says, the SQL scanner and the runner, as user 65532."""
+    from bed import images
+    from test_images import run_in
+
+    ref = images.operator_image()
+    out = run_in(ref, "sh", "-c", 'id -u; alembic-operator --help >/dev/null && echo help-ok; '
+                                  '"$ALEMBIC_OPERATOR_PG_BIN/pg_dump" --version; '
+                                  '"$ALEMBIC_OPERATOR_PG_BIN/pg_restore" --version; pg_dump --version; '
+                                  'alembic-operator job scan --help >/dev/null && echo scan-ok; '
+                                  'command -v python; ls -A /mnt | wc -l')
+    lines = out.splitlines()
+    assert lines[0] == str(jobs.OPERATOR_UID) and lines[1] == "help-ok", out
+    assert lines[2].startswith(f"pg_dump (PostgreSQL) {images.BED_PG_MAJOR}.")
+    assert lines[3].startswith(f"pg_restore (PostgreSQL) {images.BED_PG_MAJOR}.")
+    assert lines[5:] == ["scan-ok", "/opt/venv/bin/python", "0"], out  # the build's CA mount left nothing
+    # The runner, as the Jobs use it: the operator image installs it into a shared directory, another image runs it.
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o777)
+    shared.chmod(0o777)
+    run_in(ref, "alembic-operator", "job", "install-runner", f"/alembic-operator/{Path(jobs.RUNNER).name}",
+           volumes=(f"{shared}:/alembic-operator",))
+    runner = f"/alembic-operator/{Path(jobs.RUNNER).name}"
+    assert "plan" in run_in(images.app_base(), "python", runner, "--help", volumes=(f"{shared}:/alembic-operator",))
+    assert "plan" in run_in(ref, "python", runner, "--help", volumes=(f"{shared}:/alembic-operator",))
+
+
+def test_every_run_is_valid_bash() -> None:
+    """The PGDG branch cannot be built here (no route to Docker Hub or apt.postgresql.org): at least it parses."""
+    for _stage, word, rest in instructions():
+        if word == "RUN":
+            script = re.sub(r"^(--mount=\S+\s+)+", "", rest)
+            proc = subprocess.run(["bash", "-n", "-o", "pipefail", "-c", script], capture_output=True, text=True,
+                                  check=False, timeout=30)
+            assert proc.returncode == 0, f"{script}\n{proc.stderr}"
