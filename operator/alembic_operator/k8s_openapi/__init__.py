@@ -19,7 +19,13 @@ What :func:`generate` does to make the published schemas CRD schemas (which are 
 annotations dropped (they mean nothing in a CRD); ``IntOrString`` as ``x-kubernetes-int-or-string``; ``Quantity``
 (string or number) as int-or-string with the grammar of ``resource.ParseQuantity`` as a pattern, as controller-gen
 writes it (so a fractional quantity must be quoted: ``cpu: "0.5"``). Any other keyword raises, so that an upgrade
-that publishes something new is looked at rather than silently passed on.
+that publishes something new is looked at rather than silently passed on. Enums are kept as the live API server
+publishes them (the source tree's copy of the document has none, hence generating from a running server).
+
+Why a pattern and not CEL's ``isQuantity(self)``: the function exists in 1.36 CRDs, but in Kubernetes' maps, which
+have no ``maxProperties``, its estimated cost exceeds the CRD budget more than 100 times and the CRD is refused; a
+pattern costs nothing, and a number-or-string node cannot be typed for CEL at all. Bounds are never added to
+Kubernetes' schemas: they would refuse what a Pod accepts.
 """
 
 from __future__ import annotations
