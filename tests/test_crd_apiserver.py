@@ -266,7 +266,7 @@ def test_vendored_core_v1_schemas_are_what_the_api_server_publishes(bed: Bed) ->
     assert status == 200, version[:500]
     expected = k8s_openapi.render(k8s_openapi.generate(json.loads(body), json.loads(version)["gitVersion"]))
     vendored = Path(k8s_openapi.__file__).with_name(k8s_openapi.VENDORED).read_text(encoding="utf-8")
-    assert vendored == expected, "run python -m alembic_operator.k8s_openapi (see its docstring), then make crd"
+    assert vendored == expected, f"out of date: KUBECONFIG={bed.kubeconfig} make k8s-openapi"
 
 
 def test_name_longer_than_63_is_refused_naming_the_field(crd: dict[str, Any], objects: Any, namespace: str) -> None:

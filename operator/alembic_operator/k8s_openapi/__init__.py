@@ -8,9 +8,7 @@ validators: the API server's and :func:`validate`).
 ``core-v1.json`` is generated from what the API server publishes at ``/openapi/v3/api/v1``, never edited by hand;
 a bed test checks it is exactly what :func:`generate` makes of the live document. To upgrade Kubernetes, regenerate:
 
-    kubectl get --raw /openapi/v3/api/v1 > /tmp/core-v1.json
-    kubectl version    # the server's gitVersion, e.g. v1.36.3
-    python -m alembic_operator.k8s_openapi /tmp/core-v1.json --version v1.36.3
+    KUBECONFIG=<a cluster of the new version> python -m alembic_operator.k8s_openapi    # or: make k8s-openapi
     make crd
 
 What :func:`generate` does to make the published schemas CRD schemas (which are structural and cannot use ``$ref``):
@@ -257,15 +255,39 @@ def _duplicates(schema: dict[str, Any], items: list[Any], path: str) -> list[str
 # --- command line -----------------------------------------------------------------------------------------------
 
 
+def _from_cluster() -> tuple[dict[str, Any], str]:
+    """The published document and the server's gitVersion, from the cluster of the current kubeconfig."""
+    import kubernetes
+
+    kubernetes.config.load_kube_config()  # type: ignore[no-untyped-call]
+    with kubernetes.client.ApiClient() as client:
+        request = client.param_serialize(method="GET", resource_path=SOURCE, auth_settings=["BearerToken"])
+        response = client.call_api(*request)
+        response.read()
+        version = kubernetes.client.VersionApi(client).get_code().git_version
+        return json.loads(response.data), str(version)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m alembic_operator.k8s_openapi", description=__doc__.split("\n")[0])
-    parser.add_argument("openapi", type=Path, help=f"the API server's {SOURCE} document (kubectl get --raw {SOURCE})")
-    parser.add_argument("--version", required=True, help="the API server's gitVersion, e.g. v1.36.3")
+    parser.add_argument(
+        "openapi",
+        type=Path,
+        nargs="?",
+        help=f"a saved {SOURCE} document (kubectl get --raw {SOURCE}); default: read it from the current kubeconfig's "
+        "cluster, with its version",
+    )
+    parser.add_argument("--version", help="the API server's gitVersion, e.g. v1.36.3 (with a saved document)")
     args = parser.parse_args(argv)
-    document = generate(json.loads(args.openapi.read_text(encoding="utf-8")), args.version)
+    if args.openapi is None:
+        openapi, version = _from_cluster()
+    elif args.version:
+        openapi, version = json.loads(args.openapi.read_text(encoding="utf-8")), args.version
+    else:
+        parser.error("--version is needed with a saved document")
     target = Path(__file__).with_name(VENDORED)
-    target.write_text(render(document), encoding="utf-8")
-    print(f"wrote {target}; now run `make crd`")
+    target.write_text(render(generate(openapi, version)), encoding="utf-8")
+    print(f"wrote {target} from kube-apiserver {version}; now run `make crd`")
     return 0
 
 
