@@ -8,7 +8,7 @@ BED_DIR   ?= $(CURDIR)/.bed
 PYTEST_ARGS ?=
 export PYTHONPATH := $(CURDIR)/tests$(if $(PYTHONPATH),:$(PYTHONPATH))
 
-.PHONY: help deps venv controlplane tools test test-unit lint demo dev-cluster dev-cluster-down crd clean \
+.PHONY: help deps venv controlplane tools test test-unit lint demo dev-cluster dev-cluster-down crd k8s-openapi clean \
         image-check chart-check bench-gate
 
 help:
@@ -19,6 +19,7 @@ help:
 	@echo "make dev-cluster-down  stop it"
 	@echo "make bench-gate        Ready -> last held pod released, for 1/10/100 pods (median, p99)"
 	@echo "make crd               regenerate crds/ and docs/crd-reference.md from the pydantic model"
+	@echo "make k8s-openapi       re-vendor Kubernetes' core/v1 schemas from \$$KUBECONFIG's API server, then make crd"
 
 # Debian packages: PostgreSQL (server for the tests and the demo, pg_dump/pg_restore for the Jobs), util-linux
 # (unshare, mount: the node agent's mount namespaces), mmdebstrap and buildah (the bed's images, tests/bed/images.py),
@@ -64,6 +65,11 @@ lint: venv
 	$(VENV)/bin/mypy
 
 crd: venv
+	$(PY) -m alembic_operator.crdgen
+
+# After a Kubernetes upgrade: point KUBECONFIG at a cluster of the new version (e.g. make dev-cluster).
+k8s-openapi: venv
+	$(PY) -m alembic_operator.k8s_openapi
 	$(PY) -m alembic_operator.crdgen
 
 dev-cluster: deps venv controlplane tools

@@ -8,6 +8,7 @@ server, are checked in test_crd_apiserver.py against the same cases.
 from __future__ import annotations
 
 import copy
+import json
 import re
 from dataclasses import dataclass
 from datetime import datetime
@@ -19,7 +20,7 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
-from alembic_operator import api, constants, crdgen
+from alembic_operator import api, constants, crdgen, k8s_openapi
 
 REPO = Path(__file__).resolve().parents[1]
 API_MD = REPO.parent / "shared" / "API.md"
@@ -141,7 +142,112 @@ INVALID: list[Invalid] = [
     Invalid("suspend-not-bool", _with("suspend", "yes"), "spec.suspend", "schema"),
     Invalid("retain-as-string", _with("backup.retain", "5"), "spec.backup.retain", "schema"),
     Invalid("pull-secret-without-name", _with("jobTemplate.imagePullSecrets", [{}]), "imagePullSecrets", "schema"),
+    # Issue 9: specs the API server used to let through, refused only when the operator created a Job.
+    Invalid("env-without-name", _with("jobTemplate.env", [{"value": "x"}]), "spec.jobTemplate.env[0].name", "schema"),
+    Invalid(
+        "cpu-lots",
+        _with("jobTemplate.resources", {"requests": {"cpu": "lots"}}),
+        "spec.jobTemplate.resources.requests.cpu",
+        "schema",
+    ),
+    Invalid(
+        "label-value-with-space",
+        _with("jobTemplate.podLabels", {"team": "a b"}),
+        "spec.jobTemplate.podLabels.team",
+        "schema",
+    ),
+    Invalid(
+        "label-value-too-long",
+        _with("jobTemplate.podLabels", {"team": "a" * 64}),
+        "spec.jobTemplate.podLabels.team",
+        "schema",
+    ),
+    Invalid(
+        "node-selector-value-with-space",
+        _with("jobTemplate.nodeSelector", {"pool": "db nodes"}),
+        "spec.jobTemplate.nodeSelector.pool",
+        "schema",
+    ),
+    Invalid(
+        "run-as-user-root",
+        _with("jobTemplate.securityContext", {"runAsUser": "root"}),
+        "spec.jobTemplate.securityContext.runAsUser",
+        "schema",
+    ),
+    Invalid(
+        "pod-fs-group-as-string",
+        _with("jobTemplate.podSecurityContext", {"fsGroup": "1000"}),
+        "spec.jobTemplate.podSecurityContext.fsGroup",
+        "schema",
+    ),
+    Invalid(
+        "toleration-effect-typo",
+        _with("jobTemplate.tolerations", [{"key": "dedicated", "effect": "NoSchedul"}]),
+        "spec.jobTemplate.tolerations[0].effect",
+        "schema",
+    ),
+    Invalid(
+        "affinity-term-without-topology-key",
+        _with("jobTemplate.affinity", {"podAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [{}]}}),
+        "spec.jobTemplate.affinity.podAffinity.requiredDuringSchedulingIgnoredDuringExecution[0].topologyKey",
+        "schema",
+    ),
+    Invalid(
+        "unquoted-fractional-cpu",  # the CRD convention for quantities (int-or-string): quote fractions
+        _with("jobTemplate.resources", {"limits": {"cpu": 0.5}}),
+        "spec.jobTemplate.resources.limits.cpu",
+        "schema",
+    ),
+    Invalid("drift-interval-below-minimum", _with("driftCheck.interval", "5s"), "spec.driftCheck.interval", "cel"),
+    Invalid("drift-interval-zero", _with("driftCheck.interval", "0s"), "spec.driftCheck.interval", "cel"),
+    Invalid("drift-interval-too-large", _with("driftCheck.interval", "9999999h"), "spec.driftCheck.interval", "schema"),
 ]
+
+# A jobTemplate using every core/v1 field, as users write them: accepted and stored unchanged.
+RICH_JOB_TEMPLATE: dict[str, Any] = yaml.safe_load(
+    """
+serviceAccountName: shop-migrator
+resources:
+  requests: {cpu: 100m, memory: 256Mi}
+  limits: {cpu: "1.5", memory: 1Gi, ephemeral-storage: 2G}
+nodeSelector: {kubernetes.io/arch: amd64, pool: ""}
+tolerations:
+- {key: dedicated, operator: Equal, value: batch, effect: NoSchedule}
+- {operator: Exists, effect: NoExecute, tolerationSeconds: 30}
+affinity:
+  nodeAffinity:
+    requiredDuringSchedulingIgnoredDuringExecution:
+      nodeSelectorTerms:
+      - matchExpressions: [{key: kubernetes.io/os, operator: In, values: [linux]}]
+  podAffinity:
+    preferredDuringSchedulingIgnoredDuringExecution:
+    - weight: 50
+      podAffinityTerm:
+        topologyKey: kubernetes.io/hostname
+        labelSelector: {matchLabels: {app: shop-db}}
+activeDeadlineSeconds: 900
+env:
+- {name: APP_ENV, value: production}
+- name: FEATURE_FLAGS
+  valueFrom: {configMapKeyRef: {name: shop-flags, key: flags, optional: true}}
+- name: POD_NAME
+  valueFrom: {fieldRef: {fieldPath: metadata.name}}
+- name: MEMORY_LIMIT
+  valueFrom: {resourceFieldRef: {resource: limits.memory, divisor: 1Mi}}
+podLabels: {app.kubernetes.io/part-of: shop, tier: migrations, empty: ""}
+podAnnotations: {sidecar.istio.io/inject: "false"}
+podSecurityContext:
+  runAsNonRoot: true
+  runAsUser: 1000
+  fsGroup: 1000
+  seccompProfile: {type: RuntimeDefault}
+  sysctls: [{name: net.ipv4.ip_local_port_range, value: "1024 65535"}]
+securityContext:
+  allowPrivilegeEscalation: false
+  readOnlyRootFilesystem: true
+  capabilities: {drop: [ALL]}
+"""
+)
 
 # Fields the API server's pruning/strict field validation refuses (kubectl: "unknown field").
 UNKNOWN_FIELDS: list[Invalid] = [
@@ -234,7 +340,14 @@ def schema_errors(schema: dict[str, Any], value: Any, path: str) -> list[str]:
     """Errors of ``value`` against a structural schema (unknown fields count as errors: kubectl's strict mode)."""
     t = schema.get("type")
     kinds = {"object": dict, "array": list, "string": str, "boolean": bool}
-    if t == "integer":
+    if schema.get("x-kubernetes-int-or-string"):
+        assert schema["anyOf"] == [{"type": "integer"}, {"type": "string"}], path
+        if not isinstance(value, int | str) or isinstance(value, bool):
+            return [f"{path}: must be an integer or a string"]
+    elif t == "number":
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            return [f"{path}: must be a number"]
+    elif t == "integer":
         if not isinstance(value, int) or isinstance(value, bool):
             return [f"{path}: must be an integer"]
     elif t in kinds and not isinstance(value, kinds[t]):
@@ -397,9 +510,12 @@ def test_every_property_has_a_description(crd: dict[str, Any]) -> None:
 def test_schema_is_structural(crd: dict[str, Any]) -> None:
     root = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
     for path, node in [("", root), *_walk(root, "")]:
-        assert node.get("type") or node.get(PRESERVE), f"{path}: no type"
-        for key in ("$ref", "anyOf", "allOf", "oneOf", "title", "nullable"):
+        assert node.get("type") or node.get(PRESERVE) or node.get("x-kubernetes-int-or-string"), f"{path}: no type"
+        for key in ("$ref", "allOf", "oneOf", "title", "nullable", "default" if ".jobTemplate." in path else ""):
             assert key not in node, f"{path}: {key}"
+        if "anyOf" in node:  # only as int-or-string (quantities), the one union a structural schema allows
+            assert node["x-kubernetes-int-or-string"] is True, path
+            assert node["anyOf"] == [{"type": "integer"}, {"type": "string"}], path
         assert node.get("additionalProperties") is not False, path
         assert not ("properties" in node and "additionalProperties" in node), path
         if "default" in node:
@@ -407,8 +523,15 @@ def test_schema_is_structural(crd: dict[str, Any]) -> None:
 
 
 def test_strings_and_lists_in_the_spec_are_bounded(spec_schema: dict[str, Any]) -> None:
-    """CEL's cost estimate needs bounds on what a rule could iterate; keep every string and list in the spec bounded."""
+    """CEL's cost estimate needs bounds on what a rule could iterate; keep every string and list in the spec bounded.
+
+    Kubernetes' own schemas (core/v1 fields) have no bounds, and adding some would refuse what Kubernetes accepts:
+    no CEL rule may sit inside them (a pattern costs nothing, which is why quantities use one)."""
+    core = tuple(crdgen.core_v1_fields())
     for path, node in _walk(spec_schema, "spec"):
+        if path.startswith(core) and path not in core:
+            assert "x-kubernetes-validations" not in node, path
+            continue
         if node.get("type") == "string" and "enum" not in node:
             assert "maxLength" in node, f"{path}: string without maxLength"
         if node.get("type") == "array":
@@ -443,10 +566,15 @@ def test_conditions_are_a_list_map_keyed_by_type(crd: dict[str, Any]) -> None:
 def test_reference_lists_every_field(crd: dict[str, Any]) -> None:
     text = crdgen.reference_markdown()
     root = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    core = crdgen.core_v1_fields()
     for name in ("spec", "status"):
         for path, _node in _walk(root["properties"][name], name):
-            if not path.endswith("[]") and "{}" not in path:
+            if path.startswith(tuple(core)) and path not in core:
+                assert f"| `{path}` |" not in text, path  # Kubernetes documents its own types
+            elif not path.endswith("[]") and "{}" not in path:
                 assert f"| `{path}` |" in text, path
+    for path, type_name in core.items():
+        assert f"| `{path}` | `{type_name}` |" in text
     assert "`spec.backup.retain` | `integer` |  | `5` |" in text
 
 
@@ -610,3 +738,172 @@ def test_examples_are_valid(spec_schema: dict[str, Any], manifest: dict[str, Any
     assert manifest["apiVersion"] == constants.API_VERSION
     api.parse_spec(manifest["spec"])
     assert schema_errors(spec_schema, apply_defaults(spec_schema, manifest["spec"]), "spec") == []
+
+
+# --- Kubernetes' own schemas in spec.jobTemplate (issue 9) --------------------------------------------------------
+
+
+def test_rich_job_template_is_accepted_and_kept_as_written(spec_schema: dict[str, Any]) -> None:
+    raw = _with("jobTemplate", copy.deepcopy(RICH_JOB_TEMPLATE))
+    spec = api.parse_spec(raw)
+    assert api.dump(spec)["jobTemplate"] == {**RICH_JOB_TEMPLATE, "imagePullSecrets": []}  # passed on untouched
+    assert schema_errors(spec_schema, apply_defaults(spec_schema, raw), "spec") == []
+
+
+def test_core_v1_fields_carry_the_vendored_schema(spec_schema: dict[str, Any]) -> None:
+    fields = crdgen.core_v1_fields()
+    assert set(fields.values()) == {
+        ("[]" if name in ("EnvVar", "Toleration") else "") + f"core/v1 {name}" for name in k8s_openapi.ROOTS
+    }
+    job_template = spec_schema["properties"]["jobTemplate"]["properties"]
+    for path, type_name in fields.items():
+        node = job_template[path.rsplit(".", 1)[1]]
+        if type_name.startswith("[]"):
+            assert "maxItems" in node, path  # our bound on the list; Kubernetes' schema is the items'
+            node = node["items"]
+        vendored = k8s_openapi.definition(type_name.rsplit(" ", 1)[1])
+        assert {k: v for k, v in node.items() if k != "description"} == {
+            k: v for k, v in vendored.items() if k != "description"
+        }, path
+
+
+def test_vendored_file_is_what_the_generator_writes() -> None:
+    path = Path(k8s_openapi.__file__).with_name(k8s_openapi.VENDORED)
+    text = path.read_text(encoding="utf-8")
+    document = json.loads(text)
+    assert k8s_openapi.render(document) == text
+    assert set(document["definitions"]) == set(k8s_openapi.ROOTS)
+    assert re.fullmatch(r"v1\.\d+\.\d+", document["kubernetesVersion"]), document["kubernetesVersion"]
+    assert "$ref" not in text and '"default"' not in text and "x-kubernetes-patch" not in text
+
+
+def _openapi(**schemas: Any) -> dict[str, Any]:
+    return {"components": {"schemas": {f"io.k8s.api.core.v1.{k}": v for k, v in schemas.items()}}}
+
+
+def _ref(name: str, **extra: Any) -> dict[str, Any]:
+    return {"allOf": [{"$ref": f"#/components/schemas/io.k8s.api.core.v1.{name}"}], **extra}
+
+
+def test_generate_makes_structural_crd_schemas(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(k8s_openapi, "ROOTS", ("Root",))
+    doc = _openapi(
+        Root={
+            "type": "object",
+            "description": "root",
+            "required": ["name"],
+            "properties": {
+                "name": {"type": "string", "default": ""},
+                "child": _ref("Child", description="the child"),
+                "port": {"format": "int-or-string", "oneOf": [{"type": "integer"}, {"type": "string"}]},
+                "limits": {
+                    "type": "object",
+                    "additionalProperties": {"$ref": f"#/components/schemas/{k8s_openapi.QUANTITY}"},
+                },
+                "items": {
+                    "type": "array",
+                    "items": _ref("Child", default={}),
+                    "x-kubernetes-patch-strategy": "merge",
+                    "x-kubernetes-patch-merge-key": "key",
+                    "x-kubernetes-list-type": "map",
+                    "x-kubernetes-list-map-keys": ["key"],
+                },
+            },
+            "x-kubernetes-unions": [{}],
+        },
+        Child={
+            "type": "object",
+            "description": "a child",
+            "required": ["key"],
+            "properties": {"key": {"type": "string"}},
+        },
+    )
+    root = k8s_openapi.generate(doc, "v1.99.0")["definitions"]["Root"]
+    assert root["properties"]["name"] == {"type": "string"}  # the Go zero-value default would satisfy "required"
+    assert root["properties"]["child"]["description"] == "the child"  # the referring node's keys win
+    assert root["properties"]["child"]["properties"] == {"key": {"type": "string"}}
+    assert root["properties"]["port"] == {
+        "x-kubernetes-int-or-string": True,
+        "anyOf": [{"type": "integer"}, {"type": "string"}],
+    }
+    assert root["properties"]["limits"]["additionalProperties"] == k8s_openapi.QUANTITY_SCHEMA
+    items = root["properties"]["items"]
+    assert set(items) == {"type", "items", "x-kubernetes-list-type", "x-kubernetes-list-map-keys"}
+    assert "x-kubernetes-unions" not in root
+
+    bad_cases: list[dict[str, Any]] = [
+        {"type": "object", "not": {}},  # a keyword the generator does not know
+        {"type": "object", "properties": {"x": _ref("Root")}},  # recursion cannot be inlined
+        {"type": "object", "properties": {"x": {"oneOf": [{"type": "string"}, {"type": "boolean"}]}}},
+        {
+            "type": "array",
+            "x-kubernetes-list-type": "map",
+            "x-kubernetes-list-map-keys": ["key"],
+            "items": {"type": "object", "properties": {"key": {"type": "string"}}},
+        },  # a list-map key the API server would need required
+    ]
+    for bad in bad_cases:
+        with pytest.raises(k8s_openapi.GenerateError):
+            k8s_openapi.generate(_openapi(Root=bad), "v1.99.0")
+
+
+def test_core_v1_check_is_the_api_servers() -> None:
+    """What :func:`k8s_openapi.validate` refuses beyond the cases above, as the API server does."""
+
+    def problems(job_template: dict[str, Any]) -> list[str]:
+        with pytest.raises(api.SpecError) as caught:
+            api.parse_spec(_with("jobTemplate", job_template))
+        return caught.value.problems
+
+    # null is pruned by the API server, so a null required field is a missing one
+    assert problems({"env": [{"name": None, "value": "x"}]}) == ["spec.jobTemplate.env[0].name: Required value"]
+    assert problems({"resources": {"claims": [{"name": "a"}, {"name": "a"}]}}) == [
+        'spec.jobTemplate.resources.claims[1]: Duplicate value: ["a"]'
+    ]
+    assert problems({"securityContext": {"runAsUser": 0, "privileged": "yes", "sudo": True}}) == [
+        'spec.jobTemplate.securityContext.privileged: Invalid value: "yes": must be of type boolean',
+        "spec.jobTemplate.securityContext.sudo: unknown field",
+    ]
+    assert problems({"env": "A=1"}) == ["spec.jobTemplate.env: Input should be a valid list"]
+    for ok in ("1", 2, "100m", "0.5", ".5", "1e3", "1Gi", "512Mi", "2G", "-1", "+1k"):
+        api.parse_spec(_with("jobTemplate.resources", {"limits": {"cpu": ok}}))
+    for bad in ("lots", "1 Gi", "1GB", "1.5.0", "", "Gi", True):
+        with pytest.raises(api.SpecError, match=r"spec\.jobTemplate\.resources\.limits\.cpu: Invalid value"):
+            api.parse_spec(_with("jobTemplate.resources", {"limits": {"cpu": bad}}))
+
+
+def test_label_values() -> None:
+    for ok in ("", "a", "shop", "a.b-c_d", "A1", "x" * 63):
+        api.parse_spec(_with("jobTemplate.podLabels", {"k": ok}))
+        api.parse_spec(_with("jobTemplate.nodeSelector", {"k": ok}))
+    for bad in ("a b", "-a", "a-", "_a", "a/b", "x" * 64):
+        for field in ("podLabels", "nodeSelector"):
+            with pytest.raises(api.SpecError, match=rf"spec\.jobTemplate\.{field}\.k"):
+                api.parse_spec(_with(f"jobTemplate.{field}", {"k": bad}))
+
+
+def test_name_rule(crd: dict[str, Any]) -> None:
+    root = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    assert root["x-kubernetes-validations"] == [api.NAME_RULE.cel()]
+    assert root["properties"]["metadata"]["properties"]["name"]["type"] == "string"
+    assert api.NAME_RULE.message.startswith("metadata.name must be at most 63 characters")
+    assert constants.WAIT_FOR_LABEL in api.NAME_RULE.message
+    assert api.MAX_NAME_LENGTH == 63
+    assert api.name_problem("a" * 63) is None
+    problem = api.name_problem("a" * 120)
+    assert problem is not None and problem.startswith(api.NAME_RULE.message) and "120 characters" in problem
+
+
+def test_drift_interval_minimum_has_one_source() -> None:
+    from alembic_operator import reconcile
+
+    assert reconcile.MIN_DRIFT_INTERVAL is api.MIN_DRIFT_INTERVAL
+    rule = next(r for r in api.SPEC_RULES if r.field_path == ".driftCheck.interval")
+    assert f"duration('{api.MIN_DRIFT_INTERVAL}s')" in rule.rule
+    assert f"at least {api.MIN_DRIFT_INTERVAL}s" in rule.message
+    for ok in ("10s", "1m", "1h30m", "999999h", ""):
+        assert api.parse_spec(_with("driftCheck.interval", ok)).drift_check.interval == ok
+    assert api.parse_spec(_with("driftCheck", {})).drift_check.interval is None
+    for bad in ("9s", "0s", "0h0m9s", "1000000h", "10", "1d"):
+        with pytest.raises(api.SpecError, match=r"spec\.driftCheck\.interval"):
+            api.parse_spec(_with("driftCheck.interval", bad))

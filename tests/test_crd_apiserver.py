@@ -10,13 +10,24 @@ import json
 import subprocess
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
 import yaml
 
-from alembic_operator import api, constants, crdgen
-from test_api import INVALID, MINIMAL_SPEC, STATUS_SAMPLE, UNKNOWN_FIELDS, Invalid, apply_defaults, example_spec
+from alembic_operator import api, constants, crdgen, k8s_openapi
+from test_api import (
+    INVALID,
+    MINIMAL_SPEC,
+    REPO,
+    RICH_JOB_TEMPLATE,
+    STATUS_SAMPLE,
+    UNKNOWN_FIELDS,
+    Invalid,
+    apply_defaults,
+    example_spec,
+)
 
 if TYPE_CHECKING:
     from kubernetes.client import ApiClient
@@ -232,3 +243,93 @@ def test_openapi_publishes_the_descriptions(crd: dict[str, Any], bed: Bed, kubec
     for field in ("enabled", "volume", "retain"):
         assert field in out.stdout
     assert "newest N are kept" in " ".join(out.stdout.split())
+
+
+# --- issue 9: what used to fail only when the operator created a Job ----------------------------------------------
+
+
+def _refusal(objects: Any, namespace: str, body: dict[str, Any]) -> str:
+    from kubernetes import client as k8s
+
+    with pytest.raises(k8s.ApiException) as caught:
+        _create(objects, namespace, body, dry_run="All")
+    assert caught.value.status == 422, caught.value.body
+    message: str = json.loads(caught.value.body or "{}")["message"]
+    return message
+
+
+def test_vendored_core_v1_schemas_are_what_the_api_server_publishes(bed: Bed) -> None:
+    """Upgrading Kubernetes is a regenerate (python -m alembic_operator.k8s_openapi), never a hand edit."""
+    status, body = bed.api_get(k8s_openapi.SOURCE)
+    assert status == 200, body[:500]
+    status, version = bed.api_get("/version")
+    assert status == 200, version[:500]
+    expected = k8s_openapi.render(k8s_openapi.generate(json.loads(body), json.loads(version)["gitVersion"]))
+    vendored = Path(k8s_openapi.__file__).with_name(k8s_openapi.VENDORED).read_text(encoding="utf-8")
+    assert vendored == expected, f"out of date: KUBECONFIG={bed.kubeconfig} make k8s-openapi"
+
+
+def test_name_longer_than_63_is_refused_naming_the_field(crd: dict[str, Any], objects: Any, namespace: str) -> None:
+    message = _refusal(objects, namespace, _manifest("a" * 120, copy.deepcopy(MINIMAL_SPEC)))
+    assert f"metadata.name: Invalid value: {api.NAME_RULE.message}" in message, message
+    created = _create(objects, namespace, _manifest("a" * 63, copy.deepcopy(MINIMAL_SPEC)), dry_run="All")
+    assert created["metadata"]["name"] == "a" * 63
+
+
+def _rule(field_path: str) -> str:
+    return next(r.message for r in api.SPEC_RULES if r.field_path == field_path)
+
+
+def test_issue_9_bad_specs_read_well(crd: dict[str, Any], objects: Any, namespace: str) -> None:
+    """The exact words users see for the five specs of issue 9 (field first, then why)."""
+    cases = {
+        "jobTemplate.env": ([{"value": "x"}], "spec.jobTemplate.env[0].name: Required value"),
+        "jobTemplate.resources": (
+            {"requests": {"cpu": "lots"}},
+            'spec.jobTemplate.resources.requests.cpu: Invalid value: "lots": '
+            "spec.jobTemplate.resources.requests.cpu in body should match",
+        ),
+        "jobTemplate.podLabels": (
+            {"team": "a b"},
+            'spec.jobTemplate.podLabels.team: Invalid value: "a b": spec.jobTemplate.podLabels.team in body should',
+        ),
+        "jobTemplate.securityContext": (
+            {"runAsUser": "root"},
+            'spec.jobTemplate.securityContext.runAsUser: Invalid value: "string": '
+            "spec.jobTemplate.securityContext.runAsUser in body must be of type integer",
+        ),
+        "driftCheck.interval": ("5s", f"spec.driftCheck.interval: Invalid value: {_rule('.driftCheck.interval')}"),
+    }
+    for path, (value, expected) in cases.items():
+        spec = example_spec()
+        section, field = path.split(".")
+        spec.setdefault(section, {})[field] = value
+        message = _refusal(objects, namespace, _manifest("shop", spec))
+        assert expected in message, message
+
+
+def test_rich_job_template_is_accepted_and_stored_unchanged(crd: dict[str, Any], objects: Any, namespace: str) -> None:
+    spec = {**copy.deepcopy(MINIMAL_SPEC), "jobTemplate": copy.deepcopy(RICH_JOB_TEMPLATE)}
+    _create(objects, namespace, _manifest("rich", spec))
+    stored = _get(objects, namespace, "rich")["spec"]
+    assert stored["jobTemplate"] == RICH_JOB_TEMPLATE
+    assert api.parse_spec(stored) == api.parse_spec(spec)
+
+
+def _examples() -> list[Any]:
+    found = []
+    for path in sorted((REPO / "examples").rglob("*.y*ml")):
+        for i, doc in enumerate(yaml.safe_load_all(path.read_text(encoding="utf-8"))):
+            if isinstance(doc, dict) and doc.get("kind") == constants.KIND:
+                found.append(pytest.param(doc, id=f"{path.relative_to(REPO)}#{i}"))
+    return found or [pytest.param(None, marks=pytest.mark.skip(reason="no DatabaseMigration in examples/"))]
+
+
+@pytest.mark.parametrize("manifest", _examples())
+def test_examples_are_accepted(crd: dict[str, Any], objects: Any, namespace: str, manifest: dict[str, Any]) -> None:
+    body = copy.deepcopy(manifest)
+    body["metadata"].pop("namespace", None)
+    created = _create(objects, namespace, body, dry_run="All")
+    assert created["spec"] == apply_defaults(
+        crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"], manifest["spec"]
+    )

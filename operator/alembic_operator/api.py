@@ -22,16 +22,33 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    GetCoreSchemaHandler,
+    GetJsonSchemaHandler,
+    PlainSerializer,
+    StringConstraints,
+    ValidationError,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema, core_schema
 
-from .constants import Phase  # status.phase: its values are fixed by the contract
+from . import k8s_openapi
+from .constants import WAIT_FOR_LABEL, Phase  # status.phase: its values are fixed by the contract
 
 __all__ = [
+    "MAX_NAME_LENGTH",
+    "MIN_DRIFT_INTERVAL",
+    "NAME_RULE",
     "SPEC_RULES",
     "BackupSpec",
     "BackupStatus",
     "Condition",
+    "CoreV1",
     "CrossFieldRule",
     "DatabaseMigrationSpec",
     "DatabaseMigrationStatus",
@@ -39,6 +56,7 @@ __all__ = [
     "HistoryEntry",
     "JobTemplateSpec",
     "MigrationsSpec",
+    "ObjectRule",
     "Phase",
     "PlanStatus",
     "RollbackStrategy",
@@ -46,6 +64,7 @@ __all__ = [
     "SpecError",
     "Time",
     "dump",
+    "name_problem",
     "parse_spec",
     "parse_status",
 ]
@@ -81,6 +100,16 @@ CONDITION_TYPE_PATTERN = (
     r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])$"
 )
 CONDITION_REASON_PATTERN = r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$"
+# A label value, as Kubernetes validates it (pods' labels, node selectors).
+LABEL_VALUE_PATTERN = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
+LABEL_VALUE_MAX_LENGTH = 63
+LabelValue = Annotated[str, StringConstraints(max_length=LABEL_VALUE_MAX_LENGTH, pattern=LABEL_VALUE_PATTERN)]
+"""A label value: at most 63 characters, alphanumeric at both ends, ``-_.`` inside; the API server refuses others."""
+
+MAX_NAME_LENGTH = LABEL_VALUE_MAX_LENGTH
+"""Longest DatabaseMigration name: it is the value of the pods' ``wait-for`` label (a label value)."""
+MIN_DRIFT_INTERVAL = 10
+"""Seconds; the shortest spec.driftCheck.interval (a drift check is a Job: hourly is the sensible production value)."""
 
 PRESERVE_UNKNOWN: dict[str, Any] = {"x-kubernetes-preserve-unknown-fields": True}
 """json_schema_extra for a free-form object (a Kubernetes type the operator passes through untouched)."""
@@ -257,6 +286,39 @@ class LocalObjectReference(_SpecModel):
     )
 
 
+@dataclass(frozen=True)
+class CoreV1:
+    """Annotates a field as a core/v1 type: the CRD carries Kubernetes' own schema for it (vendored in
+    :mod:`alembic_operator.k8s_openapi`), the model refuses what that schema refuses (so that an object stored before
+    the schema was there is refused by the operator as the API server now would), and the field reference names the
+    type instead of listing Kubernetes' fields."""
+
+    name: str
+
+    @property
+    def schema(self) -> dict[str, Any]:
+        return k8s_openapi.definition(self.name)
+
+    def check(self, value: dict[str, Any]) -> dict[str, Any]:
+        if problems := k8s_openapi.validate(k8s_openapi.vendored()["definitions"][self.name], value):
+            raise k8s_openapi.K8sSchemaError(problems)
+        return value
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> CoreSchema:
+        return core_schema.no_info_after_validator_function(self.check, handler(source))
+
+    def __get_pydantic_json_schema__(self, schema: CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+        return self.schema
+
+
+ResourceRequirements = Annotated[dict[str, Any], CoreV1("ResourceRequirements")]
+Toleration = Annotated[dict[str, Any], CoreV1("Toleration")]
+Affinity = Annotated[dict[str, Any], CoreV1("Affinity")]
+EnvVar = Annotated[dict[str, Any], CoreV1("EnvVar")]
+PodSecurityContext = Annotated[dict[str, Any], CoreV1("PodSecurityContext")]
+SecurityContext = Annotated[dict[str, Any], CoreV1("SecurityContext")]
+
+
 class JobTemplateSpec(_SpecModel):
     """Settings applied to the pod of every Job the operator runs (plan, backup, migrate, downgrade, restore)."""
 
@@ -270,32 +332,33 @@ class JobTemplateSpec(_SpecModel):
             "Example: shop-migrator. The Jobs need no Kubernetes API permissions."
         ),
     )
-    resources: dict[str, Any] | None = Field(
+    resources: ResourceRequirements | None = Field(
         default=None,
         description=(
             "Compute resources of the Jobs' container (a core/v1 ResourceRequirements), "
-            "e.g. {requests: {cpu: 100m, memory: 256Mi}, limits: {memory: 1Gi}}. Default: none."
+            'e.g. {requests: {cpu: 100m, memory: 256Mi}, limits: {memory: 1Gi}}; quote fractions: cpu: "0.5". '
+            "Default: none."
         ),
-        json_schema_extra=PRESERVE_UNKNOWN,
     )
-    node_selector: dict[str, str] = Field(
+    node_selector: dict[str, LabelValue] = Field(
         default_factory=dict,
         max_length=64,
-        description="Node labels the Jobs' pods must run on, e.g. {kubernetes.io/arch: amd64}. Default: any node.",
+        description=(
+            "Node labels the Jobs' pods must run on, e.g. {kubernetes.io/arch: amd64}; values are label values. "
+            "Default: any node."
+        ),
     )
-    tolerations: list[dict[str, Any]] = Field(
+    tolerations: list[Toleration] = Field(
         default_factory=list,
         max_length=64,
         description=(
             "Tolerations of the Jobs' pods (core/v1 Toleration), "
             "e.g. [{key: dedicated, operator: Equal, value: batch, effect: NoSchedule}]. Default: none."
         ),
-        json_schema_extra={"items": {"type": "object", **PRESERVE_UNKNOWN}},
     )
-    affinity: dict[str, Any] | None = Field(
+    affinity: Affinity | None = Field(
         default=None,
         description="Affinity of the Jobs' pods (a core/v1 Affinity), e.g. to run next to the database. Default: none.",
-        json_schema_extra=PRESERVE_UNKNOWN,
     )
     image_pull_secrets: list[LocalObjectReference] = Field(
         default_factory=list,
@@ -310,7 +373,7 @@ class JobTemplateSpec(_SpecModel):
             "Must be greater than 0. Default: no limit. Example: 900."
         ),
     )
-    env: list[dict[str, Any]] = Field(
+    env: list[EnvVar] = Field(
         default_factory=list,
         max_length=128,
         description=(
@@ -318,13 +381,13 @@ class JobTemplateSpec(_SpecModel):
             "application's env.py or models need at import time, e.g. [{name: APP_ENV, value: production}]. "
             "Default: none. The database URL is provided by the operator from database.urlSecretRef."
         ),
-        json_schema_extra={"items": {"type": "object", **PRESERVE_UNKNOWN}},
     )
-    pod_labels: dict[str, str] = Field(
+    pod_labels: dict[str, LabelValue] = Field(
         default_factory=dict,
         max_length=64,
         description=(
             "Labels added to the Jobs' pods, e.g. for network policies: {app.kubernetes.io/part-of: shop}. "
+            "Values are label values: at most 63 characters, letters, digits and -_. (alphanumeric at both ends). "
             "Default: none. The operator's own labels (migrations.alembic-operator.io/*) take precedence."
         ),
     )
@@ -336,23 +399,21 @@ class JobTemplateSpec(_SpecModel):
             "exits keeps a Job from finishing). Default: none."
         ),
     )
-    pod_security_context: dict[str, Any] | None = Field(
+    pod_security_context: PodSecurityContext | None = Field(
         default=None,
         description=(
             "Security context of the Jobs' pods (a core/v1 PodSecurityContext), e.g. {runAsNonRoot: true, "
             "fsGroup: 1000, seccompProfile: {type: RuntimeDefault}}: set fsGroup when the backup volume must be "
             "writable by the image's user. Default: none."
         ),
-        json_schema_extra=PRESERVE_UNKNOWN,
     )
-    security_context: dict[str, Any] | None = Field(
+    security_context: SecurityContext | None = Field(
         default=None,
         description=(
             "Security context of the Jobs' container (a core/v1 SecurityContext), e.g. "
             "{allowPrivilegeEscalation: false, capabilities: {drop: [ALL]}} where Pod Security 'restricted' is "
             "enforced. Default: none."
         ),
-        json_schema_extra=PRESERVE_UNKNOWN,
     )
 
 
@@ -366,11 +427,11 @@ class DriftCheckSpec(_SpecModel):
 
     interval: str | None = Field(
         default=None,
-        pattern=r"^([0-9]+h)?([0-9]+m)?([0-9]+s)?$",
+        pattern=r"^([0-9]{1,6}h)?([0-9]{1,6}m)?([0-9]{1,6}s)?$",  # 6 digits each: within what CEL duration() parses
         max_length=16,
         description=(
-            'How often to check, as a duration such as "30m", "1h" or "1h30m" (at least 10s). Unset or empty: '
-            "no drift checks. Checks run only while the resource is Ready."
+            f'How often to check, as a duration such as "30m", "1h" or "1h30m" (at least {MIN_DRIFT_INTERVAL}s). '
+            "Unset or empty: no drift checks. Checks run only while the resource is Ready."
         ),
     )
 
@@ -512,7 +573,54 @@ SPEC_RULES: tuple[CrossFieldRule, ...] = (
         reason="FieldValueInvalid",
         check=lambda spec: spec.target_revision not in ("heads", "base"),
     ),
+    CrossFieldRule(
+        # The pattern holds (CEL rules run after it), so duration() can parse the value.
+        rule=(
+            "!has(self.driftCheck.interval) || self.driftCheck.interval == '' || "
+            f"duration(self.driftCheck.interval) >= duration('{MIN_DRIFT_INTERVAL}s')"
+        ),
+        message=(
+            f"spec.driftCheck.interval must be at least {MIN_DRIFT_INTERVAL}s (each check runs a Job): "
+            'use e.g. "30m" or "1h", or leave it unset for no drift checks'
+        ),
+        field_path=".driftCheck.interval",
+        reason="FieldValueInvalid",
+        check=lambda spec: (
+            not spec.drift_check.interval or (duration_seconds(spec.drift_check.interval) or 0) >= MIN_DRIFT_INTERVAL
+        ),
+    ),
 )
+
+
+@dataclass(frozen=True)
+class ObjectRule:
+    """A CEL rule on the whole object (``self`` = the DatabaseMigration), for what the spec alone cannot say."""
+
+    rule: str
+    message: str
+    field_path: str
+    reason: Literal["FieldValueInvalid", "FieldValueRequired", "FieldValueForbidden"]
+
+    def cel(self) -> dict[str, str]:
+        return {"rule": self.rule, "message": self.message, "fieldPath": self.field_path, "reason": self.reason}
+
+
+NAME_RULE = ObjectRule(
+    rule=f"self.metadata.name.size() <= {MAX_NAME_LENGTH}",
+    message=(
+        f"metadata.name must be at most {MAX_NAME_LENGTH} characters: it is the value of the label "
+        f"{WAIT_FOR_LABEL}=<name> that holds the application's pods, and label values are limited to "
+        f"{MAX_NAME_LENGTH}; choose a shorter name"
+    ),
+    field_path=".metadata.name",
+    reason="FieldValueInvalid",
+)
+"""Kubernetes allows 253 characters in a custom resource's name; the pod gate's label selector needs at most 63."""
+
+
+def name_problem(name: str) -> str | None:
+    """:data:`NAME_RULE` in Python, for objects stored before the CRD had it (the API server does not re-check them)."""
+    return None if len(name) <= MAX_NAME_LENGTH else f"{NAME_RULE.message} ({len(name)} characters now)"
 
 
 # --- status -----------------------------------------------------------------------------------------------------
@@ -732,6 +840,9 @@ def _path(loc: tuple[int | str, ...], root: str) -> str:
 def _problems(err: ValidationError, root: str) -> list[str]:
     problems = []
     for e in err.errors():
+        if isinstance(e.get("ctx", {}).get("error"), k8s_openapi.K8sSchemaError):  # paths relative to the field
+            problems += [_path(e["loc"], root) + p for p in e["ctx"]["error"].problems]
+            continue
         if e["type"] == "value_error" and "error" in e.get("ctx", {}):
             msg = str(e["ctx"]["error"])  # our own rule messages name the field themselves
             problems.append(msg if not e["loc"] else f"{_path(e['loc'], root)}: {msg}")

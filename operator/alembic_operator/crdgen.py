@@ -17,14 +17,16 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args, get_origin
 
 import yaml
+from pydantic import BaseModel
 
 from . import constants as c
-from .api import DatabaseMigrationSpec, DatabaseMigrationStatus
+from . import k8s_openapi
+from .api import MAX_NAME_LENGTH, NAME_RULE, CoreV1, DatabaseMigrationSpec, DatabaseMigrationStatus
 
 CRD_PATH = Path("crds") / "databasemigrations.yaml"
 REFERENCE_PATH = Path("docs") / "crd-reference.md"
@@ -53,6 +55,8 @@ _KEY_ORDER = (
     "minProperties",
     "maxProperties",
     "nullable",
+    "x-kubernetes-int-or-string",
+    "anyOf",
     "x-kubernetes-preserve-unknown-fields",
     "x-kubernetes-list-type",
     "x-kubernetes-list-map-keys",
@@ -66,6 +70,8 @@ _KEY_ORDER = (
 _RULE_KEY_ORDER = ("rule", "messageExpression", "message", "fieldPath", "reason", "optionalOldSelf")
 _DROPPED = {"title", "$defs"}
 PRESERVE = "x-kubernetes-preserve-unknown-fields"
+INT_OR_STRING = "x-kubernetes-int-or-string"
+INT_OR_STRING_ANY_OF = [{"type": "integer"}, {"type": "string"}]
 
 
 class SchemaError(ValueError):
@@ -92,7 +98,7 @@ def structural(node: dict[str, Any], defs: dict[str, Any], path: str = "") -> di
         if len(parts) != 1:
             raise SchemaError(f"{path}: allOf with {len(parts)} members")
         node = {**_resolve(parts[0], defs), **{k: v for k, v in node.items() if k != "allOf"}}
-    if "anyOf" in node:
+    if "anyOf" in node and not node.get(INT_OR_STRING):
         variants = [v for v in node["anyOf"] if v != {"type": "null"}]
         if len(variants) != 1:
             raise SchemaError(f"{path}: anyOf {node['anyOf']!r} is not 'X or null'")
@@ -124,6 +130,10 @@ def structural(node: dict[str, Any], defs: dict[str, Any], path: str = "") -> di
                 raise SchemaError(f"{path}: both minimum and exclusiveMinimum")
             out["minimum"] = value
             out["exclusiveMinimum"] = True
+        elif key == "anyOf":
+            if value != INT_OR_STRING_ANY_OF:
+                raise SchemaError(f"{path}: anyOf {value!r} is not int-or-string")
+            out[key] = value
         elif key == "x-kubernetes-validations":
             out[key] = [{k: rule[k] for k in _RULE_KEY_ORDER if k in rule} for rule in value]
             if any(set(rule) - set(_RULE_KEY_ORDER) for rule in value):
@@ -134,7 +144,7 @@ def structural(node: dict[str, Any], defs: dict[str, Any], path: str = "") -> di
             raise SchemaError(f"{path}: unsupported JSON schema keyword {key!r}")
     if "properties" in out and "additionalProperties" in out:
         raise SchemaError(f"{path}: both properties and additionalProperties")
-    if "type" not in out and not out.get(PRESERVE):
+    if "type" not in out and not out.get(PRESERVE) and not out.get(INT_OR_STRING):
         raise SchemaError(f"{path}: no type")
     return {k: out[k] for k in _KEY_ORDER if k in out}
 
@@ -166,10 +176,20 @@ def openapi_schema() -> dict[str, Any]:
                 "description": f"APIVersion of this object: {c.API_VERSION}.",
             },
             "kind": {"type": "string", "description": f"Kind of this object: {c.KIND}."},
-            "metadata": {"type": "object"},
+            # Declared only so that NAME_RULE can report at metadata.name; the API server validates metadata itself.
+            "metadata": {
+                "type": "object",
+                "properties": {
+                    "name": {
+                        "type": "string",
+                        "description": f"Name of this object, at most {MAX_NAME_LENGTH} characters.",
+                    },
+                },
+            },
             "spec": spec,
             "status": status,
         },
+        "x-kubernetes-validations": [NAME_RULE.cel()],
     }
 
 
@@ -276,6 +296,31 @@ def crd_yaml() -> str:
 # --- the Markdown reference -------------------------------------------------------------------------------------
 
 
+def _core_v1_in(annotation: Any) -> tuple[str, bool] | None:
+    """(core/v1 type name, is a list) when ``annotation`` is, or is a list or optional of, a :class:`CoreV1` field."""
+    if isinstance(annotation, CoreV1):
+        return annotation.name, False
+    for arg in get_args(annotation):
+        if found := _core_v1_in(arg):
+            return found[0], found[1] or get_origin(annotation) is list
+    return None
+
+
+def core_v1_fields(model: type[BaseModel] = DatabaseMigrationSpec, path: str = "spec") -> dict[str, str]:
+    """Spec paths of the core/v1 fields and their type, e.g. spec.jobTemplate.env -> []core/v1 EnvVar: the
+    reference names the type (Kubernetes documents it) instead of listing hundreds of Kubernetes' fields."""
+    out: dict[str, str] = {}
+    for name, field in model.model_fields.items():
+        sub_path = f"{path}.{field.alias or name}"
+        if found := _core_v1_in(field.annotation):
+            out[sub_path] = ("[]" if found[1] else "") + f"core/v1 {found[0]}"
+            continue
+        for arg in (field.annotation, *get_args(field.annotation)):
+            if isinstance(arg, type) and issubclass(arg, BaseModel):
+                out |= core_v1_fields(arg, sub_path)
+    return out
+
+
 def _type_name(node: dict[str, Any]) -> str:
     t = node.get("type")
     if t == "array":
@@ -287,15 +332,20 @@ def _type_name(node: dict[str, Any]) -> str:
     return str(t or "any")
 
 
-def _fields(node: dict[str, Any], path: str) -> Iterator[tuple[str, dict[str, Any], bool]]:
-    """(path, schema, required) for every property below ``node``, depth first, in model order."""
+def _fields(
+    node: dict[str, Any], path: str, leaves: Collection[str] = ()
+) -> Iterator[tuple[str, dict[str, Any], bool]]:
+    """(path, schema, required) for every property below ``node``, depth first, in model order; not below
+    ``leaves``."""
     required = set(node.get("required", []))
     for name, sub in node.get("properties", {}).items():
         sub_path = f"{path}.{name}"
         yield sub_path, sub, name in required
-        yield from _fields(sub, sub_path)
+        if sub_path in leaves:
+            continue
+        yield from _fields(sub, sub_path, leaves)
         if sub.get("type") == "array":
-            yield from _fields(sub.get("items", {}), sub_path + "[]")
+            yield from _fields(sub.get("items", {}), sub_path + "[]", leaves)
 
 
 def _json(value: Any) -> str:
@@ -330,11 +380,12 @@ def _cell(text: str) -> str:
 
 def _table(root: dict[str, Any], name: str) -> list[str]:
     lines = ["| Field | Type | Required | Default | Description |", "| --- | --- | --- | --- | --- |"]
-    for path, node, required in _fields(root, name):
+    core = core_v1_fields()
+    for path, node, required in _fields(root, name, core):
         default = f"`{_json(node['default'])}`" if "default" in node else ""
         text = node.get("description", "").replace("<", "&lt;").replace(">", "&gt;")
         desc = " ".join([text, *_constraints(node)]).strip()
-        row = [f"`{path}`", f"`{_type_name(node)}`", "yes" if required else "", default, desc]
+        row = [f"`{path}`", f"`{core.get(path) or _type_name(node)}`", "yes" if required else "", default, desc]
         lines.append("| " + " | ".join(_cell(x) for x in row) + " |")
     return lines
 
@@ -370,6 +421,26 @@ def reference_markdown() -> str:
             f"| `{_cell(v['rule'])}` | `spec{v['fieldPath']}` | {_cell(v['message'])} |"
             for v in spec.get("x-kubernetes-validations", [])
         ),
+        "",
+        "And on the whole object (`self` = the DatabaseMigration):",
+        "",
+        "| Rule (CEL) | Reported at | Message |",
+        "| --- | --- | --- |",
+        *(
+            f"| `{_cell(v['rule'])}` | `{v['fieldPath'].lstrip('.')}` | {_cell(v['message'])} |"
+            for v in schema.get("x-kubernetes-validations", [])
+        ),
+        "",
+        "### Kubernetes types",
+        "",
+        "Fields of type `core/v1 ...` carry Kubernetes' own schema for that type, as kube-apiserver "
+        f"{k8s_openapi.vendored()['kubernetesVersion']} publishes it (vendored in "
+        f"operator/alembic_operator/k8s_openapi/{k8s_openapi.VENDORED}): what the API server would refuse in a "
+        "Pod's field of that type is refused when the DatabaseMigration is applied, naming the field (an `env` "
+        'entry without a name, `cpu: lots`, `runAsUser: "root"`). Its checks are those of the OpenAPI schema '
+        "(types, required and unknown fields, quantities); the few deeper checks Kubernetes makes only when a "
+        "Pod is created (e.g. an empty env name) surface when the operator creates the Job. "
+        'Quantities follow the CRD convention: a number or a string, so quote fractions (`cpu: "0.5"`).',
         "",
         "## status",
         "",

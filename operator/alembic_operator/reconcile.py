@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 from . import constants as c
 from . import status as s
-from .api import DatabaseMigrationSpec, duration_seconds, parse_spec
+from .api import MIN_DRIFT_INTERVAL, DatabaseMigrationSpec, duration_seconds, parse_spec
 from .jobs import Role
 
 HISTORY_LIMIT = 10
@@ -31,7 +31,6 @@ TRANSIENT_GRACE = timedelta(minutes=5)
 POLL_ACTIVE = 10.0  # seconds; Job watch events usually wake the reconciler long before
 POLL_IDLE = 60.0
 POLL_HUMAN = 15.0
-MIN_DRIFT_INTERVAL = 10  # seconds; a drift check is a Job, so hourly is the sensible production value
 PLAN_ERRORS = {"MultipleHeads", "UnknownRevision", "UnknownTargetRevision", "DowngradeNotSupported"}
 # A run whose database keeps moving under it (other writers) plans again at most this many times, then stalls.
 MAX_REPLANS = 3

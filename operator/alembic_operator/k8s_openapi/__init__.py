@@ -1,0 +1,295 @@
+"""Kubernetes' own OpenAPI schemas for the core/v1 types that ``spec.jobTemplate`` passes to the Jobs' pods.
+
+Why: without them the CRD lets through an ``env`` entry without a name or ``cpu: lots``, and the API server only
+refuses them when the operator creates a Job, long after ``kubectl apply`` said yes. With them the API server refuses
+such a spec at apply time, naming the field, and :mod:`alembic_operator.api` refuses the same values (one schema, two
+validators: the API server's and :func:`validate`).
+
+``core-v1.json`` is generated from what the API server publishes at ``/openapi/v3/api/v1``, never edited by hand;
+a bed test checks it is exactly what :func:`generate` makes of the live document. To upgrade Kubernetes, regenerate:
+
+    KUBECONFIG=<a cluster of the new version> python -m alembic_operator.k8s_openapi    # or: make k8s-openapi
+    make crd
+
+What :func:`generate` does to make the published schemas CRD schemas (which are structural and cannot use ``$ref``):
+``$ref`` inlined (the referring node's own keys win); ``default`` dropped (Go zero values for client generators: an
+``env`` entry's ``name: ""`` default would fill in, and so pass, the required name); patch-strategy and union
+annotations dropped (they mean nothing in a CRD); ``IntOrString`` as ``x-kubernetes-int-or-string``; ``Quantity``
+(string or number) as int-or-string with the grammar of ``resource.ParseQuantity`` as a pattern, as controller-gen
+writes it (so a fractional quantity must be quoted: ``cpu: "0.5"``). Any other keyword raises, so that an upgrade
+that publishes something new is looked at rather than silently passed on. Enums are kept as the live API server
+publishes them (the source tree's copy of the document has none, hence generating from a running server).
+
+Why a pattern and not CEL's ``isQuantity(self)``: the function exists in 1.36 CRDs, but in Kubernetes' maps, which
+have no ``maxProperties``, its estimated cost exceeds the CRD budget more than 100 times and the CRD is refused; a
+pattern costs nothing, and a number-or-string node cannot be typed for CEL at all. Bounds are never added to
+Kubernetes' schemas: they would refuse what a Pod accepts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections.abc import Sequence
+from functools import cache
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "QUANTITY_PATTERN",
+    "ROOTS",
+    "VENDORED",
+    "K8sSchemaError",
+    "definition",
+    "generate",
+    "render",
+    "validate",
+]
+
+VENDORED = "core-v1.json"
+SOURCE = "/openapi/v3/api/v1"
+CORE = "io.k8s.api.core.v1."
+ROOTS = (
+    "Affinity",
+    "EnvVar",
+    "PodSecurityContext",
+    "ResourceRequirements",
+    "SecurityContext",
+    "Toleration",
+)
+"""The core/v1 definitions ``spec.jobTemplate`` uses (the vendored file holds each one, fully inlined)."""
+
+QUANTITY = "io.k8s.apimachinery.pkg.api.resource.Quantity"
+INT_OR_STRING = "int-or-string"
+QUANTITY_PATTERN = (
+    r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+)
+QUANTITY_SCHEMA: dict[str, Any] = {
+    "description": (
+        'A quantity: a number with an optional suffix, e.g. 100m, "0.5" (quote fractions), 2, 512Mi, 1Gi, 500M.'
+    ),
+    "x-kubernetes-int-or-string": True,
+    "anyOf": [{"type": "integer"}, {"type": "string"}],
+    "pattern": QUANTITY_PATTERN,
+}
+
+_KEPT = {
+    "type",
+    "format",
+    "description",
+    "enum",
+    "pattern",
+    "required",
+    "items",
+    "additionalProperties",
+    "properties",
+    "x-kubernetes-list-type",
+    "x-kubernetes-list-map-keys",
+    "x-kubernetes-map-type",
+}
+_DROPPED = {"default", "x-kubernetes-patch-strategy", "x-kubernetes-patch-merge-key", "x-kubernetes-unions"}
+
+
+class GenerateError(ValueError):
+    """The published OpenAPI holds something the generator does not know how to turn into a CRD schema."""
+
+
+def _inline(node: dict[str, Any], schemas: dict[str, Any], path: str, stack: tuple[str, ...]) -> dict[str, Any]:
+    """One published schema node as a self-contained structural CRD schema node."""
+    node = dict(node)
+    if "allOf" in node:  # how v3 attaches a description to a $ref
+        parts = node.pop("allOf")
+        if len(parts) != 1 or set(parts[0]) != {"$ref"}:
+            raise GenerateError(f"{path}: allOf {parts!r} is not a single $ref")
+        node = {**parts[0], **node}
+    if "$ref" in node:
+        name = str(node.pop("$ref")).rsplit("/", 1)[-1]
+        if name in stack:
+            raise GenerateError(f"{path}: recursive $ref {name}")
+        if name == QUANTITY:
+            target = dict(QUANTITY_SCHEMA)
+        else:
+            if name not in schemas:
+                raise GenerateError(f"{path}: unresolvable $ref {name}")
+            target = _inline(schemas[name], schemas, path, (*stack, name))
+        return {**target, **{k: v for k, v in node.items() if k not in _DROPPED}}
+    if node.get("format") == INT_OR_STRING:
+        if node.pop("oneOf", None) != [{"type": "integer"}, {"type": "string"}]:
+            raise GenerateError(f"{path}: unexpected int-or-string schema")
+        del node["format"]
+        node["x-kubernetes-int-or-string"] = True
+        node["anyOf"] = [{"type": "integer"}, {"type": "string"}]
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        if key in _DROPPED:
+            continue
+        if key == "properties":
+            out[key] = {n: _inline(sub, schemas, f"{path}.{n}", stack) for n, sub in value.items()}
+        elif key in ("items", "additionalProperties"):
+            if not isinstance(value, dict):
+                raise GenerateError(f"{path}: {key} {value!r}")
+            out[key] = _inline(value, schemas, f"{path}[]" if key == "items" else f"{path}{{}}", stack)
+        elif key in _KEPT or key in ("x-kubernetes-int-or-string", "anyOf"):
+            out[key] = value
+        else:
+            raise GenerateError(f"{path}: unsupported keyword {key!r}")
+    if out.get("x-kubernetes-list-type") == "map":  # the API server needs every map key required (or defaulted)
+        required = set(out["items"].get("required", []))
+        if missing := set(out["x-kubernetes-list-map-keys"]) - required:
+            raise GenerateError(f"{path}: list-map keys {sorted(missing)} are not required")
+    if "type" not in out and not out.get("x-kubernetes-int-or-string"):
+        raise GenerateError(f"{path}: no type")
+    return out
+
+
+def generate(openapi: dict[str, Any], version: str) -> dict[str, Any]:
+    """The vendored document made from the API server's ``/openapi/v3/api/v1`` (and its ``gitVersion``)."""
+    schemas: dict[str, Any] = openapi["components"]["schemas"]
+    return {
+        "generatedBy": "python -m alembic_operator.k8s_openapi: do not edit",
+        "source": f"{SOURCE} of kube-apiserver {version}",
+        "kubernetesVersion": version,
+        "definitions": {name: _inline(schemas[CORE + name], schemas, name, (CORE + name,)) for name in ROOTS},
+    }
+
+
+def render(document: dict[str, Any]) -> str:
+    """The vendored file's exact text (so that the test can compare strings, not only values)."""
+    return json.dumps(document, indent=1, sort_keys=True, ensure_ascii=True) + "\n"
+
+
+@cache
+def vendored() -> dict[str, Any]:
+    doc: dict[str, Any] = json.loads(files(__package__).joinpath(VENDORED).read_text(encoding="utf-8"))
+    return doc
+
+
+def definition(name: str) -> dict[str, Any]:
+    """The CRD schema of one core/v1 type, e.g. ``definition("EnvVar")`` (a fresh copy: callers may change it)."""
+    schema: dict[str, Any] = json.loads(json.dumps(vendored()["definitions"][name]))
+    return schema
+
+
+# --- the same schema, checked in Python ---------------------------------------------------------------------------
+
+
+class K8sSchemaError(ValueError):
+    """Values a core/v1 schema refuses; ``problems`` are ``"<path relative to the field>: <what>"``."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(problems))
+
+
+_TYPES: dict[str, tuple[type, ...]] = {
+    "object": (dict,),
+    "array": (list,),
+    "string": (str,),
+    "boolean": (bool,),
+    "integer": (int,),
+    "number": (int, float),
+}
+
+
+def _type_ok(schema: dict[str, Any], value: Any) -> bool:
+    if schema.get("x-kubernetes-int-or-string"):
+        return isinstance(value, str | int) and not isinstance(value, bool)
+    kinds = _TYPES[schema["type"]]
+    return isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds)
+
+
+def validate(schema: dict[str, Any], value: Any, path: str = "") -> list[str]:
+    """What the API server refuses in ``value`` under a vendored (structural) schema, with kubectl's strict field
+    validation: types, required and unknown fields, patterns, enums, duplicate keys of list-maps and sets. A ``null``
+    property counts as absent, as the API server prunes it."""
+    if not _type_ok(schema, value):
+        expected = "integer or string" if schema.get("x-kubernetes-int-or-string") else schema["type"]
+        return [f"{path}: Invalid value: {json.dumps(value)}: must be of type {expected}"]
+    problems: list[str] = []
+    if "enum" in schema and value not in schema["enum"]:
+        problems.append(f"{path}: Unsupported value: {json.dumps(value)}: must be one of {schema['enum']}")
+    if isinstance(value, str) and "pattern" in schema and not re.search(schema["pattern"], value):
+        what = "a quantity, e.g. 100m or 1Gi" if schema["pattern"] == QUANTITY_PATTERN else f"match {schema['pattern']}"
+        problems.append(f"{path}: Invalid value: {json.dumps(value)}: must be {what}")
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            problems += validate(schema["items"], item, f"{path}[{i}]")
+        problems += _duplicates(schema, value, path)
+    if isinstance(value, dict):
+        present = {k: v for k, v in value.items() if v is not None}
+        for name in schema.get("required", []):
+            if name not in present:
+                problems.append(f"{path}.{name}: Required value")
+        props = schema.get("properties", {})
+        for name, sub in present.items():
+            if name in props:
+                problems += validate(props[name], sub, f"{path}.{name}")
+            elif "additionalProperties" in schema:
+                problems += validate(schema["additionalProperties"], sub, f"{path}.{name}")
+            else:
+                problems.append(f"{path}.{name}: unknown field")
+    return problems
+
+
+def _duplicates(schema: dict[str, Any], items: list[Any], path: str) -> list[str]:
+    kind = schema.get("x-kubernetes-list-type")
+    if kind == "set":
+        keys = [json.dumps(item, sort_keys=True) for item in items]
+    elif kind == "map":
+        names = schema["x-kubernetes-list-map-keys"]
+        keys = [json.dumps([item.get(n) for n in names]) if isinstance(item, dict) else "" for item in items]
+    else:
+        return []
+    seen: set[str] = set()
+    problems = []
+    for i, key in enumerate(keys):
+        if key in seen:
+            problems.append(f"{path}[{i}]: Duplicate value: {key}")
+        seen.add(key)
+    return problems
+
+
+# --- command line -----------------------------------------------------------------------------------------------
+
+
+def _from_cluster() -> tuple[dict[str, Any], str]:
+    """The published document and the server's gitVersion, from the cluster of the current kubeconfig."""
+    import kubernetes
+
+    kubernetes.config.load_kube_config()  # type: ignore[no-untyped-call]
+    with kubernetes.client.ApiClient() as client:
+        request = client.param_serialize(method="GET", resource_path=SOURCE, auth_settings=["BearerToken"])
+        response = client.call_api(*request)
+        response.read()
+        version = kubernetes.client.VersionApi(client).get_code().git_version
+        return json.loads(response.data), str(version)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m alembic_operator.k8s_openapi", description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "openapi",
+        type=Path,
+        nargs="?",
+        help=f"a saved {SOURCE} document (kubectl get --raw {SOURCE}); default: read it from the current kubeconfig's "
+        "cluster, with its version",
+    )
+    parser.add_argument("--version", help="the API server's gitVersion, e.g. v1.36.3 (with a saved document)")
+    args = parser.parse_args(argv)
+    if args.openapi is None:
+        openapi, version = _from_cluster()
+    elif args.version:
+        openapi, version = json.loads(args.openapi.read_text(encoding="utf-8")), args.version
+    else:
+        parser.error("--version is needed with a saved document")
+    target = Path(__file__).with_name(VENDORED)
+    target.write_text(render(generate(openapi, version)), encoding="utf-8")
+    print(f"wrote {target} from kube-apiserver {version}; now run `make crd`")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
