@@ -232,4 +232,4 @@ def test_a_name_too_long_for_a_label_is_answered_not_retried() -> None:
     obs = observe()
     d = decide(obs.__class__(**{**obs.__dict__, "name": "s" * 120}))
     assert d.jobs == [] and cond(d, c.STALLED)["reason"] == "InvalidSpec"
-    assert "metadata.name has 120 characters" in d.status["message"] and d.status["observedGeneration"] == 1
+    assert "120 characters" in d.status["message"] and d.status["observedGeneration"] == 1

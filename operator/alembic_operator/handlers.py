@@ -22,12 +22,11 @@ from kubernetes.client import ApiException
 
 from . import __version__, kube, metrics
 from . import constants as c
-from .api import parse_spec
+from .api import MAX_NAME_LENGTH, parse_spec
 from .dbstate import DatabaseError, DatabaseTarget, decode_secret_value, parse_url, read_revision, sanitize
 from .jobs import ROLES, Owner, Role, build_job, job_name, lock_key, source_field
 from .podstate import pod_progress
 from .reconcile import (
-    MAX_NAME,
     WRITING_STEPS,
     DatabaseObservation,
     Decision,
@@ -169,7 +168,7 @@ async def _observe_jobs(namespace: str, name: str, generation: int,
                         target: DatabaseTarget | None) -> dict[str, JobObservation]:
     """The Jobs of one generation, by role; for repeating roles (drift checks) the newest, older ones deleted."""
     by_role: dict[str, list[dict[str, Any]]] = {}
-    if len(name) > MAX_NAME:
+    if len(name) > MAX_NAME_LENGTH:
         return {}  # not a valid label value: no Job of ours can carry it (decide() says so)
     listed = await kube.list_jobs(namespace, name)
     generations = sorted({_generation(j) for j in listed})[-GENERATIONS_KEPT:]

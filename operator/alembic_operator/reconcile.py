@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 from . import constants as c
 from . import status as s
-from .api import MIN_DRIFT_INTERVAL, DatabaseMigrationSpec, duration_seconds, parse_spec
+from .api import MIN_DRIFT_INTERVAL, DatabaseMigrationSpec, duration_seconds, name_problem, parse_spec
 from .jobs import Role
 
 HISTORY_LIMIT = 10
@@ -34,7 +34,6 @@ POLL_HUMAN = 15.0
 PLAN_ERRORS = {"MultipleHeads", "UnknownRevision", "UnknownTargetRevision", "DowngradeNotSupported"}
 # A run whose database keeps moving under it (other writers) plans again at most this many times, then stalls.
 MAX_REPLANS = 3
-MAX_NAME = 63  # a DatabaseMigration's name is a label value
 POLL_STARTING = 3.0  # seconds; while a Job's pod has not started, so a pod that cannot start is reported quickly
 WRITING_STEPS = {"BackingUp", "Migrating", "RollingBack"}
 # A Job that failed for one of these changed nothing (the runner and the tools say so) and may succeed later.
@@ -315,10 +314,8 @@ class _Run:
         obs = self.obs
         try:
             parse_spec(obs.spec)
-            if len(obs.name) > MAX_NAME:  # the CRD refuses it; a resource created before that rule still gets told
-                raise ValueError(f"metadata.name has {len(obs.name)} characters, at most {MAX_NAME} are allowed: it is "
-                                 "a label value (the Jobs' owner label, the held pods' wait-for label). Create the "
-                                 "resource under a shorter name")
+            if problem := name_problem(obs.name):  # the CRD refuses it; a resource stored before that rule is told
+                raise ValueError(problem)
         except ValueError as err:
             self.generation = obs.generation
             self.run = {"generation": obs.generation, "step": "Done", "result": "Failed", "spec": obs.spec}

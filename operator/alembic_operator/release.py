@@ -37,6 +37,7 @@ import kubernetes
 
 from . import constants as c
 from . import gate
+from .api import MAX_NAME_LENGTH
 
 log = logging.getLogger("alembic_operator.gate")
 
@@ -358,7 +359,7 @@ class Gatekeeper:
 
     async def sync(self, key: Key) -> None:
         namespace, name = key
-        if len(name) > 63:
+        if len(name) > MAX_NAME_LENGTH:
             return  # no pod can carry it as a label value, so none waits for it (the resource's status says why)
         # Decide on a fresh read (taken while the pods are listed: no added latency), not on the watch's copy,
         # which may be behind when a new spec and the app's pods arrive together.
