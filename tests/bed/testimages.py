@@ -18,21 +18,32 @@ TAG = "1"
 
 
 def busybox(bed: Bed) -> str:
-    """Push the busybox image (once per bed) and return the reference pods should use."""
-    ref = f"{bed.registry}/bed-test/busybox:{TAG}"
-    marker = bed.dir / "node" / "testimages-busybox.pushed"
+    """The busybox image (pushed once per bed); returns the reference pods should use."""
+    return _push(bed, "busybox", [])
+
+
+def kubectl(bed: Bed) -> str:
+    """busybox plus the bed's kubectl (a static binary) in /bin: an in-cluster API client for tests."""
+    from bed.tools import ensure_tools
+
+    return _push(bed, "kubectl", [oci.Entry("bin/kubectl", 0o755, source=ensure_tools()["kubectl"])])
+
+
+def _push(bed: Bed, name: str, extra: list[oci.Entry]) -> str:
+    ref = f"{bed.registry}/bed-test/{name}:{TAG}"
+    marker = bed.dir / "node" / f"testimage-{name}.pushed"
     if marker.exists():
         return ref
     applets = subprocess.run([str(BUSYBOX), "--list"], capture_output=True, text=True, check=True).stdout.split()
     entries = [oci.Entry("bin", directory=True), oci.Entry("etc", directory=True),
                oci.Entry("tmp", 0o1777, directory=True), oci.Entry("bin/busybox", 0o755, source=BUSYBOX)]  # fmt: skip
-    entries += [oci.Entry(f"bin/{name}", 0o777, target="busybox") for name in applets if name != "busybox"]
+    entries += [oci.Entry(f"bin/{applet}", 0o777, target="busybox") for applet in applets if applet != "busybox"]
     entries += [
         oci.Entry("etc/passwd", 0o644, data=b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534::/tmp:/bin/sh\n"),
         oci.Entry("etc/group", 0o644, data=b"root:x:0:\nnogroup:x:65534:\n"),
+        *extra,
     ]
-    layout = oci.write_layout(bed.dir / "node" / "busybox-oci", TAG, entries,
-                              {"Env": ["PATH=/bin"], "Cmd": ["sh"]})  # fmt: skip
+    layout = oci.write_layout(bed.dir / "node" / f"{name}-oci", TAG, entries, {"Env": ["PATH=/bin"], "Cmd": ["sh"]})
     oci.push_layout(layout, TAG, ref, bed.netns_cmd())
     marker.touch()
     return ref
