@@ -7,6 +7,8 @@ the only peeks at the host look for the containers' processes, to prove that the
 from __future__ import annotations
 
 import ipaddress
+import socket
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -264,7 +266,7 @@ def test_termination_messages(kube: Kube) -> None:
     containers = [
         container("custom-path", "echo -n 'all done' > /mnt/msg", terminationMessagePath="/mnt/msg"),
         container("from-logs", "echo first line; echo it broke; exit 2",
-                  terminationMessagePolicy="FallbackToLogsOnError"),  # fmt: skip
+                  terminationMessagePolicy="FallbackToLogsOnError"),
     ]
     kube.core.create_namespaced_pod(kube.ns, pod_manifest("msg", containers))
     pod = kube.wait_phase("msg", "Failed")
@@ -433,3 +435,23 @@ def test_read_only_root_filesystem_is_enforced(kube: Kube) -> None:
     kube.core.create_namespaced_pod(kube.ns, pod_manifest("ro", [main], volumes=[{"name": "out", "emptyDir": {}}]))
     pod = kube.wait_phase("ro", "Succeeded", "Failed")
     assert pod["status"]["phase"] == "Succeeded", terminated(pod)
+
+
+def test_pods_reach_a_host_port_the_bed_exposes(real_bed: Bed, kube: Kube) -> None:
+    """How pods reach the test PostgreSQL on the host's loopback: a relay from the node IP (expose_host_port)."""
+    server = socket.create_server(("127.0.0.1", 0))
+    greeting = f"hello-{uuid.uuid4().hex[:6]}"
+
+    def serve() -> None:
+        conn, _ = server.accept()
+        with conn:
+            conn.sendall(greeting.encode() + b"\n")
+
+    threading.Thread(target=serve, daemon=True).start()
+    host, port = real_bed.expose_host_port(server.getsockname()[1])
+    assert host == real_bed.node_ip
+    main = container("main", f"nc {host} {port} > /dev/termination-log")
+    kube.core.create_namespaced_pod(kube.ns, pod_manifest("client", [main]))
+    pod = kube.wait_phase("client", "Succeeded", "Failed")
+    server.close()
+    assert terminated(pod)["message"].strip() == greeting

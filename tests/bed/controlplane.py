@@ -4,7 +4,9 @@ a registry in namespaces of the bed's own, see bed.realnode) or ``node="agent"``
 ``bed.nodeagent``; the default while the e2e tests still use it) or ``node="none"``.
 
 Agent mode: everything listens on 127.0.0.1 on free ports. Real mode: everything runs inside the bed's network
-namespace; the host reaches kube-apiserver through a relay on a free port of 127.0.0.1. The components run in their own sessions and survive the process
+namespace; the host reaches kube-apiserver through a relay on a free port of 127.0.0.1.
+
+The components run in their own sessions and survive the process
 that started them (``python -m bed up``); their PIDs (with their start times, to survive PID reuse) are kept in
 ``DIR/state.json`` so that ``python -m bed down`` (or :meth:`Bed.stop`) from any process can stop them.
 

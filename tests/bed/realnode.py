@@ -110,7 +110,8 @@ def start_holder(log: Path) -> subprocess.Popen[bytes]:
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         with contextlib.suppress(OSError):
-            if os.stat(f"/proc/{proc.pid}/ns/net").st_ino != own and Path(f"/proc/{proc.pid}/comm").read_text() == "sleep\n":
+            entered = os.stat(f"/proc/{proc.pid}/ns/net").st_ino != own
+            if entered and Path(f"/proc/{proc.pid}/comm").read_text() == "sleep\n":
                 return proc
         if proc.poll() is not None:
             raise NodeError(f"unshare exited with {proc.returncode}; see {log}")
@@ -185,8 +186,10 @@ def own_memory_cgroup() -> str:
 def hierarchies(unified: bool = False) -> list[Path]:
     """The mounted cgroup v1 hierarchies, and with ``unified`` also cgroup2's mostly empty one (kubelet does not
     need the root there, but it still creates its kubepods tree in it, which the bed must remove)."""
-    return sorted(h for h in CGROUP_FS.iterdir()
-                  if (unified or h.name != "unified") and not h.is_symlink() and (h / "cgroup.procs").exists())  # fmt: skip
+    return sorted(
+        h for h in CGROUP_FS.iterdir()
+        if (unified or h.name != "unified") and not h.is_symlink() and (h / "cgroup.procs").exists()
+    )  # fmt: skip
 
 
 def make_cgroup_root(name: str) -> tuple[str, list[str]]:
@@ -283,7 +286,9 @@ def _state(pid: int) -> str | None:
 # configuration files
 
 
-def write_configs(bed_dir: Path, node_name: str, cgroup_root: str, pki_dir: Path, kubeconfigs: dict[str, Path]) -> dict[str, Path]:
+def write_configs(
+    bed_dir: Path, node_name: str, cgroup_root: str, pki_dir: Path, kubeconfigs: dict[str, Path]
+) -> dict[str, Path]:
     """containerd, CNI, kubelet, kube-proxy and registry configuration; returns their paths by component."""
     node = bed_dir / "node"
     node.mkdir(parents=True, exist_ok=True)

@@ -14,6 +14,7 @@ No port is ever chosen by guessing: the bed binds port 0 and passes the socket.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import os
 import socket
@@ -32,10 +33,8 @@ def _pump(src: socket.socket, dst: socket.socket) -> None:
         pass
     finally:
         for sock, how in ((dst, socket.SHUT_WR), (src, socket.SHUT_RD)):
-            try:
+            with contextlib.suppress(OSError):
                 sock.shutdown(how)
-            except OSError:
-                pass
 
 
 def _serve_one(client: socket.socket, target: tuple[str, int]) -> None:
