@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import subprocess
 import threading
 import time
 import uuid
@@ -20,6 +21,7 @@ from kubernetes import client as k8s
 
 from bed import testimages
 from bed.controlplane import Bed
+from bed.postgres import Database
 from harness import wait_for as eventually
 
 pytestmark = pytest.mark.bed
@@ -455,3 +457,18 @@ def test_pods_reach_a_host_port_the_bed_exposes(real_bed: Bed, kube: Kube) -> No
     pod = kube.wait_phase("client", "Succeeded", "Failed")
     server.close()
     assert terminated(pod)["message"].strip() == greeting
+
+
+def test_postgres_is_reachable_inside_the_namespace(real_bed: Bed, postgres_in_bed: tuple[str, int],
+                                                    database: Database) -> None:  # fmt: skip
+    """The address pods and the in-namespace operator use for the test PostgreSQL (psql runs from the host's
+    files, inside the namespace, where the host's loopback is out of reach)."""
+    inside = database.at(*postgres_in_bed)
+    assert inside.host == real_bed.node_ip
+    proc = subprocess.run(real_bed.exec_cmd(["psql", inside.conninfo, "-tAc", "select current_database()"]),
+                          capture_output=True, text=True, check=False)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == database.name
+    unreachable = subprocess.run(real_bed.exec_cmd(["psql", database.conninfo + " connect_timeout=2", "-c", "select 1"]),
+                                 capture_output=True, text=True, check=False)  # fmt: skip
+    assert unreachable.returncode != 0  # the host's 127.0.0.1 is not the namespace's
