@@ -469,6 +469,28 @@ def test_postgres_is_reachable_inside_the_namespace(real_bed: Bed, postgres_in_b
                           capture_output=True, text=True, check=False)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == database.name
-    unreachable = subprocess.run(real_bed.exec_cmd(["psql", database.conninfo + " connect_timeout=2", "-c", "select 1"]),
+    host_only = database.conninfo + " connect_timeout=2"
+    unreachable = subprocess.run(real_bed.exec_cmd(["psql", host_only, "-c", "select 1"]),
                                  capture_output=True, text=True, check=False)  # fmt: skip
     assert unreachable.returncode != 0  # the host's 127.0.0.1 is not the namespace's
+
+
+def test_a_service_routes_to_its_pod_from_pods_and_from_the_namespace(real_bed: Bed, kube: Kube) -> None:
+    """kube-proxy: a ClusterIP reaches the pod behind it, from another pod and from a process on the node."""
+    server = container("main", "mkdir -p /w && echo served > /w/index.html && exec httpd -f -p 8080 -h /w",
+                       readinessProbe={"tcpSocket": {"port": 8080}, "periodSeconds": 1})  # fmt: skip
+    web = pod_manifest("web", [server])
+    web["metadata"]["labels"] = {"app": "web"}
+    kube.core.create_namespaced_pod(kube.ns, web)
+    service = {"metadata": {"name": "web"},
+               "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": 8080}]}}  # fmt: skip
+    cluster_ip = kube.to_dict(kube.core.create_namespaced_service(kube.ns, service))["spec"]["clusterIP"]
+    assert ipaddress.ip_address(cluster_ip) in ipaddress.ip_network("198.18.0.0/24")
+    fetch = f"printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 3 {cluster_ip} 80 | tail -1"
+    client = container("main", f"for i in $(seq 30); do out=$({fetch}); [ -n \"$out\" ] && break; sleep 1; done;"
+                       ' echo -n "$out" > /dev/termination-log')  # fmt: skip
+    kube.core.create_namespaced_pod(kube.ns, pod_manifest("client", [client]))
+    assert terminated(kube.wait_phase("client", "Succeeded", timeout=60))["message"] == "served"
+    inside = subprocess.run(real_bed.exec_cmd(["curl", "-sS", "-m", "5", f"http://{cluster_ip}/"]),
+                            capture_output=True, text=True, check=False)  # fmt: skip
+    assert inside.stdout == "served\n", inside.stderr

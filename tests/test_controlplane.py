@@ -203,3 +203,21 @@ def test_cli_exec_runs_inside_the_namespace(bed: Bed) -> None:
     name, addr = proc.stdout.splitlines()
     assert name == "default"
     assert f"{bed.node_ip}/32" in addr
+
+
+def test_cli_image_build_pushes_to_the_registry(bed: Bed, tmp_path: Path) -> None:
+    """`python -m bed image build` (bed.images builds, the bed pushes): the printed reference is in the registry."""
+    pytest.importorskip("bed.images", reason="bed.images (buildah) is not in this tree yet")
+    (tmp_path / "hello.txt").write_text("hello\n")
+    (tmp_path / "Dockerfile").write_text("FROM scratch\nCOPY hello.txt /hello.txt\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "bed", "image", "build", "--dir", str(bed.dir), "--context", str(tmp_path),
+         "--tag", "bed-test/hello:1"],
+        capture_output=True, text=True, env={**bed.env(), "PYTHONPATH": str(HERE.parent)}, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    ref = proc.stdout.strip().splitlines()[-1]
+    assert ref == f"{bed.registry}/bed-test/hello:1"
+    inspect = subprocess.run([*bed.netns_cmd(), "skopeo", "inspect", "--tls-verify=false", f"docker://{ref}"],
+                             capture_output=True, text=True, check=False)  # fmt: skip
+    assert inspect.returncode == 0, inspect.stderr

@@ -39,6 +39,7 @@ BUILD_SCRIPT = HERE / "build-node.sh"
 NODE_IP = "198.19.255.254"
 POD_CIDR = "198.19.0.0/24"
 POD_GATEWAY = "198.19.0.1"
+SERVICE_CIDR = "198.18.0.0/24"  # = controlplane.SERVICE_CLUSTER_IP_RANGE
 REGISTRY = "127.0.0.1:5000"  # as containerd (in the bed's network namespace) and pushers (via netns_cmd) see it
 API_PORT = 6443  # kube-apiserver inside the namespace; the host reaches it through a relay on a free port
 PAUSE_TAG = "3.10-bed"
@@ -140,7 +141,9 @@ def setup_namespaces(holder: int, bed_dir: Path) -> None:
                  ["link", "add", "bed0", "type", "veth", "peer", "name", "bed1"],
                  ["link", "set", "bed1", "up"],
                  ["addr", "add", f"{NODE_IP}/32", "dev", "bed0"],
-                 ["link", "set", "bed0", "up"]):  # fmt: skip
+                 ["link", "set", "bed0", "up"],
+                 # processes of the node itself reach ClusterIPs: a route must exist before kube-proxy's DNAT applies
+                 ["route", "add", SERVICE_CIDR, "dev", "bed0", "src", NODE_IP]):  # fmt: skip
         _run([*net, *args])
 
     # D may itself be under /tmp (pytest): keep a handle on it in /run, cover the system paths, then put D back.
