@@ -494,3 +494,16 @@ def test_a_service_routes_to_its_pod_from_pods_and_from_the_namespace(real_bed: 
     inside = subprocess.run(real_bed.exec_cmd(["curl", "-sS", "-m", "5", f"http://{cluster_ip}/"]),
                             capture_output=True, text=True, check=False)  # fmt: skip
     assert inside.stdout == "served\n", inside.stderr
+
+
+def test_cluster_dns_answers_for_services_and_nothing_else(kube: Kube) -> None:
+    """CoreDNS on the node: Service names resolve; any other name fails at once (nothing is forwarded)."""
+    script = ("nslookup kubernetes.default.svc.cluster.local > /tmp/in; in=$?;"
+              " nslookup example.com > /tmp/out 2>&1; out=$?;"
+              ' echo -n "$in $out $(grep -c 198.18.0.1 /tmp/in)" > /dev/termination-log')  # fmt: skip
+    kube.core.create_namespaced_pod(kube.ns, pod_manifest("dns", [container("main", script)]))
+    pod = kube.wait_phase("dns", "Succeeded", "Failed", timeout=60)
+    assert pod["spec"]["dnsPolicy"] == "ClusterFirst"
+    resolved, external, answers = terminated(pod)["message"].split()
+    assert (resolved, answers) == ("0", "1")
+    assert external != "0"

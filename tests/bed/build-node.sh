@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Build the real node's binaries into a cache outside the repository:
 #   kubelet, kube-scheduler, kube-proxy (same wrapper module as build-control-plane.sh),
-#   containerd, containerd-shim-runc-v2, ctr (containerd's Go module) and a static pause binary
-#   (the Kubernetes module's build/pause/linux/pause.c).
+#   containerd, containerd-shim-runc-v2, ctr (containerd's Go module), a static pause binary
+#   (the Kubernetes module's build/pause/linux/pause.c) and CoreDNS with only the plugins the bed uses.
 #
 #   tests/bed/build-node.sh            # prints the cache directory holding the binaries
 #
@@ -12,8 +12,9 @@ set -euo pipefail
 
 K8S_VERSION="${K8S_VERSION:-v1.36.3}"
 CONTAINERD_VERSION="${CONTAINERD_VERSION:-v2.4.2}"
+COREDNS_VERSION="${COREDNS_VERSION:-v1.14.7}"
 BED_CACHE="${BED_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/alembic-operator}"
-OUT="$BED_CACHE/node/k8s-${K8S_VERSION}-containerd-${CONTAINERD_VERSION}"
+OUT="$BED_CACHE/node/k8s-${K8S_VERSION}-containerd-${CONTAINERD_VERSION}-coredns-${COREDNS_VERSION}"
 
 if [[ -f "$OUT/.complete" ]]; then
   echo "$OUT"
@@ -24,9 +25,9 @@ command -v go >/dev/null || { echo "go is required (https://go.dev/dl/)" >&2; ex
 command -v gcc >/dev/null || { echo "gcc is required for the static pause binary (make deps)" >&2; exit 1; }
 export GOTOOLCHAIN="${GOTOOLCHAIN:-local}" GOFLAGS="-buildvcs=false" CGO_ENABLED=0
 mkdir -p "$OUT"
-work="$BED_CACHE/node/src-k8s-${K8S_VERSION}-containerd-${CONTAINERD_VERSION}"
+work="$BED_CACHE/node/src-$(basename "$OUT")"
 rm -rf "$work"
-mkdir -p "$work/k8s" "$work/containerd"
+mkdir -p "$work/k8s" "$work/containerd" "$work/coredns"
 start=$(date +%s)
 
 # --- Kubernetes: a wrapper module that replaces each staging module with its published v0.Y.Z -----------------
@@ -102,6 +103,37 @@ EOM
     go build -trimpath -tags "no_btrfs no_devmapper no_zfs" -ldflags "-s -w $cver" -o "$OUT/$cmd" \
       "github.com/containerd/containerd/v2/cmd/$cmd"
   done
+)
+
+# --- CoreDNS: its own main with the few plugins the bed's Corefile uses (the full set pulls in every cloud SDK) ---
+cat > "$work/coredns/go.mod" <<EOM
+module alembic-operator.io/bed/coredns
+
+go 1.26
+
+require github.com/coredns/coredns ${COREDNS_VERSION}
+EOM
+cat > "$work/coredns/main.go" <<'EOM'
+// CoreDNS for the bed: cluster DNS from the kubernetes plugin, nothing forwarded anywhere.
+package main
+
+import (
+	_ "github.com/coredns/coredns/plugin/bind"
+	_ "github.com/coredns/coredns/plugin/cache"
+	_ "github.com/coredns/coredns/plugin/errors"
+	_ "github.com/coredns/coredns/plugin/kubernetes"
+	_ "github.com/coredns/coredns/plugin/ready"
+
+	"github.com/coredns/coredns/coremain"
+)
+
+func main() { coremain.Run() }
+EOM
+(
+  cd "$work/coredns"
+  go mod tidy >/dev/null 2>&1 || go mod tidy
+  echo "building coredns ${COREDNS_VERSION}" >&2
+  go build -trimpath -ldflags "-s -w" -o "$OUT/coredns" .
 )
 
 end=$(date +%s)

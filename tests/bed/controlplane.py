@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import http.client
 import json
 import os
@@ -621,7 +622,8 @@ class Bed:
         write_kubeconfig(self.kubeconfig, self.server, ca.cert, certs.admin, "bed-admin")
         write_kubeconfig(self.kubeconfig_in_netns, inner, ca.cert, certs.admin, "bed-admin")
         kubeconfigs = {"kube-controller-manager": (certs.controller_manager, "system:kube-controller-manager")}
-        for user, cn in (("kube-scheduler", "system:kube-scheduler"), ("kube-proxy", "system:kube-proxy")):
+        for user, cn in (("kube-scheduler", "system:kube-scheduler"), ("kube-proxy", "system:kube-proxy"),
+                         ("coredns", realnode.COREDNS_USER)):
             kubeconfigs[user] = (pki.issue_cert(ca, self.pki_dir, user, cn, client=True), cn)
         assert certs.node is not None
         kubeconfigs["kubelet"] = (certs.node, f"system:node:{self.node_name}")
@@ -710,7 +712,7 @@ class Bed:
             f"--authorization-kubeconfig={paths['kube-scheduler']}",
             "--bind-address=127.0.0.1", "--leader-elect=false", "--profiling=false",
         ])  # fmt: skip
-        self._wait("the registry", lambda: self._registry_up(holder.pid))
+        self._wait("the registry", lambda: self._http_ok_inside(holder.pid, f"http://{self.registry}/v2/"))
         realnode.push_pause_image(node_bins, self.dir / "node", self.netns_cmd())
         self._spawn("containerd", [*inside, str(node_bins / "containerd"), f"--config={configs['containerd']}"])
         socket_path = Path(f"/proc/{holder.pid}/root/run/containerd/containerd.sock")
@@ -721,15 +723,26 @@ class Bed:
             f"--node-ip={realnode.NODE_IP}", "--v=1",
         ])  # fmt: skip
         self._spawn("kube-proxy", [*inside, str(node_bins / "kube-proxy"), f"--config={configs['kube-proxy']}"])
+        for path, body in realnode.COREDNS_RBAC:
+            self._wait(f"POST {path}", functools.partial(self._created, path, body))
+        self._spawn("coredns", [*inside, str(node_bins / "coredns"), "-conf", str(configs["coredns"])])
         self._wait("ServiceAccount default/default", self._default_service_account_exists)
         self._wait("the default StorageClass", self._ensure_storage_class)
         self._wait(f"Node {self.node_name} Ready", self._node_ready)
+        self._wait("CoreDNS ready", lambda: self._http_ok_inside(holder.pid, "http://127.0.0.1:8181/ready"))
         self._state["ready"] = True
         self._write_state()
 
-    def _registry_up(self, holder: int) -> bool:
-        probe = [*realnode.enter(holder, mount=False), "curl", "-fsS", "-o", "/dev/null", f"http://{self.registry}/v2/"]
+    def _http_ok_inside(self, holder: int, url: str) -> bool:
+        probe = [*realnode.enter(holder, mount=False), "curl", "-fsS", "-o", "/dev/null", url]
         return subprocess.run(probe, capture_output=True, check=False).returncode == 0
+
+    def _created(self, path: str, body: dict[str, Any]) -> bool:
+        try:
+            status, _ = self.api_request("POST", path, body)
+        except (OSError, http.client.HTTPException):
+            return False
+        return status in (201, 409)
 
     def _ensure_storage_class(self) -> bool:
         path = "/apis/storage.k8s.io/v1/storageclasses"

@@ -44,7 +44,8 @@ REGISTRY = "127.0.0.1:5000"  # as containerd (in the bed's network namespace) an
 API_PORT = 6443  # kube-apiserver inside the namespace; the host reaches it through a relay on a free port
 PAUSE_TAG = "3.10-bed"
 PAUSE_IMAGE = f"{REGISTRY}/bed/pause:{PAUSE_TAG}"
-NODE_BINARIES = ("kubelet", "kube-scheduler", "kube-proxy", "containerd", "containerd-shim-runc-v2", "ctr", "pause")
+NODE_BINARIES = ("kubelet", "kube-scheduler", "kube-proxy", "containerd", "containerd-shim-runc-v2", "ctr", "pause",
+                 "coredns")
 
 CGROUP_FS = Path("/sys/fs/cgroup")
 
@@ -370,6 +371,7 @@ oom_score = 0
                            "x509": {"clientCAFile": str(pki_dir / "ca.crt")}},
         "authorization": {"mode": "Webhook"},
         "clusterDomain": "cluster.local",
+        "clusterDNS": [NODE_IP],  # CoreDNS, on the node (see COREFILE)
         "resolvConf": str(bed_dir / "fs" / "resolv.conf"),
         "failSwapOn": False,
         "protectKernelDefaults": False,  # it sees the files bind-mounted over /proc/sys (setup_namespaces)
@@ -407,8 +409,10 @@ oom_score = 0
         "storage": {"filesystem": {"rootdirectory": str(node / "registry")}, "delete": {"enabled": True}},
         "http": {"addr": REGISTRY},
     }))  # fmt: skip
+    corefile = node / "Corefile"
+    corefile.write_text(COREFILE.format(node_ip=NODE_IP, kubeconfig=kubeconfigs["coredns"]))
     return {"containerd": ctrd_config, "kubelet": kubelet_config, "kube-proxy": proxy_config,
-            "registry": registry_config}  # fmt: skip
+            "registry": registry_config, "coredns": corefile}  # fmt: skip
 
 
 def push_pause_image(node_bins: Path, work: Path, netns_cmd: list[str]) -> str:
@@ -428,3 +432,40 @@ DEFAULT_STORAGE_CLASS: dict[str, Any] = {
     "reclaimPolicy": "Delete",
     "volumeBindingMode": "Immediate",
 }
+
+
+# Cluster DNS: CoreDNS runs on the node (a process in the namespace, like kube-proxy) and answers for
+# cluster.local from the API; every other name gets SERVFAIL at once: nothing is forwarded, so no query ever
+# leaves the namespace.
+COREFILE = """\
+cluster.local:53 in-addr.arpa:53 {{
+    bind {node_ip}
+    errors
+    ready 127.0.0.1:8181
+    kubernetes cluster.local in-addr.arpa {{
+        kubeconfig {kubeconfig}
+        pods insecure
+    }}
+    cache 5
+}}
+.:53 {{
+    bind {node_ip}
+    errors
+}}
+"""
+COREDNS_USER = "bed:coredns"
+COREDNS_RBAC: list[tuple[str, dict[str, Any]]] = [
+    ("/apis/rbac.authorization.k8s.io/v1/clusterroles", {
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": COREDNS_USER},
+        "rules": [
+            {"apiGroups": [""], "resources": ["services", "endpoints", "pods", "namespaces"],
+             "verbs": ["list", "watch"]},
+            {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["list", "watch"]},
+        ],
+    }),
+    ("/apis/rbac.authorization.k8s.io/v1/clusterrolebindings", {
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding", "metadata": {"name": COREDNS_USER},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": COREDNS_USER},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": COREDNS_USER}],
+    }),
+]  # fmt: skip
