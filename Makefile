@@ -5,34 +5,43 @@ SHELL := /bin/bash
 VENV      ?= .venv
 PY        := $(VENV)/bin/python
 BED_DIR   ?= $(CURDIR)/.bed
+BED_NODE  ?= real
 PYTEST_ARGS ?=
 export PYTHONPATH := $(CURDIR)/tests$(if $(PYTHONPATH),:$(PYTHONPATH))
 
-.PHONY: help deps venv controlplane tools test test-unit lint demo dev-cluster dev-cluster-down crd k8s-openapi clean \
+.PHONY: help deps venv controlplane node tools test test-unit lint demo dev-cluster dev-cluster-down crd k8s-openapi clean \
         image-check chart-check bench-gate
 
 help:
 	@echo "make demo              the operator's whole job, end to end, on the local bed"
 	@echo "make test              the whole test suite (unit + the real bed)"
 	@echo "make lint              ruff and mypy"
-	@echo "make dev-cluster       start the local bed in the background (prints export KUBECONFIG=...)"
+	@echo "make dev-cluster       start the local bed with a real node (BED_NODE=agent: the old node agent)"
 	@echo "make dev-cluster-down  stop it"
 	@echo "make bench-gate        Ready -> last held pod released, for 1/10/100 pods (median, p99)"
 	@echo "make crd               regenerate crds/ and docs/crd-reference.md from the pydantic model"
 	@echo "make k8s-openapi       re-vendor Kubernetes' core/v1 schemas from \$$KUBECONFIG's API server, then make crd"
 
 # Debian packages: PostgreSQL (server for the tests and the demo, pg_dump/pg_restore for the Jobs), util-linux
-# (unshare, mount: the node agent's mount namespaces), mmdebstrap and buildah (the bed's images, tests/bed/images.py),
-# docker-registry (the bed's registry). Go builds the control plane.
+# (unshare, nsenter, mount: the bed's namespaces); the real node's runc, CNI plugins, registry, iproute2, iptables
+# (kube-proxy); skopeo (pushes), busybox-static (the bed's test images), gcc (the static pause binary); buildah and
+# mmdebstrap (image builds). Go builds the control plane and the node.
 deps:
 	@missing=""; \
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	command -v pg_dump >/dev/null || missing="$$missing postgresql-client"; \
 	command -v unshare >/dev/null || missing="$$missing util-linux"; \
 	command -v curl >/dev/null || missing="$$missing curl"; \
-	command -v mmdebstrap >/dev/null || missing="$$missing mmdebstrap"; \
-	command -v buildah >/dev/null || missing="$$missing buildah"; \
+	command -v runc >/dev/null || missing="$$missing runc"; \
+	test -x /usr/lib/cni/bridge || missing="$$missing containernetworking-plugins"; \
 	command -v docker-registry >/dev/null || missing="$$missing docker-registry"; \
+	command -v skopeo >/dev/null || missing="$$missing skopeo"; \
+	command -v buildah >/dev/null || missing="$$missing buildah"; \
+	command -v mmdebstrap >/dev/null || missing="$$missing mmdebstrap"; \
+	test -x /bin/busybox || missing="$$missing busybox-static"; \
+	command -v ip >/dev/null || missing="$$missing iproute2"; \
+	command -v iptables >/dev/null || missing="$$missing iptables"; \
+	command -v gcc >/dev/null || missing="$$missing gcc libc6-dev"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  $$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get update -qq && \
@@ -51,10 +60,14 @@ venv: $(VENV)/.installed
 controlplane: deps
 	tests/bed/build-control-plane.sh
 
+# kubelet, kube-scheduler, kube-proxy, containerd (+ shim, ctr) and the pause binary, cached like the control plane
+node: deps
+	tests/bed/build-node.sh
+
 tools: venv
 	$(PY) -m bed tools
 
-test: deps venv controlplane tools
+test: deps venv controlplane node tools
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-unit: venv
@@ -72,13 +85,13 @@ k8s-openapi: venv
 	$(PY) -m alembic_operator.k8s_openapi
 	$(PY) -m alembic_operator.crdgen
 
-dev-cluster: deps venv controlplane tools
-	$(PY) -m bed up --dir $(BED_DIR)
+dev-cluster: deps venv controlplane node tools
+	$(PY) -m bed up --node $(BED_NODE) --dir $(BED_DIR)
 
 dev-cluster-down: venv
 	$(PY) -m bed down --dir $(BED_DIR)
 
-demo: deps venv controlplane tools
+demo: deps venv controlplane node tools
 	$(PY) examples/demo.py --bed-dir $(BED_DIR)
 
 bench-gate: deps venv controlplane tools

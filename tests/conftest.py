@@ -76,6 +76,44 @@ def bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bed]:
 
 
 @pytest.fixture(scope="session")
+def real_bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bed]:
+    """A control plane with a real node (kubelet, containerd, kube-proxy, registry) for the session.
+
+    With BED_REAL_DIR=DIR set, the real bed already running there (`python -m bed up --node real --dir DIR`) is
+    used and left running. Becomes the `bed` fixture once the e2e tests have moved onto the real node.
+    """
+    if reuse := os.environ.get("BED_REAL_DIR"):
+        existing = Bed(reuse)
+        if not existing.is_up() or existing.node != "real":
+            pytest.fail(f"BED_REAL_DIR={reuse}, but no real bed is up there: "
+                        f"run `PYTHONPATH=tests python -m bed up --node real --dir {reuse}`")  # fmt: skip
+        yield existing
+        return
+    fresh = Bed(tmp_path_factory.mktemp("realbed"), node="real", daemon=False)
+    fresh.start()
+    try:
+        yield fresh
+    finally:
+        fresh.stop(purge=False)  # keeps logs/ and pki/ for post-mortems; removes every process, mount and cgroup
+
+
+@pytest.fixture(scope="session")
+def postgres_in_bed(real_bed: Bed, postgres: PostgresServer) -> tuple[str, int]:
+    """(host, port) at which pods and processes inside the real bed's network namespace reach `postgres`:
+    `database.at(*postgres_in_bed)` is the database as they see it."""
+    return real_bed.expose_host_port(postgres.port, name="postgres-relay")
+
+
+@pytest.fixture(scope="session")
+def real_kube_api(real_bed: Bed) -> Iterator[ApiClient]:
+    api = real_bed.api_client()
+    try:
+        yield api
+    finally:
+        api.close()  # type: ignore[no-untyped-call]
+
+
+@pytest.fixture(scope="session")
 def kube_api(bed: Bed) -> Iterator[ApiClient]:
     """A kubernetes ApiClient for the bed's admin kubeconfig (the global kubernetes configuration is untouched)."""
     api = bed.api_client()

@@ -18,6 +18,17 @@ from harness import wait_for as eventually
 pytestmark = pytest.mark.bed
 
 
+# The control plane of the real bed (node="real"): everything runs in the bed's namespaces, the host uses the relay.
+@pytest.fixture(scope="module")
+def bed(real_bed: Bed) -> Bed:
+    return real_bed
+
+
+@pytest.fixture(scope="module")
+def kube_api(real_kube_api: k8s.ApiClient) -> k8s.ApiClient:
+    return real_kube_api
+
+
 
 def request_token(core: k8s.CoreV1Api, namespace: str, name: str, audiences: list[str] | None = None) -> str:
     spec = k8s.V1TokenRequestSpec(audiences=audiences or [], expiration_seconds=600)
@@ -178,3 +189,35 @@ def test_cli_status_of_missing_bed(tmp_path: Path) -> None:
     )
     assert proc.returncode == 1
     assert "no bed in" in proc.stdout
+
+
+def test_cli_exec_runs_inside_the_namespace(bed: Bed) -> None:
+    """`python -m bed exec` runs host programs in the bed's network namespace, with an in-namespace kubeconfig."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "bed", "exec", "--dir", str(bed.dir), "--",
+         "sh", "-c", "kubectl get namespace default -o jsonpath={.metadata.name} && echo && ip -4 -o addr show bed0"],
+        capture_output=True, text=True, env={"PYTHONPATH": str(HERE.parent), "PATH": "/usr/bin:/bin:/usr/sbin"},
+        check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    name, addr = proc.stdout.splitlines()
+    assert name == "default"
+    assert f"{bed.node_ip}/32" in addr
+
+
+def test_cli_image_build_pushes_to_the_registry(bed: Bed, tmp_path: Path) -> None:
+    """`python -m bed image build` (bed.images builds, the bed pushes): the printed reference is in the registry."""
+    pytest.importorskip("bed.images", reason="bed.images (buildah) is not in this tree yet")
+    (tmp_path / "hello.txt").write_text("hello\n")
+    (tmp_path / "Dockerfile").write_text("FROM scratch\nCOPY hello.txt /hello.txt\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "bed", "image", "build", "--dir", str(bed.dir), "--context", str(tmp_path),
+         "--tag", "bed-test/hello:1"],
+        capture_output=True, text=True, env={**bed.env(), "PYTHONPATH": str(HERE.parent)}, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    ref = proc.stdout.strip().splitlines()[-1]
+    assert ref == f"{bed.registry}/bed-test/hello:1"
+    inspect = subprocess.run([*bed.netns_cmd(), "skopeo", "inspect", "--tls-verify=false", f"docker://{ref}"],
+                             capture_output=True, text=True, check=False)  # fmt: skip
+    assert inspect.returncode == 0, inspect.stderr

@@ -1,12 +1,15 @@
-"""A local Kubernetes test bed: real etcd, kube-apiserver and kube-controller-manager on loopback, plus a node
-agent (fake kubelet), kubectl and helm.
+"""A local Kubernetes test bed: real etcd, kube-apiserver and kube-controller-manager, plus a node (a real one:
+kubelet, containerd, kube-proxy, kube-scheduler and a registry in namespaces of the bed's own; or the old node
+agent, a fake kubelet), kubectl and helm.
 
-    PYTHONPATH=tests python -m bed up        # prints `export KUBECONFIG=...` last
+    PYTHONPATH=tests python -m bed up --node real    # prints `export KUBECONFIG=...` last
+    PYTHONPATH=tests python -m bed exec -- CMD       # CMD inside the real node's network namespace
     PYTHONPATH=tests python -m bed status
     PYTHONPATH=tests python -m bed down
     PYTHONPATH=tests python -m bed tools     # paths of kubectl and helm
 
-In pytest, use the `bed`, `kube_api`, `namespace` and `kubectl` fixtures from tests/conftest.py.
+In pytest, use the `bed`, `kube_api`, `namespace` and `kubectl` fixtures from tests/conftest.py (`real_bed`,
+`real_kube_api` and `postgres_in_bed` for the real node).
 """
 
 from bed.controlplane import DEFAULT_DIR, Bed, BedError

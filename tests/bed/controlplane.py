@@ -1,7 +1,12 @@
 """A local Kubernetes control plane for tests: etcd, kube-apiserver and kube-controller-manager (real binaries,
-built by build-control-plane.sh), plus the node agent (a fake kubelet, ``bed.nodeagent``) when it is available.
+built by build-control-plane.sh), plus a node: ``node="real"`` (kubelet, containerd, kube-proxy, kube-scheduler and
+a registry in namespaces of the bed's own, see bed.realnode) or ``node="agent"`` (the node agent, a fake kubelet,
+``bed.nodeagent``; the default while the e2e tests still use it) or ``node="none"``.
 
-Everything listens on 127.0.0.1 on free ports. The components run in their own sessions and survive the process
+Agent mode: everything listens on 127.0.0.1 on free ports. Real mode: everything runs inside the bed's network
+namespace; the host reaches kube-apiserver through a relay on a free port of 127.0.0.1.
+
+The components run in their own sessions and survive the process
 that started them (``python -m bed up``); their PIDs (with their start times, to survive PID reuse) are kept in
 ``DIR/state.json`` so that ``python -m bed down`` (or :meth:`Bed.stop`) from any process can stop them.
 
@@ -14,12 +19,16 @@ Layout of DIR::
     logs/<component>.log
     nodeagent/           the node agent's --state-dir and its kubeconfig (identity system:node:<name>)
     bin/kubectl bin/helm
+    kubeconfig-netns     real node: admin kubeconfig for processes inside the bed's network namespace
+    node/ fs/            real node: configuration, containerd's and the registry's data; what the node sees as
+                         /tmp, /var/lib, /var/log
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import http.client
 import json
 import os
@@ -37,7 +46,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from bed import pki
+from bed import pki, realnode, relay
 
 if TYPE_CHECKING:
     from kubernetes.client import ApiClient
@@ -52,7 +61,9 @@ SERVICE_CLUSTER_IP_RANGE = "198.18.0.0/24"
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
 
 # What `stop(purge=True)` removes from DIR (nothing else: DIR may be a directory the user gave).
-_OWNED_ENTRIES = ("state.json", "kubeconfig", "pki", "etcd", "logs", "nodeagent", "bin")
+_OWNED_ENTRIES = ("state.json", "kubeconfig", "kubeconfig-netns", "pki", "etcd", "logs", "nodeagent", "bin",
+                  "node", "fs")
+NODE_MODES = ("agent", "real", "none")
 _STATE_VERSION = 1
 _LOG_TAIL_LINES = 40
 
@@ -211,6 +222,14 @@ def _node_agent_wanted(explicit: bool | None) -> bool:
     return node_agent_available()
 
 
+def _node_mode(node: str | None, node_agent: bool | None) -> str:
+    """``node`` if given, else BED_NODE, else the node agent's old rule (``node_agent``, BED_NODE_AGENT)."""
+    mode = node or os.environ.get("BED_NODE") or ("agent" if _node_agent_wanted(node_agent) else "none")
+    if mode not in NODE_MODES:
+        raise BedError(f"node must be one of {', '.join(NODE_MODES)}, not {mode!r}")
+    return mode
+
+
 # --------------------------------------------------------------------------------------------------------------
 # kubeconfig
 
@@ -258,6 +277,7 @@ class Bed:
         dir: Path | str = DEFAULT_DIR,
         *,
         node_agent: bool | None = None,
+        node: str | None = None,
         node_name: str = DEFAULT_NODE_NAME,
         daemon: bool = True,
         start_timeout: float | None = None,
@@ -265,6 +285,7 @@ class Bed:
         self.dir = Path(dir).resolve()
         self.node_name = node_name
         self._node_agent_arg = node_agent
+        self._node_arg = node
         self.daemon = daemon
         self.start_timeout = start_timeout or float(os.environ.get("BED_START_TIMEOUT", "120"))
         self.startup_seconds: float | None = None
@@ -303,7 +324,7 @@ class Bed:
     @property
     def certs(self) -> pki.BedPKI:
         """Paths of the bed's certificates and keys."""
-        return pki.BedPKI.load(self.pki_dir, self.node_name if self.node_agent else None)
+        return pki.BedPKI.load(self.pki_dir, self.node_name if self.node != "none" else None)
 
     @property
     def state(self) -> dict[str, Any]:
@@ -322,10 +343,66 @@ class Bed:
         return f"https://127.0.0.1:{self.api_port}"
 
     @property
-    def node_agent(self) -> bool:
+    def node(self) -> str:
+        """"real", "agent" or "none": the running bed's, else the one asked for."""
+        if self._state is None and self.state_file.exists():
+            self._state = self._read_state()
         if self._state is not None:
-            return bool(self._state.get("node_agent"))
-        return _node_agent_wanted(self._node_agent_arg)
+            return str(self._state.get("node") or ("agent" if self._state.get("node_agent") else "none"))
+        return _node_mode(self._node_arg, self._node_agent_arg)
+
+    @property
+    def node_agent(self) -> bool:
+        return self.node == "agent"
+
+    # --- the real node's namespace (node="real") -------------------------------------------------------------------
+    registry = realnode.REGISTRY  # the registry as containerd sees it: image references are f"{bed.registry}/..."
+    node_ip = realnode.NODE_IP  # where pods reach the bed's own services (see expose_host_port)
+
+    @property
+    def kubeconfig_in_netns(self) -> Path:
+        """Admin kubeconfig for processes inside the network namespace (server https://127.0.0.1:6443)."""
+        return self.dir / "kubeconfig-netns"
+
+    def _holder(self) -> int:
+        if self.node != "real":
+            raise BedError(f"the bed in {self.dir} has no network namespace (node={self.node!r}, not 'real')")
+        return int(self.state["holder"])
+
+    def netns_cmd(self) -> list[str]:
+        """Command prefix that runs a host program in the bed's network namespace (for pushing images)."""
+        return ["nsenter", f"--net=/proc/{self._holder()}/ns/net"]
+
+    def exec_cmd(self, argv: Sequence[str]) -> list[str]:
+        """``argv`` run inside the network namespace, seeing the host's files but a resolv.conf of 127.0.0.1."""
+        return [*realnode.exec_prefix(self._holder(), self.dir), *argv]
+
+    def netns_env(self) -> dict[str, str]:
+        """Environment for a process run with :meth:`exec_cmd` (kubectl, the operator): KUBECONFIG inside."""
+        env = self.env()
+        env["KUBECONFIG"] = str(self.kubeconfig_in_netns)
+        return env
+
+    def expose_host_port(self, port: int, name: str | None = None) -> tuple[str, int]:
+        """Make the host's 127.0.0.1:``port`` reachable from pods at (node IP, port') through a relay the bed
+        owns (stopped by ``stop()``); returns (node IP, port')."""
+        state = self.state
+        sock = relay.listen_in_netns(Path(f"/proc/{self._holder()}/ns/net"), self.node_ip, 0)
+        inner_port = int(sock.getsockname()[1])
+        try:
+            self._spawn(name or f"relay-{port}", [
+                sys.executable, "-m", "bed.relay", "--listen-fd", str(sock.fileno()), "--connect", f"127.0.0.1:{port}",
+            ], env=self._python_env(), pass_fds=(sock.fileno(),))  # fmt: skip
+        finally:
+            sock.close()
+        state.setdefault("exposed", {})[str(port)] = inner_port
+        self._write_state()
+        return self.node_ip, inner_port
+
+    def _python_env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join([str(HERE.parent), *filter(None, [env.get("PYTHONPATH")])])
+        return env
 
     @property
     def components(self) -> list[Component]:
@@ -368,6 +445,16 @@ class Bed:
         conn = http.client.HTTPSConnection("127.0.0.1", self.api_port, context=self._ssl_context(), timeout=timeout)
         try:
             conn.request("GET", path)
+            resp = conn.getresponse()
+            return resp.status, resp.read()
+        finally:
+            conn.close()
+
+    def api_request(self, method: str, path: str, body: object, timeout: float = 5) -> tuple[int, bytes]:
+        """``method`` ``path`` with a JSON body, as the admin; (status, body)."""
+        conn = http.client.HTTPSConnection("127.0.0.1", self.api_port, context=self._ssl_context(), timeout=timeout)
+        try:
+            conn.request(method, path, json.dumps(body), {"Content-Type": "application/json"})
             resp = conn.getresponse()
             return resp.status, resp.read()
         finally:
@@ -416,7 +503,11 @@ class Bed:
             return {"broken": True}
 
     def _start(self, binaries: Path) -> None:
-        node_agent = _node_agent_wanted(self._node_agent_arg)
+        mode = _node_mode(self._node_arg, self._node_agent_arg)
+        if mode == "real":
+            self._start_real(binaries, realnode.ensure_node_binaries())
+            return
+        node_agent = mode == "agent"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.logs_dir.mkdir(parents=True, exist_ok=True)
         etcd_client, etcd_peer, api_port, kcm_port = _free_ports(4)
@@ -427,6 +518,7 @@ class Bed:
             "etcd_port": etcd_client,
             "kcm_port": kcm_port,
             "node_agent": node_agent,
+            "node": mode,
             "node_name": self.node_name,
             "binaries": str(binaries),
             "components": [],
@@ -512,6 +604,156 @@ class Bed:
         self._state["ready"] = True
         self._write_state()
 
+    def _start_real(self, binaries: Path, node_bins: Path) -> None:
+        """The control plane and a real node, all inside namespaces of the bed's own (see bed.realnode)."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.logs_dir.mkdir(parents=True, exist_ok=True)
+        api_listener = relay.listen_on_host()  # the host's way in: bound now, so the port is ours
+        api_port = int(api_listener.getsockname()[1])
+        self._state = {
+            "version": _STATE_VERSION, "ready": False, "node": "real", "node_name": self.node_name,
+            "api_port": api_port, "binaries": str(binaries), "node_binaries": str(node_bins), "components": [],
+        }  # fmt: skip
+        self._write_state()
+
+        certs = pki.make_pki(self.pki_dir, self.node_name)
+        ca = certs.ca
+        inner = f"https://127.0.0.1:{realnode.API_PORT}"
+        write_kubeconfig(self.kubeconfig, self.server, ca.cert, certs.admin, "bed-admin")
+        write_kubeconfig(self.kubeconfig_in_netns, inner, ca.cert, certs.admin, "bed-admin")
+        kubeconfigs = {"kube-controller-manager": (certs.controller_manager, "system:kube-controller-manager")}
+        for user, cn in (("kube-scheduler", "system:kube-scheduler"), ("kube-proxy", "system:kube-proxy"),
+                         ("coredns", realnode.COREDNS_USER)):
+            kubeconfigs[user] = (pki.issue_cert(ca, self.pki_dir, user, cn, client=True), cn)
+        assert certs.node is not None
+        kubeconfigs["kubelet"] = (certs.node, f"system:node:{self.node_name}")
+        paths = {}
+        for user, (pair, cn) in kubeconfigs.items():
+            paths[user] = self.pki_dir / f"{user}.kubeconfig"
+            write_kubeconfig(paths[user], inner, ca.cert, pair, cn)
+        pki.issue_cert(ca, self.pki_dir, "kubelet-serving", f"system:node:{self.node_name}",
+                       dns_names=[self.node_name], ip_addresses=[realnode.NODE_IP], server=True)  # fmt: skip
+        with contextlib.suppress(Exception):
+            from bed.tools import link_tools
+
+            link_tools(self.bin_dir)
+
+        holder = realnode.start_holder(self.logs_dir / "namespaces.log")
+        self._popen[holder.pid] = holder
+        stat = _proc_stat(holder.pid)
+        self._state["components"].append(asdict(Component("namespaces", holder.pid, stat[1] if stat else -1,
+                                                          str(self.logs_dir / "namespaces.log"))))  # fmt: skip
+        self._state["holder"] = holder.pid
+        self._state["ns_inodes"] = [realnode.ns_inode(holder.pid, "net"), realnode.ns_inode(holder.pid, "mnt")]
+        self._write_state()
+        cgroup_root, created = realnode.make_cgroup_root(f"bed-{realnode.bed_id(self.dir)}")
+        self._state["cgroup_root"], self._state["cgroups_created"] = cgroup_root, created
+        self._write_state()
+        realnode.setup_namespaces(holder.pid, self.dir)
+        configs = realnode.write_configs(self.dir, self.node_name, cgroup_root, self.pki_dir, paths)
+        inside = realnode.enter(holder.pid)
+
+        try:
+            self._spawn("api-relay", [
+                *realnode.enter(holder.pid, mount=False), sys.executable, "-m", "bed.relay",
+                "--listen-fd", str(api_listener.fileno()), "--connect", f"127.0.0.1:{realnode.API_PORT}",
+            ], env=self._python_env(), pass_fds=(api_listener.fileno(),))  # fmt: skip
+        finally:
+            api_listener.close()
+        etcd_url, peer_url = "http://127.0.0.1:2379", "http://127.0.0.1:2380"
+        self._spawn("etcd", [
+            *inside, str(binaries / "etcd"), "--name=bed", f"--data-dir={self.dir / 'etcd'}",
+            f"--listen-client-urls={etcd_url}", f"--advertise-client-urls={etcd_url}",
+            f"--listen-peer-urls={peer_url}", f"--initial-advertise-peer-urls={peer_url}",
+            f"--initial-cluster=bed={peer_url}", "--initial-cluster-state=new", "--unsafe-no-fsync", "--log-level=warn",
+        ])  # fmt: skip
+        self._spawn("registry", [*inside, "docker-registry", "serve", str(configs["registry"])])
+        self._spawn("kube-apiserver", [
+            *inside, str(binaries / "kube-apiserver"),
+            f"--etcd-servers={etcd_url}",
+            f"--advertise-address={realnode.NODE_IP}",  # the `kubernetes` Service's endpoint: pods reach it
+            "--bind-address=0.0.0.0",  # of the bed's namespace
+            f"--secure-port={realnode.API_PORT}",
+            f"--cert-dir={self.pki_dir}",
+            f"--tls-cert-file={certs.apiserver.cert}",
+            f"--tls-private-key-file={certs.apiserver.key}",
+            f"--client-ca-file={ca.cert}",
+            f"--kubelet-client-certificate={certs.kubelet_client.cert}",
+            f"--kubelet-client-key={certs.kubelet_client.key}",
+            "--kubelet-preferred-address-types=InternalIP",  # never resolve the node's name
+            "--authorization-mode=Node,RBAC",
+            "--enable-admission-plugins=NodeRestriction",
+            f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",
+            f"--service-account-key-file={certs.service_account.cert}",
+            f"--service-account-signing-key-file={certs.service_account.key}",
+            f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
+            "--allow-privileged=true",
+            "--enable-aggregator-routing=true",  # webhooks called by endpoint IP: no DNS needed
+            "--profiling=false",
+        ])  # fmt: skip
+        self._wait("kube-apiserver /readyz", self.readyz)
+        self._spawn("kube-controller-manager", [
+            *inside, str(binaries / "kube-controller-manager"),
+            f"--kubeconfig={paths['kube-controller-manager']}",
+            f"--authentication-kubeconfig={paths['kube-controller-manager']}",
+            f"--authorization-kubeconfig={paths['kube-controller-manager']}",
+            "--bind-address=127.0.0.1", "--controllers=*", f"--root-ca-file={ca.cert}",
+            f"--service-account-private-key-file={certs.service_account.key}",
+            "--use-service-account-credentials=true",
+            f"--cluster-signing-cert-file={ca.cert}", f"--cluster-signing-key-file={ca.key}",
+            "--cluster-name=bed", "--leader-elect=false", "--kube-api-qps=500", "--kube-api-burst=1000",
+            "--enable-hostpath-provisioner",  # PVCs bind to real PersistentVolumes (under the node's /tmp)
+            "--profiling=false",
+        ])  # fmt: skip
+        self._spawn("kube-scheduler", [
+            *inside, str(node_bins / "kube-scheduler"),
+            f"--kubeconfig={paths['kube-scheduler']}",
+            f"--authentication-kubeconfig={paths['kube-scheduler']}",
+            f"--authorization-kubeconfig={paths['kube-scheduler']}",
+            "--bind-address=127.0.0.1", "--leader-elect=false", "--profiling=false",
+        ])  # fmt: skip
+        self._wait("the registry", lambda: self._http_ok_inside(holder.pid, f"http://{self.registry}/v2/"))
+        realnode.push_pause_image(node_bins, self.dir / "node", self.netns_cmd())
+        self._spawn("containerd", [*inside, str(node_bins / "containerd"), f"--config={configs['containerd']}"])
+        socket_path = Path(f"/proc/{holder.pid}/root/run/containerd/containerd.sock")
+        self._wait("containerd's socket", socket_path.exists)
+        self._spawn("kubelet", [
+            *inside, str(node_bins / "kubelet"), f"--config={configs['kubelet']}",
+            f"--kubeconfig={paths['kubelet']}", f"--hostname-override={self.node_name}",
+            f"--node-ip={realnode.NODE_IP}", "--v=1",
+        ])  # fmt: skip
+        self._spawn("kube-proxy", [*inside, str(node_bins / "kube-proxy"), f"--config={configs['kube-proxy']}"])
+        for path, body in realnode.COREDNS_RBAC:
+            self._wait(f"POST {path}", functools.partial(self._created, path, body))
+        self._spawn("coredns", [*inside, str(node_bins / "coredns"), "-conf", str(configs["coredns"])])
+        self._wait("ServiceAccount default/default", self._default_service_account_exists)
+        self._wait("the default StorageClass", self._ensure_storage_class)
+        self._wait(f"Node {self.node_name} Ready", self._node_ready)
+        self._wait("CoreDNS ready", lambda: self._http_ok_inside(holder.pid, "http://127.0.0.1:8181/ready"))
+        self._state["ready"] = True
+        self._write_state()
+
+    def _http_ok_inside(self, holder: int, url: str) -> bool:
+        probe = [*realnode.enter(holder, mount=False), "curl", "-fsS", "-o", "/dev/null", url]
+        return subprocess.run(probe, capture_output=True, check=False).returncode == 0
+
+    def _created(self, path: str, body: dict[str, Any]) -> bool:
+        try:
+            status, _ = self.api_request("POST", path, body)
+        except (OSError, http.client.HTTPException):
+            return False
+        return status in (201, 409)
+
+    def _ensure_storage_class(self) -> bool:
+        path = "/apis/storage.k8s.io/v1/storageclasses"
+        if self._get_json(f"{path}/standard") is not None:
+            return True
+        try:
+            status, _ = self.api_request("POST", path, realnode.DEFAULT_STORAGE_CLASS)
+        except (OSError, http.client.HTTPException):
+            return False
+        return status in (201, 409)
+
     def _start_node_agent(self, certs: pki.BedPKI) -> None:
         assert certs.node is not None
         agent_dir = self.dir / "nodeagent"
@@ -536,7 +778,9 @@ class Bed:
             "--node-name", self.node_name,
         ], env=env)  # fmt: skip
 
-    def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> Component:
+    def _spawn(
+        self, name: str, argv: list[str], env: dict[str, str] | None = None, pass_fds: Sequence[int] = ()
+    ) -> Component:
         assert self._state is not None
         log_path = self.logs_dir / f"{name}.log"
         with log_path.open("ab") as log:
@@ -550,6 +794,7 @@ class Bed:
                 cwd=self.dir,
                 env=env,
                 start_new_session=True,
+                pass_fds=pass_fds,
                 preexec_fn=None if self.daemon else _set_parent_death_signal,
             )
         stat = _proc_stat(proc.pid)
@@ -601,15 +846,41 @@ class Bed:
             comps = self.components if (self._state is not None or self.state_file.exists()) else []
         except BedError:
             comps = []
-        agents = [c for c in comps if c.name == "nodeagent"]
-        others = [c for c in comps if c.name != "nodeagent"]
-        _terminate(agents, grace=10)  # first, while the API is still there for it to report to
-        _terminate([c for c in others if c.name != "etcd"], grace=10)
-        _terminate([c for c in others if c.name == "etcd"], grace=10)
+        state = self._state or self._read_state_quietly() or {}
+        if state.get("node") == "real":
+            self._stop_real(comps, state)
+        else:
+            agents = [c for c in comps if c.name == "nodeagent"]
+            others = [c for c in comps if c.name != "nodeagent"]
+            _terminate(agents, grace=10)  # first, while the API is still there for it to report to
+            _terminate([c for c in others if c.name != "etcd"], grace=10)
+            _terminate([c for c in others if c.name == "etcd"], grace=10)
         for proc in self._popen.values():
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=1)
         self._popen.clear()
+
+    @staticmethod
+    def _stop_real(comps: list[Component], state: dict[str, Any]) -> None:
+        """kubelet first (it does not stop pods), then the pods, the components, whatever else is in the
+        namespaces (shims), the namespace holder; then the cgroups."""
+        by_name = {c.name: c for c in comps}
+        cgroup_root = state.get("cgroup_root")
+        _terminate([c for c in comps if c.name == "kubelet"], grace=10)
+        if cgroup_root:
+            realnode.kill_all(realnode.cgroup_pids(cgroup_root))
+        _terminate([c for c in comps if c.name not in ("etcd", "namespaces")], grace=10)
+        _terminate([c for c in comps if c.name == "etcd"], grace=10)
+        # Namespace inodes can be reused once a namespace is gone: sweep only while the holder keeps ours alive.
+        holder = by_name.get("namespaces")
+        net, mnt = state.get("ns_inodes") or (0, 0)
+        if holder is not None and holder.alive() and net:
+            realnode.kill_all(realnode.pids_in_namespaces(net, mnt) - {holder.pid})
+        _terminate([c for c in comps if c.name == "namespaces"], grace=5)
+        if cgroup_root:
+            left = realnode.remove_cgroups(cgroup_root, state.get("cgroups_created") or [])
+            if left:
+                print(f"bed: cgroups still busy, not removed: {left}", file=sys.stderr)
 
     def stop(self, purge: bool = True) -> None:
         """Stop every process of the bed. ``purge`` removes all the bed's files from ``dir``; without it the logs,

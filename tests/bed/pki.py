@@ -37,7 +37,9 @@ APISERVER_DNS_NAMES = (
     "kubernetes.default.svc",
     "kubernetes.default.svc.cluster.local",
 )
-APISERVER_IPS = ("127.0.0.1", "::1", KUBERNETES_SERVICE_IP)
+#: The real node's address (bed.realnode.NODE_IP): the `kubernetes` Service's endpoint when node="real".
+NODE_IP = "198.19.255.254"
+APISERVER_IPS = ("127.0.0.1", "::1", KUBERNETES_SERVICE_IP, NODE_IP)
 
 _VALIDITY = dt.timedelta(days=365)
 

@@ -6,6 +6,10 @@
 
 The server listens on 127.0.0.1 only; the superuser connects over the Unix socket in the data directory's
 parent, applications with a password over TCP (scram-sha-256), the way a production database is reached.
+
+Pods on the real node cannot reach the host's loopback: the bed relays an address inside its network namespace
+to the server (``Bed.expose_host_port``; the ``postgres_in_bed`` fixture), and ``Database.at`` gives the URL there.
+The server itself stays on the host so that the tests without a bed (most of them) need no namespace.
 """
 
 from __future__ import annotations
@@ -51,6 +55,12 @@ class Database:
     port: int
     user: str
     password: str
+
+    def at(self, host: str, port: int) -> Database:
+        """The same database reached at another address, e.g. the real bed's relay that pods and processes in its
+        network namespace use: ``database.at(*bed.expose_host_port(database.port))``."""
+        url = self.url.replace(f"@{self.host}:{self.port}/", f"@{host}:{port}/")
+        return Database(name=self.name, url=url, host=host, port=port, user=self.user, password=self.password)
 
     @property
     def conninfo(self) -> str:
