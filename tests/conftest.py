@@ -54,47 +54,31 @@ Kubectl = Callable[..., "subprocess.CompletedProcess[str]"]
 
 @pytest.fixture(scope="session")
 def bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bed]:
-    """A fresh control plane for the session, in a temporary directory, stopped at the end.
+    """A control plane with a real node (kubelet, containerd, kube-proxy, CoreDNS, registry) for the session, in a
+    temporary directory, stopped at the end.
 
-    With BED_DIR=DIR set, the bed already running there (`PYTHONPATH=tests python -m bed up --dir DIR`) is used
+    With BED_DIR=DIR set, the real bed already running there (`PYTHONPATH=tests python -m bed up --dir DIR`) is used
     instead and left running: handy when running tests over and over. No environment variable is set.
     """
-    if reuse := os.environ.get("BED_DIR"):
-        existing = Bed(reuse)
-        if not existing.is_up():
-            pytest.fail(
-                f"BED_DIR={reuse}, but no bed is up there: run `PYTHONPATH=tests python -m bed up --dir {reuse}`"
-            )
-        yield existing
-        return
-    fresh = Bed(tmp_path_factory.mktemp("bed"), daemon=False)
-    fresh.start()
-    try:
-        yield fresh
-    finally:
-        fresh.stop(purge=False)  # keeps logs/ and pki/ in the temporary directory for post-mortems
-
-
-@pytest.fixture(scope="session")
-def real_bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bed]:
-    """A control plane with a real node (kubelet, containerd, kube-proxy, registry) for the session.
-
-    With BED_REAL_DIR=DIR set, the real bed already running there (`python -m bed up --node real --dir DIR`) is
-    used and left running. Becomes the `bed` fixture once the e2e tests have moved onto the real node.
-    """
-    if reuse := os.environ.get("BED_REAL_DIR"):
+    if reuse := os.environ.get("BED_DIR") or os.environ.get("BED_REAL_DIR"):
         existing = Bed(reuse)
         if not existing.is_up() or existing.node != "real":
-            pytest.fail(f"BED_REAL_DIR={reuse}, but no real bed is up there: "
-                        f"run `PYTHONPATH=tests python -m bed up --node real --dir {reuse}`")  # fmt: skip
+            pytest.fail(f"BED_DIR={reuse}, but no bed with a real node is up there: "
+                        f"run `PYTHONPATH=tests python -m bed up --dir {reuse}`")  # fmt: skip
         yield existing
         return
-    fresh = Bed(tmp_path_factory.mktemp("realbed"), node="real", daemon=False)
+    fresh = Bed(tmp_path_factory.mktemp("bed"), node="real", daemon=False)
     fresh.start()
     try:
         yield fresh
     finally:
         fresh.stop(purge=False)  # keeps logs/ and pki/ for post-mortems; removes every process, mount and cgroup
+
+
+@pytest.fixture(scope="session")
+def real_bed(bed: Bed) -> Bed:
+    """The same bed (the name the bed's own tests used while the node agent was still around)."""
+    return bed
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,7 @@
 """Fixtures for the end-to-end tests: the CRD on the bed, an operator process, an app, its database.
 
 Every end-to-end test ends with a leak check: the database password must not appear in the operator's log, in
-any Event, status or Job spec of the namespace, or in any container log the node agent kept.
+any Event, status or Job spec of the namespace, or in any container log the node kept.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from kubernetes import client as k8s
 
 from alembic_operator import constants as c
 from apps import Rev, make_project
+from bed import images
 from bed.controlplane import Bed
 from bed.postgres import Database
 from harness import Cluster, OperatorProcess, wait_for
@@ -84,7 +85,9 @@ class E2E:
     tmp: Path
     backups: Path
     apps: Path
+    pod_db: Database | None = None  # the database as pods (and the operator, in the bed's namespace) reach it
     projects: list[Path] = field(default_factory=list)
+    images: dict[Path, str] = field(default_factory=dict)  # project -> its image in the bed's registry
 
     @property
     def ns(self) -> str:
@@ -96,7 +99,13 @@ class E2E:
         path = make_project(self.apps / f"{name}-{len(self.projects)}", revisions,
                             transaction_per_migration=transaction_per_migration, models=models).parent
         self.projects.append(path)
+        self.images[path] = app_image(self.bed, path)
         return path
+
+    @property
+    def pod_url(self) -> str:
+        """The database URL to put in Secrets: as pods and the operator see the database."""
+        return (self.pod_db or self.db).url
 
     def upgrade_directly(self, project: Path, target: str) -> None:
         """Bring the database somewhere by hand (what a team did before the operator)."""
@@ -112,7 +121,7 @@ class E2E:
     def spec(self, project: Path, target: str = "head", **extra: Any) -> dict[str, Any]:
         spec: dict[str, Any] = {
             "database": {"urlSecretRef": {"name": "db", "key": "url"}},
-            "migrations": {"image": "bed.local/app:1", "workingDir": str(project)},
+            "migrations": {"image": self.images[project], "workingDir": images.APP_DIR},
             "targetRevision": target,
             "backup": {"volume": {"hostPath": {"path": str(self.backups), "type": "DirectoryOrCreate"}},
                        "retain": 3},
@@ -131,7 +140,8 @@ class E2E:
                               for j in self.cluster.batch.list_namespaced_job(self.ns).items])
         places["pods"] = str(self.cluster.pods())
         for log in self.bed.dir.rglob("*.log"):
-            if "etcd" not in log.parts and self.ns in str(log):
+            # /var/log/containers holds symlinks (absolute inside the node) to the files under /var/log/pods
+            if "etcd" not in log.parts and self.ns in str(log) and not log.is_symlink():
                 places[str(log)] = log.read_text(errors="replace")
         leaks = [where for where, text in places.items() if password in text]
         assert not leaks, f"the database password leaked into: {leaks}"
@@ -151,6 +161,22 @@ def crd(bed: Bed) -> Path:
     return CRD
 
 
+def app_image(bed: Bed, project: Path) -> str:
+    """The project as production has it: the app base image plus a layer with its scripts, in the bed's registry
+    (built once per content: the same project twice is one build)."""
+    return images.app_image(project, push_to=f"{bed.registry}/apps/{project.name.lower()}", netns_cmd=bed.netns_cmd())
+
+
+def backups_dir(bed: Bed, namespace: str) -> Path:
+    """A hostPath backup directory the node sees at the same path (the bed's directory is visible to it), writable
+    by the operator image's non-root user (fsGroup does not apply to hostPath volumes)."""
+    path = bed.dir / "backups" / namespace
+    path.mkdir(parents=True, exist_ok=True)
+    path.parent.chmod(0o755)
+    path.chmod(0o777)
+    return path
+
+
 def _config(bed: Bed) -> k8s.Configuration:
     from kubernetes import config
 
@@ -161,22 +187,23 @@ def _config(bed: Bed) -> k8s.Configuration:
 
 @pytest.fixture
 def e2e(bed: Bed, crd: Path, kube_api: k8s.ApiClient, namespace: str, database: Database,
-        tmp_path: Path) -> Iterator[E2E]:
-    tmp_path.chmod(0o755)
-    backups = tmp_path / "backups"
-    backups.mkdir()
+        postgres_in_bed: tuple[str, int], tmp_path: Path) -> Iterator[E2E]:
+    backups = backups_dir(bed, namespace)
     cluster = Cluster(kube_api, namespace)
-    cluster.secret("db", {"url": database.url})
-    operator = OperatorProcess(bed.kubeconfig, [namespace], tmp_path / "operator.log").start()
+    pod_db = database.at(*postgres_in_bed)
+    cluster.secret("db", {"url": pod_db.url})
+    operator = OperatorProcess(bed, [namespace], tmp_path / "operator.log").start()
     APPS_ROOT.mkdir(parents=True, exist_ok=True)
     apps = Path(tempfile.mkdtemp(prefix="app-", dir=APPS_ROOT))
-    env = E2E(bed=bed, cluster=cluster, db=database, operator=operator, tmp=tmp_path, backups=backups, apps=apps)
+    env = E2E(bed=bed, cluster=cluster, db=database, operator=operator, tmp=tmp_path, backups=backups, apps=apps,
+              pod_db=pod_db)
     try:
         yield env
         env.leak_check()
     finally:
         operator.stop()
         shutil.rmtree(apps, ignore_errors=True)
+        shutil.rmtree(backups, ignore_errors=True)
         # Let the namespace go without our finalizer blocking it.
         for obj in cluster.custom.list_namespaced_custom_object(c.GROUP, c.VERSION, namespace, c.PLURAL)["items"]:
             cluster.patch(obj["metadata"]["name"], {"metadata": {"finalizers": None}})

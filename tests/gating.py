@@ -11,8 +11,6 @@ every case quick and exact; ``core=True`` runs the whole operator for the end-to
 
 from __future__ import annotations
 
-import os
-import subprocess
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -22,11 +20,25 @@ from kubernetes import client as k8s
 
 from alembic_operator import cli
 from alembic_operator import constants as c
-from harness import OPERATOR_IMAGE, VENV_BIN, Cluster, OperatorProcess, free_port, wait_for
+from bed.controlplane import Bed
+from harness import VENV_BIN, Cluster, OperatorProcess, free_port, wait_for
 
-PY = str(VENV_BIN / "python")
+PY = "python3"  # in the pods' image (the bed's Debian Python base)
 SLEEP = [PY, "-c", "import signal, sys, time; signal.signal(signal.SIGTERM, lambda *a: sys.exit(0)); "
          "time.sleep(100000)"]
+_POD_IMAGES: dict[str, str] = {}
+_BED: list[Bed] = []  # the bed whose registry template() puts the apps' images in (set by GateOperator)
+
+
+def pod_image(bed: Bed, app: str = "app", version: str = "1") -> str:
+    """An image the apps' pods run (Debian's Python, from the bed's registry), under the app's name and version
+    so that a rollout changes the image as a real one does."""
+    key = f"{bed.dir}:{app}:{version}"
+    if key not in _POD_IMAGES:
+        from bed import images
+
+        _POD_IMAGES[key] = images.push(images.python_base(), f"{bed.registry}/{app}:{version}", bed.netns_cmd())
+    return _POD_IMAGES[key]
 CLI_HAS_WEBHOOK = "--webhook-port" in Path(cli.__file__).read_text() or "webhook.add_arguments" in Path(
     cli.__file__).read_text()
 
@@ -34,9 +46,11 @@ CLI_HAS_WEBHOOK = "--webhook-port" in Path(cli.__file__).read_text() or "webhook
 class GateOperator(OperatorProcess):
     """The operator with the gating webhook, watching one namespace; ``core`` adds the reconciler."""
 
-    def __init__(self, kubeconfig: Path, namespace: str, log_path: Path, core: bool = False,
+    def __init__(self, target: Path | Bed, namespace: str, log_path: Path, core: bool = False,
                  webhook: bool = True) -> None:
-        super().__init__(kubeconfig, [namespace], log_path)
+        super().__init__(target, [namespace], log_path)
+        if isinstance(target, Bed) and target.node == "real":
+            _BED[:] = [target]
         self.namespace = namespace
         self.core = core
         self.webhook = webhook
@@ -64,8 +78,7 @@ class GateOperator(OperatorProcess):
         return args
 
     def environment(self) -> dict[str, str]:
-        return {**os.environ, "KUBECONFIG": str(self.kubeconfig), "ALEMBIC_OPERATOR_IMAGE": OPERATOR_IMAGE,
-                "PYTHONUNBUFFERED": "1",
+        return {**self.base_env(),
                 "ALEMBIC_OPERATOR_WEBHOOK_LISTEN": "127.0.0.1",
                 "ALEMBIC_OPERATOR_WEBHOOK_PORT": str(self.webhook_port),
                 "ALEMBIC_OPERATOR_WEBHOOK_NAMESPACES": self.namespace,
@@ -73,12 +86,7 @@ class GateOperator(OperatorProcess):
                 "ALEMBIC_OPERATOR_WEBHOOK_ENABLED": "1" if self.webhook else "0"}
 
     def start(self) -> GateOperator:
-        log = self.log_path.open("ab")
-        log.write(f"--- start {self.starts}: {' '.join(self.command())}\n".encode())
-        log.flush()
-        self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, env=self.environment(),
-                                     start_new_session=True)
-        self.starts += 1
+        self.spawn(self.command(), self.environment(), note=f": {' '.join(self.command())}")
         wait_for(self.healthy, 60, "the operator's liveness endpoint")
         if self.webhook:
             wait_for(lambda: f"{self.config_name} points at" in self.log(), 30, "the webhook configuration")
@@ -144,7 +152,8 @@ def template(version: str, app: str, wait_for: str | None = None, revision: str 
         labels[c.WAIT_FOR_LABEL] = wait_for
     if revision:
         annotations[c.REVISION_ANNOTATION] = revision
-    spec: dict[str, Any] = {"containers": [{"name": "app", "image": f"bed.local/{app}:{version}", "command": SLEEP}],
+    image = pod_image(_BED[0], app, version) if _BED else f"bed.local/{app}:{version}"
+    spec: dict[str, Any] = {"containers": [{"name": "app", "image": image, "command": SLEEP}],
                             "terminationGracePeriodSeconds": 2}
     if gated:
         spec["schedulingGates"] = [{"name": c.SCHEDULING_GATE}]

@@ -17,10 +17,11 @@ from typing import Any, TypeVar
 from kubernetes import client as k8s
 
 from alembic_operator import constants as c
+from bed.controlplane import Bed
 
 T = TypeVar("T")
 VENV_BIN = Path(sys.executable).parent
-OPERATOR_IMAGE = "bed.local/alembic-operator:dev"  # the node agent runs the host environment for every image
+OPERATOR_IMAGE = "bed.local/alembic-operator:dev"  # without a real node (unit-level runs): never pulled
 
 
 def wait_for(check: Callable[[], T | None], timeout: float = 60, what: str = "condition",
@@ -42,35 +43,99 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-class OperatorProcess:
-    """`alembic-operator run` as a child process, watching one namespace; killable at any moment."""
+def operator_image(bed: Bed) -> str:
+    """The operator's image, built from the project's Dockerfile (cached by content) and pushed to the bed's
+    registry once per bed: what the Jobs' containers of our own run."""
+    if bed.node != "real":
+        return OPERATOR_IMAGE
+    key = str(bed.dir)
+    if key not in _OPERATOR_IMAGES:
+        from bed import images
 
-    def __init__(self, kubeconfig: Path, namespaces: list[str], log_path: Path, extra_args: list[str] | None = None
-                 ) -> None:
-        self.kubeconfig = kubeconfig
+        _OPERATOR_IMAGES[key] = images.push(images.operator_image(), f"{bed.registry}/alembic-operator:dev",
+                                            bed.netns_cmd())
+    return _OPERATOR_IMAGES[key]
+
+
+_OPERATOR_IMAGES: dict[str, str] = {}
+
+
+class NetnsPort:
+    """A port of the bed's network namespace, reachable on the host's 127.0.0.1 (a relay this object owns)."""
+
+    def __init__(self, bed: Bed, port: int) -> None:
+        from bed import realnode, relay
+
+        listener = relay.listen_on_host()
+        self.port = int(listener.getsockname()[1])
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent),
+                                                            os.environ.get("PYTHONPATH", "")])}
+        try:
+            self.proc = subprocess.Popen(
+                [*realnode.enter(int(bed.state["holder"]), mount=False), sys.executable, "-m", "bed.relay",
+                 "--listen-fd", str(listener.fileno()), "--connect", f"127.0.0.1:{port}"],
+                pass_fds=(listener.fileno(),), env=env, start_new_session=True,
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        finally:
+            listener.close()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+class OperatorProcess:
+    """`alembic-operator run` as a child process, watching one namespace; killable at any moment.
+
+    Given a bed with a real node, it runs inside the bed's network namespace (where the API server, the pods and the
+    database as pods see it are), as a developer runs an operator next to a cluster; its liveness and metrics ports
+    are relayed to the host's loopback for the tests.
+    """
+
+    def __init__(self, target: Path | Bed, namespaces: list[str], log_path: Path,
+                 extra_args: list[str] | None = None) -> None:
+        self.bed = target if isinstance(target, Bed) and target.node == "real" else None
+        self.kubeconfig = target.kubeconfig if isinstance(target, Bed) else target
+        self.image = operator_image(target) if isinstance(target, Bed) else OPERATOR_IMAGE
         self.namespaces = namespaces
         self.log_path = log_path
         self.proc: subprocess.Popen[bytes] | None = None
         self.port = free_port()
         self.metrics_port = free_port()
         self.starts = 0
+        self.relays: list[NetnsPort] = []
+        self.host_port, self.host_metrics_port = self.port, self.metrics_port
         # The pod-gating webhook is off unless a test asks for it: its configuration is cluster-wide.
         self.extra_args = extra_args if extra_args is not None else ["--no-webhook"]
 
+    def base_env(self) -> dict[str, str]:
+        env = self.bed.netns_env() if self.bed else {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
+        return {**env, "ALEMBIC_OPERATOR_IMAGE": self.image, "PYTHONUNBUFFERED": "1"}
+
+    def wrap(self, argv: list[str]) -> list[str]:
+        return self.bed.exec_cmd(argv) if self.bed else argv
+
+    def spawn(self, argv: list[str], env: dict[str, str], note: str = "") -> None:
+        log = self.log_path.open("ab")
+        log.write(f"--- start {self.starts}{note}\n".encode())
+        log.flush()
+        self.proc = subprocess.Popen(self.wrap(argv), stdout=log, stderr=subprocess.STDOUT, env=env,
+                                     start_new_session=True)
+        self.starts += 1
+        if self.bed and not self.relays:
+            self.relays = [NetnsPort(self.bed, self.port), NetnsPort(self.bed, self.metrics_port)]
+            self.host_port, self.host_metrics_port = self.relays[0].port, self.relays[1].port
+
     def start(self) -> OperatorProcess:
-        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "ALEMBIC_OPERATOR_IMAGE": OPERATOR_IMAGE,
-               "PYTHONUNBUFFERED": "1", "ALEMBIC_OPERATOR_METRICS_PORT": str(self.metrics_port),
+        env = {**self.base_env(), "ALEMBIC_OPERATOR_METRICS_PORT": str(self.metrics_port),
                "ALEMBIC_OPERATOR_METRICS_ADDR": "127.0.0.1"}
         args = [str(VENV_BIN / "alembic-operator"), "run", "--standalone",
                 "--liveness", f"http://127.0.0.1:{self.port}/healthz"]
         for ns in self.namespaces:
             args += ["--namespace", ns]
         args += self.extra_args
-        log = self.log_path.open("ab")
-        log.write(f"--- start {self.starts}\n".encode())
-        log.flush()
-        self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-        self.starts += 1
+        self.spawn(args, env)
         wait_for(self.healthy, 60, "the operator's liveness endpoint")
         return self
 
@@ -78,7 +143,7 @@ class OperatorProcess:
         if self.proc is None or self.proc.poll() is not None:
             raise AssertionError(f"the operator exited; log:\n{self.log()[-3000:]}")
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=1) as r:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.host_port}/healthz", timeout=1) as r:
                 return bool(r.status == 200)
         except OSError:
             return False
@@ -86,7 +151,7 @@ class OperatorProcess:
     def metrics(self) -> str:
         """The operator's /metrics text ("" while the endpoint does not answer yet)."""
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as r:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.host_metrics_port}/metrics", timeout=5) as r:
                 return str(r.read().decode())
         except OSError:
             return ""
@@ -104,6 +169,9 @@ class OperatorProcess:
                 self.proc.wait(15)
             except subprocess.TimeoutExpired:
                 self.kill()
+        for relay in self.relays:
+            relay.close()
+        self.relays = []
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

@@ -112,7 +112,7 @@ def test_secret_not_found_stalls_then_recovers_when_created(e2e: E2E) -> None:
     obj = e2e.cluster.wait_condition("shop", "Stalled", reason="SecretNotFound", timeout=30)
     assert "late" in obj["status"]["message"]
     assert {x["type"]: x["status"] for x in obj["status"]["conditions"]}["Ready"] == "False"
-    e2e.cluster.secret("late", {"url": e2e.db.url})
+    e2e.cluster.secret("late", {"url": e2e.pod_url})
     e2e.cluster.wait_condition("shop", "Ready", timeout=150)
 
 

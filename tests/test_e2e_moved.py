@@ -125,11 +125,11 @@ def test_a_backup_waiting_for_a_missing_claim_stalls_then_continues_once_it_exis
 
 def test_a_database_that_does_not_exist_stalls_and_recovers(e2e: E2E) -> None:
     project = e2e.project(BASE_REVISIONS)
-    e2e.cluster.secret("db", {"url": e2e.db.url.rsplit("/", 1)[0] + "/no_such_database"})
+    e2e.cluster.secret("db", {"url": e2e.pod_url.rsplit("/", 1)[0] + "/no_such_database"})
     e2e.cluster.create("shop", e2e.spec(project))
     obj = e2e.cluster.wait_condition("shop", "Stalled", reason="DatabaseNotFound", timeout=30)
     assert "'no_such_database' does not exist" in obj["status"]["message"]
-    e2e.cluster.secret("db", {"url": e2e.db.url})
+    e2e.cluster.secret("db", {"url": e2e.pod_url})
     wait_for(lambda: revision(e2e.db) == R3, 120, "the migration once the Secret names a database that exists")
     e2e.cluster.wait_condition("shop", "Ready", timeout=60)
 

@@ -22,7 +22,7 @@ from kubernetes import client as k8s
 from alembic_operator import constants as c
 from bed.controlplane import Bed
 from bed.postgres import Database
-from e2e import APPS_ROOT, BASE_REVISIONS, E2E, FAIL, FAILING, R3, SLOW, crd, revision, slow
+from e2e import APPS_ROOT, BASE_REVISIONS, E2E, FAIL, FAILING, R3, SLOW, backups_dir, crd, revision, slow
 from gating import (
     PY,
     Apps,
@@ -57,7 +57,7 @@ class Gate:
     def restart(self, webhook: bool = True) -> GateOperator:
         self.operator.stop()
         old = self.operator
-        self.operator = GateOperator(self.bed.kubeconfig, self.ns, self.tmp / "operator.log", webhook=webhook)
+        self.operator = GateOperator(self.bed, self.ns, self.tmp / "operator.log", webhook=webhook)
         self.operator.starts = old.starts
         if not webhook:
             remove_webhook_configuration(self.api, old.config_name)
@@ -98,7 +98,7 @@ class Gate:
 @pytest.fixture
 def gate(bed: Bed, crd: Path, kube_api: k8s.ApiClient, namespace: str, tmp_path: Path) -> Iterator[Gate]:
     cluster = Cluster(kube_api, namespace)
-    operator = GateOperator(bed.kubeconfig, namespace, tmp_path / "operator.log")
+    operator = GateOperator(bed, namespace, tmp_path / "operator.log")
     env = Gate(bed=bed, api=kube_api, cluster=cluster, apps=Apps(kube_api, namespace), operator=operator,
                tmp=tmp_path)
     operator.start()
@@ -202,7 +202,8 @@ def test_statefulset_job_and_bare_pod_are_held_then_released(gate: Gate) -> None
         "spec": {"replicas": 1, "serviceName": "sts", "selector": {"matchLabels": {"app": "sts"}}, "template": tmpl}})
     job_tmpl = template("v2", "job", wait_for="shop", revision="r2")
     job_tmpl["spec"].update(restartPolicy="Never", containers=[
-        {"name": "app", "image": "bed.local/job:v2", "command": [PY, "-c", "print('schema ready')"]}])
+        {"name": "app", "image": job_tmpl["spec"]["containers"][0]["image"],
+         "command": [PY, "-c", "print('schema ready')"]}])
     gate.apps.batch.create_namespaced_job(gate.ns, {
         "apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "job"},
         "spec": {"backoffLimit": 0, "template": job_tmpl}})
@@ -280,16 +281,16 @@ def test_unknown_revision_is_held_and_said_so(gate: Gate) -> None:
 
 @pytest.fixture
 def gate_e2e(bed: Bed, crd: Path, kube_api: k8s.ApiClient, namespace: str, database: Database,
-             tmp_path: Path) -> Iterator[tuple[E2E, Gate]]:
-    tmp_path.chmod(0o755)
-    backups = tmp_path / "backups"
-    backups.mkdir()
+             postgres_in_bed: tuple[str, int], tmp_path: Path) -> Iterator[tuple[E2E, Gate]]:
+    backups = backups_dir(bed, namespace)
     cluster = Cluster(kube_api, namespace)
-    cluster.secret("db", {"url": database.url})
-    operator = GateOperator(bed.kubeconfig, namespace, tmp_path / "operator.log", core=True)
+    pod_db = database.at(*postgres_in_bed)
+    cluster.secret("db", {"url": pod_db.url})
+    operator = GateOperator(bed, namespace, tmp_path / "operator.log", core=True)
     APPS_ROOT.mkdir(parents=True, exist_ok=True)
     apps = Path(tempfile.mkdtemp(prefix="app-", dir=APPS_ROOT))
-    env = E2E(bed=bed, cluster=cluster, db=database, operator=operator, tmp=tmp_path, backups=backups, apps=apps)
+    env = E2E(bed=bed, cluster=cluster, db=database, operator=operator, tmp=tmp_path, backups=backups, apps=apps,
+              pod_db=pod_db)
     g = Gate(bed=bed, api=kube_api, cluster=cluster, apps=Apps(kube_api, namespace), operator=operator, tmp=tmp_path)
     operator.start()
     try:
@@ -299,6 +300,7 @@ def gate_e2e(bed: Bed, crd: Path, kube_api: k8s.ApiClient, namespace: str, datab
         operator.stop()
         remove_webhook_configuration(kube_api, operator.config_name)
         shutil.rmtree(apps, ignore_errors=True)
+        shutil.rmtree(backups, ignore_errors=True)
         for obj in cluster.custom.list_namespaced_custom_object(c.GROUP, c.VERSION, namespace, c.PLURAL)["items"]:
             cluster.patch(obj["metadata"]["name"], {"metadata": {"finalizers": None}})
 
@@ -329,8 +331,7 @@ def test_e2e_rollout_waits_for_the_real_migration_and_a_failed_one_keeps_holding
 
     # v3 needs FAILING, whose migration fails and is rolled back: v3 stays held, v2 keeps serving.
     failing = e2e.project([*BASE_REVISIONS, slow(SLOW, 4), FAILING], name="app-v3")
-    e2e.cluster.patch("shop", {"spec": {"targetRevision": FAIL,
-                                        "migrations": {"workingDir": str(failing)}}})
+    e2e.cluster.patch("shop", {"spec": {"targetRevision": FAIL, "migrations": {"image": e2e.images[failing]}}})
     g.set_template("web", template("v3", "web", wait_for="shop", revision=FAIL))
     g.held_pods("app=web,version=v3", 1)
     e2e.cluster.wait_phase("shop", "Failed", timeout=180)
