@@ -94,7 +94,7 @@ dev-cluster-down: venv
 demo: deps venv controlplane node tools
 	$(PY) examples/demo.py --bed-dir $(BED_DIR)
 
-bench-gate: deps venv controlplane tools
+bench-gate: deps venv controlplane node tools
 	$(PY) tests/bench_gate.py --bed-dir $(BED_DIR) $(BENCH_ARGS)
 
 image-check: venv

@@ -4,10 +4,15 @@
     -> a destructive plan (revision 4 drops orders.legacy_code) held for approval
     -> approve exactly that plan -> Ready
     -> a failing revision (5) -> automatic rollback, the data intact
+    -> ship the fixed image (revision 5 corrected in place) -> Ready at head
 
-Everything is real: kube-apiserver, kube-controller-manager and etcd built from Go modules, a node agent running
-each Job's containers as local processes (the host environment stands in for every image), PostgreSQL, Alembic,
-pg_dump. The bed keeps running afterwards so you can look around (`make dev-cluster-down` stops it).
+Everything is real: kube-apiserver, kube-controller-manager and etcd, and a node with kubelet, containerd, runc and
+kube-proxy (built from their Go modules), a registry. The operator's image is built from the project's Dockerfile,
+the shop's from examples/shop/Dockerfile (and its fixed variant); both are pushed to the bed's registry. The
+operator is installed with its Helm chart (restricted securityContext, read-only root filesystem, the webhook
+behind its Service) and runs its plan, backup and migrate Jobs as pods; backups go to a PersistentVolumeClaim;
+PostgreSQL runs on the host (pods reach it through the bed's relay on the node IP). The bed keeps running afterwards
+so you can look around (`make dev-cluster-down` stops it).
 """
 
 from __future__ import annotations
@@ -26,16 +31,21 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
 from kubernetes import client as k8s  # noqa: E402
-from kubernetes import config as k8s_config  # noqa: E402
 
 from alembic_operator import constants as c  # noqa: E402
+from bed import images  # noqa: E402
 from bed.controlplane import Bed  # noqa: E402
 from bed.postgres import PostgresServer  # noqa: E402
-from harness import Cluster, OperatorProcess, wait_for  # noqa: E402
+from bed.tools import ensure_tools  # noqa: E402
+from bed.volumes import writable_claim  # noqa: E402
+from harness import Cluster, wait_for  # noqa: E402
 
 SHOP = REPO / "examples" / "shop"
+CHART = REPO / "charts" / "alembic-operator"
 REV3, REV4, REV5 = "fc7b070a6d88", "382cd6ceb09e", "88d79e1b94a5"
 NS = "shop"
+OPERATOR_NS = "alembic-operator"
+RELEASE = "alembic-operator"
 BOLD, DIM, RESET = ("\033[1m", "\033[2m", "\033[0m") if sys.stdout.isatty() else ("", "", "")
 
 
@@ -60,49 +70,77 @@ def rows(pg_url_db: Any) -> list[tuple[Any, ...]]:
                            "ORDER BY o.id")
 
 
+def helm(bed: Bed, *args: str) -> None:
+    cmd = [str(ensure_tools()["helm"]), *args, f"--kubeconfig={bed.kubeconfig}"]
+    print(f"{DIM}$ helm {' '.join(args)}{RESET}", flush=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=600)
+    if proc.returncode != 0:
+        raise SystemExit(f"helm {args[0]} failed:\n{proc.stdout}\n{proc.stderr}")
+    status = [line for line in proc.stdout.splitlines() if line.startswith(("STATUS:", "REVISION:"))]
+    print("  " + "  ".join(status), flush=True)
+
+
+def pushed(bed: Bed, what: str, build: Any, dest: str) -> str:
+    started = time.monotonic()
+    ref = images.push(build(), f"{bed.registry}/{dest}", bed.netns_cmd())
+    print(f"  {what:<28} {ref}  ({time.monotonic() - started:.0f}s)", flush=True)
+    return str(ref)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bed-dir", type=Path, default=REPO / ".bed")
     args = parser.parse_args()
 
-    say("Starting the local Kubernetes bed (cached control plane + node agent)")
-    bed = Bed(args.bed_dir, daemon=True).start()
+    say("Starting the local Kubernetes bed (cached control plane + a real node)")
+    bed = Bed(args.bed_dir, node="real", daemon=True).start()
+    if bed.node != "real":
+        print(f"the bed running in {bed.dir} has no real node (node={bed.node}): `make dev-cluster-down` first",
+              file=sys.stderr)
+        return 1
     print(f"API server {bed.server}; export KUBECONFIG={bed.kubeconfig}")
-    show(bed, "get", "nodes")
+    show(bed, "get", "nodes", "-o", "wide")
+
+    say("Building the images (cached by content) and pushing them to the bed's registry")
+    operator_ref = pushed(bed, "operator (Dockerfile)", images.operator_image, "alembic-operator:dev")
+    shop_ref = pushed(bed, "shop (examples/shop)", images.shop_image, "acme/shop:1.0")
+    fixed_ref = pushed(bed, "shop, revision 5 fixed", lambda: images.shop_image(fixed=True), "acme/shop:1.1")
 
     say("Starting PostgreSQL on a loopback port")
     pg = PostgresServer(Path(tempfile.mkdtemp(prefix="alembic-operator-demo-pg-")))
     pg.start()
     db = pg.create_database("shop")
-    print(f"database shop on 127.0.0.1:{pg.port} (the URL lives only in a Secret)")
+    in_bed = db.at(*bed.expose_host_port(pg.port, name="demo-postgres-relay"))
+    print(f"database shop on 127.0.0.1:{pg.port}; pods reach it at {in_bed.host}:{in_bed.port} "
+          "(the URL lives only in a Secret)")
 
-    operator: OperatorProcess | None = None
     try:
-        say("Installing the CRD and starting the operator")
-        proc = bed.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
-        print(proc.stdout.strip() or proc.stderr.strip())
-        cfg = k8s.Configuration()
-        k8s_config.load_kube_config(str(bed.kubeconfig), client_configuration=cfg)
-        api = k8s.ApiClient(cfg)
-        core = k8s.CoreV1Api(api)
+        cfg_api = bed.api_client()
+        core = k8s.CoreV1Api(cfg_api)
         _fresh_namespace(core, bed)
-        cluster = Cluster(api, NS)
-        log = Path(tempfile.mkdtemp(prefix="alembic-operator-demo-")) / "operator.log"
-        operator = OperatorProcess(bed.kubeconfig, [NS], log).start()
-        print(f"operator running (log: {log})")
-        backups = Path(tempfile.mkdtemp(prefix="alembic-operator-demo-backups-"))
-        backups.chmod(0o755)
-        cluster.secret("shop-db", {"url": db.url})
+        cluster = Cluster(cfg_api, NS)
+
+        say("Installing the operator with its Helm chart (one replica, watching the namespace shop)")
+        _adopt_crd(bed)
+        name, _, digest = operator_ref.partition("@")
+        helm(bed, "upgrade", "--install", RELEASE, str(CHART), "--namespace", OPERATOR_NS, "--create-namespace",
+             "--set", f"image.repository={name.rsplit(':', 1)[0]}", "--set", f"image.digest={digest}",
+             "--set", "replicaCount=1", "--set-json", f'watchNamespaces=["{NS}"]',
+             "--set", "startupProbe.periodSeconds=1", "--wait", "--timeout", "300s")
+        show(bed, "get", "pods", "-n", OPERATOR_NS, "-o", "wide")
+        backups = writable_claim(bed, core, NS, "shop-backups")
+        print(f"backups: PersistentVolumeClaim shop-backups (on the node: {backups})")
+        cluster.secret("shop-db", {"url": in_bed.url})
 
         say(f"1. A DatabaseMigration to revision {REV3} (customers, orders, currency)")
         spec = {
             "database": {"urlSecretRef": {"name": "shop-db", "key": "url"}},
-            "migrations": {"image": "ghcr.io/acme/shop:1.4.2", "workingDir": str(SHOP)},
+            "migrations": {"image": shop_ref, "workingDir": images.APP_DIR},
             "targetRevision": REV3,
-            "backup": {"volume": {"hostPath": {"path": str(backups), "type": "DirectoryOrCreate"}}, "retain": 5},
+            "backup": {"volume": {"persistentVolumeClaim": {"claimName": "shop-backups"}}, "retain": 5},
         }
         cluster.create("shop", spec)
-        show(bed, "wait", "-n", NS, "--for=condition=Ready", "dbm/shop", "--timeout=180s")
+        show(bed, "wait", "-n", NS, "--for=condition=Ready", "dbm/shop", "--timeout=300s")
         show(bed, "get", "dbm", "-n", NS)
         subprocess.run([sys.executable, str(SHOP / "seed.py")], check=True, env={**os.environ, "DATABASE_URL": db.url})
         before = rows(db)
@@ -112,7 +150,7 @@ def main() -> int:
 
         say(f"2. Target revision {REV4}: it drops orders.legacy_code, so the plan waits for approval")
         cluster.patch("shop", {"spec": {"targetRevision": REV4}})
-        obj = cluster.wait_condition("shop", "Stalled", reason="DestructiveChangesNotApproved", timeout=180)
+        obj = cluster.wait_condition("shop", "Stalled", reason="DestructiveChangesNotApproved", timeout=300)
         show(bed, "get", "dbm", "-n", NS)
         print("status.plan:", json.dumps(obj["status"]["plan"], indent=2))
         conditions(cluster, "shop")
@@ -120,13 +158,13 @@ def main() -> int:
         say("3. Approve exactly that plan (by its hash)")
         plan_hash = obj["status"]["plan"]["hash"]
         show(bed, "annotate", "-n", NS, "dbm/shop", f"{c.APPROVE_ANNOTATION}={plan_hash}")
-        show(bed, "wait", "-n", NS, "--for=condition=Ready", "dbm/shop", "--timeout=180s")
+        show(bed, "wait", "-n", NS, "--for=condition=Ready", "dbm/shop", "--timeout=300s")
         show(bed, "get", "dbm", "-n", NS)
 
         say(f"4. Target head ({REV5}): this revision fails on purpose (CHECK total > 0, a free sample order)")
         cluster.patch("shop", {"spec": {"targetRevision": "head"}})
-        cluster.wait_condition("shop", "RolledBack", timeout=240)
-        obj = cluster.wait_condition("shop", "Stalled", timeout=60)
+        cluster.wait_condition("shop", "RolledBack", timeout=300)
+        obj = cluster.wait_condition("shop", "Stalled", timeout=120)
         show(bed, "get", "dbm", "-n", NS, "-o", "wide")
         conditions(cluster, "shop")
         print("history:", json.dumps(obj["status"]["history"], indent=2))
@@ -141,12 +179,33 @@ def main() -> int:
         if after != before or version != REV4:
             print("unexpected: the rollback did not keep the data", file=sys.stderr)
             return 1
+
+        say(f"5. Ship the fixed image (shop:1.1: {REV5} corrected in place, CHECK total >= 0)")
+        cluster.patch("shop", {"spec": {"migrations": {"image": fixed_ref}}})
+        show(bed, "wait", "-n", NS, "--for=condition=Ready", "dbm/shop", "--timeout=300s")
+        show(bed, "get", "dbm", "-n", NS)
+        version = db.query("SELECT version_num FROM alembic_version")[0][0]
+        dumps = sorted(p.name for p in backups.rglob("*.dump"))
+        print(f"the database is at {version}; {len(rows(db))} orders; backups on the claim: {len(dumps)}")
+        for dump in dumps:
+            print("  ", dump)
+        if version != REV5:
+            print("unexpected: the fixed revision did not apply", file=sys.stderr)
+            return 1
         say("Done. The bed keeps running: export KUBECONFIG=" + str(bed.kubeconfig) + "; make dev-cluster-down")
         return 0
     finally:
-        if operator:
-            operator.stop()
         pg.destroy()
+
+
+def _adopt_crd(bed: Bed) -> None:
+    """A CRD applied with kubectl before (an older demo, the tests) becomes the release's, as a user would do it."""
+    crd = f"customresourcedefinitions/{c.PLURAL}.{c.GROUP}"
+    if bed.kubectl("get", crd).returncode != 0:
+        return
+    bed.kubectl("label", "--overwrite", crd, "app.kubernetes.io/managed-by=Helm")
+    bed.kubectl("annotate", "--overwrite", crd, f"meta.helm.sh/release-name={RELEASE}",
+                f"meta.helm.sh/release-namespace={OPERATOR_NS}")
 
 
 def _fresh_namespace(core: k8s.CoreV1Api, bed: Bed) -> None:

@@ -3,12 +3,14 @@
     make bench-gate                      # or: PYTHONPATH=tests .venv/bin/python tests/bench_gate.py
     python tests/bench_gate.py --pods 1 10 100 --rounds 20 --bed-dir .bed
 
-On the bed (BED_DIR / --bed-dir: reuse a running bed; otherwise a fresh one is started and stopped), with the
-operator's gating part running as its own process (webhook included): each round creates N labelled pods while the
-resource is migrating (the webhook holds them), waits until all are held, then writes a Ready status and watches
-the pods; the figure is the time from the status write to the watch showing the last pod without the gate. The pods
-name a scheduler that does not exist, so the node agent leaves them alone after the release: the benchmark times
-the operator, not the bed's pod start-up. Prints median, p99 and max per N. Not a test: nothing is asserted.
+On a bed with a real node (BED_DIR / --bed-dir: reuse a running one; otherwise a fresh one is started and
+stopped), with the operator's gating part running as its own process inside the bed's network namespace (webhook
+included, on its 127.0.0.1, where the API server calls it): each round creates N labelled pods while the resource
+is migrating (the webhook holds them), waits until all are held, then writes a Ready status and watches the pods;
+the figure is the time from the status write to the watch showing the last pod without the gate. The pods use a
+real image (the bed's busybox) but name a scheduler that does not exist, so kube-scheduler and the kubelet leave
+them alone after the release: the benchmark times the operator, not the node's pod start-up. Prints median, p99
+and max per N. Not a test: nothing is asserted.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -31,8 +34,9 @@ from kubernetes import watch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from alembic_operator import constants as c
+from bed import testimages
 from bed.controlplane import Bed
-from gating import SLEEP, GateOperator, Migration, held, remove_webhook_configuration
+from gating import GateOperator, Migration, held, remove_webhook_configuration
 from harness import Cluster, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
@@ -48,12 +52,40 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
 
 
-def pod_body(i: int, rnd: int) -> dict[str, Any]:
+class NetnsGateOperator(GateOperator):
+    """GateOperator run inside the real bed's network namespace (the API server calls its webhook there); its
+    liveness endpoint is probed from inside too."""
+
+    def __init__(self, bed: Bed, namespace: str, log_path: Path) -> None:
+        super().__init__(bed.kubeconfig_in_netns, namespace, log_path)
+        self.bed = bed
+
+    def start(self) -> NetnsGateOperator:
+        log = self.log_path.open("ab")
+        log.write(f"--- start {self.starts}: {' '.join(self.command())}\n".encode())
+        log.flush()
+        env = {**self.environment(), "PATH": self.bed.netns_env()["PATH"]}
+        self.proc = subprocess.Popen(self.bed.exec_cmd(self.command()), stdout=log, stderr=subprocess.STDOUT,
+                                     env=env, start_new_session=True)
+        self.starts += 1
+        wait_for(self.healthy, 60, "the operator's liveness endpoint")
+        wait_for(lambda: f"{self.config_name} points at" in self.log(), 30, "the webhook configuration")
+        return self
+
+    def healthy(self) -> bool:
+        if self.proc is None or self.proc.poll() is not None:
+            raise AssertionError(f"the operator exited; log:\n{self.log()[-3000:]}")
+        probe = subprocess.run(self.bed.exec_cmd(["curl", "-sf", "-m", "1", f"http://127.0.0.1:{self.port}/healthz"]),
+                               capture_output=True, check=False, timeout=10)
+        return probe.returncode == 0
+
+
+def pod_body(i: int, rnd: int, image: str) -> dict[str, Any]:
     return {"apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": f"p{rnd}-{i}", "labels": {c.WAIT_FOR_LABEL: "bench", "bench": str(rnd)},
                          "annotations": {c.REVISION_ANNOTATION: f"r{rnd}"}},
             "spec": {"schedulerName": "bench-no-scheduler", "terminationGracePeriodSeconds": 0,
-                     "containers": [{"name": "app", "image": "bed.local/bench:1", "command": SLEEP}]}}
+                     "containers": [{"name": "app", "image": image, "command": ["sleep", "3600"]}]}}
 
 
 class Watcher(threading.Thread):
@@ -85,7 +117,7 @@ class Watcher(threading.Thread):
                     return
 
 
-def run_round(cluster: Cluster, core: k8s.CoreV1Api, m: Migration, n: int, rnd: int) -> float:
+def run_round(cluster: Cluster, core: k8s.CoreV1Api, m: Migration, n: int, rnd: int, image: str) -> float:
     ns = cluster.ns
     revision = f"r{rnd}"
     previous = f"r{rnd - 1}"
@@ -94,7 +126,7 @@ def run_round(cluster: Cluster, core: k8s.CoreV1Api, m: Migration, n: int, rnd: 
     m.simulate("migrating", previous, revision, lineage=lineage, revisions=[revision], start=previous)
     names = {f"p{rnd}-{i}" for i in range(n)}
     for i in range(n):
-        core.create_namespaced_pod(ns, pod_body(i, rnd))
+        core.create_namespaced_pod(ns, pod_body(i, rnd, image))
 
     def all_held() -> str | None:
         resp = core.list_namespaced_pod(ns, label_selector=f"bench={rnd}", _preload_content=False)
@@ -127,10 +159,14 @@ def main(argv: list[str] | None = None) -> int:
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-gate-"))
     own_bed = not (args.bed_dir and Bed(args.bed_dir).is_up())
-    bed = Bed(tmp / "bed", daemon=False) if own_bed else Bed(args.bed_dir)
+    bed = Bed(tmp / "bed", node="real", daemon=False) if own_bed else Bed(args.bed_dir)
     if own_bed:
-        print(f"starting a bed in {bed.dir} ...", flush=True)
+        print(f"starting a bed with a real node in {bed.dir} ...", flush=True)
         bed.start()
+    elif bed.node != "real":
+        print(f"the bed in {bed.dir} has no real node (node={bed.node})", file=sys.stderr)
+        return 1
+    image = testimages.busybox(bed)
     api = bed.api_client()
     core = k8s.CoreV1Api(api)
     ns = f"bench-gate-{uuid.uuid4().hex[:6]}"
@@ -140,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         assert proc.returncode == 0, proc.stderr
         core.create_namespace(k8s.V1Namespace(metadata=k8s.V1ObjectMeta(name=ns)))
         cluster = Cluster(api, ns)
-        operator = GateOperator(bed.kubeconfig, ns, tmp / "operator.log").start()
+        operator = NetnsGateOperator(bed, ns, tmp / "operator.log").start()
         print(f"operator log: {operator.log_path}", flush=True)
         m = Migration(cluster, name="bench", target="r0")
         m.simulate("ready", "r0", "r0", lineage=["r0"], revisions=["r0"], start="base")
@@ -148,11 +184,11 @@ def main(argv: list[str] | None = None) -> int:
         results: dict[int, list[float]] = {}
         for n in args.pods:
             rnd += 1
-            run_round(cluster, core, m, n, rnd)  # warm-up, not counted
+            run_round(cluster, core, m, n, rnd, image)  # warm-up, not counted
             samples = []
             for _ in range(args.rounds):
                 rnd += 1
-                samples.append(run_round(cluster, core, m, n, rnd))
+                samples.append(run_round(cluster, core, m, n, rnd, image))
             results[n] = samples
             print(f"{n:>4} held pods: median {statistics.median(samples) * 1000:7.1f} ms   "
                   f"p99 {percentile(samples, 0.99) * 1000:7.1f} ms   max {max(samples) * 1000:7.1f} ms   "

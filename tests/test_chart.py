@@ -4,10 +4,13 @@ Without the bed: `helm lint --strict`, the values schema, what the templates ren
 CRD copy, and RBAC: every Kubernetes call the operator's code makes (found in the source: client methods and Kopf
 decorators) plus what Kopf itself needs must be exactly what the chart grants, in both modes.
 
-On the bed (marked `bed`): install the chart in a namespace, the operator pod runs through the node agent (every
-image runs the host's environment, .venv/bin first on PATH) with its ServiceAccount's token and goes Ready, a
-DatabaseMigration in a watched namespace goes Ready, `helm upgrade` rolls the pod and keeps the webhook certificate,
-`helm uninstall` keeps the CRD, the DatabaseMigration and the backups. `kubectl auth can-i` proves the grants.
+On the bed (marked `bed`), on its real node (kubelet, containerd, runc, kube-proxy): the operator's image is built
+from the project's Dockerfile and pushed to the bed's registry; the chart is installed in a namespace and its pod
+runs that image under the chart's restricted securityContext (uid 65532, read-only root filesystem) with its
+ServiceAccount's token and goes Ready; a DatabaseMigration (migrations in an app image, backups on a PVC) in a
+watched namespace goes Ready against the test PostgreSQL; the API server calls the webhook through the chart's
+Service; `helm upgrade` rolls the pod and keeps the webhook certificate; `helm uninstall` keeps the CRD, the
+DatabaseMigration and the backups. `kubectl auth can-i` proves the grants.
 """
 
 from __future__ import annotations
@@ -17,11 +20,8 @@ import contextlib
 import functools
 import json
 import re
-import shutil
-import socket
 import subprocess
 import tempfile
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -406,20 +406,33 @@ def test_rbac_with_watched_namespaces_is_roles_only() -> None:
     assert "--namespace=shop" in ctr["args"] and "--namespace=billing" in ctr["args"]
 
 
-# --- on the bed --------------------------------------------------------------------------------------------------
+# --- on the bed (a real node: kubelet, containerd, runc, kube-proxy) -------------------------------------------
 
 
-def _free_ports(count: int) -> list[int]:
-    socks = []
-    try:
-        for _ in range(count):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [int(s.getsockname()[1]) for s in socks]
-    finally:
-        for s in socks:
-            s.close()
+@pytest.fixture(scope="module")
+def bed(real_bed: Any) -> Any:
+    """The chart is installed on the real node: the operator pod runs from the image built from the Dockerfile."""
+    return real_bed
+
+
+@pytest.fixture(scope="module")
+def kube_api(real_kube_api: Any) -> Any:
+    return real_kube_api
+
+
+@pytest.fixture(scope="module")
+def operator_ref(bed: Any) -> str:
+    """The project's Dockerfile built with the bed's build arguments (cached by content), pushed to the bed's
+    registry: ``127.0.0.1:5000/alembic-operator:dev@sha256:...``."""
+    from bed import images
+
+    return str(images.push(images.operator_image(), f"{bed.registry}/alembic-operator:dev", bed.netns_cmd()))
+
+
+def image_values(ref: str) -> dict[str, str]:
+    """The chart's image values for a pushed reference (repository + digest: the pods run exactly that image)."""
+    name, _, digest = ref.partition("@")
+    return {"repository": name.rsplit(":", 1)[0], "digest": digest}
 
 
 def _operator_serves_the_webhook() -> bool:
@@ -459,32 +472,45 @@ def _adopt_crd(kubectl: Any, release: str, namespace: str) -> None:
             f"meta.helm.sh/release-namespace={namespace}", check=True)
 
 
+def _pod_log(kubectl: Any, namespace: str, pod: str) -> str:
+    proc = kubectl("logs", "-n", namespace, pod, "--tail=-1")
+    return str(proc.stdout or proc.stderr)
 
 
-def _pod_log(bed: Any, namespace: str, pod: str) -> str:
-    logs = list((bed.dir / "nodeagent").rglob(f"pods/{namespace}/{pod}/*.log"))
-    return "\n".join(p.read_text(errors="replace") for p in logs)
+def _wait_ready(custom: Any, namespace: str, name: str, timeout: float) -> dict[str, Any]:
+    """The resource's status once Ready; fails at once when it is Stalled (nothing would change any more)."""
+    def settled() -> dict[str, Any] | None:
+        obj = custom.get_namespaced_custom_object(c.GROUP, c.VERSION, namespace, c.PLURAL, name)
+        conds = {x["type"]: x for x in (obj.get("status") or {}).get("conditions") or []}
+        if any(conds.get(t, {}).get("status") == "True" for t in ("Stalled",)) or \
+                conds.get("Ready", {}).get("status") == "True":
+            return dict(obj["status"])
+        return None
+
+    return wait_for(settled, timeout, f"DatabaseMigration {namespace}/{name} Ready (or Stalled)")
 
 
 @pytest.mark.bed
 def test_install_migrate_upgrade_uninstall(bed: Any, kube_api: Any, namespace: str, app_namespace: str,
-                                           kubectl: Any, database: Any, tmp_path: Path) -> None:
+                                           kubectl: Any, database: Any, postgres_in_bed: tuple[str, int],
+                                           operator_ref: str, tmp_path: Path) -> None:
     from kubernetes import client as k8s
 
     from apps import Rev, make_project
+    from bed import images
+    from bed.volumes import writable_claim
 
     release = "ao"
     kubeconfig = bed.kubeconfig
-    health, metrics_port, webhook_port = _free_ports(3)
     webhook_on = _operator_serves_the_webhook()
+    # The webhook through the chart's own Service: the API server reaches it via kube-proxy (endpoint routing).
     values = {
-        "image": {"repository": "bed.local/alembic-operator", "tag": "dev"},
+        "image": image_values(operator_ref),
         "replicaCount": 1,
         "watchNamespaces": [app_namespace],
-        "ports": {"health": health, "metrics": metrics_port, "webhook": webhook_port},
         "startupProbe": {"periodSeconds": 1, "failureThreshold": 120},
         "readinessProbe": {"periodSeconds": 2},
-        "webhook": {"enabled": webhook_on, "url": f"https://127.0.0.1:{webhook_port}"},
+        "webhook": {"enabled": webhook_on},
     }
     values_file = tmp_path / "values.json"
     values_file.write_text(json.dumps(values))
@@ -495,62 +521,65 @@ def test_install_migrate_upgrade_uninstall(bed: Any, kube_api: Any, namespace: s
     core = k8s.CoreV1Api(kube_api)
     custom = k8s.CustomObjectsApi(kube_api)
     pod_name = "ao-alembic-operator-0"
-    # The project stands in for the app's image; any directory the bed's processes can read.
-    work = Path(tempfile.mkdtemp(prefix="alembic-operator-chart-", dir="/var/tmp"))
-    work.chmod(0o755)
     try:
         # The operator pod: Ready through the probes, priority = its ordinal, in the KopfPeering of the namespace.
         pod = core.read_namespaced_pod(pod_name, namespace)
         assert any(x.type == "Ready" and x.status == "True" for x in pod.status.conditions or [])
         assert pod.metadata.labels["apps.kubernetes.io/pod-index"] == "0"
         assert pod.spec.service_account_name == "ao-alembic-operator"
+        assert pod.status.container_statuses[0].image_id.endswith(operator_ref.partition("@")[2])
         peering = wait_for(lambda: (custom.get_namespaced_custom_object("kopf.dev", "v1", app_namespace,
                                                                      "kopfpeerings", "ao-alembic-operator")
                                  .get("status") or {}).get(pod_name), 60, "the operator in the KopfPeering")
         assert peering["priority"] == 0
+        # runc enforces the chart's securityContext: the image's user, a read-only root filesystem.
+        probe = kubectl("exec", "-n", namespace, pod_name, "--", "sh", "-c",
+                        "id -u; id -g; touch /opt/venv/x 2>&1; touch $TMPDIR/x && echo scratch-ok")
+        assert probe.returncode == 0, probe.stderr
+        uid, gid, *rest = probe.stdout.splitlines()
+        assert (uid, gid) == ("65532", "65532")
+        assert "Read-only file system" in "\n".join(rest) and rest[-1] == "scratch-ok", probe.stdout
 
-        # A DatabaseMigration in the watched namespace goes Ready.
-        project = make_project(work / "app", [
+        # A DatabaseMigration in the watched namespace goes Ready: the migrations in an app image, the database as
+        # the pods see it, backups on a PersistentVolumeClaim.
+        project = make_project(tmp_path / "app", [
             Rev("a1a1a1a1a101", upgrade=['op.create_table("t", sa.Column("id", sa.Integer, primary_key=True))'],
                 downgrade=['op.drop_table("t")'])])
-        backups = work / "backups"
-        backups.mkdir()
+        app_ref = images.app_image(project.parent, push_to=f"{bed.registry}/apps/chart", netns_cmd=bed.netns_cmd())
+        backups = writable_claim(bed, core, app_namespace, "backups")  # fsGroup does not apply to hostPath PVs
+        url = database.at(*postgres_in_bed).url
         core.create_namespaced_secret(app_namespace, k8s.V1Secret(metadata=k8s.V1ObjectMeta(name="db"),
-                                                                  string_data={"url": database.url}))
+                                                                  string_data={"url": url}))
         spec = {"database": {"urlSecretRef": {"name": "db", "key": "url"}},
-                "migrations": {"image": "bed.local/app:1", "workingDir": str(project.parent)},
+                "migrations": {"image": app_ref, "workingDir": images.APP_DIR},
                 "targetRevision": "head",
-                "backup": {"volume": {"hostPath": {"path": str(backups), "type": "DirectoryOrCreate"}}}}
+                "backup": {"volume": {"persistentVolumeClaim": {"claimName": "backups"}}}}
         custom.create_namespaced_custom_object(c.GROUP, c.VERSION, app_namespace, c.PLURAL, {
             "apiVersion": c.API_VERSION, "kind": c.KIND, "metadata": {"name": "shop"}, "spec": spec})
-        proc = kubectl("wait", "-n", app_namespace, "--for=condition=Ready", "dbm/shop", "--timeout=180s",
-                       timeout=200)
-        status = custom.get_namespaced_custom_object(c.GROUP, c.VERSION, app_namespace, c.PLURAL, "shop")["status"]
-        assert proc.returncode == 0, (f"{proc.stderr}\n{json.dumps(status)}\n"
-                                      f"{_pod_log(bed, namespace, pod_name)[-3000:]}")
-        assert status["currentRevision"] == "a1a1a1a1a101"
+        status = _wait_ready(custom, app_namespace, "shop", 240)
+        assert status.get("currentRevision") == "a1a1a1a1a101", (
+            f"{json.dumps(status)}\n{_pod_log(kubectl, namespace, pod_name)[-3000:]}")
         dumps = list(backups.rglob("*.dump"))
-        assert dumps, "no backup was written"
+        assert dumps, f"no backup was written in {backups}"
 
-        log = _pod_log(bed, namespace, pod_name)
+        log = _pod_log(kubectl, namespace, pod_name)
         # Kopf's scan of namespaces and CRDs is refused (Roles only, by design) and logged; nothing else may be.
         forbidden = [line for line in log.splitlines() if re.search(r"\b403\b|[Ff]orbidden", line)
                      and not re.search(r"GET \S+/(api/v1/namespaces|customresourcedefinitions) ->", line)]
         assert not forbidden, "\n".join(forbidden[:10])
 
-        if _operator_serves_metrics():
-            with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as resp:
-                text = resp.read().decode()
-            assert "alembic_operator_build_info" in text
+        if _operator_serves_metrics():  # through the API server's pod proxy (the pod IP is inside the bed)
+            scraped = kubectl("get", "--raw", f"/api/v1/namespaces/{namespace}/pods/{pod_name}:9090/proxy/metrics")
+            assert "alembic_operator_build_info" in scraped.stdout, scraped.stderr
 
         if webhook_on:
             def make_pod(name: str, wait_for: str) -> k8s.V1Pod:
                 return core.create_namespaced_pod(app_namespace, k8s.V1Pod(
                     metadata=k8s.V1ObjectMeta(name=name, labels={c.WAIT_FOR_LABEL: wait_for}),
-                    spec=k8s.V1PodSpec(containers=[k8s.V1Container(name="app", image="bed.local/app:1",
-                                                                   command=["sleep", "300"])])))
+                    spec=k8s.V1PodSpec(termination_grace_period_seconds=0, containers=[
+                        k8s.V1Container(name="app", image=app_ref, command=["sleep", "300"])])))
 
-            held = make_pod("held", "not-there")  # the API server called the webhook over TLS, and it held the pod
+            held = make_pod("held", "not-there")  # the API server called the webhook via its Service, over TLS
             assert [g.name for g in held.spec.scheduling_gates or []] == [c.SCHEDULING_GATE]
             free = make_pod("free", "shop")  # Ready at its target: not held
             assert not free.spec.scheduling_gates
@@ -591,7 +620,6 @@ def test_install_migrate_upgrade_uninstall(bed: Any, kube_api: Any, namespace: s
         assert kubectl("get", "statefulset", "-n", namespace, "-o", "name").stdout.strip() == ""
         assert kubectl("get", "mutatingwebhookconfiguration", f"{namespace}-ao-alembic-operator").returncode != 0
     finally:
-        shutil.rmtree(work, ignore_errors=True)
         if installed:
             run_helm("uninstall", release, "-n", namespace, "--wait", "--timeout", "120s", check=False,
                      kubeconfig=kubeconfig)

@@ -330,7 +330,9 @@ class GateWebhookServer:
                     await asyncio.to_thread(apply_configuration, body)
                     log.info("MutatingWebhookConfiguration %s points at %s", self.opts.config_name, target)
                 else:
-                    log.info("serving the webhook at %s; its configuration is managed elsewhere", target)
+                    # Kopf's client URL would name 127.0.0.1 for a 0.0.0.0 listener: say where it really listens.
+                    log.info("serving the webhook on %s:%d (HTTPS); its configuration is managed elsewhere",
+                             self.opts.listen, self.opts.port)
                 yield client_config
 
 
