@@ -16,7 +16,7 @@ help:
 	@echo "make demo              the operator's whole job, end to end, on the local bed"
 	@echo "make test              the whole test suite (unit + the real bed)"
 	@echo "make lint              ruff and mypy"
-	@echo "make dev-cluster       start the local bed with a real node (BED_NODE=agent: the old node agent)"
+	@echo "make dev-cluster       start the local bed with a real node (BED_NODE=none: control plane only)"
 	@echo "make dev-cluster-down  stop it"
 	@echo "make bench-gate        Ready -> last held pod released, for 1/10/100 pods (median, p99)"
 	@echo "make crd               regenerate crds/ and docs/crd-reference.md from the pydantic model"

@@ -410,12 +410,6 @@ def test_rbac_with_watched_namespaces_is_roles_only() -> None:
 
 
 @pytest.fixture(scope="module")
-def bed(real_bed: Any) -> Any:
-    """The chart is installed on the real node: the operator pod runs from the image built from the Dockerfile."""
-    return real_bed
-
-
-@pytest.fixture(scope="module")
 def kube_api(real_kube_api: Any) -> Any:
     return real_kube_api
 

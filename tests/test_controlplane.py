@@ -18,12 +18,6 @@ from harness import wait_for as eventually
 pytestmark = pytest.mark.bed
 
 
-# The control plane of the real bed (node="real"): everything runs in the bed's namespaces, the host uses the relay.
-@pytest.fixture(scope="module")
-def bed(real_bed: Bed) -> Bed:
-    return real_bed
-
-
 @pytest.fixture(scope="module")
 def kube_api(real_kube_api: k8s.ApiClient) -> k8s.ApiClient:
     return real_kube_api
@@ -207,7 +201,6 @@ def test_cli_exec_runs_inside_the_namespace(bed: Bed) -> None:
 
 def test_cli_image_build_pushes_to_the_registry(bed: Bed, tmp_path: Path) -> None:
     """`python -m bed image build` (bed.images builds, the bed pushes): the printed reference is in the registry."""
-    pytest.importorskip("bed.images", reason="bed.images (buildah) is not in this tree yet")
     (tmp_path / "hello.txt").write_text("hello\n")
     (tmp_path / "Dockerfile").write_text("FROM scratch\nCOPY hello.txt /hello.txt\n")
     proc = subprocess.run(

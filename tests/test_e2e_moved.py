@@ -10,6 +10,7 @@ from kubernetes import client as k8s
 
 from alembic_operator import constants as c
 from apps import Rev
+from bed import volumes
 from e2e import BASE_REVISIONS, E2E, R3, checksum, revision, slow
 from harness import wait_for
 
@@ -113,11 +114,7 @@ def test_a_backup_waiting_for_a_missing_claim_stalls_then_continues_once_it_exis
     assert time.monotonic() - started < 10
     assert f"{e2e.ns}/shop-backups" in obj["status"]["message"] and obj["status"]["phase"] == "BackingUp"
     assert revision(e2e.db) is None  # nothing ran
-    claim = k8s.V1PersistentVolumeClaim(
-        metadata=k8s.V1ObjectMeta(name="shop-backups"),
-        spec=k8s.V1PersistentVolumeClaimSpec(access_modes=["ReadWriteOnce"],
-                                             resources=k8s.V1VolumeResourceRequirements(requests={"storage": "1Gi"})))
-    e2e.cluster.core.create_namespaced_persistent_volume_claim(e2e.ns, claim)
+    volumes.writable_claim(e2e.bed, e2e.cluster.core, e2e.ns, "shop-backups")  # what fsGroup does on a cluster
     obj = e2e.cluster.wait_condition("shop", "Ready", timeout=120)
     assert revision(e2e.db) == R3 and obj["status"]["backup"]["location"].startswith("pvc/shop-backups/")
     assert roles(e2e, "shop") == ["backup", "migrate", "plan"]  # the same backup Job, started once the claim was there

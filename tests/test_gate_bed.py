@@ -1,5 +1,5 @@
 """Holding an app's new pods until the schema is ready, on the bed: the API server calls the operator's webhook over
-TLS, the node agent binds only ungated pods.
+TLS, and kube-scheduler binds only ungated pods.
 
 Most cases run the gating part of the operator alone and write the DatabaseMigration's status themselves (the
 reconciler has its own tests): they are exact about timing and quick. The last one runs the whole operator with a

@@ -1,6 +1,6 @@
-"""A local Kubernetes test bed: real etcd, kube-apiserver and kube-controller-manager, plus a node (a real one:
-kubelet, containerd, kube-proxy, kube-scheduler and a registry in namespaces of the bed's own; or the old node
-agent, a fake kubelet), kubectl and helm.
+"""A local Kubernetes test bed: real etcd, kube-apiserver and kube-controller-manager, plus a real node
+(kubelet, containerd, kube-proxy, kube-scheduler, CoreDNS and a registry in namespaces of the bed's own), kubectl and
+helm.
 
     PYTHONPATH=tests python -m bed up --node real    # prints `export KUBECONFIG=...` last
     PYTHONPATH=tests python -m bed exec -- CMD       # CMD inside the real node's network namespace

@@ -1,6 +1,6 @@
 """Command line of the test bed (with tests/ on PYTHONPATH):
 
-    python -m bed up|down|status [--dir DIR] [--node real|agent|none]
+    python -m bed up|down|status [--dir DIR] [--node real|none]
     python -m bed exec [--dir DIR] -- CMD...        # CMD inside the bed's network namespace (node=real)
     python -m bed image build --context DIR [--file F] --tag NAME [--build-arg K=V]...   # prints the reference
     python -m bed tools
@@ -26,13 +26,9 @@ def main(argv: list[str] | None = None) -> int:
         cmd = sub.add_parser(name, help=text)
         cmd.add_argument("--dir", type=Path, default=DEFAULT_DIR, help=f"state directory (default {DEFAULT_DIR})")
         if name == "up":
-            cmd.add_argument("--node", choices=("real", "agent", "none"), default=None,
-                             help="the node: real (kubelet, containerd), agent (the fake kubelet) or none "
-                                  "(default: $BED_NODE, else the agent when it exists)")  # fmt: skip
-            agent = cmd.add_mutually_exclusive_group()
-            agent.add_argument("--node-agent", dest="node_agent", action="store_true", default=None,
-                               help="start the node agent (default: when tests/bed/nodeagent.py exists)")  # fmt: skip
-            agent.add_argument("--no-node-agent", dest="node_agent", action="store_false")
+            cmd.add_argument("--node", choices=("real", "none"), default=None,
+                             help="the node: real (kubelet, containerd, runc) or none, the control plane alone "
+                                  "(default: $BED_NODE, else real)")  # fmt: skip
     run = sub.add_parser("exec", help="run a command inside the bed's network namespace (KUBECONFIG set)")
     run.add_argument("--dir", type=Path, default=DEFAULT_DIR)
     run.add_argument("argv", nargs=argparse.REMAINDER, help="-- CMD [ARGS...]")
@@ -57,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "image":
             print(_image_build(Bed(args.dir), args))
             return 0
-        bed = Bed(args.dir, node_agent=getattr(args, "node_agent", None), node=getattr(args, "node", None),
+        bed = Bed(args.dir, node=getattr(args, "node", None),
                   daemon=True)  # fmt: skip
         if args.command == "up":
             started = time.monotonic()

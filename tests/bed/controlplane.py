@@ -1,10 +1,10 @@
 """A local Kubernetes control plane for tests: etcd, kube-apiserver and kube-controller-manager (real binaries,
-built by build-control-plane.sh), plus a node: ``node="real"`` (kubelet, containerd, kube-proxy, kube-scheduler and
-a registry in namespaces of the bed's own, see bed.realnode) or ``node="agent"`` (the node agent, a fake kubelet,
-``bed.nodeagent``; the default while the e2e tests still use it) or ``node="none"``.
+built by build-control-plane.sh), plus a node: ``node="real"`` (the default: kubelet, containerd, kube-proxy,
+kube-scheduler, CoreDNS and a registry in namespaces of the bed's own, see bed.realnode) or ``node="none"`` (the
+control plane alone).
 
-Agent mode: everything listens on 127.0.0.1 on free ports. Real mode: everything runs inside the bed's network
-namespace; the host reaches kube-apiserver through a relay on a free port of 127.0.0.1.
+Without a node everything listens on 127.0.0.1 on free ports. With the real node everything runs inside the bed's
+network namespace; the host reaches kube-apiserver through a relay on a free port of 127.0.0.1.
 
 The components run in their own sessions and survive the process
 that started them (``python -m bed up``); their PIDs (with their start times, to survive PID reuse) are kept in
@@ -17,7 +17,6 @@ Layout of DIR::
     pki/                 certificates and keys (see bed.pki), kube-controller-manager.kubeconfig
     etcd/                etcd's data (removed on stop)
     logs/<component>.log
-    nodeagent/           the node agent's --state-dir and its kubeconfig (identity system:node:<name>)
     bin/kubectl bin/helm
     kubeconfig-netns     real node: admin kubeconfig for processes inside the bed's network namespace
     node/ fs/            real node: configuration, containerd's and the registry's data; what the node sees as
@@ -55,15 +54,14 @@ HERE = Path(__file__).resolve().parent
 REPO_ROOT = HERE.parents[1]
 DEFAULT_DIR = REPO_ROOT / ".bed"
 BUILD_SCRIPT = HERE / "build-control-plane.sh"
-NODE_AGENT_MODULE = "bed.nodeagent"
 DEFAULT_NODE_NAME = "bed-node"
 SERVICE_CLUSTER_IP_RANGE = "198.18.0.0/24"
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
 
 # What `stop(purge=True)` removes from DIR (nothing else: DIR may be a directory the user gave).
-_OWNED_ENTRIES = ("state.json", "kubeconfig", "kubeconfig-netns", "pki", "etcd", "logs", "nodeagent", "bin",
+_OWNED_ENTRIES = ("state.json", "kubeconfig", "kubeconfig-netns", "pki", "etcd", "logs", "bin",
                   "node", "fs")
-NODE_MODES = ("agent", "real", "none")
+NODE_MODES = ("real", "none")
 _STATE_VERSION = 1
 _LOG_TAIL_LINES = 40
 
@@ -205,26 +203,9 @@ def ensure_binaries() -> Path:
     return out
 
 
-def node_agent_available() -> bool:
-    return (HERE / "nodeagent.py").is_file() or (HERE / "nodeagent" / "__init__.py").is_file()
-
-
-def _node_agent_wanted(explicit: bool | None) -> bool:
-    if explicit is not None:
-        return explicit
-    env = os.environ.get("BED_NODE_AGENT", "auto").lower()
-    if env in ("0", "false", "no", "off"):
-        return False
-    if env in ("1", "true", "yes", "on"):
-        if not node_agent_available():
-            raise BedError("BED_NODE_AGENT=1 but tests/bed/nodeagent.py does not exist")
-        return True
-    return node_agent_available()
-
-
-def _node_mode(node: str | None, node_agent: bool | None) -> str:
-    """``node`` if given, else BED_NODE, else the node agent's old rule (``node_agent``, BED_NODE_AGENT)."""
-    mode = node or os.environ.get("BED_NODE") or ("agent" if _node_agent_wanted(node_agent) else "none")
+def _node_mode(node: str | None) -> str:
+    """``node`` if given, else BED_NODE, else a real node."""
+    mode = node or os.environ.get("BED_NODE") or "real"
     if mode not in NODE_MODES:
         raise BedError(f"node must be one of {', '.join(NODE_MODES)}, not {mode!r}")
     return mode
@@ -276,7 +257,6 @@ class Bed:
         self,
         dir: Path | str = DEFAULT_DIR,
         *,
-        node_agent: bool | None = None,
         node: str | None = None,
         node_name: str = DEFAULT_NODE_NAME,
         daemon: bool = True,
@@ -284,7 +264,6 @@ class Bed:
     ) -> None:
         self.dir = Path(dir).resolve()
         self.node_name = node_name
-        self._node_agent_arg = node_agent
         self._node_arg = node
         self.daemon = daemon
         self.start_timeout = start_timeout or float(os.environ.get("BED_START_TIMEOUT", "120"))
@@ -344,16 +323,12 @@ class Bed:
 
     @property
     def node(self) -> str:
-        """"real", "agent" or "none": the running bed's, else the one asked for."""
+        """"real" or "none": the running bed's, else the one asked for."""
         if self._state is None and self.state_file.exists():
             self._state = self._read_state()
         if self._state is not None:
-            return str(self._state.get("node") or ("agent" if self._state.get("node_agent") else "none"))
-        return _node_mode(self._node_arg, self._node_agent_arg)
-
-    @property
-    def node_agent(self) -> bool:
-        return self.node == "agent"
+            return str(self._state.get("node") or "none")
+        return _node_mode(self._node_arg)
 
     # --- the real node's namespace (node="real") -------------------------------------------------------------------
     registry = realnode.REGISTRY  # the registry as containerd sees it: image references are f"{bed.registry}/..."
@@ -503,11 +478,10 @@ class Bed:
             return {"broken": True}
 
     def _start(self, binaries: Path) -> None:
-        mode = _node_mode(self._node_arg, self._node_agent_arg)
+        mode = _node_mode(self._node_arg)
         if mode == "real":
             self._start_real(binaries, realnode.ensure_node_binaries())
             return
-        node_agent = mode == "agent"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.logs_dir.mkdir(parents=True, exist_ok=True)
         etcd_client, etcd_peer, api_port, kcm_port = _free_ports(4)
@@ -517,7 +491,6 @@ class Bed:
             "api_port": api_port,
             "etcd_port": etcd_client,
             "kcm_port": kcm_port,
-            "node_agent": node_agent,
             "node": mode,
             "node_name": self.node_name,
             "binaries": str(binaries),
@@ -525,7 +498,7 @@ class Bed:
         }
         self._write_state()
 
-        certs = pki.make_pki(self.pki_dir, self.node_name if node_agent else None)
+        certs = pki.make_pki(self.pki_dir, None)
         write_kubeconfig(self.kubeconfig, self.server, certs.ca.cert, certs.admin, "bed-admin")
         kcm_kubeconfig = self.pki_dir / "kube-controller-manager.kubeconfig"
         write_kubeconfig(kcm_kubeconfig, self.server, certs.ca.cert, certs.controller_manager,
@@ -596,11 +569,7 @@ class Bed:
             "--profiling=false",
         ])  # fmt: skip
 
-        if node_agent:
-            self._start_node_agent(certs)
         self._wait("ServiceAccount default/default", self._default_service_account_exists)
-        if node_agent:
-            self._wait(f"Node {self.node_name} Ready", self._node_ready)
         self._state["ready"] = True
         self._write_state()
 
@@ -754,30 +723,6 @@ class Bed:
             return False
         return status in (201, 409)
 
-    def _start_node_agent(self, certs: pki.BedPKI) -> None:
-        assert certs.node is not None
-        agent_dir = self.dir / "nodeagent"
-        agent_dir.mkdir(parents=True, exist_ok=True)
-        agent_kubeconfig = agent_dir / "kubeconfig"
-        identity = os.environ.get("BED_NODE_AGENT_IDENTITY", "node")
-        if identity == "node":  # what a kubelet is: Node authorizer + NodeRestriction apply
-            write_kubeconfig(agent_kubeconfig, self.server, certs.ca.cert, certs.node, f"system:node:{self.node_name}")
-        elif identity == "admin":
-            shutil.copy2(self.kubeconfig, agent_kubeconfig)
-        else:
-            raise BedError(f"BED_NODE_AGENT_IDENTITY must be 'node' or 'admin', not {identity!r}")
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join([str(HERE.parent), *filter(None, [env.get("PYTHONPATH")])])
-        env["BED_DIR"] = str(self.dir)
-        # For duties that are not a kubelet's (e.g. binding pods, as kube-scheduler would: the bed has none).
-        env["BED_ADMIN_KUBECONFIG"] = str(self.kubeconfig)
-        self._spawn("nodeagent", [
-            sys.executable, "-m", NODE_AGENT_MODULE,
-            "--kubeconfig", str(agent_kubeconfig),
-            "--state-dir", str(agent_dir / "state"),
-            "--node-name", self.node_name,
-        ], env=env)  # fmt: skip
-
     def _spawn(
         self, name: str, argv: list[str], env: dict[str, str] | None = None, pass_fds: Sequence[int] = ()
     ) -> Component:
@@ -850,11 +795,8 @@ class Bed:
         if state.get("node") == "real":
             self._stop_real(comps, state)
         else:
-            agents = [c for c in comps if c.name == "nodeagent"]
-            others = [c for c in comps if c.name != "nodeagent"]
-            _terminate(agents, grace=10)  # first, while the API is still there for it to report to
-            _terminate([c for c in others if c.name != "etcd"], grace=10)
-            _terminate([c for c in others if c.name == "etcd"], grace=10)
+            _terminate([c for c in comps if c.name != "etcd"], grace=10)
+            _terminate([c for c in comps if c.name == "etcd"], grace=10)
         for proc in self._popen.values():
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=1)

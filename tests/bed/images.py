@@ -141,6 +141,11 @@ def _write_if_changed(path: Path, text: str) -> None:
         tmp.replace(path)
 
 
+def tool_env() -> dict[str, str]:
+    """The environment for a containers tool (buildah, skopeo) run with :func:`in_cache_ns`: its directories exist."""
+    return _buildah_env()
+
+
 def in_cache_ns(argv: Sequence[str]) -> list[str]:
     """`argv` in a private mount namespace whose /var/lib and /var/tmp are the cache's: as root, buildah keeps its
     blob-info cache in /var/lib/containers and some temporary files in /var/tmp whatever the configuration says."""

@@ -100,9 +100,12 @@ def push_layout(layout: Path, tag: str, dest_ref: str, netns_cmd: Sequence[str])
     skopeo = shutil.which("skopeo")
     if skopeo is None:
         raise RuntimeError("skopeo is missing: run `make deps`")
-    cmd = [*netns_cmd, skopeo, "--insecure-policy", "copy", "--quiet", "--dest-tls-verify=false",
-           f"oci:{layout}:{tag}", f"docker://{dest_ref}"]  # fmt: skip
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    from bed import images
+
+    # As root, skopeo keeps a blob-info cache in /var/lib/containers whatever it is told: give it the build cache's.
+    cmd = [*netns_cmd, *images.in_cache_ns([skopeo, "--insecure-policy", "copy", "--quiet", "--dest-tls-verify=false",
+                                            f"oci:{layout}:{tag}", f"docker://{dest_ref}"])]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env=images.tool_env())
     if proc.returncode != 0:
         raise RuntimeError(f"`{' '.join(cmd)}` failed ({proc.returncode}): {proc.stderr.strip()}")
     return dest_ref

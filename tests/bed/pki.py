@@ -8,7 +8,7 @@ Layout written by :func:`make_pki` under ``DIR/pki``::
     admin.crt admin.key                client: CN=bed-admin, O=system:masters
     kube-controller-manager.crt/.key   client: CN=system:kube-controller-manager
     apiserver-kubelet-client.crt/.key  client used by kube-apiserver to reach kubelets (system:masters)
-    node-<name>.crt/.key               client: CN=system:node:<name>, O=system:nodes (the node agent's identity)
+    node-<name>.crt/.key               client: CN=system:node:<name>, O=system:nodes (a kubelet's identity)
     sa.key sa.pub                      service-account token signing key pair
 
 Other code (the node agent, webhook servers in tests) can sign more certificates with :func:`issue_cert`.
