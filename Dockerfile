@@ -27,7 +27,8 @@ RUN python3 -m venv /opt/venv
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY operator/ operator/
-RUN pip wheel --wheel-dir /wheels .
+RUN pip wheel --wheel-dir /wheels . \
+ && sha256sum /wheels/*.whl > /wheels.sha256
 
 # --- runtime ------------------------------------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE}
@@ -70,6 +71,9 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates "postgresql-client-${PG_MAJOR}" \
  && rm -rf /var/lib/apt/lists/* /root/.gnupg \
  && "/usr/lib/postgresql/${PG_MAJOR}/bin/pg_dump" --version
+# The wheels' checksums first: a builder may key the cached layer of the RUN below by its text alone, not by what
+# --mount=from brings (buildah --layers, the test bed's builder, does), so a changed wheel must change this layer.
+COPY --from=build /wheels.sha256 /usr/local/share/alembic-operator/wheels.sha256
 # The operator and its dependencies, from the wheels built above only (--no-index): exactly what pyproject.toml
 # declares, nothing fetched at this stage, and no wheel left behind in a layer.
 RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \

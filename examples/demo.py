@@ -70,14 +70,17 @@ def rows(pg_url_db: Any) -> list[tuple[Any, ...]]:
                            "ORDER BY o.id")
 
 
-def helm(bed: Bed, *args: str) -> None:
+def helm(bed: Bed, *args: str, check: bool = True) -> bool:
     cmd = [str(ensure_tools()["helm"]), *args, f"--kubeconfig={bed.kubeconfig}"]
-    print(f"{DIM}$ helm {' '.join(args)}{RESET}", flush=True)
+    if check:
+        print(f"{DIM}$ helm {' '.join(args)}{RESET}", flush=True)
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=600)
-    if proc.returncode != 0:
+    if proc.returncode != 0 and check:
         raise SystemExit(f"helm {args[0]} failed:\n{proc.stdout}\n{proc.stderr}")
     status = [line for line in proc.stdout.splitlines() if line.startswith(("STATUS:", "REVISION:"))]
-    print("  " + "  ".join(status), flush=True)
+    if check and status:
+        print("  " + "  ".join(status), flush=True)
+    return proc.returncode == 0
 
 
 def pushed(bed: Bed, what: str, build: Any, dest: str) -> str:
@@ -117,6 +120,11 @@ def main() -> int:
     try:
         cfg_api = bed.api_client()
         core = k8s.CoreV1Api(cfg_api)
+        # A previous demo's operator goes first: with watchNamespaces its Role lives in `shop`, and a namespace
+        # being deleted loses the Role before the operator can remove its finalizer from the DatabaseMigration.
+        if helm(bed, "status", RELEASE, "--namespace", OPERATOR_NS, check=False):
+            say("Uninstalling the previous demo's operator")
+            helm(bed, "uninstall", RELEASE, "--namespace", OPERATOR_NS, "--wait", "--timeout", "120s")
         _fresh_namespace(core, bed)
         cluster = Cluster(cfg_api, NS)
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import functools
+import hashlib
 import json
 import re
 import subprocess
@@ -533,6 +534,13 @@ def test_install_migrate_upgrade_uninstall(bed: Any, kube_api: Any, namespace: s
         uid, gid, *rest = probe.stdout.splitlines()
         assert (uid, gid) == ("65532", "65532")
         assert "Read-only file system" in "\n".join(rest) and rest[-1] == "scratch-ok", probe.stdout
+        # ... and it runs this checkout's code (a stale image layer would not show anywhere else).
+        script = ("import alembic_operator, hashlib, json, pathlib; d = pathlib.Path(alembic_operator.__file__).parent;"
+                  " print(json.dumps({p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in d.glob('*.py')}))")
+        code = kubectl("exec", "-n", namespace, pod_name, "--", "python", "-c", script)
+        assert code.returncode == 0, code.stderr
+        assert json.loads(code.stdout) == {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+                                           for p in PKG.glob("*.py")}, "the operator image is stale"
 
         # A DatabaseMigration in the watched namespace goes Ready: the migrations in an app image, the database as
         # the pods see it, backups on a PersistentVolumeClaim.
