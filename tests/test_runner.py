@@ -406,13 +406,13 @@ def test_upgrade_lock_held_elsewhere(runner: Runner, app: Path) -> None:
     assert r.rc == 0, r.stderr
 
 
-@pytest.mark.skipif(RUNNER_DRIVER == "psycopg2", reason="psycopg2 blocks signals until the statement ends")
-def test_upgrade_interrupted_by_sigterm(runner: Runner, app: Path, tmp_path: Path) -> None:
-    """activeDeadlineSeconds or a deleted pod: SIGTERM cancels the statement; the result is still written."""
-    make_project(app, [
-        *linear(1),
-        Rev("aaaaaaaa0002", upgrade=['op.execute("SELECT pg_sleep(60)")'], message="slow"),
-    ])
+SLOW_SECOND = [*linear(1), Rev("aaaaaaaa0002", upgrade=['op.execute("SELECT pg_sleep(60)")'], message="slow")]
+
+
+def upgrade_then_signal(runner: Runner, app: Path, tmp_path: Path, sig: signal.Signals, pause: float = 0
+                        ) -> tuple[int, dict[str, Any], str]:
+    """Run `upgrade base -> aaaaaaaa0002` of SLOW_SECOND, send `sig` once the slow revision runs (after `pause`);
+    returns the exit code, the result file and the runner's stderr."""
     result_file, log_file = tmp_path / "result.json", tmp_path / "stderr.log"
     env = {**os.environ, URL_ENV: runner.database.url.replace("postgresql+psycopg://",
                                                               f"postgresql+{RUNNER_DRIVER or 'psycopg'}://")}
@@ -425,19 +425,27 @@ def test_upgrade_interrupted_by_sigterm(runner: Runner, app: Path, tmp_path: Pat
             while "running upgrade aaaaaaaa0001 -> aaaaaaaa0002" not in log_file.read_text():
                 assert proc.poll() is None and time.monotonic() < deadline, log_file.read_text()
                 time.sleep(0.2)
-            time.sleep(1)
-            proc.send_signal(signal.SIGTERM)
-            assert proc.wait(timeout=30) == 1
+            time.sleep(pause)
+            proc.send_signal(sig)
+            rc = proc.wait(timeout=30)
         finally:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-    result = json.loads(result_file.read_text())
+    return rc, json.loads(result_file.read_text()), log_file.read_text()
+
+
+@pytest.mark.skipif(RUNNER_DRIVER == "psycopg2", reason="psycopg2 blocks signals until the statement ends")
+def test_upgrade_interrupted_by_sigterm(runner: Runner, app: Path, tmp_path: Path) -> None:
+    """activeDeadlineSeconds or a deleted pod: SIGTERM cancels the statement; the result is still written."""
+    make_project(app, SLOW_SECOND)
+    rc, result, log = upgrade_then_signal(runner, app, tmp_path, signal.SIGTERM, pause=1)
+    assert rc == 1
     assert result["reason"] == "MigrationFailed", result
     assert result["failedRevision"] == "aaaaaaaa0002"
     assert result["revision"] is None  # one transaction: aaaaaaaa0001 rolled back too
     assert "interrupted (terminated by signal SIGTERM" in result["message"]
-    assert runner.database.password not in log_file.read_text()
+    assert runner.database.password not in log
     sleeping = runner.database.query("SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(60)%'")
     assert sleeping == [(0,)]  # the statement was cancelled, not left running
     assert tables(runner.database) == set()
@@ -447,32 +455,11 @@ def test_upgrade_killed_outright_still_reports_what_it_may_have_committed(runner
                                                                           tmp_path: Path) -> None:
     """SIGKILL (OOM, a lost node): no handler runs, yet the result file names the revisions that were started, so
     the operator rolls back only those, and only if the database is at one of them."""
-    make_project(app, [
-        *linear(1),
-        Rev("aaaaaaaa0002", upgrade=['op.execute("SELECT pg_sleep(60)")'], message="slow"),
-    ], transaction_per_migration=True)
-    result_file, log_file = tmp_path / "result.json", tmp_path / "stderr.log"
-    env = {**os.environ, URL_ENV: runner.database.url.replace("postgresql+psycopg://",
-                                                              f"postgresql+{RUNNER_DRIVER or 'psycopg'}://")}
-    with log_file.open("w") as stderr:
-        proc = subprocess.Popen(
-            [RUNNER_PYTHON, str(RUNNER), "--result-file", str(result_file), "upgrade", "--from", "base",
-             "--to", "aaaaaaaa0002"], cwd=app, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
-        try:
-            deadline = time.monotonic() + 60
-            while "running upgrade aaaaaaaa0001 -> aaaaaaaa0002" not in log_file.read_text():
-                assert proc.poll() is None and time.monotonic() < deadline, log_file.read_text()
-                time.sleep(0.2)
-            proc.kill()
-            proc.wait(timeout=30)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-    result = json.loads(result_file.read_text())
+    make_project(app, SLOW_SECOND, transaction_per_migration=True)
+    _rc, result, _log = upgrade_then_signal(runner, app, tmp_path, signal.SIGKILL)
     assert result["ok"] is False and result["reason"] == "Interrupted", result
     assert result["attempted"] == ["aaaaaaaa0001", "aaaaaaaa0002"]
-    assert "applied" not in result and runner.database.password not in result_file.read_text()
+    assert "applied" not in result and runner.database.password not in json.dumps(result)
     assert version(runner.database) == "aaaaaaaa0001"  # one of the positions the report allows
 
 
