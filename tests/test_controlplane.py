@@ -210,7 +210,11 @@ def test_cli_image_build_pushes_to_the_registry(bed: Bed, tmp_path: Path) -> Non
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     ref = proc.stdout.strip().splitlines()[-1]
-    assert ref == f"{bed.registry}/bed-test/hello:1"
-    inspect = subprocess.run([*bed.netns_cmd(), "skopeo", "inspect", "--tls-verify=false", f"docker://{ref}"],
-                             capture_output=True, text=True, check=False)  # fmt: skip
+    assert ref.startswith(f"{bed.registry}/bed-test/hello:1@sha256:")  # pinned by digest, as pods should use it
+    from bed import images
+
+    pinned = f"{bed.registry}/bed-test/hello@{ref.split('@', 1)[1]}"  # skopeo takes a tag or a digest, not both
+    inspect = subprocess.run([*bed.netns_cmd(), *images.in_cache_ns(["skopeo", "inspect", "--tls-verify=false",
+                                                                     f"docker://{pinned}"])],
+                             capture_output=True, text=True, check=False, env=images.tool_env())  # fmt: skip
     assert inspect.returncode == 0, inspect.stderr
