@@ -6,6 +6,7 @@ any Event, status or Job spec of the namespace, or in any container log the node
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import shutil
 import tempfile
@@ -139,10 +140,14 @@ class E2E:
         places["jobs"] = str([self.cluster.api.sanitize_for_serialization(j)
                               for j in self.cluster.batch.list_namespaced_job(self.ns).items])
         places["pods"] = str(self.cluster.pods())
-        for log in self.bed.dir.rglob("*.log"):
-            # /var/log/containers holds symlinks (absolute inside the node) to the files under /var/log/pods
-            if "etcd" not in log.parts and self.ns in str(log) and not log.is_symlink():
-                places[str(log)] = log.read_text(errors="replace")
+        # Every container log the node kept (the kubelet's /var/log/pods/<namespace>_<pod>_<uid>/), and the bed's own
+        # component logs; not the whole bed directory, where containerd adds and removes snapshots meanwhile.
+        pod_logs = self.bed.dir / "fs" / "var-log" / "pods"
+        for log in [*pod_logs.glob(f"{self.ns}_*/*/*.log"), *(self.bed.dir / "logs").glob("*.log")]:
+            if log.name != "etcd.log":
+                with contextlib.suppress(FileNotFoundError):  # a pod deleted meanwhile
+                    places[str(log)] = log.read_text(errors="replace")
+        assert any(str(pod_logs) in where for where in places) or not self.cluster.pods(), "no container log found"
         leaks = [where for where, text in places.items() if password in text]
         assert not leaks, f"the database password leaked into: {leaks}"
 
