@@ -76,25 +76,10 @@ def bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bed]:
 
 
 @pytest.fixture(scope="session")
-def real_bed(bed: Bed) -> Bed:
-    """The same bed (the name the bed's own tests used while the node agent was still around)."""
-    return bed
-
-
-@pytest.fixture(scope="session")
-def postgres_in_bed(real_bed: Bed, postgres: PostgresServer) -> tuple[str, int]:
-    """(host, port) at which pods and processes inside the real bed's network namespace reach `postgres`:
+def postgres_in_bed(bed: Bed, postgres: PostgresServer) -> tuple[str, int]:
+    """(host, port) at which pods and processes inside the bed's network namespace reach `postgres`:
     `database.at(*postgres_in_bed)` is the database as they see it."""
-    return real_bed.expose_host_port(postgres.port, name="postgres-relay")
-
-
-@pytest.fixture(scope="session")
-def real_kube_api(real_bed: Bed) -> Iterator[ApiClient]:
-    api = real_bed.api_client()
-    try:
-        yield api
-    finally:
-        api.close()  # type: ignore[no-untyped-call]
+    return bed.expose_host_port(postgres.port, name="postgres-relay")
 
 
 @pytest.fixture(scope="session")

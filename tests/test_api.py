@@ -724,7 +724,8 @@ def test_parse_accepts_mappings_as_kopf_hands_them_over() -> None:
     assert api.parse_status(MappingProxyType({"observedGeneration": 2})).observed_generation == 2
 
 
-def _example_manifests() -> list[Any]:
+def example_manifests() -> list[Any]:
+    """Every DatabaseMigration in examples/, one pytest parameter each."""
     found = []
     for path in sorted((REPO / "examples").rglob("*.y*ml")):
         for i, doc in enumerate(yaml.safe_load_all(path.read_text(encoding="utf-8"))):
@@ -733,7 +734,7 @@ def _example_manifests() -> list[Any]:
     return found or [pytest.param(None, marks=pytest.mark.skip(reason="no DatabaseMigration in examples/"))]
 
 
-@pytest.mark.parametrize("manifest", _example_manifests())
+@pytest.mark.parametrize("manifest", example_manifests())
 def test_examples_are_valid(spec_schema: dict[str, Any], manifest: dict[str, Any]) -> None:
     assert manifest["apiVersion"] == constants.API_VERSION
     api.parse_spec(manifest["spec"])

@@ -148,11 +148,11 @@ def waiting_reason(kube: Kube, pod_name: str, *reasons: str) -> JSON | None:
 
 
 @pytest.fixture
-def kube(real_bed: Bed, real_kube_api: k8s.ApiClient) -> Iterator[Kube]:
+def kube(bed: Bed, kube_api: k8s.ApiClient) -> Iterator[Kube]:
     """A fresh namespace on the real bed, once its default ServiceAccount exists (pods cannot be created before)."""
     global BUSYBOX
-    BUSYBOX = testimages.busybox(real_bed)
-    helper = Kube(real_kube_api, f"t-{uuid.uuid4().hex[:8]}")
+    BUSYBOX = testimages.busybox(bed)
+    helper = Kube(kube_api, f"t-{uuid.uuid4().hex[:8]}")
     helper.core.create_namespace({"metadata": {"name": helper.ns}})
 
     def default_sa() -> bool:
@@ -391,12 +391,12 @@ def test_missing_secret_is_a_create_container_config_error_until_it_exists(kube:
     assert kube.wait_phase("waits", "Succeeded", timeout=30)["status"]["phase"] == "Succeeded"
 
 
-def test_pod_calls_the_api_server_with_its_service_account_token(real_bed: Bed, kube: Kube) -> None:
+def test_pod_calls_the_api_server_with_its_service_account_token(bed: Bed, kube: Kube) -> None:
     """kubectl inside the pod: in-cluster config, i.e. the token, the CA and the `kubernetes` Service's
     ClusterIP (KUBERNETES_SERVICE_HOST), which kube-proxy routes to kube-apiserver on the node."""
     script = ('echo -n "$KUBERNETES_SERVICE_HOST " > /dev/termination-log; '
               "kubectl auth whoami -o 'jsonpath={.status.userInfo.username}' >> /dev/termination-log")  # fmt: skip
-    main = container("main", script, image=testimages.kubectl(real_bed), env=[{"name": "HOME", "value": "/tmp"}])
+    main = container("main", script, image=testimages.kubectl(bed), env=[{"name": "HOME", "value": "/tmp"}])
     kube.core.create_namespaced_pod(kube.ns, pod_manifest("whoami", [main]))
     pod = kube.wait_phase("whoami", "Succeeded", "Failed", timeout=60)
     assert pod["status"]["phase"] == "Succeeded", terminated(pod)
@@ -419,8 +419,8 @@ def test_run_as_non_root_refuses_an_image_that_runs_as_root(kube: Kube) -> None:
     assert kube.wait_phase("nobody", "Succeeded", "Failed")["status"]["phase"] == "Succeeded"
 
 
-def test_missing_image_is_err_image_pull_then_back_off(real_bed: Bed, kube: Kube) -> None:
-    main = container("main", "true", image=f"{real_bed.registry}/bed-test/no-such-image:1")
+def test_missing_image_is_err_image_pull_then_back_off(bed: Bed, kube: Kube) -> None:
+    main = container("main", "true", image=f"{bed.registry}/bed-test/no-such-image:1")
     kube.core.create_namespaced_pod(kube.ns, pod_manifest("typo", [main]))
     seen = eventually(lambda: waiting_reason(kube, "typo", "ErrImagePull", "ImagePullBackOff"), what="a pull error")
     assert "no-such-image" in seen["message"]
@@ -439,7 +439,7 @@ def test_read_only_root_filesystem_is_enforced(kube: Kube) -> None:
     assert pod["status"]["phase"] == "Succeeded", terminated(pod)
 
 
-def test_pods_reach_a_host_port_the_bed_exposes(real_bed: Bed, kube: Kube) -> None:
+def test_pods_reach_a_host_port_the_bed_exposes(bed: Bed, kube: Kube) -> None:
     """How pods reach the test PostgreSQL on the host's loopback: a relay from the node IP (expose_host_port)."""
     server = socket.create_server(("127.0.0.1", 0))
     greeting = f"hello-{uuid.uuid4().hex[:6]}"
@@ -450,8 +450,8 @@ def test_pods_reach_a_host_port_the_bed_exposes(real_bed: Bed, kube: Kube) -> No
             conn.sendall(greeting.encode() + b"\n")
 
     threading.Thread(target=serve, daemon=True).start()
-    host, port = real_bed.expose_host_port(server.getsockname()[1])
-    assert host == real_bed.node_ip
+    host, port = bed.expose_host_port(server.getsockname()[1])
+    assert host == bed.node_ip
     main = container("main", f"nc {host} {port} > /dev/termination-log")
     kube.core.create_namespaced_pod(kube.ns, pod_manifest("client", [main]))
     pod = kube.wait_phase("client", "Succeeded", "Failed")
@@ -459,23 +459,23 @@ def test_pods_reach_a_host_port_the_bed_exposes(real_bed: Bed, kube: Kube) -> No
     assert terminated(pod)["message"].strip() == greeting
 
 
-def test_postgres_is_reachable_inside_the_namespace(real_bed: Bed, postgres_in_bed: tuple[str, int],
+def test_postgres_is_reachable_inside_the_namespace(bed: Bed, postgres_in_bed: tuple[str, int],
                                                     database: Database) -> None:  # fmt: skip
     """The address pods and the in-namespace operator use for the test PostgreSQL (psql runs from the host's
     files, inside the namespace, where the host's loopback is out of reach)."""
     inside = database.at(*postgres_in_bed)
-    assert inside.host == real_bed.node_ip
-    proc = subprocess.run(real_bed.exec_cmd(["psql", inside.conninfo, "-tAc", "select current_database()"]),
+    assert inside.host == bed.node_ip
+    proc = subprocess.run(bed.exec_cmd(["psql", inside.conninfo, "-tAc", "select current_database()"]),
                           capture_output=True, text=True, check=False)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == database.name
     host_only = database.conninfo + " connect_timeout=2"
-    unreachable = subprocess.run(real_bed.exec_cmd(["psql", host_only, "-c", "select 1"]),
+    unreachable = subprocess.run(bed.exec_cmd(["psql", host_only, "-c", "select 1"]),
                                  capture_output=True, text=True, check=False)  # fmt: skip
     assert unreachable.returncode != 0  # the host's 127.0.0.1 is not the namespace's
 
 
-def test_a_service_routes_to_its_pod_from_pods_and_from_the_namespace(real_bed: Bed, kube: Kube) -> None:
+def test_a_service_routes_to_its_pod_from_pods_and_from_the_namespace(bed: Bed, kube: Kube) -> None:
     """kube-proxy: a ClusterIP reaches the pod behind it, from another pod and from a process on the node."""
     server = container("main", "mkdir -p /w && echo served > /w/index.html && exec httpd -f -p 8080 -h /w",
                        readinessProbe={"tcpSocket": {"port": 8080}, "periodSeconds": 1})  # fmt: skip
@@ -491,7 +491,7 @@ def test_a_service_routes_to_its_pod_from_pods_and_from_the_namespace(real_bed: 
                        ' echo -n "$out" > /dev/termination-log')  # fmt: skip
     kube.core.create_namespaced_pod(kube.ns, pod_manifest("client", [client]))
     assert terminated(kube.wait_phase("client", "Succeeded", timeout=60))["message"] == "served"
-    inside = subprocess.run(real_bed.exec_cmd(["curl", "-sS", "-m", "5", f"http://{cluster_ip}/"]),
+    inside = subprocess.run(bed.exec_cmd(["curl", "-sS", "-m", "5", f"http://{cluster_ip}/"]),
                             capture_output=True, text=True, check=False)  # fmt: skip
     assert inside.stdout == "served\n", inside.stderr
 

@@ -411,11 +411,6 @@ def test_rbac_with_watched_namespaces_is_roles_only() -> None:
 
 
 @pytest.fixture(scope="module")
-def kube_api(real_kube_api: Any) -> Any:
-    return real_kube_api
-
-
-@pytest.fixture(scope="module")
 def operator_ref(bed: Any) -> str:
     """The project's Dockerfile built with the bed's build arguments (cached by content), pushed to the bed's
     registry: ``127.0.0.1:5000/alembic-operator:dev@sha256:...``."""

@@ -18,11 +18,6 @@ from harness import wait_for as eventually
 pytestmark = pytest.mark.bed
 
 
-@pytest.fixture(scope="module")
-def kube_api(real_kube_api: k8s.ApiClient) -> k8s.ApiClient:
-    return real_kube_api
-
-
 
 def request_token(core: k8s.CoreV1Api, namespace: str, name: str, audiences: list[str] | None = None) -> str:
     spec = k8s.V1TokenRequestSpec(audiences=audiences or [], expiration_seconds=600)

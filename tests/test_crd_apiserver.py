@@ -20,12 +20,12 @@ from alembic_operator import api, constants, crdgen, k8s_openapi
 from test_api import (
     INVALID,
     MINIMAL_SPEC,
-    REPO,
     RICH_JOB_TEMPLATE,
     STATUS_SAMPLE,
     UNKNOWN_FIELDS,
     Invalid,
     apply_defaults,
+    example_manifests,
     example_spec,
 )
 
@@ -316,16 +316,7 @@ def test_rich_job_template_is_accepted_and_stored_unchanged(crd: dict[str, Any],
     assert api.parse_spec(stored) == api.parse_spec(spec)
 
 
-def _examples() -> list[Any]:
-    found = []
-    for path in sorted((REPO / "examples").rglob("*.y*ml")):
-        for i, doc in enumerate(yaml.safe_load_all(path.read_text(encoding="utf-8"))):
-            if isinstance(doc, dict) and doc.get("kind") == constants.KIND:
-                found.append(pytest.param(doc, id=f"{path.relative_to(REPO)}#{i}"))
-    return found or [pytest.param(None, marks=pytest.mark.skip(reason="no DatabaseMigration in examples/"))]
-
-
-@pytest.mark.parametrize("manifest", _examples())
+@pytest.mark.parametrize("manifest", example_manifests())
 def test_examples_are_accepted(crd: dict[str, Any], objects: Any, namespace: str, manifest: dict[str, Any]) -> None:
     body = copy.deepcopy(manifest)
     body["metadata"].pop("namespace", None)

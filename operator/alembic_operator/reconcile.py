@@ -207,18 +207,17 @@ class _Run:
             args = {**args, "instance": str(instance)}
         self.decision.jobs.append(JobRequest(role, self.generation, self.run["spec"], args))
 
+    def instances(self) -> dict[str, int]:
+        """Which Job of each role the run is on: 0 first, then one more per retry or re-plan (names never repeat).
+        A run persisted before re-plans existed counted retries only."""
+        found = self.run.get("instances")
+        return dict(found if found is not None else self.run.get("attempts") or {})
+
     def instance(self, role: Role) -> int:
-        """Which Job of this role the run is on: 0 first, then one more per retry or re-plan (names never repeat)."""
-        instances = self.run.get("instances")
-        if instances is None:  # a run persisted before re-plans existed counted retries only
-            instances = dict(self.run.get("attempts") or {})
-        return int(instances.get(role, 0))
+        return int(self.instances().get(role, 0))
 
     def next_instance(self, role: Role) -> None:
-        instances = self.run.get("instances")
-        instances = dict(instances if instances is not None else self.run.get("attempts") or {})
-        instances[role] = int(instances.get(role, 0)) + 1
-        self.run["instances"] = instances
+        self.run["instances"] = {**self.instances(), role: self.instance(role) + 1}
 
     def job(self, role: Role) -> JobObservation:
         """The observed Job of the run's current instance of `role`; an older one (before a re-plan) is absent."""

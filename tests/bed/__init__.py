@@ -8,8 +8,7 @@ helm.
     PYTHONPATH=tests python -m bed down
     PYTHONPATH=tests python -m bed tools     # paths of kubectl and helm
 
-In pytest, use the `bed`, `kube_api`, `namespace` and `kubectl` fixtures from tests/conftest.py (`real_bed`,
-`real_kube_api` and `postgres_in_bed` for the real node).
+In pytest, use the `bed`, `kube_api`, `namespace`, `kubectl` and `postgres_in_bed` fixtures from tests/conftest.py.
 """
 
 from bed.controlplane import DEFAULT_DIR, Bed, BedError
