@@ -19,7 +19,7 @@ help:
 	@echo "make dev-cluster       start the local bed with a real node (BED_NODE=none: control plane only)"
 	@echo "make dev-cluster-down  stop it"
 	@echo "make bench-gate        Ready -> last held pod released, for 1/10/100 pods (median, p99)"
-	@echo "make crd               regenerate crds/ and docs/crd-reference.md from the pydantic model"
+	@echo "make crd               regenerate crds/, docs/crd-reference.md (the pydantic model) and docs/reasons.md"
 	@echo "make k8s-openapi       re-vendor Kubernetes' core/v1 schemas from \$$KUBECONFIG's API server, then make crd"
 
 # Debian packages: PostgreSQL (server for the tests and the demo, pg_dump/pg_restore for the Jobs), util-linux
@@ -79,6 +79,7 @@ lint: venv
 
 crd: venv
 	$(PY) -m alembic_operator.crdgen
+	$(PY) -m alembic_operator.reasons > docs/reasons.md
 
 # After a Kubernetes upgrade: point KUBECONFIG at a cluster of the new version (e.g. make dev-cluster).
 k8s-openapi: venv

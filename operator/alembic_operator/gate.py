@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from . import constants as c
+from . import reasons
 
 Obj = Mapping[str, Any]
 
@@ -38,13 +39,13 @@ GATE: dict[str, str] = {"name": c.SCHEDULING_GATE}
 MIN_PREFIX = 4  # shortest abbreviated revision id accepted in the annotation (Alembic accepts prefixes too)
 MAX_LISTED = 5  # pod names listed in one Event message
 
-# Verdict reasons (CamelCase, stable: they appear in Events).
-READY_AT_TARGET = "ReadyAtTarget"
-REVISION_REACHED = "RevisionReached"
-MIGRATION_NOT_FOUND = "MigrationNotFound"
-NOT_READY = "MigrationNotReady"
-WAITING_FOR_REVISION = "WaitingForRevision"
-UNKNOWN_REVISION = "UnknownRevision"
+# Verdict reasons (they appear in Events; declared in .reasons).
+READY_AT_TARGET = reasons.READY_AT_TARGET
+REVISION_REACHED = reasons.REVISION_REACHED
+MIGRATION_NOT_FOUND = reasons.MIGRATION_NOT_FOUND
+NOT_READY = reasons.MIGRATION_NOT_READY
+WAITING_FOR_REVISION = reasons.WAITING_FOR_REVISION
+UNKNOWN_REVISION = reasons.UNKNOWN_REVISION
 
 
 @dataclass(frozen=True)
@@ -293,5 +294,5 @@ def summarize_held(migration: str, held: Sequence[PodVerdict]) -> tuple[str, str
         return ("Warning", UNKNOWN_REVISION,
                 f"{len(names)} pod(s) held ({listed}); revision(s) {', '.join(unknown)} in their annotation "
                 f"{c.REVISION_ANNOTATION} are unknown to this resource: check the annotation")
-    return ("Normal", "PodsHeld", f"{len(names)} pod(s) held until the schema is ready ({listed}): "
+    return ("Normal", reasons.PODS_HELD, f"{len(names)} pod(s) held until the schema is ready ({listed}): "
             f"{held[0].verdict.message}" if held else f"no pods held by {migration}")

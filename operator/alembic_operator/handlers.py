@@ -20,7 +20,7 @@ from typing import Any, Literal
 import kopf
 from kubernetes.client import ApiException
 
-from . import __version__, kube, metrics
+from . import __version__, kube, metrics, reasons
 from . import constants as c
 from .api import MAX_NAME_LENGTH, parse_spec
 from .dbstate import DatabaseError, DatabaseTarget, decode_secret_value, parse_url, read_revision, sanitize
@@ -40,7 +40,6 @@ from .reconcile import (
 Logger = logging.Logger | logging.LoggerAdapter[Any]
 JobState = Literal["active", "succeeded", "failed"]
 
-ROLLBACK_MODES = {"TransactionRolledBack": "transaction", "Downgraded": "downgrade", "Restored": "restore"}
 DRIFT_JOBS_KEPT = 2
 GENERATIONS_KEPT = 2  # the Jobs (and their pods' logs) of the newest runs stay for inspection
 OPERATOR_IMAGE = os.environ.get("ALEMBIC_OPERATOR_IMAGE", f"ghcr.io/alembic-operator/alembic-operator:{__version__}")
@@ -241,12 +240,13 @@ async def _observe_database(namespace: str, spec: dict[str, Any]) -> tuple[Datab
     try:
         ref = parse_spec(spec).database.url_secret_ref
     except ValueError as err:
-        return DatabaseObservation(error_reason="InvalidSpec", error_message=str(err)), None
+        return DatabaseObservation(error_reason=reasons.INVALID_SPEC, error_message=str(err)), None
     try:
         data = await kube.read_secret_data(namespace, ref.name)
         if data is None:
-            raise DatabaseError("SecretNotFound", f"Secret {namespace}/{ref.name} (spec.database.urlSecretRef.name) "
-                                "does not exist: create it with the database URL under key " + ref.key)
+            raise DatabaseError(reasons.SECRET_NOT_FOUND,
+                                f"Secret {namespace}/{ref.name} (spec.database.urlSecretRef.name) does not exist: "
+                                "create it with the database URL under key " + ref.key)
         target = parse_url(decode_secret_value(data, f"{namespace}/{ref.name}", ref.key), ref.name, ref.key)
     except DatabaseError as err:
         return err.observation(), None
@@ -290,7 +290,7 @@ def _count(namespace: str, name: str, before: dict[str, Any], decision: Decision
             metrics.job_finished(namespace, name, role, job.seconds or 0.0, job.state == "succeeded")
     if _cond(decision.status, c.ROLLED_BACK) == "True" and _cond(before, c.ROLLED_BACK) != "True":
         reason = next(x["reason"] for x in decision.status["conditions"] if x["type"] == c.ROLLED_BACK)
-        metrics.rollback(namespace, name, ROLLBACK_MODES.get(reason, reason))
+        metrics.rollback(namespace, name, reasons.ROLLBACK_MODES.get(reason, reason))
 
 
 async def _reconcile(namespace: str, name: str, logger: Logger,

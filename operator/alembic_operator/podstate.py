@@ -9,6 +9,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from . import reasons
+
 _MISSING_CLAIM = re.compile(r'persistentvolumeclaim "([^"]+)" not found', re.IGNORECASE)
 
 
@@ -45,7 +47,7 @@ def _blocked(pod: dict[str, Any]) -> tuple[str, str] | None:
         if match := _MISSING_CLAIM.search(text):
             claim = match.group(1)
             namespace = (pod.get("metadata") or {}).get("namespace", "")
-            return ("PersistentVolumeClaimNotFound",
+            return (reasons.PERSISTENT_VOLUME_CLAIM_NOT_FOUND,
                     f'its pod cannot start: PersistentVolumeClaim {namespace}/{claim} does not exist (see '
                     "spec.backup.volume). Create it, or fix the claim name: the Job waits and continues on its own "
                     "once the claim exists")

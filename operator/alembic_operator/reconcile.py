@@ -21,6 +21,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from . import constants as c
+from . import reasons as r
 from . import status as s
 from .api import MIN_DRIFT_INTERVAL, DatabaseMigrationSpec, duration_seconds, name_problem, parse_spec
 from .jobs import Role
@@ -31,17 +32,14 @@ TRANSIENT_GRACE = timedelta(minutes=5)
 POLL_ACTIVE = 10.0  # seconds; Job watch events usually wake the reconciler long before
 POLL_IDLE = 60.0
 POLL_HUMAN = 15.0
-PLAN_ERRORS = {"MultipleHeads", "UnknownRevision", "UnknownTargetRevision", "DowngradeNotSupported"}
 # A run whose database keeps moving under it (other writers) plans again at most this many times, then stalls.
 MAX_REPLANS = 3
 POLL_STARTING = 3.0  # seconds; while a Job's pod has not started, so a pod that cannot start is reported quickly
 WRITING_STEPS = {"BackingUp", "Migrating", "RollingBack"}
-# A Job that failed for one of these changed nothing (the runner and the tools say so) and may succeed later.
-TRANSIENT_JOB_REASONS = {"DatabaseUnreachable", "LockTimeout"}
 JOB_RETRIES = 5
 STEP_PHASE = {"plan": "Planning", "backup": "BackingUp", "migrate": "Migrating"}
 BASE = "base"
-SUSPENDED = s.progressing("Pending", "Suspended", "spec.suspend is true: no plan, backup or migration Job starts "
+SUSPENDED = s.progressing("Pending", r.SUSPENDED, "spec.suspend is true: no plan, backup or migration Job starts "
                           "until it is false")
 
 
@@ -147,7 +145,7 @@ def committed_by_run(start: str | None, planned: list[str], report: dict[str, An
     of `planned` (its plan), and that is what it may have committed.
     """
     report = report or {}
-    if report.get("reason") == "RevisionMoved":
+    if report.get("reason") == r.REVISION_MOVED:
         return [] if db_rev == start else None
     if report.get("appliedTruncated") or report.get("attemptedTruncated"):
         positions = [start, *planned]
@@ -166,7 +164,7 @@ def committed_by_run(start: str | None, planned: list[str], report: dict[str, An
 def ran_nothing(report: dict[str, Any] | None) -> bool:
     """The migration Job's report proves it changed nothing (refused, or never got as far as migrating)."""
     report = report or {}
-    return report.get("reason") == "RevisionMoved" or not (report.get("applied") or report.get("attempted"))
+    return report.get("reason") == r.REVISION_MOVED or not (report.get("applied") or report.get("attempted"))
 
 
 class _Run:
@@ -284,14 +282,14 @@ class _Run:
         self.st = self.decision.status
         msg = f"the API server refused the {refusal.role} Job: {refusal.message}"
         if refusal.role == "drift":
-            self.condition(c.DRIFTED, "Unknown", "JobRefused", f"{msg}. Fix spec.jobTemplate")
+            self.condition(c.DRIFTED, "Unknown", r.JOB_REFUSED, f"{msg}. Fix spec.jobTemplate")
             self.decision.status = self.st
             return self.decision
         if self.run.get("step") == "RollingBack":
-            return self.outcome(s.stalled("RollingBack", "JobRefused", f"{msg}. The rollback has not run; it is "
+            return self.outcome(s.stalled("RollingBack", r.JOB_REFUSED, f"{msg}. The rollback has not run; it is "
                                           "tried again every minute (fix the cause in the cluster)"), POLL_IDLE)
-        self.finish("Failed", "JobRefused")
-        return self.outcome(s.stalled("Failed", "JobRefused", f"{msg}. Nothing was run. Fix the spec and apply it "
+        self.finish("Failed", r.JOB_REFUSED)
+        return self.outcome(s.stalled("Failed", r.JOB_REFUSED, f"{msg}. Nothing was run. Fix the spec and apply it "
                                       "again"), POLL_IDLE)
 
     def flow(self) -> Decision:
@@ -318,7 +316,7 @@ class _Run:
         except ValueError as err:
             self.generation = obs.generation
             self.run = {"generation": obs.generation, "step": "Done", "result": "Failed", "spec": obs.spec}
-            return self.outcome(s.stalled("Failed", "InvalidSpec", f"{err}. Fix the spec and apply it again."))
+            return self.outcome(s.stalled("Failed", r.INVALID_SPEC, f"{err}. Fix the spec and apply it again."))
         self.generation = obs.generation
         self.run = {"generation": obs.generation, "step": "Planning", "startedAt": self.now(), "spec": obs.spec}
         self.st.pop("plan", None)
@@ -335,7 +333,7 @@ class _Run:
             self.run.pop("transientSince", None)
             self.st["currentRevision"] = db.revision
             return None
-        reason, message = db.error_reason or "DatabaseUnreachable", db.error_message
+        reason, message = db.error_reason or r.DATABASE_UNREACHABLE, db.error_message
         if not db.transient:  # a human must act (create the Secret, fix the URL): look again soon after
             return self.outcome(s.stalled(phase, reason, message), requeue=POLL_HUMAN)
         started = _parse_time(self.run.setdefault("transientSince", self.now()))
@@ -365,17 +363,17 @@ class _Run:
             if self.suspended():
                 return self.outcome(SUSPENDED, POLL_IDLE)
             self.start_job("plan", {"target": spec.target_revision})
-            return self.outcome(s.progressing("Planning", "Planning",
+            return self.outcome(s.progressing("Planning", r.PLANNING,
                                               f"resolving {spec.target_revision} from the scripts in "
                                               f"{spec.migrations.image}"), POLL_ACTIVE)
         if job.state == "active":
-            return self.running(job, "Planning", "Planning", f"plan Job {job.name} is running")
+            return self.running(job, "Planning", r.PLANNING, f"plan Job {job.name} is running")
         if (retrying := self.retry("plan", {"target": spec.target_revision})) is not None:
             return retrying
         result = job.result or {}
         if job.state == "failed" or not result.get("ok"):
-            reason = str(result["reason"]) if result.get("reason") in PLAN_ERRORS else "PlanFailed"
-            message = self.failure_message("plan") if reason == "PlanFailed" else str(result.get("message"))
+            reason = str(result["reason"]) if result.get("reason") in r.PLAN_ERRORS else r.PLAN_FAILED
+            message = self.failure_message("plan") if reason == r.PLAN_FAILED else str(result.get("message"))
             self.finish("Failed", reason)
             return self.outcome(s.stalled("Failed", reason, message), POLL_IDLE)
         return self.planned(spec, result)
@@ -391,24 +389,24 @@ class _Run:
             if self.suspended():
                 return self.outcome(SUSPENDED, POLL_IDLE)
             self.start_job("stamp", {"revision": str(spec.baseline)})
-            return self.outcome(s.progressing("Planning", "Baselining",
+            return self.outcome(s.progressing("Planning", r.BASELINING,
                                               f"the database has {db.tables} table(s) and no alembic_version: stamping "
                                               f"it at spec.baseline {spec.baseline}"), POLL_ACTIVE)
         if job.state == "active":
-            return self.running(job, "Planning", "Baselining", f"stamp Job {job.name} is running")
+            return self.running(job, "Planning", r.BASELINING, f"stamp Job {job.name} is running")
         result = job.result or {}
         if job.state == "failed" or not result.get("ok"):
             message = self.failure_message("stamp") + "; nothing was changed"
-            self.finish("Failed", "BaselineFailed")
-            return self.outcome(s.stalled("Failed", "BaselineFailed", message), POLL_IDLE)
+            self.finish("Failed", r.BASELINE_FAILED)
+            return self.outcome(s.stalled("Failed", r.BASELINE_FAILED, message), POLL_IDLE)
         if not self.run.get("baselined"):
             self.run["baselined"] = True
             history = list(self.st.get("history") or [])
             history.append({"generation": self.generation, "from": "none", "to": spec.baseline,
-                            "result": "Baselined", "reason": "Baselined", "startedAt": self.run.get("startedAt"),
+                            "result": "Baselined", "reason": r.BASELINED, "startedAt": self.run.get("startedAt"),
                             "finishedAt": self.now()})
             self.st["history"] = history[-HISTORY_LIMIT:]
-            self.decision.events.append(("Normal", "Baselined", f"stamped the pre-Alembic database at "
+            self.decision.events.append(("Normal", r.BASELINED, f"stamped the pre-Alembic database at "
                                          f"{spec.baseline} (spec.baseline); no migration ran for it"))
         return None
 
@@ -418,7 +416,7 @@ class _Run:
         result = job.result or {}
         attempts: dict[str, int] = self.run.setdefault("attempts", {})
         done = int(attempts.get(role, 0))
-        if job.state != "failed" or result.get("reason") not in TRANSIENT_JOB_REASONS or done >= JOB_RETRIES:
+        if job.state != "failed" or result.get("reason") not in r.TRANSIENT_JOB_REASONS or done >= JOB_RETRIES:
             return None
         phase, reason = STEP_PHASE[role], str(result["reason"])
         retry_at = self.run.get("retryAt")
@@ -489,14 +487,15 @@ class _Run:
                 message = (f"the plan destroys data: {ops}. Review it, then approve exactly this plan with: kubectl "
                            f"annotate dbm/{self.obs.name} -n {self.obs.namespace} "
                            f"{c.APPROVE_ANNOTATION}={plan_hash_} (or set spec.approval.allowDestructive: true)")
-                self.condition(c.APPROVAL_REQUIRED, "True", "DestructiveChangesNotApproved", message)
-                return self.outcome(s.stalled("AwaitingApproval", "DestructiveChangesNotApproved", message), POLL_IDLE)
-            self.condition(c.APPROVAL_REQUIRED, "False", "Approved", f"destructive changes approved by {approved_by}")
+                self.condition(c.APPROVAL_REQUIRED, "True", r.DESTRUCTIVE_CHANGES_NOT_APPROVED, message)
+                return self.outcome(s.stalled("AwaitingApproval", r.DESTRUCTIVE_CHANGES_NOT_APPROVED, message),
+                                    POLL_IDLE)
+            self.condition(c.APPROVAL_REQUIRED, "False", r.APPROVED, f"destructive changes approved by {approved_by}")
         else:
-            self.condition(c.APPROVAL_REQUIRED, "False", "NoDestructiveChanges", "the plan destroys no data")
+            self.condition(c.APPROVAL_REQUIRED, "False", r.NO_DESTRUCTIVE_CHANGES, "the plan destroys no data")
         if self.obs.busy_with:
             return self.outcome(s.progressing(
-                "Pending", "WaitingForDatabase",
+                "Pending", r.WAITING_FOR_DATABASE,
                 f"{self.obs.busy_with} is migrating the same database; this one starts when it is done"), 5.0)
         if self.suspended():
             return self.outcome(SUSPENDED, POLL_IDLE)
@@ -508,7 +507,7 @@ class _Run:
         if spec.backup.enabled:
             self.run["step"] = "BackingUp"
             return self.backing_up()
-        self.condition(c.BACKUP_SUCCEEDED, "False", "BackupDisabled", "spec.backup.enabled is false: no backup")
+        self.condition(c.BACKUP_SUCCEEDED, "False", r.BACKUP_DISABLED, "spec.backup.enabled is false: no backup")
         self.run["step"] = "Migrating"
         return self.migrating()
 
@@ -516,23 +515,23 @@ class _Run:
         job = self.job("backup")
         if job.state == "absent":
             self.start_job("backup", {})
-            return self.outcome(s.progressing("BackingUp", "BackingUp", "backing up the database"), POLL_ACTIVE)
+            return self.outcome(s.progressing("BackingUp", r.BACKING_UP, "backing up the database"), POLL_ACTIVE)
         if job.state == "active":
-            return self.running(job, "BackingUp", "BackingUp", f"backup Job {job.name} is running")
+            return self.running(job, "BackingUp", r.BACKING_UP, f"backup Job {job.name} is running")
         if (retrying := self.retry("backup", {})) is not None:
             return retrying
         result = job.result or {}
         if job.state == "failed" or not result.get("ok"):
             message = self.failure_message("backup") + "; nothing was changed in the database"
             self.condition(c.BACKUP_SUCCEEDED, "False", str(result.get("reason") or "BackupFailed"), message)
-            self.finish("Failed", "BackupFailed")
-            return self.outcome(s.stalled("Failed", "JobFailed", message + ". Fix the cause, then edit the "
+            self.finish("Failed", r.BACKUP_FAILED)
+            return self.outcome(s.stalled("Failed", r.JOB_FAILED, message + ". Fix the cause, then edit the "
                                           "resource to retry."), POLL_IDLE)
         backup = {k: result[k] for k in ("location", "sizeBytes", "sha256", "revision", "completedAt") if k in result}
         self.st["backup"] = backup
         self.run["backup"] = {"location": result.get("location"), "file": result.get("file"),
                               "sha256": result.get("sha256"), "revision": result.get("revision")}
-        self.condition(c.BACKUP_SUCCEEDED, "True", "BackupCompleted",
+        self.condition(c.BACKUP_SUCCEEDED, "True", r.BACKUP_COMPLETED,
                        f"backup at {result.get('location')} ({result.get('sizeBytes')} bytes)")
         self.run["step"] = "Migrating"
         return self.migrating()
@@ -547,10 +546,10 @@ class _Run:
                 return self.replan(f"the database moved from {_rev(start)} to {_rev(self.obs.database.revision)} "
                                    "before the migration started")
             self.start_job("migrate", {"from": _rev(start), "to": str(target)})
-            return self.outcome(s.progressing("Migrating", "Migrating", f"upgrading {_rev(start)} -> {target}"),
+            return self.outcome(s.progressing("Migrating", r.MIGRATING, f"upgrading {_rev(start)} -> {target}"),
                                 POLL_ACTIVE)
         if job.state == "active":
-            return self.running(job, "Migrating", "Migrating",
+            return self.running(job, "Migrating", r.MIGRATING,
                                 f"migration Job {job.name} is upgrading {_rev(start)} -> {target}")
         if (stop := self.database("Migrating")) is not None:
             return stop
@@ -559,8 +558,8 @@ class _Run:
         if db_rev == start and (retrying := self.retry("migrate", {"from": _rev(start), "to": str(target)})):
             return retrying
         if job.state == "succeeded" and db_rev == target:
-            self.condition(c.MIGRATED, "True", "UpgradeSucceeded", f"upgraded {_rev(start)} -> {target}")
-            self.finish("Succeeded", "Migrated")
+            self.condition(c.MIGRATED, "True", r.UPGRADE_SUCCEEDED, f"upgraded {_rev(start)} -> {target}")
+            self.finish("Succeeded", r.MIGRATED)
             return self.idle()
         committed = committed_by_run(start, list(self.run.get("revisions") or []), report, db_rev)
         if committed is None and job.state == "failed" and ran_nothing(report):
@@ -570,16 +569,16 @@ class _Run:
             why = f"the migration Job succeeded but the database is at {_rev(db_rev)}, not {target}"
         else:
             why = self.failure_message("migrate")
-        self.condition(c.MIGRATED, "False", "UpgradeFailed", why)
+        self.condition(c.MIGRATED, "False", r.UPGRADE_FAILED, why)
         self.run["failure"] = why
         if committed is None:
             ran = (report or {}).get("applied") or (report or {}).get("attempted") or []
             msg = (f"{why}; the database is at {_rev(db_rev)}, where this run did not leave it (its Job reported "
                    f"{', '.join(ran)}): another writer changed it, so nothing was rolled back. Check the database "
                    "and who else migrates it, then edit the resource to plan again")
-            self.condition(c.ROLLED_BACK, "False", "DatabaseMoved", msg)
-            self.finish("Failed", "DatabaseMoved")
-            return self.outcome(s.stalled("Failed", "DatabaseMoved", msg), POLL_IDLE)
+            self.condition(c.ROLLED_BACK, "False", r.DATABASE_MOVED, msg)
+            self.finish("Failed", r.DATABASE_MOVED)
+            return self.outcome(s.stalled("Failed", r.DATABASE_MOVED, msg), POLL_IDLE)
         return self.choose_rollback(db_rev, committed, why)
 
     def replan(self, why: str) -> Decision:
@@ -589,9 +588,9 @@ class _Run:
         if replans > MAX_REPLANS:
             msg = (f"{why}; this run already planned again {MAX_REPLANS} times because other writers keep moving the "
                    "database. Nothing was run. Stop the other writers, then edit the resource to plan again")
-            self.finish("Failed", "DatabaseKeepsMoving")
-            return self.outcome(s.stalled("Failed", "DatabaseKeepsMoving", msg), POLL_IDLE)
-        self.decision.events.append(("Normal", "DatabaseMoved", f"{why}; nothing was run: planning again"))
+            self.finish("Failed", r.DATABASE_KEEPS_MOVING)
+            return self.outcome(s.stalled("Failed", r.DATABASE_KEEPS_MOVING, msg), POLL_IDLE)
+        self.decision.events.append(("Normal", r.DATABASE_MOVED, f"{why}; nothing was run: planning again"))
         for role in ("plan", "backup", "migrate"):  # new Job names: this round's Jobs never reuse the last one's
             self.next_instance(role)
         keep = ("generation", "startedAt", "spec", "instances", "databaseKey", "jobs")
@@ -607,22 +606,22 @@ class _Run:
         spec = self.spec()
         if not committed:
             msg = f"{why}; the transaction rolled back: the database is still at {_rev(start)}"
-            self.condition(c.ROLLED_BACK, "True", "TransactionRolledBack", msg)
+            self.condition(c.ROLLED_BACK, "True", r.TRANSACTION_ROLLED_BACK, msg)
             return self.failed(msg)
-        destroyed = [r for r in committed if r in set(self.run.get("destructiveRevisions") or [])]
+        destroyed = [rev for rev in committed if rev in set(self.run.get("destructiveRevisions") or [])]
         strategy = spec.rollback.strategy
         have_backup = bool((self.run.get("backup") or {}).get("file"))
         if strategy == "None":
             msg = f"{why}; spec.rollback.strategy is None: the database was left at {_rev(db_rev)}"
-            self.condition(c.ROLLED_BACK, "False", "RollbackDisabled", msg)
+            self.condition(c.ROLLED_BACK, "False", r.ROLLBACK_DISABLED, msg)
             return self.failed(msg)
         mode = "Downgrade" if strategy == "Downgrade" or (strategy == "Auto" and not destroyed) else "Restore"
         if mode == "Restore" and not have_backup:
             done = ", ".join(destroyed or committed)
             msg = (f"{why}; revisions {done} committed and a restore is needed, "
                    f"but there is no backup (spec.backup.enabled is false): the database is at {_rev(db_rev)}")
-            self.condition(c.ROLLED_BACK, "False", "NoBackup", msg)
-            return self.failed(msg, reason="RollbackFailed")
+            self.condition(c.ROLLED_BACK, "False", r.NO_BACKUP, msg)
+            return self.failed(msg, reason=r.ROLLBACK_FAILED)
         self.run["step"] = "RollingBack"
         self.run["rollback"] = {"mode": mode, "from": _rev(db_rev), "committed": committed, "destroyed": destroyed}
         return self.rolling_back()
@@ -640,16 +639,16 @@ class _Run:
                 backup = self.run["backup"]
                 self.start_job(role, {"file": backup["file"], "sha256": backup["sha256"]})
                 what = f"restoring the backup {backup.get('location')} (taken at {_rev(backup.get('revision'))})"
-            self.condition(c.ROLLED_BACK, "Unknown", "RollingBack", what)
-            return self.outcome(s.progressing("RollingBack", "RollingBack", what), POLL_ACTIVE)
+            self.condition(c.ROLLED_BACK, "Unknown", r.ROLLING_BACK, what)
+            return self.outcome(s.progressing("RollingBack", r.ROLLING_BACK, what), POLL_ACTIVE)
         if job.state == "active":
-            return self.running(job, "RollingBack", "RollingBack", f"{role} Job {job.name} is running")
+            return self.running(job, "RollingBack", r.ROLLING_BACK, f"{role} Job {job.name} is running")
         if (stop := self.database("RollingBack")) is not None:
             return stop
         db_rev = self.obs.database.revision
         why = self.run.get("failure", "the migration failed")
         if job.state == "succeeded" and db_rev == start:
-            reason = "Downgraded" if role == "downgrade" else "Restored"
+            reason = r.DOWNGRADED if role == "downgrade" else r.RESTORED
             how = ("downgraded" if role == "downgrade" else f"restored the backup {self.run['backup'].get('location')}")
             msg = f"{why}; {how}: the database is back at {_rev(start)}"
             self.condition(c.ROLLED_BACK, "True", reason, msg)
@@ -662,8 +661,8 @@ class _Run:
             return self.rolling_back()
         msg = (f"{why}; rollback failed: {problem}. The database is at {_rev(db_rev)}; restore it by hand from "
                f"{(self.run.get('backup') or {}).get('location') or 'your own backups'} (see the runbook)")
-        self.condition(c.ROLLED_BACK, "False", "DowngradeFailed" if role == "downgrade" else "RestoreFailed", msg)
-        return self.failed(msg, reason="RollbackFailed")
+        self.condition(c.ROLLED_BACK, "False", r.DOWNGRADE_FAILED if role == "downgrade" else "RestoreFailed", msg)
+        return self.failed(msg, reason=r.ROLLBACK_FAILED)
 
     def drift_check(self) -> float:
         """spec.driftCheck: one drift Job per interval while Ready; its result sets the Drifted condition."""
@@ -691,7 +690,7 @@ class _Run:
         result = job.result or {}
         checked = self.now()
         if job.state == "failed" or not result.get("ok"):
-            self.condition(c.DRIFTED, "Unknown", "DriftCheckFailed", self.failure_message("drift"))
+            self.condition(c.DRIFTED, "Unknown", r.DRIFT_CHECK_FAILED, self.failure_message("drift"))
             return
         differences = [str(x) for x in result.get("differences") or []]
         if result.get("behindHead"):
@@ -701,15 +700,15 @@ class _Run:
         self.st["drift"] = {"checkedAt": checked, "drifted": drifted, "differences": differences[:20]}
         if drifted:
             message = "the live database differs from the app's models: " + "; ".join(differences[:5])
-            self.condition(c.DRIFTED, "True", "SchemaDrift", message)
+            self.condition(c.DRIFTED, "True", r.SCHEMA_DRIFT, message)
             if before.get("status") != "True":
-                self.decision.events.append(("Warning", "SchemaDrift", message))
+                self.decision.events.append(("Warning", r.SCHEMA_DRIFT, message))
         else:
-            self.condition(c.DRIFTED, "False", "NoDrift", "the live database matches the app's models and scripts")
+            self.condition(c.DRIFTED, "False", r.NO_DRIFT, "the live database matches the app's models and scripts")
             if before.get("status") == "True":
-                self.decision.events.append(("Normal", "DriftResolved", "the live database matches again"))
+                self.decision.events.append(("Normal", r.DRIFT_RESOLVED, "the live database matches again"))
 
-    def failed(self, message: str, reason: str = "JobFailed") -> Decision:
+    def failed(self, message: str, reason: str = r.JOB_FAILED) -> Decision:
         rolled = s.condition_is(self.st, c.ROLLED_BACK, "True")
         self.finish("RolledBack" if rolled else "Failed", reason)
         hint = " Fix the migration in a new image (or change targetRevision), then apply the resource again."
@@ -725,19 +724,19 @@ class _Run:
             target = self.run.get("targetRevision")
             if db_rev != target and target in self.obs.database_lineage:
                 by = f" by {self.obs.database_moved_by}" if self.obs.database_moved_by else ""
-                return self.outcome(s.ready("TargetContained", f"the database is at {_rev(db_rev)}, which contains "
+                return self.outcome(s.ready(r.TARGET_CONTAINED, f"the database is at {_rev(db_rev)}, which contains "
                                             f"the target {target} (migrated further{by})"), self.drift_check())
             if db_rev != target:
                 return self.outcome(s.stalled(
-                    "Failed", "DatabaseChanged",
+                    "Failed", r.DATABASE_CHANGED,
                     f"the database is at {_rev(db_rev)}, not at the target {target}: it was changed outside the "
                     "operator. Check it, then edit the resource (or its targetRevision) to plan again."), POLL_IDLE)
             self.st["targetRevision"] = target
             if result == "UpToDate" and not s.get_condition(self.st, c.MIGRATED):
-                self.condition(c.MIGRATED, "True", "UpToDate", f"the database is already at {target}")
+                self.condition(c.MIGRATED, "True", r.UP_TO_DATE, f"the database is already at {target}")
             msg = f"the database is at {target}"
             requeue = self.drift_check()
-            return self.outcome(s.ready("AtTargetRevision" if result == "UpToDate" else "Migrated", msg), requeue)
+            return self.outcome(s.ready(r.AT_TARGET_REVISION if result == "UpToDate" else r.MIGRATED, msg), requeue)
         # Failed runs stay as they are until a new generation; only keep currentRevision fresh.
         if self.obs.database.ok:
             self.st["currentRevision"] = self.obs.database.revision

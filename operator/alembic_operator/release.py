@@ -36,7 +36,7 @@ import kopf
 import kubernetes
 
 from . import constants as c
-from . import gate
+from . import gate, reasons
 from .api import MAX_NAME_LENGTH
 
 log = logging.getLogger("alembic_operator.gate")
@@ -405,7 +405,7 @@ class Gatekeeper:
         for p in done:
             self.held.get(key, {}).pop(p.uid, None)
             self.announced.discard(p.uid)
-            kopf.event(pod_ref(p.namespace, p.name, p.uid), type="Normal", reason="Released",
+            kopf.event(pod_ref(p.namespace, p.name, p.uid), type="Normal", reason=reasons.RELEASED,
                        message=f"scheduling gate {c.SCHEDULING_GATE} removed: {p.verdict.message}")
         self.released_total += len(done)
         if done:
@@ -414,7 +414,7 @@ class Gatekeeper:
             names = sorted(p.name for p in done)
             listed = ", ".join(names[: gate.MAX_LISTED]) + (
                 f" and {len(names) - gate.MAX_LISTED} more" if len(names) > gate.MAX_LISTED else "")
-            kopf.event(migration_ref(dbm), type="Normal", reason="PodsReleased",
+            kopf.event(migration_ref(dbm), type="Normal", reason=reasons.PODS_RELEASED,
                        message=f"released {len(done)} held pod(s) ({listed}): {done[0].verdict.message}")
             self._count_soon(key)
         if failed:
@@ -430,7 +430,7 @@ class Gatekeeper:
             if p.uid not in self.announced:
                 self.announced.add(p.uid)
                 kind = "Warning" if p.verdict.reason in (gate.UNKNOWN_REVISION, gate.MIGRATION_NOT_FOUND) else "Normal"
-                kopf.event(pod_ref(p.namespace, p.name, p.uid), type=kind, reason="Held",
+                kopf.event(pod_ref(p.namespace, p.name, p.uid), type=kind, reason=reasons.HELD,
                            message=f"{p.verdict.reason}: scheduling gate {c.SCHEDULING_GATE} kept: "
                                    f"{p.verdict.message}")
         self._count_soon(key)

@@ -44,7 +44,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from kubernetes.client import ApiException
 
 from . import constants as c
-from . import gate, release
+from . import gate, reasons, release
 
 log = logging.getLogger("alembic_operator.webhook")
 
@@ -377,7 +377,8 @@ async def hold_until_schema_ready(body: kopf.Body, patch: kopf.Patch, warnings: 
     except Exception as err:  # fail closed: hold; the release loop frees the pod if its requirement is met
         logger.warning("could not read DatabaseMigration %s/%s, holding the pod: %s", *key, err)
         decision = gate.Admission(hold=not gate.has_gate(pod) and not (pod.get("spec") or {}).get("nodeName"),
-                                  verdict=gate.Verdict(False, "MigrationUnreadable", f"could not read it: {err}"))
+                                  verdict=gate.Verdict(False, reasons.MIGRATION_UNREADABLE,
+                                                       f"could not read it: {err}"))
     else:
         decision = gate.admit(pod, dbm, excluded)
     if decision.warning:

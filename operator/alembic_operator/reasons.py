@@ -1,0 +1,246 @@
+"""Every reason a user can see, in one place: condition reasons, Event reasons, Job result reasons, gate verdicts.
+
+Each reason is declared once with `_reason()`: a plain string constant for code, and an `Info` saying what kind of
+state it names (progressing / stalled / ready, for the kstatus summary conditions), whether it passes by itself
+(transient), where it shows, and its runbook anchor. Code uses the constants below, never a literal; the sets other
+modules need (plan errors, transient Job failures, rollback modes) are derived here. `docs/reasons.md` is generated
+from this module (`python -m alembic_operator.reasons`) and a test keeps it, the runbooks and API.md in step.
+
+Reasons are part of the user-facing contract (alerts and scripts match on them): never rename one.
+The runner (`runner/`) runs in the app's image without this package, so it spells its result reasons itself; a test
+checks that every reason it (or any other module) can emit is declared here.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from typing import Literal
+
+Kind = Literal["progressing", "stalled", "ready"]
+
+# Where a reason shows: a condition type, "Event", a Job's result ("plan Job", ...), or "pod Event".
+_CONDITIONS = ("Ready", "Reconciling", "Stalled")
+
+@dataclass(frozen=True)
+class Info:
+    """What a reason means and how it behaves."""
+
+    name: str
+    kind: Kind | None  # the kstatus state it names as the summary conditions' reason; None: never their reason
+    meaning: str
+    where: tuple[str, ...]  # condition types, "Event", "Job result", "pod Event"
+    transient: bool  # passes by itself: retried with backoff
+    runbook: str | None  # anchor in docs/runbooks.md
+    plan_error: bool  # a plan Job's result reason shown as it is (others become PlanFailed)
+    rollback_mode: str | None  # a RolledBack=True reason: the rollback metric's mode label
+
+
+ALL: dict[str, Info] = {}
+
+
+def _reason(name: str, kind: Kind | None, meaning: str, *, where: tuple[str, ...] = (), transient: bool = False,
+            runbook: str | None = None, plan_error: bool = False, rollback_mode: str | None = None) -> str:
+    """Declare a reason; returns its name, the plain string code uses."""
+    if name in ALL:
+        raise ValueError(f"reason {name} is declared twice")
+    ALL[name] = Info(name, kind, meaning, (_CONDITIONS if kind else ()) + where, transient, runbook, plan_error,
+                     rollback_mode)
+    return name
+
+
+def info(reason: str) -> Info:
+    return ALL[reason]
+
+
+_DB_URL = "the-secret-is-missing-or-wrong--stalled--secretnotfound-invaliddatabaseurl-databaseauthenticationfailed"
+
+# --- progressing: work is under way (Reconciling=True) --------------------------------------------------------------
+PLANNING = _reason("Planning", "progressing", "the plan Job resolves the target and renders the SQL")
+BASELINING = _reason("Baselining", "progressing", "the stamp Job records spec.baseline in a pre-Alembic database")
+BACKING_UP = _reason("BackingUp", "progressing", "the backup Job dumps the database")
+MIGRATING = _reason("Migrating", "progressing", "the migration Job upgrades the database")
+ROLLING_BACK = _reason("RollingBack", "progressing", "a downgrade or restore Job undoes what a failed run committed",
+                      where=("RolledBack",))
+SUSPENDED = _reason("Suspended", "progressing", "spec.suspend is true: no Job starts until it is false")
+WAITING_FOR_DATABASE = _reason("WaitingForDatabase", "progressing",
+                              "another DatabaseMigration is writing to the same database; this one starts after it")
+DATABASE_UNREACHABLE = _reason("DatabaseUnreachable", "progressing",
+                              "the database does not answer; retried with backoff, Stalled after 5 minutes",
+                              where=("Job result",), transient=True,
+                              runbook="the-database-is-unreachable--reconciling--databaseunreachable-later-stalled")
+LOCK_TIMEOUT = _reason("LockTimeout", "progressing",
+                      "the migration Job waited too long for another migration's advisory lock; it changed nothing "
+                      "and is retried", where=("Job result",), transient=True)
+
+# --- ready: at the target (Ready=True) ------------------------------------------------------------------------------
+MIGRATED = _reason("Migrated", "ready", "this run migrated the database to the target")
+AT_TARGET_REVISION = _reason("AtTargetRevision", "ready", "the database was already at the target: nothing ran")
+TARGET_CONTAINED = _reason("TargetContained", "ready",
+                          "another DatabaseMigration migrated the database past this one's target, which it contains")
+
+# --- stalled: a human must act (Stalled=True) ------------------------------------------------------------------------
+INVALID_SPEC = _reason("InvalidSpec", "stalled", "the spec (or the resource's name) is not valid: the message names "
+                      "the field")
+JOB_REFUSED = _reason("JobRefused", "stalled", "the API server refused a Job built from the spec: the message names "
+                     "the field", where=("Drifted",), runbook="a-job-the-api-server-refuses--stalled--jobrefused")
+PERSISTENT_VOLUME_CLAIM_NOT_FOUND = _reason(
+    "PersistentVolumeClaimNotFound", "stalled", "a Job's pod waits for a PersistentVolumeClaim that does not exist",
+    runbook="a-jobs-pod-cannot-start-for-a-missing-claim--stalled--persistentvolumeclaimnotfound")
+SECRET_NOT_FOUND = _reason("SecretNotFound", "stalled", "the database URL's Secret (or its key) does not exist",
+                          runbook=_DB_URL)
+INVALID_DATABASE_URL = _reason("InvalidDatabaseURL", "stalled", "the database URL cannot be used", runbook=_DB_URL,
+                              where=("Job result",))
+DATABASE_AUTHENTICATION_FAILED = _reason("DatabaseAuthenticationFailed", "stalled",
+                                        "the database refused the URL's credentials", runbook=_DB_URL,
+                                        where=("Job result",))
+DATABASE_NOT_FOUND = _reason("DatabaseNotFound", "stalled", "the server has no database of the URL's name",
+                            runbook="the-database-does-not-exist--stalled--databasenotfound")
+MULTIPLE_HEADS = _reason("MultipleHeads", "stalled", "the scripts (or the database) have more than one head",
+                        where=("Job result",), plan_error=True, runbook="multiple-heads--stalled--multipleheads")
+UNKNOWN_REVISION = _reason("UnknownRevision", "stalled", "the database is at a revision the image's scripts do not "
+                          "contain", where=("Job result", "pod Event"), plan_error=True,
+                          runbook="the-database-is-at-a-revision-the-image-does-not-know--stalled--unknownrevision")
+UNKNOWN_TARGET_REVISION = _reason("UnknownTargetRevision", "stalled",
+                                 "spec.targetRevision is not a revision of the image's scripts", where=("Job result",),
+                                 plan_error=True)
+DOWNGRADE_NOT_SUPPORTED = _reason("DowngradeNotSupported", "stalled",
+                                 "the target is below the database's revision: the operator only upgrades",
+                                 where=("Job result",), plan_error=True)
+PLAN_FAILED = _reason("PlanFailed", "stalled", "the plan Job failed: the message quotes its error",
+                     where=("Job result",))
+BASELINE_FAILED = _reason("BaselineFailed", "stalled", "the stamp Job for spec.baseline failed; nothing was changed")
+DESTRUCTIVE_CHANGES_NOT_APPROVED = _reason(
+    "DestructiveChangesNotApproved", "stalled", "the plan destroys data and waits for approval of its hash",
+    where=("ApprovalRequired",), runbook="a-destructive-plan-waits--awaitingapproval--destructivechangesnotapproved")
+JOB_FAILED = _reason("JobFailed", "stalled", "a backup or migration Job failed; RolledBack says what was undone",
+                    runbook="a-migration-failed--failed--jobfailed-rolledbacktrue")
+ROLLBACK_FAILED = _reason("RollbackFailed", "stalled", "the rollback after a failed migration did not complete",
+                         runbook="rollback-failed--stalled--rollbackfailed-rolledbackfalse")
+DATABASE_MOVED = _reason("DatabaseMoved", "stalled", "another writer moved the database during the run: nothing was "
+                        "rolled back (as an Event: the run plans again)", where=("RolledBack", "Event"),
+                        runbook="someone-else-moved-the-database-during-a-run--event-databasemoved-stalled--"
+                                "databasemoved")
+DATABASE_KEEPS_MOVING = _reason("DatabaseKeepsMoving", "stalled",
+                               "the database moved under the run more often than it re-plans (3 times)")
+DATABASE_CHANGED = _reason("DatabaseChanged", "stalled",
+                          "a Ready resource's database left the target outside the operator")
+
+# --- step conditions (ApprovalRequired, BackupSucceeded, Migrated, RolledBack, Drifted) -------------------------------
+APPROVED = _reason("Approved", None, "destructive changes were approved", where=("ApprovalRequired",))
+NO_DESTRUCTIVE_CHANGES = _reason("NoDestructiveChanges", None, "the plan destroys no data", where=("ApprovalRequired",))
+BACKUP_COMPLETED = _reason("BackupCompleted", None, "the backup was written and checksummed",
+                          where=("BackupSucceeded",))
+BACKUP_DISABLED = _reason("BackupDisabled", None, "spec.backup.enabled is false", where=("BackupSucceeded",))
+BACKUP_FAILED = _reason("BackupFailed", None, "the backup Job failed; nothing was changed",
+                       where=("BackupSucceeded", "Job result"))
+UPGRADE_SUCCEEDED = _reason("UpgradeSucceeded", None, "the migration Job reached the target", where=("Migrated",))
+UPGRADE_FAILED = _reason("UpgradeFailed", None, "the migration Job failed", where=("Migrated",))
+UP_TO_DATE = _reason("UpToDate", None, "the database was already at the target", where=("Migrated",))
+TRANSACTION_ROLLED_BACK = _reason("TransactionRolledBack", None, "the failed migration's transaction rolled back: "
+                                 "nothing to undo", where=("RolledBack",), rollback_mode="transaction")
+DOWNGRADED = _reason("Downgraded", None, "the downgrade Job undid the committed revisions", where=("RolledBack",),
+                    rollback_mode="downgrade")
+RESTORED = _reason("Restored", None, "the restore Job put the backup back", where=("RolledBack",),
+                  rollback_mode="restore")
+ROLLBACK_DISABLED = _reason("RollbackDisabled", None, "spec.rollback.strategy is None: nothing was undone",
+                           where=("RolledBack",))
+NO_BACKUP = _reason("NoBackup", None, "a restore was needed but there is no backup", where=("RolledBack",))
+DOWNGRADE_FAILED = _reason("DowngradeFailed", None, "the downgrade Job failed", where=("RolledBack", "Job result"))
+RESTORE_FAILED = _reason("RestoreFailed", None, "the restore Job failed", where=("RolledBack", "Job result"))
+SCHEMA_DRIFT = _reason("SchemaDrift", None, "the live database differs from the app's models",
+                       where=("Drifted", "Event"))
+NO_DRIFT = _reason("NoDrift", None, "the live database matches the app's models and scripts", where=("Drifted",))
+DRIFT_CHECK_FAILED = _reason("DriftCheckFailed", None, "the drift Job failed", where=("Drifted",))
+
+# --- Events only -----------------------------------------------------------------------------------------------------
+BASELINED = _reason("Baselined", None, "a pre-Alembic database was stamped at spec.baseline", where=("Event",))
+DRIFT_RESOLVED = _reason("DriftResolved", None, "the live database matches the models again", where=("Event",))
+
+# --- the gate: why an app's pod is held or released (pod and DatabaseMigration Events) --------------------------------
+READY_AT_TARGET = _reason("ReadyAtTarget", None, "the DatabaseMigration is Ready at its target: pods are released",
+                         where=("pod Event",))
+REVISION_REACHED = _reason("RevisionReached", None, "the database reached the revision the pod's template needs",
+                          where=("pod Event",))
+MIGRATION_NOT_FOUND = _reason("MigrationNotFound", None, "the pod waits for a DatabaseMigration that does not exist",
+                             where=("pod Event",))
+MIGRATION_NOT_READY = _reason("MigrationNotReady", None, "the pod waits until its DatabaseMigration is Ready",
+                             where=("pod Event",))
+WAITING_FOR_REVISION = _reason("WaitingForRevision", None, "the pod waits until the database reaches its revision",
+                              where=("pod Event",))
+MIGRATION_UNREADABLE = _reason("MigrationUnreadable", None, "the webhook could not read the DatabaseMigration: the "
+                              "pod is held and released by the operator later", where=("pod Event",))
+PODS_HELD = _reason("PodsHeld", None, "pods wait for this DatabaseMigration", where=("Event",))
+PODS_RELEASED = _reason("PodsReleased", None, "held pods were released", where=("Event",))
+HELD = _reason("Held", None, "this pod waits for its DatabaseMigration (the message says for what)",
+               where=("pod Event",))
+RELEASED = _reason("Released", None, "this pod's scheduling gate was removed", where=("pod Event",))
+
+# --- reported by Jobs (their result and log; some become condition reasons above) ------------------------------------
+_JOB = ("Job result",)
+REVISION_MOVED = _reason("RevisionMoved", None, "the migration Job found the database elsewhere than planned and ran "
+                        "nothing", where=_JOB)
+ALREADY_VERSIONED = _reason("AlreadyVersioned", None, "the stamp Job found an alembic_version already", where=_JOB)
+CONFIG_NOT_FOUND = _reason("ConfigNotFound", None, "alembic.ini (spec.migrations.config) is not in the image",
+                          where=_JOB)
+DATABASE_ERROR = _reason("DatabaseError", None, "the database answered with an error", where=_JOB)
+INTERNAL_ERROR = _reason("InternalError", None, "a bug in the operator's Job code: please report it", where=_JOB)
+INVALID_ARGUMENTS = _reason("InvalidArguments", None, "the runner was called with arguments it does not accept",
+                           where=_JOB)
+INVALID_ARGUMENT = _reason("InvalidArgument", None, "a Job tool was called with an argument it does not accept",
+                          where=_JOB)
+IRREVERSIBLE_REVISION = _reason("IrreversibleRevision", None, "a revision on the downgrade path has no downgrade()",
+                               where=_JOB)
+MIGRATION_FAILED = _reason("MigrationFailed", None, "a revision raised while upgrading", where=_JOB)
+MISSING_DATABASE_URL = _reason("MissingDatabaseURL", None, "the Job's container has no database URL", where=_JOB)
+NO_TARGET_METADATA = _reason("NoTargetMetadata", None, "env.py passes no target_metadata: drift cannot compare",
+                            where=_JOB)
+SCRIPT_ERROR = _reason("ScriptError", None, "the app's env.py or a revision script raised", where=_JOB)
+STAMP_FAILED = _reason("StampFailed", None, "stamping the revision failed", where=_JOB)
+TARGET_NOT_REACHABLE = _reason("TargetNotReachable", None, "no upgrade path leads from the database's revision to the "
+                              "target", where=_JOB)
+INTERRUPTED = _reason("Interrupted", None, "the Job was stopped (SIGTERM) or killed while it ran", where=_JOB)
+BACKUP_CORRUPT = _reason("BackupCorrupt", None, "the backup file's checksum does not match", where=_JOB)
+BACKUP_NOT_FOUND = _reason("BackupNotFound", None, "the backup file is not on the volume", where=_JOB)
+PLAN_INVALID = _reason("PlanInvalid", None, "the plan Job's rendered files are inconsistent", where=_JOB)
+PLAN_NOT_FOUND = _reason("PlanNotFound", None, "the plan Job rendered nothing to scan", where=_JOB)
+PLAN_TOO_LARGE = _reason("PlanTooLarge", None, "the plan does not fit a termination message", where=_JOB)
+RESULT_TOO_LARGE = _reason("ResultTooLarge", None, "a Job's result does not fit a termination message", where=_JOB)
+TOOL_NOT_FOUND = _reason("ToolNotFound", None, "pg_dump or pg_restore is missing from the operator image", where=_JOB)
+
+# --- sets other modules need, derived ---------------------------------------------------------------------------------
+# A plan Job's result reason the user reads as it is (others become PlanFailed).
+PLAN_ERRORS: frozenset[str] = frozenset(r.name for r in ALL.values() if r.plan_error)
+# A Job that failed for one of these changed nothing and may succeed later: retried with backoff.
+TRANSIENT_JOB_REASONS: frozenset[str] = frozenset(r.name for r in ALL.values()
+                                                  if r.transient and "Job result" in r.where)
+# RolledBack=True reason -> the `mode` label of the rollback metric.
+ROLLBACK_MODES: dict[str, str] = {r.name: r.rollback_mode for r in ALL.values() if r.rollback_mode}
+
+
+def markdown() -> str:
+    """docs/reasons.md: every reason, generated from this module."""
+    lines = [
+        "# Reasons",
+        "",
+        "<!-- Generated by `python -m alembic_operator.reasons > docs/reasons.md`: edit "
+        "operator/alembic_operator/reasons.py instead. -->",
+        "",
+        "Every reason the operator writes into a condition, an Event or a Job's result. Reasons are stable: alerts "
+        "and scripts may match on them. *Kind* is the kstatus state a reason names when it is the reason of the "
+        "Ready/Reconciling/Stalled conditions (progressing: Reconciling=True; stalled: Stalled=True, a human must "
+        "act; ready: Ready=True); *transient* reasons pass by themselves and are retried.",
+        "",
+        "| Reason | Kind | Transient | Shows in | Meaning | Runbook |",
+        "|---|---|---|---|---|---|",
+    ]
+    order = {"stalled": 0, "progressing": 1, "ready": 2, None: 3}
+    for r in sorted(ALL.values(), key=lambda x: (order[x.kind], x.name)):
+        book = f"[runbook](runbooks.md#{r.runbook})" if r.runbook else ""
+        lines.append(f"| `{r.name}` | {r.kind or ''} | {'yes' if r.transient else ''} | {', '.join(r.where)} | "
+                     f"{r.meaning} | {book} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.stdout.write(markdown())
