@@ -29,8 +29,8 @@ SPEC: dict[str, Any] = {
 OWNER = Owner(name="shop", namespace="shop", uid="0000-1111", generation=4)
 ARGS = {"plan": {"target": "head"}, "backup": {}, "migrate": {"from": "base", "to": "abc", "lockKey": "42"},
         "downgrade": {"from": "abc", "to": "base", "lockKey": "42"},
-        "restore": {"file": "/backups/shop/shop/x.dump", "sha256": "sha256:aa"},
-        "stamp": {"revision": "abc"}, "drift": {"instance": "7"}}
+        "restore": {"file": "/backups/shop/shop/x.dump", "sha256": "sha256:aa", "lockKey": "42"},
+        "stamp": {"revision": "abc", "lockKey": "42"}, "drift": {"instance": "7"}}
 
 
 def build(role: str) -> dict[str, Any]:
@@ -124,6 +124,19 @@ def test_scratch_space_is_the_jobs_own_volume_not_tmp() -> None:
             env = {e["name"]: e.get("value") for e in ctr["env"]}
             if ctr["name"] != "runner":
                 assert env["TMPDIR"] == env["HOME"] == "/alembic-operator"
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_every_role_that_writes_holds_the_databases_lock(role: str) -> None:
+    """Migrate, downgrade, stamp and restore write to the database: each takes the same advisory lock (the key the
+    operator derives from the database), so no two writers ever run at once; the others never wait for it."""
+    commands = [x["command"] for x in build(role)["spec"]["template"]["spec"]["containers"]]
+    locked = [cmd[cmd.index("--lock-key") + 1] for cmd in commands if "--lock-key" in cmd]
+    if ROLES[role].writes:  # type: ignore[index]
+        assert locked == ["42"]
+    else:
+        assert locked == []
+    assert {r for r, spec in ROLES.items() if spec.writes} == {"migrate", "downgrade", "stamp", "restore"}
 
 
 def test_job_names_are_deterministic_and_fit_a_label() -> None:

@@ -193,6 +193,27 @@ def test_restore_brings_back_the_schema_and_rows(database: Database, job: Any, t
     assert not database.query("SELECT 1 FROM pg_type WHERE typname = 'mood'")
 
 
+def test_restore_waits_for_the_migration_lock_and_restores_nothing_without_it(
+        database: Database, job: Any, tmp_path: Path) -> None:
+    """Restore writes to the database: it holds the lock migrate, downgrade and stamp take, so it never runs beside
+    another writer. While another session holds it, the restore gives up (LockTimeout: transient) and changes
+    nothing; once free, the same command restores."""
+    seed(database)
+    file, sha = backup(database, job, tmp_path)
+    failed_migration(database)
+    key = "-4242"
+    with database.connect() as holder:
+        holder.execute("SELECT pg_advisory_lock(%s)", (int(key),))
+        run = job(database.url, "restore", "--file", file, "--sha256", sha, "--lock-key", key, "--lock-timeout", "2")
+        assert run.rc == 1 and run.result["reason"] == "LockTimeout", run
+        assert "advisory lock -4242" in run.result["message"] and "nothing was restored" in run.result["message"]
+        assert "public.invoices" in relations(database)  # untouched
+    run = job(database.url, "restore", "--file", file, "--sha256", sha, "--lock-key", key, "--lock-timeout", "2")
+    assert run.rc == 0, run
+    assert relations(database) == {"public.orders", "public.alembic_version"}
+    assert "took the migration lock (advisory lock -4242)" in run.err
+
+
 def test_restore_with_nothing_extra_uses_pg_restore_directly(database: Database, job: Any, tmp_path: Path) -> None:
     seed(database)
     file, sha = backup(database, job, tmp_path)

@@ -325,7 +325,7 @@ async def _reconcile(namespace: str, name: str, logger: Logger,
             )
             decision = decide(obs)
             if deleting:  # finish what was started (a rollback included), start nothing new
-                decision.jobs = [j for j in decision.jobs if j.role in ("downgrade", "restore")]
+                decision.jobs = [j for j in decision.jobs if ROLES[j.role].during_deletion]
             try:
                 await _act(obj, decision, target)
             except _JobRefused as refused:  # tell the user now, in the status: retrying cannot help
@@ -357,15 +357,6 @@ class _JobRefused(Exception):
         self.message = message
 
 
-# Placeholder inputs for validating, at plan time, the Jobs a run may need later (only their shape matters).
-_DRY_RUN_ARGS: dict[Role, dict[str, str]] = {
-    "backup": {},
-    "migrate": {"from": "base", "to": "head", "lockKey": "0"},
-    "downgrade": {"from": "head", "to": "base", "lockKey": "0"},
-    "restore": {"file": "/backups/dry-run.dump", "sha256": "sha256:0"},
-}
-
-
 async def _act(obj: dict[str, Any], decision: Decision, target: DatabaseTarget | None) -> None:
     meta = obj["metadata"]
     for req in decision.jobs:
@@ -374,7 +365,7 @@ async def _act(obj: dict[str, Any], decision: Decision, target: DatabaseTarget |
         if req.role == "plan":
             await _dry_run_later_jobs(owner, req)
         args = dict(req.args)
-        if req.role in ("migrate", "downgrade"):
+        if ROLES[req.role].writes:
             args["lockKey"] = str(lock_key(target.key if target else meta["uid"]))
         manifest = build_job(req.role, owner, spec, operator_image=OPERATOR_IMAGE, args=args)
         try:
@@ -389,15 +380,15 @@ async def _dry_run_later_jobs(owner: Owner, plan: JobRequest) -> None:
     """Before the first Job of a run: have the API server validate every Job the run may create later (server-side
     dry run), so a spec it refuses stops the run before anything is written, not halfway through it."""
     spec = parse_spec(plan.spec)
-    for role, args in _DRY_RUN_ARGS.items():
-        if role in ("backup", "restore") and not spec.backup.enabled:
+    for role in ROLES.values():
+        if role.dry_run_args is None or (role.backups and not spec.backup.enabled):
             continue
-        manifest = build_job(role, owner, spec, operator_image=OPERATOR_IMAGE,
-                             args={**args, "instance": "dry-run"})
+        manifest = build_job(role.name, owner, spec, operator_image=OPERATOR_IMAGE,
+                             args={**role.dry_run_args, "lockKey": "0", "instance": "dry-run"})
         try:
             await kube.create_job(manifest, dry_run=True)
         except kube.Refused as err:
-            raise _JobRefused(role, _with_source(err.message)) from None
+            raise _JobRefused(role.name, _with_source(err.message)) from None
 
 
 def _with_source(message: str) -> str:

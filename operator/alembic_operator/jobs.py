@@ -17,14 +17,16 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from . import constants as c
+from . import reasons
 from .api import DatabaseMigrationSpec
+from .constants import Phase
 
 Role = Literal["plan", "backup", "migrate", "downgrade", "restore", "stamp", "drift"]
-ROLES: tuple[Role, ...] = ("plan", "backup", "migrate", "downgrade", "restore", "stamp", "drift")
 
 URL_ENV = "ALEMBIC_OPERATOR_DATABASE_URL"
 WORK_DIR = "/alembic-operator"
@@ -32,10 +34,8 @@ RUNNER = f"{WORK_DIR}/runner.py"
 PLAN_DIR = f"{WORK_DIR}/plan"
 BACKUP_MOUNT = "/backups"
 OPERATOR_UID = 65532
-# A Job that never starts (image pull errors, unschedulable) must still end: defaults per role, in seconds.
-DEFAULT_DEADLINES: dict[Role, int] = {"plan": 600, "backup": 6 * 3600, "migrate": 6 * 3600,
-                                      "downgrade": 6 * 3600, "restore": 6 * 3600, "stamp": 600, "drift": 600}
-LOCK_TIMEOUT_SECONDS = 600
+LOCK_TIMEOUT_SECONDS = 600  # how long a writing Job waits for another one's advisory lock on the same database
+SHORT, LONG = 600, 6 * 3600  # default deadlines: a Job that never starts (image pull errors...) must still end
 
 
 @dataclass(frozen=True)
@@ -182,60 +182,10 @@ def build_job(
     }
     if instance:
         labels[c.INSTANCE_LABEL] = instance
-    work = {"name": "work", "mountPath": WORK_DIR}
-    backups = {"name": "backups", "mountPath": BACKUP_MOUNT}
-    app_image = spec.migrations.image
-    app_dir = spec.migrations.working_dir
-    pull = spec.migrations.image_pull_policy
-    config = spec.migrations.config
-    install = _container("runner", operator_image, ["alembic-operator", "job", "install-runner", RUNNER], spec,
-                         ours=True, mounts=[work])
-    init: list[dict[str, Any]] = []
-    containers: list[dict[str, Any]]
-    volumes: list[dict[str, Any]] = [{"name": "work", "emptyDir": {}}]
-
-    if role == "plan":
-        init = [install, _container(
-            "plan", app_image,
-            ["python", RUNNER, "plan", "--config", config, "--target", args["target"], "--out", PLAN_DIR],
-            spec, ours=False, mounts=[work], working_dir=app_dir, pull_policy=pull)]
-        containers = [_container("scan", operator_image, ["alembic-operator", "job", "scan", "--plan-dir", PLAN_DIR],
-                                 spec, ours=True, mounts=[work])]
-    elif role in ("migrate", "downgrade"):
-        verb = "upgrade" if role == "migrate" else "downgrade"
-        init = [install]
-        containers = [_container(
-            role, app_image,
-            ["python", RUNNER, verb, "--config", config, "--from", args["from"], "--to", args["to"],
-             "--lock-key", args["lockKey"], "--lock-timeout", str(LOCK_TIMEOUT_SECONDS)],
-            spec, ours=False, mounts=[work], working_dir=app_dir, pull_policy=pull)]
-    elif role in ("stamp", "drift"):
-        command = ["python", RUNNER, role, "--config", config]
-        if role == "stamp":
-            command += ["--revision", args["revision"]]
-        init = [install]
-        containers = [_container(role, app_image, command, spec, ours=False, mounts=[work], working_dir=app_dir,
-                                 pull_policy=pull)]
-    elif role == "backup":
-        volumes.append({"name": "backups", **(spec.backup.volume or {"emptyDir": {}})})
-        containers = [_container(
-            "backup", operator_image,
-            ["alembic-operator", "job", "backup", "--dir", backup_dir(owner), "--prefix", owner.name,
-             "--retain", str(spec.backup.retain),
-             "--location-prefix", f"{describe_volume(spec.backup.volume)}/{owner.namespace}/{owner.name}"],
-            spec, ours=True, mounts=[backups])]
-    elif role == "restore":
-        volumes.append({"name": "backups", **(spec.backup.volume or {"emptyDir": {}})})
-        containers = [_container(
-            "restore", operator_image,
-            ["alembic-operator", "job", "restore", "--file", args["file"], "--sha256", args["sha256"]],
-            spec, ours=True, mounts=[backups])]
-    else:  # pragma: no cover - Role is a closed set
-        raise ValueError(f"unknown job role {role!r}")
-
+    pods = ROLES[role].build(_Inputs(owner, spec, operator_image, args))
     tmpl = spec.job_template
     pod_security: dict[str, Any] = {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
-    if role in ("backup", "restore"):
+    if ROLES[role].backups:
         pod_security["fsGroup"] = OPERATOR_UID  # so our non-root user can write to the backup volume
     if tmpl.pod_security_context:
         pod_security.update(tmpl.pod_security_context)
@@ -243,9 +193,10 @@ def build_job(
         "restartPolicy": "Never",
         "automountServiceAccountToken": False,  # the Jobs never call the Kubernetes API
         "securityContext": pod_security,
-        "initContainers": init,
-        "containers": containers,
-        "volumes": volumes,
+        "initContainers": pods.init,
+        "containers": pods.containers,
+        "volumes": [{"name": "work", "emptyDir": {}}]
+        + ([{"name": "backups", **(spec.backup.volume or {"emptyDir": {}})}] if ROLES[role].backups else []),
     }
     if tmpl.service_account_name:
         pod_spec["serviceAccountName"] = tmpl.service_account_name
@@ -273,10 +224,133 @@ def build_job(
         "spec": {
             # Kubernetes never retries a migration blindly: one pod, and a failure is a failure.
             "backoffLimit": 0,
-            "activeDeadlineSeconds": tmpl.active_deadline_seconds or DEFAULT_DEADLINES[role],
+            "activeDeadlineSeconds": tmpl.active_deadline_seconds or ROLES[role].deadline,
             "template": {
                 "metadata": {"labels": {**tmpl.pod_labels, **labels}, "annotations": dict(tmpl.pod_annotations)},
                 "spec": pod_spec,
             },
         },
     }
+
+
+# --- one constructor per role over the shared builder above -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Inputs:
+    owner: Owner
+    spec: DatabaseMigrationSpec
+    operator_image: str
+    args: dict[str, str]
+
+    def ours(self, name: str, command: list[str], mounts: list[dict[str, Any]]) -> dict[str, Any]:
+        """A container in the operator's image."""
+        return _container(name, self.operator_image, command, self.spec, ours=True, mounts=mounts)
+
+    def app(self, name: str, verb: str, *options: str) -> dict[str, Any]:
+        """A container in the app's image, in its working directory, running our runner with the app's Python."""
+        m = self.spec.migrations
+        return _container(name, m.image, ["python", RUNNER, verb, "--config", m.config, *options], self.spec,
+                          ours=False, mounts=[WORK], working_dir=m.working_dir, pull_policy=m.image_pull_policy)
+
+    def install_runner(self) -> dict[str, Any]:
+        return self.ours("runner", ["alembic-operator", "job", "install-runner", RUNNER], [WORK])
+
+    def locking(self) -> list[str]:
+        return ["--lock-key", self.args["lockKey"], "--lock-timeout", str(LOCK_TIMEOUT_SECONDS)]
+
+
+@dataclass(frozen=True)
+class _Pods:
+    init: list[dict[str, Any]]
+    containers: list[dict[str, Any]]
+
+
+WORK = {"name": "work", "mountPath": WORK_DIR}
+BACKUPS = {"name": "backups", "mountPath": BACKUP_MOUNT}
+
+
+def _plan(x: _Inputs) -> _Pods:
+    render = x.app("plan", "plan", "--target", x.args["target"], "--out", PLAN_DIR)
+    scan = x.ours("scan", ["alembic-operator", "job", "scan", "--plan-dir", PLAN_DIR], [WORK])
+    return _Pods([x.install_runner(), render], [scan])
+
+
+def _migrate(x: _Inputs) -> _Pods:
+    return _Pods([x.install_runner()], [_runner_step(x, "migrate", "upgrade")])
+
+
+def _downgrade(x: _Inputs) -> _Pods:
+    return _Pods([x.install_runner()], [_runner_step(x, "downgrade", "downgrade")])
+
+
+def _runner_step(x: _Inputs, name: str, verb: str) -> dict[str, Any]:
+    return x.app(name, verb, "--from", x.args["from"], "--to", x.args["to"], *x.locking())
+
+
+def _stamp(x: _Inputs) -> _Pods:
+    return _Pods([x.install_runner()], [x.app("stamp", "stamp", "--revision", x.args["revision"], *x.locking())])
+
+
+def _drift(x: _Inputs) -> _Pods:
+    return _Pods([x.install_runner()], [x.app("drift", "drift")])
+
+
+def _backup(x: _Inputs) -> _Pods:
+    owner, spec = x.owner, x.spec
+    return _Pods([], [x.ours("backup", [
+        "alembic-operator", "job", "backup", "--dir", backup_dir(owner), "--prefix", owner.name,
+        "--retain", str(spec.backup.retain),
+        "--location-prefix", f"{describe_volume(spec.backup.volume)}/{owner.namespace}/{owner.name}"], [BACKUPS])],
+    )
+
+
+def _restore(x: _Inputs) -> _Pods:
+    return _Pods([], [x.ours("restore", [
+        "alembic-operator", "job", "restore", "--file", x.args["file"], "--sha256", x.args["sha256"],
+        *x.locking()], [BACKUPS])])
+
+
+@dataclass(frozen=True)
+class JobRole:
+    """What the operator must know about one kind of Job; `ROLES` below declares them all.
+
+    A role that writes to the database holds the database's advisory lock (its Job gets the lock key), so two of
+    them never run at once against one database, and it is what may not be cut short.
+    """
+
+    name: Role
+    image: Literal["operator", "app"]  # whose image runs its main container
+    phase: Phase | None  # status.phase while it runs (None: not part of a run: drift checks run while Ready)
+    reason: str  # the Reconciling reason while it runs
+    writes: bool  # writes to the database: takes the advisory lock
+    during_deletion: bool  # started even while the resource is being deleted (a rollback must finish)
+    retries: bool  # retried with backoff when it failed for a transient reason and changed nothing
+    deadline: int  # default activeDeadlineSeconds
+    backups: bool  # mounts spec.backup.volume (exists only when spec.backup.enabled)
+    build: Callable[[_Inputs], _Pods]
+    # Placeholder inputs to validate, before a run starts, a Job the run may create later (server-side dry run).
+    dry_run_args: Mapping[str, str] | None = None
+
+
+def _declare(*roles: JobRole) -> dict[Role, JobRole]:
+    return {r.name: r for r in roles}
+
+
+ROLES: Mapping[Role, JobRole] = _declare(
+    JobRole("plan", "app", "Planning", reasons.PLANNING, writes=False, during_deletion=False, retries=True,
+            deadline=SHORT, backups=False, build=_plan),
+    JobRole("stamp", "app", "Planning", reasons.BASELINING, writes=True, during_deletion=False, retries=True,
+            deadline=SHORT, backups=False, build=_stamp),
+    JobRole("backup", "operator", "BackingUp", reasons.BACKING_UP, writes=False, during_deletion=False,
+            retries=True, deadline=LONG, backups=True, build=_backup, dry_run_args={}),
+    JobRole("migrate", "app", "Migrating", reasons.MIGRATING, writes=True, during_deletion=False, retries=True,
+            deadline=LONG, backups=False, build=_migrate, dry_run_args={"from": "base", "to": "head"}),
+    JobRole("downgrade", "app", "RollingBack", reasons.ROLLING_BACK, writes=True, during_deletion=True,
+            retries=False, deadline=LONG, backups=False, build=_downgrade, dry_run_args={"from": "head", "to": "base"}),
+    JobRole("restore", "operator", "RollingBack", reasons.ROLLING_BACK, writes=True, during_deletion=True,
+            retries=False, deadline=LONG, backups=True, build=_restore,
+            dry_run_args={"file": "/backups/dry-run.dump", "sha256": "sha256:0"}),
+    JobRole("drift", "app", None, reasons.PLANNING, writes=False, during_deletion=False, retries=False,
+            deadline=SHORT, backups=False, build=_drift),
+)

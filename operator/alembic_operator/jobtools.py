@@ -740,7 +740,33 @@ def _restore_with_drops(db: Database, path: Path, drops: list[str]) -> None:
                            f"{detail or 'no output'}; the transaction was rolled back, the database was not changed")
 
 
-def cmd_restore(path: Path, expected: str) -> dict[str, Any]:
+@contextlib.contextmanager
+def advisory_lock(db: Database, key: int | None, timeout: float) -> Iterator[None]:
+    """Hold the database's migration lock (the one the runner's upgrade, downgrade and stamp take) while writing, so
+    a restore never runs beside another writer of the same database. `key` None: no lock (a hand-run restore)."""
+    if key is None:
+        yield
+        return
+    with db.connect(autocommit=True) as conn:
+        started = time.monotonic()
+        try:
+            while not conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()[0]:  # type: ignore[index]
+                if time.monotonic() - started >= timeout:
+                    raise JobError("LockTimeout", f"another session has held the migration lock (advisory lock {key}) "
+                                   f"for more than {timeout:.0f}s; nothing was restored")
+                time.sleep(1)
+        except psycopg.Error as err:
+            raise _db_error(err, db) from None
+        log(f"took the migration lock (advisory lock {key})")
+        try:
+            yield
+        finally:
+            with contextlib.suppress(psycopg.Error):
+                conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
+
+
+def cmd_restore(path: Path, expected: str, lock_key: int | None = None,
+                lock_timeout: float = 600.0) -> dict[str, Any]:
     if not re.fullmatch(r"sha256:[0-9a-f]{64}", expected.strip().lower()):
         raise JobError("InvalidArgument", "--sha256 must be sha256:<64 hex digits>")
     expected = expected.strip().lower()
@@ -755,19 +781,20 @@ def cmd_restore(path: Path, expected: str) -> dict[str, Any]:
     db = database_from_env()
     listing = _run([pg_bin("pg_restore"), "--list", str(path)], db, "pg_restore --list", "BackupCorrupt")
     dump = parse_toc(listing)
-    with db.connect(autocommit=True) as conn:
-        try:
-            drops = extra_objects(conn, dump)
-        except psycopg.Error as err:
-            raise _db_error(err, db) from None
-    for what, _ in drops:
-        log(f"not in the backup, will be dropped: {what}")
-    if drops:
-        _restore_with_drops(db, path, [sql for _, sql in drops])
-    else:
-        _run([pg_bin("pg_restore"), "--clean", "--if-exists", "--single-transaction", "--no-owner",
-              "--exit-on-error", "--no-password", "-d", db.conninfo, str(path)],
-             db, "pg_restore", "RestoreFailed")
+    with advisory_lock(db, lock_key, lock_timeout):
+        with db.connect(autocommit=True) as conn:
+            try:
+                drops = extra_objects(conn, dump)
+            except psycopg.Error as err:
+                raise _db_error(err, db) from None
+        for what, _ in drops:
+            log(f"not in the backup, will be dropped: {what}")
+        if drops:
+            _restore_with_drops(db, path, [sql for _, sql in drops])
+        else:
+            _run([pg_bin("pg_restore"), "--clean", "--if-exists", "--single-transaction", "--no-owner",
+                  "--exit-on-error", "--no-password", "-d", db.conninfo, str(path)],
+                 db, "pg_restore", "RestoreFailed")
     with db.connect(autocommit=True) as conn:
         try:
             heads = read_heads(conn)
@@ -819,6 +846,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("restore", "restore a backup written by `backup`")
     p.add_argument("--file", required=True, type=Path)
     p.add_argument("--sha256", required=True)
+    p.add_argument("--lock-key", type=int, help="hold this advisory lock (the database's migration lock) while "
+                   "restoring")
+    p.add_argument("--lock-timeout", type=float, default=600.0, help="seconds to wait for the lock")
     command("current", "print the database's current Alembic revision")
     return parser
 
@@ -831,7 +861,7 @@ def main(argv: list[str]) -> int:
         elif args.command == "backup":
             result = cmd_backup(args.dir, args.prefix, args.retain, args.location_prefix)
         elif args.command == "restore":
-            result = cmd_restore(args.file, args.sha256)
+            result = cmd_restore(args.file, args.sha256, args.lock_key, args.lock_timeout)
         else:
             result = cmd_current()
     except JobError as err:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
@@ -24,7 +25,7 @@ from . import constants as c
 from . import reasons as r
 from . import status as s
 from .api import MIN_DRIFT_INTERVAL, DatabaseMigrationSpec, duration_seconds, name_problem, parse_spec
-from .jobs import Role
+from .jobs import ROLES, Role
 
 HISTORY_LIMIT = 10
 # A database or API error that lasts longer than this turns from Reconciling into Stalled (it still retries).
@@ -37,7 +38,6 @@ MAX_REPLANS = 3
 POLL_STARTING = 3.0  # seconds; while a Job's pod has not started, so a pod that cannot start is reported quickly
 WRITING_STEPS = {"BackingUp", "Migrating", "RollingBack"}
 JOB_RETRIES = 5
-STEP_PHASE = {"plan": "Planning", "backup": "BackingUp", "migrate": "Migrating"}
 BASE = "base"
 SUSPENDED = s.progressing("Pending", r.SUSPENDED, "spec.suspend is true: no plan, backup or migration Job starts "
                           "until it is false")
@@ -224,13 +224,36 @@ class _Run:
             return JobObservation(name="", state="absent")
         return job
 
-    def running(self, job: JobObservation, phase: str, reason: str, message: str) -> Decision:
-        """An active Job: progressing, unless its pod cannot start for a reason a human must fix (it is kept: it
-        starts on its own once the cause is gone)."""
-        if job.blocked:
-            why, detail = job.blocked
-            return self.outcome(s.stalled(phase, why, f"{job.name}: {detail}"), POLL_STARTING)
-        return self.outcome(s.progressing(phase, reason, message), POLL_ACTIVE if job.started else POLL_STARTING)
+    def drive(self, role: Role, args: dict[str, str], starting: str, running: str | None = None, *,
+              before_start: Callable[[], Decision | None] | None = None,
+              before_retry: Callable[[], Decision | None] | None = None,
+              may_retry: Callable[[], bool] = lambda: True) -> Decision | JobObservation:
+        """One step's Job, the same way for every role: start it when absent (unless `before_start` stops first),
+        report it while it runs, retry it with backoff when it failed for a transient reason (roles that retry, once
+        `before_retry` found nothing to stop for and `may_retry` agrees). Returns the finished Job for the step to
+        judge, or the decision to return now."""
+        spec = ROLES[role]
+        phase = spec.phase or "Succeeded"
+        job = self.job(role)
+        if job.state == "absent":
+            if before_start is not None and (stop := before_start()) is not None:
+                return stop
+            self.start_job(role, args)
+            return self.outcome(s.progressing(phase, spec.reason, starting), POLL_ACTIVE)
+        if job.state == "active":
+            if job.blocked:  # its pod cannot start for a reason a human must fix: kept, it starts once fixed
+                why, detail = job.blocked
+                return self.outcome(s.stalled(phase, why, f"{job.name}: {detail}"), POLL_STARTING)
+            return self.outcome(s.progressing(phase, spec.reason, running or f"{role} Job {job.name} is running"),
+                                POLL_ACTIVE if job.started else POLL_STARTING)
+        if before_retry is not None and (stop := before_retry()) is not None:
+            return stop
+        if spec.retries and may_retry() and (retrying := self.retry(role, args)) is not None:
+            return retrying
+        return job
+
+    def unless_suspended(self) -> Decision | None:
+        return self.outcome(SUSPENDED, POLL_IDLE) if self.suspended() else None
 
     def suspended(self) -> bool:
         try:
@@ -242,22 +265,18 @@ class _Run:
         return parse_spec(self.run["spec"])
 
     def finish(self, result: str, reason: str) -> None:
-        history = list(self.st.get("history") or [])
-        entry = {
-            "generation": self.generation,
-            "from": _rev(self.run.get("startRevision")),
-            "to": self.run.get("targetRevision") or self.run["spec"].get("targetRevision"),
-            "result": result,
-            "reason": reason,
-            "startedAt": self.run.get("startedAt"),
-            "finishedAt": self.now(),
-        }
-        if self.run.get("backup"):
-            entry["backup"] = self.run["backup"].get("location")
-        history.append({k: v for k, v in entry.items() if v is not None})
-        self.st["history"] = history[-HISTORY_LIMIT:]
+        self.record(result, reason, _rev(self.run.get("startRevision")),
+                    self.run.get("targetRevision") or self.run["spec"].get("targetRevision"),
+                    (self.run.get("backup") or {}).get("location"))
         self.run["step"] = "Done"
         self.run["result"] = result
+
+    def record(self, result: str, reason: str, from_: str, to: str | None, backup: str | None = None) -> None:
+        """Add a status.history entry (the newest HISTORY_LIMIT are kept)."""
+        entry = {"generation": self.generation, "from": from_, "to": to, "result": result, "reason": reason,
+                 "startedAt": self.run.get("startedAt"), "finishedAt": self.now(), "backup": backup}
+        history = [*(self.st.get("history") or []), {k: v for k, v in entry.items() if v is not None}]
+        self.st["history"] = history[-HISTORY_LIMIT:]
 
     def failure_message(self, role: Role) -> str:
         job = self.job(role)
@@ -358,18 +377,11 @@ class _Run:
             return self.idle()
         if (stop := self.baselining(spec)) is not None:
             return stop
-        job = self.job("plan")
-        if job.state == "absent":
-            if self.suspended():
-                return self.outcome(SUSPENDED, POLL_IDLE)
-            self.start_job("plan", {"target": spec.target_revision})
-            return self.outcome(s.progressing("Planning", r.PLANNING,
-                                              f"resolving {spec.target_revision} from the scripts in "
-                                              f"{spec.migrations.image}"), POLL_ACTIVE)
-        if job.state == "active":
-            return self.running(job, "Planning", r.PLANNING, f"plan Job {job.name} is running")
-        if (retrying := self.retry("plan", {"target": spec.target_revision})) is not None:
-            return retrying
+        job = self.drive("plan", {"target": spec.target_revision},
+                         f"resolving {spec.target_revision} from the scripts in {spec.migrations.image}",
+                         before_start=self.unless_suspended)
+        if isinstance(job, Decision):
+            return job
         result = job.result or {}
         if job.state == "failed" or not result.get("ok"):
             reason = str(result["reason"]) if result.get("reason") in r.PLAN_ERRORS else r.PLAN_FAILED
@@ -381,19 +393,14 @@ class _Run:
     def baselining(self, spec: DatabaseMigrationSpec) -> Decision | None:
         """Adopt a pre-Alembic database (spec.baseline): stamp it when it has tables but no alembic_version."""
         db = self.obs.database
-        job = self.job("stamp")
         needed = bool(spec.baseline) and db.versioned is False and (db.tables or 0) > 0
-        if job.state == "absent" and not needed:
+        if self.job("stamp").state == "absent" and not needed:
             return None
-        if job.state == "absent":
-            if self.suspended():
-                return self.outcome(SUSPENDED, POLL_IDLE)
-            self.start_job("stamp", {"revision": str(spec.baseline)})
-            return self.outcome(s.progressing("Planning", r.BASELINING,
-                                              f"the database has {db.tables} table(s) and no alembic_version: stamping "
-                                              f"it at spec.baseline {spec.baseline}"), POLL_ACTIVE)
-        if job.state == "active":
-            return self.running(job, "Planning", r.BASELINING, f"stamp Job {job.name} is running")
+        job = self.drive("stamp", {"revision": str(spec.baseline)},
+                         f"the database has {db.tables} table(s) and no alembic_version: stamping it at spec.baseline "
+                         f"{spec.baseline}", before_start=self.unless_suspended)
+        if isinstance(job, Decision):
+            return job
         result = job.result or {}
         if job.state == "failed" or not result.get("ok"):
             message = self.failure_message("stamp") + "; nothing was changed"
@@ -401,11 +408,7 @@ class _Run:
             return self.outcome(s.stalled("Failed", r.BASELINE_FAILED, message), POLL_IDLE)
         if not self.run.get("baselined"):
             self.run["baselined"] = True
-            history = list(self.st.get("history") or [])
-            history.append({"generation": self.generation, "from": "none", "to": spec.baseline,
-                            "result": "Baselined", "reason": r.BASELINED, "startedAt": self.run.get("startedAt"),
-                            "finishedAt": self.now()})
-            self.st["history"] = history[-HISTORY_LIMIT:]
+            self.record("Baselined", r.BASELINED, "none", spec.baseline)
             self.decision.events.append(("Normal", r.BASELINED, f"stamped the pre-Alembic database at "
                                          f"{spec.baseline} (spec.baseline); no migration ran for it"))
         return None
@@ -418,7 +421,7 @@ class _Run:
         done = int(attempts.get(role, 0))
         if job.state != "failed" or result.get("reason") not in r.TRANSIENT_JOB_REASONS or done >= JOB_RETRIES:
             return None
-        phase, reason = STEP_PHASE[role], str(result["reason"])
+        phase, reason = ROLES[role].phase or "Succeeded", str(result["reason"])
         retry_at = self.run.get("retryAt")
         if retry_at is None:
             delay = min(60, 5 * 2**done)
@@ -512,14 +515,9 @@ class _Run:
         return self.migrating()
 
     def backing_up(self) -> Decision:
-        job = self.job("backup")
-        if job.state == "absent":
-            self.start_job("backup", {})
-            return self.outcome(s.progressing("BackingUp", r.BACKING_UP, "backing up the database"), POLL_ACTIVE)
-        if job.state == "active":
-            return self.running(job, "BackingUp", r.BACKING_UP, f"backup Job {job.name} is running")
-        if (retrying := self.retry("backup", {})) is not None:
-            return retrying
+        job = self.drive("backup", {}, "backing up the database")
+        if isinstance(job, Decision):
+            return job
         result = job.result or {}
         if job.state == "failed" or not result.get("ok"):
             message = self.failure_message("backup") + "; nothing was changed in the database"
@@ -537,26 +535,24 @@ class _Run:
         return self.migrating()
 
     def migrating(self) -> Decision:
-        job = self.job("migrate")
         start, target = self.run.get("startRevision"), self.run.get("targetRevision")
-        if job.state == "absent":
+
+        def unless_moved() -> Decision | None:
             if (stop := self.database("Migrating")) is not None:
                 return stop
             if self.obs.database.revision != start:  # moved while the backup ran: this plan is stale
                 return self.replan(f"the database moved from {_rev(start)} to {_rev(self.obs.database.revision)} "
                                    "before the migration started")
-            self.start_job("migrate", {"from": _rev(start), "to": str(target)})
-            return self.outcome(s.progressing("Migrating", r.MIGRATING, f"upgrading {_rev(start)} -> {target}"),
-                                POLL_ACTIVE)
-        if job.state == "active":
-            return self.running(job, "Migrating", r.MIGRATING,
-                                f"migration Job {job.name} is upgrading {_rev(start)} -> {target}")
-        if (stop := self.database("Migrating")) is not None:
-            return stop
+            return None
+
+        job = self.drive("migrate", {"from": _rev(start), "to": str(target)}, f"upgrading {_rev(start)} -> {target}",
+                         f"migration Job {self.job('migrate').name} is upgrading {_rev(start)} -> {target}",
+                         before_start=unless_moved, before_retry=lambda: self.database("Migrating"),
+                         may_retry=lambda: self.obs.database.revision == start)
+        if isinstance(job, Decision):
+            return job
         db_rev = self.obs.database.revision
         report = job.result
-        if db_rev == start and (retrying := self.retry("migrate", {"from": _rev(start), "to": str(target)})):
-            return retrying
         if job.state == "succeeded" and db_rev == target:
             self.condition(c.MIGRATED, "True", r.UPGRADE_SUCCEEDED, f"upgraded {_rev(start)} -> {target}")
             self.finish("Succeeded", r.MIGRATED)
@@ -630,21 +626,20 @@ class _Run:
         rb = self.run["rollback"]
         start = self.run.get("startRevision")
         role: Role = "downgrade" if rb["mode"] == "Downgrade" else "restore"
-        job = self.job(role)
-        if job.state == "absent":
-            if role == "downgrade":
-                self.start_job(role, {"from": rb["from"], "to": _rev(start)})
-                what = f"downgrading {rb['from']} -> {_rev(start)} (keeps rows written since the backup)"
-            else:
-                backup = self.run["backup"]
-                self.start_job(role, {"file": backup["file"], "sha256": backup["sha256"]})
-                what = f"restoring the backup {backup.get('location')} (taken at {_rev(backup.get('revision'))})"
+        backup = self.run.get("backup") or {}
+        if role == "downgrade":
+            args = {"from": rb["from"], "to": _rev(start)}
+            what = f"downgrading {rb['from']} -> {_rev(start)} (keeps rows written since the backup)"
+        else:
+            args = {"file": backup.get("file"), "sha256": backup.get("sha256")}
+            what = f"restoring the backup {backup.get('location')} (taken at {_rev(backup.get('revision'))})"
+
+        def announce() -> None:
             self.condition(c.ROLLED_BACK, "Unknown", r.ROLLING_BACK, what)
-            return self.outcome(s.progressing("RollingBack", r.ROLLING_BACK, what), POLL_ACTIVE)
-        if job.state == "active":
-            return self.running(job, "RollingBack", r.ROLLING_BACK, f"{role} Job {job.name} is running")
-        if (stop := self.database("RollingBack")) is not None:
-            return stop
+
+        job = self.drive(role, args, what, before_start=announce, before_retry=lambda: self.database("RollingBack"))
+        if isinstance(job, Decision):
+            return job
         db_rev = self.obs.database.revision
         why = self.run.get("failure", "the migration failed")
         if job.state == "succeeded" and db_rev == start:
