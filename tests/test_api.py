@@ -310,7 +310,8 @@ STATUS_SAMPLE: dict[str, Any] = {
         "image": "ghcr.io/acme/shop:1.4.2",
         "planHash": "sha256:abc",
         "jobs": {"migrate": "shop-migrate-4"},
-        "step": "Done",  # the operator's own bookkeeping: kept although the model does not name it
+        "step": "Done",
+        "keyOfANewerOperator": {"x": 1},  # unknown to this version: kept as it is
         "spec": {"targetRevision": "head"},
     },
 }

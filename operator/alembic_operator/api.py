@@ -743,20 +743,75 @@ class HistoryEntry(_StatusModel):
     backup: str | None = Field(default=None, description="Location of the backup taken for this run, if any.")
 
 
+RunStep = Literal["Planning", "AwaitingApproval", "BackingUp", "Migrating", "RollingBack", "Done"]
+"""Where a run is. From BackingUp to RollingBack it may write to the database (WRITING_STEPS): a new generation waits
+for it to end; before that, a new generation replaces the run."""
+WRITING_STEPS: frozenset[str] = frozenset({"BackingUp", "Migrating", "RollingBack"})
+RunResult = Literal["Succeeded", "UpToDate", "Failed", "RolledBack"]
+
+
+class RunBackup(_StatusModel):
+    """The backup this run took: what a restore needs."""
+
+    location: str | None = Field(default=None, description="Where it is, for humans (as in status.backup).")
+    file: str | None = Field(default=None, description="Its path inside the backup volume, for the restore Job.")
+    sha256: str | None = Field(default=None, description="Its checksum (sha256:<hex>), verified before a restore.")
+    revision: str | None = Field(default=None, description="The database's revision when it was taken.")
+
+
+class RunRollback(_StatusModel):
+    """How a failed run is being undone."""
+
+    mode: Literal["Downgrade", "Restore"] = Field(description="Downgrade (keeps newer rows) or Restore (the backup).")
+    from_: str | None = Field(default=None, alias="from", description="Where the failed migration left the database.")
+    committed: list[str] = Field(default_factory=list, description="Revisions this run committed: what is undone.")
+    destroyed: list[str] = Field(default_factory=list, description="Those of them that destroy data.")
+    downgrade_failure: str | None = Field(default=None, description="Why a downgrade failed (Auto then restores).")
+
+
 class RunStatus(_StatusModel):
-    """The operator's bookkeeping for the run under way, so that a restarted operator picks it up where it was."""
+    """The operator's bookkeeping for the run under way, so that a restarted operator picks it up where it was.
+
+    Every key is declared; unknown ones (a newer operator's) are kept as they are.
+    """
 
     model_config = ConfigDict(extra="allow")
 
     generation: int | None = Field(default=None, description="The metadata.generation being worked on.")
+    step: RunStep | None = Field(default=None, description="Where the run is (Done: finished, see result).")
+    result: RunResult | None = Field(default=None, description="How a finished run ended.")
+    spec: dict[str, Any] | None = Field(
+        default=None, description="The spec the run carries out (a later edit waits for the next run).",
+        json_schema_extra=PRESERVE_UNKNOWN,
+    )
     started_at: Time | None = Field(default=None, description="When the run started (RFC 3339).")
     start_revision: str | None = Field(
         default=None,
         description="The database's revision when the run started: where a rollback returns to.",
     )
     target_revision: str | None = Field(default=None, description="The resolved revision the run aims at.")
+    revisions: list[str] | None = Field(default=None, description="The revisions the plan runs, in order.")
+    destructive_revisions: list[str] | None = Field(
+        default=None, description="Those that destroy data: committing one makes Auto restore rather than downgrade."
+    )
     image: str | None = Field(default=None, description="The migrations image the run uses.")
     plan_hash: str | None = Field(default=None, description="Hash of the plan being carried out.")
+    backup: RunBackup | None = Field(default=None, description="The backup this run took.")
+    rollback: RunRollback | None = Field(default=None, description="How the failed run is being undone.")
+    failure: str | None = Field(default=None, description="Why the migration failed (kept through the rollback).")
+    instances: dict[str, int] | None = Field(
+        default=None, description="Which Job of each role the run is on (0 first; one more per retry or re-plan)."
+    )
+    attempts: dict[str, int] | None = Field(default=None, description="Transient-failure retries so far, by role.")
+    replans: int | None = Field(default=None, description="How often the run planned again (the database moved).")
+    retry_at: Time | None = Field(default=None, description="When a Job that failed transiently starts again.")
+    transient_since: Time | None = Field(default=None, description="Since when the database has been unreadable.")
+    transient_retries: int | None = Field(default=None, description="Reads of an unreadable database so far.")
+    baselined: bool | None = Field(default=None, description="spec.baseline was stamped in this run.")
+    drift_job: str | None = Field(default=None, description="The last drift Job whose result was recorded.")
+    database_key: str | None = Field(
+        default=None, description="The database's identity (no secrets): runs on the same database queue."
+    )
     jobs: dict[str, str] = Field(
         default_factory=dict,
         description="Names of the Jobs started for this run, by role (plan, backup, migrate, downgrade, restore).",

@@ -22,12 +22,11 @@ from kubernetes.client import ApiException
 
 from . import __version__, kube, metrics, reasons
 from . import constants as c
-from .api import MAX_NAME_LENGTH, parse_spec
+from .api import MAX_NAME_LENGTH, WRITING_STEPS, parse_spec
 from .dbstate import DatabaseError, DatabaseTarget, decode_secret_value, parse_url, read_revision, sanitize
 from .jobs import ROLES, Owner, Role, build_job, job_name, lock_key, source_field
 from .podstate import pod_progress
 from .reconcile import (
-    WRITING_STEPS,
     DatabaseObservation,
     Decision,
     JobObservation,

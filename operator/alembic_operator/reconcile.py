@@ -18,13 +18,25 @@ import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from . import constants as c
 from . import reasons as r
 from . import status as s
-from .api import MIN_DRIFT_INTERVAL, DatabaseMigrationSpec, duration_seconds, name_problem, parse_spec
+from .api import (
+    MIN_DRIFT_INTERVAL,
+    WRITING_STEPS,
+    DatabaseMigrationSpec,
+    RunBackup,
+    RunResult,
+    RunRollback,
+    RunStatus,
+    dump,
+    duration_seconds,
+    name_problem,
+    parse_spec,
+)
 from .jobs import ROLES, Role
 
 HISTORY_LIMIT = 10
@@ -36,7 +48,6 @@ POLL_HUMAN = 15.0
 # A run whose database keeps moving under it (other writers) plans again at most this many times, then stalls.
 MAX_REPLANS = 3
 POLL_STARTING = 3.0  # seconds; while a Job's pod has not started, so a pod that cannot start is reported quickly
-WRITING_STEPS = {"BackingUp", "Migrating", "RollingBack"}
 JOB_RETRIES = 5
 BASE = "base"
 SUSPENDED = s.progressing("Pending", r.SUSPENDED, "spec.suspend is true: no plan, backup or migration Job starts "
@@ -125,10 +136,6 @@ def plan_hash(plan: dict[str, Any], image: str) -> str:
     return "sha256:" + hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
 
 
-def _parse_time(text: str) -> datetime:
-    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
-
-
 def _rev(revision: str | None) -> str:
     return revision or BASE
 
@@ -173,9 +180,9 @@ class _Run:
     def __init__(self, obs: Observation) -> None:
         self.obs = obs
         self.st: dict[str, Any] = copy.deepcopy(obs.status)
-        self.run: dict[str, Any] = dict(self.st.get("run") or {})
+        self.run = RunStatus.model_validate(self.st.get("run") or {})
         self.decision = Decision(status=self.st)
-        self.generation = int(self.run.get("generation") or obs.generation)
+        self.generation = int(self.run.generation or obs.generation)
 
     # --- helpers ------------------------------------------------------------------------------------------------
     def now(self) -> str:
@@ -183,8 +190,8 @@ class _Run:
 
     def outcome(self, outcome: s.Outcome, requeue: float | None = None) -> Decision:
         before = (self.obs.status.get("phase"), s.get_condition(self.obs.status, c.STALLED) or {})
-        self.st["run"] = self.run
-        if self.obs.generation != self.generation and self.run.get("step") != "Done":
+        self.st["run"] = dump(self.run)
+        if self.obs.generation != self.generation and self.run.step != "Done":
             outcome = s.Outcome(outcome.kind, outcome.phase, outcome.reason,
                                 f"{outcome.message} (generation {self.obs.generation} is queued behind this run)")
         st = s.summarize(self.st, outcome, self.generation, self.obs.now)
@@ -203,19 +210,19 @@ class _Run:
         instance = self.instance(role)
         if instance:
             args = {**args, "instance": str(instance)}
-        self.decision.jobs.append(JobRequest(role, self.generation, self.run["spec"], args))
+        self.decision.jobs.append(JobRequest(role, self.generation, self.run.spec or {}, args))
 
     def instances(self) -> dict[str, int]:
         """Which Job of each role the run is on: 0 first, then one more per retry or re-plan (names never repeat).
         A run persisted before re-plans existed counted retries only."""
-        found = self.run.get("instances")
-        return dict(found if found is not None else self.run.get("attempts") or {})
+        found = self.run.instances
+        return dict(found if found is not None else self.run.attempts or {})
 
     def instance(self, role: Role) -> int:
         return int(self.instances().get(role, 0))
 
     def next_instance(self, role: Role) -> None:
-        self.run["instances"] = {**self.instances(), role: self.instance(role) + 1}
+        self.run.instances = {**self.instances(), role: self.instance(role) + 1}
 
     def job(self, role: Role) -> JobObservation:
         """The observed Job of the run's current instance of `role`; an older one (before a re-plan) is absent."""
@@ -262,19 +269,23 @@ class _Run:
             return False
 
     def spec(self) -> DatabaseMigrationSpec:
-        return parse_spec(self.run["spec"])
+        return parse_spec(self.run.spec or {})
 
-    def finish(self, result: str, reason: str) -> None:
-        self.record(result, reason, _rev(self.run.get("startRevision")),
-                    self.run.get("targetRevision") or self.run["spec"].get("targetRevision"),
-                    (self.run.get("backup") or {}).get("location"))
-        self.run["step"] = "Done"
-        self.run["result"] = result
+    def finish(self, result: RunResult, reason: str) -> None:
+        self.record(result, reason, _rev(self.run.start_revision),
+                    self.run.target_revision or (self.run.spec or {}).get("targetRevision"),
+                    self.run.backup.location if self.run.backup else None)
+        self.done(result)
+
+    def done(self, result: RunResult) -> None:
+        self.run.step = "Done"
+        self.run.result = result
 
     def record(self, result: str, reason: str, from_: str, to: str | None, backup: str | None = None) -> None:
         """Add a status.history entry (the newest HISTORY_LIMIT are kept)."""
+        started = s.now_rfc3339(self.run.started_at) if self.run.started_at else None
         entry = {"generation": self.generation, "from": from_, "to": to, "result": result, "reason": reason,
-                 "startedAt": self.run.get("startedAt"), "finishedAt": self.now(), "backup": backup}
+                 "startedAt": started, "finishedAt": self.now(), "backup": backup}
         history = [*(self.st.get("history") or []), {k: v for k, v in entry.items() if v is not None}]
         self.st["history"] = history[-HISTORY_LIMIT:]
 
@@ -304,7 +315,7 @@ class _Run:
             self.condition(c.DRIFTED, "Unknown", r.JOB_REFUSED, f"{msg}. Fix spec.jobTemplate")
             self.decision.status = self.st
             return self.decision
-        if self.run.get("step") == "RollingBack":
+        if self.run.step == "RollingBack":
             return self.outcome(s.stalled("RollingBack", r.JOB_REFUSED, f"{msg}. The rollback has not run; it is "
                                           "tried again every minute (fix the cause in the cluster)"), POLL_IDLE)
         self.finish("Failed", r.JOB_REFUSED)
@@ -313,11 +324,11 @@ class _Run:
 
     def flow(self) -> Decision:
         obs = self.obs
-        if self.run.get("step") == "Done" and self.run.get("generation") == obs.generation:
+        if self.run.step == "Done" and self.run.generation == obs.generation:
             return self.idle()
-        if not self.run or (self.run.get("generation") != obs.generation and self.run.get("step") not in WRITING_STEPS):
+        if self.run.step is None or (self.run.generation != obs.generation and self.run.step not in WRITING_STEPS):
             return self.new_run()
-        step = self.run.get("step")
+        step = self.run.step
         if step in ("Planning", "AwaitingApproval"):
             return self.planning() if step == "Planning" else self.approval()
         if step == "BackingUp":
@@ -334,10 +345,10 @@ class _Run:
                 raise ValueError(problem)
         except ValueError as err:
             self.generation = obs.generation
-            self.run = {"generation": obs.generation, "step": "Done", "result": "Failed", "spec": obs.spec}
+            self.run = RunStatus(generation=obs.generation, step="Done", result="Failed", spec=dict(obs.spec))
             return self.outcome(s.stalled("Failed", r.INVALID_SPEC, f"{err}. Fix the spec and apply it again."))
         self.generation = obs.generation
-        self.run = {"generation": obs.generation, "step": "Planning", "startedAt": self.now(), "spec": obs.spec}
+        self.run = RunStatus(generation=obs.generation, step="Planning", started_at=obs.now, spec=dict(obs.spec))
         self.st.pop("plan", None)
         self.st["targetRevision"] = None
         # A new generation flips Ready to False before any work starts (kstatus; kubectl wait must not pass early).
@@ -349,15 +360,17 @@ class _Run:
         """Stop here if the database cannot be read: transient errors retry, the rest needs a human."""
         db = self.obs.database
         if db.ok:
-            self.run.pop("transientSince", None)
+            self.run.transient_since = None
             self.st["currentRevision"] = db.revision
             return None
         reason, message = db.error_reason or r.DATABASE_UNREACHABLE, db.error_message
         if not db.transient:  # a human must act (create the Secret, fix the URL): look again soon after
             return self.outcome(s.stalled(phase, reason, message), requeue=POLL_HUMAN)
-        started = _parse_time(self.run.setdefault("transientSince", self.now()))
-        retries = int(self.run.get("transientRetries", 0)) + 1
-        self.run["transientRetries"] = retries
+        if self.run.transient_since is None:
+            self.run.transient_since = self.obs.now
+        started = self.run.transient_since
+        retries = (self.run.transient_retries or 0) + 1
+        self.run.transient_retries = retries
         backoff = min(POLL_IDLE, 2.0 ** min(retries, 6))
         if self.obs.now - started > TRANSIENT_GRACE:
             return self.outcome(s.stalled(phase, reason, f"{message} (for over {TRANSIENT_GRACE}; still retrying)"),
@@ -371,9 +384,8 @@ class _Run:
         db_rev = self.obs.database.revision
         if spec.target_revision != "head" and db_rev == spec.target_revision:
             self.st["targetRevision"] = db_rev
-            self.run.update(startRevision=db_rev, targetRevision=db_rev)
-            self.run["step"] = "Done"
-            self.run["result"] = "UpToDate"
+            self.run.start_revision = self.run.target_revision = db_rev
+            self.done("UpToDate")
             return self.idle()
         if (stop := self.baselining(spec)) is not None:
             return stop
@@ -406,8 +418,8 @@ class _Run:
             message = self.failure_message("stamp") + "; nothing was changed"
             self.finish("Failed", r.BASELINE_FAILED)
             return self.outcome(s.stalled("Failed", r.BASELINE_FAILED, message), POLL_IDLE)
-        if not self.run.get("baselined"):
-            self.run["baselined"] = True
+        if not self.run.baselined:
+            self.run.baselined = True
             self.record("Baselined", r.BASELINED, "none", spec.baseline)
             self.decision.events.append(("Normal", r.BASELINED, f"stamped the pre-Alembic database at "
                                          f"{spec.baseline} (spec.baseline); no migration ran for it"))
@@ -417,23 +429,23 @@ class _Run:
         """Start a Job again, with backoff, when it failed for a passing reason and changed nothing."""
         job = self.job(role)
         result = job.result or {}
-        attempts: dict[str, int] = self.run.setdefault("attempts", {})
+        attempts = self.run.attempts = dict(self.run.attempts or {})
         done = int(attempts.get(role, 0))
         if job.state != "failed" or result.get("reason") not in r.TRANSIENT_JOB_REASONS or done >= JOB_RETRIES:
             return None
         phase, reason = ROLES[role].phase or "Succeeded", str(result["reason"])
-        retry_at = self.run.get("retryAt")
+        retry_at = self.run.retry_at
         if retry_at is None:
             delay = min(60, 5 * 2**done)
-            self.run["retryAt"] = s.now_rfc3339(self.obs.now + timedelta(seconds=delay))
+            self.run.retry_at = self.obs.now + timedelta(seconds=delay)
             return self.outcome(s.progressing(phase, reason, f"{self.failure_message(role)}; nothing was changed; "
                                               f"retrying in {delay}s (attempt {done + 2} of {JOB_RETRIES + 1})"),
                                 delay)
-        wait = (_parse_time(retry_at) - self.obs.now).total_seconds()
+        wait = (retry_at - self.obs.now).total_seconds()
         if wait > 0:
             return self.outcome(s.progressing(phase, reason, f"{self.failure_message(role)}; retrying in "
                                               f"{wait:.0f}s"), wait)
-        self.run.pop("retryAt")
+        self.run.retry_at = None
         self.next_instance(role)
         attempts[role] = done + 1
         self.start_job(role, args)
@@ -444,23 +456,21 @@ class _Run:
         revisions = list(result.get("revisions") or [])
         destructive = list(result.get("destructive") or [])
         findings = result.get("findings") or []
-        self.run.update(
-            startRevision=result.get("current"),
-            targetRevision=result.get("target"),
-            revisions=revisions,
-            destructiveRevisions=sorted({f["revision"] for f in findings
-                                         if f.get("severity") == "destructive" and f.get("revision")}
-                                        | set(result.get("destructiveRevisions") or [])),
-            planHash=plan_hash(result, spec.migrations.image),
-            image=spec.migrations.image,
-        )
-        if destructive and not self.run["destructiveRevisions"]:
-            self.run["destructiveRevisions"] = list(revisions)  # findings trimmed away: assume the worst
+        run = self.run
+        run.start_revision, run.target_revision = result.get("current"), result.get("target")
+        run.revisions = revisions
+        run.destructive_revisions = sorted({f["revision"] for f in findings
+                                            if f.get("severity") == "destructive" and f.get("revision")}
+                                           | set(result.get("destructiveRevisions") or []))
+        run.plan_hash = plan_hash(result, spec.migrations.image)
+        run.image = spec.migrations.image
+        if destructive and not run.destructive_revisions:
+            run.destructive_revisions = list(revisions)  # findings trimmed away: assume the worst
         self.st["targetRevision"] = result.get("target")
         self.st["plan"] = {
             "revisions": revisions,
             "destructive": destructive,
-            "hash": self.run["planHash"],
+            "hash": run.plan_hash,
             "fromRevision": _rev(result.get("current")),
             "toRevision": result.get("target"),
             "generation": self.generation,
@@ -469,10 +479,9 @@ class _Run:
             if result.get(key):
                 self.st["plan"][key] = list(result[key])
         if not revisions:
-            self.run["step"] = "Done"
-            self.run["result"] = "UpToDate"
+            self.done("UpToDate")
             return self.idle()
-        self.run["step"] = "AwaitingApproval"
+        run.step = "AwaitingApproval"
         return self.approval()
 
     def approval(self) -> Decision:
@@ -480,7 +489,7 @@ class _Run:
         live_spec = parse_spec(self.obs.spec) if self.obs.spec else spec
         destructive = (self.st.get("plan") or {}).get("destructive") or []
         if destructive:
-            plan_hash_ = self.run["planHash"]
+            plan_hash_ = self.run.plan_hash
             approved_by = ("spec.approval.allowDestructive" if live_spec.approval.allow_destructive
                            else c.APPROVE_ANNOTATION if self.obs.annotations.get(c.APPROVE_ANNOTATION) == plan_hash_
                            else None)
@@ -504,14 +513,14 @@ class _Run:
             return self.outcome(SUSPENDED, POLL_IDLE)
         if (stop := self.database("Pending")) is not None:
             return stop
-        if self.obs.database.revision != self.run.get("startRevision"):  # e.g. while it waited for approval or
-            return self.replan(f"the database moved from {_rev(self.run.get('startRevision'))} to "  # another writer
+        if self.obs.database.revision != self.run.start_revision:  # e.g. while it waited for approval or
+            return self.replan(f"the database moved from {_rev(self.run.start_revision)} to "  # another writer
                                f"{_rev(self.obs.database.revision)} since this run planned")
         if spec.backup.enabled:
-            self.run["step"] = "BackingUp"
+            self.run.step = "BackingUp"
             return self.backing_up()
         self.condition(c.BACKUP_SUCCEEDED, "False", r.BACKUP_DISABLED, "spec.backup.enabled is false: no backup")
-        self.run["step"] = "Migrating"
+        self.run.step = "Migrating"
         return self.migrating()
 
     def backing_up(self) -> Decision:
@@ -527,15 +536,15 @@ class _Run:
                                           "resource to retry."), POLL_IDLE)
         backup = {k: result[k] for k in ("location", "sizeBytes", "sha256", "revision", "completedAt") if k in result}
         self.st["backup"] = backup
-        self.run["backup"] = {"location": result.get("location"), "file": result.get("file"),
-                              "sha256": result.get("sha256"), "revision": result.get("revision")}
+        self.run.backup = RunBackup(location=result.get("location"), file=result.get("file"),
+                                    sha256=result.get("sha256"), revision=result.get("revision"))
         self.condition(c.BACKUP_SUCCEEDED, "True", r.BACKUP_COMPLETED,
                        f"backup at {result.get('location')} ({result.get('sizeBytes')} bytes)")
-        self.run["step"] = "Migrating"
+        self.run.step = "Migrating"
         return self.migrating()
 
     def migrating(self) -> Decision:
-        start, target = self.run.get("startRevision"), self.run.get("targetRevision")
+        start, target = self.run.start_revision, self.run.target_revision
 
         def unless_moved() -> Decision | None:
             if (stop := self.database("Migrating")) is not None:
@@ -557,7 +566,7 @@ class _Run:
             self.condition(c.MIGRATED, "True", r.UPGRADE_SUCCEEDED, f"upgraded {_rev(start)} -> {target}")
             self.finish("Succeeded", r.MIGRATED)
             return self.idle()
-        committed = committed_by_run(start, list(self.run.get("revisions") or []), report, db_rev)
+        committed = committed_by_run(start, list(self.run.revisions or []), report, db_rev)
         if committed is None and job.state == "failed" and ran_nothing(report):
             return self.replan(f"the database is at {_rev(db_rev)}, not at {_rev(start)} where this run's plan "
                                f"starts: another writer moved it, and migration Job {job.name} ran nothing")
@@ -566,7 +575,7 @@ class _Run:
         else:
             why = self.failure_message("migrate")
         self.condition(c.MIGRATED, "False", r.UPGRADE_FAILED, why)
-        self.run["failure"] = why
+        self.run.failure = why
         if committed is None:
             ran = (report or {}).get("applied") or (report or {}).get("attempted") or []
             msg = (f"{why}; the database is at {_rev(db_rev)}, where this run did not leave it (its Job reported "
@@ -580,7 +589,7 @@ class _Run:
     def replan(self, why: str) -> Decision:
         """Nothing of this run reached the database, but its plan no longer starts where the database is: plan
         again, from scratch (a new approval if the new plan destroys data), at most MAX_REPLANS times."""
-        replans = int(self.run.get("replans", 0)) + 1
+        replans = (self.run.replans or 0) + 1
         if replans > MAX_REPLANS:
             msg = (f"{why}; this run already planned again {MAX_REPLANS} times because other writers keep moving the "
                    "database. Nothing was run. Stop the other writers, then edit the resource to plan again")
@@ -589,8 +598,10 @@ class _Run:
         self.decision.events.append(("Normal", r.DATABASE_MOVED, f"{why}; nothing was run: planning again"))
         for role in ("plan", "backup", "migrate"):  # new Job names: this round's Jobs never reuse the last one's
             self.next_instance(role)
-        keep = ("generation", "startedAt", "spec", "instances", "databaseKey", "jobs")
-        self.run = {**{k: self.run[k] for k in keep if k in self.run}, "replans": replans, "step": "Planning"}
+        old = self.run
+        self.run = RunStatus(generation=old.generation, started_at=old.started_at, spec=old.spec,
+                             instances=old.instances, database_key=old.database_key, jobs=old.jobs, replans=replans,
+                             step="Planning")
         self.st.pop("plan", None)
         for cond in (c.APPROVAL_REQUIRED, c.BACKUP_SUCCEEDED, c.MIGRATED, c.ROLLED_BACK):
             self.st["conditions"] = [x for x in self.st.get("conditions") or [] if x.get("type") != cond]
@@ -598,15 +609,15 @@ class _Run:
 
     def choose_rollback(self, db_rev: str | None, committed: list[str], why: str) -> Decision:
         """Undo exactly what this run committed (`committed`, from its own Job's report), nothing else."""
-        start = self.run.get("startRevision")
+        start = self.run.start_revision
         spec = self.spec()
         if not committed:
             msg = f"{why}; the transaction rolled back: the database is still at {_rev(start)}"
             self.condition(c.ROLLED_BACK, "True", r.TRANSACTION_ROLLED_BACK, msg)
             return self.failed(msg)
-        destroyed = [rev for rev in committed if rev in set(self.run.get("destructiveRevisions") or [])]
+        destroyed = [rev for rev in committed if rev in set(self.run.destructive_revisions or [])]
         strategy = spec.rollback.strategy
-        have_backup = bool((self.run.get("backup") or {}).get("file"))
+        have_backup = bool(self.run.backup and self.run.backup.file)
         if strategy == "None":
             msg = f"{why}; spec.rollback.strategy is None: the database was left at {_rev(db_rev)}"
             self.condition(c.ROLLED_BACK, "False", r.ROLLBACK_DISABLED, msg)
@@ -618,21 +629,22 @@ class _Run:
                    f"but there is no backup (spec.backup.enabled is false): the database is at {_rev(db_rev)}")
             self.condition(c.ROLLED_BACK, "False", r.NO_BACKUP, msg)
             return self.failed(msg, reason=r.ROLLBACK_FAILED)
-        self.run["step"] = "RollingBack"
-        self.run["rollback"] = {"mode": mode, "from": _rev(db_rev), "committed": committed, "destroyed": destroyed}
+        self.run.step = "RollingBack"
+        self.run.rollback = RunRollback(mode=mode, from_=_rev(db_rev), committed=committed, destroyed=destroyed)
         return self.rolling_back()
 
     def rolling_back(self) -> Decision:
-        rb = self.run["rollback"]
-        start = self.run.get("startRevision")
-        role: Role = "downgrade" if rb["mode"] == "Downgrade" else "restore"
-        backup = self.run.get("backup") or {}
+        rb = self.run.rollback
+        assert rb is not None, "RollingBack without a rollback"
+        start = self.run.start_revision
+        role: Role = "downgrade" if rb.mode == "Downgrade" else "restore"
+        backup = self.run.backup or RunBackup()
         if role == "downgrade":
-            args = {"from": rb["from"], "to": _rev(start)}
-            what = f"downgrading {rb['from']} -> {_rev(start)} (keeps rows written since the backup)"
+            args = {"from": str(rb.from_), "to": _rev(start)}
+            what = f"downgrading {rb.from_} -> {_rev(start)} (keeps rows written since the backup)"
         else:
-            args = {"file": backup.get("file"), "sha256": backup.get("sha256")}
-            what = f"restoring the backup {backup.get('location')} (taken at {_rev(backup.get('revision'))})"
+            args = {"file": str(backup.file), "sha256": str(backup.sha256)}
+            what = f"restoring the backup {backup.location} (taken at {_rev(backup.revision)})"
 
         def announce() -> None:
             self.condition(c.ROLLED_BACK, "Unknown", r.ROLLING_BACK, what)
@@ -641,22 +653,22 @@ class _Run:
         if isinstance(job, Decision):
             return job
         db_rev = self.obs.database.revision
-        why = self.run.get("failure", "the migration failed")
+        why = self.run.failure or "the migration failed"
         if job.state == "succeeded" and db_rev == start:
             reason = r.DOWNGRADED if role == "downgrade" else r.RESTORED
-            how = ("downgraded" if role == "downgrade" else f"restored the backup {self.run['backup'].get('location')}")
+            how = "downgraded" if role == "downgrade" else f"restored the backup {backup.location}"
             msg = f"{why}; {how}: the database is back at {_rev(start)}"
             self.condition(c.ROLLED_BACK, "True", reason, msg)
             return self.failed(msg)
         problem = (self.failure_message(role) if job.state == "failed"
                    else f"{role} finished but the database is at {_rev(db_rev)}, not {_rev(start)}")
         spec = self.spec()
-        if role == "downgrade" and spec.rollback.strategy == "Auto" and (self.run.get("backup") or {}).get("file"):
-            rb.update(mode="Restore", downgradeFailure=problem)
+        if role == "downgrade" and spec.rollback.strategy == "Auto" and backup.file:
+            rb.mode, rb.downgrade_failure = "Restore", problem
             return self.rolling_back()
         msg = (f"{why}; rollback failed: {problem}. The database is at {_rev(db_rev)}; restore it by hand from "
-               f"{(self.run.get('backup') or {}).get('location') or 'your own backups'} (see the runbook)")
-        self.condition(c.ROLLED_BACK, "False", r.DOWNGRADE_FAILED if role == "downgrade" else "RestoreFailed", msg)
+               f"{backup.location or 'your own backups'} (see the runbook)")
+        self.condition(c.ROLLED_BACK, "False", r.DOWNGRADE_FAILED if role == "downgrade" else r.RESTORE_FAILED, msg)
         return self.failed(msg, reason=r.ROLLBACK_FAILED)
 
     def drift_check(self) -> float:
@@ -679,9 +691,9 @@ class _Run:
         return float(min(POLL_IDLE, (bucket + 1) * interval - self.obs.now.timestamp() + 1))
 
     def drift_result(self, job: JobObservation) -> None:
-        if self.run.get("driftJob") == job.name:
+        if self.run.drift_job == job.name:
             return  # already recorded
-        self.run["driftJob"] = job.name
+        self.run.drift_job = job.name
         result = job.result or {}
         checked = self.now()
         if job.state == "failed" or not result.get("ok"):
@@ -711,12 +723,12 @@ class _Run:
 
     def idle(self) -> Decision:
         """The run is over: keep currentRevision fresh and the summary conditions true to the database."""
-        result = self.run.get("result")
+        result = self.run.result
         if result in ("Succeeded", "UpToDate"):
             if (stop := self.database("Succeeded")) is not None:
                 return stop
             db_rev = self.obs.database.revision
-            target = self.run.get("targetRevision")
+            target = self.run.target_revision
             if db_rev != target and target in self.obs.database_lineage:
                 by = f" by {self.obs.database_moved_by}" if self.obs.database_moved_by else ""
                 return self.outcome(s.ready(r.TARGET_CONTAINED, f"the database is at {_rev(db_rev)}, which contains "
@@ -735,7 +747,7 @@ class _Run:
         # Failed runs stay as they are until a new generation; only keep currentRevision fresh.
         if self.obs.database.ok:
             self.st["currentRevision"] = self.obs.database.revision
-        self.st["run"] = self.run
+        self.st["run"] = dump(self.run)
         self.decision.status = self.st
         self.decision.requeue_after = POLL_IDLE
         return self.decision
