@@ -1,8 +1,8 @@
 """The commands that run in the operator's image inside Jobs: ``alembic-operator job <command>``.
 
     alembic-operator job scan    --plan-dir DIR                      [--result-file F]
-    alembic-operator job backup  --dir DIR --prefix P --retain N [--location-prefix S] [--result-file F]
-    alembic-operator job restore --file PATH --sha256 sha256:HEX      [--result-file F]
+    alembic-operator job backup  --dir DIR --prefix P --retain N [--location-prefix S] [--store S] [--result-file F]
+    alembic-operator job restore --file PATH --sha256 sha256:HEX      [--store S]            [--result-file F]
     alembic-operator job current                                      [--result-file F]
 
 Each command writes one compact JSON object (< 3500 bytes: a container's termination message holds 4096) to
