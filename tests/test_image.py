@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from alembic_operator import jobs, jobtools
+from alembic_operator import jobs
+from alembic_operator.engines import postgresql
 
 REPO = Path(__file__).resolve().parent.parent
 DOCKERFILE = REPO / "Dockerfile"
@@ -102,7 +103,7 @@ def test_postgresql_client_tools() -> None:
     assert '"postgresql-client-${PG_MAJOR}"' in runs and "--no-install-recommends" in runs
     assert "rm -rf /var/lib/apt/lists/*" in runs
     envs = " ".join(rest for stage, word, rest in ins if word == "ENV" and stage == 1)
-    assert f"{jobtools.PG_BIN_ENV}=/usr/lib/postgresql/${{PG_MAJOR}}/bin" in envs
+    assert f"{postgresql.PG_BIN_ENV}=/usr/lib/postgresql/${{PG_MAJOR}}/bin" in envs
 
 
 # --- the build context and the wheel --------------------------------------------------------------------------

@@ -297,29 +297,6 @@ def test_a_failing_direct_restore_leaves_the_database_unchanged(
     assert database.query("SELECT version_num FROM alembic_version") == [("b2",)]
 
 
-def test_parse_toc() -> None:
-    listing = """;
-; Selected TOC Entries:
-;
-5; 2615 2200 SCHEMA - public app
-6; 2615 16410 SCHEMA - s2 app
-849; 1247 16401 TYPE public mood app
-220; 1255 16409 FUNCTION public f(integer, text) app
-216; 1259 16387 TABLE public orders app
-215; 1259 16386 SEQUENCE public orders_id_seq app
-3374; 0 0 SEQUENCE OWNED BY public orders_id_seq app
-218; 1259 16405 VIEW public v app
-3365; 0 16387 TABLE DATA public orders app
-3220; 2606 16414 FK CONSTRAINT s2 t t_x_fkey app
-"""
-    toc = jobtools.parse_toc(listing)
-    assert toc.schemas == {"public", "s2"}
-    assert toc.relations == {("public", "orders"), ("public", "orders_id_seq"), ("public", "v")}
-    assert toc.types == {("public", "mood")}
-    assert toc.functions == {("public", "f(integer, text)")}
-    assert toc.foreign_keys == {("s2", "t t_x_fkey")}
-
-
 # --- current -------------------------------------------------------------------------------------------------------
 
 

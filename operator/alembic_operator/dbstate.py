@@ -8,22 +8,19 @@ or an Event.
 from __future__ import annotations
 
 import base64
-import hashlib
 import re
 from dataclasses import dataclass
+from typing import Any
 
-import sqlalchemy
-from alembic.runtime.migration import MigrationContext
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, SQLAlchemyError
-from sqlalchemy.pool import NullPool
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
+from . import engines
 from .reconcile import DatabaseObservation
 from .runner.alembic_runner import Redactor
 
 URL_EXAMPLE = "postgresql+psycopg://user:password@host:5432/dbname"
 _PASSWORD_PARAM = re.compile(r"(password\s*=\s*)\S+", re.IGNORECASE)
-CONNECT_TIMEOUT = 5
 
 
 @dataclass(frozen=True)
@@ -32,8 +29,12 @@ class DatabaseTarget:
     key: str  # identifies the database (not the credentials): two resources on one database share it
 
     @property
+    def engine(self) -> engines.Engine[Any]:
+        return engines.for_url(self.url)
+
+    @property
     def where(self) -> str:
-        return f"{self.url.host or 'localhost'}:{self.url.port or 5432}/{self.url.database or ''}"
+        return self.engine.where(self.url)
 
 
 class DatabaseError(Exception):
@@ -48,8 +49,7 @@ class DatabaseError(Exception):
 
 
 def database_key(url: URL) -> str:
-    ident = f"{url.get_backend_name()}://{(url.host or 'localhost').lower()}:{url.port or 5432}/{url.database}"
-    return hashlib.sha256(ident.encode()).hexdigest()[:16]
+    return engines.for_url(url).database_key(url)
 
 
 def parse_url(raw: str, secret: str, key: str) -> DatabaseTarget:
@@ -63,16 +63,18 @@ def parse_url(raw: str, secret: str, key: str) -> DatabaseTarget:
             "InvalidDatabaseURL",
             f"Secret {secret} key {key} holds {kind}; it must be a SQLAlchemy URL such as {URL_EXAMPLE}",
         ) from None
-    if url.get_backend_name() != "postgresql":
+    try:
+        engine = engines.for_url(url)
+    except engines.UnknownEngine as err:
         raise DatabaseError(
             "InvalidDatabaseURL",
-            f"Secret {secret} key {key} points at a {url.get_backend_name()} database; alembic-operator backs up "
-            f"and restores PostgreSQL only ({URL_EXAMPLE})",
-        )
-    if not url.database:
-        raise DatabaseError("InvalidDatabaseURL", f"Secret {secret} key {key}: the URL names no database "
-                            f"({URL_EXAMPLE})")
-    return DatabaseTarget(url=url, key=database_key(url))
+            f"Secret {secret} key {key} points at a {err.backend} database; {err.explain()} ({URL_EXAMPLE})",
+        ) from None
+    problem = engine.problem(url)
+    if problem:
+        raise DatabaseError("InvalidDatabaseURL", f"Secret {secret} key {key}: the URL {problem} "
+                            f"({engine.url_example})")
+    return DatabaseTarget(url=url, key=engine.database_key(url))
 
 
 def decode_secret_value(data: dict[str, str] | None, secret: str, key: str) -> str:
@@ -96,35 +98,5 @@ def sanitize(text: str, *urls: URL | None) -> str:
 
 
 def read_revision(target: DatabaseTarget) -> DatabaseObservation:
-    """The database's current Alembic revision (None when it has none). Blocking: run it in a thread."""
-    engine = sqlalchemy.create_engine(target.url, poolclass=NullPool,
-                                      connect_args={"connect_timeout": CONNECT_TIMEOUT})
-    try:
-        with engine.connect() as conn:
-            heads = MigrationContext.configure(conn).get_current_heads()
-            names = sqlalchemy.inspect(conn).get_table_names()
-    except DBAPIError as err:
-        text = sanitize(str(getattr(err, "orig", err)).strip().splitlines()[0] if str(err).strip() else "", target.url)
-        if re.search(r'database "[^"]*" does not exist', text):
-            return DatabaseObservation(error_reason="DatabaseNotFound", transient=False,
-                                       error_message=f"the database {target.url.database!r} does not exist on "
-                                       f"{target.url.host or 'localhost'}:{target.url.port or 5432}: create it, or fix "
-                                       "the database name in the Secret's URL (checked again every 15 s)")
-        if "password authentication failed" in text or ("role" in text and "does not exist" in text):
-            return DatabaseObservation(error_reason="DatabaseAuthenticationFailed", transient=False,
-                                       error_message=f"cannot log in to {target.where}: {text}; check the "
-                                       "credentials in the Secret")
-        return DatabaseObservation(error_reason="DatabaseUnreachable", transient=True,
-                                   error_message=f"cannot reach the database at {target.where}: {text}")
-    except SQLAlchemyError as err:
-        return DatabaseObservation(error_reason="DatabaseUnreachable", transient=True,
-                                   error_message=f"cannot read {target.where}: {sanitize(str(err), target.url)}")
-    finally:
-        engine.dispose()
-    if len(heads) > 1:
-        return DatabaseObservation(error_reason="MultipleHeads", transient=False,
-                                   error_message=f"the database's alembic_version holds several revisions "
-                                   f"({', '.join(heads)}); merge them in the app (alembic merge) first")
-    versioned = "alembic_version" in names
-    return DatabaseObservation(revision=heads[0] if heads else None, versioned=versioned,
-                               tables=len([n for n in names if n != "alembic_version"]))
+    """The database's current Alembic revision (None when it has none), by its engine. Blocking: run it in a thread."""
+    return target.engine.read_revision(target)

@@ -1,0 +1,132 @@
+"""The interface of a backup store: where the Jobs keep database dumps, and how they are named.
+
+A store writes a dump from a stream (atomically: a reader never sees half a dump; durably; with its sha256 and
+size), keeps a JSON record next to it, lists and prunes a resource's dumps (the newest N stay, and always the one
+just written), and hands a dump back for a restore only after its checksum matched the one recorded when it was
+taken. The engines (``engines/``) produce and consume the bytes; a store never looks inside them.
+
+One `BackupStore` subclass per kind of storage (``volume.py``: a mounted volume), registered by its ``name`` when
+the class is defined; adding a kind of storage means adding one module to this package.
+
+Dumps are named ``<prefix>-<YYYYmmddTHHMMSSZ>-<heads>.dump``: the prefix is the resource's, the timestamp orders
+them, the heads say at which revision the database was.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, ClassVar, Final
+
+from ..plugins import Registry
+
+TIMESTAMP: Final = "%Y%m%dT%H%M%SZ"
+PREFIX: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def dump_name(prefix: str, stamp: dt.datetime, heads: Sequence[str]) -> str:
+    return f"{prefix}-{stamp.strftime(TIMESTAMP)}-{_safe_name('+'.join(heads) or 'base')}.dump"
+
+
+def dump_pattern(prefix: str) -> re.Pattern[str]:
+    """Matches the dumps of `prefix` (and not of a longer prefix); group 1 is the timestamp."""
+    return re.compile(rf"^{re.escape(prefix)}-(\d{{8}}T\d{{6}}Z)-(.+)\.dump$")
+
+
+def _safe_name(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", text)[:64] or "_"
+
+
+def newest_first(names: Sequence[str], prefix: str) -> list[str]:
+    """The dumps of `prefix` among `names`, newest first."""
+    pattern = dump_pattern(prefix)
+    matched = [(m.group(1), name) for name in names if (m := pattern.match(name))]
+    return [name for _stamp, name in sorted(matched, reverse=True)]
+
+
+def to_prune(dumps: Sequence[str], retain: int, keep: str) -> list[str]:
+    """Of `dumps` (newest first), those beyond the newest `retain`, never `keep` (it counts as one of them)."""
+    kept = {keep, *[n for n in dumps if n != keep][: max(retain - 1, 0)]}
+    return [name for name in dumps if name not in kept]
+
+
+class StoreError(Exception):
+    """A failure with a stable CamelCase reason (BackupFailed, BackupNotFound, BackupCorrupt) and no secret."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+@dataclass(frozen=True)
+class StoredDump:
+    name: str
+    location: str  # where it is, for humans and for `restore --file`
+    sha256: str  # "sha256:<hex>"
+    size: int
+
+
+class BackupStore(ABC):
+    name: ClassVar[str]  # the registry's name (`alembic-operator job backup --store NAME`)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "name" in cls.__dict__:
+            REGISTRY.add(cls.name, cls)
+
+    @abstractmethod
+    def __init__(self, location: str) -> None:
+        """`location`: where this store's dumps of one resource live (a directory, a bucket and a key prefix)."""
+
+    @abstractmethod
+    def exists(self, name: str) -> bool: ...
+
+    @abstractmethod
+    def write(self, name: str, produce: Callable[[IO[bytes]], None]) -> StoredDump:
+        """Store what `produce` writes into the stream (a real file) as `name`, atomically and durably; nothing
+        is left behind when `produce` raises."""
+
+    @abstractmethod
+    def write_record(self, name: str, record: dict[str, Any]) -> None:
+        """Keep the JSON record of dump `name` next to it (``<name>.json``)."""
+
+    @abstractmethod
+    def list_dumps(self, prefix: str) -> list[str]:
+        """The dumps of `prefix`, newest first."""
+
+    @abstractmethod
+    def prune(self, prefix: str, retain: int, keep: str) -> list[str]:
+        """Delete the dumps of `prefix` beyond the newest `retain` (never `keep`) with their records, and what
+        interrupted writes of `prefix` left; the names deleted."""
+
+    @abstractmethod
+    def checksum(self, name: str) -> tuple[str, int]:
+        """("sha256:<hex>", size) of dump `name`, read back from the store; BackupNotFound when it is not there."""
+
+    @abstractmethod
+    def fetch(self, name: str) -> AbstractContextManager[Path]:
+        """A local file holding dump `name` for the time of the block."""
+
+    def verify(self, name: str, expected: str) -> tuple[str, int]:
+        """The dump's (checksum, size) if its checksum is `expected`, else BackupCorrupt."""
+        actual, size = self.checksum(name)
+        if actual != expected:
+            raise StoreError("BackupCorrupt", f"the backup {name} ({size} bytes) has checksum {actual}, not the "
+                             f"{expected} recorded when it was taken; nothing was restored")
+        return actual, size
+
+
+REGISTRY: Registry[type[BackupStore]] = Registry("alembic_operator.backupstores")
+
+
+def open_store(kind: str, location: str) -> BackupStore:
+    store = REGISTRY.get(kind)
+    if store is None:
+        raise StoreError("InvalidArgument", f"no backup store {kind!r}: one of {', '.join(REGISTRY.names())}")
+    return store(location)

@@ -1,0 +1,122 @@
+"""The mounted-volume backup store: dumps are files in a directory of a volume mounted into the Job (a PVC, ...).
+
+Writes are atomic and durable: the stream goes to a hidden ``.<name>.partial``, which is fsynced, renamed, and the
+directory fsynced; the checksum is computed by reading the file back (what is on the disk is what is recorded).
+The record ``<name>.json`` is written the same way. Pruning also removes the ``.partial`` leftovers of interrupted
+backups of the prefix.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO, Any, Final
+
+from .base import BackupStore, StoredDump, StoreError, newest_first, to_prune
+
+_CHUNK: Final = 1 << 20
+
+
+def file_sha256(path: Path) -> tuple[str, int]:
+    digest, size = hashlib.sha256(), 0
+    with open(path, "rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+    return "sha256:" + digest.hexdigest(), size
+
+
+def _fsync_dir(directory: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb+") as fh:
+        os.fsync(fh.fileno())
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.partial")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+class VolumeStore(BackupStore):
+    name = "volume"
+
+    def __init__(self, location: str) -> None:
+        self.directory = Path(location)
+
+    def _path(self, name: str) -> Path:
+        if not name or "/" in name or name.startswith("."):
+            raise StoreError("InvalidArgument", f"{name!r} is not the name of a backup")
+        return self.directory / name
+
+    def exists(self, name: str) -> bool:
+        return self._path(name).exists()
+
+    def write(self, name: str, produce: Callable[[IO[bytes]], None]) -> StoredDump:
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise StoreError("BackupFailed", f"cannot create the backup directory {self.directory}: "
+                             f"{err.strerror}") from None
+        final = self._path(name)
+        tmp = self.directory / f".{name}.partial"
+        try:
+            with open(tmp, "wb") as out:
+                produce(out)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
+        try:
+            _fsync_file(tmp)
+            os.replace(tmp, final)
+            _fsync_dir(self.directory)
+        except OSError as err:
+            raise StoreError("BackupFailed", f"cannot store the dump in {self.directory}: {err.strerror}") from None
+        sha256, size = file_sha256(final)
+        return StoredDump(name=name, location=str(final), sha256=sha256, size=size)
+
+    def write_record(self, name: str, record: dict[str, Any]) -> None:
+        _write_atomic(self._path(f"{name}.json"), json.dumps(record, indent=2) + "\n")
+        _fsync_dir(self.directory)
+
+    def list_dumps(self, prefix: str) -> list[str]:
+        return newest_first([p.name for p in self.directory.iterdir()], prefix)
+
+    def prune(self, prefix: str, retain: int, keep: str) -> list[str]:
+        pruned = to_prune(self.list_dumps(prefix), retain, keep)
+        for name in pruned:
+            for path in (self.directory / name, self.directory / f"{name}.json"):
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+        for path in self.directory.iterdir():
+            if path.name.startswith(f".{prefix}-") and path.name.endswith(".partial") and keep not in path.name:
+                with contextlib.suppress(OSError):
+                    path.unlink()
+        return pruned
+
+    def checksum(self, name: str) -> tuple[str, int]:
+        path = self._path(name)
+        if not path.is_file():
+            raise StoreError("BackupNotFound", f"the backup file {path} does not exist (was it pruned, or is the "
+                             "backup volume not the one it was written to?)")
+        return file_sha256(path)
+
+    @contextlib.contextmanager
+    def fetch(self, name: str) -> Iterator[Path]:
+        yield self._path(name)

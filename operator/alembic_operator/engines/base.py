@@ -1,0 +1,186 @@
+"""The interface of a database engine: what the operator and its Jobs do that depends on the database product.
+
+One `Engine` subclass per product (``engines/postgresql.py``, ...), registered by its ``name`` when the class is
+defined. The operator picks the engine from the URL's SQLAlchemy backend name (``postgresql+psycopg`` ->
+``postgresql``) and asks it, in the operator's process: is the URL usable, which database does it identify (the
+key two resources on one database share), where is it (for messages), which advisory lock serialises runs on it,
+and at which Alembic revision is it. In the Jobs (``alembic-operator job ...``): which values of the URL are
+secrets, how to connect, how to dump a consistent snapshot into a stream, how to restore a dump all or nothing,
+which revision the database is at, and what the SQL a plan rendered would do (the scanner).
+
+The secrets rules hold for every engine: the URL is never printed, put on a command line or put in a result;
+every text that comes from elsewhere (a tool's stderr, a driver's error) is scrubbed before it is shown.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar
+
+import sqlalchemy
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy.engine import URL
+from sqlalchemy.pool import NullPool
+
+from ..plugins import Registry
+from ..reconcile import DatabaseObservation
+
+if TYPE_CHECKING:
+    from ..dbstate import DatabaseTarget
+    from ..sqlscan import Finding
+
+
+class JobDatabase(Protocol):
+    """An engine's connection parameters inside a Job (no secret in anything it prints)."""
+
+    @property
+    def where(self) -> str: ...
+
+    def describe(self) -> dict[str, Any]: ...
+
+
+DB = TypeVar("DB", bound=JobDatabase)
+
+
+class Snapshot(ABC):
+    """A consistent view of the database held open while it is dumped: its Alembic heads, and the dump of it."""
+
+    heads: list[str]
+
+    @abstractmethod
+    def dump(self, out: IO[bytes]) -> None:
+        """Write the dump of this snapshot to `out` (a real file: it has a fileno)."""
+
+
+class UnknownEngine(LookupError):
+    """No engine owns this SQLAlchemy backend name."""
+
+    def __init__(self, backend: str) -> None:
+        super().__init__(backend)
+        self.backend = backend
+        self.schemes = supported_schemes()
+
+    def explain(self) -> str:
+        return (f"alembic-operator does not support {self.backend} databases; spec.database.urlSecretRef must name "
+                f"a URL with one of the schemes {', '.join(self.schemes)}")
+
+
+class Engine(ABC, Generic[DB]):
+    name: ClassVar[str]  # the registry's name
+    backends: ClassVar[tuple[str, ...]]  # SQLAlchemy backend names it owns (the URL scheme before "+driver")
+    schemes: ClassVar[tuple[str, ...]]  # the URL schemes (with their drivers) to tell users about
+    url_example: ClassVar[str]
+    default_port: ClassVar[int]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "name" in cls.__dict__:
+            REGISTRY.add(cls.name, cls())
+
+    # --- the operator --------------------------------------------------------------------------------------------
+
+    def problem(self, url: URL) -> str | None:
+        """What makes a parsed URL of this engine unusable (completes "the URL ..."), or None."""
+        return None if url.database else "names no database"
+
+    def host_port(self, url: URL) -> tuple[str, int]:
+        return url.host or "localhost", url.port or self.default_port
+
+    def where(self, url: URL) -> str:
+        host, port = self.host_port(url)
+        return f"{host}:{port}/{url.database or ''}"
+
+    def database_key(self, url: URL) -> str:
+        """Identifies the database, not the credentials or the driver: two resources on one database share it."""
+        host, port = self.host_port(url)
+        ident = f"{url.get_backend_name()}://{host.lower()}:{port}/{url.database}"
+        return hashlib.sha256(ident.encode()).hexdigest()[:16]
+
+    @abstractmethod
+    def lock_key(self, database_key: str) -> int:
+        """The advisory lock that serialises the runs on one database (the runner's ``--lock-key``)."""
+
+    @abstractmethod
+    def read_revision(self, target: DatabaseTarget) -> DatabaseObservation:
+        """The database's current Alembic revision, or why it cannot be read. Blocking: run it in a thread."""
+
+    # --- the Jobs ------------------------------------------------------------------------------------------------
+
+    def secrets(self, url: URL) -> list[str]:
+        """The values of the URL to scrub from all output, besides the URL itself."""
+        return [url.password] if isinstance(url.password, str) else []
+
+    @abstractmethod
+    def connect(self, url: URL) -> DB:
+        """The Job's connection parameters; raises the job's error (reason InvalidDatabaseURL) for a bad URL."""
+
+    @abstractmethod
+    def snapshot(self, db: DB) -> AbstractContextManager[Snapshot]:
+        """A consistent view of the database for a backup: the heads recorded are exactly those in the dump."""
+
+    @abstractmethod
+    def advisory_lock(self, db: DB, key: int | None, timeout: float) -> AbstractContextManager[None]:
+        """Hold the database's migration lock (the one the runner's upgrade, downgrade and stamp take) while a Job
+        writes, so that no two writers run at once; raises the job's error (reason LockTimeout) after `timeout`
+        seconds. `key` None: no lock (a hand-run command)."""
+
+    @abstractmethod
+    def restore(self, db: DB, path: Path) -> list[str]:
+        """Make the database exactly what the dump at `path` holds, all or nothing; what was dropped besides."""
+
+    @abstractmethod
+    def heads(self, db: DB) -> list[str]:
+        """The revisions in the Alembic version table (empty at base)."""
+
+    @abstractmethod
+    def scan(self, items: Iterable[tuple[str | None, str]]) -> list[Finding]:
+        """Findings of the (revision, SQL) pairs a plan rendered offline, in the order they run."""
+
+
+REGISTRY: Registry[Engine[Any]] = Registry("alembic_operator.engines")
+
+
+def supported_schemes() -> list[str]:
+    return [scheme for engine in REGISTRY for scheme in engine.schemes]
+
+
+def for_backend(backend: str) -> Engine[Any]:
+    """The engine owning a SQLAlchemy backend name (``url.get_backend_name()``); UnknownEngine if none does."""
+    for engine in REGISTRY:
+        if backend in engine.backends:
+            return engine
+    raise UnknownEngine(backend)
+
+
+def for_url(url: URL) -> Engine[Any]:
+    return for_backend(url.get_backend_name())
+
+
+def read_alembic_state(url: URL, connect_args: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """(Alembic heads, table names) through SQLAlchemy; the driver's errors are the caller's to explain."""
+    engine = sqlalchemy.create_engine(url, poolclass=NullPool, connect_args=connect_args)
+    try:
+        with engine.connect() as conn:
+            heads = list(MigrationContext.configure(conn).get_current_heads())
+            names = sqlalchemy.inspect(conn).get_table_names()
+    finally:
+        engine.dispose()
+    return heads, names
+
+
+def observation(heads: list[str], names: list[str]) -> DatabaseObservation:
+    if len(heads) > 1:
+        return DatabaseObservation(error_reason="MultipleHeads", transient=False,
+                                   error_message=f"the database's alembic_version holds several revisions "
+                                   f"({', '.join(heads)}); merge them in the app (alembic merge) first")
+    versioned = "alembic_version" in names
+    return DatabaseObservation(revision=heads[0] if heads else None, versioned=versioned,
+                               tables=len([n for n in names if n != "alembic_version"]))
+
+
+__all__ = ["DB", "REGISTRY", "Engine", "JobDatabase", "Snapshot", "UnknownEngine", "for_backend",
+           "for_url", "observation", "read_alembic_state", "supported_schemes"]
