@@ -19,7 +19,7 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, SQLAlch
 from sqlalchemy.pool import NullPool
 
 from .reconcile import DatabaseObservation
-from .runner.alembic_runner import Redactor
+from .runner.redact import Redactor
 
 URL_EXAMPLE = "postgresql+psycopg://user:password@host:5432/dbname"
 _PASSWORD_PARAM = re.compile(r"(password\s*=\s*)\S+", re.IGNORECASE)

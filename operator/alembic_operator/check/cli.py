@@ -24,7 +24,7 @@ from typing import Any, TextIO
 
 from sqlalchemy.engine import URL, make_url
 
-from ..runner.alembic_runner import Redactor  # the Jobs' redactor: one set of rules for every secret printed
+from ..runner.redact import Redactor  # the Jobs' redactor: one set of rules for every secret printed
 from . import report as output
 from .model import EXIT_USAGE, CheckError, known_rule
 from .run import Checker, Options
@@ -100,7 +100,7 @@ def options(args: argparse.Namespace, environ: dict[str, str]) -> Options:
 
 
 def redactor(opts: Options | None, argv: Sequence[str], environ: dict[str, str]) -> Redactor:
-    redact = Redactor()
+    redact = Redactor(parameters=False)  # as the runner: rendered SQL may say password = ...
     urls = [opts.scratch_url, opts.database_url] if opts else []
     for url in urls:
         if url is not None:
