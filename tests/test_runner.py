@@ -778,6 +778,18 @@ def test_redactor() -> None:
     assert redact("other mysql://root:hunter2@h/db") == "other mysql://root:***@h/db"
 
 
+def test_one_redactor_for_the_runner_the_jobs_and_the_operator() -> None:
+    """jobtools and dbstate scrub through runner/redact.py too; only the runner keeps password = ... (it is data in
+    the SQL it renders)."""
+    from alembic_operator import dbstate, jobtools
+
+    text = "conn postgresql://u:s3cret@h/db failed; password='a b' sslpassword=x"
+    assert Redactor()(text) == "conn postgresql://u:***@h/db failed; password=*** sslpassword=***"
+    assert Redactor(parameters=False)(text) == "conn postgresql://u:***@h/db failed; password='a b' sslpassword=x"
+    assert jobtools.sanitize(text) == dbstate.sanitize(text) == Redactor()(text)
+    assert isinstance(jobtools.REDACT, Redactor)
+
+
 def test_has_downgrade(tmp_path: Path) -> None:
     cases = {
         "def upgrade():\n    op.x()\n\ndef downgrade():\n    op.y()\n": True,

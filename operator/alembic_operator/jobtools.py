@@ -57,10 +57,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Final
+from typing import IO, Any, Final, cast
 
 import psycopg
 from psycopg import pq
@@ -69,11 +69,14 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from . import sqlscan
+from .runner.redact import Redactor
+from .runner.results import RESULT_LIMIT, BackupResult, CurrentResult, RestoreResult, ScanResult, fit_list, size
+from .runner.results import write_result as write_results
 
 URL_ENV: Final = "ALEMBIC_OPERATOR_DATABASE_URL"
 PG_BIN_ENV: Final = "ALEMBIC_OPERATOR_PG_BIN"  # a directory holding pg_dump, pg_restore, psql (optional)
 DEFAULT_RESULT_FILE: Final = "/dev/termination-log"
-RESULT_MAX: Final = 3500
+RESULT_MAX: Final = RESULT_LIMIT
 CONNECT_TIMEOUT: Final = 10
 LOCK_WAIT_TIMEOUT: Final = "120s"  # pg_dump waits at most this long for a table lock
 APPLICATION_NAME: Final = "alembic-operator"
@@ -94,22 +97,16 @@ class JobError(Exception):
 
 # --- secrets ------------------------------------------------------------------------------------------------------
 
-_SECRETS: list[str] = []  # every secret value seen in this process (the URL, its password): scrubbed from all output
+REDACT: Final = Redactor()  # the one redactor (runner/redact.py); every secret value seen in this process
 
 
 def _remember_secret(value: str | None) -> None:
-    if value and len(value) >= 3 and value not in _SECRETS:
-        _SECRETS.append(value)
-        _SECRETS.sort(key=len, reverse=True)
+    REDACT.add(value, min_length=3)
 
 
 def sanitize(text: str) -> str:
     """Scrub secrets from free text: the known secret values, user:password@ in URLs, password=... in conninfos."""
-    out = text
-    for secret in _SECRETS:
-        out = out.replace(secret, "***")
-    out = re.sub(r"(://[^:/@\s]*):[^@\s]*@", r"\1:***@", out)
-    return re.sub(r"((?:ssl)?password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", r"\1***", out, flags=re.IGNORECASE)
+    return REDACT(text)
 
 
 def log(message: str) -> None:
@@ -285,48 +282,10 @@ def _shown(args: Sequence[str]) -> list[str]:
 # --- results ------------------------------------------------------------------------------------------------------
 
 
-def _compact(result: dict[str, Any]) -> str:
-    return json.dumps(result, separators=(",", ":"), ensure_ascii=False)
-
-
-def _size(result: dict[str, Any]) -> int:
-    return len(_compact(result).encode())
-
-
-def _scrubbed(value: Any) -> Any:
-    if isinstance(value, str):
-        return sanitize(value)
-    if isinstance(value, dict):
-        return {k: _scrubbed(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_scrubbed(v) for v in value]
-    return value
-
-
-def write_result(path: str, result: dict[str, Any]) -> None:
-    text = _compact(_scrubbed(result))  # every string scrubbed, then serialized: the JSON stays valid
-    if len(text.encode()) > RESULT_MAX:  # last resort; the commands trim their own lists first
-        text = _compact({"ok": False, "reason": "ResultTooLarge",
-                         "message": "the result did not fit in a termination message; see the Job's logs"})
-    try:
-        with open(path, "w", encoding="utf-8") as fh:
-            fh.write(text)
-    except OSError as err:
-        log(f"cannot write the result to {path}: {err}")
-    print(text, flush=True)
-
-
-def _fit_list(result: dict[str, Any], key: str, more: Callable[[int], Any] | None = None) -> None:
-    """Shorten result[key] until the result fits, appending more(n_dropped) when given."""
-    items = list(result.get(key) or [])
-    if _size(result) <= RESULT_MAX or not items:
-        return
-    kept = len(items)
-    while kept > 0:
-        kept -= 1
-        result[key] = items[:kept] + ([more(len(items) - kept)] if more else [])
-        if _size(result) <= RESULT_MAX:
-            return
+def write_result(path: str, result: Mapping[str, Any]) -> None:
+    """The one result writer (runner/results.py): every string scrubbed, then serialized; also stdout's last line.
+    A result that does not fit is replaced by ResultTooLarge (the commands trim their own lists first)."""
+    write_results(path, result, REDACT, echo=True, cut=False, log=log)
 
 
 # --- scan ---------------------------------------------------------------------------------------------------------
@@ -338,7 +297,7 @@ def _plan_file(plan_dir: Path, name: Any) -> Path:
     return plan_dir / name
 
 
-def cmd_scan(plan_dir: Path) -> dict[str, Any]:
+def cmd_scan(plan_dir: Path) -> ScanResult:
     path = plan_dir / "plan.json"
     try:
         plan = json.loads(path.read_text(encoding="utf-8"))
@@ -414,14 +373,14 @@ def cmd_scan(plan_dir: Path) -> dict[str, Any]:
     for key in ("transactionPerMigration", "transactionalDDL"):  # the rollback logic needs them
         if isinstance(plan.get(key), bool):
             result[key] = plan[key]
-    _fit_list(result, "findings")
-    _fit_list(result, "lineage")
-    _fit_list(result, "warnings", lambda n: f"... and {n} more warning(s): see the plan Job's log")
-    _fit_list(result, "destructive", lambda n: f"... and {n} more destructive operation(s): see the plan Job's log")
-    if _size(result) > RESULT_MAX:
+    fit_list(result, "findings")
+    fit_list(result, "lineage")
+    fit_list(result, "warnings", lambda n: f"... and {n} more warning(s): see the plan Job's log")
+    fit_list(result, "destructive", lambda n: f"... and {n} more destructive operation(s): see the plan Job's log")
+    if size(result) > RESULT_MAX:
         raise JobError("PlanTooLarge", f"the plan has {len(revisions)} revisions, too many to report; set "
                        "spec.targetRevision to an intermediate revision and migrate in steps")
-    return result
+    return cast(ScanResult, result)
 
 
 def _unique(items: Iterable[str | None]) -> list[str]:
@@ -501,7 +460,7 @@ def _snapshot(db: Database) -> Iterator[tuple[str | None, list[str]]]:
         conn.close()
 
 
-def cmd_backup(directory: Path, prefix: str, retain: int, location_prefix: str | None) -> dict[str, Any]:
+def cmd_backup(directory: Path, prefix: str, retain: int, location_prefix: str | None) -> BackupResult:
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", prefix):
         raise JobError("InvalidArgument", f"--prefix {prefix!r}: use letters, digits, '-', '_' and '.'")
     db = database_from_env()
@@ -555,8 +514,8 @@ def cmd_backup(directory: Path, prefix: str, retain: int, location_prefix: str |
         "completedAt": completed,
         "pruned": pruned,
     }
-    _fit_list(result, "pruned", lambda n: f"... and {n} more")
-    return result
+    fit_list(result, "pruned", lambda n: f"... and {n} more")
+    return cast(BackupResult, result)
 
 
 def prune(directory: Path, prefix: str, retain: int, keep: str) -> list[str]:
@@ -740,7 +699,7 @@ def _restore_with_drops(db: Database, path: Path, drops: list[str]) -> None:
                            f"{detail or 'no output'}; the transaction was rolled back, the database was not changed")
 
 
-def cmd_restore(path: Path, expected: str) -> dict[str, Any]:
+def cmd_restore(path: Path, expected: str) -> RestoreResult:
     if not re.fullmatch(r"sha256:[0-9a-f]{64}", expected.strip().lower()):
         raise JobError("InvalidArgument", "--sha256 must be sha256:<64 hex digits>")
     expected = expected.strip().lower()
@@ -776,14 +735,14 @@ def cmd_restore(path: Path, expected: str) -> dict[str, Any]:
     revision = _revision(heads)
     log(f"restored {path.name}: the database is at revision {revision or 'base'}")
     result: dict[str, Any] = {"ok": True, "revision": revision, "dropped": [what for what, _ in drops]}
-    _fit_list(result, "dropped", lambda n: f"... and {n} more")
-    return result
+    fit_list(result, "dropped", lambda n: f"... and {n} more")
+    return cast(RestoreResult, result)
 
 
 # --- current ------------------------------------------------------------------------------------------------------
 
 
-def cmd_current() -> dict[str, Any]:
+def cmd_current() -> CurrentResult:
     db = database_from_env()
     with db.connect(autocommit=True) as conn:
         try:
@@ -825,6 +784,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
+    result: Mapping[str, Any]
     try:
         if args.command == "scan":
             result = cmd_scan(args.plan_dir)
