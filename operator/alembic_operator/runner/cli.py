@@ -179,7 +179,7 @@ def build_parser() -> ArgumentParser:
         parser.add_argument("--lock-key", type=lock_key, default=DEFAULT_LOCK_KEY, help="advisory lock key (64 bits)")
         parser.add_argument("--lock-timeout", type=float, default=DEFAULT_LOCK_TIMEOUT, help="seconds to wait")
 
-    parser = ArgumentParser(prog="runner.py", description="Run Alembic for alembic-operator.")
+    parser = ArgumentParser(prog="runner.pyz", description="Run Alembic for alembic-operator.")
     common(parser, suppress=False)
     sub = parser.add_subparsers(dest="command", metavar="command", parser_class=ArgumentParser)
     sub.required = True

@@ -10,7 +10,7 @@ import json
 import os
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NoReturn, cast
 
 from .driver import ConfigError, Driver, has_downgrade, heads_str, parse_revs
@@ -161,7 +161,7 @@ class Runner(Driver):
     # running migrations through the app's env.py, announcing each revision
 
     def run(self, direction: str, destination: str, progress: list[str],
-            on_step: Any = None) -> None:
+            on_step: Callable[[], None] | None = None) -> None:
         """`alembic upgrade|downgrade <destination>` (see Driver.migrate)."""
         if not self.migrate(direction, destination, progress, on_step=on_step):
             raise RuntimeError("env.py did not call context.run_migrations() in online mode")
