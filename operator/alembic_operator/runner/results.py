@@ -33,6 +33,7 @@ class Outcome(TypedDict, total=False):
     command: str  # the runner's results name their command; the operator image's do not
     reason: str
     message: str
+    container: str  # added by the operator when it reads a result: the container that wrote it
 
 
 FailureResult = Outcome
