@@ -199,7 +199,8 @@ def test_wheel_from_the_build_context_matches_pyproject(tmp_path: Path) -> None:
 
     assert sorted(map(norm, runtime)) == sorted(map(norm, PYPROJECT["project"]["dependencies"]))
     for data in ("alembic_operator/health.lua", "alembic_operator/py.typed",
-                 "alembic_operator/runner/alembic_runner.py", "alembic_operator/metrics.py"):
+                 "alembic_operator/runner/cli.py", "alembic_operator/runner/build.py",
+                 "alembic_operator/metrics.py"):
         assert data in names, f"{data} is not in the wheel"
     assert "alembic-operator = alembic_operator.cli:main" in entry_points
 

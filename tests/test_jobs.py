@@ -90,7 +90,7 @@ def test_app_steps_run_the_runner_in_the_apps_image_after_ours_installs_it() -> 
         assert init[0]["image"] == "ghcr.io/alembic-operator/op:1"
         assert init[0]["command"][:3] == ["alembic-operator", "job", "install-runner"]
         app = next(x for x in containers(job) if x["image"] == "ghcr.io/acme/shop:1.4.2")
-        assert app["command"][:2] == ["python", "/alembic-operator/runner.py"]
+        assert app["command"][:2] == ["python", "/alembic-operator/runner.pyz"]
         assert app["workingDir"] == "/app"
         assert "/app/alembic.ini" in app["command"]
     migrate = build("migrate")["spec"]["template"]["spec"]["containers"][0]["command"]

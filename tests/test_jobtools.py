@@ -429,12 +429,11 @@ def test_scan_result_fits_a_termination_message(job: Any, tmp_path: Path) -> Non
     assert r["findings"] == [] and r["warnings"][-1].startswith("... and ")
 
 
-RUNNER = Path(__file__).parent.parent / "operator" / "alembic_operator" / "runner" / "alembic_runner.py"
-
-
-@pytest.mark.skipif(not RUNNER.exists(), reason="the runner is not there yet")
 def test_scan_what_the_runner_renders(database: Database, job: Any, tmp_path: Path) -> None:
-    """The real runner renders a tiny app's plan; the scan reads exactly what it wrote."""
+    """The real runner (the zipapp, as the Jobs have it) renders a tiny app's plan; the scan reads exactly what it
+    wrote."""
+    from test_runner import RUNNER
+
     app = tmp_path / "app"
     (app / "mig" / "versions").mkdir(parents=True)
     (app / "alembic.ini").write_text("[alembic]\nscript_location = mig\n")

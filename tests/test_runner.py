@@ -1,13 +1,18 @@
-"""The runner (operator/alembic_operator/runner/alembic_runner.py) against a real PostgreSQL database.
+"""The runner (the package operator/alembic_operator/runner/, built into one zipapp) against a real PostgreSQL
+database.
 
-Every run goes through `run()`, which runs the runner as the Jobs do (a subprocess, working directory = the app,
-the URL only in ALEMBIC_OPERATOR_DATABASE_URL) and asserts that the password appears nowhere in what it wrote.
+Every run goes through `run()`, which runs the built zipapp as the Jobs do (a subprocess, working directory = the
+app, the URL only in ALEMBIC_OPERATOR_DATABASE_URL) and asserts that the password appears nowhere in what it wrote.
 """
 
 from __future__ import annotations
 
+import ast
+import atexit
+import builtins
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -20,13 +25,20 @@ from typing import Any
 
 import pytest
 
+from alembic_operator.runner import build, results
+from alembic_operator.runner.driver import has_downgrade
+from alembic_operator.runner.redact import Redactor
 from apps import Rev, linear, make_project
 from bed.postgres import Database
 
 pytestmark = pytest.mark.postgres
 
 ROOT = Path(__file__).resolve().parent.parent
-RUNNER = ROOT / "operator" / "alembic_operator" / "runner" / "alembic_runner.py"
+PACKAGE = ROOT / "operator" / "alembic_operator" / "runner"
+# The runner as install-runner writes it for the Jobs: the package built into one zipapp, once per test process.
+_BUILT = Path(tempfile.mkdtemp(prefix="runner-pyz-"))
+atexit.register(shutil.rmtree, _BUILT, True)
+RUNNER = build.build(_BUILT / "runner.pyz")
 SHOP = ROOT / "examples" / "shop"
 # RUNNER_PYTHON runs the runner with another interpreter (an old stack: Python 3.9, alembic 1.9, SQLAlchemy 1.4),
 # RUNNER_DRIVER swaps the URL's driver for it (psycopg2). The shop example needs the current stack.
@@ -616,8 +628,8 @@ def test_project_usable_from_any_directory(runner: Runner, app: Path, tmp_path: 
 
 @pytest.fixture
 def shop_runner(database: Database, tmp_path: Path) -> Path:
-    """The runner as the Jobs have it: a lone runner.py in a directory of its own."""
-    target = tmp_path / "alembic-operator" / "runner.py"
+    """The runner as the Jobs have it: a lone runner.pyz in a directory of its own."""
+    target = tmp_path / "alembic-operator" / "runner.pyz"
     target.parent.mkdir()
     shutil.copy(RUNNER, target)
     return target
@@ -696,49 +708,90 @@ def test_shop_models_match_head(database: Database, shop_runner: Path) -> None:
 # --- pieces of the runner, in process ------------------------------------------------------------------------------
 
 
-def load_runner_module() -> Any:
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("alembic_runner_under_test", RUNNER)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_runner_is_self_contained() -> None:
-    import ast
-
-    tree = ast.parse(RUNNER.read_text())
-    modules = set()
+def _imports(path: Path) -> tuple[set[str], int]:
+    """The top-level modules a file imports absolutely, and how many relative imports it has."""
+    tree = ast.parse(path.read_text(), feature_version=(3, 9))  # no syntax newer than Python 3.9
+    modules, relative = set(), 0
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             modules |= {alias.name.split(".")[0] for alias in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            modules.add(node.module.split(".")[0])
-    assert modules - set(sys.stdlib_module_names) == {"alembic", "sqlalchemy"}
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                relative += 1
+            elif node.module:
+                modules.add(node.module.split(".")[0])
+    return modules, relative
+
+
+def _runtime_unions(tree: ast.AST) -> list[int]:
+    """Lines where `X | None` or `int | str` is evaluated (annotations are not, with postponed evaluation)."""
+    found: list[int] = []
+
+    def visit(node: ast.AST) -> None:
+        if isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitOr):
+            sides = (node.left, node.right)
+            if any(isinstance(side, ast.Constant) and side.value is None for side in sides) or (all(
+                    isinstance(side, (ast.Name, ast.Subscript, ast.BinOp)) for side in sides) and any(
+                    isinstance(side, ast.Name) and side.id in dir(builtins) for side in sides)):
+                found.append(node.lineno)
+        for name, value in ast.iter_fields(node):
+            if name in ("annotation", "returns"):
+                continue  # not evaluated
+            for child in value if isinstance(value, list) else [value]:
+                if isinstance(child, ast.AST):
+                    visit(child)
+
+    visit(tree)
+    return found
+
+
+def test_runner_is_self_contained() -> None:
+    """The package imports only the standard library, alembic and sqlalchemy (the rest relatively), parses as
+    Python 3.9, and evaluates no annotation at run time (`X | None` is 3.10+)."""
+    files = build.modules()
+    assert {p.name for p in files} >= {"cli.py", "driver.py", "lock.py", "drift.py", "redact.py", "results.py"}
+    found: set[str] = set()
+    for path in files:
+        modules, _ = _imports(path)
+        found |= modules
+        source = path.read_text()
+        if path.name != "__init__.py":
+            assert "from __future__ import annotations" in source, path.name
+        assert not re.search(r"^\s*match .*:$", source, re.M), path.name
+        assert not _runtime_unions(ast.parse(source)), f"{path.name}: X | Y evaluated at run time (3.10+)"
+    assert "tomllib" not in found  # the standard library's, from Python 3.11
+    assert found - set(sys.stdlib_module_names) == {"alembic", "sqlalchemy"}
+
+
+def test_the_zipapp_holds_the_package_and_runs_it() -> None:
+    import zipfile
+
+    with zipfile.ZipFile(RUNNER) as archive:
+        names = {name for name in archive.namelist() if not name.endswith("/")}
+    assert names == {"__main__.py", *(f"{build.PACKAGE}/{p.name}" for p in build.modules())}
+    proc = subprocess.run([RUNNER_PYTHON, str(RUNNER), "--help"], capture_output=True, text=True, timeout=60,
+                          cwd=_BUILT)
+    assert proc.returncode == 0 and "drift" in proc.stdout, proc.stderr
 
 
 def test_result_fits_a_termination_message() -> None:
-    module = load_runner_module()
     result = {
         "ok": True, "command": "plan", "message": "x" * 5000,
         "revisions": [f"{i:012x}" for i in range(600)],
         "unrenderable": [{"revision": f"{i:012x}", "message": "y" * 400} for i in range(30)],
     }
-    text = module.fit(result)
+    text = results.fit(result)
     assert len(text.encode()) <= 3500
     fitted = json.loads(text)
     assert fitted["ok"] is True and fitted["command"] == "plan"
     assert fitted["revisions"] == result["revisions"][: len(fitted["revisions"])]
     assert fitted["revisionsTruncated"] is True
     small = {"ok": True, "command": "current", "current": None}
-    assert json.loads(module.fit(small)) == small
+    assert json.loads(results.fit(small)) == small
 
 
 def test_redactor() -> None:
-    module = load_runner_module()
-    redact = module.Redactor()
+    redact = Redactor()
     redact.add("postgresql+psycopg://app:p%40ss%2Fw0rd@db:5432/shop")
     for spelling in ("p@ss/w0rd", "p%40ss%2Fw0rd"):
         redact.add(spelling, min_length=4)
@@ -747,8 +800,19 @@ def test_redactor() -> None:
     assert redact("other mysql://root:hunter2@h/db") == "other mysql://root:***@h/db"
 
 
+def test_one_redactor_for_the_runner_the_jobs_and_the_operator() -> None:
+    """jobtools and dbstate scrub through runner/redact.py too; only the runner keeps password = ... (it is data in
+    the SQL it renders)."""
+    from alembic_operator import dbstate, jobtools
+
+    text = "conn postgresql://u:s3cret@h/db failed; password='a b' sslpassword=x"
+    assert Redactor()(text) == "conn postgresql://u:***@h/db failed; password=*** sslpassword=***"
+    assert Redactor(parameters=False)(text) == "conn postgresql://u:***@h/db failed; password='a b' sslpassword=x"
+    assert jobtools.sanitize(text) == dbstate.sanitize(text) == Redactor()(text)
+    assert isinstance(jobtools.REDACT, Redactor)
+
+
 def test_has_downgrade(tmp_path: Path) -> None:
-    module = load_runner_module()
     cases = {
         "def upgrade():\n    op.x()\n\ndef downgrade():\n    op.y()\n": True,
         "def upgrade():\n    op.x()\n\ndef downgrade():\n    pass\n": False,
@@ -760,4 +824,19 @@ def test_has_downgrade(tmp_path: Path) -> None:
     for number, (source, expected) in enumerate(cases.items()):
         path = tmp_path / f"r{number}.py"
         path.write_text(source)
-        assert module.has_downgrade(str(path)) is expected, source
+        assert has_downgrade(str(path)) is expected, source
+
+
+def test_install_runner_writes_the_zipapp(tmp_path: Path) -> None:
+    """`alembic-operator job install-runner DEST`, as the Jobs' init container runs it: one file another Python
+    runs, built from the installed package."""
+    from alembic_operator import cli, jobs
+
+    dest = tmp_path / "alembic-operator" / Path(jobs.RUNNER).name
+    assert cli.main(["job", "install-runner", str(dest)]) == 0
+    assert dest.name == "runner.pyz" and oct(dest.stat().st_mode & 0o777) == "0o644"
+    assert [p.name for p in dest.parent.iterdir()] == [dest.name]  # nothing left beside it
+    proc = subprocess.run([RUNNER_PYTHON, str(dest), "--result-file", "-", "current"], capture_output=True,
+                          text=True, timeout=60, cwd=tmp_path,
+                          env={k: v for k, v in os.environ.items() if k != URL_ENV})
+    assert proc.returncode == 4 and json.loads(proc.stdout.strip().splitlines()[-1])["reason"] == "MissingDatabaseURL"

@@ -264,7 +264,7 @@ def test_unreachable_database(database: Database, app: Path) -> None:
 
 @current_stack_only
 def test_shop_at_head_has_not_drifted(database: Database, tmp_path: Path) -> None:
-    lone = tmp_path / "alembic-operator" / "runner.py"
+    lone = tmp_path / "alembic-operator" / "runner.pyz"
     lone.parent.mkdir()
     shutil.copy(RUNNER, lone)
 

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-import shutil
 import sys
-from importlib import resources
-from pathlib import Path
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -42,13 +39,10 @@ class _QuietWakeups(logging.Filter):
 
 
 def install_runner(dest: str) -> int:
-    """Copy the self-contained runner (run by the app's image) into the Job's shared volume."""
-    source = resources.files("alembic_operator.runner").joinpath("alembic_runner.py")
-    target = Path(dest)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with resources.as_file(source) as path:
-        shutil.copyfile(path, target)
-    target.chmod(0o644)
+    """Write the runner (the package run by the app's image, as one zipapp) into the Job's shared volume."""
+    from .runner import build
+
+    target = build.build(dest)
     print(f"runner installed at {target}", file=sys.stderr)
     return 0
 
@@ -57,7 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["job"]:
         if argv[1:2] == ["install-runner"]:
-            return install_runner(argv[2] if len(argv) > 2 else "/alembic-operator/runner.py")
+            from .jobs import RUNNER
+
+            return install_runner(argv[2] if len(argv) > 2 else RUNNER)
         from . import jobtools
 
         return jobtools.main(argv[1:])

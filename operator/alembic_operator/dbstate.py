@@ -8,7 +8,6 @@ or an Event.
 from __future__ import annotations
 
 import base64
-import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,10 +16,9 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
 from . import engines
 from .reconcile import DatabaseObservation
-from .runner.alembic_runner import Redactor
+from .runner.redact import Redactor
 
 URL_EXAMPLE = "postgresql+psycopg://user:password@host:5432/dbname"
-_PASSWORD_PARAM = re.compile(r"(password\s*=\s*)\S+", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -89,12 +87,12 @@ def decode_secret_value(data: dict[str, str] | None, secret: str, key: str) -> s
 
 def sanitize(text: str, *urls: URL | None) -> str:
     """Remove credentials from free text: the URLs' passwords, full URLs, any user:password@ pair, password=..."""
-    redact = Redactor()  # the same rules as the Jobs' runner
+    redact = Redactor()  # the one redactor, the Jobs' rules (runner/redact.py)
     for url in urls:
         if url is not None:
             redact.add(url.render_as_string(hide_password=False), min_length=3)
-            redact.add(str(url.password or ""), min_length=3)
-    return _PASSWORD_PARAM.sub(r"\1***", redact(text))
+            redact.add_password(str(url.password or ""), min_length=3)
+    return redact(text)
 
 
 def read_revision(target: DatabaseTarget) -> DatabaseObservation:

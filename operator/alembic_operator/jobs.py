@@ -4,10 +4,10 @@ How a Job brings the app's scripts and our tools together
 ---------------------------------------------------------
 The app's image holds alembic.ini, env.py, versions/ and the models (and the Python packages they import); only it
 can render or run the migrations. The operator's image holds pg_dump/pg_restore, the SQL scanner and the runner.
-Every Job that needs the app's scripts starts with an init container in the OPERATOR's image that copies one
-self-contained file (`runner.py`: stdlib + alembic + sqlalchemy) into a shared `emptyDir`; the app's image then
-runs `python /alembic-operator/runner.py <command>` in its own working directory. The plan Job adds a last
-container in the operator's image that scans the SQL the runner rendered.
+Every Job that needs the app's scripts starts with an init container in the OPERATOR's image that writes one
+self-contained file (`runner.pyz`: the runner package, stdlib + alembic + sqlalchemy, as a zipapp) into a shared
+`emptyDir`; the app's image then runs `python /alembic-operator/runner.pyz <command>` in its own working directory.
+The plan Job adds a last container in the operator's image that scans the SQL the runner rendered.
 
 Results travel as JSON termination messages (a few KB at most); the database URL never appears in a Job: each
 container reads it from the user's Secret through `secretKeyRef`.
@@ -25,12 +25,13 @@ from . import constants as c
 from . import reasons
 from .api import DatabaseMigrationSpec
 from .constants import Phase
+from .runner.lock import database_lock_key
 
 Role = Literal["plan", "backup", "migrate", "downgrade", "restore", "stamp", "drift"]
 
 URL_ENV = "ALEMBIC_OPERATOR_DATABASE_URL"
 WORK_DIR = "/alembic-operator"
-RUNNER = f"{WORK_DIR}/runner.py"
+RUNNER = f"{WORK_DIR}/runner.pyz"  # the runner package as one zipapp (runner/build.py)
 PLAN_DIR = f"{WORK_DIR}/plan"
 BACKUP_MOUNT = "/backups"
 OPERATOR_UID = 65532
@@ -89,8 +90,7 @@ def source_field(message: str) -> str | None:
 
 def lock_key(database_key: str) -> int:
     """The PostgreSQL advisory lock key of a database: a signed 64-bit integer derived from its identity."""
-    value = int.from_bytes(hashlib.sha256(f"alembic-operator:{database_key}".encode()).digest()[:8], "big")
-    return value - (1 << 64) if value >= (1 << 63) else value
+    return database_lock_key(database_key)
 
 
 def backup_dir(owner: Owner) -> str:

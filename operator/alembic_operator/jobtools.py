@@ -32,18 +32,21 @@ import os
 import re
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from . import backupstores, engines, sqlscan
+from .runner.redact import Redactor
+from .runner.results import RESULT_LIMIT, BackupResult, CurrentResult, RestoreResult, ScanResult, fit_list, size
+from .runner.results import write_result as write_results
 
 URL_ENV: Final = "ALEMBIC_OPERATOR_DATABASE_URL"
 DEFAULT_RESULT_FILE: Final = "/dev/termination-log"
-RESULT_MAX: Final = 3500
+RESULT_MAX: Final = RESULT_LIMIT
 URL_EXAMPLE: Final = "postgresql+psycopg://user:password@host:5432/dbname"
 
 
@@ -58,22 +61,16 @@ class JobError(Exception):
 
 # --- secrets ------------------------------------------------------------------------------------------------------
 
-_SECRETS: list[str] = []  # every secret value seen in this process (the URL, its password): scrubbed from all output
+REDACT: Final = Redactor()  # the one redactor (runner/redact.py); every secret value seen in this process
 
 
 def _remember_secret(value: str | None) -> None:
-    if value and len(value) >= 3 and value not in _SECRETS:
-        _SECRETS.append(value)
-        _SECRETS.sort(key=len, reverse=True)
+    REDACT.add(value, min_length=3)
 
 
 def sanitize(text: str) -> str:
     """Scrub secrets from free text: the known secret values, user:password@ in URLs, password=... in conninfos."""
-    out = text
-    for secret in _SECRETS:
-        out = out.replace(secret, "***")
-    out = re.sub(r"(://[^:/@\s]*):[^@\s]*@", r"\1:***@", out)
-    return re.sub(r"((?:ssl)?password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", r"\1***", out, flags=re.IGNORECASE)
+    return REDACT(text)
 
 
 def log(message: str) -> None:
@@ -120,48 +117,10 @@ def _revision(heads: Sequence[str]) -> str | None:
 # --- results ------------------------------------------------------------------------------------------------------
 
 
-def _compact(result: dict[str, Any]) -> str:
-    return json.dumps(result, separators=(",", ":"), ensure_ascii=False)
-
-
-def _size(result: dict[str, Any]) -> int:
-    return len(_compact(result).encode())
-
-
-def _scrubbed(value: Any) -> Any:
-    if isinstance(value, str):
-        return sanitize(value)
-    if isinstance(value, dict):
-        return {k: _scrubbed(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_scrubbed(v) for v in value]
-    return value
-
-
-def write_result(path: str, result: dict[str, Any]) -> None:
-    text = _compact(_scrubbed(result))  # every string scrubbed, then serialized: the JSON stays valid
-    if len(text.encode()) > RESULT_MAX:  # last resort; the commands trim their own lists first
-        text = _compact({"ok": False, "reason": "ResultTooLarge",
-                         "message": "the result did not fit in a termination message; see the Job's logs"})
-    try:
-        with open(path, "w", encoding="utf-8") as fh:
-            fh.write(text)
-    except OSError as err:
-        log(f"cannot write the result to {path}: {err}")
-    print(text, flush=True)
-
-
-def _fit_list(result: dict[str, Any], key: str, more: Callable[[int], Any] | None = None) -> None:
-    """Shorten result[key] until the result fits, appending more(n_dropped) when given."""
-    items = list(result.get(key) or [])
-    if _size(result) <= RESULT_MAX or not items:
-        return
-    kept = len(items)
-    while kept > 0:
-        kept -= 1
-        result[key] = items[:kept] + ([more(len(items) - kept)] if more else [])
-        if _size(result) <= RESULT_MAX:
-            return
+def write_result(path: str, result: Mapping[str, Any]) -> None:
+    """The one result writer (runner/results.py): every string scrubbed, then serialized; also stdout's last line.
+    A result that does not fit is replaced by ResultTooLarge (the commands trim their own lists first)."""
+    write_results(path, result, REDACT, echo=True, cut=False, log=log)
 
 
 # --- scan ---------------------------------------------------------------------------------------------------------
@@ -173,7 +132,7 @@ def _plan_file(plan_dir: Path, name: Any) -> Path:
     return plan_dir / name
 
 
-def cmd_scan(plan_dir: Path) -> dict[str, Any]:
+def cmd_scan(plan_dir: Path) -> ScanResult:
     path = plan_dir / "plan.json"
     try:
         plan = json.loads(path.read_text(encoding="utf-8"))
@@ -253,14 +212,14 @@ def cmd_scan(plan_dir: Path) -> dict[str, Any]:
     for key in ("transactionPerMigration", "transactionalDDL"):  # the rollback logic needs them
         if isinstance(plan.get(key), bool):
             result[key] = plan[key]
-    _fit_list(result, "findings")
-    _fit_list(result, "lineage")
-    _fit_list(result, "warnings", lambda n: f"... and {n} more warning(s): see the plan Job's log")
-    _fit_list(result, "destructive", lambda n: f"... and {n} more destructive operation(s): see the plan Job's log")
-    if _size(result) > RESULT_MAX:
+    fit_list(result, "findings")
+    fit_list(result, "lineage")
+    fit_list(result, "warnings", lambda n: f"... and {n} more warning(s): see the plan Job's log")
+    fit_list(result, "destructive", lambda n: f"... and {n} more destructive operation(s): see the plan Job's log")
+    if size(result) > RESULT_MAX:
         raise JobError("PlanTooLarge", f"the plan has {len(revisions)} revisions, too many to report; set "
                        "spec.targetRevision to an intermediate revision and migrate in steps")
-    return result
+    return cast(ScanResult, result)
 
 
 def _unique(items: Iterable[str | None]) -> list[str]:
@@ -275,7 +234,7 @@ def _unique(items: Iterable[str | None]) -> list[str]:
 
 
 def cmd_backup(directory: Path, prefix: str, retain: int, location_prefix: str | None,
-               store_kind: str = "volume") -> dict[str, Any]:
+               store_kind: str = "volume") -> BackupResult:
     """The engine dumps a consistent snapshot into the store; the store keeps it (atomically, with its checksum)."""
     if not backupstores.PREFIX.fullmatch(prefix):
         raise JobError("InvalidArgument", f"--prefix {prefix!r}: use letters, digits, '-', '_' and '.'")
@@ -308,15 +267,15 @@ def cmd_backup(directory: Path, prefix: str, retain: int, location_prefix: str |
         "completedAt": completed,
         "pruned": pruned,
     }
-    _fit_list(result, "pruned", lambda n: f"... and {n} more")
-    return result
+    fit_list(result, "pruned", lambda n: f"... and {n} more")
+    return cast(BackupResult, result)
 
 
 # --- restore ------------------------------------------------------------------------------------------------------
 
 
 def cmd_restore(path: Path, expected: str, store_kind: str = "volume", lock_key: int | None = None,
-                lock_timeout: float = 600.0) -> dict[str, Any]:
+                lock_timeout: float = 600.0) -> RestoreResult:
     """The store hands the dump over once its checksum matched; the engine restores it all or nothing, holding the
     database's migration lock (restore writes, like migrate, downgrade and stamp)."""
     if not re.fullmatch(r"sha256:[0-9a-f]{64}", expected.strip().lower()):
@@ -331,14 +290,14 @@ def cmd_restore(path: Path, expected: str, store_kind: str = "volume", lock_key:
     revision = _revision(engine.heads(db))
     log(f"restored {path.name}: the database is at revision {revision or 'base'}")
     result: dict[str, Any] = {"ok": True, "revision": revision, "dropped": dropped}
-    _fit_list(result, "dropped", lambda n: f"... and {n} more")
-    return result
+    fit_list(result, "dropped", lambda n: f"... and {n} more")
+    return cast(RestoreResult, result)
 
 
 # --- current ------------------------------------------------------------------------------------------------------
 
 
-def cmd_current() -> dict[str, Any]:
+def cmd_current() -> CurrentResult:
     engine, db = _engine_and_database()
     heads = engine.heads(db)
     if len(heads) > 1:
@@ -381,6 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
+    result: Mapping[str, Any]
     try:
         if args.command == "scan":
             result = cmd_scan(args.plan_dir)

@@ -20,11 +20,11 @@ import os
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 from sqlalchemy.engine import URL, make_url
 
-from ..runner.alembic_runner import Redactor  # the Jobs' redactor: one set of rules for every secret printed
+from ..runner.redact import RedactingStream, Redactor  # the Jobs' redactor: one set of rules for every secret printed
 from . import report as output
 from .model import EXIT_USAGE, CheckError, known_rule
 from .run import Checker, Options
@@ -100,7 +100,7 @@ def options(args: argparse.Namespace, environ: dict[str, str]) -> Options:
 
 
 def redactor(opts: Options | None, argv: Sequence[str], environ: dict[str, str]) -> Redactor:
-    redact = Redactor()
+    redact = Redactor(parameters=False)  # as the runner: rendered SQL may say password = ...
     urls = [opts.scratch_url, opts.database_url] if opts else []
     for url in urls:
         if url is not None:
@@ -114,27 +114,12 @@ def redactor(opts: Options | None, argv: Sequence[str], environ: dict[str, str])
     return redact
 
 
-class _Redacting:
-    def __init__(self, stream: TextIO, redact: Redactor) -> None:
-        self._stream, self._redact = stream, redact
-
-    def write(self, text: str) -> int:
-        self._stream.write(self._redact(text))
-        return len(text)
-
-    def flush(self) -> None:
-        self._stream.flush()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._stream, name)
-
-
 @contextlib.contextmanager
 def _guarded_output(redact: Redactor, verbose: bool) -> Iterator[None]:
     """stdout/stderr redacted (env.py may print its URL), Alembic's INFO logging off unless verbose."""
     saved = sys.stdout, sys.stderr, logging.root.manager.disable
-    sys.stdout = _Redacting(sys.stdout, redact)
-    sys.stderr = _Redacting(sys.stderr, redact)
+    sys.stdout = RedactingStream(sys.stdout, redact)
+    sys.stderr = RedactingStream(sys.stderr, redact)
     if not verbose:
         logging.disable(logging.INFO)
     try:

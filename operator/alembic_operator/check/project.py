@@ -1,4 +1,5 @@
-"""The Alembic project under check: its config, its scripts, and env.py run in-process against a given URL.
+"""The Alembic project under check: its config, its scripts, and env.py run in-process against a given URL, through
+the runner's own env.py driver (`runner.driver`): check drives env.py exactly as the Jobs do.
 
 env.py is the app's own: it imports the models, configures the context (target_metadata, version table,
 include_object, transaction mode) and connects. Every run passes the URL as the `sqlalchemy.url` main option (and,
@@ -13,21 +14,19 @@ import contextlib
 import io
 import os
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from alembic.config import Config
-from alembic.runtime.environment import EnvironmentContext
 from alembic.script import Script, ScriptDirectory
 from sqlalchemy.engine import URL
 
+from ..runner.driver import Driver
 from .model import CheckError
 
 OFFLINE_URL = "postgresql://alembic-check@localhost/offline"  # offline rendering: a dialect, no connection
-
-EnvFn = Callable[[Any, Any], Iterable[Any]]
 
 
 def describe(exc: BaseException, limit: int = 500) -> str:
@@ -59,32 +58,55 @@ class EnvFacts:
     diffs: list[Any] = field(default_factory=list)
 
 
+class _Driver(Driver):
+    """The runner's env.py driver, with check's errors and the URL exported around each run."""
+
+    def __init__(self, config_path: str, section: str, export_env: Sequence[str]) -> None:
+        super().__init__(config_path, section, url=OFFLINE_URL)
+        self.export_env = tuple(export_env)
+
+    def load_script(self) -> Any:
+        try:
+            return super().load_script()
+        except Exception as exc:
+            raise CheckError(f"cannot read the Alembic configuration {self.config_path}: {describe(exc)}") from None
+
+    @contextlib.contextmanager
+    def environment(self, url: str | None) -> Iterator[None]:
+        value = self.url if url is None else url
+        saved = {name: os.environ.get(name) for name in self.export_env}
+        if value is not None:
+            os.environ.update(dict.fromkeys(self.export_env, value))
+        try:
+            yield
+        finally:
+            for name, before in saved.items():
+                if before is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = before
+
+
 class Project:
+    """The project under check, run through the runner's env.py driver (`runner.driver.Driver`)."""
+
     def __init__(self, config_path: str, section: str = "alembic", export_env: Sequence[str] = ()) -> None:
         if not os.path.isfile(config_path):
             raise CheckError(f"the Alembic config {config_path} does not exist (working directory {os.getcwd()})")
         self.config_path = config_path
         self.section = section
         self.export_env = tuple(export_env)
-        self._script: ScriptDirectory | None = None
+        self.driver = _Driver(config_path, section, self.export_env)
 
     def config(self, url: str = OFFLINE_URL, buffer: io.StringIO | None = None) -> Config:
-        if self.config_path.endswith(".toml"):
-            cfg = Config(toml_file=self.config_path, ini_section=self.section, output_buffer=buffer)
-        else:
-            cfg = Config(self.config_path, ini_section=self.section, output_buffer=buffer)
-        cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+        cfg: Config = self.driver.config(url, buffer)
         return cfg
 
     @property
     def script(self) -> ScriptDirectory:
         """The script directory (revisions load lazily: see `load`)."""
-        if self._script is None:
-            try:
-                self._script = ScriptDirectory.from_config(self.config())
-            except Exception as exc:
-                raise CheckError(f"cannot read the Alembic configuration {self.config_path}: {describe(exc)}") from None
-        return self._script
+        script: ScriptDirectory = self.driver.script
+        return script
 
     def version_dirs(self) -> list[Path]:
         script = self.script
@@ -113,28 +135,8 @@ class Project:
         return [sc.revision for sc in reversed(list(revisions)) if sc.revision not in lower]
 
     def revision(self, rev: str) -> Script | None:
-        try:
-            return self.script.get_revision(rev)
-        except Exception:
-            return None
-
-    @contextlib.contextmanager
-    def _exported(self, url: str) -> Iterator[None]:
-        saved = {name: os.environ.get(name) for name in self.export_env}
-        os.environ.update(dict.fromkeys(self.export_env, url))
-        try:
-            yield
-        finally:
-            for name, value in saved.items():
-                if value is None:
-                    os.environ.pop(name, None)
-                else:
-                    os.environ[name] = value
-
-    def run_env(self, url: str, fn: EnvFn, *, buffer: io.StringIO | None = None, **opts: Any) -> None:
-        cfg = self.config(url, buffer)
-        with self._exported(url), EnvironmentContext(cfg, self.script, fn=fn, **opts):
-            self.script.run_env()
+        found: Script | None = self.driver.lookup(rev)
+        return found
 
     def facts(self, url: URL, compare: Any = None, *, models: bool = False,
               only_at: Sequence[str] | None = None) -> EnvFacts:
@@ -158,28 +160,17 @@ class Project:
                 facts.diffs = list(compare_metadata(context, against))
             return []
 
-        self._run_online(url, fn, dont_mutate=True)
+        self._online(self.driver.run_online(fn, url=url_string(url), dont_mutate=True))
         return facts
 
     def migrate(self, url: URL, direction: str, destination: str) -> None:
         """`alembic upgrade|downgrade <destination>` against `url`; raises MigrationFailed with the revision that
         was running."""
-        script = self.script
         running: list[str] = []
-
-        def announce(steps: Iterable[Any]) -> Iterator[Any]:
-            for step in steps:
-                running.append(step.revision.revision)
-                yield step
-
-        def fn(heads: Any, context: Any) -> Iterator[Any]:
-            guard(context, url)
-            if direction == "upgrade":
-                return announce(list(script._upgrade_revs(destination, heads)))
-            return announce(list(script._downgrade_revs(destination, heads)))
-
         try:
-            self._run_online(url, fn, destination_rev=destination)
+            ran = self.driver.migrate(direction, destination, running, url=url_string(url),
+                                      check=lambda context: guard(context, url))
+            self._online(ran)
         except CheckError:
             raise
         except Exception as exc:
@@ -187,27 +178,10 @@ class Project:
 
     def render_offline(self, sc: Script, url: str = OFFLINE_URL) -> str:
         """`alembic upgrade <down>:<rev> --sql` for one revision (a merge starts from all its parents)."""
-        from alembic.runtime.migration import RevisionStep
+        return self.driver.render_offline(sc, url)
 
-        script = self.script
-        buffer = io.StringIO()
-        down = sc.down_revision
-        starting: Any = (tuple(down) or None) if isinstance(down, (tuple, list)) else (down or None)
-
-        def fn(heads: Any, context: Any) -> list[Any]:
-            return [RevisionStep(script.revision_map, sc, True)]
-
-        self.run_env(url, fn, buffer=buffer, as_sql=True, starting_rev=starting, destination_rev=sc.revision)
-        return buffer.getvalue()
-
-    def _run_online(self, url: URL, fn: EnvFn, **opts: Any) -> None:
-        called: list[bool] = []
-
-        def wrapped(rev: Any, context: Any) -> Iterable[Any]:
-            called.append(True)
-            return fn(rev, context)
-
-        self.run_env(url_string(url), wrapped, as_sql=False, **opts)
+    @staticmethod
+    def _online(called: bool) -> None:
         if not called:
             raise CheckError("env.py did not call context.run_migrations() in online mode")
 

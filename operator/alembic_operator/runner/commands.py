@@ -1,0 +1,442 @@
+"""The runner's commands (current, plan, upgrade/downgrade, stamp) and `Runner`: the env.py driver bound to the
+database URL the Job gives it, with the runner's failures (`Failure`) for everything that can go wrong."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import os
+import re
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn, cast
+
+from .driver import ConfigError, Driver, has_downgrade, heads_str, parse_revs
+from .errors import REDACT, Failure, classify, describe, first_line, log, log_exception
+from .lock import migration_lock
+from .results import CurrentResult, MigrateResult, PlanResult, StampResult, write_result
+
+URL_ENV = "ALEMBIC_OPERATOR_DATABASE_URL"
+
+
+class DbState:
+    def __init__(self) -> None:
+        self.read = False
+        self.heads: tuple[str, ...] = ()
+        self.version_table: bool | None = None
+        self.tables: int | None = None
+        self.dialect: str | None = None
+        self.transaction_per_migration: bool | None = None
+        self.transactional_ddl: bool | None = None
+
+    def facts(self) -> dict[str, Any]:
+        facts: dict[str, Any] = {"current": heads_str(self.heads), "currentHeads": sorted(self.heads)}
+        if self.version_table is not None:
+            facts["versionTable"] = self.version_table
+        if self.tables is not None:
+            facts["tables"] = self.tables
+        if self.dialect:
+            facts["dialect"] = self.dialect
+        return facts
+
+
+class Runner(Driver):
+    """The driver bound to the Job's database (ALEMBIC_OPERATOR_DATABASE_URL) and command-line options."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        super().__init__(args.config, args.name, self._read_url(), log=log)
+        self.engine = self._make_engine()
+
+    # configuration
+
+    def _read_url(self) -> str:
+        url = os.environ.get(URL_ENV, "").strip()
+        if not url:
+            raise Failure("MissingDatabaseURL", f"the environment variable {URL_ENV} is empty or not set")
+        REDACT.add(url)
+        from sqlalchemy.engine import make_url
+
+        try:
+            parsed = make_url(url)
+        except Exception as exc:  # ArgumentError, ValueError: the message may quote the URL
+            raise Failure("InvalidDatabaseURL", f"the database URL cannot be parsed: {describe(exc)}") from None
+        REDACT.add_password(str(parsed.password) if parsed.password else None, min_length=4)
+        REDACT.add(parsed.render_as_string(hide_password=False))
+        for name in self.args.export_url_env or ():
+            os.environ[name] = url
+        return url
+
+    def _make_engine(self) -> Any:
+        from sqlalchemy import create_engine
+        from sqlalchemy.pool import NullPool
+
+        try:
+            return create_engine(str(self.url), poolclass=NullPool)
+        except Exception as exc:  # NoSuchModuleError (unknown dialect), ImportError (driver not installed)
+            raise Failure(
+                "InvalidDatabaseURL",
+                f"cannot use the database URL with this image (is the dialect/driver installed?): {describe(exc)}",
+            ) from None
+
+    def config(self, url: str | None = None, output_buffer: Any = None) -> Any:
+        path = self.config_path
+        if not os.path.isfile(path):
+            raise Failure(
+                "ConfigNotFound",
+                f"the Alembic config {path} does not exist (working directory {os.getcwd()}): "
+                "set spec.migrations.config and spec.migrations.workingDir to where the image keeps alembic.ini",
+            )
+        try:
+            return super().config(url, output_buffer)
+        except ConfigError as exc:
+            raise Failure("ConfigNotFound", str(exc)) from None
+
+    def load_script(self) -> Any:
+        try:
+            script = super().load_script()
+            script.get_heads()  # loads and checks every revision file
+        except Failure:
+            raise
+        except Exception as exc:
+            log_exception("loading the migration scripts", exc)
+            raise Failure("ScriptError", f"cannot load the migration scripts: {describe(exc)}") from None
+        return script
+
+    def check_connection(self) -> None:
+        try:
+            with self.engine.connect():
+                pass
+        except Exception as exc:
+            log_exception("connecting to the database", exc)
+            raise Failure("DatabaseUnreachable", f"cannot connect to the database: {describe(exc)}") from None
+
+    # reading the database through the app's env.py (its version table, schema and connection settings)
+
+    def read_state(self, what: str = "reading the database's revision") -> DbState:
+        state = DbState()
+
+        def fn(rev: Any, context: Any) -> list[Any]:
+            state.heads = tuple(context.get_current_heads())
+            state.read = True
+            state.dialect = context.dialect.name
+            opts = getattr(context, "opts", {}) or {}
+            state.transaction_per_migration = bool(opts.get("transaction_per_migration", False))
+            impl = getattr(context, "impl", None)
+            if impl is not None:
+                state.transactional_ddl = bool(getattr(impl, "transactional_ddl", False))
+            with contextlib.suppress(Exception):
+                from sqlalchemy import inspect
+
+                inspector = inspect(context.connection)
+                table, schema = context.version_table, context.version_table_schema
+                state.version_table = bool(inspector.has_table(table, schema=schema))
+                state.tables = len([t for t in inspector.get_table_names(schema=schema) if t != table])
+            return []
+
+        try:
+            self.run_env(fn, dont_mutate=True)
+        except Failure:
+            raise
+        except Exception as exc:
+            raise classify(exc, what) from None
+        if not state.read:
+            raise Failure("ScriptError", f"{what}: env.py did not call context.run_migrations() in online mode")
+        return state
+
+    def try_read_state(self) -> DbState | None:
+        try:
+            return self.read_state("reading the database's revision again")
+        except Failure as failure:
+            log(f"cannot read the database's revision: {failure.message}")
+            return None
+
+    # the advisory lock
+
+    def lock(self) -> contextlib.AbstractContextManager[None]:
+        return migration_lock(self.engine, self.args.lock_key, self.args.lock_timeout)
+
+    # running migrations through the app's env.py, announcing each revision
+
+    def run(self, direction: str, destination: str, progress: list[str],
+            on_step: Callable[[], None] | None = None) -> None:
+        """`alembic upgrade|downgrade <destination>` (see Driver.migrate)."""
+        if not self.migrate(direction, destination, progress, on_step=on_step):
+            raise RuntimeError("env.py did not call context.run_migrations() in online mode")
+
+
+# --- commands --------------------------------------------------------------------------------------------------------
+
+
+def cmd_current(runner: Runner) -> CurrentResult:
+    runner.check_connection()
+    state = runner.read_state()
+    script = runner.script
+    known = all(runner.lookup(head) is not None for head in state.heads)
+    return cast(CurrentResult, {"ok": True, "command": "current", **state.facts(), "known": known,
+                                "heads": sorted(script.get_heads())})
+
+
+LINEAGE_MAX = 50
+
+
+def cmd_plan(runner: Runner) -> PlanResult:
+    args = runner.args
+    runner.check_connection()
+    script = runner.script
+    state = runner.read_state()
+    heads = sorted(script.get_heads())
+    base: dict[str, Any] = {"command": "plan", **state.facts(), "targetRequested": args.target, "heads": heads}
+    current = list(state.heads)
+
+    def fail(reason: str, message: str, **details: Any) -> NoReturn:
+        raise Failure(reason, message, **{**base, **details})
+
+    requested = args.target.strip()
+    if requested in ("head", "heads") and len(heads) != 1:
+        fail(
+            "MultipleHeads",
+            f"the migration scripts have {len(heads)} heads ({', '.join(heads)}), so 'head' is ambiguous: "
+            "run `alembic merge heads` in the app, release a new image, or set targetRevision to one revision",
+        )
+    unknown = [head for head in current if runner.lookup(head) is None]
+    if unknown:
+        fail(
+            "UnknownRevision",
+            f"the database is at {', '.join(unknown)}, which the image's migration scripts do not contain: deploy "
+            "an image that contains it, or fix alembic_version with `alembic stamp` after checking the schema",
+        )
+    if requested == "base":
+        target_ids: list[str] = []
+    else:
+        target_script = runner.lookup(heads[0] if requested in ("head", "heads") else requested)
+        if target_script is None:
+            fail(
+                "UnknownTargetRevision",
+                f"the target revision {requested} is not in the image's migration scripts (heads: "
+                f"{', '.join(heads) or 'none'}): fix targetRevision or deploy an image that contains it",
+            )
+        target_ids = [target_script.revision]
+    base["target"] = heads_str(target_ids)
+    # The target's newest ancestors (target first): lets the operator tell whether a revision a pod needs is
+    # already contained in the database's revision (the pod gate).
+    base["lineage"] = list(reversed(runner.path(target_ids, [])))[:LINEAGE_MAX] if target_ids else []
+
+    ancestors = runner.ancestors(current)
+    if set(target_ids) != set(current) and (not target_ids or set(target_ids) <= ancestors):
+        fail(
+            "DowngradeNotSupported",
+            f"the target {heads_str(target_ids) or 'base'} is older than the database's revision "
+            f"{heads_str(current)}: the operator only upgrades; set targetRevision to {heads_str(current)} or a "
+            "later revision (a downgrade must be run by hand)",
+        )
+    try:
+        revisions = runner.path(target_ids, current)
+    except Exception as exc:
+        fail(
+            "TargetNotReachable",
+            f"cannot upgrade from {heads_str(current) or 'base'} to {heads_str(target_ids)}: {describe(exc)}",
+        )
+
+    out = args.out
+    os.makedirs(out, exist_ok=True)
+    for name in os.listdir(out):
+        if re.match(r"^\d{3,}-.*\.sql$", name) or name == "plan.json":
+            os.remove(os.path.join(out, name))
+    width = max(3, len(str(len(revisions))))
+    details: list[dict[str, Any]] = []
+    unrenderable: list[dict[str, str]] = []
+    for number, revision_id in enumerate(revisions, 1):
+        sc = runner.script.get_revision(revision_id)
+        down = sc.down_revision
+        entry: dict[str, Any] = {
+            "revision": revision_id,
+            "downRevisions": list(down) if isinstance(down, (tuple, list)) else ([down] if down else []),
+            "message": first_line(sc.doc or "")[:300],
+            "hasDowngrade": has_downgrade(getattr(sc, "path", None)),
+            "isMerge": isinstance(down, (tuple, list)) and len(down) > 1,
+            "path": os.path.relpath(sc.path) if getattr(sc, "path", None) else None,
+        }
+        log(f"rendering {revision_id} ({number}/{len(revisions)}) offline")
+        try:
+            sql = REDACT(runner.render_offline(sc))
+        except Exception as exc:
+            message = describe(exc)
+            log(f"revision {revision_id} cannot be rendered offline: {message}")
+            entry.update(file=None, renderable=False, error=message)
+            unrenderable.append({"revision": revision_id, "message": message[:300]})
+        else:
+            name = f"{number:0{width}d}-{revision_id}.sql"
+            with open(os.path.join(out, name), "w", encoding="utf-8") as handle:
+                handle.write(sql)
+            entry.update(file=name, renderable=True, sha256=hashlib.sha256(sql.encode()).hexdigest())
+        details.append(entry)
+
+    transaction = {
+        "transactionPerMigration": state.transaction_per_migration,
+        "transactionalDDL": state.transactional_ddl,
+    }
+    plan = {
+        "version": 1,
+        **base,
+        **transaction,
+        "revisions": details,
+        "unrenderable": unrenderable,
+    }
+    plan_file = os.path.join(out, "plan.json")
+    with open(plan_file, "w", encoding="utf-8") as handle:
+        handle.write(REDACT(json.dumps(plan, indent=2)))
+    return cast(PlanResult, {
+        "ok": True,
+        **base,
+        "revisions": revisions,
+        "revisionCount": len(revisions),
+        "unrenderable": unrenderable,
+        **{k: v for k, v in transaction.items() if v is not None},
+        "planFile": plan_file,
+    })
+
+
+def _check_known(runner: Runner, revisions: Sequence[str], reason: str, what: str) -> None:
+    unknown = [revision for revision in revisions if runner.lookup(revision) is None]
+    if unknown:
+        raise Failure(reason, f"{what} {', '.join(unknown)} is not in the image's migration scripts")
+
+
+def cmd_migrate(runner: Runner, direction: str) -> MigrateResult:
+    args = runner.args
+    upgrade = direction == "upgrade"
+    command = direction
+    source = parse_revs(getattr(args, "from"))
+    destination = args.to.strip()
+    _check_known(runner, source, "UnknownRevision", "the starting revision")
+    source = tuple(sorted(runner.script.get_revision(revision).revision for revision in source))
+    if destination != "base":
+        _check_known(runner, [destination], "UnknownTargetRevision", "the target revision")
+        destination = runner.script.get_revision(destination).revision
+    target = parse_revs(destination)
+    base: dict[str, Any] = {"command": command, "from": heads_str(source), "to": heads_str(target)}
+    done_key = "applied" if upgrade else "reverted"
+    runner.check_connection()
+
+    if not upgrade and not args.allow_empty_downgrades:
+        empty = []
+        for revision in runner.path(source, target):
+            if has_downgrade(getattr(runner.script.get_revision(revision), "path", None)) is False:
+                empty.append(revision)
+        if empty:
+            raise Failure(
+                "IrreversibleRevision",
+                f"revision(s) {', '.join(empty)} have an empty downgrade(): downgrading would move alembic_version "
+                "without undoing the schema change; nothing was run (restore a backup instead)",
+                **base,
+            )
+
+    with runner.lock():
+        state = runner.read_state()
+        current = state.heads
+        if set(current) == set(target):
+            log(f"the database is already at {heads_str(target) or 'base'}: nothing to run")
+            return cast(MigrateResult, {"ok": True, **base, "revision": heads_str(current), done_key: [],
+                                        "alreadyAtTarget": True})
+        if set(current) != set(source):
+            raise Failure(
+                "RevisionMoved",
+                f"the database is at {heads_str(current) or 'base'}, not at {heads_str(source) or 'base'} as planned: "
+                "someone else changed it; nothing was run (plan again)",
+                **base,
+                revision=heads_str(current),
+            )
+        log(f"{direction} from {heads_str(source) or 'base'} to {heads_str(target) or 'base'}")
+        started = time.monotonic()
+        progress: list[str] = []
+        error: BaseException | None = None
+
+        def interim() -> None:
+            """The result a SIGKILLed pod leaves behind: which revisions may have been committed (any prefix)."""
+            if args.result_file != "-":
+                write_result(args.result_file, {
+                    "ok": False, **base, "reason": "Interrupted", "attempted": list(progress),
+                    "message": f"{direction} was killed before it could report (the pod or node went away); it had "
+                               f"started {', '.join(progress) or 'no revision'}"}, REDACT, log=log)
+
+        interim()
+        try:
+            runner.run(direction, destination, progress, interim)
+        except (Exception, KeyboardInterrupt) as exc:  # KeyboardInterrupt: SIGTERM/SIGINT, see main()
+            error = exc
+            log_exception(f"{direction} failed", exc)
+        after = runner.try_read_state()
+
+    result: dict[str, Any] = {**base, "durationSeconds": round(time.monotonic() - started, 3)}
+    if after is not None:
+        result["revision"] = heads_str(after.heads)
+        with contextlib.suppress(Exception):
+            if upgrade:
+                result[done_key] = runner.path(after.heads, source)
+            else:
+                result[done_key] = list(reversed(runner.path(source, after.heads)))
+    if done_key not in result:  # what it may have committed, since it cannot say what it did
+        result["attempted"] = list(progress)
+    if error is None and after is not None and set(after.heads) == set(target):
+        return cast(MigrateResult, {"ok": True, **result, "alreadyAtTarget": False})
+
+    reason = "MigrationFailed" if upgrade else "DowngradeFailed"
+    if error is not None:
+        failed = progress[-1] if progress else None  # the revision that was running when it failed
+        if failed:
+            result["failedRevision"] = failed
+        where = f"revision {failed}" if failed else direction
+        if isinstance(error, KeyboardInterrupt):
+            message = f"{where} was interrupted ({str(error) or 'SIGINT'}: the Job's deadline, or the pod was deleted)"
+        else:
+            message = f"{where} failed: {describe(error)}"
+    else:
+        message = f"{direction} finished but the database is at {result.get('revision') or 'base'}"
+    if after is None:
+        message += "; the database's revision could not be read afterwards"
+    else:
+        message += f"; the database is at {heads_str(after.heads) or 'base'}"
+        if set(after.heads) == set(source):
+            message += " (nothing was committed)"
+    raise Failure(reason, message, **result)
+
+
+def cmd_stamp(runner: Runner) -> StampResult:
+    args = runner.args
+    requested = args.revision.strip()
+    sc = runner.lookup(requested)
+    if sc is None:
+        raise Failure("UnknownTargetRevision", f"the revision {requested} is not in the image's migration scripts")
+    revision = sc.revision
+    base: dict[str, Any] = {"command": "stamp", "to": revision}
+    runner.check_connection()
+    with runner.lock():
+        state = runner.read_state()
+        if state.version_table is None:
+            raise Failure("DatabaseError", "cannot tell whether the version table exists", **base)
+        if state.version_table:
+            raise Failure(
+                "AlreadyVersioned",
+                f"the database already has a version table (at {heads_str(state.heads) or 'base'}): stamping is "
+                "only for adopting a database that Alembic never managed; nothing was changed",
+                **base,
+                revision=heads_str(state.heads),
+            )
+        from alembic import command
+
+        log(f"stamping the database at {revision}")
+        try:
+            command.stamp(runner.config(), revision)
+        except Exception as exc:
+            log_exception("stamp failed", exc)
+            after = runner.try_read_state()
+            extra = {"revision": heads_str(after.heads)} if after else {}
+            raise Failure("StampFailed", f"stamp failed: {describe(exc)}", **base, **extra) from None
+        after = runner.try_read_state()
+    if after is None or set(after.heads) != {revision}:
+        got = "unknown" if after is None else heads_str(after.heads) or "base"
+        raise Failure("StampFailed", f"stamp finished but the database is at {got}", **base)
+    return cast(StampResult, {"ok": True, **base, "revision": revision})

@@ -1,0 +1,96 @@
+"""The runner's failures, its log and its one redactor instance, and how database and script errors are told."""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from typing import Any
+
+from .redact import Redactor
+
+PREFIX = "[alembic-operator]"
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_REFUSED, EXIT_CONFIG, EXIT_RETRY = 0, 1, 2, 3, 4, 5
+EXIT_CODES = {
+    "InvalidArguments": EXIT_USAGE,
+    "MultipleHeads": EXIT_REFUSED,
+    "UnknownRevision": EXIT_REFUSED,
+    "UnknownTargetRevision": EXIT_REFUSED,
+    "TargetNotReachable": EXIT_REFUSED,
+    "DowngradeNotSupported": EXIT_REFUSED,
+    "RevisionMoved": EXIT_REFUSED,
+    "AlreadyVersioned": EXIT_REFUSED,
+    "IrreversibleRevision": EXIT_REFUSED,
+    "MissingDatabaseURL": EXIT_CONFIG,
+    "InvalidDatabaseURL": EXIT_CONFIG,
+    "ConfigNotFound": EXIT_CONFIG,
+    "ScriptError": EXIT_CONFIG,
+    "DatabaseError": EXIT_CONFIG,
+    "NoTargetMetadata": EXIT_CONFIG,
+    "DatabaseUnreachable": EXIT_RETRY,
+    "LockTimeout": EXIT_RETRY,
+}
+
+REDACT = Redactor(parameters=False)  # this process's secrets (the URL, its password), scrubbed from all it writes
+
+
+def log(message: str) -> None:
+    sys.stderr.write(f"{PREFIX} {REDACT(message)}\n")
+    sys.stderr.flush()
+
+
+class Failure(Exception):
+    """A reported failure: becomes {"ok": false, "reason": ..., "message": ..., **details}."""
+
+    def __init__(self, reason: str, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+        self.details = details
+
+
+def first_line(text: str) -> str:
+    for line in text.splitlines():
+        if line.strip():
+            return line.strip()
+    return ""
+
+
+def describe(exc: BaseException) -> str:
+    """A one-line, sanitized description: a DB error's primary message (+ SQLSTATE), else the exception's line."""
+    orig = getattr(exc, "orig", None)  # sqlalchemy.exc.DBAPIError wraps the driver's exception
+    if isinstance(orig, BaseException):
+        diag = getattr(orig, "diag", None)  # psycopg 3 and psycopg2
+        primary = getattr(diag, "message_primary", None) if diag is not None else None
+        sqlstate = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+        text = str(primary) if primary else first_line(str(orig)) or type(orig).__name__
+        if sqlstate:
+            text += f" (SQLSTATE {sqlstate})"
+        return REDACT(text)
+    line = first_line(str(exc))
+    return REDACT(f"{type(exc).__name__}: {line}" if line else type(exc).__name__)
+
+
+def log_exception(what: str, exc: BaseException) -> None:
+    details = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    log(f"{what}:\n{details.rstrip()}")
+
+
+def is_connection_error(exc: BaseException) -> bool:
+    from sqlalchemy import exc as sa_exc
+
+    return isinstance(exc, (sa_exc.OperationalError, sa_exc.InterfaceError)) or bool(
+        isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated
+    )
+
+
+def classify(exc: BaseException, what: str) -> Failure:
+    """An error while reading the database through env.py, before anything was changed."""
+    from sqlalchemy import exc as sa_exc
+
+    log_exception(what, exc)
+    if is_connection_error(exc):
+        return Failure("DatabaseUnreachable", f"{what}: cannot reach the database: {describe(exc)}")
+    if isinstance(exc, sa_exc.DBAPIError):
+        return Failure("DatabaseError", f"{what}: the database refused a query: {describe(exc)}")
+    return Failure("ScriptError", f"{what}: the app's env.py or migration scripts failed: {describe(exc)}")
