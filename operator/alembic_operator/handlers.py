@@ -15,7 +15,7 @@ import os
 import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import kopf
 from kubernetes.client import ApiException
@@ -35,6 +35,7 @@ from .reconcile import (
     Observation,
     decide,
 )
+from .runner.results import JobResult
 
 Logger = logging.Logger | logging.LoggerAdapter[Any]
 JobState = Literal["active", "succeeded", "failed"]
@@ -218,8 +219,8 @@ async def _observe_job(namespace: str, job: dict[str, Any], target: DatabaseTarg
     if result and target:
         result = {k: sanitize(v, target.url) if isinstance(v, str) else v for k, v in result.items()}
     instance = (job["metadata"].get("labels") or {}).get(c.INSTANCE_LABEL)
-    return JobObservation(name=name, state=state, result=result, message="; ".join(notes), instance=instance,
-                          seconds=_duration(job))
+    return JobObservation(name=name, state=state, result=cast("JobResult | None", result), message="; ".join(notes),
+                          instance=instance, seconds=_duration(job))
 
 
 def _duration(job: dict[str, Any]) -> float | None:

@@ -19,7 +19,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from . import constants as c
 from . import reasons as r
@@ -38,6 +38,7 @@ from .api import (
     parse_spec,
 )
 from .jobs import ROLES, Role
+from .runner.results import BackupResult, DriftResult, JobResult, MigrateResult, ScanResult
 
 HISTORY_LIMIT = 10
 # A database or API error that lasts longer than this turns from Reconciling into Stalled (it still retries).
@@ -58,7 +59,7 @@ SUSPENDED = s.progressing("Pending", r.SUSPENDED, "spec.suspend is true: no plan
 class JobObservation:
     name: str
     state: Literal["absent", "active", "succeeded", "failed"]
-    result: dict[str, Any] | None = None  # the JSON termination message of the container that reported
+    result: JobResult | None = None  # the JSON termination message of the container that reported (runner/results)
     message: str = ""  # why a Job failed when no result says (DeadlineExceeded, pod evicted...)
     instance: str | None = None  # which Job of its role within the run (retries, replans) or drift interval bucket
     seconds: float | None = None  # how long a finished Job ran
@@ -123,7 +124,7 @@ class Decision:
     requeue_after: float | None = None
 
 
-def plan_hash(plan: dict[str, Any], image: str) -> str:
+def plan_hash(plan: ScanResult, image: str) -> str:
     """The approval key: changes whenever anything that will run changes (revisions, SQL, image)."""
     material = {
         "from": plan.get("current"),
@@ -140,7 +141,7 @@ def _rev(revision: str | None) -> str:
     return revision or BASE
 
 
-def committed_by_run(start: str | None, planned: list[str], report: dict[str, Any] | None,
+def committed_by_run(start: str | None, planned: list[str], report: MigrateResult | None,
                      db_rev: str | None) -> list[str] | None:
     """The revisions this run's migration Job committed, as proven by the Job's own report; None when the database
     is somewhere that report cannot account for (another writer moved it: nothing of it may be rolled back).
@@ -168,7 +169,7 @@ def committed_by_run(start: str | None, planned: list[str], report: dict[str, An
     return attempted[: positions.index(db_rev)]
 
 
-def ran_nothing(report: dict[str, Any] | None) -> bool:
+def ran_nothing(report: MigrateResult | None) -> bool:
     """The migration Job's report proves it changed nothing (refused, or never got as far as migrating)."""
     report = report or {}
     return report.get("reason") == r.REVISION_MOVED or not (report.get("applied") or report.get("attempted"))
@@ -394,7 +395,7 @@ class _Run:
                          before_start=self.unless_suspended)
         if isinstance(job, Decision):
             return job
-        result = job.result or {}
+        result = cast(ScanResult, job.result or {})  # the scan container's (the plan container's when it failed)
         if job.state == "failed" or not result.get("ok"):
             reason = str(result["reason"]) if result.get("reason") in r.PLAN_ERRORS else r.PLAN_FAILED
             message = self.failure_message("plan") if reason == r.PLAN_FAILED else str(result.get("message"))
@@ -452,7 +453,7 @@ class _Run:
         return self.outcome(s.progressing(phase, reason, f"retrying the {role} Job (attempt {done + 2} of "
                                           f"{JOB_RETRIES + 1}) after: {result.get('message')}"), POLL_ACTIVE)
 
-    def planned(self, spec: DatabaseMigrationSpec, result: dict[str, Any]) -> Decision:
+    def planned(self, spec: DatabaseMigrationSpec, result: ScanResult) -> Decision:
         revisions = list(result.get("revisions") or [])
         destructive = list(result.get("destructive") or [])
         findings = result.get("findings") or []
@@ -475,9 +476,10 @@ class _Run:
             "toRevision": result.get("target"),
             "generation": self.generation,
         }
-        for key in ("warnings", "lineage"):
-            if result.get(key):
-                self.st["plan"][key] = list(result[key])
+        if result.get("warnings"):
+            self.st["plan"]["warnings"] = list(result["warnings"])
+        if result.get("lineage"):
+            self.st["plan"]["lineage"] = list(result["lineage"])
         if not revisions:
             self.done("UpToDate")
             return self.idle()
@@ -527,15 +529,16 @@ class _Run:
         job = self.drive("backup", {}, "backing up the database")
         if isinstance(job, Decision):
             return job
-        result = job.result or {}
+        result = cast(BackupResult, job.result or {})
         if job.state == "failed" or not result.get("ok"):
             message = self.failure_message("backup") + "; nothing was changed in the database"
             self.condition(c.BACKUP_SUCCEEDED, "False", str(result.get("reason") or "BackupFailed"), message)
             self.finish("Failed", r.BACKUP_FAILED)
             return self.outcome(s.stalled("Failed", r.JOB_FAILED, message + ". Fix the cause, then edit the "
                                           "resource to retry."), POLL_IDLE)
-        backup = {k: result[k] for k in ("location", "sizeBytes", "sha256", "revision", "completedAt") if k in result}
-        self.st["backup"] = backup
+        self.st["backup"] = {k: v for k, v in {
+            "location": result.get("location"), "sizeBytes": result.get("sizeBytes"), "sha256": result.get("sha256"),
+            "revision": result.get("revision"), "completedAt": result.get("completedAt")}.items() if k in result}
         self.run.backup = RunBackup(location=result.get("location"), file=result.get("file"),
                                     sha256=result.get("sha256"), revision=result.get("revision"))
         self.condition(c.BACKUP_SUCCEEDED, "True", r.BACKUP_COMPLETED,
@@ -561,7 +564,7 @@ class _Run:
         if isinstance(job, Decision):
             return job
         db_rev = self.obs.database.revision
-        report = job.result
+        report = cast(MigrateResult, job.result) if job.result is not None else None
         if job.state == "succeeded" and db_rev == target:
             self.condition(c.MIGRATED, "True", r.UPGRADE_SUCCEEDED, f"upgraded {_rev(start)} -> {target}")
             self.finish("Succeeded", r.MIGRATED)
@@ -694,7 +697,7 @@ class _Run:
         if self.run.drift_job == job.name:
             return  # already recorded
         self.run.drift_job = job.name
-        result = job.result or {}
+        result = cast(DriftResult, job.result or {})
         checked = self.now()
         if job.state == "failed" or not result.get("ok"):
             self.condition(c.DRIFTED, "Unknown", r.DRIFT_CHECK_FAILED, self.failure_message("drift"))
