@@ -525,20 +525,26 @@ class DatabaseMigrationSpec(_SpecModel):
 
 
 @dataclass(frozen=True)
-class CrossFieldRule:
-    """A rule over several spec fields: a CEL expression for the API server and the same check in Python."""
+class ObjectRule:
+    """A CEL rule on the whole object (``self`` = the DatabaseMigration), for what the spec alone cannot say."""
 
     rule: str
-    """CEL, evaluated with ``self`` = the spec (after defaults)."""
+    """CEL, evaluated with ``self`` = the object (or, for a `CrossFieldRule`, the spec after defaults)."""
     message: str
-    """Names the field and the fix; shown by kubectl and raised by :func:`parse_spec`."""
+    """Names the field and the fix; shown by kubectl (and raised by :func:`parse_spec` for a spec rule)."""
     field_path: str
-    """Where the API server reports the error (relative to spec)."""
+    """Where the API server reports the error."""
     reason: Literal["FieldValueInvalid", "FieldValueRequired", "FieldValueForbidden"]
-    check: Callable[[DatabaseMigrationSpec], bool]
 
     def cel(self) -> dict[str, str]:
         return {"rule": self.rule, "message": self.message, "fieldPath": self.field_path, "reason": self.reason}
+
+
+@dataclass(frozen=True)
+class CrossFieldRule(ObjectRule):
+    """A rule over several spec fields: the CEL expression for the API server and the same check in Python."""
+
+    check: Callable[[DatabaseMigrationSpec], bool]
 
 
 SPEC_RULES: tuple[CrossFieldRule, ...] = (
@@ -590,19 +596,6 @@ SPEC_RULES: tuple[CrossFieldRule, ...] = (
         ),
     ),
 )
-
-
-@dataclass(frozen=True)
-class ObjectRule:
-    """A CEL rule on the whole object (``self`` = the DatabaseMigration), for what the spec alone cannot say."""
-
-    rule: str
-    message: str
-    field_path: str
-    reason: Literal["FieldValueInvalid", "FieldValueRequired", "FieldValueForbidden"]
-
-    def cel(self) -> dict[str, str]:
-        return {"rule": self.rule, "message": self.message, "fieldPath": self.field_path, "reason": self.reason}
 
 
 NAME_RULE = ObjectRule(
