@@ -16,7 +16,6 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
 from . import engines
 from .reconcile import DatabaseObservation
-from .runner.redact import Redactor
 
 URL_EXAMPLE = "postgresql+psycopg://user:password@host:5432/dbname"
 
@@ -87,12 +86,7 @@ def decode_secret_value(data: dict[str, str] | None, secret: str, key: str) -> s
 
 def sanitize(text: str, *urls: URL | None) -> str:
     """Remove credentials from free text: the URLs' passwords, full URLs, any user:password@ pair, password=..."""
-    redact = Redactor()  # the one redactor, the Jobs' rules (runner/redact.py)
-    for url in urls:
-        if url is not None:
-            redact.add(url.render_as_string(hide_password=False), min_length=3)
-            redact.add_password(str(url.password or ""), min_length=3)
-    return redact(text)
+    return engines.redact_urls(text, *urls)
 
 
 def read_revision(target: DatabaseTarget) -> DatabaseObservation:

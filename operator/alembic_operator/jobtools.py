@@ -40,41 +40,14 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from . import backupstores, engines, sqlscan
-from .runner.redact import Redactor
+from .jobio import REDACT, URL_ENV, JobError, log, sanitize
+from .jobio import remember_secret as _remember_secret
 from .runner.results import RESULT_LIMIT, BackupResult, CurrentResult, RestoreResult, ScanResult, fit_list, size
 from .runner.results import write_result as write_results
 
-URL_ENV: Final = "ALEMBIC_OPERATOR_DATABASE_URL"
 DEFAULT_RESULT_FILE: Final = "/dev/termination-log"
 RESULT_MAX: Final = RESULT_LIMIT
 URL_EXAMPLE: Final = "postgresql+psycopg://user:password@host:5432/dbname"
-
-
-class JobError(Exception):
-    """A failure with a stable CamelCase reason and a message that says what to do. Never holds a secret."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
-
-
-# --- secrets ------------------------------------------------------------------------------------------------------
-
-REDACT: Final = Redactor()  # the one redactor (runner/redact.py); every secret value seen in this process
-
-
-def _remember_secret(value: str | None) -> None:
-    REDACT.add(value, min_length=3)
-
-
-def sanitize(text: str) -> str:
-    """Scrub secrets from free text: the known secret values, user:password@ in URLs, password=... in conninfos."""
-    return REDACT(text)
-
-
-def log(message: str) -> None:
-    print(sanitize(message), file=sys.stderr, flush=True)
 
 
 # --- the database -------------------------------------------------------------------------------------------------

@@ -15,8 +15,9 @@ from .base import (
     UnknownEngine,
     for_backend,
     for_url,
+    redact_urls,
     supported_schemes,
 )
 
 __all__ = ["REGISTRY", "Engine", "JobDatabase", "Snapshot", "UnknownEngine", "for_backend", "for_url",
-           "supported_schemes"]
+           "redact_urls", "supported_schemes"]

@@ -28,6 +28,7 @@ from sqlalchemy.pool import NullPool
 
 from ..plugins import Registry
 from ..reconcile import DatabaseObservation
+from ..runner.redact import Redactor
 
 if TYPE_CHECKING:
     from ..dbstate import DatabaseTarget
@@ -142,6 +143,16 @@ class Engine(ABC, Generic[DB]):
 
 
 REGISTRY: Registry[Engine[Any]] = Registry("alembic_operator.engines")
+
+
+def redact_urls(text: str, *urls: URL | None) -> str:
+    """Remove credentials from free text: the URLs' passwords, full URLs, any user:password@ pair, password=..."""
+    redact = Redactor()  # the one redactor, the Jobs' rules (runner/redact.py)
+    for url in urls:
+        if url is not None:
+            redact.add(url.render_as_string(hide_password=False), min_length=3)
+            redact.add_password(str(url.password or ""), min_length=3)
+    return redact(text)
 
 
 def supported_schemes() -> list[str]:

@@ -40,7 +40,7 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Final
+from typing import IO, TYPE_CHECKING, Any, Final
 
 import psycopg
 from psycopg import pq
@@ -48,10 +48,13 @@ from psycopg.conninfo import make_conninfo
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
-from .. import dbstate, jobs, sqlscan
-from ..jobtools import URL_ENV, JobError, log, sanitize
+from .. import jobs, sqlscan
+from ..jobio import URL_ENV, JobError, log, sanitize
 from ..reconcile import DatabaseObservation
-from .base import Engine, Snapshot, observation, read_alembic_state
+from .base import Engine, Snapshot, observation, read_alembic_state, redact_urls
+
+if TYPE_CHECKING:
+    from ..dbstate import DatabaseTarget
 
 PG_BIN_ENV: Final = "ALEMBIC_OPERATOR_PG_BIN"  # a directory holding pg_dump, pg_restore, psql (optional)
 OPERATOR_CONNECT_TIMEOUT: Final = 5  # the operator reads the revision every few seconds
@@ -463,11 +466,11 @@ class PostgreSQL(Engine[Database]):
     def lock_key(self, database_key: str) -> int:
         return jobs.lock_key(database_key)  # the runner takes pg_advisory_lock(key)
 
-    def read_revision(self, target: dbstate.DatabaseTarget) -> DatabaseObservation:
+    def read_revision(self, target: DatabaseTarget) -> DatabaseObservation:
         try:
             heads, names = read_alembic_state(target.url, {"connect_timeout": OPERATOR_CONNECT_TIMEOUT})
         except DBAPIError as err:
-            text = dbstate.sanitize(str(getattr(err, "orig", err)).strip().splitlines()[0] if str(err).strip()
+            text = redact_urls(str(getattr(err, "orig", err)).strip().splitlines()[0] if str(err).strip()
                                     else "", target.url)
             if re.search(r'database "[^"]*" does not exist', text):
                 return DatabaseObservation(error_reason="DatabaseNotFound", transient=False,
@@ -483,7 +486,7 @@ class PostgreSQL(Engine[Database]):
         except SQLAlchemyError as err:
             return DatabaseObservation(error_reason="DatabaseUnreachable", transient=True,
                                        error_message=f"cannot read {target.where}: "
-                                       f"{dbstate.sanitize(str(err), target.url)}")
+                                       f"{redact_urls(str(err), target.url)}")
         return observation(heads, names)
 
     def secrets(self, url: URL) -> list[str]:
