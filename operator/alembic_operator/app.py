@@ -87,6 +87,11 @@ def registry(config: OperatorConfig) -> tuple[kopf.OperatorRegistry, Operator]:
     reg = kopf.OperatorRegistry()
     op = Operator(config)
 
+    @kopf.on.login(registry=reg)
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        """Kopf's own connection: the credentials our client loads too (in-cluster first, then kubeconfig)."""
+        return kopf.login_via_client(**kwargs)
+
     @kopf.on.startup(registry=reg)
     async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         await op.start(settings)
