@@ -1,16 +1,18 @@
 """The operator's one Kubernetes client: asynchronous (aiohttp, on Kopf's event loop), with typed errors.
 
-Every Kubernetes call the operator makes is a method of :class:`Client`, so every verb the chart's RBAC must grant
-is here (Kopf's own calls included):
+Every Kubernetes call the operator makes is a method of :class:`Client` (or Kopf's), so this is the list of what the
+chart's RBAC must grant (charts/alembic-operator/templates/_helpers.tpl; tests/test_chart.py derives it from the code):
 
-    list/watch/get/update(status)/patch(status) databasemigrations
-                                         (Kopf watches; the reconciler replaces the status; the gate reads a fresh
-                                         copy and merge-patches status.heldPods)
-    get secrets                          (the database URL)
-    list/watch/create/delete jobs        (the steps of a run; created with dry_run=All first)
-    list/watch/patch pods                (Job results: termination messages; held pods: watched, released)
-    create events                        (Kopf's event poster)
-    get/create/update mutatingwebhookconfigurations (the pod gating webhook's configuration)
+    get/list/watch/patch databasemigrations   (Kopf watches, patches its finalizer and annotations; fresh reads)
+    update/patch databasemigrations/status    (the reconciler replaces the status; the gate merge-patches heldPods)
+    update databasemigrations/finalizers      (the Jobs' ownerReferences set blockOwnerDeletion)
+    get secrets                               (the database URL)
+    list/watch/create/delete jobs             (the steps of a run; each validated first with dryRun=All)
+    list/watch/patch pods                     (Job results: termination messages; held pods: watched, released)
+    create events                             (Kopf's event poster)
+    get/create/update mutatingwebhookconfigurations
+                                              (only when the operator writes the webhook's configuration itself:
+                                              the chart ships it instead and grants none of these)
 
 Errors are typed: :class:`NotFound` (404), :class:`Conflict` (409), :class:`Refused` (another 4xx: the API server
 refused the request for what the object says; retrying cannot help), :class:`Unavailable` (401, 408, 429, 5xx, the
