@@ -87,16 +87,16 @@ def registry(config: OperatorConfig) -> tuple[kopf.OperatorRegistry, Operator]:
     reg = kopf.OperatorRegistry()
     op = Operator(config)
 
-    @kopf.on.login(registry=reg)
+    @kopf.on.login(id="login", registry=reg)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
         """Kopf's own connection: the credentials our client loads too (in-cluster first, then kubeconfig)."""
         return kopf.login_via_client(**kwargs)
 
-    @kopf.on.startup(registry=reg)
+    @kopf.on.startup(id="startup", registry=reg)
     async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         await op.start(settings)
 
-    @kopf.on.cleanup(registry=reg)
+    @kopf.on.cleanup(id="cleanup", registry=reg)
     async def cleanup(**_: Any) -> None:
         await op.stop()
 
