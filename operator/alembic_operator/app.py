@@ -26,6 +26,8 @@ from .kube import Client
 
 log = logging.getLogger("alembic_operator")
 
+STARTUP_BACKOFF = 2.0  # seconds between attempts of the start-up
+
 
 class QuietSuccess(logging.Filter):
     """Drop Kopf's "... succeeded." lines of the handlers that run for every event: the wake-ups, the gate's watch
@@ -53,6 +55,7 @@ class Operator:
         return self._ctx
 
     async def start(self, settings: kopf.OperatorSettings) -> None:
+        """Idempotent: Kopf calls it again when it failed (the API server not ready yet)."""
         config = self.config
         settings.persistence.finalizer = c.FINALIZER
         settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=c.GROUP)
@@ -63,18 +66,20 @@ class Operator:
         if config.namespaces:
             # Roles only: Kopf must not try to list namespaces and CRDs cluster-wide (403s and a slow start).
             settings.scanning.disabled = True
-        client = Client()
-        self._ctx = handlers.Context(config=config, kube=client, runtime=handlers.Runtime())
-        self.keeper.client = client
-        metrics.serve(config.metrics)
+        if self._ctx is None:
+            client = Client()
+            self._ctx = handlers.Context(config=config, kube=client, runtime=handlers.Runtime())
+            self.keeper.client = client
+            metrics.serve(config.metrics)
+        client = self._ctx.kube
+        if config.reconciler:
+            await handlers.resume(self.ctx)
         settings.admission.managed = None  # ours: see webhook's docstring
         if config.webhook.enabled:
             settings.admission.server = webhook.GateWebhookServer(config.webhook, client)
         else:
             log.warning("the pod gating webhook is disabled: labelled pods are not held at creation (held pods, "
                         "e.g. with the gate in their template, are still released)")
-        if config.reconciler:
-            await handlers.resume(self.ctx)
 
     async def stop(self) -> None:
         self.keeper.stop()
@@ -92,7 +97,8 @@ def registry(config: OperatorConfig) -> tuple[kopf.OperatorRegistry, Operator]:
         """Kopf's own connection: the credentials our client loads too (in-cluster first, then kubeconfig)."""
         return kopf.login_via_client(**kwargs)
 
-    @kopf.on.startup(id="startup", registry=reg)
+    # Retried soon (not after Kopf's default minute) when the API server is not ready yet (429, 5xx, unreachable).
+    @kopf.on.startup(id="startup", backoff=STARTUP_BACKOFF, registry=reg)
     async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         await op.start(settings)
 
