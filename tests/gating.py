@@ -18,7 +18,6 @@ from typing import Any
 
 from kubernetes import client as k8s
 
-from alembic_operator import cli
 from alembic_operator import constants as c
 from bed.controlplane import Bed
 from harness import VENV_BIN, Cluster, OperatorProcess, free_port, wait_for
@@ -39,8 +38,6 @@ def pod_image(bed: Bed, app: str = "app", version: str = "1") -> str:
 
         _POD_IMAGES[key] = images.push(images.python_base(), f"{bed.registry}/{app}:{version}", bed.netns_cmd())
     return _POD_IMAGES[key]
-CLI_HAS_WEBHOOK = "--webhook-port" in Path(cli.__file__).read_text() or "webhook.add_arguments" in Path(
-    cli.__file__).read_text()
 
 
 class GateOperator(OperatorProcess):
@@ -58,23 +55,17 @@ class GateOperator(OperatorProcess):
         self.config_name = f"gate-{namespace}"
 
     def command(self) -> list[str]:
+        """The product's own command line; without ``core``, only its gating part (``--no-reconciler``)."""
         liveness = f"http://127.0.0.1:{self.port}/healthz"
-        if self.core and CLI_HAS_WEBHOOK:  # the product's own command line
-            args = [str(VENV_BIN / "alembic-operator"), "run", "--standalone", "--liveness", liveness,
-                    "--namespace", self.namespace]
-            if self.webhook:
-                args += ["--webhook-listen", "127.0.0.1", "--webhook-port", str(self.webhook_port),
-                         "--webhook-config-name", self.config_name]
-            else:
-                args += ["--no-webhook"]
-            return args
-        # The webhook module even when disabled, as `alembic-operator run --no-webhook` loads it.
-        modules = (["alembic_operator.handlers"] if self.core else []) + ["alembic_operator.release",
-                                                                          "alembic_operator.webhook"]
-        args = [str(VENV_BIN / "kopf"), "run", "--standalone", "--liveness", liveness, "--namespace",
-                self.namespace]
-        for module in modules:
-            args += ["-m", module]
+        args = [str(VENV_BIN / "alembic-operator"), "run", "--standalone", "--liveness", liveness,
+                "--namespace", self.namespace]
+        if not self.core:
+            args += ["--no-reconciler"]
+        if self.webhook:
+            args += ["--webhook-listen", "127.0.0.1", "--webhook-port", str(self.webhook_port),
+                     "--webhook-config-name", self.config_name]
+        else:
+            args += ["--no-webhook"]
         return args
 
     def environment(self) -> dict[str, str]:

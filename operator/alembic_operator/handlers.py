@@ -1,4 +1,5 @@
-"""Kopf handlers: observe, call `reconcile.decide`, act. No decisions are made here.
+"""The reconciler's Kopf handlers (registered in :mod:`.app`): observe, call `reconcile.decide`, act. No decisions
+are made here.
 
 One daemon per DatabaseMigration loops observe -> decide -> act, and sleeps until a Job of its own changes (the Job
 watch wakes it), the resource changes, or the decision's requeue time passes. Everything it needs to continue is
@@ -11,18 +12,16 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import os
 import time
-from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, Literal, cast
 
 import kopf
-from kubernetes.client import ApiException
 
-from . import __version__, kube, metrics, reasons
 from . import constants as c
+from . import kube, metrics, reasons
 from .api import MAX_NAME_LENGTH, WRITING_STEPS, parse_spec
+from .config import OperatorConfig
 from .dbstate import DatabaseError, DatabaseTarget, decode_secret_value, parse_url, read_revision, sanitize
 from .jobs import ROLES, Owner, Role, build_job, job_name, lock_key, source_field
 from .podstate import pod_progress
@@ -42,7 +41,6 @@ JobState = Literal["active", "succeeded", "failed"]
 
 DRIFT_JOBS_KEPT = 2
 GENERATIONS_KEPT = 2  # the Jobs (and their pods' logs) of the newest runs stay for inspection
-OPERATOR_IMAGE = os.environ.get("ALEMBIC_OPERATOR_IMAGE", f"ghcr.io/alembic-operator/alembic-operator:{__version__}")
 
 
 class Runtime:
@@ -52,7 +50,6 @@ class Runtime:
         self.wakeups: dict[tuple[str, str], asyncio.Event] = {}
         self.writers: dict[str, set[tuple[str, str]]] = {}  # database key -> resources writing to it
         self.db_locks: dict[str, asyncio.Lock] = {}
-        self.namespaces: list[str] | None = None
         self.jobs_counted: set[str] = set()  # finished Jobs already in the metrics
 
     def wake(self, namespace: str, name: str) -> None:
@@ -69,51 +66,32 @@ class Runtime:
         return f"DatabaseMigration {others[0][0]}/{others[0][1]}" if others else None
 
 
-runtime = Runtime()
+@dataclasses.dataclass(frozen=True)
+class Context:
+    """What the handlers work with: the configuration, the Kubernetes client, this process's runtime state."""
+
+    config: OperatorConfig
+    kube: kube.Client
+    runtime: Runtime
 
 
-@kopf.on.startup()
-async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
-    settings.persistence.finalizer = c.FINALIZER
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=c.GROUP)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=c.GROUP)
-    settings.posting.level = logging.WARNING  # our Events are explicit; handler logs stay logs
-    settings.watching.server_timeout = 300
-    settings.networking.request_timeout = 60
-    if runtime.namespaces:
-        # Roles only: Kopf must not try to list namespaces and CRDs cluster-wide (403s and a slow start).
-        settings.scanning.disabled = True
-    kube.configure()
-    metrics.start_from_env()
-    # Who is writing to which database, from the statuses: the lock survives a restart of the operator.
-    for obj in await kube.list_migrations(runtime.namespaces):
+async def resume(ctx: Context) -> None:
+    """At start-up: who is writing to which database, from the statuses (the lock survives a restart)."""
+    for obj in await ctx.kube.list_migrations(ctx.config.watched):
         run = (obj.get("status") or {}).get("run") or {}
         meta = obj["metadata"]
-        runtime.note(run.get("databaseKey"), (meta["namespace"], meta["name"]), run)
+        ctx.runtime.note(run.get("databaseKey"), (meta["namespace"], meta["name"]), run)
 
 
-@kopf.on.event("batch", "v1", "jobs", labels={c.MANAGED_BY_LABEL: c.MANAGED_BY})
-async def job_changed(labels: Mapping[str, str], namespace: str | None, **_: Any) -> None:
-    if namespace and (owner := labels.get(c.OWNER_LABEL)):
-        runtime.wake(namespace, owner)
-
-
-@kopf.on.event(c.GROUP, c.VERSION, c.PLURAL)
-async def migration_changed(namespace: str | None, name: str, **_: Any) -> None:
-    if namespace:
-        runtime.wake(namespace, name)
-
-
-@kopf.daemon(c.GROUP, c.VERSION, c.PLURAL, cancellation_timeout=10)
-async def run_migration(namespace: str | None, name: str, stopped: kopf.DaemonStopped, logger: Logger,
-                        **_: Any) -> None:
+async def run_migration(ctx: Context, namespace: str | None, name: str, stopped: kopf.DaemonStopped,
+                        logger: Logger) -> None:
     assert namespace, "DatabaseMigration is namespaced"
-    wake = runtime.wakeups.setdefault((namespace, name), asyncio.Event())
+    wake = ctx.runtime.wakeups.setdefault((namespace, name), asyncio.Event())
     backoff = 1.0
     while not stopped:
         wake.clear()
         try:
-            delay = await reconcile(namespace, name, logger)
+            delay = await reconcile(ctx, namespace, name, logger)
             backoff = 1.0
         except Exception as err:  # API hiccups: retry with backoff, never die
             # Our own errors and the API's carry no database URL (dbstate redacts what comes from the driver).
@@ -126,21 +104,20 @@ async def run_migration(namespace: str | None, name: str, stopped: kopf.DaemonSt
             await asyncio.wait_for(wake.wait(), timeout=delay)
 
 
-@kopf.on.delete(c.GROUP, c.VERSION, c.PLURAL)
-async def on_delete(namespace: str | None, name: str, logger: Logger, **_: Any) -> None:
+async def on_delete(ctx: Context, namespace: str | None, name: str, logger: Logger) -> None:
     """Never kill a running migration: hold the finalizer until the run has nothing writing to the database.
 
     The database and the backups are never touched by a deletion; a failed migration still gets its rollback.
     """
     assert namespace, "DatabaseMigration is namespaced"
-    await reconcile(namespace, name, logger, deleting=True)
-    obj = await kube.get_migration(namespace, name)
+    await reconcile(ctx, namespace, name, logger, deleting=True)
+    obj = await ctx.kube.get_migration(namespace, name)
     run = ((obj or {}).get("status") or {}).get("run") or {}
-    jobs = await kube.list_jobs(namespace, name)
+    jobs = await ctx.kube.list_jobs(namespace, name)
     active = [j["metadata"]["name"] for j in jobs if _job_state(j) == "active"]
     if active:
         raise kopf.TemporaryError(f"waiting for Job {', '.join(active)} to finish before deleting", delay=5)
-    runtime.note(None, (namespace, name), {})
+    ctx.runtime.note(None, (namespace, name), {})
     metrics.forget(namespace, name)
     logger.info("deleted; the database and the backups were left as they are (run step %s)", run.get("step"))
 
@@ -163,17 +140,17 @@ def _instance(job: dict[str, Any]) -> int:
     return int((job["metadata"].get("labels") or {}).get(c.INSTANCE_LABEL) or -1)
 
 
-async def _observe_jobs(namespace: str, name: str, generation: int,
+async def _observe_jobs(ctx: Context, namespace: str, name: str, generation: int,
                         target: DatabaseTarget | None) -> dict[str, JobObservation]:
     """The Jobs of one generation, by role; for repeating roles (drift checks) the newest, older ones deleted."""
     by_role: dict[str, list[dict[str, Any]]] = {}
     if len(name) > MAX_NAME_LENGTH:
         return {}  # not a valid label value: no Job of ours can carry it (decide() says so)
-    listed = await kube.list_jobs(namespace, name)
+    listed = await ctx.kube.list_jobs(namespace, name)
     generations = sorted({_generation(j) for j in listed})[-GENERATIONS_KEPT:]
     for job in listed:
         if _generation(job) not in generations and _job_state(job) != "active":
-            await kube.delete_job(namespace, job["metadata"]["name"])  # older runs: history keeps the summary
+            await ctx.kube.delete_job(namespace, job["metadata"]["name"])  # older runs: history keeps the summary
             continue
         labels = job["metadata"].get("labels") or {}
         if labels.get(c.ROLE_LABEL) == "drift" or (labels.get(c.GENERATION_LABEL) == str(generation)
@@ -182,15 +159,17 @@ async def _observe_jobs(namespace: str, name: str, generation: int,
     drift = sorted(by_role.get("drift", []), key=_instance)
     for old in drift[:-DRIFT_JOBS_KEPT]:
         if _job_state(old) != "active":
-            await kube.delete_job(namespace, old["metadata"]["name"])
-    return {role: await _observe_job(namespace, max(jobs, key=_instance), target) for role, jobs in by_role.items()}
+            await ctx.kube.delete_job(namespace, old["metadata"]["name"])
+    return {role: await _observe_job(ctx, namespace, max(jobs, key=_instance), target)
+            for role, jobs in by_role.items()}
 
 
-async def _observe_job(namespace: str, job: dict[str, Any], target: DatabaseTarget | None) -> JobObservation:
+async def _observe_job(ctx: Context, namespace: str, job: dict[str, Any],
+                       target: DatabaseTarget | None) -> JobObservation:
     name = job["metadata"]["name"]
     state = _job_state(job)
     if state == "active":
-        started, blocked = pod_progress(await kube.job_pods(namespace, name))
+        started, blocked = pod_progress(await ctx.kube.job_pods(namespace, name))
         return JobObservation(name=name, state="active", started=started, blocked=blocked,
                               instance=(job["metadata"].get("labels") or {}).get(c.INSTANCE_LABEL))
     results: list[dict[str, Any]] = []
@@ -198,7 +177,7 @@ async def _observe_job(namespace: str, job: dict[str, Any], target: DatabaseTarg
     for cond in (job.get("status") or {}).get("conditions") or []:
         if cond.get("type") == "Failed" and cond.get("status") == "True":
             notes.append(f"{cond.get('reason')}: {cond.get('message')}")
-    pods = await kube.job_pods(namespace, name)
+    pods = await ctx.kube.job_pods(namespace, name)
     for pod in sorted(pods, key=lambda p: p["metadata"].get("creationTimestamp") or ""):
         st = pod.get("status") or {}
         statuses = list(st.get("initContainerStatuses") or []) + list(st.get("containerStatuses") or [])
@@ -236,13 +215,14 @@ def _parse_time(text: str) -> datetime:
     return datetime.fromisoformat(text)  # the client writes +00:00, the API Z: Python 3.11 reads both
 
 
-async def _observe_database(namespace: str, spec: dict[str, Any]) -> tuple[DatabaseObservation, DatabaseTarget | None]:
+async def _observe_database(ctx: Context, namespace: str,
+                            spec: dict[str, Any]) -> tuple[DatabaseObservation, DatabaseTarget | None]:
     try:
         ref = parse_spec(spec).database.url_secret_ref
     except ValueError as err:
         return DatabaseObservation(error_reason=reasons.INVALID_SPEC, error_message=str(err)), None
     try:
-        data = await kube.read_secret_data(namespace, ref.name)
+        data = await ctx.kube.read_secret_data(namespace, ref.name)
         if data is None:
             raise DatabaseError(reasons.SECRET_NOT_FOUND,
                                 f"Secret {namespace}/{ref.name} (spec.database.urlSecretRef.name) does not exist: "
@@ -256,11 +236,11 @@ async def _observe_database(namespace: str, spec: dict[str, Any]) -> tuple[Datab
 # --- reconcile --------------------------------------------------------------------------------------------------
 
 
-async def reconcile(namespace: str, name: str, logger: Logger, deleting: bool = False) -> float | None:
+async def reconcile(ctx: Context, namespace: str, name: str, logger: Logger, deleting: bool = False) -> float | None:
     """Observe, decide, act once; return seconds until the next look (None: the resource is gone)."""
     started = time.monotonic()
     try:
-        delay, status = await _reconcile(namespace, name, logger, deleting)
+        delay, status = await _reconcile(ctx, namespace, name, logger, deleting)
     except Exception:
         metrics.reconcile_finished(namespace, name, time.monotonic() - started, "error")
         raise
@@ -281,24 +261,24 @@ def _cond(status: dict[str, Any], type_: str) -> str | None:
     return next((x.get("status") for x in status.get("conditions") or [] if x.get("type") == type_), None)
 
 
-def _count(namespace: str, name: str, before: dict[str, Any], decision: Decision,
+def _count(ctx: Context, namespace: str, name: str, before: dict[str, Any], decision: Decision,
            jobs: dict[str, JobObservation]) -> None:
     """Metrics of what this pass observed: finished Jobs (once each) and a rollback that just completed."""
     for role, job in jobs.items():
-        if job.state in ("succeeded", "failed") and job.name not in runtime.jobs_counted:
-            runtime.jobs_counted.add(job.name)
+        if job.state in ("succeeded", "failed") and job.name not in ctx.runtime.jobs_counted:
+            ctx.runtime.jobs_counted.add(job.name)
             metrics.job_finished(namespace, name, role, job.seconds or 0.0, job.state == "succeeded")
     if _cond(decision.status, c.ROLLED_BACK) == "True" and _cond(before, c.ROLLED_BACK) != "True":
         reason = next(x["reason"] for x in decision.status["conditions"] if x["type"] == c.ROLLED_BACK)
         metrics.rollback(namespace, name, reasons.ROLLBACK_MODES.get(reason, reason))
 
 
-async def _reconcile(namespace: str, name: str, logger: Logger,
+async def _reconcile(ctx: Context, namespace: str, name: str, logger: Logger,
                      deleting: bool) -> tuple[float | None, dict[str, Any] | None]:
     for _attempt in range(5):
-        obj = await kube.get_migration(namespace, name)
+        obj = await ctx.kube.get_migration(namespace, name)
         if obj is None:
-            runtime.note(None, (namespace, name), {})
+            ctx.runtime.note(None, (namespace, name), {})
             return None, None
         meta = obj["metadata"]
         if meta.get("deletionTimestamp") and not deleting:
@@ -312,22 +292,22 @@ async def _reconcile(namespace: str, name: str, logger: Logger,
         run_generation = int(run["generation"]) if writing else generation
         run_spec = run.get("spec") if writing else obj.get("spec")
 
-        database, target = await _observe_database(namespace, run_spec or {})
-        async with runtime.db_locks.setdefault(target.key if target else "", asyncio.Lock()):
-            jobs = await _observe_jobs(namespace, name, run_generation, target)
+        database, target = await _observe_database(ctx, namespace, run_spec or {})
+        async with ctx.runtime.db_locks.setdefault(target.key if target else "", asyncio.Lock()):
+            jobs = await _observe_jobs(ctx, namespace, name, run_generation, target)
             ref = (namespace, name)
-            lineage, moved_by = await _database_lineage(ref, run, database, target)
+            lineage, moved_by = await _database_lineage(ctx, ref, run, database, target)
             obs = Observation(
                 name=name, namespace=namespace, generation=generation, spec=dict(obj.get("spec") or {}),
                 annotations=dict(meta.get("annotations") or {}), status=status, database=database, jobs=jobs,
-                now=datetime.now(UTC), busy_with=runtime.busy_with(target.key, ref) if target else None,
+                now=datetime.now(UTC), busy_with=ctx.runtime.busy_with(target.key, ref) if target else None,
                 database_lineage=lineage, database_moved_by=moved_by,
             )
             decision = decide(obs)
             if deleting:  # finish what was started (a rollback included), start nothing new
                 decision.jobs = [j for j in decision.jobs if ROLES[j.role].during_deletion]
             try:
-                await _act(obj, decision, target)
+                await _act(ctx, obj, decision, target)
             except _JobRefused as refused:  # tell the user now, in the status: retrying cannot help
                 logger.warning("the API server refused the %s Job: %s", refused.role, refused.message)
                 decision = decide(dataclasses.replace(obs, refused=JobRefusal(refused.role, refused.message)))
@@ -335,13 +315,11 @@ async def _reconcile(namespace: str, name: str, logger: Logger,
                 decision.status.setdefault("run", {})["databaseKey"] = target.key
             try:
                 if decision.status != status:
-                    await kube.replace_status(obj, decision.status)
-            except ApiException as err:
-                if err.status == 409:
-                    continue  # the object moved on: observe again
-                raise
-            runtime.note(target.key if target else None, ref, decision.status.get("run") or {})
-            _count(namespace, name, status, decision, jobs)
+                    await ctx.kube.replace_status(obj, decision.status)
+            except kube.Conflict:
+                continue  # the object moved on: observe again
+            ctx.runtime.note(target.key if target else None, ref, decision.status.get("run") or {})
+            _count(ctx, namespace, name, status, decision, jobs)
         for kind, reason, message in decision.events:
             kopf.event(kopf.Body(obj),  # type: ignore[arg-type]
                        type=kind, reason=reason, message=message)
@@ -357,36 +335,36 @@ class _JobRefused(Exception):
         self.message = message
 
 
-async def _act(obj: dict[str, Any], decision: Decision, target: DatabaseTarget | None) -> None:
+async def _act(ctx: Context, obj: dict[str, Any], decision: Decision, target: DatabaseTarget | None) -> None:
     meta = obj["metadata"]
     for req in decision.jobs:
         owner = Owner(name=meta["name"], namespace=meta["namespace"], uid=meta["uid"], generation=req.generation)
         spec = parse_spec(req.spec)
         if req.role == "plan":
-            await _dry_run_later_jobs(owner, req)
+            await _dry_run_later_jobs(ctx, owner, req)
         args = dict(req.args)
         if ROLES[req.role].writes:
             args["lockKey"] = str(lock_key(target.key if target else meta["uid"]))
-        manifest = build_job(req.role, owner, spec, operator_image=OPERATOR_IMAGE, args=args)
+        manifest = build_job(req.role, owner, spec, operator_image=ctx.config.operator_image, args=args)
         try:
-            await kube.create_job(manifest)
+            await ctx.kube.create_job(manifest)
         except kube.Refused as err:
             raise _JobRefused(req.role, _with_source(err.message)) from None
         decision.status.setdefault("run", {}).setdefault("jobs", {})[req.role] = job_name(
             owner.name, req.role, req.generation, args.get("instance"))
 
 
-async def _dry_run_later_jobs(owner: Owner, plan: JobRequest) -> None:
+async def _dry_run_later_jobs(ctx: Context, owner: Owner, plan: JobRequest) -> None:
     """Before the first Job of a run: have the API server validate every Job the run may create later (server-side
     dry run), so a spec it refuses stops the run before anything is written, not halfway through it."""
     spec = parse_spec(plan.spec)
     for role in ROLES.values():
         if role.dry_run_args is None or (role.backups and not spec.backup.enabled):
             continue
-        manifest = build_job(role.name, owner, spec, operator_image=OPERATOR_IMAGE,
+        manifest = build_job(role.name, owner, spec, operator_image=ctx.config.operator_image,
                              args={**role.dry_run_args, "lockKey": "0", "instance": "dry-run"})
         try:
-            await kube.create_job(manifest, dry_run=True)
+            await ctx.kube.create_job(manifest, dry_run=True)
         except kube.Refused as err:
             raise _JobRefused(role.name, _with_source(err.message)) from None
 
@@ -396,14 +374,14 @@ def _with_source(message: str) -> str:
     return f"{field}: {message}" if field else message
 
 
-async def _database_lineage(ref: tuple[str, str], run: dict[str, Any], database: DatabaseObservation,
+async def _database_lineage(ctx: Context, ref: tuple[str, str], run: dict[str, Any], database: DatabaseObservation,
                             target: DatabaseTarget | None) -> tuple[tuple[str, ...], str | None]:
     """When a finished run's database is no longer at its target: what another DatabaseMigration on the same database
     planned for the revision it is at now (its lineage), so that a target it contains is not reported as lost."""
     if (target is None or not database.ok or run.get("step") != "Done"
             or run.get("result") not in ("Succeeded", "UpToDate") or database.revision == run.get("targetRevision")):
         return (), None
-    for other in await kube.list_migrations(runtime.namespaces):
+    for other in await ctx.kube.list_migrations(ctx.config.watched):
         meta, st = other["metadata"], other.get("status") or {}
         plan = st.get("plan") or {}
         if ((meta["namespace"], meta["name"]) != ref and (st.get("run") or {}).get("databaseKey") == target.key

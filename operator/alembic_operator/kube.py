@@ -1,174 +1,288 @@
-"""The Kubernetes calls the operator makes (every verb the chart's RBAC must grant is here), run off the event loop.
+"""The operator's one Kubernetes client: asynchronous (aiohttp, on Kopf's event loop), with typed errors.
 
-    list/watch/get/update(status)/patch databasemigrations   (Kopf watches; we replace status)
-    get secrets                                               (the database URL)
-    list/watch/create/delete jobs                             (the steps of a run)
-    list pods                                                 (Job results: termination messages)
-    create events                                             (Kopf's event poster)
+Every Kubernetes call the operator makes is a method of :class:`Client` (or Kopf's), so this is the list of what the
+chart's RBAC must grant (charts/alembic-operator/templates/_helpers.tpl; tests/test_chart.py derives it from the code):
+
+    get/list/watch/patch databasemigrations   (Kopf watches, patches its finalizer and annotations; fresh reads)
+    update/patch databasemigrations/status    (the reconciler replaces the status; the gate merge-patches heldPods)
+    update databasemigrations/finalizers      (the Jobs' ownerReferences set blockOwnerDeletion)
+    get secrets                               (the database URL)
+    list/watch/create/delete jobs             (the steps of a run; each validated first with dryRun=All)
+    list/watch/patch pods                     (Job results: termination messages; held pods: watched, released)
+    create events                             (Kopf's event poster)
+    get/create/update mutatingwebhookconfigurations
+                                              (only when the operator writes the webhook's configuration itself:
+                                              the chart ships it instead and grants none of these)
+
+Errors are typed: :class:`NotFound` (404), :class:`Conflict` (409), :class:`Refused` (another 4xx: the API server
+refused the request for what the object says; retrying cannot help), :class:`Unavailable` (401, 408, 429, 5xx, the
+API unreachable, a timeout: try again). A hundred pod patches at once cost about half of what they cost through the
+``kubernetes`` package's threads (model validation, urllib3, the GIL: measured with ``make bench-gate``); that package
+only loads the credentials (in-cluster ServiceAccount first, then $KUBECONFIG / ~/.kube/config).
 """
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import json
+import ssl
+from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp
 import kubernetes
-import pydantic
-from kubernetes.client import ApiException
 
 from . import constants as c
+from . import gate
 
-_api: kubernetes.client.ApiClient | None = None
-
-
-def configure() -> None:
-    """Load credentials: in-cluster first (the chart's ServiceAccount), then $KUBECONFIG / ~/.kube/config."""
-    global _api
-    try:
-        kubernetes.config.load_incluster_config()  # type: ignore[no-untyped-call]
-    except kubernetes.config.ConfigException:
-        kubernetes.config.load_kube_config()  # type: ignore[no-untyped-call]
-    _api = kubernetes.client.ApiClient()
+CONNECTIONS = 32  # concurrent requests (pod patches)
+REQUEST_TIMEOUT = 30.0
+WATCH_SECONDS = 290  # server-side timeout of one watch request (then it is renewed)
+WEBHOOK_CONFIGURATIONS = "admissionregistration.k8s.io/v1/mutatingwebhookconfigurations"
+TRANSIENT = (401, 408, 429)  # 4xx worth retrying: an expired token, a timeout, throttling
 
 
-def api() -> kubernetes.client.ApiClient:
-    if _api is None:
-        configure()
-    assert _api is not None
-    return _api
+class KubeError(Exception):
+    """An API call failed; ``status`` is the HTTP status (0: no answer), ``message`` the API server's words."""
 
-
-def _custom() -> kubernetes.client.CustomObjectsApi:
-    return kubernetes.client.CustomObjectsApi(api())
-
-
-def _core() -> kubernetes.client.CoreV1Api:
-    return kubernetes.client.CoreV1Api(api())
-
-
-def _batch() -> kubernetes.client.BatchV1Api:
-    return kubernetes.client.BatchV1Api(api())
-
-
-def _plain(obj: object) -> dict[str, Any]:
-    """A client model as the API's JSON (camelCase dicts)."""
-    return dict(api().sanitize_for_serialization(obj))  # type: ignore[no-untyped-call]
-
-
-async def get_migration(namespace: str, name: str) -> dict[str, Any] | None:
-    try:
-        obj: Any = await asyncio.to_thread(_custom().get_namespaced_custom_object, c.GROUP, c.VERSION, namespace,
-                                           c.PLURAL, name)
-    except ApiException as err:
-        if err.status == 404:
-            return None
-        raise
-    return dict(obj)
-
-
-async def list_migrations(namespaces: list[str] | None) -> list[dict[str, Any]]:
-    if not namespaces:
-        result: Any = await asyncio.to_thread(_custom().list_cluster_custom_object, c.GROUP, c.VERSION, c.PLURAL)
-        return list(result.get("items", []))
-    items: list[dict[str, Any]] = []
-    for ns in namespaces:
-        listed: Any = await asyncio.to_thread(_custom().list_namespaced_custom_object, c.GROUP, c.VERSION, ns,
-                                              c.PLURAL)
-        items.extend(listed.get("items", []))
-    return items
-
-
-async def replace_status(obj: dict[str, Any], status: dict[str, Any]) -> dict[str, Any]:
-    """Write the whole status with optimistic concurrency (409 Conflict when the object moved on)."""
-    meta = obj["metadata"]
-    body = {"apiVersion": c.API_VERSION, "kind": c.KIND,
-            "metadata": {"name": meta["name"], "namespace": meta["namespace"],
-                         "resourceVersion": meta["resourceVersion"]},
-            "status": status}
-    result: Any = await asyncio.to_thread(_custom().replace_namespaced_custom_object_status, c.GROUP, c.VERSION,
-                                     meta["namespace"], c.PLURAL, meta["name"], body)
-    return dict(result)
-
-
-async def read_secret_data(namespace: str, name: str) -> dict[str, str] | None:
-    try:
-        secret = await asyncio.to_thread(_core().read_namespaced_secret, name, namespace)
-    except ApiException as err:
-        if err.status == 404:
-            return None
-        raise
-    return {str(k): str(v) for k, v in (secret.data or {}).items()}
-
-
-async def list_jobs(namespace: str, owner: str) -> list[dict[str, Any]]:
-    result = await asyncio.to_thread(_batch().list_namespaced_job, namespace,
-                                     label_selector=f"{c.OWNER_LABEL}={owner},{c.MANAGED_BY_LABEL}={c.MANAGED_BY}")
-    return [_plain(j) for j in result.items]
-
-
-class Refused(Exception):
-    """The API server refused an object for what it says (HTTP 4xx other than a conflict): retrying cannot help."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"{status}: {message}" if status else message)
+        self.status = status
         self.message = message
 
 
-def refusal_message(err: ApiException) -> str:
+class NotFound(KubeError):
+    """404: the object (or its namespace) does not exist."""
+
+
+class Conflict(KubeError):
+    """409: it exists already, or it moved on since it was read (optimistic concurrency)."""
+
+
+class Refused(KubeError):
+    """The API server refused the request for what the object says (HTTP 4xx other than 401, 404, 408, 409, 429):
+    retrying cannot help. ``message`` is the API server's own, which names the field."""
+
+
+class Unavailable(KubeError):
+    """Transient: the API server unreachable or overloaded, a timeout, 5xx, 401, 408, 429. Retry."""
+
+
+def refusal_message(status: int, reason: str | None, body: bytes | str | None) -> str:
     """The API server's own words (they name the field), from a Status body; the reason phrase otherwise."""
     try:
-        body = json.loads(err.body or "")
+        parsed = json.loads(body or "")
     except ValueError:
-        body = None
-    message = body.get("message") if isinstance(body, dict) else None
-    return str(message or f"HTTP {err.status} {err.reason}")
+        parsed = None
+    message = parsed.get("message") if isinstance(parsed, dict) else None
+    return str(message or f"HTTP {status} {reason}")
 
 
-def validation_message(err: pydantic.ValidationError) -> str:
-    """The client's own check of a Job, worded like the API server's: field path, then what is wrong."""
-    parts = []
-    for error in err.errors()[:5]:
-        loc = [str(x) for x in error.get("loc", ())]
-        if loc and loc[0].isdigit():  # the positional argument the body was passed as
-            loc = loc[1:]
-        path = "".join(f"[{x}]" if x.isdigit() else f".{x}" for x in loc).lstrip(".")
-        parts.append(f"Job {path}: {error.get('msg')}")
-    return "; ".join(parts) or str(err).splitlines()[0]
+def error_for(status: int, reason: str | None, body: bytes | str | None) -> KubeError:
+    """The typed error of an HTTP error status."""
+    message = refusal_message(status, reason, body)
+    if status == 404:
+        return NotFound(status, message)
+    if status == 409:
+        return Conflict(status, message)
+    if 400 <= status < 500 and status not in TRANSIENT:
+        return Refused(status, message)
+    return Unavailable(status, message)
 
 
-async def create_job(manifest: dict[str, Any], dry_run: bool = False) -> None:
-    """Create a Job (or only validate it: `dry_run`, the API server's full admission without storing anything).
-
-    One that exists already (a restarted operator, a lost response) is left as it is. A Job the API server refuses
-    raises Refused; other errors (the API unreachable, 5xx) raise as they are, to be retried.
-    """
-    kwargs = {"dry_run": "All"} if dry_run else {}
+def load_configuration() -> kubernetes.client.Configuration:
+    """Credentials: in-cluster first (the chart's ServiceAccount), then $KUBECONFIG / ~/.kube/config."""
+    cfg = kubernetes.client.Configuration()
     try:
-        await asyncio.to_thread(_batch().create_namespaced_job, manifest["metadata"]["namespace"],
-                                manifest, **kwargs)  # type: ignore[arg-type]  # the client takes plain dicts too
-    except pydantic.ValidationError as err:  # the client checks the types before sending: the same verdict
-        raise Refused(validation_message(err)) from None
-    except ApiException as err:
-        if err.status == 409:
+        kubernetes.config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
+    except kubernetes.config.ConfigException:
+        kubernetes.config.load_kube_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
+    return cfg
+
+
+class Client:
+    """The Kubernetes API for the reconciler, the gate and the webhook. Create and use it on one event loop."""
+
+    def __init__(self, cfg: kubernetes.client.Configuration | None = None, connections: int = CONNECTIONS) -> None:
+        self.cfg = cfg if cfg is not None else load_configuration()
+        self.connections = connections
+        self._session: aiohttp.ClientSession | None = None
+        self._watch_session: aiohttp.ClientSession | None = None
+
+    # --- transport ----------------------------------------------------------------------------------------------
+    def _ssl(self) -> ssl.SSLContext | bool:
+        if not str(self.cfg.host).startswith("https:"):
+            return False
+        if not self.cfg.verify_ssl:
+            return False
+        ctx = ssl.create_default_context(cafile=self.cfg.ssl_ca_cert)
+        if self.cfg.cert_file:
+            ctx.load_cert_chain(self.cfg.cert_file, self.cfg.key_file)
+        return ctx
+
+    def _session_now(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            connector = aiohttp.TCPConnector(ssl=self._ssl(), limit=self.connections)
+            self._session = aiohttp.ClientSession(connector=connector,
+                                                  timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT))
+        return self._session
+
+    def _headers(self, content_type: str | None) -> dict[str, str]:
+        headers = {"Accept": "application/json", "User-Agent": "alembic-operator"}
+        if content_type:
+            headers["Content-Type"] = content_type
+        settings: dict[str, Any] = dict(self.cfg.auth_settings())  # refreshes an expiring token first
+        for auth in settings.values():
+            if auth.get("in") == "header" and auth.get("value"):
+                headers[str(auth["key"])] = str(auth["value"])
+        return headers
+
+    async def request(self, method: str, path: str, body: Any = None, content_type: str = "application/json",
+                      params: dict[str, str] | None = None) -> dict[str, Any]:
+        """One call; the decoded JSON answer, or a :class:`KubeError` subclass."""
+        data = None if body is None else json.dumps(body)
+        try:
+            async with self._session_now().request(
+                    method, f"{self.cfg.host}{path}", data=data, params=params,
+                    headers=self._headers(content_type if body is not None else None)) as resp:
+                raw = await resp.read()
+                if resp.status >= 400:
+                    raise error_for(resp.status, resp.reason, raw)
+                return dict(json.loads(raw)) if raw else {}
+        except (aiohttp.ClientError, TimeoutError) as err:
+            raise Unavailable(0, f"{method} {path}: {type(err).__name__}: {err}") from err
+
+    async def watch(self, path: str, params: dict[str, str]) -> AsyncIterator[dict[str, Any]]:
+        """Stream the events of a watch request (one JSON object per line) until the server ends it."""
+        if self._watch_session is None or self._watch_session.closed:
+            # Its own connections: a watch holds one for minutes, the other calls must never wait for it.
+            self._watch_session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=self._ssl(), limit=0))
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=REQUEST_TIMEOUT, sock_read=WATCH_SECONDS + 30)
+        query = {**params, "watch": "true", "allowWatchBookmarks": "true", "timeoutSeconds": str(WATCH_SECONDS)}
+        async with self._watch_session.get(f"{self.cfg.host}{path}", params=query, timeout=timeout,
+                                           headers=self._headers(None)) as resp:
+            if resp.status >= 400:
+                raise error_for(resp.status, resp.reason, await resp.read())
+            buffer = b""
+            async for chunk in resp.content.iter_any():
+                buffer += chunk
+                *lines, buffer = buffer.split(b"\n")
+                for line in lines:
+                    if line.strip():
+                        yield dict(json.loads(line))
+
+    async def close(self) -> None:
+        for session in (self._session, self._watch_session):
+            if session is not None:
+                await session.close()
+        self._session = self._watch_session = None
+
+    # --- DatabaseMigrations -------------------------------------------------------------------------------------
+    @staticmethod
+    def _migration_path(namespace: str, name: str) -> str:
+        return f"/apis/{c.GROUP}/{c.VERSION}/namespaces/{namespace}/{c.PLURAL}/{name}"
+
+    async def get_migration(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return await self.request("GET", self._migration_path(namespace, name))
+        except NotFound:
+            return None
+
+    async def list_migrations(self, namespaces: list[str] | None) -> list[dict[str, Any]]:
+        if not namespaces:
+            result = await self.request("GET", f"/apis/{c.GROUP}/{c.VERSION}/{c.PLURAL}")
+            return list(result.get("items") or [])
+        items: list[dict[str, Any]] = []
+        for ns in namespaces:
+            listed = await self.request("GET", f"/apis/{c.GROUP}/{c.VERSION}/namespaces/{ns}/{c.PLURAL}")
+            items.extend(listed.get("items") or [])
+        return items
+
+    async def replace_status(self, obj: dict[str, Any], status: dict[str, Any]) -> dict[str, Any]:
+        """Write the whole status with optimistic concurrency (:class:`Conflict` when the object moved on)."""
+        meta = obj["metadata"]
+        body = {"apiVersion": c.API_VERSION, "kind": c.KIND,
+                "metadata": {"name": meta["name"], "namespace": meta["namespace"],
+                             "resourceVersion": meta["resourceVersion"]},
+                "status": status}
+        return await self.request("PUT", self._migration_path(meta["namespace"], meta["name"]) + "/status", body)
+
+    async def patch_held_pods(self, namespace: str, name: str, count: int) -> None:
+        """status.heldPods, with a merge patch (the reconciler keeps whatever it reads there); gone: nothing."""
+        with contextlib.suppress(NotFound):
+            await self.request("PATCH", self._migration_path(namespace, name) + "/status",
+                               {"status": {"heldPods": count}}, "application/merge-patch+json")
+
+    # --- Secrets ------------------------------------------------------------------------------------------------
+    async def read_secret_data(self, namespace: str, name: str) -> dict[str, str] | None:
+        """The Secret's data (base64 values, as the API gives them); None when it does not exist."""
+        try:
+            secret = await self.request("GET", f"/api/v1/namespaces/{namespace}/secrets/{name}")
+        except NotFound:
+            return None
+        return {str(k): str(v) for k, v in (secret.get("data") or {}).items()}
+
+    # --- Jobs ---------------------------------------------------------------------------------------------------
+    async def list_jobs(self, namespace: str, owner: str) -> list[dict[str, Any]]:
+        result = await self.request("GET", f"/apis/batch/v1/namespaces/{namespace}/jobs", params={
+            "labelSelector": f"{c.OWNER_LABEL}={owner},{c.MANAGED_BY_LABEL}={c.MANAGED_BY}"})
+        return list(result.get("items") or [])
+
+    async def create_job(self, manifest: dict[str, Any], dry_run: bool = False) -> None:
+        """Create a Job (or only validate it: `dry_run`, the API server's full admission without storing anything).
+
+        One that exists already (a restarted operator, a lost response) is left as it is. A Job the API server
+        refuses raises :class:`Refused` (its message names the field); other errors raise as they are, to be retried.
+        """
+        try:
+            await self.request("POST", f"/apis/batch/v1/namespaces/{manifest['metadata']['namespace']}/jobs",
+                               manifest, params={"dryRun": "All"} if dry_run else None)
+        except Conflict:
             return
-        if err.status is not None and 400 <= err.status < 500 and err.status not in (401, 408, 429):
-            raise Refused(refusal_message(err)) from None
-        raise
 
+    async def delete_job(self, namespace: str, name: str) -> None:
+        with contextlib.suppress(NotFound):
+            await self.request("DELETE", f"/apis/batch/v1/namespaces/{namespace}/jobs/{name}",
+                               {"apiVersion": "v1", "kind": "DeleteOptions", "propagationPolicy": "Background"})
 
-async def delete_job(namespace: str, name: str) -> None:
-    try:
-        await asyncio.to_thread(_batch().delete_namespaced_job, name, namespace, propagation_policy="Background")
-    except ApiException as err:
-        if err.status != 404:
-            raise
+    # --- pods ---------------------------------------------------------------------------------------------------
+    async def list_pods(self, namespace: str, selector: str) -> list[dict[str, Any]]:
+        result = await self.request("GET", f"/api/v1/namespaces/{namespace}/pods", params={"labelSelector": selector})
+        return list(result.get("items") or [])
 
+    async def job_pods(self, namespace: str, job_name: str) -> list[dict[str, Any]]:
+        return await self.list_pods(namespace, f"batch.kubernetes.io/job-name={job_name}")
 
-async def job_pods(namespace: str, job_name: str) -> list[dict[str, Any]]:
-    result = await asyncio.to_thread(_core().list_namespaced_pod, namespace,
-                                     label_selector=f"batch.kubernetes.io/job-name={job_name}")
-    return [_plain(p) for p in result.items]
+    async def release_pod(self, namespace: str, name: str) -> bool:
+        """Remove our scheduling gate, and only ours (strategic merge patch); False when the pod is gone."""
+        try:
+            await self.request("PATCH", f"/api/v1/namespaces/{namespace}/pods/{name}", gate.release_patch(),
+                               "application/strategic-merge-patch+json")
+        except NotFound:
+            return False
+        return True
+
+    # --- the webhook's configuration ----------------------------------------------------------------------------
+    async def apply_webhook_configuration(self, body: dict[str, Any]) -> None:
+        """Create or replace a MutatingWebhookConfiguration (optimistic concurrency: read, then replace)."""
+        name = body["metadata"]["name"]
+        for _attempt in range(5):
+            try:
+                current = await self.request("GET", f"/apis/{WEBHOOK_CONFIGURATIONS}/{name}")
+            except NotFound:
+                try:
+                    await self.request("POST", f"/apis/{WEBHOOK_CONFIGURATIONS}", body)
+                    return
+                except Conflict:
+                    continue
+            version = (current.get("metadata") or {}).get("resourceVersion")
+            replacement = {**body, "metadata": {**body["metadata"], "resourceVersion": version}}
+            try:
+                await self.request("PUT", f"/apis/{WEBHOOK_CONFIGURATIONS}/{name}", replacement)
+                return
+            except Conflict:
+                continue
+        raise RuntimeError(f"could not write MutatingWebhookConfiguration {name}: conflicts")
 
 
 def parse_result(message: str | None) -> dict[str, Any] | None:

@@ -9,7 +9,7 @@
     metrics.drifted(namespace, name, True)
     metrics.current_revision(namespace, name, "3f2a9c1d0b7e")
     metrics.forget(namespace, name)            # the DatabaseMigration is gone: drop its series
-    metrics.start_from_env()                   # at start-up: serve /metrics when ALEMBIC_OPERATOR_METRICS_PORT is set
+    metrics.serve(metrics.options_from_env())  # at start-up: serve /metrics when ALEMBIC_OPERATOR_METRICS_PORT is set
 
 Series (all prefixed ``alembic_operator_``; ``namespace``/``name`` are the DatabaseMigration's):
 
@@ -37,7 +37,8 @@ import contextlib
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Literal
 from wsgiref.simple_server import WSGIServer
 
@@ -234,10 +235,17 @@ def start_server(port: int, addr: str = DEFAULT_ADDR,
     return server, thread
 
 
-def start_from_env(environ: dict[str, str] | None = None) -> tuple[WSGIServer, threading.Thread] | None:
-    """Serve the metrics when ALEMBIC_OPERATOR_METRICS_PORT is set (the Helm chart sets it), on
-    ALEMBIC_OPERATOR_METRICS_ADDR (default 0.0.0.0). Unset, empty or 0: no server. A port that cannot be bound is
-    logged, not raised: the operator runs on without metrics."""
+@dataclass(frozen=True)
+class MetricsOptions:
+    """Where /metrics is served."""
+
+    port: int
+    addr: str = DEFAULT_ADDR
+
+
+def options_from_env(environ: Mapping[str, str] | None = None) -> MetricsOptions | None:
+    """ALEMBIC_OPERATOR_METRICS_PORT (the Helm chart sets it) and ALEMBIC_OPERATOR_METRICS_ADDR (default 0.0.0.0).
+    Unset, empty or 0: no server (None); a value that is not a port number is logged, and means no server."""
     env = os.environ if environ is None else environ
     raw = (env.get(PORT_ENV) or "").strip()
     if not raw or raw == "0":
@@ -247,9 +255,21 @@ def start_from_env(environ: dict[str, str] | None = None) -> tuple[WSGIServer, t
     except ValueError:
         log.error("%s=%r is not a port number: metrics are not served", PORT_ENV, raw)
         return None
-    addr = (env.get(ADDR_ENV) or "").strip() or DEFAULT_ADDR
-    try:
-        return start_server(port, addr)
-    except OSError as err:
-        log.error("cannot serve metrics on %s:%d: %s", addr, port, err)
+    return MetricsOptions(port, (env.get(ADDR_ENV) or "").strip() or DEFAULT_ADDR)
+
+
+def serve(options: MetricsOptions | None) -> tuple[WSGIServer, threading.Thread] | None:
+    """Serve the metrics as configured (None: not at all). A port that cannot be bound is logged, not raised: the
+    operator runs on without metrics."""
+    if options is None:
         return None
+    try:
+        return start_server(options.port, options.addr)
+    except OSError as err:
+        log.error("cannot serve metrics on %s:%d: %s", options.addr, options.port, err)
+        return None
+
+
+def start_from_env(environ: Mapping[str, str] | None = None) -> tuple[WSGIServer, threading.Thread] | None:
+    """Serve the metrics when ALEMBIC_OPERATOR_METRICS_PORT is set: :func:`serve` of :func:`options_from_env`."""
+    return serve(options_from_env(environ))

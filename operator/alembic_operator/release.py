@@ -10,170 +10,36 @@ requirement is met, count the rest), so a restarted operator catches up by itsel
   requirement was already met is released at once; a held pod gets its Event;
 - a timer every ``RESYNC_SECONDS`` per DatabaseMigration (Kopf), in case a watch event was lost.
 
-Pods are patched concurrently (aiohttp on Kopf's loop) with a strategic merge patch that deletes our gate and only
-ours. The pod watch is not Kopf's: Kopf's per-event machinery, run for each of the hundred pod updates a release
-causes, doubled the release time of a hundred pods (measured with ``make bench-gate``). ``status.heldPods`` is written
-here with a merge patch on the status subresource (debounced): the reconcile loop keeps whatever it reads there.
+Pods are patched concurrently (:class:`kube.Client`: aiohttp on Kopf's loop) with a strategic merge patch that deletes
+our gate and only ours. The pod watch is not Kopf's: Kopf's per-event machinery, run for each of the hundred pod
+updates a release causes, doubled the release time of a hundred pods (measured with ``make bench-gate``).
+``status.heldPods`` is written here with a merge patch on the status subresource (debounced): the reconcile loop keeps
+whatever it reads there.
 
-Kubernetes calls made here (RBAC): list/watch/patch pods, get/list/watch databasemigrations, patch
-databasemigrations/status, create events.
+The Kopf registrations that feed it are in :mod:`.app`; its Kubernetes calls are :mod:`.kube`'s.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import logging
-import ssl
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
 import kopf
-import kubernetes
 
 from . import constants as c
 from . import gate, reasons
 from .api import MAX_NAME_LENGTH
+from .kube import Client, KubeError
 
 log = logging.getLogger("alembic_operator.gate")
 
 RESYNC_SECONDS = 30.0
 COUNT_DELAY = 1.0  # heldPods is written at most this often per resource
-CONNECTIONS = 32  # concurrent requests (pod patches)
-REQUEST_TIMEOUT = 10.0
-WATCH_SECONDS = 290  # server-side timeout of one pod watch request (then it is renewed)
 
 Key = tuple[str, str]  # (namespace, DatabaseMigration name)
-
-
-class KubeError(Exception):
-    """An API call answered with an error status."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(f"{status}: {message}")
-        self.status = status
-
-
-class Client:
-    """Our own asynchronous API client (aiohttp, on Kopf's event loop), with the credentials the kubernetes package
-    finds (in-cluster ServiceAccount first, then $KUBECONFIG). A hundred patches at once cost about half of what
-    they cost through the kubernetes package's threads (model validation, urllib3, the GIL)."""
-
-    def __init__(self, connections: int = CONNECTIONS) -> None:
-        cfg = kubernetes.client.Configuration()
-        try:
-            kubernetes.config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
-        except kubernetes.config.ConfigException:
-            kubernetes.config.load_kube_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
-        self.cfg = cfg
-        self.connections = connections
-        self.api = kubernetes.client.ApiClient(cfg)  # for the few blocking calls (the webhook configuration)
-        self._session: aiohttp.ClientSession | None = None
-        self._watch_session: aiohttp.ClientSession | None = None
-
-    def _ssl(self) -> ssl.SSLContext | bool:
-        if not self.cfg.verify_ssl:
-            return False
-        ctx = ssl.create_default_context(cafile=self.cfg.ssl_ca_cert)
-        if self.cfg.cert_file:
-            ctx.load_cert_chain(self.cfg.cert_file, self.cfg.key_file)
-        return ctx
-
-    def _session_now(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            connector = aiohttp.TCPConnector(ssl=self._ssl(), limit=self.connections)
-            self._session = aiohttp.ClientSession(connector=connector,
-                                                  timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT))
-        return self._session
-
-    def _headers(self, content_type: str | None) -> dict[str, str]:
-        headers = {"Accept": "application/json", "User-Agent": "alembic-operator/gate"}
-        if content_type:
-            headers["Content-Type"] = content_type
-        settings: dict[str, Any] = dict(self.cfg.auth_settings())  # refreshes an expiring token first
-        for auth in settings.values():
-            if auth.get("in") == "header" and auth.get("value"):
-                headers[str(auth["key"])] = str(auth["value"])
-        return headers
-
-    async def request(self, method: str, path: str, body: Any = None, content_type: str | None = None,
-                      params: dict[str, str] | None = None) -> dict[str, Any]:
-        data = None if body is None else json.dumps(body)
-        async with self._session_now().request(method, f"{self.cfg.host}{path}", data=data, params=params,
-                                               headers=self._headers(content_type)) as resp:
-            raw = await resp.read()
-            if resp.status >= 400:
-                try:
-                    message = str(json.loads(raw).get("message") or resp.reason)
-                except ValueError:
-                    message = str(resp.reason)
-                raise KubeError(resp.status, message)
-            return dict(json.loads(raw)) if raw else {}
-
-    async def list_pods(self, namespace: str, selector: str) -> list[dict[str, Any]]:
-        result = await self.request("GET", f"/api/v1/namespaces/{namespace}/pods", params={"labelSelector": selector})
-        return list(result.get("items") or [])
-
-    async def release(self, namespace: str, name: str) -> bool:
-        """Remove our gate; False when the pod is gone."""
-        try:
-            await self.request("PATCH", f"/api/v1/namespaces/{namespace}/pods/{name}", gate.release_patch(),
-                               "application/strategic-merge-patch+json")
-        except KubeError as err:
-            if err.status == 404:
-                return False
-            raise
-        return True
-
-    def _migration_path(self, namespace: str, name: str) -> str:
-        return f"/apis/{c.GROUP}/{c.VERSION}/namespaces/{namespace}/{c.PLURAL}/{name}"
-
-    async def get_migration(self, namespace: str, name: str) -> dict[str, Any] | None:
-        try:
-            return await self.request("GET", self._migration_path(namespace, name))
-        except KubeError as err:
-            if err.status == 404:
-                return None
-            raise
-
-    async def patch_held_pods(self, namespace: str, name: str, count: int) -> None:
-        try:
-            await self.request("PATCH", self._migration_path(namespace, name) + "/status",
-                               {"status": {"heldPods": count}}, "application/merge-patch+json")
-        except KubeError as err:
-            if err.status != 404:
-                raise
-
-    async def watch(self, path: str, params: dict[str, str]) -> AsyncIterator[dict[str, Any]]:
-        """Stream the events of a watch request (one JSON object per line) until the server ends it."""
-        if self._watch_session is None or self._watch_session.closed:
-            # Its own connections: a watch holds one for minutes, the patches must never wait for it.
-            self._watch_session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=self._ssl(), limit=0))
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=REQUEST_TIMEOUT, sock_read=WATCH_SECONDS + 30)
-        query = {**params, "watch": "true", "allowWatchBookmarks": "true", "timeoutSeconds": str(WATCH_SECONDS)}
-        async with self._watch_session.get(f"{self.cfg.host}{path}", params=query, timeout=timeout,
-                                           headers=self._headers(None)) as resp:
-            if resp.status >= 400:
-                raise KubeError(resp.status, str(resp.reason))
-            buffer = b""
-            async for chunk in resp.content.iter_any():
-                buffer += chunk
-                *lines, buffer = buffer.split(b"\n")
-                for line in lines:
-                    if line.strip():
-                        yield dict(json.loads(line))
-
-    async def close(self) -> None:
-        for session in (self._session, self._watch_session):
-            if session is not None:
-                await session.close()
-        self._session = self._watch_session = None
-        with contextlib.suppress(Exception):
-            self.api.close()  # type: ignore[no-untyped-call]
 
 
 def _version(obj: dict[str, Any]) -> tuple[int, int]:
@@ -202,7 +68,7 @@ def migration_ref(dbm: dict[str, Any]) -> kopf.Body:
 class Gatekeeper:
     """In-memory view of DatabaseMigrations and held pods; rebuilt from the watches after a restart."""
 
-    client: Client | None = None
+    client: Client | None = None  # the operator's (given at start-up; it closes it)
     migrations: dict[Key, dict[str, Any]] = field(default_factory=dict)
     held: dict[Key, dict[str, gate.PodVerdict]] = field(default_factory=dict)  # by pod uid
     announced: set[str] = field(default_factory=set)  # pod uids whose Held event was posted
@@ -212,22 +78,15 @@ class Gatekeeper:
     dirty: set[Key] = field(default_factory=set)
     released_total: int = 0
 
-    def start(self) -> None:
-        if self.client is None:
-            self.client = Client()
-
-    async def stop(self) -> None:
+    def stop(self) -> None:
         for task in self.tasks.values():
             task.cancel()
         self.tasks.clear()
-        if self.client is not None:
-            await self.client.close()
-            self.client = None
 
     @property
     def kube(self) -> Client:
-        self.start()
-        assert self.client is not None
+        if self.client is None:
+            raise RuntimeError("the Gatekeeper has no Kubernetes client (the operator's start-up gives it one)")
         return self.client
 
     # --- inputs -------------------------------------------------------------------------------------------------
@@ -395,7 +254,7 @@ class Gatekeeper:
         for p in pods:
             self.releasing.add(p.uid)
         try:
-            results = await asyncio.gather(*(self.kube.release(p.namespace, p.name) for p in pods),
+            results = await asyncio.gather(*(self.kube.release_pod(p.namespace, p.name) for p in pods),
                                            return_exceptions=True)
         finally:
             for p in pods:
@@ -454,46 +313,9 @@ class Gatekeeper:
         if (dbm.get("status") or {}).get("heldPods") != count:
             try:
                 await self.kube.patch_held_pods(*key, count)
-            except (KubeError, aiohttp.ClientError, TimeoutError) as err:
+            except KubeError as err:
                 log.warning("could not write status.heldPods of %s/%s: %s", *key, err)
 
     def held_pods(self, namespace: str, name: str) -> int:
         """Pods held for this DatabaseMigration, as last seen."""
         return len(self.held.get((namespace, name), {}))
-
-
-keeper = Gatekeeper()
-
-
-class QuietSuccess(logging.Filter):
-    """Drop Kopf's "... succeeded." lines of our webhook (one per pod created), watch and timer handlers."""
-
-    QUIET = ("'gate-migration'", "'gate-resync'", "'hold-until-schema-ready'")
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        return not (message.endswith(" succeeded.") and any(q in message for q in self.QUIET))
-
-
-@kopf.on.startup()
-async def gate_startup(**_: Any) -> None:
-    objects = logging.getLogger("kopf.objects")
-    if not any(isinstance(f, QuietSuccess) for f in objects.filters):
-        objects.addFilter(QuietSuccess())
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)  # one line per admission request otherwise
-    keeper.start()
-
-
-@kopf.on.cleanup()
-async def gate_cleanup(**_: Any) -> None:
-    await keeper.stop()
-
-
-@kopf.on.event(c.GROUP, c.VERSION, c.PLURAL, id="gate-migration")
-async def gate_migration_changed(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
-    keeper.migration_seen(event.get("type"), dict(body))
-
-
-@kopf.timer(c.GROUP, c.VERSION, c.PLURAL, interval=RESYNC_SECONDS, id="gate-resync")
-async def gate_resync(namespace: str | None, name: str, **_: Any) -> None:
-    keeper.kick((namespace or "", name))

@@ -18,13 +18,13 @@ Certificates: ``--webhook-cert-dir`` holding ``tls.crt``/``tls.key`` (and ``ca.c
 otherwise a CA and a serving certificate are generated at start-up with ``cryptography`` (kopf[dev]'s generator does
 not work with OpenSSL 3) and the CA goes into the configuration's ``caBundle``.
 
-Kubernetes calls made here (RBAC): get/create/update mutatingwebhookconfigurations; get databasemigrations.
+The Kopf registration (``@kopf.on.mutate``) and the start-up are in :mod:`.app`; the Kubernetes calls are
+:mod:`.kube`'s.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import datetime as dt
 import ipaddress
 import logging
@@ -36,15 +36,15 @@ from pathlib import Path
 from typing import Any
 
 import kopf
-import kubernetes
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from kubernetes.client import ApiException
 
 from . import constants as c
-from . import gate, reasons, release
+from . import gate, reasons
+from .kube import Client
+from .release import Gatekeeper
 
 log = logging.getLogger("alembic_operator.webhook")
 
@@ -134,10 +134,6 @@ class WebhookOptions:
         if not _is_ip(self.listen) or not ipaddress.ip_address(self.listen).is_unspecified:
             names.append(self.listen)
         return list(dict.fromkeys(names))
-
-
-options: WebhookOptions | None = None
-"""Set by the CLI (``alembic-operator run``) before Kopf starts; when None, read from the environment."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -278,45 +274,13 @@ def webhook_configuration(opts: WebhookOptions, client_config: dict[str, Any]) -
     }
 
 
-def apply_configuration(body: dict[str, Any]) -> None:
-    """Create or replace the configuration (blocking: run in a thread)."""
-    api = kubernetes.client.AdmissionregistrationV1Api(release.keeper.kube.api)
-    def model(raw: dict[str, Any]) -> kubernetes.client.V1MutatingWebhookConfiguration:
-        obj = kubernetes.client.V1MutatingWebhookConfiguration.from_dict(raw)
-        assert obj is not None
-        return obj
-
-    name = body["metadata"]["name"]
-    for _attempt in range(5):
-        try:
-            current = api.read_mutating_webhook_configuration(name)
-        except ApiException as err:
-            if err.status != 404:
-                raise
-            try:
-                api.create_mutating_webhook_configuration(model(body))
-                return
-            except ApiException as err2:
-                if err2.status == 409:
-                    continue
-                raise
-        version = current.metadata.resource_version if current.metadata else None
-        body = {**body, "metadata": {**body["metadata"], "resourceVersion": version}}
-        try:
-            api.replace_mutating_webhook_configuration(name, model(body))
-            return
-        except ApiException as err:
-            if err.status != 409:
-                raise
-    raise RuntimeError(f"could not write MutatingWebhookConfiguration {name}: conflicts")
-
-
 class GateWebhookServer:
     """Kopf's HTTPS webhook server, plus writing our MutatingWebhookConfiguration whenever its client config changes
     (at start-up, and when the certificate files change)."""
 
-    def __init__(self, opts: WebhookOptions) -> None:
+    def __init__(self, opts: WebhookOptions, client: Client) -> None:
         self.opts = opts
+        self.client = client
         files = cert_files(opts)
         self.server = kopf.WebhookServer(addr=opts.listen, port=opts.port, host=opts.url_host(),
                                          certfile=str(files.cert), pkeyfile=str(files.key), cafile=str(files.ca))
@@ -327,7 +291,7 @@ class GateWebhookServer:
                 body = webhook_configuration(self.opts, dict(client_config))
                 target = body["webhooks"][0]["clientConfig"].get("url") or body["webhooks"][0]["clientConfig"]
                 if self.opts.managed():
-                    await asyncio.to_thread(apply_configuration, body)
+                    await self.client.apply_webhook_configuration(body)
                     log.info("MutatingWebhookConfiguration %s points at %s", self.opts.config_name, target)
                 else:
                     # Kopf's client URL would name 127.0.0.1 for a 0.0.0.0 listener: say where it really listens.
@@ -336,44 +300,20 @@ class GateWebhookServer:
                 yield client_config
 
 
-def current_options() -> WebhookOptions:
-    return options if options is not None else WebhookOptions.from_env()
-
-
-async def no_server(fn: kopf.WebhookFn) -> AsyncIterator[kopf.WebhookClientConfig]:
-    """The webhook disabled: Kopf insists on a server once an admission handler is registered; this one never
-    listens (and never yields)."""
-    await asyncio.Event().wait()
-    yield kopf.WebhookClientConfig()  # pragma: no cover - never reached
-
-
-@kopf.on.startup()
-async def webhook_startup(settings: kopf.OperatorSettings, **_: Any) -> None:
-    opts = current_options()
-    settings.admission.managed = None  # ours: see the module's docstring
-    if not opts.enabled:
-        log.warning("the pod gating webhook is disabled: labelled pods are not held at creation (held pods, "
-                    "e.g. with the gate in their template, are still released)")
-        settings.admission.server = no_server
-        return
-    settings.admission.server = GateWebhookServer(opts)
-
-
-@kopf.on.mutate("v1", "pods", id=HANDLER_ID, operations=["CREATE"], labels={c.WAIT_FOR_LABEL: kopf.PRESENT},
-                side_effects=False)
-async def hold_until_schema_ready(body: kopf.Body, patch: kopf.Patch, warnings: list[str],
-                                  logger: logging.Logger | logging.LoggerAdapter[Any], **_: Any) -> None:
+async def hold_until_schema_ready(keeper: Gatekeeper, opts: WebhookOptions, body: kopf.Body, patch: kopf.Patch,
+                                  warnings: list[str], logger: logging.Logger | logging.LoggerAdapter[Any]) -> None:
+    """The admission of a labelled pod at creation: add the scheduling gate while its requirement is not met."""
     pod = dict(body)
     meta = dict(pod.get("metadata") or {})
     requirement = gate.requirement_of(meta)
     if requirement is None:
         return
     key = (str(meta.get("namespace") or ""), requirement.migration)
-    excluded = current_options().excluded()
+    excluded = opts.excluded()
     try:
         # A fresh read, not the watch's copy: a DatabaseMigration and a Deployment applied together must not let
         # a new pod through on the resource's previous Ready.
-        dbm = await release.keeper.read_migration(*key)
+        dbm = await keeper.read_migration(*key)
     except Exception as err:  # fail closed: hold; the release loop frees the pod if its requirement is met
         logger.warning("could not read DatabaseMigration %s/%s, holding the pod: %s", *key, err)
         decision = gate.Admission(hold=not gate.has_gate(pod) and not (pod.get("spec") or {}).get("nodeName"),

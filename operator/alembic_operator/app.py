@@ -1,0 +1,168 @@
+"""The operator as Kopf runs it: every Kopf registration, and the one start-up, on a registry of its own.
+
+:func:`registry` declares the handlers (they call the plain functions of :mod:`.handlers`, :mod:`.release` and
+:mod:`.webhook`); :func:`run` runs Kopf with it. The start-up builds the runtime objects from the
+:class:`~.config.OperatorConfig` (one Kubernetes client, the reconciler's state, the gatekeeper, the metrics server,
+the webhook server); nothing is configured through module globals.
+
+    reconciler (config.reconciler)   watch Jobs and DatabaseMigrations (wake-ups), one daemon per DatabaseMigration,
+                                     the delete handler (finalizer)
+    gate                             DatabaseMigration events and a resync timer (release held pods)
+    webhook (config.webhook.enabled) the mutating admission handler that holds labelled pods at creation
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import kopf
+
+from . import constants as c
+from . import handlers, metrics, release, webhook
+from .config import OperatorConfig
+from .kube import Client
+
+log = logging.getLogger("alembic_operator")
+
+STARTUP_BACKOFF = 2.0  # seconds between attempts of the start-up
+
+
+class QuietSuccess(logging.Filter):
+    """Drop Kopf's "... succeeded." lines of the handlers that run for every event: the wake-ups, the gate's watch
+    and timer, the webhook (one per pod created)."""
+
+    QUIET = ("'job_changed'", "'migration_changed'", "'gate-migration'", "'gate-resync'", f"'{webhook.HANDLER_ID}'")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not (message.endswith(" succeeded.") and any(q in message for q in self.QUIET))
+
+
+class Operator:
+    """The runtime objects of one operator process, built by the start-up handler."""
+
+    def __init__(self, config: OperatorConfig) -> None:
+        self.config = config
+        self.keeper = release.Gatekeeper()
+        self._ctx: handlers.Context | None = None
+
+    @property
+    def ctx(self) -> handlers.Context:
+        if self._ctx is None:
+            raise RuntimeError("the operator has not started")
+        return self._ctx
+
+    async def start(self, settings: kopf.OperatorSettings) -> None:
+        """Idempotent: Kopf calls it again when it failed (the API server not ready yet)."""
+        config = self.config
+        settings.persistence.finalizer = c.FINALIZER
+        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=c.GROUP)
+        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=c.GROUP)
+        settings.posting.level = logging.WARNING  # our Events are explicit; handler logs stay logs
+        settings.watching.server_timeout = 300
+        settings.networking.request_timeout = 60
+        if config.namespaces:
+            # Roles only: Kopf must not try to list namespaces and CRDs cluster-wide (403s and a slow start).
+            settings.scanning.disabled = True
+        if self._ctx is None:
+            client = Client()
+            self._ctx = handlers.Context(config=config, kube=client, runtime=handlers.Runtime())
+            self.keeper.client = client
+            metrics.serve(config.metrics)
+        client = self._ctx.kube
+        if config.reconciler:
+            await handlers.resume(self.ctx)
+        settings.admission.managed = None  # ours: see webhook's docstring
+        if config.webhook.enabled:
+            settings.admission.server = webhook.GateWebhookServer(config.webhook, client)
+        else:
+            log.warning("the pod gating webhook is disabled: labelled pods are not held at creation (held pods, "
+                        "e.g. with the gate in their template, are still released)")
+
+    async def stop(self) -> None:
+        self.keeper.stop()
+        if self._ctx is not None:
+            await self._ctx.kube.close()
+
+
+def registry(config: OperatorConfig) -> tuple[kopf.OperatorRegistry, Operator]:
+    """A Kopf registry with every handler of the operator so configured, and the operator object they share."""
+    reg = kopf.OperatorRegistry()
+    op = Operator(config)
+
+    @kopf.on.login(id="login", registry=reg)
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        """Kopf's own connection: the credentials our client loads too (in-cluster first, then kubeconfig)."""
+        return kopf.login_via_client(**kwargs)
+
+    # Retried soon (not after Kopf's default minute) when the API server is not ready yet (429, 5xx, unreachable).
+    @kopf.on.startup(id="startup", backoff=STARTUP_BACKOFF, registry=reg)
+    async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+        await op.start(settings)
+
+    @kopf.on.cleanup(id="cleanup", registry=reg)
+    async def cleanup(**_: Any) -> None:
+        await op.stop()
+
+    # --- the reconciler -----------------------------------------------------------------------------------------
+    if config.reconciler:
+        @kopf.on.event("batch", "v1", "jobs", labels={c.MANAGED_BY_LABEL: c.MANAGED_BY}, id="job_changed",
+                       registry=reg)
+        async def job_changed(labels: Mapping[str, str], namespace: str | None, **_: Any) -> None:
+            if namespace and (owner := labels.get(c.OWNER_LABEL)):
+                op.ctx.runtime.wake(namespace, owner)
+
+        @kopf.on.event(c.GROUP, c.VERSION, c.PLURAL, id="migration_changed", registry=reg)
+        async def migration_changed(namespace: str | None, name: str, **_: Any) -> None:
+            if namespace:
+                op.ctx.runtime.wake(namespace, name)
+
+        @kopf.daemon(c.GROUP, c.VERSION, c.PLURAL, cancellation_timeout=10, id="run_migration", registry=reg)
+        async def run_migration(namespace: str | None, name: str, stopped: kopf.DaemonStopped,
+                                logger: handlers.Logger, **_: Any) -> None:
+            await handlers.run_migration(op.ctx, namespace, name, stopped, logger)
+
+        @kopf.on.delete(c.GROUP, c.VERSION, c.PLURAL, id="on_delete", registry=reg)
+        async def on_delete(namespace: str | None, name: str, logger: handlers.Logger, **_: Any) -> None:
+            await handlers.on_delete(op.ctx, namespace, name, logger)
+
+    # --- the gate: releasing held pods --------------------------------------------------------------------------
+    @kopf.on.event(c.GROUP, c.VERSION, c.PLURAL, id="gate-migration", registry=reg)
+    async def gate_migration_changed(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
+        op.keeper.migration_seen(event.get("type"), dict(body))
+
+    @kopf.timer(c.GROUP, c.VERSION, c.PLURAL, interval=release.RESYNC_SECONDS, id="gate-resync", registry=reg)
+    async def gate_resync(namespace: str | None, name: str, **_: Any) -> None:
+        op.keeper.kick((namespace or "", name))
+
+    # --- the webhook: holding labelled pods at creation ---------------------------------------------------------
+    if config.webhook.enabled:
+        @kopf.on.mutate("v1", "pods", id=webhook.HANDLER_ID, operations=["CREATE"],
+                        labels={c.WAIT_FOR_LABEL: kopf.PRESENT}, side_effects=False, registry=reg)
+        async def hold_until_schema_ready(body: kopf.Body, patch: kopf.Patch, warnings: list[str],
+                                          logger: handlers.Logger, **_: Any) -> None:
+            await webhook.hold_until_schema_ready(op.keeper, config.webhook, body, patch, warnings, logger)
+
+    return reg, op
+
+
+def run(config: OperatorConfig) -> int:
+    """Run the operator until it is stopped."""
+    reg, _op = registry(config)
+    kopf.configure(verbose=config.verbose)
+    # Alembic announces every connection it configures; the operator connects often to read the revision.
+    logging.getLogger("alembic.runtime.migration").setLevel(logging.WARNING)
+    logging.getLogger("kopf.objects").addFilter(QuietSuccess())
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)  # one line per admission request otherwise
+    kopf.run(
+        registry=reg,
+        clusterwide=not config.namespaces,
+        namespaces=list(config.namespaces),
+        liveness_endpoint=config.liveness,
+        standalone=config.standalone,
+        peering_name=config.peering,
+        priority=config.priority,
+    )
+    return 0

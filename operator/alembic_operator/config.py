@@ -1,0 +1,78 @@
+"""The operator's configuration: one object, built once at start-up from the command line and the environment.
+
+    alembic-operator run [--namespace NS ...] [--liveness URL] [--peering NAME | --standalone] [--priority N]
+                         [--verbose] [webhook flags: see webhook.add_arguments]
+
+Environment (the Helm chart sets these):
+
+    ALEMBIC_OPERATOR_IMAGE            the image of the Jobs' operator containers (default: this version's release)
+    ALEMBIC_OPERATOR_METRICS_PORT     serve /metrics on this port (unset, empty or 0: no metrics server)
+    ALEMBIC_OPERATOR_METRICS_ADDR     ... on this address (default 0.0.0.0)
+    ALEMBIC_OPERATOR_WEBHOOK_*        the webhook flags' defaults (:meth:`webhook.WebhookOptions.from_env`)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from . import __version__, metrics, webhook
+
+IMAGE_ENV = "ALEMBIC_OPERATOR_IMAGE"
+DEFAULT_IMAGE = f"ghcr.io/alembic-operator/alembic-operator:{__version__}"
+
+
+@dataclass(frozen=True)
+class OperatorConfig:
+    """Everything the operator is told; passed to what needs it (no module-level settings)."""
+
+    namespaces: tuple[str, ...] = ()  # watched namespaces; empty: the whole cluster
+    operator_image: str = DEFAULT_IMAGE  # the image of the Jobs' operator containers
+    webhook: webhook.WebhookOptions = field(default_factory=webhook.WebhookOptions)
+    metrics: metrics.MetricsOptions | None = None  # None: no metrics server
+    liveness: str = "http://0.0.0.0:8080/healthz"
+    standalone: bool = False
+    peering: str | None = None
+    priority: int = 0
+    verbose: bool = False
+    reconciler: bool = True  # False: only the pod gating (the webhook and the release of held pods)
+
+    @property
+    def watched(self) -> list[str] | None:
+        """The watched namespaces, None for the whole cluster."""
+        return list(self.namespaces) or None
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> OperatorConfig:
+        env = os.environ if environ is None else environ
+        namespaces = tuple(ns for item in args.namespace for ns in item.split(",") if ns)
+        return cls(
+            namespaces=namespaces,
+            operator_image=env.get(IMAGE_ENV) or DEFAULT_IMAGE,
+            webhook=webhook.options_from_args(args, namespaces),
+            metrics=metrics.options_from_env(env),
+            liveness=args.liveness,
+            standalone=args.standalone,
+            peering=args.peering,
+            priority=args.priority,
+            verbose=args.verbose,
+            reconciler=args.reconciler,
+        )
+
+
+def add_arguments(run: argparse.ArgumentParser) -> None:
+    """The flags of ``alembic-operator run``."""
+    run.add_argument("-n", "--namespace", action="append", default=[],
+                     help="watch only these namespaces (repeat or comma-separate); default: all namespaces")
+    run.add_argument("--liveness", default=OperatorConfig.liveness,
+                     help="liveness endpoint URL (default %(default)s)")
+    run.add_argument("--peering", default=None, help="KopfPeering name: with several replicas, only one is active")
+    run.add_argument("--standalone", action="store_true", help="no peering (a single replica)")
+    run.add_argument("--priority", type=int, default=0, help="peering priority (give replicas distinct values)")
+    run.add_argument("-v", "--verbose", action="store_true")
+    run.add_argument("--no-reconciler", dest="reconciler", action="store_false",
+                     help="only the pod gating: serve the webhook and release held pods, run no migration "
+                          "(tests, benchmarks)")
+    webhook.add_arguments(run)
