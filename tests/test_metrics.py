@@ -168,17 +168,18 @@ def test_served_over_http() -> None:
         server.server_close()
 
 
-def test_start_from_env() -> None:
-    assert metrics.start_from_env({}) is None
-    assert metrics.start_from_env({metrics.PORT_ENV: "0"}) is None
-    assert metrics.start_from_env({metrics.PORT_ENV: "http"}) is None
+def test_serve_from_env() -> None:
+    assert metrics.serve(metrics.options_from_env({})) is None
+    assert metrics.serve(metrics.options_from_env({metrics.PORT_ENV: "0"})) is None
+    assert metrics.serve(metrics.options_from_env({metrics.PORT_ENV: "http"})) is None
     with socket.socket() as busy:  # a port in use is logged, not raised
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         taken = busy.getsockname()[1]
-        assert metrics.start_from_env({metrics.PORT_ENV: str(taken), metrics.ADDR_ENV: "127.0.0.1"}) is None
+        busy_env = {metrics.PORT_ENV: str(taken), metrics.ADDR_ENV: "127.0.0.1"}
+        assert metrics.serve(metrics.options_from_env(busy_env)) is None
     port = _free_port()
-    started = metrics.start_from_env({metrics.PORT_ENV: str(port), metrics.ADDR_ENV: "127.0.0.1"})
+    started = metrics.serve(metrics.options_from_env({metrics.PORT_ENV: str(port), metrics.ADDR_ENV: "127.0.0.1"}))
     assert started is not None
     server, _thread = started
     try:

@@ -20,7 +20,7 @@ import kopf
 
 from . import constants as c
 from . import kube, metrics, reasons
-from .api import MAX_NAME_LENGTH, WRITING_STEPS, parse_spec
+from .api import MAX_NAME_LENGTH, WRITING_STEPS, RunStatus, dump, parse_spec
 from .config import OperatorConfig
 from .dbstate import DatabaseError, DatabaseTarget, decode_secret_value, parse_url, read_revision, sanitize
 from .jobs import ROLES, Owner, Role, build_job, job_name, lock_key, source_field
@@ -55,10 +55,12 @@ class Runtime:
     def wake(self, namespace: str, name: str) -> None:
         self.wakeups.setdefault((namespace, name), asyncio.Event()).set()
 
-    def note(self, key: str | None, ref: tuple[str, str], run: dict[str, Any]) -> None:
+    def note(self, ref: tuple[str, str], run: RunStatus | None) -> None:
+        """Who writes to which database (the run's database key, while its step may write)."""
         for holders in self.writers.values():
             holders.discard(ref)
-        if key and run.get("step") in WRITING_STEPS:
+        key = run.database_key if run else None
+        if run and key and run.step in WRITING_STEPS:
             self.writers.setdefault(key, set()).add(ref)
 
     def busy_with(self, key: str, ref: tuple[str, str]) -> str | None:
@@ -78,9 +80,8 @@ class Context:
 async def resume(ctx: Context) -> None:
     """At start-up: who is writing to which database, from the statuses (the lock survives a restart)."""
     for obj in await ctx.kube.list_migrations(ctx.config.watched):
-        run = (obj.get("status") or {}).get("run") or {}
         meta = obj["metadata"]
-        ctx.runtime.note(run.get("databaseKey"), (meta["namespace"], meta["name"]), run)
+        ctx.runtime.note((meta["namespace"], meta["name"]), _run_of(obj))
 
 
 async def run_migration(ctx: Context, namespace: str | None, name: str, stopped: kopf.DaemonStopped,
@@ -112,14 +113,19 @@ async def on_delete(ctx: Context, namespace: str | None, name: str, logger: Logg
     assert namespace, "DatabaseMigration is namespaced"
     await reconcile(ctx, namespace, name, logger, deleting=True)
     obj = await ctx.kube.get_migration(namespace, name)
-    run = ((obj or {}).get("status") or {}).get("run") or {}
+    run = _run_of(obj)
     jobs = await ctx.kube.list_jobs(namespace, name)
     active = [j["metadata"]["name"] for j in jobs if _job_state(j) == "active"]
     if active:
         raise kopf.TemporaryError(f"waiting for Job {', '.join(active)} to finish before deleting", delay=5)
-    ctx.runtime.note(None, (namespace, name), {})
+    ctx.runtime.note((namespace, name), None)
     metrics.forget(namespace, name)
-    logger.info("deleted; the database and the backups were left as they are (run step %s)", run.get("step"))
+    logger.info("deleted; the database and the backups were left as they are (run step %s)", run.step)
+
+
+def _run_of(obj: dict[str, Any] | None) -> RunStatus:
+    """status.run, read through the model (an absent or empty run: all fields unset)."""
+    return RunStatus.model_validate(((obj or {}).get("status") or {}).get("run") or {})
 
 
 # --- observe ----------------------------------------------------------------------------------------------------
@@ -278,19 +284,19 @@ async def _reconcile(ctx: Context, namespace: str, name: str, logger: Logger,
     for _attempt in range(5):
         obj = await ctx.kube.get_migration(namespace, name)
         if obj is None:
-            ctx.runtime.note(None, (namespace, name), {})
+            ctx.runtime.note((namespace, name), None)
             return None, None
         meta = obj["metadata"]
         if meta.get("deletionTimestamp") and not deleting:
             return None, None  # the delete handler owns it now
         status = dict(obj.get("status") or {})
-        run = dict(status.get("run") or {})
+        run = _run_of(obj)
         generation = int(meta.get("generation") or 1)
-        writing = run.get("step") in WRITING_STEPS
+        writing = run.step in WRITING_STEPS
         if deleting and not writing:
             return None, None
-        run_generation = int(run["generation"]) if writing else generation
-        run_spec = run.get("spec") if writing else obj.get("spec")
+        run_generation = int(run.generation or generation) if writing else generation
+        run_spec = run.spec if writing else obj.get("spec")
 
         database, target = await _observe_database(ctx, namespace, run_spec or {})
         async with ctx.runtime.db_locks.setdefault(target.key if target else "", asyncio.Lock()):
@@ -312,13 +318,15 @@ async def _reconcile(ctx: Context, namespace: str, name: str, logger: Logger,
                 logger.warning("the API server refused the %s Job: %s", refused.role, refused.message)
                 decision = decide(dataclasses.replace(obs, refused=JobRefusal(refused.role, refused.message)))
             if target:
-                decision.status.setdefault("run", {})["databaseKey"] = target.key
+                run = _run_of({"status": decision.status})
+                run.database_key = target.key
+                decision.status["run"] = dump(run)
             try:
                 if decision.status != status:
                     await ctx.kube.replace_status(obj, decision.status)
             except kube.Conflict:
                 continue  # the object moved on: observe again
-            ctx.runtime.note(target.key if target else None, ref, decision.status.get("run") or {})
+            ctx.runtime.note(ref, _run_of({"status": decision.status}))
             _count(ctx, namespace, name, status, decision, jobs)
         for kind, reason, message in decision.events:
             kopf.event(kopf.Body(obj),  # type: ignore[arg-type]
@@ -344,14 +352,15 @@ async def _act(ctx: Context, obj: dict[str, Any], decision: Decision, target: Da
             await _dry_run_later_jobs(ctx, owner, req)
         args = dict(req.args)
         if ROLES[req.role].writes:
-            args["lockKey"] = str(lock_key(target.key if target else meta["uid"]))
+            args["lockKey"] = str(target.engine.lock_key(target.key) if target else lock_key(meta["uid"]))
         manifest = build_job(req.role, owner, spec, operator_image=ctx.config.operator_image, args=args)
         try:
             await ctx.kube.create_job(manifest)
         except kube.Refused as err:
             raise _JobRefused(req.role, _with_source(err.message)) from None
-        decision.status.setdefault("run", {}).setdefault("jobs", {})[req.role] = job_name(
-            owner.name, req.role, req.generation, args.get("instance"))
+        run = _run_of({"status": decision.status})
+        run.jobs = {**run.jobs, req.role: job_name(owner.name, req.role, req.generation, args.get("instance"))}
+        decision.status["run"] = dump(run)
 
 
 async def _dry_run_later_jobs(ctx: Context, owner: Owner, plan: JobRequest) -> None:
@@ -374,17 +383,17 @@ def _with_source(message: str) -> str:
     return f"{field}: {message}" if field else message
 
 
-async def _database_lineage(ctx: Context, ref: tuple[str, str], run: dict[str, Any], database: DatabaseObservation,
+async def _database_lineage(ctx: Context, ref: tuple[str, str], run: RunStatus, database: DatabaseObservation,
                             target: DatabaseTarget | None) -> tuple[tuple[str, ...], str | None]:
     """When a finished run's database is no longer at its target: what another DatabaseMigration on the same database
     planned for the revision it is at now (its lineage), so that a target it contains is not reported as lost."""
-    if (target is None or not database.ok or run.get("step") != "Done"
-            or run.get("result") not in ("Succeeded", "UpToDate") or database.revision == run.get("targetRevision")):
+    if (target is None or not database.ok or run.step != "Done"
+            or run.result not in ("Succeeded", "UpToDate") or database.revision == run.target_revision):
         return (), None
     for other in await ctx.kube.list_migrations(ctx.config.watched):
         meta, st = other["metadata"], other.get("status") or {}
         plan = st.get("plan") or {}
-        if ((meta["namespace"], meta["name"]) != ref and (st.get("run") or {}).get("databaseKey") == target.key
+        if ((meta["namespace"], meta["name"]) != ref and _run_of(other).database_key == target.key
                 and database.revision and plan.get("toRevision") == database.revision):
             lineage = [str(x) for x in plan.get("lineage") or []]
             return (database.revision, *lineage), f"DatabaseMigration {meta['namespace']}/{meta['name']}"

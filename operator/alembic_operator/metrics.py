@@ -268,8 +268,3 @@ def serve(options: MetricsOptions | None) -> tuple[WSGIServer, threading.Thread]
     except OSError as err:
         log.error("cannot serve metrics on %s:%d: %s", options.addr, options.port, err)
         return None
-
-
-def start_from_env(environ: Mapping[str, str] | None = None) -> tuple[WSGIServer, threading.Thread] | None:
-    """Serve the metrics when ALEMBIC_OPERATOR_METRICS_PORT is set: :func:`serve` of :func:`options_from_env`."""
-    return serve(options_from_env(environ))

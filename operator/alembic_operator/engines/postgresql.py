@@ -1,5 +1,6 @@
 """PostgreSQL: the URL's libpq parameters, pg_dump/pg_restore/psql, the catalog queries of a restore, the pglast
-scanner (``sqlscan``), the advisory lock key (``jobs.lock_key``) and the revision read through SQLAlchemy.
+scanner (``sqlscan``), the advisory lock key (``runner.lock.database_lock_key``) and the revision
+read through SQLAlchemy.
 
 Secrets: the password reaches libpq through ``PGPASSWORD`` (pg tools) or a keyword argument (psycopg), the other
 parameters as a conninfo string without the password; every tool's stderr is scrubbed before it is logged.
@@ -48,9 +49,10 @@ from psycopg.conninfo import make_conninfo
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
-from .. import jobs, sqlscan
+from .. import sqlscan
 from ..jobio import URL_ENV, JobError, log, sanitize
 from ..reconcile import DatabaseObservation
+from ..runner.lock import database_lock_key
 from .base import Engine, Snapshot, observation, read_alembic_state, redact_urls
 
 if TYPE_CHECKING:
@@ -464,7 +466,7 @@ class PostgreSQL(Engine[Database]):
     default_port = 5432
 
     def lock_key(self, database_key: str) -> int:
-        return jobs.lock_key(database_key)  # the runner takes pg_advisory_lock(key)
+        return database_lock_key(database_key)  # the runner takes pg_advisory_lock(key)
 
     def read_revision(self, target: DatabaseTarget) -> DatabaseObservation:
         try:
