@@ -14,7 +14,8 @@ export PYTHONPATH := $(CURDIR)/tests$(if $(PYTHONPATH),:$(PYTHONPATH))
 
 help:
 	@echo "make demo              the operator's whole job, end to end, on the local bed"
-	@echo "make test              the whole test suite (unit + the real bed)"
+	@echo "make test              the whole test suite: tests/unit, tests/postgres, tests/cluster (the bed), tests/e2e"
+	@echo "make test-unit         the tests that need no server (tests/unit)"
 	@echo "make lint              ruff and mypy"
 	@echo "make dev-cluster       start the local bed with a real node (BED_NODE=none: control plane only)"
 	@echo "make dev-cluster-down  stop it"
@@ -70,8 +71,9 @@ tools: venv
 test: deps venv controlplane node tools
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# No server at all: no PostgreSQL, no bed (tests/postgres, tests/cluster and tests/e2e need them).
 test-unit: venv
-	$(PY) -m pytest -m "not bed" $(PYTEST_ARGS)
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
 lint: venv
 	$(VENV)/bin/ruff check operator tests examples
@@ -100,11 +102,11 @@ bench-gate: deps venv controlplane node tools
 
 image-check: venv
 	$(VENV)/bin/hadolint Dockerfile examples/shop/Dockerfile tests/bed/dockerfiles/*/Dockerfile
-	$(PY) -m pytest -q -m "not bed" tests/test_image.py
+	$(PY) -m pytest -q -m "not bed" tests/unit/test_image.py
 
 chart-check: venv tools
 	$$($(PY) -m bed tools | sed -n 's/^helm=//p') lint --strict --kube-version 1.36.0 charts/alembic-operator
-	$(PY) -m pytest -q -m "not bed" tests/test_chart.py tests/test_health_lua.py
+	$(PY) -m pytest -q -m "not bed" tests/unit/test_chart.py tests/unit/test_health_lua.py
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

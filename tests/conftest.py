@@ -24,6 +24,28 @@ if TYPE_CHECKING:
 # --- PostgreSQL (written by the lead; keep) ---------------------------------------------------------------------
 
 
+# Tests by kind: the folder says what a test needs, and a test may not need more than its folder allows.
+SERVER_FIXTURES = {"postgres": {"postgres", "database"},
+                   "bed": {"bed", "kube_api", "namespace", "kubectl", "postgres_in_bed", "e2e"}}
+FOLDER_ALLOWS = {"unit": set(), "postgres": {"postgres"}, "cluster": {"postgres", "bed"}, "e2e": {"postgres", "bed"}}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """tests/unit needs no server (`make test-unit`), tests/postgres only PostgreSQL; a test that asks for more is an
+    error, not a silent slow test in the wrong place."""
+    wrong = []
+    for item in items:
+        folder = item.path.parent.name
+        if folder not in FOLDER_ALLOWS:
+            continue
+        needs = {kind for kind, names in SERVER_FIXTURES.items() if names & set(getattr(item, "fixturenames", ()))}
+        needs |= {m.name for m in item.iter_markers() if m.name in SERVER_FIXTURES}
+        if needs - FOLDER_ALLOWS[folder]:
+            wrong.append(f"{item.nodeid} needs {sorted(needs - FOLDER_ALLOWS[folder])}: move it out of tests/{folder}")
+    if wrong:
+        raise pytest.UsageError("\n".join(wrong))
+
+
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[PostgresServer]:
     """One real PostgreSQL server for the session, on a free loopback port, in a temporary data directory."""

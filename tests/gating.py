@@ -1,6 +1,6 @@
 """Pod gating on the bed: an operator process serving the webhook, apps (Deployments...), simulated statuses.
 
-Used by tests/test_gate_bed.py and tests/bench_gate.py.
+Used by tests/cluster/test_gate_bed.py and tests/bench_gate.py.
 
 ``GateOperator`` runs the operator with the webhook listening on 127.0.0.1:<free port> (the bed's API server calls
 it there over TLS) and a MutatingWebhookConfiguration of its own name, limited to the test's namespace, so that

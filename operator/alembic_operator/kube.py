@@ -1,7 +1,8 @@
 """The operator's one Kubernetes client: asynchronous (aiohttp, on Kopf's event loop), with typed errors.
 
 Every Kubernetes call the operator makes is a method of :class:`Client` (or Kopf's), so this is the list of what the
-chart's RBAC must grant (charts/alembic-operator/templates/_helpers.tpl; tests/test_chart.py derives it from the code):
+chart's RBAC must grant (charts/alembic-operator/templates/_helpers.tpl; tests/unit/test_chart.py derives it from
+the code):
 
     get/list/watch/patch databasemigrations   (Kopf watches, patches its finalizer and annotations; fresh reads)
     update/patch databasemigrations/status    (the reconciler replaces the status; the gate merge-patches heldPods)

@@ -12,7 +12,7 @@ import pytest
 from alembic_operator import constants as c
 from alembic_operator import reasons
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PACKAGE = REPO / "operator" / "alembic_operator"
 API_MD = REPO.parent / "shared" / "API.md"
 CAMEL = re.compile(r"^[A-Z][a-z]+(?:[A-Z][a-z0-9]*|URL)*$")

@@ -9,10 +9,10 @@ import shutil
 from pathlib import Path
 
 import pytest
+from test_runner import RUNNER, SHOP, SHOP_REVS, Run, Runner, current_stack_only, run, tables, version
 
 from apps import Rev, make_project
 from bed.postgres import Database
-from test_runner import RUNNER, SHOP, SHOP_REVS, Run, Runner, current_stack_only, run, tables, version
 
 pytestmark = pytest.mark.postgres
 

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from alembic_operator import api, constants, crdgen, k8s_openapi
-from test_api import (
+from api_cases import (
     INVALID,
     MINIMAL_SPEC,
     RICH_JOB_TEMPLATE,

@@ -21,7 +21,7 @@ from bed.postgres import Database, PostgresServer
 
 pytestmark = pytest.mark.postgres
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 SHOP = REPO / "examples" / "shop"
 
 T1 = Rev("aaaaaaaa0001", upgrade=['op.create_table("t1", sa.Column("id", sa.Integer, primary_key=True))'],

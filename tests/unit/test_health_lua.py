@@ -22,7 +22,7 @@ from alembic_operator import status as s
 
 lupa51 = pytest.importorskip("lupa.lua51")
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 FIXTURES = yaml.safe_load((REPO / "tests" / "fixtures" / "health" / "databasemigrations.yaml").read_text())
 SCRIPT = resources.files("alembic_operator").joinpath("health.lua").read_text()
 ARGO_KEY = f"resource.customizations.health.{c.GROUP}_{c.KIND}"

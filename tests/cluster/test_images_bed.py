@@ -1,13 +1,9 @@
-"""The bed's images (bed/images.py): the build context and its hash without an engine; with buildah (bed-marked),
-the bases, the content cache, the thin app layer, the shop image and a push to a real registry in a private
-network namespace."""
+"""The bed half of test_images.py (a real node): see its docstring."""
 
 from __future__ import annotations
 
 import json
 import os
-import shlex
-import shutil
 import signal
 import subprocess
 import sys
@@ -21,84 +17,7 @@ from alembic_operator import jobs
 from apps import linear, make_project
 from bed import images
 from bed.postgres import Database
-
-REPO = Path(__file__).resolve().parent.parent
-
-
-def _needs(*tools: str) -> None:
-    missing = [t for t in tools if shutil.which(t) is None]
-    if missing:
-        pytest.fail(f"{', '.join(missing)} not installed: `make deps` installs the Debian packages")
-
-
-def run_in(image: str, *cmd: str, volumes: tuple[str, ...] = (), env: dict[str, str] | None = None) -> str:
-    """`cmd` in a working container of `image` (chroot isolation: the host's network; as the image's USER);
-    its stdout. `volumes` are ``HOST:CONTAINER`` bind mounts, `env` extra variables."""
-    opts = [*(f"--volume={v}" for v in volumes), *(f"--env={k}={v}" for k, v in (env or {}).items())]
-    script = ('set -e; c=$(buildah from --pull-never "$1"); shift; trap \'buildah rm "$c" >/dev/null\' EXIT; '
-              f'buildah run --isolation chroot {" ".join(map(shlex.quote, opts))} "$c" -- "$@"')
-    proc = subprocess.run(images.in_cache_ns(["sh", "-c", script, "sh", image, *cmd]), env=images._buildah_env(),
-                          capture_output=True, text=True, check=False, timeout=300)
-    assert proc.returncode == 0, f"{cmd} in {image}: {proc.stdout}{proc.stderr}"
-    return proc.stdout
-
-
-# --- without an engine ------------------------------------------------------------------------------------------
-
-
-def test_context_follows_dockerignore(tmp_path: Path) -> None:
-    (tmp_path / ".dockerignore").write_text("# comment\n*\n!keep/\nkeep/**/__pycache__\n!top.txt\n/skip*\n")
-    for rel in ("keep/a.py", "keep/sub/b.py", "keep/sub/__pycache__/b.pyc", "top.txt", "other.txt",
-                "big/data.bin", "skipme"):
-        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / rel).write_text(rel)
-    assert images.context_files(tmp_path) == ["keep", "keep/a.py", "keep/sub", "keep/sub/b.py", "top.txt"]
-
-
-def test_context_of_the_project_dockerfile_matches_test_image() -> None:
-    """The operator image's context by bed/images.py's rules is the one test_image.py checks (its own parser)."""
-    import test_image
-
-    ours = {p for p in images.context_files(REPO) if (REPO / p).is_file()}
-    assert ours == {p.relative_to(REPO).as_posix() for p in test_image.context_files()}
-
-
-def test_hash_follows_content_mode_dockerfile_and_args(tmp_path: Path) -> None:
-    (tmp_path / "a.txt").write_text("one")
-    (tmp_path / "ignored.log").write_text("x")
-    (tmp_path / ".dockerignore").write_text("*.log\n")
-    first = images.context_hash(tmp_path, "FROM x", {"A": "1"})
-    assert images.context_hash(tmp_path, "FROM x", {"A": "1"}) == first
-    (tmp_path / "ignored.log").write_text("changed")  # not in the context: no rebuild
-    assert images.context_hash(tmp_path, "FROM x", {"A": "1"}) == first
-    seen = {first, images.context_hash(tmp_path, "FROM y", {"A": "1"}),
-            images.context_hash(tmp_path, "FROM x", {"A": "2"})}
-    (tmp_path / "a.txt").write_text("two")
-    seen.add(images.context_hash(tmp_path, "FROM x", {"A": "1"}))
-    (tmp_path / "a.txt").chmod(0o755)
-    seen.add(images.context_hash(tmp_path, "FROM x", {"A": "1"}))
-    (tmp_path / "new").mkdir()
-    seen.add(images.context_hash(tmp_path, "FROM x", {"A": "1"}))
-    assert len(seen) == 6
-
-
-def test_repository_names() -> None:
-    assert images._repository("app:1") == "app"
-    assert images._repository("Shop/Web:2@sha256:" + "0" * 64) == "shop/web"
-    with pytest.raises(images.ImageError):
-        images._repository("bad name")
-
-
-def test_bed_dockerfiles_are_hadolint_clean() -> None:
-    exe = shutil.which("hadolint", path=str(Path(sys.executable).parent)) or shutil.which("hadolint")
-    assert exe, "hadolint is not installed (dev extra)"
-    files = [*sorted(images.DOCKERFILES.glob("*/Dockerfile")), REPO / "examples" / "shop" / "Dockerfile"]
-    proc = subprocess.run([exe, "--failure-threshold", "info", *map(str, files)], capture_output=True, text=True,
-                          check=False, timeout=60)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-
-
-# --- with buildah -----------------------------------------------------------------------------------------------
+from imagebuild import REPO, _needs, run_in
 
 
 @pytest.mark.bed
@@ -249,9 +168,6 @@ def test_the_jobs_commands_run_from_the_images_against_postgres(tmp_path: Path, 
     assert dumps and all(d.stat().st_size > 0 for d in dumps), dumps
 
 
-# --- a real registry in a private network namespace -------------------------------------------------------------
-
-
 @pytest.fixture
 def registry(tmp_path: Path) -> Iterator[tuple[str, list[str]]]:
     """Debian's docker-registry on 127.0.0.1 inside a network namespace of its own (it dies with the process):
@@ -316,3 +232,4 @@ def test_push_to_a_registry_in_a_network_namespace(registry: tuple[str, list[str
     again = images.push(images.app_image(tmp_path / "proj"), name, netns_cmd=enter)
     assert again == ref
     print(f"pushed the app image in {pushed:.1f}s")
+

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from test_reconcile import BACKUP, PLAN_DESTRUCTIVE, PLAN_OK, SPEC, _at_migrating, advance, cond, done, observe, summary
 
 from alembic_operator import constants as c
 from alembic_operator.reconcile import (
@@ -21,7 +22,6 @@ from alembic_operator.reconcile import (
     decide,
     plan_hash,
 )
-from test_reconcile import BACKUP, PLAN_DESTRUCTIVE, PLAN_OK, SPEC, _at_migrating, advance, cond, done, observe, summary
 
 DB = DatabaseObservation
 

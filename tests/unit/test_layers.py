@@ -18,7 +18,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parents[1] / "operator" / "alembic_operator"
+PACKAGE = Path(__file__).resolve().parents[2] / "operator" / "alembic_operator"
 
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("entry", ("cli", "__main__", "app", "crdgen", "k8s_openapi.__main__")),

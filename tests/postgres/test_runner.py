@@ -33,7 +33,7 @@ from bed.postgres import Database
 
 pytestmark = pytest.mark.postgres
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "operator" / "alembic_operator" / "runner"
 # The runner as install-runner writes it for the Jobs: the package built into one zipapp, once per test process.
 _BUILT = Path(tempfile.mkdtemp(prefix="runner-pyz-"))
