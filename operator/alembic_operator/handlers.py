@@ -24,7 +24,7 @@ from .api import MAX_NAME_LENGTH, WRITING_STEPS, RunStatus, dump, parse_spec
 from .config import OperatorConfig
 from .dbstate import DatabaseError, DatabaseTarget, decode_secret_value, parse_url, read_revision, sanitize
 from .jobs import ROLES, Owner, Role, build_job, job_name, lock_key, source_field
-from .podstate import pod_progress
+from .podstate import never_ran, pod_progress
 from .reconcile import (
     DatabaseObservation,
     Decision,
@@ -159,6 +159,12 @@ async def _observe_jobs(ctx: Context, namespace: str, name: str, generation: int
             await ctx.kube.delete_job(namespace, job["metadata"]["name"])  # older runs: history keeps the summary
             continue
         labels = job["metadata"].get("labels") or {}
+        if (_generation(job) < generation and _job_state(job) == "active" and labels.get(c.ROLE_LABEL) != "drift"
+                and never_ran(await ctx.kube.job_pods(namespace, job["metadata"]["name"]))):
+            # A replaced run's Job that never got to run (its image could not be pulled, no node fit...): nothing of
+            # it may start later, beside the new run.
+            await ctx.kube.delete_job(namespace, job["metadata"]["name"])
+            continue
         if labels.get(c.ROLE_LABEL) == "drift" or (labels.get(c.GENERATION_LABEL) == str(generation)
                                                    and labels.get(c.ROLE_LABEL) in ROLES):
             by_role.setdefault(labels[c.ROLE_LABEL], []).append(job)

@@ -35,6 +35,7 @@ RUNNER = f"{WORK_DIR}/runner.pyz"  # the runner package as one zipapp (runner/bu
 PLAN_DIR = f"{WORK_DIR}/plan"
 BACKUP_MOUNT = "/backups"
 OPERATOR_UID = 65532
+INSTALLER = "runner"  # the init container that only writes the runner into the Job's volume
 LOCK_TIMEOUT_SECONDS = 600  # how long a writing Job waits for another one's advisory lock on the same database
 SHORT, LONG = 600, 6 * 3600  # default deadlines: a Job that never starts (image pull errors...) must still end
 
@@ -142,13 +143,13 @@ def _container(
         "name": name,
         "image": image,
         "command": command,
-        "env": _env(spec) if name != "runner" else [],
+        "env": _env(spec) if name != INSTALLER else [],
         "volumeMounts": mounts,
         "securityContext": _container_security(spec, ours),
         "terminationMessagePath": "/dev/termination-log",
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
-    if name != "runner":
+    if name != INSTALLER:
         # Scratch space on the Job's emptyDir, not on /tmp: our containers have a read-only root filesystem, and
         # the app's image keeps its own /tmp as it is (its files, even its virtualenv, may live there).
         container["env"] += [{"name": "HOME", "value": WORK_DIR}, {"name": "TMPDIR", "value": WORK_DIR}]
@@ -254,7 +255,7 @@ class _Inputs:
                           ours=False, mounts=[WORK], working_dir=m.working_dir, pull_policy=m.image_pull_policy)
 
     def install_runner(self) -> dict[str, Any]:
-        return self.ours("runner", ["alembic-operator", "job", "install-runner", RUNNER], [WORK])
+        return self.ours(INSTALLER, ["alembic-operator", "job", "install-runner", RUNNER], [WORK])
 
     def locking(self) -> list[str]:
         return ["--lock-key", self.args["lockKey"], "--lock-timeout", str(LOCK_TIMEOUT_SECONDS)]

@@ -1,7 +1,9 @@
 """How far a Job's pod got, read from the pod objects. Pure: pods (as dicts) in, a verdict out.
 
 A Job whose pod cannot start looks "active" to the Job API for as long as its deadline (hours for a backup), so the
-operator looks at the pod itself: whether it started, and whether it waits for something only a human can provide.
+operator looks at the pod itself: whether it started, and whether it waits for something only a human can provide
+(an image that cannot be pulled, a security context the image cannot meet, a node that fits, a claim). The kubelet
+and the scheduler keep trying, so a Job blocked this way continues on its own once the cause is gone.
 """
 
 from __future__ import annotations
@@ -10,26 +12,24 @@ import re
 from typing import Any
 
 from . import reasons
+from .jobs import INSTALLER
 
 _MISSING_CLAIM = re.compile(r'persistentvolumeclaim "([^"]+)" not found', re.IGNORECASE)
+_PULL_WAITING = {"ErrImagePull", "ImagePullBackOff"}
+_NOT_FOUND = re.compile(r"not found|manifest unknown|no such|does not exist", re.IGNORECASE)
+_DENIED = re.compile(r"unauthorized|authentication required|denied|forbidden|401|403", re.IGNORECASE)
+_AS_ROOT = re.compile(r"runAsNonRoot and image (will run as root|has non-numeric user)", re.IGNORECASE)
+MESSAGE_CHARS = 300  # of the kubelet's or the scheduler's own words, quoted
 
 
 def pod_progress(pods: list[dict[str, Any]]) -> tuple[bool, tuple[str, str] | None]:
     """(started, blocked) for the pods of one Job.
 
-    started: some pod runs or ran a container (Pending with an init container running counts). blocked: (reason,
-    message) when a pod waits for something a human must create or fix; the Job is kept and starts on its own
-    once that exists (the scheduler and the kubelet keep trying).
+    started: one of the Job's own containers runs or ran (the init container that only installs the runner does not
+    count: nothing of the step has run yet). blocked: (reason, message) when a pod waits for something a human must
+    create or fix; the Job is kept, and starts on its own once that exists.
     """
-    started = False
-    for pod in pods:
-        status = pod.get("status") or {}
-        if status.get("phase") in ("Running", "Succeeded", "Failed"):
-            started = True
-        statuses = list(status.get("initContainerStatuses") or []) + list(status.get("containerStatuses") or [])
-        if any((cs.get("state") or {}).keys() & {"running", "terminated"} for cs in statuses):
-            started = True
-    if started:
+    if any(_ran(pod) for pod in pods):
         return True, None
     for pod in pods:
         if (blocked := _blocked(pod)) is not None:
@@ -37,18 +37,76 @@ def pod_progress(pods: list[dict[str, Any]]) -> tuple[bool, tuple[str, str] | No
     return False, None
 
 
+def never_ran(pods: list[dict[str, Any]]) -> bool:
+    """None of the Job's own containers ever started: deleting the Job cannot cut a step short."""
+    return not any(_ran(pod) for pod in pods)
+
+
+def _statuses(pod: dict[str, Any]) -> list[dict[str, Any]]:
+    status = pod.get("status") or {}
+    return list(status.get("initContainerStatuses") or []) + list(status.get("containerStatuses") or [])
+
+
+def _ran(pod: dict[str, Any]) -> bool:
+    states = [cs.get("state") or {} for cs in _statuses(pod) if cs.get("name") != INSTALLER]
+    last = [cs.get("lastState") or {} for cs in _statuses(pod) if cs.get("name") != INSTALLER]
+    return any(s.keys() & {"running", "terminated"} for s in states + last)
+
+
+def _image_of(pod: dict[str, Any], container: str) -> str:
+    spec = pod.get("spec") or {}
+    for ctr in list(spec.get("initContainers") or []) + list(spec.get("containers") or []):
+        if ctr.get("name") == container:
+            return str(ctr.get("image") or "?")
+    return "?"
+
+
+def _quote(text: str) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= MESSAGE_CHARS else text[: MESSAGE_CHARS - 3] + "..."
+
+
 def _blocked(pod: dict[str, Any]) -> tuple[str, str] | None:
     status = pod.get("status") or {}
-    texts = [str(cond.get("message") or "") for cond in status.get("conditions") or []
-             if cond.get("type") == "PodScheduled" and cond.get("status") == "False"]
-    statuses = list(status.get("initContainerStatuses") or []) + list(status.get("containerStatuses") or [])
-    texts += [str(((cs.get("state") or {}).get("waiting") or {}).get("message") or "") for cs in statuses]
-    for text in texts:
+    namespace = (pod.get("metadata") or {}).get("namespace", "")
+    unscheduled = [cond for cond in status.get("conditions") or []
+                   if cond.get("type") == "PodScheduled" and cond.get("status") == "False"]
+    waiting = [(str(cs.get("name")), (cs.get("state") or {}).get("waiting") or {}) for cs in _statuses(pod)]
+    for text in [str(c.get("message") or "") for c in unscheduled] + [str(w.get("message") or "") for _n, w in waiting]:
         if match := _MISSING_CLAIM.search(text):
-            claim = match.group(1)
-            namespace = (pod.get("metadata") or {}).get("namespace", "")
             return (reasons.PERSISTENT_VOLUME_CLAIM_NOT_FOUND,
-                    f'its pod cannot start: PersistentVolumeClaim {namespace}/{claim} does not exist (see '
+                    f"its pod cannot start: PersistentVolumeClaim {namespace}/{match.group(1)} does not exist (see "
                     "spec.backup.volume). Create it, or fix the claim name: the Job waits and continues on its own "
                     "once the claim exists")
+    for name, wait in waiting:
+        reason, said = str(wait.get("reason") or ""), _quote(str(wait.get("message") or ""))
+        image = _image_of(pod, name)
+        field = "spec.migrations.image" if name not in ("scan", "backup", "restore", INSTALLER) else (
+            "the operator's image (the chart's image.repository and image.tag)")
+        if reason in _PULL_WAITING:
+            fix = ("add a pull Secret for its registry to spec.jobTemplate.imagePullSecrets" if _DENIED.search(said)
+                   else f"check the name and tag in {field}" if _NOT_FOUND.search(said)
+                   else f"check {field} and that the node can reach its registry")
+            return (reasons.IMAGE_PULL_FAILED,
+                    f"its pod cannot pull the image {image} (container {name}): {said or reason}. To fix: {fix}. "
+                    "The Job keeps trying and continues on its own once the image can be pulled; a new image in the "
+                    "spec starts a new run")
+        if reason == "InvalidImageName":
+            return (reasons.INVALID_IMAGE_NAME,
+                    f"the image name {image} (container {name}) is not valid: {said or reason}. Fix {field}")
+        if reason == "CreateContainerConfigError" and _AS_ROOT.search(said):
+            return (reasons.IMAGE_RUNS_AS_ROOT,
+                    f"the image {image} (container {name}) runs as root or as a user name, and the Jobs run with "
+                    f"runAsNonRoot: {said}. To fix: set a numeric non-root USER in the image's Dockerfile (e.g. USER "
+                    "10001), or set spec.jobTemplate.securityContext.runAsUser to a non-zero uid")
+        if reason == "CreateContainerConfigError":
+            return (reasons.CONTAINER_CONFIG_ERROR,
+                    f"the container {name} cannot be created: {said or reason}. To fix: create what it refers to, or "
+                    "fix the reference in spec.jobTemplate.env; the Job continues on its own once it exists")
+    for cond in unscheduled:
+        if cond.get("reason") == "Unschedulable":
+            return (reasons.UNSCHEDULABLE,
+                    f"no node can run its pod: {_quote(str(cond.get('message') or ''))}. To fix: relax "
+                    "spec.jobTemplate.nodeSelector, affinity or tolerations, or lower spec.jobTemplate.resources; "
+                    "the Job is scheduled as soon as a node fits")
     return None

@@ -87,6 +87,19 @@ JOB_REFUSED = _reason("JobRefused", "stalled", "the API server refused a Job bui
 PERSISTENT_VOLUME_CLAIM_NOT_FOUND = _reason(
     "PersistentVolumeClaimNotFound", "stalled", "a Job's pod waits for a PersistentVolumeClaim that does not exist",
     runbook="a-jobs-pod-cannot-start-for-a-missing-claim--stalled--persistentvolumeclaimnotfound")
+_POD = ("a-jobs-pod-cannot-start--stalled--imagepullfailed-invalidimagename-imagerunsasroot-containerconfigerror-"
+        "unschedulable")
+IMAGE_PULL_FAILED = _reason("ImagePullFailed", "stalled",
+                            "a Job's pod cannot pull its image (not found, or unauthorized: imagePullSecrets)",
+                            runbook=_POD)
+INVALID_IMAGE_NAME = _reason("InvalidImageName", "stalled", "a Job's image name is not a valid reference",
+                             runbook=_POD)
+IMAGE_RUNS_AS_ROOT = _reason("ImageRunsAsRoot", "stalled", "the image runs as root or as a user name, and the Jobs run "
+                             "with runAsNonRoot", runbook=_POD)
+CONTAINER_CONFIG_ERROR = _reason("ContainerConfigError", "stalled", "a Job's container refers to a ConfigMap or Secret "
+                                 "(key) that does not exist", runbook=_POD)
+UNSCHEDULABLE = _reason("Unschedulable", "stalled", "no node fits a Job's pod (nodeSelector, affinity, tolerations, "
+                        "resources)", runbook=_POD)
 SECRET_NOT_FOUND = _reason("SecretNotFound", "stalled", "the database URL's Secret (or its key) does not exist",
                           runbook=_DB_URL)
 INVALID_DATABASE_URL = _reason("InvalidDatabaseURL", "stalled", "the database URL cannot be used", runbook=_DB_URL,

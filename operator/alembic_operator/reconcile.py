@@ -252,8 +252,12 @@ class _Run:
             if job.blocked:  # its pod cannot start for a reason a human must fix: kept, it starts once fixed
                 why, detail = job.blocked
                 return self.outcome(s.stalled(phase, why, f"{job.name}: {detail}"), POLL_STARTING)
+            if not job.started:  # only slow so far (scheduling, pulling a big image): say what it waits for
+                return self.outcome(s.progressing(phase, spec.reason, f"{role} Job {job.name} is starting: its pod "
+                                                  "waits to be scheduled, for its image or for its container"),
+                                    POLL_STARTING)
             return self.outcome(s.progressing(phase, spec.reason, running or f"{role} Job {job.name} is running"),
-                                POLL_ACTIVE if job.started else POLL_STARTING)
+                                POLL_ACTIVE)
         if before_retry is not None and (stop := before_retry()) is not None:
             return stop
         if spec.retries and may_retry() and (retrying := self.retry(role, args)) is not None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from alembic_operator.podstate import pod_progress
+from alembic_operator.podstate import never_ran, pod_progress
 
 
 def pod(phase: str = "Pending", conditions: list[dict[str, Any]] | None = None,
@@ -38,5 +38,69 @@ def test_a_missing_claim_is_blocked_whoever_reports_it() -> None:
 def test_a_running_pod_is_started_and_never_blocked() -> None:
     assert pod_progress([pod("Running", running=True)]) == (True, None)
     init_running = pod()
-    init_running["status"]["initContainerStatuses"] = [{"name": "runner", "state": {"running": {}}}]
+    init_running["status"]["initContainerStatuses"] = [{"name": "plan", "state": {"running": {}}}]
     assert pod_progress([init_running, pod(conditions=[UNSCHEDULABLE])]) == (True, None)
+
+
+def waiting_on(container: str, image: str, reason: str, message: str, installed: bool = True) -> dict[str, Any]:
+    """A plan pod: the runner installer (our image) done, the app's init container waiting."""
+    p = pod()
+    p["spec"] = {"initContainers": [{"name": "runner", "image": "op:1"}, {"name": container, "image": image}],
+                 "containers": [{"name": "scan", "image": "op:1"}]}
+    done = {"terminated": {"exitCode": 0}} if installed else {"waiting": {"reason": "PodInitializing"}}
+    p["status"]["initContainerStatuses"] = [{"name": "runner", "state": done},
+                                            {"name": container, "state": {"waiting": {"reason": reason,
+                                                                                    "message": message}}}]
+    return p
+
+
+def test_the_runner_installer_alone_is_not_a_start() -> None:
+    """Only the step's own containers count: a Job whose installer ran but whose app image cannot be pulled never
+    ran anything of its step (it may be deleted), and it is blocked."""
+    p = waiting_on("plan", "registry.local/shop:typo", "ImagePullBackOff", "Back-off pulling image")
+    started, blocked = pod_progress([p])
+    assert not started and blocked is not None and blocked[0] == "ImagePullFailed"
+    assert never_ran([p])
+
+
+def test_image_pull_errors_name_the_image_and_the_fix() -> None:
+    not_found = waiting_on("plan", "registry.local/shop:typo", "ErrImagePull",
+                           'failed to pull and unpack image "registry.local/shop:typo": not found')
+    reason, message = pod_progress([not_found])[1] or ("", "")
+    assert reason == "ImagePullFailed" and "registry.local/shop:typo" in message and "container plan" in message
+    assert "spec.migrations.image" in message and "not found" in message
+    denied = waiting_on("migrate", "private.example/shop:1", "ErrImagePull",
+                        "failed to authorize: 401 Unauthorized")
+    reason, message = pod_progress([denied])[1] or ("", "")
+    assert reason == "ImagePullFailed" and "spec.jobTemplate.imagePullSecrets" in message
+    ours = waiting_on("backup", "ghcr.io/alembic-operator/alembic-operator:typo", "ErrImagePull", "not found")
+    assert "the operator's image" in (pod_progress([ours])[1] or ("", ""))[1]
+    bad = waiting_on("plan", "Shop:1", "InvalidImageName", 'Failed to apply default image tag "Shop:1"')
+    assert (pod_progress([bad])[1] or ("",))[0] == "InvalidImageName"
+
+
+def test_a_root_image_under_run_as_non_root_says_how_to_fix_it() -> None:
+    for said in ("container has runAsNonRoot and image will run as root (pod: p, container: migrate)",
+                 "container has runAsNonRoot and image has non-numeric user (app), cannot verify user is non-root"):
+        reason, message = pod_progress([waiting_on("migrate", "shop:1", "CreateContainerConfigError", said)])[1] \
+            or ("", "")
+        assert reason == "ImageRunsAsRoot" and "USER" in message
+        assert "spec.jobTemplate.securityContext.runAsUser" in message
+
+
+def test_a_missing_config_key_and_no_fitting_node() -> None:
+    missing = waiting_on("plan", "shop:1", "CreateContainerConfigError",
+                         'couldn\'t find key APP_ENV in ConfigMap shop/settings')
+    reason, message = pod_progress([missing])[1] or ("", "")
+    assert reason == "ContainerConfigError" and "shop/settings" in message and "spec.jobTemplate.env" in message
+    nowhere = pod(conditions=[{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                               "message": "0/1 nodes are available: 1 node(s) didn't match Pod's node affinity/"
+                                          "selector."}])
+    reason, message = pod_progress([nowhere])[1] or ("", "")
+    assert reason == "Unschedulable" and "node affinity" in message and "spec.jobTemplate.nodeSelector" in message
+
+
+def test_a_slow_start_is_not_blocked() -> None:
+    """Pulling a big image, creating the container: only slow, not a human's problem."""
+    for reason in ("ContainerCreating", "PodInitializing"):
+        assert pod_progress([waiting_on("plan", "shop:1", reason, "")]) == (False, None)

@@ -216,6 +216,7 @@ def test_a_backup_waiting_for_a_missing_claim_stalls_then_continues_on_its_own()
     pending = JobObservation("shop-backup-g1", "active", started=False)
     d = advance(d, jobs={"plan": done("plan", PLAN_OK), "backup": pending})
     assert cond(d, c.RECONCILING)["reason"] == "BackingUp" and d.requeue_after == 3.0
+    assert "shop-backup-g1 is starting" in d.status["message"] and "for its image" in d.status["message"]
     blocked = JobObservation("shop-backup-g1", "active", started=False, blocked=MISSING)
     d = advance(d, jobs={"plan": done("plan", PLAN_OK), "backup": blocked})
     assert summary(d) == ("False", "False", "True") and d.jobs == []
