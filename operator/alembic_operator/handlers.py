@@ -23,7 +23,7 @@ from . import kube, metrics, reasons
 from .api import MAX_NAME_LENGTH, WRITING_STEPS, RunStatus, dump, parse_spec
 from .config import OperatorConfig
 from .dbstate import DatabaseError, DatabaseTarget, decode_secret_value, parse_url, read_revision, sanitize
-from .jobs import ROLES, Owner, Role, build_job, job_name, lock_key, source_field
+from .jobs import ROLES, Owner, Role, build_job, job_name, source_field
 from .podstate import never_ran, pod_progress
 from .reconcile import (
     DatabaseObservation,
@@ -34,6 +34,7 @@ from .reconcile import (
     Observation,
     decide,
 )
+from .runner.lock import database_lock_key
 from .runner.results import JobResult
 
 Logger = logging.Logger | logging.LoggerAdapter[Any]
@@ -318,21 +319,23 @@ async def _reconcile(ctx: Context, namespace: str, name: str, logger: Logger,
             decision = decide(obs)
             if deleting:  # finish what was started (a rollback included), start nothing new
                 decision.jobs = [j for j in decision.jobs if ROLES[j.role].during_deletion]
+            created: dict[str, str] = {}
             try:
-                await _act(ctx, obj, decision, target)
+                created = await _act(ctx, obj, decision, target)
             except _JobRefused as refused:  # tell the user now, in the status: retrying cannot help
                 logger.warning("the API server refused the %s Job: %s", refused.role, refused.message)
                 decision = decide(dataclasses.replace(obs, refused=JobRefusal(refused.role, refused.message)))
+            run = _run_of({"status": decision.status})
+            run.jobs = {**run.jobs, **created}
             if target:
-                run = _run_of({"status": decision.status})
                 run.database_key = target.key
-                decision.status["run"] = dump(run)
+            decision.status["run"] = dump(run)
             try:
                 if decision.status != status:
                     await ctx.kube.replace_status(obj, decision.status)
             except kube.Conflict:
                 continue  # the object moved on: observe again
-            ctx.runtime.note(ref, _run_of({"status": decision.status}))
+            ctx.runtime.note(ref, run)
             _count(ctx, namespace, name, status, decision, jobs)
         for kind, reason, message in decision.events:
             kopf.event(kopf.Body(obj),  # type: ignore[arg-type]
@@ -349,8 +352,11 @@ class _JobRefused(Exception):
         self.message = message
 
 
-async def _act(ctx: Context, obj: dict[str, Any], decision: Decision, target: DatabaseTarget | None) -> None:
+async def _act(ctx: Context, obj: dict[str, Any], decision: Decision,
+               target: DatabaseTarget | None) -> dict[str, str]:
+    """Create the decision's Jobs; their names, by role (for status.run.jobs)."""
     meta = obj["metadata"]
+    created: dict[str, str] = {}
     for req in decision.jobs:
         owner = Owner(name=meta["name"], namespace=meta["namespace"], uid=meta["uid"], generation=req.generation)
         spec = parse_spec(req.spec)
@@ -358,15 +364,14 @@ async def _act(ctx: Context, obj: dict[str, Any], decision: Decision, target: Da
             await _dry_run_later_jobs(ctx, owner, req)
         args = dict(req.args)
         if ROLES[req.role].writes:
-            args["lockKey"] = str(target.engine.lock_key(target.key) if target else lock_key(meta["uid"]))
+            args["lockKey"] = str(target.engine.lock_key(target.key) if target else database_lock_key(meta["uid"]))
         manifest = build_job(req.role, owner, spec, operator_image=ctx.config.operator_image, args=args)
         try:
             await ctx.kube.create_job(manifest)
         except kube.Refused as err:
             raise _JobRefused(req.role, _with_source(err.message)) from None
-        run = _run_of({"status": decision.status})
-        run.jobs = {**run.jobs, req.role: job_name(owner.name, req.role, req.generation, args.get("instance"))}
-        decision.status["run"] = dump(run)
+        created[req.role] = job_name(owner.name, req.role, req.generation, args.get("instance"))
+    return created
 
 
 async def _dry_run_later_jobs(ctx: Context, owner: Owner, plan: JobRequest) -> None:

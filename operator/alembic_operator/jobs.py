@@ -25,7 +25,6 @@ from . import constants as c
 from . import reasons
 from .api import DatabaseMigrationSpec
 from .constants import Phase
-from .runner.lock import database_lock_key
 
 Role = Literal["plan", "backup", "migrate", "downgrade", "restore", "stamp", "drift"]
 
@@ -87,11 +86,6 @@ SOURCE_FIELDS: tuple[tuple[re.Pattern[str], str], ...] = tuple((re.compile(p), f
 def source_field(message: str) -> str | None:
     """The DatabaseMigration field behind a Job field named in an API server message (None: not ours to say)."""
     return next((field for pattern, field in SOURCE_FIELDS if pattern.search(message)), None)
-
-
-def lock_key(database_key: str) -> int:
-    """The PostgreSQL advisory lock key of a database: a signed 64-bit integer derived from its identity."""
-    return database_lock_key(database_key)
 
 
 def backup_dir(owner: Owner) -> str:

@@ -14,11 +14,12 @@ from typing import IO, Any
 import pytest
 from sqlalchemy.engine import URL, make_url
 
-from alembic_operator import dbstate, engines, jobs, jobtools, sqlscan
+from alembic_operator import dbstate, engines, jobtools, sqlscan
 from alembic_operator.dbstate import DatabaseError, parse_url, read_revision
 from alembic_operator.engines import postgresql
 from alembic_operator.engines.base import observation, read_alembic_state
 from alembic_operator.reconcile import DatabaseObservation
+from alembic_operator.runner.lock import database_lock_key
 
 
 @pytest.mark.parametrize("scheme", ["postgresql", "postgresql+psycopg", "postgresql+psycopg2"])
@@ -26,7 +27,7 @@ def test_postgresql_owns_its_schemes(scheme: str) -> None:
     engine = engines.for_url(make_url(f"{scheme}://u:pw@db.example/shop"))
     assert isinstance(engine, postgresql.PostgreSQL) and engines.REGISTRY.get("postgresql") is engine
     assert scheme in engines.supported_schemes()
-    assert engine.lock_key("k") == jobs.lock_key("k")  # the runner's advisory lock, one implementation
+    assert engine.lock_key("k") == database_lock_key("k")  # the runner's advisory lock, one implementation
 
 
 def test_unknown_schemes_name_the_field_and_the_supported_ones() -> None:

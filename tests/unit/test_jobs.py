@@ -8,7 +8,8 @@ import pytest
 
 from alembic_operator import constants as c
 from alembic_operator.api import parse_spec
-from alembic_operator.jobs import ROLES, URL_ENV, Owner, build_job, job_name, lock_key
+from alembic_operator.jobs import ROLES, URL_ENV, Owner, build_job, job_name
+from alembic_operator.runner.lock import database_lock_key as lock_key
 
 SPEC: dict[str, Any] = {
     "database": {"urlSecretRef": {"name": "shop-db", "key": "url"}},
