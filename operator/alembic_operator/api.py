@@ -792,6 +792,8 @@ class RunStatus(_StatusModel):
     backup: RunBackup | None = Field(default=None, description="The backup this run took.")
     rollback: RunRollback | None = Field(default=None, description="How the failed run is being undone.")
     failure: str | None = Field(default=None, description="Why the migration failed (kept through the rollback).")
+    failure_reason: str | None = Field(default=None, description="What stopped the migration Job from outside "
+                                       "(OOMKilled, PodDeleted...): the Stalled reason once the rollback is over.")
     instances: dict[str, int] | None = Field(
         default=None, description="Which Job of each role the run is on (0 first; one more per retry or re-plan)."
     )

@@ -24,7 +24,7 @@ from .api import MAX_NAME_LENGTH, WRITING_STEPS, RunStatus, dump, parse_spec
 from .config import OperatorConfig
 from .dbstate import DatabaseError, DatabaseTarget, decode_secret_value, parse_url, read_revision, sanitize
 from .jobs import ROLES, Owner, Role, build_job, job_name, source_field
-from .podstate import never_ran, pod_progress
+from .podstate import failure_cause, never_ran, pod_progress
 from .reconcile import (
     DatabaseObservation,
     Decision,
@@ -211,8 +211,9 @@ async def _observe_job(ctx: Context, namespace: str, job: dict[str, Any],
     if result and target:
         result = {k: sanitize(v, target.url) if isinstance(v, str) else v for k, v in result.items()}
     instance = (job["metadata"].get("labels") or {}).get(c.INSTANCE_LABEL)
+    cause = failure_cause(job, pods) if state == "failed" else None
     return JobObservation(name=name, state=state, result=cast("JobResult | None", result), message="; ".join(notes),
-                          instance=instance, seconds=_duration(job))
+                          instance=instance, seconds=_duration(job), cause=cause)
 
 
 def _duration(job: dict[str, Any]) -> float | None:

@@ -1,9 +1,13 @@
-"""How far a Job's pod got, read from the pod objects. Pure: pods (as dicts) in, a verdict out.
+"""How far a Job's pod got, and why it ended, read from the Job and pod objects. Pure: objects in, a verdict out.
 
 A Job whose pod cannot start looks "active" to the Job API for as long as its deadline (hours for a backup), so the
 operator looks at the pod itself: whether it started, and whether it waits for something only a human can provide
 (an image that cannot be pulled, a security context the image cannot meet, a node that fits, a claim). The kubelet
 and the scheduler keep trying, so a Job blocked this way continues on its own once the cause is gone.
+
+A Job that failed without its runner saying why was stopped from outside: killed for memory, evicted by the node,
+stopped at its deadline, or its pod deleted. `failure_cause` names which, from what Kubernetes recorded, so the user
+reads the fix (a memory limit, a deadline) instead of "exited 137".
 """
 
 from __future__ import annotations
@@ -109,4 +113,61 @@ def _blocked(pod: dict[str, Any]) -> tuple[str, str] | None:
                     f"no node can run its pod: {_quote(str(cond.get('message') or ''))}. To fix: relax "
                     "spec.jobTemplate.nodeSelector, affinity or tolerations, or lower spec.jobTemplate.resources; "
                     "the Job is scheduled as soon as a node fits")
+    return None
+
+
+def failure_cause(job: dict[str, Any], pods: list[dict[str, Any]]) -> tuple[str, str] | None:
+    """(reason, message) when a failed Job was stopped from outside rather than by its own error, else None.
+
+    Checked in this order because one cause leads to the next: at its deadline the Job controller deletes the pod,
+    and an evicted or deleted pod's containers end killed.
+    """
+    deadline = (job.get("spec") or {}).get("activeDeadlineSeconds")
+    for cond in (job.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == "Failed" and cond.get("status") == "True" and cond.get("reason") == "DeadlineExceeded":
+            return (reasons.DEADLINE_EXCEEDED,
+                    f"it ran longer than its deadline of {deadline} s (activeDeadlineSeconds) and Kubernetes stopped "
+                    "it. To fix: raise spec.jobTemplate.activeDeadlineSeconds (or find what made it slow, e.g. a lock "
+                    "it waited for)")
+    for pod in pods:
+        for cs in _statuses(pod):
+            term = (cs.get("state") or {}).get("terminated") or (cs.get("lastState") or {}).get("terminated") or {}
+            if term.get("reason") == "OOMKilled":
+                name = str(cs.get("name"))
+                limit = _memory_limit(pod, name)
+                said = (f"its memory limit is {limit}" if limit else
+                        "it has no memory limit of its own: the node or its namespace ran out of memory")
+                return (reasons.OOM_KILLED,
+                        f"the container {name} was killed for running out of memory (OOMKilled): {said}. To fix: "
+                        "raise spec.jobTemplate.resources.limits.memory (and requests.memory), then apply the "
+                        "resource again")
+    for pod in pods:
+        status = pod.get("status") or {}
+        if status.get("reason") == "Evicted":
+            return (reasons.POD_EVICTED,
+                    f"the node evicted its pod: {_quote(str(status.get('message') or 'Evicted'))}. To fix: give "
+                    "the Jobs what they use (spec.jobTemplate.resources: memory, ephemeral-storage) or free the "
+                    "node, then apply the resource again")
+        disrupted = [cond for cond in status.get("conditions") or []
+                     if cond.get("type") == "DisruptionTarget" and cond.get("status") == "True"]
+        if disrupted and disrupted[0].get("reason") == "EvictionByEvictionAPI":
+            return (reasons.POD_EVICTED,
+                    f"its pod was evicted through the Eviction API (a node drain?): "
+                    f"{_quote(str(disrupted[0].get('message') or ''))}. Apply the resource again once the node is "
+                    "back, or keep drains away from running migrations (a PodDisruptionBudget)")
+    deleted = [pod for pod in pods if (pod.get("metadata") or {}).get("deletionTimestamp")]
+    if not pods or deleted:
+        how = " while its containers ran" if any(_ran(pod) for pod in pods) else ""
+        return (reasons.POD_DELETED,
+                f"its pod was deleted before it finished{how} (by a person, a controller or the node going away); "
+                "the operator's Jobs never start a second pod by themselves. Apply the resource again (any change to "
+                "its spec) to run it anew")
+    return None
+
+
+def _memory_limit(pod: dict[str, Any], container: str) -> str | None:
+    spec = pod.get("spec") or {}
+    for ctr in list(spec.get("initContainers") or []) + list(spec.get("containers") or []):
+        if ctr.get("name") == container:
+            return ((ctr.get("resources") or {}).get("limits") or {}).get("memory")
     return None

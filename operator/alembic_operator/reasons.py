@@ -100,6 +100,14 @@ CONTAINER_CONFIG_ERROR = _reason("ContainerConfigError", "stalled", "a Job's con
                                  "(key) that does not exist", runbook=_POD)
 UNSCHEDULABLE = _reason("Unschedulable", "stalled", "no node fits a Job's pod (nodeSelector, affinity, tolerations, "
                         "resources)", runbook=_POD)
+_STOPPED = "a-jobs-pod-was-stopped--stalled--oomkilled-podevicted-deadlineexceeded-poddeleted"
+OOM_KILLED = _reason("OOMKilled", "stalled", "a Job's container was killed for running out of memory (its limit is "
+                     "named)", runbook=_STOPPED)
+POD_EVICTED = _reason("PodEvicted", "stalled", "the node (or the Eviction API, e.g. a drain) evicted a Job's pod",
+                      runbook=_STOPPED)
+DEADLINE_EXCEEDED = _reason("DeadlineExceeded", "stalled", "a Job ran past its activeDeadlineSeconds and was stopped",
+                            runbook=_STOPPED)
+POD_DELETED = _reason("PodDeleted", "stalled", "a Job's pod was deleted before it finished", runbook=_STOPPED)
 SECRET_NOT_FOUND = _reason("SecretNotFound", "stalled", "the database URL's Secret (or its key) does not exist",
                           runbook=_DB_URL)
 INVALID_DATABASE_URL = _reason("InvalidDatabaseURL", "stalled", "the database URL cannot be used", runbook=_DB_URL,

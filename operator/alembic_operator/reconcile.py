@@ -65,6 +65,7 @@ class JobObservation:
     seconds: float | None = None  # how long a finished Job ran
     started: bool = True  # an active Job whose pod has begun running (False: still Pending)
     blocked: tuple[str, str] | None = None  # (reason, message): why its pod cannot start, when a human must act
+    cause: tuple[str, str] | None = None  # (reason, message): a failed Job stopped from outside (OOMKilled...)
 
 
 @dataclass(frozen=True)
@@ -142,20 +143,21 @@ def _rev(revision: str | None) -> str:
 
 
 def committed_by_run(start: str | None, planned: list[str], report: MigrateResult | None,
-                     db_rev: str | None) -> list[str] | None:
+                     db_rev: str | None, report_lost: bool = False) -> list[str] | None:
     """The revisions this run's migration Job committed, as proven by the Job's own report; None when the database
     is somewhere that report cannot account for (another writer moved it: nothing of it may be rolled back).
 
     The runner reports, under the advisory lock it holds while migrating: RevisionMoved (it ran nothing), or
     "applied" (finished, failed or not: exactly what it committed), or, written before each revision starts so that
     a killed pod still leaves it behind, "attempted" (it may have committed any prefix of these). No report at all
-    means it never started migrating. A list cut to fit a termination message keeps its head: the Job ran a prefix
-    of `planned` (its plan), and that is what it may have committed.
+    means it never started migrating, unless `report_lost`: its pod was deleted (at its deadline, by a person, a
+    drain) and the report with it. A report lost, or a list cut to fit a termination message (it keeps its head):
+    the Job ran a prefix of `planned` (its plan), and that is what it may have committed.
     """
     report = report or {}
     if report.get("reason") == r.REVISION_MOVED:
         return [] if db_rev == start else None
-    if report.get("appliedTruncated") or report.get("attemptedTruncated"):
+    if report_lost or report.get("appliedTruncated") or report.get("attemptedTruncated"):
         positions = [start, *planned]
         return planned[: positions.index(db_rev)] if db_rev in positions else None
     applied = report.get("applied")
@@ -297,8 +299,16 @@ class _Run:
     def failure_message(self, role: Role) -> str:
         job = self.job(role)
         result = job.result or {}
+        if job.cause:  # stopped from outside: Kubernetes' account first, the runner's own (if any) after it
+            said = result.get("message")
+            return f"{role} Job {job.name} failed: {job.cause[1]}" + (f" (the Job said: {said})" if said else "")
         detail = result.get("message") or job.message or "no details (see the Job's pod logs)"
         return f"{role} Job {job.name} failed: {detail}"
+
+    def failure_reason(self, role: Role, default: str) -> str:
+        """The Stalled reason for a failed step: what stopped its Job from outside (OOMKilled...) or `default`."""
+        job = self.job(role)
+        return job.cause[0] if job.state == "failed" and job.cause else default
 
     # --- the flow -----------------------------------------------------------------------------------------------
     def decide(self) -> Decision:
@@ -401,8 +411,9 @@ class _Run:
             return job
         result = cast(ScanResult, job.result or {})  # the scan container's (the plan container's when it failed)
         if job.state == "failed" or not result.get("ok"):
-            reason = str(result["reason"]) if result.get("reason") in r.PLAN_ERRORS else r.PLAN_FAILED
-            message = self.failure_message("plan") if reason == r.PLAN_FAILED else str(result.get("message"))
+            reason = self.failure_reason("plan", str(result["reason"]) if result.get("reason") in r.PLAN_ERRORS
+                                         else r.PLAN_FAILED)
+            message = (str(result.get("message")) if reason in r.PLAN_ERRORS else self.failure_message("plan"))
             self.finish("Failed", reason)
             return self.outcome(s.stalled("Failed", reason, message), POLL_IDLE)
         return self.planned(spec, result)
@@ -422,7 +433,8 @@ class _Run:
         if job.state == "failed" or not result.get("ok"):
             message = self.failure_message("stamp") + "; nothing was changed"
             self.finish("Failed", r.BASELINE_FAILED)
-            return self.outcome(s.stalled("Failed", r.BASELINE_FAILED, message), POLL_IDLE)
+            return self.outcome(s.stalled("Failed", self.failure_reason("stamp", r.BASELINE_FAILED), message),
+                                POLL_IDLE)
         if not self.run.baselined:
             self.run.baselined = True
             self.record("Baselined", r.BASELINED, "none", spec.baseline)
@@ -536,10 +548,10 @@ class _Run:
         result = cast(BackupResult, job.result or {})
         if job.state == "failed" or not result.get("ok"):
             message = self.failure_message("backup") + "; nothing was changed in the database"
-            self.condition(c.BACKUP_SUCCEEDED, "False", str(result.get("reason") or "BackupFailed"), message)
+            self.condition(c.BACKUP_SUCCEEDED, "False", str(result.get("reason") or r.BACKUP_FAILED), message)
             self.finish("Failed", r.BACKUP_FAILED)
-            return self.outcome(s.stalled("Failed", r.JOB_FAILED, message + ". Fix the cause, then edit the "
-                                          "resource to retry."), POLL_IDLE)
+            return self.outcome(s.stalled("Failed", self.failure_reason("backup", r.JOB_FAILED),
+                                          message + ". Fix the cause, then edit the resource to retry."), POLL_IDLE)
         self.st["backup"] = {k: v for k, v in {
             "location": result.get("location"), "sizeBytes": result.get("sizeBytes"), "sha256": result.get("sha256"),
             "revision": result.get("revision"), "completedAt": result.get("completedAt")}.items() if k in result}
@@ -573,8 +585,10 @@ class _Run:
             self.condition(c.MIGRATED, "True", r.UPGRADE_SUCCEEDED, f"upgraded {_rev(start)} -> {target}")
             self.finish("Succeeded", r.MIGRATED)
             return self.idle()
-        committed = committed_by_run(start, list(self.run.revisions or []), report, db_rev)
-        if committed is None and job.state == "failed" and ran_nothing(report):
+        # Stopped from outside with no report left: its pod, and the report in it, were deleted.
+        lost = job.state == "failed" and report is None and job.cause is not None
+        committed = committed_by_run(start, list(self.run.revisions or []), report, db_rev, report_lost=lost)
+        if committed is None and job.state == "failed" and ran_nothing(report) and not lost:
             return self.replan(f"the database is at {_rev(db_rev)}, not at {_rev(start)} where this run's plan "
                                f"starts: another writer moved it, and migration Job {job.name} ran nothing")
         if job.state == "succeeded":
@@ -583,6 +597,7 @@ class _Run:
             why = self.failure_message("migrate")
         self.condition(c.MIGRATED, "False", r.UPGRADE_FAILED, why)
         self.run.failure = why
+        self.run.failure_reason = self.failure_reason("migrate", r.JOB_FAILED) if job.state == "failed" else None
         if committed is None:
             ran = (report or {}).get("applied") or (report or {}).get("attempted") or []
             msg = (f"{why}; the database is at {_rev(db_rev)}, where this run did not leave it (its Job reported "
@@ -722,7 +737,9 @@ class _Run:
             if before.get("status") == "True":
                 self.decision.events.append(("Normal", r.DRIFT_RESOLVED, "the live database matches again"))
 
-    def failed(self, message: str, reason: str = r.JOB_FAILED) -> Decision:
+    def failed(self, message: str, reason: str | None = None) -> Decision:
+        """End the run Failed (RolledBack when it was): `reason`, else what stopped the migration Job (JobFailed)."""
+        reason = reason or self.run.failure_reason or r.JOB_FAILED
         rolled = s.condition_is(self.st, c.ROLLED_BACK, "True")
         self.finish("RolledBack" if rolled else "Failed", reason)
         hint = " Fix the migration in a new image (or change targetRevision), then apply the resource again."

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from alembic_operator.podstate import never_ran, pod_progress
+from alembic_operator.podstate import failure_cause, never_ran, pod_progress
 
 
 def pod(phase: str = "Pending", conditions: list[dict[str, Any]] | None = None,
@@ -104,3 +104,70 @@ def test_a_slow_start_is_not_blocked() -> None:
     """Pulling a big image, creating the container: only slow, not a human's problem."""
     for reason in ("ContainerCreating", "PodInitializing"):
         assert pod_progress([waiting_on("plan", "shop:1", reason, "")]) == (False, None)
+
+
+# --- a failed Job: stopped from outside, or not --------------------------------------------------------------------
+
+def failed_job(reason: str = "BackoffLimitExceeded", deadline: int = 600) -> dict[str, Any]:
+    return {"spec": {"activeDeadlineSeconds": deadline},
+            "status": {"conditions": [{"type": "Failed", "status": "True", "reason": reason, "message": "..."}]}}
+
+
+def ended(container: str, reason: str, exit_code: int, memory: str | None = None) -> dict[str, Any]:
+    """A migrate pod whose container ended with `reason` (the runner installer done)."""
+    resources = {"limits": {"memory": memory}} if memory else {}
+    return {"metadata": {"namespace": "shop", "name": "p"},
+            "spec": {"initContainers": [{"name": "runner", "image": "op:1"}],
+                     "containers": [{"name": container, "image": "shop:1", "resources": resources}]},
+            "status": {"phase": "Failed",
+                       "initContainerStatuses": [{"name": "runner", "state": {"terminated": {"exitCode": 0}}}],
+                       "containerStatuses": [{"name": container, "state": {
+                           "terminated": {"exitCode": exit_code, "reason": reason}}}]}}
+
+
+def test_a_job_that_failed_by_itself_has_no_outside_cause() -> None:
+    """The runner's own error (exit 1, its result in the termination message) is the migration's, not the node's."""
+    assert failure_cause(failed_job(), [ended("migrate", "Error", 1)]) is None
+
+
+def test_oom_killed_names_the_container_and_its_limit() -> None:
+    reason, message = failure_cause(failed_job(), [ended("migrate", "OOMKilled", 137, memory="128Mi")]) or ("", "")
+    assert reason == "OOMKilled"
+    assert "container migrate" in message and "128Mi" in message
+    assert "spec.jobTemplate.resources.limits.memory" in message
+    _, message = failure_cause(failed_job(), [ended("migrate", "OOMKilled", 137)]) or ("", "")
+    assert "no memory limit of its own" in message
+
+
+def test_evicted_by_the_kubelet_or_the_eviction_api() -> None:
+    kubelet = ended("migrate", "ContainerStatusUnknown", 137)
+    kubelet["status"].update(reason="Evicted", message="Pod ephemeral local storage usage exceeds the total limit "
+                                                       "of containers 10Mi.")
+    reason, message = failure_cause(failed_job(), [kubelet]) or ("", "")
+    assert reason == "PodEvicted" and "ephemeral local storage usage exceeds" in message
+    assert "ephemeral-storage" in message
+    drained = ended("migrate", "Error", 143)
+    drained["status"]["conditions"] = [{"type": "DisruptionTarget", "status": "True",
+                                        "reason": "EvictionByEvictionAPI", "message": "Eviction API: evicting"}]
+    reason, message = failure_cause(failed_job(), [drained]) or ("", "")
+    assert reason == "PodEvicted" and "Eviction API" in message and "drain" in message
+
+
+def test_deadline_exceeded_wins_over_the_kill_it_caused() -> None:
+    """At its deadline the Job controller deletes the pod: the deadline is the cause, not the deletion."""
+    killed = ended("migrate", "Error", 143)
+    killed["metadata"]["deletionTimestamp"] = "2026-11-27T01:00:00Z"
+    for pods in ([killed], []):
+        reason, message = failure_cause(failed_job("DeadlineExceeded", deadline=30), pods) or ("", "")
+        assert reason == "DeadlineExceeded" and "30 s" in message
+        assert "spec.jobTemplate.activeDeadlineSeconds" in message
+
+
+def test_a_pod_deleted_from_under_the_job() -> None:
+    """The pod is gone (or going) and the Job failed: someone or something deleted it; say whether it had run."""
+    reason, message = failure_cause(failed_job(), []) or ("", "")
+    assert reason == "PodDeleted" and "while its containers ran" not in message
+    going = ended("migrate", "Error", 143)
+    going["metadata"]["deletionTimestamp"] = "2026-11-27T01:00:00Z"
+    reason, message = failure_cause(failed_job(), [going]) or ("", "")
+    assert reason == "PodDeleted" and "while its containers ran" in message

@@ -15,11 +15,13 @@ from alembic_operator import reasons
 REPO = Path(__file__).resolve().parents[2]
 PACKAGE = REPO / "operator" / "alembic_operator"
 API_MD = REPO.parent / "shared" / "API.md"
-CAMEL = re.compile(r"^[A-Z][a-z]+(?:[A-Z][a-z0-9]*|URL)*$")
+CAMEL = re.compile(r"^(?:[A-Z][a-z]+|OOM)(?:[A-Z][a-z0-9]*|URL)*$")  # OOMKilled: Kubernetes' spelling, kept
 # Calls whose first argument is a reason: Job and database errors, gate verdicts, Events.
 REASON_CALLS = {"Failure", "JobError", "DatabaseError", "Verdict", "fail", "progressing", "stalled", "ready"}
 # Kubernetes' own reasons for CRD validation rules (x-kubernetes-validations): a fixed set, not ours to declare.
-KUBERNETES_REASONS = {"FieldValueInvalid", "FieldValueRequired", "FieldValueForbidden", "FieldValueDuplicate"}
+KUBERNETES_REASONS = {"FieldValueInvalid", "FieldValueRequired", "FieldValueForbidden", "FieldValueDuplicate",
+                      # read from pods (podstate), never written: the kubelet's and the Eviction API's own words
+                      "Evicted", "EvictionByEvictionAPI"}
 NOT_REASONS = set(c.PHASES) | {c.READY, c.RECONCILING, c.STALLED, c.BACKUP_SUCCEEDED, c.MIGRATED, c.ROLLED_BACK,
                                c.APPROVAL_REQUIRED, c.DRIFTED, "True", "False", "Normal", "Warning"}
 

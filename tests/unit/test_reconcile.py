@@ -452,3 +452,73 @@ def test_a_migration_is_retried_only_if_nothing_changed() -> None:
     # It never got the lock, so it ran nothing: someone else moved the database. Plan again; undo nothing.
     assert [(j.role, j.args) for j in moved.jobs] == [("plan", {"target": "head", "instance": "1"})]
     assert moved.status["phase"] == "Planning" and [e[1] for e in moved.events][:1] == ["DatabaseMoved"]
+
+
+# --- a Job stopped from outside: its cause is the Stalled reason, the rollback path is today's -------------------
+
+OOM = ("OOMKilled", "the container migrate was killed for running out of memory (OOMKilled): its memory limit is "
+                    "128Mi. To fix: raise spec.jobTemplate.resources.limits.memory")
+
+
+def stopped(job: str, cause: tuple[str, str], result: dict[str, Any] | None = None) -> JobObservation:
+    return JobObservation(name=f"shop-{job}-g1", state="failed", result=result, message="container exited 137",
+                          cause=cause)
+
+
+def test_a_plan_job_stopped_at_its_deadline_says_so() -> None:
+    d = decide(observe())
+    cause = ("DeadlineExceeded", "it ran longer than its deadline of 600 s (activeDeadlineSeconds)")
+    d = advance(d, jobs={"plan": stopped("plan", cause, {"ok": False, "reason": "Interrupted",
+                                                         "message": "terminated by signal SIGTERM"})})
+    assert cond(d, c.STALLED)["reason"] == "DeadlineExceeded" and d.status["phase"] == "Failed"
+    assert "deadline of 600 s" in d.status["message"] and "SIGTERM" in d.status["message"]
+    assert d.status["history"][-1]["reason"] == "DeadlineExceeded"
+
+
+def test_an_evicted_backup_changed_nothing_and_says_why() -> None:
+    d = decide(observe())
+    d = advance(d, jobs={"plan": done("plan", PLAN_OK)})
+    assert d.status["phase"] == "BackingUp"
+    cause = ("PodEvicted", "the node evicted its pod: The node was low on resource: memory.")
+    d = advance(d, jobs={"plan": done("plan", PLAN_OK), "backup": stopped("backup", cause)})
+    assert cond(d, c.STALLED)["reason"] == "PodEvicted" and d.jobs == []
+    assert "low on resource: memory" in d.status["message"] and "nothing was changed" in d.status["message"]
+
+
+def test_an_oom_killed_migration_rolls_back_then_stalls_with_its_cause() -> None:
+    """The usual rollback runs (the kill may come after commits); once it is over, Stalled says OOMKilled, and
+    RolledBack says which way, as for any failed migration."""
+    d = decide(observe(_at_migrating(), jobs={"migrate": stopped("migrate", OOM)}, db=DatabaseObservation("r1")))
+    assert cond(d, c.STALLED)["reason"] == "OOMKilled" and cond(d, c.ROLLED_BACK)["reason"] == "TransactionRolledBack"
+    assert "128Mi" in d.status["message"]
+    status = _at_migrating()
+    # SIGKILLed: the report the runner wrote before starting r3 says what it may have committed.
+    failed = {"migrate": stopped("migrate", OOM, {"ok": False, "reason": "Interrupted", "attempted": ["r2", "r3"]})}
+    d = decide(observe(status, jobs=failed, db=DatabaseObservation("r2")))  # r2 committed before the kill
+    assert [j.role for j in d.jobs] == ["downgrade"]
+    d = advance(d, jobs={**failed, "downgrade": done("downgrade", {"ok": True})}, db=DatabaseObservation("r1"))
+    assert cond(d, c.ROLLED_BACK)["reason"] == "Downgraded"
+    assert cond(d, c.STALLED)["reason"] == "OOMKilled" and d.status["history"][-1]["reason"] == "OOMKilled"
+
+
+def test_a_failed_rollback_still_says_rollback_failed() -> None:
+    """What matters most once the database is left half-way is the rollback's failure, not the first cause."""
+    failed = {"migrate": stopped("migrate", OOM, {"ok": False, "reason": "Interrupted", "attempted": ["r2", "r3"]})}
+    spec = {**SPEC, "rollback": {"strategy": "Downgrade"}}
+    d = decide(observe(_at_migrating(spec), spec=spec, jobs=failed, db=DatabaseObservation("r2")))
+    jobs = {**failed, "downgrade": done("downgrade", {"ok": False, "message": "x"}, "failed")}
+    d = advance(d, spec=spec, jobs=jobs, db=DatabaseObservation("r2"))
+    assert cond(d, c.STALLED)["reason"] == "RollbackFailed"
+
+
+@pytest.mark.parametrize("cause", ["DeadlineExceeded", "PodDeleted"])
+def test_a_deleted_pod_took_its_report_with_it_and_its_commits_are_still_undone(cause: str) -> None:
+    """At its deadline (or when someone deletes it) the pod goes, and the runner's report with it: the database at
+    a prefix of the plan is this run's doing (it held the lock), so it is rolled back, not blamed on another writer."""
+    failed = {"migrate": stopped("migrate", (cause, "its pod was deleted"))}
+    d = decide(observe(_at_migrating(), jobs=failed, db=DatabaseObservation("r2")))
+    assert [(j.role, j.args) for j in d.jobs] == [("downgrade", {"from": "r2", "to": "r1"})]
+    d = advance(d, jobs={**failed, "downgrade": done("downgrade", {"ok": True})}, db=DatabaseObservation("r1"))
+    assert cond(d, c.ROLLED_BACK)["reason"] == "Downgraded" and cond(d, c.STALLED)["reason"] == cause
+    elsewhere = decide(observe(_at_migrating(), jobs=failed, db=DatabaseObservation("zz")))  # not on its plan
+    assert cond(elsewhere, c.STALLED)["reason"] == "DatabaseMoved" and elsewhere.jobs == []
