@@ -24,7 +24,7 @@ from .api import MAX_NAME_LENGTH, WRITING_STEPS, RunStatus, dump, parse_spec
 from .config import OperatorConfig
 from .dbstate import DatabaseError, DatabaseTarget, decode_secret_value, parse_url, read_revision, sanitize
 from .jobs import ROLES, Owner, Role, build_job, job_name, source_field
-from .podstate import failure_cause, never_ran, pod_progress
+from .podstate import failure_cause, never_ran, pod_progress, pod_waiting
 from .reconcile import (
     DatabaseObservation,
     Decision,
@@ -182,8 +182,10 @@ async def _observe_job(ctx: Context, namespace: str, job: dict[str, Any],
     name = job["metadata"]["name"]
     state = _job_state(job)
     if state == "active":
-        started, blocked = pod_progress(await ctx.kube.job_pods(namespace, name))
+        pods = await ctx.kube.job_pods(namespace, name)
+        started, blocked = pod_progress(pods)
         return JobObservation(name=name, state="active", started=started, blocked=blocked,
+                              waiting="" if started or blocked else pod_waiting(pods),
                               instance=(job["metadata"].get("labels") or {}).get(c.INSTANCE_LABEL))
     results: list[dict[str, Any]] = []
     notes: list[str] = []

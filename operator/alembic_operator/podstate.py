@@ -41,6 +41,28 @@ def pod_progress(pods: list[dict[str, Any]]) -> tuple[bool, tuple[str, str] | No
     return False, None
 
 
+def pod_waiting(pods: list[dict[str, Any]]) -> str:
+    """What a pod that is only slow waits for, in words: the scheduler, or its node pulling an image and starting a
+    container (the kubelet reports both as ContainerCreating / PodInitializing: a big image takes a while)."""
+    if not pods:
+        return "its pod is being created"
+    pod = pods[-1]
+    if not (pod.get("spec") or {}).get("nodeName"):
+        return "its pod waits for the scheduler to pick a node"
+    status = pod.get("status") or {}
+    spec = pod.get("spec") or {}
+    done = {str(cs.get("name")) for cs in status.get("initContainerStatuses") or []
+            if ((cs.get("state") or {}).get("terminated") or {}).get("exitCode") == 0}
+    containers = list(spec.get("initContainers") or []) + list(spec.get("containers") or [])
+    order = [str(ctr.get("name")) for ctr in containers]
+    current = next((name for name in order if name not in done), None)
+    if current is None:
+        return "its containers are starting"
+    image = _image_of(pod, current)
+    what = "the runner's installer" if current == INSTALLER else f"the container {current}"
+    return f"its node pulls the image {image} (a big image takes a while) and starts {what}"
+
+
 def never_ran(pods: list[dict[str, Any]]) -> bool:
     """None of the Job's own containers ever started: deleting the Job cannot cut a step short."""
     return not any(_ran(pod) for pod in pods)

@@ -66,6 +66,7 @@ class JobObservation:
     started: bool = True  # an active Job whose pod has begun running (False: still Pending)
     blocked: tuple[str, str] | None = None  # (reason, message): why its pod cannot start, when a human must act
     cause: tuple[str, str] | None = None  # (reason, message): a failed Job stopped from outside (OOMKilled...)
+    waiting: str = ""  # what a pod that has not started yet waits for (the scheduler, an image pull...)
 
 
 @dataclass(frozen=True)
@@ -255,8 +256,8 @@ class _Run:
                 why, detail = job.blocked
                 return self.outcome(s.stalled(phase, why, f"{job.name}: {detail}"), POLL_STARTING)
             if not job.started:  # only slow so far (scheduling, pulling a big image): say what it waits for
-                return self.outcome(s.progressing(phase, spec.reason, f"{role} Job {job.name} is starting: its pod "
-                                                  "waits to be scheduled, for its image or for its container"),
+                waits = job.waiting or "its pod waits to be scheduled, for its image or for its container"
+                return self.outcome(s.progressing(phase, spec.reason, f"{role} Job {job.name} is starting: {waits}"),
                                     POLL_STARTING)
             return self.outcome(s.progressing(phase, spec.reason, running or f"{role} Job {job.name} is running"),
                                 POLL_ACTIVE)

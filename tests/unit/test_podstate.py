@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from alembic_operator.podstate import failure_cause, never_ran, pod_progress
+from alembic_operator.podstate import failure_cause, never_ran, pod_progress, pod_waiting
 
 
 def pod(phase: str = "Pending", conditions: list[dict[str, Any]] | None = None,
@@ -104,6 +104,18 @@ def test_a_slow_start_is_not_blocked() -> None:
     """Pulling a big image, creating the container: only slow, not a human's problem."""
     for reason in ("ContainerCreating", "PodInitializing"):
         assert pod_progress([waiting_on("plan", "shop:1", reason, "")]) == (False, None)
+
+
+def test_a_slow_start_says_what_it_waits_for() -> None:
+    assert pod_waiting([]) == "its pod is being created"
+    assert "scheduler" in pod_waiting([pod()])  # no node yet
+    pulling = waiting_on("plan", "registry.local/shop:big", "PodInitializing", "")
+    pulling["spec"]["nodeName"] = "node-1"
+    assert pod_waiting([pulling]) == ("its node pulls the image registry.local/shop:big (a big image takes a while) "
+                                      "and starts the container plan")
+    installing = waiting_on("plan", "shop:1", "PodInitializing", "", installed=False)
+    installing["spec"]["nodeName"] = "node-1"
+    assert "the image op:1" in pod_waiting([installing]) and "runner's installer" in pod_waiting([installing])
 
 
 # --- a failed Job: stopped from outside, or not --------------------------------------------------------------------

@@ -217,6 +217,10 @@ def test_a_backup_waiting_for_a_missing_claim_stalls_then_continues_on_its_own()
     d = advance(d, jobs={"plan": done("plan", PLAN_OK), "backup": pending})
     assert cond(d, c.RECONCILING)["reason"] == "BackingUp" and d.requeue_after == 3.0
     assert "shop-backup-g1 is starting" in d.status["message"] and "for its image" in d.status["message"]
+    pulling = JobObservation("shop-backup-g1", "active", started=False, waiting="its node pulls the image op:1")
+    d = advance(d, jobs={"plan": done("plan", PLAN_OK), "backup": pulling})
+    assert d.status["message"] == "backup Job shop-backup-g1 is starting: its node pulls the image op:1"
+    assert cond(d, c.RECONCILING)["status"] == "True"
     blocked = JobObservation("shop-backup-g1", "active", started=False, blocked=MISSING)
     d = advance(d, jobs={"plan": done("plan", PLAN_OK), "backup": blocked})
     assert summary(d) == ("False", "False", "True") and d.jobs == []
