@@ -4,7 +4,8 @@
     -> a destructive plan (revision 4 drops orders.legacy_code) held for approval
     -> approve exactly that plan -> Ready
     -> a failing revision (5) -> automatic rollback, the data intact
-    -> ship the fixed image (revision 5 corrected in place) -> Ready at head
+    -> ship the fixed image with a typo in its tag -> Stalled within seconds (ImagePullFailed), the kubelet quoted
+    -> the right tag -> Ready at head, without deleting anything
 
 Everything is real: kube-apiserver, kube-controller-manager and etcd, and a node with kubelet, containerd, runc and
 kube-proxy (built from their Go modules), a registry. The operator's image is built from the project's Dockerfile,
@@ -188,11 +189,26 @@ def main() -> int:
             print("unexpected: the rollback did not keep the data", file=sys.stderr)
             return 1
 
-        say(f"5. Ship the fixed image (shop:1.1: {REV5} corrected in place, CHECK total >= 0)")
+        typo = f"{bed.registry}/acme/shop:1.l"  # 1.l, not 1.1: the tag a tired human types
+        say(f"5. Ship the fixed image, with a typo in its tag ({typo.rsplit('/', 1)[1]})")
+        cluster.patch("shop", {"spec": {"migrations": {"image": typo}}})
+        asked = time.monotonic()
+        obj = cluster.wait_condition("shop", "Stalled", reason="ImagePullFailed", timeout=120)
+        print(f"Stalled/ImagePullFailed {time.monotonic() - asked:.0f}s after the edit (not after the plan Job's "
+              "10-minute deadline):")
+        show(bed, "get", "dbm", "-n", NS)
+        print("message:", obj["status"]["message"])
+        show(bed, "get", "pods", "-n", NS, "-l", f"{c.ROLE_LABEL}=plan")
+
+        say(f"6. The right tag (shop:1.1: {REV5} corrected in place, CHECK total >= 0)")
         cluster.patch("shop", {"spec": {"migrations": {"image": fixed_ref}}})
         show(bed, "wait", "-n", NS, "--for=condition=Ready", "dbm/shop", "--timeout=300s")
         show(bed, "get", "dbm", "-n", NS)
         version = db.query("SELECT version_num FROM alembic_version")[0][0]
+        left = [j["metadata"]["name"] for j in cluster.jobs("shop") if j["spec"]["template"]["spec"].get(
+            "initContainers") and any(ctr["image"] == typo for ctr in j["spec"]["template"]["spec"]["initContainers"]
+                                      + j["spec"]["template"]["spec"]["containers"])]
+        print(f"Jobs left with the mistyped image: {left or 'none (the one that never ran was deleted)'}")
         dumps = sorted(p.name for p in backups.rglob("*.dump"))
         print(f"the database is at {version}; {len(rows(db))} orders; backups on the claim: {len(dumps)}")
         for dump in dumps:

@@ -743,7 +743,8 @@ class _Run:
         reason = reason or self.run.failure_reason or r.JOB_FAILED
         rolled = s.condition_is(self.st, c.ROLLED_BACK, "True")
         self.finish("RolledBack" if rolled else "Failed", reason)
-        hint = " Fix the migration in a new image (or change targetRevision), then apply the resource again."
+        hint = (" Fix the migration in a new image (or change targetRevision), then apply the resource again."
+                if reason != self.run.failure_reason or reason == r.JOB_FAILED else "")  # a cause says its own fix
         return self.outcome(s.stalled("Failed", reason, message + "." + hint), POLL_IDLE)
 
     def idle(self) -> Decision:

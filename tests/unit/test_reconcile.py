@@ -499,6 +499,7 @@ def test_an_oom_killed_migration_rolls_back_then_stalls_with_its_cause() -> None
     d = advance(d, jobs={**failed, "downgrade": done("downgrade", {"ok": True})}, db=DatabaseObservation("r1"))
     assert cond(d, c.ROLLED_BACK)["reason"] == "Downgraded"
     assert cond(d, c.STALLED)["reason"] == "OOMKilled" and d.status["history"][-1]["reason"] == "OOMKilled"
+    assert "Fix the migration in a new image" not in d.status["message"]  # the migration is not at fault
 
 
 def test_a_failed_rollback_still_says_rollback_failed() -> None:
