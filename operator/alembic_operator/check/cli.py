@@ -63,7 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fail-on", choices=("error", "warning"), default="error",
                    help="the lowest severity that fails the check (default error)")
     p.add_argument("--export-url-env", action="append", default=[], metavar="VAR",
-                   help="also hand the URL to env.py as environment variable VAR (for env.py files that read one)")
+                   help="also hand the URL to env.py as environment variable VAR (for env.py files or models that "
+                        "read one; each database is then checked in a fresh process with VAR set before the app is "
+                        "imported)")
     p.add_argument("-v", "--verbose", action="store_true", help="keep env.py's and Alembic's log output")
     return p
 

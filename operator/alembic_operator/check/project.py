@@ -24,6 +24,7 @@ from alembic.script import Script, ScriptDirectory
 from sqlalchemy.engine import URL
 
 from ..runner.driver import Driver
+from .drivers import async_url, env_py_is_async, sync_url
 from .model import CheckError
 
 OFFLINE_URL = "postgresql://alembic-check@localhost/offline"  # offline rendering: a dialect, no connection
@@ -108,6 +109,18 @@ class Project:
         script: ScriptDirectory = self.driver.script
         return script
 
+    @property
+    def async_env(self) -> bool:
+        """env.py connects through SQLAlchemy's asyncio extension (Alembic's async template)."""
+        return env_py_is_async(getattr(self.script, "env_py_location", None))
+
+    def env_url(self, url: URL) -> str:
+        """The URL env.py gets: through an async driver for an async env.py, else a synchronous one."""
+        try:
+            return url_string(async_url(url) if self.async_env else sync_url(url))
+        except ValueError as exc:
+            raise CheckError(f"env.py is async, and {exc}: pass a URL with an async driver") from None
+
     def version_dirs(self) -> list[Path]:
         script = self.script
         locations = getattr(script, "_version_locations", None) or [script.versions]
@@ -148,7 +161,7 @@ class Project:
         facts = EnvFacts()
 
         def fn(rev: Any, context: Any) -> list[Any]:
-            guard(context, url)
+            guard(context, url, self.export_env)
             facts.heads = tuple(context.get_current_heads())
             facts.target_metadata = context.opts.get("target_metadata")
             facts.version_table = context.version_table
@@ -160,7 +173,7 @@ class Project:
                 facts.diffs = list(compare_metadata(context, against))
             return []
 
-        self._online(self.driver.run_online(fn, url=url_string(url), dont_mutate=True))
+        self._online(self.driver.run_online(fn, url=self.env_url(url), dont_mutate=True))
         return facts
 
     def migrate(self, url: URL, direction: str, destination: str) -> None:
@@ -168,8 +181,8 @@ class Project:
         was running."""
         running: list[str] = []
         try:
-            ran = self.driver.migrate(direction, destination, running, url=url_string(url),
-                                      check=lambda context: guard(context, url))
+            ran = self.driver.migrate(direction, destination, running, url=self.env_url(url),
+                                      check=lambda context: guard(context, url, self.export_env))
             self._online(ran)
         except CheckError:
             raise
@@ -186,18 +199,20 @@ class Project:
             raise CheckError("env.py did not call context.run_migrations() in online mode")
 
 
-def guard(context: Any, expected: URL) -> None:
+def guard(context: Any, expected: URL, exported: Sequence[str] = ()) -> None:
     """Refuse to go on when env.py connected to another database than the one it was given."""
     connection = getattr(context, "connection", None)
     if connection is None:
         return
     actual: URL = connection.engine.url
     if not same_database(actual, expected):
-        raise CheckError(
-            f"env.py connected to {actual.render_as_string(hide_password=True)} instead of "
-            f"{expected.render_as_string(hide_password=True)}: it must take the URL from the sqlalchemy.url main "
-            "option (or pass --export-url-env VAR when it reads an environment variable)"
-        )
+        where = (f"although {', '.join(exported)} held that URL before the app was imported: env.py (or the app) "
+                 "takes it from somewhere else, e.g. a settings file or a hard-coded URL; make it read the "
+                 "sqlalchemy.url main option or that variable" if exported else
+                 "it must take the URL from the sqlalchemy.url main option (or pass --export-url-env VAR when it "
+                 "reads an environment variable)")
+        raise CheckError(f"env.py connected to {actual.render_as_string(hide_password=True)} instead of "
+                         f"{expected.render_as_string(hide_password=True)}: {where}")
 
 
 def same_database(a: URL, b: URL) -> bool:

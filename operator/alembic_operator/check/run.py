@@ -4,10 +4,13 @@
 from __future__ import annotations
 
 import contextlib
+import multiprocessing
+import os
+import pickle
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar, cast
 
 from sqlalchemy import MetaData
 from sqlalchemy.engine import URL
@@ -15,7 +18,7 @@ from sqlalchemy.engine import URL
 from .integrity import RevisionFile, check_files, read_revision_file, revision_files
 from .lint import lint
 from .model import CheckError, CheckResult, Finding, Report, Severity, finding
-from .project import EnvFacts, MigrationFailed, Project, describe
+from .project import OFFLINE_URL, EnvFacts, MigrationFailed, Project, describe
 from .schema import Snapshot, compare_snapshots, describe_diffs, reflect, snapshot
 from .scratch import scratch_database
 
@@ -55,9 +58,13 @@ class Scratch:
 
 
 def read_only(url: URL) -> URL:
-    """PostgreSQL through libpq (psycopg, psycopg2): every transaction of the live check's sessions is read only,
-    whatever env.py does. Other drivers (asyncpg, pg8000) take no `options` in the URL: left as they are."""
-    if url.get_backend_name() != "postgresql" or url.get_driver_name() not in ("psycopg", "psycopg2"):
+    """PostgreSQL through libpq (psycopg, psycopg2, psycopg's async driver): every transaction of the live check's
+    sessions is read only, whatever env.py does. asyncpg takes no server options in its URL: the live check uses
+    psycopg's async driver instead (same server, still async for an async env.py). pg8000 is left as it is."""
+    if url.get_backend_name() == "postgresql" and url.get_driver_name() == "asyncpg":
+        url = url.set(drivername="postgresql+psycopg_async")
+    if url.get_backend_name() != "postgresql" or url.get_driver_name() not in ("psycopg", "psycopg2",
+                                                                               "psycopg_async"):
         return url
     options = url.query.get("options", "")
     options = " ".join([*(options if isinstance(options, tuple) else [options]), "-c default_transaction_read_only=on"])
@@ -74,11 +81,12 @@ class Checker:
 
     def run(self) -> Report:
         started = time.monotonic()
-        if self._integrity():
-            live = self._live_state()
-            self._lint(live)
+        first = self._isolated(self.opts.database_url, self._first)
+        if first is not None:
+            live = first[0]
             self._scratch(live)
-            self._live_drift(live)
+            if live is not None:
+                self._isolated(live.url, lambda: self._live_drift(live))
         else:
             for name in ("lint", "upgrade", "models", "roundtrip", "live"):
                 self.report.skip(name, "the scripts cannot be loaded (see integrity)")
@@ -87,7 +95,58 @@ class Checker:
         self.report.finish()
         return self.report
 
+    def _first(self) -> tuple[Live | None] | None:
+        """Integrity, the live database's state and lint: one run of the app's code against the live database (or
+        none). None when the scripts cannot be loaded."""
+        if not self._integrity():
+            return None
+        live = self._live_state()
+        self._lint(live)
+        if live is not None:  # what later steps need of it; the app's own objects stay in this process
+            live.facts = EnvFacts(heads=live.facts.heads, version_table=live.facts.version_table,
+                                  version_table_schema=live.facts.version_table_schema)
+        return (live,)
+
     # --- helpers ----------------------------------------------------------------------------------------------
+
+    def _isolated(self, database: URL | None, step: Callable[[], T]) -> T:
+        """Run `step` for one database. With --export-url-env, in a fresh process (a fork of this one, which never
+        imports the app) where the variables hold that database's URL before anything of the app is imported: an
+        app that builds its engine from the variable when its modules are imported gets an engine for the
+        database at hand, not for whichever database came first. The step's report comes back to this process."""
+        if not self.opts.export_env:
+            return step()
+        value = self.project.env_url(database) if database is not None else OFFLINE_URL
+        context = multiprocessing.get_context("fork")
+        reader, writer = context.Pipe(duplex=False)
+
+        def child() -> None:
+            os.environ.update(dict.fromkeys(self.opts.export_env, value))
+            try:  # everything, errors included, goes back to the parent, which re-raises
+                outcome: tuple[str, Any] = ("ok", (step(), self.report, self.files, self.path))
+            except BaseException as exc:
+                outcome = ("error", exc if _picklable(exc) else CheckError(describe(exc)))
+            try:
+                writer.send(outcome)
+            except Exception as exc:  # a result that cannot cross processes: say so rather than die mute
+                writer.send(("error", CheckError(f"the check's result cannot be passed on: {describe(exc)}")))
+
+        process = context.Process(target=child, name="alembic-check-database", daemon=True)
+        process.start()
+        writer.close()
+        try:
+            kind, payload = reader.recv()
+        except EOFError:
+            process.join()
+            raise CheckError(f"the check's process for one database ended without a report (exit code "
+                             f"{process.exitcode})") from None
+        finally:
+            reader.close()
+        process.join()
+        if kind == "error":
+            raise payload
+        result, self.report, self.files, self.path = payload
+        return cast(T, result)
 
     def wanted(self, check: str) -> bool:
         return check not in self.opts.skip
@@ -219,11 +278,18 @@ class Checker:
             return
         server = self.opts.scratch_url if self.opts.scratch == "postgresql" else None
         with scratch_database(server) as url:
-            scratch = Scratch(url)
             target, undo = self._roundtrip_plan()
-            if self._upgrade(scratch, target, live):
-                self._models(scratch)
-                self._roundtrip(scratch, target, undo)
+
+            def on_scratch() -> MetaData | None:
+                scratch = Scratch(url)
+                if self._upgrade(scratch, target, live):
+                    self._models(scratch)
+                    self._roundtrip(scratch, target, undo)
+                return live.expected if live is not None else None
+
+            expected = self._isolated(url, on_scratch)
+            if live is not None:
+                live.expected = expected
 
     def _upgrade(self, scratch: Scratch, target: str | None, live: Live | None) -> bool:
         with self.timed("upgrade") as result:
@@ -251,9 +317,9 @@ class Checker:
         return [BASE, *ordered, HEADS]
 
     def _upgrade_failed(self, failed: MigrationFailed, stop: str) -> None:
+        """The upgrade goes from base to head, pausing where a snapshot is needed (`stop`): the target is head."""
         where = f" in revision {failed.revision}" if failed.revision else ""
-        label = "head" if stop == HEADS else stop
-        self.report.add(finding("upgrade-failed", f"upgrading an empty database to {label} failed{where}: {failed}",
+        self.report.add(finding("upgrade-failed", f"upgrading an empty database to head failed{where}: {failed}",
                                 revision=failed.revision))
         for name in ("models", "roundtrip"):
             if self.wanted(name):
@@ -355,3 +421,11 @@ class Checker:
             return f"comment in {rf.path.name}"
         return None
 
+
+
+def _picklable(exc: BaseException) -> bool:
+    try:
+        pickle.dumps(exc)
+    except Exception:
+        return False
+    return True

@@ -11,6 +11,8 @@ from sqlalchemy import MetaData, create_engine, inspect
 from sqlalchemy.engine import URL, Dialect, Inspector
 from sqlalchemy.pool import NullPool
 
+from .drivers import sync_url
+
 Snapshot = dict[str, Any]
 
 _SECTIONS = {"tables": "table", "columns": "column", "indexes": "index", "foreign keys": "foreign key",
@@ -25,7 +27,7 @@ _SHORT = 160
 def snapshot(url: URL, exclude: Collection[str] = ()) -> Snapshot:
     """The database's default schema as nested dicts (tables, columns, keys, indexes, constraints, views, enums,
     sequences), in a form that does not depend on creation order."""
-    engine = create_engine(url, poolclass=NullPool)
+    engine = create_engine(sync_url(url), poolclass=NullPool)
     try:
         with engine.connect() as conn:
             insp = inspect(conn)
@@ -42,7 +44,7 @@ def snapshot(url: URL, exclude: Collection[str] = ()) -> Snapshot:
 
 def reflect(url: URL, exclude: Collection[str] = ()) -> MetaData:
     """The database's default schema as a MetaData (to compare another database with it through autogenerate)."""
-    engine = create_engine(url, poolclass=NullPool)
+    engine = create_engine(sync_url(url), poolclass=NullPool)
     try:
         metadata = MetaData()
         with engine.connect() as conn:

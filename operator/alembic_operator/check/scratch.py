@@ -13,6 +13,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import URL, Engine
 from sqlalchemy.pool import NullPool
 
+from .drivers import sync_url
 from .model import CheckError
 from .project import describe
 
@@ -31,7 +32,7 @@ def scratch_database(server: URL | None) -> Iterator[URL]:
         raise CheckError(f"--scratch-url must be a PostgreSQL URL, not {server.get_backend_name()} "
                          "(or use --scratch sqlite)")
     name = PREFIX + secrets.token_hex(6)
-    engine = create_engine(server, isolation_level="AUTOCOMMIT", poolclass=NullPool)
+    engine = create_engine(sync_url(server), isolation_level="AUTOCOMMIT", poolclass=NullPool)
     try:
         _execute(engine, f'CREATE DATABASE "{name}"', "cannot create the scratch database")
         try:
