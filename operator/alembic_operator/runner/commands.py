@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, NoReturn, cast
 
 from .driver import ConfigError, Driver, has_downgrade, heads_str, parse_revs
+from .engine import make_engine
 from .errors import REDACT, Failure, classify, describe, first_line, log, log_exception
 from .lock import migration_lock
 from .results import CurrentResult, MigrateResult, PlanResult, StampResult, write_result
@@ -70,11 +71,8 @@ class Runner(Driver):
         return url
 
     def _make_engine(self) -> Any:
-        from sqlalchemy import create_engine
-        from sqlalchemy.pool import NullPool
-
         try:
-            return create_engine(str(self.url), poolclass=NullPool)
+            return make_engine(str(self.url))
         except Exception as exc:  # NoSuchModuleError (unknown dialect), ImportError (driver not installed)
             raise Failure(
                 "InvalidDatabaseURL",
