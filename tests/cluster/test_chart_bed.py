@@ -117,21 +117,22 @@ def _active_operator(custom: Any, namespace: str) -> str:
     return max(live, key=lambda pod: int(live[pod]["priority"]))
 
 
+def _ready_at(status: dict[str, Any], generation: int) -> bool:
+    conds = {x["type"]: x for x in status.get("conditions") or []}
+    return conds.get("Ready", {}).get("status") == "True" and status.get("observedGeneration") == generation
+
+
 def _wait_ready(custom: Any, namespace: str, name: str, timeout: float, generation: int = 1,
-                during: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+                meanwhile: Callable[[], None] | None = None) -> dict[str, Any]:
     """The resource's status once Ready at `generation`; fails at once when it is Stalled (nothing would change any
-    more). `during` is called with the status on every look before that (to check what must hold meanwhile)."""
+    more). `meanwhile` is called before every look (to check what must hold until then)."""
     def settled() -> dict[str, Any] | None:
+        if meanwhile is not None:
+            meanwhile()
         obj = custom.get_namespaced_custom_object(c.GROUP, c.VERSION, namespace, c.PLURAL, name)
         status = obj.get("status") or {}
-        conds = {x["type"]: x for x in status.get("conditions") or []}
-        if conds.get("Stalled", {}).get("status") == "True":
-            return dict(status)
-        if conds.get("Ready", {}).get("status") == "True" and status.get("observedGeneration") == generation:
-            return dict(status)
-        if during is not None:
-            during(status)
-        return None
+        stalled = any(x["type"] == "Stalled" and x["status"] == "True" for x in status.get("conditions") or [])
+        return dict(status) if stalled or _ready_at(status, generation) else None
 
     return wait_for(settled, timeout, f"DatabaseMigration {namespace}/{name} Ready at generation {generation}")
 
@@ -347,19 +348,21 @@ def test_install_migrate_upgrade_uninstall(bed: Any, kube_api: Any, namespace: s
             resumed = [at for at, t in _log_lines(kubectl, namespace, standby) if "Resuming operations" in t]
             return resumed[-1] if len(resumed) > resumed_before else None
 
-        # Kopf's peering: the killed replica's record expires after its lifetime (60 s) unless its last moment
-        # removed it (SIGTERM before the kill).
+        # Kopf's peering: the killed replica's record expires after its lifetime (60 s) unless it removed it in its
+        # last moment (the kubelet sends SIGTERM even then; it does not always make it).
         resumed_at = wait_for(standby_resumed, 90, "the standby to resume", interval=0.5)
         print(f"\nchart: handover: the standby resumed {(resumed_at - killed_at).total_seconds():.1f}s after the "
               f"active replica was deleted (grace period 0); the migration was "
               f"{'still' if _sleeping_migrations(database) else 'no longer'} running")
 
-        def web_held_until_ready(status: dict[str, Any]) -> None:
-            if webhook_on:
-                pods = Apps(kube_api, app_namespace).pods("app=web")
-                assert all(held(p) and not running(p) for p in pods), "a pod was released before Ready"
+        def web_held_until_ready() -> None:
+            """A pod seen released (or running) means the resource was Ready by then: it is, on a later read."""
+            if webhook_on and not all(held(p) and not running(p) for p in Apps(kube_api, app_namespace).pods(
+                    "app=web")):
+                now = custom.get_namespaced_custom_object(c.GROUP, c.VERSION, app_namespace, c.PLURAL, "shop")
+                assert _ready_at(now.get("status") or {}, 2), "a pod was released before Ready"
 
-        status = _wait_ready(custom, app_namespace, "shop", 180, generation=2, during=web_held_until_ready)
+        status = _wait_ready(custom, app_namespace, "shop", 180, generation=2, meanwhile=web_held_until_ready)
         ready_at = datetime.now(UTC)
         assert status.get("currentRevision") == REV2, json.dumps(status)
         print(f"chart: handover: Ready at generation 2 {(ready_at - killed_at).total_seconds():.1f}s after the kill")
@@ -416,6 +419,8 @@ def test_install_migrate_upgrade_uninstall(bed: Any, kube_api: Any, namespace: s
         status = _wait_ready(custom, app_namespace, "shop", 180, generation=3)
         assert status.get("currentRevision") == REV3, json.dumps(status)
         print(f"chart: generation 3 Ready {time.monotonic() - started:.1f}s after the upgrade began")
+        # A replica of the new pod template finished the run the old leader started.
+        assert any(f"Succeeded: the database is at {REV3}" in _pod_log(kubectl, namespace, p) for p in PODS)
         assert _jobs_by_role(kube_api, app_namespace, "shop", 3) == _one_job_per_step("shop", 3)
         assert (_runs(database, REV2), _runs(database, REV3)) == (1, 1)
         dumps = sorted(backups.rglob("*.dump"))
