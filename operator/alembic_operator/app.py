@@ -148,6 +148,15 @@ def registry(config: OperatorConfig) -> tuple[kopf.OperatorRegistry, Operator]:
     return reg, op
 
 
+def settings(config: OperatorConfig) -> kopf.OperatorSettings:
+    """Kopf's settings that must hold before anything starts (the start-up handler sets the rest): the peering
+    lifetime is written with the first keep-alive."""
+    settings = kopf.OperatorSettings()
+    if config.peering_lifetime is not None:
+        settings.peering.lifetime = config.peering_lifetime
+    return settings
+
+
 def run(config: OperatorConfig) -> int:
     """Run the operator until it is stopped."""
     reg, _op = registry(config)
@@ -158,6 +167,7 @@ def run(config: OperatorConfig) -> int:
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)  # one line per admission request otherwise
     kopf.run(
         registry=reg,
+        settings=settings(config),
         clusterwide=not config.namespaces,
         namespaces=list(config.namespaces),
         liveness_endpoint=config.liveness,

@@ -36,6 +36,7 @@ class OperatorConfig:
     standalone: bool = False
     peering: str | None = None
     priority: int = 0
+    peering_lifetime: int | None = None  # seconds; None: Kopf's (60)
     verbose: bool = False
     reconciler: bool = True  # False: only the pod gating (the webhook and the release of held pods)
 
@@ -57,6 +58,7 @@ class OperatorConfig:
             standalone=args.standalone,
             peering=args.peering,
             priority=args.priority,
+            peering_lifetime=args.peering_lifetime,
             verbose=args.verbose,
             reconciler=args.reconciler,
         )
@@ -71,8 +73,19 @@ def add_arguments(run: argparse.ArgumentParser) -> None:
     run.add_argument("--peering", default=None, help="KopfPeering name: with several replicas, only one is active")
     run.add_argument("--standalone", action="store_true", help="no peering (a single replica)")
     run.add_argument("--priority", type=int, default=0, help="peering priority (give replicas distinct values)")
+    run.add_argument("--peering-lifetime", type=_peering_lifetime, default=None, metavar="SECONDS",
+                     help="how long a replica counts as alive after its last keep-alive (Kopf's default: 60): a "
+                          "standby takes over this long after the active replica dies without leaving the peering; "
+                          "keep-alives are written 5-10 s before it ends")
     run.add_argument("-v", "--verbose", action="store_true")
     run.add_argument("--no-reconciler", dest="reconciler", action="store_false",
                      help="only the pod gating: serve the webhook and release held pods, run no migration "
                           "(tests, benchmarks)")
     webhook.add_arguments(run)
+
+
+def _peering_lifetime(text: str) -> int:
+    value = int(text)
+    if value < 11:  # Kopf writes a keep-alive 5-10 s before the lifetime ends: less would let a live leader expire
+        raise argparse.ArgumentTypeError(f"must be at least 11 seconds, not {value}")
+    return value

@@ -233,7 +233,7 @@ def test_install_migrate_upgrade_uninstall(bed: Any, kube_api: Any, namespace: s
             peer = wait_for(lambda name=pod_name: (custom.get_namespaced_custom_object(
                 "kopf.dev", "v1", app_namespace, "kopfpeerings", FULLNAME).get("status") or {}).get(name),
                 60, f"{pod_name} in the KopfPeering")
-            assert peer["priority"] == index
+            assert (peer["priority"], peer["lifetime"]) == (index, 20)  # the chart's peering.lifetime reached Kopf
         # The highest priority acts, the other one pauses for it (Kopf's own account, in each log).
         wait_for(lambda: _peering_state(kubectl, namespace, PODS[0]) == "paused", 30, "the standby to pause")
         assert _active_operator(custom, app_namespace) == PODS[1]
@@ -348,9 +348,9 @@ def test_install_migrate_upgrade_uninstall(bed: Any, kube_api: Any, namespace: s
             resumed = [at for at, t in _log_lines(kubectl, namespace, standby) if "Resuming operations" in t]
             return resumed[-1] if len(resumed) > resumed_before else None
 
-        # Kopf's peering: the killed replica's record expires after its lifetime (60 s) unless it removed it in its
-        # last moment (the kubelet sends SIGTERM even then; it does not always make it).
-        resumed_at = wait_for(standby_resumed, 90, "the standby to resume", interval=0.5)
+        # Kopf's peering: the killed replica's record expires after its lifetime (the chart's peering.lifetime, 20 s)
+        # unless it removed it in its last moment (the kubelet sends SIGTERM even then; it does not always make it).
+        resumed_at = wait_for(standby_resumed, 60, "the standby to resume", interval=0.5)
         print(f"\nchart: handover: the standby resumed {(resumed_at - killed_at).total_seconds():.1f}s after the "
               f"active replica was deleted (grace period 0); the migration was "
               f"{'still' if _sleeping_migrations(database) else 'no longer'} running")

@@ -7,6 +7,7 @@ import argparse
 from typing import Any
 
 import kopf
+import pytest
 
 from alembic_operator import app, config, metrics
 from alembic_operator.config import OperatorConfig
@@ -51,3 +52,13 @@ def test_gating_only_and_without_the_webhook() -> None:
     assert ids(gating) == {"gate-migration", "gate-resync", "hold-until-schema-ready"}
     no_webhook, _ = app.registry(parse(["--no-webhook"]))
     assert "hold-until-schema-ready" not in ids(no_webhook) and "run_migration" in ids(no_webhook)
+
+
+def test_the_peering_lifetime_is_kopfs_setting_from_the_first_keep_alive() -> None:
+    """The chart's --peering-lifetime reaches Kopf's settings before Kopf starts (its keep-alives carry it); without
+    the flag Kopf keeps its own default."""
+    cfg = parse(["--peering=ops", "--priority=1", "--peering-lifetime=20"])
+    assert cfg.peering_lifetime == 20 and app.settings(cfg).peering.lifetime == 20
+    assert app.settings(parse(["--peering=ops"])).peering.lifetime == kopf.OperatorSettings().peering.lifetime == 60
+    with pytest.raises(SystemExit):  # Kopf writes keep-alives 5-10 s before the end: 10 s or less could expire
+        parse(["--peering=ops", "--peering-lifetime=10"])

@@ -89,6 +89,12 @@ def test_defaults_two_replicas_peering_with_distinct_priorities() -> None:
     assert args[0] == "run" and ctr["command"] == ["alembic-operator"]
     assert "--liveness=http://0.0.0.0:8080/healthz" in args
     assert "--peering=ops-rel-alembic-operator" in args and "--priority=$(POD_INDEX)" in args
+    # A standby takes over 20 s (not Kopf's 60) after the leader died without leaving the peering.
+    assert "--peering-lifetime=20" in args
+    assert "--peering-lifetime=30" in container(render({"peering": {"lifetime": 30}}))["args"]
+    short = run_helm("template", "x", str(CHART), "--kube-version", KUBE_VERSION, "--set", "peering.lifetime=5",
+                     check=False)
+    assert short.returncode != 0 and "lifetime" in short.stderr
     env = env_of(ctr)
     assert env["POD_INDEX"] == {"fieldRef": {"fieldPath": "metadata.labels['apps.kubernetes.io/pod-index']"}}
     assert env["POD_ID"] == {"fieldRef": {"fieldPath": "metadata.name"}}
