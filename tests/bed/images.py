@@ -468,9 +468,13 @@ def shop_image(fixed: bool = False) -> str:
     return build(shop, None, "shop", {"PYTHON_IMAGE": python_base(), "SHOP_FIXED": "1" if fixed else "0"})
 
 
-def app_image(project: Path, push_to: str | None = None, netns_cmd: list[str] | None = None) -> str:
+def app_image(project: Path, push_to: str | None = None, netns_cmd: list[str] | None = None,
+              user: str | None = None) -> str:
     """One generated Alembic project as an image: the app base plus one layer with the project's files in /app
     (the spec's workingDir), cached by the project's content like any :func:`build`.
+
+    `user` sets the image's USER instead of the base's 10001:10001 (``"0"``: root, as an image without a USER line;
+    ``"app"``: the base's user 10001 by its name), as app images that do not follow the README are built.
 
     A thin ``buildah bud`` costs about half a second on overlay (measured against ``buildah from`` + ``copy`` +
     ``commit``, which was no faster), so it is a plain build. With `push_to` (``HOST:PORT/REPO``) the image is
@@ -482,7 +486,15 @@ def app_image(project: Path, push_to: str | None = None, netns_cmd: list[str] | 
     ignore = project / ".dockerignore"
     if not ignore.exists():
         ignore.write_text("# bed/images.py app_image(): bytecode is no part of the app\n**/__pycache__\n**/*.pyc\n")
-    ref = build(project, DOCKERFILES / "app" / "Dockerfile", "app", {"BASE": app_base()})
+    if user is None:
+        ref = build(project, DOCKERFILES / "app" / "Dockerfile", "app", {"BASE": app_base()})
+    else:
+        if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*(:[A-Za-z0-9_][A-Za-z0-9_.-]*)?", user):
+            raise ImageError(f"{user!r} is not a USER (a name or a number, optionally :group)")
+        dockerfile = cache_dir() / "dockerfiles" / f"app-user-{user.replace(':', '-')}" / "Dockerfile"
+        dockerfile.parent.mkdir(parents=True, exist_ok=True)
+        _write_if_changed(dockerfile, (DOCKERFILES / "app-user" / "Dockerfile").read_text().replace("@APP_USER@", user))
+        ref = build(project, dockerfile, "app", {"BASE": app_base()})
     if push_to is None:
         return ref
     return push(ref, f"{push_to}:{ref.rsplit(':', 1)[1][:20]}", netns_cmd=netns_cmd)
