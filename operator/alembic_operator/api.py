@@ -402,17 +402,30 @@ class JobTemplateSpec(_SpecModel):
     pod_security_context: PodSecurityContext | None = Field(
         default=None,
         description=(
-            "Security context of the Jobs' pods (a core/v1 PodSecurityContext), e.g. {runAsNonRoot: true, "
-            "fsGroup: 1000, seccompProfile: {type: RuntimeDefault}}: set fsGroup when the backup volume must be "
-            "writable by the image's user. Default: none."
+            "Security context of the Jobs' pods (a core/v1 PodSecurityContext), merged over the operator's: "
+            "runAsNonRoot: true and seccompProfile RuntimeDefault on every Job, fsGroup: 65532 on the backup and "
+            "restore Jobs (so the operator's user may write the backup volume on volume types that apply fsGroup: CSI,"
+            " local, most; not hostPath or in-tree nfs, which need a directory writable by 65532). The app's "
+            "containers run as the image's own USER, which must be a non-zero number (USER 10001): the operator never "
+            "guesses a uid for your image. An image whose USER is root (or missing) or a name (USER app, which the "
+            "kubelet cannot check) stops the run (Stalled, reason ImageRunsAsRoot) within 30 s of its Job's creation; "
+            "without rebuilding it, set runAsUser here to a non-zero uid that can read the app's files (for USER app, "
+            "the uid of app: id -u app in the image), and runAsGroup when that uid has no entry in the image's "
+            "/etc/passwd (otherwise its group is 0). Set here, runAsUser applies to the app's containers only: the "
+            "operator's own keep 65532. Default: the operator's settings above."
         ),
     )
     security_context: SecurityContext | None = Field(
         default=None,
         description=(
-            "Security context of the Jobs' container (a core/v1 SecurityContext), e.g. "
-            "{allowPrivilegeEscalation: false, capabilities: {drop: [ALL]}} where Pod Security 'restricted' is "
-            "enforced. Default: none."
+            "Security context of every container of the Jobs (a core/v1 SecurityContext), merged over the "
+            "operator's: allowPrivilegeEscalation: false, capabilities: {drop: [ALL]}, runAsNonRoot: true and "
+            "seccompProfile RuntimeDefault (Pod Security 'restricted'), plus runAsUser/runAsGroup 65532 and "
+            "readOnlyRootFilesystem on the operator's own containers (runner installer, scan, backup, restore). "
+            "The app's containers get no runAsUser: they run as the image's numeric non-root USER (see "
+            "podSecurityContext). A runAsUser set here applies to the operator's containers too (e.g. where the "
+            "cluster assigns uids per namespace); to run only the app's containers as another user, set "
+            "podSecurityContext.runAsUser. Default: the operator's settings above."
         ),
     )
 

@@ -170,3 +170,39 @@ def test_api_server_messages_are_traced_back_to_the_resources_field() -> None:
     for message, field in cases.items():
         assert source_field(message) == field, message
     assert source_field("exceeded quota: compute-resources") is None
+
+
+def _run_as(job: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """Each container's (runAsUser, runAsGroup) as the kubelet resolves them: the container's, else the pod's."""
+    pod = job["spec"]["template"]["spec"]["securityContext"]
+    return {ctr["name"]: (ctr["securityContext"].get("runAsUser", pod.get("runAsUser")),
+                          ctr["securityContext"].get("runAsGroup", pod.get("runAsGroup"))) for ctr in containers(job)}
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_the_app_runs_as_its_images_user_ours_as_65532_and_the_user_can_set_either(role: str) -> None:
+    """The decision documented on jobTemplate.podSecurityContext / securityContext: no uid is ever guessed for the
+    app's image (its numeric non-root USER runs it; a root or named USER is refused by the kubelet under runAsNonRoot
+    and reported as ImageRunsAsRoot); the pod-level runAsUser moves the app's containers only, the container-level
+    one every container; the restricted settings stay whatever the user adds."""
+    app = {ctr["name"] for ctr in containers(build(role)) if ctr["image"] == "ghcr.io/acme/shop:1.4.2"}
+    assert bool(app) == (ROLES[role].image == "app")  # type: ignore[index]
+
+    def job(template: dict[str, Any]) -> dict[str, Any]:
+        spec = {**SPEC, "jobTemplate": {**SPEC["jobTemplate"], **template}}
+        return build_job(role, OWNER, parse_spec(spec), operator_image="ghcr.io/alembic-operator/op:1",  # type: ignore[arg-type]
+                         args=ARGS[role])
+
+    default = _run_as(job({}))
+    assert {name: default[name] for name in app} == {name: (None, None) for name in app}
+    assert {ids for name, ids in default.items() if name not in app} <= {(65532, 65532)}
+    pod_level = _run_as(job({"podSecurityContext": {"runAsUser": 10001, "runAsGroup": 10001}}))
+    assert all(pod_level[name] == ((10001, 10001) if name in app else (65532, 65532)) for name in pod_level)
+    every = job({"securityContext": {"runAsUser": 10001}})
+    assert all(uid == 10001 for uid, _gid in _run_as(every).values())
+    for ctr in containers(every):
+        sc = ctr["securityContext"]
+        assert sc["runAsNonRoot"] is True and sc["allowPrivilegeEscalation"] is False
+        assert sc["capabilities"] == {"drop": ["ALL"]} and sc["seccompProfile"] == {"type": "RuntimeDefault"}
+    pod = every["spec"]["template"]["spec"]["securityContext"]
+    assert pod["runAsNonRoot"] is True and pod.get("fsGroup") == (65532 if ROLES[role].backups else None)  # type: ignore[index]
