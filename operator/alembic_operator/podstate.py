@@ -124,7 +124,8 @@ def _blocked(pod: dict[str, Any]) -> tuple[str, str] | None:
             return (reasons.IMAGE_RUNS_AS_ROOT,
                     f"the image {image} (container {name}) runs as root or as a user name, and the Jobs run with "
                     f"runAsNonRoot: {said}. To fix: set a numeric non-root USER in the image's Dockerfile (e.g. USER "
-                    "10001), or set spec.jobTemplate.securityContext.runAsUser to a non-zero uid")
+                    "10001), or set spec.jobTemplate.podSecurityContext.runAsUser (the app's containers) or "
+                    "securityContext.runAsUser (every container) to a non-zero uid")
         if reason == "CreateContainerConfigError":
             return (reasons.CONTAINER_CONFIG_ERROR,
                     f"the container {name} cannot be created: {said or reason}. To fix: create what it refers to, or "

@@ -113,7 +113,7 @@ def test_an_image_that_runs_as_root_or_a_name_stalls_then_run_as_user_migrates(e
     spec = e2e.spec(project)
     spec["migrations"]["image"] = image
     _stalls(e2e, spec, "ImageRunsAsRoot",
-            [image, "container plan", kubelet, "USER 10001", "spec.jobTemplate.securityContext.runAsUser"])
+            [image, "container plan", kubelet, "USER 10001", "spec.jobTemplate.podSecurityContext.runAsUser"])
     _recovers_after_spec_fix(e2e, {"jobTemplate": fix}, target=WHOAMI)
     uid, gid = e2e.db.query("SELECT uid, gid FROM ran_as")[0]
     print(f"the migration ran as uid {uid}, gid {gid} (image USER {user}, jobTemplate {fix})")

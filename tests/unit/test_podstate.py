@@ -85,7 +85,8 @@ def test_a_root_image_under_run_as_non_root_says_how_to_fix_it() -> None:
         reason, message = pod_progress([waiting_on("migrate", "shop:1", "CreateContainerConfigError", said)])[1] \
             or ("", "")
         assert reason == "ImageRunsAsRoot" and "USER" in message
-        assert "spec.jobTemplate.securityContext.runAsUser" in message
+        assert "spec.jobTemplate.podSecurityContext.runAsUser" in message
+        assert "securityContext.runAsUser (every container)" in message
 
 
 def test_a_missing_config_key_and_no_fitting_node() -> None:
