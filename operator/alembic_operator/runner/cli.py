@@ -42,9 +42,19 @@ database with several heads reads "a,b" (sorted) in single-revision fields and f
         "unrenderable" and has no .sql file; the plan still succeeds. Refusals carry what was known (current,
         heads, target): MultipleHeads, UnknownRevision, UnknownTargetRevision, DowngradeNotSupported,
         TargetNotReachable.
-    upgrade --from REV|base --to REV [--lock-key N] [--lock-timeout S]
+    upgrade --from REV|base --to REV [--lock-key N] [--lock-timeout S] [--db-lock-timeout MS]
+            [--db-statement-timeout MS]
         Under a PostgreSQL session advisory lock (other dialects: none). Already at --to: nothing runs. Not at
         --from: RevisionMoved, nothing runs ("revision" = where the database is).
+        --db-lock-timeout and --db-statement-timeout bound every statement of env.py's session (PostgreSQL's
+        lock_timeout and statement_timeout): as libpq `options` in the URL handed to env.py (psycopg, psycopg2),
+        checked on env.py's connection before the first revision and set there with SET when they do not hold
+        (asyncpg, pg8000, an env.py that builds its own URL or changes them). While the session waits for a lock,
+        a thread names the sessions it waits for in the log; a statement that gives up waiting (SQLSTATE 55P03)
+        with nothing committed fails with reason LockTimeout (exit code 5) and "blockers": [{"pid", "user",
+        "application", "client", "state", "transactionSeconds", "query" (its first 80 characters, literals
+        replaced by ?), "relation"}]. A revision may opt out of the statement timeout for a long statement with
+        op.execute("SET LOCAL statement_timeout = 0") (until its transaction ends).
         {"ok": true, "command": "upgrade", "from": "abc" | null, "to": "def", "durationSeconds": 1.2,
          "revision": "def", "applied": ["...", "def"], "alreadyAtTarget": false}
         On failure, reason MigrationFailed and the same fields: "revision" is read again after the failure
@@ -54,6 +64,7 @@ database with several heads reads "a,b" (sorted) in single-revision fields and f
         already holds reason Interrupted with "attempted" so far: a pod killed outright (SIGKILL, node lost) still
         reports which revisions it may have committed (any prefix of "attempted"), never more.
     downgrade --from REV --to REV|base [--lock-key N] [--lock-timeout S] [--allow-empty-downgrades]
+            [--db-lock-timeout MS] [--db-statement-timeout MS]
         Like upgrade, with "reverted" (newest first) instead of "applied" and reason DowngradeFailed. Refuses
         (IrreversibleRevision, nothing runs) when a revision to undo has an empty downgrade(), unless
         --allow-empty-downgrades.
@@ -98,7 +109,8 @@ Exit codes:
        TargetNotReachable, DowngradeNotSupported, RevisionMoved, AlreadyVersioned, IrreversibleRevision)
     4  configuration problem, nothing was changed (MissingDatabaseURL, InvalidDatabaseURL, ConfigNotFound,
        ScriptError, DatabaseError, NoTargetMetadata)
-    5  transient problem, nothing was changed, a retry may succeed (DatabaseUnreachable, LockTimeout)
+    5  transient problem, nothing was changed, a retry may succeed (DatabaseUnreachable, LockTimeout: the
+       advisory lock, or a lock a revision waited for longer than --db-lock-timeout)
 """
 
 from __future__ import annotations
@@ -179,6 +191,12 @@ def build_parser() -> ArgumentParser:
         parser.add_argument("--lock-key", type=lock_key, default=DEFAULT_LOCK_KEY, help="advisory lock key (64 bits)")
         parser.add_argument("--lock-timeout", type=float, default=DEFAULT_LOCK_TIMEOUT, help="seconds to wait")
 
+    def limits(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--db-lock-timeout", type=milliseconds, metavar="MS",
+                            help="the migration session's lock timeout (0: none; default: the session's)")
+        parser.add_argument("--db-statement-timeout", type=milliseconds, metavar="MS",
+                            help="the migration session's statement timeout (0: none; default: the session's)")
+
     parser = ArgumentParser(prog="runner.pyz", description="Run Alembic for alembic-operator.")
     common(parser, suppress=False)
     sub = parser.add_subparsers(dest="command", metavar="command", parser_class=ArgumentParser)
@@ -197,6 +215,7 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--from", required=True, help="the revision the plan started from (base for an empty database)")
     p.add_argument("--to", required=True, help="the target revision")
     locking(p)
+    limits(p)
 
     p = sub.add_parser("downgrade", help="downgrade from a revision to an earlier one")
     common(p, suppress=True)
@@ -205,6 +224,7 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--allow-empty-downgrades", action="store_true",
                    help="also run revisions whose downgrade() is empty")
     locking(p)
+    limits(p)
 
     p = sub.add_parser("stamp", help="stamp a database that has no version table yet")
     common(p, suppress=True)
@@ -214,6 +234,13 @@ def build_parser() -> ArgumentParser:
     p = sub.add_parser("drift", help="compare the database with the scripts and the models (read-only)")
     common(p, suppress=True)
     return parser
+
+
+def milliseconds(value: str) -> int:
+    """--db-lock-timeout, --db-statement-timeout: a whole number of milliseconds, 0 or more."""
+    if not value.isdigit():
+        raise argparse.ArgumentTypeError(f"not a whole number of milliseconds: {value!r}")
+    return int(value)
 
 
 def _interrupt(signum: int, frame: Any) -> None:

@@ -13,11 +13,12 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn, cast
 
+from .blockers import LockWatch, describe_blockers, poll_interval
 from .driver import ConfigError, Driver, has_downgrade, heads_str, parse_revs
 from .engine import make_engine
-from .errors import REDACT, Failure, classify, describe, first_line, log, log_exception
-from .lock import migration_lock
-from .results import CurrentResult, MigrateResult, PlanResult, StampResult, write_result
+from .errors import REDACT, Failure, classify, describe, first_line, log, log_exception, sqlstate
+from .lock import DIALECTS, migration_lock
+from .results import Blocker, CurrentResult, MigrateResult, PlanResult, StampResult, write_result
 
 URL_ENV = "ALEMBIC_OPERATOR_DATABASE_URL"
 
@@ -48,6 +49,10 @@ class Runner(Driver):
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
+        # The migration session's limits (upgrade and downgrade), in milliseconds; None: the session's default.
+        self.lock_timeout_ms: int | None = getattr(args, "db_lock_timeout", None)
+        self.statement_timeout_ms: int | None = getattr(args, "db_statement_timeout", None)
+        self.watch: LockWatch | None = None
         super().__init__(args.config, args.name, self._read_url(), log=log)
         self.engine = self._make_engine()
 
@@ -66,9 +71,26 @@ class Runner(Driver):
             raise Failure("InvalidDatabaseURL", f"the database URL cannot be parsed: {describe(exc)}") from None
         REDACT.add_password(str(parsed.password) if parsed.password else None, min_length=4)
         REDACT.add(parsed.render_as_string(hide_password=False))
+        url = self._with_limits(parsed) or url
         for name in self.args.export_url_env or ():
             os.environ[name] = url
         return url
+
+    def _with_limits(self, parsed: Any) -> str | None:
+        """The URL with the session's timeouts as connection options, when its driver takes them; else None (they
+        are set on the migration's connection when it starts: `limit_session`)."""
+        if self.lock_timeout_ms is None and self.statement_timeout_ms is None:
+            return None
+        sql = DIALECTS.get(parsed.get_backend_name())
+        limited = sql.url_options(parsed, self.lock_timeout_ms, self.statement_timeout_ms) if sql and sql.url_options \
+            else None
+        if limited is None:
+            log(f"the driver {parsed.get_driver_name() or parsed.get_backend_name()} takes no session options in "
+                "the URL: the timeouts are set on the migration's connection")
+            return None
+        text = str(limited.render_as_string(hide_password=False))
+        REDACT.add(text)
+        return text
 
     def _make_engine(self) -> Any:
         try:
@@ -160,9 +182,49 @@ class Runner(Driver):
 
     def run(self, direction: str, destination: str, progress: list[str],
             on_step: Callable[[], None] | None = None) -> None:
-        """`alembic upgrade|downgrade <destination>` (see Driver.migrate)."""
-        if not self.migrate(direction, destination, progress, on_step=on_step):
-            raise RuntimeError("env.py did not call context.run_migrations() in online mode")
+        """`alembic upgrade|downgrade <destination>` (see Driver.migrate), its session limited (`limit_session`)
+        and watched for locks it waits for."""
+
+        def doing() -> str:
+            return f"revision {progress[-1]}" if progress else direction
+
+        try:
+            if not self.migrate(direction, destination, progress, on_step=on_step,
+                                check=lambda context: self.limit_session(context, doing)):
+                raise RuntimeError("env.py did not call context.run_migrations() in online mode")
+        finally:
+            if self.watch is not None:
+                self.watch.stop()
+
+    def limit_session(self, context: Any, doing: Callable[[], str]) -> None:
+        """On env.py's own connection, before the first revision: make sure the lock and statement timeouts hold
+        (whatever env.py did: set them if the URL's options did not), and watch who blocks it."""
+        sql = DIALECTS.get(context.dialect.name)
+        if sql is None or sql.session is None:
+            if self.lock_timeout_ms is not None or self.statement_timeout_ms is not None:
+                log(f"dialect {context.dialect.name}: no lock or statement timeout")
+            return
+        conn = context.connection
+        lock_ms, statement_ms, pid = conn.exec_driver_sql(sql.session).first()
+        for name, wanted, have, statement in (
+            ("lock_timeout", self.lock_timeout_ms, lock_ms, sql.set_lock_timeout),
+            ("statement_timeout", self.statement_timeout_ms, statement_ms, sql.set_statement_timeout),
+        ):
+            if wanted is not None and statement and str(have) != str(wanted):
+                log(f"{name} of the migration's session is {have} ms, not {wanted}: setting it")
+                conn.exec_driver_sql(statement.format(int(wanted)))
+        lock_ms, statement_ms, pid = conn.exec_driver_sql(sql.session).first()
+        log(f"the migration's session (backend pid {pid}): lock_timeout {lock_ms} ms, statement_timeout "
+            f"{statement_ms} ms (0: none)")
+        if sql.blockers:
+            self.watch = LockWatch(self.engine, sql.blockers, poll_interval(self.lock_timeout_ms), log, doing)
+            self.watch.start(int(pid))
+
+    def blockers(self) -> list[Blocker]:
+        """Who blocked the migration's session in its last wait (as it timed out)."""
+        if self.watch is None:
+            return []
+        return self.watch.recent(within=(self.lock_timeout_ms or 0) / 1000 + 5)
 
 
 # --- commands --------------------------------------------------------------------------------------------------------
@@ -382,6 +444,8 @@ def cmd_migrate(runner: Runner, direction: str) -> MigrateResult:
         return cast(MigrateResult, {"ok": True, **result, "alreadyAtTarget": False})
 
     reason = "MigrationFailed" if upgrade else "DowngradeFailed"
+    unchanged = after is not None and set(after.heads) == set(source)
+    timeout = None
     if error is not None:
         failed = progress[-1] if progress else None  # the revision that was running when it failed
         if failed:
@@ -390,16 +454,48 @@ def cmd_migrate(runner: Runner, direction: str) -> MigrateResult:
         if isinstance(error, KeyboardInterrupt):
             message = f"{where} was interrupted ({str(error) or 'SIGINT'}: the Job's deadline, or the pod was deleted)"
         else:
-            message = f"{where} failed: {describe(error)}"
+            timeout = timed_out(runner, state.dialect, error, where, result)
+            message = timeout or f"{where} failed: {describe(error)}"
     else:
         message = f"{direction} finished but the database is at {result.get('revision') or 'base'}"
     if after is None:
         message += "; the database's revision could not be read afterwards"
     else:
         message += f"; the database is at {heads_str(after.heads) or 'base'}"
-        if set(after.heads) == set(source):
+        if unchanged:
             message += " (nothing was committed)"
+    if timeout and "blockers" in result and unchanged:
+        # Nothing changed and the blockers may be gone soon: a passing failure, retried by the operator.
+        reason = "LockTimeout"
+        message += ("; it is retried. If it keeps timing out, end the blocking session(s) or wait for a quieter "
+                    "time, or raise spec.migrations.lockTimeout (every query on the table waits that long)")
     raise Failure(reason, message, **result)
+
+
+def timed_out(runner: Runner, dialect: str | None, error: BaseException, where: str,
+              result: dict[str, Any]) -> str | None:
+    """The message for a statement that gave up waiting for a lock (its blockers named, and added to `result`) or
+    was cancelled by the statement timeout; None for any other error."""
+    sql = DIALECTS.get(dialect or "")
+    code = sqlstate(error)
+    if sql is None or code is None:
+        return None
+    if code in sql.lock_timeout_codes:
+        blockers = runner.blockers()
+        result["blockers"] = blockers
+        limit = f" ({runner.lock_timeout_ms} ms, spec.migrations.lockTimeout)" if runner.lock_timeout_ms else ""
+        on = f" on {blockers[0]['relation']}" if blockers and blockers[0].get("relation") else ""
+        held = (f", held by {describe_blockers(blockers)}" if blockers
+                else " (the sessions holding it ended before they could be named)")
+        message = f"{where} waited longer than the lock timeout{limit} for a lock{on}{held}: {describe(error)}"
+        log(message)
+        return message
+    if code in sql.statement_timeout_codes and runner.statement_timeout_ms:
+        return (f"{where} ran longer than the statement timeout ({runner.statement_timeout_ms} ms, "
+                "spec.migrations.statementTimeout) and was cancelled (or a person cancelled it): "
+                f"{describe(error)}. Raise spec.migrations.statementTimeout, or let this revision opt out with "
+                "op.execute(\"SET LOCAL statement_timeout = 0\") before its long statement")
+    return None
 
 
 def cmd_stamp(runner: Runner) -> StampResult:

@@ -71,6 +71,20 @@ def describe(exc: BaseException) -> str:
     return REDACT(f"{type(exc).__name__}: {line}" if line else type(exc).__name__)
 
 
+def sqlstate(exc: BaseException | None) -> str | None:
+    """The SQLSTATE of a database error (psycopg 3, psycopg2, asyncpg through SQLAlchemy), also when it was raised
+    from within another exception; None for anything else."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        for candidate in (getattr(exc, "orig", None), exc):
+            code = getattr(candidate, "sqlstate", None) or getattr(candidate, "pgcode", None)
+            if isinstance(code, str) and code:
+                return code
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
 def log_exception(what: str, exc: BaseException) -> None:
     details = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     log(f"{what}:\n{details.rstrip()}")

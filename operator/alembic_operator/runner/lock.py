@@ -1,8 +1,9 @@
 """The migration lock: a session-level advisory lock every migrator of a database takes, and its key.
 
 The SQL is per dialect (`DIALECTS`, registered by SQLAlchemy dialect name): PostgreSQL's session advisory lock and
-its READ ONLY transaction; another database is one more `register` call. A dialect without an entry runs without a
-lock (and without the read-only belt of the drift check).
+its READ ONLY transaction, the migration session's lock and statement timeouts, and who blocks a session; another
+database is one more `register` call. A dialect without an entry runs without a lock (and without the read-only
+belt of the drift check, the timeouts and the blockers).
 """
 
 from __future__ import annotations
@@ -11,11 +12,13 @@ import argparse
 import contextlib
 import hashlib
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from .blockers import describe_blockers, from_row
 from .errors import Failure, describe, log, log_exception
+from .results import Blocker
 
 DEFAULT_LOCK_KEY = 0x616C656D62696300  # "alembic\0": session advisory lock key shared by all migrators
 DEFAULT_LOCK_TIMEOUT = 600
@@ -48,14 +51,33 @@ def database_lock_key(database_key: str) -> int:
 # --- the SQL of each dialect ------------------------------------------------------------------------------------
 
 
+# The columns of a session that holds a lock (`holder`, `blockers`): what blockers.from_row reads.
+_SESSION = ("a.pid, a.usename, a.application_name, host(a.client_addr), a.state, "
+            "EXTRACT(EPOCH FROM clock_timestamp() - a.xact_start), left(a.query, 1024)")
+
+
 @dataclass(frozen=True)
 class DialectSQL:
-    """The statements a dialect needs. Bind parameters: :key (the lock key), :hi and :lo (its unsigned halves)."""
+    """The statements a dialect needs. Bind parameters: :key (the lock key), :hi and :lo (its unsigned halves),
+    :pid (a backend's process id)."""
 
     try_lock: str  # one row, one column: true when the lock was taken
     unlock: str
-    holder: str | None = None  # one row (pid, application name) of the session holding the lock
+    holder: str | None = None  # the session holding the lock, as `blockers` rows
     read_only: tuple[str, ...] = ()  # make the current transaction and the session's next ones read-only
+    # The migration session's limits. `session`: one row (lock timeout ms, statement timeout ms, backend pid) of the
+    # connection it runs on; `set_lock_timeout`/`set_statement_timeout`: format strings taking milliseconds.
+    session: str | None = None
+    set_lock_timeout: str | None = None
+    set_statement_timeout: str | None = None
+    # Who blocks backend :pid, one row per session (pid, user, application, client address, state, transaction
+    # seconds, query, the relation :pid waits for).
+    blockers: str | None = None
+    lock_timeout_codes: tuple[str, ...] = ()  # SQLSTATEs of a statement that gave up waiting for a lock
+    statement_timeout_codes: tuple[str, ...] = ()  # SQLSTATEs of a statement cancelled (by its timeout or a person)
+    # The URL with the session's timeouts as connection options, when its driver takes them (None: it does not, and
+    # the runner sets them on the migration's connection instead).
+    url_options: Callable[[Any, int | None, int | None], Any] | None = None
 
 
 DIALECTS: dict[str, DialectSQL] = {}
@@ -65,14 +87,46 @@ def register(dialect: str, sql: DialectSQL) -> None:
     DIALECTS[dialect] = sql
 
 
+# libpq drivers (psycopg 3, psycopg2) pass `options` to the server at connection start: the settings hold from the
+# session's first statement, whatever env.py does, and no ROLLBACK undoes them. asyncpg and pg8000 take no such URL
+# parameter: the runner sets them on the migration's connection (DialectSQL.session, below).
+LIBPQ_DRIVERS = frozenset({"psycopg", "psycopg_async", "psycopg2", "psycopg2cffi"})
+
+
+def libpq_options(url: Any, lock_ms: int | None, statement_ms: int | None) -> Any:
+    """`url` (a sqlalchemy URL) with `-c lock_timeout=N -c statement_timeout=N` added to its libpq `options`
+    (kept: what the URL already had); None when its driver is not libpq's."""
+    if url.get_driver_name() not in LIBPQ_DRIVERS:
+        return None
+    settings = [f"-c {name}={ms}" for name, ms in (("lock_timeout", lock_ms), ("statement_timeout", statement_ms))
+                if ms is not None]
+    if not settings:
+        return url
+    existing = url.query.get("options")
+    if isinstance(existing, tuple):
+        existing = " ".join(existing)
+    return url.update_query_dict({"options": " ".join([*([existing] if existing else []), *settings])})
+
+
 register("postgresql", DialectSQL(
     try_lock="SELECT pg_try_advisory_lock(:key)",
     unlock="SELECT pg_advisory_unlock(:key)",
-    holder=("SELECT l.pid, a.application_name FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid "
+    holder=(f"SELECT {_SESSION}, NULL FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
             "WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 "
             "AND l.classid = CAST(:hi AS bigint)::oid AND l.objid = CAST(:lo AS bigint)::oid LIMIT 1"),
     # Allowed after queries already ran: only switching to read-write is restricted.
     read_only=("SET TRANSACTION READ ONLY", "SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY"),
+    session=("SELECT (SELECT setting FROM pg_settings WHERE name = 'lock_timeout'), "
+             "(SELECT setting FROM pg_settings WHERE name = 'statement_timeout'), pg_backend_pid()"),
+    set_lock_timeout="SET lock_timeout = {}",
+    set_statement_timeout="SET statement_timeout = {}",
+    # pg_blocking_pids: the sessions holding (or queued ahead for) a lock :pid waits for.
+    blockers=(f"SELECT {_SESSION}, (SELECT w.relation::regclass::text FROM pg_locks w WHERE w.pid = :pid "
+              "AND NOT w.granted AND w.relation IS NOT NULL LIMIT 1) FROM pg_stat_activity a "
+              "WHERE a.pid = ANY(pg_blocking_pids(:pid)) ORDER BY a.xact_start NULLS LAST, a.pid"),
+    lock_timeout_codes=("55P03",),  # lock_not_available: lock_timeout (or NOWAIT)
+    statement_timeout_codes=("57014",),  # query_canceled: statement_timeout (or pg_cancel_backend)
+    url_options=libpq_options,
 ))
 
 
@@ -115,15 +169,18 @@ def migration_lock(engine: Any, key: int, timeout: float) -> Iterator[None]:
                 break
             waited = time.monotonic() - started
             if waited >= timeout:
+                held = holder(conn, sql, key)
                 raise Failure(
                     "LockTimeout",
-                    f"another session has held the migration lock (advisory lock {key}{holder(conn, sql, key)}) "
-                    f"for more than {timeout}s; nothing was run. Another migration may be running against "
-                    "this database: wait for it, or end that session",
+                    f"another session has held the migration lock (advisory lock {key}"
+                    f"{', held by ' + describe_blockers(held) if held else ''}) for more than {timeout}s; nothing "
+                    "was run. Another migration may be running against this database: wait for it, or end that "
+                    "session", blockers=[dict(b) for b in held],
                 )
             if time.monotonic() - last_report >= 10:
-                log(f"waiting for the migration lock (advisory lock {key}{holder(conn, sql, key)}), "
-                    f"{int(waited)}s of {timeout}s")
+                held = holder(conn, sql, key)
+                log(f"waiting for the migration lock (advisory lock {key}"
+                    f"{', held by ' + describe_blockers(held) if held else ''}), {int(waited)}s of {timeout}s")
                 last_report = time.monotonic()
             time.sleep(1)
         log(f"took the migration lock (advisory lock {key})")
@@ -135,18 +192,16 @@ def migration_lock(engine: Any, key: int, timeout: float) -> Iterator[None]:
             conn.close()
 
 
-def holder(conn: Any, sql: DialectSQL, key: int) -> str:
-    """ " held by backend pid N, application 'x'", or "" when it cannot tell."""
+def holder(conn: Any, sql: DialectSQL, key: int) -> list[Blocker]:
+    """The session holding the advisory lock (pid, user, application, client, state, transaction age, its query
+    redacted), or [] when it cannot tell."""
     from sqlalchemy import text
 
     if sql.holder is None:
-        return ""
+        return []
     unsigned = key & 0xFFFFFFFFFFFFFFFF
     try:
-        row = conn.execute(text(sql.holder), {"hi": unsigned >> 32, "lo": unsigned & 0xFFFFFFFF}).first()
+        rows = conn.execute(text(sql.holder), {"hi": unsigned >> 32, "lo": unsigned & 0xFFFFFFFF}).fetchall()
     except Exception:
-        return ""
-    if row is None:
-        return ""
-    app = f", application {row[1]!r}" if row[1] else ""
-    return f" held by backend pid {row[0]}{app}"
+        return []
+    return [from_row(row) for row in rows]

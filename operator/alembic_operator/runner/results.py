@@ -39,6 +39,19 @@ class Outcome(TypedDict, total=False):
 FailureResult = Outcome
 
 
+class Blocker(TypedDict, total=False):
+    """A session holding a lock a migration waited for (runner/blockers.py): never its query's values."""
+
+    pid: int
+    user: str
+    application: str  # application_name
+    client: str  # client address; absent: a local socket (or hidden from the migration's role)
+    state: str  # active, idle in transaction...
+    transactionSeconds: float  # how long its transaction has been open
+    query: str  # its query's first characters, every literal replaced by ?
+    relation: str  # the table the migration waited for
+
+
 class Unrenderable(TypedDict, total=False):
     revision: str
     message: str
@@ -133,6 +146,7 @@ class MigrateResult(_Migration, Outcome, total=False):
     attemptedTruncated: bool
     alreadyAtTarget: bool
     failedRevision: str
+    blockers: list[Blocker]  # LockTimeout: the sessions holding the lock it waited for
 
 
 class StampResult(Outcome, total=False):

@@ -1,0 +1,154 @@
+"""The runner's lock and statement timeouts against a real PostgreSQL: a migration blocked by a long transaction
+gives up after its lock timeout (so the app's queries queue behind it no longer than that), names the blocker
+without its query's values, changes nothing, and succeeds once the blocker is gone."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import psycopg
+import pytest
+from test_runner import Runner, version
+
+from apps import Rev, make_project
+from bed.postgres import Database
+
+pytestmark = pytest.mark.postgres
+
+R1, R2 = "bbbbbbbb0001", "bbbbbbbb0002"
+ORDERS = Rev(R1, upgrade=['op.create_table("orders", sa.Column("id", sa.Integer, primary_key=True), '
+                          'sa.Column("code", sa.String(20)))',
+                          'op.execute("INSERT INTO orders VALUES (1, \'a\'), (2, \'b\')")'],
+             downgrade=['op.drop_table("orders")'])
+ADD_NOTE = Rev(R2, upgrade=['op.add_column("orders", sa.Column("note", sa.Text))'],
+               downgrade=['op.drop_column("orders", "note")'])
+SECRET = "hunter2-card-4111"
+
+
+@contextmanager
+def blocker(database: Database) -> Iterator[psycopg.Connection]:
+    """A long transaction that read orders (it holds ACCESS SHARE until it ends), as a reporting job leaves one."""
+    with psycopg.connect(database.conninfo, application_name="nightly-report") as conn:
+        conn.execute(f"SELECT count(*) FROM orders WHERE code <> '{SECRET}'")  # a literal value in its query text
+        yield conn
+
+
+class Reader(threading.Thread):
+    """The app: SELECTs on orders in a loop, on its own connection; the longest wait of any of them."""
+
+    def __init__(self, database: Database) -> None:
+        super().__init__(daemon=True)
+        self.database = database
+        self.stop = threading.Event()
+        self.longest = 0.0
+        self.queries = 0
+
+    def run(self) -> None:
+        with psycopg.connect(self.database.conninfo, autocommit=True) as conn:
+            while not self.stop.is_set():
+                started = time.monotonic()
+                conn.execute("SELECT count(*) FROM orders").fetchall()
+                self.longest = max(self.longest, time.monotonic() - started)
+                self.queries += 1
+                time.sleep(0.02)
+
+
+@pytest.fixture
+def app(tmp_path: Path) -> Path:
+    return tmp_path / "app"
+
+
+@pytest.fixture
+def runner(database: Database, app: Path) -> Runner:
+    return Runner(database, app)
+
+
+def test_a_blocked_migration_gives_up_after_its_lock_timeout_names_the_blocker_and_changes_nothing(
+        runner: Runner, app: Path) -> None:
+    make_project(app, [ORDERS, ADD_NOTE])
+    assert runner("upgrade", "--from", "base", "--to", R1).rc == 0
+    reader = Reader(runner.database)
+    with blocker(runner.database) as report:
+        reader.start()
+        started = time.monotonic()
+        r = runner("upgrade", "--from", R1, "--to", R2, "--db-lock-timeout", "1000")
+        took = time.monotonic() - started
+        reader.stop.set()
+        reader.join()
+        pid = report.info.backend_pid
+    print(f"\nlock timeout 1.0 s: the runner gave up after {took:.1f} s; the reader's longest wait was "
+          f"{reader.longest:.2f} s over {reader.queries} queries")
+    assert r.rc == 5 and r.result["reason"] == "LockTimeout", r.result
+    [named] = r.result["blockers"]
+    assert named["pid"] == pid and named["application"] == "nightly-report" and named["relation"] == "orders"
+    assert named["state"] == "idle in transaction" and named["user"] == runner.database.user
+    assert named["query"] == "SELECT count(*) FROM orders WHERE code <> ?"
+    message = r.result["message"]
+    assert f"pid {pid}" in message and "'nightly-report'" in message
+    assert "1000 ms, spec.migrations.lockTimeout" in message
+    assert "nothing was committed" in message and "retried" in message
+    assert SECRET not in r.stderr + str(r.result)
+    assert f"revision {R2} waits for a lock on orders held by pid {pid}" in r.stderr
+    assert "lock_timeout 1000 ms" in r.stderr
+    assert version(runner.database) == R1
+    assert runner.database.query("SELECT count(*) FROM information_schema.columns WHERE column_name = 'note'") == [(0,)]
+    assert reader.longest < 1.0 + 1.5, "the app's queries queued behind the ALTER longer than its lock timeout"
+    # The blocker is gone: it runs.
+    r = runner("upgrade", "--from", R1, "--to", R2, "--db-lock-timeout", "1000")
+    assert r.rc == 0, r.stderr
+    assert version(runner.database) == R2
+
+
+def test_the_timeouts_hold_whatever_env_py_does(runner: Runner, app: Path) -> None:
+    """An env.py that turns the lock timeout off on its connection is overruled: the spec's timeout holds."""
+    make_project(app, [ORDERS, ADD_NOTE])
+    env = app / "migrations" / "env.py"
+    env.write_text(env.read_text().replace(
+        "    with engine.connect() as connection:\n",
+        "    with engine.connect() as connection:\n"
+        "        connection.exec_driver_sql('SET lock_timeout = 0')\n"
+        "        connection.commit()\n"))
+    assert runner("upgrade", "--from", "base", "--to", R1).rc == 0
+    with blocker(runner.database):
+        r = runner("upgrade", "--from", R1, "--to", R2, "--db-lock-timeout", "500", timeout=30)
+    assert r.result["reason"] == "LockTimeout", r.result
+    assert "lock_timeout of the migration's session is 0 ms, not 500: setting it" in r.stderr
+
+
+def test_statement_timeout_and_a_revision_that_opts_out(runner: Runner, app: Path) -> None:
+    slow = Rev(R2, upgrade=['op.execute("SELECT pg_sleep(1.5)")'])
+    make_project(app, [ORDERS, slow])
+    assert runner("upgrade", "--from", "base", "--to", R1).rc == 0
+    r = runner("upgrade", "--from", R1, "--to", R2, "--db-statement-timeout", "500")
+    assert r.rc == 1 and r.result["reason"] == "MigrationFailed", r.result
+    assert "500 ms, spec.migrations.statementTimeout" in r.result["message"]
+    assert "SET LOCAL statement_timeout = 0" in r.result["message"]
+    assert version(runner.database) == R1
+    # The documented opt-out: the revision lifts the limit for its own transaction.
+    opted = Rev(R2, upgrade=['op.execute("SET LOCAL statement_timeout = 0")', 'op.execute("SELECT pg_sleep(1.5)")'])
+    make_project(app, [ORDERS, opted])
+    r = runner("upgrade", "--from", R1, "--to", R2, "--db-statement-timeout", "500")
+    assert r.rc == 0, r.result
+    assert version(runner.database) == R2
+
+
+def test_without_limits_the_session_keeps_its_defaults(runner: Runner, app: Path) -> None:
+    make_project(app, [ORDERS])
+    r = runner("upgrade", "--from", "base", "--to", R1)
+    assert r.rc == 0 and "lock_timeout 0 ms, statement_timeout 0 ms" in r.stderr
+
+
+def test_the_advisory_lock_holder_is_named(runner: Runner, app: Path) -> None:
+    make_project(app, [ORDERS])
+    key = 4343434343
+    with psycopg.connect(runner.database.conninfo, autocommit=True, application_name="other-migrator") as other:
+        other.execute("SELECT pg_advisory_lock(%s)", (key,))
+        r = runner("upgrade", "--from", "base", "--to", R1, "--lock-key", str(key), "--lock-timeout", "1")
+        pid = other.info.backend_pid
+    assert r.rc == 5 and r.result["reason"] == "LockTimeout"
+    assert f"held by pid {pid} (user {runner.database.user}, application 'other-migrator'" in r.result["message"]
+    assert r.result["blockers"][0]["pid"] == pid
