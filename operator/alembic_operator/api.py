@@ -108,6 +108,11 @@ LabelValue = Annotated[str, StringConstraints(max_length=LABEL_VALUE_MAX_LENGTH,
 
 MAX_NAME_LENGTH = LABEL_VALUE_MAX_LENGTH
 """Longest DatabaseMigration name: it is the value of the pods' ``wait-for`` label (a label value)."""
+DURATION_MS_PATTERN = r"^([0-9]{1,6}h)?([0-9]{1,6}m)?([0-9]{1,6}s)?([0-9]{1,6}ms)?$"
+"""A duration down to milliseconds ("3s", "500ms", "1m30s"): hours, minutes, seconds, milliseconds, in that order."""
+DEFAULT_LOCK_TIMEOUT = "3s"
+"""spec.migrations.lockTimeout: a few seconds, the usual convention (every query on a table waits behind a schema
+change that waits for a lock)."""
 MIN_DRIFT_INTERVAL = 10
 """Seconds; the shortest spec.driftCheck.interval (a drift check is a Job: hourly is the sensible production value)."""
 
@@ -206,6 +211,32 @@ class MigrationsSpec(_SpecModel):
         description=(
             "Pull policy for the image: Always, IfNotPresent or Never. Default: Kubernetes' own "
             "(Always for :latest or no tag, otherwise IfNotPresent)."
+        ),
+    )
+    lock_timeout: str = Field(
+        default=DEFAULT_LOCK_TIMEOUT,
+        min_length=1,
+        max_length=32,
+        pattern=DURATION_MS_PATTERN,
+        description=(
+            f'How long any statement of a migration or downgrade may wait for a lock, e.g. "{DEFAULT_LOCK_TIMEOUT}", '
+            '"500ms", "1m" (PostgreSQL lock_timeout, set on the session env.py uses). Default '
+            f'"{DEFAULT_LOCK_TIMEOUT}". While a schema change waits for a lock, every query on that table queues '
+            "behind it: a short wait keeps the app serving. A migration that times out changed nothing; it is "
+            "retried with backoff (Reconciling, reason LockTimeout, naming the sessions that held the lock), then "
+            'Stalled with reason LockTimeout. "0s": wait without limit (not recommended).'
+        ),
+    )
+    statement_timeout: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=32,
+        pattern=DURATION_MS_PATTERN,
+        description=(
+            'How long any statement of a migration or downgrade may run, e.g. "5m" (PostgreSQL statement_timeout, '
+            "set on the session env.py uses); a statement cancelled by it fails the migration, which is rolled back "
+            "as usual. Default: unset, the session's own (the server's, the role's). A revision opts out for a "
+            'long backfill with op.execute("SET LOCAL statement_timeout = 0") (until its transaction ends).'
         ),
     )
 
@@ -447,6 +478,17 @@ class DriftCheckSpec(_SpecModel):
             "Unset or empty: no drift checks. Checks run only while the resource is Ready."
         ),
     )
+
+
+def duration_milliseconds(text: str | None) -> int | None:
+    """ "3s" -> 3000, "1m30s" -> 90000, "500ms" -> 500; None or "" -> None (spec.migrations' timeouts)."""
+    if not text:
+        return None
+    match = re.fullmatch(DURATION_MS_PATTERN, text)
+    if not match:
+        raise ValueError(f"not a duration: {text!r}")
+    hours, minutes, seconds, millis = (int((x or "0").rstrip("hms")) for x in match.groups())
+    return ((hours * 60 + minutes) * 60 + seconds) * 1000 + millis
 
 
 def duration_seconds(text: str | None) -> int | None:

@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 from . import constants as c
 from . import reasons
-from .api import DatabaseMigrationSpec
+from .api import DatabaseMigrationSpec, duration_milliseconds
 from .constants import Phase
 
 Role = Literal["plan", "backup", "migrate", "downgrade", "restore", "stamp", "drift"]
@@ -254,6 +254,14 @@ class _Inputs:
     def locking(self) -> list[str]:
         return ["--lock-key", self.args["lockKey"], "--lock-timeout", str(LOCK_TIMEOUT_SECONDS)]
 
+    def limits(self) -> list[str]:
+        """spec.migrations.lockTimeout and statementTimeout, in milliseconds, for the runner to set on env.py's
+        session (the URL itself never appears in a Job)."""
+        m = self.spec.migrations
+        limits = [("--db-lock-timeout", duration_milliseconds(m.lock_timeout)),
+                  ("--db-statement-timeout", duration_milliseconds(m.statement_timeout))]
+        return [part for flag, ms in limits if ms is not None for part in (flag, str(ms))]
+
 
 @dataclass(frozen=True)
 class _Pods:
@@ -280,7 +288,7 @@ def _downgrade(x: _Inputs) -> _Pods:
 
 
 def _runner_step(x: _Inputs, name: str, verb: str) -> dict[str, Any]:
-    return x.app(name, verb, "--from", x.args["from"], "--to", x.args["to"], *x.locking())
+    return x.app(name, verb, "--from", x.args["from"], "--to", x.args["to"], *x.locking(), *x.limits())
 
 
 def _stamp(x: _Inputs) -> _Pods:
@@ -342,7 +350,7 @@ ROLES: Mapping[Role, JobRole] = _declare(
     JobRole("migrate", "app", "Migrating", reasons.MIGRATING, writes=True, during_deletion=False, retries=True,
             deadline=LONG, backups=False, build=_migrate, dry_run_args={"from": "base", "to": "head"}),
     JobRole("downgrade", "app", "RollingBack", reasons.ROLLING_BACK, writes=True, during_deletion=True,
-            retries=False, deadline=LONG, backups=False, build=_downgrade, dry_run_args={"from": "head", "to": "base"}),
+            retries=True, deadline=LONG, backups=False, build=_downgrade, dry_run_args={"from": "head", "to": "base"}),
     JobRole("restore", "operator", "RollingBack", reasons.ROLLING_BACK, writes=True, during_deletion=True,
             retries=False, deadline=LONG, backups=True, build=_restore,
             dry_run_args={"file": "/backups/dry-run.dump", "sha256": "sha256:0"}),

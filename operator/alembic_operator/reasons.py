@@ -70,8 +70,11 @@ DATABASE_UNREACHABLE = _reason("DatabaseUnreachable", "progressing",
                               where=("Job result",), transient=True,
                               runbook="the-database-is-unreachable--reconciling--databaseunreachable-later-stalled")
 LOCK_TIMEOUT = _reason("LockTimeout", "progressing",
-                      "the migration Job waited too long for another migration's advisory lock; it changed nothing "
-                      "and is retried", where=("Job result",), transient=True)
+                      "a migration or downgrade waited longer than spec.migrations.lockTimeout for a lock (the message "
+                      "names the sessions holding it), or too long for another migration's advisory lock; it changed "
+                      "nothing and is retried with backoff, Stalled after the retries", where=("Job result", "Event"),
+                      transient=True,
+                      runbook="a-migration-waits-for-a-lock--reconciling--locktimeout-later-stalled")
 
 # --- ready: at the target (Ready=True) ------------------------------------------------------------------------------
 MIGRATED = _reason("Migrated", "ready", "this run migrated the database to the target")

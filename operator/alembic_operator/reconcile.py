@@ -456,9 +456,10 @@ class _Run:
         if retry_at is None:
             delay = min(60, 5 * 2**done)
             self.run.retry_at = self.obs.now + timedelta(seconds=delay)
-            return self.outcome(s.progressing(phase, reason, f"{self.failure_message(role)}; nothing was changed; "
-                                              f"retrying in {delay}s (attempt {done + 2} of {JOB_RETRIES + 1})"),
-                                delay)
+            message = (f"{self.failure_message(role)}; nothing was changed; retrying in {delay}s (attempt {done + 2} "
+                       f"of {JOB_RETRIES + 1})")
+            self.decision.events.append(("Warning", reason, message))  # each failure, with what the Job said
+            return self.outcome(s.progressing(phase, reason, message), delay)
         wait = (retry_at - self.obs.now).total_seconds()
         if wait > 0:
             return self.outcome(s.progressing(phase, reason, f"{self.failure_message(role)}; retrying in "
@@ -592,13 +593,17 @@ class _Run:
         if committed is None and job.state == "failed" and ran_nothing(report) and not lost:
             return self.replan(f"the database is at {_rev(db_rev)}, not at {_rev(start)} where this run's plan "
                                f"starts: another writer moved it, and migration Job {job.name} ran nothing")
+        locked = job.state == "failed" and (report or {}).get("reason") == r.LOCK_TIMEOUT
         if job.state == "succeeded":
             why = f"the migration Job succeeded but the database is at {_rev(db_rev)}, not {target}"
         else:
             why = self.failure_message("migrate")
+        if locked:  # retried until now: a human must end the blocker (or allow a longer wait)
+            why += f" (attempt {int((self.run.attempts or {}).get('migrate', 0)) + 1} of {JOB_RETRIES + 1})"
         self.condition(c.MIGRATED, "False", r.UPGRADE_FAILED, why)
         self.run.failure = why
-        self.run.failure_reason = self.failure_reason("migrate", r.JOB_FAILED) if job.state == "failed" else None
+        self.run.failure_reason = (self.failure_reason("migrate", r.LOCK_TIMEOUT if locked else r.JOB_FAILED)
+                                   if job.state == "failed" else None)
         if committed is None:
             ran = (report or {}).get("applied") or (report or {}).get("attempted") or []
             msg = (f"{why}; the database is at {_rev(db_rev)}, where this run did not leave it (its Job reported "
@@ -745,6 +750,9 @@ class _Run:
         self.finish("RolledBack" if rolled else "Failed", reason)
         hint = (" Fix the migration in a new image (or change targetRevision), then apply the resource again."
                 if reason != self.run.failure_reason or reason == r.JOB_FAILED else "")  # a cause says its own fix
+        if reason == r.LOCK_TIMEOUT:
+            hint = (" End the sessions holding the lock (or wait until they are done), or raise "
+                    "spec.migrations.lockTimeout, then edit the resource to try again.")
         return self.outcome(s.stalled("Failed", reason, message + "." + hint), POLL_IDLE)
 
     def idle(self) -> Decision:

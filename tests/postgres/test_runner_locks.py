@@ -90,7 +90,7 @@ def test_a_blocked_migration_gives_up_after_its_lock_timeout_names_the_blocker_a
     message = r.result["message"]
     assert f"pid {pid}" in message and "'nightly-report'" in message
     assert "1000 ms, spec.migrations.lockTimeout" in message
-    assert "nothing was committed" in message and "retried" in message
+    assert "nothing was committed" in message
     assert SECRET not in r.stderr + str(r.result)
     assert f"revision {R2} waits for a lock on orders held by pid {pid}" in r.stderr
     assert "lock_timeout 1000 ms" in r.stderr

@@ -467,8 +467,6 @@ def cmd_migrate(runner: Runner, direction: str) -> MigrateResult:
     if timeout and "blockers" in result and unchanged:
         # Nothing changed and the blockers may be gone soon: a passing failure, retried by the operator.
         reason = "LockTimeout"
-        message += ("; it is retried. If it keeps timing out, end the blocking session(s) or wait for a quieter "
-                    "time, or raise spec.migrations.lockTimeout (every query on the table waits that long)")
     raise Failure(reason, message, **result)
 
 
