@@ -4,10 +4,7 @@ without its query's values, changes nothing, and succeeds once the blocker is go
 
 from __future__ import annotations
 
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
@@ -16,6 +13,7 @@ from test_runner import Runner, version
 
 from apps import Rev, make_project
 from bed.postgres import Database
+from blocking import SECRET, Reader, blocker
 
 pytestmark = pytest.mark.postgres
 
@@ -26,35 +24,6 @@ ORDERS = Rev(R1, upgrade=['op.create_table("orders", sa.Column("id", sa.Integer,
              downgrade=['op.drop_table("orders")'])
 ADD_NOTE = Rev(R2, upgrade=['op.add_column("orders", sa.Column("note", sa.Text))'],
                downgrade=['op.drop_column("orders", "note")'])
-SECRET = "hunter2-card-4111"
-
-
-@contextmanager
-def blocker(database: Database) -> Iterator[psycopg.Connection]:
-    """A long transaction that read orders (it holds ACCESS SHARE until it ends), as a reporting job leaves one."""
-    with psycopg.connect(database.conninfo, application_name="nightly-report") as conn:
-        conn.execute(f"SELECT count(*) FROM orders WHERE code <> '{SECRET}'")  # a literal value in its query text
-        yield conn
-
-
-class Reader(threading.Thread):
-    """The app: SELECTs on orders in a loop, on its own connection; the longest wait of any of them."""
-
-    def __init__(self, database: Database) -> None:
-        super().__init__(daemon=True)
-        self.database = database
-        self.stop = threading.Event()
-        self.longest = 0.0
-        self.queries = 0
-
-    def run(self) -> None:
-        with psycopg.connect(self.database.conninfo, autocommit=True) as conn:
-            while not self.stop.is_set():
-                started = time.monotonic()
-                conn.execute("SELECT count(*) FROM orders").fetchall()
-                self.longest = max(self.longest, time.monotonic() - started)
-                self.queries += 1
-                time.sleep(0.02)
 
 
 @pytest.fixture
@@ -72,13 +41,12 @@ def test_a_blocked_migration_gives_up_after_its_lock_timeout_names_the_blocker_a
     make_project(app, [ORDERS, ADD_NOTE])
     assert runner("upgrade", "--from", "base", "--to", R1).rc == 0
     reader = Reader(runner.database)
-    with blocker(runner.database) as report:
+    with blocker(runner.database, "SELECT count(*) FROM orders WHERE code <> '{secret}'") as report:
         reader.start()
         started = time.monotonic()
         r = runner("upgrade", "--from", R1, "--to", R2, "--db-lock-timeout", "1000")
         took = time.monotonic() - started
-        reader.stop.set()
-        reader.join()
+        reader.finish()
         pid = report.info.backend_pid
     print(f"\nlock timeout 1.0 s: the runner gave up after {took:.1f} s; the reader's longest wait was "
           f"{reader.longest:.2f} s over {reader.queries} queries")
@@ -113,7 +81,7 @@ def test_the_timeouts_hold_whatever_env_py_does(runner: Runner, app: Path) -> No
         "        connection.exec_driver_sql('SET lock_timeout = 0')\n"
         "        connection.commit()\n"))
     assert runner("upgrade", "--from", "base", "--to", R1).rc == 0
-    with blocker(runner.database):
+    with blocker(runner.database, "SELECT count(*) FROM orders WHERE code <> '{secret}'"):
         r = runner("upgrade", "--from", R1, "--to", R2, "--db-lock-timeout", "500", timeout=30)
     assert r.result["reason"] == "LockTimeout", r.result
     assert "lock_timeout of the migration's session is 0 ms, not 500: setting it" in r.stderr

@@ -1,0 +1,68 @@
+"""Never take production down with a lock, on the real bed: a long transaction holds a lock on orders; the
+migration (an ALTER TABLE on orders) gives up after spec.migrations.lockTimeout, is retried, names the blocker in
+status, an Event and its Job's log, and succeeds once the blocker ends, while the app's reader on orders never
+waits much longer than the lock timeout."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from alembic_operator import constants as c
+from apps import Rev
+from blocking import BLOCKER_APP, SECRET, Reader, blocker
+from e2e import BASE_REVISIONS, E2E, R3, revision
+from harness import wait_for
+
+pytestmark = pytest.mark.bed
+
+ADD_NOTE = "a0d0e0000013"
+ADD = Rev(ADD_NOTE, upgrade=['op.add_column("orders", sa.Column("note", sa.Text))'],
+          downgrade=['op.drop_column("orders", "note")'])
+LOCK_TIMEOUT = 3.0  # seconds: the default spec.migrations.lockTimeout
+
+
+def job_failed(e2e: E2E, name: str) -> bool:
+    return any(j["metadata"]["name"] == name and j["status"].get("failed") for j in e2e.cluster.jobs("shop"))
+
+
+def test_a_blocked_migration_times_out_retries_names_the_blocker_and_succeeds_once_it_ends(e2e: E2E) -> None:
+    project = e2e.project([*BASE_REVISIONS, ADD])
+    e2e.upgrade_directly(project, R3)
+    e2e.seed()
+    reader = Reader(e2e.db)
+    with blocker(e2e.db, "SELECT count(*) FROM orders WHERE legacy_code <> '{secret}'") as report:
+        pid = report.info.backend_pid
+        reader.start()
+        e2e.cluster.create("shop", e2e.spec(project))  # lockTimeout: the default
+        obj = e2e.cluster.wait_condition("shop", "Reconciling", reason="LockTimeout", timeout=300)
+        message = obj["status"]["message"]
+        print(f"\nReconciling/LockTimeout: {message}")
+        assert obj["status"]["phase"] == "Migrating"
+        assert f"pid {pid} (user {e2e.db.user}, application '{BLOCKER_APP}'" in message
+        assert "idle in transaction" in message and "for a lock on orders" in message
+        assert "query 'SELECT count(*) FROM orders WHERE legacy_code <> ?'" in message and SECRET not in message
+        assert "3000 ms, spec.migrations.lockTimeout" in message and "nothing was changed; retrying in" in message
+        event = e2e.cluster.wait_event("shop", "LockTimeout", "Warning")
+        assert f"pid {pid}" in event["message"]
+        # The first retry times out too while the blocker stays; then the blocker ends (its report is done).
+        wait_for(lambda: job_failed(e2e, "shop-migrate-g1-1"), 120, "the first retry to time out as well")
+        report.commit()
+        released = time.monotonic()
+    obj = e2e.cluster.wait_condition("shop", "Ready", timeout=180)
+    longest = reader.finish()
+    print(f"the migration succeeded {time.monotonic() - released:.0f}s after the blocker ended; the app's reader "
+          f"ran {reader.queries} queries on orders meanwhile, the longest waited {longest:.2f}s "
+          f"(lockTimeout {LOCK_TIMEOUT:.0f}s)")
+    assert revision(e2e.db) == ADD_NOTE and obj["status"]["currentRevision"] == ADD_NOTE
+    assert longest < LOCK_TIMEOUT + 2, f"the app waited {longest:.2f}s behind the migration"
+    migrate_jobs = {j["metadata"]["name"]: j for j in e2e.cluster.jobs("shop")
+                    if j["metadata"]["labels"][c.ROLE_LABEL] == "migrate"}
+    assert sorted(migrate_jobs)[:2] == ["shop-migrate-g1", "shop-migrate-g1-1"], sorted(migrate_jobs)
+    command = migrate_jobs["shop-migrate-g1"]["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert command[command.index("--db-lock-timeout") + 1] == "3000"
+    # The Job's log named the blocker while the migration waited.
+    logs = e2e.bed.kubectl("logs", "-n", e2e.ns, "job/shop-migrate-g1", "-c", "migrate")
+    assert f"revision {ADD_NOTE} waits for a lock on orders held by pid {pid}" in logs.stdout, logs.stdout[-2000:]
+    assert SECRET not in logs.stdout
