@@ -67,7 +67,7 @@ WAITING_FOR_DATABASE = _reason("WaitingForDatabase", "progressing",
                               "another DatabaseMigration is writing to the same database; this one starts after it")
 DATABASE_UNREACHABLE = _reason("DatabaseUnreachable", "progressing",
                               "the database does not answer; retried with backoff, Stalled after 5 minutes",
-                              where=("Job result",), transient=True,
+                              where=("Job result", "Event"), transient=True,
                               runbook="the-database-is-unreachable--reconciling--databaseunreachable-later-stalled")
 LOCK_TIMEOUT = _reason("LockTimeout", "progressing",
                       "a migration or downgrade waited longer than spec.migrations.lockTimeout for a lock (the message "

@@ -148,7 +148,7 @@ def test_minimal_spec_gets_every_default(crd: dict[str, Any], objects: Any, name
     assert spec["approval"] == {"allowDestructive": False}
     assert spec["jobTemplate"] == {}
     assert spec["suspend"] is False
-    assert spec["migrations"] == {"image": "ghcr.io/acme/shop:1.4.2", "config": "alembic.ini"}
+    assert spec["migrations"] == {"image": "ghcr.io/acme/shop:1.4.2", "config": "alembic.ini", "lockTimeout": "3s"}
     parsed = api.parse_spec(spec)
     assert parsed == api.parse_spec(MINIMAL_SPEC)
 
