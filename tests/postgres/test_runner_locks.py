@@ -9,7 +9,8 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from test_runner import Runner, version
+from test_check_apps import ASYNC_ENV, async_url
+from test_runner import Runner, run, version
 
 from apps import Rev, make_project
 from bed.postgres import Database
@@ -120,3 +121,27 @@ def test_the_advisory_lock_holder_is_named(runner: Runner, app: Path) -> None:
     assert r.rc == 5 and r.result["reason"] == "LockTimeout"
     assert f"held by pid {pid} (user {runner.database.user}, application 'other-migrator'" in r.result["message"]
     assert r.result["blockers"][0]["pid"] == pid
+
+
+@pytest.mark.parametrize("driver", ["asyncpg", "psycopg_async"])
+def test_an_async_app_is_bounded_and_names_its_blocker_too(database: Database, app: Path, driver: str) -> None:
+    """asyncpg takes no libpq options: the runner sets the timeouts on env.py's connection (psycopg's async driver
+    gets them in the URL); the blockers are read through the runner's own async engine."""
+    make_project(app, [ORDERS, ADD_NOTE])
+    (app / "migrations" / "env.py").write_text(ASYNC_ENV)
+    url = async_url(database.url, driver)
+    secrets = (database.password, database.url, url)
+    assert run(app, url, "upgrade", "--from", "base", "--to", R1, secrets=secrets).rc == 0
+    with blocker(database, "SELECT count(*) FROM orders WHERE code <> '{secret}'") as report:
+        r = run(app, url, "upgrade", "--from", R1, "--to", R2, "--db-lock-timeout", "1000", secrets=secrets)
+        pid = report.info.backend_pid
+    assert r.rc == 5 and r.result["reason"] == "LockTimeout", r.stderr
+    assert r.result["blockers"][0]["pid"] == pid and r.result["blockers"][0]["application"] == "nightly-report"
+    assert SECRET not in r.stderr + str(r.result)
+    if driver == "asyncpg":
+        assert "takes no session options in the URL" in r.stderr
+        assert "lock_timeout of the migration's session is 0 ms, not 1000: setting it" in r.stderr
+    else:
+        assert "setting it" not in r.stderr
+    assert "lock_timeout 1000 ms" in r.stderr
+    assert version(database) == R1
