@@ -217,6 +217,8 @@ class Runner(Driver):
         log(f"the migration's session (backend pid {pid}): lock_timeout {lock_ms} ms, statement_timeout "
             f"{statement_ms} ms (0: none)")
         if sql.blockers:
+            if self.watch is not None:  # env.py ran migrations once more (a multi-database env.py): watch this one
+                self.watch.stop()
             self.watch = LockWatch(self.engine, sql.blockers, poll_interval(self.lock_timeout_ms), log, doing)
             self.watch.start(int(pid))
 
