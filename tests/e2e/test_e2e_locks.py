@@ -66,3 +66,32 @@ def test_a_blocked_migration_times_out_retries_names_the_blocker_and_succeeds_on
     logs = e2e.bed.kubectl("logs", "-n", e2e.ns, "job/shop-migrate-g1", "-c", "migrate")
     assert f"revision {ADD_NOTE} waits for a lock on orders held by pid {pid}" in logs.stdout, logs.stdout[-2000:]
     assert SECRET not in logs.stdout
+
+
+def test_a_blocker_that_stays_stalls_the_run_with_lock_timeout_and_the_fix_then_an_edit_migrates(e2e: E2E) -> None:
+    project = e2e.project([*BASE_REVISIONS, ADD])
+    e2e.upgrade_directly(project, R3)
+    e2e.seed()
+    reader = Reader(e2e.db)
+    with blocker(e2e.db, "LOCK TABLE orders IN ACCESS SHARE MODE") as report:
+        pid = report.info.backend_pid
+        reader.start()
+        spec = e2e.spec(project)
+        spec["migrations"]["lockTimeout"] = "2s"
+        e2e.cluster.create("shop", spec)
+        obj = e2e.cluster.wait_condition("shop", "Stalled", reason="LockTimeout", timeout=600)
+        longest = reader.finish()
+    print(f"\nStalled/LockTimeout: {obj['status']['message']}\nthe app's reader ran {reader.queries} queries on "
+          f"orders through six timed-out attempts, the longest waited {longest:.2f}s (lockTimeout 2s)")
+    status = obj["status"]
+    conds = {x["type"]: x for x in status["conditions"]}
+    assert status["phase"] == "Failed" and conds["RolledBack"]["reason"] == "TransactionRolledBack"
+    assert f"pid {pid}" in status["message"] and "(attempt 6 of 6)" in status["message"]
+    assert status["message"].endswith("raise spec.migrations.lockTimeout, then edit the resource to try again.")
+    assert revision(e2e.db) == R3
+    assert len([j for j in e2e.cluster.jobs("shop") if j["metadata"]["labels"][c.ROLE_LABEL] == "migrate"]) == 6
+    assert longest < 2 + 2, f"the app waited {longest:.2f}s behind the migration"
+    # The blocker is gone; the runbook's fix: edit the resource.
+    e2e.cluster.patch("shop", {"spec": {"migrations": {"lockTimeout": "5s"}}})
+    obj = e2e.cluster.wait_condition("shop", "Ready", timeout=240)
+    assert revision(e2e.db) == ADD_NOTE and obj["status"]["observedGeneration"] == 2
