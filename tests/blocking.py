@@ -46,6 +46,8 @@ class Reader(threading.Thread):
                 time.sleep(0.02)
 
     def finish(self) -> float:
+        """Stop (if it ever started) and return the longest wait."""
         self.stop.set()
-        self.join(timeout=30)
+        if self.is_alive():
+            self.join(timeout=30)
         return self.longest

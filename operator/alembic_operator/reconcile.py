@@ -462,8 +462,9 @@ class _Run:
             return self.outcome(s.progressing(phase, reason, message), delay)
         wait = (retry_at - self.obs.now).total_seconds()
         if wait > 0:
-            return self.outcome(s.progressing(phase, reason, f"{self.failure_message(role)}; retrying in "
-                                              f"{wait:.0f}s"), wait)
+            return self.outcome(s.progressing(phase, reason, f"{self.failure_message(role)}; nothing was changed; "
+                                              f"retrying in {wait:.0f}s (attempt {done + 2} of {JOB_RETRIES + 1})"),
+                                wait)
         self.run.retry_at = None
         self.next_instance(role)
         attempts[role] = done + 1

@@ -81,6 +81,8 @@ def test_a_lock_timeout_is_retried_with_backoff_naming_the_blocker_then_stalls_w
     assert d.events == [("Warning", "LockTimeout", reconciling["message"])]  # the phase did not change: still said
     again = _timed_out(d, 0, NOW + timedelta(seconds=1))
     assert again.events == [] and again.jobs == []  # waiting for the backoff: nothing new to say
+    assert cond(again, c.RECONCILING)["message"].endswith("nothing was changed; retrying in 4s (attempt 2 of 6)")
+    assert "pid 4242" in cond(again, c.RECONCILING)["message"]
     now = NOW
     for attempt in range(1, JOB_RETRIES + 1):
         now += timedelta(seconds=61)
