@@ -28,7 +28,7 @@ user-defined functions used as column defaults (only well-known volatile built-i
 from __future__ import annotations
 
 import re
-from collections.abc import Collection, Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
@@ -37,16 +37,29 @@ from pglast import ast, enums, parser
 from pglast.stream import RawStream
 
 __all__ = [
+    "CATALOG_CHECKS_SQL",
+    "CATALOG_COLUMNS_SQL",
     "RULES",
+    "SEVERITIES",
+    "Catalog",
+    "ColumnType",
     "Finding",
     "Rule",
     "Scanner",
     "Severity",
+    "altered_columns",
+    "catalog_from_rows",
+    "classify_type_change",
+    "parse_type",
     "scan_revisions",
     "scan_sql",
 ]
 
-Severity = Literal["destructive", "warning"]
+# destructive: data is (or may be) lost, approval needed; locking: keeps the data but holds a strong lock on an
+# existing table for as long as it runs, or breaks the running app (approval with spec.approval.requireForLocking);
+# warning: worth a look; note: for the record (a type change PostgreSQL does in the catalog only).
+Severity = Literal["destructive", "locking", "warning", "note"]
+SEVERITIES: Final[tuple[Severity, ...]] = ("destructive", "locking", "warning", "note")
 
 STATEMENT_MAX: Final = 300
 DEFAULT_VERSION_TABLE: Final = "alembic_version"
@@ -95,9 +108,10 @@ RULES: Final[dict[str, Rule]] = dict(
               "migration (approve the plan)."),
         _rule("truncate", "destructive", "TRUNCATE deletes every row of the table.",
               "Delete only what must go, with a WHERE clause, or approve the plan."),
-        _rule("alter-column-type", "destructive", "Changing a column's type (ALTER COLUMN ... TYPE / SET DATA TYPE) "
-              "can truncate or round values or fail on existing rows, and rewrites the table under an ACCESS "
-              "EXCLUSIVE lock (only a few binary-compatible changes avoid the rewrite).",
+        _rule("alter-column-type", "destructive", "Changing a column's type to one that cannot hold every current "
+              "value (a narrowing such as varchar(20) -> varchar(9), a lossy cast such as varchar -> integer, or a "
+              "USING expression) truncates, rounds or refuses existing values, and rewrites the table under an "
+              "ACCESS EXCLUSIVE lock; also raised when the column's current type is not known.",
               "Add a new column of the new type, backfill it in batches, switch the app, then drop the old column."),
         _rule("drop-schema", "destructive", "DROP SCHEMA deletes the schema (with CASCADE: every table in it).",
               "Move what must survive out of the schema first, or approve the plan."),
@@ -128,56 +142,78 @@ RULES: Final[dict[str, Rule]] = dict(
         _rule("unrenderable-revision", "destructive", "The revision could not be rendered offline (it reads the "
               "database or fails in offline mode), so its SQL is unknown.",
               "Make the revision renderable offline (see context.is_offline_mode()), or review it and approve."),
-        # --- warnings: locks or breaks the running app, but keeps the data -------------------------------------------
-        _rule("rename-table", "warning", "Renaming a table (or view, or moving it to another schema) breaks the "
-              "running (old) app version, which still uses the old name.",
-              "Create the new table/view, copy or sync, switch the app, drop the old one later; or use an "
-              "updatable view under the old name during the transition."),
-        _rule("rename-column", "warning", "Renaming a column breaks the running (old) app version, which still "
-              "uses the old name.",
-              "Add the new column, write both, backfill, switch reads, drop the old column later."),
+        # --- locking: keeps the data, but blocks the running app on an existing table while it runs -----------------
+        _rule("create-index-not-concurrently", "locking", "CREATE INDEX without CONCURRENTLY blocks writes to the "
+              "table (SHARE lock) for as long as the build takes.",
+              "CREATE INDEX CONCURRENTLY in an autocommit block: with op.get_context().autocommit_block(): "
+              "op.create_index(..., postgresql_concurrently=True)."),
+        _rule("drop-index", "locking", "DROP INDEX without CONCURRENTLY takes an ACCESS EXCLUSIVE lock on the "
+              "table; queries that used the index may get slow.",
+              "DROP INDEX CONCURRENTLY in an autocommit block (op.drop_index(..., postgresql_concurrently=True)), "
+              "after checking nothing needs the index."),
+        _rule("add-column-volatile-default", "locking", "A column added with a volatile DEFAULT (random(), "
+              "gen_random_uuid(), clock_timestamp(), nextval()), a serial/identity type or a STORED generated "
+              "expression rewrites the whole table under an ACCESS EXCLUSIVE lock (a constant or now() default "
+              "does not, on PostgreSQL 11 and later).",
+              "Add the column without the default, then SET DEFAULT for new rows and backfill old rows in batches."),
+        _rule("set-not-null", "locking", "SET NOT NULL scans the whole table under an ACCESS EXCLUSIVE lock (unless "
+              "a validated CHECK (col IS NOT NULL) constraint proves it); it fails if a row has NULL.",
+              "ADD CONSTRAINT ... CHECK (col IS NOT NULL) NOT VALID, VALIDATE CONSTRAINT, then SET NOT NULL "
+              "(PostgreSQL 12+ skips the scan) and drop the CHECK."),
+        _rule("alter-column-type-rewrite", "locking", "This type change keeps every value (int -> bigint, "
+              "timestamp -> timestamptz, a type -> text), but PostgreSQL rewrites the table and its indexes under "
+              "an ACCESS EXCLUSIVE lock: reads and writes wait for the whole rewrite.",
+              "Add a column of the new type, backfill it in batches (a trigger keeps it in sync), then swap the "
+              "columns in a short migration."),
+        _rule("add-foreign-key", "locking", "Adding a FOREIGN KEY validates every row while holding a SHARE ROW "
+              "EXCLUSIVE lock on both tables (writes blocked).",
+              "ADD CONSTRAINT ... FOREIGN KEY ... NOT VALID, then VALIDATE CONSTRAINT in a later revision."),
+        _rule("add-check-constraint", "locking", "Adding a CHECK constraint scans the whole table under an ACCESS "
+              "EXCLUSIVE lock.",
+              "ADD CONSTRAINT ... CHECK (...) NOT VALID, then VALIDATE CONSTRAINT in a later revision."),
+        _rule("add-unique-constraint", "locking", "Adding a PRIMARY KEY, UNIQUE or EXCLUDE constraint builds its "
+              "index under an ACCESS EXCLUSIVE lock; it fails on duplicates.",
+              "CREATE UNIQUE INDEX CONCURRENTLY (autocommit block), then ADD CONSTRAINT ... USING INDEX."),
+        _rule("refresh-materialized-view", "locking", "REFRESH MATERIALIZED VIEW without CONCURRENTLY holds an "
+              "ACCESS EXCLUSIVE lock on the view (its readers wait) for as long as the query runs.",
+              "REFRESH MATERIALIZED VIEW CONCURRENTLY (needs a unique index on the view), or refresh outside "
+              "migrations."),
+        _rule("table-rewrite", "locking", "VACUUM FULL, CLUSTER, SET TABLESPACE and SET LOGGED/UNLOGGED rewrite "
+              "the table under an ACCESS EXCLUSIVE lock.",
+              "Run maintenance outside migrations (pg_repack), in a maintenance window."),
+        _rule("exclusive-lock", "locking", "LOCK TABLE in a strong mode, or REINDEX without CONCURRENTLY, blocks "
+              "the app for the rest of the transaction / the rebuild.",
+              "Avoid explicit locks in migrations; use REINDEX CONCURRENTLY in an autocommit block."),
+        _rule("rename-table", "locking", "Renaming a table (or view, or moving it to another schema) takes an ACCESS "
+              "EXCLUSIVE lock and breaks the running (old) app version, which still uses the old name.",
+              "Create the new table (or an updatable view under the new name), switch the app, drop the old name "
+              "in a later release."),
+        _rule("rename-column", "locking", "Renaming a column takes an ACCESS EXCLUSIVE lock and breaks the running "
+              "(old) app version, which still uses the old name.",
+              "Add the new column, write both, backfill, switch reads, drop the old column in a later release."),
+        # --- warnings: worth a look, no lock held for long -----------------------------------------------------------
         _rule("rename-object", "warning", "Renaming a schema, type, enum value, sequence or function breaks the "
               "running (old) app version if it refers to the old name.",
               "Add the new name alongside the old one and remove the old one in a later release."),
-        _rule("set-not-null", "warning", "SET NOT NULL scans the whole table under an ACCESS EXCLUSIVE lock; it "
-              "fails if a row has NULL.",
-              "ADD CONSTRAINT ... CHECK (col IS NOT NULL) NOT VALID; VALIDATE CONSTRAINT; then SET NOT NULL "
-              "(PostgreSQL 12+ uses the validated constraint and skips the scan); then drop the CHECK."),
         _rule("add-column-not-null-without-default", "warning", "ADD COLUMN ... NOT NULL without a DEFAULT fails "
               "on a table that has rows, and the old app's INSERTs fail once it exists.",
               "Add the column nullable (or with a constant DEFAULT), backfill, then set NOT NULL safely."),
-        _rule("add-column-volatile-default", "warning", "A column added with a volatile DEFAULT (random(), "
-              "gen_random_uuid(), clock_timestamp(), nextval()), a serial/identity type or a STORED generated "
-              "expression rewrites the whole table under an ACCESS EXCLUSIVE lock.",
-              "Add the column without the default, set the default afterwards, backfill in batches."),
-        _rule("create-index-not-concurrently", "warning", "CREATE INDEX without CONCURRENTLY blocks writes to the "
-              "table (SHARE lock) for as long as the build takes.",
-              "CREATE INDEX CONCURRENTLY (outside a transaction: op.get_context().autocommit_block(), "
-              "postgresql_concurrently=True)."),
-        _rule("drop-index", "warning", "DROP INDEX without CONCURRENTLY takes an ACCESS EXCLUSIVE lock on the "
-              "table; queries that used the index may get slow.",
-              "DROP INDEX CONCURRENTLY (outside a transaction), after checking nothing needs the index."),
-        _rule("add-foreign-key", "warning", "Adding a FOREIGN KEY validates every row while holding a SHARE ROW "
-              "EXCLUSIVE lock on both tables (writes blocked).",
-              "ADD CONSTRAINT ... FOREIGN KEY ... NOT VALID, then VALIDATE CONSTRAINT in a later step."),
-        _rule("add-check-constraint", "warning", "Adding a CHECK constraint scans the whole table under an ACCESS "
-              "EXCLUSIVE lock.",
-              "ADD CONSTRAINT ... CHECK (...) NOT VALID, then VALIDATE CONSTRAINT in a later step."),
-        _rule("add-unique-constraint", "warning", "Adding a PRIMARY KEY, UNIQUE or EXCLUDE constraint builds its "
-              "index under an ACCESS EXCLUSIVE lock; it fails on duplicates.",
-              "CREATE UNIQUE INDEX CONCURRENTLY, then ADD CONSTRAINT ... USING INDEX."),
-        _rule("table-rewrite", "warning", "VACUUM FULL, CLUSTER, SET TABLESPACE and SET LOGGED/UNLOGGED rewrite "
-              "the table under an ACCESS EXCLUSIVE lock.",
-              "Run maintenance outside migrations (pg_repack), in a maintenance window."),
-        _rule("exclusive-lock", "warning", "LOCK TABLE in a strong mode, or REINDEX without CONCURRENTLY, blocks "
-              "the app for the rest of the transaction / the rebuild.",
-              "Avoid explicit locks in migrations; REINDEX CONCURRENTLY; set lock_timeout."),
         _rule("drop-view", "warning", "DROP VIEW / MATERIALIZED VIEW breaks readers of the view (a materialized "
               "view's rows are derived: REFRESH recomputes them).",
               "Stop using the view in a release first, then drop it."),
         _rule("delete-rows", "warning", "DELETE with a WHERE clause deletes rows: intended in a data migration, "
               "but the rows are gone unless the backup is restored.",
               "Check the WHERE clause; copy the rows aside first if they may be needed."),
+        # --- notes: for the record ------------------------------------------------------------------------------------
+        _rule("alter-column-type-widening", "note", "A type change PostgreSQL does in the catalog alone: the same "
+              "type, varchar(n) -> varchar(m >= n) or text, numeric(p, s) -> numeric(q >= p, s), a finer timestamp "
+              "precision. No value changes, no rewrite; the lock is brief.",
+              "Nothing to do."),
+        _rule("validate-constraint", "note", "VALIDATE CONSTRAINT scans the whole table under SHARE UPDATE "
+              "EXCLUSIVE: reads and writes go on, but other DDL, VACUUM and ANALYZE of the table wait; on a huge "
+              "table it runs long.",
+              "Validate in its own revision with transaction_per_migration, so that no stronger lock is held "
+              "during the scan."),
     ]
 )
 
@@ -332,6 +368,161 @@ def _is(value: Any, member: Any) -> bool:
     return bool(value == member)
 
 
+def _plain_cast(expr: Any, column: str, target: ColumnType | None) -> bool:
+    """USING col, or USING col::<the new type> (what Alembic's postgresql_using often is): the implicit conversion."""
+    if isinstance(expr, ast.TypeCast):
+        cast_to = column_type(expr.typeName)
+        if cast_to is None or target is None or cast_to.name != target.name:
+            return False
+        expr = expr.arg
+    return isinstance(expr, ast.ColumnRef) and [str(getattr(f, "sval", "")) for f in expr.fields or ()] == [column]
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """What the plan's scan read of the live database before the plan runs: (table, column) -> its type as
+    format_type() prints it, and the columns a validated CHECK (col IS NOT NULL) constraint covers."""
+
+    columns: Mapping[tuple[str, str], str] = field(default_factory=dict)
+    not_null_checks: frozenset[tuple[str, str]] = frozenset()
+
+
+# --- column types: is a type change a widening, a rewrite or a loss? -----------------------------------------------
+
+
+@dataclass(frozen=True)
+class ColumnType:
+    """A column's type as PostgreSQL's parser names it: ('int4', ()), ('varchar', (250,)), ('numeric', (10, 2))."""
+
+    name: str  # without pg_catalog: int4, varchar, bpchar, numeric, timestamptz, text, or a user type (schema.name)
+    mods: tuple[int, ...] = ()
+    array: int = 0  # dimensions
+
+    def __str__(self) -> str:
+        mods = f"({', '.join(str(m) for m in self.mods)})" if self.mods else ""
+        return f"{_SHOWN.get(self.name, self.name)}{mods}" + "[]" * self.array
+
+
+_SHOWN: Final = {"int2": "smallint", "int4": "integer", "int8": "bigint", "float4": "real",
+                 "float8": "double precision", "bpchar": "char", "bool": "boolean"}
+
+
+SERIAL_ALIASES: Final = {"serial": "int4", "serial4": "int4", "bigserial": "int8", "serial8": "int8",
+                         "smallserial": "int2", "serial2": "int2"}
+
+
+def column_type(type_name: Any) -> ColumnType | None:
+    """A pglast TypeName as a ColumnType; None for %TYPE references and modifiers that are not constants."""
+    if type_name is None or getattr(type_name, "pct_type", False):
+        return None
+    names = [str(getattr(n, "sval", n)) for n in type_name.names or ()]
+    if names[:1] == ["pg_catalog"]:
+        names = names[1:]
+    mods: list[int] = []
+    for mod in type_name.typmods or ():
+        value = getattr(getattr(mod, "val", None), "ival", None)
+        if not isinstance(value, int):
+            return None
+        mods.append(value)
+    name = ".".join(names).lower()
+    return ColumnType(SERIAL_ALIASES.get(name, name), tuple(mods), len(type_name.arrayBounds or ()))
+
+
+def parse_type(text: str) -> ColumnType | None:
+    """A type as format_type() prints it ('character varying(250)', 'timestamp with time zone'); None if unparsable."""
+    try:
+        [raw] = parser.parse_sql(f"SELECT NULL::{text}")
+        stmt: Any = raw.stmt
+        return column_type(stmt.targetList[0].val.typeName)
+    except Exception:
+        return None
+
+
+TypeVerdict = Literal["same", "widening", "rewrite", "lossy", "unknown"]
+
+_STRINGS: Final = frozenset({"text", "varchar"})  # binary-compatible with each other
+# Types whose every value has a text form that reads back as the same value.
+_TEXT_OUT: Final = frozenset({"int2", "int4", "int8", "numeric", "float4", "float8", "bool", "uuid", "date",
+                              "timestamp", "timestamptz", "time", "timetz", "interval", "bpchar", "json", "jsonb",
+                              "inet", "cidr", "macaddr", "money"})
+# Conversions that keep every value but rewrite the table (with the new type's modifiers checked below).
+_LOSSLESS_REWRITES: Final = frozenset({
+    ("int2", "int4"), ("int2", "int8"), ("int4", "int8"), ("int2", "numeric"), ("int4", "numeric"),
+    ("int8", "numeric"), ("int2", "float4"), ("int2", "float8"), ("int4", "float8"), ("float4", "float8"),
+    ("timestamp", "timestamptz"), ("timestamptz", "timestamp"), ("date", "timestamp"), ("date", "timestamptz"),
+    ("varchar", "bpchar"),
+})
+_DIGITS: Final = {"int2": 5, "int4": 10, "int8": 19}  # integer digits a numeric needs to hold every value
+_TIMES: Final = frozenset({"timestamp", "timestamptz", "time", "timetz", "interval"})
+
+
+def classify_type_change(old: ColumnType | None, new: ColumnType | None, using: bool = False) -> TypeVerdict:
+    """What ALTER COLUMN ... TYPE does to the values already there, given the column's current type.
+
+    same / widening: PostgreSQL changes only the catalog (no rewrite, no value changes); rewrite: every value
+    converts without loss but the table is rewritten under ACCESS EXCLUSIVE; lossy: values may be cut, rounded or
+    refused (a narrowing, text -> integer, any USING expression); unknown: the current type is not known.
+    """
+    if old is None or new is None:
+        return "unknown"
+    if using or old.array != new.array:
+        return "lossy"  # a USING expression can compute anything from the old value
+    if old == new:
+        return "same"
+    a, b = old.name, new.name
+    if a == b:
+        return _same_name(a, old.mods, new.mods)
+    if a in _STRINGS and b in _STRINGS:  # varchar(n) <-> text: catalog only, unless it gains a length limit
+        return "lossy" if b == "varchar" and new.mods else "widening"
+    if a == "cidr" and b == "inet":
+        return "widening"
+    if b in _STRINGS and a in _TEXT_OUT and not (b == "varchar" and new.mods):
+        return "rewrite"  # every value has a text form (char(n) loses only its pad spaces)
+    if (a, b) in _LOSSLESS_REWRITES:
+        if b == "numeric" and new.mods:  # int -> numeric(p, s): lossless when p - s holds every digit
+            precision, scale = (*new.mods, 0)[:2]
+            return "rewrite" if precision - scale >= _DIGITS[a] else "lossy"
+        if b == "bpchar":  # varchar(n) -> char(m >= n) pads; anything shorter cuts
+            return "rewrite" if old.mods and new.mods and new.mods[0] >= old.mods[0] else "lossy"
+        if b in _TIMES and _precision(new) < _precision(old):
+            return "lossy"
+        return "rewrite"
+    return "lossy"
+
+
+def _precision(t: ColumnType) -> int:
+    return t.mods[0] if t.mods else 6
+
+
+def _same_name(name: str, old: tuple[int, ...], new: tuple[int, ...]) -> TypeVerdict:
+    if name in ("varchar", "varbit"):
+        return "widening" if not new or (old and new[0] >= old[0]) else "lossy"
+    if name == "bpchar":  # char(n) -> char(m > n) pads every value: a rewrite
+        return "rewrite" if old and new and new[0] > old[0] else "lossy"
+    if name == "numeric":
+        if not new:
+            return "widening"
+        if not old:
+            return "lossy"
+        p1, s1 = (*old, 0)[:2]
+        p2, s2 = (*new, 0)[:2]
+        if s2 == s1 and p2 >= p1:
+            return "widening"
+        return "rewrite" if s2 >= s1 and p2 - s2 >= p1 - s1 else "lossy"
+    if name in _TIMES:
+        return "widening" if (new[0] if new else 6) >= (old[0] if old else 6) else "lossy"
+    return "lossy"
+
+
+_VERDICT_WORDS: Final = {
+    "same": "the same type: nothing changes",
+    "widening": "a widening PostgreSQL does without a rewrite",
+    "rewrite": "every value is kept, but the table is rewritten",
+    "lossy": "a narrowing or lossy cast",
+    "unknown": "the current type is not known",
+}
+
+
 # --- the scanner --------------------------------------------------------------------------------------------------
 
 
@@ -342,9 +533,35 @@ class Scanner:
 
     allowed: Collection[str] = frozenset()
     version_table: str = DEFAULT_VERSION_TABLE
+    catalog: Catalog | None = None  # the live database before the plan, as far as it was read
     findings: list[Finding] = field(default_factory=list)
     _created_tables: set[str] = field(default_factory=set)
     _created_indexes: set[str] = field(default_factory=set)  # on tables this plan created
+    # Column types as the plan leaves them so far (table, column) -> type (None: unknown), over the catalog's.
+    _types: dict[tuple[str, str], ColumnType | None] = field(default_factory=dict)
+    # CHECK (col IS NOT NULL) constraints the plan added: name -> ((table, column), validated).
+    _not_null_checks: dict[str, tuple[tuple[str, str], bool]] = field(default_factory=dict)
+
+    def column(self, table: str, column: str) -> ColumnType | None:
+        """The column's type before the statement at hand: as the plan left it, else as the live database has it."""
+        key = (_key(table), column)
+        if key in self._types:
+            return self._types[key]
+        text = self.catalog.columns.get(key) if self.catalog is not None else None
+        return parse_type(text) if text else None
+
+    def at(self, catalog: Catalog) -> None:
+        """The database as it really is before the next chunk (check's scratch database): its tables' columns
+        replace what the plan tracked so far."""
+        tables = {table for table, _column in catalog.columns}
+        self._types = {key: value for key, value in self._types.items() if key[0] not in tables}
+        self.catalog = catalog
+
+    def _proven_not_null(self, table: str, column: str) -> bool:
+        key = (_key(table), column)
+        if any(k == key and ok for k, ok in self._not_null_checks.values()):
+            return True
+        return self.catalog is not None and key in self.catalog.not_null_checks
 
     def scan(self, sql: str, revision: str | None = None) -> list[Finding]:
         """Scan one chunk of SQL; return (and accumulate in ``findings``) what it found."""
@@ -417,7 +634,11 @@ class Scanner:
     # creations (remembered) ------------------------------------------------------------------------------------
 
     def _on_CreateStmt(self, node: Any, add: Any, rev: str | None) -> None:
-        self._created_tables.add(_key(_rel(node.relation)))
+        table = _key(_rel(node.relation))
+        self._created_tables.add(table)
+        for element in node.tableElts or ():
+            if isinstance(element, ast.ColumnDef):
+                self._types[(table, str(element.colname))] = column_type(element.typeName)
 
     def _on_CreateTableAsStmt(self, node: Any, add: Any, rev: str | None) -> None:
         if node.into is not None:
@@ -448,6 +669,10 @@ class Scanner:
             rule, verb = verbs.get(kind, (None, f"DROP {_object_kind(kind)}"))
             if rule == "drop-table" and _key(name) == self.version_table:
                 continue
+            if rule == "drop-table":
+                self._created_tables.discard(_key(name))
+                for key in [k for k in self._types if k[0] == _key(name)]:
+                    self._types[key] = None
             if rule == "drop-index" and (node.concurrent or _key(name) in self._created_indexes):
                 rule = None
             if rule is not None:
@@ -478,21 +703,62 @@ class Scanner:
             col = f"{rel}.{cmd.name}"
             if _is(sub, at.AT_DropColumn):
                 add("drop-column", f"DROP COLUMN {col}")
+                self._types[(_key(rel), str(cmd.name))] = None
             elif _is(sub, at.AT_AlterColumnType):
-                type_name = _deparse(cmd.def_.typeName) if cmd.def_ is not None else "?"
-                add("alter-column-type", f"ALTER COLUMN {col} TYPE {type_name}")
+                self._alter_type(rel, str(cmd.name), cmd.def_, new, add)
+            elif _is(sub, at.AT_AddColumn):
+                self._types[(_key(rel), str(cmd.def_.colname))] = column_type(cmd.def_.typeName)
+                if not new:
+                    self._add_column(rel, cmd.def_, add)
+            elif _is(sub, at.AT_AddConstraint):
+                self._remember_check(rel, cmd.def_)
+                if not new:
+                    self._add_constraint(rel, cmd.def_, add)
+            elif _is(sub, at.AT_ValidateConstraint):
+                name = str(cmd.name)
+                if name in self._not_null_checks:
+                    self._not_null_checks[name] = (self._not_null_checks[name][0], True)
+                if not new:
+                    add("validate-constraint", f"VALIDATE CONSTRAINT {cmd.name} ON {rel}")
             elif new:
                 continue  # the rest are lock warnings: not for a table this plan created
             elif _is(sub, at.AT_SetNotNull):
-                add("set-not-null", f"SET NOT NULL {col}")
-            elif _is(sub, at.AT_AddColumn):
-                self._add_column(rel, cmd.def_, add)
-            elif _is(sub, at.AT_AddConstraint):
-                self._add_constraint(rel, cmd.def_, add)
+                if not self._proven_not_null(rel, str(cmd.name)):
+                    add("set-not-null", f"SET NOT NULL {col}")
             elif _is(sub, at.AT_SetTableSpace):
                 add("table-rewrite", f"SET TABLESPACE {rel}")
             elif _is(sub, at.AT_SetLogged) or _is(sub, at.AT_SetUnLogged):
                 add("table-rewrite", f"SET {'LOGGED' if _is(sub, at.AT_SetLogged) else 'UNLOGGED'} {rel}")
+
+    def _alter_type(self, rel: str, column: str, coldef: Any, new_table: bool, add: Any) -> None:
+        """Classify a type change against the column's type before it: the plan's own, else the live database's."""
+        target = column_type(coldef.typeName) if coldef is not None else None
+        using = coldef is not None and coldef.raw_default is not None \
+            and not _plain_cast(coldef.raw_default, column, target)
+        before = self.column(rel, column)
+        verdict = classify_type_change(before, target, using)
+        self._types[(_key(rel), column)] = target
+        shown = _deparse(coldef.typeName) if coldef is not None else "?"
+        what = f"ALTER COLUMN {rel}.{column} TYPE {shown}"
+        why = (f"from {before}: " if before is not None else "") + _VERDICT_WORDS[verdict] \
+            + (" (USING expression)" if using else "")
+        if verdict in ("lossy", "unknown"):
+            add("alter-column-type", f"{what} ({why})")
+        elif verdict == "rewrite":
+            if not new_table:
+                add("alter-column-type-rewrite", f"{what} ({why})")
+        else:
+            add("alter-column-type-widening", f"{what} ({why})")
+
+    def _remember_check(self, rel: str, con: Any) -> None:
+        """A CHECK (col IS NOT NULL) constraint: once validated, SET NOT NULL on col needs no scan (PostgreSQL 12+)."""
+        if con is None or not _is(con.contype, enums.ConstrType.CONSTR_CHECK) or not con.conname:
+            return
+        expr = con.raw_expr
+        if isinstance(expr, ast.NullTest) and _is(expr.nulltesttype, enums.NullTestType.IS_NOT_NULL) \
+                and isinstance(expr.arg, ast.ColumnRef) and expr.arg.fields:
+            column = str(getattr(expr.arg.fields[-1], "sval", ""))
+            self._not_null_checks[str(con.conname)] = ((_key(rel), column), not con.skip_validation)
 
     def _add_column(self, rel: str, coldef: Any, add: Any) -> None:
         ct = enums.ConstrType
@@ -540,12 +806,15 @@ class Scanner:
         kind = node.renameType
         if kind in (ot.OBJECT_TABLE, ot.OBJECT_VIEW, ot.OBJECT_MATVIEW, ot.OBJECT_FOREIGN_TABLE):
             rel = _rel(node.relation)
+            self._rename_columns(rel, str(node.newname))
             if self._new(rel):
                 self._created_tables.add(str(node.newname))
             else:
                 add("rename-table", f"RENAME {_object_kind(kind)} {rel} TO {node.newname}")
         elif _is(kind, ot.OBJECT_COLUMN):
             rel = _rel(node.relation)
+            self._types[(_key(rel), str(node.newname))] = self.column(rel, str(node.subname))
+            self._types[(_key(rel), str(node.subname))] = None
             if not self._new(rel):
                 add("rename-column", f"RENAME COLUMN {rel}.{node.subname} TO {node.newname}")
         elif kind in (ot.OBJECT_SCHEMA, ot.OBJECT_TYPE, ot.OBJECT_DOMAIN, ot.OBJECT_SEQUENCE, ot.OBJECT_FUNCTION,
@@ -553,6 +822,15 @@ class Scanner:
             old = node.subname if _is(kind, ot.OBJECT_SCHEMA) else (
                 _rel(node.relation) if node.relation is not None else _object(node.object))
             add("rename-object", f"RENAME {_object_kind(kind)} {old} TO {node.newname}")
+
+    def _rename_columns(self, rel: str, newname: str) -> None:
+        table = _key(rel)
+        known = {c for t, c in self._types if t == table}
+        if self.catalog is not None:
+            known |= {c for t, c in self.catalog.columns if t == table}
+        for column in known:
+            self._types[(newname, column)] = self.column(rel, column)
+            self._types[(table, column)] = None
 
     def _on_AlterEnumStmt(self, node: Any, add: Any, rev: str | None) -> None:
         if node.oldVal:
@@ -576,6 +854,11 @@ class Scanner:
 
     def _on_ClusterStmt(self, node: Any, add: Any, rev: str | None) -> None:
         add("table-rewrite", f"CLUSTER {_rel(node.relation) if node.relation is not None else '(every table)'}")
+
+    def _on_RefreshMatViewStmt(self, node: Any, add: Any, rev: str | None) -> None:
+        rel = _rel(node.relation)
+        if not node.concurrent and not node.skipData and not self._new(rel):
+            add("refresh-materialized-view", f"REFRESH MATERIALIZED VIEW {rel}")
 
     def _on_ReindexStmt(self, node: Any, add: Any, rev: str | None) -> None:
         if not any(getattr(p, "defname", "") == "concurrently" for p in node.params or ()):
@@ -657,21 +940,70 @@ def _object_kind(kind: Any) -> str:
 
 
 def scan_sql(sql: str, revision: str | None = None, *, allowed: Collection[str] = frozenset(),
-             version_table: str = DEFAULT_VERSION_TABLE) -> list[Finding]:
+             version_table: str = DEFAULT_VERSION_TABLE, catalog: Catalog | None = None) -> list[Finding]:
     """Findings in one chunk of offline SQL, in statement order.
 
     ``revision`` labels every finding; when None, the ``-- Running upgrade a -> b`` comments Alembic writes do.
     ``allowed`` rule names are dropped (the caller's suppressions). ``version_table`` is Alembic's bookkeeping
     table, whose statements are ignored.
     """
-    return Scanner(allowed=allowed, version_table=version_table).scan(sql, revision)
+    return Scanner(allowed=allowed, version_table=version_table, catalog=catalog).scan(sql, revision)
 
 
 def scan_revisions(items: Iterable[tuple[str | None, str]], *, allowed: Collection[str] = frozenset(),
-                   version_table: str = DEFAULT_VERSION_TABLE) -> list[Finding]:
+                   version_table: str = DEFAULT_VERSION_TABLE, catalog: Catalog | None = None) -> list[Finding]:
     """Findings of a plan: (revision, sql) pairs in the order they run (tables created by an earlier revision of
-    the plan get no lock warnings)."""
-    scanner = Scanner(allowed=allowed, version_table=version_table)
+    the plan get no lock warnings). `catalog`: the live database before the plan (type changes are classified
+    against it; without it, a column the plan did not create has an unknown type: a destructive finding)."""
+    scanner = Scanner(allowed=allowed, version_table=version_table, catalog=catalog)
     for revision, sql in items:
         scanner.scan(sql, revision)
     return scanner.findings
+
+
+def altered_columns(items: Iterable[tuple[str | None, str]]) -> set[tuple[str | None, str]]:
+    """(schema or None, table) of every table whose column types the plan changes or that SET NOT NULL touches:
+    what the plan's scan reads of the live database (a plan that creates and alters a table reads nothing)."""
+    tables: set[tuple[str | None, str]] = set()
+    at = enums.AlterTableType
+    for _rev, sql in items:
+        for stmt in _statements(sql):
+            if isinstance(stmt.node, ast.AlterTableStmt) and any(
+                    _is(cmd.subtype, at.AT_AlterColumnType) or _is(cmd.subtype, at.AT_SetNotNull)
+                    for cmd in stmt.node.cmds or ()):
+                rv: Any = stmt.node.relation
+                tables.add((getattr(rv, "schemaname", None) or None, str(rv.relname)))
+    return tables
+
+
+# What the plan's scan reads of the live database (PostgreSQL, pyformat parameters: psycopg and psycopg2 alike):
+# the columns of the tables the plan alters, visible ones last (they win), and their validated CHECK constraints.
+CATALOG_COLUMNS_SQL: Final = (
+    "SELECT c.relname, a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a "
+    "JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
+    "WHERE c.relkind IN ('r', 'p', 'm', 'f') AND a.attnum > 0 AND NOT a.attisdropped "
+    "AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND c.relname = ANY(%(tables)s) "
+    "ORDER BY pg_table_is_visible(c.oid), c.relname, a.attnum")
+CATALOG_CHECKS_SQL: Final = (
+    "SELECT c.relname, pg_get_constraintdef(k.oid) FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid "
+    "WHERE k.contype = 'c' AND k.convalidated AND c.relname = ANY(%(tables)s)")
+
+
+def catalog_from_rows(columns: Iterable[Sequence[Any]], checks: Iterable[Sequence[Any]]) -> Catalog:
+    """The Catalog from the rows of CATALOG_COLUMNS_SQL and CATALOG_CHECKS_SQL."""
+    types = {(str(table), str(column)): str(shown) for table, column, shown in columns}
+    proven: set[tuple[str, str]] = set()
+    for table, definition in checks:
+        text = str(definition)
+        if not text.upper().startswith("CHECK "):
+            continue
+        try:
+            [raw] = parser.parse_sql(f"SELECT 1 WHERE {text[6:]}")
+        except Exception:
+            continue
+        stmt: Any = raw.stmt
+        expr = stmt.whereClause
+        if isinstance(expr, ast.NullTest) and _is(expr.nulltesttype, enums.NullTestType.IS_NOT_NULL) \
+                and isinstance(expr.arg, ast.ColumnRef) and expr.arg.fields:
+            proven.add((str(table), str(getattr(expr.arg.fields[-1], "sval", ""))))
+    return Catalog(columns=types, not_null_checks=frozenset(proven))

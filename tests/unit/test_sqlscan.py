@@ -15,7 +15,17 @@ import sqlalchemy as sa
 from alembic.operations import Operations
 from alembic.runtime.migration import MigrationContext
 
-from alembic_operator.sqlscan import RULES, Finding, scan_revisions, scan_sql
+from alembic_operator.sqlscan import (
+    RULES,
+    Catalog,
+    Finding,
+    altered_columns,
+    catalog_from_rows,
+    classify_type_change,
+    parse_type,
+    scan_revisions,
+    scan_sql,
+)
 
 
 def render(fn: Callable[[Operations], object]) -> str:
@@ -102,16 +112,132 @@ def test_drop_table() -> None:
 
 @pytest.mark.parametrize(("fn", "operation"), [
     (lambda op: op.alter_column("orders", "amount", type_=sa.BigInteger(), existing_type=sa.Integer()),
-     "ALTER COLUMN orders.amount TYPE bigint"),
-    (lambda op: op.alter_column("orders", "amount", type_=sa.Numeric(10, 2), postgresql_using="amount::numeric"),
-     "ALTER COLUMN orders.amount TYPE numeric(10, 2)"),
+     "ALTER COLUMN orders.amount TYPE bigint (the current type is not known)"),
     (lambda op: op.alter_column("orders", "code", type_=sa.String(5), schema="shop"),
-     "ALTER COLUMN shop.orders.code TYPE varchar(5)"),
-    (lambda op: op.execute("ALTER TABLE orders ALTER COLUMN code SET DATA TYPE varchar(5)"),
-     "ALTER COLUMN orders.code TYPE varchar(5)"),
+     "ALTER COLUMN shop.orders.code TYPE varchar(5) (the current type is not known)"),
 ])
-def test_column_type_change(fn: Callable[[Operations], object], operation: str) -> None:
+def test_column_type_change_without_the_current_type_is_destructive(fn: Callable[[Operations], object],
+                                                                     operation: str) -> None:
     assert found(render(fn)) == [("alter-column-type", operation)]
+
+
+LIVE = Catalog(columns={
+    ("orders", "code"): "character varying(20)", ("orders", "note"): "character varying(250)",
+    ("orders", "amount"): "integer", ("orders", "price"): "numeric(10,2)",
+    ("orders", "at"): "timestamp without time zone",
+    ("orders", "body"): "text", ("orders", "flag"): "character(3)",
+})
+
+
+@pytest.mark.parametrize(("sql", "rule", "says"), [
+    # widenings PostgreSQL does in the catalog: a note, never destructive
+    ("ALTER TABLE orders ALTER COLUMN note TYPE varchar(5000)", "alter-column-type-widening",
+     "from varchar(250): a widening PostgreSQL does without a rewrite"),
+    ("ALTER TABLE orders ALTER COLUMN note TYPE text", "alter-column-type-widening", "from varchar(250): a widening"),
+    ("ALTER TABLE orders ALTER COLUMN note TYPE varchar", "alter-column-type-widening", "a widening"),
+    ("ALTER TABLE orders ALTER COLUMN body TYPE varchar", "alter-column-type-widening", "from text: a widening"),
+    ("ALTER TABLE orders ALTER COLUMN note TYPE character varying(250)", "alter-column-type-widening",
+     "from varchar(250): the same type: nothing changes"),
+    ("ALTER TABLE orders ALTER COLUMN price TYPE numeric(12, 2)", "alter-column-type-widening", "a widening"),
+    ("ALTER TABLE orders ALTER COLUMN price TYPE numeric", "alter-column-type-widening", "a widening"),
+    ("ALTER TABLE orders ALTER COLUMN amount TYPE int4", "alter-column-type-widening", "the same type"),
+    # lossless, but the table is rewritten: locking
+    ("ALTER TABLE orders ALTER COLUMN amount TYPE bigint", "alter-column-type-rewrite",
+     "from integer: every value is kept, but the table is rewritten"),
+    ("ALTER TABLE orders ALTER COLUMN at TYPE timestamptz", "alter-column-type-rewrite", "from timestamp: every"),
+    ("ALTER TABLE orders ALTER COLUMN amount TYPE text", "alter-column-type-rewrite", "every value is kept"),
+    ("ALTER TABLE orders ALTER COLUMN price TYPE numeric(14, 4)", "alter-column-type-rewrite", "every value"),
+    ("ALTER TABLE orders ALTER COLUMN amount TYPE numeric(10, 0)", "alter-column-type-rewrite", "every value"),
+    ("ALTER TABLE orders ALTER COLUMN flag TYPE char(5)", "alter-column-type-rewrite", "every value"),
+    ("ALTER TABLE orders ALTER COLUMN amount TYPE bigint USING amount::bigint", "alter-column-type-rewrite",
+     "every value"),
+    # narrowing or lossy: destructive
+    ("ALTER TABLE orders ALTER COLUMN code TYPE varchar(9)", "alter-column-type",
+     "from varchar(20): a narrowing or lossy cast"),
+    ("ALTER TABLE orders ALTER COLUMN body TYPE varchar(100)", "alter-column-type", "from text: a narrowing"),
+    ("ALTER TABLE orders ALTER COLUMN code TYPE integer USING code::integer", "alter-column-type",
+     "from varchar(20): a narrowing or lossy cast"),
+    ("ALTER TABLE orders ALTER COLUMN price TYPE numeric(10, 1)", "alter-column-type", "a narrowing"),
+    ("ALTER TABLE orders ALTER COLUMN price TYPE integer", "alter-column-type", "a narrowing"),
+    ("ALTER TABLE orders ALTER COLUMN amount TYPE smallint", "alter-column-type", "a narrowing"),
+    ("ALTER TABLE orders ALTER COLUMN amount TYPE numeric(5, 0)", "alter-column-type", "a narrowing"),
+    ("ALTER TABLE orders ALTER COLUMN amount TYPE bigint USING amount * 100", "alter-column-type",
+     "(USING expression)"),
+    ("ALTER TABLE orders ALTER COLUMN at TYPE timestamp(0)", "alter-column-type", "a narrowing"),
+    ("ALTER TABLE orders ALTER COLUMN missing TYPE text", "alter-column-type", "the current type is not known"),
+])
+def test_type_changes_are_classified_against_the_current_type(sql: str, rule: str, says: str) -> None:
+    [f] = scan_sql(sql + ";", "r1", catalog=LIVE)
+    assert (f.rule, f.severity) == (rule, RULES[rule].severity)
+    assert says in f.operation, f.operation
+
+
+def test_type_changes_follow_the_schema_through_the_plan() -> None:
+    """A column created (or changed) by an earlier revision of the plan is classified by what that revision did."""
+    rev1 = render(lambda op: op.create_table("notes", sa.Column("id", sa.Integer(), primary_key=True),
+                                             sa.Column("title", sa.String(20))))
+    rev2 = render(lambda op: op.alter_column("notes", "title", type_=sa.String(200)))
+    rev3 = render(lambda op: (op.add_column("orders", sa.Column("ref", sa.String(40))),
+                              op.alter_column("orders", "ref", type_=sa.String(10))))
+    rev4 = render(lambda op: (op.alter_column("notes", "title", new_column_name="heading"),
+                              op.alter_column("notes", "heading", type_=sa.String(50))))
+    findings = scan_revisions([("r1", rev1), ("r2", rev2), ("r3", rev3), ("r4", rev4)])
+    assert [(f.rule, f.revision, f.operation) for f in findings] == [
+        ("alter-column-type-widening", "r2",
+         "ALTER COLUMN notes.title TYPE varchar(200) (from varchar(20): a widening PostgreSQL does without a rewrite)"),
+        ("alter-column-type", "r3", "ALTER COLUMN orders.ref TYPE varchar(10) (from varchar(40): a narrowing or "
+         "lossy cast)"),
+        ("alter-column-type", "r4", "ALTER COLUMN notes.heading TYPE varchar(50) (from varchar(200): a narrowing or "
+         "lossy cast)"),
+    ]
+
+
+def test_the_plan_takes_precedence_over_the_live_catalog() -> None:
+    widen = "ALTER TABLE orders ALTER COLUMN code TYPE varchar(40);\n\n"
+    narrow = "ALTER TABLE orders ALTER COLUMN code TYPE varchar(30);\n\n"
+    findings = scan_revisions([("r1", widen), ("r2", narrow)], catalog=LIVE)
+    assert [(f.rule, f.revision) for f in findings] == [("alter-column-type-widening", "r1"),
+                                                        ("alter-column-type", "r2")]
+
+
+@pytest.mark.parametrize(("old", "new", "verdict"), [
+    ("character varying(250)", "character varying(5000)", "widening"),
+    ("character varying(20)", "character varying(9)", "lossy"),
+    ("character varying", "text", "widening"),
+    ("text", "text", "same"),
+    ("integer", "bigint", "rewrite"),
+    ("bigint", "integer", "lossy"),
+    ("integer", "double precision", "rewrite"),
+    ("bigint", "double precision", "lossy"),
+    ("timestamp without time zone", "timestamp with time zone", "rewrite"),
+    ("timestamp(3) without time zone", "timestamp(6) without time zone", "widening"),
+    ("numeric(10,2)", "numeric(12,2)", "widening"),
+    ("numeric(10,2)", "numeric(10,3)", "lossy"),
+    ("numeric(10,2)", "numeric(11,3)", "rewrite"),
+    ("uuid", "text", "rewrite"),
+    ("text", "uuid", "lossy"),
+    ("integer[]", "bigint", "lossy"),
+    ("jsonb", "json", "lossy"),
+    ("cidr", "inet", "widening"),
+])
+def test_classify_type_change(old: str, new: str, verdict: str) -> None:
+    assert classify_type_change(parse_type(old), parse_type(new)) == verdict
+    assert classify_type_change(None, parse_type(new)) == "unknown"
+
+
+def test_catalog_from_rows_reads_validated_not_null_checks() -> None:
+    catalog = catalog_from_rows([("orders", "code", "character varying(20)")],
+                                [("orders", "CHECK ((code IS NOT NULL))"), ("orders", "CHECK ((amount > 0))")])
+    assert catalog.columns == {("orders", "code"): "character varying(20)"}
+    assert catalog.not_null_checks == {("orders", "code")}
+    sql = "ALTER TABLE orders ALTER COLUMN code SET NOT NULL;\n\nALTER TABLE orders ALTER COLUMN note SET NOT NULL;"
+    assert found(sql, catalog=catalog) == [("set-not-null", "SET NOT NULL orders.note")]
+
+
+def test_altered_columns_names_the_tables_the_scan_reads() -> None:
+    items = [("r1", "ALTER TABLE shop.orders ALTER COLUMN a TYPE text;\n\nALTER TABLE t ALTER COLUMN b SET NOT NULL;"
+                    "\n\nALTER TABLE u ADD COLUMN c int;\n\nCREATE INDEX ix ON v (a);")]
+    assert altered_columns(items) == {("shop", "orders"), (None, "t")}
 
 
 def test_truncate() -> None:
@@ -145,7 +271,7 @@ def test_multi_action_alter_table_gives_one_finding_per_action() -> None:
     sql = "ALTER TABLE orders ADD COLUMN a int, DROP COLUMN b, ALTER COLUMN c TYPE text, DROP COLUMN d CASCADE;"
     assert found(sql) == [
         ("drop-column", "DROP COLUMN orders.b"),
-        ("alter-column-type", "ALTER COLUMN orders.c TYPE text"),
+        ("alter-column-type", "ALTER COLUMN orders.c TYPE text (the current type is not known)"),
         ("drop-column", "DROP COLUMN orders.d"),
     ]
 
@@ -183,7 +309,15 @@ def test_multi_action_alter_table_gives_one_finding_per_action() -> None:
     (lambda op: op.create_check_constraint("ck_amount", "orders", "amount > 0"),
      [("add-check-constraint", "ADD CHECK ck_amount ON orders")]),
     (lambda op: op.execute("ALTER TABLE orders ADD CONSTRAINT ck_amount CHECK (amount > 0) NOT VALID"), []),
-    (lambda op: op.execute("ALTER TABLE orders VALIDATE CONSTRAINT ck_amount"), []),
+    (lambda op: op.execute("ALTER TABLE orders VALIDATE CONSTRAINT ck_amount"),
+     [("validate-constraint", "VALIDATE CONSTRAINT ck_amount ON orders")]),
+    (lambda op: op.execute("REFRESH MATERIALIZED VIEW totals"),
+     [("refresh-materialized-view", "REFRESH MATERIALIZED VIEW totals")]),
+    (lambda op: op.execute("REFRESH MATERIALIZED VIEW CONCURRENTLY totals"), []),
+    (lambda op: op.add_column("orders", sa.Column("r", sa.Float(), server_default=sa.text("random()"))),
+     [("add-column-volatile-default", "ADD COLUMN orders.r with volatile DEFAULT random()")]),
+    (lambda op: op.add_column("orders", sa.Column("t", sa.DateTime(), server_default=sa.text("clock_timestamp()"))),
+     [("add-column-volatile-default", "ADD COLUMN orders.t with volatile DEFAULT clock_timestamp()")]),
     (lambda op: op.create_unique_constraint("uq_code", "orders", ["code"]),
      [("add-unique-constraint", "ADD UNIQUE uq_code ON orders")]),
     (lambda op: op.create_primary_key("pk_orders", "orders", ["id"]),
@@ -202,7 +336,7 @@ def test_multi_action_alter_table_gives_one_finding_per_action() -> None:
 def test_warnings(fn: Callable[[Operations], object], expected: list[tuple[str, str]]) -> None:
     findings = scan_sql(render(fn), "r1")
     assert [(f.rule, f.operation) for f in findings] == expected
-    assert all(f.severity == "warning" for f in findings)
+    assert all(f.severity in ("locking", "warning", "note") for f in findings)
 
 
 # --- what is fine --------------------------------------------------------------------------------------------------
@@ -319,21 +453,25 @@ def test_no_lock_warnings_for_tables_the_plan_created() -> None:
 
 def test_allowed_rules_are_dropped() -> None:
     sql = "ALTER TABLE orders DROP COLUMN a, ALTER COLUMN b TYPE text;"
-    assert [f.rule for f in scan_sql(sql, allowed={"drop-column"})] == ["alter-column-type"]
+    assert [f.rule for f in scan_sql(sql, allowed={"drop-column"})] == ["alter-column-type"]  # b's type: unknown
     assert scan_revisions([("r", sql)], allowed={"drop-column", "alter-column-type"}) == []
 
 
 def test_rules_table() -> None:
     for name, rule in RULES.items():
         assert rule.name == name and re.fullmatch(r"[a-z]+(-[a-z]+)*", name)
-        assert rule.severity in ("destructive", "warning") and rule.why and rule.safely
+        assert rule.severity in ("destructive", "locking", "warning", "note") and rule.why and rule.safely
     for name in ("drop-table", "drop-column", "truncate", "alter-column-type", "drop-schema", "drop-database",
                  "delete-without-where", "update-without-where", "drop-type", "unparseable-sql",
                  "unrenderable-revision"):
         assert RULES[name].severity == "destructive", name
     for name in ("rename-table", "rename-column", "set-not-null", "add-column-volatile-default",
-                 "create-index-not-concurrently", "add-foreign-key", "add-check-constraint", "drop-index"):
-        assert RULES[name].severity == "warning", name
+                 "create-index-not-concurrently", "add-foreign-key", "add-check-constraint", "drop-index",
+                 "alter-column-type-rewrite", "add-unique-constraint", "refresh-materialized-view", "table-rewrite",
+                 "exclusive-lock"):
+        assert RULES[name].severity == "locking", name
+    for name in ("alter-column-type-widening", "validate-constraint"):
+        assert RULES[name].severity == "note", name
 
 
 def test_finding_severity_follows_the_rules_table() -> None:
