@@ -58,6 +58,7 @@ __all__ = [
     "MigrationsSpec",
     "ObjectRule",
     "Phase",
+    "PlanFinding",
     "PlanStatus",
     "RollbackStrategy",
     "RunStatus",
@@ -302,6 +303,15 @@ class ApprovalSpec(_SpecModel):
             "without approval. Default false: such a plan stops in AwaitingApproval until this is true or the "
             "resource is annotated migrations.alembic-operator.io/approve=<status.plan.hash> (approves exactly "
             "that plan)."
+        ),
+    )
+    require_for_locking: bool = Field(
+        default=False,
+        description=(
+            "Also hold plans with locking operations (CREATE INDEX without CONCURRENTLY, SET NOT NULL, a type "
+            "change that rewrites the table, ADD FOREIGN KEY without NOT VALID, a rename... on an existing table: "
+            "status.plan.locking) until the resource is annotated migrations.alembic-operator.io/approve="
+            "<status.plan.hash>. Default false: they are reported and run. allowDestructive does not approve them."
         ),
     )
 
@@ -705,6 +715,15 @@ class Condition(_StatusModel):
     )
 
 
+class PlanFinding(_StatusModel):
+    """One locking operation of a plan."""
+
+    operation: str = Field(description='What and where, e.g. "CREATE INDEX ix_orders_code ON orders (revision '
+                           '9d81aa02c4f5)".')
+    rule: str = Field(description="The scanner's rule, e.g. create-index-not-concurrently (docs/locking.md).")
+    safely: str | None = Field(default=None, description="The safer way to do it.")
+
+
 class PlanStatus(_StatusModel):
     """What a run does (or did): computed from the scripts in the image before anything runs."""
 
@@ -724,6 +743,22 @@ class PlanStatus(_StatusModel):
         description=(
             "Operations that keep the data but may lock tables or break the running application, e.g. an index "
             "built without CONCURRENTLY, or a revision that could not be rendered offline. They need no approval."
+        ),
+    )
+    locking: list[PlanFinding] | None = Field(
+        default=None,
+        description=(
+            "The first locking operations (up to 5; lockingCount counts them all): each holds a strong lock on an "
+            "existing table while it runs, or breaks the running app (a rename), with the safer pattern. Approval "
+            "is needed only with spec.approval.requireForLocking."
+        ),
+    )
+    locking_count: int | None = Field(default=None, ge=0, description="How many locking operations the plan has.")
+    notes: list[str] | None = Field(
+        default=None,
+        description=(
+            "For the record, e.g. a column type change PostgreSQL does without a rewrite (varchar(250) -> text) "
+            "or a VALIDATE CONSTRAINT that scans a table under a weak lock."
         ),
     )
     lineage: list[str] = Field(

@@ -150,7 +150,7 @@ def cmd_scan(plan_dir: Path) -> ScanResult:
         engine = engines.for_backend(str(plan.get("dialect") or "postgresql"))
     except engines.UnknownEngine as err:
         raise JobError("PlanInvalid", f"the plan was rendered for a {err.backend} database: {err.explain()}") from None
-    findings = engine.scan(items)
+    findings = engine.scan(items, _live_database(engine))
     order = {rev: i for i, rev in enumerate(revisions)}
     for rev, message in unrenderable.items():
         findings.append(sqlscan.Finding(
@@ -160,12 +160,16 @@ def cmd_scan(plan_dir: Path) -> ScanResult:
     findings.sort(key=lambda f: order.get(f.revision or "", len(order)))  # stable: statement order per revision
 
     destructive = _unique(f.describe() for f in findings if f.severity == "destructive")
-    warnings = _unique(f.describe() for f in findings if f.severity == "warning")
+    warnings = _unique(f.describe() for f in findings if f.severity in ("locking", "warning"))
+    locking = _unique(f.describe() for f in findings if f.severity == "locking")
+    notes = _unique(f.describe() for f in findings if f.severity == "note")
     destructive_revisions = _unique(f.revision for f in findings if f.severity == "destructive" and f.revision)
     for f in findings:
-        log(f"{f.severity}: {f.describe()} [{f.rule}]" + (f"\n    {f.statement}" if f.statement else ""))
+        log(f"{f.severity}: {f.describe()} [{f.rule}]" + (f"\n    {f.statement}" if f.statement else "")
+            + (f"\n    safely: {sqlscan.RULES[f.rule].safely}" if f.severity == "locking" else ""))
     log(f"plan {plan.get('current') or 'base'} -> {plan.get('target')}: {len(revisions)} revision(s), "
-        f"{len(destructive)} destructive operation(s), {len(warnings)} warning(s)")
+        f"{len(destructive)} destructive operation(s), {len(locking)} locking, {len(warnings) - len(locking)} "
+        f"other warning(s), {len(notes)} note(s)")
 
     result: dict[str, Any] = {
         "ok": True,
@@ -177,6 +181,10 @@ def cmd_scan(plan_dir: Path) -> ScanResult:
         "warnings": warnings,
         "destructiveCount": len(destructive),
         "warningCount": len(warnings),
+        "lockingCount": len(locking),
+        "noteCount": len(notes),
+        "locking": [_with_rule(f) for f in _first_unique(findings, "locking")],
+        "notes": notes,
         "findings": [f.to_dict() for f in findings],
         "sqlSha256": "sha256:" + digest.hexdigest(),
     }
@@ -186,13 +194,44 @@ def cmd_scan(plan_dir: Path) -> ScanResult:
         if isinstance(plan.get(key), bool):
             result[key] = plan[key]
     fit_list(result, "findings")
+    fit_list(result, "notes", lambda n: f"... and {n} more note(s): see the plan Job's log")
     fit_list(result, "lineage")
+    fit_list(result, "locking")  # lockingCount still counts them all
     fit_list(result, "warnings", lambda n: f"... and {n} more warning(s): see the plan Job's log")
     fit_list(result, "destructive", lambda n: f"... and {n} more destructive operation(s): see the plan Job's log")
     if size(result) > RESULT_MAX:
         raise JobError("PlanTooLarge", f"the plan has {len(revisions)} revisions, too many to report; set "
                        "spec.targetRevision to an intermediate revision and migrate in steps")
     return cast(ScanResult, result)
+
+
+LOCKING_SHOWN: Final = 5  # locking findings a plan's result carries with their safer pattern (all are counted)
+
+
+def _first_unique(findings: Iterable[sqlscan.Finding], severity: str) -> list[sqlscan.Finding]:
+    seen: dict[str, sqlscan.Finding] = {}
+    for f in findings:
+        if f.severity == severity:
+            seen.setdefault(f.describe(), f)
+    return list(seen.values())[:LOCKING_SHOWN]
+
+
+def _with_rule(f: sqlscan.Finding) -> dict[str, str]:
+    """A locking finding as status.plan shows it: what, which rule, and the safer pattern."""
+    return {"operation": f.describe(), "rule": f.rule, "safely": sqlscan.RULES[f.rule].safely}
+
+
+def _live_database(engine: engines.Engine[Any]) -> Any:
+    """The live database for the scan (read only: the current column types), when the Job has its URL; None
+    otherwise (the scan then classifies type changes from the plan alone)."""
+    if not os.environ.get(URL_ENV):
+        return None
+    try:
+        live_engine, db = _engine_and_database()
+    except JobError as err:
+        log(f"not reading the live database: {err.message}")
+        return None
+    return db if live_engine is engine else None
 
 
 def _unique(items: Iterable[str | None]) -> list[str]:

@@ -137,6 +137,10 @@ BASELINE_FAILED = _reason("BaselineFailed", "stalled", "the stamp Job for spec.b
 DESTRUCTIVE_CHANGES_NOT_APPROVED = _reason(
     "DestructiveChangesNotApproved", "stalled", "the plan destroys data and waits for approval of its hash",
     where=("ApprovalRequired",), runbook="a-destructive-plan-waits--awaitingapproval--destructivechangesnotapproved")
+LOCKING_CHANGES_NOT_APPROVED = _reason(
+    "LockingChangesNotApproved", "stalled", "spec.approval.requireForLocking is true and the plan takes strong locks "
+    "on existing tables: it waits for approval of its hash", where=("ApprovalRequired",),
+    runbook="a-locking-plan-waits--awaitingapproval--lockingchangesnotapproved")
 JOB_FAILED = _reason("JobFailed", "stalled", "a backup or migration Job failed; RolledBack says what was undone",
                     runbook="a-migration-failed--failed--jobfailed-rolledbacktrue")
 ROLLBACK_FAILED = _reason("RollbackFailed", "stalled", "the rollback after a failed migration did not complete",
@@ -152,7 +156,8 @@ DATABASE_CHANGED = _reason("DatabaseChanged", "stalled",
 
 # --- step conditions (ApprovalRequired, BackupSucceeded, Migrated, RolledBack, Drifted) -------------------------------
 APPROVED = _reason("Approved", None, "destructive changes were approved", where=("ApprovalRequired",))
-NO_DESTRUCTIVE_CHANGES = _reason("NoDestructiveChanges", None, "the plan destroys no data", where=("ApprovalRequired",))
+NO_DESTRUCTIVE_CHANGES = _reason("NoDestructiveChanges", None, "the plan destroys no data (and, with "
+                                 "requireForLocking, takes no strong lock)", where=("ApprovalRequired",))
 BACKUP_COMPLETED = _reason("BackupCompleted", None, "the backup was written and checksummed",
                           where=("BackupSucceeded",))
 BACKUP_DISABLED = _reason("BackupDisabled", None, "spec.backup.enabled is false", where=("BackupSucceeded",))

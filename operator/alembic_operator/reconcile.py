@@ -126,6 +126,17 @@ class Decision:
     requeue_after: float | None = None
 
 
+LOCKING_SHOWN = 5  # status.plan.locking: the first locking operations (lockingCount counts them all)
+NOTES_SHOWN = 5
+LISTED = 3  # operations a waiting plan's message names
+
+
+def _listed(operations: list[str], total: int) -> str:
+    shown = "; ".join(operations[:LISTED])
+    return shown + (f"; and {total - min(len(operations), LISTED)} more" if total > min(len(operations), LISTED)
+                    else "")
+
+
 def plan_hash(plan: ScanResult, image: str) -> str:
     """The approval key: changes whenever anything that will run changes (revisions, SQL, image)."""
     material = {
@@ -497,6 +508,12 @@ class _Run:
         }
         if result.get("warnings"):
             self.st["plan"]["warnings"] = list(result["warnings"])
+        locking = [dict(f) for f in result.get("locking") or [] if isinstance(f, dict)][:LOCKING_SHOWN]
+        if locking or result.get("lockingCount"):
+            self.st["plan"]["locking"] = locking
+            self.st["plan"]["lockingCount"] = int(result.get("lockingCount") or len(locking))
+        if result.get("notes"):
+            self.st["plan"]["notes"] = list(result["notes"])[:NOTES_SHOWN]
         if result.get("lineage"):
             self.st["plan"]["lineage"] = list(result["lineage"])
         if not revisions:
@@ -508,22 +525,36 @@ class _Run:
     def approval(self) -> Decision:
         spec = self.spec()
         live_spec = parse_spec(self.obs.spec) if self.obs.spec else spec
-        destructive = (self.st.get("plan") or {}).get("destructive") or []
-        if destructive:
+        plan = self.st.get("plan") or {}
+        destructive = plan.get("destructive") or []
+        locking = [str(f.get("operation")) for f in plan.get("locking") or [] if isinstance(f, dict)]
+        locking_count = int(plan.get("lockingCount") or len(locking))
+        gate_locking = live_spec.approval.require_for_locking and locking_count > 0
+        if destructive or gate_locking:
             plan_hash_ = self.run.plan_hash
-            approved_by = ("spec.approval.allowDestructive" if live_spec.approval.allow_destructive
-                           else c.APPROVE_ANNOTATION if self.obs.annotations.get(c.APPROVE_ANNOTATION) == plan_hash_
-                           else None)
-            if approved_by is None:
-                ops = "; ".join(destructive[:10]) + (f"; and {len(destructive) - 10} more" if len(destructive) > 10
-                                                     else "")
-                message = (f"the plan destroys data: {ops}. Review it, then approve exactly this plan with: kubectl "
-                           f"annotate dbm/{self.obs.name} -n {self.obs.namespace} "
-                           f"{c.APPROVE_ANNOTATION}={plan_hash_} (or set spec.approval.allowDestructive: true)")
+            annotated = self.obs.annotations.get(c.APPROVE_ANNOTATION) == plan_hash_
+            how = (f"approve exactly this plan with: kubectl annotate dbm/{self.obs.name} -n {self.obs.namespace} "
+                   f"{c.APPROVE_ANNOTATION}={plan_hash_}")
+            if annotated:
+                approved_by = c.APPROVE_ANNOTATION
+            elif destructive and not live_spec.approval.allow_destructive:
+                message = (f"the plan destroys data: {_listed(destructive, len(destructive))}. Review it, then {how} "
+                           "(or set spec.approval.allowDestructive: true)")
                 self.condition(c.APPROVAL_REQUIRED, "True", r.DESTRUCTIVE_CHANGES_NOT_APPROVED, message)
                 return self.outcome(s.stalled("AwaitingApproval", r.DESTRUCTIVE_CHANGES_NOT_APPROVED, message),
                                     POLL_IDLE)
-            self.condition(c.APPROVAL_REQUIRED, "False", r.APPROVED, f"destructive changes approved by {approved_by}")
+            elif gate_locking:
+                message = (f"the plan takes strong locks on existing tables: {_listed(locking, locking_count)}. "
+                           f"Rewrite them the safer way (status.plan.locking), or {how}")
+                self.condition(c.APPROVAL_REQUIRED, "True", r.LOCKING_CHANGES_NOT_APPROVED, message)
+                return self.outcome(s.stalled("AwaitingApproval", r.LOCKING_CHANGES_NOT_APPROVED, message),
+                                    POLL_IDLE)
+            else:
+                approved_by = "spec.approval.allowDestructive"
+            what = "destructive changes" if destructive else "locking changes"
+            if destructive and gate_locking:
+                what = "destructive and locking changes"
+            self.condition(c.APPROVAL_REQUIRED, "False", r.APPROVED, f"{what} approved by {approved_by}")
         else:
             self.condition(c.APPROVAL_REQUIRED, "False", r.NO_DESTRUCTIVE_CHANGES, "the plan destroys no data")
         if self.obs.busy_with:

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from alembic_operator import jobtools
+from alembic_operator.sqlscan import RULES
 from bed.postgres import Database, PostgresServer, pg_bin
 
 pytestmark = pytest.mark.postgres
@@ -386,8 +387,12 @@ def test_scan_a_plan(job: Any, tmp_path: Path) -> None:
     ]
     assert r["destructiveRevisions"] == ["9d81aa02c4f5", "c0ffee000001"]
     assert r["warnings"] == ["CREATE INDEX ix_orders_note ON orders (revision 5b0e11aa2c3d)"]
-    assert r["findings"][0] == {"rule": "create-index-not-concurrently", "severity": "warning",
+    assert r["findings"][0] == {"rule": "create-index-not-concurrently", "severity": "locking",
                                 "revision": "5b0e11aa2c3d", "operation": "CREATE INDEX ix_orders_note ON orders"}
+    assert r["lockingCount"] == 1 and r["noteCount"] == 0
+    assert r["locking"] == [{"operation": "CREATE INDEX ix_orders_note ON orders (revision 5b0e11aa2c3d)",
+                             "rule": "create-index-not-concurrently",
+                             "safely": RULES["create-index-not-concurrently"].safely}]
     assert [f["rule"] for f in r["findings"]] == ["create-index-not-concurrently", "drop-column",
                                                   "unrenderable-revision"]
     assert r["sqlSha256"] == "sha256:" + hashlib.sha256((REV1 + REV2).encode()).hexdigest()

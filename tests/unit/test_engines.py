@@ -113,7 +113,7 @@ def sqlite_engine() -> Iterator[type[engines.Engine[FileDB]]]:
         def heads(self, db: FileDB) -> list[str]:
             return heads(db)
 
-        def scan(self, items: Iterable[tuple[str | None, str]]) -> list[sqlscan.Finding]:
+        def scan(self, items: Iterable[tuple[str | None, str]], db: Any = None) -> list[sqlscan.Finding]:
             return [sqlscan.Finding(rule="opaque-sql", severity="destructive", operation="anything", revision=rev,
                                     statement="")
                     for rev, _sql in items]

@@ -193,6 +193,57 @@ def test_allow_destructive_skips_the_wait() -> None:
     assert d.status["phase"] == "BackingUp"
 
 
+LOCKING = [{"operation": f"CREATE INDEX ix_{i} ON orders (revision r2)", "rule": "create-index-not-concurrently",
+            "safely": "CREATE INDEX CONCURRENTLY in an autocommit block."} for i in range(7)]
+PLAN_LOCKING = {**PLAN_OK, "warnings": [f["operation"] for f in LOCKING], "locking": LOCKING[:5],
+                "lockingCount": 7, "notes": ["ALTER COLUMN orders.note TYPE text (from varchar(250): a widening "
+                                             "PostgreSQL does without a rewrite) (revision r3)"]}
+
+
+def test_locking_plan_runs_and_shows_its_findings_by_default() -> None:
+    d = decide(observe())
+    d = advance(d, jobs={"plan": done("plan", PLAN_LOCKING)})
+    assert d.status["phase"] == "BackingUp"
+    plan = d.status["plan"]
+    assert plan["lockingCount"] == 7 and plan["locking"] == LOCKING[:5]
+    assert plan["notes"] == PLAN_LOCKING["notes"] and "destructive" in plan and plan["destructive"] == []
+    assert cond(d, c.APPROVAL_REQUIRED)["reason"] == "NoDestructiveChanges"
+
+
+def test_require_for_locking_waits_for_approval_of_that_plan() -> None:
+    spec = {**SPEC, "approval": {"requireForLocking": True}}
+    jobs = {"plan": done("plan", PLAN_LOCKING)}
+    d = advance(decide(observe(spec=spec)), spec=spec, jobs=jobs)
+    assert d.status["phase"] == "AwaitingApproval" and d.jobs == []
+    assert cond(d, c.STALLED)["reason"] == "LockingChangesNotApproved"
+    assert cond(d, c.APPROVAL_REQUIRED)["reason"] == "LockingChangesNotApproved"
+    message = d.status["message"]
+    assert "CREATE INDEX ix_0 ON orders (revision r2); CREATE INDEX ix_1" in message and "and 4 more" in message
+    assert "ix_3" not in message and len(message) < 600
+    h = d.status["plan"]["hash"]
+    assert h in message
+    allowed = {**spec, "approval": {"requireForLocking": True, "allowDestructive": True}}
+    still = advance(d, spec=allowed, jobs=jobs)  # allowDestructive does not approve locking changes
+    assert cond(still, c.STALLED)["reason"] == "LockingChangesNotApproved"
+    ok = advance(d, spec=spec, jobs=jobs, annotations={c.APPROVE_ANNOTATION: h})
+    assert ok.status["phase"] == "BackingUp"
+    assert cond(ok, c.APPROVAL_REQUIRED)["message"] == f"locking changes approved by {c.APPROVE_ANNOTATION}"
+
+
+def test_destructive_and_locking_plan_names_the_destructive_first() -> None:
+    spec = {**SPEC, "approval": {"requireForLocking": True}}
+    both = {**PLAN_DESTRUCTIVE, "locking": LOCKING[:1], "lockingCount": 1}
+    jobs = {"plan": done("plan", both)}
+    d = advance(decide(observe(spec=spec)), spec=spec, jobs=jobs)
+    assert cond(d, c.STALLED)["reason"] == "DestructiveChangesNotApproved"
+    allowed = {**SPEC, "approval": {"requireForLocking": True, "allowDestructive": True}}
+    d = advance(d, spec=allowed, jobs=jobs)
+    assert cond(d, c.STALLED)["reason"] == "LockingChangesNotApproved"
+    ok = advance(d, spec=allowed, jobs=jobs, annotations={c.APPROVE_ANNOTATION: d.status["plan"]["hash"]})
+    assert ok.status["phase"] == "BackingUp"
+    assert "destructive and locking changes approved" in cond(ok, c.APPROVAL_REQUIRED)["message"]
+
+
 def test_plan_hash_changes_with_sql_and_image() -> None:
     assert plan_hash(PLAN_OK, "a") != plan_hash(PLAN_OK, "b")
     assert plan_hash(PLAN_OK, "a") != plan_hash({**PLAN_OK, "sqlSha256": "other"}, "a")

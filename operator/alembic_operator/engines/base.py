@@ -138,8 +138,9 @@ class Engine(ABC, Generic[DB]):
         """The revisions in the Alembic version table (empty at base)."""
 
     @abstractmethod
-    def scan(self, items: Iterable[tuple[str | None, str]]) -> list[Finding]:
-        """Findings of the (revision, SQL) pairs a plan rendered offline, in the order they run."""
+    def scan(self, items: Iterable[tuple[str | None, str]], db: DB | None = None) -> list[Finding]:
+        """Findings of the (revision, SQL) pairs a plan rendered offline, in the order they run; with `db` (the
+        live database, read only) a type change is classified against the column's current type."""
 
 
 REGISTRY: Registry[Engine[Any]] = Registry("alembic_operator.engines")

@@ -99,7 +99,11 @@ class ScanResult(Outcome, total=False):
     destructive: list[str]
     warnings: list[str]
     destructiveCount: int
-    warningCount: int
+    warningCount: int  # locking findings and other warnings
+    lockingCount: int
+    noteCount: int
+    locking: list[dict[str, str]]  # the first few: operation, rule, safely (the safer pattern)
+    notes: list[str]
     findings: list[dict[str, Any]]
     sqlSha256: str
     lineage: list[str]
