@@ -68,6 +68,18 @@ def has_downgrade(path: str | None) -> bool | None:
     return _does_something(tree, "upgrade") is False
 
 
+def uses_autocommit(path: str | None) -> bool:
+    """Does the revision file run something outside a transaction (``autocommit_block()``, for CREATE INDEX
+    CONCURRENTLY)? Such a block commits whatever ran before it."""
+    if not path:
+        return False
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return "autocommit_block" in handle.read()
+    except (OSError, ValueError):
+        return False
+
+
 def _quiet(message: str) -> None:
     pass
 
@@ -141,13 +153,23 @@ class Driver:
         """What surrounds each env.py run (the runner: nothing; check: the URL exported for env.py to read)."""
         return contextlib.nullcontext()
 
-    def run_env(self, fn: EnvFn, *, url: str | None = None, buffer: io.StringIO | None = None, **opts: Any) -> None:
-        """Run env.py once with `fn` as the migration function (EnvironmentContext options in `opts`)."""
+    def run_env(self, fn: EnvFn, *, url: str | None = None, buffer: io.StringIO | None = None,
+                per_migration: bool = False, **opts: Any) -> None:
+        """Run env.py once with `fn` as the migration function (EnvironmentContext options in `opts`);
+        `per_migration`: each revision in its own transaction, whatever env.py configures."""
         from alembic.runtime.environment import EnvironmentContext
 
         cfg = self.config(url, buffer)
         script = self.script
-        with self.environment(url), EnvironmentContext(cfg, script, fn=fn, **opts):
+        context = EnvironmentContext(cfg, script, fn=fn, **opts)
+        if per_migration:  # alembic.context.configure(...) calls the instance's method
+            configure = context.configure
+
+            def per_revision(*args: Any, **kw: Any) -> None:
+                configure(*args, **{**kw, "transaction_per_migration": True})
+
+            context.configure = per_revision  # type: ignore[method-assign]
+        with self.environment(url), context:
             script.run_env()
 
     def run_online(self, fn: EnvFn, *, url: str | None = None, **opts: Any) -> bool:
@@ -165,7 +187,11 @@ class Driver:
                 on_step: Callable[[], None] | None = None, check: Callable[[Any], None] | None = None) -> bool:
         """Run `alembic upgrade|downgrade <destination>`; appends each revision id to `progress` before it runs,
         then calls `on_step` (the runner records the progress where a killed pod still leaves it). `check(context)`
-        runs first (check refuses a connection to another database). False: env.py ran no migrations online."""
+        runs first (check refuses a connection to another database). False: env.py ran no migrations online.
+
+        When a revision on the way has an ``autocommit_block()``, every revision runs in its own transaction: the
+        block commits what ran before it, so in one transaction for all a later failure would roll back the
+        version table but not the block's work (an index left behind at a revision that does not have it)."""
         script = self.script
         log = self.log
 
@@ -194,7 +220,18 @@ class Driver:
                 steps = script._downgrade_revs(destination, heads)
             return announce(list(steps))
 
-        return self.run_online(fn, url=url, starting_rev=None, destination_rev=destination)
+        autocommit = self.autocommit_revisions()
+        if autocommit:
+            log(f"revision(s) {', '.join(autocommit)} use autocommit_block(): each revision runs in its own "
+                "transaction")
+        return self.run_online(fn, url=url, starting_rev=None, destination_rev=destination,
+                               per_migration=bool(autocommit))
+
+    def autocommit_revisions(self) -> list[str]:
+        """The scripts' revisions with an autocommit_block(). Any of them switches the whole project to a
+        transaction per revision, as Alembic recommends for projects that use such blocks."""
+        return sorted(sc.revision for sc in self.script.walk_revisions()
+                      if uses_autocommit(getattr(sc, "path", None)))
 
     def render_offline(self, revision: Any, url: str | None = None) -> str:
         """`alembic upgrade <down>:<rev> --sql` for one revision (a merge starts from all its parents)."""
