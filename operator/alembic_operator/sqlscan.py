@@ -848,12 +848,14 @@ class Scanner:
     def _on_VacuumStmt(self, node: Any, add: Any, rev: str | None) -> None:
         if node.is_vacuumcmd and any(getattr(o, "defname", "") == "full" for o in node.options or ()):
             for vr in node.rels or ():
-                add("table-rewrite", f"VACUUM FULL {_rel(vr.relation)}")
+                if not self._new(_rel(vr.relation)):
+                    add("table-rewrite", f"VACUUM FULL {_rel(vr.relation)}")
             if not node.rels:
                 add("table-rewrite", "VACUUM FULL (every table)")
 
     def _on_ClusterStmt(self, node: Any, add: Any, rev: str | None) -> None:
-        add("table-rewrite", f"CLUSTER {_rel(node.relation) if node.relation is not None else '(every table)'}")
+        if node.relation is None or not self._new(_rel(node.relation)):
+            add("table-rewrite", f"CLUSTER {_rel(node.relation) if node.relation is not None else '(every table)'}")
 
     def _on_RefreshMatViewStmt(self, node: Any, add: Any, rev: str | None) -> None:
         rel = _rel(node.relation)

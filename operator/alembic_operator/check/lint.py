@@ -1,28 +1,83 @@
 """Lint of pending revisions: render each one offline (`alembic upgrade <down>:<rev> --sql`) through the app's
-env.py and scan the SQL with the operator's own scanner (sqlscan), rule names and all."""
+env.py and scan the SQL with the operator's own scanner (sqlscan), rule names and all.
+
+A type change is classified against the column's type before the revision, as the plan Job does: the live
+database's (read only) for the revisions pending on it, else the scratch database's, read just before the revision
+was applied; without either, the scanner follows the schema through the revisions it rendered."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from sqlalchemy import create_engine
+from sqlalchemy.engine import URL
+from sqlalchemy.pool import NullPool
 
 from .. import sqlscan
+from .drivers import sync_url
 from .model import LINT_SEVERITY, Finding
 from .project import OFFLINE_URL, Project, describe
 
 
-def lint(project: Project, revisions: Sequence[str], url: str = OFFLINE_URL) -> list[Finding]:
-    """Findings for `revisions` (in upgrade order); `url` only gives the dialect (offline: nothing connects)."""
-    items: list[tuple[str | None, str]] = []
-    unrenderable: list[Finding] = []
+@dataclass
+class Rendered:
+    """The pending revisions' SQL, rendered once; scanned when the databases' column types are known."""
+
+    items: list[tuple[str | None, str]] = field(default_factory=list)
+    unrenderable: list[Finding] = field(default_factory=list)
+    live: sqlscan.Catalog | None = None  # the live database before the first pending revision
+
+    def altered(self, rev: str) -> bool:
+        """Whether the revision changes a column's type or sets NOT NULL (its findings depend on the schema)."""
+        return any(sqlscan.altered_columns([item]) for item in self.items if item[0] == rev)
+
+
+def render(project: Project, revisions: Sequence[str], url: str = OFFLINE_URL) -> Rendered:
+    """Render `revisions` (in upgrade order); `url` only gives the dialect (offline: nothing connects)."""
+    out = Rendered()
     for rev in revisions:
         sc = project.revision(rev)
         if sc is None:
             continue
         try:
-            items.append((rev, project.render_offline(sc, url)))
+            out.items.append((rev, project.render_offline(sc, url)))
         except Exception as exc:
-            unrenderable.append(_unrenderable(rev, describe(exc)))
-    return [*(_finding(f) for f in sqlscan.scan_revisions(items)), *unrenderable]
+            out.unrenderable.append(_unrenderable(rev, describe(exc)))
+    return out
+
+
+def scan(rendered: Rendered, before: Mapping[str, sqlscan.Catalog] | None = None) -> list[Finding]:
+    """Findings of the rendered revisions; `before[rev]` is the schema just before `rev` (the scratch database)."""
+    scanner = sqlscan.Scanner(catalog=rendered.live)
+    for rev, sql in rendered.items:
+        if before and rev is not None and rev in before:
+            scanner.at(before[rev])
+        scanner.scan(sql, rev)
+    return [*(_finding(f) for f in scanner.findings), *rendered.unrenderable]
+
+
+def lint(project: Project, revisions: Sequence[str], url: str = OFFLINE_URL) -> list[Finding]:
+    """Findings for `revisions` (in upgrade order) from their SQL alone."""
+    return scan(render(project, revisions, url))
+
+
+def read_catalog(url: URL, items: Iterable[tuple[str | None, str]]) -> sqlscan.Catalog | None:
+    """The current types of the columns `items` alter, on a PostgreSQL database (None elsewhere)."""
+    if url.get_backend_name() != "postgresql":
+        return None
+    tables = sorted({table for _schema, table in sqlscan.altered_columns(items)})
+    if not tables:
+        return sqlscan.Catalog()
+    engine = create_engine(sync_url(url), poolclass=NullPool)
+    try:
+        with engine.connect() as conn:
+            columns = conn.exec_driver_sql(sqlscan.CATALOG_COLUMNS_SQL, {"tables": tables}).fetchall()
+            checks = conn.exec_driver_sql(sqlscan.CATALOG_CHECKS_SQL, {"tables": tables}).fetchall()
+            conn.rollback()
+    finally:
+        engine.dispose()
+    return sqlscan.catalog_from_rows(columns, checks)
 
 
 def _finding(found: sqlscan.Finding) -> Finding:

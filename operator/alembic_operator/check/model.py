@@ -65,7 +65,8 @@ RULES: Final[dict[str, Rule]] = dict([
           "migrations, at the database's revision) say it is: someone changed it by hand."),
 ])
 
-LINT_SEVERITY: Final[dict[str, Severity]] = {"destructive": "error", "warning": "warning"}
+LINT_SEVERITY: Final[dict[str, Severity]] = {"destructive": "error", "locking": "warning", "warning": "warning",
+                                              "note": "info"}
 
 
 def known_rule(name: str) -> bool:

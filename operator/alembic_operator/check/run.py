@@ -8,15 +8,16 @@ import multiprocessing
 import os
 import pickle
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
 
 from sqlalchemy import MetaData
 from sqlalchemy.engine import URL
 
+from .. import sqlscan
+from . import lint as linting
 from .integrity import RevisionFile, check_files, read_revision_file, revision_files
-from .lint import lint
 from .model import CheckError, CheckResult, Finding, Report, Severity, finding
 from .project import OFFLINE_URL, EnvFacts, MigrationFailed, Project, describe
 from .schema import Snapshot, compare_snapshots, describe_diffs, reflect, snapshot
@@ -55,6 +56,7 @@ class Scratch:
     url: URL
     exclude: set[str] = field(default_factory=set)
     snapshots: dict[str, Snapshot] = field(default_factory=dict)
+    before: dict[str, sqlscan.Catalog] = field(default_factory=dict)  # rev -> the altered columns just before it
 
 
 def read_only(url: URL) -> URL:
@@ -78,6 +80,8 @@ class Checker:
         self.report = Report(project=options.config, fail_on=options.fail_on)
         self.files: dict[str, RevisionFile] = {}
         self.path: list[str] = []
+        self.rendered: linting.Rendered | None = None  # lint's SQL, scanned once the column types are known
+        self.before: dict[str, sqlscan.Catalog] = {}
 
     def run(self) -> Report:
         started = time.monotonic()
@@ -87,6 +91,7 @@ class Checker:
             self._scratch(live)
             if live is not None:
                 self._isolated(live.url, lambda: self._live_drift(live))
+            self._lint_findings()
         else:
             for name in ("lint", "upgrade", "models", "roundtrip", "live"):
                 self.report.skip(name, "the scripts cannot be loaded (see integrity)")
@@ -123,7 +128,8 @@ class Checker:
         def child() -> None:
             os.environ.update(dict.fromkeys(self.opts.export_env, value))
             try:  # everything, errors included, goes back to the parent, which re-raises
-                outcome: tuple[str, Any] = ("ok", (step(), self.report, self.files, self.path))
+                outcome: tuple[str, Any] = ("ok", (step(), self.report, self.files, self.path, self.rendered,
+                                                   self.before))
             except BaseException as exc:
                 outcome = ("error", exc if _picklable(exc) else CheckError(describe(exc)))
             try:
@@ -145,7 +151,7 @@ class Checker:
         process.join()
         if kind == "error":
             raise payload
-        result, self.report, self.files, self.path = payload
+        result, self.report, self.files, self.path, self.rendered, self.before = payload
         return cast(T, result)
 
     def wanted(self, check: str) -> bool:
@@ -259,9 +265,20 @@ class Checker:
         pending = live.pending if live is not None and live.pending is not None else None
         revisions = self.path if pending is None else pending
         with self.timed("lint") as result:
-            self.report.add(*lint(self.project, revisions))
+            self.rendered = linting.render(self.project, revisions)
+            if pending is not None and live is not None:  # types as the live database has them, read only
+                self.rendered.live = self.env("reading the live column types",
+                                              lambda: linting.read_catalog(live.url, self.rendered.items)
+                                              if self.rendered else None)
             result.reason = (f"{len(revisions)} revision(s) pending on the live database" if pending is not None
                              else f"all {len(revisions)} revision(s)")
+
+    def _lint_findings(self) -> None:
+        """Scan lint's SQL, each type change classified against the column's type before its revision."""
+        if self.rendered is None:
+            return
+        with self.timed("lint"):
+            self.report.add(*linting.scan(self.rendered, self.before))
 
     # --- scratch database -------------------------------------------------------------------------------------
 
@@ -297,7 +314,8 @@ class Checker:
             scratch.exclude = {facts.version_table}
             scratch.snapshots[BASE] = snapshot(scratch.url, scratch.exclude)
             live_at = live.compare_at if live is not None else None
-            for stop in self._stops(target, live_at):
+            before = self._type_stops(scratch)
+            for stop in self._stops(target, live_at, set(before)):
                 if stop != BASE:
                     try:
                         self.project.migrate(scratch.url, "upgrade", stop)
@@ -307,14 +325,34 @@ class Checker:
                     scratch.snapshots[stop] = snapshot(scratch.url, scratch.exclude)
                 if live is not None and stop == live_at:
                     live.expected = reflect(scratch.url, scratch.exclude)
+                for rev in before.get(stop, ()):
+                    found = linting.read_catalog(scratch.url, [i for i in self.rendered.items if i[0] == rev]) \
+                        if self.rendered is not None else None
+                    if found is not None:
+                        self.before[rev] = found
             result.reason = f"base -> head on an empty {scratch.url.get_backend_name()} database"
             return True
 
-    def _stops(self, target: str | None, live_at: str | None) -> list[str]:
-        """Where the upgrade from base to head stops for a snapshot, in upgrade order."""
-        inner = {p for p in (target, live_at) if p in self.path}
+    def _stops(self, target: str | None, live_at: str | None, extra: Collection[str] = ()) -> list[str]:
+        """Where the upgrade from base to head stops for a snapshot (or to read column types), in upgrade order."""
+        inner = {p for p in (target, live_at, *extra) if p in self.path}
         ordered = [rev for rev in self.path if rev in inner]
         return [BASE, *ordered, HEADS]
+
+    def _type_stops(self, scratch: Scratch) -> dict[str, list[str]]:
+        """The revisions lint found changing a column's type (or setting NOT NULL), by the revision just before
+        each (BASE for a first revision): the upgrade stops there and reads those columns' types. Only on a
+        PostgreSQL scratch database, and not for revisions whose types come from the live database."""
+        rendered = self.rendered
+        if rendered is None or rendered.live is not None or scratch.url.get_backend_name() != "postgresql":
+            return {}
+        stops: dict[str, list[str]] = {}
+        for rev, _sql in rendered.items:
+            sc = self.project.revision(rev or "")
+            if rev is None or sc is None or not rendered.altered(rev) or isinstance(sc.down_revision, (tuple, list)):
+                continue
+            stops.setdefault(sc.down_revision or BASE, []).append(rev)
+        return stops
 
     def _upgrade_failed(self, failed: MigrationFailed, stop: str) -> None:
         """The upgrade goes from base to head, pausing where a snapshot is needed (`stop`): the target is head."""
