@@ -10,13 +10,24 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_runner import Runner, version
 
 from alembic_operator import jobtools, sqlscan
 from apps import Rev, make_project
 from bed.postgres import Database
-from test_runner import Runner, app, runner, version  # noqa: F401 - the fixtures
 
 pytestmark = pytest.mark.postgres
+
+
+@pytest.fixture
+def app(tmp_path: Path) -> Path:
+    return tmp_path / "app"
+
+
+@pytest.fixture
+def runner(database: Database, app: Path) -> Runner:
+    """The runner zipapp, as the Jobs run it, on the test database."""
+    return Runner(database, app)
 
 ORDERS = Rev("c0000000000a", upgrade=[
     'op.create_table("orders", sa.Column("id", sa.Integer, primary_key=True), sa.Column("code", sa.String(20)))',
@@ -76,7 +87,8 @@ def test_create_index_concurrently_migrates_and_rolls_back(runner: Runner, app: 
     result, log = plan(FAILS.id)
     assert result["ok"] and result["revisions"] == [INDEX.id, FAILS.id]
     assert result["destructive"] == [] and result["lockingCount"] == 0, result
-    assert "CREATE INDEX CONCURRENTLY" not in result.get("warnings", [])
+    assert "warnings" not in result or result["warnings"] == []
+    assert "CREATE INDEX CONCURRENTLY" not in log  # rendered, scanned, and no finding for it
 
     # The failing revision after it: whatever env.py configures, each revision ran in its own transaction, so
     # the runner's report is the truth: the index revision committed (with its index), the failing one did not.
@@ -282,6 +294,6 @@ def test_check_classifies_pending_type_changes_against_the_live_database(
     runner.cwd = tmp_path / "app"
     assert runner("upgrade", "--from", "base", "--to", OPAQUE.id).rc == 0
     code, report = check(capsys, "-c", str(ini), "--scratch", "none", "--database-url", database.url)
-    assert _type_findings(report) == CLASSIFIED
+    assert _type_findings(report) == CLASSIFIED and code == 1
     assert database.query("SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attname = 'code' "
                           "AND attrelid = 'orders'::regclass") == [("character varying(20)",)]  # read, not changed
