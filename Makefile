@@ -20,7 +20,7 @@ help:
 	@echo "make dev-cluster       start the local bed with a real node (BED_NODE=none: control plane only)"
 	@echo "make dev-cluster-down  stop it"
 	@echo "make bench-gate        Ready -> last held pod released, for 1/10/100 pods (median, p99)"
-	@echo "make crd               regenerate crds/, docs/crd-reference.md (the pydantic model) and docs/reasons.md"
+	@echo "make crd               regenerate crds/, docs/crd-reference.md (the pydantic model), docs/reasons.md and docs/locking.md"
 	@echo "make k8s-openapi       re-vendor Kubernetes' core/v1 schemas from \$$KUBECONFIG's API server, then make crd"
 
 # Debian packages: PostgreSQL (server for the tests and the demo, pg_dump/pg_restore for the Jobs), util-linux
@@ -82,6 +82,7 @@ lint: venv
 crd: venv
 	$(PY) -m alembic_operator.crdgen
 	$(PY) -m alembic_operator.reasons > docs/reasons.md
+	$(PY) -m alembic_operator.sqlscan > docs/locking.md
 
 # After a Kubernetes upgrade: point KUBECONFIG at a cluster of the new version (e.g. make dev-cluster).
 k8s-openapi: venv

@@ -479,3 +479,15 @@ def test_finding_severity_follows_the_rules_table() -> None:
     for f in scan_sql(sql):
         assert f.severity == RULES[f.rule].severity
     assert Finding("drop-table", "destructive", "DROP TABLE x", None, "").describe() == "DROP TABLE x"
+
+
+def test_docs_list_every_rule_with_its_safer_pattern() -> None:
+    from pathlib import Path
+
+    from alembic_operator import sqlscan
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "locking.md").read_text()
+    assert text == sqlscan.markdown(), "docs/locking.md is stale: run make crd"
+    for rule in RULES.values():
+        assert f"| `{rule.name}` | {rule.why} | {rule.safely} |" in text
+        assert "|" not in rule.why + rule.safely  # a table cell
