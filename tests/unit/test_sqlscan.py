@@ -491,3 +491,18 @@ def test_docs_list_every_rule_with_its_safer_pattern() -> None:
     for rule in RULES.values():
         assert f"| `{rule.name}` | {rule.why} | {rule.safely} |" in text
         assert "|" not in rule.why + rule.safely  # a table cell
+
+
+def test_set_not_null_after_a_validated_check_in_the_plan_is_not_flagged() -> None:
+    safe = render(lambda op: (
+        op.execute("ALTER TABLE orders ADD CONSTRAINT ck_note_nn CHECK (note IS NOT NULL) NOT VALID"),
+        op.execute("ALTER TABLE orders VALIDATE CONSTRAINT ck_note_nn"),
+        op.alter_column("orders", "note", nullable=False),
+        op.drop_constraint("ck_note_nn", "orders", type_="check"),
+    ))
+    assert found(safe) == [("validate-constraint", "VALIDATE CONSTRAINT ck_note_nn ON orders")]
+    unvalidated = render(lambda op: (
+        op.execute("ALTER TABLE orders ADD CONSTRAINT ck_note_nn CHECK (note IS NOT NULL) NOT VALID"),
+        op.alter_column("orders", "note", nullable=False),
+    ))
+    assert found(unvalidated) == [("set-not-null", "SET NOT NULL orders.note")]
