@@ -7,7 +7,8 @@ can render or run the migrations. The operator's image holds pg_dump/pg_restore,
 Every Job that needs the app's scripts starts with an init container in the OPERATOR's image that writes one
 self-contained file (`runner.pyz`: the runner package, stdlib + alembic + sqlalchemy, as a zipapp) into a shared
 `emptyDir`; the app's image then runs `python /alembic-operator/runner.pyz <command>` in its own working directory.
-The plan Job adds a last container in the operator's image that scans the SQL the runner rendered.
+The plan Job adds a last container in the operator's image that scans the SQL the runner rendered (reading, read
+only, the current types of the columns the plan alters, so that a type change is judged against them).
 
 Results travel as JSON termination messages (a few KB at most); the database URL never appears in a Job: each
 container reads it from the user's Secret through `secretKeyRef`.

@@ -100,6 +100,11 @@ def test_app_steps_run_the_runner_in_the_apps_image_after_ours_installs_it() -> 
     plan = build("plan")["spec"]["template"]["spec"]["containers"][0]
     assert plan["image"] == "ghcr.io/alembic-operator/op:1" and plan["command"][:3] == ["alembic-operator", "job",
                                                                                          "scan"]
+    # The scan reads the live column types: the URL comes from the Secret, never in its arguments.
+    url = next(e for e in plan["env"] if e["name"] == "ALEMBIC_OPERATOR_DATABASE_URL")
+    assert url == {"name": "ALEMBIC_OPERATOR_DATABASE_URL", "valueFrom": {"secretKeyRef": {"name": "shop-db",
+                                                                                           "key": "url"}}}
+    assert not any("postgresql" in arg for arg in plan["command"])
 
 
 def test_backup_and_restore_mount_the_backup_volume_in_our_image() -> None:
