@@ -555,6 +555,12 @@ class Scanner:
         text = self.catalog.columns.get(key) if self.catalog is not None else None
         return parse_type(text) if text else None
 
+    def deployed(self) -> None:
+        """What the plan created so far is now in production, with rows: the next chunk (a revision deployed on
+        its own, as check assumes without a live database) gets lock findings for it too."""
+        self._created_tables.clear()
+        self._created_indexes.clear()
+
     def at(self, catalog: Catalog) -> None:
         """The database as it really is before the next chunk (check's scratch database): its tables' columns
         replace what the plan tracked so far."""
@@ -1038,7 +1044,9 @@ def markdown() -> str:
         "The plan Job renders each revision's SQL offline and scans it with PostgreSQL's own parser; "
         "`alembic-operator check` runs the same scanner (its `lint` check). Every finding names its rule, its "
         "revision and the operation; locking findings also say how to do it safely. Tables created earlier in the "
-        "same plan are exempt from the locking rules (they hold no rows yet); destructive rules always apply.",
+        "same plan are exempt from the locking rules (they hold no rows yet); destructive rules always apply. "
+        "`check` treats the revisions pending on its live database as one plan; without a live database it takes "
+        "each revision as deployed on its own, after the tables of the revisions before it have filled.",
         "",
         "**Column type changes** are classified against the column's current type: the plan's scan container reads "
         "it from the live database (read only, `format_type()` of the tables the plan alters), `check` from the live "

@@ -48,9 +48,15 @@ def render(project: Project, revisions: Sequence[str], url: str = OFFLINE_URL) -
 
 
 def scan(rendered: Rendered, before: Mapping[str, sqlscan.Catalog] | None = None) -> list[Finding]:
-    """Findings of the rendered revisions; `before[rev]` is the schema just before `rev` (the scratch database)."""
+    """Findings of the rendered revisions; `before[rev]` is the schema just before `rev` (the scratch database).
+
+    Pending on a live database, the revisions run together at the next deployment, like a plan: a table created
+    by one of them has no rows when the next one locks it. Without a live database every revision is taken as
+    deployed on its own, after its predecessors have filled their tables."""
     scanner = sqlscan.Scanner(catalog=rendered.live)
-    for rev, sql in rendered.items:
+    for number, (rev, sql) in enumerate(rendered.items):
+        if number and rendered.live is None:
+            scanner.deployed()
         if before and rev is not None and rev in before:
             scanner.at(before[rev])
         scanner.scan(sql, rev)
