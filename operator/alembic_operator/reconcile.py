@@ -132,6 +132,9 @@ LISTED = 3  # operations a waiting plan's message names
 
 
 def _listed(operations: list[str], total: int) -> str:
+    """The first few operations of a waiting plan, and how many more (the plan Job's log lists them all)."""
+    if not operations:
+        return f"{total} operation(s), listed in the plan Job's log"
     shown = "; ".join(operations[:LISTED])
     return shown + (f"; and {total - min(len(operations), LISTED)} more" if total > min(len(operations), LISTED)
                     else "")
