@@ -145,7 +145,7 @@ def test_minimal_spec_gets_every_default(crd: dict[str, Any], objects: Any, name
         "volume": {"persistentVolumeClaim": {"claimName": "shop-backups"}},
     }
     assert spec["rollback"] == {"strategy": "Auto"}
-    assert spec["approval"] == {"allowDestructive": False}
+    assert spec["approval"] == {"allowDestructive": False, "requireForLocking": False}
     assert spec["jobTemplate"] == {}
     assert spec["suspend"] is False
     assert spec["migrations"] == {"image": "ghcr.io/acme/shop:1.4.2", "config": "alembic.ini", "lockTimeout": "3s"}
