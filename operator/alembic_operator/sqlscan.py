@@ -44,6 +44,7 @@ from pglast.stream import RawStream
 __all__ = [
     "CATALOG_CHECKS_SQL",
     "CATALOG_COLUMNS_SQL",
+    "CATALOG_ROWS_SQL",
     "RULES",
     "SEVERITIES",
     "Catalog",
@@ -216,7 +217,7 @@ RULES: Final[dict[str, Rule]] = dict(
               "Nothing to do."),
         _rule("validate-constraint", "note", "VALIDATE CONSTRAINT scans the whole table under SHARE UPDATE "
               "EXCLUSIVE: reads and writes go on, but other DDL, VACUUM and ANALYZE of the table wait; on a huge "
-              "table it runs long.",
+              "table (a million rows or more, or of unknown size) it runs long.",
               "Validate in its own revision with transaction_per_migration, so that no stronger lock is held "
               "during the scan."),
     ]
@@ -228,6 +229,9 @@ VOLATILE_FUNCTIONS: Final = frozenset({
     "uuid_generate_v1mc", "uuid_generate_v4", "gen_random_bytes", "clock_timestamp", "timeofday", "nextval",
 })
 SERIAL_TYPES: Final = frozenset({"serial", "serial4", "bigserial", "serial8", "smallserial", "serial2"})
+# A VALIDATE CONSTRAINT on a table of at least this many rows (as pg_class.reltuples estimates it) gets a note;
+# of an unknown size, too.
+HUGE_ROWS: Final = 1_000_000
 # LOCK TABLE modes (lockdefs.h) that block the app's writes: SHARE (5) and stronger.
 _STRONG_LOCK_MODE: Final = 5
 
@@ -386,10 +390,12 @@ def _plain_cast(expr: Any, column: str, target: ColumnType | None) -> bool:
 @dataclass(frozen=True)
 class Catalog:
     """What the plan's scan read of the live database before the plan runs: (table, column) -> its type as
-    format_type() prints it, and the columns a validated CHECK (col IS NOT NULL) constraint covers."""
+    format_type() prints it, the columns a validated CHECK (col IS NOT NULL) constraint covers, and the tables'
+    estimated sizes (a VALIDATE CONSTRAINT is worth a note only on a huge table)."""
 
     columns: Mapping[tuple[str, str], str] = field(default_factory=dict)
     not_null_checks: frozenset[tuple[str, str]] = frozenset()
+    rows: Mapping[str, int] = field(default_factory=dict)  # table -> estimated rows (pg_class.reltuples)
 
 
 # --- column types: is a type change a widening, a rewrite or a loss? -----------------------------------------------
@@ -729,8 +735,10 @@ class Scanner:
                 name = str(cmd.name)
                 if name in self._not_null_checks:
                     self._not_null_checks[name] = (self._not_null_checks[name][0], True)
-                if not new:
-                    add("validate-constraint", f"VALIDATE CONSTRAINT {cmd.name} ON {rel}")
+                rows = self.catalog.rows.get(_key(rel)) if self.catalog is not None else None
+                if not new and (rows is None or rows >= HUGE_ROWS):
+                    size = f" (~{rows} rows)" if rows is not None else ""
+                    add("validate-constraint", f"VALIDATE CONSTRAINT {cmd.name} ON {rel}{size}")
             elif new:
                 continue  # the rest are lock warnings: not for a table this plan created
             elif _is(sub, at.AT_SetNotNull):
@@ -975,15 +983,15 @@ def scan_revisions(items: Iterable[tuple[str | None, str]], *, allowed: Collecti
 
 
 def altered_columns(items: Iterable[tuple[str | None, str]]) -> set[tuple[str | None, str]]:
-    """(schema or None, table) of every table whose column types the plan changes or that SET NOT NULL touches:
-    what the plan's scan reads of the live database (a plan that creates and alters a table reads nothing)."""
+    """(schema or None, table) of every table whose column types the plan changes, that SET NOT NULL touches or
+    whose constraint it validates: what the plan's scan reads of the live database (types, checks, size)."""
     tables: set[tuple[str | None, str]] = set()
     at = enums.AlterTableType
+    read = (at.AT_AlterColumnType, at.AT_SetNotNull, at.AT_ValidateConstraint)
     for _rev, sql in items:
         for stmt in _statements(sql):
             if isinstance(stmt.node, ast.AlterTableStmt) and any(
-                    _is(cmd.subtype, at.AT_AlterColumnType) or _is(cmd.subtype, at.AT_SetNotNull)
-                    for cmd in stmt.node.cmds or ()):
+                    any(_is(cmd.subtype, kind) for kind in read) for cmd in stmt.node.cmds or ()):
                 rv: Any = stmt.node.relation
                 tables.add((getattr(rv, "schemaname", None) or None, str(rv.relname)))
     return tables
@@ -997,13 +1005,19 @@ CATALOG_COLUMNS_SQL: Final = (
     "WHERE c.relkind IN ('r', 'p', 'm', 'f') AND a.attnum > 0 AND NOT a.attisdropped "
     "AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND c.relname = ANY(%(tables)s) "
     "ORDER BY pg_table_is_visible(c.oid), c.relname, a.attnum")
+CATALOG_ROWS_SQL: Final = (
+    "SELECT c.relname, CASE WHEN c.reltuples < 0 AND c.relpages = 0 THEN 0 ELSE c.reltuples::bigint END "
+    "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+    "WHERE c.relkind IN ('r', 'p', 'm') AND n.nspname NOT IN ('pg_catalog', 'information_schema') "
+    "AND c.relname = ANY(%(tables)s) ORDER BY pg_table_is_visible(c.oid)")
 CATALOG_CHECKS_SQL: Final = (
     "SELECT c.relname, pg_get_constraintdef(k.oid) FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid "
     "WHERE k.contype = 'c' AND k.convalidated AND c.relname = ANY(%(tables)s)")
 
 
-def catalog_from_rows(columns: Iterable[Sequence[Any]], checks: Iterable[Sequence[Any]]) -> Catalog:
-    """The Catalog from the rows of CATALOG_COLUMNS_SQL and CATALOG_CHECKS_SQL."""
+def catalog_from_rows(columns: Iterable[Sequence[Any]], checks: Iterable[Sequence[Any]],
+                      sizes: Iterable[Sequence[Any]] = ()) -> Catalog:
+    """The Catalog from the rows of CATALOG_COLUMNS_SQL, CATALOG_CHECKS_SQL and CATALOG_ROWS_SQL."""
     types = {(str(table), str(column)): str(shown) for table, column, shown in columns}
     proven: set[tuple[str, str]] = set()
     for table, definition in checks:
@@ -1019,7 +1033,8 @@ def catalog_from_rows(columns: Iterable[Sequence[Any]], checks: Iterable[Sequenc
         if isinstance(expr, ast.NullTest) and _is(expr.nulltesttype, enums.NullTestType.IS_NOT_NULL) \
                 and isinstance(expr.arg, ast.ColumnRef) and expr.arg.fields:
             proven.add((str(table), str(getattr(expr.arg.fields[-1], "sval", ""))))
-    return Catalog(columns=types, not_null_checks=frozenset(proven))
+    rows = {str(table): int(count) for table, count in sizes if count is not None and int(count) >= 0}
+    return Catalog(columns=types, not_null_checks=frozenset(proven), rows=rows)
 
 
 _SEVERITY_TEXT: Final = {

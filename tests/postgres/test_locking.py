@@ -204,7 +204,7 @@ def test_the_plan_reports_every_locking_rule(runner: Runner, app: Path, plan: An
     assert found == LOCKING_RULES
     assert result["lockingCount"] == len(LOCKING_RULES) and result["destructive"] == []
     assert len(result["locking"]) == 5 and all(f["safely"] for f in result["locking"])
-    assert result["notes"] == [f"VALIDATE CONSTRAINT ck_amount ON orders (revision {LOCKS.id})"]
+    assert "notes" not in result or result["notes"] == []  # VALIDATE on an empty table: not worth a note
 
 
 # --- the same in `alembic-operator check` -----------------------------------------------------------------------
@@ -237,7 +237,7 @@ def test_check_reports_every_locking_rule(tmp_path: Path, capsys: pytest.Capture
     locking = {f["rule"] for f in lint if f["severity"] == "warning" and f["revision"] == LOCKS.id}
     assert sorted(locking) == LOCKING_RULES
     assert all(any(d.startswith("safely: ") for d in f["details"]) for f in lint)
-    assert [f["rule"] for f in lint if f["severity"] == "info"] == ["validate-constraint"]
+    assert [f["rule"] for f in lint if f["severity"] == "info"] == []  # VALIDATE on a live table known to be small
     assert code == 0  # warnings and notes
     assert check(capsys, *argv, "--fail-on", "warning")[0] == 1
 

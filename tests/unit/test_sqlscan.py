@@ -506,3 +506,11 @@ def test_set_not_null_after_a_validated_check_in_the_plan_is_not_flagged() -> No
         op.alter_column("orders", "note", nullable=False),
     ))
     assert found(unvalidated) == [("set-not-null", "SET NOT NULL orders.note")]
+
+
+def test_validate_constraint_is_a_note_on_huge_tables_or_of_unknown_size() -> None:
+    sql = "ALTER TABLE orders VALIDATE CONSTRAINT ck;\n\nALTER TABLE events VALIDATE CONSTRAINT ck2;"
+    catalog = catalog_from_rows([], [], [("orders", 1200), ("events", 5_000_000)])
+    assert found(sql, catalog=catalog) == [("validate-constraint", "VALIDATE CONSTRAINT ck2 ON events (~5000000 rows)")]
+    assert [rule for rule, _ in found(sql)] == ["validate-constraint", "validate-constraint"]  # sizes unknown
+    assert catalog_from_rows([], [], [("never_analyzed", -1)]).rows == {}

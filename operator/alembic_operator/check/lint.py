@@ -80,10 +80,11 @@ def read_catalog(url: URL, items: Iterable[tuple[str | None, str]]) -> sqlscan.C
         with engine.connect() as conn:
             columns = conn.exec_driver_sql(sqlscan.CATALOG_COLUMNS_SQL, {"tables": tables}).fetchall()
             checks = conn.exec_driver_sql(sqlscan.CATALOG_CHECKS_SQL, {"tables": tables}).fetchall()
+            sizes = conn.exec_driver_sql(sqlscan.CATALOG_ROWS_SQL, {"tables": tables}).fetchall()
             conn.rollback()
     finally:
         engine.dispose()
-    return sqlscan.catalog_from_rows(columns, checks)
+    return sqlscan.catalog_from_rows(columns, checks, sizes)
 
 
 def _finding(found: sqlscan.Finding) -> Finding:

@@ -521,8 +521,9 @@ class PostgreSQL(Engine[Database]):
 
 
 def read_catalog(db: Database, items: Sequence[tuple[str | None, str]]) -> sqlscan.Catalog | None:
-    """The live types of the columns the plan alters (read only, before anything runs); None when the database
-    cannot be read: type changes are then classified as the plan alone allows (an unknown type is destructive)."""
+    """The live types of the columns the plan alters and the sizes of their tables (read only, before anything
+    runs); None when the database cannot be read: type changes are then classified as the plan alone allows (an
+    unknown type is destructive)."""
     tables = sorted({table for _schema, table in sqlscan.altered_columns(items)})
     if not tables:
         return sqlscan.Catalog()
@@ -531,10 +532,11 @@ def read_catalog(db: Database, items: Sequence[tuple[str | None, str]]) -> sqlsc
             conn.execute("SET default_transaction_read_only = on")
             columns = conn.execute(sqlscan.CATALOG_COLUMNS_SQL, {"tables": tables}).fetchall()
             checks = conn.execute(sqlscan.CATALOG_CHECKS_SQL, {"tables": tables}).fetchall()
+            sizes = conn.execute(sqlscan.CATALOG_ROWS_SQL, {"tables": tables}).fetchall()
     except (JobError, psycopg.Error) as err:
         log(f"cannot read the current column types ({sanitize(str(err))[:300]}): type changes are classified "
             "without them")
         return None
     log(f"read the current types of {len(columns)} column(s) of {len(tables)} table(s) the plan alters")
-    return sqlscan.catalog_from_rows(columns, checks)
+    return sqlscan.catalog_from_rows(columns, checks, sizes)
 
