@@ -2,7 +2,7 @@
 
 Top to bottom (a layer imports only layers below it, never above; within a layer, no cycles):
 
-    entry       cli, __main__, app, crdgen, k8s_openapi.__main__/main: start-up, CLIs, generators
+    entry       cli, __main__, app, crdgen, dbm.*, k8s_openapi.__main__/main: start-up, CLIs, generators
     operator    handlers, release, webhook, kube, metrics, config: talk to Kubernetes (Kopf, the API client)
     programs    jobtools, check.*: commands that run in Jobs or in CI
     seams       engines.*, backupstores.*, dbstate, jobio, plugins, sqlscan: databases and backup stores
@@ -21,7 +21,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[2] / "operator" / "alembic_operator"
 
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("entry", ("cli", "__main__", "app", "crdgen", "k8s_openapi.__main__")),
+    ("entry", ("cli", "__main__", "app", "crdgen", "dbm", "k8s_openapi.__main__")),
     ("operator", ("handlers", "release", "webhook", "kube", "metrics", "config")),
     ("programs", ("jobtools", "check")),
     ("seams", ("engines", "backupstores", "dbstate", "jobio", "plugins", "sqlscan")),

@@ -1,0 +1,238 @@
+"""`kubectl dbm`: the review loop from a terminal (a kubectl plugin: the console script `kubectl-dbm` on PATH).
+
+    kubectl dbm status [-A]                 every DatabaseMigration of the namespace, one line each
+    kubectl dbm plan NAME                   revisions, findings and the SQL of the plan (paged)
+    kubectl dbm approve NAME [--hash H]     approve the plan shown, by its hash (refused if it changed)
+    kubectl dbm history NAME                finished runs, oldest first
+    kubectl dbm held [NAME]                 pods held until the schema is ready, and why
+    kubectl dbm logs NAME [--role migrate]  the logs of the newest run's Job of that role
+
+It uses the user's kubeconfig (and `-n`, `--context`, `--kubeconfig` as kubectl does), so it can do exactly what
+the user may do: approving is the user's own annotation, made with their own credentials. `-o json` prints plain
+data for scripts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pydoc
+import sys
+from collections.abc import Sequence
+from typing import Any, cast
+
+from .. import constants as c
+from . import views
+
+EXIT_OK, EXIT_ERROR, EXIT_REFUSED = 0, 1, 2
+
+
+class Refused(Exception):
+    """The request cannot be done as asked (nothing to approve, the plan changed): exit code 2, with why."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-n", "--namespace", default=argparse.SUPPRESS, help="the namespace (default: the context's)")
+    common.add_argument("--context", default=argparse.SUPPRESS, help="the kubeconfig context")
+    common.add_argument("--kubeconfig", default=argparse.SUPPRESS, help="the kubeconfig file")
+    common.add_argument("-o", "--output", choices=("text", "json"), default=argparse.SUPPRESS)
+    p = argparse.ArgumentParser(prog="kubectl dbm", parents=[common], description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("status", parents=[common], help="every DatabaseMigration of the namespace")
+    s.add_argument("-A", "--all-namespaces", action="store_true")
+    s = sub.add_parser("plan", parents=[common], help="the plan: revisions, findings, SQL")
+    s.add_argument("name")
+    s.add_argument("--no-pager", action="store_true")
+    s = sub.add_parser("approve", parents=[common], help="approve the plan shown, by its hash")
+    s.add_argument("name")
+    s.add_argument("--hash", help="the hash you reviewed (kubectl dbm plan shows it): refused if the plan changed")
+    s.add_argument("-y", "--yes", action="store_true", help="do not ask (scripts: prefer --hash)")
+    s = sub.add_parser("history", parents=[common], help="finished runs")
+    s.add_argument("name")
+    s = sub.add_parser("held", parents=[common], help="pods held until the schema is ready")
+    s.add_argument("name", nargs="?")
+    s = sub.add_parser("logs", parents=[common], help="the logs of a run's Job")
+    s.add_argument("name")
+    s.add_argument("--role", default="migrate", help="plan, backup, migrate, downgrade, restore, stamp or drift")
+    s.add_argument("--generation", type=int, help="default: the newest that has a Job of that role")
+    return p
+
+
+class Session:
+    """The user's API access: their kubeconfig, context and namespace."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        from kubernetes import client, config
+
+        kubeconfig = getattr(args, "kubeconfig", None) or os.environ.get("KUBECONFIG")
+        context = getattr(args, "context", None)
+        api = config.new_client_from_config(config_file=kubeconfig, context=context)  # type: ignore[no-untyped-call]
+        _contexts, active = config.list_kube_config_contexts(config_file=kubeconfig)  # type: ignore[no-untyped-call]
+        if context:
+            active = next((x for x in _contexts if x["name"] == context), active)
+        self.namespace = getattr(args, "namespace", None) or (active or {}).get("context", {}).get(
+            "namespace") or "default"
+        self.custom = client.CustomObjectsApi(api)
+        self.core = client.CoreV1Api(api)
+        self.batch = client.BatchV1Api(api)
+        self.api = api
+
+    def migration(self, name: str) -> dict[str, Any]:
+        from kubernetes.client import ApiException
+
+        try:
+            obj = cast(dict[str, Any], self.custom.get_namespaced_custom_object(
+                c.GROUP, c.VERSION, self.namespace, c.PLURAL, name))
+        except ApiException as exc:
+            if exc.status == 404:
+                raise Refused(f"dbm/{name} not found in namespace {self.namespace}") from None
+            raise
+        return obj
+
+    def migrations(self, all_namespaces: bool = False) -> list[dict[str, Any]]:
+        if all_namespaces:
+            listed = cast(dict[str, Any], self.custom.list_cluster_custom_object(c.GROUP, c.VERSION, c.PLURAL))
+        else:
+            listed = cast(dict[str, Any], self.custom.list_namespaced_custom_object(
+                c.GROUP, c.VERSION, self.namespace, c.PLURAL))
+        return sorted(listed.get("items") or [], key=lambda o: (o["metadata"]["namespace"], o["metadata"]["name"]))
+
+    def plain(self, obj: Any) -> dict[str, Any]:
+        data: dict[str, Any] = self.api.sanitize_for_serialization(obj)
+        return data
+
+
+def _print(args: argparse.Namespace, text: str, data: Any, page: bool = False) -> None:
+    if getattr(args, "output", "text") == "json":
+        sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+    elif page and sys.stdout.isatty() and not getattr(args, "no_pager", False):
+        pydoc.pager(text)
+    else:
+        sys.stdout.write(text)
+
+
+def cmd_status(s: Session, args: argparse.Namespace) -> int:
+    items = s.migrations(args.all_namespaces)
+    _print(args, views.status_text(items, all_namespaces=args.all_namespaces), [views.summary(o) for o in items])
+    return EXIT_OK
+
+
+def cmd_plan(s: Session, args: argparse.Namespace) -> int:
+    record = views.plan_record(s.migration(args.name))
+    _print(args, views.plan_text(record), record, page=True)
+    return EXIT_OK
+
+
+def cmd_approve(s: Session, args: argparse.Namespace) -> int:
+    """Annotate with the hash of the plan shown. The patch carries the resourceVersion read: if anything changed
+    in between (a new plan, a new spec), the API server refuses it (409) and nothing is approved."""
+    from kubernetes.client import ApiException
+
+    obj = s.migration(args.name)
+    record = views.plan_record(obj)
+    if not record["hash"]:
+        raise Refused(f"dbm/{args.name} has no plan to approve (phase {record['phase'] or 'unknown'})")
+    if args.hash and args.hash != record["hash"]:
+        raise Refused(f"the plan of dbm/{args.name} changed since it was shown: you reviewed {args.hash}, it is now "
+                      f"{record['hash']}. Review it again: kubectl dbm plan {args.name}")
+    if record["approved"]:
+        _print(args, f"dbm/{args.name}: plan {record['hash']} is already approved\n",
+               {"approved": True, "hash": record["hash"], "changed": False})
+        return EXIT_OK
+    if not args.hash and not args.yes:
+        if not sys.stdin.isatty():
+            raise Refused("not a terminal: pass --hash HASH (from kubectl dbm plan) or --yes")
+        sys.stdout.write(views.plan_text(record) + f"\nApprove plan {record['hash']}? [y/N] ")
+        sys.stdout.flush()
+        if sys.stdin.readline().strip().lower() not in ("y", "yes"):
+            sys.stdout.write("Not approved.\n")
+            return EXIT_REFUSED
+    patch = {"metadata": {"resourceVersion": obj["metadata"]["resourceVersion"],
+                          "annotations": {c.APPROVE_ANNOTATION: record["hash"]}}}
+    try:
+        s.custom.patch_namespaced_custom_object(c.GROUP, c.VERSION, s.namespace, c.PLURAL, args.name, patch)
+    except ApiException as exc:
+        if exc.status == 409:
+            raise Refused(f"dbm/{args.name} changed while you reviewed it; nothing was approved. Review it again: "
+                          f"kubectl dbm plan {args.name}") from None
+        if exc.status in (401, 403):
+            raise Refused(f"the API server refused the approval: {_reason(exc)}") from None
+        raise
+    _print(args, f"dbm/{args.name}: approved plan {record['hash']}\n",
+           {"approved": True, "hash": record["hash"], "changed": True})
+    return EXIT_OK
+
+
+def _reason(exc: Any) -> str:
+    try:
+        return str(json.loads(exc.body).get("message") or exc.reason)
+    except (TypeError, ValueError):
+        return str(exc.reason)
+
+
+def cmd_history(s: Session, args: argparse.Namespace) -> int:
+    obj = s.migration(args.name)
+    _print(args, views.history_text(obj), views.history_records(obj))
+    return EXIT_OK
+
+
+def cmd_held(s: Session, args: argparse.Namespace) -> int:
+    selector = f"{c.WAIT_FOR_LABEL}={args.name}" if args.name else c.WAIT_FOR_LABEL
+    pods = [s.plain(p) for p in s.core.list_namespaced_pod(s.namespace, label_selector=selector).items]
+    migrations = {o["metadata"]["name"]: o for o in s.migrations()}
+    records = views.held_records(pods, migrations)
+    _print(args, views.held_text(records), records)
+    return EXIT_OK
+
+
+def cmd_logs(s: Session, args: argparse.Namespace) -> int:
+    selector = f"{c.OWNER_LABEL}={args.name},{c.ROLE_LABEL}={args.role}"
+    jobs = [s.plain(j) for j in s.batch.list_namespaced_job(s.namespace, label_selector=selector).items]
+    if args.generation is not None:
+        jobs = [j for j in jobs if j["metadata"]["labels"].get(c.GENERATION_LABEL) == str(args.generation)]
+    if not jobs:
+        raise Refused(f"no {args.role} Job of dbm/{args.name} in namespace {s.namespace}"
+                      + (f" for generation {args.generation}" if args.generation is not None else "")
+                      + " (finished Jobs of older generations are pruned; status.history keeps their summary)")
+    job = max(jobs, key=lambda j: (int(j["metadata"]["labels"].get(c.GENERATION_LABEL, 0)),
+                                   j["metadata"].get("creationTimestamp") or ""))
+    name = job["metadata"]["name"]
+    pods = [s.plain(p) for p in s.core.list_namespaced_pod(s.namespace, label_selector=f"job-name={name}").items]
+    out: list[dict[str, Any]] = []
+    for pod in pods:
+        spec = pod.get("spec") or {}
+        for ctr in list(spec.get("initContainers") or []) + list(spec.get("containers") or []):
+            try:
+                text = s.core.read_namespaced_pod_log(pod["metadata"]["name"], s.namespace, container=ctr["name"])
+            except Exception as exc:  # a container that never started has no log
+                text = f"(no log: {getattr(exc, 'reason', exc)})"
+            out.append({"job": name, "pod": pod["metadata"]["name"], "container": ctr["name"], "log": text})
+    text = "".join(f"==> {o['job']} / {o['container']} <==\n{o['log'].rstrip()}\n" for o in out) or \
+        f"Job {name} has no pod (yet).\n"
+    _print(args, text, out, page=True)
+    return EXIT_OK
+
+
+COMMANDS = {"status": cmd_status, "plan": cmd_plan, "approve": cmd_approve, "history": cmd_history,
+            "held": cmd_held, "logs": cmd_logs}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        session = Session(args)
+        return COMMANDS[args.command](session, args)
+    except Refused as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
+    except Exception as exc:  # the API server unreachable, no kubeconfig...: one line, not a traceback
+        print(f"error: {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}",
+              file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

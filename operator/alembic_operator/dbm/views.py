@@ -1,0 +1,159 @@
+"""What `kubectl dbm` shows, from the objects it read: pure functions, objects (dicts) in, rows or text out.
+
+Each view has a text form for a terminal and a plain-data form for `-o json`; the CLI only reads and prints.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from .. import constants as c
+
+MESSAGE_CHARS = 100  # of a status message in a one-line listing
+
+
+def condition(obj: dict[str, Any], type_: str) -> dict[str, Any]:
+    for cond in (obj.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == type_:
+            return dict(cond)
+    return {}
+
+
+def summary(obj: dict[str, Any]) -> dict[str, Any]:
+    """One resource in one record: where it is and why (the reason of whichever summary condition is true)."""
+    st = obj.get("status") or {}
+    meta = obj.get("metadata") or {}
+    ready = condition(obj, "Ready")
+    why = next((cond for cond in (condition(obj, t) for t in ("Stalled", "Reconciling"))
+                if cond.get("status") == "True"), ready)
+    current = st.get("observedGeneration") == meta.get("generation")
+    return {
+        "namespace": meta.get("namespace"), "name": meta.get("name"), "phase": st.get("phase") or "",
+        "current": st.get("currentRevision") or "", "target": st.get("targetRevision")
+        or (obj.get("spec") or {}).get("targetRevision") or "",
+        "ready": ready.get("status") == "True" and current, "reason": why.get("reason") or "",
+        "message": st.get("message") or why.get("message") or "", "heldPods": st.get("heldPods") or 0,
+        "created": meta.get("creationTimestamp"),
+    }
+
+
+def table(rows: list[list[str]]) -> str:
+    """Columns padded to their widest cell, like kubectl get."""
+    if not rows:
+        return ""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("   ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+                     for row in rows) + "\n"
+
+
+def age(timestamp: str | None, now: datetime) -> str:
+    if not timestamp:
+        return ""
+    seconds = int((now - datetime.fromisoformat(timestamp.replace("Z", "+00:00"))).total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{max(seconds, 0)}s"
+
+
+def short(text: str, limit: int = MESSAGE_CHARS) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def status_text(items: list[dict[str, Any]], now: datetime | None = None, all_namespaces: bool = False) -> str:
+    now = now or datetime.now(UTC)
+    head = (["NAMESPACE"] if all_namespaces else []) + ["NAME", "PHASE", "CURRENT", "TARGET", "READY", "REASON",
+                                                         "HELD", "AGE", "MESSAGE"]
+    rows = [head]
+    for obj in items:
+        s = summary(obj)
+        rows.append(([s["namespace"]] if all_namespaces else []) + [
+            s["name"], s["phase"], s["current"], s["target"], "True" if s["ready"] else "False", s["reason"],
+            str(s["heldPods"]), age(s["created"], now), short(s["message"])])
+    return table(rows) if items else "No DatabaseMigrations found.\n"
+
+
+def plan_record(obj: dict[str, Any], sql: list[dict[str, str]] | None = None) -> dict[str, Any]:
+    """The plan waiting (or last run): revisions, findings, hash, whether it waits for approval, and its SQL."""
+    st = obj.get("status") or {}
+    plan = dict(st.get("plan") or {})
+    approval = condition(obj, c.APPROVAL_REQUIRED)
+    approved = ((obj.get("metadata") or {}).get("annotations") or {}).get(c.APPROVE_ANNOTATION)
+    return {
+        "name": (obj.get("metadata") or {}).get("name"), "phase": st.get("phase"),
+        "from": plan.get("fromRevision"), "to": plan.get("toRevision"), "revisions": plan.get("revisions") or [],
+        "destructive": plan.get("destructive") or [], "warnings": plan.get("warnings") or [],
+        "hash": plan.get("hash"), "waitsForApproval": approval.get("status") == "True",
+        "approvedHash": approved, "approved": bool(approved) and approved == plan.get("hash"),
+        "sql": sql,
+    }
+
+
+def plan_text(record: dict[str, Any]) -> str:
+    if not record["hash"]:
+        return f"dbm/{record['name']} has no plan yet (phase {record['phase'] or 'unknown'}).\n"
+    lines = [f"Plan of dbm/{record['name']}: {record['from'] or 'base'} -> {record['to']} "
+             f"({len(record['revisions'])} revision(s))", f"hash: {record['hash']}"]
+    if record["waitsForApproval"]:
+        lines.append("waits for approval: kubectl dbm approve " + str(record["name"]))
+    elif record["approved"]:
+        lines.append("approved (the annotation carries this hash)")
+    lines += ["", "Revisions, in order:", *[f"  {rev}" for rev in record["revisions"]]]
+    if record["destructive"]:
+        lines += ["", f"Destructive ({len(record['destructive'])}):", *[f"  ! {d}" for d in record["destructive"]]]
+    if record["warnings"]:
+        lines += ["", f"Warnings ({len(record['warnings'])}):", *[f"  - {w}" for w in record["warnings"]]]
+    if record["sql"] is not None:
+        lines += ["", "SQL:"]
+        for part in record["sql"]:
+            lines += ["", f"-- revision {part['revision']}" + (f": {part['message']}" if part.get("message") else ""),
+                      part["sql"].rstrip()]
+    return "\n".join(lines) + "\n"
+
+
+def history_records(obj: dict[str, Any]) -> list[dict[str, Any]]:
+    return [dict(entry) for entry in (obj.get("status") or {}).get("history") or []]
+
+
+def history_text(obj: dict[str, Any]) -> str:
+    entries = history_records(obj)
+    if not entries:
+        return f"dbm/{(obj.get('metadata') or {}).get('name')} has no history yet.\n"
+    rows = [["GENERATION", "FROM", "TO", "RESULT", "REASON", "STARTED", "FINISHED", "BACKUP"]]
+    for e in entries:
+        rows.append([str(e.get("generation", "")), str(e.get("from") or ""), str(e.get("to") or ""),
+                     str(e.get("result") or ""), str(e.get("reason") or ""), str(e.get("startedAt") or ""),
+                     str(e.get("finishedAt") or ""), str(e.get("backup") or "")])
+    return table(rows)
+
+
+def held_records(pods: list[dict[str, Any]], migrations: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Pods that carry the operator's scheduling gate, each with the DatabaseMigration it waits for and why."""
+    out = []
+    for pod in pods:
+        meta = pod.get("metadata") or {}
+        gates = [g.get("name") for g in (pod.get("spec") or {}).get("schedulingGates") or []]
+        if c.SCHEDULING_GATE not in gates:
+            continue
+        waits_for = (meta.get("labels") or {}).get(c.WAIT_FOR_LABEL, "")
+        dbm = migrations.get(waits_for)
+        if dbm is None:
+            why = f"dbm/{waits_for} does not exist"
+        else:
+            s = summary(dbm)
+            why = f"{s['phase'] or 'pending'}" + (f" ({s['reason']})" if s["reason"] else "")
+        out.append({"pod": meta.get("name"), "waitsFor": waits_for,
+                    "revision": (meta.get("annotations") or {}).get(c.REVISION_ANNOTATION) or "target",
+                    "why": why, "created": meta.get("creationTimestamp")})
+    return out
+
+
+def held_text(records: list[dict[str, Any]], now: datetime | None = None) -> str:
+    if not records:
+        return "No pods are held.\n"
+    now = now or datetime.now(UTC)
+    rows = [["POD", "WAITS FOR", "REVISION", "AGE", "WHY"]]
+    rows += [[r["pod"], f"dbm/{r['waitsFor']}", r["revision"], age(r["created"], now), r["why"]] for r in records]
+    return table(rows)
