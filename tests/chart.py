@@ -133,6 +133,10 @@ FRAMEWORK: set[Rule] = {
 }
 
 
+# Cluster-scoped in every mode, in a ClusterRole of its own (<name>-reviews): the webhook's SubjectAccessReviews.
+REVIEWS: set[Rule] = {("authorization.k8s.io", "subjectaccessreviews", "create")}
+
+
 CLUSTER_ONLY: set[Rule] = {
     ("kopf.dev", "clusterkopfpeerings", "list"), ("kopf.dev", "clusterkopfpeerings", "watch"),
     ("kopf.dev", "clusterkopfpeerings", "patch"),
@@ -168,6 +172,9 @@ def used_by_the_code() -> set[Rule]:
                 group, resource, named = "batch", "jobs", "/jobs/{" in expr
             elif "/secrets" in expr:
                 group, resource, named = "", "secrets", "/secrets/{" in expr
+            elif "subjectaccessreviews" in expr:
+                needed |= REVIEWS
+                continue
             elif "WEBHOOK_CONFIGURATIONS" in expr:
                 continue  # the chart owns the MutatingWebhookConfiguration (..._CONFIG_NAME=none): not granted
             else:

@@ -314,6 +314,16 @@ class ApprovalSpec(_SpecModel):
             "<status.plan.hash>. Default false: they are reported and run. allowDestructive does not approve them."
         ),
     )
+    require_different_user: bool | None = Field(
+        default=None,
+        description=(
+            "The four-eyes rule: the user who approves a plan (the approve annotation) must not be the user who last "
+            "changed the spec, as recorded by the operator's admission webhook. The chart's "
+            "approval.requireDifferentUser turns it on for every resource (then false here does not turn it off). "
+            "Approving at all needs the 'approve' verb on databasemigrations (the chart's ClusterRole "
+            "alembic-operator-approver)."
+        ),
+    )
 
 
 class LocalObjectReference(_SpecModel):
@@ -824,6 +834,12 @@ class HistoryEntry(_StatusModel):
     started_at: Time | None = Field(default=None, description="When the run started (RFC 3339).")
     finished_at: Time | None = Field(default=None, description="When the run ended (RFC 3339).")
     backup: str | None = Field(default=None, description="Location of the backup taken for this run, if any.")
+    plan_hash: str | None = Field(default=None, description="The hash of the plan the run carried out.")
+    requested_by: str | None = Field(default=None, description="The user who last changed the spec before the run "
+                                     "(recorded by the admission webhook).")
+    approved_by: str | None = Field(default=None, description="Who approved its plan: a user (recorded by the "
+                                    "webhook), spec.approval.allowDestructive, or the annotation when the webhook did "
+                                    "not record a user.")
 
 
 RunStep = Literal["Planning", "AwaitingApproval", "BackingUp", "Migrating", "RollingBack", "Done"]
@@ -882,6 +898,10 @@ class RunStatus(_StatusModel):
     backup: RunBackup | None = Field(default=None, description="The backup this run took.")
     rollback: RunRollback | None = Field(default=None, description="How the failed run is being undone.")
     failure: str | None = Field(default=None, description="Why the migration failed (kept through the rollback).")
+    requested_by: str | None = Field(default=None, description="The user who last changed the spec when the run "
+                                     "started (recorded by the webhook).")
+    approved_by: str | None = Field(default=None, description="Who approved the plan: a user (recorded by the "
+                                    "webhook), or spec.approval.allowDestructive.")
     failure_reason: str | None = Field(default=None, description="What stopped the migration Job from outside "
                                        "(OOMKilled, PodDeleted...): the Stalled reason once the rollback is over.")
     instances: dict[str, int] | None = Field(

@@ -33,7 +33,8 @@ class QuietSuccess(logging.Filter):
     """Drop Kopf's "... succeeded." lines of the handlers that run for every event: the wake-ups, the gate's watch
     and timer, the webhook (one per pod created)."""
 
-    QUIET = ("'job_changed'", "'migration_changed'", "'gate-migration'", "'gate-resync'", f"'{webhook.HANDLER_ID}'")
+    QUIET = ("'job_changed'", "'migration_changed'", "'gate-migration'", "'gate-resync'", f"'{webhook.HANDLER_ID}'",
+             f"'{webhook.APPROVAL_HANDLER_ID}'")
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
@@ -144,6 +145,14 @@ def registry(config: OperatorConfig) -> tuple[kopf.OperatorRegistry, Operator]:
         async def hold_until_schema_ready(body: kopf.Body, patch: kopf.Patch, warnings: list[str],
                                           logger: handlers.Logger, **_: Any) -> None:
             await webhook.hold_until_schema_ready(op.keeper, config.webhook, body, patch, warnings, logger)
+
+        # --- and governing approvals: who may approve, who changed the spec, who approved ---------------------
+        @kopf.on.mutate(c.GROUP, c.VERSION, c.PLURAL, id=webhook.APPROVAL_HANDLER_ID,
+                        operations=["CREATE", "UPDATE"], side_effects=False, registry=reg)
+        async def govern_approvals(body: kopf.Body, userinfo: kopf.UserInfo, patch: kopf.Patch,
+                                   logger: handlers.Logger, **kwargs: Any) -> None:
+            await webhook.govern_approvals(op.ctx.kube, config.webhook, body, kwargs.get("old"), dict(userinfo),
+                                           patch, logger)
 
     return reg, op
 

@@ -13,6 +13,8 @@ API_VERSION: Final = f"{GROUP}/{VERSION}"
 
 # Annotations and labels users write.
 APPROVE_ANNOTATION: Final = f"{GROUP}/approve"  # value: status.plan.hash
+SPEC_CHANGED_BY_ANNOTATION: Final = f"{GROUP}/spec-changed-by"  # written by the webhook only: a username
+APPROVED_BY_ANNOTATION: Final = f"{GROUP}/approved-by"  # written by the webhook only: "<username> <plan hash>"
 WAIT_FOR_LABEL: Final = f"{GROUP}/wait-for"  # on pod templates: the DatabaseMigration's name
 REVISION_ANNOTATION: Final = f"{GROUP}/revision"  # on pod templates: the revision the pod needs
 SCHEDULING_GATE: Final = f"{GROUP}/schema"  # the gate put on held pods

@@ -11,6 +11,7 @@ the code):
     list/watch/create/delete jobs             (the steps of a run; each validated first with dryRun=All)
     list/watch/patch pods                     (Job results: termination messages; held pods: watched, released)
     create events                             (Kopf's event poster)
+    create subjectaccessreviews               (the webhook: may this user approve? cluster-scoped, like cert-manager's)
     get/create/update mutatingwebhookconfigurations
                                               (only when the operator writes the webhook's configuration itself:
                                               the chart ships it instead and grants none of these)
@@ -262,6 +263,18 @@ class Client:
         except NotFound:
             return False
         return True
+
+    # --- authorization ------------------------------------------------------------------------------------------
+    async def may(self, username: str, uid: str, groups: list[str], extra: dict[str, list[str]], verb: str,
+                  namespace: str, name: str) -> tuple[bool, str]:
+        """(allowed, the authorizer's reason): a SubjectAccessReview of `verb` on one DatabaseMigration for a user."""
+        review = {"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview", "spec": {
+            "user": username, "uid": uid, "groups": groups, "extra": extra,
+            "resourceAttributes": {"namespace": namespace, "verb": verb, "group": c.GROUP, "resource": c.PLURAL,
+                                   "name": name}}}
+        result = await self.request("POST", "/apis/authorization.k8s.io/v1/subjectaccessreviews", review)
+        status = result.get("status") or {}
+        return bool(status.get("allowed")), str(status.get("reason") or status.get("evaluationError") or "")
 
     # --- the webhook's configuration ----------------------------------------------------------------------------
     async def apply_webhook_configuration(self, body: dict[str, Any]) -> None:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal, cast
 
+from . import approvals
 from . import constants as c
 from . import reasons as r
 from . import status as s
@@ -307,7 +308,8 @@ class _Run:
         """Add a status.history entry (the newest HISTORY_LIMIT are kept)."""
         started = s.now_rfc3339(self.run.started_at) if self.run.started_at else None
         entry = {"generation": self.generation, "from": from_, "to": to, "result": result, "reason": reason,
-                 "startedAt": started, "finishedAt": self.now(), "backup": backup}
+                 "startedAt": started, "finishedAt": self.now(), "backup": backup, "planHash": self.run.plan_hash,
+                 "requestedBy": self.run.requested_by, "approvedBy": self.run.approved_by}
         history = [*(self.st.get("history") or []), {k: v for k, v in entry.items() if v is not None}]
         self.st["history"] = history[-HISTORY_LIMIT:]
 
@@ -378,7 +380,8 @@ class _Run:
             self.run = RunStatus(generation=obs.generation, step="Done", result="Failed", spec=dict(obs.spec))
             return self.outcome(s.stalled("Failed", r.INVALID_SPEC, f"{err}. Fix the spec and apply it again."))
         self.generation = obs.generation
-        self.run = RunStatus(generation=obs.generation, step="Planning", started_at=obs.now, spec=dict(obs.spec))
+        self.run = RunStatus(generation=obs.generation, step="Planning", started_at=obs.now, spec=dict(obs.spec),
+                             requested_by=obs.annotations.get(c.SPEC_CHANGED_BY_ANNOTATION))
         self.st.pop("plan", None)
         self.st["targetRevision"] = None
         # A new generation flips Ready to False before any work starts (kstatus; kubectl wait must not pass early).
@@ -538,8 +541,8 @@ class _Run:
             annotated = self.obs.annotations.get(c.APPROVE_ANNOTATION) == plan_hash_
             how = (f"approve exactly this plan with: kubectl annotate dbm/{self.obs.name} -n {self.obs.namespace} "
                    f"{c.APPROVE_ANNOTATION}={plan_hash_}")
-            if annotated:
-                approved_by = c.APPROVE_ANNOTATION
+            if annotated:  # the user the webhook recorded for this hash, when it did
+                approved_by = approvals.approved_by(self.obs.annotations, plan_hash_) or c.APPROVE_ANNOTATION
             elif destructive and not live_spec.approval.allow_destructive:
                 message = (f"the plan destroys data: {_listed(destructive, len(destructive))}. Review it, then {how} "
                            "(or set spec.approval.allowDestructive: true)")
@@ -557,6 +560,7 @@ class _Run:
             what = "destructive changes" if destructive else "locking changes"
             if destructive and gate_locking:
                 what = "destructive and locking changes"
+            self.run.approved_by = approved_by
             self.condition(c.APPROVAL_REQUIRED, "False", r.APPROVED, f"{what} approved by {approved_by}")
         else:
             self.condition(c.APPROVAL_REQUIRED, "False", r.NO_DESTRUCTIVE_CHANGES, "the plan destroys no data")
@@ -663,6 +667,7 @@ class _Run:
             self.next_instance(role)
         old = self.run
         self.run = RunStatus(generation=old.generation, started_at=old.started_at, spec=old.spec,
+                             requested_by=old.requested_by,
                              instances=old.instances, database_key=old.database_key, jobs=old.jobs, replans=replans,
                              step="Planning")
         self.st.pop("plan", None)

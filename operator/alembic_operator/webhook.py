@@ -41,16 +41,19 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from . import approvals, gate, reasons
 from . import constants as c
-from . import gate, reasons
 from .kube import Client
 from .release import Gatekeeper
 
 log = logging.getLogger("alembic_operator.webhook")
 
 HANDLER_ID = "hold-until-schema-ready"
+APPROVAL_HANDLER_ID = "govern-approvals"
 CONFIG_NAME = f"alembic-operator.{c.GROUP}"
 WEBHOOK_NAME = f"schema-gate.{c.GROUP}"
+APPROVALS_WEBHOOK_NAME = f"approvals.{c.GROUP}"  # requests that approve: fails closed
+IDENTITY_WEBHOOK_NAME = f"identity.{c.GROUP}"  # every other change of a DatabaseMigration: fails open
 NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 ENV_PREFIX = "ALEMBIC_OPERATOR_WEBHOOK_"
 
@@ -69,6 +72,7 @@ class WebhookOptions:
     namespaces: tuple[str, ...] = ()  # only these namespaces (the operator watches only them); empty: all
     exclude_namespaces: tuple[str, ...] = field(default_factory=tuple)  # default: the operator's own
     timeout_seconds: int = 10
+    require_different_approver: bool = False  # the four-eyes rule for every resource (chart-wide)
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> WebhookOptions:
@@ -92,6 +96,8 @@ class WebhookOptions:
             opts = replace(opts, port=int(v))
         if (v := get("TIMEOUT_SECONDS")) is not None:
             opts = replace(opts, timeout_seconds=int(v))
+        if (v := get("REQUIRE_DIFFERENT_APPROVER")) is not None:
+            opts = replace(opts, require_different_approver=v.lower() in ("1", "true", "yes", "on"))
         config_name = env.get(ENV_PREFIX + "CONFIG_NAME")
         return replace(opts, host=get("HOST"), service=get("SERVICE"), cert_dir=get("CERT_DIR"),
                        config_name=CONFIG_NAME if config_name is None else config_name, namespaces=split("NAMESPACES"),
@@ -155,6 +161,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "elsewhere (default %(default)s)")
     g.add_argument("--webhook-exclude-namespace", action="append", default=list(d.exclude_namespaces),
                    help="namespaces whose pods are never held (default: the operator's own)")
+    g.add_argument("--require-different-approver", action="store_true", default=d.require_different_approver,
+                   help="the approver of a plan must not be the user who last changed the spec, for every "
+                        "DatabaseMigration (spec.approval.requireDifferentUser turns it on for one)")
 
 
 def options_from_args(args: argparse.Namespace, namespaces: Sequence[str] = ()) -> WebhookOptions:
@@ -163,6 +172,7 @@ def options_from_args(args: argparse.Namespace, namespaces: Sequence[str] = ()) 
         service=args.webhook_service, cert_dir=args.webhook_cert_dir, config_name=args.webhook_config_name,
         namespaces=tuple(namespaces),
         exclude_namespaces=tuple(ns for item in args.webhook_exclude_namespace for ns in item.split(",") if ns),
+        require_different_approver=bool(getattr(args, "require_different_approver", False)),
     )
 
 
@@ -270,8 +280,33 @@ def webhook_configuration(opts: WebhookOptions, client_config: dict[str, Any]) -
         "apiVersion": "admissionregistration.k8s.io/v1",
         "kind": "MutatingWebhookConfiguration",
         "metadata": {"name": opts.config_name, "labels": {c.MANAGED_BY_LABEL: c.MANAGED_BY}},
-        "webhooks": [webhook],
+        "webhooks": [webhook, *approval_webhooks(opts, client_config)],
     }
+
+
+def approval_webhooks(opts: WebhookOptions, client_config: dict[str, Any]) -> list[dict[str, Any]]:
+    """The two entries for DatabaseMigrations (see approvals): the same handler, split by the API server with
+    matchConditions so that only a request that approves fails closed."""
+    config: dict[str, Any] = {k: v for k, v in client_config.items() if k == "caBundle"}
+    if (svc := opts.service_ref()) is not None:
+        config["service"] = {**svc, "path": f"/{APPROVAL_HANDLER_ID}"}
+    else:
+        config["url"] = f"{str(client_config['url']).rstrip('/')}/{APPROVAL_HANDLER_ID}"
+    common: dict[str, Any] = {
+        "clientConfig": config,
+        "rules": [{"apiGroups": [c.GROUP], "apiVersions": [c.VERSION], "resources": [c.PLURAL],
+                   "operations": ["CREATE", "UPDATE"], "scope": "Namespaced"}],
+        "matchPolicy": "Equivalent", "sideEffects": "None", "timeoutSeconds": opts.timeout_seconds,
+        "admissionReviewVersions": ["v1"], "reinvocationPolicy": "Never",
+    }
+    if (selector := namespace_selector(opts)) is not None:
+        common["namespaceSelector"] = selector
+    return [
+        {"name": APPROVALS_WEBHOOK_NAME, **common, "failurePolicy": "Fail",
+         "matchConditions": [{"name": "approves", "expression": approvals.APPROVAL_CHANGE}]},
+        {"name": IDENTITY_WEBHOOK_NAME, **common, "failurePolicy": "Ignore",
+         "matchConditions": [{"name": "does-not-approve", "expression": f"!({approvals.APPROVAL_CHANGE})"}]},
+    ]
 
 
 class GateWebhookServer:
@@ -326,3 +361,25 @@ async def hold_until_schema_ready(keeper: Gatekeeper, opts: WebhookOptions, body
     if decision.hold and decision.verdict is not None:
         patch.spec["schedulingGates"] = gate.with_gate(pod)
         warnings.append(f"pod held by scheduling gate {c.SCHEDULING_GATE}: {decision.verdict.message}")
+
+
+async def govern_approvals(client: Client, opts: WebhookOptions, body: kopf.Body, old: kopf.Body | None,
+                           userinfo: dict[str, Any], patch: kopf.Patch,
+                           logger: logging.Logger | logging.LoggerAdapter[Any]) -> None:
+    """The admission of a change of a DatabaseMigration: an approval only from a user who may `approve` it (and, with
+    the four-eyes rule, not from the user who changed the spec); the identity annotations always true."""
+    new, before = dict(body), (dict(old) if old is not None else None)
+    meta = dict(new.get("metadata") or {})
+    namespace, name = str(meta.get("namespace") or ""), str(meta.get("name") or "")
+    user = approvals.User.from_userinfo(dict(userinfo))
+    if what := approvals.approves(before, new):
+        allowed, why = await client.may(user.username, user.uid, list(user.groups), user.extra, approvals.VERB,
+                                        namespace, name)
+        if not allowed:
+            logger.warning("refused an approval by %s: %s", user.username, why or "no RBAC rule allows it")
+            raise kopf.AdmissionError(approvals.refusal(user, namespace, name, what), code=403)
+        if problem := approvals.four_eyes(before, new, user, opts.require_different_approver):
+            raise kopf.AdmissionError(problem, code=403)
+        logger.info("%s approved %s (%s)", user.username, name, "; ".join(what))
+    for key, value in approvals.identity_patch(before, new, user).items():
+        patch.metadata.setdefault("annotations", {})[key] = value

@@ -16,6 +16,7 @@ DatabaseMigration and the backups. `kubectl auth can-i` proves the grants.
 from __future__ import annotations
 
 import base64
+from typing import Any
 
 import yaml
 
@@ -27,6 +28,7 @@ from chart import (
     NAMESPACED_ONLY,
     PKG,
     REPO,
+    REVIEWS,
     container,
     env_of,
     find,
@@ -156,7 +158,13 @@ def test_webhook_configuration() -> None:
 
     docs = render()
     mwc = one(docs, "MutatingWebhookConfiguration")
-    (hook,) = mwc["webhooks"]
+    hook, *for_migrations = mwc["webhooks"]
+    # The DatabaseMigration entries are the operator's own (webhook.approval_webhooks), through the Service.
+    opts = webhook.WebhookOptions(service="ops/rel-alembic-operator-webhook", exclude_namespaces=("ops",),
+                                  timeout_seconds=10)
+    expected = webhook.approval_webhooks(opts, {"url": "unused", "caBundle": hook["clientConfig"]["caBundle"]})
+    assert for_migrations == expected, "the chart's DatabaseMigration webhooks differ from the operator's"
+    assert env_of(container(docs))["ALEMBIC_OPERATOR_WEBHOOK_REQUIRE_DIFFERENT_APPROVER"] == "false"
     assert hook["failurePolicy"] == "Fail" and hook["sideEffects"] == "None"
     assert hook["rules"] == [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"],
                               "resources": ["pods"], "scope": "Namespaced"}]
@@ -219,23 +227,41 @@ def test_cert_manager_certificate() -> None:
 
 def test_rbac_covers_every_call_and_nothing_more_cluster_wide() -> None:
     docs = render()
-    role = one(docs, "ClusterRole")
-    assert granted(role["rules"]) == used_by_the_code() | CLUSTER_ONLY
-    binding = one(docs, "ClusterRoleBinding")
+    role = find(docs, "ClusterRole", "ops-rel-alembic-operator")[0]
+    assert granted(role["rules"]) == (used_by_the_code() - REVIEWS) | CLUSTER_ONLY
+    _reviews_and_approver(docs)
+    binding = find(docs, "ClusterRoleBinding", "ops-rel-alembic-operator")[0]
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "rel-alembic-operator", "namespace": "ops"}]
     assert not find(docs, "Role")
 
 
 def test_rbac_with_watched_namespaces_is_roles_only() -> None:
     docs = render({"watchNamespaces": ["shop", "billing"]})
-    assert not find(docs, "ClusterRole") and not find(docs, "ClusterRoleBinding")
+    # Nothing cluster-wide but what is cluster-scoped by nature: the webhook's SubjectAccessReviews, and the role
+    # for reviewers (bound by the cluster's admins, to people).
+    assert sorted(r["metadata"]["name"] for r in find(docs, "ClusterRole")) == [
+        "alembic-operator-approver", "ops-rel-alembic-operator-reviews"]
+    assert [b["metadata"]["name"] for b in find(docs, "ClusterRoleBinding")] == ["ops-rel-alembic-operator-reviews"]
+    _reviews_and_approver(docs)
     assert not find(docs, "ClusterKopfPeering")
     roles = find(docs, "Role")
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["billing", "shop"]
     for role in roles:
-        assert granted(role["rules"]) == used_by_the_code() | NAMESPACED_ONLY
+        assert granted(role["rules"]) == (used_by_the_code() - REVIEWS) | NAMESPACED_ONLY
     assert sorted(p["metadata"]["namespace"] for p in find(docs, "KopfPeering")) == ["billing", "shop"]
     assert sorted(b["metadata"]["namespace"] for b in find(docs, "RoleBinding")) == ["billing", "shop"]
     ctr = container(docs)
     assert "--namespace=shop" in ctr["args"] and "--namespace=billing" in ctr["args"]
 
+
+
+def _reviews_and_approver(docs: list[dict[str, Any]]) -> None:
+    reviews = find(docs, "ClusterRole", "ops-rel-alembic-operator-reviews")[0]
+    assert granted(reviews["rules"]) == REVIEWS and used_by_the_code() >= REVIEWS
+    binding = find(docs, "ClusterRoleBinding", "ops-rel-alembic-operator-reviews")[0]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "rel-alembic-operator", "namespace": "ops"}]
+    approver = find(docs, "ClusterRole", "alembic-operator-approver")[0]
+    assert granted(approver["rules"]) == {(c.GROUP, c.PLURAL, v) for v in ("get", "list", "watch", "patch",
+                                                                          "approve")}
+    assert not find(render({"approval": {"approverRole": {"create": False}}}), "ClusterRole",
+                    "alembic-operator-approver")

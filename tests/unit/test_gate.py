@@ -13,7 +13,9 @@ from cryptography import x509
 
 from alembic_operator import constants as c
 from alembic_operator import gate
+from alembic_operator.approvals import APPROVAL_CHANGE
 from alembic_operator.webhook import (
+    APPROVAL_HANDLER_ID,
     HANDLER_ID,
     WebhookOptions,
     add_arguments,
@@ -262,7 +264,16 @@ def test_held_summary() -> None:
 def test_webhook_configuration_fails_closed_for_labelled_pods_only() -> None:
     opts = WebhookOptions(exclude_namespaces=("alembic-operator",), timeout_seconds=7)
     body = webhook_configuration(opts, {"url": "https://10.0.0.1:9443", "caBundle": "Q0E="})
-    (hook,) = body["webhooks"]
+    hook, approving, identity = body["webhooks"]
+    # DatabaseMigrations: one handler, two entries split by the API server; only approvals fail closed.
+    assert [approving["name"], identity["name"]] == [f"approvals.{c.GROUP}", f"identity.{c.GROUP}"]
+    assert approving["failurePolicy"] == "Fail" and identity["failurePolicy"] == "Ignore"
+    for entry in (approving, identity):
+        assert entry["clientConfig"] == {"url": f"https://10.0.0.1:9443/{APPROVAL_HANDLER_ID}", "caBundle": "Q0E="}
+        assert entry["rules"] == [{"apiGroups": [c.GROUP], "apiVersions": [c.VERSION], "resources": [c.PLURAL],
+                                   "operations": ["CREATE", "UPDATE"], "scope": "Namespaced"}]
+    assert approving["matchConditions"] == [{"name": "approves", "expression": APPROVAL_CHANGE}]
+    assert identity["matchConditions"] == [{"name": "does-not-approve", "expression": f"!({APPROVAL_CHANGE})"}]
     assert body["metadata"]["name"] == f"alembic-operator.{c.GROUP}"
     assert hook["clientConfig"] == {"url": f"https://10.0.0.1:9443/{HANDLER_ID}", "caBundle": "Q0E="}
     assert hook["failurePolicy"] == "Fail"
@@ -276,7 +287,10 @@ def test_webhook_configuration_fails_closed_for_labelled_pods_only() -> None:
 
 def test_webhook_configuration_through_a_service_and_for_some_namespaces() -> None:
     opts = WebhookOptions(service="ops/alembic-operator:8443", namespaces=("b", "a"), exclude_namespaces=("ops",))
-    (hook,) = webhook_configuration(opts, {"url": "https://ignored:9443", "caBundle": "Q0E="})["webhooks"]
+    hook, approving, _identity = webhook_configuration(opts, {"url": "https://ignored:9443",
+                                                              "caBundle": "Q0E="})["webhooks"]
+    assert approving["clientConfig"]["service"]["path"] == f"/{APPROVAL_HANDLER_ID}"
+    assert approving["namespaceSelector"] == hook["namespaceSelector"]
     assert hook["clientConfig"] == {"caBundle": "Q0E=", "service": {
         "namespace": "ops", "name": "alembic-operator", "port": 8443, "path": f"/{HANDLER_ID}"}}
     assert hook["namespaceSelector"]["matchExpressions"][0] == {

@@ -6,7 +6,7 @@ Top to bottom (a layer imports only layers below it, never above; within a layer
     operator    handlers, release, webhook, kube, metrics, config: talk to Kubernetes (Kopf, the API client)
     programs    jobtools, check.*: commands that run in Jobs or in CI
     seams       engines.*, backupstores.*, dbstate, jobio, plugins, sqlscan: databases and backup stores
-    decisions   reconcile, status, gate, podstate, jobs: pure functions of what was observed
+    decisions   reconcile, status, gate, podstate, jobs, approvals: pure functions of what was observed
     model       api, k8s_openapi, constants, reasons: the API types and the vocabulary
     runner      runner.*: runs in the app's image without the rest; anything may use it, it uses nothing
 
@@ -25,7 +25,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("operator", ("handlers", "release", "webhook", "kube", "metrics", "config")),
     ("programs", ("jobtools", "check")),
     ("seams", ("engines", "backupstores", "dbstate", "jobio", "plugins", "sqlscan")),
-    ("decisions", ("reconcile", "status", "gate", "podstate", "jobs")),
+    ("decisions", ("reconcile", "status", "gate", "podstate", "jobs", "approvals")),
     ("model", ("api", "k8s_openapi", "constants", "reasons", "__init__")),
     ("runner", ("runner",)),
 )

@@ -137,6 +137,8 @@ app.kubernetes.io/part-of: alembic-operator
   value: "none"
 - name: ALEMBIC_OPERATOR_WEBHOOK_EXCLUDE_NAMESPACES
   value: {{ include "alembic-operator.webhookExcluded" . | quote }}
+- name: ALEMBIC_OPERATOR_WEBHOOK_REQUIRE_DIFFERENT_APPROVER
+  value: {{ .Values.approval.requireDifferentUser | quote }}
 {{- if .Values.watchNamespaces }}
 - name: ALEMBIC_OPERATOR_WEBHOOK_NAMESPACES
   value: {{ join "," .Values.watchNamespaces | quote }}

@@ -38,6 +38,9 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("--context", default=argparse.SUPPRESS, help="the kubeconfig context")
     common.add_argument("--kubeconfig", default=argparse.SUPPRESS, help="the kubeconfig file")
     common.add_argument("-o", "--output", choices=("text", "json"), default=argparse.SUPPRESS)
+    common.add_argument("--as", dest="as_user", default=argparse.SUPPRESS, help="act as this user (impersonation)")
+    common.add_argument("--as-group", dest="as_group", default=argparse.SUPPRESS,
+                        help="act as a member of this group (with --as)")
     p = argparse.ArgumentParser(prog="kubectl dbm", parents=[common], description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
@@ -75,6 +78,10 @@ class Session:
             active = next((x for x in _contexts if x["name"] == context), active)
         self.namespace = getattr(args, "namespace", None) or (active or {}).get("context", {}).get(
             "namespace") or "default"
+        if user := getattr(args, "as_user", None):  # as kubectl --as does: the API server checks the impersonation
+            api.set_default_header("Impersonate-User", user)
+            if group := getattr(args, "as_group", None):
+                api.set_default_header("Impersonate-Group", group)
         self.custom = client.CustomObjectsApi(api)
         self.core = client.CoreV1Api(api)
         self.batch = client.BatchV1Api(api)

@@ -1,0 +1,138 @@
+"""Who may approve, and who did: the admission decisions for a DatabaseMigration. Pure: the request in, a verdict out.
+
+Approving a destructive (or locking) plan is a permission of its own, the `approve` verb on `databasemigrations`
+(as cert-manager governs CertificateRequest approval): a request that sets or changes the approve annotation, or
+loosens `spec.approval`, is admitted only when a SubjectAccessReview says its user may `approve` that resource.
+The same webhook records who changed the spec and who approved, in annotations only it writes: what a user sends
+in them is replaced by the truth (the request's own user), so the run and its history can name both.
+
+The webhook is called for every change of a DatabaseMigration, but the API server decides which call may block:
+`APPROVAL_CHANGE` (CEL, in the webhook configuration's matchConditions) selects the requests that approve, and only
+those fail closed; every other edit goes through the entry that fails open, so an operator outage never blocks
+ordinary edits.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import constants as c
+
+SPEC_CHANGED_BY = c.SPEC_CHANGED_BY_ANNOTATION
+APPROVED_BY = c.APPROVED_BY_ANNOTATION
+IDENTITY_ANNOTATIONS = (SPEC_CHANGED_BY, APPROVED_BY)
+VERB = "approve"
+
+# spec.approval settings that let more run without a human, and the value that does.
+LOOSENING: tuple[tuple[str, bool], ...] = (("allowDestructive", True), ("requireForLocking", False),
+                                           ("requireDifferentUser", False))
+_DEFAULTS = {"allowDestructive": False, "requireForLocking": False, "requireDifferentUser": False}
+
+
+def _cel_annotation(obj: str) -> str:
+    return (f"(has({obj}.metadata.annotations) && '{c.APPROVE_ANNOTATION}' in {obj}.metadata.annotations ? "
+            f"{obj}.metadata.annotations['{c.APPROVE_ANNOTATION}'] : '')")
+
+
+def _cel_setting(obj: str, name: str) -> str:
+    return (f"(has({obj}.spec) && has({obj}.spec.approval) && has({obj}.spec.approval.{name}) ? "
+            f"{obj}.spec.approval.{name} : {str(_DEFAULTS[name]).lower()})")
+
+
+def _cel_approval_change() -> str:
+    annotation = (f"({_cel_annotation('object')} != '' && {_cel_annotation('object')} != "
+                  f"(oldObject == null ? '' : {_cel_annotation('oldObject')}))")
+    settings = [f"({_cel_setting('object', name)} == {str(value).lower()} && (oldObject == null ? "
+                f"{str(_DEFAULTS[name]).lower()} : {_cel_setting('oldObject', name)}) != {str(value).lower()})"
+                for name, value in LOOSENING]
+    return " || ".join([annotation, *settings])
+
+
+# The requests that approve: the same test as `approves()`, in CEL for the API server (matchConditions).
+APPROVAL_CHANGE = _cel_approval_change()
+
+
+@dataclass(frozen=True)
+class User:
+    """The request's user, as the API server authenticated it (admission userInfo)."""
+
+    username: str
+    uid: str = ""
+    groups: tuple[str, ...] = ()
+    extra: dict[str, list[str]] = field(default_factory=dict)
+
+    @classmethod
+    def from_userinfo(cls, info: dict[str, Any]) -> User:
+        return cls(username=str(info.get("username") or ""), uid=str(info.get("uid") or ""),
+                   groups=tuple(info.get("groups") or ()),
+                   extra={k: list(v) for k, v in (info.get("extra") or {}).items()})
+
+
+def _annotations(obj: dict[str, Any] | None) -> dict[str, str]:
+    return dict(((obj or {}).get("metadata") or {}).get("annotations") or {})
+
+
+def _setting(obj: dict[str, Any] | None, name: str) -> bool:
+    return bool((((obj or {}).get("spec") or {}).get("approval") or {}).get(name, _DEFAULTS[name]))
+
+
+def approves(old: dict[str, Any] | None, new: dict[str, Any]) -> list[str]:
+    """What in this request approves (empty: nothing): a new approve annotation, or a loosened spec.approval."""
+    what = []
+    before, after = _annotations(old).get(c.APPROVE_ANNOTATION, ""), _annotations(new).get(c.APPROVE_ANNOTATION, "")
+    if after and after != before:
+        what.append(f"the annotation {c.APPROVE_ANNOTATION}={after}")
+    for name, value in LOOSENING:  # a new resource starts from the defaults
+        if _setting(new, name) == value and (_DEFAULTS[name] if old is None else _setting(old, name)) != value:
+            what.append(f"spec.approval.{name}: {str(value).lower()}")
+    return what
+
+
+def spec_changed(old: dict[str, Any] | None, new: dict[str, Any]) -> bool:
+    return old is None or (old.get("spec") or {}) != (new.get("spec") or {})
+
+
+def identity_patch(old: dict[str, Any] | None, new: dict[str, Any], user: User) -> dict[str, str | None]:
+    """The identity annotations this request must carry: the user who changed the spec, the user who approved;
+    anything else the request put there is replaced by what was (only the webhook writes them)."""
+    before, after = _annotations(old), _annotations(new)
+    want = {key: before.get(key) for key in IDENTITY_ANNOTATIONS}
+    if spec_changed(old, new):
+        want[SPEC_CHANGED_BY] = user.username
+    approved = after.get(c.APPROVE_ANNOTATION, "")
+    if approved and approved != before.get(c.APPROVE_ANNOTATION, ""):
+        want[APPROVED_BY] = f"{user.username} {approved}"
+    return {key: value for key, value in want.items() if after.get(key) != value}
+
+
+def four_eyes(old: dict[str, Any] | None, new: dict[str, Any], user: User, required_everywhere: bool) -> str | None:
+    """Why this approval breaks the four-eyes rule (None: it does not, or the rule is off): the approver must not
+    be the user who last changed the spec (this very request included). The chart's setting is a floor for every
+    resource (an approver could otherwise turn the rule off for the resource first); a resource may add it."""
+    required = required_everywhere or bool(((new.get("spec") or {}).get("approval") or {}).get(
+        "requireDifferentUser"))
+    if not required or not approves(old, new):
+        return None
+    changed_by = user.username if spec_changed(old, new) else _annotations(old).get(SPEC_CHANGED_BY, "")
+    if changed_by and changed_by == user.username:
+        return (f"{user.username} changed the spec of this DatabaseMigration, and its approval needs another user "
+                "(spec.approval.requireDifferentUser): ask a reviewer to approve it")
+    return None
+
+
+def refusal(user: User, namespace: str, name: str, what: list[str]) -> str:
+    return (f"{user.username} may not approve databasemigrations/{name} in namespace {namespace} "
+            f"({'; '.join(what)}): approving needs the '{VERB}' verb on databasemigrations.{c.GROUP} "
+            "(bind the ClusterRole alembic-operator-approver to reviewers, in this namespace)")
+
+
+def approved_by(annotations: dict[str, str], plan_hash: str | None) -> str | None:
+    """The user who approved this exact plan, from the webhook's record (None: not recorded for this hash)."""
+    user, _, approved = (annotations.get(APPROVED_BY) or "").rpartition(" ")
+    return user if user and plan_hash and approved == plan_hash else None
+
+
+if __name__ == "__main__":  # the chart's copy (charts/alembic-operator/files/approval-change.cel), by make crd
+    sys.stdout.write(APPROVAL_CHANGE + "\n")
