@@ -170,6 +170,8 @@ def used_by_the_code() -> set[Rule]:
                 group, resource, named = "", "pods", "/pods/{" in expr
             elif "/jobs" in expr:
                 group, resource, named = "batch", "jobs", "/jobs/{" in expr
+            elif "/configmaps" in expr:
+                group, resource, named = "", "configmaps", "/configmaps/{" in expr
             elif "/secrets" in expr:
                 group, resource, named = "", "secrets", "/secrets/{" in expr
             elif "subjectaccessreviews" in expr:

@@ -37,6 +37,7 @@ class OperatorConfig:
     peering: str | None = None
     priority: int = 0
     peering_lifetime: int | None = None  # seconds; None: Kopf's (60)
+    run_records: int = 100  # audit records (ConfigMaps) kept per DatabaseMigration
     verbose: bool = False
     reconciler: bool = True  # False: only the pod gating (the webhook and the release of held pods)
 
@@ -59,6 +60,7 @@ class OperatorConfig:
             peering=args.peering,
             priority=args.priority,
             peering_lifetime=args.peering_lifetime,
+            run_records=args.run_records,
             verbose=args.verbose,
             reconciler=args.reconciler,
         )
@@ -77,6 +79,9 @@ def add_arguments(run: argparse.ArgumentParser) -> None:
                      help="how long a replica counts as alive after its last keep-alive (Kopf's default: 60): a "
                           "standby takes over this long after the active replica dies without leaving the peering; "
                           "keep-alives are written 5-10 s before it ends")
+    run.add_argument("--run-records", type=_positive, default=OperatorConfig.run_records, metavar="N",
+                     help="audit records (one ConfigMap per finished run, owned by its DatabaseMigration) kept per "
+                          "resource (default %(default)s); each is also logged once as JSON")
     run.add_argument("-v", "--verbose", action="store_true")
     run.add_argument("--no-reconciler", dest="reconciler", action="store_false",
                      help="only the pod gating: serve the webhook and release held pods, run no migration "
@@ -88,4 +93,11 @@ def _peering_lifetime(text: str) -> int:
     value = int(text)
     if value < 11:  # Kopf writes a keep-alive 5-10 s before the lifetime ends: less would let a live leader expire
         raise argparse.ArgumentTypeError(f"must be at least 11 seconds, not {value}")
+    return value
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
     return value

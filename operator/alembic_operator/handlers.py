@@ -18,8 +18,8 @@ from typing import Any, Literal, cast
 
 import kopf
 
+from . import audit, kube, metrics, reasons
 from . import constants as c
-from . import kube, metrics, reasons
 from .api import MAX_NAME_LENGTH, WRITING_STEPS, RunStatus, dump, parse_spec
 from .config import OperatorConfig
 from .dbstate import DatabaseError, DatabaseTarget, decode_secret_value, parse_url, read_revision, sanitize
@@ -333,6 +333,9 @@ async def _reconcile(ctx: Context, namespace: str, name: str, logger: Logger,
             if target:
                 run.database_key = target.key
             decision.status["run"] = dump(run)
+            if decision.records:  # before the status that ends the run: a crash in between loses no record
+                await audit.write(ctx.kube, obj, [{**record, "message": decision.status.get("message")}
+                                                  for record in decision.records], ctx.config.run_records)
             try:
                 if decision.status != status:
                     await ctx.kube.replace_status(obj, decision.status)

@@ -12,6 +12,7 @@ the code):
     list/watch/patch pods                     (Job results: termination messages; held pods: watched, released)
     create events                             (Kopf's event poster)
     create subjectaccessreviews               (the webhook: may this user approve? cluster-scoped, like cert-manager's)
+    list/create/delete configmaps             (the audit trail: one record per finished run; never read back)
     get/create/update mutatingwebhookconfigurations
                                               (only when the operator writes the webhook's configuration itself:
                                               the chart ships it instead and grants none of these)
@@ -263,6 +264,19 @@ class Client:
         except NotFound:
             return False
         return True
+
+    # --- ConfigMaps: the audit trail's records ----------------------------------------------------------------------
+    async def create_config_map(self, body: dict[str, Any]) -> None:
+        await self.request("POST", f"/api/v1/namespaces/{body['metadata']['namespace']}/configmaps", body)
+
+    async def list_config_map_names(self, namespace: str, selector: str) -> list[str]:
+        result = await self.request("GET", f"/api/v1/namespaces/{namespace}/configmaps",
+                                    params={"labelSelector": selector})
+        return [str(item["metadata"]["name"]) for item in result.get("items") or []]
+
+    async def delete_config_map(self, namespace: str, name: str) -> None:
+        with contextlib.suppress(NotFound):
+            await self.request("DELETE", f"/api/v1/namespaces/{namespace}/configmaps/{name}")
 
     # --- authorization ------------------------------------------------------------------------------------------
     async def may(self, username: str, uid: str, groups: list[str], extra: dict[str, list[str]], verb: str,

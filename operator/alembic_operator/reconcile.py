@@ -125,6 +125,7 @@ class Decision:
     jobs: list[JobRequest] = field(default_factory=list)
     events: list[tuple[str, str, str]] = field(default_factory=list)  # (Normal|Warning, reason, message)
     requeue_after: float | None = None
+    records: list[dict[str, Any]] = field(default_factory=list)  # finished runs, for the durable audit trail
 
 
 LOCKING_SHOWN = 5  # status.plan.locking: the first locking operations (lockingCount counts them all)
@@ -312,6 +313,13 @@ class _Run:
                  "requestedBy": self.run.requested_by, "approvedBy": self.run.approved_by}
         history = [*(self.st.get("history") or []), {k: v for k, v in entry.items() if v is not None}]
         self.st["history"] = history[-HISTORY_LIMIT:]
+        sequence = sum(1 for e in history if e.get("generation") == self.generation)  # stable across re-decisions
+        plan = self.st.get("plan") or {}
+        self.decision.records.append({k: v for k, v in {
+            **entry, "sequence": sequence, "revisions": list(self.run.revisions or []) or None,
+            "destructive": len(plan.get("destructive") or []) if plan.get("hash") == self.run.plan_hash else None,
+            "image": (self.run.spec or {}).get("migrations", {}).get("image"),
+        }.items() if v is not None})
 
     def failure_message(self, role: Role) -> str:
         job = self.job(role)

@@ -105,6 +105,15 @@ def test_only_a_user_who_may_approve_approves_and_the_history_names_both(governe
     assert (entry["requestedBy"], entry["approvedBy"], entry["planHash"]) == (dev, reviewer, plan_hash), entry
     shown = kubectl(e2e, "dbm", "history", "shop", "-o", "json", user=reviewer)
     assert json.loads(shown.stdout)[-1]["approvedBy"] == reviewer
+    # The durable record of the run: listed in order by kubectl get, naming both users, the plan and the backup.
+    listed = e2e.bed.kubectl("get", "configmaps", "-n", e2e.ns, "-o", "name", "-l",
+                             f"{c.OWNER_LABEL}=shop,app.kubernetes.io/component=run-record")
+    assert listed.stdout.split() == ["configmap/shop-run-000001-1"], listed
+    record = json.loads(e2e.cluster.core.read_namespaced_config_map("shop-run-000001-1", e2e.ns).data["record.json"])
+    assert (record["requestedBy"], record["approvedBy"], record["planHash"], record["result"]) == (
+        dev, reviewer, plan_hash, "Succeeded")
+    assert record["backup"] == entry["backup"] and record["to"] == R4
+    assert '"schema": "alembic-operator.io/run-record/v1"' in e2e.operator.log()
 
 
 def test_four_eyes_refuses_the_user_who_changed_the_spec(governed: E2E) -> None:

@@ -3,7 +3,7 @@
 Top to bottom (a layer imports only layers below it, never above; within a layer, no cycles):
 
     entry       cli, __main__, app, crdgen, dbm.*, k8s_openapi.__main__/main: start-up, CLIs, generators
-    operator    handlers, release, webhook, kube, metrics, config: talk to Kubernetes (Kopf, the API client)
+    operator    handlers, release, webhook, kube, metrics, config, audit: talk to Kubernetes (Kopf, the API client)
     programs    jobtools, check.*: commands that run in Jobs or in CI
     seams       engines.*, backupstores.*, dbstate, jobio, plugins, sqlscan: databases and backup stores
     decisions   reconcile, status, gate, podstate, jobs, approvals: pure functions of what was observed
@@ -22,7 +22,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "operator" / "alembic_operator"
 
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("entry", ("cli", "__main__", "app", "crdgen", "dbm", "k8s_openapi.__main__")),
-    ("operator", ("handlers", "release", "webhook", "kube", "metrics", "config")),
+    ("operator", ("handlers", "release", "webhook", "kube", "metrics", "config", "audit")),
     ("programs", ("jobtools", "check")),
     ("seams", ("engines", "backupstores", "dbstate", "jobio", "plugins", "sqlscan")),
     ("decisions", ("reconcile", "status", "gate", "podstate", "jobs", "approvals")),

@@ -119,6 +119,10 @@ app.kubernetes.io/part-of: alembic-operator
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]
+# The audit trail: one record (ConfigMap) per finished run, pruned to audit.runRecords; never read back.
+- apiGroups: [""]
+  resources: ["configmaps"]
+  verbs: ["list", "create", "delete"]
 {{- end -}}
 
 {{/* The admission webhook's settings, as the operator reads them (ALEMBIC_OPERATOR_WEBHOOK_*). */}}
