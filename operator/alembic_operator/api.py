@@ -725,6 +725,21 @@ class Condition(_StatusModel):
     )
 
 
+class PlanSQL(_StatusModel):
+    """Where the plan's rendered SQL is kept for reviewers (kubectl dbm plan shows it)."""
+
+    config_map: str = Field(description="The ConfigMap (owned by this resource) holding the SQL, gzip JSON under "
+                                        "binaryData plan.json.gz, one entry per revision in plan order.")
+    job: str | None = Field(default=None, description="The plan Job whose log it came from.")
+    sha256: str | None = Field(default=None, description="sha256 of the SQL as the plan scanned it: the plan hash "
+                                                          "covers it, kubectl dbm plan checks it.")
+    revisions: int | None = Field(default=None, ge=0, description="Revisions whose SQL is kept.")
+    total: int | None = Field(default=None, ge=0, description="Revisions the plan rendered.")
+    truncated: bool | None = Field(default=None, description="True when the SQL did not fit in a ConfigMap and only "
+                                                             "the first revisions' is kept (the plan Job's log has it "
+                                                             "all while the Job is kept).")
+
+
 class PlanFinding(_StatusModel):
     """One locking operation of a plan."""
 
@@ -792,6 +807,7 @@ class PlanStatus(_StatusModel):
     )
     to_revision: str | None = Field(default=None, description="The revision the plan ends at.")
     generation: int | None = Field(default=None, description="The metadata.generation the plan was made for.")
+    sql: PlanSQL | None = Field(default=None, description="The rendered SQL, kept for review.")
 
 
 class DriftStatus(_StatusModel):

@@ -18,7 +18,7 @@ from typing import Any, Literal, cast
 
 import kopf
 
-from . import audit, kube, metrics, reasons
+from . import audit, kube, metrics, plansql, reasons
 from . import constants as c
 from .api import MAX_NAME_LENGTH, WRITING_STEPS, RunStatus, dump, parse_spec
 from .config import OperatorConfig
@@ -148,7 +148,7 @@ def _instance(job: dict[str, Any]) -> int:
 
 
 async def _observe_jobs(ctx: Context, namespace: str, name: str, generation: int,
-                        target: DatabaseTarget | None) -> dict[str, JobObservation]:
+                        target: DatabaseTarget | None, sql_kept_for: str | None = None) -> dict[str, JobObservation]:
     """The Jobs of one generation, by role; for repeating roles (drift checks) the newest, older ones deleted."""
     by_role: dict[str, list[dict[str, Any]]] = {}
     if len(name) > MAX_NAME_LENGTH:
@@ -173,12 +173,12 @@ async def _observe_jobs(ctx: Context, namespace: str, name: str, generation: int
     for old in drift[:-DRIFT_JOBS_KEPT]:
         if _job_state(old) != "active":
             await ctx.kube.delete_job(namespace, old["metadata"]["name"])
-    return {role: await _observe_job(ctx, namespace, max(jobs, key=_instance), target)
+    return {role: await _observe_job(ctx, namespace, max(jobs, key=_instance), target, sql_kept_for)
             for role, jobs in by_role.items()}
 
 
 async def _observe_job(ctx: Context, namespace: str, job: dict[str, Any],
-                       target: DatabaseTarget | None) -> JobObservation:
+                       target: DatabaseTarget | None, sql_kept_for: str | None = None) -> JobObservation:
     name = job["metadata"]["name"]
     state = _job_state(job)
     if state == "active":
@@ -214,8 +214,13 @@ async def _observe_job(ctx: Context, namespace: str, job: dict[str, Any],
         result = {k: sanitize(v, target.url) if isinstance(v, str) else v for k, v in result.items()}
     instance = (job["metadata"].get("labels") or {}).get(c.INSTANCE_LABEL)
     cause = failure_cause(job, pods) if state == "failed" else None
+    plan_sql = None
+    if (state == "succeeded" and (job["metadata"].get("labels") or {}).get(c.ROLE_LABEL) == "plan"
+            and name != sql_kept_for and pods):  # once per plan: until status.plan.sql names this Job
+        with contextlib.suppress(kube.KubeError):
+            plan_sql = plansql.from_log(await ctx.kube.pod_log(namespace, pods[-1]["metadata"]["name"], "scan"))
     return JobObservation(name=name, state=state, result=cast("JobResult | None", result), message="; ".join(notes),
-                          instance=instance, seconds=_duration(job), cause=cause)
+                          instance=instance, seconds=_duration(job), cause=cause, plan_sql=plan_sql)
 
 
 def _duration(job: dict[str, Any]) -> float | None:
@@ -310,7 +315,8 @@ async def _reconcile(ctx: Context, namespace: str, name: str, logger: Logger,
 
         database, target = await _observe_database(ctx, namespace, run_spec or {})
         async with ctx.runtime.db_locks.setdefault(target.key if target else "", asyncio.Lock()):
-            jobs = await _observe_jobs(ctx, namespace, name, run_generation, target)
+            kept = ((status.get("plan") or {}).get("sql") or {}).get("job")
+            jobs = await _observe_jobs(ctx, namespace, name, run_generation, target, kept)
             ref = (namespace, name)
             lineage, moved_by = await _database_lineage(ctx, ref, run, database, target)
             obs = Observation(
@@ -333,6 +339,8 @@ async def _reconcile(ctx: Context, namespace: str, name: str, logger: Logger,
             if target:
                 run.database_key = target.key
             decision.status["run"] = dump(run)
+            if decision.config_maps:  # before the status that names them
+                await _keep_plan_sql(ctx, obj, decision.config_maps)
             if decision.records:  # before the status that ends the run: a crash in between loses no record
                 await audit.write(ctx.kube, obj, [{**record, "message": decision.status.get("message")}
                                                   for record in decision.records], ctx.config.run_records)
@@ -349,6 +357,24 @@ async def _reconcile(ctx: Context, namespace: str, name: str, logger: Logger,
             (logger.warning if kind == "Warning" else logger.info)("%s: %s", reason, message)
         return decision.requeue_after, decision.status
     return 1.0, None
+
+
+async def _keep_plan_sql(ctx: Context, obj: dict[str, Any], kept: list[dict[str, Any]]) -> None:
+    """Write the plans' SQL ConfigMaps (owned by the resource), then prune those of older generations, as their
+    Jobs are (the newest GENERATIONS_KEPT generations stay)."""
+    meta = obj["metadata"]
+    labels = {c.OWNER_LABEL: meta["name"], "app.kubernetes.io/component": plansql.COMPONENT,
+              c.MANAGED_BY_LABEL: c.MANAGED_BY}
+    owner = {"apiVersion": c.API_VERSION, "kind": c.KIND, "name": meta["name"], "uid": meta["uid"]}
+    for item in kept:
+        await ctx.kube.create_binary_config_map(meta["namespace"], item["name"],
+                                                {**labels, c.GENERATION_LABEL: str(item["generation"])}, owner,
+                                                plansql.DATA_KEY, item["data"])
+    listed = await ctx.kube.list_config_maps(meta["namespace"], ",".join(f"{k}={v}" for k, v in labels.items()))
+    generations = sorted({int((m.get("labels") or {}).get(c.GENERATION_LABEL) or 0) for m in listed})
+    for old in listed:
+        if int((old.get("labels") or {}).get(c.GENERATION_LABEL) or 0) not in generations[-GENERATIONS_KEPT:]:
+            await ctx.kube.delete_config_map(meta["namespace"], str(old["name"]))
 
 
 class _JobRefused(Exception):

@@ -39,7 +39,7 @@ from typing import Any, Final, cast
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from . import backupstores, engines, sqlscan
+from . import backupstores, engines, plansql, sqlscan
 from .jobio import REDACT, URL_ENV, JobError, log, sanitize
 from .jobio import remember_secret as _remember_secret
 from .runner.results import RESULT_LIMIT, BackupResult, CurrentResult, RestoreResult, ScanResult, fit_list, size
@@ -123,6 +123,7 @@ def cmd_scan(plan_dir: Path) -> ScanResult:
                     for u in plan.get("unrenderable") or [] if isinstance(u, dict) and u.get("revision")}
     revisions: list[str] = []
     items: list[tuple[str, str]] = []
+    shown: list[dict[str, str]] = []  # the SQL as reviewers read it (plansql: through the log to a ConfigMap)
     digest = hashlib.sha256()
     for entry in plan.get("revisions") or []:
         if isinstance(entry, str):  # a bare id: nothing rendered for it
@@ -142,6 +143,7 @@ def cmd_scan(plan_dir: Path) -> ScanResult:
             raise JobError("PlanInvalid", f"cannot read {sql_path.name}: {err.strerror or err}") from None
         digest.update(sql.encode())
         items.append((rev, sql))
+        shown.append({"revision": rev, "message": str(entry.get("message") or ""), "sql": sql})
     for rev in unrenderable:
         if rev not in revisions:
             revisions.append(rev)
@@ -171,6 +173,9 @@ def cmd_scan(plan_dir: Path) -> ScanResult:
         f"{len(destructive)} destructive operation(s), {len(locking)} locking, {len(warnings) - len(locking)} "
         f"other warning(s), {len(notes)} note(s)")
 
+    data, _kept = plansql.compress(plansql.document(shown, "sha256:" + digest.hexdigest()))
+    for line in plansql.log_lines(data):  # raw: the runner redacted the SQL when it rendered it
+        print(line, file=sys.stderr, flush=True)
     result: dict[str, Any] = {
         "ok": True,
         "current": plan.get("current"),

@@ -10,6 +10,7 @@ the code):
     get secrets                               (the database URL)
     list/watch/create/delete jobs             (the steps of a run; each validated first with dryRun=All)
     list/watch/patch pods                     (Job results: termination messages; held pods: watched, released)
+    get pods/log                              (the plan Job's SQL, from its scan container's log, once per plan)
     create events                             (Kopf's event poster)
     create subjectaccessreviews               (the webhook: may this user approve? cluster-scoped, like cert-manager's)
     list/create/delete configmaps             (the audit trail: one record per finished run; never read back)
@@ -26,6 +27,7 @@ only loads the credentials (in-cluster ServiceAccount first, then $KUBECONFIG / 
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import ssl
@@ -256,6 +258,21 @@ class Client:
     async def job_pods(self, namespace: str, job_name: str) -> list[dict[str, Any]]:
         return await self.list_pods(namespace, f"batch.kubernetes.io/job-name={job_name}")
 
+    async def pod_log(self, namespace: str, name: str, container: str) -> str:
+        """A container's log (text); "" when the pod is gone."""
+        log_path = f"/api/v1/namespaces/{namespace}/pods/{name}/log"  # text, not JSON: not through request()
+        try:
+            async with self._session_now().request("GET", f"{self.cfg.host}{log_path}", params={"container": container},
+                                                   headers=self._headers(None)) as resp:
+                raw = await resp.read()
+                if resp.status == 404:
+                    return ""
+                if resp.status >= 400:
+                    raise error_for(resp.status, resp.reason, raw)
+                return raw.decode(errors="replace")
+        except (aiohttp.ClientError, TimeoutError) as err:
+            raise Unavailable(0, f"GET {log_path}: {type(err).__name__}: {err}") from err
+
     async def release_pod(self, namespace: str, name: str) -> bool:
         """Remove our scheduling gate, and only ours (strategic merge patch); False when the pod is gone."""
         try:
@@ -268,6 +285,21 @@ class Client:
     # --- ConfigMaps: the audit trail's records ----------------------------------------------------------------------
     async def create_config_map(self, body: dict[str, Any]) -> None:
         await self.request("POST", f"/api/v1/namespaces/{body['metadata']['namespace']}/configmaps", body)
+
+    async def create_binary_config_map(self, namespace: str, name: str, labels: dict[str, str],
+                                       owner: dict[str, Any], key: str, data: bytes) -> None:
+        """An immutable ConfigMap holding `data` under `key` (binaryData); one that exists already is kept."""
+        body = {"apiVersion": "v1", "kind": "ConfigMap", "immutable": True,
+                "metadata": {"name": name, "namespace": namespace, "labels": labels, "ownerReferences": [owner]},
+                "binaryData": {key: base64.b64encode(data).decode()}}
+        with contextlib.suppress(Conflict):
+            await self.request("POST", f"/api/v1/namespaces/{namespace}/configmaps", body)
+
+    async def list_config_maps(self, namespace: str, selector: str) -> list[dict[str, Any]]:
+        """The ConfigMaps' metadata only (not their data: the operator never reads them back)."""
+        result = await self.request("GET", f"/api/v1/namespaces/{namespace}/configmaps",
+                                    params={"labelSelector": selector})
+        return [dict(item.get("metadata") or {}) for item in result.get("items") or []]
 
     async def list_config_map_names(self, namespace: str, selector: str) -> list[str]:
         result = await self.request("GET", f"/api/v1/namespaces/{namespace}/configmaps",

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal, cast
 
-from . import approvals
+from . import approvals, plansql
 from . import constants as c
 from . import reasons as r
 from . import status as s
@@ -68,6 +68,7 @@ class JobObservation:
     blocked: tuple[str, str] | None = None  # (reason, message): why its pod cannot start, when a human must act
     cause: tuple[str, str] | None = None  # (reason, message): a failed Job stopped from outside (OOMKilled...)
     waiting: str = ""  # what a pod that has not started yet waits for (the scheduler, an image pull...)
+    plan_sql: bytes | None = None  # a finished plan Job's SQL (plansql: gzip JSON), read from its log
 
 
 @dataclass(frozen=True)
@@ -126,6 +127,7 @@ class Decision:
     events: list[tuple[str, str, str]] = field(default_factory=list)  # (Normal|Warning, reason, message)
     requeue_after: float | None = None
     records: list[dict[str, Any]] = field(default_factory=list)  # finished runs, for the durable audit trail
+    config_maps: list[dict[str, Any]] = field(default_factory=list)  # the plans' SQL to keep (plansql)
 
 
 LOCKING_SHOWN = 5  # status.plan.locking: the first locking operations (lockingCount counts them all)
@@ -530,13 +532,32 @@ class _Run:
             self.st["plan"]["notes"] = list(result["notes"])[:NOTES_SHOWN]
         if result.get("lineage"):
             self.st["plan"]["lineage"] = list(result["lineage"])
+        self.keep_plan_sql()
         if not revisions:
             self.done("UpToDate")
             return self.idle()
         run.step = "AwaitingApproval"
         return self.approval()
 
+    def keep_plan_sql(self) -> None:
+        """Keep the plan's SQL (read from its Job's log) in a ConfigMap, named in status.plan.sql: once per plan."""
+        plan, job = self.st.get("plan") or {}, self.job("plan")
+        if not plan or job.plan_sql is None or (plan.get("sql") or {}).get("job") == job.name:
+            return
+        try:
+            doc = plansql.read(job.plan_sql)
+        except (OSError, ValueError, EOFError):
+            return
+        if doc.get("sqlSha256") != (self.job("plan").result or {}).get("sqlSha256"):
+            return  # not the SQL this plan's hash covers
+        name = f"{job.name}-sql"
+        self.decision.config_maps.append({"name": name, "generation": self.generation, "data": job.plan_sql})
+        plan["sql"] = {"configMap": name, "job": job.name, "sha256": doc.get("sqlSha256"),
+                       "revisions": len(doc.get("revisions") or []), "total": doc.get("total"),
+                       "truncated": bool(doc.get("truncated"))}
+
     def approval(self) -> Decision:
+        self.keep_plan_sql()  # when the log could not be read as the plan finished
         spec = self.spec()
         live_spec = parse_spec(self.obs.spec) if self.obs.spec else spec
         plan = self.st.get("plan") or {}

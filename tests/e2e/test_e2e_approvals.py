@@ -39,9 +39,10 @@ def _users(e2e: E2E) -> tuple[str, str]:
     rbac.create_namespaced_role(ns, k8s.V1Role(metadata=k8s.V1ObjectMeta(name="editor"), rules=[
         k8s.V1PolicyRule(api_groups=[c.GROUP], resources=[c.PLURAL],
                          verbs=["get", "list", "watch", "create", "update", "patch"])]))
-    rbac.create_namespaced_role(ns, k8s.V1Role(metadata=k8s.V1ObjectMeta(name="approver"), rules=[
+    rbac.create_namespaced_role(ns, k8s.V1Role(metadata=k8s.V1ObjectMeta(name="approver"), rules=[  # the chart's
         k8s.V1PolicyRule(api_groups=[c.GROUP], resources=[c.PLURAL],
-                         verbs=["get", "list", "watch", "patch", approvals.VERB])]))
+                         verbs=["get", "list", "watch", "patch", approvals.VERB]),
+        k8s.V1PolicyRule(api_groups=[""], resources=["configmaps"], verbs=["get"])]))
     for role, users in (("editor", ["dev", "reviewer"]), ("approver", ["reviewer"])):
         rbac.create_namespaced_role_binding(ns, k8s.V1RoleBinding(
             metadata=k8s.V1ObjectMeta(name=role), role_ref=k8s.V1RoleRef(api_group="rbac.authorization.k8s.io",
@@ -95,6 +96,14 @@ def test_only_a_user_who_may_approve_approves_and_the_history_names_both(governe
                      user=dev)
     assert forged.returncode == 0, forged.stderr
     assert e2e.cluster.get("shop")["metadata"]["annotations"][approvals.SPEC_CHANGED_BY] == dev
+
+    # The reviewer reads the SQL the plan scanned, kept in a ConfigMap and checked against the plan's hash.
+    shown = kubectl(e2e, "dbm", "plan", "shop", "-o", "json", user=reviewer)
+    assert shown.returncode == 0, shown.stderr
+    record = json.loads(shown.stdout)
+    assert record["sqlNote"] == "" and [r["revision"] for r in record["sql"]] == [R4], record
+    assert "ALTER TABLE orders DROP COLUMN legacy_code" in record["sql"][0]["sql"]
+    assert "ALTER TABLE orders DROP COLUMN legacy_code" in kubectl(e2e, "dbm", "plan", "shop", user=reviewer).stdout
 
     # reviewer approves the plan shown, through kubectl dbm.
     approved = kubectl(e2e, "dbm", "approve", "shop", "--hash", plan_hash, user=reviewer)

@@ -262,6 +262,6 @@ def _reviews_and_approver(docs: list[dict[str, Any]]) -> None:
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "rel-alembic-operator", "namespace": "ops"}]
     approver = find(docs, "ClusterRole", "alembic-operator-approver")[0]
     assert granted(approver["rules"]) == {(c.GROUP, c.PLURAL, v) for v in ("get", "list", "watch", "patch",
-                                                                          "approve")}
+                                                                          "approve")} | {("", "configmaps", "get")}
     assert not find(render({"approval": {"approverRole": {"create": False}}}), "ClusterRole",
                     "alembic-operator-approver")

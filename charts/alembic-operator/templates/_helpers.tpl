@@ -115,11 +115,16 @@ app.kubernetes.io/part-of: alembic-operator
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["list", "watch", "patch"]
+# The plan Job's SQL, read once per plan from its scan container's log (kept in a ConfigMap for reviewers).
+- apiGroups: [""]
+  resources: ["pods/log"]
+  verbs: ["get"]
 # Events on DatabaseMigrations and held pods.
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]
-# The audit trail: one record (ConfigMap) per finished run, pruned to audit.runRecords; never read back.
+# The audit trail: one record (ConfigMap) per finished run, pruned to audit.runRecords, and the plans' SQL
+# (pruned with their Jobs); never read back.
 - apiGroups: [""]
   resources: ["configmaps"]
   verbs: ["list", "create", "delete"]

@@ -15,6 +15,7 @@ data for scripts.
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import pydoc
@@ -23,6 +24,7 @@ from collections.abc import Sequence
 from typing import Any, cast
 
 from .. import constants as c
+from .. import plansql
 from . import views
 
 EXIT_OK, EXIT_ERROR, EXIT_REFUSED = 0, 1, 2
@@ -128,9 +130,32 @@ def cmd_status(s: Session, args: argparse.Namespace) -> int:
 
 
 def cmd_plan(s: Session, args: argparse.Namespace) -> int:
-    record = views.plan_record(s.migration(args.name))
+    obj = s.migration(args.name)
+    record = views.plan_record(obj, *_plan_sql(s, obj))
     _print(args, views.plan_text(record), record, page=True)
     return EXIT_OK
+
+
+def _plan_sql(s: Session, obj: dict[str, Any]) -> tuple[list[dict[str, str]] | None, str]:
+    """The SQL kept for the plan (status.plan.sql), and what to say about it ("" when it is whole and verified)."""
+    from kubernetes.client import ApiException
+
+    ref = ((obj.get("status") or {}).get("plan") or {}).get("sql") or {}
+    if not ref.get("configMap"):
+        return None, "no SQL kept for this plan (an operator older than the plan's SQL, or still reading it)"
+    try:
+        cm = s.core.read_namespaced_config_map(ref["configMap"], s.namespace)
+        doc = plansql.read(base64.b64decode((cm.binary_data or {})[plansql.DATA_KEY]))
+    except ApiException as exc:
+        return None, f"cannot read ConfigMap {ref['configMap']}: {_reason(exc)}"
+    except (KeyError, ValueError, OSError) as exc:
+        return None, f"ConfigMap {ref['configMap']} does not hold a plan's SQL: {exc}"
+    sql = [dict(r) for r in doc.get("revisions") or []]
+    if doc.get("truncated"):
+        return sql, f"only the first {len(sql)} of {doc.get('total')} revisions' SQL fit in the ConfigMap"
+    if doc.get("sqlSha256") != ref.get("sha256") or not plansql.verified(doc):
+        return sql, "WARNING: this SQL does not hash to the digest the plan hash covers: do not approve on it"
+    return sql, ""
 
 
 def cmd_approve(s: Session, args: argparse.Namespace) -> int:

@@ -75,7 +75,7 @@ def status_text(items: list[dict[str, Any]], now: datetime | None = None, all_na
     return table(rows) if items else "No DatabaseMigrations found.\n"
 
 
-def plan_record(obj: dict[str, Any], sql: list[dict[str, str]] | None = None) -> dict[str, Any]:
+def plan_record(obj: dict[str, Any], sql: list[dict[str, str]] | None = None, sql_note: str = "") -> dict[str, Any]:
     """The plan waiting (or last run): revisions, findings, hash, whether it waits for approval, and its SQL."""
     st = obj.get("status") or {}
     plan = dict(st.get("plan") or {})
@@ -87,7 +87,7 @@ def plan_record(obj: dict[str, Any], sql: list[dict[str, str]] | None = None) ->
         "destructive": plan.get("destructive") or [], "warnings": plan.get("warnings") or [],
         "hash": plan.get("hash"), "waitsForApproval": approval.get("status") == "True",
         "approvedHash": approved, "approved": bool(approved) and approved == plan.get("hash"),
-        "sql": sql,
+        "sql": sql, "sqlNote": sql_note,
     }
 
 
@@ -105,8 +105,10 @@ def plan_text(record: dict[str, Any]) -> str:
         lines += ["", f"Destructive ({len(record['destructive'])}):", *[f"  ! {d}" for d in record["destructive"]]]
     if record["warnings"]:
         lines += ["", f"Warnings ({len(record['warnings'])}):", *[f"  - {w}" for w in record["warnings"]]]
+    if record.get("sqlNote"):
+        lines += ["", f"SQL: {record['sqlNote']}"]
     if record["sql"] is not None:
-        lines += ["", "SQL:"]
+        lines += ["", "SQL (verified against the plan's hash):" if not record.get("sqlNote") else "SQL:"]
         for part in record["sql"]:
             lines += ["", f"-- revision {part['revision']}" + (f": {part['message']}" if part.get("message") else ""),
                       part["sql"].rstrip()]
