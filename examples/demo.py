@@ -2,7 +2,7 @@
 
     migrate to revision 3 with data in the tables (Ready)
     -> a destructive plan (revision 4 drops orders.legacy_code) held for approval
-    -> approve exactly that plan -> Ready
+    -> review its SQL and approve exactly that plan with kubectl dbm -> Ready
     -> a failing revision (5) -> automatic rollback, the data intact
     -> ship the fixed image with a typo in its tag -> Stalled within seconds (ImagePullFailed), the kubelet quoted
     -> the right tag -> Ready at head, without deleting anything
@@ -58,6 +58,17 @@ def show(bed: Bed, *args: str) -> None:
     print(f"{DIM}$ kubectl {' '.join(args)}{RESET}", flush=True)
     proc = bed.kubectl(*args)
     print((proc.stdout or proc.stderr).rstrip(), flush=True)
+
+
+def dbm(bed: Bed, *args: str) -> None:
+    """`kubectl dbm ...`: kubectl finds the plugin (kubectl-dbm, this virtualenv's console script) on PATH."""
+    print(f"{DIM}$ kubectl dbm {' '.join(args)} -n {NS}{RESET}", flush=True)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
+    proc = subprocess.run([str(ensure_tools()["kubectl"]), "dbm", *args, "-n", NS, f"--kubeconfig={bed.kubeconfig}"],
+                          capture_output=True, text=True, env=env, check=False, timeout=60)
+    print((proc.stdout or proc.stderr).rstrip(), flush=True)
+    if proc.returncode:
+        raise SystemExit(f"kubectl dbm {args[0]} failed (exit {proc.returncode})")
 
 
 def conditions(cluster: Cluster, name: str) -> None:
@@ -164,9 +175,10 @@ def main() -> int:
         print("status.plan:", json.dumps(obj["status"]["plan"], indent=2))
         conditions(cluster, "shop")
 
-        say("3. Approve exactly that plan (by its hash)")
+        say("3. Review it with kubectl dbm (the SQL the plan scanned), then approve exactly that plan (by its hash)")
         plan_hash = obj["status"]["plan"]["hash"]
-        show(bed, "annotate", "-n", NS, "dbm/shop", f"{c.APPROVE_ANNOTATION}={plan_hash}")
+        dbm(bed, "plan", "shop", "--no-pager")
+        dbm(bed, "approve", "shop", "--hash", plan_hash)
         show(bed, "wait", "-n", NS, "--for=condition=Ready", "dbm/shop", "--timeout=300s")
         show(bed, "get", "dbm", "-n", NS)
 
