@@ -7,9 +7,9 @@ The same webhook records who changed the spec and who approved, in annotations o
 in them is replaced by the truth (the request's own user), so the run and its history can name both.
 
 The webhook is called for every change of a DatabaseMigration, but the API server decides which call may block:
-`APPROVAL_CHANGE` (CEL, in the webhook configuration's matchConditions) selects the requests that approve, and only
-those fail closed; every other edit goes through the entry that fails open, so an operator outage never blocks
-ordinary edits.
+`APPROVAL_CHANGE` (CEL, in the webhook configuration's matchConditions) selects the requests that approve or touch
+the identity record, and only those fail closed; every other edit goes through the entry that fails open, so an
+operator outage never blocks ordinary edits (nor lets an approval or a forged record through).
 """
 
 from __future__ import annotations
@@ -31,9 +31,9 @@ LOOSENING: tuple[tuple[str, bool], ...] = (("allowDestructive", True), ("require
 _DEFAULTS = {"allowDestructive": False, "requireForLocking": False, "requireDifferentUser": False}
 
 
-def _cel_annotation(obj: str) -> str:
-    return (f"(has({obj}.metadata.annotations) && '{c.APPROVE_ANNOTATION}' in {obj}.metadata.annotations ? "
-            f"{obj}.metadata.annotations['{c.APPROVE_ANNOTATION}'] : '')")
+def _cel_annotation(obj: str, key: str = c.APPROVE_ANNOTATION) -> str:
+    return (f"(has({obj}.metadata.annotations) && '{key}' in {obj}.metadata.annotations ? "
+            f"{obj}.metadata.annotations['{key}'] : '')")
 
 
 def _cel_setting(obj: str, name: str) -> str:
@@ -47,10 +47,15 @@ def _cel_approval_change() -> str:
     settings = [f"({_cel_setting('object', name)} == {str(value).lower()} && (oldObject == null ? "
                 f"{str(_DEFAULTS[name]).lower()} : {_cel_setting('oldObject', name)}) != {str(value).lower()})"
                 for name, value in LOOSENING]
-    return " || ".join([annotation, *settings])
+    # A request that touches the identity record is sent to the same entry: with the operator down, nobody can
+    # write a record the webhook did not (the operator's own requests never touch it).
+    record = [f"({_cel_annotation('object', key)} != (oldObject == null ? '' : {_cel_annotation('oldObject', key)}))"
+              for key in IDENTITY_ANNOTATIONS]
+    return " || ".join([annotation, *settings, *record])
 
 
-# The requests that approve: the same test as `approves()`, in CEL for the API server (matchConditions).
+# The requests that fail closed: those that approve (the same test as `approves()`) and those that touch the identity
+# record, in CEL for the API server (matchConditions).
 APPROVAL_CHANGE = _cel_approval_change()
 
 

@@ -137,6 +137,15 @@ def test_four_eyes_refuses_the_user_who_changed_the_spec(governed: E2E) -> None:
     own = kubectl(e2e, "annotate", "dbm/shop", f"{c.APPROVE_ANNOTATION}={obj['status']['plan']['hash']}",
                   user=reviewer)
     assert own.returncode != 0 and "needs another user" in own.stderr, own.stderr
+
+    # The operator down: ordinary edits go through, approvals and forged records are refused (fail closed).
+    e2e.operator.stop()
+    plain = kubectl(e2e, "label", "dbm/shop", "team=shop", user=reviewer)
+    assert plain.returncode == 0, plain.stderr
+    for refused in (kubectl(e2e, "annotate", "dbm/shop", f"{c.APPROVE_ANNOTATION}=sha256:x", user=reviewer),
+                    kubectl(e2e, "annotate", "--overwrite", "dbm/shop", f"{approvals.SPEC_CHANGED_BY}=someone",
+                            user=reviewer)):
+        assert refused.returncode != 0 and "approvals.migrations.alembic-operator.io" in refused.stderr, refused
     wait_for(lambda: e2e.cluster.get("shop")["status"].get("phase") == "AwaitingApproval" or None, 10,
              "still waiting")
 
