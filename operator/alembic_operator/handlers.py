@@ -41,6 +41,7 @@ Logger = logging.Logger | logging.LoggerAdapter[Any]
 JobState = Literal["active", "succeeded", "failed"]
 
 DRIFT_JOBS_KEPT = 2
+_ANY_JOB = "*"  # sql_kept_for: read no plan's log
 GENERATIONS_KEPT = 2  # the Jobs (and their pods' logs) of the newest runs stay for inspection
 
 
@@ -216,7 +217,7 @@ async def _observe_job(ctx: Context, namespace: str, job: dict[str, Any],
     cause = failure_cause(job, pods) if state == "failed" else None
     plan_sql = None
     if (state == "succeeded" and (job["metadata"].get("labels") or {}).get(c.ROLE_LABEL) == "plan"
-            and name != sql_kept_for and pods):  # once per plan: until status.plan.sql names this Job
+            and sql_kept_for not in (name, _ANY_JOB) and pods):  # once per plan, until status.plan.sql names it
         with contextlib.suppress(kube.KubeError):
             plan_sql = plansql.from_log(await ctx.kube.pod_log(namespace, pods[-1]["metadata"]["name"], "scan"))
     return JobObservation(name=name, state=state, result=cast("JobResult | None", result), message="; ".join(notes),
@@ -315,7 +316,11 @@ async def _reconcile(ctx: Context, namespace: str, name: str, logger: Logger,
 
         database, target = await _observe_database(ctx, namespace, run_spec or {})
         async with ctx.runtime.db_locks.setdefault(target.key if target else "", asyncio.Lock()):
+            # The plan's SQL is read from its Job's log while the run has not gone past its approval: once it is
+            # kept (status.plan.sql names the Job), or once the run moved on, the log is never read again.
             kept = ((status.get("plan") or {}).get("sql") or {}).get("job")
+            if run.step not in (None, "Planning", "AwaitingApproval") and run.generation == generation:
+                kept = _ANY_JOB
             jobs = await _observe_jobs(ctx, namespace, name, run_generation, target, kept)
             ref = (namespace, name)
             lineage, moved_by = await _database_lineage(ctx, ref, run, database, target)
