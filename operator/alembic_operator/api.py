@@ -754,7 +754,8 @@ class PlanStatus(_StatusModel):
 
     revisions: list[str] = Field(
         default_factory=list,
-        description="Revisions that run, in order (for a downgrade: the ones undone, newest first).",
+        description="Revisions that run, in order (for a downgrade: the ones undone, newest first); all of them, "
+                    "however long the plan.",
     )
     destructive: list[str] = Field(
         default_factory=list,
@@ -779,6 +780,11 @@ class PlanStatus(_StatusModel):
         ),
     )
     locking_count: int | None = Field(default=None, ge=0, description="How many locking operations the plan has.")
+    destructive_count: int | None = Field(
+        default=None, ge=0,
+        description="How many data-losing operations the plan has (destructive lists the first ones when a long "
+                    "plan has more than status can hold; kubectl dbm plan lists them all).")
+    warning_count: int | None = Field(default=None, ge=0, description="How many warnings the plan has.")
     notes: list[str] | None = Field(
         default=None,
         description=(
@@ -851,6 +857,9 @@ class HistoryEntry(_StatusModel):
     finished_at: Time | None = Field(default=None, description="When the run ended (RFC 3339).")
     backup: str | None = Field(default=None, description="Location of the backup taken for this run, if any.")
     plan_hash: str | None = Field(default=None, description="The hash of the plan the run carried out.")
+    sql_config_map: str | None = Field(default=None, description="The ConfigMap that kept the SQL of that plan "
+                                       "(status.plan.sql; pruned with the run's Jobs once two newer runs exist: the "
+                                       "run's record keeps its sha256).")
     requested_by: str | None = Field(default=None, description="The user who last changed the spec before the run "
                                      "(recorded by the admission webhook).")
     approved_by: str | None = Field(default=None, description="Who approved its plan: a user (recorded by the "

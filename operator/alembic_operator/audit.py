@@ -23,8 +23,8 @@ from . import constants as c
 from .kube import Client, Conflict
 
 SCHEMA = "alembic-operator.io/run-record/v1"
-COMPONENT = "run-record"
-RECORD_KEY = "record.json"
+COMPONENT = c.RUN_RECORD_COMPONENT
+RECORD_KEY = c.RUN_RECORD_KEY
 DEFAULT_KEEP = 100
 log = logging.getLogger("alembic_operator.audit")
 

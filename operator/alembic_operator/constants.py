@@ -51,3 +51,7 @@ MIGRATED: Final = "Migrated"
 ROLLED_BACK: Final = "RolledBack"
 APPROVAL_REQUIRED: Final = "ApprovalRequired"
 DRIFTED: Final = "Drifted"
+
+# The durable run records (audit.py): ConfigMaps of this component, the record under this key.
+RUN_RECORD_COMPONENT: Final = "run-record"
+RUN_RECORD_KEY: Final = "record.json"

@@ -173,7 +173,9 @@ def cmd_scan(plan_dir: Path) -> ScanResult:
         f"{len(destructive)} destructive operation(s), {len(locking)} locking, {len(warnings) - len(locking)} "
         f"other warning(s), {len(notes)} note(s)")
 
-    data, _kept = plansql.compress(plansql.document(shown, "sha256:" + digest.hexdigest()))
+    whole = {"revisions": revisions, "destructiveRevisions": destructive_revisions,
+             "findings": [{**f.to_dict(), "statement": f.statement} for f in findings]}
+    data, _kept = plansql.compress(plansql.document(shown, "sha256:" + digest.hexdigest(), whole))
     for line in plansql.log_lines(data):  # raw: the runner redacted the SQL when it rendered it
         print(line, file=sys.stderr, flush=True)
     result: dict[str, Any] = {
@@ -181,6 +183,8 @@ def cmd_scan(plan_dir: Path) -> ScanResult:
         "current": plan.get("current"),
         "target": plan.get("target"),
         "revisions": revisions,
+        "revisionCount": len(revisions),
+        "revisionsSha256": plansql.revisions_sha256(revisions),
         "destructiveRevisions": destructive_revisions,
         "destructive": destructive,
         "warnings": warnings,
@@ -198,15 +202,21 @@ def cmd_scan(plan_dir: Path) -> ScanResult:
     for key in ("transactionPerMigration", "transactionalDDL"):  # the rollback logic needs them
         if isinstance(plan.get(key), bool):
             result[key] = plan[key]
+    # A long plan (hundreds of revisions) keeps its ids and all its findings in the SQL document only (the log, then
+    # the ConfigMap): the result keeps their count and digest, and the operator takes the ids from the document.
+    # What status shows is cut last: the first destructive operations, the pod gate's lineage, the locking ones.
     fit_list(result, "findings")
-    fit_list(result, "notes", lambda n: f"... and {n} more note(s): see the plan Job's log")
-    fit_list(result, "lineage")
+    fit_list(result, "notes", lambda n: f"... and {n} more note(s): see kubectl dbm plan")
+    fit_list(result, "revisions")
+    fit_list(result, "destructiveRevisions")
+    fit_list(result, "warnings", lambda n: f"... and {n} more warning(s): see kubectl dbm plan")
     fit_list(result, "locking")  # lockingCount still counts them all
-    fit_list(result, "warnings", lambda n: f"... and {n} more warning(s): see the plan Job's log")
-    fit_list(result, "destructive", lambda n: f"... and {n} more destructive operation(s): see the plan Job's log")
+    fit_list(result, "lineage")
+    fit_list(result, "destructive", lambda n: f"... and {n} more destructive operation(s): see kubectl dbm plan")
     if size(result) > RESULT_MAX:
-        raise JobError("PlanTooLarge", f"the plan has {len(revisions)} revisions, too many to report; set "
-                       "spec.targetRevision to an intermediate revision and migrate in steps")
+        raise JobError("PlanTooLarge", f"the plan's result does not fit a termination message even without its "
+                       f"{len(revisions)} revision ids; set spec.targetRevision to an intermediate revision and "
+                       "migrate in steps")
     return cast(ScanResult, result)
 
 

@@ -33,9 +33,28 @@ def sql_sha256(sqls: Iterable[str]) -> str:
     return "sha256:" + digest.hexdigest()
 
 
-def document(revisions: Sequence[dict[str, str]], sha256: str) -> dict[str, Any]:
-    """{sqlSha256, total, revisions: [{revision, message, sql}], truncated}."""
-    return {"sqlSha256": sha256, "total": len(revisions), "revisions": list(revisions), "truncated": False}
+def revisions_sha256(revisions: Iterable[str]) -> str:
+    """The digest of the plan's revision ids, in order: a plan too long for a termination message carries this in
+    its result and the ids themselves here, and the operator takes the ids only when they hash to it."""
+    return "sha256:" + hashlib.sha256("\n".join(revisions).encode()).hexdigest()
+
+
+def document(revisions: Sequence[dict[str, str]], sha256: str, plan: dict[str, Any] | None = None) -> dict[str, Any]:
+    """{sqlSha256, total, revisions: [{revision, message, sql}], truncated, plan}.
+
+    `plan` is what the scan's result could not carry (every revision id in order, every finding): it is never cut
+    when the SQL is, so a plan of any length keeps its whole list and all its findings here."""
+    doc: dict[str, Any] = {"sqlSha256": sha256, "total": len(revisions), "revisions": list(revisions),
+                           "truncated": False}
+    if plan is not None:
+        doc["plan"] = plan
+    return doc
+
+
+def planned_revisions(doc: dict[str, Any], expected_sha256: str | None) -> list[str] | None:
+    """Every revision id of the plan, from the document, when they hash to what the scan's result says."""
+    ids = [str(x) for x in ((doc.get("plan") or {}).get("revisions") or [])]
+    return ids if ids and expected_sha256 and revisions_sha256(ids) == expected_sha256 else None
 
 
 def compress(doc: dict[str, Any], limit: int = KEPT_BYTES) -> tuple[bytes, dict[str, Any]]:

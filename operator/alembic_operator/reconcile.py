@@ -133,23 +133,36 @@ class Decision:
 LOCKING_SHOWN = 5  # status.plan.locking: the first locking operations (lockingCount counts them all)
 NOTES_SHOWN = 5
 LISTED = 3  # operations a waiting plan's message names
+LISTED_CHARS = 160  # ... in about this many characters: a status message stays a few hundred characters long
+OPERATION_CHARS = 100
 
 
 def _listed(operations: list[str], total: int) -> str:
-    """The first few operations of a waiting plan, and how many more (the plan Job's log lists them all)."""
+    """The first few operations of a waiting plan (at most LISTED, in about LISTED_CHARS), and how many more:
+    `kubectl dbm plan` lists them all."""
     if not operations:
-        return f"{total} operation(s), listed in the plan Job's log"
-    shown = "; ".join(operations[:LISTED])
-    return shown + (f"; and {total - min(len(operations), LISTED)} more" if total > min(len(operations), LISTED)
-                    else "")
+        return f"{total} operation(s), listed by kubectl dbm plan"
+    shown: list[str] = []
+    for op in operations[:LISTED]:
+        if op.startswith("... and "):  # the scan's own "and N more" marker: `total` counts them
+            break
+        op = op if len(op) <= OPERATION_CHARS else op[:OPERATION_CHARS - 3] + "..."
+        if shown and sum(len(x) + 2 for x in shown) + len(op) > LISTED_CHARS:
+            break
+        shown.append(op)
+    if not shown:
+        return f"{total} operation(s), listed by kubectl dbm plan"
+    rest = total - len(shown)
+    return "; ".join(shown) + (f"; and {rest} more" if rest > 0 else "")
 
 
-def plan_hash(plan: ScanResult, image: str) -> str:
-    """The approval key: changes whenever anything that will run changes (revisions, SQL, image)."""
+def plan_hash(plan: ScanResult, image: str, revisions: list[str] | None = None) -> str:
+    """The approval key: changes whenever anything that will run changes (revisions, SQL, image). `revisions`: every
+    id of a plan whose result carries only the first ones (read from its SQL document)."""
     material = {
         "from": plan.get("current"),
         "to": plan.get("target"),
-        "revisions": plan.get("revisions", []),
+        "revisions": revisions if revisions is not None else plan.get("revisions", []),
         "destructive": plan.get("destructive", []),
         "sql": plan.get("sqlSha256"),
         "image": image,
@@ -310,16 +323,21 @@ class _Run:
     def record(self, result: str, reason: str, from_: str, to: str | None, backup: str | None = None) -> None:
         """Add a status.history entry (the newest HISTORY_LIMIT are kept)."""
         started = s.now_rfc3339(self.run.started_at) if self.run.started_at else None
+        plan = self.st.get("plan") or {}
+        this_plan = bool(self.run.plan_hash) and plan.get("hash") == self.run.plan_hash
+        sql = (plan.get("sql") or {}) if this_plan else {}
         entry = {"generation": self.generation, "from": from_, "to": to, "result": result, "reason": reason,
                  "startedAt": started, "finishedAt": self.now(), "backup": backup, "planHash": self.run.plan_hash,
-                 "requestedBy": self.run.requested_by, "approvedBy": self.run.approved_by}
+                 "sqlConfigMap": sql.get("configMap"), "requestedBy": self.run.requested_by,
+                 "approvedBy": self.run.approved_by}
         history = [*(self.st.get("history") or []), {k: v for k, v in entry.items() if v is not None}]
         self.st["history"] = history[-HISTORY_LIMIT:]
         sequence = sum(1 for e in history if e.get("generation") == self.generation)  # stable across re-decisions
-        plan = self.st.get("plan") or {}
         self.decision.records.append({k: v for k, v in {
             **entry, "sequence": sequence, "revisions": list(self.run.revisions or []) or None,
-            "destructive": len(plan.get("destructive") or []) if plan.get("hash") == self.run.plan_hash else None,
+            "sqlSha256": sql.get("sha256"),
+            "destructive": int(plan.get("destructiveCount") or len(plan.get("destructive") or [])) if this_plan
+            else None,
             "image": (self.run.spec or {}).get("migrations", {}).get("image"),
         }.items() if v is not None})
 
@@ -499,8 +517,39 @@ class _Run:
         return self.outcome(s.progressing(phase, reason, f"retrying the {role} Job (attempt {done + 2} of "
                                           f"{JOB_RETRIES + 1}) after: {result.get('message')}"), POLL_ACTIVE)
 
-    def planned(self, spec: DatabaseMigrationSpec, result: ScanResult) -> Decision:
+    def whole_plan(self, result: ScanResult) -> tuple[list[str], list[str]] | None:
+        """(every revision id, in order; the destructive ones): from the scan's result, or, for a plan too long for
+        it (hundreds of revisions), from the SQL document its log carried, once the ids hash to what the result
+        says. None: that document could not be read yet."""
         revisions = list(result.get("revisions") or [])
+        destructive = list(result.get("destructiveRevisions") or [])
+        if int(result.get("revisionCount") or len(revisions)) == len(revisions):
+            return revisions, destructive
+        doc = self.plan_document()
+        ids = plansql.planned_revisions(doc, result.get("revisionsSha256")) if doc else None
+        if doc is None or ids is None:
+            return None
+        return ids, [str(x) for x in (doc.get("plan") or {}).get("destructiveRevisions") or []]
+
+    def plan_document(self) -> dict[str, Any] | None:
+        """The plan Job's SQL document (plansql), when its log was read and it is the SQL this plan scanned."""
+        job = self.job("plan")
+        if job.plan_sql is None:
+            return None
+        try:
+            doc = plansql.read(job.plan_sql)
+        except (OSError, ValueError, EOFError):
+            return None
+        return doc if doc.get("sqlSha256") == (job.result or {}).get("sqlSha256") else None
+
+    def planned(self, spec: DatabaseMigrationSpec, result: ScanResult) -> Decision:
+        whole = self.whole_plan(result)
+        if whole is None:
+            job = self.job("plan")
+            return self.outcome(s.progressing(
+                "Planning", r.PLANNING, f"the plan has {result.get('revisionCount')} revisions, more than its result "
+                f"can list: reading them from Job {job.name}'s log (container scan)"), 5.0)
+        revisions, destructive_revisions = whole
         destructive = list(result.get("destructive") or [])
         findings = result.get("findings") or []
         run = self.run
@@ -508,8 +557,8 @@ class _Run:
         run.revisions = revisions
         run.destructive_revisions = sorted({f["revision"] for f in findings
                                             if f.get("severity") == "destructive" and f.get("revision")}
-                                           | set(result.get("destructiveRevisions") or []))
-        run.plan_hash = plan_hash(result, spec.migrations.image)
+                                           | set(destructive_revisions))
+        run.plan_hash = plan_hash(result, spec.migrations.image, revisions)
         run.image = spec.migrations.image
         if destructive and not run.destructive_revisions:
             run.destructive_revisions = list(revisions)  # findings trimmed away: assume the worst
@@ -518,6 +567,8 @@ class _Run:
             "revisions": revisions,
             "destructive": destructive,
             "hash": run.plan_hash,
+            "destructiveCount": int(result.get("destructiveCount") or len(destructive)),
+            "warningCount": int(result.get("warningCount") or len(result.get("warnings") or [])),
             "fromRevision": _rev(result.get("current")),
             "toRevision": result.get("target"),
             "generation": self.generation,
@@ -544,12 +595,9 @@ class _Run:
         plan, job = self.st.get("plan") or {}, self.job("plan")
         if not plan or job.plan_sql is None or (plan.get("sql") or {}).get("job") == job.name:
             return
-        try:
-            doc = plansql.read(job.plan_sql)
-        except (OSError, ValueError, EOFError):
-            return
-        if doc.get("sqlSha256") != (self.job("plan").result or {}).get("sqlSha256"):
-            return  # not the SQL this plan's hash covers
+        if (doc := self.plan_document()) is None:
+            return  # unreadable, or not the SQL this plan's hash covers
+        assert job.plan_sql is not None
         name = f"{job.name}-sql"
         self.decision.config_maps.append({"name": name, "generation": self.generation, "data": job.plan_sql})
         plan["sql"] = {"configMap": name, "job": job.name, "sha256": doc.get("sqlSha256"),
@@ -568,13 +616,13 @@ class _Run:
         if destructive or gate_locking:
             plan_hash_ = self.run.plan_hash
             annotated = self.obs.annotations.get(c.APPROVE_ANNOTATION) == plan_hash_
-            how = (f"approve exactly this plan with: kubectl annotate dbm/{self.obs.name} -n {self.obs.namespace} "
-                   f"{c.APPROVE_ANNOTATION}={plan_hash_}")
+            how = (f"review it with kubectl dbm plan {self.obs.name} -n {self.obs.namespace}, then approve its hash "
+                   f"{plan_hash_}")
             if annotated:  # the user the webhook recorded for this hash, when it did
                 approved_by = approvals.approved_by(self.obs.annotations, plan_hash_) or c.APPROVE_ANNOTATION
             elif destructive and not live_spec.approval.allow_destructive:
-                message = (f"the plan destroys data: {_listed(destructive, len(destructive))}. Review it, then {how} "
-                           "(or set spec.approval.allowDestructive: true)")
+                count = int(plan.get("destructiveCount") or len(destructive))
+                message = f"the plan destroys data: {_listed(destructive, count)}. To go ahead, {how}"
                 self.condition(c.APPROVAL_REQUIRED, "True", r.DESTRUCTIVE_CHANGES_NOT_APPROVED, message)
                 return self.outcome(s.stalled("AwaitingApproval", r.DESTRUCTIVE_CHANGES_NOT_APPROVED, message),
                                     POLL_IDLE)

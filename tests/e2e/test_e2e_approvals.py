@@ -42,7 +42,7 @@ def _users(e2e: E2E) -> tuple[str, str]:
     rbac.create_namespaced_role(ns, k8s.V1Role(metadata=k8s.V1ObjectMeta(name="approver"), rules=[  # the chart's
         k8s.V1PolicyRule(api_groups=[c.GROUP], resources=[c.PLURAL],
                          verbs=["get", "list", "watch", "patch", approvals.VERB]),
-        k8s.V1PolicyRule(api_groups=[""], resources=["configmaps"], verbs=["get"])]))
+        k8s.V1PolicyRule(api_groups=[""], resources=["configmaps"], verbs=["get", "list"])]))
     for role, users in (("editor", ["dev", "reviewer"]), ("approver", ["reviewer"])):
         rbac.create_namespaced_role_binding(ns, k8s.V1RoleBinding(
             metadata=k8s.V1ObjectMeta(name=role), role_ref=k8s.V1RoleRef(api_group="rbac.authorization.k8s.io",
@@ -112,6 +112,7 @@ def test_only_a_user_who_may_approve_approves_and_the_history_names_both(governe
     assert revision(e2e.db) == R4
     entry = obj["status"]["history"][-1]
     assert (entry["requestedBy"], entry["approvedBy"], entry["planHash"]) == (dev, reviewer, plan_hash), entry
+    assert entry["sqlConfigMap"] == obj["status"]["plan"]["sql"]["configMap"] == "shop-plan-g1-sql", entry
     shown = kubectl(e2e, "dbm", "history", "shop", "-o", "json", user=reviewer)
     assert json.loads(shown.stdout)[-1]["approvedBy"] == reviewer
     # The durable record of the run: listed in order by kubectl get, naming both users, the plan and the backup.
@@ -122,7 +123,14 @@ def test_only_a_user_who_may_approve_approves_and_the_history_names_both(governe
     assert (record["requestedBy"], record["approvedBy"], record["planHash"], record["result"]) == (
         dev, reviewer, plan_hash, "Succeeded")
     assert record["backup"] == entry["backup"] and record["to"] == R4
+    assert record["sqlConfigMap"] == "shop-plan-g1-sql"
+    assert record["sqlSha256"] == obj["status"]["plan"]["sql"]["sha256"]
     assert '"schema": "alembic-operator.io/run-record/v1"' in e2e.operator.log()
+    trail = kubectl(e2e, "dbm", "history", "shop", "--all", "-o", "json", user=reviewer)
+    assert trail.returncode == 0, trail.stderr
+    assert [(r["approvedBy"], r["sqlConfigMap"]) for r in json.loads(trail.stdout)] == [(reviewer, "shop-plan-g1-sql")]
+    hidden = kubectl(e2e, "dbm", "history", "shop", "--all", user=dev)
+    assert hidden.returncode == 2 and "needs the right to list configmaps" in hidden.stderr, hidden.stderr
 
 
 def test_four_eyes_refuses_the_user_who_changed_the_spec(governed: E2E) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from typing import Any
 
@@ -69,6 +70,25 @@ def test_history_in_order() -> None:
     assert text.splitlines()[1].split()[:5] == ["1", "base", "r9", "Succeeded", "Migrated"]
     assert "pvc://b/shop/x.dump" in text
     assert "no history yet" in views.history_text(WAITING)
+
+
+def test_history_from_the_run_records_names_who_asked_and_who_approved() -> None:
+    def record(name: str, body: dict[str, Any] | str) -> dict[str, Any]:
+        return {"metadata": {"name": name}, "data": {c.RUN_RECORD_KEY: body if isinstance(body, str) else
+                                                     json.dumps(body)}}
+
+    maps = [record("shop-run-000002-1", {"generation": 2, "from": "r9", "to": "r10", "result": "RolledBack",
+                                         "reason": "Downgraded", "requestedBy": "dev", "approvedBy": "alice",
+                                         "planHash": "sha256:" + "ab" * 32}),
+            record("shop-run-000001-1", {"generation": 1, "from": "base", "to": "r9", "result": "Succeeded",
+                                         "reason": "Migrated", "requestedBy": "dev"}),
+            record("shop-run-000001-2", "edited by hand")]
+    records = views.run_records(maps)
+    assert [r["generation"] for r in records] == [1, 2]
+    lines = views.history_text(READY, records).splitlines()
+    assert lines[0].split()[:7] == ["GENERATION", "FROM", "TO", "RESULT", "REASON", "STARTED", "FINISHED"]
+    assert lines[2].split()[:5] == ["2", "r9", "r10", "RolledBack", "Downgraded"]
+    assert "dev" in lines[2] and "alice" in lines[2] and "sha256:abababababab" in lines[2]
 
 
 def test_held_pods_say_what_they_wait_for() -> None:

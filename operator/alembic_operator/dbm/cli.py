@@ -3,7 +3,7 @@
     kubectl dbm status [-A]                 every DatabaseMigration of the namespace, one line each
     kubectl dbm plan NAME                   revisions, findings and the SQL of the plan (paged)
     kubectl dbm approve NAME [--hash H]     approve the plan shown, by its hash (refused if it changed)
-    kubectl dbm history NAME                finished runs, oldest first
+    kubectl dbm history NAME [--all]        finished runs, oldest first (--all: the whole audit trail)
     kubectl dbm held [NAME]                 pods held until the schema is ready, and why
     kubectl dbm logs NAME [--role migrate]  the logs of the newest run's Job of that role
 
@@ -57,6 +57,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("-y", "--yes", action="store_true", help="do not ask (scripts: prefer --hash)")
     s = sub.add_parser("history", parents=[common], help="finished runs")
     s.add_argument("name")
+    s.add_argument("--all", action="store_true",
+                   help="every run kept in the audit trail (run-record ConfigMaps), not only status's newest 10")
     s = sub.add_parser("held", parents=[common], help="pods held until the schema is ready")
     s.add_argument("name", nargs="?")
     s = sub.add_parser("logs", parents=[common], help="the logs of a run's Job")
@@ -136,26 +138,28 @@ def cmd_plan(s: Session, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _plan_sql(s: Session, obj: dict[str, Any]) -> tuple[list[dict[str, str]] | None, str]:
-    """The SQL kept for the plan (status.plan.sql), and what to say about it ("" when it is whole and verified)."""
+def _plan_sql(s: Session, obj: dict[str, Any]) -> tuple[list[dict[str, str]] | None, str, list[dict[str, Any]] | None]:
+    """The SQL kept for the plan (status.plan.sql), what to say about it ("" when it is whole and verified), and
+    every finding of the plan (status holds the first ones of a long plan; the ConfigMap all of them)."""
     from kubernetes.client import ApiException
 
     ref = ((obj.get("status") or {}).get("plan") or {}).get("sql") or {}
     if not ref.get("configMap"):
-        return None, "no SQL kept for this plan (an operator older than the plan's SQL, or still reading it)"
+        return None, "no SQL kept for this plan (an operator older than the plan's SQL, or still reading it)", None
     try:
         cm = s.core.read_namespaced_config_map(ref["configMap"], s.namespace)
         doc = plansql.read(base64.b64decode((cm.binary_data or {})[plansql.DATA_KEY]))
     except ApiException as exc:
-        return None, f"cannot read ConfigMap {ref['configMap']}: {_reason(exc)}"
+        return None, f"cannot read ConfigMap {ref['configMap']}: {_reason(exc)}", None
     except (KeyError, ValueError, OSError) as exc:
-        return None, f"ConfigMap {ref['configMap']} does not hold a plan's SQL: {exc}"
+        return None, f"ConfigMap {ref['configMap']} does not hold a plan's SQL: {exc}", None
     sql = [dict(r) for r in doc.get("revisions") or []]
+    findings = (doc.get("plan") or {}).get("findings") if doc.get("sqlSha256") == ref.get("sha256") else None
     if doc.get("truncated"):
-        return sql, f"only the first {len(sql)} of {doc.get('total')} revisions' SQL fit in the ConfigMap"
+        return sql, f"only the first {len(sql)} of {doc.get('total')} revisions' SQL fit in the ConfigMap", findings
     if doc.get("sqlSha256") != ref.get("sha256") or not plansql.verified(doc):
-        return sql, "WARNING: this SQL does not hash to the digest the plan hash covers: do not approve on it"
-    return sql, ""
+        return sql, "WARNING: this SQL does not hash to the digest the plan hash covers: do not approve on it", None
+    return sql, "", findings
 
 
 def cmd_approve(s: Session, args: argparse.Namespace) -> int:
@@ -207,7 +211,21 @@ def _reason(exc: Any) -> str:
 
 def cmd_history(s: Session, args: argparse.Namespace) -> int:
     obj = s.migration(args.name)
-    _print(args, views.history_text(obj), views.history_records(obj))
+    if not args.all:
+        _print(args, views.history_text(obj), views.history_records(obj))
+        return EXIT_OK
+    from kubernetes.client import ApiException
+
+    selector = f"{c.OWNER_LABEL}={args.name},app.kubernetes.io/component={c.RUN_RECORD_COMPONENT}"
+    try:
+        listed = s.core.list_namespaced_config_map(s.namespace, label_selector=selector)
+    except ApiException as exc:
+        if exc.status == 403:
+            raise Refused(f"reading the audit trail needs the right to list configmaps in {s.namespace}: "
+                          f"{_reason(exc)}") from None
+        raise
+    records = views.run_records([s.plain(m) for m in listed.items])
+    _print(args, views.history_text(obj, records), records)
     return EXIT_OK
 
 

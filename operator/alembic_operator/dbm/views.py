@@ -5,6 +5,7 @@ Each view has a text form for a terminal and a plain-data form for `-o json`; th
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from typing import Any
 
@@ -75,8 +76,10 @@ def status_text(items: list[dict[str, Any]], now: datetime | None = None, all_na
     return table(rows) if items else "No DatabaseMigrations found.\n"
 
 
-def plan_record(obj: dict[str, Any], sql: list[dict[str, str]] | None = None, sql_note: str = "") -> dict[str, Any]:
-    """The plan waiting (or last run): revisions, findings, hash, whether it waits for approval, and its SQL."""
+def plan_record(obj: dict[str, Any], sql: list[dict[str, str]] | None = None, sql_note: str = "",
+                findings: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The plan waiting (or last run): revisions, findings, hash, whether it waits for approval, and its SQL.
+    `findings`: every finding, from the plan's ConfigMap (status keeps the first ones of a long plan)."""
     st = obj.get("status") or {}
     plan = dict(st.get("plan") or {})
     approval = condition(obj, c.APPROVAL_REQUIRED)
@@ -85,6 +88,7 @@ def plan_record(obj: dict[str, Any], sql: list[dict[str, str]] | None = None, sq
         "name": (obj.get("metadata") or {}).get("name"), "phase": st.get("phase"),
         "from": plan.get("fromRevision"), "to": plan.get("toRevision"), "revisions": plan.get("revisions") or [],
         "destructive": plan.get("destructive") or [], "warnings": plan.get("warnings") or [],
+        "destructiveCount": plan.get("destructiveCount"), "findings": findings,
         "hash": plan.get("hash"), "waitsForApproval": approval.get("status") == "True",
         "approvedHash": approved, "approved": bool(approved) and approved == plan.get("hash"),
         "sql": sql, "sqlNote": sql_note,
@@ -97,14 +101,23 @@ def plan_text(record: dict[str, Any]) -> str:
     lines = [f"Plan of dbm/{record['name']}: {record['from'] or 'base'} -> {record['to']} "
              f"({len(record['revisions'])} revision(s))", f"hash: {record['hash']}"]
     if record["waitsForApproval"]:
-        lines.append("waits for approval: kubectl dbm approve " + str(record["name"]))
+        lines.append(f"waits for approval: kubectl dbm approve {record['name']} --hash {record['hash']}")
     elif record["approved"]:
         lines.append("approved (the annotation carries this hash)")
     lines += ["", "Revisions, in order:", *[f"  {rev}" for rev in record["revisions"]]]
-    if record["destructive"]:
-        lines += ["", f"Destructive ({len(record['destructive'])}):", *[f"  ! {d}" for d in record["destructive"]]]
-    if record["warnings"]:
-        lines += ["", f"Warnings ({len(record['warnings'])}):", *[f"  - {w}" for w in record["warnings"]]]
+    if record.get("findings") is not None:  # all of them, from the ConfigMap
+        for severity, title, mark in (("destructive", "Destructive", "!"), ("locking", "Locking", "-"),
+                                      ("warning", "Warnings", "-"), ("note", "Notes", " ")):
+            found = [f for f in record["findings"] if f.get("severity") == severity]
+            if found:
+                lines += ["", f"{title} ({len(found)}):"]
+                lines += [f"  {mark} {_described(f)} [{f.get('rule')}]" for f in found]
+    else:
+        if record["destructive"]:
+            count = record.get("destructiveCount") or len(record["destructive"])
+            lines += ["", f"Destructive ({count}):", *[f"  ! {d}" for d in record["destructive"]]]
+        if record["warnings"]:
+            lines += ["", f"Warnings ({len(record['warnings'])}):", *[f"  - {w}" for w in record["warnings"]]]
     if record.get("sqlNote"):
         lines += ["", f"SQL: {record['sqlNote']}"]
     if record["sql"] is not None:
@@ -115,20 +128,40 @@ def plan_text(record: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _described(finding: dict[str, Any]) -> str:
+    """A finding as status.plan shows it (sqlscan.Finding.describe): the operation and its revision."""
+    op, rev = str(finding.get("operation") or ""), finding.get("revision")
+    return f"{op} (revision {rev})" if rev and f"revision {rev}" not in op else op
+
+
 def history_records(obj: dict[str, Any]) -> list[dict[str, Any]]:
     return [dict(entry) for entry in (obj.get("status") or {}).get("history") or []]
 
 
-def history_text(obj: dict[str, Any]) -> str:
-    entries = history_records(obj)
+def history_text(obj: dict[str, Any], entries: list[dict[str, Any]] | None = None) -> str:
+    """Finished runs, oldest first: status.history's (the newest 10), or `entries` (the run records)."""
+    entries = history_records(obj) if entries is None else entries
     if not entries:
         return f"dbm/{(obj.get('metadata') or {}).get('name')} has no history yet.\n"
-    rows = [["GENERATION", "FROM", "TO", "RESULT", "REASON", "STARTED", "FINISHED", "BACKUP"]]
+    rows = [["GENERATION", "FROM", "TO", "RESULT", "REASON", "STARTED", "FINISHED", "REQUESTED BY", "APPROVED BY",
+             "PLAN", "BACKUP"]]
     for e in entries:
         rows.append([str(e.get("generation", "")), str(e.get("from") or ""), str(e.get("to") or ""),
                      str(e.get("result") or ""), str(e.get("reason") or ""), str(e.get("startedAt") or ""),
-                     str(e.get("finishedAt") or ""), str(e.get("backup") or "")])
+                     str(e.get("finishedAt") or ""), str(e.get("requestedBy") or ""), str(e.get("approvedBy") or ""),
+                     str(e.get("planHash") or "")[:19], str(e.get("backup") or "")])
     return table(rows)
+
+
+def run_records(config_maps: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The durable run records (audit.py), in the order the runs ran (their names sort that way)."""
+    out = []
+    for cm in sorted(config_maps, key=lambda m: str((m.get("metadata") or {}).get("name"))):
+        try:
+            out.append(dict(json.loads((cm.get("data") or {}).get(c.RUN_RECORD_KEY) or "")))
+        except ValueError:
+            continue  # not a record (edited by hand): shown by kubectl get, not here
+    return out
 
 
 def held_records(pods: list[dict[str, Any]], migrations: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:

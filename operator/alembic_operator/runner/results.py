@@ -94,7 +94,9 @@ class ScanResult(Outcome, total=False):
 
     current: str | None
     target: str | None
-    revisions: list[str]
+    revisions: list[str]  # all of them, or the first ones when revisionCount says more (the SQL document has all)
+    revisionCount: int
+    revisionsSha256: str  # plansql.revisions_sha256 of every revision id, in order
     destructiveRevisions: list[str]
     destructive: list[str]
     warnings: list[str]
