@@ -59,7 +59,9 @@ if TYPE_CHECKING:
     from ..dbstate import DatabaseTarget
     from ..sqlscan import Finding
 
-MYSQL_BIN_ENV: Final = "ALEMBIC_OPERATOR_MYSQL_BIN"  # a directory holding mariadb-dump and mariadb (optional)
+# A directory holding the client tools (optional), searched first: e.g. MySQL's own mysqldump and mysql for a MySQL
+# server whose features mariadb-dump does not know.
+MYSQL_BIN_ENV: Final = "ALEMBIC_OPERATOR_MYSQL_BIN"
 OPERATOR_CONNECT_TIMEOUT: Final = 5
 JOB_CONNECT_TIMEOUT: Final = 10
 VERSION_TABLE: Final = "alembic_version"
@@ -205,9 +207,10 @@ def _ident(name: str) -> str:
 def client_tool(*names: str) -> str:
     """MYSQL_BIN_ENV, else PATH: the first of `names` found (mariadb-dump before mysqldump)."""
     explicit = os.environ.get(MYSQL_BIN_ENV)
+    for name in names if explicit else ():
+        if (Path(explicit or "") / name).is_file():
+            return str(Path(explicit or "") / name)
     for name in names:
-        if explicit and (Path(explicit) / name).is_file():
-            return str(Path(explicit) / name)
         found = shutil.which(name)
         if found:
             return found
@@ -290,8 +293,10 @@ class MySQLSnapshot(Snapshot):
     def dump(self, out: IO[bytes]) -> None:
         tool = _dump_tool()
         with self.db.option_file() as options, tempfile.TemporaryFile() as err:
-            cmd = [tool, f"--defaults-extra-file={options}", *DUMP_OPTIONS, self.db.database]
-            log(f"running {Path(tool).name} {' '.join(DUMP_OPTIONS)} <database>")
+            # MySQL's own mysqldump writes SET @@GLOBAL.GTID_PURGED on a GTID server: a restore must not run it.
+            extra = ["--set-gtid-purged=OFF"] if Path(tool).name == "mysqldump" else []
+            cmd = [tool, f"--defaults-extra-file={options}", *DUMP_OPTIONS, *extra, self.db.database]
+            log(f"running {Path(tool).name} {' '.join([*DUMP_OPTIONS, *extra])} <database>")
             proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err)
             assert proc.stdout is not None
             found = HeadsInDump()
