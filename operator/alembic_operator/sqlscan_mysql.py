@@ -88,8 +88,9 @@ RULES: Final[dict[str, Rule]] = dict(
         _rule("exclusive-lock", "locking", "LOCK=SHARED / LOCK=EXCLUSIVE or LOCK TABLES blocks the app's writes "
               "(EXCLUSIVE and LOCK TABLES ... WRITE: its reads too) for the whole operation.",
               "Leave LOCK out, or ask for LOCK=NONE so the server refuses what it cannot do online."),
-        _rule("add-column-not-instant", "locking", "This ADD COLUMN cannot be instant: an AUTO_INCREMENT or "
-              "STORED generated column copies the table (writes wait) and computes every row.",
+        _rule("add-column-not-instant", "locking", "This ADD COLUMN cannot be instant: an AUTO_INCREMENT column "
+              "rebuilds the table with writes blocked (LOCK=NONE is refused), a STORED generated column copies "
+              "it; both compute every row.",
               "Add a plain nullable column (instant), backfill it in batches, then add the constraint, or use "
               f"{_PT_OSC}."),
         _rule("add-primary-key", "locking", "ADD / DROP PRIMARY KEY rebuilds the clustered index, that is the "
@@ -879,9 +880,12 @@ def markdown() -> str:
         "",
         "On `mysql+...` and `mariadb+...` databases the plan's SQL is rendered with the MySQL dialect and scanned by "
         "`sqlscan_mysql` (sqlglot's MySQL parser), with the same finding fields, severities and rule families, and "
-        "MySQL's truths: InnoDB builds a plain or UNIQUE index online (`LOCK=NONE`), adds and drops columns "
-        "instantly (MariaDB 10.4+, MySQL 8.0.29+), drops indexes and renames in its metadata, so none of these is "
-        "a locking finding; what blocks writes is a table copy (`ALGORITHM=COPY`). MySQL's DDL is not "
+        "MySQL's truths: InnoDB builds and drops a plain or UNIQUE index online (`LOCK=NONE`), adds and drops "
+        "columns instantly (MariaDB 10.4+, MySQL 8.0.29+) and renames in its metadata, so none of these is a "
+        "locking finding (a rename still breaks the running app: that is); what blocks writes is a table copy "
+        "(`ALGORITHM=COPY`) or a rebuild under `LOCK=SHARED`. `tests/mariadb/test_scan_mariadb.py` checks each "
+        "verdict against MariaDB 10.11 itself: a note runs with `ALGORITHM=INSTANT`, a locking change is refused "
+        "with `LOCK=NONE`, an operation not flagged runs with `LOCK=NONE`. MySQL's DDL is not "
         "transactional: each statement commits, so a revision that fails halfway leaves its earlier statements "
         "applied. Column type changes (`MODIFY`, `CHANGE`, `ALTER COLUMN ... TYPE`) are classified against the "
         "column's current type (read from `information_schema.COLUMNS`, read only, with its character set and "
