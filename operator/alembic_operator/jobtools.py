@@ -338,7 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("scan", "scan the SQL a plan rendered for destructive and locking operations")
     p.add_argument("--plan-dir", required=True, type=Path)
-    p = command("backup", "pg_dump the database to the backup volume")
+    p = command("backup", "dump the database (pg_dump, mariadb-dump) to the backup store")
     p.add_argument("--dir", required=True, type=Path)
     p.add_argument("--prefix", required=True)
     p.add_argument("--retain", required=True, type=int)
