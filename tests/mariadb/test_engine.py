@@ -4,6 +4,7 @@ backup and restore through the Job commands (`alembic-operator job backup|restor
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
@@ -216,3 +217,30 @@ def test_a_backup_taken_while_the_revision_moves_is_refused(mariadb_database: Da
         mariadb_database.query("UPDATE alembic_version SET version_num = 'b2'")
         with open(tmp_path / "dump.sql", "wb") as out, pytest.raises(JobError, match="moved while it was dumped"):
             snapshot.dump(out)
+
+
+# --- the plan's scan ---------------------------------------------------------------------------------------------
+
+
+def test_the_scan_job_judges_a_type_change_against_the_live_column(
+        mariadb_database: Database, job: Any, tmp_path: Path) -> None:
+    """`job scan` on a MySQL plan goes to the MySQL scanner with the live column types (read only): widening an
+    INT is a note, narrowing a VARCHAR destroys data; without the database the narrowing is still destructive."""
+    seed(mariadb_database)
+    plan_dir = tmp_path / "plan"
+    plan_dir.mkdir()
+    sql = ("ALTER TABLE orders MODIFY amount BIGINT NOT NULL;\n\nALTER TABLE orders MODIFY code VARCHAR(5);\n\n"
+           "UPDATE alembic_version SET version_num='b2' WHERE alembic_version.version_num = 'a1';\n")
+    (plan_dir / "001-b2.sql").write_text(sql)
+    (plan_dir / "plan.json").write_text(json.dumps({
+        "version": 1, "command": "plan", "dialect": "mysql", "current": "a1", "target": "b2", "transactionalDDL": False,
+        "revisions": [{"revision": "b2", "file": "001-b2.sql", "renderable": True}], "unrenderable": []}))
+    run = job(mariadb_database.url, "scan", "--plan-dir", str(plan_dir))
+    assert run.rc == 0, run
+    assert run.result["transactionalDDL"] is False and run.result["destructiveRevisions"] == ["b2"]
+    assert any("code" in d for d in run.result["destructive"]), run.result
+    assert not any("amount" in d for d in run.result["destructive"]), run.result
+    assert "read the current types of" in run.err
+    assert mariadb_database.query("SELECT COUNT(*) FROM orders") == [(50,)]  # read only
+    blind = job(None, "scan", "--plan-dir", str(plan_dir))  # no URL: the current types are unknown
+    assert any("amount" in d for d in blind.result["destructive"]), blind.result

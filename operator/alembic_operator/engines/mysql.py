@@ -33,7 +33,6 @@ restore Job, and a person can re-run it from the runbook).
 from __future__ import annotations
 
 import contextlib
-import importlib
 import os
 import re
 import shutil
@@ -49,6 +48,7 @@ import pymysql
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
+from .. import sqlscan_mysql
 from ..jobio import JobError, log, sanitize
 from ..reconcile import DatabaseObservation
 from ..runner.blockers import describe_blockers, from_row
@@ -57,7 +57,7 @@ from .base import Engine, Snapshot, observation, read_alembic_state, redact_urls
 
 if TYPE_CHECKING:
     from ..dbstate import DatabaseTarget
-    from ..sqlscan import Finding
+    from ..sqlscan import Catalog, Finding
 
 # A directory holding the client tools (optional), searched first: e.g. MySQL's own mysqldump and mysql for a MySQL
 # server whose features mariadb-dump does not know.
@@ -534,6 +534,26 @@ class MySQL(Engine[Database]):
             conn.close()
 
     def scan(self, items: Iterable[tuple[str | None, str]], db: Database | None = None) -> list[Finding]:
-        # sqlscan_mysql is the mysql-scan branch's module (issue 15): imported by name until it is merged here.
-        scanner: Any = importlib.import_module("..sqlscan_mysql", __package__)
-        return list(scanner.scan(list(items)))
+        items = list(items)
+        return sqlscan_mysql.scan(items, catalog=read_catalog(db, items) if db is not None else None)
+
+
+def read_catalog(db: Database, items: list[tuple[str | None, str]]) -> Catalog | None:
+    """The live types of the columns the plan alters (read only, before anything runs); None when the database
+    cannot be read: type changes are then classified from the plan alone (an unknown type is destructive)."""
+    try:
+        conn = db.connect(autocommit=False)
+    except JobError as err:
+        log(f"cannot read the current column types ({err.message[:300]}): type changes are classified without them")
+        return None
+    try:
+        catalog = sqlscan_mysql.read_catalog(conn, items)
+    except pymysql.MySQLError as err:
+        log(f"cannot read the current column types ({_error_text(err)[:300]}): type changes are classified without "
+            "them")
+        return None
+    finally:
+        with contextlib.suppress(pymysql.MySQLError):
+            conn.close()
+    log(f"read the current types of {len(catalog.columns)} column(s) the plan alters")
+    return catalog
