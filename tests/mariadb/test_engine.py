@@ -244,3 +244,36 @@ def test_the_scan_job_judges_a_type_change_against_the_live_column(
     assert mariadb_database.query("SELECT COUNT(*) FROM orders") == [(50,)]  # read only
     blind = job(None, "scan", "--plan-dir", str(plan_dir))  # no URL: the current types are unknown
     assert any("amount" in d for d in blind.result["destructive"]), blind.result
+
+
+def test_a_restore_that_fails_midway_says_so_and_a_rerun_converges(
+        mariadb_database: Database, job: Any, tmp_path: Path) -> None:
+    """DDL is not transactional: a restore that stops at an error leaves part of the dump applied and says so; the
+    same restore run again (here from an intact dump) makes the database exactly what the dump holds."""
+    db = mariadb_database
+    seed(db)
+    before = checksums(db)
+    file, sha = backup(db, job, tmp_path)
+    db.query("DELETE FROM orders WHERE id > 10")
+    db.query("CREATE TABLE extra (id INT)")
+    dump = Path(file).read_bytes()
+    cut = dump.index(b"DROP TABLE IF EXISTS `orders`")
+    broken = tmp_path / "broken" / "shop-broken.dump"
+    broken.parent.mkdir()
+    broken.write_bytes(dump[:cut] + b"THIS IS NOT SQL;\n" + dump[cut:])
+    run = job(db.url, "restore", "--file", str(broken),
+              "--sha256", "sha256:" + hashlib.sha256(broken.read_bytes()).hexdigest())
+    assert run.result["reason"] == "RestoreFailed", run
+    assert "partly restored" in run.result["message"] and "again" in run.result["message"]
+    assert db.query("SELECT COUNT(*) FROM orders") == [(10,)]  # it stopped before orders
+    run = job(db.url, "restore", "--file", file, "--sha256", sha)
+    assert run.rc == 0, run
+    assert checksums(db) == before
+
+
+def test_localhost_in_the_url_means_tcp_for_the_client_tools_too(
+        mariadb_database: Database, job: Any, tmp_path: Path) -> None:
+    seed(mariadb_database)
+    local = mariadb_database.url.replace("@127.0.0.1:", "@localhost:")
+    run = job(local, "backup", "--dir", str(tmp_path / "b"), "--prefix", "shop", "--retain", "1")
+    assert run.rc == 0 and run.result["revision"] == "a1", run

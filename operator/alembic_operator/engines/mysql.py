@@ -123,6 +123,8 @@ class Database:
             lines.append(f"password={_quote(self.password)}")
         if self.unix_socket:
             lines.append(f"socket={_quote(self.unix_socket)}")
+        else:  # the clients take host=localhost for the socket; PyMySQL (and so the URL) means TCP
+            lines.append("protocol=TCP")
         for key, value in self.ssl.items():
             lines.append(f"{_SSL_OPTIONS[key]}={_quote(value)}")
         lines.append(f"default-character-set={self.charset}")
