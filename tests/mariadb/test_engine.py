@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -91,12 +92,18 @@ def test_a_second_holder_times_out_naming_the_first(mariadb_database: Database) 
         cur.execute("SELECT GET_LOCK(%s, 0), CONNECTION_ID()", (mysql_lock_name(key),))
         got, holder_id = cur.fetchone()  # type: ignore[misc]
         assert got == 1
-        cur.execute("SELECT 'a secret literal' AS x")  # the holder's last statement, literals removed when shown
-        with pytest.raises(JobError) as err, engine.advisory_lock(db, key, timeout=2):
-            pass
+        # The holder is busy with a statement while the second taker gives up: it is shown, its literals removed.
+        busy_sql = "SELECT SLEEP(4), 'a secret literal', \"another secret\""
+        busy = threading.Thread(target=cur.execute, args=(busy_sql,))
+        busy.start()
+        try:
+            with pytest.raises(JobError) as err, engine.advisory_lock(db, key, timeout=2):
+                pass
+        finally:
+            busy.join()
         assert err.value.reason == "LockTimeout"
         assert f"pid {holder_id}" in err.value.message and "user app" in err.value.message
-        assert "secret literal" not in err.value.message
+        assert "secret" not in err.value.message and "SELECT SLEEP(?), ?, ?" in err.value.message
         # the runner's upgrade, downgrade and stamp take the same lock
         import sqlalchemy
 

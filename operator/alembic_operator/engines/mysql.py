@@ -455,7 +455,7 @@ def advisory_lock(db: Database, key: int | None, timeout: float) -> Iterator[Non
                     break
                 if time.monotonic() - started >= timeout:
                     cur.execute(HOLDER_SQL, (name,))
-                    held = [from_row(r) for r in cur.fetchall()]
+                    held = [from_row(r, double_quoted_strings=True) for r in cur.fetchall()]
                     who = f", held by {describe_blockers(held)}" if held else ""
                     raise JobError("LockTimeout", f"another session has held the migration lock ({name}{who}) for "
                                    f"more than {timeout:.0f}s; nothing was restored")
