@@ -65,6 +65,18 @@ def test_revision_at_base_at_a_revision_and_with_several_heads(mariadb_database:
     assert obs.error_reason == "MultipleHeads" and "a1, b2" in str(obs.error_message)
 
 
+@pytest.mark.parametrize("scheme", ["mysql+mysqldb", "mariadb+mariadbconnector", "mysql+aiomysql"])
+def test_the_operator_reads_through_pymysql_whatever_driver_the_app_uses(
+        mariadb_database: Database, scheme: str) -> None:
+    seed(mariadb_database)
+    url = mariadb_database.url.replace("mysql+pymysql://", f"{scheme}://")
+    obs = dbstate.read_revision(dbstate.parse_url(url, "shop/shop-db", "url"))
+    assert (obs.revision, obs.error_reason) == ("a1", None)
+    # the app's driver's own options are the app's: the operator reads without them
+    odd = dbstate.read_revision(dbstate.parse_url(url + "?no_such_option=1&charset=utf8mb4", "shop/shop-db", "url"))
+    assert (odd.revision, odd.error_reason) == ("a1", None)
+
+
 def test_wrong_password_and_missing_database_are_explained_without_the_password(mariadb_database: Database) -> None:
     wrong = mariadb_database.url.replace(mariadb_database.password, "pw-wrong-secret-4711")
     obs = dbstate.read_revision(dbstate.parse_url(wrong, "shop/shop-db", "url"))

@@ -69,6 +69,7 @@ _CHUNK: Final = 1 << 20
 # URL query parameters (PyMySQL's names) the client tools understand, and their option-file names.
 _SSL_OPTIONS: Final = {"ssl_ca": "ssl-ca", "ssl_cert": "ssl-cert", "ssl_key": "ssl-key", "ssl_capath": "ssl-capath",
                        "ssl_cipher": "ssl-cipher"}
+_READ_OPTIONS: Final = frozenset({"unix_socket", "charset", *_SSL_OPTIONS})
 # Error codes: 1044/1045 access denied, 1049 unknown database, 2002/2003/2005/2006/2013 cannot reach the server.
 AUTH_ERRORS: Final = frozenset({1044, 1045, 1698})
 UNKNOWN_DATABASE: Final = 1049
@@ -492,9 +493,15 @@ class MySQL(Engine[Database]):
         return database_lock_key(database_key)  # the runner takes GET_LOCK(mysql_lock_name(key))
 
     def read_revision(self, target: DatabaseTarget) -> DatabaseObservation:
+        """Through PyMySQL, the driver the operator ships, whatever driver the URL names for the app (mysqlclient,
+        MariaDB Connector/C and the async drivers need not be in the operator's image), with the query parameters
+        the Jobs use too (the other driver's own options are the app's)."""
         url = target.url
+        kept = {key: value for key, value in url.query.items() if key in _READ_OPTIONS}
         try:
-            heads, names = read_alembic_state(url, {"connect_timeout": OPERATOR_CONNECT_TIMEOUT})
+            heads, names = read_alembic_state(
+                url.set(drivername=f"{url.get_backend_name()}+pymysql", query=kept),
+                {"connect_timeout": OPERATOR_CONNECT_TIMEOUT})
         except DBAPIError as err:
             orig = getattr(err, "orig", err)
             code, text = _error_code(orig), redact_urls(_error_text(orig), url)
