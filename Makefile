@@ -23,7 +23,8 @@ help:
 	@echo "make crd               regenerate crds/, docs/crd-reference.md (the pydantic model), docs/reasons.md and docs/locking.md"
 	@echo "make k8s-openapi       re-vendor Kubernetes' core/v1 schemas from \$$KUBECONFIG's API server, then make crd"
 
-# Debian packages: PostgreSQL (server for the tests and the demo, pg_dump/pg_restore for the Jobs), util-linux
+# Debian packages: PostgreSQL (server for the tests and the demo, pg_dump/pg_restore for the Jobs), MariaDB
+# (server for tests/mariadb, mariadb-dump and the mariadb client for the Jobs on MySQL/MariaDB), util-linux
 # (unshare, nsenter, mount: the bed's namespaces); the real node's runc, CNI plugins, registry, iproute2, iptables
 # (kube-proxy); skopeo (pushes), busybox-static (the bed's test images), gcc (the static pause binary); buildah and
 # mmdebstrap (image builds). Go builds the control plane and the node.
@@ -31,6 +32,8 @@ deps:
 	@missing=""; \
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	command -v pg_dump >/dev/null || missing="$$missing postgresql-client"; \
+	test -x /usr/sbin/mariadbd || missing="$$missing mariadb-server"; \
+	command -v mariadb-dump >/dev/null || missing="$$missing mariadb-client"; \
 	command -v unshare >/dev/null || missing="$$missing util-linux"; \
 	command -v curl >/dev/null || missing="$$missing curl"; \
 	command -v runc >/dev/null || missing="$$missing runc"; \
@@ -82,7 +85,7 @@ lint: venv
 crd: venv
 	$(PY) -m alembic_operator.crdgen
 	$(PY) -m alembic_operator.reasons > docs/reasons.md
-	$(PY) -m alembic_operator.sqlscan > docs/locking.md
+	$(PY) -m alembic_operator.sqlscan_mysql > docs/locking.md
 	$(PY) -m alembic_operator.approvals > charts/alembic-operator/files/approval-change.cel
 
 # After a Kubernetes upgrade: point KUBECONFIG at a cluster of the new version (e.g. make dev-cluster).

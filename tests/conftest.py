@@ -1,4 +1,4 @@
-"""Shared fixtures: the local Kubernetes bed and a real PostgreSQL server."""
+"""Shared fixtures: the local Kubernetes bed, a real PostgreSQL server and a real MariaDB server."""
 
 from __future__ import annotations
 
@@ -14,9 +14,11 @@ from typing import TYPE_CHECKING
 import pytest
 
 from bed.controlplane import Bed
+from bed.mariadb import Database as MariaDBDatabase
+from bed.mariadb import MariaDBServer
 from bed.postgres import Database, PostgresServer
 
-pytest_plugins = ["e2e"]  # the end-to-end fixtures (crd, e2e)
+pytest_plugins = ["e2e", "jobrun"]  # the end-to-end fixtures (crd, e2e); job (the Job commands, in-process)
 
 if TYPE_CHECKING:
     from kubernetes.client import ApiClient
@@ -26,13 +28,15 @@ if TYPE_CHECKING:
 
 # Tests by kind: the folder says what a test needs, and a test may not need more than its folder allows.
 SERVER_FIXTURES = {"postgres": {"postgres", "database"},
-                   "bed": {"bed", "kube_api", "namespace", "kubectl", "postgres_in_bed", "e2e"}}
-FOLDER_ALLOWS = {"unit": set(), "postgres": {"postgres"}, "cluster": {"postgres", "bed"}, "e2e": {"postgres", "bed"}}
+                   "mariadb": {"mariadb", "mariadb_database"},
+                   "bed": {"bed", "kube_api", "namespace", "kubectl", "postgres_in_bed", "mariadb_in_bed", "e2e"}}
+FOLDER_ALLOWS = {"unit": set(), "postgres": {"postgres"}, "mariadb": {"mariadb"},
+                 "cluster": {"postgres", "mariadb", "bed"}, "e2e": {"postgres", "mariadb", "bed"}}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """tests/unit needs no server (`make test-unit`), tests/postgres only PostgreSQL; a test that asks for more is an
-    error, not a silent slow test in the wrong place."""
+    """tests/unit needs no server (`make test-unit`), tests/postgres only PostgreSQL, tests/mariadb only MariaDB; a
+    test that asks for more is an error, not a silent slow test in the wrong place."""
     wrong = []
     for item in items:
         folder = item.path.parent.name
@@ -69,6 +73,32 @@ def database(postgres: PostgresServer, request: pytest.FixtureRequest) -> Iterat
         postgres.drop_database(name)
 
 
+# --- MariaDB (bed.mariadb) ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def mariadb() -> Iterator[MariaDBServer]:
+    """One real MariaDB server for the session, on a free loopback port, in a temporary data directory."""
+    # Not under pytest's tmp_path: that is private to root, and the server runs as the mysql user.
+    server = MariaDBServer(Path(tempfile.mkdtemp(prefix="alembic-operator-mariadb-")))
+    try:
+        server.start()
+        yield server
+    finally:
+        server.destroy()
+
+
+@pytest.fixture
+def mariadb_database(mariadb: MariaDBServer, request: pytest.FixtureRequest) -> Iterator[MariaDBDatabase]:
+    """A fresh database per test that the application user owns; `mariadb_database.url` is its SQLAlchemy URL."""
+    name = re.sub(r"[^a-z0-9_]", "_", request.node.name.lower())[:40] + "_" + str(abs(hash(request.node.nodeid)))[:8]
+    db = mariadb.create_database(name)
+    try:
+        yield db
+    finally:
+        mariadb.drop_database(name)
+
+
 # --- Kubernetes test bed (bed.controlplane) ----------------------------------------------------------------------
 
 Kubectl = Callable[..., "subprocess.CompletedProcess[str]"]
@@ -102,6 +132,13 @@ def postgres_in_bed(bed: Bed, postgres: PostgresServer) -> tuple[str, int]:
     """(host, port) at which pods and processes inside the bed's network namespace reach `postgres`:
     `database.at(*postgres_in_bed)` is the database as they see it."""
     return bed.expose_host_port(postgres.port, name="postgres-relay")
+
+
+@pytest.fixture(scope="session")
+def mariadb_in_bed(bed: Bed, mariadb: MariaDBServer) -> tuple[str, int]:
+    """(host, port) at which pods and processes inside the bed's network namespace reach `mariadb`:
+    `mariadb_database.at(*mariadb_in_bed)` is the database as they see it."""
+    return bed.expose_host_port(mariadb.port, name="mariadb-relay")
 
 
 @pytest.fixture(scope="session")

@@ -175,6 +175,9 @@ RESTORED = _reason("Restored", None, "the restore Job put the backup back", wher
 ROLLBACK_DISABLED = _reason("RollbackDisabled", None, "spec.rollback.strategy is None: nothing was undone",
                            where=("RolledBack",))
 NO_BACKUP = _reason("NoBackup", None, "a restore was needed but there is no backup", where=("RolledBack",))
+REVISION_HALF_APPLIED = _reason("RevisionHalfApplied", None, "a revision failed after some of its DDL committed "
+                                "(MySQL/MariaDB) and spec.rollback.strategy cannot undo that: nothing was run",
+                                where=("RolledBack",))
 DOWNGRADE_FAILED = _reason("DowngradeFailed", None, "the downgrade Job failed", where=("RolledBack", "Job result"))
 RESTORE_FAILED = _reason("RestoreFailed", None, "the restore Job failed", where=("RolledBack", "Job result"))
 SCHEMA_DRIFT = _reason("SchemaDrift", None, "the live database differs from the app's models",
@@ -235,7 +238,8 @@ PLAN_INVALID = _reason("PlanInvalid", None, "the plan Job's rendered files are i
 PLAN_NOT_FOUND = _reason("PlanNotFound", None, "the plan Job rendered nothing to scan", where=_JOB)
 PLAN_TOO_LARGE = _reason("PlanTooLarge", None, "the plan does not fit a termination message", where=_JOB)
 RESULT_TOO_LARGE = _reason("ResultTooLarge", None, "a Job's result does not fit a termination message", where=_JOB)
-TOOL_NOT_FOUND = _reason("ToolNotFound", None, "pg_dump or pg_restore is missing from the operator image", where=_JOB)
+TOOL_NOT_FOUND = _reason("ToolNotFound", None, "a database client tool (pg_dump, pg_restore, psql, mariadb-dump, "
+                         "mariadb) is missing from the operator image", where=_JOB)
 
 # --- sets other modules need, derived ---------------------------------------------------------------------------------
 # A plan Job's result reason the user reads as it is (others become PlanFailed).

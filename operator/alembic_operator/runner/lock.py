@@ -48,6 +48,14 @@ def database_lock_key(database_key: str) -> int:
     return signed_key(int.from_bytes(hashlib.sha256(f"alembic-operator:{database_key}".encode()).digest()[:8], "big"))
 
 
+MYSQL_LOCK_PREFIX = "alembic-operator:"
+
+
+def mysql_lock_name(key: int) -> str:
+    """The name of a database's migration lock on MySQL/MariaDB (GET_LOCK takes a name, at most 64 characters)."""
+    return f"{MYSQL_LOCK_PREFIX}{key}"
+
+
 # --- the SQL of each dialect ------------------------------------------------------------------------------------
 
 
@@ -78,6 +86,7 @@ class DialectSQL:
     # The URL with the session's timeouts as connection options, when its driver takes them (None: it does not, and
     # the runner sets them on the migration's connection instead).
     url_options: Callable[[Any, int | None, int | None], Any] | None = None
+    double_quoted_strings: bool = False  # "..." is a string literal (MySQL): redacted from the holder's query
 
 
 DIALECTS: dict[str, DialectSQL] = {}
@@ -128,6 +137,24 @@ register("postgresql", DialectSQL(
     statement_timeout_codes=("57014",),  # query_canceled: statement_timeout (or pg_cancel_backend)
     url_options=libpq_options,
 ))
+
+
+# MySQL and MariaDB: a named lock held by the session (GET_LOCK, with a zero wait: the loop above polls), its holder
+# from the processlist (IS_USED_LOCK gives its connection id; another user's session shows only with PROCESS).
+# No session limits: the lock and statement timeouts, their error codes and the blockers are PostgreSQL's only.
+_MYSQL_NAME = f"CONCAT('{MYSQL_LOCK_PREFIX}', CAST(:key AS CHAR))"
+for _dialect in ("mysql", "mariadb"):
+    register(_dialect, DialectSQL(
+        try_lock=f"SELECT GET_LOCK({_MYSQL_NAME}, 0) = 1",
+        unlock=f"SELECT RELEASE_LOCK({_MYSQL_NAME})",
+        holder=("SELECT ID, USER, NULL, HOST, COMMAND, TIME, INFO, NULL FROM information_schema.PROCESSLIST "
+                f"WHERE ID = IS_USED_LOCK({_MYSQL_NAME})"),
+        # SET SESSION ... READ ONLY only reaches the session's next transactions, and SET TRANSACTION fails inside
+        # one (1568): end env.py's transaction (rolled back: it only read), then start a read-only one. DDL and DML
+        # then fail with 1792, in this transaction and the session's next ones (tests/mariadb/test_drift_mariadb.py).
+        read_only=("ROLLBACK", "SET SESSION TRANSACTION READ ONLY", "START TRANSACTION READ ONLY"),
+        double_quoted_strings=True,
+    ))
 
 
 def read_only(connection: Any, dialect: str) -> None:
@@ -201,7 +228,8 @@ def holder(conn: Any, sql: DialectSQL, key: int) -> list[Blocker]:
         return []
     unsigned = key & 0xFFFFFFFFFFFFFFFF
     try:
-        rows = conn.execute(text(sql.holder), {"hi": unsigned >> 32, "lo": unsigned & 0xFFFFFFFF}).fetchall()
+        rows = conn.execute(text(sql.holder), {"key": key, "hi": unsigned >> 32,
+                                               "lo": unsigned & 0xFFFFFFFF}).fetchall()
     except Exception:
         return []
-    return [from_row(row) for row in rows]
+    return [from_row(row, sql.double_quoted_strings) for row in rows]
