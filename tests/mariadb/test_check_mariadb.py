@@ -156,3 +156,21 @@ def test_scratch_database_is_dropped_when_the_upgrade_fails(tmp_path: Path, caps
     (failed,) = of(report, "upgrade-failed")
     assert failed["revision"] == "bbbbbbbb0009" and "nope" in failed["message"]
     assert scratch_databases(mariadb) == []
+
+
+def test_type_change_classified_against_the_scratch_database(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                            scratch_url: str) -> None:
+    """A table whose column types the SQL does not spell (CREATE TABLE ... SELECT): the upgrade stops just before
+    the revision that changes one and reads it from the scratch database, so a widening is a note, not an
+    unknown type (destructive)."""
+    ini = project(tmp_path, [
+        Rev("cccccccc0001", upgrade=["op.execute(\"CREATE TABLE tags SELECT CAST('x' AS CHAR(40)) AS name\")"],
+            downgrade=['op.drop_table("tags")']),
+        Rev("cccccccc0002", upgrade=['op.alter_column("tags", "name", type_=sa.String(60))'],
+            downgrade=['op.alter_column("tags", "name", type_=sa.String(40))']),
+    ], models=None)
+    code, report = run(capsys, "-c", str(ini), "--scratch-url", scratch_url, "--skip", "roundtrip")
+    lint = [f for f in report["findings"] if f["check"] == "lint"]
+    assert [f["rule"] for f in lint] == ["alter-column-type-widening"], lint
+    assert "from VARCHAR(40)" in lint[0]["message"]
+    assert code == 0, report
