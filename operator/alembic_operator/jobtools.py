@@ -204,15 +204,31 @@ def cmd_scan(plan_dir: Path) -> ScanResult:
             result[key] = plan[key]
     # A long plan (hundreds of revisions) keeps its ids and all its findings in the SQL document only (the log, then
     # the ConfigMap): the result keeps their count and digest, and the operator takes the ids from the document.
-    # What status shows is cut last: the first destructive operations, the pod gate's lineage, the locking ones.
+    # The ids go after the warnings (while they fit, the operator needs no log), before what status shows: the
+    # locking operations, the pod gate's lineage, the first destructive operations.
     fit_list(result, "findings")
     fit_list(result, "notes", lambda n: f"... and {n} more note(s): see kubectl dbm plan")
+    fit_list(result, "warnings", lambda n: f"... and {n} more warning(s): see kubectl dbm plan")
+
+    def more_destructive(n: int) -> str:
+        return f"... and {n} more destructive operation(s): see kubectl dbm plan"
+
+    destructive_all = list(result["destructive"])
+    if size(result) > RESULT_MAX and len(destructive_all) > DESTRUCTIVE_KEPT:  # the first ones, then the ids
+        result["destructive"] = [*destructive_all[:DESTRUCTIVE_KEPT], more_destructive(
+            len(destructive_all) - DESTRUCTIVE_KEPT)]
+    locking_all = list(result["locking"])
+    if size(result) > RESULT_MAX:
+        result["locking"] = locking_all[:LOCKING_KEPT]
     fit_list(result, "revisions")
     fit_list(result, "destructiveRevisions")
-    fit_list(result, "warnings", lambda n: f"... and {n} more warning(s): see kubectl dbm plan")
+    if size(result) > RESULT_MAX:
+        result["locking"] = locking_all
     fit_list(result, "locking")  # lockingCount still counts them all
     fit_list(result, "lineage")
-    fit_list(result, "destructive", lambda n: f"... and {n} more destructive operation(s): see kubectl dbm plan")
+    if size(result) > RESULT_MAX:
+        result["destructive"] = destructive_all
+        fit_list(result, "destructive", more_destructive)
     if size(result) > RESULT_MAX:
         raise JobError("PlanTooLarge", f"the plan's result does not fit a termination message even without its "
                        f"{len(revisions)} revision ids; set spec.targetRevision to an intermediate revision and "
@@ -220,6 +236,8 @@ def cmd_scan(plan_dir: Path) -> ScanResult:
     return cast(ScanResult, result)
 
 
+DESTRUCTIVE_KEPT: Final = 10  # destructive operations a result keeps before it gives up its revision ids
+LOCKING_KEPT: Final = 2  # ... and locking ones
 LOCKING_SHOWN: Final = 5  # locking findings a plan's result carries with their safer pattern (all are counted)
 
 
