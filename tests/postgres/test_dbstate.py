@@ -69,6 +69,18 @@ def test_reads_revision_version_table_and_tables(database: Database) -> None:
     assert (obs.revision, obs.versioned, obs.tables) == ("abc123", True, 1)
 
 
+@pytest.mark.parametrize("driver", ["psycopg2", "asyncpg", "pg8000"])
+def test_the_operator_reads_a_url_of_any_driver_through_its_own(database: Database, driver: str) -> None:
+    """The app's driver (psycopg2 and pg8000 are not installed here; asyncpg is async) is the app's: the operator
+    reads the revision through psycopg, keeping libpq's parameters and dropping the other driver's own."""
+    database.query("CREATE TABLE alembic_version (version_num varchar(32) PRIMARY KEY)")
+    database.query("INSERT INTO alembic_version VALUES ('abc123')")
+    url = database.url.replace("postgresql+psycopg://", f"postgresql+{driver}://") + (
+        "?prepared_statement_cache_size=0&sslmode=disable")
+    obs = read_revision(parse_url(url, "s", "url"))
+    assert obs.ok and obs.revision == "abc123", obs.error_message
+
+
 def test_unreachable_is_transient_and_bad_password_is_not(database: Database) -> None:
     down = read_revision(parse_url(f"postgresql+psycopg://app:{SECRET}@127.0.0.1:{free_port()}/x", "s", "url"))
     assert down.error_reason == "DatabaseUnreachable" and down.transient

@@ -469,8 +469,15 @@ class PostgreSQL(Engine[Database]):
         return database_lock_key(database_key)  # the runner takes pg_advisory_lock(key)
 
     def read_revision(self, target: DatabaseTarget) -> DatabaseObservation:
+        """Through psycopg, the driver the operator ships, whatever driver the URL names for the app (psycopg2,
+        asyncpg, pg8000 are the app's: an async one cannot even be used synchronously), with the URL's libpq
+        parameters (the other drivers' own options are the app's)."""
+        url = target.url
+        known = {d.keyword.decode() for d in pq.Conninfo.get_defaults()} | {"host"}
+        read_url = url.set(drivername="postgresql+psycopg",
+                           query={k: v for k, v in url.query.items() if k in known})
         try:
-            heads, names = read_alembic_state(target.url, {"connect_timeout": OPERATOR_CONNECT_TIMEOUT})
+            heads, names = read_alembic_state(read_url, {"connect_timeout": OPERATOR_CONNECT_TIMEOUT})
         except DBAPIError as err:
             text = redact_urls(str(getattr(err, "orig", err)).strip().splitlines()[0] if str(err).strip()
                                     else "", target.url)
