@@ -246,6 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-scale-"))
+    tmp.chmod(0o755)  # PostgreSQL runs as its own user under it
     own_bed = not (args.bed_dir and Bed(args.bed_dir).is_up())
     bed = Bed(tmp / "bed", node="none", daemon=False) if own_bed else Bed(args.bed_dir)
     if own_bed:

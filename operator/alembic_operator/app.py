@@ -48,6 +48,13 @@ class Operator:
         self.config = config
         self.keeper = release.Gatekeeper()
         self._ctx: handlers.Context | None = None
+        self.settings: kopf.OperatorSettings | None = None
+
+    def reconciler(self) -> handlers.Runtime:
+        """The reconciler's runtime, its scheduler started (from the first watch event's handler: Kopf's context)."""
+        if self.ctx.runtime.scheduler is None and self.settings is not None:
+            handlers.start(self.ctx, self.settings)
+        return self.ctx.runtime
 
     @property
     def ctx(self) -> handlers.Context:
@@ -76,7 +83,7 @@ class Operator:
         client = self._ctx.kube
         if config.reconciler:
             await handlers.resume(self.ctx)
-            handlers.start(self.ctx, settings)
+        self.settings = settings
         settings.admission.managed = None  # ours: see webhook's docstring
         if config.webhook.enabled:
             settings.admission.server = webhook.GateWebhookServer(config.webhook, client)
@@ -116,13 +123,15 @@ def registry(config: OperatorConfig) -> tuple[kopf.OperatorRegistry, Operator]:
         @kopf.on.event("batch", "v1", "jobs", labels={c.MANAGED_BY_LABEL: c.MANAGED_BY}, id="job_changed",
                        registry=reg)
         async def job_changed(event: kopf.RawEvent, **_: Any) -> None:
-            if (ref := op.ctx.runtime.job_seen(event.get("type"), dict(event.get("object") or {}))) is not None:
-                op.ctx.runtime.wake(*ref)
+            runtime = op.reconciler()
+            if (ref := runtime.job_seen(event.get("type"), dict(event.get("object") or {}))) is not None:
+                runtime.wake(*ref)
 
         @kopf.on.event(c.GROUP, c.VERSION, c.PLURAL, id="migration_changed", registry=reg)
         async def migration_changed(event: kopf.RawEvent, namespace: str | None, name: str, **_: Any) -> None:
-            if op.ctx.runtime.migration_seen(event.get("type"), dict(event.get("object") or {})) and namespace:
-                op.ctx.runtime.wake(namespace, name)
+            runtime = op.reconciler()
+            if runtime.migration_seen(event.get("type"), dict(event.get("object") or {})) and namespace:
+                runtime.wake(namespace, name)
 
         @kopf.on.delete(c.GROUP, c.VERSION, c.PLURAL, id="on_delete", registry=reg)
         async def on_delete(namespace: str | None, name: str, logger: handlers.Logger, **_: Any) -> None:

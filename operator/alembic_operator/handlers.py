@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import ctypes
 import dataclasses
 import gc
@@ -221,14 +222,15 @@ async def resume(ctx: Context) -> None:
 
 
 def start(ctx: Context, settings: kopf.OperatorSettings) -> Scheduler:
-    """The scheduler of every reconcile (started once, on Kopf's loop)."""
+    """The scheduler of every reconcile, started once, from within a Kopf handler (the first watch event): its
+    workers run in a copy of that context, where Kopf's Event poster is (``kopf.event``, warnings as Events)."""
     if ctx.runtime.scheduler is None:
         async def work(key: Hashable) -> float | None:
             namespace, name = cast(Ref, key)
             return await tick(ctx, namespace, name, _logger(ctx, settings, namespace, name))
 
         ctx.runtime.scheduler = Scheduler(work, workers=WORKERS)
-        ctx.runtime.scheduler.start()
+        ctx.runtime.scheduler.start(contextvars.copy_context())
     return ctx.runtime.scheduler
 
 

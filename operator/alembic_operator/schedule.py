@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import heapq
 import itertools
 import logging
@@ -37,10 +38,12 @@ class Scheduler:
         self._changed = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
-    def start(self) -> None:
+    def start(self, context: contextvars.Context | None = None) -> None:
+        """Start the timer and the workers, each in a copy of `context` (Kopf's: its Event poster is found there)."""
         if not self._tasks:
-            self._tasks = [asyncio.create_task(self._timer())]
-            self._tasks += [asyncio.create_task(self._worker()) for _ in range(self.workers)]
+            base = context or contextvars.copy_context()
+            self._tasks = [asyncio.create_task(self._timer(), context=base.copy())]
+            self._tasks += [asyncio.create_task(self._worker(), context=base.copy()) for _ in range(self.workers)]
 
     async def stop(self) -> None:
         for task in self._tasks:
