@@ -467,7 +467,7 @@ async def _observe_database(ctx: Context, namespace: str,
     except DatabaseError as err:
         ctx.runtime.secrets.pop(secret, None)  # read it again next time: the user may be fixing it
         return err.observation(), None
-    database = await asyncio.to_thread(read_revision, target)
+    database = await ctx.runtime.revisions.fresh(target.url.render_as_string(hide_password=False), target)
     if not database.ok:
         ctx.runtime.secrets.pop(secret, None)  # new credentials, perhaps
     return database, target

@@ -128,6 +128,31 @@ async def test_resources_on_one_database_share_a_revision_read() -> None:
 
 
 @pytest.mark.asyncio
+async def test_a_reconcile_only_takes_a_read_that_started_after_it_asked() -> None:
+    """A commit made just before a reconcile asks must be seen: a read already under way may have missed it."""
+    revision = ["r1"]
+    started: list[str] = []
+    release = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def read(target: object) -> DatabaseObservation:
+        started.append(revision[0])
+        asyncio.run_coroutine_threadsafe(release.wait(), loop).result()
+        return DatabaseObservation(revision=started[-1])
+
+    reader = freshness.RevisionReader(read, limit=4)
+    first = asyncio.create_task(reader.fresh("db", "t"))
+    await asyncio.sleep(0.05)  # the first read is under way
+    revision[0] = "r2"  # a Job commits
+    later = [asyncio.create_task(reader.fresh("db", "t")) for _ in range(20)]  # asked after the commit
+    await asyncio.sleep(0.05)
+    release.set()
+    results = await asyncio.gather(first, *later)
+    assert results[0].revision == "r1" and {r.revision for r in results[1:]} == {"r2"}
+    assert started == ["r1", "r2"]  # the twenty share one read, which started after they asked
+
+
+@pytest.mark.asyncio
 async def test_a_failed_read_is_not_kept() -> None:
     calls: list[int] = []
 
