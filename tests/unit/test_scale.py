@@ -258,3 +258,24 @@ def test_a_deleted_resource_leaves_nothing_behind() -> None:
     rt.migration_seen("DELETED", dbm("a", "3"))
     assert not (rt.migrations or rt.jobs or rt.jobs_listed or rt.jobs_counted or rt.settled or rt.queued
                 or rt.writers)
+
+
+# --- the Job cap ----------------------------------------------------------------------------------------------------
+
+
+def test_a_step_whose_job_may_not_start_waits_in_the_queue_reason_and_starts_once_a_slot_frees() -> None:
+    import dataclasses
+
+    from test_reconcile import observe, summary
+
+    from alembic_operator import reasons
+    from alembic_operator.reconcile import decide
+
+    queued = decide(dataclasses.replace(observe(), job_queue="10 Jobs run now (--max-running-jobs 10)"))
+    assert queued.jobs == [] and queued.status["phase"] == "Planning"
+    assert summary(queued) == ("False", "True", "False")  # Reconciling: it passes by itself
+    reconciling = next(x for x in queued.status["conditions"] if x["type"] == c.RECONCILING)
+    assert reconciling["reason"] == reasons.JOB_QUEUED and "--max-running-jobs 10" in reconciling["message"]
+    assert reasons.ALL[reasons.JOB_QUEUED].transient
+    started = decide(observe(queued.status))  # a slot freed: the same step starts its Job
+    assert [j.role for j in started.jobs] == ["plan"]
