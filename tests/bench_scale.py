@@ -2,6 +2,7 @@
 
     make bench-scale                    # N=1000; or: make bench-scale N=200, N="200 500 1000"
     python tests/bench_scale.py --n 200 500 1000 --window 180 [--bed-dir DIR] [--freshness 1m]
+    python tests/bench_scale.py --migrations 100 --max-running-jobs 10    # the Job cap (a real node)
 
 On a bed of its own (the control plane; BED_DIR / --bed-dir: reuse a running one), with one PostgreSQL database whose
 alembic_version is already at the revision every resource targets (so each resource is Ready with nothing to do,
@@ -232,6 +233,94 @@ class Bench:
         return elapsed, len(warnings), sum("Will escalate" in x for x in lines)
 
 
+def migrations(args: argparse.Namespace, tmp: Path) -> int:
+    """100 migrations on 100 databases started together under the Job cap: all must succeed; the operator's
+    overhead is the wall time against the best a hand-run could do with the same cap (the Jobs' own run times,
+    packed perfectly: their sum divided by the cap)."""
+    from apps import make_project
+    from e2e import BASE_REVISIONS, app_image
+    from harness import operator_image
+
+    own_bed = not (args.bed_dir and Bed(args.bed_dir).is_up())
+    bed = Bed(tmp / "bed", node="real", daemon=False) if own_bed else Bed(args.bed_dir)
+    if own_bed:
+        print(f"starting a bed with a real node in {bed.dir} ...", flush=True)
+        bed.start()
+    pg = PostgresServer(tmp / "pg")
+    pg.start()
+    api = bed.api_client()
+    core = k8s.CoreV1Api(api)
+    ns = f"bench-migrations-{uuid.uuid4().hex[:6]}"
+    operator: OperatorProcess | None = None
+    n, cap = args.migrations, args.max_running_jobs
+    try:
+        proc = bed.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
+        assert proc.returncode == 0, proc.stderr
+        core.create_namespace(k8s.V1Namespace(metadata=k8s.V1ObjectMeta(name=ns)))
+        cluster = Cluster(api, ns)
+        project = make_project(tmp / "app", BASE_REVISIONS).parent
+        image = app_image(bed, project)
+        operator_image(bed)
+        relay = bed.expose_host_port(pg.port, name="bench-postgres")
+        for i in range(n):
+            db = pg.create_database(f"m{i:03d}").at(*relay)
+            cluster.secret(f"db-{i:03d}", {"url": db.url})
+        operator = OperatorProcess(bed, [ns], tmp / "operator-migrations.log",
+                                   extra_args=["--no-webhook", f"--max-running-jobs={cap}"]).start()
+        spec = {"migrations": {"image": image, "workingDir": "/app"}, "targetRevision": "head",
+                "backup": {"enabled": False}}
+        print(f"{n} migrations (plan + migrate Jobs each), --max-running-jobs {cap}", flush=True)
+        t0 = time.time()
+        for i in range(n):
+            cluster.create(f"m-{i:03d}", {**spec, "database": {"urlSecretRef": {"name": f"db-{i:03d}", "key": "url"}}})
+        queued: set[str] = set()
+        most = 0
+
+        def done() -> bool | None:
+            nonlocal most
+            items = cluster.custom.list_namespaced_custom_object(c.GROUP, c.VERSION, ns, c.PLURAL)["items"]
+            jobs = cluster.batch.list_namespaced_job(ns).items
+            most = max(most, sum(1 for j in jobs if not (j.status.succeeded or j.status.failed)))
+            finished = 0
+            for obj in items:
+                st = obj.get("status") or {}
+                if any(x.get("reason") == "JobQueued" for x in st.get("conditions") or []):
+                    queued.add(obj["metadata"]["name"])
+                finished += st.get("phase") in ("Succeeded", "Failed")
+            return finished == n or None
+
+        wait_for(done, 3600, f"{n} migrations finished")
+        wall = time.time() - t0
+        items = cluster.custom.list_namespaced_custom_object(c.GROUP, c.VERSION, ns, c.PLURAL)["items"]
+        succeeded = sum((o.get("status") or {}).get("phase") == "Succeeded" for o in items)
+        durations = []
+        for job in cluster.batch.list_namespaced_job(ns).items:
+            start, end = job.status.start_time, job.status.completion_time
+            if start and end:
+                durations.append((end - start).total_seconds())
+        ideal = sum(durations) / cap
+        print()
+        print("| migrations | succeeded | Jobs | --max-running-jobs | most Jobs seen at once | resources seen "
+              "JobQueued | wall s | Jobs' run time s (sum) | hand-run best s (sum / cap) | ratio | load avg |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
+        load = os.getloadavg()
+        print(f"| {n} | {succeeded} | {len(durations)} | {cap} | {most} | {len(queued)} | {wall:.1f} | "
+              f"{sum(durations):.0f} | {ideal:.1f} | {wall / ideal:.2f} | {load[0]:.2f} / {load[1]:.2f} |")
+        return 0
+    finally:
+        if operator is not None:
+            operator.stop()
+        with contextlib.suppress(k8s.ApiException):
+            for obj in k8s.CustomObjectsApi(api).list_namespaced_custom_object(c.GROUP, c.VERSION, ns,
+                                                                              c.PLURAL)["items"]:
+                Cluster(api, ns).patch(obj["metadata"]["name"], {"metadata": {"finalizers": None}})
+            core.delete_namespace(ns, propagation_policy="Background")
+        api.close()  # type: ignore[no-untyped-call]
+        pg.destroy()
+        if own_bed:
+            bed.stop(purge=True)
+
+
 def fmt(value: float | None, digits: int = 1) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
@@ -243,10 +332,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--freshness", default="1m", help="spec.freshnessCheck.interval (default %(default)s)")
     parser.add_argument("--bed-dir", default=os.environ.get("BED_DIR"),
                         help="a running bed to use (default: $BED_DIR, else start a fresh one)")
+    parser.add_argument("--migrations", type=int, default=0, metavar="M",
+                        help="instead: M migrations on M databases started together, on a bed with a real node")
+    parser.add_argument("--max-running-jobs", type=int, default=10, help="the Job cap of --migrations")
     args = parser.parse_args(argv)
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-scale-"))
     tmp.chmod(0o755)  # PostgreSQL runs as its own user under it
+    if args.migrations:
+        return migrations(args, tmp)
     own_bed = not (args.bed_dir and Bed(args.bed_dir).is_up())
     bed = Bed(tmp / "bed", node="none", daemon=False) if own_bed else Bed(args.bed_dir)
     if own_bed:
