@@ -103,7 +103,7 @@ class Runtime:
         cached = self.migrations.get(ref)
         if cached is not None and _version(body) <= _version(cached):
             return False
-        self.migrations[ref] = body
+        self.migrations[ref] = kube.slim(body)
         return True
 
     def remember(self, obj: dict[str, Any]) -> None:
@@ -111,7 +111,7 @@ class Runtime:
         meta = obj.get("metadata") or {}
         ref = (str(meta.get("namespace")), str(meta.get("name")))
         if ref in self.migrations and _version(obj) > _version(self.migrations[ref]):
-            self.migrations[ref] = obj
+            self.migrations[ref] = kube.slim(obj)
 
     def job_seen(self, event_type: str | None, body: dict[str, Any]) -> Ref | None:
         """Index a Job of ours by owner; the owner to wake (None: not ours, or nothing new)."""
@@ -133,7 +133,7 @@ class Runtime:
         elif before is not None and _version(body) <= _version(before):
             return None
         else:
-            jobs[name] = body
+            jobs[name] = kube.slim(body)
         if (before is not None and _job_state(before) == "active"
                 and (event_type == "DELETED" or _job_state(body) != "active")):
             self.slot_freed()
@@ -302,7 +302,7 @@ async def on_delete(ctx: Context, namespace: str | None, name: str, logger: Logg
         await reconcile(ctx, namespace, name, logger, deleting=True)
     obj = ctx.runtime.migrations.get(ref) or obj
     run = _run_of(obj)
-    active = [n for n, j in ctx.runtime.jobs.get(ref, {}).items() if _job_state(j) == "active"]
+    active = [j["metadata"]["name"] for j in await _jobs_of(ctx, ref) if _job_state(j) == "active"]
     if active:
         raise kopf.TemporaryError(f"waiting for Job {', '.join(sorted(active))} to finish before deleting", delay=5)
     ctx.runtime.note(ref, None)

@@ -35,7 +35,7 @@ import kopf
 from . import constants as c
 from . import gate, reasons
 from .api import MAX_NAME_LENGTH
-from .kube import Client, KubeError
+from .kube import Client, KubeError, slim
 
 log = logging.getLogger("alembic_operator.gate")
 
@@ -173,7 +173,7 @@ class Gatekeeper:
         key = (str(meta.get("namespace")), str(meta.get("name")))
         cached = self.migrations.get(key)
         if cached is None or _version(dbm) >= _version(cached):
-            self.migrations[key] = dbm
+            self.migrations[key] = slim(dbm)
 
     async def read_migration(self, namespace: str, name: str) -> dict[str, Any] | None:
         """A fresh read, remembered (the webhook decides on it: the watch may be a moment behind)."""

@@ -279,3 +279,12 @@ def test_a_step_whose_job_may_not_start_waits_in_the_queue_reason_and_starts_onc
     assert reasons.ALL[reasons.JOB_QUEUED].transient
     started = decide(observe(queued.status))  # a slot freed: the same step starts its Job
     assert [j.role for j in started.jobs] == ["plan"]
+
+
+def test_the_indexes_keep_no_managed_fields() -> None:
+    rt = handlers.Runtime()
+    body = dbm("a", "1")
+    body["metadata"]["managedFields"] = [{"manager": "kubectl", "fieldsV1": {"f:status": {}}}]
+    rt.migration_seen(None, body)
+    assert "managedFields" not in rt.migrations[("ns", "a")]["metadata"]
+    assert "managedFields" in body["metadata"]  # the watch's object is left as it is
