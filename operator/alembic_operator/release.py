@@ -80,6 +80,7 @@ class Gatekeeper:
     tasks: dict[tuple[str, Key], asyncio.Task[None]] = field(default_factory=dict)
     dirty: set[Key] = field(default_factory=set)
     listed: set[str] = field(default_factory=set)  # namespaces whose pod watch has listed its pods
+    touched: set[Key] = field(default_factory=set)  # resources whose pods this process held or released
     released_total: int = 0
 
     def stop(self) -> None:
@@ -100,6 +101,7 @@ class Gatekeeper:
         if event_type == "DELETED":
             self.migrations.pop(key, None)
             self.reported.pop(key, None)
+            self.touched.discard(key)
             last = not any(ns == key[0] for ns, _ in self.migrations)
             if last and (task := self.tasks.pop(("watch", (key[0], "")), None)) is not None:
                 task.cancel()
@@ -288,6 +290,8 @@ class Gatekeeper:
                 self.releasing.discard(p.uid)
         done = [p for p, r in zip(pods, results, strict=True) if r is True]
         failed = [(p, r) for p, r in zip(pods, results, strict=True) if isinstance(r, BaseException)]
+        if done:
+            self.touched.add(key)
         for p in done:
             self.held.get(key, {}).pop(p.uid, None)
             self.announced.discard(p.uid)
@@ -310,6 +314,7 @@ class Gatekeeper:
 
     # --- reporting ----------------------------------------------------------------------------------------------
     def _note_held(self, key: Key, dbm: dict[str, Any] | None, held: list[gate.PodVerdict]) -> None:
+        self.touched.add(key)
         pods = self.held.setdefault(key, {})
         for p in held:
             pods[p.uid] = p
@@ -337,7 +342,9 @@ class Gatekeeper:
             kind, reason, message = gate.summarize_held(key[1], held)
             kopf.event(migration_ref(dbm), type=kind, reason=reason, message=message)
         self.reported[key] = count
-        if ((dbm.get("status") or {}).get("heldPods") or 0) != count:
+        written = (dbm.get("status") or {}).get("heldPods")
+        if written != count and (written is not None or count or key in self.touched):
+            # A resource that never held a pod is left without the field (no write per resource at start-up).
             try:
                 await self.kube.patch_held_pods(*key, count)
             except KubeError as err:
