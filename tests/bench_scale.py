@@ -138,6 +138,15 @@ class Window:
     load: tuple[float, float, float]
 
 
+class EnvOperator(OperatorProcess):
+    """The operator with extra environment variables (allocator settings, to compare)."""
+
+    extra_env: dict[str, str] = {}
+
+    def base_env(self) -> dict[str, str]:
+        return {**super().base_env(), **self.extra_env}
+
+
 class Bench:
     def __init__(self, bed: Bed, pg: PostgresServer, dbname: str, tmp: Path, freshness: str) -> None:
         self.bed, self.pg, self.dbname, self.tmp, self.freshness = bed, pg, dbname, tmp, freshness
@@ -157,7 +166,7 @@ class Bench:
     def start_operator(self) -> OperatorProcess:
         self.stop_operator()
         self.starts += 1
-        self.operator = OperatorProcess(self.bed, [self.ns], self.tmp / f"operator-{self.starts}.log").start()
+        self.operator = EnvOperator(self.bed, [self.ns], self.tmp / f"operator-{self.starts}.log").start()
         time.sleep(10)  # its start-up (listings, first watch) is not part of any window
         return self.operator
 
@@ -335,6 +344,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--freshness", default="1m", help="spec.freshnessCheck.interval (default %(default)s)")
     parser.add_argument("--bed-dir", default=os.environ.get("BED_DIR"),
                         help="a running bed to use (default: $BED_DIR, else start a fresh one)")
+    parser.add_argument("--cycles", type=int, default=1,
+                        help="create and delete each N this many times with one operator (RSS after each)")
+    parser.add_argument("--operator-env", nargs="*", default=[], metavar="K=V",
+                        help="environment of the operator process, e.g. PYTHONMALLOC=malloc MALLOC_ARENA_MAX=2")
     parser.add_argument("--migrations", type=int, default=0, metavar="M",
                         help="instead: M migrations on M databases started together, on a bed with a real node")
     parser.add_argument("--max-running-jobs", type=int, default=10, help="the Job cap of --migrations")
@@ -344,6 +357,7 @@ def main(argv: list[str] | None = None) -> int:
     tmp.chmod(0o755)  # PostgreSQL runs as its own user under it
     if args.migrations:
         return migrations(args, tmp)
+    EnvOperator.extra_env = dict(item.split("=", 1) for item in args.operator_env)
     own_bed = not (args.bed_dir and Bed(args.bed_dir).is_up())
     bed = Bed(tmp / "bed", node="none", daemon=False) if own_bed else Bed(args.bed_dir)
     if own_bed:
@@ -360,8 +374,8 @@ def main(argv: list[str] | None = None) -> int:
         assert proc.returncode == 0, proc.stderr
         bench = Bench(bed, pg, "scale", tmp, args.freshness)
         bench.cluster.secret("db-url", {"url": db.url})
-        print(f"logs in {tmp}; idle window {args.window:.0f}s; spec.freshnessCheck.interval {args.freshness}",
-              flush=True)
+        print(f"logs in {tmp}; idle window {args.window:.0f}s; spec.freshnessCheck.interval {args.freshness}; "
+              f"operator environment {EnvOperator.extra_env or 'as is'}", flush=True)
 
         bench.start_operator()
         empty = bench.window("empty", args.window)
@@ -382,6 +396,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  deleted in {deleted[0]:.1f}s, {deleted[1]} warning(s) logged; RSS after {after:.0f} MiB",
                   flush=True)
             rows.append((n, idle, created, conflicts, deleted, after))
+            for cycle in range(1, args.cycles):  # the same operator again: does what stays after deletion grow?
+                bench.create(n)
+                bench.delete_all()
+                time.sleep(10)
+                print(f"  cycle {cycle + 1}: RSS after deleting {n} again {rss_mib(bench.pid):.0f} MiB", flush=True)
 
         print()
         print(f"Idle window {args.window:.0f}s; freshnessCheck.interval {args.freshness}; one database; "
