@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 export PYTHONPATH := $(CURDIR)/tests$(if $(PYTHONPATH),:$(PYTHONPATH))
 
 .PHONY: help deps venv controlplane node tools test test-unit lint demo dev-cluster dev-cluster-down crd k8s-openapi clean \
-        image-check chart-check bench-gate
+        image-check chart-check bench-gate bench-scale
 
 help:
 	@echo "make demo              the operator's whole job, end to end, on the local bed"
@@ -20,6 +20,7 @@ help:
 	@echo "make dev-cluster       start the local bed with a real node (BED_NODE=none: control plane only)"
 	@echo "make dev-cluster-down  stop it"
 	@echo "make bench-gate        Ready -> last held pod released, for 1/10/100 pods (median, p99)"
+	@echo "make bench-scale       what N idle DatabaseMigrations cost (N=1000; N=\"200 500 1000\"), next to the empty operator"
 	@echo "make crd               regenerate crds/, docs/crd-reference.md (the pydantic model), docs/reasons.md and docs/locking.md"
 	@echo "make k8s-openapi       re-vendor Kubernetes' core/v1 schemas from \$$KUBECONFIG's API server, then make crd"
 
@@ -104,6 +105,10 @@ demo: deps venv controlplane node tools
 
 bench-gate: deps venv controlplane node tools
 	$(PY) tests/bench_gate.py --bed-dir $(BED_DIR) $(BENCH_ARGS)
+
+N ?= 1000
+bench-scale: deps venv controlplane tools
+	N="$(N)" $(PY) tests/bench_scale.py $(BENCH_ARGS)
 
 image-check: venv
 	$(VENV)/bin/hadolint Dockerfile examples/shop/Dockerfile tests/bed/dockerfiles/*/Dockerfile

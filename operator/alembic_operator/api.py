@@ -41,8 +41,10 @@ from . import k8s_openapi
 from .constants import WAIT_FOR_LABEL, Phase  # status.phase: its values are fixed by the contract
 
 __all__ = [
+    "DEFAULT_FRESHNESS_INTERVAL",
     "MAX_NAME_LENGTH",
     "MIN_DRIFT_INTERVAL",
+    "MIN_FRESHNESS_INTERVAL",
     "NAME_RULE",
     "SPEC_RULES",
     "BackupSpec",
@@ -116,6 +118,10 @@ DEFAULT_LOCK_TIMEOUT = "3s"
 change that waits for a lock)."""
 MIN_DRIFT_INTERVAL = 10
 """Seconds; the shortest spec.driftCheck.interval (a drift check is a Job: hourly is the sensible production value)."""
+DEFAULT_FRESHNESS_INTERVAL = "5m"
+"""spec.freshnessCheck.interval: how often a settled resource re-reads its database's revision by default."""
+MIN_FRESHNESS_INTERVAL = 10
+"""Seconds; the shortest spec.freshnessCheck.interval."""
 
 PRESERVE_UNKNOWN: dict[str, Any] = {"x-kubernetes-preserve-unknown-fields": True}
 """json_schema_extra for a free-form object (a Kubernetes type the operator passes through untouched)."""
@@ -501,6 +507,26 @@ class DriftCheckSpec(_SpecModel):
     )
 
 
+class FreshnessCheckSpec(_SpecModel):
+    """How often a settled resource re-reads its database's revision (to notice DatabaseChanged)."""
+
+    interval: str = Field(
+        default=DEFAULT_FRESHNESS_INTERVAL,
+        pattern=r"^([0-9]{1,6}h)?([0-9]{1,6}m)?([0-9]{1,6}s)?$",
+        min_length=2,
+        max_length=16,
+        description=(
+            "How often the operator re-reads the revision of the database of a resource whose run is over (Ready, "
+            f'or Failed), as a duration such as "5m" or "1h" (at least {MIN_FRESHNESS_INTERVAL}s; default '
+            f"{DEFAULT_FRESHNESS_INTERVAL}). Each check waits the interval plus up to 10 % more (spread, so that "
+            "many resources do not read at once); resources on one database share a read. A change made outside "
+            "the operator (DatabaseChanged, TargetContained) shows within one interval (and 10 %). With "
+            "spec.driftCheck on, a drift check also reads the revision. Nothing else makes a settled resource "
+            "open a database session."
+        ),
+    )
+
+
 def duration_milliseconds(text: str | None) -> int | None:
     """ "3s" -> 3000, "1m30s" -> 90000, "500ms" -> 500; None or "" -> None (spec.migrations' timeouts)."""
     if not text:
@@ -581,6 +607,14 @@ class DatabaseMigrationSpec(_SpecModel):
             "then migrate on to targetRevision as usual. Ignored once the database carries a revision. Recorded "
             "in status.history. Optional."
         ),
+    )
+    freshness_check: FreshnessCheckSpec = Field(
+        default_factory=FreshnessCheckSpec,
+        description=(
+            "How often a resource whose run is over re-reads its database's revision. Default: every "
+            f"{DEFAULT_FRESHNESS_INTERVAL}."
+        ),
+        json_schema_extra=EMPTY_DEFAULT,
     )
     drift_check: DriftCheckSpec = Field(
         default_factory=DriftCheckSpec,
@@ -670,6 +704,17 @@ SPEC_RULES: tuple[CrossFieldRule, ...] = (
         check=lambda spec: (
             not spec.drift_check.interval or (duration_seconds(spec.drift_check.interval) or 0) >= MIN_DRIFT_INTERVAL
         ),
+    ),
+    CrossFieldRule(
+        rule=("!has(self.freshnessCheck) || !has(self.freshnessCheck.interval) || "
+              f"duration(self.freshnessCheck.interval) >= duration('{MIN_FRESHNESS_INTERVAL}s')"),
+        message=(
+            f"spec.freshnessCheck.interval must be at least {MIN_FRESHNESS_INTERVAL}s: "
+            f'use e.g. "5m" (the default) or "1h"'
+        ),
+        field_path=".freshnessCheck.interval",
+        reason="FieldValueInvalid",
+        check=lambda spec: (duration_seconds(spec.freshness_check.interval) or 0) >= MIN_FRESHNESS_INTERVAL,
     ),
 )
 

@@ -5,16 +5,16 @@
 :class:`~.config.OperatorConfig` (one Kubernetes client, the reconciler's state, the gatekeeper, the metrics server,
 the webhook server); nothing is configured through module globals.
 
-    reconciler (config.reconciler)   watch Jobs and DatabaseMigrations (wake-ups), one daemon per DatabaseMigration,
-                                     the delete handler (finalizer)
-    gate                             DatabaseMigration events and a resync timer (release held pods)
+    reconciler (config.reconciler)   watch Jobs and DatabaseMigrations (the indexes, wake-ups), one scheduler of
+                                     every reconcile (handlers.start), the delete handler (finalizer)
+    gate                             DatabaseMigration events (release held pods; release.Gatekeeper resyncs those
+                                     that hold pods)
     webhook (config.webhook.enabled) the mutating admission handler that holds labelled pods at creation
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
 from typing import Any
 
 import kopf
@@ -33,7 +33,7 @@ class QuietSuccess(logging.Filter):
     """Drop Kopf's "... succeeded." lines of the handlers that run for every event: the wake-ups, the gate's watch
     and timer, the webhook (one per pod created)."""
 
-    QUIET = ("'job_changed'", "'migration_changed'", "'gate-migration'", "'gate-resync'", f"'{webhook.HANDLER_ID}'",
+    QUIET = ("'job_changed'", "'migration_changed'", "'gate-migration'", f"'{webhook.HANDLER_ID}'",
              f"'{webhook.APPROVAL_HANDLER_ID}'")
 
     def filter(self, record: logging.LogRecord) -> bool:
@@ -48,6 +48,13 @@ class Operator:
         self.config = config
         self.keeper = release.Gatekeeper()
         self._ctx: handlers.Context | None = None
+        self.settings: kopf.OperatorSettings | None = None
+
+    def reconciler(self) -> handlers.Runtime:
+        """The reconciler's runtime, its scheduler started (from the first watch event's handler: Kopf's context)."""
+        if self.ctx.runtime.scheduler is None and self.settings is not None:
+            handlers.start(self.ctx, self.settings)
+        return self.ctx.runtime
 
     @property
     def ctx(self) -> handlers.Context:
@@ -69,12 +76,14 @@ class Operator:
             settings.scanning.disabled = True
         if self._ctx is None:
             client = Client()
-            self._ctx = handlers.Context(config=config, kube=client, runtime=handlers.Runtime())
+            self._ctx = handlers.Context(config=config, kube=client,
+                                         runtime=handlers.Runtime(max_running_jobs=config.max_running_jobs))
             self.keeper.client = client
             metrics.serve(config.metrics)
         client = self._ctx.kube
         if config.reconciler:
             await handlers.resume(self.ctx)
+        self.settings = settings
         settings.admission.managed = None  # ours: see webhook's docstring
         if config.webhook.enabled:
             settings.admission.server = webhook.GateWebhookServer(config.webhook, client)
@@ -84,6 +93,8 @@ class Operator:
 
     async def stop(self) -> None:
         self.keeper.stop()
+        if self._ctx is not None and self._ctx.runtime.scheduler is not None:
+            await self._ctx.runtime.scheduler.stop()
         if self._ctx is not None:
             await self._ctx.kube.close()
 
@@ -111,19 +122,16 @@ def registry(config: OperatorConfig) -> tuple[kopf.OperatorRegistry, Operator]:
     if config.reconciler:
         @kopf.on.event("batch", "v1", "jobs", labels={c.MANAGED_BY_LABEL: c.MANAGED_BY}, id="job_changed",
                        registry=reg)
-        async def job_changed(labels: Mapping[str, str], namespace: str | None, **_: Any) -> None:
-            if namespace and (owner := labels.get(c.OWNER_LABEL)):
-                op.ctx.runtime.wake(namespace, owner)
+        async def job_changed(event: kopf.RawEvent, **_: Any) -> None:
+            runtime = op.reconciler()
+            if (ref := runtime.job_seen(event.get("type"), dict(event.get("object") or {}))) is not None:
+                runtime.wake(*ref)
 
         @kopf.on.event(c.GROUP, c.VERSION, c.PLURAL, id="migration_changed", registry=reg)
-        async def migration_changed(namespace: str | None, name: str, **_: Any) -> None:
-            if namespace:
-                op.ctx.runtime.wake(namespace, name)
-
-        @kopf.daemon(c.GROUP, c.VERSION, c.PLURAL, cancellation_timeout=10, id="run_migration", registry=reg)
-        async def run_migration(namespace: str | None, name: str, stopped: kopf.DaemonStopped,
-                                logger: handlers.Logger, **_: Any) -> None:
-            await handlers.run_migration(op.ctx, namespace, name, stopped, logger)
+        async def migration_changed(event: kopf.RawEvent, namespace: str | None, name: str, **_: Any) -> None:
+            runtime = op.reconciler()
+            if runtime.migration_seen(event.get("type"), dict(event.get("object") or {})) and namespace:
+                runtime.wake(namespace, name)
 
         @kopf.on.delete(c.GROUP, c.VERSION, c.PLURAL, id="on_delete", registry=reg)
         async def on_delete(namespace: str | None, name: str, logger: handlers.Logger, **_: Any) -> None:
@@ -133,10 +141,6 @@ def registry(config: OperatorConfig) -> tuple[kopf.OperatorRegistry, Operator]:
     @kopf.on.event(c.GROUP, c.VERSION, c.PLURAL, id="gate-migration", registry=reg)
     async def gate_migration_changed(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
         op.keeper.migration_seen(event.get("type"), dict(body))
-
-    @kopf.timer(c.GROUP, c.VERSION, c.PLURAL, interval=release.RESYNC_SECONDS, id="gate-resync", registry=reg)
-    async def gate_resync(namespace: str | None, name: str, **_: Any) -> None:
-        op.keeper.kick((namespace or "", name))
 
     # --- the webhook: holding labelled pods at creation ---------------------------------------------------------
     if config.webhook.enabled:

@@ -39,6 +39,7 @@ class OperatorConfig:
     peering_lifetime: int | None = None  # seconds; None: Kopf's (60)
     run_records: int = 100  # audit records (ConfigMaps) kept per DatabaseMigration
     verbose: bool = False
+    max_running_jobs: int = 0  # Jobs running at once operator-wide; 0: no cap
     reconciler: bool = True  # False: only the pod gating (the webhook and the release of held pods)
 
     @property
@@ -61,6 +62,7 @@ class OperatorConfig:
             priority=args.priority,
             peering_lifetime=args.peering_lifetime,
             run_records=args.run_records,
+            max_running_jobs=args.max_running_jobs,
             verbose=args.verbose,
             reconciler=args.reconciler,
         )
@@ -82,6 +84,10 @@ def add_arguments(run: argparse.ArgumentParser) -> None:
     run.add_argument("--run-records", type=_positive, default=OperatorConfig.run_records, metavar="N",
                      help="audit records (one ConfigMap per finished run, owned by its DatabaseMigration) kept per "
                           "resource (default %(default)s); each is also logged once as JSON")
+    run.add_argument("--max-running-jobs", type=_not_negative, default=OperatorConfig.max_running_jobs, metavar="N",
+                     help="run at most N Jobs at once operator-wide (plans, backups, migrations, drift checks; a "
+                          "rollback never waits); the others wait, their resource Reconciling with reason JobQueued, "
+                          "and start in the order they queued (default %(default)s: no cap)")
     run.add_argument("-v", "--verbose", action="store_true")
     run.add_argument("--no-reconciler", dest="reconciler", action="store_false",
                      help="only the pod gating: serve the webhook and release held pods, run no migration "
@@ -100,4 +106,11 @@ def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def _not_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 (no cap) or more, not {value}")
     return value

@@ -1,26 +1,35 @@
 """The reconciler's Kopf handlers (registered in :mod:`.app`): observe, call `reconcile.decide`, act. No decisions
 are made here.
 
-One daemon per DatabaseMigration loops observe -> decide -> act, and sleeps until a Job of its own changes (the Job
-watch wakes it), the resource changes, or the decision's requeue time passes. Everything it needs to continue is
-in the resource's status and in its Jobs, so a restarted operator resumes every run where it was.
+Work is driven by watches, not by polling. Kopf's watches of DatabaseMigrations and of our Jobs feed in-memory
+indexes (:class:`Runtime`: the resources as last seen, our Jobs by owner) and wake the resource concerned; one
+:class:`~.schedule.Scheduler` runs the reconciles (a few at once, never two of one resource). A pass reads the
+resource and its Jobs from the indexes, the Secret when it needs the database (briefly cached), the pods of its Jobs
+while they matter, and writes the status with a merge patch (one writer per field, no conflicts). A resource whose
+run is over *settles*: until something it watches changes, it only re-reads its database's revision every
+``spec.freshnessCheck.interval`` (:mod:`.freshness`), and costs no API request. Everything a run needs to continue
+is in the resource's status and in its Jobs, so a restarted operator resumes every run where it was.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
+import ctypes
 import dataclasses
+import gc
 import logging
 import time
+from collections.abc import Hashable
 from datetime import UTC, datetime
 from typing import Any, Literal, cast
 
 import kopf
 
-from . import audit, kube, metrics, plansql, reasons
+from . import audit, freshness, kube, metrics, plansql, reasons
 from . import constants as c
-from .api import MAX_NAME_LENGTH, WRITING_STEPS, RunStatus, dump, parse_spec
+from .api import MAX_NAME_LENGTH, WRITING_STEPS, RunStatus, dump, duration_seconds, parse_spec
 from .config import OperatorConfig
 from .dbstate import DatabaseError, DatabaseTarget, decode_secret_value, parse_url, read_revision, sanitize
 from .jobs import ROLES, Owner, Role, build_job, job_name, source_field
@@ -36,38 +45,164 @@ from .reconcile import (
 )
 from .runner.lock import database_lock_key
 from .runner.results import JobResult
+from .schedule import Scheduler
+from .status import merge_patch
 
 Logger = logging.Logger | logging.LoggerAdapter[Any]
 JobState = Literal["active", "succeeded", "failed"]
+Ref = tuple[str, str]  # (namespace, DatabaseMigration name)
 
 DRIFT_JOBS_KEPT = 2
 _ANY_JOB = "*"  # sql_kept_for: read no plan's log
 GENERATIONS_KEPT = 2  # the Jobs (and their pods' logs) of the newest runs stay for inspection
+SECRET_CACHE_SECONDS = 30.0  # a Secret read serves the reconciles of this long (1,000 resources, one Secret)
+WORKERS = 16  # reconciles at once
+STARTING_SECONDS = 60.0  # a created Job counts against the cap until its watch event, at most this long
+TRIM_DELAY = 5.0  # seconds after the last deletion of a burst: give the freed memory back to the system
+
+
+def _version(obj: dict[str, Any] | None) -> int:
+    """The resourceVersion as a number (the API server's are etcd revisions: they only grow); 0 when unknown."""
+    rv = str(((obj or {}).get("metadata") or {}).get("resourceVersion") or "")
+    return int(rv) if rv.isdigit() else 0
 
 
 class Runtime:
-    """In-memory state of this operator process; rebuilt from the cluster at start-up."""
+    """In-memory state of this operator process, fed by the watches; rebuilt from the cluster at start-up.
 
-    def __init__(self) -> None:
-        self.wakeups: dict[tuple[str, str], asyncio.Event] = {}
-        self.writers: dict[str, set[tuple[str, str]]] = {}  # database key -> resources writing to it
+    Everything kept per resource is dropped when it is deleted (:meth:`forget`)."""
+
+    def __init__(self, max_running_jobs: int = 0) -> None:
+        self.migrations: dict[Ref, dict[str, Any]] = {}  # the watch's copy, or our own write when newer
+        self.jobs: dict[Ref, dict[str, dict[str, Any]]] = {}  # our Jobs by owner, then by name
+        self.writers: dict[str, set[Ref]] = {}  # database key -> resources writing to it
         self.db_locks: dict[str, asyncio.Lock] = {}
         self.jobs_counted: set[str] = set()  # finished Jobs already in the metrics
+        self.settled: dict[Ref, freshness.Settled] = {}
+        self.targets: dict[Ref, DatabaseTarget] = {}  # the database of a settled resource (its freshness check)
+        self.secrets: dict[tuple[str, str], tuple[float, dict[str, str]]] = {}  # (ns, name) -> (read at, data)
+        self.observed: dict[tuple[str, str], JobObservation] = {}  # finished Jobs: (name, resourceVersion) -> seen
+        self.max_running_jobs = max_running_jobs  # 0: no cap
+        self.starting: dict[str, float] = {}  # Jobs created, not seen by the watch yet (name -> when)
+        self.jobs_listed: set[Ref] = set()  # resources whose Jobs were listed once (then the watch keeps them)
+        self.queued: dict[Ref, None] = {}  # resources waiting for a Job slot, in order
+        self.slots = asyncio.Lock()
+        self.scheduler: Scheduler | None = None
+        self.revisions: freshness.RevisionReader[DatabaseObservation] = freshness.RevisionReader(
+            lambda target: read_revision(cast(DatabaseTarget, target)))
+        self._trim: asyncio.TimerHandle | None = None
 
+    # --- inputs (the watches) -----------------------------------------------------------------------------------
+    def migration_seen(self, event_type: str | None, body: dict[str, Any]) -> bool:
+        """Keep the watch's copy; True when it is news (not a copy of what we wrote, nor a re-listing)."""
+        meta = body.get("metadata") or {}
+        ref = (str(meta.get("namespace")), str(meta.get("name")))
+        if event_type == "DELETED":
+            self.forget(ref)
+            return False
+        cached = self.migrations.get(ref)
+        if cached is not None and _version(body) <= _version(cached):
+            return False
+        self.migrations[ref] = kube.slim(body)
+        return True
+
+    def remember(self, obj: dict[str, Any]) -> None:
+        """An object the API server returned to us (our status write): kept when newer than the watch's copy."""
+        meta = obj.get("metadata") or {}
+        ref = (str(meta.get("namespace")), str(meta.get("name")))
+        if ref in self.migrations and _version(obj) > _version(self.migrations[ref]):
+            self.migrations[ref] = kube.slim(obj)
+
+    def job_seen(self, event_type: str | None, body: dict[str, Any]) -> Ref | None:
+        """Index a Job of ours by owner; the owner to wake (None: not ours, or nothing new)."""
+        meta = body.get("metadata") or {}
+        owner = (meta.get("labels") or {}).get(c.OWNER_LABEL)
+        namespace, name = str(meta.get("namespace") or ""), str(meta.get("name") or "")
+        if not owner or not namespace:
+            return None
+        ref = (namespace, str(owner))
+        jobs = self.jobs.setdefault(ref, {})
+        self.starting.pop(name, None)
+        before = jobs.get(name)
+        if event_type == "DELETED":
+            jobs.pop(name, None)
+            for key in [k for k in self.observed if k[0] == name]:
+                del self.observed[key]
+            if not jobs:
+                del self.jobs[ref]
+        elif before is not None and _version(body) <= _version(before):
+            return None
+        else:
+            jobs[name] = kube.slim(body)
+        if (before is not None and _job_state(before) == "active"
+                and (event_type == "DELETED" or _job_state(body) != "active")):
+            self.slot_freed()
+        return ref
+
+    # --- the Job cap --------------------------------------------------------------------------------------------
+    def running_jobs(self) -> int:
+        active = sum(1 for jobs in self.jobs.values() for j in jobs.values() if _job_state(j) == "active")
+        now = time.monotonic()
+        for name in [n for n, t in self.starting.items() if now - t > STARTING_SECONDS]:
+            del self.starting[name]  # its event was missed (or it was deleted at once): the watch is the truth
+        return active + len(self.starting)
+
+    def slot_freed(self) -> None:
+        """A Job ended: wake the resource that has waited longest for a slot."""
+        if self.queued and self.scheduler is not None:
+            ref = next(iter(self.queued))
+            del self.queued[ref]
+            self.scheduler.now(ref)
+
+    # --- per-resource state -------------------------------------------------------------------------------------
     def wake(self, namespace: str, name: str) -> None:
-        self.wakeups.setdefault((namespace, name), asyncio.Event()).set()
+        ref = (namespace, name)
+        self.settled.pop(ref, None)
+        if self.scheduler is not None:
+            self.scheduler.now(ref)
 
-    def note(self, ref: tuple[str, str], run: RunStatus | None) -> None:
+    def forget(self, ref: Ref) -> None:
+        """The resource is gone: drop everything kept for it."""
+        self.migrations.pop(ref, None)
+        self.settled.pop(ref, None)
+        self.targets.pop(ref, None)
+        self.queued.pop(ref, None)
+        self.note(ref, None)
+        if self.scheduler is not None:
+            self.scheduler.forget(ref)
+        self.jobs_listed.discard(ref)
+        for name in self.jobs.pop(ref, {}):
+            self.jobs_counted.discard(name)
+            for key in [k for k in self.observed if k[0] == name]:
+                del self.observed[key]
+        self._trim_soon()
+
+    def _trim_soon(self) -> None:
+        """After a burst of deletions: collect and hand freed heap pages back to the system (glibc keeps them)."""
+        if self._trim is not None:
+            self._trim.cancel()
+        with contextlib.suppress(RuntimeError):  # no loop (unit tests): nothing to trim later
+            self._trim = asyncio.get_running_loop().call_later(TRIM_DELAY, _release_memory)
+
+    def note(self, ref: Ref, run: RunStatus | None) -> None:
         """Who writes to which database (the run's database key, while its step may write)."""
-        for holders in self.writers.values():
-            holders.discard(ref)
+        for old in [k for k, holders in self.writers.items() if ref in holders]:
+            self.writers[old].discard(ref)
+            if not self.writers[old]:
+                del self.writers[old]
         key = run.database_key if run else None
         if run and key and run.step in WRITING_STEPS:
             self.writers.setdefault(key, set()).add(ref)
 
-    def busy_with(self, key: str, ref: tuple[str, str]) -> str | None:
+    def busy_with(self, key: str, ref: Ref) -> str | None:
         others = sorted(self.writers.get(key, set()) - {ref})
         return f"DatabaseMigration {others[0][0]}/{others[0][1]}" if others else None
+
+
+def _release_memory() -> None:
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,25 +221,73 @@ async def resume(ctx: Context) -> None:
         ctx.runtime.note((meta["namespace"], meta["name"]), _run_of(obj))
 
 
-async def run_migration(ctx: Context, namespace: str | None, name: str, stopped: kopf.DaemonStopped,
-                        logger: Logger) -> None:
-    assert namespace, "DatabaseMigration is namespaced"
-    wake = ctx.runtime.wakeups.setdefault((namespace, name), asyncio.Event())
-    backoff = 1.0
-    while not stopped:
-        wake.clear()
-        try:
-            delay = await reconcile(ctx, namespace, name, logger)
-            backoff = 1.0
-        except Exception as err:  # API hiccups: retry with backoff, never die
-            # Our own errors and the API's carry no database URL (dbstate redacts what comes from the driver).
-            logger.warning("reconcile failed, retrying in %.0fs: %s: %s", backoff, type(err).__name__, str(err)[:500])
-            logger.debug("reconcile failure", exc_info=True)
-            delay, backoff = backoff, min(backoff * 2, 60.0)
-        if delay is None:
-            return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(wake.wait(), timeout=delay)
+def start(ctx: Context, settings: kopf.OperatorSettings) -> Scheduler:
+    """The scheduler of every reconcile, started once, from within a Kopf handler (the first watch event): its
+    workers run in a copy of that context, where Kopf's Event poster is (``kopf.event``, warnings as Events)."""
+    if ctx.runtime.scheduler is None:
+        async def work(key: Hashable) -> float | None:
+            namespace, name = cast(Ref, key)
+            return await tick(ctx, namespace, name, _logger(ctx, settings, namespace, name))
+
+        ctx.runtime.scheduler = Scheduler(work, workers=WORKERS)
+        ctx.runtime.scheduler.start(contextvars.copy_context())
+    return ctx.runtime.scheduler
+
+
+def _logger(ctx: Context, settings: kopf.OperatorSettings, namespace: str, name: str) -> Logger:
+    """Kopf's logger of the resource: its warnings become the resource's Events, as a handler's do."""
+    meta = (ctx.runtime.migrations.get((namespace, name)) or {}).get("metadata") or {}
+    body = {"apiVersion": c.API_VERSION, "kind": c.KIND,
+            "metadata": {"namespace": namespace, "name": name, "uid": meta.get("uid")}}
+    return kopf.ObjectLogger(body=kopf.Body(body), settings=settings)  # type: ignore[arg-type]
+
+
+async def tick(ctx: Context, namespace: str, name: str, logger: Logger) -> float | None:
+    """One turn of a resource: its freshness check when it is settled, else a reconcile; the delay to the next."""
+    ref = (namespace, name)
+    if ref not in ctx.runtime.migrations:
+        return None  # deleted, or not seen yet by the watch (its first event wakes it)
+    try:
+        if (settled := ctx.runtime.settled.get(ref)) is not None:
+            delay = await _freshness_check(ctx, ref, settled)
+            if delay is not None:
+                return delay
+            ctx.runtime.settled.pop(ref, None)
+        return await reconcile(ctx, namespace, name, logger)
+    except Exception as err:  # API hiccups: retry soon, never die
+        # Our own errors and the API's carry no database URL (dbstate redacts what comes from the driver).
+        logger.warning("reconcile failed, retrying in 5s: %s: %s", type(err).__name__, str(err)[:500])
+        logger.debug("reconcile failure", exc_info=True)
+        return 5.0
+
+
+async def _freshness_check(ctx: Context, ref: Ref, settled: freshness.Settled) -> float | None:
+    """The database still at the revision the resource settled at: the delay to the next check; else None (a full
+    reconcile now). Costs no API request; the revision read is shared with other resources on the database."""
+    obj = ctx.runtime.migrations.get(ref)
+    target = ctx.runtime.targets.get(ref)
+    if obj is None or target is None or str(obj["metadata"].get("resourceVersion")) != settled.resource_version:
+        return None
+    if settled.due_full is not None and time.monotonic() >= settled.due_full:
+        return None  # the drift check is due: the full reconcile reads the revision too
+    seen = await ctx.runtime.revisions.revision(target.url.render_as_string(hide_password=False), target)
+    if not seen.ok or seen.revision != settled.revision:
+        return None
+    return _next_check(obj, settled)
+
+
+def _freshness_interval(obj: dict[str, Any]) -> float:
+    try:
+        return float(duration_seconds(parse_spec(obj.get("spec") or {}).freshness_check.interval) or 300)
+    except ValueError:
+        return 300.0
+
+
+def _next_check(obj: dict[str, Any], settled: freshness.Settled) -> float:
+    delay = freshness.jittered(_freshness_interval(obj))
+    if settled.due_full is not None:
+        delay = min(delay, max(settled.due_full - time.monotonic(), 0.0))
+    return delay
 
 
 async def on_delete(ctx: Context, namespace: str | None, name: str, logger: Logger) -> None:
@@ -113,14 +296,19 @@ async def on_delete(ctx: Context, namespace: str | None, name: str, logger: Logg
     The database and the backups are never touched by a deletion; a failed migration still gets its rollback.
     """
     assert namespace, "DatabaseMigration is namespaced"
-    await reconcile(ctx, namespace, name, logger, deleting=True)
-    obj = await ctx.kube.get_migration(namespace, name)
+    ref = (namespace, name)
+    obj = ctx.runtime.migrations.get(ref)
+    if obj is None or _run_of(obj).step in WRITING_STEPS:
+        await reconcile(ctx, namespace, name, logger, deleting=True)
+    obj = ctx.runtime.migrations.get(ref) or obj
     run = _run_of(obj)
-    jobs = await ctx.kube.list_jobs(namespace, name)
-    active = [j["metadata"]["name"] for j in jobs if _job_state(j) == "active"]
+    active = [j["metadata"]["name"] for j in await _jobs_of(ctx, ref) if _job_state(j) == "active"]
     if active:
-        raise kopf.TemporaryError(f"waiting for Job {', '.join(active)} to finish before deleting", delay=5)
-    ctx.runtime.note((namespace, name), None)
+        raise kopf.TemporaryError(f"waiting for Job {', '.join(sorted(active))} to finish before deleting", delay=5)
+    ctx.runtime.note(ref, None)
+    ctx.runtime.settled.pop(ref, None)
+    if ctx.runtime.scheduler is not None:
+        ctx.runtime.scheduler.forget(ref)
     metrics.forget(namespace, name)
     logger.info("deleted; the database and the backups were left as they are (run step %s)", run.step)
 
@@ -154,7 +342,7 @@ async def _observe_jobs(ctx: Context, namespace: str, name: str, generation: int
     by_role: dict[str, list[dict[str, Any]]] = {}
     if len(name) > MAX_NAME_LENGTH:
         return {}  # not a valid label value: no Job of ours can carry it (decide() says so)
-    listed = await ctx.kube.list_jobs(namespace, name)
+    listed = await _jobs_of(ctx, (namespace, name))
     generations = sorted({_generation(j) for j in listed})[-GENERATIONS_KEPT:]
     for job in listed:
         if _generation(job) not in generations and _job_state(job) != "active":
@@ -174,8 +362,33 @@ async def _observe_jobs(ctx: Context, namespace: str, name: str, generation: int
     for old in drift[:-DRIFT_JOBS_KEPT]:
         if _job_state(old) != "active":
             await ctx.kube.delete_job(namespace, old["metadata"]["name"])
-    return {role: await _observe_job(ctx, namespace, max(jobs, key=_instance), target, sql_kept_for)
+    return {role: await _observe_job_cached(ctx, namespace, max(jobs, key=_instance), target, sql_kept_for)
             for role, jobs in by_role.items()}
+
+
+async def _jobs_of(ctx: Context, ref: Ref) -> list[dict[str, Any]]:
+    """A resource's Jobs from the index; listed once per resource and process (the Job watch may not have
+    delivered them yet right after a start), from the watch afterwards."""
+    if ref not in ctx.runtime.jobs_listed:
+        for job in await ctx.kube.list_jobs(*ref):
+            ctx.runtime.job_seen(None, job)
+        ctx.runtime.jobs_listed.add(ref)
+    return list(ctx.runtime.jobs.get(ref, {}).values())
+
+
+async def _observe_job_cached(ctx: Context, namespace: str, job: dict[str, Any], target: DatabaseTarget | None,
+                              sql_kept_for: str | None) -> JobObservation:
+    """A finished Job (and its pods) does not change: observed once per version of the Job, unless its plan SQL
+    is still to be read."""
+    meta = job["metadata"]
+    key = (str(meta["name"]), str(meta.get("resourceVersion")))
+    if (seen := ctx.runtime.observed.get(key)) is not None:
+        return seen
+    observed = await _observe_job(ctx, namespace, job, target, sql_kept_for)
+    is_plan = (meta.get("labels") or {}).get(c.ROLE_LABEL) == "plan"
+    if observed.state != "active" and not (is_plan and sql_kept_for not in (observed.name, _ANY_JOB)):
+        ctx.runtime.observed[key] = observed
+    return observed
 
 
 async def _observe_job(ctx: Context, namespace: str, job: dict[str, Any],
@@ -243,16 +456,38 @@ async def _observe_database(ctx: Context, namespace: str,
         ref = parse_spec(spec).database.url_secret_ref
     except ValueError as err:
         return DatabaseObservation(error_reason=reasons.INVALID_SPEC, error_message=str(err)), None
+    secret = (namespace, ref.name)
     try:
-        data = await ctx.kube.read_secret_data(namespace, ref.name)
+        data = await _secret_data(ctx, secret)
         if data is None:
             raise DatabaseError(reasons.SECRET_NOT_FOUND,
                                 f"Secret {namespace}/{ref.name} (spec.database.urlSecretRef.name) does not exist: "
                                 "create it with the database URL under key " + ref.key)
         target = parse_url(decode_secret_value(data, f"{namespace}/{ref.name}", ref.key), ref.name, ref.key)
     except DatabaseError as err:
+        ctx.runtime.secrets.pop(secret, None)  # read it again next time: the user may be fixing it
         return err.observation(), None
-    return await asyncio.to_thread(read_revision, target), target
+    database = await ctx.runtime.revisions.fresh(target.url.render_as_string(hide_password=False), target)
+    if not database.ok:
+        ctx.runtime.secrets.pop(secret, None)  # new credentials, perhaps
+    return database, target
+
+
+async def _secret_data(ctx: Context, secret: tuple[str, str]) -> dict[str, str] | None:
+    """The Secret's data, read at most every SECRET_CACHE_SECONDS (resources sharing it share the read); only a
+    reconcile that needs the database reads it. A Secret that does not exist is not remembered: the resource's
+    retries (with backoff) notice it once created, without a watch of Secrets."""
+    cached = ctx.runtime.secrets.get(secret)
+    if cached is not None and time.monotonic() - cached[0] < SECRET_CACHE_SECONDS:
+        return cached[1]
+    data = await ctx.kube.read_secret_data(*secret)
+    if data is None:
+        ctx.runtime.secrets.pop(secret, None)
+    else:
+        ctx.runtime.secrets[secret] = (time.monotonic(), data)
+        for key in [k for k, (t, _) in ctx.runtime.secrets.items() if time.monotonic() - t >= SECRET_CACHE_SECONDS]:
+            del ctx.runtime.secrets[key]
+    return data
 
 
 # --- reconcile --------------------------------------------------------------------------------------------------
@@ -297,71 +532,142 @@ def _count(ctx: Context, namespace: str, name: str, before: dict[str, Any], deci
 
 async def _reconcile(ctx: Context, namespace: str, name: str, logger: Logger,
                      deleting: bool) -> tuple[float | None, dict[str, Any] | None]:
-    for _attempt in range(5):
-        obj = await ctx.kube.get_migration(namespace, name)
+    ref = (namespace, name)
+    obj = ctx.runtime.migrations.get(ref)
+    if obj is None:
+        obj = await ctx.kube.get_migration(namespace, name) if deleting else None
         if obj is None:
-            ctx.runtime.note((namespace, name), None)
+            ctx.runtime.note(ref, None)
             return None, None
-        meta = obj["metadata"]
-        if meta.get("deletionTimestamp") and not deleting:
-            return None, None  # the delete handler owns it now
-        status = dict(obj.get("status") or {})
-        run = _run_of(obj)
-        generation = int(meta.get("generation") or 1)
-        writing = run.step in WRITING_STEPS
-        if deleting and not writing:
-            return None, None
-        run_generation = int(run.generation or generation) if writing else generation
-        run_spec = run.spec if writing else obj.get("spec")
+    meta = obj["metadata"]
+    if meta.get("deletionTimestamp") and not deleting:
+        return None, None  # the delete handler owns it now
+    status = dict(obj.get("status") or {})
+    run = _run_of(obj)
+    generation = int(meta.get("generation") or 1)
+    writing = run.step in WRITING_STEPS
+    if deleting and not writing:
+        return None, None
+    run_generation = int(run.generation or generation) if writing else generation
+    run_spec = run.spec if writing else obj.get("spec")
 
-        database, target = await _observe_database(ctx, namespace, run_spec or {})
-        async with ctx.runtime.db_locks.setdefault(target.key if target else "", asyncio.Lock()):
-            # The plan's SQL is read from its Job's log while the run has not gone past its approval: once it is
-            # kept (status.plan.sql names the Job), or once the run moved on, the log is never read again.
-            kept = ((status.get("plan") or {}).get("sql") or {}).get("job")
-            if run.step not in (None, "Planning", "AwaitingApproval") and run.generation == generation:
-                kept = _ANY_JOB
-            jobs = await _observe_jobs(ctx, namespace, name, run_generation, target, kept)
-            ref = (namespace, name)
-            lineage, moved_by = await _database_lineage(ctx, ref, run, database, target)
-            obs = Observation(
-                name=name, namespace=namespace, generation=generation, spec=dict(obj.get("spec") or {}),
-                annotations=dict(meta.get("annotations") or {}), status=status, database=database, jobs=jobs,
-                now=datetime.now(UTC), busy_with=ctx.runtime.busy_with(target.key, ref) if target else None,
-                database_lineage=lineage, database_moved_by=moved_by,
-            )
-            decision = decide(obs)
-            if deleting:  # finish what was started (a rollback included), start nothing new
-                decision.jobs = [j for j in decision.jobs if ROLES[j.role].during_deletion]
-            created: dict[str, str] = {}
-            try:
-                created = await _act(ctx, obj, decision, target)
-            except _JobRefused as refused:  # tell the user now, in the status: retrying cannot help
-                logger.warning("the API server refused the %s Job: %s", refused.role, refused.message)
-                decision = decide(dataclasses.replace(obs, refused=JobRefusal(refused.role, refused.message)))
-            run = _run_of({"status": decision.status})
-            run.jobs = {**run.jobs, **created}
-            if target:
-                run.database_key = target.key
-            decision.status["run"] = dump(run)
-            if decision.config_maps:  # before the status that names them
-                await _keep_plan_sql(ctx, obj, decision.config_maps)
-            if decision.records:  # before the status that ends the run: a crash in between loses no record
-                await audit.write(ctx.kube, obj, [{**record, "message": decision.status.get("message")}
-                                                  for record in decision.records], ctx.config.run_records)
-            try:
-                if decision.status != status:
-                    await ctx.kube.replace_status(obj, decision.status)
-            except kube.Conflict:
-                continue  # the object moved on: observe again
-            ctx.runtime.note(ref, run)
-            _count(ctx, namespace, name, status, decision, jobs)
-        for kind, reason, message in decision.events:
-            kopf.event(kopf.Body(obj),  # type: ignore[arg-type]
-                       type=kind, reason=reason, message=message)
-            (logger.warning if kind == "Warning" else logger.info)("%s: %s", reason, message)
-        return decision.requeue_after, decision.status
-    return 1.0, None
+    database, target = await _observe_database(ctx, namespace, run_spec or {})
+    # The plan's SQL is read from its Job's log while the run has not gone past its approval: once it is
+    # kept (status.plan.sql names the Job), or once the run moved on, the log is never read again.
+    kept = ((status.get("plan") or {}).get("sql") or {}).get("job")
+    if run.step not in (None, "Planning", "AwaitingApproval") and run.generation == generation:
+        kept = _ANY_JOB
+    jobs = await _observe_jobs(ctx, namespace, name, run_generation, target, kept)
+    lineage, moved_by = await _database_lineage(ctx, ref, run, database, target)
+    obs = Observation(
+        name=name, namespace=namespace, generation=generation, spec=dict(obj.get("spec") or {}),
+        annotations=dict(meta.get("annotations") or {}), status=status, database=database, jobs=jobs,
+        now=datetime.now(UTC), busy_with=ctx.runtime.busy_with(target.key, ref) if target else None,
+        database_lineage=lineage, database_moved_by=moved_by,
+    )
+    decision = _decide(obs, deleting)
+    if any(ROLES[j.role].writes for j in decision.jobs) and target:
+        # Starting a writer: decide again under the database's lock, so that two resources never both start
+        # one (a reconcile that writes nothing never waits here).
+        async with ctx.runtime.db_locks.setdefault(target.key, asyncio.Lock()):
+            obs = dataclasses.replace(obs, busy_with=ctx.runtime.busy_with(target.key, ref))
+            decision, created = await _act_capped(ctx, obj, obs, deleting, logger, target)
+            run = _finish_run(decision, created, target)
+            ctx.runtime.note(ref, run)  # before the lock is let go: the next writer sees this one
+    else:
+        decision, created = await _act_capped(ctx, obj, obs, deleting, logger, target, decision)
+        run = _finish_run(decision, created, target)
+    if decision.config_maps:  # before the status that names them
+        await _keep_plan_sql(ctx, obj, decision.config_maps)
+    if decision.records:  # before the status that ends the run: a crash in between loses no record
+        await audit.write(ctx.kube, obj, [{**record, "message": decision.status.get("message")}
+                                          for record in decision.records], ctx.config.run_records)
+    if patch := merge_patch(status, decision.status):
+        try:
+            ctx.runtime.remember(await ctx.kube.patch_status(namespace, name, patch))
+        except kube.NotFound:
+            return None, None
+    ctx.runtime.note(ref, run)
+    _count(ctx, namespace, name, status, decision, jobs)
+    for kind, reason, message in decision.events:
+        kopf.event(kopf.Body(obj),  # type: ignore[arg-type]
+                   type=kind, reason=reason, message=message)
+        (logger.warning if kind == "Warning" else logger.info)("%s: %s", reason, message)
+    delay = decision.requeue_after
+    ctx.runtime.settled.pop(ref, None)
+    if _settles(run, obs, decision, ctx.runtime.jobs.get(ref, {})) and target is not None:
+        current = ctx.runtime.migrations.get(ref) or obj
+        drift_on = bool(_drift_interval(obj))
+        settled = freshness.Settled(
+            resource_version=str(current["metadata"].get("resourceVersion")), revision=database.revision,
+            due_full=time.monotonic() + (delay or 0.0) if drift_on and delay is not None else None)
+        ctx.runtime.settled[ref] = settled
+        ctx.runtime.targets[ref] = target
+        delay = _next_check(current, settled)
+    else:
+        ctx.runtime.targets.pop(ref, None)
+    return delay, decision.status
+
+
+def _decide(obs: Observation, deleting: bool) -> Decision:
+    decision = decide(obs)
+    if deleting:  # finish what was started (a rollback included), start nothing new
+        decision.jobs = [j for j in decision.jobs if ROLES[j.role].during_deletion]
+    return decision
+
+
+async def _act_capped(ctx: Context, obj: dict[str, Any], obs: Observation, deleting: bool, logger: Logger,
+                      target: DatabaseTarget | None,
+                      decision: Decision | None = None) -> tuple[Decision, dict[str, str]]:
+    """Decide (unless given) and create the decision's Jobs, within the operator-wide cap on running Jobs: when it
+    is reached, decide again with the queue's reason (the resource is woken when a Job ends)."""
+    decision = decision or _decide(obs, deleting)
+    if not decision.jobs:
+        return decision, {}
+    ref = (obs.namespace, obs.name)
+    async with ctx.runtime.slots:
+        cap = ctx.runtime.max_running_jobs
+        running = ctx.runtime.running_jobs()
+        rollback = any(ROLES[j.role].during_deletion for j in decision.jobs)  # a rollback never waits in the queue
+        if cap and running + len(decision.jobs) > cap and not rollback:
+            queue = (f"{running} Jobs run now, the most the operator starts at once (--max-running-jobs {cap}); "
+                     f"{len(ctx.runtime.queued) + (ref not in ctx.runtime.queued)} run(s) queued")
+            decision = _decide(dataclasses.replace(obs, job_queue=queue), deleting)
+            decision.jobs = []  # a drift check, a retry: they too wait for a slot
+            ctx.runtime.queued[ref] = None
+            return decision, {}
+        ctx.runtime.queued.pop(ref, None)
+        try:
+            created = await _act(ctx, obj, decision, target)
+        except _JobRefused as refused:  # tell the user now, in the status: retrying cannot help
+            logger.warning("the API server refused the %s Job: %s", refused.role, refused.message)
+            return _decide(dataclasses.replace(obs, refused=JobRefusal(refused.role, refused.message)), deleting), {}
+        known = ctx.runtime.jobs.get(ref, {})
+        ctx.runtime.starting.update({n: time.monotonic() for n in created.values() if n not in known})
+    return decision, created
+
+
+def _finish_run(decision: Decision, created: dict[str, str], target: DatabaseTarget | None) -> RunStatus:
+    run = _run_of({"status": decision.status})
+    run.jobs = {**run.jobs, **created}
+    if target:
+        run.database_key = target.key
+    decision.status["run"] = dump(run)
+    return run
+
+
+def _settles(run: RunStatus, obs: Observation, decision: Decision, jobs: dict[str, dict[str, Any]]) -> bool:
+    """A run that is over, on a database that answered, with no Job to start or running: nothing to do until
+    something changes (the watches) or the freshness check sees the database moved."""
+    return (run.step == "Done" and run.generation == obs.generation and obs.database.ok and not decision.jobs
+            and not any(_job_state(j) == "active" for j in jobs.values()))
+
+
+def _drift_interval(obj: dict[str, Any]) -> int | None:
+    try:
+        return duration_seconds(parse_spec(obj.get("spec") or {}).drift_check.interval)
+    except ValueError:
+        return None
 
 
 async def _keep_plan_sql(ctx: Context, obj: dict[str, Any], kept: list[dict[str, Any]]) -> None:
@@ -438,7 +744,7 @@ async def _database_lineage(ctx: Context, ref: tuple[str, str], run: RunStatus, 
     if (target is None or not database.ok or run.step != "Done"
             or run.result not in ("Succeeded", "UpToDate") or database.revision == run.target_revision):
         return (), None
-    for other in await ctx.kube.list_migrations(ctx.config.watched):
+    for other in list(ctx.runtime.migrations.values()):
         meta, st = other["metadata"], other.get("status") or {}
         plan = st.get("plan") or {}
         if ((meta["namespace"], meta["name"]) != ref and _run_of(other).database_key == target.key

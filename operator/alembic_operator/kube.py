@@ -5,7 +5,7 @@ chart's RBAC must grant (charts/alembic-operator/templates/_helpers.tpl; tests/u
 the code):
 
     get/list/watch/patch databasemigrations   (Kopf watches, patches its finalizer and annotations; fresh reads)
-    update/patch databasemigrations/status    (the reconciler replaces the status; the gate merge-patches heldPods)
+    update/patch databasemigrations/status    (merge patches: the reconciler its fields, the gate heldPods)
     update databasemigrations/finalizers      (the Jobs' ownerReferences set blockOwnerDeletion)
     get secrets                               (the database URL)
     list/watch/create/delete jobs             (the steps of a run; each validated first with dryRun=All)
@@ -212,6 +212,12 @@ class Client:
                 "status": status}
         return await self.request("PUT", self._migration_path(meta["namespace"], meta["name"]) + "/status", body)
 
+    async def patch_status(self, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
+        """Merge-patch the status (no resourceVersion: the reconciler and the gate each own their fields); the
+        object as stored after it."""
+        return await self.request("PATCH", self._migration_path(namespace, name) + "/status", {"status": patch},
+                                  "application/merge-patch+json")
+
     async def patch_held_pods(self, namespace: str, name: str, count: int) -> None:
         """status.heldPods, with a merge patch (the reconciler keeps whatever it reads there); gone: nothing."""
         with contextlib.suppress(NotFound):
@@ -343,6 +349,15 @@ class Client:
             except Conflict:
                 continue
         raise RuntimeError(f"could not write MutatingWebhookConfiguration {name}: conflicts")
+
+
+def slim(obj: dict[str, Any]) -> dict[str, Any]:
+    """An object to keep in memory: without metadata.managedFields (the API server's bookkeeping of who set which
+    field, often bigger than the rest of the object; nothing here reads it). A shallow copy: `obj` is unchanged."""
+    meta = obj.get("metadata")
+    if not isinstance(meta, dict) or "managedFields" not in meta:
+        return obj
+    return {**obj, "metadata": {k: v for k, v in meta.items() if k != "managedFields"}}
 
 
 def parse_result(message: str | None) -> dict[str, Any] | None:

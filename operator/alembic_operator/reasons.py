@@ -65,6 +65,9 @@ ROLLING_BACK = _reason("RollingBack", "progressing", "a downgrade or restore Job
 SUSPENDED = _reason("Suspended", "progressing", "spec.suspend is true: no Job starts until it is false")
 WAITING_FOR_DATABASE = _reason("WaitingForDatabase", "progressing",
                               "another DatabaseMigration is writing to the same database; this one starts after it")
+JOB_QUEUED = _reason("JobQueued", "progressing",
+                    "the operator runs as many Jobs as it may at once (--max-running-jobs, the chart's "
+                    "maxRunningJobs); this run's next Job starts when one of them ends", transient=True)
 DATABASE_UNREACHABLE = _reason("DatabaseUnreachable", "progressing",
                               "the database does not answer; retried with backoff, Stalled after 5 minutes",
                               where=("Job result", "Event"), transient=True,

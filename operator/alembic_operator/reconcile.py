@@ -110,6 +110,7 @@ class Observation:
     # that resource: lets a resource whose target is contained in what another one migrated to stay Ready.
     database_lineage: tuple[str, ...] = ()
     database_moved_by: str | None = None
+    job_queue: str | None = None  # set when the operator-wide Job cap is reached: why no Job may start now
 
 
 @dataclass(frozen=True)
@@ -290,6 +291,9 @@ class _Run:
         if job.state == "absent":
             if before_start is not None and (stop := before_start()) is not None:
                 return stop
+            if self.obs.job_queue:  # the operator-wide cap: started when another Job ends (its event wakes us)
+                return self.outcome(s.progressing(phase, r.JOB_QUEUED, f"the {role} Job waits: {self.obs.job_queue}"),
+                                    POLL_ACTIVE)
             self.start_job(role, args)
             return self.outcome(s.progressing(phase, spec.reason, starting), POLL_ACTIVE)
         if job.state == "active":
@@ -883,7 +887,7 @@ class _Run:
         if job.state == "absent" or int(job.instance or -1) < bucket:
             self.decision.jobs.append(JobRequest("drift", self.generation, dict(self.obs.spec),
                                                  {"instance": str(bucket)}))
-        return float(min(POLL_IDLE, (bucket + 1) * interval - self.obs.now.timestamp() + 1))
+        return float((bucket + 1) * interval - self.obs.now.timestamp() + 1)  # the operator wakes it then
 
     def drift_result(self, job: JobObservation) -> None:
         if self.run.drift_job == job.name:

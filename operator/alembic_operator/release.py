@@ -8,7 +8,10 @@ requirement is met, count the rest), so a restarted operator catches up by itsel
 - every watch event of a labelled pod (``PodWatch``: our own watch, with a server-side label selector, in each
   namespace that has a DatabaseMigration): a pod created gated, by the webhook or by its template, while its
   requirement was already met is released at once; a held pod gets its Event;
-- a timer every ``RESYNC_SECONDS`` per DatabaseMigration (Kopf), in case a watch event was lost.
+- every ``RESYNC_SECONDS``, the DatabaseMigrations that hold pods, in case a watch event was lost.
+
+A DatabaseMigration's event costs nothing when it holds no pod and its namespace's pod watch is listed (the watch
+shows every labelled pod: none is held for it); a thousand idle resources make no request here.
 
 Pods are patched concurrently (:class:`kube.Client`: aiohttp on Kopf's loop) with a strategic merge patch that deletes
 our gate and only ours. The pod watch is not Kopf's: Kopf's per-event machinery, run for each of the hundred pod
@@ -32,7 +35,7 @@ import kopf
 from . import constants as c
 from . import gate, reasons
 from .api import MAX_NAME_LENGTH
-from .kube import Client, KubeError
+from .kube import Client, KubeError, slim
 
 log = logging.getLogger("alembic_operator.gate")
 
@@ -76,6 +79,8 @@ class Gatekeeper:
     reported: dict[Key, int] = field(default_factory=dict)  # held count last told in a DatabaseMigration Event
     tasks: dict[tuple[str, Key], asyncio.Task[None]] = field(default_factory=dict)
     dirty: set[Key] = field(default_factory=set)
+    listed: set[str] = field(default_factory=set)  # namespaces whose pod watch has listed its pods
+    touched: set[Key] = field(default_factory=set)  # resources whose pods this process held or released
     released_total: int = 0
 
     def stop(self) -> None:
@@ -95,19 +100,38 @@ class Gatekeeper:
         key = (str(meta.get("namespace")), str(meta.get("name")))
         if event_type == "DELETED":
             self.migrations.pop(key, None)
+            self.reported.pop(key, None)
+            self.touched.discard(key)
             last = not any(ns == key[0] for ns, _ in self.migrations)
             if last and (task := self.tasks.pop(("watch", (key[0], "")), None)) is not None:
                 task.cancel()
+                self.listed.discard(key[0])
         else:
             self.remember(body)  # never back in time: a fresh read (webhook) may be ahead of the watch
             self.watch_pods(key[0])
-        self.kick(key)
+        if self.held.get(key) or key[0] not in self.listed:
+            self.kick(key)
+        elif key in self.held:
+            del self.held[key]
+
+    def _resync_soon(self) -> None:
+        task = self.tasks.get(("resync", ("", "")))
+        if task is None or task.done():
+            self._spawn(("resync", ("", "")), self._resync_loop())
+
+    async def _resync_loop(self) -> None:
+        """Every RESYNC_SECONDS: sync the DatabaseMigrations that hold pods (a lost watch event, a failed patch)."""
+        while self.migrations:
+            await asyncio.sleep(RESYNC_SECONDS)
+            for key in [k for k, pods in self.held.items() if pods]:
+                self.kick(key)
 
     def watch_pods(self, namespace: str) -> None:
         """Watch the labelled pods of a namespace (once a DatabaseMigration is seen there)."""
         task = self.tasks.get(("watch", (namespace, "")))
         if task is None or task.done():
             self._spawn(("watch", (namespace, "")), self._watch_loop(namespace))
+        self._resync_soon()
 
     async def _watch_loop(self, namespace: str) -> None:
         path = f"/api/v1/namespaces/{namespace}/pods"
@@ -121,11 +145,13 @@ class Gatekeeper:
                     version = str((listing.get("metadata") or {}).get("resourceVersion") or "")
                     for pod in listing.get("items") or []:
                         self.pod_seen(None, pod)
+                    self.listed.add(namespace)
                 async for event in self.kube.watch(path, {**selector, "resourceVersion": version}):
                     kind, obj = event.get("type"), event.get("object") or {}
                     if kind == "ERROR":
                         if obj.get("code") == 410:  # too old: list again
                             version = None
+                            self.listed.discard(namespace)
                         else:
                             log.warning("pod watch in %s: %s", namespace, obj.get("message"))
                         break
@@ -139,6 +165,7 @@ class Gatekeeper:
                 log.warning("pod watch in %s failed, again in %.0fs: %s", namespace, backoff, err)
                 if isinstance(err, KubeError) and err.status == 410:
                     version = None
+                    self.listed.discard(namespace)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 30.0)
 
@@ -148,7 +175,7 @@ class Gatekeeper:
         key = (str(meta.get("namespace")), str(meta.get("name")))
         cached = self.migrations.get(key)
         if cached is None or _version(dbm) >= _version(cached):
-            self.migrations[key] = dbm
+            self.migrations[key] = slim(dbm)
 
     async def read_migration(self, namespace: str, name: str) -> dict[str, Any] | None:
         """A fresh read, remembered (the webhook decides on it: the watch may be a moment behind)."""
@@ -229,6 +256,8 @@ class Gatekeeper:
         ready = [v for v in verdicts if v.verdict.met and v.uid not in self.releasing]
         held = [v for v in verdicts if not v.verdict.met]
         self.held[key] = {v.uid: v for v in held}
+        if not held:
+            del self.held[key]
         if ready and dbm is not None:
             await self._release(key, dbm, ready)
         if held:
@@ -261,6 +290,8 @@ class Gatekeeper:
                 self.releasing.discard(p.uid)
         done = [p for p, r in zip(pods, results, strict=True) if r is True]
         failed = [(p, r) for p, r in zip(pods, results, strict=True) if isinstance(r, BaseException)]
+        if done:
+            self.touched.add(key)
         for p in done:
             self.held.get(key, {}).pop(p.uid, None)
             self.announced.discard(p.uid)
@@ -283,6 +314,7 @@ class Gatekeeper:
 
     # --- reporting ----------------------------------------------------------------------------------------------
     def _note_held(self, key: Key, dbm: dict[str, Any] | None, held: list[gate.PodVerdict]) -> None:
+        self.touched.add(key)
         pods = self.held.setdefault(key, {})
         for p in held:
             pods[p.uid] = p
@@ -310,7 +342,9 @@ class Gatekeeper:
             kind, reason, message = gate.summarize_held(key[1], held)
             kopf.event(migration_ref(dbm), type=kind, reason=reason, message=message)
         self.reported[key] = count
-        if (dbm.get("status") or {}).get("heldPods") != count:
+        written = (dbm.get("status") or {}).get("heldPods")
+        if written != count and (written is not None or count or key in self.touched):
+            # A resource that never held a pod is left without the field (no write per resource at start-up).
             try:
                 await self.kube.patch_held_pods(*key, count)
             except KubeError as err:

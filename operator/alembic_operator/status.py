@@ -15,6 +15,7 @@ one.
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -121,3 +122,25 @@ def ready(reason: str, message: str) -> Outcome:
 
 def stalled(phase: str, reason: str, message: str) -> Outcome:
     return Outcome("stalled", phase, reason, message)
+
+
+def merge_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
+    """The JSON merge patch (RFC 7386) that turns `old` into `new`: changed keys, nested objects diffed, removed keys
+    null, lists whole. The reconciler writes its status with it: no resourceVersion, hence no conflict with the
+    other writer of the status (the gate, which owns heldPods: a key the reconciler leaves as it read it)."""
+    patch: dict[str, Any] = {}
+    for key in old.keys() - new.keys():
+        patch[key] = None
+    for key, value in new.items():
+        before = old.get(key)
+        if isinstance(value, Mapping) and isinstance(before, Mapping):
+            if nested := merge_patch(before, value):
+                patch[key] = nested
+        elif key not in old or before != value:
+            patch[key] = _without_nulls(value) if isinstance(value, Mapping) else value
+    return patch
+
+
+def _without_nulls(value: Mapping[str, Any]) -> dict[str, Any]:
+    """A new object in a merge patch: its null members mean nothing (they would be removed), so leave them out."""
+    return {k: _without_nulls(v) if isinstance(v, Mapping) else v for k, v in value.items() if v is not None}

@@ -40,8 +40,9 @@ def test_configuration_from_the_flags_and_the_environment_the_chart_sets() -> No
 
 def test_every_handler_is_registered_on_the_operators_registry() -> None:
     registry, _operator = app.registry(parse([]))
-    assert ids(registry) == {"job_changed", "migration_changed", "run_migration", "on_delete", "gate-migration",
-                             "gate-resync", "hold-until-schema-ready", "govern-approvals"}
+    # No daemon and no timer per resource: the reconciles run on one scheduler (handlers.start), fed by the watches.
+    assert ids(registry) == {"job_changed", "migration_changed", "on_delete", "gate-migration",
+                             "hold-until-schema-ready", "govern-approvals"}
     activities = [str(h.activity.value) for h in registry._activities.get_all_handlers()]
     assert sorted(activities) == ["authentication", "cleanup", "startup"]  # one start-up
     assert not kopf.get_default_registry()._webhooks.get_all_handlers()  # nothing registered by import
@@ -49,9 +50,9 @@ def test_every_handler_is_registered_on_the_operators_registry() -> None:
 
 def test_gating_only_and_without_the_webhook() -> None:
     gating, _ = app.registry(parse(["--no-reconciler"]))
-    assert ids(gating) == {"gate-migration", "gate-resync", "hold-until-schema-ready", "govern-approvals"}
+    assert ids(gating) == {"gate-migration", "hold-until-schema-ready", "govern-approvals"}
     no_webhook, _ = app.registry(parse(["--no-webhook"]))
-    assert "hold-until-schema-ready" not in ids(no_webhook) and "run_migration" in ids(no_webhook)
+    assert "hold-until-schema-ready" not in ids(no_webhook) and "on_delete" in ids(no_webhook)
     assert "govern-approvals" not in ids(no_webhook)
 
 

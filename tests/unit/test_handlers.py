@@ -45,15 +45,17 @@ async def reconcile(emulator: kmock.KubernetesEmulator) -> tuple[float | None, d
     for declared in ("batch/v1/jobs", "v1/pods", "v1/secrets", "v1/events", f"{c.GROUP}/{c.VERSION}/{c.PLURAL}"):
         emulator.resources[declared] = {}
 
-    def replace_status(request: kmock.Request) -> dict[str, Any]:
-        """The status subresource, as the API server does it: only .status changes."""
+    def patch_status(request: kmock.Request) -> dict[str, Any]:
+        """The status subresource, as the API server does it: only .status changes (a merge patch)."""
         obj = emulator.objects[DBM, NS, "db"]
         obj.patch({"status": request.data["status"]})
         return dict(obj.raw)
 
-    emulator["PUT", kmock.subresource("status")] << replace_status
+    emulator["PATCH", kmock.subresource("status")] << patch_status
     client = Client(kubernetes.client.Configuration(host=str(emulator.url).rstrip("/")))
-    ctx = handlers.Context(config=OperatorConfig(), kube=client, runtime=handlers.Runtime())
+    runtime = handlers.Runtime()
+    runtime.migration_seen(None, dict(emulator.objects[DBM, NS, "db"].raw))  # what the watch delivers
+    ctx = handlers.Context(config=OperatorConfig(), kube=client, runtime=runtime)
     try:
         delay = await handlers.reconcile(ctx, NS, "db", logging.getLogger("test"))
     finally:

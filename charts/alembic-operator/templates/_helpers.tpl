@@ -95,7 +95,7 @@ app.kubernetes.io/part-of: alembic-operator
 - apiGroups: ["migrations.alembic-operator.io"]
   resources: ["databasemigrations"]
   verbs: ["get", "list", "watch", "patch"]
-# The reconciler replaces the status; the pod gate patches status.heldPods.
+# The reconciler merge-patches its status fields; the pod gate patches status.heldPods.
 - apiGroups: ["migrations.alembic-operator.io"]
   resources: ["databasemigrations/status"]
   verbs: ["update", "patch"]
