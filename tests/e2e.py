@@ -2,6 +2,9 @@
 
 Every end-to-end test ends with a leak check: the database password must not appear in the operator's log, in
 any Event, status or Job spec of the namespace, or in any container log the node kept.
+
+The helpers that read the database (`checksum`, `revision`, `columns`, `has_table`) go through SQLAlchemy with the
+database's URL, so that a scenario reads the same on every engine.
 """
 
 from __future__ import annotations
@@ -13,9 +16,10 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pytest
+import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 from kubernetes import client as k8s
@@ -24,7 +28,6 @@ from alembic_operator import constants as c
 from apps import Rev, make_project
 from bed import images
 from bed.controlplane import Bed
-from bed.postgres import Database
 from harness import Cluster, OperatorProcess, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
@@ -54,27 +57,72 @@ FAILING = Rev(FAIL, upgrade=['op.create_table("shipments", sa.Column("id", sa.In
               downgrade=['op.drop_constraint("total_positive", "orders")', 'op.drop_table("shipments")'])
 
 
+def sleep(seconds: float) -> str:
+    """A revision's body line that sleeps on the database, in the dialect it runs on (offline too)."""
+    return (f'op.execute("SELECT pg_sleep({seconds})" if op.get_context().dialect.name == "postgresql" '
+            f'else "SELECT SLEEP({seconds})")')
+
+
 def slow(rev: str, seconds: float, down: str | None = None) -> Rev:
     """A harmless revision that takes a while and counts how often it ran (table runs)."""
     kw: dict[str, Any] = {} if down is None else {"down_revision": down}
     return Rev(rev, upgrade=['op.execute("CREATE TABLE IF NOT EXISTS runs (rev text)")',
                              f'op.execute("INSERT INTO runs VALUES (\'{rev}\')")',
-                             f'op.execute("SELECT pg_sleep({seconds})")'],
+                             sleep(seconds)],
                downgrade=[f'op.execute("DELETE FROM runs WHERE rev = \'{rev}\'")'], **kw)
 
 
+class Database(Protocol):
+    """A test database on any engine (bed.postgres.Database, bed.mariadb.Database)."""
+
+    @property
+    def url(self) -> str: ...  # SQLAlchemy URL with the password: a secret
+
+    @property
+    def password(self) -> str: ...
+
+    def query(self, sql: str, *params: object) -> list[tuple[object, ...]]: ...
+
+    def at(self, host: str, port: int) -> Database: ...
+
+
+@contextlib.contextmanager
+def connect(db: Database) -> Iterator[sa.Connection]:
+    engine = sa.create_engine(db.url, poolclass=sa.pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            yield conn
+    finally:
+        engine.dispose()
+
+
 def checksum(db: Database, table: str, columns: str = "*") -> str:
-    rows = db.query(f"SELECT md5(coalesce(string_agg(t::text, '|' ORDER BY t::text), '')) "
-                    f"FROM (SELECT {columns} FROM {table}) t")
-    return str(rows[0][0])
+    """A digest of the table's rows (the columns given), in no particular order: the same rows give the same digest
+    on every engine (values as the driver returns them: Decimal, int, str, None)."""
+    with connect(db) as conn:
+        rows = conn.execute(sa.text(f"SELECT {columns} FROM {table}")).all()
+    text = "|".join(sorted(repr(tuple(row)) for row in rows))
+    return hashlib.md5(text.encode()).hexdigest()
 
 
 def revision(db: Database) -> str | None:
     try:
-        rows = db.query("SELECT version_num FROM alembic_version")
-    except Exception:
+        with connect(db) as conn:
+            rows = conn.execute(sa.text("SELECT version_num FROM alembic_version")).all()
+    except sa.exc.DBAPIError:
         return None
     return str(rows[0][0]) if rows else None
+
+
+def columns(db: Database, table: str) -> list[str]:
+    """The table's column names, in the database's own schema (another test's database on the server never counts)."""
+    with connect(db) as conn:
+        return [col["name"] for col in sa.inspect(conn).get_columns(table)]
+
+
+def has_table(db: Database, table: str) -> bool:
+    with connect(db) as conn:
+        return bool(sa.inspect(conn).has_table(table))
 
 
 @dataclass

@@ -9,7 +9,7 @@ import pytest
 
 from alembic_operator import constants as c
 from apps import Rev
-from e2e import BASE_REVISIONS, DROP_LEGACY, E2E, R1, R2, R3, R4, checksum, revision, sha256_file
+from e2e import BASE_REVISIONS, DROP_LEGACY, E2E, R1, R2, R3, R4, checksum, columns, revision, sha256_file
 from harness import wait_for
 
 pytestmark = pytest.mark.bed
@@ -99,9 +99,7 @@ def test_destructive_plan_waits_for_approval_of_that_exact_plan(e2e: E2E) -> Non
     e2e.cluster.wait_condition("shop", "Ready")
     assert revision(e2e.db) == R4
     assert checksum(e2e.db, "customers") == customers
-    cols = [r[0] for r in e2e.db.query("SELECT column_name FROM information_schema.columns "
-                                       "WHERE table_name = 'orders'")]
-    assert "legacy_code" not in cols
+    assert "legacy_code" not in columns(e2e.db, "orders")
 
 
 def test_secret_not_found_stalls_then_recovers_when_created(e2e: E2E) -> None:
@@ -217,7 +215,6 @@ sa.Table("customers", metadata, sa.Column("id", sa.Integer, primary_key=True),
     e2e.cluster.wait_event("shop", "SchemaDrift", "Warning")
     drifted = f'alembic_operator_drifted{{name="shop",namespace="{e2e.ns}"}} 1.0'
     wait_for(lambda: drifted in e2e.operator.metrics(), 30, "the drift metric")
-    assert "nickname" in [r[0] for r in e2e.db.query(
-        "SELECT column_name FROM information_schema.columns WHERE table_name = 'customers'")]
+    assert "nickname" in columns(e2e.db, "customers")
     e2e.db.query("ALTER TABLE customers DROP COLUMN nickname")
     e2e.cluster.wait_condition("shop", "Drifted", "False", reason="NoDrift", timeout=120)
