@@ -35,6 +35,7 @@ FROM ${PYTHON_IMAGE}
 # pg_dump must be at least as new as the server it dumps (it refuses newer servers), and pg_dump N dumps every
 # server from 9.2 to N: the newest major from the PostgreSQL project's own apt repository (PGDG) covers the most
 # servers. Debian bookworm's own postgresql-client is 15 and cannot back up PostgreSQL 16, 17 or 18.
+# mariadb-client (mariadb-dump, mariadb) backs up and restores MySQL and MariaDB (engines/mysql.py).
 ARG PG_MAJOR=18
 # pgdg: postgresql-client-${PG_MAJOR} from apt.postgresql.org (the default); debian: the base's own distribution
 # (bookworm has 15 only; the test bed uses it so that it needs no download site but Debian's mirror).
@@ -68,9 +69,10 @@ RUN apt-get update \
       && apt-get update \
       && apt-get purge -y --auto-remove curl gnupg; \
     elif [ "${PG_SOURCE}" != debian ]; then echo "PG_SOURCE must be pgdg or debian" >&2; exit 1; fi \
- && apt-get install -y --no-install-recommends ca-certificates "postgresql-client-${PG_MAJOR}" \
+ && apt-get install -y --no-install-recommends ca-certificates "postgresql-client-${PG_MAJOR}" mariadb-client \
  && rm -rf /var/lib/apt/lists/* /root/.gnupg \
- && "/usr/lib/postgresql/${PG_MAJOR}/bin/pg_dump" --version
+ && "/usr/lib/postgresql/${PG_MAJOR}/bin/pg_dump" --version \
+ && mariadb-dump --version && mariadb --version
 # The wheels' checksums first: a builder may key the cached layer of the RUN below by its text alone, not by what
 # --mount=from brings (buildah --layers, the test bed's builder, does), so a changed wheel must change this layer.
 COPY --from=build /wheels.sha256 /usr/local/share/alembic-operator/wheels.sha256

@@ -85,7 +85,7 @@ lint: venv
 crd: venv
 	$(PY) -m alembic_operator.crdgen
 	$(PY) -m alembic_operator.reasons > docs/reasons.md
-	$(PY) -m alembic_operator.sqlscan > docs/locking.md
+	$(PY) -m alembic_operator.sqlscan_mysql > docs/locking.md
 	$(PY) -m alembic_operator.approvals > charts/alembic-operator/files/approval-change.cel
 
 # After a Kubernetes upgrade: point KUBECONFIG at a cluster of the new version (e.g. make dev-cluster).

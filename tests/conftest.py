@@ -18,7 +18,7 @@ from bed.mariadb import Database as MariaDBDatabase
 from bed.mariadb import MariaDBServer
 from bed.postgres import Database, PostgresServer
 
-pytest_plugins = ["e2e"]  # the end-to-end fixtures (crd, e2e)
+pytest_plugins = ["e2e", "jobrun"]  # the end-to-end fixtures (crd, e2e); job (the Job commands, in-process)
 
 if TYPE_CHECKING:
     from kubernetes.client import ApiClient

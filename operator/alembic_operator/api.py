@@ -171,7 +171,8 @@ class DatabaseSpec(_SpecModel):
     url_secret_ref: SecretKeyRef = Field(
         description=(
             "The Secret key holding the SQLAlchemy URL of the database, e.g. "
-            "postgresql+psycopg://user:password@host:5432/shop. Required. Use a role that may change the schema."
+            "postgresql+psycopg://user:password@host:5432/shop or mysql+pymysql://user:password@host:3306/shop. "
+            "Required. Use a role that may change the schema."
         ),
     )
 

@@ -3,7 +3,8 @@
 How a Job brings the app's scripts and our tools together
 ---------------------------------------------------------
 The app's image holds alembic.ini, env.py, versions/ and the models (and the Python packages they import); only it
-can render or run the migrations. The operator's image holds pg_dump/pg_restore, the SQL scanner and the runner.
+can render or run the migrations. The operator's image holds the database client tools
+(pg_dump/pg_restore/psql, mariadb-dump/mariadb), the SQL scanners and the runner.
 Every Job that needs the app's scripts starts with an init container in the OPERATOR's image that writes one
 self-contained file (`runner.pyz`: the runner package, stdlib + alembic + sqlalchemy, as a zipapp) into a shared
 `emptyDir`; the app's image then runs `python /alembic-operator/runner.pyz <command>` in its own working directory.

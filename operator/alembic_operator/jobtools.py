@@ -168,7 +168,7 @@ def cmd_scan(plan_dir: Path) -> ScanResult:
     destructive_revisions = _unique(f.revision for f in findings if f.severity == "destructive" and f.revision)
     for f in findings:
         log(f"{f.severity}: {f.describe()} [{f.rule}]" + (f"\n    {f.statement}" if f.statement else "")
-            + (f"\n    safely: {sqlscan.RULES[f.rule].safely}" if f.severity == "locking" else ""))
+            + (f"\n    safely: {sqlscan.rule_of(f).safely}" if f.severity == "locking" else ""))
     log(f"plan {plan.get('current') or 'base'} -> {plan.get('target')}: {len(revisions)} revision(s), "
         f"{len(destructive)} destructive operation(s), {len(locking)} locking, {len(warnings) - len(locking)} "
         f"other warning(s), {len(notes)} note(s)")
@@ -223,7 +223,7 @@ def _first_unique(findings: Iterable[sqlscan.Finding], severity: str) -> list[sq
 
 def _with_rule(f: sqlscan.Finding) -> dict[str, str]:
     """A locking finding as status.plan shows it: what, which rule, and the safer pattern."""
-    return {"operation": f.describe(), "rule": f.rule, "safely": sqlscan.RULES[f.rule].safely}
+    return {"operation": f.describe(), "rule": f.rule, "safely": sqlscan.rule_of(f).safely}
 
 
 def _live_database(engine: engines.Engine[Any]) -> Any:
@@ -338,7 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("scan", "scan the SQL a plan rendered for destructive and locking operations")
     p.add_argument("--plan-dir", required=True, type=Path)
-    p = command("backup", "pg_dump the database to the backup volume")
+    p = command("backup", "dump the database (pg_dump, mariadb-dump) to the backup store")
     p.add_argument("--dir", required=True, type=Path)
     p.add_argument("--prefix", required=True)
     p.add_argument("--retain", required=True, type=int)

@@ -235,7 +235,8 @@ PLAN_INVALID = _reason("PlanInvalid", None, "the plan Job's rendered files are i
 PLAN_NOT_FOUND = _reason("PlanNotFound", None, "the plan Job rendered nothing to scan", where=_JOB)
 PLAN_TOO_LARGE = _reason("PlanTooLarge", None, "the plan does not fit a termination message", where=_JOB)
 RESULT_TOO_LARGE = _reason("ResultTooLarge", None, "a Job's result does not fit a termination message", where=_JOB)
-TOOL_NOT_FOUND = _reason("ToolNotFound", None, "pg_dump or pg_restore is missing from the operator image", where=_JOB)
+TOOL_NOT_FOUND = _reason("ToolNotFound", None, "a database client tool (pg_dump, pg_restore, psql, mariadb-dump, "
+                         "mariadb) is missing from the operator image", where=_JOB)
 
 # --- sets other modules need, derived ---------------------------------------------------------------------------------
 # A plan Job's result reason the user reads as it is (others become PlanFailed).

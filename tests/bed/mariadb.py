@@ -115,8 +115,9 @@ class MariaDBServer:
                f"--port={self.port}", "--bind-address=127.0.0.1", "--skip-name-resolve", f"--tmpdir={self.rundir}",
                # small and fast: several servers share a 2-core machine, and the data is thrown away
                "--innodb-buffer-pool-size=32M", "--innodb-log-file-size=16M", "--innodb-flush-log-at-trx-commit=0",
-               "--innodb-doublewrite=0", "--sync-binlog=0", "--skip-log-bin", "--performance-schema=OFF",
-               "--max-connections=200", "--character-set-server=utf8mb4", "--collation-server=utf8mb4_general_ci"]
+               "--innodb-doublewrite=0", "--innodb-flush-method=nosync", "--sync-binlog=0", "--skip-log-bin",
+               "--performance-schema=OFF", "--max-connections=200", "--character-set-server=utf8mb4",
+               "--collation-server=utf8mb4_general_ci"]
         # Its own session: a Ctrl-C to pytest's process group does not kill it before the teardown stops it.
         self._proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                       stderr=subprocess.DEVNULL, start_new_session=True)

@@ -22,7 +22,7 @@ SECRET = "s3cr3t-Pa55"
 
 @pytest.mark.parametrize(("raw", "says"), [
     (f"not a url {SECRET}", "not a valid SQLAlchemy URL"),
-    (f"mysql+pymysql://u:{SECRET}@h/db", "mysql"),
+    (f"mssql+pymssql://u:{SECRET}@h/db", "mssql"),
     (f"postgresql+psycopg://u:{SECRET}@h:5432/", "names no database"),
     (f"nosuchdriver://u:{SECRET}@h/db", "unknown database driver"),
 ])

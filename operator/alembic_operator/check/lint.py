@@ -88,7 +88,7 @@ def read_catalog(url: URL, items: Iterable[tuple[str | None, str]]) -> sqlscan.C
 
 
 def _finding(found: sqlscan.Finding) -> Finding:
-    rule = sqlscan.RULES[found.rule]
+    rule = sqlscan.rule_of(found)
     return Finding(check="lint", rule=found.rule, severity=LINT_SEVERITY[found.severity],
                    message=f"{found.operation}: {rule.why}", revision=found.revision,
                    details=[f"SQL: {found.statement}", f"safely: {rule.safely}"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
-from .. import sqlscan
+from .. import sqlscan, sqlscan_mysql  # noqa: F401  (registers MySQL's rules)
 
 Severity = Literal["error", "warning", "info"]
 Status = Literal["passed", "failed", "skipped"]
@@ -70,13 +70,8 @@ LINT_SEVERITY: Final[dict[str, Severity]] = {"destructive": "error", "locking": 
 
 
 def known_rule(name: str) -> bool:
-    return name in RULES or name in sqlscan.RULES
-
-
-def rule_severity(name: str) -> Severity:
-    if name in RULES:
-        return RULES[name].severity
-    return LINT_SEVERITY[sqlscan.RULES[name].severity]
+    """A check's rule or any scanner's (PostgreSQL's, MySQL's)."""
+    return name in RULES or name in sqlscan.known_rules()
 
 
 @dataclass

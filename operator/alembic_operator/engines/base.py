@@ -76,6 +76,9 @@ class Engine(ABC, Generic[DB]):
     schemes: ClassVar[tuple[str, ...]]  # the URL schemes (with their drivers) to tell users about
     url_example: ClassVar[str]
     default_port: ClassVar[int]
+    # Whether DDL runs inside a transaction (PostgreSQL) or commits implicitly (MySQL/MariaDB): on the latter a
+    # failed revision may be half-applied, which the rollback choice must know.
+    transactional_ddl: ClassVar[bool] = True
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

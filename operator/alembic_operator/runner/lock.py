@@ -48,6 +48,14 @@ def database_lock_key(database_key: str) -> int:
     return signed_key(int.from_bytes(hashlib.sha256(f"alembic-operator:{database_key}".encode()).digest()[:8], "big"))
 
 
+MYSQL_LOCK_PREFIX = "alembic-operator:"
+
+
+def mysql_lock_name(key: int) -> str:
+    """The name of a database's migration lock on MySQL/MariaDB (GET_LOCK takes a name, at most 64 characters)."""
+    return f"{MYSQL_LOCK_PREFIX}{key}"
+
+
 # --- the SQL of each dialect ------------------------------------------------------------------------------------
 
 
@@ -130,6 +138,20 @@ register("postgresql", DialectSQL(
 ))
 
 
+# MySQL and MariaDB: a named lock held by the session (GET_LOCK, with a zero wait: the loop above polls), its holder
+# from the processlist (IS_USED_LOCK gives its connection id; another user's session shows only with PROCESS).
+# No session limits: the lock and statement timeouts, their error codes and the blockers are PostgreSQL's only.
+_MYSQL_NAME = f"CONCAT('{MYSQL_LOCK_PREFIX}', CAST(:key AS CHAR))"
+for _dialect in ("mysql", "mariadb"):
+    register(_dialect, DialectSQL(
+        try_lock=f"SELECT GET_LOCK({_MYSQL_NAME}, 0) = 1",
+        unlock=f"SELECT RELEASE_LOCK({_MYSQL_NAME})",
+        holder=("SELECT ID, USER, NULL, HOST, COMMAND, TIME, INFO, NULL FROM information_schema.PROCESSLIST "
+                f"WHERE ID = IS_USED_LOCK({_MYSQL_NAME})"),
+        read_only=("SET SESSION TRANSACTION READ ONLY",),
+    ))
+
+
 def read_only(connection: Any, dialect: str) -> None:
     """Belt and braces for a read-only check: this transaction (and any later one of the session) cannot write."""
     sql = DIALECTS.get(dialect)
@@ -201,7 +223,8 @@ def holder(conn: Any, sql: DialectSQL, key: int) -> list[Blocker]:
         return []
     unsigned = key & 0xFFFFFFFFFFFFFFFF
     try:
-        rows = conn.execute(text(sql.holder), {"hi": unsigned >> 32, "lo": unsigned & 0xFFFFFFFF}).fetchall()
+        rows = conn.execute(text(sql.holder), {"key": key, "hi": unsigned >> 32,
+                                               "lo": unsigned & 0xFFFFFFFF}).fetchall()
     except Exception:
         return []
     return [from_row(row) for row in rows]

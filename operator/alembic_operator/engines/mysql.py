@@ -1,0 +1,534 @@
+"""MySQL and MariaDB: the URL's connection parameters, mariadb-dump and the mariadb client, the GET_LOCK migration
+lock, the revision read through SQLAlchemy, and the MySQL scanner (``sqlscan_mysql``).
+
+What differs from PostgreSQL, and what it means here:
+
+* **DDL is not transactional.** Every CREATE/ALTER/DROP commits the transaction it runs in. Alembic therefore
+  commits each revision by itself (its version-table update included), so after a failure the version table says
+  exactly which revisions committed; the revision that failed may have run some of its statements, which no
+  ROLLBACK undoes (the runner reports them: ``partialRevision``). ``transactional_ddl = False`` tells the operator.
+* **The lock** is a named lock, ``GET_LOCK('alembic-operator:<key>')`` (``runner.lock.mysql_lock_name``), held by a
+  session; the runner's upgrade, downgrade and stamp take the same name. A timeout names the holder (processlist
+  id, user, host, command, seconds, its statement without literals), as far as the migration's user may see it
+  (another user's sessions need the PROCESS privilege).
+* **Secrets**: the client tools read the password from a 0600 option file (``--defaults-extra-file``) that exists
+  only while they run; it is never on a command line, in the environment or in a log. PyMySQL gets it as a keyword.
+
+Backup: ``mariadb-dump --single-transaction`` dumps one consistent snapshot (``START TRANSACTION WITH CONSISTENT
+SNAPSHOT``) of the tables, with routines, triggers and events, ``--add-drop-table`` and ``--hex-blob``. Its own
+snapshot is not one another session can share, so the heads are read twice: before the dump (to name the file) and
+from the dump itself as it streams by (``INSERT INTO `alembic_version```): if they differ the backup fails (the
+database moved while it was dumped; retried) rather than record a revision the dump does not hold.
+
+Restore is one pass of the ``mariadb`` client over one script: ``SET FOREIGN_KEY_CHECKS = 0``, a ``DROP ... IF
+EXISTS`` for each table, view, sequence, routine and event the database has and the dump does not (they are
+reported), then the dump, which drops and recreates each of its own objects. "All or nothing" cannot mean one
+transaction here, because DDL commits: a restore that fails midway leaves some tables restored and others not.
+What holds instead: the dump's checksum is verified before anything runs; the client stops at the first error;
+and every statement of the script is idempotent (drop if exists, then create, then insert into the fresh table),
+so running the same restore again converges to exactly what the dump holds (the operator retries a failed
+restore Job, and a person can re-run it from the runbook).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any, Final
+
+import pymysql
+from sqlalchemy.engine import URL
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+
+from ..jobio import JobError, log, sanitize
+from ..reconcile import DatabaseObservation
+from ..runner.blockers import describe_blockers, from_row
+from ..runner.lock import database_lock_key, mysql_lock_name
+from .base import Engine, Snapshot, observation, read_alembic_state, redact_urls
+
+if TYPE_CHECKING:
+    from ..dbstate import DatabaseTarget
+    from ..sqlscan import Finding
+
+MYSQL_BIN_ENV: Final = "ALEMBIC_OPERATOR_MYSQL_BIN"  # a directory holding mariadb-dump and mariadb (optional)
+OPERATOR_CONNECT_TIMEOUT: Final = 5
+JOB_CONNECT_TIMEOUT: Final = 10
+VERSION_TABLE: Final = "alembic_version"
+_CHUNK: Final = 1 << 20
+# URL query parameters (PyMySQL's names) the client tools understand, and their option-file names.
+_SSL_OPTIONS: Final = {"ssl_ca": "ssl-ca", "ssl_cert": "ssl-cert", "ssl_key": "ssl-key", "ssl_capath": "ssl-capath",
+                       "ssl_cipher": "ssl-cipher"}
+# Error codes: 1044/1045 access denied, 1049 unknown database, 2002/2003/2005/2006/2013 cannot reach the server.
+AUTH_ERRORS: Final = frozenset({1044, 1045, 1698})
+UNKNOWN_DATABASE: Final = 1049
+
+
+# --- the database -------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Database:
+    """PyMySQL's and the client tools' parameters from the SQLAlchemy URL; the password kept apart."""
+
+    host: str
+    port: int
+    database: str
+    user: str | None = None
+    password: str | None = field(default=None, repr=False)
+    unix_socket: str | None = None
+    ssl: dict[str, str] = field(default_factory=dict)
+    charset: str = "utf8mb4"
+
+    @property
+    def where(self) -> str:
+        return f"{self.unix_socket or self.host}:{self.port}/{self.database}"
+
+    def describe(self) -> dict[str, Any]:
+        return {"host": self.host, "port": self.port, "database": self.database}
+
+    def connect(self, **kwargs: Any) -> pymysql.connections.Connection[Any]:
+        """A PyMySQL connection in autocommit; the job's error (reason named) when it cannot be had."""
+        params: dict[str, Any] = {"host": self.host, "port": self.port, "user": self.user, "database": self.database,
+                                  "charset": self.charset, "connect_timeout": JOB_CONNECT_TIMEOUT, "autocommit": True}
+        if self.password is not None:
+            params["password"] = self.password
+        if self.unix_socket:
+            params["unix_socket"] = self.unix_socket
+        if self.ssl:
+            params["ssl"] = {key.removeprefix("ssl_"): value for key, value in self.ssl.items()}
+        try:
+            return pymysql.connect(**{**params, **kwargs})
+        except pymysql.MySQLError as err:
+            raise _db_error(err, self) from None
+
+    @contextlib.contextmanager
+    def option_file(self) -> Iterator[Path]:
+        """A 0600 option file with the connection (the password included) for ``--defaults-extra-file``, removed
+        when the block ends."""
+        lines = ["[client]", f"host={_quote(self.host)}", f"port={self.port}"]
+        if self.user:
+            lines.append(f"user={_quote(self.user)}")
+        if self.password is not None:
+            lines.append(f"password={_quote(self.password)}")
+        if self.unix_socket:
+            lines.append(f"socket={_quote(self.unix_socket)}")
+        for key, value in self.ssl.items():
+            lines.append(f"{_SSL_OPTIONS[key]}={_quote(value)}")
+        lines.append(f"default-character-set={self.charset}")
+        fd, name = tempfile.mkstemp(prefix="alembic-operator-", suffix=".cnf")  # mkstemp: 0600, this user's
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                handle.write("\n".join(lines) + "\n")
+            yield Path(name)
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(name)
+
+
+def _quote(value: str) -> str:
+    """An option-file value: double-quoted, with the escapes the MariaDB/MySQL option parser reads."""
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\t", "\\t")
+    return f'"{escaped}"'
+
+
+def _error_code(err: BaseException) -> int | None:
+    args = getattr(err, "args", ())
+    return args[0] if args and isinstance(args[0], int) else None
+
+
+def _error_text(err: BaseException) -> str:
+    args: tuple[Any, ...] = tuple(getattr(err, "args", ()))
+    text = str(args[1]) if len(args) > 1 else str(err)
+    return sanitize(" ".join(text.split()))[:600]
+
+
+def _db_error(err: BaseException, db: Database) -> JobError:
+    code, text = _error_code(err), _error_text(err)
+    if code in AUTH_ERRORS:
+        return JobError("DatabaseAuthenticationFailed", f"cannot log in to {db.where}: {text}; check the "
+                        "credentials in the Secret")
+    if code == UNKNOWN_DATABASE:
+        return JobError("DatabaseNotFound", f"the database {db.database!r} does not exist on {db.host}:{db.port}")
+    if isinstance(err, pymysql.OperationalError) and (code is None or code >= 2000):
+        return JobError("DatabaseUnreachable", f"cannot reach the database at {db.where}: {text}")
+    return JobError("DatabaseError", f"database error on {db.where}: {text}")
+
+
+def database(url: URL) -> Database:
+    """The connection parameters of a (validated) SQLAlchemy URL."""
+    socket: str | None = None
+    ssl: dict[str, str] = {}
+    charset = "utf8mb4"
+    for key, value in url.query.items():
+        single = value if isinstance(value, str) else ",".join(value)
+        if key == "unix_socket":
+            socket = single
+        elif key in _SSL_OPTIONS:
+            ssl[key] = single
+        elif key == "charset":
+            charset = single
+        else:
+            log(f"ignoring the URL query parameter {key!r}: the Jobs do not use it")
+    return Database(host=url.host or "localhost", port=url.port or MySQL.default_port, database=url.database or "",
+                    user=url.username, password=url.password if isinstance(url.password, str) else None,
+                    unix_socket=socket, ssl=ssl, charset=charset)
+
+
+def read_heads(conn: pymysql.connections.Connection[Any], table: str = VERSION_TABLE) -> list[str]:
+    """The revisions in the version table (empty when it does not exist: a database at base)."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() "
+                    "AND TABLE_NAME = %s", (table,))
+        row = cur.fetchone()
+        if not row or not row[0]:
+            return []
+        cur.execute(f"SELECT version_num FROM {_ident(table)} ORDER BY version_num")
+        return [str(r[0]) for r in cur.fetchall()]
+
+
+def _ident(name: str) -> str:
+    return "`" + name.replace("`", "``") + "`"
+
+
+# --- client tools -------------------------------------------------------------------------------------------------
+
+
+def client_tool(*names: str) -> str:
+    """MYSQL_BIN_ENV, else PATH: the first of `names` found (mariadb-dump before mysqldump)."""
+    explicit = os.environ.get(MYSQL_BIN_ENV)
+    for name in names:
+        if explicit and (Path(explicit) / name).is_file():
+            return str(Path(explicit) / name)
+        found = shutil.which(name)
+        if found:
+            return found
+    raise JobError("ToolNotFound", f"{names[0]} is not installed in the operator's image")
+
+
+def _dump_tool() -> str:
+    return client_tool("mariadb-dump", "mysqldump")
+
+
+def _client_tool() -> str:
+    return client_tool("mariadb", "mysql")
+
+
+def _tail(stream: IO[bytes], lines: int = 8) -> str:
+    stream.seek(0)
+    kept = [sanitize(line) for line in stream.read().decode(errors="replace").splitlines() if line.strip()]
+    for line in kept:
+        log(f"  {line}")
+    return " | ".join(kept[-lines:])[-800:]
+
+
+# --- backup -------------------------------------------------------------------------------------------------------
+
+DUMP_OPTIONS: Final = (
+    "--single-transaction",  # one consistent snapshot, no table locks (InnoDB)
+    "--routines", "--triggers", "--events",
+    "--add-drop-table",  # each table is dropped before it is recreated: a restore replaces it
+    "--hex-blob",  # binary columns as hex literals: exact whatever the client's character set
+    "--skip-dump-date", "--no-tablespaces", "--skip-lock-tables",
+    "--default-character-set=utf8mb4",
+)
+_VERSION_PREFIX: Final = b"INSERT INTO `" + VERSION_TABLE.encode() + b"` VALUES"
+_STRING = re.compile(rb"'((?:[^'\\]|\\.)*)'")
+
+
+class HeadsInDump:
+    """Reads the version table's rows from a dump as it streams by, a line at a time (mariadb-dump writes
+    ``INSERT INTO `alembic_version` VALUES`` and then one row per line up to the ``;``). Long lines of other tables
+    are not kept."""
+
+    def __init__(self) -> None:
+        self.heads: list[str] = []
+        self.seen_table = False
+        self._partial = b""
+        self._in_insert = False
+
+    def feed(self, chunk: bytes) -> None:
+        lines = (self._partial + chunk).split(b"\n")
+        self._partial = lines.pop()
+        for line in lines:
+            self._line(line)
+        keep = (self._in_insert or self._partial.startswith(_VERSION_PREFIX)
+                or _VERSION_PREFIX.startswith(self._partial[: len(_VERSION_PREFIX)]))
+        if not keep and len(self._partial) > len(_VERSION_PREFIX):
+            self._partial = b"-"  # the rest of a line that is not the version table's: never a match
+
+    def close(self) -> None:
+        if self._partial:
+            self._line(self._partial)
+            self._partial = b""
+
+    def _line(self, line: bytes) -> None:
+        if line.startswith(b"CREATE TABLE `" + VERSION_TABLE.encode() + b"`"):
+            self.seen_table = True
+        if line.startswith(_VERSION_PREFIX):
+            self._in_insert, line = True, line[len(_VERSION_PREFIX):]
+        if self._in_insert:
+            self.heads.extend(s.decode() for s in _STRING.findall(line))
+            if line.rstrip().endswith(b";"):
+                self._in_insert = False
+
+
+class MySQLSnapshot(Snapshot):
+    """The heads read before the dump; `dump` checks them against those in the dump."""
+
+    def __init__(self, db: Database, heads: list[str]) -> None:
+        self.db, self.heads = db, heads
+
+    def dump(self, out: IO[bytes]) -> None:
+        tool = _dump_tool()
+        with self.db.option_file() as options, tempfile.TemporaryFile() as err:
+            cmd = [tool, f"--defaults-extra-file={options}", *DUMP_OPTIONS, self.db.database]
+            log(f"running {Path(tool).name} {' '.join(DUMP_OPTIONS)} <database>")
+            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err)
+            assert proc.stdout is not None
+            found = HeadsInDump()
+            try:
+                while chunk := proc.stdout.read(_CHUNK):
+                    out.write(chunk)
+                    found.feed(chunk)
+            except BaseException:  # e.g. the volume is full: stop the dump, the store discards what it got
+                proc.kill()
+                proc.wait()
+                raise
+            code = proc.wait()
+            found.close()
+            detail = _tail(err)
+            if code != 0:
+                raise JobError("BackupFailed", f"{Path(tool).name} failed (exit {code}): {detail or 'no output'}")
+        before, dumped = ",".join(sorted(self.heads)) or "base", ",".join(sorted(found.heads)) or "base"
+        if before != dumped:
+            raise JobError("BackupFailed", f"the database moved while it was dumped (revision {before} before, "
+                           f"{dumped} in the dump): another migration ran; nothing was kept")
+
+
+@contextlib.contextmanager
+def _snapshot(db: Database) -> Iterator[MySQLSnapshot]:
+    _dump_tool()  # before connecting: a missing tool is the first thing to say
+    conn = db.connect()
+    try:
+        heads = read_heads(conn)
+    except pymysql.MySQLError as err:
+        raise _db_error(err, db) from None
+    finally:
+        conn.close()
+    yield MySQLSnapshot(db, heads)
+
+
+# --- restore ------------------------------------------------------------------------------------------------------
+
+_DROP_IN_DUMP = re.compile(
+    rb"DROP (TABLE|VIEW|SEQUENCE|PROCEDURE|FUNCTION|EVENT) IF EXISTS `((?:[^`]|``)+)`")
+
+
+@dataclass
+class DumpContents:
+    """What a dump (re)creates, from its DROP ... IF EXISTS statements (mariadb-dump drops each object before it
+    creates it)."""
+
+    tables: set[str] = field(default_factory=set)  # tables, views and sequences: one namespace in MySQL
+    routines: set[tuple[str, str]] = field(default_factory=set)  # ("PROCEDURE" | "FUNCTION", name)
+    events: set[str] = field(default_factory=set)
+
+
+def dump_contents(path: Path) -> DumpContents:
+    out = DumpContents()
+    with open(path, "rb") as handle:
+        for line in handle:
+            for kind, raw in _DROP_IN_DUMP.findall(line):
+                name = raw.replace(b"``", b"`").decode()
+                word = kind.decode()
+                if word in ("TABLE", "VIEW", "SEQUENCE"):
+                    out.tables.add(name)
+                elif word == "EVENT":
+                    out.events.add(name)
+                else:
+                    out.routines.add((word, name))
+    return out
+
+
+def extra_objects(conn: pymysql.connections.Connection[Any], dump: DumpContents) -> list[tuple[str, str]]:
+    """(description, DROP statement) for what the database has and the dump does not: views first, then tables
+    and sequences, routines, events."""
+    drops: list[tuple[str, str]] = []
+    with conn.cursor() as cur:
+        cur.execute("SELECT TABLE_NAME, TABLE_TYPE FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() "
+                    "ORDER BY TABLE_TYPE <> 'VIEW', TABLE_NAME")
+        for name, kind in cur.fetchall():
+            if name not in dump.tables:
+                word = {"VIEW": "VIEW", "SEQUENCE": "SEQUENCE"}.get(str(kind), "TABLE")
+                drops.append((f"{word} {name}", f"DROP {word} IF EXISTS {_ident(name)}"))
+        cur.execute("SELECT ROUTINE_TYPE, ROUTINE_NAME FROM information_schema.ROUTINES "
+                    "WHERE ROUTINE_SCHEMA = DATABASE() ORDER BY ROUTINE_TYPE, ROUTINE_NAME")
+        for kind, name in cur.fetchall():
+            if (str(kind), name) not in dump.routines:
+                drops.append((f"{kind} {name}", f"DROP {kind} IF EXISTS {_ident(name)}"))
+        cur.execute("SELECT EVENT_NAME FROM information_schema.EVENTS WHERE EVENT_SCHEMA = DATABASE() "
+                    "ORDER BY EVENT_NAME")
+        for (name,) in cur.fetchall():
+            if name not in dump.events:
+                drops.append((f"EVENT {name}", f"DROP EVENT IF EXISTS {_ident(name)}"))
+    return drops
+
+
+def restore(db: Database, path: Path) -> list[str]:
+    """Make the database what the dump at `path` holds (its checksum already verified), in one pass of the client;
+    the extra objects dropped. See the module's docstring for what "all or nothing" means on MySQL."""
+    tool = _client_tool()
+    dump = dump_contents(path)
+    if not dump.tables:
+        raise JobError("BackupCorrupt", f"{path.name} creates no table: it is not a mariadb-dump of a database with "
+                       "an Alembic version table; nothing was restored")
+    conn = db.connect()
+    try:
+        drops = extra_objects(conn, dump)
+    except pymysql.MySQLError as err:
+        raise _db_error(err, db) from None
+    finally:
+        conn.close()
+    for what, _ in drops:
+        log(f"not in the backup, will be dropped: {what}")
+    preamble = "".join(f"{sql};\n" for _, sql in [("", "SET FOREIGN_KEY_CHECKS = 0"), *drops]).encode()
+    with db.option_file() as options, tempfile.TemporaryFile() as stderr, open(path, "rb") as source:
+        cmd = [tool, f"--defaults-extra-file={options}", "--batch", "--silent", db.database]
+        log(f"running {Path(tool).name} <database> < {path.name} (with {len(drops)} drop(s))")
+        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=stderr)
+        assert proc.stdin is not None
+        try:
+            proc.stdin.write(preamble)
+            while chunk := source.read(_CHUNK):
+                proc.stdin.write(chunk)
+            proc.stdin.write(b"\nSET FOREIGN_KEY_CHECKS = 1;\n")
+        except BrokenPipeError:  # the client stopped at an error: its stderr says which
+            pass
+        finally:
+            with contextlib.suppress(BrokenPipeError):
+                proc.stdin.close()
+            code = proc.wait()
+        detail = _tail(stderr)
+    if code != 0:
+        raise JobError("RestoreFailed", f"restoring the backup failed ({Path(tool).name} exit {code}): "
+                       f"{detail or 'no output'}. DDL is not transactional on MySQL/MariaDB: the database may be "
+                       "partly restored; running the restore again from the same backup makes it whole")
+    return [what for what, _ in drops]
+
+
+# --- the lock -----------------------------------------------------------------------------------------------------
+
+HOLDER_SQL: Final = ("SELECT ID, USER, NULL, HOST, COMMAND, TIME, INFO, NULL FROM information_schema.PROCESSLIST "
+                     "WHERE ID = IS_USED_LOCK(%s)")
+
+
+@contextlib.contextmanager
+def advisory_lock(db: Database, key: int | None, timeout: float) -> Iterator[None]:
+    if key is None:
+        yield
+        return
+    name = mysql_lock_name(key)
+    conn = db.connect()
+    try:
+        started = time.monotonic()
+        with conn.cursor() as cur:
+            while True:
+                cur.execute("SELECT GET_LOCK(%s, 1)", (name,))
+                row = cur.fetchone()
+                if row and row[0] == 1:
+                    break
+                if time.monotonic() - started >= timeout:
+                    cur.execute(HOLDER_SQL, (name,))
+                    held = [from_row(r) for r in cur.fetchall()]
+                    who = f", held by {describe_blockers(held)}" if held else ""
+                    raise JobError("LockTimeout", f"another session has held the migration lock ({name}{who}) for "
+                                   f"more than {timeout:.0f}s; nothing was restored")
+        log(f"took the migration lock ({name})")
+        try:
+            yield
+        finally:
+            with contextlib.suppress(pymysql.MySQLError), conn.cursor() as cur:
+                cur.execute("SELECT RELEASE_LOCK(%s)", (name,))
+    except pymysql.MySQLError as err:
+        raise _db_error(err, db) from None
+    finally:
+        with contextlib.suppress(pymysql.MySQLError):
+            conn.close()
+
+
+# --- the engine ---------------------------------------------------------------------------------------------------
+
+
+class MySQL(Engine[Database]):
+    name = "mysql"
+    backends = ("mysql", "mariadb")
+    schemes = ("mysql+pymysql", "mysql+mysqldb", "mysql+mariadbconnector", "mariadb+pymysql",
+               "mariadb+mariadbconnector", "mariadb+mysqldb")
+    url_example = "mysql+pymysql://user:password@host:3306/dbname"
+    default_port = 3306
+    transactional_ddl = False
+
+    def database_key(self, url: URL) -> str:
+        """mysql:// and mariadb:// name the same server: one key for both (two resources share its lock)."""
+        return super().database_key(url.set(drivername="mysql"))
+
+    def lock_key(self, database_key: str) -> int:
+        return database_lock_key(database_key)  # the runner takes GET_LOCK(mysql_lock_name(key))
+
+    def read_revision(self, target: DatabaseTarget) -> DatabaseObservation:
+        url = target.url
+        try:
+            heads, names = read_alembic_state(url, {"connect_timeout": OPERATOR_CONNECT_TIMEOUT})
+        except DBAPIError as err:
+            orig = getattr(err, "orig", err)
+            code, text = _error_code(orig), redact_urls(_error_text(orig), url)
+            if code == UNKNOWN_DATABASE:
+                return DatabaseObservation(error_reason="DatabaseNotFound", transient=False,
+                                           error_message=f"the database {url.database!r} does not exist on "
+                                           f"{self.where(url).rsplit('/', 1)[0]}: create it, or fix the database "
+                                           "name in the Secret's URL (checked again every 15 s)")
+            if code in AUTH_ERRORS:
+                return DatabaseObservation(error_reason="DatabaseAuthenticationFailed", transient=False,
+                                           error_message=f"cannot log in to {target.where}: {text}; check the "
+                                           "credentials in the Secret")
+            return DatabaseObservation(error_reason="DatabaseUnreachable", transient=True,
+                                       error_message=f"cannot reach the database at {target.where}: {text}")
+        except SQLAlchemyError as err:
+            return DatabaseObservation(error_reason="DatabaseUnreachable", transient=True,
+                                       error_message=f"cannot read {target.where}: {redact_urls(str(err), url)}")
+        return observation(heads, names)
+
+    def connect(self, url: URL) -> Database:
+        return database(url)
+
+    def snapshot(self, db: Database) -> contextlib.AbstractContextManager[Snapshot]:
+        return _snapshot(db)
+
+    def advisory_lock(self, db: Database, key: int | None, timeout: float) -> contextlib.AbstractContextManager[None]:
+        return advisory_lock(db, key, timeout)
+
+    def restore(self, db: Database, path: Path) -> list[str]:
+        return restore(db, path)
+
+    def heads(self, db: Database) -> list[str]:
+        conn = db.connect()
+        try:
+            return read_heads(conn)
+        except pymysql.MySQLError as err:
+            raise _db_error(err, db) from None
+        finally:
+            conn.close()
+
+    def scan(self, items: Iterable[tuple[str | None, str]], db: Database | None = None) -> list[Finding]:
+        # sqlscan_mysql is the mysql-scan branch's module (issue 15): imported by name until it is merged here.
+        scanner: Any = importlib.import_module("..sqlscan_mysql", __package__)
+        return list(scanner.scan(list(items)))
