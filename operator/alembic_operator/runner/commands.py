@@ -18,7 +18,8 @@ from .driver import ConfigError, Driver, has_downgrade, heads_str, parse_revs
 from .engine import make_engine
 from .errors import REDACT, Failure, classify, describe, first_line, log, log_exception, sqlstate
 from .lock import DIALECTS, migration_lock
-from .results import Blocker, CurrentResult, MigrateResult, PlanResult, StampResult, write_result
+from .results import Blocker, CurrentResult, MigrateResult, PartialRevision, PlanResult, StampResult, write_result
+from .statements import STATEMENTS_KEPT, StatementLog
 
 URL_ENV = "ALEMBIC_OPERATOR_DATABASE_URL"
 
@@ -53,6 +54,7 @@ class Runner(Driver):
         self.lock_timeout_ms: int | None = getattr(args, "db_lock_timeout", None)
         self.statement_timeout_ms: int | None = getattr(args, "db_statement_timeout", None)
         self.watch: LockWatch | None = None
+        self.ran = StatementLog()  # what the running revision executed (a half-applied revision reports it)
         super().__init__(args.config, args.name, self._read_url(), log=log)
         self.engine = self._make_engine()
 
@@ -188,9 +190,17 @@ class Runner(Driver):
         def doing() -> str:
             return f"revision {progress[-1]}" if progress else direction
 
+        def step() -> None:
+            self.ran.start(progress[-1])
+            if on_step is not None:
+                on_step()
+
+        def prepare(context: Any) -> None:
+            self.ran.attach(context.connection, getattr(context, "version_table", None))
+            self.limit_session(context, doing)
+
         try:
-            if not self.migrate(direction, destination, progress, on_step=on_step,
-                                check=lambda context: self.limit_session(context, doing)):
+            if not self.migrate(direction, destination, progress, on_step=step, check=prepare):
                 raise RuntimeError("env.py did not call context.run_migrations() in online mode")
         finally:
             if self.watch is not None:
@@ -433,6 +443,8 @@ def cmd_migrate(runner: Runner, direction: str) -> MigrateResult:
         after = runner.try_read_state()
 
     result: dict[str, Any] = {**base, "durationSeconds": round(time.monotonic() - started, 3)}
+    if state.transactional_ddl is not None:
+        result["transactionalDDL"] = state.transactional_ddl
     if after is not None:
         result["revision"] = heads_str(after.heads)
         with contextlib.suppress(Exception):
@@ -448,10 +460,15 @@ def cmd_migrate(runner: Runner, direction: str) -> MigrateResult:
     reason = "MigrationFailed" if upgrade else "DowngradeFailed"
     unchanged = after is not None and set(after.heads) == set(source)
     timeout = None
+    partial: PartialRevision | None = None
     if error is not None:
         failed = progress[-1] if progress else None  # the revision that was running when it failed
         if failed:
             result["failedRevision"] = failed
+        partial = half_applied(runner, state, failed, result.get(done_key))
+        if partial is not None:
+            result["partialRevision"] = partial
+            unchanged = False
         where = f"revision {failed}" if failed else direction
         if isinstance(error, KeyboardInterrupt):
             message = f"{where} was interrupted ({str(error) or 'SIGINT'}: the Job's deadline, or the pod was deleted)"
@@ -466,10 +483,29 @@ def cmd_migrate(runner: Runner, direction: str) -> MigrateResult:
         message += f"; the database is at {heads_str(after.heads) or 'base'}"
         if unchanged:
             message += " (nothing was committed)"
+    if partial is not None:
+        count = partial["statementCount"]
+        message += (f"; revision {partial['revision']} is half-applied: {count} of its statement(s) committed before "
+                    "it failed (DDL is not transactional on this database)")
     if timeout and "blockers" in result and unchanged:
         # Nothing changed and the blockers may be gone soon: a passing failure, retried by the operator.
         reason = "LockTimeout"
     raise Failure(reason, message, **result)
+
+
+def half_applied(runner: Runner, state: DbState, failed: str | None, done: Any) -> PartialRevision | None:
+    """The failed revision, with the statements of it that committed, when DDL is not transactional and some did
+    (a revision the version table already counts as done is not half-applied); None otherwise."""
+    if state.transactional_ddl is not False or not failed or runner.ran.revision != failed:
+        return None
+    if isinstance(done, list) and failed in done:
+        return None
+    statements = runner.ran.committed()
+    if not statements:
+        return None
+    log(f"revision {failed} committed {len(statements)} statement(s) before it failed: "
+        + "; ".join(statements))
+    return {"revision": failed, "statements": statements[:STATEMENTS_KEPT], "statementCount": len(statements)}
 
 
 def timed_out(runner: Runner, dialect: str | None, error: BaseException, where: str,

@@ -134,6 +134,16 @@ class RestoreResult(Outcome, total=False):
 _Migration = TypedDict("_Migration", {"from": "str | None"}, total=False)
 
 
+class PartialRevision(TypedDict, total=False):
+    """A revision that failed after some of its statements committed (DDL commits implicitly on MySQL/MariaDB): the
+    version table does not say so, the database holds part of it. `statements`: those that committed, in order, their
+    literals removed; `statementCount`: how many (the list may be cut)."""
+
+    revision: str
+    statements: list[str]
+    statementCount: int
+
+
 class MigrateResult(_Migration, Outcome, total=False):
     """`runner upgrade` and `runner downgrade`. "applied" (upgrade) / "reverted" (downgrade): what the database
     committed, read back; "attempted": the revisions it started, when it could not read back (a SIGKILLed pod leaves
@@ -151,6 +161,8 @@ class MigrateResult(_Migration, Outcome, total=False):
     alreadyAtTarget: bool
     failedRevision: str
     blockers: list[Blocker]  # LockTimeout: the sessions holding the lock it waited for
+    transactionalDDL: bool  # False (MySQL/MariaDB): each DDL statement commits; a failed revision may be half-applied
+    partialRevision: PartialRevision  # the failed revision committed some of its statements (non-transactional DDL)
 
 
 class StampResult(Outcome, total=False):
