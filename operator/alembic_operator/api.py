@@ -883,6 +883,10 @@ class RunRollback(_StatusModel):
     committed: list[str] = Field(default_factory=list, description="Revisions this run committed: what is undone.")
     destroyed: list[str] = Field(default_factory=list, description="Those of them that destroy data.")
     downgrade_failure: str | None = Field(default=None, description="Why a downgrade failed (Auto then restores).")
+    half_applied: str | None = Field(
+        default=None, description="The revision the failed migration left half-applied: some of its statements "
+        "committed (DDL is not transactional on MySQL/MariaDB) while the version table does not count it.")
+    because: str | None = Field(default=None, description="Why this mode (Auto's choice, in words).")
 
 
 class RunStatus(_StatusModel):
@@ -911,6 +915,9 @@ class RunStatus(_StatusModel):
         default=None, description="Those that destroy data: committing one makes Auto restore rather than downgrade."
     )
     image: str | None = Field(default=None, description="The migrations image the run uses.")
+    transactional_ddl: bool | None = Field(
+        default=None, alias="transactionalDDL", description="Whether the database runs DDL in transactions (the "
+        "plan says; false on MySQL/MariaDB, where a failed revision may be half-applied).")
     plan_hash: str | None = Field(default=None, description="Hash of the plan being carried out.")
     backup: RunBackup | None = Field(default=None, description="The backup this run took.")
     rollback: RunRollback | None = Field(default=None, description="How the failed run is being undone.")

@@ -175,6 +175,9 @@ RESTORED = _reason("Restored", None, "the restore Job put the backup back", wher
 ROLLBACK_DISABLED = _reason("RollbackDisabled", None, "spec.rollback.strategy is None: nothing was undone",
                            where=("RolledBack",))
 NO_BACKUP = _reason("NoBackup", None, "a restore was needed but there is no backup", where=("RolledBack",))
+REVISION_HALF_APPLIED = _reason("RevisionHalfApplied", None, "a revision failed after some of its DDL committed "
+                                "(MySQL/MariaDB) and spec.rollback.strategy cannot undo that: nothing was run",
+                                where=("RolledBack",))
 DOWNGRADE_FAILED = _reason("DowngradeFailed", None, "the downgrade Job failed", where=("RolledBack", "Job result"))
 RESTORE_FAILED = _reason("RestoreFailed", None, "the restore Job failed", where=("RolledBack", "Job result"))
 SCHEMA_DRIFT = _reason("SchemaDrift", None, "the live database differs from the app's models",

@@ -190,6 +190,16 @@ def committed_by_run(start: str | None, planned: list[str], report: MigrateResul
     return attempted[: positions.index(db_rev)]
 
 
+def half_applied(report: MigrateResult | None) -> tuple[str, list[str], int] | None:
+    """(revision, the statements of it that committed, how many) from the migration Job's report, when it failed
+    half-applied (DDL is not transactional); None otherwise."""
+    partial = (report or {}).get("partialRevision")
+    if not isinstance(partial, dict) or not partial.get("revision"):
+        return None
+    statements = [str(x) for x in partial.get("statements") or []]
+    return str(partial["revision"]), statements, int(partial.get("statementCount") or len(statements))
+
+
 def ran_nothing(report: MigrateResult | None) -> bool:
     """The migration Job's report proves it changed nothing (refused, or never got as far as migrating)."""
     report = report or {}
@@ -510,6 +520,8 @@ class _Run:
                                             if f.get("severity") == "destructive" and f.get("revision")}
                                            | set(result.get("destructiveRevisions") or []))
         run.plan_hash = plan_hash(result, spec.migrations.image)
+        ddl = result.get("transactionalDDL")
+        run.transactional_ddl = ddl if isinstance(ddl, bool) else None
         run.image = spec.migrations.image
         if destructive and not run.destructive_revisions:
             run.destructive_revisions = list(revisions)  # findings trimmed away: assume the worst
@@ -680,7 +692,7 @@ class _Run:
             self.condition(c.ROLLED_BACK, "False", r.DATABASE_MOVED, msg)
             self.finish("Failed", r.DATABASE_MOVED)
             return self.outcome(s.stalled("Failed", r.DATABASE_MOVED, msg), POLL_IDLE)
-        return self.choose_rollback(db_rev, committed, why)
+        return self.choose_rollback(db_rev, committed, why, report, lost)
 
     def replan(self, why: str) -> Decision:
         """Nothing of this run reached the database, but its plan no longer starts where the database is: plan
@@ -704,11 +716,29 @@ class _Run:
             self.st["conditions"] = [x for x in self.st.get("conditions") or [] if x.get("type") != cond]
         return self.planning()
 
-    def choose_rollback(self, db_rev: str | None, committed: list[str], why: str) -> Decision:
-        """Undo exactly what this run committed (`committed`, from its own Job's report), nothing else."""
+    def choose_rollback(self, db_rev: str | None, committed: list[str], why: str,
+                        report: MigrateResult | None = None, report_lost: bool = False) -> Decision:
+        """Undo exactly what this run committed (`committed`, from its own Job's report), nothing else.
+
+        Where DDL is not transactional (MySQL/MariaDB) the failed revision may be half-applied: its statements up to
+        the failure committed, and the version table does not count it, so no downgrade undoes them. Auto then
+        restores the backup; so it does when the Job could not say where it stopped (a killed pod)."""
         start = self.run.start_revision
         spec = self.spec()
-        if not committed:
+        half = half_applied(report)
+        nontransactional = self.run.transactional_ddl is False or (report or {}).get("transactionalDDL") is False
+        unknown = (nontransactional and half is None and "applied" not in (report or {})
+                   and (report_lost or bool((report or {}).get("attempted"))))
+        damage = ""
+        if half is not None:
+            revision, statements, count = half
+            shown = "; ".join(statements) + ("; ..." if count > len(statements) else "")
+            damage = (f"revision {revision} is half-applied: {count} of its statement(s) committed before it failed "
+                      f"(DDL is not transactional on this database): {shown}")
+        elif unknown:
+            damage = ("the migration Job could not report where it stopped, and DDL is not transactional on this "
+                      "database: the revision it was running may be half-applied")
+        if not committed and not damage:
             msg = f"{why}; the transaction rolled back: the database is still at {_rev(start)}"
             self.condition(c.ROLLED_BACK, "True", r.TRANSACTION_ROLLED_BACK, msg)
             return self.failed(msg)
@@ -717,17 +747,33 @@ class _Run:
         have_backup = bool(self.run.backup and self.run.backup.file)
         if strategy == "None":
             msg = f"{why}; spec.rollback.strategy is None: the database was left at {_rev(db_rev)}"
-            self.condition(c.ROLLED_BACK, "False", r.ROLLBACK_DISABLED, msg)
-            return self.failed(msg)
-        mode = "Downgrade" if strategy == "Downgrade" or (strategy == "Auto" and not destroyed) else "Restore"
+            self.condition(c.ROLLED_BACK, "False", r.ROLLBACK_DISABLED, msg + (f"; {damage}" if damage else ""))
+            return self.failed(msg + (f"; {damage}" if damage else ""))
+        if strategy == "Downgrade" and damage:
+            where = f"the backup {self.run.backup.location}" if have_backup and self.run.backup else "a backup"
+            msg = (f"{why}; {damage}. spec.rollback.strategy is Downgrade, and a downgrade cannot undo a half-applied "
+                   f"revision: nothing was run. Restore {where} by hand (see the runbook), or use strategy Auto or "
+                   "Restore")
+            self.condition(c.ROLLED_BACK, "False", r.REVISION_HALF_APPLIED, msg)
+            return self.failed(msg, reason=r.ROLLBACK_FAILED)
+        mode = "Downgrade" if strategy == "Downgrade" or (strategy == "Auto" and not destroyed and not damage) \
+            else "Restore"
+        because = None
+        if strategy == "Auto":
+            reasons = ([f"revision(s) {', '.join(destroyed)} destroyed data"] if destroyed else []) + \
+                      ([damage + ", which no downgrade undoes"] if damage else [])
+            because = (f"Auto restores the backup: {' and '.join(reasons)}" if reasons else
+                       "Auto downgrades: nothing destructive committed and no revision is half-applied")
         if mode == "Restore" and not have_backup:
             done = ", ".join(destroyed or committed)
-            msg = (f"{why}; revisions {done} committed and a restore is needed, "
-                   f"but there is no backup (spec.backup.enabled is false): the database is at {_rev(db_rev)}")
+            msg = (f"{why}; {f'revisions {done} committed and ' if done else ''}a restore is needed, "
+                   f"but there is no backup (spec.backup.enabled is false): the database is at {_rev(db_rev)}"
+                   + (f"; {damage}" if damage else ""))
             self.condition(c.ROLLED_BACK, "False", r.NO_BACKUP, msg)
             return self.failed(msg, reason=r.ROLLBACK_FAILED)
         self.run.step = "RollingBack"
-        self.run.rollback = RunRollback(mode=mode, from_=_rev(db_rev), committed=committed, destroyed=destroyed)
+        self.run.rollback = RunRollback(mode=mode, from_=_rev(db_rev), committed=committed, destroyed=destroyed,
+                                        half_applied=half[0] if half else None, because=because)
         return self.rolling_back()
 
     def rolling_back(self) -> Decision:
@@ -742,6 +788,8 @@ class _Run:
         else:
             args = {"file": str(backup.file), "sha256": str(backup.sha256)}
             what = f"restoring the backup {backup.location} (taken at {_rev(backup.revision)})"
+        if rb.because and not rb.downgrade_failure:
+            what += f". {rb.because}"
 
         def announce() -> None:
             self.condition(c.ROLLED_BACK, "Unknown", r.ROLLING_BACK, what)
@@ -755,6 +803,8 @@ class _Run:
             reason = r.DOWNGRADED if role == "downgrade" else r.RESTORED
             how = "downgraded" if role == "downgrade" else f"restored the backup {backup.location}"
             msg = f"{why}; {how}: the database is back at {_rev(start)}"
+            if rb.because and not rb.downgrade_failure:
+                msg += f" ({rb.because})"
             self.condition(c.ROLLED_BACK, "True", reason, msg)
             return self.failed(msg)
         problem = (self.failure_message(role) if job.state == "failed"

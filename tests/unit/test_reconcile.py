@@ -574,3 +574,90 @@ def test_a_deleted_pod_took_its_report_with_it_and_its_commits_are_still_undone(
     assert cond(d, c.ROLLED_BACK)["reason"] == "Downgraded" and cond(d, c.STALLED)["reason"] == cause
     elsewhere = decide(observe(_at_migrating(), jobs=failed, db=DatabaseObservation("zz")))  # not on its plan
     assert cond(elsewhere, c.STALLED)["reason"] == "DatabaseMoved" and elsewhere.jobs == []
+
+
+# --- non-transactional DDL (MySQL/MariaDB): a failed revision may be half-applied ----------------------------------
+
+PLAN_MYSQL = {**PLAN_OK, "transactionalDDL": False}
+PARTIAL = {"revision": "r3", "statements": ["CREATE TABLE notes (id INTEGER NOT NULL)",
+                                            "ALTER TABLE orders ADD COLUMN code VARCHAR(?)"], "statementCount": 2}
+
+
+def half_failed(db_after: str, **extra: Any) -> dict[str, Any]:
+    return {**failed_at(db_after), "transactionalDDL": False, "failedRevision": "r3", **extra}
+
+
+def test_auto_restores_a_half_applied_revision_and_says_why() -> None:
+    status = _at_migrating(plan=PLAN_MYSQL)
+    assert status["run"]["transactionalDDL"] is False
+    report = half_failed("r2", partialRevision=PARTIAL)
+    d = decide(observe(status, jobs={"migrate": done("migrate", report, "failed")}, db=DatabaseObservation("r2")))
+    assert [(j.role, j.args) for j in d.jobs] == [("restore", {"file": "/backups/x.dump", "sha256": "sha256:aa"})]
+    rollback = d.status["run"]["rollback"]
+    assert rollback["mode"] == "Restore" and rollback["halfApplied"] == "r3" and rollback["committed"] == ["r2"]
+    rolling = cond(d, c.ROLLED_BACK)["message"]
+    assert "Auto restores the backup: revision r3 is half-applied: 2 of its statement(s) committed" in rolling
+    assert "ALTER TABLE orders ADD COLUMN code VARCHAR(?)" in rolling and "no downgrade undoes" in rolling
+    d = advance(d, jobs={"migrate": done("migrate", report, "failed"), "restore": done("restore", {"ok": True})},
+                db=DatabaseObservation("r1"))
+    assert cond(d, c.ROLLED_BACK)["reason"] == "Restored" and "half-applied" in d.status["message"]
+
+
+def test_a_half_applied_first_revision_is_not_a_rolled_back_transaction() -> None:
+    """Nothing counted as committed, yet DDL of the failed revision is in the database: restore, do not report
+    TransactionRolledBack."""
+    report = {**half_failed("r1"), "failedRevision": "r2", "partialRevision": {**PARTIAL, "revision": "r2"}}
+    d = decide(observe(_at_migrating(plan=PLAN_MYSQL), jobs={"migrate": done("migrate", report, "failed")},
+                       db=DatabaseObservation("r1")))
+    assert [j.role for j in d.jobs] == ["restore"]
+    assert d.status["run"]["rollback"]["committed"] == []
+
+
+def test_auto_downgrades_on_mysql_when_nothing_is_half_applied_and_says_why() -> None:
+    status = _at_migrating(plan=PLAN_MYSQL)
+    d = decide(observe(status, jobs={"migrate": done("migrate", half_failed("r2"), "failed")},
+                       db=DatabaseObservation("r2")))
+    assert [(j.role, j.args) for j in d.jobs] == [("downgrade", {"from": "r2", "to": "r1"})]
+    assert "Auto downgrades: nothing destructive committed and no revision is half-applied" in \
+        cond(d, c.ROLLED_BACK)["message"]
+    # a MySQL revision that failed before any DDL: its transaction rolled back, as on PostgreSQL
+    d = decide(observe(status, jobs={"migrate": done("migrate", half_failed("r1"), "failed")},
+                       db=DatabaseObservation("r1")))
+    assert d.jobs == [] and cond(d, c.ROLLED_BACK)["reason"] == "TransactionRolledBack"
+
+
+def test_a_killed_migration_on_mysql_may_be_half_applied_so_auto_restores() -> None:
+    status = _at_migrating(plan=PLAN_MYSQL)
+    failed = {"migrate": stopped("migrate", OOM, {"ok": False, "reason": "Interrupted", "attempted": ["r2", "r3"]})}
+    d = decide(observe(status, jobs=failed, db=DatabaseObservation("r2")))
+    assert [j.role for j in d.jobs] == ["restore"]
+    assert "could not report where it stopped" in cond(d, c.ROLLED_BACK)["message"]
+    # the same kill on a database with transactional DDL downgrades (test_an_oom_killed_migration_...)
+
+
+def test_strategy_downgrade_refuses_a_half_applied_revision() -> None:
+    spec = {**SPEC, "rollback": {"strategy": "Downgrade"}}
+    report = half_failed("r2", partialRevision=PARTIAL)
+    d = decide(observe(_at_migrating(spec, plan=PLAN_MYSQL), spec=spec,
+                       jobs={"migrate": done("migrate", report, "failed")}, db=DatabaseObservation("r2")))
+    assert d.jobs == [] and cond(d, c.ROLLED_BACK)["reason"] == "RevisionHalfApplied"
+    assert cond(d, c.STALLED)["reason"] == "RollbackFailed"
+    assert "restore the backup pvc/b/x.dump by hand" in d.status["message"].lower()
+
+
+def test_strategy_none_names_the_half_applied_statements() -> None:
+    spec = {**SPEC, "rollback": {"strategy": "None"}}
+    report = half_failed("r2", partialRevision=PARTIAL)
+    d = decide(observe(_at_migrating(spec, plan=PLAN_MYSQL), spec=spec,
+                       jobs={"migrate": done("migrate", report, "failed")}, db=DatabaseObservation("r2")))
+    assert d.jobs == [] and cond(d, c.ROLLED_BACK)["reason"] == "RollbackDisabled"
+    assert "CREATE TABLE notes" in d.status["message"] and "half-applied" in d.status["message"]
+
+
+def test_half_applied_without_a_backup_is_reported() -> None:
+    spec = {**SPEC, "backup": {"enabled": False}}
+    report = half_failed("r1", failedRevision="r2", partialRevision={**PARTIAL, "revision": "r2"})
+    d = decide(observe(_at_migrating(spec, plan=PLAN_MYSQL), spec=spec,
+                       jobs={"migrate": done("migrate", report, "failed")}, db=DatabaseObservation("r1")))
+    assert d.jobs == [] and cond(d, c.ROLLED_BACK)["reason"] == "NoBackup"
+    assert "revision r2 is half-applied" in d.status["message"]
