@@ -4,13 +4,16 @@ Every end-to-end test ends with a leak check: the database password must not app
 any Event, status or Job spec of the namespace, or in any container log the node kept.
 
 The helpers that read the database (`checksum`, `revision`, `columns`, `has_table`) go through SQLAlchemy with the
-database's URL, so that a scenario reads the same on every engine.
+database's URL, so that a scenario reads the same on every engine. The `engine` fixture says which database a test
+gets ("postgresql" unless the test is parametrized): `@on_every_engine` runs a scenario on each of ENGINES, on one
+server per engine for the session, relayed into the bed as pods reach it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -55,6 +58,16 @@ DROP_LEGACY = Rev(R4, upgrade=['op.drop_column("orders", "legacy_code")'],
 FAILING = Rev(FAIL, upgrade=['op.create_table("shipments", sa.Column("id", sa.Integer, primary_key=True))',
                              'op.create_check_constraint("total_positive", "orders", "total > 0")'],
               downgrade=['op.drop_constraint("total_positive", "orders")', 'op.drop_table("shipments")'])
+# Two DDL statements run, then a third fails (seed()'s free order violates it): where DDL is not transactional
+# (MariaDB), the revision is half-applied; where it is (PostgreSQL), its transaction takes all three back.
+HALF_APPLIED = Rev(FAIL, upgrade=['op.create_table("shipments", sa.Column("id", sa.Integer, primary_key=True))',
+                                  'op.add_column("orders", sa.Column("note", sa.Text))',
+                                  'op.create_check_constraint("total_positive", "orders", "total > 0")'],
+                   downgrade=['op.drop_constraint("total_positive", "orders", type_="check")',
+                              'op.drop_column("orders", "note")', 'op.drop_table("shipments")'])
+# Fails at its first statement: nothing of it is left behind on any engine.
+FAILING_AT_ONCE = Rev(FAIL, upgrade=['op.create_check_constraint("total_positive", "orders", "total > 0")'],
+                      downgrade=['op.drop_constraint("total_positive", "orders", type_="check")'])
 
 
 def sleep(seconds: float) -> str:
@@ -125,6 +138,26 @@ def has_table(db: Database, table: str) -> bool:
         return bool(sa.inspect(conn).has_table(table))
 
 
+@dataclass(frozen=True)
+class EngineKind:
+    """What a scenario needs to know about the database it runs on, and where the fixtures get it."""
+
+    name: str  # the test's parameter
+    database_fixture: str  # a fresh database per test
+    in_bed_fixture: str  # (host, port) at which the bed reaches the session's server
+    url_word: str  # what a URL of it contains (never in a Job's plain env)
+    dump_head: re.Pattern[bytes]  # how a backup file of it begins
+    transactional_ddl: bool  # a failed revision leaves nothing of itself behind
+
+
+POSTGRESQL = EngineKind("postgresql", "database", "postgres_in_bed", "postgresql", re.compile(rb"PGDMP"), True)
+# mariadb-dump's SQL text; since 10.11.8 its first line keeps older clients from running its commands.
+MARIADB = EngineKind("mariadb", "mariadb_database", "mariadb_in_bed", "mysql",
+                     re.compile(rb"(/\*M!999999\\- enable the sandbox mode \*/ ?\n)?-- MariaDB dump"), False)
+ENGINES = {kind.name: kind for kind in (POSTGRESQL, MARIADB)}
+on_every_engine = pytest.mark.parametrize("engine", list(ENGINES))
+
+
 @dataclass
 class E2E:
     bed: Bed
@@ -137,6 +170,7 @@ class E2E:
     pod_db: Database | None = None  # the database as pods (and the operator, in the bed's namespace) reach it
     projects: list[Path] = field(default_factory=list)
     images: dict[Path, str] = field(default_factory=dict)  # project -> its image in the bed's registry
+    kind: EngineKind = POSTGRESQL
 
     @property
     def ns(self) -> str:
@@ -239,17 +273,27 @@ def _config(bed: Bed) -> k8s.Configuration:
 
 
 @pytest.fixture
-def e2e(bed: Bed, crd: Path, kube_api: k8s.ApiClient, namespace: str, database: Database,
-        postgres_in_bed: tuple[str, int], tmp_path: Path) -> Iterator[E2E]:
+def engine() -> str:
+    """The database engine of the `e2e` fixture: PostgreSQL, unless the test is parametrized (`on_every_engine`)."""
+    return POSTGRESQL.name
+
+
+@pytest.fixture
+def e2e(bed: Bed, crd: Path, kube_api: k8s.ApiClient, namespace: str, engine: str, request: pytest.FixtureRequest,
+        tmp_path: Path) -> Iterator[E2E]:
+    kind = ENGINES[engine]
+    # Asked for by name: a run of PostgreSQL scenarios starts no MariaDB server, and the other way round.
+    database: Database = request.getfixturevalue(kind.database_fixture)
+    in_bed: tuple[str, int] = request.getfixturevalue(kind.in_bed_fixture)
     backups = backups_dir(bed, namespace)
     cluster = Cluster(kube_api, namespace)
-    pod_db = database.at(*postgres_in_bed)
+    pod_db = database.at(*in_bed)
     cluster.secret("db", {"url": pod_db.url})
     operator = OperatorProcess(bed, [namespace], tmp_path / "operator.log").start()
     APPS_ROOT.mkdir(parents=True, exist_ok=True)
     apps = Path(tempfile.mkdtemp(prefix="app-", dir=APPS_ROOT))
     env = E2E(bed=bed, cluster=cluster, db=database, operator=operator, tmp=tmp_path, backups=backups, apps=apps,
-              pod_db=pod_db)
+              pod_db=pod_db, kind=kind)
     try:
         yield env
         env.leak_check()
