@@ -4,6 +4,8 @@ backup and restore through the Job commands (`alembic-operator job backup|restor
 from __future__ import annotations
 
 import hashlib
+import json
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +65,18 @@ def test_revision_at_base_at_a_revision_and_with_several_heads(mariadb_database:
     assert obs.error_reason == "MultipleHeads" and "a1, b2" in str(obs.error_message)
 
 
+@pytest.mark.parametrize("scheme", ["mysql+mysqldb", "mariadb+mariadbconnector", "mysql+aiomysql"])
+def test_the_operator_reads_through_pymysql_whatever_driver_the_app_uses(
+        mariadb_database: Database, scheme: str) -> None:
+    seed(mariadb_database)
+    url = mariadb_database.url.replace("mysql+pymysql://", f"{scheme}://")
+    obs = dbstate.read_revision(dbstate.parse_url(url, "shop/shop-db", "url"))
+    assert (obs.revision, obs.error_reason) == ("a1", None)
+    # the app's driver's own options are the app's: the operator reads without them
+    odd = dbstate.read_revision(dbstate.parse_url(url + "?no_such_option=1&charset=utf8mb4", "shop/shop-db", "url"))
+    assert (odd.revision, odd.error_reason) == ("a1", None)
+
+
 def test_wrong_password_and_missing_database_are_explained_without_the_password(mariadb_database: Database) -> None:
     wrong = mariadb_database.url.replace(mariadb_database.password, "pw-wrong-secret-4711")
     obs = dbstate.read_revision(dbstate.parse_url(wrong, "shop/shop-db", "url"))
@@ -90,12 +104,18 @@ def test_a_second_holder_times_out_naming_the_first(mariadb_database: Database) 
         cur.execute("SELECT GET_LOCK(%s, 0), CONNECTION_ID()", (mysql_lock_name(key),))
         got, holder_id = cur.fetchone()  # type: ignore[misc]
         assert got == 1
-        cur.execute("SELECT 'a secret literal' AS x")  # the holder's last statement, literals removed when shown
-        with pytest.raises(JobError) as err, engine.advisory_lock(db, key, timeout=2):
-            pass
+        # The holder is busy with a statement while the second taker gives up: it is shown, its literals removed.
+        busy_sql = "SELECT SLEEP(4), 'a secret literal', \"another secret\""
+        busy = threading.Thread(target=cur.execute, args=(busy_sql,))
+        busy.start()
+        try:
+            with pytest.raises(JobError) as err, engine.advisory_lock(db, key, timeout=2):
+                pass
+        finally:
+            busy.join()
         assert err.value.reason == "LockTimeout"
         assert f"pid {holder_id}" in err.value.message and "user app" in err.value.message
-        assert "secret literal" not in err.value.message
+        assert "secret" not in err.value.message and "SELECT SLEEP(?), ?, ?" in err.value.message
         # the runner's upgrade, downgrade and stamp take the same lock
         import sqlalchemy
 
@@ -216,3 +236,63 @@ def test_a_backup_taken_while_the_revision_moves_is_refused(mariadb_database: Da
         mariadb_database.query("UPDATE alembic_version SET version_num = 'b2'")
         with open(tmp_path / "dump.sql", "wb") as out, pytest.raises(JobError, match="moved while it was dumped"):
             snapshot.dump(out)
+
+
+# --- the plan's scan ---------------------------------------------------------------------------------------------
+
+
+def test_the_scan_job_judges_a_type_change_against_the_live_column(
+        mariadb_database: Database, job: Any, tmp_path: Path) -> None:
+    """`job scan` on a MySQL plan goes to the MySQL scanner with the live column types (read only): widening an
+    INT is a note, narrowing a VARCHAR destroys data; without the database the narrowing is still destructive."""
+    seed(mariadb_database)
+    plan_dir = tmp_path / "plan"
+    plan_dir.mkdir()
+    sql = ("ALTER TABLE orders MODIFY amount BIGINT NOT NULL;\n\nALTER TABLE orders MODIFY code VARCHAR(5);\n\n"
+           "UPDATE alembic_version SET version_num='b2' WHERE alembic_version.version_num = 'a1';\n")
+    (plan_dir / "001-b2.sql").write_text(sql)
+    (plan_dir / "plan.json").write_text(json.dumps({
+        "version": 1, "command": "plan", "dialect": "mysql", "current": "a1", "target": "b2", "transactionalDDL": False,
+        "revisions": [{"revision": "b2", "file": "001-b2.sql", "renderable": True}], "unrenderable": []}))
+    run = job(mariadb_database.url, "scan", "--plan-dir", str(plan_dir))
+    assert run.rc == 0, run
+    assert run.result["transactionalDDL"] is False and run.result["destructiveRevisions"] == ["b2"]
+    assert any("code" in d for d in run.result["destructive"]), run.result
+    assert not any("amount" in d for d in run.result["destructive"]), run.result
+    assert "read the current types of" in run.err
+    assert mariadb_database.query("SELECT COUNT(*) FROM orders") == [(50,)]  # read only
+    blind = job(None, "scan", "--plan-dir", str(plan_dir))  # no URL: the current types are unknown
+    assert any("amount" in d for d in blind.result["destructive"]), blind.result
+
+
+def test_a_restore_that_fails_midway_says_so_and_a_rerun_converges(
+        mariadb_database: Database, job: Any, tmp_path: Path) -> None:
+    """DDL is not transactional: a restore that stops at an error leaves part of the dump applied and says so; the
+    same restore run again (here from an intact dump) makes the database exactly what the dump holds."""
+    db = mariadb_database
+    seed(db)
+    before = checksums(db)
+    file, sha = backup(db, job, tmp_path)
+    db.query("DELETE FROM orders WHERE id > 10")
+    db.query("CREATE TABLE extra (id INT)")
+    dump = Path(file).read_bytes()
+    cut = dump.index(b"DROP TABLE IF EXISTS `orders`")
+    broken = tmp_path / "broken" / "shop-broken.dump"
+    broken.parent.mkdir()
+    broken.write_bytes(dump[:cut] + b"THIS IS NOT SQL;\n" + dump[cut:])
+    run = job(db.url, "restore", "--file", str(broken),
+              "--sha256", "sha256:" + hashlib.sha256(broken.read_bytes()).hexdigest())
+    assert run.result["reason"] == "RestoreFailed", run
+    assert "partly restored" in run.result["message"] and "again" in run.result["message"]
+    assert db.query("SELECT COUNT(*) FROM orders") == [(10,)]  # it stopped before orders
+    run = job(db.url, "restore", "--file", file, "--sha256", sha)
+    assert run.rc == 0, run
+    assert checksums(db) == before
+
+
+def test_localhost_in_the_url_means_tcp_for_the_client_tools_too(
+        mariadb_database: Database, job: Any, tmp_path: Path) -> None:
+    seed(mariadb_database)
+    local = mariadb_database.url.replace("@127.0.0.1:", "@localhost:")
+    run = job(local, "backup", "--dir", str(tmp_path / "b"), "--prefix", "shop", "--retain", "1")
+    assert run.rc == 0 and run.result["revision"] == "a1", run

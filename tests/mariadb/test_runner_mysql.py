@@ -102,10 +102,11 @@ HALF = [
         downgrade=['op.drop_table("orders")']),
     Rev("aaaaaaaa0002", upgrade=['op.create_table("audit", sa.Column("id", sa.Integer, primary_key=True))'],
         downgrade=['op.drop_table("audit")']),
-    # two DDL statements, then one that fails: the first two committed, the version table says aaaaaaaa0002
+    # three DDL statements, then one that fails: the first three committed, the version table says aaaaaaaa0002
     Rev("aaaaaaaa0003", upgrade=['op.create_table("notes", sa.Column("id", sa.Integer, primary_key=True))',
                                  'op.add_column("orders", sa.Column("secret_code", sa.String(20), '
                                  'server_default="s3cr3t-literal"))',
+                                 """op.execute('ALTER TABLE orders ADD COLUMN note VARCHAR(20) DEFAULT "dq-secret"')""",
                                  'op.add_column("no_such_table", sa.Column("x", sa.Integer))'],
         downgrade=['op.drop_column("orders", "secret_code")', 'op.drop_table("notes")']),
 ]
@@ -126,11 +127,13 @@ def test_a_half_applied_revision_is_reported_and_restored_to_identical_rows(
     assert r.result["revision"] == "aaaaaaaa0002" and r.result["applied"] == ["aaaaaaaa0002"]
     assert r.result["failedRevision"] == "aaaaaaaa0003" and r.result["transactionalDDL"] is False
     partial = r.result["partialRevision"]
-    assert partial["revision"] == "aaaaaaaa0003" and partial["statementCount"] == 2, partial
+    assert partial["revision"] == "aaaaaaaa0003" and partial["statementCount"] == 3, partial
     assert partial["statements"][0].startswith("CREATE TABLE notes")
     assert partial["statements"][1].startswith("ALTER TABLE orders ADD COLUMN secret_code")
-    assert "s3cr3t-literal" not in json.dumps(r.result)  # literals stay out of status
-    assert "revision aaaaaaaa0003 is half-applied: 2 of its statement(s) committed" in r.result["message"]
+    assert partial["statements"][2] == "ALTER TABLE orders ADD COLUMN note VARCHAR(?) DEFAULT ?"
+    assert "s3cr3t-literal" not in json.dumps(r.result) and "dq-secret" not in json.dumps(r.result)
+    assert "s3cr3t-literal" not in r.stderr and "dq-secret" not in r.stderr  # nor in the Job's log
+    assert "revision aaaaaaaa0003 is half-applied: 3 of its statement(s) committed" in r.result["message"]
     assert {"notes", "audit"} <= tables(db)  # what the version table does not say
 
     restored = job(db.url, "restore", "--file", backup.result["file"], "--sha256", backup.result["sha256"])

@@ -47,6 +47,7 @@ def test_connection_parameters_keep_the_password_apart(tmp_path: Path) -> None:
         text = path.read_text()
     assert not path.exists()
     assert 'password="p@ss\\"w\\\\rd"' in text and "ssl-ca=" in text and "[client]" in text
+    assert "protocol=TCP" in text  # localhost means TCP in the URL, the socket to the client tools
 
 
 def test_heads_are_read_from_the_dump_as_it_streams() -> None:

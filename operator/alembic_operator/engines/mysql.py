@@ -33,7 +33,6 @@ restore Job, and a person can re-run it from the runbook).
 from __future__ import annotations
 
 import contextlib
-import importlib
 import os
 import re
 import shutil
@@ -49,6 +48,7 @@ import pymysql
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
+from .. import sqlscan_mysql
 from ..jobio import JobError, log, sanitize
 from ..reconcile import DatabaseObservation
 from ..runner.blockers import describe_blockers, from_row
@@ -57,9 +57,11 @@ from .base import Engine, Snapshot, observation, read_alembic_state, redact_urls
 
 if TYPE_CHECKING:
     from ..dbstate import DatabaseTarget
-    from ..sqlscan import Finding
+    from ..sqlscan import Catalog, Finding
 
-MYSQL_BIN_ENV: Final = "ALEMBIC_OPERATOR_MYSQL_BIN"  # a directory holding mariadb-dump and mariadb (optional)
+# A directory holding the client tools (optional), searched first: e.g. MySQL's own mysqldump and mysql for a MySQL
+# server whose features mariadb-dump does not know.
+MYSQL_BIN_ENV: Final = "ALEMBIC_OPERATOR_MYSQL_BIN"
 OPERATOR_CONNECT_TIMEOUT: Final = 5
 JOB_CONNECT_TIMEOUT: Final = 10
 VERSION_TABLE: Final = "alembic_version"
@@ -67,6 +69,7 @@ _CHUNK: Final = 1 << 20
 # URL query parameters (PyMySQL's names) the client tools understand, and their option-file names.
 _SSL_OPTIONS: Final = {"ssl_ca": "ssl-ca", "ssl_cert": "ssl-cert", "ssl_key": "ssl-key", "ssl_capath": "ssl-capath",
                        "ssl_cipher": "ssl-cipher"}
+_READ_OPTIONS: Final = frozenset({"unix_socket", "charset", *_SSL_OPTIONS})
 # Error codes: 1044/1045 access denied, 1049 unknown database, 2002/2003/2005/2006/2013 cannot reach the server.
 AUTH_ERRORS: Final = frozenset({1044, 1045, 1698})
 UNKNOWN_DATABASE: Final = 1049
@@ -121,6 +124,8 @@ class Database:
             lines.append(f"password={_quote(self.password)}")
         if self.unix_socket:
             lines.append(f"socket={_quote(self.unix_socket)}")
+        else:  # the clients take host=localhost for the socket; PyMySQL (and so the URL) means TCP
+            lines.append("protocol=TCP")
         for key, value in self.ssl.items():
             lines.append(f"{_SSL_OPTIONS[key]}={_quote(value)}")
         lines.append(f"default-character-set={self.charset}")
@@ -205,9 +210,10 @@ def _ident(name: str) -> str:
 def client_tool(*names: str) -> str:
     """MYSQL_BIN_ENV, else PATH: the first of `names` found (mariadb-dump before mysqldump)."""
     explicit = os.environ.get(MYSQL_BIN_ENV)
+    for name in names if explicit else ():
+        if (Path(explicit or "") / name).is_file():
+            return str(Path(explicit or "") / name)
     for name in names:
-        if explicit and (Path(explicit) / name).is_file():
-            return str(Path(explicit) / name)
         found = shutil.which(name)
         if found:
             return found
@@ -290,8 +296,10 @@ class MySQLSnapshot(Snapshot):
     def dump(self, out: IO[bytes]) -> None:
         tool = _dump_tool()
         with self.db.option_file() as options, tempfile.TemporaryFile() as err:
-            cmd = [tool, f"--defaults-extra-file={options}", *DUMP_OPTIONS, self.db.database]
-            log(f"running {Path(tool).name} {' '.join(DUMP_OPTIONS)} <database>")
+            # MySQL's own mysqldump writes SET @@GLOBAL.GTID_PURGED on a GTID server: a restore must not run it.
+            extra = ["--set-gtid-purged=OFF"] if Path(tool).name == "mysqldump" else []
+            cmd = [tool, f"--defaults-extra-file={options}", *DUMP_OPTIONS, *extra, self.db.database]
+            log(f"running {Path(tool).name} {' '.join([*DUMP_OPTIONS, *extra])} <database>")
             proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err)
             assert proc.stdout is not None
             found = HeadsInDump()
@@ -448,7 +456,7 @@ def advisory_lock(db: Database, key: int | None, timeout: float) -> Iterator[Non
                     break
                 if time.monotonic() - started >= timeout:
                     cur.execute(HOLDER_SQL, (name,))
-                    held = [from_row(r) for r in cur.fetchall()]
+                    held = [from_row(r, double_quoted_strings=True) for r in cur.fetchall()]
                     who = f", held by {describe_blockers(held)}" if held else ""
                     raise JobError("LockTimeout", f"another session has held the migration lock ({name}{who}) for "
                                    f"more than {timeout:.0f}s; nothing was restored")
@@ -485,9 +493,15 @@ class MySQL(Engine[Database]):
         return database_lock_key(database_key)  # the runner takes GET_LOCK(mysql_lock_name(key))
 
     def read_revision(self, target: DatabaseTarget) -> DatabaseObservation:
+        """Through PyMySQL, the driver the operator ships, whatever driver the URL names for the app (mysqlclient,
+        MariaDB Connector/C and the async drivers need not be in the operator's image), with the query parameters
+        the Jobs use too (the other driver's own options are the app's)."""
         url = target.url
+        kept = {key: value for key, value in url.query.items() if key in _READ_OPTIONS}
         try:
-            heads, names = read_alembic_state(url, {"connect_timeout": OPERATOR_CONNECT_TIMEOUT})
+            heads, names = read_alembic_state(
+                url.set(drivername=f"{url.get_backend_name()}+pymysql", query=kept),
+                {"connect_timeout": OPERATOR_CONNECT_TIMEOUT})
         except DBAPIError as err:
             orig = getattr(err, "orig", err)
             code, text = _error_code(orig), redact_urls(_error_text(orig), url)
@@ -529,6 +543,26 @@ class MySQL(Engine[Database]):
             conn.close()
 
     def scan(self, items: Iterable[tuple[str | None, str]], db: Database | None = None) -> list[Finding]:
-        # sqlscan_mysql is the mysql-scan branch's module (issue 15): imported by name until it is merged here.
-        scanner: Any = importlib.import_module("..sqlscan_mysql", __package__)
-        return list(scanner.scan(list(items)))
+        items = list(items)
+        return sqlscan_mysql.scan(items, catalog=read_catalog(db, items) if db is not None else None)
+
+
+def read_catalog(db: Database, items: list[tuple[str | None, str]]) -> Catalog | None:
+    """The live types of the columns the plan alters (read only, before anything runs); None when the database
+    cannot be read: type changes are then classified from the plan alone (an unknown type is destructive)."""
+    try:
+        conn = db.connect(autocommit=False)
+    except JobError as err:
+        log(f"cannot read the current column types ({err.message[:300]}): type changes are classified without them")
+        return None
+    try:
+        catalog = sqlscan_mysql.read_catalog(conn, items)
+    except pymysql.MySQLError as err:
+        log(f"cannot read the current column types ({_error_text(err)[:300]}): type changes are classified without "
+            "them")
+        return None
+    finally:
+        with contextlib.suppress(pymysql.MySQLError):
+            conn.close()
+    log(f"read the current types of {len(catalog.columns)} column(s) the plan alters")
+    return catalog

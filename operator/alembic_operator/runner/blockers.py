@@ -35,16 +35,18 @@ _TOKEN = re.compile(
 _URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://\S+")
 
 
-def redact_query(text: str | None, limit: int = QUERY_CHARS) -> str | None:
+def redact_query(text: str | None, limit: int = QUERY_CHARS, double_quoted_strings: bool = False) -> str | None:
     """The query's shape without its values: literals become ?, comments go, whitespace collapses; cut to `limit`.
 
-    Unterminated literals (pg_stat_activity cuts long queries) are redacted to the end."""
+    Unterminated literals (pg_stat_activity cuts long queries) are redacted to the end. `double_quoted_strings`:
+    "..." is a string (MySQL, MariaDB without ANSI_QUOTES), not an identifier."""
     if text is None:
         return None
 
     def replace(match: re.Match[str]) -> str:
         kind = match.lastgroup
-        if kind in ("string", "dollar", "number"):
+        if kind in ("string", "dollar", "number") or (
+                double_quoted_strings and kind == "ident" and match.group(0).startswith('"')):
             return "?"
         if kind == "comment":
             return " "
@@ -55,8 +57,8 @@ def redact_query(text: str | None, limit: int = QUERY_CHARS) -> str | None:
     return shape if len(shape) <= limit else shape[: limit - 3].rstrip() + "..."
 
 
-def from_row(row: Sequence[Any]) -> Blocker:
-    """A blocker from a DialectSQL.blockers (or holder) row, its query already redacted."""
+def from_row(row: Sequence[Any], double_quoted_strings: bool = False) -> Blocker:
+    """A blocker from a DialectSQL.blockers (or holder) row, its query already redacted (see `redact_query`)."""
     pid, user, application, client, state, seconds, query, relation = (list(row) + [None] * 8)[:8]
     blocker: Blocker = {"pid": int(pid)}
     for key, value in (("user", user), ("application", application), ("client", client), ("state", state),
@@ -65,7 +67,7 @@ def from_row(row: Sequence[Any]) -> Blocker:
             blocker[key] = str(value)[:64]  # type: ignore[literal-required]
     if seconds is not None:
         blocker["transactionSeconds"] = round(float(seconds), 1)
-    redacted = redact_query(query)
+    redacted = redact_query(query, double_quoted_strings=double_quoted_strings)
     if redacted:
         blocker["query"] = redacted
     return blocker

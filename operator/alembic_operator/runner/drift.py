@@ -172,7 +172,7 @@ def cmd_drift(runner: Runner) -> DriftResult:
         connection = context.connection
         if connection is not None:
             # Belt and braces: this transaction (and any later one of the session, e.g. under AUTOCOMMIT) cannot
-            # write (PostgreSQL; see lock.DIALECTS).
+            # write (PostgreSQL, MySQL and MariaDB; see lock.DIALECTS).
             read_only(connection, context.dialect.name)
         current = tuple(context.get_current_heads())
         metadata = context.opts.get("target_metadata")

@@ -90,9 +90,27 @@ def log_exception(what: str, exc: BaseException) -> None:
     log(f"{what}:\n{details.rstrip()}")
 
 
+# MySQL's drivers raise OperationalError for statements the server refuses too (1792: a write in a READ ONLY
+# transaction): only the client's connection errors (2000-2999) and the server's refusals of the connection itself
+# (too many connections, access denied, unknown database, host blocked, connection killed) mean unreachable.
+_MYSQL_CONNECTION_ERRNOS = frozenset({1040, 1044, 1045, 1049, 1129, 1130, 1203, 1226, 1927, 4031})
+_MYSQL_DRIVERS = ("pymysql", "MySQLdb", "mysql", "aiomysql", "asyncmy", "mariadb")
+
+
+def _mysql_errno(orig: BaseException | None) -> int | None:
+    if orig is None or type(orig).__module__.split(".")[0] not in _MYSQL_DRIVERS:
+        return None
+    code = orig.args[0] if orig.args else None
+    return code if isinstance(code, int) else None
+
+
 def is_connection_error(exc: BaseException) -> bool:
     from sqlalchemy import exc as sa_exc
 
+    if isinstance(exc, sa_exc.DBAPIError) and not exc.connection_invalidated:
+        errno = _mysql_errno(exc.orig)
+        if errno is not None:
+            return 2000 <= errno < 3000 or errno in _MYSQL_CONNECTION_ERRNOS
     return isinstance(exc, (sa_exc.OperationalError, sa_exc.InterfaceError)) or bool(
         isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated
     )

@@ -33,12 +33,15 @@ class StatementLog:
         self.statements: list[str] = []
         self._version_table = "alembic_version"
         self._attached: set[int] = set()
+        self._double_quoted_strings = False
 
     def attach(self, connection: Any, version_table: str | None = None) -> None:
         """Listen to the migration's connection (once per connection; env.py may run migrations more than once)."""
         from sqlalchemy import event
 
         self._version_table = version_table or self._version_table
+        dialect = getattr(getattr(connection, "dialect", None), "name", "")
+        self._double_quoted_strings = dialect in ("mysql", "mariadb")  # "..." is a string there
         if id(connection) in self._attached:
             return
         self._attached.add(id(connection))
@@ -57,4 +60,5 @@ class StatementLog:
         """The running revision's statements that committed on a non-transactional-DDL database, redacted: up to
         and including its last DDL statement; [] when it ran no DDL (its transaction was rolled back)."""
         last = max((i for i, s in enumerate(self.statements) if _DDL.match(s)), default=-1)
-        return [redact_query(s, STATEMENT_CHARS) or "" for s in self.statements[: last + 1]]
+        return [redact_query(s, STATEMENT_CHARS, self._double_quoted_strings) or ""
+                for s in self.statements[: last + 1]]
