@@ -535,7 +535,7 @@ class Scanner:
             return True
         if isinstance(node, exp.Drop) and (node.args.get("kind") or "").upper() == "TABLE":
             return all(self._is_version(t) for t in node.args.get("tables") or ())
-        return False
+        return _touches_only_version_num(node)
 
     def _new(self, table: str) -> bool:
         return _key(table) in self._created
@@ -782,6 +782,20 @@ class Scanner:
         if not new_table and not keeps_null and before is not None and before.not_null is not True \
                 and target is not None and target.not_null:
             add("set-not-null", f"SET NOT NULL {table}.{column}")
+
+
+def _touches_only_version_num(node: exp.Expr) -> bool:
+    """Alembic's bookkeeping in a version table of another name: DML naming only the version_num column."""
+    if isinstance(node, exp.Insert):
+        schema = node.this
+        names = {c.name for c in schema.expressions} if isinstance(schema, exp.Schema) else set()
+    elif isinstance(node, (exp.Update, exp.Delete)):
+        if node.args.get("where") is None:
+            return False
+        names = {c.name for c in node.find_all(exp.Column)}
+    else:
+        return False
+    return names == {sqlscan.VERSION_COLUMN}
 
 
 def _shown(t: MyType | None) -> str:

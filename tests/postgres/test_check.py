@@ -410,8 +410,10 @@ def test_usage_and_config_errors(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert main(["--no-such-option"]) == 2
     ini = make_project(tmp_path, linear(1))
     assert main(["-c", str(ini), "--database-url", "postgresql+psycopg://app:x@127.0.0.1:1/db"]) == 2  # unreachable
-    code, report = run(capsys, "-c", str(ini), "--scratch-url", "mysql://u:p@localhost/x")
-    assert code == 2 and report["ok"] is False and "PostgreSQL" in report["error"]
+    code, report = run(capsys, "-c", str(ini), "--scratch-url", "oracle://u:s3cret-pw@localhost/x")
+    assert code == 2 and report["ok"] is False and "a supported database" in report["error"]
+    code, report = run(capsys, "-c", str(ini), "--scratch-url", "mysql+nodriver://u:s3cret-pw@localhost/x")
+    assert code == 2 and "cannot load the driver of --scratch-url (mysql+nodriver)" in report["error"], report
 
 
 def test_human_and_junit_output(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -184,6 +184,14 @@ def test_alembic_bookkeeping_and_revision_markers() -> None:
     assert found[0].engine == "mysql"
 
 
+def test_a_version_table_of_another_name_is_bookkeeping_too() -> None:
+    sql = ("INSERT INTO my_versions (version_num) VALUES ('a1');\n\n"
+           "UPDATE my_versions SET version_num='b2' WHERE my_versions.version_num = 'a1';\n\n"
+           "DELETE FROM my_versions WHERE my_versions.version_num = 'b2';\n\n"
+           "DELETE FROM orders WHERE orders.version_num = 'b2' AND qty = 0;\n\n")
+    assert rules(sql) == [("delete-rows", "warning")]
+
+
 def test_unknown_current_type_is_destructive_and_says_so() -> None:
     [finding] = scan([("r", render(lambda op: op.alter_column("orders", "code", type_=sa.String(60))))], None)
     assert finding.rule == "alter-column-type"

@@ -48,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-c", "--config", default="alembic.ini", help="alembic.ini or pyproject.toml (default %(default)s)")
     p.add_argument("-n", "--name", default="alembic", help="the ini section (default %(default)s)")
-    p.add_argument("--scratch-url", metavar="URL", help="a PostgreSQL server (any database on it, e.g. .../postgres) "
+    p.add_argument("--scratch-url", metavar="URL", help="a PostgreSQL, MySQL or MariaDB server (any database on it, "
+                   "e.g. .../postgres) "
                    f"where a temporary database is created and dropped; env {SCRATCH_URL_ENV}")
     p.add_argument("--scratch", choices=("sqlite", "none"), help="sqlite: a temporary SQLite database instead; none: "
                    "no scratch checks")
@@ -94,7 +95,7 @@ def options(args: argparse.Namespace, environ: dict[str, str]) -> Options:
     scratch_url = _url(args.scratch_url or (None if args.scratch else environ.get(SCRATCH_URL_ENV)), "--scratch-url")
     if args.scratch_url and args.scratch:
         raise _UsageError("give --scratch-url or --scratch, not both")
-    scratch = "postgresql" if scratch_url else (args.scratch if args.scratch == "sqlite" else None)
+    scratch = "server" if scratch_url else (args.scratch if args.scratch == "sqlite" else None)
     return Options(config=args.config, section=args.name, scratch=scratch, scratch_url=scratch_url,
                    database_url=_url(args.database_url or environ.get(DATABASE_URL_ENV), "the database URL"),
                    steps=args.steps, allow=allow, skip=skip, export_env=tuple(args.export_url_env),

@@ -24,6 +24,7 @@ from .schema import Snapshot, compare_snapshots, describe_diffs, reflect, snapsh
 from .scratch import scratch_database
 
 T = TypeVar("T")
+MYSQL_READ_ONLY = "SET SESSION TRANSACTION READ ONLY"
 BASE = "base"
 HEADS = "heads"
 
@@ -32,7 +33,7 @@ HEADS = "heads"
 class Options:
     config: str = "alembic.ini"
     section: str = "alembic"
-    scratch: str | None = None  # "postgresql" (with scratch_url), "sqlite", or None (no scratch checks)
+    scratch: str | None = None  # "server" (on scratch_url's server), "sqlite", or None (no scratch checks)
     scratch_url: URL | None = None
     database_url: URL | None = None
     steps: int | None = None
@@ -62,7 +63,11 @@ class Scratch:
 def read_only(url: URL) -> URL:
     """PostgreSQL through libpq (psycopg, psycopg2, psycopg's async driver): every transaction of the live check's
     sessions is read only, whatever env.py does. asyncpg takes no server options in its URL: the live check uses
-    psycopg's async driver instead (same server, still async for an async env.py). pg8000 is left as it is."""
+    psycopg's async driver instead (same server, still async for an async env.py). pg8000 is left as it is.
+    MySQL and MariaDB (PyMySQL, mysqlclient, aiomysql): the driver's init_command makes every session read only
+    before env.py uses it (writes and DDL then fail with 1792)."""
+    if linting.is_mysql(url.get_backend_name()) and url.get_driver_name() in ("pymysql", "mysqldb", "aiomysql"):
+        return url.update_query_dict({"init_command": MYSQL_READ_ONLY})
     if url.get_backend_name() == "postgresql" and url.get_driver_name() == "asyncpg":
         url = url.set(drivername="postgresql+psycopg_async")
     if url.get_backend_name() != "postgresql" or url.get_driver_name() not in ("psycopg", "psycopg2",
@@ -259,13 +264,11 @@ class Checker:
         if not self.wanted("lint"):
             self.report.skip("lint", "skipped (--skip lint)")
             return
-        if live is not None and live.url.get_backend_name() != "postgresql":
-            self.report.skip("lint", "the scanner reads PostgreSQL SQL; the live database is not PostgreSQL")
-            return
         pending = live.pending if live is not None and live.pending is not None else None
         revisions = self.path if pending is None else pending
         with self.timed("lint") as result:
-            self.rendered = linting.render(self.project, revisions)
+            dialect = live.url if live is not None else self.opts.scratch_url
+            self.rendered = linting.render(self.project, revisions, linting.offline_url(dialect))
             if pending is not None and live is not None:  # types as the live database has them, read only
                 self.rendered.live = self.env("reading the live column types",
                                               lambda: linting.read_catalog(live.url, self.rendered.items)
@@ -293,7 +296,7 @@ class Checker:
         if not wanted and (live is None or live.compare_at is None):
             self.report.skip("upgrade", "nothing needs the scratch database")
             return
-        server = self.opts.scratch_url if self.opts.scratch == "postgresql" else None
+        server = self.opts.scratch_url if self.opts.scratch == "server" else None
         with scratch_database(server) as url:
             target, undo = self._roundtrip_plan()
 
@@ -341,10 +344,12 @@ class Checker:
 
     def _type_stops(self, scratch: Scratch) -> dict[str, list[str]]:
         """The revisions lint found changing a column's type (or setting NOT NULL), by the revision just before
-        each (BASE for a first revision): the upgrade stops there and reads those columns' types. Only on a
-        PostgreSQL scratch database, and not for revisions whose types come from the live database."""
+        each (BASE for a first revision): the upgrade stops there and reads those columns' types. Only on a scratch
+        database of the dialect lint rendered for, and not for revisions whose types come from the live database."""
         rendered = self.rendered
-        if rendered is None or rendered.live is not None or scratch.url.get_backend_name() != "postgresql":
+        backend = scratch.url.get_backend_name()
+        same = backend == rendered.dialect or (linting.is_mysql(backend) and rendered.mysql) if rendered else False
+        if rendered is None or rendered.live is not None or not same or backend == "sqlite":
             return {}
         stops: dict[str, list[str]] = {}
         for rev, _sql in rendered.items:

@@ -1,4 +1,5 @@
-"""Scratch databases: a temporary PostgreSQL database created on a server and dropped afterwards, or SQLite."""
+"""Scratch databases: a temporary database created on a PostgreSQL, MySQL or MariaDB server (any backend an engine
+owns) and dropped afterwards, or SQLite."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import URL, Engine
 from sqlalchemy.pool import NullPool
 
+from .. import engines
 from .drivers import sync_url
 from .model import CheckError
 from .project import describe
@@ -22,23 +24,32 @@ PREFIX = "alembic_check_"
 
 @contextlib.contextmanager
 def scratch_database(server: URL | None) -> Iterator[URL]:
-    """A fresh empty database: on the PostgreSQL server `server` points at (any database on it, e.g. postgres;
-    the role needs CREATEDB), or SQLite in a temporary directory when `server` is None."""
+    """A fresh empty database: on the server `server` points at (PostgreSQL: any database on it, e.g. postgres, and
+    the role needs CREATEDB; MySQL/MariaDB: any database or none, and the user needs CREATE and DROP on
+    alembic_check_%), or SQLite in a temporary directory when `server` is None."""
     if server is None:
         with tempfile.TemporaryDirectory(prefix="alembic-check-") as directory:
             yield URL.create("sqlite", database=str(Path(directory) / "scratch.db"))
         return
-    if server.get_backend_name() != "postgresql":
-        raise CheckError(f"--scratch-url must be a PostgreSQL URL, not {server.get_backend_name()} "
-                         "(or use --scratch sqlite)")
-    name = PREFIX + secrets.token_hex(6)
-    engine = create_engine(sync_url(server), isolation_level="AUTOCOMMIT", poolclass=NullPool)
     try:
-        _execute(engine, f'CREATE DATABASE "{name}"', "cannot create the scratch database")
+        engines.for_url(server)
+    except engines.UnknownEngine as exc:
+        raise CheckError(f"--scratch-url must name a server of a supported database ({', '.join(exc.schemes)}), "
+                         f"not {server.get_backend_name()} (or use --scratch sqlite)") from None
+    name = PREFIX + secrets.token_hex(6)
+    try:
+        engine = create_engine(sync_url(server), isolation_level="AUTOCOMMIT", poolclass=NullPool)
+    except Exception as exc:  # a driver that is not installed, or that SQLAlchemy does not know
+        raise CheckError(f"cannot load the driver of --scratch-url ({sync_url(server).drivername}): "
+                         f"{describe(exc)}; install it, or name one that is (mysql+pymysql, postgresql+psycopg)"
+                         ) from None
+    quoted = engine.dialect.identifier_preparer.quote_identifier(name)
+    try:
+        _execute(engine, f"CREATE DATABASE {quoted}", "cannot create the scratch database")
         try:
             yield server.set(database=name)
         finally:
-            _drop(engine, name)
+            _drop(engine, name, quoted)
     finally:
         engine.dispose()
 
@@ -52,11 +63,13 @@ def _execute(engine: Engine, sql: str, what: str) -> None:
         raise CheckError(f"{what} on {where}: {describe(exc)}") from None
 
 
-def _drop(engine: Engine, name: str) -> None:
+def _drop(engine: Engine, name: str, quoted: str) -> None:
     try:
-        _execute(engine, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)', "cannot drop the scratch database")
+        if engine.dialect.name != "postgresql":
+            raise CheckError("only PostgreSQL has DROP DATABASE ... WITH (FORCE)")
+        _execute(engine, f"DROP DATABASE IF EXISTS {quoted} WITH (FORCE)", "cannot drop the scratch database")
     except CheckError:
         try:  # PostgreSQL < 13 has no WITH (FORCE)
-            _execute(engine, f'DROP DATABASE IF EXISTS "{name}"', "cannot drop the scratch database")
+            _execute(engine, f"DROP DATABASE IF EXISTS {quoted}", "cannot drop the scratch database")
         except CheckError as exc:
             print(f"warning: {exc} (drop {name} by hand)", file=sys.stderr)
