@@ -6,6 +6,7 @@ VENV      ?= .venv
 PY        := $(VENV)/bin/python
 BED_DIR   ?= $(CURDIR)/.bed
 BED_NODE  ?= real
+DEMO_DB   ?= postgresql
 PYTEST_ARGS ?=
 export PYTHONPATH := $(CURDIR)/tests$(if $(PYTHONPATH),:$(PYTHONPATH))
 
@@ -13,7 +14,7 @@ export PYTHONPATH := $(CURDIR)/tests$(if $(PYTHONPATH),:$(PYTHONPATH))
         image-check chart-check bench-gate bench-scale
 
 help:
-	@echo "make demo              the operator's whole job, end to end, on the local bed"
+	@echo "make demo              the operator's whole job, end to end, on the local bed (DEMO_DB=mariadb: on MariaDB)"
 	@echo "make test              the whole test suite: tests/unit, tests/postgres, tests/cluster (the bed), tests/e2e"
 	@echo "make test-unit         the tests that need no server (tests/unit)"
 	@echo "make lint              ruff and mypy"
@@ -101,7 +102,7 @@ dev-cluster-down: venv
 	$(PY) -m bed down --dir $(BED_DIR)
 
 demo: deps venv controlplane node tools
-	$(PY) examples/demo.py --bed-dir $(BED_DIR)
+	$(PY) examples/demo.py --bed-dir $(BED_DIR) --db $(DEMO_DB)
 
 bench-gate: deps venv controlplane node tools
 	$(PY) tests/bench_gate.py --bed-dir $(BED_DIR) $(BENCH_ARGS)

@@ -12,8 +12,13 @@ kube-proxy (built from their Go modules), a registry. The operator's image is bu
 the shop's from examples/shop/Dockerfile (and its fixed variant); both are pushed to the bed's registry. The
 operator is installed with its Helm chart (restricted securityContext, read-only root filesystem, the webhook
 behind its Service) and runs its plan, backup and migrate Jobs as pods; backups go to a PersistentVolumeClaim;
-PostgreSQL runs on the host (pods reach it through the bed's relay on the node IP). The bed keeps running afterwards
-so you can look around (`make dev-cluster-down` stops it).
+the database runs on the host (pods reach it through the bed's relay on the node IP). The bed keeps running
+afterwards so you can look around (`make dev-cluster-down` stops it).
+
+The database is PostgreSQL, or MariaDB with `--db mariadb` (`make demo DEMO_DB=mariadb`): the same steps and checks.
+On MariaDB, DDL commits statement by statement, so the failing revision 5 is half-applied (shipments and its index
+created, then the CHECK fails) and the operator restores the backup taken before it, instead of PostgreSQL's
+transaction taking it all back.
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
@@ -36,6 +43,7 @@ from kubernetes import client as k8s  # noqa: E402
 from alembic_operator import constants as c  # noqa: E402
 from bed import images  # noqa: E402
 from bed.controlplane import Bed  # noqa: E402
+from bed.mariadb import MariaDBServer  # noqa: E402
 from bed.postgres import PostgresServer  # noqa: E402
 from bed.tools import ensure_tools  # noqa: E402
 from bed.volumes import writable_claim  # noqa: E402
@@ -77,9 +85,28 @@ def conditions(cluster: Cluster, name: str) -> None:
         print(f"  {cond['type']:<17} {cond['status']:<6} {cond['reason']:<32} {cond['message'][:110]}")
 
 
-def rows(pg_url_db: Any) -> list[tuple[Any, ...]]:
-    return pg_url_db.query("SELECT o.id, c.name, o.total FROM orders o JOIN customers c ON c.id = o.customer_id "
-                           "ORDER BY o.id")
+def rows(db: Any) -> list[tuple[Any, ...]]:
+    return db.query("SELECT o.id, c.name, o.total FROM orders o JOIN customers c ON c.id = o.customer_id "
+                    "ORDER BY o.id")
+
+
+def has_table(db: Any, table: str) -> bool:
+    engine = sa.create_engine(db.url, poolclass=sa.pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            return bool(sa.inspect(conn).has_table(table))
+    finally:
+        engine.dispose()
+
+
+def start_database(kind: str) -> PostgresServer | MariaDBServer:
+    server: PostgresServer | MariaDBServer
+    if kind == "mariadb":
+        server = MariaDBServer(Path(tempfile.mkdtemp(prefix="alembic-operator-demo-mariadb-")))
+    else:
+        server = PostgresServer(Path(tempfile.mkdtemp(prefix="alembic-operator-demo-pg-")))
+    server.start()
+    return server
 
 
 def helm(bed: Bed, *args: str, check: bool = True) -> bool:
@@ -105,6 +132,8 @@ def pushed(bed: Bed, what: str, build: Any, dest: str) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bed-dir", type=Path, default=REPO / ".bed")
+    parser.add_argument("--db", choices=("postgresql", "mariadb"), default="postgresql",
+                        help="the database the shop runs on (make demo DEMO_DB=mariadb)")
     args = parser.parse_args()
 
     say("Starting the local Kubernetes bed (cached control plane + a real node)")
@@ -121,12 +150,12 @@ def main() -> int:
     shop_ref = pushed(bed, "shop (examples/shop)", images.shop_image, "acme/shop:1.0")
     fixed_ref = pushed(bed, "shop, revision 5 fixed", lambda: images.shop_image(fixed=True), "acme/shop:1.1")
 
-    say("Starting PostgreSQL on a loopback port")
-    pg = PostgresServer(Path(tempfile.mkdtemp(prefix="alembic-operator-demo-pg-")))
-    pg.start()
-    db = pg.create_database("shop")
-    in_bed = db.at(*bed.expose_host_port(pg.port, name="demo-postgres-relay"))
-    print(f"database shop on 127.0.0.1:{pg.port}; pods reach it at {in_bed.host}:{in_bed.port} "
+    product = "MariaDB" if args.db == "mariadb" else "PostgreSQL"
+    say(f"Starting {product} on a loopback port")
+    server = start_database(args.db)
+    db = server.create_database("shop")
+    in_bed = db.at(*bed.expose_host_port(server.port, name=f"demo-{args.db}-relay"))
+    print(f"{product} database shop on 127.0.0.1:{server.port}; pods reach it at {in_bed.host}:{in_bed.port} "
           "(the URL lives only in a Secret)")
 
     try:
@@ -195,9 +224,9 @@ def main() -> int:
         version = db.query("SELECT version_num FROM alembic_version")[0][0]
         print(f"\nthe database is at {version}; orders before and after the failed migration are "
               f"{'identical' if after == before else 'DIFFERENT'} ({len(after)} rows)")
-        shipments = db.query("SELECT to_regclass('public.shipments')")[0][0]
-        print(f"half-created table shipments present: {shipments is not None}")
-        if after != before or version != REV4:
+        shipments = has_table(db, "shipments")
+        print(f"half-created table shipments present: {shipments}")
+        if after != before or version != REV4 or shipments:
             print("unexpected: the rollback did not keep the data", file=sys.stderr)
             return 1
 
@@ -231,7 +260,7 @@ def main() -> int:
         say("Done. The bed keeps running: export KUBECONFIG=" + str(bed.kubeconfig) + "; make dev-cluster-down")
         return 0
     finally:
-        pg.destroy()
+        server.destroy()
 
 
 def _adopt_crd(bed: Bed) -> None:

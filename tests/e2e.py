@@ -2,20 +2,27 @@
 
 Every end-to-end test ends with a leak check: the database password must not appear in the operator's log, in
 any Event, status or Job spec of the namespace, or in any container log the node kept.
+
+The helpers that read the database (`checksum`, `revision`, `columns`, `has_table`) go through SQLAlchemy with the
+database's URL, so that a scenario reads the same on every engine. The `engine` fixture says which database a test
+gets ("postgresql" unless the test is parametrized): `@on_every_engine` runs a scenario on each of ENGINES, on one
+server per engine for the session, relayed into the bed as pods reach it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pytest
+import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 from kubernetes import client as k8s
@@ -24,7 +31,6 @@ from alembic_operator import constants as c
 from apps import Rev, make_project
 from bed import images
 from bed.controlplane import Bed
-from bed.postgres import Database
 from harness import Cluster, OperatorProcess, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
@@ -52,6 +58,22 @@ DROP_LEGACY = Rev(R4, upgrade=['op.drop_column("orders", "legacy_code")'],
 FAILING = Rev(FAIL, upgrade=['op.create_table("shipments", sa.Column("id", sa.Integer, primary_key=True))',
                              'op.create_check_constraint("total_positive", "orders", "total > 0")'],
               downgrade=['op.drop_constraint("total_positive", "orders")', 'op.drop_table("shipments")'])
+# Two DDL statements run, then a third fails (seed()'s free order violates it): where DDL is not transactional
+# (MariaDB), the revision is half-applied; where it is (PostgreSQL), its transaction takes all three back.
+HALF_APPLIED = Rev(FAIL, upgrade=['op.create_table("shipments", sa.Column("id", sa.Integer, primary_key=True))',
+                                  'op.add_column("orders", sa.Column("note", sa.Text))',
+                                  'op.create_check_constraint("total_positive", "orders", "total > 0")'],
+                   downgrade=['op.drop_constraint("total_positive", "orders", type_="check")',
+                              'op.drop_column("orders", "note")', 'op.drop_table("shipments")'])
+# Fails at its first statement: nothing of it is left behind on any engine.
+FAILING_AT_ONCE = Rev(FAIL, upgrade=['op.create_check_constraint("total_positive", "orders", "total > 0")'],
+                      downgrade=['op.drop_constraint("total_positive", "orders", type_="check")'])
+
+
+def sleep(seconds: float) -> str:
+    """A revision's body line that sleeps on the database, in the dialect it runs on (offline too)."""
+    return (f'op.execute("SELECT pg_sleep({seconds})" if op.get_context().dialect.name == "postgresql" '
+            f'else "SELECT SLEEP({seconds})")')
 
 
 def slow(rev: str, seconds: float, down: str | None = None) -> Rev:
@@ -59,22 +81,81 @@ def slow(rev: str, seconds: float, down: str | None = None) -> Rev:
     kw: dict[str, Any] = {} if down is None else {"down_revision": down}
     return Rev(rev, upgrade=['op.execute("CREATE TABLE IF NOT EXISTS runs (rev text)")',
                              f'op.execute("INSERT INTO runs VALUES (\'{rev}\')")',
-                             f'op.execute("SELECT pg_sleep({seconds})")'],
+                             sleep(seconds)],
                downgrade=[f'op.execute("DELETE FROM runs WHERE rev = \'{rev}\'")'], **kw)
 
 
+class Database(Protocol):
+    """A test database on any engine (bed.postgres.Database, bed.mariadb.Database)."""
+
+    @property
+    def url(self) -> str: ...  # SQLAlchemy URL with the password: a secret
+
+    @property
+    def password(self) -> str: ...
+
+    def query(self, sql: str, *params: object) -> list[tuple[object, ...]]: ...
+
+    def at(self, host: str, port: int) -> Database: ...
+
+
+@contextlib.contextmanager
+def connect(db: Database) -> Iterator[sa.Connection]:
+    engine = sa.create_engine(db.url, poolclass=sa.pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            yield conn
+    finally:
+        engine.dispose()
+
+
 def checksum(db: Database, table: str, columns: str = "*") -> str:
-    rows = db.query(f"SELECT md5(coalesce(string_agg(t::text, '|' ORDER BY t::text), '')) "
-                    f"FROM (SELECT {columns} FROM {table}) t")
-    return str(rows[0][0])
+    """A digest of the table's rows (the columns given), in no particular order: the same rows give the same digest
+    on every engine (values as the driver returns them: Decimal, int, str, None)."""
+    with connect(db) as conn:
+        rows = conn.execute(sa.text(f"SELECT {columns} FROM {table}")).all()
+    text = "|".join(sorted(repr(tuple(row)) for row in rows))
+    return hashlib.md5(text.encode()).hexdigest()
 
 
 def revision(db: Database) -> str | None:
     try:
-        rows = db.query("SELECT version_num FROM alembic_version")
-    except Exception:
+        with connect(db) as conn:
+            rows = conn.execute(sa.text("SELECT version_num FROM alembic_version")).all()
+    except sa.exc.DBAPIError:
         return None
     return str(rows[0][0]) if rows else None
+
+
+def columns(db: Database, table: str) -> list[str]:
+    """The table's column names, in the database's own schema (another test's database on the server never counts)."""
+    with connect(db) as conn:
+        return [col["name"] for col in sa.inspect(conn).get_columns(table)]
+
+
+def has_table(db: Database, table: str) -> bool:
+    with connect(db) as conn:
+        return bool(sa.inspect(conn).has_table(table))
+
+
+@dataclass(frozen=True)
+class EngineKind:
+    """What a scenario needs to know about the database it runs on, and where the fixtures get it."""
+
+    name: str  # the test's parameter
+    database_fixture: str  # a fresh database per test
+    in_bed_fixture: str  # (host, port) at which the bed reaches the session's server
+    url_word: str  # what a URL of it contains (never in a Job's plain env)
+    dump_head: re.Pattern[bytes]  # how a backup file of it begins
+    transactional_ddl: bool  # a failed revision leaves nothing of itself behind
+
+
+POSTGRESQL = EngineKind("postgresql", "database", "postgres_in_bed", "postgresql", re.compile(rb"PGDMP"), True)
+# mariadb-dump's SQL text; since 10.11.8 its first line keeps older clients from running its commands.
+MARIADB = EngineKind("mariadb", "mariadb_database", "mariadb_in_bed", "mysql",
+                     re.compile(rb"(/\*M!999999\\- enable the sandbox mode \*/ ?\n)?-- MariaDB dump"), False)
+ENGINES = {kind.name: kind for kind in (POSTGRESQL, MARIADB)}
+on_every_engine = pytest.mark.parametrize("engine", list(ENGINES))
 
 
 @dataclass
@@ -89,6 +170,7 @@ class E2E:
     pod_db: Database | None = None  # the database as pods (and the operator, in the bed's namespace) reach it
     projects: list[Path] = field(default_factory=list)
     images: dict[Path, str] = field(default_factory=dict)  # project -> its image in the bed's registry
+    kind: EngineKind = POSTGRESQL
 
     @property
     def ns(self) -> str:
@@ -191,17 +273,27 @@ def _config(bed: Bed) -> k8s.Configuration:
 
 
 @pytest.fixture
-def e2e(bed: Bed, crd: Path, kube_api: k8s.ApiClient, namespace: str, database: Database,
-        postgres_in_bed: tuple[str, int], tmp_path: Path) -> Iterator[E2E]:
+def engine() -> str:
+    """The database engine of the `e2e` fixture: PostgreSQL, unless the test is parametrized (`on_every_engine`)."""
+    return POSTGRESQL.name
+
+
+@pytest.fixture
+def e2e(bed: Bed, crd: Path, kube_api: k8s.ApiClient, namespace: str, engine: str, request: pytest.FixtureRequest,
+        tmp_path: Path) -> Iterator[E2E]:
+    kind = ENGINES[engine]
+    # Asked for by name: a run of PostgreSQL scenarios starts no MariaDB server, and the other way round.
+    database: Database = request.getfixturevalue(kind.database_fixture)
+    in_bed: tuple[str, int] = request.getfixturevalue(kind.in_bed_fixture)
     backups = backups_dir(bed, namespace)
     cluster = Cluster(kube_api, namespace)
-    pod_db = database.at(*postgres_in_bed)
+    pod_db = database.at(*in_bed)
     cluster.secret("db", {"url": pod_db.url})
     operator = OperatorProcess(bed, [namespace], tmp_path / "operator.log").start()
     APPS_ROOT.mkdir(parents=True, exist_ok=True)
     apps = Path(tempfile.mkdtemp(prefix="app-", dir=APPS_ROOT))
     env = E2E(bed=bed, cluster=cluster, db=database, operator=operator, tmp=tmp_path, backups=backups, apps=apps,
-              pod_db=pod_db)
+              pod_db=pod_db, kind=kind)
     try:
         yield env
         env.leak_check()

@@ -1,6 +1,7 @@
 """Insert the shop's demo rows: three customers and their orders, one of them a free sample (total 0.00).
 
     DATABASE_URL=postgresql+psycopg://app:...@localhost/shop python seed.py
+    DATABASE_URL=mysql+pymysql://app:...@localhost/shop python seed.py
 
 Works at any revision from fc7b070a6d88 (3) on: it writes only the columns the database has (reflected), and fills
 `legacy_code` while the column still exists. Does nothing if customers exist already. Never prints the URL.
@@ -42,7 +43,8 @@ def seed(url: str) -> int:
                 return 0
             conn.execute(customers.insert(), CUSTOMERS)
             conn.execute(orders.insert(), [{k: v for k, v in row.items() if k in orders.c} for row in ORDERS])
-            for table in (customers, orders):  # explicit ids: move the sequences past them
+            # Explicit ids: move PostgreSQL's sequences past them (MySQL's AUTO_INCREMENT follows by itself).
+            for table in (customers, orders) if conn.dialect.name == "postgresql" else ():
                 conn.exec_driver_sql(
                     f"SELECT setval(pg_get_serial_sequence('{table.name}', 'id'), (SELECT max(id) FROM {table.name}))"
                 )

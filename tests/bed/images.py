@@ -3,8 +3,8 @@ bed's registry.
 
 The chain is Debian (``mmdebstrap --variant=minbase``, imported with ``FROM scratch`` + ``ADD rootfs.tar``) ->
 Python (Debian's python3 and venv) -> the operator image (the project's own Dockerfile with the bed's build
-arguments), the tests' app base (alembic, sqlalchemy, psycopg) and the shop demo. Nothing comes from a registry on
-the internet: only Debian's mirror (plain HTTP) and PyPI.
+arguments), the tests' app base (alembic, sqlalchemy, psycopg, PyMySQL) and the shop demo. Nothing comes from a
+registry on the internet: only Debian's mirror (plain HTTP) and PyPI.
 
 Everything buildah and mmdebstrap write stays under ``$BED_CACHE/images`` (``~/.cache/alembic-operator/images``):
 storage.conf and containers.conf there point buildah's graphroot, runroot and network lock files at it, ``TMPDIR``

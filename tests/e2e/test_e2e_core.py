@@ -1,4 +1,8 @@
-"""The operator's whole flow on the real bed: plan, approval, backup, migrate, verify, every Stalled reason."""
+"""The operator's whole flow on the real bed: plan, approval, backup, migrate, verify, every Stalled reason.
+
+The scenarios marked `on_every_engine` run on PostgreSQL and on MariaDB with the same code; the others test what
+does not depend on the database (the Secret, the URL's form, the API server's validation) and run on PostgreSQL.
+"""
 
 from __future__ import annotations
 
@@ -9,12 +13,26 @@ import pytest
 
 from alembic_operator import constants as c
 from apps import Rev
-from e2e import BASE_REVISIONS, DROP_LEGACY, E2E, R1, R2, R3, R4, checksum, revision, sha256_file
+from e2e import (
+    BASE_REVISIONS,
+    DROP_LEGACY,
+    E2E,
+    R1,
+    R2,
+    R3,
+    R4,
+    checksum,
+    columns,
+    on_every_engine,
+    revision,
+    sha256_file,
+)
 from harness import wait_for
 
 pytestmark = pytest.mark.bed
 
 
+@on_every_engine
 def test_migrates_to_head_then_ready(e2e: E2E) -> None:
     project = e2e.project(BASE_REVISIONS)
     e2e.cluster.create("shop", e2e.spec(project))
@@ -32,12 +50,13 @@ def test_migrates_to_head_then_ready(e2e: E2E) -> None:
         "True", "False", "False")
     assert conds["BackupSucceeded"]["status"] == "True" and conds["Migrated"]["status"] == "True"
     assert revision(e2e.db) == R3
-    # The backup is real: a pg_dump custom-format file with the recorded size and checksum, on the volume.
+    # The backup is real: the engine's dump (pg_dump's custom format, mariadb-dump's SQL) with the recorded size and
+    # checksum, on the volume.
     dumps = list(e2e.backups.rglob("*.dump"))
     assert len(dumps) == 1
     assert st["backup"]["sha256"] == sha256_file(dumps[0])
     assert st["backup"]["sizeBytes"] == dumps[0].stat().st_size
-    assert dumps[0].read_bytes()[:5] == b"PGDMP"
+    assert e2e.kind.dump_head.match(dumps[0].read_bytes()[:1024])
     assert st["backup"].get("revision") in (None, "")  # the database was empty
     assert st["history"][-1]["result"] == "Succeeded" and st["history"][-1]["to"] == R3
     assert e2e.cluster.job_roles("shop") == ["backup-g1", "migrate-g1", "plan-g1"]
@@ -54,7 +73,7 @@ def test_migrates_to_head_then_ready(e2e: E2E) -> None:
             assert ctr["securityContext"]["allowPrivilegeEscalation"] is False
             assert ctr["securityContext"]["capabilities"] == {"drop": ["ALL"]}
             for env in ctr.get("env", []):
-                assert "value" not in env or "postgresql" not in env["value"]
+                assert "value" not in env or e2e.kind.url_word not in env["value"]
         assert job["metadata"]["ownerReferences"][0]["kind"] == c.KIND
     # One Event per phase change.
     for reason in ("Planning", "BackingUp", "Migrating", "Migrated"):
@@ -65,6 +84,7 @@ def test_migrates_to_head_then_ready(e2e: E2E) -> None:
     assert R3 in out.stdout and "Succeeded" in out.stdout
 
 
+@on_every_engine
 def test_nothing_to_do_is_ready_without_backup_or_migration(e2e: E2E) -> None:
     project = e2e.project(BASE_REVISIONS)
     e2e.upgrade_directly(project, R3)
@@ -77,6 +97,7 @@ def test_nothing_to_do_is_ready_without_backup_or_migration(e2e: E2E) -> None:
     assert e2e.cluster.get("head")["status"]["targetRevision"] == R3
 
 
+@on_every_engine
 def test_destructive_plan_waits_for_approval_of_that_exact_plan(e2e: E2E) -> None:
     project = e2e.project([*BASE_REVISIONS, DROP_LEGACY])
     e2e.upgrade_directly(project, R3)
@@ -99,9 +120,7 @@ def test_destructive_plan_waits_for_approval_of_that_exact_plan(e2e: E2E) -> Non
     e2e.cluster.wait_condition("shop", "Ready")
     assert revision(e2e.db) == R4
     assert checksum(e2e.db, "customers") == customers
-    cols = [r[0] for r in e2e.db.query("SELECT column_name FROM information_schema.columns "
-                                       "WHERE table_name = 'orders'")]
-    assert "legacy_code" not in cols
+    assert "legacy_code" not in columns(e2e.db, "orders")
 
 
 def test_secret_not_found_stalls_then_recovers_when_created(e2e: E2E) -> None:
@@ -168,6 +187,7 @@ def test_invalid_specs_are_refused_by_the_api_server(e2e: E2E) -> None:
     assert "spec.rollback.strategy" in str(err.value.body)
 
 
+@on_every_engine
 def test_backup_retention_keeps_the_newest(e2e: E2E) -> None:
     revs = [*BASE_REVISIONS, DROP_LEGACY]
     project = e2e.project(revs)
@@ -185,6 +205,7 @@ def test_backup_retention_keeps_the_newest(e2e: E2E) -> None:
     assert [h["to"] for h in history] == [R1, R2, R3, R4]
 
 
+@on_every_engine
 def test_baseline_adopts_a_database_that_predates_alembic(e2e: E2E) -> None:
     project = e2e.project(BASE_REVISIONS)
     e2e.upgrade_directly(project, R2)
@@ -201,6 +222,7 @@ def test_baseline_adopts_a_database_that_predates_alembic(e2e: E2E) -> None:
     e2e.cluster.wait_event("shop", "Baselined")
 
 
+@on_every_engine
 def test_drift_check_reports_a_column_added_by_hand(e2e: E2E) -> None:
     models = '''
 sa.Table("customers", metadata, sa.Column("id", sa.Integer, primary_key=True),
@@ -217,7 +239,6 @@ sa.Table("customers", metadata, sa.Column("id", sa.Integer, primary_key=True),
     e2e.cluster.wait_event("shop", "SchemaDrift", "Warning")
     drifted = f'alembic_operator_drifted{{name="shop",namespace="{e2e.ns}"}} 1.0'
     wait_for(lambda: drifted in e2e.operator.metrics(), 30, "the drift metric")
-    assert "nickname" in [r[0] for r in e2e.db.query(
-        "SELECT column_name FROM information_schema.columns WHERE table_name = 'customers'")]
+    assert "nickname" in columns(e2e.db, "customers")
     e2e.db.query("ALTER TABLE customers DROP COLUMN nickname")
     e2e.cluster.wait_condition("shop", "Drifted", "False", reason="NoDrift", timeout=120)
