@@ -76,6 +76,22 @@ def sleep(seconds: float) -> str:
             f'else "SELECT SLEEP({seconds})")')
 
 
+GATE_TABLE = "e2e_gate_open"
+
+
+def gated(rev: str) -> Rev:
+    """A harmless revision that counts how often it ran (table runs) and, online, waits until the test opens the
+    gate by creating GATE_TABLE: a migration that lasts exactly as long as a test needs, however loaded the machine.
+    It asks the catalog, which every statement reads afresh on both engines (a row would not do: MariaDB's
+    repeatable read keeps the revision's first snapshot, and a locking read there would block the test's insert)."""
+    return Rev(rev, upgrade=['op.execute("CREATE TABLE IF NOT EXISTS runs (rev text)")',
+                             f'op.execute("INSERT INTO runs VALUES (\'{rev}\')")',
+                             "while not op.get_context().as_sql and not sa.inspect(op.get_bind()).has_table("
+                             f"'{GATE_TABLE}'):",
+                             "    time.sleep(0.2)"],
+               downgrade=[f'op.execute("DELETE FROM runs WHERE rev = \'{rev}\'")'], extra_imports=["import time"])
+
+
 def slow(rev: str, seconds: float, down: str | None = None) -> Rev:
     """A harmless revision that takes a while and counts how often it ran (table runs)."""
     kw: dict[str, Any] = {} if down is None else {"down_revision": down}

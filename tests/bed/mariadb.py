@@ -192,7 +192,15 @@ class MariaDBServer:
                         url=f"mysql+pymysql://{APP_USER}:{self.password}@127.0.0.1:{self.port}/{name}")
 
     def drop_database(self, name: str) -> None:
+        """Drop it even while sessions use it (PostgreSQL's DROP DATABASE ... WITH (FORCE)): a session a test left
+        in a transaction (a pod killed mid-migration, its connection still relayed) would hold a metadata lock
+        that DROP DATABASE waits on forever."""
         with self.admin() as conn, conn.cursor() as cur:
+            cur.execute("SELECT id FROM information_schema.processlist WHERE db = %s AND id <> CONNECTION_ID()",
+                        (name,))
+            for (session,) in cur.fetchall():
+                with contextlib.suppress(pymysql.err.OperationalError):  # it ended meanwhile
+                    cur.execute(f"KILL CONNECTION {int(session)}")
             cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
 
 

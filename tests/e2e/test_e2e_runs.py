@@ -20,11 +20,13 @@ from e2e import (
     FAIL,
     FAILING,
     FAILING_AT_ONCE,
+    GATE_TABLE,
     HALF_APPLIED,
     R3,
     SLOW,
     checksum,
     columns,
+    gated,
     has_table,
     on_every_engine,
     revision,
@@ -190,13 +192,15 @@ def test_operator_killed_during_rollback_finishes_it(e2e: E2E) -> None:
 
 @on_every_engine
 def test_two_resources_on_one_database_take_turns(e2e: E2E) -> None:
-    project = e2e.project([*BASE_REVISIONS, slow(SLOW, 3)])
+    project = e2e.project([*BASE_REVISIONS, gated(SLOW)])  # the first one's migration waits for the test
     e2e.cluster.create("first", e2e.spec(project))
     _phase(e2e, "first", "Migrating", "migrate")
     e2e.cluster.create("second", e2e.spec(project))
-    e2e.cluster.wait_condition("second", "Reconciling", reason="WaitingForDatabase", timeout=60)
+    e2e.cluster.wait_condition("second", "Reconciling", reason="WaitingForDatabase", timeout=120)
     msg = e2e.cluster.get("second")["status"]["message"]
     assert "first" in msg
+    assert e2e.cluster.get("first")["status"]["phase"] == "Migrating"
+    e2e.db.query(f"CREATE TABLE {GATE_TABLE} (id integer)")  # the gate opens: the first migration finishes
     e2e.cluster.wait_condition("first", "Ready", timeout=120)
     e2e.cluster.wait_condition("second", "Ready", timeout=120)
     assert e2e.db.query("SELECT count(*) FROM runs") == [(1,)]  # the second found the work done
