@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pymysql
 
+from bed import database
 from bed.postgres import free_port
 
 MARIADBD = "/usr/sbin/mariadbd"
@@ -42,19 +43,8 @@ def mariadb_tool(tool: str) -> str:
 
 
 @dataclass(frozen=True)
-class Database:
-    name: str
-    url: str  # SQLAlchemy URL with the application user's password: a secret
-    host: str
-    port: int
-    user: str
-    password: str
-
-    def at(self, host: str, port: int) -> Database:
-        """The same database reached at another address, e.g. the real bed's relay that pods and processes in its
-        network namespace use: ``database.at(*bed.expose_host_port(database.port))``."""
-        url = self.url.replace(f"@{self.host}:{self.port}/", f"@{host}:{port}/")
-        return Database(name=self.name, url=url, host=host, port=port, user=self.user, password=self.password)
+class Database(database.Database):
+    """A MariaDB database of the test server."""
 
     @contextlib.contextmanager
     def connect(self) -> Iterator[pymysql.connections.Connection]:  # type: ignore[type-arg]

@@ -27,6 +27,8 @@ from pathlib import Path
 
 import psycopg
 
+from bed import database
+
 PG_BIN_CANDIDATES = sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)
 APP_ROLE = "app"
 
@@ -48,19 +50,8 @@ def free_port() -> int:
 
 
 @dataclass(frozen=True)
-class Database:
-    name: str
-    url: str  # SQLAlchemy URL with the application role's password: a secret
-    host: str
-    port: int
-    user: str
-    password: str
-
-    def at(self, host: str, port: int) -> Database:
-        """The same database reached at another address, e.g. the real bed's relay that pods and processes in its
-        network namespace use: ``database.at(*bed.expose_host_port(database.port))``."""
-        url = self.url.replace(f"@{self.host}:{self.port}/", f"@{host}:{port}/")
-        return Database(name=self.name, url=url, host=host, port=port, user=self.user, password=self.password)
+class Database(database.Database):
+    """A PostgreSQL database of the test server."""
 
     @property
     def conninfo(self) -> str:

@@ -19,16 +19,6 @@ from bed.postgres import Database
 pytestmark = pytest.mark.postgres
 
 
-@pytest.fixture
-def app(tmp_path: Path) -> Path:
-    return tmp_path / "app"
-
-
-@pytest.fixture
-def runner(database: Database, app: Path) -> Runner:
-    """The runner zipapp, as the Jobs run it, on the test database."""
-    return Runner(database, app)
-
 ORDERS = Rev("c0000000000a", upgrade=[
     'op.create_table("orders", sa.Column("id", sa.Integer, primary_key=True), sa.Column("code", sa.String(20)))',
     'op.execute("INSERT INTO orders (code) SELECT \'c\' || g FROM generate_series(1, 500) g")',

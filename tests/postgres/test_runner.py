@@ -108,11 +108,6 @@ def version(database: Database) -> str | None:
     return str(rows[0][0]) if rows else None
 
 
-@pytest.fixture
-def app(tmp_path: Path) -> Path:
-    return tmp_path / "app"
-
-
 class Runner:
     """run() bound to one database and one project directory, always checking for the password."""
 
@@ -123,11 +118,6 @@ class Runner:
     def __call__(self, *args: str, **kw: Any) -> Run:
         secrets = (self.database.password, self.database.url)
         return run(self.cwd, self.database.url, *args, secrets=secrets, **kw)
-
-
-@pytest.fixture
-def runner(database: Database, app: Path) -> Runner:
-    return Runner(database, app)
 
 
 # --- current, plan ----------------------------------------------------------------------------------------------

@@ -62,16 +62,6 @@ def models(extra: str = "") -> str:
     return MODELS.format(extra=extra)
 
 
-@pytest.fixture
-def app(tmp_path: Path) -> Path:
-    return tmp_path / "app"
-
-
-@pytest.fixture
-def runner(database: Database, app: Path) -> Runner:
-    return Runner(database, app)
-
-
 def at_head(runner: Runner, app: Path, source: str | None = None) -> None:
     make_project(app, REVS, models=models() if source is None else source)
     r = runner("upgrade", "--from", "base", "--to", ORDERS.id)

@@ -27,16 +27,6 @@ ADD_NOTE = Rev(R2, upgrade=['op.add_column("orders", sa.Column("note", sa.Text))
                downgrade=['op.drop_column("orders", "note")'])
 
 
-@pytest.fixture
-def app(tmp_path: Path) -> Path:
-    return tmp_path / "app"
-
-
-@pytest.fixture
-def runner(database: Database, app: Path) -> Runner:
-    return Runner(database, app)
-
-
 def test_a_blocked_migration_gives_up_after_its_lock_timeout_names_the_blocker_and_changes_nothing(
         runner: Runner, app: Path) -> None:
     make_project(app, [ORDERS, ADD_NOTE])
