@@ -5,7 +5,7 @@ chart's RBAC must grant (charts/alembic-operator/templates/_helpers.tpl; tests/u
 the code):
 
     get/list/watch/patch databasemigrations   (Kopf watches, patches its finalizer and annotations; fresh reads)
-    update/patch databasemigrations/status    (merge patches: the reconciler its fields, the gate heldPods)
+    patch databasemigrations/status           (merge patches: the reconciler its fields, the gate heldPods)
     update databasemigrations/finalizers      (the Jobs' ownerReferences set blockOwnerDeletion)
     get secrets                               (the database URL)
     list/watch/create/delete jobs             (the steps of a run; each validated first with dryRun=All)
@@ -202,15 +202,6 @@ class Client:
             listed = await self.request("GET", f"/apis/{c.GROUP}/{c.VERSION}/namespaces/{ns}/{c.PLURAL}")
             items.extend(listed.get("items") or [])
         return items
-
-    async def replace_status(self, obj: dict[str, Any], status: dict[str, Any]) -> dict[str, Any]:
-        """Write the whole status with optimistic concurrency (:class:`Conflict` when the object moved on)."""
-        meta = obj["metadata"]
-        body = {"apiVersion": c.API_VERSION, "kind": c.KIND,
-                "metadata": {"name": meta["name"], "namespace": meta["namespace"],
-                             "resourceVersion": meta["resourceVersion"]},
-                "status": status}
-        return await self.request("PUT", self._migration_path(meta["namespace"], meta["name"]) + "/status", body)
 
     async def patch_status(self, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
         """Merge-patch the status (no resourceVersion: the reconciler and the gate each own their fields); the

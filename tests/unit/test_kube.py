@@ -165,13 +165,12 @@ async def test_reads_that_find_nothing_answer_none(api: tuple[FakeApi, Client]) 
 
 
 @pytest.mark.asyncio
-async def test_replace_status_conflict_and_secret_data(api: tuple[FakeApi, Client]) -> None:
+async def test_a_conflict_is_typed_and_secret_data(api: tuple[FakeApi, Client]) -> None:
     fake, client = api
-    fake.on("PUT", f"{MIGRATION}/status", lambda: status(409, "the object has been modified", "Conflict"))
-    obj = {"metadata": {"name": "db", "namespace": NS, "resourceVersion": "7"}}
+    fake.on("PATCH", f"{MIGRATION}/status", lambda: status(409, "the object has been modified", "Conflict"))
     with pytest.raises(Conflict):
-        await client.replace_status(obj, {"phase": "Pending"})
-    assert fake.seen[-1].body["metadata"]["resourceVersion"] == "7"
+        await client.patch_status(NS, "db", {"phase": "Pending"})
+    assert fake.seen[-1].body == {"status": {"phase": "Pending"}}
     fake.on("GET", f"/api/v1/namespaces/{NS}/secrets/db",
             lambda: web.json_response({"kind": "Secret", "data": {"url": "cG9zdGdyZXM6Ly8="}}))
     assert await client.read_secret_data(NS, "db") == {"url": "cG9zdGdyZXM6Ly8="}

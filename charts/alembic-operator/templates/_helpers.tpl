@@ -98,7 +98,7 @@ app.kubernetes.io/part-of: alembic-operator
 # The reconciler merge-patches its status fields; the pod gate patches status.heldPods.
 - apiGroups: ["migrations.alembic-operator.io"]
   resources: ["databasemigrations/status"]
-  verbs: ["update", "patch"]
+  verbs: ["patch"]
 # The Jobs' ownerReferences set blockOwnerDeletion: clusters with OwnerReferencesPermissionEnforcement want this.
 - apiGroups: ["migrations.alembic-operator.io"]
   resources: ["databasemigrations/finalizers"]
