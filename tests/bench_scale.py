@@ -10,7 +10,8 @@ without a Job), the operator runs as its own process, as a developer runs it nex
 
 1. the empty operator: an idle window (``--window`` seconds, default 180) with no resource;
 2. for each N: a fresh operator; N resources created at once (time until all are Ready); an idle window; then all
-   deleted (warnings the operator logs meanwhile, and its RSS once they are gone).
+   deleted (warnings the operator logs meanwhile, and its RSS 10 s and 30 s after they are gone: it hands freed
+   memory back 20 s after the last deletion, once the connections of the burst have closed).
 
 Figures of a window: the operator's CPU (% of one core, from /proc/PID/stat) and RSS (VmRSS at the window's end);
 database sessions per minute (pg_stat_database.sessions of the one database: the operator's sessions only, the
@@ -391,15 +392,17 @@ def main(argv: list[str] | None = None) -> int:
             conflicts = conflicts_between(a0, api_counts(bed))
             print(f"  idle: {idle}", flush=True)
             deleted = bench.delete_all()
-            time.sleep(10)  # the operator hands freed memory back a few seconds after the last deletion
+            time.sleep(10)
+            soon = rss_mib(bench.pid)
+            time.sleep(20)  # the operator hands freed memory back 20 s after the last deletion (handlers.TRIM_DELAY)
             after = rss_mib(bench.pid)
-            print(f"  deleted in {deleted[0]:.1f}s, {deleted[1]} warning(s) logged; RSS after {after:.0f} MiB",
-                  flush=True)
+            print(f"  deleted in {deleted[0]:.1f}s, {deleted[1]} warning(s) logged; RSS 10 s after {soon:.0f} MiB, "
+                  f"30 s after {after:.0f} MiB", flush=True)
             rows.append((n, idle, created, conflicts, deleted, after))
             for cycle in range(1, args.cycles):  # the same operator again: does what stays after deletion grow?
                 bench.create(n)
                 bench.delete_all()
-                time.sleep(10)
+                time.sleep(30)
                 print(f"  cycle {cycle + 1}: RSS after deleting {n} again {rss_mib(bench.pid):.0f} MiB", flush=True)
 
         print()
@@ -415,7 +418,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"| {w.load[0]:.2f} / {w.load[1]:.2f} |")
         print()
         print("| N created at once | all Ready (s) | reconciles (p50 ms) | 409 conflicts | deletion (s) "
-              "| warnings on deletion | 'Will escalate' | RSS after deletion MiB (empty: "
+              "| warnings on deletion | 'Will escalate' | RSS 30 s after deletion MiB (empty: "
               f"{empty.rss:.0f}) |")
         print("|---|---|---|---|---|---|---|---|")
         for n, _idle, (ready_s, p50, count), conflicts, (del_s, warns, escalate), after in rows:

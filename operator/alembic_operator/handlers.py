@@ -33,6 +33,7 @@ from .api import MAX_NAME_LENGTH, WRITING_STEPS, RunStatus, dump, duration_secon
 from .config import OperatorConfig
 from .dbstate import DatabaseError, DatabaseTarget, decode_secret_value, parse_url, read_revision, sanitize
 from .jobs import ROLES, Owner, Role, build_job, job_name, source_field
+from .kept import KeptObjects, job_summary
 from .podstate import failure_cause, never_ran, pod_progress, pod_waiting
 from .reconcile import (
     DatabaseObservation,
@@ -58,13 +59,9 @@ GENERATIONS_KEPT = 2  # the Jobs (and their pods' logs) of the newest runs stay 
 SECRET_CACHE_SECONDS = 30.0  # a Secret read serves the reconciles of this long (1,000 resources, one Secret)
 WORKERS = 16  # reconciles at once
 STARTING_SECONDS = 60.0  # a created Job counts against the cap until its watch event, at most this long
-TRIM_DELAY = 5.0  # seconds after the last deletion of a burst: give the freed memory back to the system
-
-
-def _version(obj: dict[str, Any] | None) -> int:
-    """The resourceVersion as a number (the API server's are etcd revisions: they only grow); 0 when unknown."""
-    rv = str(((obj or {}).get("metadata") or {}).get("resourceVersion") or "")
-    return int(rv) if rv.isdigit() else 0
+# Seconds after the last deletion of a burst: give the freed memory back to the system, once the API connections
+# the burst opened have closed too (aiohttp keeps an idle one for 15 s).
+TRIM_DELAY = 20.0
 
 
 class Runtime:
@@ -73,8 +70,9 @@ class Runtime:
     Everything kept per resource is dropped when it is deleted (:meth:`forget`)."""
 
     def __init__(self, max_running_jobs: int = 0) -> None:
-        self.migrations: dict[Ref, dict[str, Any]] = {}  # the watch's copy, or our own write when newer
-        self.jobs: dict[Ref, dict[str, dict[str, Any]]] = {}  # our Jobs by owner, then by name
+        self.migrations: KeptObjects[Ref] = KeptObjects()  # the watch's copy, or our own write when newer
+        self.jobs: dict[Ref, KeptObjects[str]] = {}  # our Jobs by owner, then by name (without their pod template)
+        self.active_jobs: set[tuple[str, str]] = set()  # (namespace, name) of our Jobs still running
         self.writers: dict[str, set[Ref]] = {}  # database key -> resources writing to it
         self.db_locks: dict[str, asyncio.Lock] = {}
         self.jobs_counted: set[str] = set()  # finished Jobs already in the metrics
@@ -100,18 +98,14 @@ class Runtime:
         if event_type == "DELETED":
             self.forget(ref)
             return False
-        cached = self.migrations.get(ref)
-        if cached is not None and _version(body) <= _version(cached):
-            return False
-        self.migrations[ref] = kube.slim(body)
-        return True
+        return self.migrations.put_if_newer(ref, body)
 
     def remember(self, obj: dict[str, Any]) -> None:
         """An object the API server returned to us (our status write): kept when newer than the watch's copy."""
         meta = obj.get("metadata") or {}
         ref = (str(meta.get("namespace")), str(meta.get("name")))
-        if ref in self.migrations and _version(obj) > _version(self.migrations[ref]):
-            self.migrations[ref] = kube.slim(obj)
+        if ref in self.migrations:
+            self.migrations.put_if_newer(ref, obj)
 
     def job_seen(self, event_type: str | None, body: dict[str, Any]) -> Ref | None:
         """Index a Job of ours by owner; the owner to wake (None: not ours, or nothing new)."""
@@ -121,27 +115,32 @@ class Runtime:
         if not owner or not namespace:
             return None
         ref = (namespace, str(owner))
-        jobs = self.jobs.setdefault(ref, {})
+        jobs = self.jobs.setdefault(ref, KeptObjects(job_summary))
         self.starting.pop(name, None)
-        before = jobs.get(name)
+        was_active = (namespace, name) in self.active_jobs
         if event_type == "DELETED":
-            jobs.pop(name, None)
+            jobs.pop(name)
+            self.active_jobs.discard((namespace, name))
             for key in [k for k in self.observed if k[0] == name]:
                 del self.observed[key]
             if not jobs:
                 del self.jobs[ref]
-        elif before is not None and _version(body) <= _version(before):
+        elif not jobs.put_if_newer(name, body):
             return None
+        elif _job_state(body) == "active":
+            self.active_jobs.add((namespace, name))
         else:
-            jobs[name] = kube.slim(body)
-        if (before is not None and _job_state(before) == "active"
-                and (event_type == "DELETED" or _job_state(body) != "active")):
+            self.active_jobs.discard((namespace, name))
+        if was_active and (namespace, name) not in self.active_jobs:
             self.slot_freed()
         return ref
 
+    def has_active_jobs(self, ref: Ref) -> bool:
+        return any((ref[0], name) in self.active_jobs for name in self.jobs.get(ref, ()))
+
     # --- the Job cap --------------------------------------------------------------------------------------------
     def running_jobs(self) -> int:
-        active = sum(1 for jobs in self.jobs.values() for j in jobs.values() if _job_state(j) == "active")
+        active = len(self.active_jobs)
         now = time.monotonic()
         for name in [n for n, t in self.starting.items() if now - t > STARTING_SECONDS]:
             del self.starting[name]  # its event was missed (or it was deleted at once): the watch is the truth
@@ -163,7 +162,8 @@ class Runtime:
 
     def forget(self, ref: Ref) -> None:
         """The resource is gone: drop everything kept for it."""
-        self.migrations.pop(ref, None)
+        self.migrations.pop(ref)
+        metrics.forget(*ref)
         self.settled.pop(ref, None)
         self.targets.pop(ref, None)
         self.queued.pop(ref, None)
@@ -171,8 +171,9 @@ class Runtime:
         if self.scheduler is not None:
             self.scheduler.forget(ref)
         self.jobs_listed.discard(ref)
-        for name in self.jobs.pop(ref, {}):
+        for name in self.jobs.pop(ref, ()):
             self.jobs_counted.discard(name)
+            self.active_jobs.discard((ref[0], name))
             for key in [k for k in self.observed if k[0] == name]:
                 del self.observed[key]
         self._trim_soon()
@@ -373,7 +374,7 @@ async def _jobs_of(ctx: Context, ref: Ref) -> list[dict[str, Any]]:
         for job in await ctx.kube.list_jobs(*ref):
             ctx.runtime.job_seen(None, job)
         ctx.runtime.jobs_listed.add(ref)
-    return list(ctx.runtime.jobs.get(ref, {}).values())
+    return list(ctx.runtime.jobs[ref].values()) if ref in ctx.runtime.jobs else []
 
 
 async def _observe_job_cached(ctx: Context, namespace: str, job: dict[str, Any], target: DatabaseTarget | None,
@@ -499,8 +500,11 @@ async def reconcile(ctx: Context, namespace: str, name: str, logger: Logger, del
     try:
         delay, status = await _reconcile(ctx, namespace, name, logger, deleting)
     except Exception:
-        metrics.reconcile_finished(namespace, name, time.monotonic() - started, "error")
+        if (namespace, name) in ctx.runtime.migrations:
+            metrics.reconcile_finished(namespace, name, time.monotonic() - started, "error")
         raise
+    if (namespace, name) not in ctx.runtime.migrations:
+        return delay  # deleted while this pass ran: its series are gone, and must stay gone
     if status is not None:
         outcome = ("ready" if _cond(status, c.READY) == "True" else
                    "stalled" if _cond(status, c.STALLED) == "True" else "progressing")
@@ -595,7 +599,7 @@ async def _reconcile(ctx: Context, namespace: str, name: str, logger: Logger,
         (logger.warning if kind == "Warning" else logger.info)("%s: %s", reason, message)
     delay = decision.requeue_after
     ctx.runtime.settled.pop(ref, None)
-    if _settles(run, obs, decision, ctx.runtime.jobs.get(ref, {})) and target is not None:
+    if _settles(run, obs, decision, ctx.runtime.has_active_jobs(ref)) and target is not None:
         current = ctx.runtime.migrations.get(ref) or obj
         drift_on = bool(_drift_interval(obj))
         settled = freshness.Settled(
@@ -642,7 +646,7 @@ async def _act_capped(ctx: Context, obj: dict[str, Any], obs: Observation, delet
         except _JobRefused as refused:  # tell the user now, in the status: retrying cannot help
             logger.warning("the API server refused the %s Job: %s", refused.role, refused.message)
             return _decide(dataclasses.replace(obs, refused=JobRefusal(refused.role, refused.message)), deleting), {}
-        known = ctx.runtime.jobs.get(ref, {})
+        known = ctx.runtime.jobs.get(ref, ())
         ctx.runtime.starting.update({n: time.monotonic() for n in created.values() if n not in known})
     return decision, created
 
@@ -656,11 +660,11 @@ def _finish_run(decision: Decision, created: dict[str, str], target: DatabaseTar
     return run
 
 
-def _settles(run: RunStatus, obs: Observation, decision: Decision, jobs: dict[str, dict[str, Any]]) -> bool:
+def _settles(run: RunStatus, obs: Observation, decision: Decision, jobs_running: bool) -> bool:
     """A run that is over, on a database that answered, with no Job to start or running: nothing to do until
     something changes (the watches) or the freshness check sees the database moved."""
     return (run.step == "Done" and run.generation == obs.generation and obs.database.ok and not decision.jobs
-            and not any(_job_state(j) == "active" for j in jobs.values()))
+            and not jobs_running)
 
 
 def _drift_interval(obj: dict[str, Any]) -> int | None:
@@ -744,7 +748,7 @@ async def _database_lineage(ctx: Context, ref: tuple[str, str], run: RunStatus, 
     if (target is None or not database.ok or run.step != "Done"
             or run.result not in ("Succeeded", "UpToDate") or database.revision == run.target_revision):
         return (), None
-    for other in list(ctx.runtime.migrations.values()):
+    for other in ctx.runtime.migrations.values():
         meta, st = other["metadata"], other.get("status") or {}
         plan = st.get("plan") or {}
         if ((meta["namespace"], meta["name"]) != ref and _run_of(other).database_key == target.key

@@ -342,15 +342,6 @@ class Client:
         raise RuntimeError(f"could not write MutatingWebhookConfiguration {name}: conflicts")
 
 
-def slim(obj: dict[str, Any]) -> dict[str, Any]:
-    """An object to keep in memory: without metadata.managedFields (the API server's bookkeeping of who set which
-    field, often bigger than the rest of the object; nothing here reads it). A shallow copy: `obj` is unchanged."""
-    meta = obj.get("metadata")
-    if not isinstance(meta, dict) or "managedFields" not in meta:
-        return obj
-    return {**obj, "metadata": {k: v for k, v in meta.items() if k != "managedFields"}}
-
-
 def parse_result(message: str | None) -> dict[str, Any] | None:
     if not message:
         return None

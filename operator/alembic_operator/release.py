@@ -35,7 +35,8 @@ import kopf
 from . import constants as c
 from . import gate, reasons
 from .api import MAX_NAME_LENGTH
-from .kube import Client, KubeError, slim
+from .kept import KeptObjects
+from .kube import Client, KubeError
 
 log = logging.getLogger("alembic_operator.gate")
 
@@ -72,7 +73,7 @@ class Gatekeeper:
     """In-memory view of DatabaseMigrations and held pods; rebuilt from the watches after a restart."""
 
     client: Client | None = None  # the operator's (given at start-up; it closes it)
-    migrations: dict[Key, dict[str, Any]] = field(default_factory=dict)
+    migrations: KeptObjects[Key] = field(default_factory=lambda: KeptObjects(version=_version))
     held: dict[Key, dict[str, gate.PodVerdict]] = field(default_factory=dict)  # by pod uid
     announced: set[str] = field(default_factory=set)  # pod uids whose Held event was posted
     releasing: set[str] = field(default_factory=set)
@@ -99,7 +100,7 @@ class Gatekeeper:
         meta = body.get("metadata") or {}
         key = (str(meta.get("namespace")), str(meta.get("name")))
         if event_type == "DELETED":
-            self.migrations.pop(key, None)
+            self.migrations.pop(key)
             self.reported.pop(key, None)
             self.touched.discard(key)
             last = not any(ns == key[0] for ns, _ in self.migrations)
@@ -173,9 +174,7 @@ class Gatekeeper:
         """Keep an object read directly (not from the watch) when it is newer than what the watch showed."""
         meta = dbm.get("metadata") or {}
         key = (str(meta.get("namespace")), str(meta.get("name")))
-        cached = self.migrations.get(key)
-        if cached is None or _version(dbm) >= _version(cached):
-            self.migrations[key] = slim(dbm)
+        self.migrations.put_if_newer(key, dbm, or_same=True)
 
     async def read_migration(self, namespace: str, name: str) -> dict[str, Any] | None:
         """A fresh read, remembered (the webhook decides on it: the watch may be a moment behind)."""

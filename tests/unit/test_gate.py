@@ -348,10 +348,10 @@ def test_a_late_watch_event_never_takes_the_cache_back_in_time() -> None:
     fresh = dbm(migrating("r1", "r2"), generation=2)  # read by the webhook: newer
     keeper.remember(fresh)
     keeper.migration_seen("MODIFIED", old_ready)  # the watch catching up
-    assert keeper.migrations["ns", "shop"] is fresh
+    assert keeper.migrations.get(("ns", "shop")) == fresh
     newer = dbm(ready(currentRevision="r2", targetRevision="r2"))
     newer["metadata"]["resourceVersion"] = "11"
     keeper.migration_seen("MODIFIED", newer)
-    assert keeper.migrations["ns", "shop"] is newer
+    assert keeper.migrations.get(("ns", "shop")) == newer
     keeper.migration_seen("DELETED", newer)
     assert ("ns", "shop") not in keeper.migrations

@@ -41,7 +41,10 @@ def events(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str, str]]:
     return posted
 
 
-async def reconcile(emulator: kmock.KubernetesEmulator) -> tuple[float | None, dict[str, Any]]:
+async def reconcile(emulator: kmock.KubernetesEmulator, deleted_meanwhile: bool = False,
+                    ) -> tuple[float | None, dict[str, Any]]:
+    """One pass on `db`; with `deleted_meanwhile`, the watch delivers its deletion while the pass writes status."""
+    runtime = handlers.Runtime()
     for declared in ("batch/v1/jobs", "v1/pods", "v1/secrets", "v1/events", f"{c.GROUP}/{c.VERSION}/{c.PLURAL}"):
         emulator.resources[declared] = {}
 
@@ -49,11 +52,12 @@ async def reconcile(emulator: kmock.KubernetesEmulator) -> tuple[float | None, d
         """The status subresource, as the API server does it: only .status changes (a merge patch)."""
         obj = emulator.objects[DBM, NS, "db"]
         obj.patch({"status": request.data["status"]})
+        if deleted_meanwhile:
+            runtime.migration_seen("DELETED", dict(obj.raw))
         return dict(obj.raw)
 
     emulator["PATCH", kmock.subresource("status")] << patch_status
     client = Client(kubernetes.client.Configuration(host=str(emulator.url).rstrip("/")))
-    runtime = handlers.Runtime()
     runtime.migration_seen(None, dict(emulator.objects[DBM, NS, "db"].raw))  # what the watch delivers
     ctx = handlers.Context(config=OperatorConfig(), kube=client, runtime=runtime)
     try:
@@ -82,6 +86,30 @@ async def test_a_missing_secret_is_written_as_stalled_and_starts_no_job(
     assert [(kind, reason) for kind, reason, _ in events] == [("Warning", "SecretNotFound")]
     _delay, again = await reconcile(kmock)  # nothing changed: the same status, no second Event
     assert again == status and len(events) == 1
+
+
+def series(name: str) -> list[str]:
+    """The operator's metric series of DatabaseMigration `name` in the test namespace."""
+    from prometheus_client import REGISTRY
+
+    return [s.name for m in REGISTRY.collect() for s in m.samples
+            if s.labels.get("namespace") == NS and s.labels.get("name") == name]
+
+
+@pytest.mark.asyncio
+async def test_a_resource_deleted_while_its_pass_runs_keeps_no_metric_series(
+        kmock: kmock.KubernetesEmulator, events: list[tuple[str, str, str]]) -> None:
+    kmock.objects[DBM, NS, "db"] = migration()
+    await reconcile(kmock, deleted_meanwhile=True)
+    assert series("db") == []  # the deletion removed them, and the pass that ended after it wrote none back
+
+
+@pytest.mark.asyncio
+async def test_a_pass_records_the_resource_s_series(
+        kmock: kmock.KubernetesEmulator, events: list[tuple[str, str, str]]) -> None:
+    kmock.objects[DBM, NS, "db"] = migration()
+    await reconcile(kmock)
+    assert "alembic_operator_current_revision_info" in series("db")
 
 
 @pytest.mark.asyncio

@@ -222,7 +222,7 @@ def test_a_relisting_or_the_echo_of_our_own_write_wakes_nobody() -> None:
     rt.remember(dbm("a", "12", phase="Ready"))  # our status write's answer
     assert not rt.migration_seen("MODIFIED", dbm("a", "12", phase="Ready"))  # its echo on the watch
     assert not rt.migration_seen("MODIFIED", dbm("a", "11"))  # late: never back in time
-    assert rt.migrations[("ns", "a")]["status"] == {"phase": "Ready"}
+    assert (rt.migrations.get(("ns", "a")) or {})["status"] == {"phase": "Ready"}
     assert rt.migration_seen("MODIFIED", dbm("a", "13"))  # somebody else's change
 
 
@@ -255,9 +255,10 @@ def test_a_deleted_resource_leaves_nothing_behind() -> None:
     rt.jobs_counted.add("a-plan-1")
     rt.settled[ref] = freshness.Settled("1", "r1")
     rt.queued[ref] = None
+    rt.job_seen(None, job("a-migrate-1", "a", "4"))
     rt.migration_seen("DELETED", dbm("a", "3"))
-    assert not (rt.migrations or rt.jobs or rt.jobs_listed or rt.jobs_counted or rt.settled or rt.queued
-                or rt.writers)
+    assert not (rt.migrations or rt.jobs or rt.active_jobs or rt.jobs_listed or rt.jobs_counted or rt.settled
+                or rt.queued or rt.writers)
 
 
 # --- the Job cap ----------------------------------------------------------------------------------------------------
@@ -286,5 +287,47 @@ def test_the_indexes_keep_no_managed_fields() -> None:
     body = dbm("a", "1")
     body["metadata"]["managedFields"] = [{"manager": "kubectl", "fieldsV1": {"f:status": {}}}]
     rt.migration_seen(None, body)
-    assert "managedFields" not in rt.migrations[("ns", "a")]["metadata"]
+    assert "managedFields" not in (rt.migrations.get(("ns", "a")) or {})["metadata"]
     assert "managedFields" in body["metadata"]  # the watch's object is left as it is
+
+
+# --- what is kept in memory -----------------------------------------------------------------------------------------
+
+
+def test_kept_objects_are_fresh_copies_never_go_back_in_time_and_jobs_lose_their_pod_template() -> None:
+    from alembic_operator.kept import KeptObjects, job_summary
+
+    kept: KeptObjects[str] = KeptObjects()
+    assert kept.put_if_newer("a", dbm("a", "5", phase="Ready"))
+    copy = kept.get("a") or {}
+    copy["status"]["phase"] = "Changed by the caller"
+    assert (kept.get("a") or {})["status"] == {"phase": "Ready"}  # each read decodes its own copy
+    assert not kept.put_if_newer("a", dbm("a", "5", phase="Echo"))  # as new: not taken
+    assert kept.put_if_newer("a", dbm("a", "5", phase="Fresh read"), or_same=True)
+    assert not kept.put_if_newer("a", dbm("a", "4"), or_same=True)  # older: never
+    assert (kept.get("a") or {})["status"] == {"phase": "Fresh read"} and list(kept) == ["a"] and len(kept) == 1
+    kept.pop("a")
+    assert "a" not in kept and kept.get("a") is None and list(kept.values()) == []
+
+    body = job("a-plan-1", "a", "3")
+    body["spec"] = {"activeDeadlineSeconds": 600, "backoffLimit": 0,
+                    "template": {"spec": {"containers": [{"name": "runner", "image": "app:1"}]}}}
+    summary = job_summary(body)
+    assert summary["spec"] == {"activeDeadlineSeconds": 600, "backoffLimit": 0}  # what failure_cause reads
+    assert summary["metadata"] == body["metadata"] and "template" in body["spec"]  # the event is left as it is
+
+
+def test_the_operator_never_loads_the_sql_parsers() -> None:
+    """The plan scanners (pglast, sqlglot: about 15 MiB) run in the Jobs; the operator process resolves both engines
+    and reads revisions without loading them."""
+    import subprocess
+    import sys
+
+    code = ("import sys, alembic_operator.app\n"
+            "from sqlalchemy.engine import make_url\n"
+            "from alembic_operator.engines import for_url\n"
+            "for url in ('postgresql+psycopg://u:p@h/d', 'mysql+pymysql://u:p@h/d'):\n"
+            "    for_url(make_url(url))\n"
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'pglast', 'sqlglot'}))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

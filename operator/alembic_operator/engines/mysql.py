@@ -48,7 +48,6 @@ import pymysql
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
-from .. import sqlscan_mysql
 from ..jobio import JobError, log, sanitize
 from ..reconcile import DatabaseObservation
 from ..runner.blockers import describe_blockers, from_row
@@ -543,6 +542,8 @@ class MySQL(Engine[Database]):
             conn.close()
 
     def scan(self, items: Iterable[tuple[str | None, str]], db: Database | None = None) -> list[Finding]:
+        from .. import sqlscan_mysql  # the parser (sqlglot) is loaded where plans are scanned, never in the operator
+
         items = list(items)
         return sqlscan_mysql.scan(items, catalog=read_catalog(db, items) if db is not None else None)
 
@@ -555,6 +556,8 @@ def read_catalog(db: Database, items: list[tuple[str | None, str]]) -> Catalog |
     except JobError as err:
         log(f"cannot read the current column types ({err.message[:300]}): type changes are classified without them")
         return None
+    from .. import sqlscan_mysql
+
     try:
         catalog = sqlscan_mysql.read_catalog(conn, items)
     except pymysql.MySQLError as err:

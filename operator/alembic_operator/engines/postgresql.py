@@ -49,13 +49,13 @@ from psycopg.conninfo import make_conninfo
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
-from .. import sqlscan
 from ..jobio import URL_ENV, JobError, log, sanitize
 from ..reconcile import DatabaseObservation
 from ..runner.lock import database_lock_key
 from .base import Engine, Snapshot, observation, read_alembic_state, redact_urls
 
 if TYPE_CHECKING:
+    from .. import sqlscan
     from ..dbstate import DatabaseTarget
 
 PG_BIN_ENV: Final = "ALEMBIC_OPERATOR_PG_BIN"  # a directory holding pg_dump, pg_restore, psql (optional)
@@ -523,6 +523,8 @@ class PostgreSQL(Engine[Database]):
                 raise _db_error(err, db) from None
 
     def scan(self, items: Iterable[tuple[str | None, str]], db: Database | None = None) -> list[sqlscan.Finding]:
+        from .. import sqlscan  # the parser (pglast) is loaded where plans are scanned, never in the operator
+
         items = list(items)
         return sqlscan.scan_revisions(items, catalog=read_catalog(db, items) if db is not None else None)
 
@@ -531,6 +533,8 @@ def read_catalog(db: Database, items: Sequence[tuple[str | None, str]]) -> sqlsc
     """The live types of the columns the plan alters and the sizes of their tables (read only, before anything
     runs); None when the database cannot be read: type changes are then classified as the plan alone allows (an
     unknown type is destructive)."""
+    from .. import sqlscan
+
     tables = sorted({table for _schema, table in sqlscan.altered_columns(items)})
     if not tables:
         return sqlscan.Catalog()
