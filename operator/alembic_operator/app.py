@@ -14,6 +14,8 @@ the webhook server); nothing is configured through module globals.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from typing import Any
 
@@ -22,7 +24,7 @@ import kopf
 from . import constants as c
 from . import handlers, metrics, release, webhook
 from .config import OperatorConfig
-from .kube import Client
+from .kube import Client, KubeError
 
 log = logging.getLogger("alembic_operator")
 
@@ -49,6 +51,7 @@ class Operator:
         self.keeper = release.Gatekeeper()
         self._ctx: handlers.Context | None = None
         self.settings: kopf.OperatorSettings | None = None
+        self._sweeper: asyncio.Task[None] | None = None
 
     def reconciler(self) -> handlers.Runtime:
         """The reconciler's runtime, its scheduler started (from the first watch event's handler: Kopf's context)."""
@@ -83,6 +86,8 @@ class Operator:
         client = self._ctx.kube
         if config.reconciler:
             await handlers.resume(self.ctx)
+            if self._sweeper is None:
+                self._sweeper = asyncio.create_task(self._sweep_forever())
         self.settings = settings
         settings.admission.managed = None  # ours: see webhook's docstring
         if config.webhook.enabled:
@@ -91,7 +96,23 @@ class Operator:
             log.warning("the pod gating webhook is disabled: labelled pods are not held at creation (held pods, "
                         "e.g. with the gate in their template, are still released)")
 
+    async def _sweep_forever(self) -> None:
+        """Every handlers.SWEEP_SECONDS: drop what was deleted while a watch was down (handlers.sweep)."""
+        while True:
+            await asyncio.sleep(handlers.SWEEP_SECONDS)
+            try:
+                if dropped := await handlers.sweep(self.ctx, lambda obj: self.keeper.migration_seen("DELETED", obj)):
+                    log.info("dropped %d object(s) deleted while a watch was down", dropped)
+            except KubeError as err:
+                log.warning("could not check the indexes against the cluster (again in %.0fs): %s",
+                            handlers.SWEEP_SECONDS, err)
+
     async def stop(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+            self._sweeper = None
         self.keeper.stop()
         if self._ctx is not None and self._ctx.runtime.scheduler is not None:
             await self._ctx.runtime.scheduler.stop()

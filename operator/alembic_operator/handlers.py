@@ -7,8 +7,9 @@ indexes (:class:`Runtime`: the resources as last seen, our Jobs by owner) and wa
 resource and its Jobs from the indexes, the Secret when it needs the database (briefly cached), the pods of its Jobs
 while they matter, and writes the status with a merge patch (one writer per field, no conflicts). A resource whose
 run is over *settles*: until something it watches changes, it only re-reads its database's revision every
-``spec.freshnessCheck.interval`` (:mod:`.freshness`), and costs no API request. Everything a run needs to continue
-is in the resource's status and in its Jobs, so a restarted operator resumes every run where it was.
+``spec.freshnessCheck.interval`` (:mod:`.freshness`), and costs no API request. Every ten minutes, two names-only
+lists find what no watch event reported (:func:`sweep`). Everything a run needs to continue is in the resource's
+status and in its Jobs, so a restarted operator resumes every run where it was.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import dataclasses
 import gc
 import logging
 import time
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from datetime import UTC, datetime
 from typing import Any, Literal, cast
 
@@ -33,7 +34,7 @@ from .api import MAX_NAME_LENGTH, WRITING_STEPS, RunStatus, dump, duration_secon
 from .config import OperatorConfig
 from .dbstate import DatabaseError, DatabaseTarget, decode_secret_value, parse_url, read_revision, sanitize
 from .jobs import ROLES, Owner, Role, build_job, job_name, source_field
-from .kept import KeptObjects, job_summary
+from .kept import KeptObjects, job_summary, resource_version
 from .podstate import failure_cause, never_ran, pod_progress, pod_waiting
 from .reconcile import (
     DatabaseObservation,
@@ -62,6 +63,7 @@ STARTING_SECONDS = 60.0  # a created Job counts against the cap until its watch 
 # Seconds after the last deletion of a burst: give the freed memory back to the system, once the API connections
 # the burst opened have closed too (aiohttp keeps an idle one for 15 s).
 TRIM_DELAY = 20.0
+SWEEP_SECONDS = 600.0  # how often the indexes are checked against the cluster for what no watch event reported
 
 
 class Runtime:
@@ -195,9 +197,43 @@ class Runtime:
         if run and key and run.step in WRITING_STEPS:
             self.writers.setdefault(key, set()).add(ref)
 
+    def absent(self, migrations: list[kube.Present],
+               jobs: list[kube.Present]) -> tuple[list[Ref], list[tuple[Ref, str]]]:
+        """What the indexes hold that the lists lack, though it is older than them: deleted while a watch was down.
+        (Resources, and Jobs as (owner, name).) Something created after a list is never taken for gone."""
+        def missing(present: list[kube.Present], namespace: str, name: str, obj: dict[str, Any] | None) -> bool:
+            for listed in present:
+                if listed.namespace in (None, namespace):
+                    return (namespace, name) not in listed.names and resource_version(obj) < listed.version
+            return False
+
+        gone = [ref for ref in self.migrations if missing(migrations, *ref, self.migrations.get(ref))]
+        gone_jobs = [(ref, name) for ref, kept in self.jobs.items() for name in kept
+                     if missing(jobs, ref[0], name, kept.get(name))]
+        return gone, gone_jobs
+
     def busy_with(self, key: str, ref: Ref) -> str | None:
         others = sorted(self.writers.get(key, set()) - {ref})
         return f"DatabaseMigration {others[0][0]}/{others[0][1]}" if others else None
+
+
+async def sweep(ctx: Context, also_gone: Callable[[dict[str, Any]], None] = lambda _obj: None) -> int:
+    """Drop from the indexes what was deleted while a watch was down (an API server restart, a cut connection):
+    Kopf lists again when it reconnects, but reports no deletion for what that listing lacks. Left there, a
+    resource would keep its freshness checks and a Job its slot of --max-running-jobs for ever. Two metadata-only
+    lists per watched namespace; `also_gone` gets each gone resource too (the gatekeeper). How many were dropped."""
+    watched = ctx.config.watched
+    migrations, jobs = await ctx.kube.present(watched, "migrations"), await ctx.kube.present(watched, "jobs")
+    gone, gone_jobs = ctx.runtime.absent(migrations, jobs)
+    for namespace, name in gone:
+        stub = {"metadata": {"namespace": namespace, "name": name}}
+        ctx.runtime.migration_seen("DELETED", stub)
+        also_gone(stub)
+    for (namespace, owner), name in gone_jobs:
+        job: dict[str, Any] = {"metadata": {"namespace": namespace, "name": name, "labels": {c.OWNER_LABEL: owner}}}
+        if ctx.runtime.job_seen("DELETED", job) is not None and (namespace, owner) in ctx.runtime.migrations:
+            ctx.runtime.wake(namespace, owner)
+    return len(gone) + len(gone_jobs)
 
 
 def _release_memory() -> None:

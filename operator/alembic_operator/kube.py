@@ -32,7 +32,8 @@ import contextlib
 import json
 import ssl
 from collections.abc import AsyncIterator
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import aiohttp
 import kubernetes
@@ -43,6 +44,17 @@ from . import gate
 CONNECTIONS = 32  # concurrent requests (pod patches)
 REQUEST_TIMEOUT = 30.0
 WATCH_SECONDS = 290  # server-side timeout of one watch request (then it is renewed)
+METADATA_ONLY = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"  # a list of names, not objects
+
+
+@dataclass(frozen=True)
+class Present:
+    """What one metadata-only list found: the namespace listed (None: all), the list's resourceVersion (objects
+    created after it are not in it) and the (namespace, name) of every object."""
+
+    namespace: str | None
+    version: int
+    names: set[tuple[str, str]]
 WEBHOOK_CONFIGURATIONS = "admissionregistration.k8s.io/v1/mutatingwebhookconfigurations"
 TRANSIENT = (401, 408, 429)  # 4xx worth retrying: an expired token, a timeout, throttling
 
@@ -132,8 +144,8 @@ class Client:
                                                   timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT))
         return self._session
 
-    def _headers(self, content_type: str | None) -> dict[str, str]:
-        headers = {"Accept": "application/json", "User-Agent": "alembic-operator"}
+    def _headers(self, content_type: str | None, accept: str = "application/json") -> dict[str, str]:
+        headers = {"Accept": accept, "User-Agent": "alembic-operator"}
         if content_type:
             headers["Content-Type"] = content_type
         settings: dict[str, Any] = dict(self.cfg.auth_settings())  # refreshes an expiring token first
@@ -143,13 +155,13 @@ class Client:
         return headers
 
     async def request(self, method: str, path: str, body: Any = None, content_type: str = "application/json",
-                      params: dict[str, str] | None = None) -> dict[str, Any]:
+                      params: dict[str, str] | None = None, accept: str = "application/json") -> dict[str, Any]:
         """One call; the decoded JSON answer, or a :class:`KubeError` subclass."""
         data = None if body is None else json.dumps(body)
         try:
             async with self._session_now().request(
                     method, f"{self.cfg.host}{path}", data=data, params=params,
-                    headers=self._headers(content_type if body is not None else None)) as resp:
+                    headers=self._headers(content_type if body is not None else None, accept)) as resp:
                 raw = await resp.read()
                 if resp.status >= 400:
                     raise error_for(resp.status, resp.reason, raw)
@@ -225,6 +237,23 @@ class Client:
         return {str(k): str(v) for k, v in (secret.get("data") or {}).items()}
 
     # --- Jobs ---------------------------------------------------------------------------------------------------
+    async def present(self, namespaces: list[str] | None, kind: Literal["migrations", "jobs"]) -> list[Present]:
+        """Which DatabaseMigrations (or Jobs of ours) exist, per namespace listed (None: cluster-wide), with the
+        list's resourceVersion: metadata only (a few hundred bytes an object, whatever its size)."""
+        base, params = ((f"/apis/{c.GROUP}/{c.VERSION}", None) if kind == "migrations" else
+                        ("/apis/batch/v1", {"labelSelector": f"{c.MANAGED_BY_LABEL}={c.MANAGED_BY}"}))
+        plural = c.PLURAL if kind == "migrations" else "jobs"
+        out: list[Present] = []
+        scopes: list[str | None] = list(namespaces) if namespaces else [None]
+        for ns in scopes:
+            path = f"{base}/{plural}" if ns is None else f"{base}/namespaces/{ns}/{plural}"
+            listed = await self.request("GET", path, params=params, accept=METADATA_ONLY)
+            rv = str((listed.get("metadata") or {}).get("resourceVersion") or "")
+            names = {(str(m.get("namespace")), str(m.get("name")))
+                     for m in ((item.get("metadata") or {}) for item in listed.get("items") or [])}
+            out.append(Present(ns, int(rv) if rv.isdigit() else 0, names))
+        return out
+
     async def list_jobs(self, namespace: str, owner: str) -> list[dict[str, Any]]:
         result = await self.request("GET", f"/apis/batch/v1/namespaces/{namespace}/jobs", params={
             "labelSelector": f"{c.OWNER_LABEL}={owner},{c.MANAGED_BY_LABEL}={c.MANAGED_BY}"})

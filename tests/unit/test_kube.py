@@ -38,6 +38,7 @@ class Seen:
     query: dict[str, str]
     content_type: str
     body: Any
+    accept: str = ""
 
 
 @dataclass
@@ -53,7 +54,7 @@ class FakeApi:
     async def handle(self, request: web.Request) -> web.StreamResponse:
         raw = await request.read()
         self.seen.append(Seen(request.method, request.path, dict(request.query), request.content_type,
-                              json.loads(raw) if raw else None))
+                              json.loads(raw) if raw else None, request.headers.get("Accept", "")))
         answers = self.answers.get((request.method, request.path))
         if not answers:
             return status(404, f"{request.path} not found", "NotFound")
@@ -218,3 +219,18 @@ async def test_webhook_configuration_created_then_replaced_with_its_version(api:
     await client.apply_webhook_configuration(body)
     assert [s.method for s in fake.seen] == ["GET", "PUT", "GET", "PUT"]
     assert fake.seen[-1].body["metadata"]["resourceVersion"] == "42"
+
+
+@pytest.mark.asyncio
+async def test_present_lists_names_only_per_namespace(api: tuple[FakeApi, Client]) -> None:
+    fake, client = api
+    listing = {"kind": "PartialObjectMetadataList", "metadata": {"resourceVersion": "42"},
+               "items": [{"metadata": {"namespace": NS, "name": "db", "resourceVersion": "40"}}]}
+    fake.on("GET", f"/apis/{c.GROUP}/{c.VERSION}/namespaces/{NS}/{c.PLURAL}", lambda: web.json_response(listing))
+    fake.on("GET", f"/apis/batch/v1/namespaces/{NS}/jobs", lambda: web.json_response(listing))
+    [migrations] = await client.present([NS], "migrations")
+    assert (migrations.namespace, migrations.version, migrations.names) == (NS, 42, {(NS, "db")})
+    [jobs] = await client.present([NS], "jobs")
+    assert jobs.names == {(NS, "db")}
+    assert all("as=PartialObjectMetadataList" in s.accept for s in fake.seen)
+    assert fake.seen[-1].query == {"labelSelector": f"{c.MANAGED_BY_LABEL}={c.MANAGED_BY}"}

@@ -331,3 +331,59 @@ def test_the_operator_never_loads_the_sql_parsers() -> None:
             "print(sorted({m.split('.')[0] for m in sys.modules} & {'pglast', 'sqlglot'}))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+# --- what no watch event reports ------------------------------------------------------------------------------------
+
+
+def present(namespace: str | None, version: int, *names: str) -> Any:
+    from alembic_operator.kube import Present
+
+    return Present(namespace, version, {("ns", n) for n in names})
+
+
+def test_what_a_list_lacks_is_gone_only_when_it_is_older_than_the_list() -> None:
+    rt = handlers.Runtime()
+    rt.migration_seen(None, dbm("a", "5"))  # deleted while the watch was down
+    rt.migration_seen(None, dbm("b", "6"))  # still there
+    rt.migration_seen("ADDED", dbm("c", "20"))  # created after the list: not in it, and not gone
+    rt.job_seen(None, job("a-plan-1", "a", "7"))
+    rt.job_seen(None, job("b-plan-1", "b", "8"))
+    gone, gone_jobs = rt.absent([present("ns", 10, "b")], [present("ns", 10, "b-plan-1")])
+    assert gone == [("ns", "a")] and gone_jobs == [(("ns", "a"), "a-plan-1")]
+    assert rt.absent([present("other", 10)], [present(None, 1)]) == ([], [])  # another namespace; an old list
+
+
+@pytest.mark.asyncio
+async def test_the_sweep_drops_what_was_deleted_while_a_watch_was_down_and_frees_its_job_slot() -> None:
+    from alembic_operator.config import OperatorConfig
+
+    class Kube:
+        async def present(self, namespaces: list[str] | None, kind: str) -> list[Any]:
+            assert namespaces is None  # the whole cluster is watched
+            return [present(None, 10, "b")] if kind == "migrations" else [present(None, 10, "b-migrate-1")]
+
+    woken: list[Hashable] = []
+
+    class Sched:
+        def now(self, key: Hashable) -> None:
+            woken.append(key)
+
+        def forget(self, key: Hashable) -> None:
+            pass
+
+    rt = handlers.Runtime(max_running_jobs=2)
+    rt.scheduler = Sched()  # type: ignore[assignment]
+    rt.migration_seen(None, dbm("a", "5"))
+    rt.migration_seen(None, dbm("b", "6"))
+    rt.job_seen(None, job("a-plan-1", "a", "7"))  # running when its owner was deleted
+    rt.job_seen(None, job("b-plan-1", "b", "8"))  # running when a user deleted it
+    rt.job_seen(None, job("b-migrate-1", "b", "9"))
+    assert rt.running_jobs() == 3
+    gatekeeper: list[dict[str, Any]] = []
+    ctx = handlers.Context(config=OperatorConfig(), kube=Kube(), runtime=rt)  # type: ignore[arg-type]
+    assert await handlers.sweep(ctx, gatekeeper.append) == 3
+    assert list(rt.migrations) == [("ns", "b")] and rt.running_jobs() == 1
+    assert [obj["metadata"]["name"] for obj in gatekeeper] == ["a"]
+    assert woken == [("ns", "b")]  # its Job is gone: it looks again
+    assert await handlers.sweep(ctx, gatekeeper.append) == 0
