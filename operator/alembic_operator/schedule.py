@@ -75,6 +75,14 @@ class Scheduler:
         """Nothing more for this key (deleted): drop its timer and any pending repeat."""
         self.due.pop(key, None)
         self._again.discard(key)
+        self._compact()
+
+    def _compact(self) -> None:
+        """Rebuild the heap when most of it is stale (rescheduled or forgotten keys): after a thousand deletions it
+        would otherwise keep their entries until each one's time came, minutes later."""
+        if len(self._heap) > 2 * len(self.due) + 64:
+            self._heap = [(w, next(self._seq), k) for k, w in self.due.items()]
+            heapq.heapify(self._heap)
 
     def pending(self) -> int:
         return len(self.due) + len(self._queued) + len(self._running)
@@ -87,9 +95,7 @@ class Scheduler:
                 when, _, key = heapq.heappop(self._heap)
                 if self.due.get(key) == when:
                     self.now(key)
-            if len(self._heap) > 2 * len(self.due) + 64:  # many stale entries (rescheduled keys): rebuild
-                self._heap = [(w, next(self._seq), k) for k, w in self.due.items()]
-                heapq.heapify(self._heap)
+            self._compact()
             timeout = self._heap[0][0] - now if self._heap else None
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), timeout)

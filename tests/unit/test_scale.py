@@ -93,6 +93,19 @@ async def test_a_pass_that_raises_is_retried_and_the_worker_lives_on() -> None:
 # --- freshness ----------------------------------------------------------------------------------------------------
 
 
+def test_forgetting_most_keys_drops_their_timers_at_once() -> None:
+    async def work(key: Hashable) -> float | None:
+        return None
+
+    sched = Scheduler(work)
+    for i in range(1000):
+        sched.later(i, 300.0)
+    for i in range(990):
+        sched.forget(i)  # a thousand resources deleted: their timers must not wait for their time to be freed
+    assert sched.pending() == 10 and len(sched._heap) <= 2 * 10 + 64
+    assert {k for _when, _seq, k in sched._heap} >= set(range(990, 1000))  # the live timers are all there
+
+
 def test_the_interval_is_spread_by_up_to_a_tenth() -> None:
     assert freshness.jittered(300, lambda: 0.0) == 300
     assert freshness.jittered(300, lambda: 0.999) == pytest.approx(329.97)
