@@ -18,7 +18,9 @@ from bed.mariadb import Database as MariaDBDatabase
 from bed.mariadb import MariaDBServer
 from bed.postgres import Database, PostgresServer
 
-pytest_plugins = ["e2e", "jobrun"]  # the end-to-end fixtures (crd, e2e); job (the Job commands, in-process)
+# the end-to-end fixtures (crd, e2e); job (the Job commands, in-process); the run's clock and order, and one bed
+# shared by pytest-xdist's workers
+pytest_plugins = ["e2e", "jobrun", "sharing"]
 
 if TYPE_CHECKING:
     from kubernetes.client import ApiClient
@@ -52,7 +54,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[PostgresServer]:
-    """One real PostgreSQL server for the session, on a free loopback port, in a temporary data directory."""
+    """One real PostgreSQL server for the session (for each pytest-xdist worker: server-wide state stays a worker's
+    own), on a free loopback port, in a temporary data directory."""
     # Not under pytest's tmp_path: that is private to root, and the server runs as the postgres user.
     server = PostgresServer(Path(tempfile.mkdtemp(prefix="alembic-operator-pg-")))
     server.start()
@@ -78,7 +81,8 @@ def database(postgres: PostgresServer, request: pytest.FixtureRequest) -> Iterat
 
 @pytest.fixture(scope="session")
 def mariadb() -> Iterator[MariaDBServer]:
-    """One real MariaDB server for the session, on a free loopback port, in a temporary data directory."""
+    """One real MariaDB server for the session (for each pytest-xdist worker: its named locks are server-wide), on
+    a free loopback port, in a temporary data directory."""
     # Not under pytest's tmp_path: that is private to root, and the server runs as the mysql user.
     server = MariaDBServer(Path(tempfile.mkdtemp(prefix="alembic-operator-mariadb-")))
     try:
@@ -105,9 +109,10 @@ Kubectl = Callable[..., "subprocess.CompletedProcess[str]"]
 
 
 @pytest.fixture(scope="session")
-def bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bed]:
+def bed(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[Bed]:
     """A control plane with a real node (kubelet, containerd, kube-proxy, CoreDNS, registry) for the session, in a
-    temporary directory, stopped at the end.
+    temporary directory, stopped at the end. Under pytest-xdist, one bed for all workers (tests/sharing.py): each
+    test still has a namespace and an operator process of its own.
 
     With BED_DIR=DIR set, the real bed already running there (`PYTHONPATH=tests python -m bed up --dir DIR`) is used
     instead and left running: handy when running tests over and over. No environment variable is set.
@@ -119,6 +124,11 @@ def bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bed]:
                         f"run `PYTHONPATH=tests python -m bed up --dir {reuse}`")  # fmt: skip
         yield existing
         return
+    import sharing  # registered by pytest_plugins above (imported here, after pytest could rewrite its asserts)
+
+    if sharing.is_worker(request.config):  # pytest-xdist: the run's one bed, started by the controller
+        yield sharing.attach_bed(request.config)
+        return
     fresh = Bed(tmp_path_factory.mktemp("bed"), node="real", daemon=False)
     fresh.start()
     try:
@@ -128,17 +138,21 @@ def bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bed]:
 
 
 @pytest.fixture(scope="session")
-def postgres_in_bed(bed: Bed, postgres: PostgresServer) -> tuple[str, int]:
+def postgres_in_bed(bed: Bed, postgres: PostgresServer, request: pytest.FixtureRequest) -> tuple[str, int]:
     """(host, port) at which pods and processes inside the bed's network namespace reach `postgres`:
     `database.at(*postgres_in_bed)` is the database as they see it."""
-    return bed.expose_host_port(postgres.port, name="postgres-relay")
+    from sharing import suffix
+
+    return bed.expose_host_port(postgres.port, name=f"postgres-relay{suffix(request.config)}")
 
 
 @pytest.fixture(scope="session")
-def mariadb_in_bed(bed: Bed, mariadb: MariaDBServer) -> tuple[str, int]:
+def mariadb_in_bed(bed: Bed, mariadb: MariaDBServer, request: pytest.FixtureRequest) -> tuple[str, int]:
     """(host, port) at which pods and processes inside the bed's network namespace reach `mariadb`:
     `mariadb_database.at(*mariadb_in_bed)` is the database as they see it."""
-    return bed.expose_host_port(mariadb.port, name="mariadb-relay")
+    from sharing import suffix
+
+    return bed.expose_host_port(mariadb.port, name=f"mariadb-relay{suffix(request.config)}")
 
 
 @pytest.fixture(scope="session")

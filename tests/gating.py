@@ -51,7 +51,7 @@ class GateOperator(OperatorProcess):
         self.namespace = namespace
         self.core = core
         self.webhook = webhook
-        self.webhook_port = free_port()
+        self.webhook_port = free_port(self.bed)
         self.config_name = f"gate-{namespace}"
 
     def command(self) -> list[str]:

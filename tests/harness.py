@@ -37,7 +37,11 @@ def wait_for(check: Callable[[], T | None], timeout: float = 60, what: str = "co
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last: {last!r}")
 
 
-def free_port() -> int:
+def free_port(bed: Bed | None = None) -> int:
+    """A free port on 127.0.0.1: of the host, or of the bed's network namespace for a process run there (where the
+    operators of other test sessions on the same bed listen, unseen from the host)."""
+    if bed is not None and bed.node == "real":
+        return bed.free_port()
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -101,8 +105,8 @@ class OperatorProcess:
         self.namespaces = namespaces
         self.log_path = log_path
         self.proc: subprocess.Popen[bytes] | None = None
-        self.port = free_port()
-        self.metrics_port = free_port()
+        self.port = free_port(self.bed)
+        self.metrics_port = free_port(self.bed)
         self.starts = 0
         self.relays: list[NetnsPort] = []
         self.host_port, self.host_metrics_port = self.port, self.metrics_port

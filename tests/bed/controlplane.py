@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import fcntl
 import functools
 import http.client
 import json
@@ -38,7 +39,7 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -59,7 +60,7 @@ SERVICE_CLUSTER_IP_RANGE = "198.18.0.0/24"
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
 
 # What `stop(purge=True)` removes from DIR (nothing else: DIR may be a directory the user gave).
-_OWNED_ENTRIES = ("state.json", "kubeconfig", "kubeconfig-netns", "pki", "etcd", "logs", "bin",
+_OWNED_ENTRIES = ("state.json", "state.lock", "kubeconfig", "kubeconfig-netns", "pki", "etcd", "logs", "bin",
                   "node", "fs")
 NODE_MODES = ("real", "none")
 _STATE_VERSION = 1
@@ -361,18 +362,32 @@ class Bed:
     def expose_host_port(self, port: int, name: str | None = None) -> tuple[str, int]:
         """Make the host's 127.0.0.1:``port`` reachable from pods at (node IP, port') through a relay the bed
         owns (stopped by ``stop()``); returns (node IP, port')."""
-        state = self.state
         sock = relay.listen_in_netns(Path(f"/proc/{self._holder()}/ns/net"), self.node_ip, 0)
         inner_port = int(sock.getsockname()[1])
+        with self._state_lock():  # other processes (pytest-xdist workers) add relays to the same bed
+            self._state = self._read_state()
+            if self._state is None:
+                raise BedError(f"no bed in {self.dir} (no state.json)")
+            try:
+                self._spawn(name or f"relay-{port}", [
+                    sys.executable, "-m", "bed.relay", "--listen-fd", str(sock.fileno()),
+                    "--connect", f"127.0.0.1:{port}",
+                ], env=self._python_env(), pass_fds=(sock.fileno(),))  # fmt: skip
+            finally:
+                sock.close()
+            self._state.setdefault("exposed", {})[str(port)] = inner_port
+            self._write_state()
+        return self.node_ip, inner_port
+
+    def free_port(self) -> int:
+        """A port free on 127.0.0.1 inside the bed's network namespace, for a process run there with
+        :meth:`exec_cmd` (the host's free ports say nothing about the namespace's, where other sessions' operators
+        listen)."""
+        sock = relay.listen_in_netns(Path(f"/proc/{self._holder()}/ns/net"), "127.0.0.1", 0)
         try:
-            self._spawn(name or f"relay-{port}", [
-                sys.executable, "-m", "bed.relay", "--listen-fd", str(sock.fileno()), "--connect", f"127.0.0.1:{port}",
-            ], env=self._python_env(), pass_fds=(sock.fileno(),))  # fmt: skip
+            return int(sock.getsockname()[1])
         finally:
             sock.close()
-        state.setdefault("exposed", {})[str(port)] = inner_port
-        self._write_state()
-        return self.node_ip, inner_port
 
     def _python_env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -401,6 +416,16 @@ class Bed:
         if state.get("version") != _STATE_VERSION:
             raise BedError(f"{self.state_file}: unknown state version; run `python -m bed down --dir {self.dir}`")
         return dict(state)
+
+    @contextlib.contextmanager
+    def _state_lock(self) -> Iterator[None]:
+        """An exclusive lock on state.json's read-modify-write, across processes."""
+        with (self.dir / "state.lock").open("a") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
 
     def _write_state(self) -> None:
         assert self._state is not None
@@ -787,6 +812,9 @@ class Bed:
 
     # --- stop ------------------------------------------------------------------------------------------------------
     def _stop_processes(self) -> None:
+        if self.state_file.exists():  # what other processes added (relays) is on disk, not in this object
+            with contextlib.suppress(BedError):
+                self._state = self._read_state() or self._state
         try:
             comps = self.components if (self._state is not None or self.state_file.exists()) else []
         except BedError:

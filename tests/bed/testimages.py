@@ -7,6 +7,7 @@ tests use it. The image runs as root (no USER), which the runAsNonRoot test reli
 
 from __future__ import annotations
 
+import fcntl
 import subprocess
 from pathlib import Path
 
@@ -34,6 +35,15 @@ def _push(bed: Bed, name: str, extra: list[oci.Entry]) -> str:
     marker = bed.dir / "node" / f"testimage-{name}.pushed"
     if marker.exists():
         return ref
+    with (bed.dir / "node" / f"testimage-{name}.lock").open("a") as lock:  # other sessions on the same bed
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not marker.exists():
+            _write_and_push(bed, name, extra, ref)
+            marker.touch()
+    return ref
+
+
+def _write_and_push(bed: Bed, name: str, extra: list[oci.Entry], ref: str) -> None:
     applets = subprocess.run([str(BUSYBOX), "--list"], capture_output=True, text=True, check=True).stdout.split()
     entries = [oci.Entry("bin", directory=True), oci.Entry("etc", directory=True),
                oci.Entry("tmp", 0o1777, directory=True), oci.Entry("bin/busybox", 0o755, source=BUSYBOX)]  # fmt: skip
@@ -45,5 +55,3 @@ def _push(bed: Bed, name: str, extra: list[oci.Entry]) -> str:
     ]
     layout = oci.write_layout(bed.dir / "node" / f"{name}-oci", TAG, entries, {"Env": ["PATH=/bin"], "Cmd": ["sh"]})
     oci.push_layout(layout, TAG, ref, bed.netns_cmd())
-    marker.touch()
-    return ref

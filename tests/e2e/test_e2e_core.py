@@ -147,7 +147,7 @@ def test_invalid_url_stalls_and_never_echoes_the_value(e2e: E2E) -> None:
 def test_unreachable_database_keeps_reconciling(e2e: E2E) -> None:
     from harness import free_port
 
-    e2e.cluster.secret("down", {"url": f"postgresql+psycopg://app:{e2e.db.password}@127.0.0.1:{free_port()}/x"})
+    e2e.cluster.secret("down", {"url": f"postgresql+psycopg://app:{e2e.db.password}@127.0.0.1:{free_port(e2e.bed)}/x"})
     spec = e2e.spec(e2e.project(BASE_REVISIONS[:1]))
     spec["database"]["urlSecretRef"] = {"name": "down", "key": "url"}
     e2e.cluster.create("shop", spec)

@@ -107,7 +107,10 @@ def test_a_migration_stopped_from_outside_rolls_back_names_the_cause_then_the_fi
                                      and any("running" in (s.get("state") or {})
                                              for s in p["status"].get("containerStatuses") or [])), None),
                        timeout=60, what="the migration's container running")
-        time.sleep(2)  # the runner is inside the revision's transaction
+        # The runner is inside the revision's transaction: its row inserted, the session idle in it while it holds.
+        wait_for(lambda: e2e.db.query("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                                      "AND state = 'idle in transaction' AND query LIKE 'INSERT INTO runs%'")[0][0],
+                 timeout=60, what="the runner inside the revision's transaction")
         e2e.cluster.core.delete_namespaced_pod(pod["metadata"]["name"], e2e.ns)
     obj = e2e.cluster.wait_condition("shop", "Stalled", reason=reason, timeout=180)
     seconds = time.monotonic() - created
