@@ -22,6 +22,10 @@ from e2e import slow
 from gating import Apps, held, running
 from harness import wait_for
 
+# One worker runs them one after the other (make test): the chart's cluster-scoped objects (its approver ClusterRole,
+# the CRD it adopts) belong to one release at a time.
+pytestmark = pytest.mark.xdist_group("chart")
+
 
 @pytest.fixture(scope="module")
 def operator_ref(bed: Any) -> str:

@@ -34,7 +34,8 @@ if TYPE_CHECKING:
 
     from bed.controlplane import Bed
 
-pytestmark = pytest.mark.bed
+# One worker runs them all (make test): the module's CRD fixture is set up once, not once per worker and module switch.
+pytestmark = [pytest.mark.bed, pytest.mark.xdist_group("crd-apiserver")]
 
 Kubectl = Callable[..., "subprocess.CompletedProcess[str]"]
 
@@ -52,15 +53,26 @@ def install_crd(kube_api: ApiClient) -> dict[str, Any]:
     from kubernetes import client as k8s
 
     ext: Any = k8s.ApiextensionsV1Api(kube_api)  # takes and returns plain dicts here; typed loosely
-    body = crdgen.crd()
-    try:
-        ext.create_custom_resource_definition(body)
-    except k8s.ApiException as exc:
-        if exc.status != 409:
-            raise
-        current = ext.read_custom_resource_definition(crdgen.CRD_NAME)
-        body["metadata"]["resourceVersion"] = current.metadata.resource_version
-        ext.replace_custom_resource_definition(crdgen.CRD_NAME, body)
+
+    def create_or_replace() -> bool:
+        """False on a conflict: another session on the bed (a pytest-xdist worker) wrote the CRD meanwhile."""
+        body = crdgen.crd()
+        try:
+            ext.create_custom_resource_definition(body)
+        except k8s.ApiException as exc:
+            if exc.status != 409:
+                raise
+            current = ext.read_custom_resource_definition(crdgen.CRD_NAME)
+            body["metadata"]["resourceVersion"] = current.metadata.resource_version
+            try:
+                ext.replace_custom_resource_definition(crdgen.CRD_NAME, body)
+            except k8s.ApiException as conflict:
+                if conflict.status != 409:
+                    raise
+                return False
+        return True
+
+    _wait("the CRD to be written", create_or_replace)
 
     def established() -> bool:
         crd = ext.read_custom_resource_definition(crdgen.CRD_NAME)
