@@ -73,8 +73,11 @@ node: deps
 tools: venv
 	$(PY) -m bed tools
 
+# In parallel (pytest-xdist): one bed for all workers, each test in its own namespace with its own operator process
+# (tests/sharing.py); TEST_WORKERS=0 runs in one process.
+TEST_WORKERS ?= 4
 test: deps venv controlplane node tools
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 # No server at all: no PostgreSQL, no bed (tests/postgres, tests/cluster and tests/e2e need them).
 test-unit: venv
