@@ -27,6 +27,7 @@ from . import constants as c
 from . import reasons
 from .api import DatabaseMigrationSpec, duration_milliseconds
 from .constants import Phase
+from .reasons import Reason
 
 Role = Literal["plan", "backup", "migrate", "downgrade", "restore", "stamp", "drift"]
 
@@ -327,7 +328,7 @@ class JobRole:
     name: Role
     image: Literal["operator", "app"]  # whose image runs its main container
     phase: Phase | None  # status.phase while it runs (None: not part of a run: drift checks run while Ready)
-    reason: str  # the Reconciling reason while it runs
+    reason: Reason  # the Reconciling reason while it runs
     writes: bool  # writes to the database: takes the advisory lock
     during_deletion: bool  # started even while the resource is being deleted (a rollback must finish)
     retries: bool  # retried with backoff when it failed for a transient reason and changed nothing
