@@ -26,7 +26,8 @@ from test_reconcile import (
 from test_reconcile_locks import BLOCKED
 
 from alembic_operator import constants as c
-from alembic_operator.reconcile import JOB_RETRIES, DatabaseObservation, Decision, JobObservation
+from alembic_operator.observation import DatabaseObservation, JobObservation
+from alembic_operator.reconcile import JOB_RETRIES, Decision
 
 # The runner's report: r2 committed (its own transaction), r3 waited for a lock and gave up, changing nothing.
 LOCKED_AFTER_R2: dict[str, Any] = {
