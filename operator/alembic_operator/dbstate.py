@@ -15,7 +15,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
 from . import engines
-from .reconcile import DatabaseObservation
+from .observation import DatabaseObservation
 
 URL_EXAMPLE = "postgresql+psycopg://user:password@host:5432/dbname"
 

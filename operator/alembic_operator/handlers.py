@@ -32,19 +32,13 @@ from . import audit, freshness, kube, metrics, plansql, reasons
 from . import constants as c
 from .api import MAX_NAME_LENGTH, WRITING_STEPS, RunStatus, dump, duration_seconds, parse_spec
 from .config import OperatorConfig
+from .constants import Role
 from .dbstate import DatabaseError, DatabaseTarget, decode_secret_value, parse_url, read_revision, sanitize
-from .jobs import ROLES, Owner, Role, build_job, job_name, source_field
+from .jobs import ROLES, Owner, build_job, job_name, source_field
 from .kept import KeptObjects, job_summary, resource_version
+from .observation import DatabaseObservation, JobObservation, JobRefusal, Observation
 from .podstate import failure_cause, never_ran, pod_progress, pod_waiting
-from .reconcile import (
-    DatabaseObservation,
-    Decision,
-    JobObservation,
-    JobRefusal,
-    JobRequest,
-    Observation,
-    decide,
-)
+from .reconcile import Decision, JobRequest, decide
 from .runner.lock import database_lock_key
 from .runner.results import JobResult
 from .schedule import Scheduler

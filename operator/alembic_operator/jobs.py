@@ -26,9 +26,7 @@ from typing import Any, Literal
 from . import constants as c
 from . import reasons
 from .api import DatabaseMigrationSpec, duration_milliseconds
-from .constants import Phase
-
-Role = Literal["plan", "backup", "migrate", "downgrade", "restore", "stamp", "drift"]
+from .constants import Phase, Role
 
 URL_ENV = "ALEMBIC_OPERATOR_DATABASE_URL"
 WORK_DIR = "/alembic-operator"

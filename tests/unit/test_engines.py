@@ -18,7 +18,7 @@ from alembic_operator import cli, dbstate, engines, jobtools, sqlscan
 from alembic_operator.dbstate import DatabaseError, parse_url, read_revision
 from alembic_operator.engines import postgresql
 from alembic_operator.engines.base import observation, read_alembic_state
-from alembic_operator.reconcile import DatabaseObservation
+from alembic_operator.observation import DatabaseObservation
 from alembic_operator.runner.lock import database_lock_key
 
 

@@ -8,7 +8,8 @@ Top to bottom (a layer imports only layers below it, never above; within a layer
     programs    jobtools, check.*: commands that run in Jobs or in CI
     seams       engines.*, backupstores.*, dbstate, jobio, plugins, sqlscan, sqlscan_mysql: databases and backup stores
     decisions   reconcile, status, gate, podstate, jobs, approvals: pure functions of what was observed
-    model       api, k8s_openapi, constants, reasons, plansql: the API types, the vocabulary, wire formats
+    model       api, observation, k8s_openapi, constants, reasons, plansql: the API types, what was observed, the
+                vocabulary, wire formats
     runner      runner.*: runs in the app's image without the rest; anything may use it, it uses nothing
 
 A module that is in no layer fails the test: a newcomer places it (and this docstring says where it goes).
@@ -28,7 +29,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("programs", ("jobtools", "check")),
     ("seams", ("engines", "backupstores", "dbstate", "jobio", "plugins", "sqlscan", "sqlscan_mysql")),
     ("decisions", ("reconcile", "status", "gate", "podstate", "jobs", "approvals")),
-    ("model", ("api", "k8s_openapi", "constants", "reasons", "plansql", "__init__")),
+    ("model", ("api", "observation", "k8s_openapi", "constants", "reasons", "plansql", "__init__")),
     ("runner", ("runner",)),
 )
 # Third-party packages a pure layer must not touch: I/O belongs above it.

@@ -13,7 +13,8 @@ from test_reconcile import NOW, SPEC, _at_migrating, advance, cond, decide, done
 from alembic_operator import constants as c
 from alembic_operator.api import duration_milliseconds, parse_spec
 from alembic_operator.jobs import ROLES, Owner, build_job
-from alembic_operator.reconcile import JOB_RETRIES, DatabaseObservation, Decision
+from alembic_operator.observation import DatabaseObservation
+from alembic_operator.reconcile import JOB_RETRIES, Decision
 
 BLOCKED = ("revision r2 waited longer than the lock timeout (3000 ms, spec.migrations.lockTimeout) for a lock on "
            "orders, held by pid 4242 (user app, application 'nightly-report', client 10.0.0.7, idle in transaction, "

@@ -26,8 +26,8 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy.engine import URL
 from sqlalchemy.pool import NullPool
 
+from ..observation import DatabaseObservation
 from ..plugins import Registry
-from ..reconcile import DatabaseObservation
 from ..runner.redact import Redactor
 
 if TYPE_CHECKING:

@@ -50,7 +50,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from ..jobio import URL_ENV, JobError, log, sanitize
-from ..reconcile import DatabaseObservation
+from ..observation import DatabaseObservation
 from ..runner.lock import database_lock_key
 from .base import Engine, Snapshot, observation, read_alembic_state, redact_urls
 
