@@ -15,8 +15,8 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
 from . import engines, reasons
+from .observation import DatabaseObservation
 from .reasons import Reason
-from .reconcile import DatabaseObservation
 
 URL_EXAMPLE = "postgresql+psycopg://user:password@host:5432/dbname"
 

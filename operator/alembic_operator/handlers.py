@@ -28,23 +28,17 @@ from typing import Any, Literal, cast
 
 import kopf
 
-from . import audit, events, freshness, kube, metrics, plansql, reasons
+from . import audit, events, freshness, jobparts, kube, metrics, plansql, reasons
 from . import constants as c
 from .api import MAX_NAME_LENGTH, WRITING_STEPS, RunStatus, dump, duration_seconds, parse_spec
 from .config import OperatorConfig
+from .constants import Role
 from .dbstate import DatabaseError, DatabaseTarget, decode_secret_value, parse_url, read_revision, sanitize
-from .jobs import ROLES, Owner, Role, build_job, job_name, source_field
+from .jobs import ROLES, Owner, build_job, job_name, source_field
 from .kept import KeptObjects, job_summary, resource_version
+from .observation import DatabaseObservation, JobObservation, JobRefusal, Observation
 from .podstate import failure_cause, never_ran, pod_progress, pod_waiting
-from .reconcile import (
-    DatabaseObservation,
-    Decision,
-    JobObservation,
-    JobRefusal,
-    JobRequest,
-    Observation,
-    decide,
-)
+from .reconcile import Decision, JobRequest, decide
 from .runner.lock import database_lock_key
 from .runner.results import JobResult
 from .schedule import Scheduler
@@ -749,7 +743,7 @@ async def _act(ctx: Context, obj: dict[str, Any], decision: Decision,
             args["lockKey"] = str(target.engine.lock_key(target.key) if target else database_lock_key(meta["uid"]))
         manifest = build_job(req.role, owner, spec, operator_image=ctx.config.operator_image, args=args)
         try:
-            await ctx.kube.create_job(manifest)
+            await ctx.kube.create_job(jobparts.manifest(manifest))
         except kube.Refused as err:
             raise _JobRefused(req.role, _with_source(err.message)) from None
         created[req.role] = job_name(owner.name, req.role, req.generation, args.get("instance"))
@@ -766,7 +760,7 @@ async def _dry_run_later_jobs(ctx: Context, owner: Owner, plan: JobRequest) -> N
         manifest = build_job(role.name, owner, spec, operator_image=ctx.config.operator_image,
                              args={**role.dry_run_args, "lockKey": "0", "instance": "dry-run"})
         try:
-            await ctx.kube.create_job(manifest, dry_run=True)
+            await ctx.kube.create_job(jobparts.manifest(manifest), dry_run=True)
         except kube.Refused as err:
             raise _JobRefused(role.name, _with_source(err.message)) from None
 

@@ -18,7 +18,7 @@ import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any, Literal, cast
 
 from . import approvals, plansql
@@ -38,9 +38,11 @@ from .api import (
     name_problem,
     parse_spec,
 )
-from .jobs import ROLES, Role
+from .constants import Role
+from .jobs import ROLES
+from .observation import JobObservation, JobRefusal, Observation
 from .reasons import Reason
-from .runner.results import BackupResult, DriftResult, JobResult, MigrateResult, ScanResult
+from .runner.results import BackupResult, DriftResult, MigrateResult, ScanResult
 
 HISTORY_LIMIT = 10
 # A database or API error that lasts longer than this turns from Reconciling into Stalled (it still retries).
@@ -55,63 +57,6 @@ JOB_RETRIES = 5
 BASE = "base"
 SUSPENDED = s.progressing("Pending", r.SUSPENDED, "spec.suspend is true: no plan, backup or migration Job starts "
                           "until it is false")
-
-
-@dataclass(frozen=True)
-class JobObservation:
-    name: str
-    state: Literal["absent", "active", "succeeded", "failed"]
-    result: JobResult | None = None  # the JSON termination message of the container that reported (runner/results)
-    message: str = ""  # why a Job failed when no result says (DeadlineExceeded, pod evicted...)
-    instance: str | None = None  # which Job of its role within the run (retries, replans) or drift interval bucket
-    seconds: float | None = None  # how long a finished Job ran
-    started: bool = True  # an active Job whose pod has begun running (False: still Pending)
-    blocked: tuple[Reason, str] | None = None  # (reason, message): why its pod cannot start, when a human must act
-    cause: tuple[Reason, str] | None = None  # (reason, message): a failed Job stopped from outside (OOMKilled...)
-    waiting: str = ""  # what a pod that has not started yet waits for (the scheduler, an image pull...)
-    plan_sql: bytes | None = None  # a finished plan Job's SQL (plansql: gzip JSON), read from its log
-
-
-@dataclass(frozen=True)
-class JobRefusal:
-    """The API server refused to create a Job of this run (HTTP 4xx): the spec, not the cluster's state, is at fault."""
-
-    role: Role
-    message: str  # the API server's own message; it names the field
-
-
-@dataclass(frozen=True)
-class DatabaseObservation:
-    revision: str | None = None  # None: no revision (empty database, or alembic_version absent)
-    versioned: bool | None = None  # whether the alembic_version table exists (None: not known)
-    tables: int | None = None  # tables other than alembic_version (None: not known)
-    error_reason: Reason | None = None  # SecretNotFound, InvalidDatabaseURL, DatabaseUnreachable...
-    error_message: str = ""
-    transient: bool = False  # worth retrying without a human
-
-    @property
-    def ok(self) -> bool:
-        return self.error_reason is None
-
-
-@dataclass(frozen=True)
-class Observation:
-    name: str
-    namespace: str
-    generation: int
-    spec: dict[str, Any]
-    annotations: dict[str, str]
-    status: dict[str, Any]
-    database: DatabaseObservation
-    jobs: dict[str, JobObservation]  # by role, for the run's generation
-    now: datetime
-    busy_with: str | None = None  # another DatabaseMigration writing to the same database
-    refused: JobRefusal | None = None  # set when acting on this observation's decision failed
-    # Ancestors of the database's revision (itself included), when another DatabaseMigration's plan knows them, and
-    # that resource: lets a resource whose target is contained in what another one migrated to stay Ready.
-    database_lineage: tuple[str, ...] = ()
-    database_moved_by: str | None = None
-    job_queue: str | None = None  # set when the operator-wide Job cap is reached: why no Job may start now
 
 
 @dataclass(frozen=True)
@@ -190,6 +135,11 @@ def committed_by_run(start: str | None, planned: list[str], report: MigrateResul
     the Job ran a prefix of `planned` (its plan), and that is what it may have committed.
     """
     report = report or {}
+    resumed = (report.get("from") or None) if "from" in report else start
+    if resumed != start and resumed in planned:  # a retry that continued the plan where an earlier Job left it
+        done = planned[: planned.index(resumed) + 1]
+        rest = committed_by_run(resumed, planned[len(done):], report, db_rev)
+        return None if rest is None else done + rest
     if report.get("reason") == r.REVISION_MOVED:
         return [] if db_rev == start else None
     if report_lost or report.get("appliedTruncated") or report.get("attemptedTruncated"):
@@ -283,7 +233,8 @@ class _Run:
     def drive(self, role: Role, args: dict[str, str], starting: str, running: str | None = None, *,
               before_start: Callable[[], Decision | None] | None = None,
               before_retry: Callable[[], Decision | None] | None = None,
-              may_retry: Callable[[], bool] = lambda: True) -> Decision | JobObservation:
+              may_retry: Callable[[], bool] = lambda: True,
+              changed: str = "nothing was changed") -> Decision | JobObservation:
         """One step's Job, the same way for every role: start it when absent (unless `before_start` stops first),
         report it while it runs, retry it with backoff when it failed for a transient reason (roles that retry, once
         `before_retry` found nothing to stop for and `may_retry` agrees). Returns the finished Job for the step to
@@ -311,7 +262,7 @@ class _Run:
                                 POLL_ACTIVE)
         if before_retry is not None and (stop := before_retry()) is not None:
             return stop
-        if spec.retries and may_retry() and (retrying := self.retry(role, args)) is not None:
+        if spec.retries and may_retry() and (retrying := self.retry(role, args, changed)) is not None:
             return retrying
         return job
 
@@ -505,8 +456,9 @@ class _Run:
                                          f"{spec.baseline} (spec.baseline); no migration ran for it"))
         return None
 
-    def retry(self, role: Role, args: dict[str, str]) -> Decision | None:
-        """Start a Job again, with backoff, when it failed for a passing reason and changed nothing."""
+    def retry(self, role: Role, args: dict[str, str], changed: str = "nothing was changed") -> Decision | None:
+        """Start a Job again, with backoff, when it failed for a passing reason and left the database where `args`
+        start (`changed` says what it did change: the whole revisions a migration committed)."""
         job = self.job(role)
         result = job.result or {}
         attempts = self.run.attempts = dict(self.run.attempts or {})
@@ -519,13 +471,13 @@ class _Run:
         if retry_at is None:
             delay = min(60, 5 * 2**done)
             self.run.retry_at = self.obs.now + timedelta(seconds=delay)
-            message = (f"{self.failure_message(role)}; nothing was changed; retrying in {delay}s (attempt {done + 2} "
+            message = (f"{self.failure_message(role)}; {changed}; retrying in {delay}s (attempt {done + 2} "
                        f"of {JOB_RETRIES + 1})")
             self.decision.events.append(("Warning", reason, message))  # each failure, with what the Job said
             return self.outcome(s.progressing(phase, reason, message), delay)
         wait = (retry_at - self.obs.now).total_seconds()
         if wait > 0:
-            return self.outcome(s.progressing(phase, reason, f"{self.failure_message(role)}; nothing was changed; "
+            return self.outcome(s.progressing(phase, reason, f"{self.failure_message(role)}; {changed}; "
                                               f"retrying in {wait:.0f}s (attempt {done + 2} of {JOB_RETRIES + 1})"),
                                 wait)
         self.run.retry_at = None
@@ -711,10 +663,14 @@ class _Run:
                                    "before the migration started")
             return None
 
-        job = self.drive("migrate", {"from": _rev(start), "to": str(target)}, f"upgrading {_rev(start)} -> {target}",
+        kept = self.clean_stop()  # a lock timeout or a lost connection: the retry continues from the database
+        resume = self.obs.database.revision if kept else start
+        changed = (f"{', '.join(kept)} committed whole and kept: the database is at {_rev(resume)}, and the retry "
+                   "continues the plan from there") if kept else "nothing was changed"
+        job = self.drive("migrate", {"from": _rev(resume), "to": str(target)}, f"upgrading {_rev(start)} -> {target}",
                          f"migration Job {self.job('migrate').name} is upgrading {_rev(start)} -> {target}",
                          before_start=unless_moved, before_retry=lambda: self.database("Migrating"),
-                         may_retry=lambda: self.obs.database.revision == start)
+                         may_retry=lambda: kept is not None, changed=changed)
         if isinstance(job, Decision):
             return job
         db_rev = self.obs.database.revision
@@ -723,10 +679,19 @@ class _Run:
             self.condition(c.MIGRATED, "True", r.UPGRADE_SUCCEEDED, f"upgraded {_rev(start)} -> {target}")
             self.finish("Succeeded", r.MIGRATED)
             return self.idle()
+        if kept:  # retried until now: what committed is whole and good, so it stays; a human ends the blocker
+            why = (f"{self.failure_message('migrate')} (attempt {int((self.run.attempts or {}).get('migrate', 0)) + 1}"
+                   f" of {JOB_RETRIES + 1}); {', '.join(kept)} committed whole and {'is' if len(kept) == 1 else 'are'}"
+                   f" kept (nothing undone): the database is at {_rev(db_rev)}, on the way from {_rev(start)} to "
+                   f"{target}")
+            self.condition(c.MIGRATED, "False", r.UPGRADE_FAILED, why)
+            self.run.failure, self.run.failure_reason = why, str((report or {}).get("reason"))
+            return self.failed(why)
         # Stopped from outside with no report left: its pod, and the report in it, were deleted.
         lost = job.state == "failed" and report is None and job.cause is not None
         committed = committed_by_run(start, list(self.run.revisions or []), report, db_rev, report_lost=lost)
-        if committed is None and job.state == "failed" and ran_nothing(report) and not lost:
+        if committed is None and job.state == "failed" and ran_nothing(report) and not lost and \
+                _rev((report or {}).get("from", start)) == _rev(start):  # a resumed Job's run committed before it
             return self.replan(f"the database is at {_rev(db_rev)}, not at {_rev(start)} where this run's plan "
                                f"starts: another writer moved it, and migration Job {job.name} ran nothing")
         locked = job.state == "failed" and (report or {}).get("reason") == r.LOCK_TIMEOUT
@@ -749,6 +714,22 @@ class _Run:
             self.finish("Failed", r.DATABASE_MOVED)
             return self.outcome(s.stalled("Failed", r.DATABASE_MOVED, msg), POLL_IDLE)
         return self.choose_rollback(db_rev, committed, why, report, lost)
+
+    def clean_stop(self) -> list[str] | None:
+        """What this run committed, when its migration Job stopped for a passing reason (a lock timeout, a lost
+        connection) with the database at a revision of the plan, each revision whole: the retry continues the same
+        approved plan from there (no new plan, approval or backup), and nothing is undone. None when it did not (a
+        real failure, a half-applied revision, a database another writer moved): the rollback decides."""
+        job, db = self.job("migrate"), self.obs.database
+        report = job.result or {}
+        if job.state != "failed" or report.get("reason") not in r.TRANSIENT_JOB_REASONS or not db.ok \
+                or half_applied(cast(MigrateResult, report)):
+            return None
+        nontransactional = self.run.transactional_ddl is False or report.get("transactionalDDL") is False
+        if nontransactional and "applied" not in report and report.get("attempted"):
+            return None  # it could not say where it stopped: the revision it was running may be half-applied
+        return committed_by_run(self.run.start_revision, list(self.run.revisions or []),
+                                cast(MigrateResult, report), db.revision)
 
     def replan(self, why: str) -> Decision:
         """Nothing of this run reached the database, but its plan no longer starts where the database is: plan
@@ -928,6 +909,8 @@ class _Run:
         if reason == r.LOCK_TIMEOUT:
             hint = (" End the sessions holding the lock (or wait until they are done), or raise "
                     "spec.migrations.lockTimeout, then edit the resource to try again.")
+        elif reason == r.DATABASE_UNREACHABLE:
+            hint = " Check the database (the Job's log says what failed), then edit the resource to try again."
         return self.outcome(s.stalled("Failed", reason, message + "." + hint), POLL_IDLE)
 
     def idle(self) -> Decision:

@@ -8,7 +8,8 @@ from test_reconcile import PLAN_OK, advance, done, observe
 
 from alembic_operator import audit
 from alembic_operator import constants as c
-from alembic_operator.reconcile import DatabaseObservation, JobObservation, decide
+from alembic_operator.observation import DatabaseObservation, JobObservation
+from alembic_operator.reconcile import decide
 
 OBJ = {"metadata": {"name": "shop", "namespace": "apps", "uid": "u-1"}}
 

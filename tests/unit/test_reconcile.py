@@ -9,14 +9,8 @@ import pytest
 
 from alembic_operator import constants as c
 from alembic_operator import status as s
-from alembic_operator.reconcile import (
-    DatabaseObservation,
-    Decision,
-    JobObservation,
-    Observation,
-    decide,
-    plan_hash,
-)
+from alembic_operator.observation import DatabaseObservation, JobObservation, Observation
+from alembic_operator.reconcile import Decision, decide, plan_hash
 
 NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 SPEC: dict[str, Any] = {

@@ -12,7 +12,7 @@ import pytest
 from alembic_operator import constants as c
 from alembic_operator import freshness, handlers
 from alembic_operator.api import parse_spec
-from alembic_operator.reconcile import DatabaseObservation
+from alembic_operator.observation import DatabaseObservation
 from alembic_operator.schedule import Scheduler
 from alembic_operator.status import merge_patch
 

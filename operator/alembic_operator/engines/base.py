@@ -27,8 +27,8 @@ from sqlalchemy.engine import URL
 from sqlalchemy.pool import NullPool
 
 from .. import reasons
+from ..observation import DatabaseObservation
 from ..plugins import Registry
-from ..reconcile import DatabaseObservation
 from ..runner.redact import Redactor
 
 if TYPE_CHECKING:

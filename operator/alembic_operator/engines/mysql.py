@@ -50,7 +50,7 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from .. import reasons
 from ..jobio import JobError, log, sanitize
-from ..reconcile import DatabaseObservation
+from ..observation import DatabaseObservation
 from ..runner.blockers import describe_blockers, from_row
 from ..runner.lock import database_lock_key, mysql_lock_name
 from .base import Engine, Snapshot, observation, read_alembic_state, redact_urls

@@ -51,8 +51,8 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from .. import reasons
 from ..jobio import URL_ENV, JobError, log, sanitize
+from ..observation import DatabaseObservation
 from ..reasons import Reason
-from ..reconcile import DatabaseObservation
 from ..runner.lock import database_lock_key
 from .base import Engine, Snapshot, observation, read_alembic_state, redact_urls
 
