@@ -28,7 +28,7 @@ from typing import Any, Literal, cast
 
 import kopf
 
-from . import audit, freshness, jobparts, kube, metrics, plansql, reasons
+from . import audit, events, freshness, jobparts, kube, metrics, plansql, reasons
 from . import constants as c
 from .api import MAX_NAME_LENGTH, WRITING_STEPS, RunStatus, dump, duration_seconds, parse_spec
 from .config import OperatorConfig
@@ -624,8 +624,7 @@ async def _reconcile(ctx: Context, namespace: str, name: str, logger: Logger,
     ctx.runtime.note(ref, run)
     _count(ctx, namespace, name, status, decision, jobs)
     for kind, reason, message in decision.events:
-        kopf.event(kopf.Body(obj),  # type: ignore[arg-type]
-                   type=kind, reason=reason, message=message)
+        events.post(kopf.Body(obj), kind, reason, message)  # type: ignore[arg-type]
         (logger.warning if kind == "Warning" else logger.info)("%s: %s", reason, message)
     delay = decision.requeue_after
     ctx.runtime.settled.pop(ref, None)
