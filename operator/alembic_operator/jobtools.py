@@ -354,14 +354,13 @@ def cmd_current() -> CurrentResult:
 # --- CLI ----------------------------------------------------------------------------------------------------------
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="alembic-operator job",
-                                     description="Commands run inside the operator's Jobs.")
-    sub = parser.add_subparsers(dest="command", required=True)
+def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """The commands of ``alembic-operator job`` (cli.py builds the tree; ``install-runner`` is cli's own)."""
 
     def command(name: str, help_text: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_text)
+        p = sub.add_parser(name, help=help_text, description=help_text[0].upper() + help_text[1:] + ".")
         p.add_argument("--result-file", default=DEFAULT_RESULT_FILE, help="where to write the JSON result")
+        p.set_defaults(handler=run)
         return p
 
     p = command("scan", "scan the SQL a plan rendered for destructive and locking operations")
@@ -380,18 +379,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lock-timeout", type=float, default=600.0, help="seconds to wait for the lock")
     p.add_argument("--store", default="volume", help="the backup store that holds --file")
     command("current", "print the database's current Alembic revision")
-    return parser
 
 
-def main(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
+def run(args: argparse.Namespace) -> int:
+    """Run the parsed command; its result to ``--result-file`` and stdout; 0 when ``ok``."""
     result: Mapping[str, Any]
     try:
-        if args.command == "scan":
+        if args.job_command == "scan":
             result = cmd_scan(args.plan_dir)
-        elif args.command == "backup":
+        elif args.job_command == "backup":
             result = cmd_backup(args.dir, args.prefix, args.retain, args.location_prefix, args.store)
-        elif args.command == "restore":
+        elif args.job_command == "restore":
             result = cmd_restore(args.file, args.sha256, args.store, args.lock_key, args.lock_timeout)
         else:
             result = cmd_current()
@@ -404,7 +402,3 @@ def main(argv: list[str]) -> int:
         log(f"failed: {result['reason']}: {result['message']}")
     write_result(args.result_file, result)
     return 0 if result.get("ok") else 1
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main(sys.argv[1:]))

@@ -165,6 +165,11 @@ def committed_by_run(start: str | None, planned: list[str], report: MigrateResul
     the Job ran a prefix of `planned` (its plan), and that is what it may have committed.
     """
     report = report or {}
+    resumed = (report.get("from") or None) if "from" in report else start
+    if resumed != start and resumed in planned:  # a retry that continued the plan where an earlier Job left it
+        done = planned[: planned.index(resumed) + 1]
+        rest = committed_by_run(resumed, planned[len(done):], report, db_rev)
+        return None if rest is None else done + rest
     if report.get("reason") == r.REVISION_MOVED:
         return [] if db_rev == start else None
     if report_lost or report.get("appliedTruncated") or report.get("attemptedTruncated"):
@@ -259,7 +264,8 @@ class _Run:
     def drive(self, role: Role, args: dict[str, str], starting: str, running: str | None = None, *,
               before_start: Callable[[], Decision | None] | None = None,
               before_retry: Callable[[], Decision | None] | None = None,
-              may_retry: Callable[[], bool] = lambda: True) -> Decision | JobObservation:
+              may_retry: Callable[[], bool] = lambda: True,
+              changed: str = "nothing was changed") -> Decision | JobObservation:
         """One step's Job, the same way for every role: start it when absent (unless `before_start` stops first),
         report it while it runs, retry it with backoff when it failed for a transient reason (roles that retry, once
         `before_retry` found nothing to stop for and `may_retry` agrees). Returns the finished Job for the step to
@@ -287,7 +293,7 @@ class _Run:
                                 POLL_ACTIVE)
         if before_retry is not None and (stop := before_retry()) is not None:
             return stop
-        if spec.retries and may_retry() and (retrying := self.retry(role, args)) is not None:
+        if spec.retries and may_retry() and (retrying := self.retry(role, args, changed)) is not None:
             return retrying
         return job
 
@@ -485,8 +491,9 @@ class _Run:
                                          f"{spec.baseline} (spec.baseline); no migration ran for it"))
         return None
 
-    def retry(self, role: Role, args: dict[str, str]) -> Decision | None:
-        """Start a Job again, with backoff, when it failed for a passing reason and changed nothing."""
+    def retry(self, role: Role, args: dict[str, str], changed: str = "nothing was changed") -> Decision | None:
+        """Start a Job again, with backoff, when it failed for a passing reason and left the database where `args`
+        start (`changed` says what it did change: the whole revisions a migration committed)."""
         job = self.job(role)
         result = job.result or {}
         attempts = self.run.attempts = dict(self.run.attempts or {})
@@ -498,13 +505,13 @@ class _Run:
         if retry_at is None:
             delay = min(60, 5 * 2**done)
             self.run.retry_at = self.obs.now + timedelta(seconds=delay)
-            message = (f"{self.failure_message(role)}; nothing was changed; retrying in {delay}s (attempt {done + 2} "
+            message = (f"{self.failure_message(role)}; {changed}; retrying in {delay}s (attempt {done + 2} "
                        f"of {JOB_RETRIES + 1})")
             self.decision.events.append(Event("Warning", reason, message))  # each failure, with what the Job said
             return self.outcome(s.progressing(phase, reason, message), delay)
         wait = (retry_at - self.obs.now).total_seconds()
         if wait > 0:
-            return self.outcome(s.progressing(phase, reason, f"{self.failure_message(role)}; nothing was changed; "
+            return self.outcome(s.progressing(phase, reason, f"{self.failure_message(role)}; {changed}; "
                                               f"retrying in {wait:.0f}s (attempt {done + 2} of {JOB_RETRIES + 1})"),
                                 wait)
         self.run.retry_at = None
@@ -688,10 +695,14 @@ class _Run:
                                    "before the migration started")
             return None
 
-        job = self.drive("migrate", {"from": _rev(start), "to": str(target)}, f"upgrading {_rev(start)} -> {target}",
+        kept = self.clean_stop()  # a lock timeout or a lost connection: the retry continues from the database
+        resume = self.obs.database.revision if kept else start
+        changed = (f"{', '.join(kept)} committed whole and kept: the database is at {_rev(resume)}, and the retry "
+                   "continues the plan from there") if kept else "nothing was changed"
+        job = self.drive("migrate", {"from": _rev(resume), "to": str(target)}, f"upgrading {_rev(start)} -> {target}",
                          f"migration Job {self.job('migrate').name} is upgrading {_rev(start)} -> {target}",
                          before_start=unless_moved, before_retry=lambda: self.database("Migrating"),
-                         may_retry=lambda: self.obs.database.revision == start)
+                         may_retry=lambda: kept is not None, changed=changed)
         if isinstance(job, Decision):
             return job
         db_rev = self.obs.database.revision
@@ -700,10 +711,19 @@ class _Run:
             self.condition(c.MIGRATED, "True", r.UPGRADE_SUCCEEDED, f"upgraded {_rev(start)} -> {target}")
             self.finish("Succeeded", r.MIGRATED)
             return self.idle()
+        if kept:  # retried until now: what committed is whole and good, so it stays; a human ends the blocker
+            why = (f"{self.failure_message('migrate')} (attempt {int((self.run.attempts or {}).get('migrate', 0)) + 1}"
+                   f" of {JOB_RETRIES + 1}); {', '.join(kept)} committed whole and {'is' if len(kept) == 1 else 'are'}"
+                   f" kept (nothing undone): the database is at {_rev(db_rev)}, on the way from {_rev(start)} to "
+                   f"{target}")
+            self.condition(c.MIGRATED, "False", r.UPGRADE_FAILED, why)
+            self.run.failure, self.run.failure_reason = why, str((report or {}).get("reason"))
+            return self.failed(why)
         # Stopped from outside with no report left: its pod, and the report in it, were deleted.
         lost = job.state == "failed" and report is None and job.cause is not None
         committed = committed_by_run(start, list(self.run.revisions or []), report, db_rev, report_lost=lost)
-        if committed is None and job.state == "failed" and ran_nothing(report) and not lost:
+        if committed is None and job.state == "failed" and ran_nothing(report) and not lost and \
+                _rev((report or {}).get("from", start)) == _rev(start):  # a resumed Job's run committed before it
             return self.replan(f"the database is at {_rev(db_rev)}, not at {_rev(start)} where this run's plan "
                                f"starts: another writer moved it, and migration Job {job.name} ran nothing")
         locked = job.state == "failed" and (report or {}).get("reason") == r.LOCK_TIMEOUT
@@ -726,6 +746,22 @@ class _Run:
             self.finish("Failed", r.DATABASE_MOVED)
             return self.outcome(s.stalled("Failed", r.DATABASE_MOVED, msg), POLL_IDLE)
         return self.choose_rollback(db_rev, committed, why, report, lost)
+
+    def clean_stop(self) -> list[str] | None:
+        """What this run committed, when its migration Job stopped for a passing reason (a lock timeout, a lost
+        connection) with the database at a revision of the plan, each revision whole: the retry continues the same
+        approved plan from there (no new plan, approval or backup), and nothing is undone. None when it did not (a
+        real failure, a half-applied revision, a database another writer moved): the rollback decides."""
+        job, db = self.job("migrate"), self.obs.database
+        report = job.result or {}
+        if job.state != "failed" or report.get("reason") not in r.TRANSIENT_JOB_REASONS or not db.ok \
+                or half_applied(cast(MigrateResult, report)):
+            return None
+        nontransactional = self.run.transactional_ddl is False or report.get("transactionalDDL") is False
+        if nontransactional and "applied" not in report and report.get("attempted"):
+            return None  # it could not say where it stopped: the revision it was running may be half-applied
+        return committed_by_run(self.run.start_revision, list(self.run.revisions or []),
+                                cast(MigrateResult, report), db.revision)
 
     def replan(self, why: str) -> Decision:
         """Nothing of this run reached the database, but its plan no longer starts where the database is: plan
@@ -904,6 +940,8 @@ class _Run:
         if reason == r.LOCK_TIMEOUT:
             hint = (" End the sessions holding the lock (or wait until they are done), or raise "
                     "spec.migrations.lockTimeout, then edit the resource to try again.")
+        elif reason == r.DATABASE_UNREACHABLE:
+            hint = " Check the database (the Job's log says what failed), then edit the resource to try again."
         return self.outcome(s.stalled("Failed", reason, message + "." + hint), POLL_IDLE)
 
     def idle(self) -> Decision:

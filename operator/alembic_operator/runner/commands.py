@@ -16,7 +16,7 @@ from typing import Any, NoReturn, cast
 from .blockers import LockWatch, describe_blockers, poll_interval
 from .driver import ConfigError, Driver, has_downgrade, heads_str, parse_revs
 from .engine import make_engine
-from .errors import REDACT, Failure, classify, describe, first_line, log, log_exception, sqlstate
+from .errors import REDACT, Failure, classify, describe, error_code, first_line, log, log_exception, lost_connection
 from .lock import DIALECTS, migration_lock
 from .results import Blocker, CurrentResult, MigrateResult, PartialRevision, PlanResult, StampResult, write_result
 from .statements import STATEMENTS_KEPT, StatementLog
@@ -474,7 +474,9 @@ def cmd_migrate(runner: Runner, direction: str) -> MigrateResult:
             message = f"{where} was interrupted ({str(error) or 'SIGINT'}: the Job's deadline, or the pod was deleted)"
         else:
             timeout = timed_out(runner, state.dialect, error, where, result)
-            message = timeout or f"{where} failed: {describe(error)}"
+            lost = not timeout and lost_connection(error)
+            message = timeout or f"{where} {'lost its connection to the database' if lost else 'failed'}: " \
+                f"{describe(error)}"
     else:
         message = f"{direction} finished but the database is at {result.get('revision') or 'base'}"
     if after is None:
@@ -487,9 +489,12 @@ def cmd_migrate(runner: Runner, direction: str) -> MigrateResult:
         count = partial["statementCount"]
         message += (f"; revision {partial['revision']} is half-applied: {count} of its statement(s) committed before "
                     "it failed (DDL is not transactional on this database)")
-    if timeout and "blockers" in result and unchanged:
-        # Nothing changed and the blockers may be gone soon: a passing failure, retried by the operator.
-        reason = "LockTimeout"
+    locked = bool(timeout) and "blockers" in result  # a lock timeout (a statement timeout is a real failure)
+    if partial is None and (locked or (error is not None and lost_connection(error))):
+        # The revision that stopped changed nothing (its transaction rolled back, or it had not committed a
+        # statement yet) and those before it committed whole: the database is at a revision of the plan, and the
+        # blockers may be gone (the server back) soon. A passing failure: the operator continues from there.
+        reason = "LockTimeout" if locked else "DatabaseUnreachable"
     raise Failure(reason, message, **result)
 
 
@@ -513,7 +518,7 @@ def timed_out(runner: Runner, dialect: str | None, error: BaseException, where: 
     """The message for a statement that gave up waiting for a lock (its blockers named, and added to `result`) or
     was cancelled by the statement timeout; None for any other error."""
     sql = DIALECTS.get(dialect or "")
-    code = sqlstate(error)
+    code = error_code(error)
     if sql is None or code is None:
         return None
     if code in sql.lock_timeout_codes:

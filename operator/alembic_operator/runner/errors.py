@@ -85,6 +85,42 @@ def sqlstate(exc: BaseException | None) -> str | None:
     return None
 
 
+def error_code(exc: BaseException | None) -> str | None:
+    """The SQLSTATE of a database error, else a MySQL/MariaDB server's error number ("1205"); None for anything
+    else. Also when it was raised from within another exception."""
+    code = sqlstate(exc)
+    seen: set[int] = set()
+    while code is None and exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        errno = _mysql_errno(getattr(exc, "orig", None)) or _mysql_errno(exc)
+        code = str(errno) if errno is not None else None
+        exc = exc.__cause__ or exc.__context__
+    return code
+
+
+# A connection that went away (the server restarted, the session was terminated, the network dropped) rather than a
+# statement the database refused: SQLSTATE class 08 and PostgreSQL's shutdown codes; MySQL's "server has gone away",
+# "lost connection", "connection was killed", "disconnected for inactivity".
+_LOST_SQLSTATES = ("57P01", "57P02", "57P03")
+_LOST_MYSQL = frozenset({"2006", "2013", "2055", "1927", "4031"})
+
+
+def lost_connection(exc: BaseException | None) -> bool:
+    """The error is the migration's connection going away, not the migration failing (see `_LOST_SQLSTATES`)."""
+    from sqlalchemy import exc as sa_exc
+
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
+            return True
+        code = error_code(exc)
+        if code is not None and (code.startswith("08") or code in _LOST_SQLSTATES or code in _LOST_MYSQL):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
 def log_exception(what: str, exc: BaseException) -> None:
     details = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     log(f"{what}:\n{details.rstrip()}")
