@@ -28,7 +28,7 @@ from typing import Any, Literal, cast
 
 import kopf
 
-from . import audit, freshness, jobparts, kube, metrics, plansql, reasons
+from . import audit, events, freshness, jobparts, kube, metrics, plansql, reasons
 from . import constants as c
 from .api import (
     MAX_NAME_LENGTH,
@@ -565,7 +565,8 @@ def _count(ctx: Context, namespace: str, name: str, before: DatabaseMigrationSta
             metrics.job_finished(namespace, name, role, job.seconds or 0.0, job.state == "succeeded")
     rolled = get_condition(decision.state, c.ROLLED_BACK)
     if rolled is not None and rolled.status == "True" and not condition_is(before, c.ROLLED_BACK, "True"):
-        metrics.rollback(namespace, name, reasons.ROLLBACK_MODES.get(rolled.reason, rolled.reason))
+        mode = next((m for reason, m in reasons.ROLLBACK_MODES.items() if reason == rolled.reason), rolled.reason)
+        metrics.rollback(namespace, name, mode)
 
 
 async def _reconcile(ctx: Context, namespace: str, name: str, logger: Logger,
@@ -629,8 +630,7 @@ async def _reconcile(ctx: Context, namespace: str, name: str, logger: Logger,
     ctx.runtime.note(ref, run)
     _count(ctx, namespace, name, status, decision, jobs)
     for kind, reason, message in decision.events:
-        kopf.event(kopf.Body(obj),  # type: ignore[arg-type]
-                   type=kind, reason=reason, message=message)
+        events.post(kopf.Body(obj), kind, reason, message)  # type: ignore[arg-type]
         (logger.warning if kind == "Warning" else logger.info)("%s: %s", reason, message)
     delay = decision.requeue_after
     ctx.runtime.settled.pop(ref, None)

@@ -51,6 +51,7 @@ from . import reasons
 from .api import DatabaseMigrationSpec, duration_milliseconds
 from .constants import Phase, Role
 from .jobparts import typed
+from .reasons import Reason
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -352,7 +353,7 @@ class JobRole:
     name: Role
     image: Literal["operator", "app"]  # whose image runs its main container
     phase: Phase | None  # status.phase while it runs (None: not part of a run: drift checks run while Ready)
-    reason: str  # the Reconciling reason while it runs
+    reason: Reason  # the Reconciling reason while it runs
     writes: bool  # writes to the database: takes the advisory lock
     during_deletion: bool  # started even while the resource is being deleted (a rollback must finish)
     retries: bool  # retried with backoff when it failed for a transient reason and changed nothing

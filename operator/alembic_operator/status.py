@@ -23,6 +23,7 @@ from pydantic import JsonValue
 
 from . import constants as c
 from .api import Condition, ConditionStatus, DatabaseMigrationStatus, JsonObject
+from .reasons import Reason
 
 Kind = Literal["progressing", "ready", "stalled"]
 Status = DatabaseMigrationStatus
@@ -47,7 +48,7 @@ class Outcome:
 
     kind: Kind
     phase: c.Phase
-    reason: str
+    reason: Reason
     message: str
 
 
@@ -73,7 +74,7 @@ def set_condition(
     status: Status,
     type_: str,
     value: ConditionStatus,
-    reason: str,
+    reason: Reason,
     message: str,
     generation: int,
     now: datetime | None = None,
@@ -104,15 +105,15 @@ def summarize(status: Status, outcome: Outcome, generation: int, now: datetime |
     return set_condition(new, c.STALLED, stalled, outcome.reason, outcome.message, generation, now)
 
 
-def progressing(phase: c.Phase, reason: str, message: str) -> Outcome:
+def progressing(phase: c.Phase, reason: Reason, message: str) -> Outcome:
     return Outcome("progressing", phase, reason, message)
 
 
-def ready(reason: str, message: str) -> Outcome:
+def ready(reason: Reason, message: str) -> Outcome:
     return Outcome("ready", "Succeeded", reason, message)
 
 
-def stalled(phase: c.Phase, reason: str, message: str) -> Outcome:
+def stalled(phase: c.Phase, reason: Reason, message: str) -> Outcome:
     return Outcome("stalled", phase, reason, message)
 
 

@@ -123,6 +123,7 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NoReturn
 
+from . import reasons
 from .commands import Runner, cmd_current, cmd_migrate, cmd_plan, cmd_stamp
 from .drift import cmd_drift
 from .errors import EXIT_CODES, EXIT_FAILED, EXIT_OK, REDACT, Failure, describe, log, log_exception
@@ -133,7 +134,7 @@ from .results import write_result
 
 class ArgumentParser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
-        raise Failure("InvalidArguments", f"{self.prog}: {message}")
+        raise Failure(reasons.INVALID_ARGUMENTS, f"{self.prog}: {message}")
 
 
 def summary(result: Mapping[str, Any]) -> str:
@@ -285,11 +286,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = {"ok": False, "command": command, **failure.details, "reason": failure.reason,
                   "message": REDACT(failure.message)}
     except KeyboardInterrupt as exc:
-        result = {"ok": False, "command": command, "reason": "Interrupted",
+        result = {"ok": False, "command": command, "reason": reasons.INTERRUPTED,
                   "message": f"{command} was interrupted ({str(exc) or 'SIGINT'})"}
     except Exception as exc:
         log_exception("unexpected error", exc)
-        result = {"ok": False, "command": command, "reason": "InternalError", "message": describe(exc)}
+        result = {"ok": False, "command": command, "reason": reasons.INTERNAL_ERROR, "message": describe(exc)}
     result["command"] = command
     result = REDACT.values(result)
     write_result(result_file, result, REDACT, log=log)
