@@ -42,6 +42,7 @@ from sqlalchemy.exc import ArgumentError
 from . import backupstores, engines, plansql, reasons, sqlscan
 from .jobio import REDACT, URL_ENV, JobError, log, sanitize
 from .jobio import remember_secret as _remember_secret
+from .runner.lock import LOCK_WAIT_SECONDS
 from .runner.results import RESULT_LIMIT, BackupResult, CurrentResult, RestoreResult, ScanResult, fit_list, size
 from .runner.results import write_result as write_results
 
@@ -323,7 +324,7 @@ def cmd_backup(directory: Path, prefix: str, retain: int, location_prefix: str |
 
 
 def cmd_restore(path: Path, expected: str, store_kind: str = "volume", lock_key: int | None = None,
-                lock_timeout: float = 600.0) -> RestoreResult:
+                lock_wait: float = LOCK_WAIT_SECONDS) -> RestoreResult:
     """The store hands the dump over once its checksum matched; the engine restores it all or nothing, holding the
     database's migration lock (restore writes, like migrate, downgrade and stamp)."""
     if not re.fullmatch(r"sha256:[0-9a-f]{64}", expected.strip().lower()):
@@ -333,7 +334,7 @@ def cmd_restore(path: Path, expected: str, store_kind: str = "volume", lock_key:
     _actual, size = store.verify(path.name, expected)
     log(f"checksum verified: {path.name} ({size} bytes)")
     engine, db = _engine_and_database()
-    with store.fetch(path.name) as local, engine.advisory_lock(db, lock_key, lock_timeout):
+    with store.fetch(path.name) as local, engine.advisory_lock(db, lock_key, lock_wait):
         dropped = engine.restore(db, local)
     revision = _revision(engine.heads(db))
     log(f"restored {path.name}: the database is at revision {revision or 'base'}")
@@ -380,7 +381,8 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p.add_argument("--sha256", required=True)
     p.add_argument("--lock-key", type=int, help="hold this advisory lock (the database's migration lock) while "
                    "restoring")
-    p.add_argument("--lock-timeout", type=float, default=600.0, help="seconds to wait for the lock")
+    p.add_argument("--lock-wait-seconds", type=float, default=LOCK_WAIT_SECONDS, metavar="S",
+                   help="how long to wait for that lock (default %(default)s)")
     p.add_argument("--store", default="volume", help="the backup store that holds --file")
     command("current", "print the database's current Alembic revision")
 
@@ -394,7 +396,7 @@ def run(args: argparse.Namespace) -> int:
         elif args.job_command == "backup":
             result = cmd_backup(args.dir, args.prefix, args.retain, args.location_prefix, args.store)
         elif args.job_command == "restore":
-            result = cmd_restore(args.file, args.sha256, args.store, args.lock_key, args.lock_timeout)
+            result = cmd_restore(args.file, args.sha256, args.store, args.lock_key, args.lock_wait_seconds)
         else:
             result = cmd_current()
     except (JobError, backupstores.StoreError) as err:

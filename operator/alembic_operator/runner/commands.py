@@ -53,8 +53,8 @@ class Runner(Driver):
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         # The migration session's limits (upgrade and downgrade), in milliseconds; None: the session's default.
-        self.lock_timeout_ms: int | None = getattr(args, "db_lock_timeout", None)
-        self.statement_timeout_ms: int | None = getattr(args, "db_statement_timeout", None)
+        self.lock_timeout_ms: int | None = getattr(args, "db_lock_timeout_ms", None)
+        self.statement_timeout_ms: int | None = getattr(args, "db_statement_timeout_ms", None)
         self.watch: LockWatch | None = None
         self.ran = StatementLog()  # what the running revision executed (a half-applied revision reports it)
         super().__init__(args.config, args.name, self._read_url(), log=log)
@@ -180,7 +180,7 @@ class Runner(Driver):
     # the advisory lock
 
     def lock(self) -> contextlib.AbstractContextManager[None]:
-        return migration_lock(self.engine, self.args.lock_key, self.args.lock_timeout)
+        return migration_lock(self.engine, self.args.lock_key, self.args.lock_wait_seconds)
 
     # running migrations through the app's env.py, announcing each revision
 

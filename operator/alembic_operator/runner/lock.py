@@ -22,7 +22,7 @@ from .errors import Failure, describe, log, log_exception
 from .results import Blocker
 
 DEFAULT_LOCK_KEY = 0x616C656D62696300  # "alembic\0": session advisory lock key shared by all migrators
-DEFAULT_LOCK_TIMEOUT = 600
+LOCK_WAIT_SECONDS = 600  # how long a writer waits for another one's migration lock (not the database's lock_timeout)
 
 
 # --- the key ----------------------------------------------------------------------------------------------------
