@@ -113,7 +113,7 @@ MAX_NAME_LENGTH = LABEL_VALUE_MAX_LENGTH
 """Longest DatabaseMigration name: it is the value of the pods' ``wait-for`` label (a label value)."""
 DURATION_MS_PATTERN = r"^([0-9]{1,6}h)?([0-9]{1,6}m)?([0-9]{1,6}s)?([0-9]{1,6}ms)?$"
 """A duration down to milliseconds ("3s", "500ms", "1m30s"): hours, minutes, seconds, milliseconds, in that order."""
-DEFAULT_LOCK_TIMEOUT = "3s"
+DEFAULT_DB_LOCK_TIMEOUT = "3s"
 """spec.migrations.lockTimeout: a few seconds, the usual convention (every query on a table waits behind a schema
 change that waits for a lock)."""
 MIN_DRIFT_INTERVAL = 10
@@ -222,14 +222,15 @@ class MigrationsSpec(_SpecModel):
         ),
     )
     lock_timeout: str = Field(
-        default=DEFAULT_LOCK_TIMEOUT,
+        default=DEFAULT_DB_LOCK_TIMEOUT,
         min_length=1,
         max_length=32,
         pattern=DURATION_MS_PATTERN,
         description=(
-            f'How long any statement of a migration or downgrade may wait for a lock, e.g. "{DEFAULT_LOCK_TIMEOUT}", '
-            '"500ms", "1m" (PostgreSQL lock_timeout, set on the session env.py uses). Default '
-            f'"{DEFAULT_LOCK_TIMEOUT}". While a schema change waits for a lock, every query on that table queues '
+            "How long any statement of a migration or downgrade may wait for a lock, e.g. "
+            f'"{DEFAULT_DB_LOCK_TIMEOUT}", "500ms", "1m" (PostgreSQL lock_timeout, set on the session env.py uses). '
+            "Default "
+            f'"{DEFAULT_DB_LOCK_TIMEOUT}". While a schema change waits for a lock, every query on that table queues '
             "behind it: a short wait keeps the app serving. A migration that times out changed nothing; it is "
             "retried with backoff (Reconciling, reason LockTimeout, naming the sessions that held the lock), then "
             'Stalled with reason LockTimeout. "0s": wait without limit (not recommended).'

@@ -14,7 +14,6 @@ operator outage never blocks ordinary edits (nor lets an approval or a forged re
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -137,7 +136,3 @@ def approved_by(annotations: dict[str, str], plan_hash: str | None) -> str | Non
     """The user who approved this exact plan, from the webhook's record (None: not recorded for this hash)."""
     user, _, approved = (annotations.get(APPROVED_BY) or "").rpartition(" ")
     return user if user and plan_hash and approved == plan_hash else None
-
-
-if __name__ == "__main__":  # the chart's copy (charts/alembic-operator/files/approval-change.cel), by make crd
-    sys.stdout.write(APPROVAL_CHANGE + "\n")

@@ -14,8 +14,9 @@ from typing import Any
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
-from . import engines
+from . import engines, reasons
 from .observation import DatabaseObservation
+from .reasons import Reason
 
 URL_EXAMPLE = "postgresql+psycopg://user:password@host:5432/dbname"
 
@@ -35,7 +36,7 @@ class DatabaseTarget:
 
 
 class DatabaseError(Exception):
-    def __init__(self, reason: str, message: str, transient: bool = False) -> None:
+    def __init__(self, reason: Reason, message: str, transient: bool = False) -> None:
         super().__init__(message)
         self.reason = reason
         self.message = message
@@ -57,31 +58,31 @@ def parse_url(raw: str, secret: str, key: str) -> DatabaseTarget:
     except (ArgumentError, NoSuchModuleError, ValueError) as err:
         kind = "an unknown database driver" if isinstance(err, NoSuchModuleError) else "not a valid SQLAlchemy URL"
         raise DatabaseError(
-            "InvalidDatabaseURL",
+            reasons.INVALID_DATABASE_URL,
             f"Secret {secret} key {key} holds {kind}; it must be a SQLAlchemy URL such as {URL_EXAMPLE}",
         ) from None
     try:
         engine = engines.for_url(url)
     except engines.UnknownEngine as err:
         raise DatabaseError(
-            "InvalidDatabaseURL",
+            reasons.INVALID_DATABASE_URL,
             f"Secret {secret} key {key} points at a {err.backend} database; {err.explain()} ({URL_EXAMPLE})",
         ) from None
     problem = engine.problem(url)
     if problem:
-        raise DatabaseError("InvalidDatabaseURL", f"Secret {secret} key {key}: the URL {problem} "
+        raise DatabaseError(reasons.INVALID_DATABASE_URL, f"Secret {secret} key {key}: the URL {problem} "
                             f"({engine.url_example})")
     return DatabaseTarget(url=url, key=engine.database_key(url))
 
 
 def decode_secret_value(data: dict[str, str] | None, secret: str, key: str) -> str:
     if not data or key not in data:
-        raise DatabaseError("SecretNotFound", f"Secret {secret} has no key {key}: add it, or fix "
+        raise DatabaseError(reasons.SECRET_NOT_FOUND, f"Secret {secret} has no key {key}: add it, or fix "
                             "spec.database.urlSecretRef.key")
     try:
         return base64.b64decode(data[key]).decode()
     except (ValueError, UnicodeDecodeError):
-        raise DatabaseError("InvalidDatabaseURL", f"Secret {secret} key {key} is not UTF-8 text") from None
+        raise DatabaseError(reasons.INVALID_DATABASE_URL, f"Secret {secret} key {key} is not UTF-8 text") from None
 
 
 def sanitize(text: str, *urls: URL | None) -> str:

@@ -28,7 +28,7 @@ from typing import Any, Literal, cast
 
 import kopf
 
-from . import audit, freshness, kube, metrics, plansql, reasons
+from . import audit, events, freshness, jobparts, kube, metrics, plansql, reasons
 from . import constants as c
 from .api import MAX_NAME_LENGTH, WRITING_STEPS, RunStatus, dump, duration_seconds, parse_spec
 from .config import OperatorConfig
@@ -624,8 +624,7 @@ async def _reconcile(ctx: Context, namespace: str, name: str, logger: Logger,
     ctx.runtime.note(ref, run)
     _count(ctx, namespace, name, status, decision, jobs)
     for kind, reason, message in decision.events:
-        kopf.event(kopf.Body(obj),  # type: ignore[arg-type]
-                   type=kind, reason=reason, message=message)
+        events.post(kopf.Body(obj), kind, reason, message)  # type: ignore[arg-type]
         (logger.warning if kind == "Warning" else logger.info)("%s: %s", reason, message)
     delay = decision.requeue_after
     ctx.runtime.settled.pop(ref, None)
@@ -744,7 +743,7 @@ async def _act(ctx: Context, obj: dict[str, Any], decision: Decision,
             args["lockKey"] = str(target.engine.lock_key(target.key) if target else database_lock_key(meta["uid"]))
         manifest = build_job(req.role, owner, spec, operator_image=ctx.config.operator_image, args=args)
         try:
-            await ctx.kube.create_job(manifest)
+            await ctx.kube.create_job(jobparts.manifest(manifest))
         except kube.Refused as err:
             raise _JobRefused(req.role, _with_source(err.message)) from None
         created[req.role] = job_name(owner.name, req.role, req.generation, args.get("instance"))
@@ -761,7 +760,7 @@ async def _dry_run_later_jobs(ctx: Context, owner: Owner, plan: JobRequest) -> N
         manifest = build_job(role.name, owner, spec, operator_image=ctx.config.operator_image,
                              args={**role.dry_run_args, "lockKey": "0", "instance": "dry-run"})
         try:
-            await ctx.kube.create_job(manifest, dry_run=True)
+            await ctx.kube.create_job(jobparts.manifest(manifest), dry_run=True)
         except kube.Refused as err:
             raise _JobRefused(role.name, _with_source(err.message)) from None
 

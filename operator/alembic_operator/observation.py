@@ -11,6 +11,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 from .constants import Role
+from .reasons import Reason
 from .runner.results import JobResult
 
 
@@ -23,8 +24,8 @@ class JobObservation:
     instance: str | None = None  # which Job of its role within the run (retries, replans) or drift interval bucket
     seconds: float | None = None  # how long a finished Job ran
     started: bool = True  # an active Job whose pod has begun running (False: still Pending)
-    blocked: tuple[str, str] | None = None  # (reason, message): why its pod cannot start, when a human must act
-    cause: tuple[str, str] | None = None  # (reason, message): a failed Job stopped from outside (OOMKilled...)
+    blocked: tuple[Reason, str] | None = None  # (reason, message): why its pod cannot start, when a human must act
+    cause: tuple[Reason, str] | None = None  # (reason, message): a failed Job stopped from outside (OOMKilled...)
     waiting: str = ""  # what a pod that has not started yet waits for (the scheduler, an image pull...)
     plan_sql: bytes | None = None  # a finished plan Job's SQL (plansql: gzip JSON), read from its log
 
@@ -42,7 +43,7 @@ class DatabaseObservation:
     revision: str | None = None  # None: no revision (empty database, or alembic_version absent)
     versioned: bool | None = None  # whether the alembic_version table exists (None: not known)
     tables: int | None = None  # tables other than alembic_version (None: not known)
-    error_reason: str | None = None  # SecretNotFound, InvalidDatabaseURL, DatabaseUnreachable...
+    error_reason: Reason | None = None  # SecretNotFound, InvalidDatabaseURL, DatabaseUnreachable...
     error_message: str = ""
     transient: bool = False  # worth retrying without a human
 

@@ -41,6 +41,7 @@ from .api import (
 from .constants import Role
 from .jobs import ROLES
 from .observation import JobObservation, JobRefusal, Observation
+from .reasons import Reason
 from .runner.results import BackupResult, DriftResult, MigrateResult, ScanResult
 
 HISTORY_LIMIT = 10
@@ -70,7 +71,8 @@ class JobRequest:
 class Decision:
     status: dict[str, Any]
     jobs: list[JobRequest] = field(default_factory=list)
-    events: list[tuple[str, str, str]] = field(default_factory=list)  # (Normal|Warning, reason, message)
+    # Events to post: (type, reason, message)
+    events: list[tuple[Literal["Normal", "Warning"], Reason, str]] = field(default_factory=list)
     requeue_after: float | None = None
     records: list[dict[str, Any]] = field(default_factory=list)  # finished runs, for the durable audit trail
     config_maps: list[dict[str, Any]] = field(default_factory=list)  # the plans' SQL to keep (plansql)
@@ -193,13 +195,14 @@ class _Run:
         st = s.summarize(self.st, outcome, self.generation, self.obs.now)
         stalled_before = before[1].get("status") == "True" and before[1].get("reason") == outcome.reason
         if before[0] != outcome.phase or (outcome.kind == "stalled" and not stalled_before):
-            kind = "Warning" if outcome.kind == "stalled" or outcome.phase == "Failed" else "Normal"
+            kind: Literal["Normal", "Warning"] = (
+                "Warning" if outcome.kind == "stalled" or outcome.phase == "Failed" else "Normal")
             self.decision.events.append((kind, outcome.reason, f"{outcome.phase}: {outcome.message}"))
         self.decision.status = st
         self.decision.requeue_after = requeue
         return self.decision
 
-    def condition(self, type_: str, value: Literal["True", "False", "Unknown"], reason: str, message: str) -> None:
+    def condition(self, type_: str, value: Literal["True", "False", "Unknown"], reason: Reason, message: str) -> None:
         self.st = s.set_condition(self.st, type_, value, reason, message, self.generation, self.obs.now)
 
     def start_job(self, role: Role, args: dict[str, str]) -> None:
@@ -275,7 +278,7 @@ class _Run:
     def spec(self) -> DatabaseMigrationSpec:
         return parse_spec(self.run.spec or {})
 
-    def finish(self, result: RunResult, reason: str) -> None:
+    def finish(self, result: RunResult, reason: Reason) -> None:
         self.record(result, reason, _rev(self.run.start_revision),
                     self.run.target_revision or (self.run.spec or {}).get("targetRevision"),
                     self.run.backup.location if self.run.backup else None)
@@ -285,7 +288,7 @@ class _Run:
         self.run.step = "Done"
         self.run.result = result
 
-    def record(self, result: str, reason: str, from_: str, to: str | None, backup: str | None = None) -> None:
+    def record(self, result: str, reason: Reason, from_: str, to: str | None, backup: str | None = None) -> None:
         """Add a status.history entry (the newest HISTORY_LIMIT are kept)."""
         started = s.now_rfc3339(self.run.started_at) if self.run.started_at else None
         plan = self.st.get("plan") or {}
@@ -315,7 +318,7 @@ class _Run:
         detail = result.get("message") or job.message or "no details (see the Job's pod logs)"
         return f"{role} Job {job.name} failed: {detail}"
 
-    def failure_reason(self, role: Role, default: str) -> str:
+    def failure_reason(self, role: Role, default: Reason) -> Reason:
         """The Stalled reason for a failed step: what stopped its Job from outside (OOMKilled...) or `default`."""
         job = self.job(role)
         return job.cause[0] if job.state == "failed" and job.cause else default
@@ -422,8 +425,8 @@ class _Run:
             return job
         result = cast(ScanResult, job.result or {})  # the scan container's (the plan container's when it failed)
         if job.state == "failed" or not result.get("ok"):
-            reason = self.failure_reason("plan", str(result["reason"]) if result.get("reason") in r.PLAN_ERRORS
-                                         else r.PLAN_FAILED)
+            said = r.parse(result.get("reason"))
+            reason = self.failure_reason("plan", said if said in r.PLAN_ERRORS else r.PLAN_FAILED)
             message = (str(result.get("message")) if reason in r.PLAN_ERRORS else self.failure_message("plan"))
             self.finish("Failed", reason)
             return self.outcome(s.stalled("Failed", reason, message), POLL_IDLE)
@@ -460,9 +463,10 @@ class _Run:
         result = job.result or {}
         attempts = self.run.attempts = dict(self.run.attempts or {})
         done = int(attempts.get(role, 0))
-        if job.state != "failed" or result.get("reason") not in r.TRANSIENT_JOB_REASONS or done >= JOB_RETRIES:
+        said = r.parse(result.get("reason"))
+        if job.state != "failed" or said is None or said not in r.TRANSIENT_JOB_REASONS or done >= JOB_RETRIES:
             return None
-        phase, reason = ROLES[role].phase or "Succeeded", str(result["reason"])
+        phase, reason = ROLES[role].phase or "Succeeded", said
         retry_at = self.run.retry_at
         if retry_at is None:
             delay = min(60, 5 * 2**done)
@@ -634,7 +638,7 @@ class _Run:
         result = cast(BackupResult, job.result or {})
         if job.state == "failed" or not result.get("ok"):
             message = self.failure_message("backup") + "; nothing was changed in the database"
-            self.condition(c.BACKUP_SUCCEEDED, "False", str(result.get("reason") or r.BACKUP_FAILED), message)
+            self.condition(c.BACKUP_SUCCEEDED, "False", r.parse(result.get("reason")) or r.BACKUP_FAILED, message)
             self.finish("Failed", r.BACKUP_FAILED)
             return self.outcome(s.stalled("Failed", self.failure_reason("backup", r.JOB_FAILED),
                                           message + ". Fix the cause, then edit the resource to retry."), POLL_IDLE)
@@ -895,9 +899,9 @@ class _Run:
             if before.get("status") == "True":
                 self.decision.events.append(("Normal", r.DRIFT_RESOLVED, "the live database matches again"))
 
-    def failed(self, message: str, reason: str | None = None) -> Decision:
+    def failed(self, message: str, reason: Reason | None = None) -> Decision:
         """End the run Failed (RolledBack when it was): `reason`, else what stopped the migration Job (JobFailed)."""
-        reason = reason or self.run.failure_reason or r.JOB_FAILED
+        reason = reason or r.parse(self.run.failure_reason) or r.JOB_FAILED
         rolled = s.condition_is(self.st, c.ROLLED_BACK, "True")
         self.finish("RolledBack" if rolled else "Failed", reason)
         hint = (" Fix the migration in a new image (or change targetRevision), then apply the resource again."

@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from . import constants as c
+from .reasons import Reason
 
 Kind = Literal["progressing", "ready", "stalled"]
 Status = dict[str, Any]
@@ -45,7 +46,7 @@ class Outcome:
 
     kind: Kind
     phase: str
-    reason: str
+    reason: Reason
     message: str
 
 
@@ -69,7 +70,7 @@ def set_condition(
     status: Status,
     type_: str,
     value: Literal["True", "False", "Unknown"],
-    reason: str,
+    reason: Reason,
     message: str,
     generation: int,
     now: datetime | None = None,
@@ -112,15 +113,15 @@ def summarize(status: Status, outcome: Outcome, generation: int, now: datetime |
     return new
 
 
-def progressing(phase: str, reason: str, message: str) -> Outcome:
+def progressing(phase: str, reason: Reason, message: str) -> Outcome:
     return Outcome("progressing", phase, reason, message)
 
 
-def ready(reason: str, message: str) -> Outcome:
+def ready(reason: Reason, message: str) -> Outcome:
     return Outcome("ready", "Succeeded", reason, message)
 
 
-def stalled(phase: str, reason: str, message: str) -> Outcome:
+def stalled(phase: str, reason: Reason, message: str) -> Outcome:
     return Outcome("stalled", phase, reason, message)
 
 

@@ -89,7 +89,7 @@ def test_upgrade_waits_for_the_lock_and_names_its_holder(mariadb_database: Datab
         cur.execute("SELECT GET_LOCK(%s, 0), CONNECTION_ID()", (mysql_lock_name(key),))
         _, holder_id = cur.fetchone()  # type: ignore[misc]
         r = runner(mariadb_database, app, "upgrade", "--from", "base", "--to", "aaaaaaaa0001",
-                   "--lock-key", str(key), "--lock-timeout", "2")
+                   "--lock-key", str(key), "--lock-wait-seconds", "2")
     assert r.result["reason"] == "LockTimeout", r
     assert f"pid {holder_id}" in r.result["message"] and r.result["blockers"][0]["pid"] == holder_id
     assert tables(mariadb_database) == set()

@@ -14,7 +14,7 @@ from typing import IO, Any
 import pytest
 from sqlalchemy.engine import URL, make_url
 
-from alembic_operator import dbstate, engines, jobtools, sqlscan
+from alembic_operator import cli, dbstate, engines, jobtools, sqlscan
 from alembic_operator.dbstate import DatabaseError, parse_url, read_revision
 from alembic_operator.engines import postgresql
 from alembic_operator.engines.base import observation, read_alembic_state
@@ -128,7 +128,7 @@ def run_job(tmp_path: Path, url: str | None, *argv: str, monkeypatch: pytest.Mon
     if url:
         monkeypatch.setenv(jobtools.URL_ENV, url)
     result_file = tmp_path / "result.json"
-    jobtools.main([*argv, "--result-file", str(result_file)])
+    cli.main(["job", *argv, "--result-file", str(result_file)])
     result: dict[str, Any] = json.loads(result_file.read_text())
     return result
 

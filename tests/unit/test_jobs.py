@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from alembic_operator import constants as c
 from alembic_operator.api import parse_spec
+from alembic_operator.jobparts import manifest
 from alembic_operator.jobs import ROLES, URL_ENV, Owner, build_job, job_name
 from alembic_operator.runner.lock import database_lock_key as lock_key
 
@@ -35,8 +38,8 @@ ARGS = {"plan": {"target": "head"}, "backup": {}, "migrate": {"from": "base", "t
 
 
 def build(role: str) -> dict[str, Any]:
-    return build_job(role, OWNER, parse_spec(SPEC), operator_image="ghcr.io/alembic-operator/op:1",  # type: ignore[arg-type]
-                     args=ARGS[role])
+    return manifest(build_job(role, OWNER, parse_spec(SPEC), operator_image="ghcr.io/alembic-operator/op:1",  # type: ignore[arg-type]
+                              args=ARGS[role]))
 
 
 def containers(job: dict[str, Any]) -> list[dict[str, Any]]:
@@ -195,8 +198,8 @@ def test_the_app_runs_as_its_images_user_ours_as_65532_and_the_user_can_set_eith
 
     def job(template: dict[str, Any]) -> dict[str, Any]:
         spec = {**SPEC, "jobTemplate": {**SPEC["jobTemplate"], **template}}
-        return build_job(role, OWNER, parse_spec(spec), operator_image="ghcr.io/alembic-operator/op:1",  # type: ignore[arg-type]
-                         args=ARGS[role])
+        return manifest(build_job(role, OWNER, parse_spec(spec), operator_image="ghcr.io/alembic-operator/op:1",  # type: ignore[arg-type]
+                                  args=ARGS[role]))
 
     default = _run_as(job({}))
     assert {name: default[name] for name in app} == {name: (None, None) for name in app}
@@ -211,3 +214,68 @@ def test_the_app_runs_as_its_images_user_ours_as_65532_and_the_user_can_set_eith
         assert sc["capabilities"] == {"drop": ["ALL"]} and sc["seccompProfile"] == {"type": "RuntimeDefault"}
     pod = every["spec"]["template"]["spec"]["securityContext"]
     assert pod["runAsNonRoot"] is True and pod.get("fsGroup") == (65532 if ROLES[role].backups else None)  # type: ignore[index]
+
+
+# --- the typed builders build what the dict literals built ----------------------------------------------------------
+
+BEFORE = Path(__file__).parents[1] / "fixtures" / "jobs" / "before-typed-builders.json"
+"""Every role's Job (and its server-side dry-run variant) for the specs below, as main built them from dict literals
+before the builders became typed (commit 395a832): captured once, never regenerated."""
+BASE = {"database": {"urlSecretRef": {"name": "db", "key": "uri"}},
+        "migrations": {"image": "app:2"}, "targetRevision": "abc123"}
+VARIANTS: dict[str, dict[str, Any]] = {
+    "full": SPEC,
+    "minimal-hostpath": {**BASE, "migrations": {"image": "app:2", "imagePullPolicy": "Always", "lockTimeout": "3s",
+                                                   "statementTimeout": "1m30s", "config": "db/alembic.ini"},
+                         "backup": {"volume": {"hostPath": {"path": "/srv/backups", "type": "DirectoryOrCreate"}},
+                                    "retain": 1}},
+    "contexts-nfs": {**BASE, "backup": {"volume": {"nfs": {"server": "nfs.example", "path": "/exports/db"}}},
+                     "jobTemplate": {
+                         "podSecurityContext": {"runAsUser": 10001, "runAsGroup": 10001, "fsGroup": 2000,
+                                                "supplementalGroups": [5]},
+                         "securityContext": {"readOnlyRootFilesystem": False, "capabilities": {"drop": ["NET_RAW"]}},
+                         "env": [{"name": "APP_ENV", "value": "prod"},
+                                 {"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "t", "key": "k"}}}],
+                         "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+                             "nodeSelectorTerms": [{"matchExpressions": [
+                                 {"key": "zone", "operator": "In", "values": ["a"]}]}]}}},
+                         "tolerations": [{"key": "k", "operator": "Equal", "value": "v", "effect": "NoExecute",
+                                          "tolerationSeconds": 30}],
+                         "resources": {"requests": {"cpu": "100m"}, "limits": {"cpu": "2", "memory": "1Gi"}}}},
+    "csi-long-name": {**BASE, "backup": {"volume": {"csi": {"driver": "x.csi.io", "volumeAttributes": {"a": "b"}}}},
+                      "driftCheck": {"interval": "1h"}},
+}
+
+
+def _every_job() -> dict[str, dict[str, Any]]:
+    jobs = {}
+    for variant, spec in VARIANTS.items():
+        owner = Owner(name="shop" if variant != "csi-long-name" else "a" * 60, namespace="shop", uid="u-1",
+                      generation=7)
+        for role, kind in ((r, k) for r in ROLES for k in ("args", "dry-run")):
+            dry_run = ROLES[role].dry_run_args  # type: ignore[index]
+            if kind == "dry-run" and dry_run is None:
+                continue
+            args = ARGS[role] if kind == "args" else {**(dry_run or {}), "lockKey": "0", "instance": "dry-run"}
+            jobs[f"{variant}/{role}/{kind}"] = manifest(build_job(role, owner, parse_spec(spec),  # type: ignore[arg-type]
+                                                                  operator_image="op:1", args=args))
+    return jobs
+
+
+def test_every_job_is_the_one_the_dict_literals_built() -> None:
+    """Byte for byte as JSON (keys sorted: an object's key order means nothing to the API server)."""
+    before = json.loads(BEFORE.read_text())
+    now = _every_job()
+    assert sorted(now) == sorted(before)
+    for key, job in now.items():
+        assert json.dumps(job, sort_keys=True) == json.dumps(before[key], sort_keys=True), key
+
+
+def test_a_quantity_written_as_a_number_reaches_the_job_as_the_same_quantity() -> None:
+    """`cpu: 1` is a valid Quantity in a spec; the typed Job carries it as "1", which the API server reads alike."""
+    spec = {**SPEC, "jobTemplate": {"resources": {"limits": {"cpu": 1, "memory": "1Gi"}}},
+            "backup": {"volume": {"emptyDir": {"sizeLimit": 2}}}}
+    job: Any = manifest(build_job("backup", OWNER, parse_spec(spec), operator_image="op:1", args={}))
+    pod = job["spec"]["template"]["spec"]
+    assert pod["containers"][0]["resources"] == {"limits": {"cpu": "1", "memory": "1Gi"}}
+    assert {"name": "backups", "emptyDir": {"sizeLimit": "2"}} in pod["volumes"]

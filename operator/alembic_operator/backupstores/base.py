@@ -23,7 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, ClassVar, Final
 
+from .. import reasons
 from ..plugins import Registry
+from ..reasons import Reason
 
 TIMESTAMP: Final = "%Y%m%dT%H%M%SZ"
 PREFIX: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
@@ -58,7 +60,7 @@ def to_prune(dumps: Sequence[str], retain: int, keep: str) -> list[str]:
 class StoreError(Exception):
     """A failure with a stable CamelCase reason (BackupFailed, BackupNotFound, BackupCorrupt) and no secret."""
 
-    def __init__(self, reason: str, message: str) -> None:
+    def __init__(self, reason: Reason, message: str) -> None:
         super().__init__(message)
         self.reason = reason
         self.message = message
@@ -117,7 +119,7 @@ class BackupStore(ABC):
         """The dump's (checksum, size) if its checksum is `expected`, else BackupCorrupt."""
         actual, size = self.checksum(name)
         if actual != expected:
-            raise StoreError("BackupCorrupt", f"the backup {name} ({size} bytes) has checksum {actual}, not the "
+            raise StoreError(reasons.BACKUP_CORRUPT, f"the backup {name} ({size} bytes) has checksum {actual}, not the "
                              f"{expected} recorded when it was taken; nothing was restored")
         return actual, size
 
@@ -128,5 +130,5 @@ REGISTRY: Registry[type[BackupStore]] = Registry("alembic_operator.backupstores"
 def open_store(kind: str, location: str) -> BackupStore:
     store = REGISTRY.get(kind)
     if store is None:
-        raise StoreError("InvalidArgument", f"no backup store {kind!r}: one of {', '.join(REGISTRY.names())}")
+        raise StoreError(reasons.INVALID_ARGUMENT, f"no backup store {kind!r}: one of {', '.join(REGISTRY.names())}")
     return store(location)

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any, Final
 
+from .. import reasons
 from .base import BackupStore, StoredDump, StoreError, newest_first, to_prune
 
 _CHUNK: Final = 1 << 20
@@ -61,7 +62,7 @@ class VolumeStore(BackupStore):
 
     def _path(self, name: str) -> Path:
         if not name or "/" in name or name.startswith("."):
-            raise StoreError("InvalidArgument", f"{name!r} is not the name of a backup")
+            raise StoreError(reasons.INVALID_ARGUMENT, f"{name!r} is not the name of a backup")
         return self.directory / name
 
     def exists(self, name: str) -> bool:
@@ -71,7 +72,7 @@ class VolumeStore(BackupStore):
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
         except OSError as err:
-            raise StoreError("BackupFailed", f"cannot create the backup directory {self.directory}: "
+            raise StoreError(reasons.BACKUP_FAILED, f"cannot create the backup directory {self.directory}: "
                              f"{err.strerror}") from None
         final = self._path(name)
         tmp = self.directory / f".{name}.partial"
@@ -87,7 +88,8 @@ class VolumeStore(BackupStore):
             os.replace(tmp, final)
             _fsync_dir(self.directory)
         except OSError as err:
-            raise StoreError("BackupFailed", f"cannot store the dump in {self.directory}: {err.strerror}") from None
+            raise StoreError(reasons.BACKUP_FAILED,
+                             f"cannot store the dump in {self.directory}: {err.strerror}") from None
         sha256, size = file_sha256(final)
         return StoredDump(name=name, location=str(final), sha256=sha256, size=size)
 
@@ -113,8 +115,8 @@ class VolumeStore(BackupStore):
     def checksum(self, name: str) -> tuple[str, int]:
         path = self._path(name)
         if not path.is_file():
-            raise StoreError("BackupNotFound", f"the backup file {path} does not exist (was it pruned, or is the "
-                             "backup volume not the one it was written to?)")
+            raise StoreError(reasons.BACKUP_NOT_FOUND, f"the backup file {path} does not exist (was it pruned, or "
+                             "is the backup volume not the one it was written to?)")
         return file_sha256(path)
 
     @contextlib.contextmanager

@@ -26,6 +26,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy.engine import URL
 from sqlalchemy.pool import NullPool
 
+from .. import reasons
 from ..observation import DatabaseObservation
 from ..plugins import Registry
 from ..runner.redact import Redactor
@@ -189,7 +190,7 @@ def read_alembic_state(url: URL, connect_args: dict[str, Any]) -> tuple[list[str
 
 def observation(heads: list[str], names: list[str]) -> DatabaseObservation:
     if len(heads) > 1:
-        return DatabaseObservation(error_reason="MultipleHeads", transient=False,
+        return DatabaseObservation(error_reason=reasons.MULTIPLE_HEADS, transient=False,
                                    error_message=f"the database's alembic_version holds several revisions "
                                    f"({', '.join(heads)}); merge them in the app (alembic merge) first")
     versioned = "alembic_version" in names

@@ -16,12 +16,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from . import reasons
 from .blockers import describe_blockers, from_row
 from .errors import Failure, describe, log, log_exception
 from .results import Blocker
 
 DEFAULT_LOCK_KEY = 0x616C656D62696300  # "alembic\0": session advisory lock key shared by all migrators
-DEFAULT_LOCK_TIMEOUT = 600
+LOCK_WAIT_SECONDS = 600  # how long a writer waits for another one's migration lock (not the database's lock_timeout)
 
 
 # --- the key ----------------------------------------------------------------------------------------------------
@@ -259,7 +260,7 @@ def migration_lock(engine: Any, key: int, timeout: float) -> Iterator[None]:
         conn = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
     except Exception as exc:
         log_exception("connecting to the database", exc)
-        raise Failure("DatabaseUnreachable", f"cannot connect to the database: {describe(exc)}") from None
+        raise Failure(reasons.DATABASE_UNREACHABLE, f"cannot connect to the database: {describe(exc)}") from None
     try:
         started = time.monotonic()
         last_report = -1e9
@@ -268,14 +269,14 @@ def migration_lock(engine: Any, key: int, timeout: float) -> Iterator[None]:
                 got = conn.execute(text(sql.try_lock), {"key": key}).scalar()
             except Exception as exc:
                 log_exception("taking the advisory lock", exc)
-                raise Failure("DatabaseUnreachable", f"cannot take the advisory lock: {describe(exc)}") from None
+                raise Failure(reasons.DATABASE_UNREACHABLE, f"cannot take the advisory lock: {describe(exc)}") from None
             if got:
                 break
             waited = time.monotonic() - started
             if waited >= timeout:
                 held = holder(conn, sql, key)
                 raise Failure(
-                    "LockTimeout",
+                    reasons.LOCK_TIMEOUT,
                     f"another session has held the migration lock (advisory lock {key}"
                     f"{', held by ' + describe_blockers(held) if held else ''}) for more than {timeout}s; nothing "
                     "was run. Another migration may be running against this database: wait for it, or end that "
