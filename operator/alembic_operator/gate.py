@@ -32,6 +32,7 @@ from typing import Any, Literal
 
 from . import constants as c
 from . import reasons
+from .reasons import Reason
 
 Obj = Mapping[str, Any]
 
@@ -66,7 +67,7 @@ class Verdict:
     """Whether a requirement is met now; the reason and message go into Events."""
 
     met: bool
-    reason: str
+    reason: Reason
     message: str
 
 
@@ -285,7 +286,7 @@ def review_pods(pods: Iterable[Obj], migrations: Mapping[tuple[str, str], Obj]) 
     return out
 
 
-def summarize_held(migration: str, held: Sequence[PodVerdict]) -> tuple[str, str, str]:
+def summarize_held(migration: str, held: Sequence[PodVerdict]) -> tuple[Literal["Normal", "Warning"], Reason, str]:
     """(type, reason, message) of the Event posted on a DatabaseMigration that holds pods."""
     names = sorted(p.name for p in held)
     listed = ", ".join(names[:MAX_LISTED]) + (f" and {len(names) - MAX_LISTED} more" if len(names) > MAX_LISTED else "")

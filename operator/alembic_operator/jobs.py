@@ -49,18 +49,18 @@ from pydantic import BaseModel
 from . import constants as c
 from . import reasons
 from .api import DatabaseMigrationSpec, duration_milliseconds
-from .constants import Phase, Role
+from .constants import URL_ENV, Phase, Role
 from .jobparts import StoreWiring, typed
+from .reasons import Reason
+from .runner.lock import LOCK_WAIT_SECONDS
 
 M = TypeVar("M", bound=BaseModel)
 
-URL_ENV = "ALEMBIC_OPERATOR_DATABASE_URL"
 WORK_DIR = "/alembic-operator"
 RUNNER = f"{WORK_DIR}/runner.pyz"  # the runner package as one zipapp (runner/build.py)
 PLAN_DIR = f"{WORK_DIR}/plan"
 OPERATOR_UID = 65532
 INSTALLER = "runner"  # the init container that only writes the runner into the Job's volume
-LOCK_TIMEOUT_SECONDS = 600  # how long a writing Job waits for another one's advisory lock on the same database
 SHORT, LONG = 600, 6 * 3600  # default deadlines: a Job that never starts (image pull errors...) must still end
 
 
@@ -277,14 +277,14 @@ class _Inputs:
         return self.ours(INSTALLER, ["alembic-operator", "job", "install-runner", RUNNER], [WORK])
 
     def locking(self) -> list[str]:
-        return ["--lock-key", self.args["lockKey"], "--lock-timeout", str(LOCK_TIMEOUT_SECONDS)]
+        return ["--lock-key", self.args["lockKey"], "--lock-wait-seconds", str(LOCK_WAIT_SECONDS)]
 
     def limits(self) -> list[str]:
         """spec.migrations.lockTimeout and statementTimeout, in milliseconds, for the runner to set on env.py's
         session (the URL itself never appears in a Job)."""
         m = self.spec.migrations
-        limits = [("--db-lock-timeout", duration_milliseconds(m.lock_timeout)),
-                  ("--db-statement-timeout", duration_milliseconds(m.statement_timeout))]
+        limits = [("--db-lock-timeout-ms", duration_milliseconds(m.lock_timeout)),
+                  ("--db-statement-timeout-ms", duration_milliseconds(m.statement_timeout))]
         return [part for flag, ms in limits if ms is not None for part in (flag, str(ms))]
 
 
@@ -345,7 +345,7 @@ class JobRole:
     name: Role
     image: Literal["operator", "app"]  # whose image runs its main container
     phase: Phase | None  # status.phase while it runs (None: not part of a run: drift checks run while Ready)
-    reason: str  # the Reconciling reason while it runs
+    reason: Reason  # the Reconciling reason while it runs
     writes: bool  # writes to the database: takes the advisory lock
     during_deletion: bool  # started even while the resource is being deleted (a rollback must finish)
     retries: bool  # retried with backoff when it failed for a transient reason and changed nothing

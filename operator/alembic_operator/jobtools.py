@@ -39,9 +39,10 @@ from typing import Any, Final, TypeVar, cast
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from . import backupstores, engines, plansql, sqlscan
+from . import backupstores, engines, plansql, reasons, sqlscan
 from .jobio import REDACT, URL_ENV, JobError, log, sanitize
 from .jobio import remember_secret as _remember_secret
+from .runner.lock import LOCK_WAIT_SECONDS
 from .runner.results import RESULT_LIMIT, BackupResult, CurrentResult, RestoreResult, ScanResult, fit_list, size
 from .runner.results import write_result as write_results
 
@@ -61,25 +62,26 @@ def database_from_env(environ: dict[str, str] | None = None) -> Any:
 def _engine_and_database(environ: dict[str, str] | None = None) -> tuple[engines.Engine[Any], Any]:
     raw = (environ if environ is not None else dict(os.environ)).get(URL_ENV)
     if not raw or not raw.strip():
-        raise JobError("InvalidDatabaseURL", f"the environment variable {URL_ENV} is not set (it comes from the "
+        raise JobError(reasons.INVALID_DATABASE_URL,
+                       f"the environment variable {URL_ENV} is not set (it comes from the "
                        "Secret named in spec.database.urlSecretRef)")
     _remember_secret(raw.strip())
     try:
         url = make_url(raw.strip())
     except (ArgumentError, ValueError):
-        raise JobError("InvalidDatabaseURL", f"the database URL is not a valid SQLAlchemy URL such as "
+        raise JobError(reasons.INVALID_DATABASE_URL, f"the database URL is not a valid SQLAlchemy URL such as "
                        f"{URL_EXAMPLE}") from None
     _remember_secret(url.password if isinstance(url.password, str) else None)
     try:
         engine = engines.for_url(url)
     except engines.UnknownEngine as err:
-        raise JobError("InvalidDatabaseURL", f"the database URL points at a {err.backend} database; "
+        raise JobError(reasons.INVALID_DATABASE_URL, f"the database URL points at a {err.backend} database; "
                        f"{err.explain()} ({URL_EXAMPLE})") from None
     for secret in engine.secrets(url):
         _remember_secret(secret)
     problem = engine.problem(url)
     if problem:
-        raise JobError("InvalidDatabaseURL", f"the database URL {problem} ({engine.url_example})")
+        raise JobError(reasons.INVALID_DATABASE_URL, f"the database URL {problem} ({engine.url_example})")
     return engine, engine.connect(url)
 
 
@@ -112,7 +114,7 @@ def _fitted(result: R, key: str, more: Callable[[int], str] | None = None) -> R:
 
 def _plan_file(plan_dir: Path, name: Any) -> Path:
     if not isinstance(name, str) or not name or "/" in name or name.startswith("."):
-        raise JobError("PlanInvalid", f"plan.json names an invalid SQL file {name!r}")
+        raise JobError(reasons.PLAN_INVALID, f"plan.json names an invalid SQL file {name!r}")
     return plan_dir / name
 
 
@@ -121,14 +123,15 @@ def cmd_scan(plan_dir: Path) -> ScanResult:
     try:
         plan = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise JobError("PlanNotFound", f"{path} does not exist: the plan step did not write it (see the plan "
+        raise JobError(reasons.PLAN_NOT_FOUND, f"{path} does not exist: the plan step did not write it (see the plan "
                        "container's log)") from None
     except (OSError, ValueError) as err:
-        raise JobError("PlanInvalid", f"{path} is not valid JSON: {err}") from None
+        raise JobError(reasons.PLAN_INVALID, f"{path} is not valid JSON: {err}") from None
     if not isinstance(plan, dict):
-        raise JobError("PlanInvalid", f"{path} does not hold a JSON object")
+        raise JobError(reasons.PLAN_INVALID, f"{path} does not hold a JSON object")
     if plan.get("ok") is False:  # the runner reports its own failures; a plan.json that says so is forwarded
-        raise JobError(str(plan.get("reason") or "PlanFailed"), str(plan.get("message") or "the plan step failed"))
+        raise JobError(reasons.parse(plan.get("reason")) or reasons.PLAN_FAILED,
+                       str(plan.get("message") or "the plan step failed"))
 
     unrenderable = {str(u.get("revision")): str(u.get("message") or "")
                     for u in plan.get("unrenderable") or [] if isinstance(u, dict) and u.get("revision")}
@@ -140,7 +143,7 @@ def cmd_scan(plan_dir: Path) -> ScanResult:
         if isinstance(entry, str):  # a bare id: nothing rendered for it
             entry = {"revision": entry}
         if not isinstance(entry, dict) or not entry.get("revision"):
-            raise JobError("PlanInvalid", f"plan.json has a revision entry without an id: {str(entry)[:100]}")
+            raise JobError(reasons.PLAN_INVALID, f"plan.json has a revision entry without an id: {str(entry)[:100]}")
         rev = str(entry["revision"])
         revisions.append(rev)
         sql_name = entry.get("file") or entry.get("sqlFile")
@@ -151,7 +154,7 @@ def cmd_scan(plan_dir: Path) -> ScanResult:
         try:
             sql = sql_path.read_text(encoding="utf-8")
         except OSError as err:
-            raise JobError("PlanInvalid", f"cannot read {sql_path.name}: {err.strerror or err}") from None
+            raise JobError(reasons.PLAN_INVALID, f"cannot read {sql_path.name}: {err.strerror or err}") from None
         digest.update(sql.encode())
         items.append((rev, sql))
         shown.append({"revision": rev, "message": str(entry.get("message") or ""), "sql": sql})
@@ -162,7 +165,8 @@ def cmd_scan(plan_dir: Path) -> ScanResult:
     try:  # the runner names the dialect it rendered for
         engine = engines.for_backend(str(plan.get("dialect") or "postgresql"))
     except engines.UnknownEngine as err:
-        raise JobError("PlanInvalid", f"the plan was rendered for a {err.backend} database: {err.explain()}") from None
+        raise JobError(reasons.PLAN_INVALID,
+                       f"the plan was rendered for a {err.backend} database: {err.explain()}") from None
     findings = engine.scan(items, _live_database(engine))
     order = {rev: i for i, rev in enumerate(revisions)}
     for rev, message in unrenderable.items():
@@ -242,7 +246,7 @@ def cmd_scan(plan_dir: Path) -> ScanResult:
         result["destructive"] = destructive_all
         result = _fitted(result, "destructive", more_destructive)
     if size(result) > RESULT_MAX:
-        raise JobError("PlanTooLarge", f"the plan's result does not fit a termination message even without its "
+        raise JobError(reasons.PLAN_TOO_LARGE, f"the plan's result does not fit a termination message even without its "
                        f"{len(revisions)} revision ids; set spec.targetRevision to an intermediate revision and "
                        "migrate in steps")
     return result
@@ -294,7 +298,7 @@ def cmd_backup(store_kind: str, location: str, prefix: str, retain: int, locatio
     """The engine dumps a consistent snapshot into the store; the store keeps it (atomically, with its checksum).
     `location`: where the store keeps this resource's dumps; `location_prefix`: how status names it."""
     if not backupstores.PREFIX.fullmatch(prefix):
-        raise JobError("InvalidArgument", f"--prefix {prefix!r}: use letters, digits, '-', '_' and '.'")
+        raise JobError(reasons.INVALID_ARGUMENT, f"--prefix {prefix!r}: use letters, digits, '-', '_' and '.'")
     engine, db = _engine_and_database()
     store = backupstores.open_store(store_kind, location)
     with engine.snapshot(db) as snapshot:
@@ -331,17 +335,17 @@ def cmd_backup(store_kind: str, location: str, prefix: str, retain: int, locatio
 
 
 def cmd_restore(store_kind: str, dump: str, expected: str, lock_key: int | None = None,
-                lock_timeout: float = 600.0) -> RestoreResult:
+                lock_wait: float = LOCK_WAIT_SECONDS) -> RestoreResult:
     """The store hands the dump over once its checksum matched; the engine restores it all or nothing, holding the
     database's migration lock (restore writes, like migrate, downgrade and stamp)."""
     if not re.fullmatch(r"sha256:[0-9a-f]{64}", expected.strip().lower()):
-        raise JobError("InvalidArgument", "--sha256 must be sha256:<64 hex digits>")
+        raise JobError(reasons.INVALID_ARGUMENT, "--sha256 must be sha256:<64 hex digits>")
     expected = expected.strip().lower()
     store, name = backupstores.store_kind(store_kind).open_dump(dump)
     _actual, size = store.verify(name, expected)
     log(f"checksum verified: {name} ({size} bytes)")
     engine, db = _engine_and_database()
-    with store.fetch(name) as local, engine.advisory_lock(db, lock_key, lock_timeout):
+    with store.fetch(name) as local, engine.advisory_lock(db, lock_key, lock_wait):
         dropped = engine.restore(db, local)
     revision = _revision(engine.heads(db))
     log(f"restored {name}: the database is at revision {revision or 'base'}")
@@ -355,7 +359,8 @@ def cmd_current() -> CurrentResult:
     engine, db = _engine_and_database()
     heads = engine.heads(db)
     if len(heads) > 1:
-        raise JobError("MultipleHeads", f"the database's alembic_version holds several revisions ({', '.join(heads)}); "
+        raise JobError(reasons.MULTIPLE_HEADS,
+                       f"the database's alembic_version holds several revisions ({', '.join(heads)}); "
                        "merge them in the app (alembic merge) first")
     return {"ok": True, "current": heads[0] if heads else None}
 
@@ -386,7 +391,8 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p.add_argument("--sha256", required=True)
     p.add_argument("--lock-key", type=int, help="hold this advisory lock (the database's migration lock) while "
                    "restoring")
-    p.add_argument("--lock-timeout", type=float, default=600.0, help="seconds to wait for the lock")
+    p.add_argument("--lock-wait-seconds", type=float, default=LOCK_WAIT_SECONDS, metavar="S",
+                   help="how long to wait for that lock (default %(default)s)")
     command("current", "print the database's current Alembic revision")
 
 
@@ -399,13 +405,13 @@ def run(args: argparse.Namespace) -> int:
         elif args.job_command == "backup":
             result = cmd_backup(args.store, args.location, args.prefix, args.retain, args.location_prefix)
         elif args.job_command == "restore":
-            result = cmd_restore(args.store, args.dump, args.sha256, args.lock_key, args.lock_timeout)
+            result = cmd_restore(args.store, args.dump, args.sha256, args.lock_key, args.lock_wait_seconds)
         else:
             result = cmd_current()
     except (JobError, backupstores.StoreError) as err:
         result = {"ok": False, "reason": err.reason, "message": sanitize(err.message)[:3000]}
     except Exception as err:  # never a traceback with who-knows-what in it: a sanitized one-liner
-        result = {"ok": False, "reason": "InternalError",
+        result = {"ok": False, "reason": reasons.INTERNAL_ERROR,
                   "message": sanitize(f"{type(err).__name__}: {err}")[:3000]}
     if not result.get("ok"):
         log(f"failed: {result['reason']}: {result['message']}")

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal
+from functools import cached_property
+from typing import Literal
 
+from .api import DatabaseMigrationSpec, DatabaseMigrationStatus, JsonObject, SpecError, parse_spec
 from .constants import Role
+from .reasons import Reason
 from .runner.results import JobResult
 
 
@@ -23,8 +26,8 @@ class JobObservation:
     instance: str | None = None  # which Job of its role within the run (retries, replans) or drift interval bucket
     seconds: float | None = None  # how long a finished Job ran
     started: bool = True  # an active Job whose pod has begun running (False: still Pending)
-    blocked: tuple[str, str] | None = None  # (reason, message): why its pod cannot start, when a human must act
-    cause: tuple[str, str] | None = None  # (reason, message): a failed Job stopped from outside (OOMKilled...)
+    blocked: tuple[Reason, str] | None = None  # (reason, message): why its pod cannot start, when a human must act
+    cause: tuple[Reason, str] | None = None  # (reason, message): a failed Job stopped from outside (OOMKilled...)
     waiting: str = ""  # what a pod that has not started yet waits for (the scheduler, an image pull...)
     plan_sql: bytes | None = None  # a finished plan Job's SQL (plansql: gzip JSON), read from its log
 
@@ -42,7 +45,7 @@ class DatabaseObservation:
     revision: str | None = None  # None: no revision (empty database, or alembic_version absent)
     versioned: bool | None = None  # whether the alembic_version table exists (None: not known)
     tables: int | None = None  # tables other than alembic_version (None: not known)
-    error_reason: str | None = None  # SecretNotFound, InvalidDatabaseURL, DatabaseUnreachable...
+    error_reason: Reason | None = None  # SecretNotFound, InvalidDatabaseURL, DatabaseUnreachable...
     error_message: str = ""
     transient: bool = False  # worth retrying without a human
 
@@ -56,9 +59,9 @@ class Observation:
     name: str
     namespace: str
     generation: int
-    spec: dict[str, Any]
+    spec: JsonObject  # as stored: an invalid one is reported, not refused here
     annotations: dict[str, str]
-    status: dict[str, Any]
+    status: DatabaseMigrationStatus
     database: DatabaseObservation
     jobs: dict[str, JobObservation]  # by role, for the run's generation
     now: datetime
@@ -69,3 +72,11 @@ class Observation:
     database_lineage: tuple[str, ...] = ()
     database_moved_by: str | None = None
     job_queue: str | None = None  # set when the operator-wide Job cap is reached: why no Job may start now
+
+    @cached_property
+    def parsed(self) -> DatabaseMigrationSpec | SpecError:
+        """The live spec through its model, parsed once per observation; or why it is invalid."""
+        try:
+            return parse_spec(self.spec)
+        except SpecError as err:
+            return err

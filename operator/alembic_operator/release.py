@@ -33,7 +33,7 @@ from typing import Any
 import kopf
 
 from . import constants as c
-from . import gate, reasons
+from . import events, gate, reasons
 from .api import MAX_NAME_LENGTH
 from .kept import KeptObjects
 from .kube import Client, KubeError
@@ -294,8 +294,8 @@ class Gatekeeper:
         for p in done:
             self.held.get(key, {}).pop(p.uid, None)
             self.announced.discard(p.uid)
-            kopf.event(pod_ref(p.namespace, p.name, p.uid), type="Normal", reason=reasons.RELEASED,
-                       message=f"scheduling gate {c.SCHEDULING_GATE} removed: {p.verdict.message}")
+            events.post(pod_ref(p.namespace, p.name, p.uid), "Normal", reasons.RELEASED,
+                        f"scheduling gate {c.SCHEDULING_GATE} removed: {p.verdict.message}")
         self.released_total += len(done)
         if done:
             elapsed = time.monotonic() - started
@@ -303,8 +303,8 @@ class Gatekeeper:
             names = sorted(p.name for p in done)
             listed = ", ".join(names[: gate.MAX_LISTED]) + (
                 f" and {len(names) - gate.MAX_LISTED} more" if len(names) > gate.MAX_LISTED else "")
-            kopf.event(migration_ref(dbm), type="Normal", reason=reasons.PODS_RELEASED,
-                       message=f"released {len(done)} held pod(s) ({listed}): {done[0].verdict.message}")
+            events.post(migration_ref(dbm), "Normal", reasons.PODS_RELEASED,
+                        f"released {len(done)} held pod(s) ({listed}): {done[0].verdict.message}")
             self._count_soon(key)
         if failed:
             log.warning("could not release %d pod(s) of %s/%s (retrying): %s", len(failed), *key, failed[0][1])
@@ -319,10 +319,10 @@ class Gatekeeper:
             pods[p.uid] = p
             if p.uid not in self.announced:
                 self.announced.add(p.uid)
-                kind = "Warning" if p.verdict.reason in (gate.UNKNOWN_REVISION, gate.MIGRATION_NOT_FOUND) else "Normal"
-                kopf.event(pod_ref(p.namespace, p.name, p.uid), type=kind, reason=reasons.HELD,
-                           message=f"{p.verdict.reason}: scheduling gate {c.SCHEDULING_GATE} kept: "
-                                   f"{p.verdict.message}")
+                kind: events.EventType = (
+                    "Warning" if p.verdict.reason in (gate.UNKNOWN_REVISION, gate.MIGRATION_NOT_FOUND) else "Normal")
+                events.post(pod_ref(p.namespace, p.name, p.uid), kind, reasons.HELD,
+                            f"{p.verdict.reason}: scheduling gate {c.SCHEDULING_GATE} kept: {p.verdict.message}")
         self._count_soon(key)
 
     def _count_soon(self, key: Key) -> None:
@@ -339,7 +339,7 @@ class Gatekeeper:
         count = len(held)
         if count > self.reported.get(key, 0):
             kind, reason, message = gate.summarize_held(key[1], held)
-            kopf.event(migration_ref(dbm), type=kind, reason=reason, message=message)
+            events.post(migration_ref(dbm), kind, reason, message)
         self.reported[key] = count
         written = (dbm.get("status") or {}).get("heldPods")
         if written != count and (written is not None or count or key in self.touched):

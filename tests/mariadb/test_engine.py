@@ -211,7 +211,7 @@ def test_restore_waits_for_the_migration_lock(mariadb_database: Database, job: A
         cur.execute("SELECT GET_LOCK(%s, 0)", (mysql_lock_name(key),))
         run = job(mariadb_database.url, "restore", "--store", "volume", "--dump", file, "--sha256", sha, "--lock-key",
                   str(key),
-                  "--lock-timeout", "2")
+                  "--lock-wait-seconds", "2")
     assert run.result["reason"] == "LockTimeout", run
     assert mariadb_database.query("SHOW TABLES LIKE 'extra'") == [("extra",)]
 

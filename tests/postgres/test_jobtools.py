@@ -175,12 +175,12 @@ def test_restore_waits_for_the_migration_lock_and_restores_nothing_without_it(
     with database.connect() as holder:
         holder.execute("SELECT pg_advisory_lock(%s)", (int(key),))
         run = job(database.url, "restore", "--store", "volume", "--dump", file, "--sha256", sha, "--lock-key", key,
-                  "--lock-timeout", "2")
+                  "--lock-wait-seconds", "2")
         assert run.rc == 1 and run.result["reason"] == "LockTimeout", run
         assert "advisory lock -4242" in run.result["message"] and "nothing was restored" in run.result["message"]
         assert "public.invoices" in relations(database)  # untouched
     run = job(database.url, "restore", "--store", "volume", "--dump", file, "--sha256", sha, "--lock-key", key,
-              "--lock-timeout", "2")
+              "--lock-wait-seconds", "2")
     assert run.rc == 0, run
     assert relations(database) == {"public.orders", "public.alembic_version"}
     assert "took the migration lock (advisory lock -4242)" in run.err

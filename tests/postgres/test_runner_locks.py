@@ -35,7 +35,7 @@ def test_a_blocked_migration_gives_up_after_its_lock_timeout_names_the_blocker_a
     with blocker(runner.database, "SELECT count(*) FROM orders WHERE code <> '{secret}'") as report:
         reader.start()
         started = time.monotonic()
-        r = runner("upgrade", "--from", R1, "--to", R2, "--db-lock-timeout", "1000")
+        r = runner("upgrade", "--from", R1, "--to", R2, "--db-lock-timeout-ms", "1000")
         took = time.monotonic() - started
         reader.finish()
         pid = report.info.backend_pid
@@ -57,7 +57,7 @@ def test_a_blocked_migration_gives_up_after_its_lock_timeout_names_the_blocker_a
     assert runner.database.query("SELECT count(*) FROM information_schema.columns WHERE column_name = 'note'") == [(0,)]
     assert reader.longest < 1.0 + 1.5, "the app's queries queued behind the ALTER longer than its lock timeout"
     # The blocker is gone: it runs.
-    r = runner("upgrade", "--from", R1, "--to", R2, "--db-lock-timeout", "1000")
+    r = runner("upgrade", "--from", R1, "--to", R2, "--db-lock-timeout-ms", "1000")
     assert r.rc == 0, r.stderr
     assert version(runner.database) == R2
 
@@ -73,7 +73,7 @@ def test_the_timeouts_hold_whatever_env_py_does(runner: Runner, app: Path) -> No
         "        connection.commit()\n"))
     assert runner("upgrade", "--from", "base", "--to", R1).rc == 0
     with blocker(runner.database, "SELECT count(*) FROM orders WHERE code <> '{secret}'"):
-        r = runner("upgrade", "--from", R1, "--to", R2, "--db-lock-timeout", "500", timeout=30)
+        r = runner("upgrade", "--from", R1, "--to", R2, "--db-lock-timeout-ms", "500", timeout=30)
     assert r.result["reason"] == "LockTimeout", r.result
     assert "lock_timeout of the migration's session is 0 ms, not 500: setting it" in r.stderr
 
@@ -82,7 +82,7 @@ def test_statement_timeout_and_a_revision_that_opts_out(runner: Runner, app: Pat
     slow = Rev(R2, upgrade=['op.execute("SELECT pg_sleep(1.5)")'])
     make_project(app, [ORDERS, slow])
     assert runner("upgrade", "--from", "base", "--to", R1).rc == 0
-    r = runner("upgrade", "--from", R1, "--to", R2, "--db-statement-timeout", "500")
+    r = runner("upgrade", "--from", R1, "--to", R2, "--db-statement-timeout-ms", "500")
     assert r.rc == 1 and r.result["reason"] == "MigrationFailed", r.result
     assert "500 ms, spec.migrations.statementTimeout" in r.result["message"]
     assert "SET LOCAL statement_timeout = 0" in r.result["message"]
@@ -90,7 +90,7 @@ def test_statement_timeout_and_a_revision_that_opts_out(runner: Runner, app: Pat
     # The documented opt-out: the revision lifts the limit for its own transaction.
     opted = Rev(R2, upgrade=['op.execute("SET LOCAL statement_timeout = 0")', 'op.execute("SELECT pg_sleep(1.5)")'])
     make_project(app, [ORDERS, opted])
-    r = runner("upgrade", "--from", R1, "--to", R2, "--db-statement-timeout", "500")
+    r = runner("upgrade", "--from", R1, "--to", R2, "--db-statement-timeout-ms", "500")
     assert r.rc == 0, r.result
     assert version(runner.database) == R2
 
@@ -106,7 +106,7 @@ def test_the_advisory_lock_holder_is_named(runner: Runner, app: Path) -> None:
     key = 4343434343
     with psycopg.connect(runner.database.conninfo, autocommit=True, application_name="other-migrator") as other:
         other.execute("SELECT pg_advisory_lock(%s)", (key,))
-        r = runner("upgrade", "--from", "base", "--to", R1, "--lock-key", str(key), "--lock-timeout", "1")
+        r = runner("upgrade", "--from", "base", "--to", R1, "--lock-key", str(key), "--lock-wait-seconds", "1")
         pid = other.info.backend_pid
     assert r.rc == 5 and r.result["reason"] == "LockTimeout"
     assert f"held by pid {pid} (user {runner.database.user}, application 'other-migrator'" in r.result["message"]
@@ -123,7 +123,7 @@ def test_an_async_app_is_bounded_and_names_its_blocker_too(database: Database, a
     secrets = (database.password, database.url, url)
     assert run(app, url, "upgrade", "--from", "base", "--to", R1, secrets=secrets).rc == 0
     with blocker(database, "SELECT count(*) FROM orders WHERE code <> '{secret}'") as report:
-        r = run(app, url, "upgrade", "--from", R1, "--to", R2, "--db-lock-timeout", "1000", secrets=secrets)
+        r = run(app, url, "upgrade", "--from", R1, "--to", R2, "--db-lock-timeout-ms", "1000", secrets=secrets)
         pid = report.info.backend_pid
     assert r.rc == 5 and r.result["reason"] == "LockTimeout", r.stderr
     assert r.result["blockers"][0]["pid"] == pid and r.result["blockers"][0]["application"] == "nightly-report"
@@ -135,3 +135,20 @@ def test_an_async_app_is_bounded_and_names_its_blocker_too(database: Database, a
         assert "setting it" not in r.stderr
     assert "lock_timeout 1000 ms" in r.stderr
     assert version(database) == R1
+
+
+def test_two_revisions_the_second_behind_a_held_lock_stop_at_the_first(runner: Runner, app: Path) -> None:
+    """One transaction per revision: the first commits, the second times out and rolls back alone. The database is
+    at the first, whole, and the report is a passing LockTimeout that says so (the operator continues from there)."""
+    r3 = Rev("bbbbbbbb0003", upgrade=['op.create_table("notes", sa.Column("id", sa.Integer, primary_key=True))'])
+    make_project(app, [ORDERS, r3, Rev(R2, upgrade=ADD_NOTE.upgrade)], transaction_per_migration=True)
+    assert runner("upgrade", "--from", "base", "--to", R1).rc == 0
+    with blocker(runner.database, "SELECT count(*) FROM orders WHERE code <> '{secret}'") as report:
+        r = runner("upgrade", "--from", R1, "--to", R2, "--db-lock-timeout", "1000")
+        pid = report.info.backend_pid
+    assert r.rc == 5 and r.result["reason"] == "LockTimeout", r.result
+    assert r.result["applied"] == [r3.id] and r.result["revision"] == r3.id and r.result["failedRevision"] == R2
+    assert r.result["blockers"][0]["pid"] == pid and f"the database is at {r3.id}" in r.result["message"]
+    assert version(runner.database) == r3.id
+    assert runner("upgrade", "--from", r3.id, "--to", R2, "--db-lock-timeout", "1000").rc == 0
+    assert version(runner.database) == R2

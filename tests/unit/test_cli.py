@@ -104,3 +104,19 @@ def test_the_license_is_an_spdx_expression() -> None:
     assert project["project"]["license"] == "Apache-2.0"
     requires = project["build-system"]["requires"]
     assert "setuptools>=77" in requires, requires  # the first setuptools that reads the SPDX form
+
+
+def test_every_duration_flag_says_its_unit() -> None:
+    """The migration lock's wait and the database session's lock_timeout were `--lock-timeout` (seconds) and
+    `--db-lock-timeout` (milliseconds) side by side: a flag that takes a duration names its unit."""
+    from alembic_operator.runner import cli as runner_cli
+
+    parsers = [runner_cli.build_parser(), cli.build_parser(["job"])]
+    flags: set[str] = set()
+    while parsers:
+        parser = parsers.pop()
+        parsers += _subcommands(parser).values()
+        flags |= {flag for action in parser._actions for flag in action.option_strings}
+    timed = {flag for flag in flags if re.search(r"timeout|wait|deadline|interval", flag)}
+    assert {"--lock-wait-seconds", "--db-lock-timeout-ms", "--db-statement-timeout-ms"} <= timed
+    assert all(flag.endswith(("-seconds", "-ms")) for flag in timed), timed

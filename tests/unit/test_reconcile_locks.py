@@ -36,19 +36,19 @@ def container_args(role: str, migrations: dict[str, Any]) -> list[str]:
 @pytest.mark.parametrize("role", ["migrate", "downgrade"])
 def test_migrate_and_downgrade_jobs_carry_the_session_limits(role: str) -> None:
     default = container_args(role, {})
-    assert default[default.index("--db-lock-timeout") + 1] == "3000" and "--db-statement-timeout" not in default
+    assert default[default.index("--db-lock-timeout-ms") + 1] == "3000" and "--db-statement-timeout-ms" not in default
     both = container_args(role, {"lockTimeout": "500ms", "statementTimeout": "15m"})
-    assert both[both.index("--db-lock-timeout") + 1] == "500"
-    assert both[both.index("--db-statement-timeout") + 1] == "900000"
+    assert both[both.index("--db-lock-timeout-ms") + 1] == "500"
+    assert both[both.index("--db-statement-timeout-ms") + 1] == "900000"
     off = container_args(role, {"lockTimeout": "0s"})
-    assert off[off.index("--db-lock-timeout") + 1] == "0"
+    assert off[off.index("--db-lock-timeout-ms") + 1] == "0"
 
 
 def test_writers_that_do_not_migrate_get_no_session_limits() -> None:
     spec = parse_spec(SPEC)
     job = manifest(build_job("stamp", Owner("shop", "shop", "uid", 1), spec, operator_image="op:1",
                              args={"revision": "r1", "lockKey": "42"}))
-    assert "--db-lock-timeout" not in job["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert "--db-lock-timeout-ms" not in job["spec"]["template"]["spec"]["containers"][0]["command"]
 
 
 @pytest.mark.parametrize(("text", "ms"), [("3s", 3000), ("500ms", 500), ("1m30s", 90000), ("1h", 3600000),

@@ -32,9 +32,11 @@ from typing import IO, Any, ClassVar, Final, Generic, TypedDict, TypeVar
 
 from pydantic import JsonValue
 
+from .. import reasons
 from ..api import BackupSpec
 from ..jobparts import StoreWiring
 from ..plugins import Registry
+from ..reasons import Reason
 
 Config = TypeVar("Config")
 
@@ -71,7 +73,7 @@ def to_prune(dumps: Sequence[str], retain: int, keep: str) -> list[str]:
 class StoreError(Exception):
     """A failure with a stable CamelCase reason (BackupFailed, BackupNotFound, BackupCorrupt) and no secret."""
 
-    def __init__(self, reason: str, message: str) -> None:
+    def __init__(self, reason: Reason, message: str) -> None:
         super().__init__(message)
         self.reason = reason
         self.message = message
@@ -159,7 +161,7 @@ class BackupStore(ABC, Generic[Config]):
         """The dump's (checksum, size) if its checksum is `expected`, else BackupCorrupt."""
         actual, size = self.checksum(name)
         if actual != expected:
-            raise StoreError("BackupCorrupt", f"the backup {name} ({size} bytes) has checksum {actual}, not the "
+            raise StoreError(reasons.BACKUP_CORRUPT, f"the backup {name} ({size} bytes) has checksum {actual}, not the "
                              f"{expected} recorded when it was taken; nothing was restored")
         return actual, size
 
@@ -170,7 +172,7 @@ REGISTRY: Registry[type[BackupStore[Any]]] = Registry("alembic_operator.backupst
 def store_kind(kind: str) -> type[BackupStore[Any]]:
     store = REGISTRY.get(kind)
     if store is None:
-        raise StoreError("InvalidArgument", f"no backup store {kind!r}: one of {', '.join(REGISTRY.names())}")
+        raise StoreError(reasons.INVALID_ARGUMENT, f"no backup store {kind!r}: one of {', '.join(REGISTRY.names())}")
     return store
 
 

@@ -26,6 +26,7 @@ from kubernetes.client.models.v1_volume import V1Volume
 from kubernetes.client.models.v1_volume_mount import V1VolumeMount
 from pydantic import JsonValue
 
+from .. import reasons
 from ..jobparts import StoreWiring, typed
 from .base import BackupStore, DumpRecord, StoredDump, StoreError, newest_first, to_prune
 
@@ -97,7 +98,7 @@ class VolumeStore(BackupStore[Mapping[str, JsonValue]]):
 
     def _path(self, name: str) -> Path:
         if not name or "/" in name or name.startswith("."):
-            raise StoreError("InvalidArgument", f"{name!r} is not the name of a backup")
+            raise StoreError(reasons.INVALID_ARGUMENT, f"{name!r} is not the name of a backup")
         return self.directory / name
 
     def exists(self, name: str) -> bool:
@@ -107,7 +108,7 @@ class VolumeStore(BackupStore[Mapping[str, JsonValue]]):
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
         except OSError as err:
-            raise StoreError("BackupFailed", f"cannot create the backup directory {self.directory}: "
+            raise StoreError(reasons.BACKUP_FAILED, f"cannot create the backup directory {self.directory}: "
                              f"{err.strerror}") from None
         final = self._path(name)
         tmp = self.directory / f".{name}.partial"
@@ -123,7 +124,8 @@ class VolumeStore(BackupStore[Mapping[str, JsonValue]]):
             os.replace(tmp, final)
             _fsync_dir(self.directory)
         except OSError as err:
-            raise StoreError("BackupFailed", f"cannot store the dump in {self.directory}: {err.strerror}") from None
+            raise StoreError(reasons.BACKUP_FAILED,
+                             f"cannot store the dump in {self.directory}: {err.strerror}") from None
         sha256, size = file_sha256(final)
         return StoredDump(name=name, location=self.reference(name), sha256=sha256, size=size)
 
@@ -149,8 +151,8 @@ class VolumeStore(BackupStore[Mapping[str, JsonValue]]):
     def checksum(self, name: str) -> tuple[str, int]:
         path = self._path(name)
         if not path.is_file():
-            raise StoreError("BackupNotFound", f"the backup file {path} does not exist (was it pruned, or is the "
-                             "backup volume not the one it was written to?)")
+            raise StoreError(reasons.BACKUP_NOT_FOUND, f"the backup file {path} does not exist (was it pruned, or "
+                             "is the backup volume not the one it was written to?)")
         return file_sha256(path)
 
     @contextlib.contextmanager

@@ -48,14 +48,14 @@ import pymysql
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
+from .. import reasons
 from ..jobio import JobError, log, sanitize
 from ..observation import DatabaseObservation
 from ..runner.blockers import describe_blockers, from_row
 from ..runner.lock import database_lock_key, mysql_lock_name
-from .base import Engine, Snapshot, observation, read_alembic_state, redact_urls
+from .base import DatabaseTarget, Engine, Snapshot, observation, read_alembic_state, redact_urls
 
 if TYPE_CHECKING:
-    from ..dbstate import DatabaseTarget
     from ..sqlscan import Catalog, Finding
 
 # A directory holding the client tools (optional), searched first: e.g. MySQL's own mysqldump and mysql for a MySQL
@@ -158,13 +158,14 @@ def _error_text(err: BaseException) -> str:
 def _db_error(err: BaseException, db: Database) -> JobError:
     code, text = _error_code(err), _error_text(err)
     if code in AUTH_ERRORS:
-        return JobError("DatabaseAuthenticationFailed", f"cannot log in to {db.where}: {text}; check the "
+        return JobError(reasons.DATABASE_AUTHENTICATION_FAILED, f"cannot log in to {db.where}: {text}; check the "
                         "credentials in the Secret")
     if code == UNKNOWN_DATABASE:
-        return JobError("DatabaseNotFound", f"the database {db.database!r} does not exist on {db.host}:{db.port}")
+        return JobError(reasons.DATABASE_NOT_FOUND,
+                        f"the database {db.database!r} does not exist on {db.host}:{db.port}")
     if isinstance(err, pymysql.OperationalError) and (code is None or code >= 2000):
-        return JobError("DatabaseUnreachable", f"cannot reach the database at {db.where}: {text}")
-    return JobError("DatabaseError", f"database error on {db.where}: {text}")
+        return JobError(reasons.DATABASE_UNREACHABLE, f"cannot reach the database at {db.where}: {text}")
+    return JobError(reasons.DATABASE_ERROR, f"database error on {db.where}: {text}")
 
 
 def database(url: URL) -> Database:
@@ -216,7 +217,7 @@ def client_tool(*names: str) -> str:
         found = shutil.which(name)
         if found:
             return found
-    raise JobError("ToolNotFound", f"{names[0]} is not installed in the operator's image")
+    raise JobError(reasons.TOOL_NOT_FOUND, f"{names[0]} is not installed in the operator's image")
 
 
 def _dump_tool() -> str:
@@ -314,10 +315,11 @@ class MySQLSnapshot(Snapshot):
             found.close()
             detail = _tail(err)
             if code != 0:
-                raise JobError("BackupFailed", f"{Path(tool).name} failed (exit {code}): {detail or 'no output'}")
+                raise JobError(reasons.BACKUP_FAILED,
+                               f"{Path(tool).name} failed (exit {code}): {detail or 'no output'}")
         before, dumped = ",".join(sorted(self.heads)) or "base", ",".join(sorted(found.heads)) or "base"
         if before != dumped:
-            raise JobError("BackupFailed", f"the database moved while it was dumped (revision {before} before, "
+            raise JobError(reasons.BACKUP_FAILED, f"the database moved while it was dumped (revision {before} before, "
                            f"{dumped} in the dump): another migration ran; nothing was kept")
 
 
@@ -396,8 +398,8 @@ def restore(db: Database, path: Path) -> list[str]:
     tool = _client_tool()
     dump = dump_contents(path)
     if not dump.tables:
-        raise JobError("BackupCorrupt", f"{path.name} creates no table: it is not a mariadb-dump of a database with "
-                       "an Alembic version table; nothing was restored")
+        raise JobError(reasons.BACKUP_CORRUPT, f"{path.name} creates no table: it is not a mariadb-dump of a database "
+                       "with an Alembic version table; nothing was restored")
     conn = db.connect()
     try:
         drops = extra_objects(conn, dump)
@@ -426,7 +428,7 @@ def restore(db: Database, path: Path) -> list[str]:
             code = proc.wait()
         detail = _tail(stderr)
     if code != 0:
-        raise JobError("RestoreFailed", f"restoring the backup failed ({Path(tool).name} exit {code}): "
+        raise JobError(reasons.RESTORE_FAILED, f"restoring the backup failed ({Path(tool).name} exit {code}): "
                        f"{detail or 'no output'}. DDL is not transactional on MySQL/MariaDB: the database may be "
                        "partly restored; running the restore again from the same backup makes it whole")
     return [what for what, _ in drops]
@@ -457,7 +459,8 @@ def advisory_lock(db: Database, key: int | None, timeout: float) -> Iterator[Non
                     cur.execute(HOLDER_SQL, (name,))
                     held = [from_row(r, double_quoted_strings=True) for r in cur.fetchall()]
                     who = f", held by {describe_blockers(held)}" if held else ""
-                    raise JobError("LockTimeout", f"another session has held the migration lock ({name}{who}) for "
+                    raise JobError(reasons.LOCK_TIMEOUT,
+                                   f"another session has held the migration lock ({name}{who}) for "
                                    f"more than {timeout:.0f}s; nothing was restored")
         log(f"took the migration lock ({name})")
         try:
@@ -505,18 +508,18 @@ class MySQL(Engine[Database]):
             orig = getattr(err, "orig", err)
             code, text = _error_code(orig), redact_urls(_error_text(orig), url)
             if code == UNKNOWN_DATABASE:
-                return DatabaseObservation(error_reason="DatabaseNotFound", transient=False,
+                return DatabaseObservation(error_reason=reasons.DATABASE_NOT_FOUND, transient=False,
                                            error_message=f"the database {url.database!r} does not exist on "
                                            f"{self.where(url).rsplit('/', 1)[0]}: create it, or fix the database "
                                            "name in the Secret's URL (checked again every 15 s)")
             if code in AUTH_ERRORS:
-                return DatabaseObservation(error_reason="DatabaseAuthenticationFailed", transient=False,
+                return DatabaseObservation(error_reason=reasons.DATABASE_AUTHENTICATION_FAILED, transient=False,
                                            error_message=f"cannot log in to {target.where}: {text}; check the "
                                            "credentials in the Secret")
-            return DatabaseObservation(error_reason="DatabaseUnreachable", transient=True,
+            return DatabaseObservation(error_reason=reasons.DATABASE_UNREACHABLE, transient=True,
                                        error_message=f"cannot reach the database at {target.where}: {text}")
         except SQLAlchemyError as err:
-            return DatabaseObservation(error_reason="DatabaseUnreachable", transient=True,
+            return DatabaseObservation(error_reason=reasons.DATABASE_UNREACHABLE, transient=True,
                                        error_message=f"cannot read {target.where}: {redact_urls(str(err), url)}")
         return observation(heads, names)
 

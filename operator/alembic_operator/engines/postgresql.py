@@ -49,14 +49,15 @@ from psycopg.conninfo import make_conninfo
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
+from .. import reasons
 from ..jobio import URL_ENV, JobError, log, sanitize
 from ..observation import DatabaseObservation
+from ..reasons import Reason
 from ..runner.lock import database_lock_key
-from .base import Engine, Snapshot, observation, read_alembic_state, redact_urls
+from .base import DatabaseTarget, Engine, Snapshot, observation, read_alembic_state, redact_urls
 
 if TYPE_CHECKING:
     from .. import sqlscan
-    from ..dbstate import DatabaseTarget
 
 PG_BIN_ENV: Final = "ALEMBIC_OPERATOR_PG_BIN"  # a directory holding pg_dump, pg_restore, psql (optional)
 OPERATOR_CONNECT_TIMEOUT: Final = 5  # the operator reads the revision every few seconds
@@ -112,11 +113,11 @@ class Database:
 def _db_error(err: BaseException, db: Database) -> JobError:
     text = sanitize(" ".join(str(err).split()))[:600]
     if "password authentication failed" in text or ("role" in text and "does not exist" in text):
-        return JobError("DatabaseAuthenticationFailed", f"cannot log in to {db.where}: {text}; check the "
+        return JobError(reasons.DATABASE_AUTHENTICATION_FAILED, f"cannot log in to {db.where}: {text}; check the "
                         "credentials in the Secret")
     if isinstance(err, psycopg.OperationalError):
-        return JobError("DatabaseUnreachable", f"cannot reach the database at {db.where}: {text}")
-    return JobError("DatabaseError", f"database error on {db.where}: {text}")
+        return JobError(reasons.DATABASE_UNREACHABLE, f"cannot reach the database at {db.where}: {text}")
+    return JobError(reasons.DATABASE_ERROR, f"database error on {db.where}: {text}")
 
 
 def database(url: URL) -> Database:
@@ -176,7 +177,7 @@ def pg_bin(tool: str) -> str:
             return str(directory / tool)
     found = shutil.which(tool)
     if not found:
-        raise JobError("ToolNotFound", f"{tool} is not installed in the operator's image")
+        raise JobError(reasons.TOOL_NOT_FOUND, f"{tool} is not installed in the operator's image")
     return found
 
 
@@ -191,7 +192,7 @@ def _tail(stream: IO[bytes] | None, lines: int = 8) -> str:
     return " | ".join(kept[-lines:])[-800:]
 
 
-def _run(cmd: list[str], db: Database, what: str, reason: str, out: IO[bytes] | None = None) -> str:
+def _run(cmd: list[str], db: Database, what: str, reason: Reason, out: IO[bytes] | None = None) -> str:
     """Run a pg tool; its stderr is scrubbed and logged; a failure raises JobError(reason). Its stdout goes to
     `out` when given, else it is returned."""
     log(f"running {Path(cmd[0]).name} {' '.join(_shown(cmd[1:]))}")
@@ -227,7 +228,7 @@ class PgSnapshot(Snapshot):
         cmd = [pg_bin("pg_dump"), "--format=custom", "--no-password", f"--lock-wait-timeout={LOCK_WAIT_TIMEOUT}"]
         if self.snapshot:
             cmd.append(f"--snapshot={self.snapshot}")
-        _run([*cmd, "-d", self.db.conninfo], self.db, "pg_dump", "BackupFailed", out=out)
+        _run([*cmd, "-d", self.db.conninfo], self.db, "pg_dump", reasons.BACKUP_FAILED, out=out)
 
 
 @contextlib.contextmanager
@@ -399,7 +400,7 @@ def _restore_with_drops(db: Database, path: Path, drops: list[str]) -> None:
             consumer.send_signal(signal.SIGKILL)  # before EOF: psql never COMMITs
             consumer.wait()
             detail = _tail(restore_err)
-            raise JobError("RestoreFailed", f"pg_restore could not read the backup (exit {produced}): "
+            raise JobError(reasons.RESTORE_FAILED, f"pg_restore could not read the backup (exit {produced}): "
                            f"{detail or 'no output'}; the database was not changed")
         with contextlib.suppress(BrokenPipeError):
             consumer.stdin.close()
@@ -407,14 +408,14 @@ def _restore_with_drops(db: Database, path: Path, drops: list[str]) -> None:
         _tail(restore_err)
         detail = _tail(psql_err)
         if consumed != 0:
-            raise JobError("RestoreFailed", f"restoring the backup failed (psql exit {consumed}): "
+            raise JobError(reasons.RESTORE_FAILED, f"restoring the backup failed (psql exit {consumed}): "
                            f"{detail or 'no output'}; the transaction was rolled back, the database was not changed")
 
 
 
 def restore(db: Database, path: Path) -> list[str]:
     """Restore the dump at `path` (its checksum already verified), all or nothing; the extra objects dropped."""
-    listing = _run([pg_bin("pg_restore"), "--list", str(path)], db, "pg_restore --list", "BackupCorrupt")
+    listing = _run([pg_bin("pg_restore"), "--list", str(path)], db, "pg_restore --list", reasons.BACKUP_CORRUPT)
     dump = parse_toc(listing)
     with db.connect(autocommit=True) as conn:
         try:
@@ -428,7 +429,7 @@ def restore(db: Database, path: Path) -> list[str]:
     else:
         _run([pg_bin("pg_restore"), "--clean", "--if-exists", "--single-transaction", "--no-owner",
               "--exit-on-error", "--no-password", "-d", db.conninfo, str(path)],
-             db, "pg_restore", "RestoreFailed")
+             db, "pg_restore", reasons.RESTORE_FAILED)
     return [what for what, _ in drops]
 
 
@@ -442,7 +443,8 @@ def advisory_lock(db: Database, key: int | None, timeout: float) -> Iterator[Non
         try:
             while not conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()[0]:  # type: ignore[index]
                 if time.monotonic() - started >= timeout:
-                    raise JobError("LockTimeout", f"another session has held the migration lock (advisory lock {key}) "
+                    raise JobError(reasons.LOCK_TIMEOUT,
+                                   f"another session has held the migration lock (advisory lock {key}) "
                                    f"for more than {timeout:.0f}s; nothing was restored")
                 time.sleep(1)
         except psycopg.Error as err:
@@ -482,18 +484,18 @@ class PostgreSQL(Engine[Database]):
             text = redact_urls(str(getattr(err, "orig", err)).strip().splitlines()[0] if str(err).strip()
                                     else "", target.url)
             if re.search(r'database "[^"]*" does not exist', text):
-                return DatabaseObservation(error_reason="DatabaseNotFound", transient=False,
+                return DatabaseObservation(error_reason=reasons.DATABASE_NOT_FOUND, transient=False,
                                            error_message=f"the database {target.url.database!r} does not exist on "
                                            f"{target.url.host or 'localhost'}:{target.url.port or 5432}: create it, "
                                            "or fix the database name in the Secret's URL (checked again every 15 s)")
             if "password authentication failed" in text or ("role" in text and "does not exist" in text):
-                return DatabaseObservation(error_reason="DatabaseAuthenticationFailed", transient=False,
+                return DatabaseObservation(error_reason=reasons.DATABASE_AUTHENTICATION_FAILED, transient=False,
                                            error_message=f"cannot log in to {target.where}: {text}; check the "
                                            "credentials in the Secret")
-            return DatabaseObservation(error_reason="DatabaseUnreachable", transient=True,
+            return DatabaseObservation(error_reason=reasons.DATABASE_UNREACHABLE, transient=True,
                                        error_message=f"cannot reach the database at {target.where}: {text}")
         except SQLAlchemyError as err:
-            return DatabaseObservation(error_reason="DatabaseUnreachable", transient=True,
+            return DatabaseObservation(error_reason=reasons.DATABASE_UNREACHABLE, transient=True,
                                        error_message=f"cannot read {target.where}: "
                                        f"{redact_urls(str(err), target.url)}")
         return observation(heads, names)

@@ -12,6 +12,7 @@ import re
 from collections.abc import Sequence
 from typing import Any, cast
 
+from . import reasons
 from .commands import Runner
 from .driver import heads_str
 from .errors import Failure, classify, log
@@ -204,7 +205,7 @@ def cmd_drift(runner: Runner) -> DriftResult:
     except Exception as exc:
         raise classify(exc, "comparing the database with the scripts and the models") from None
     if "current" not in seen:
-        raise Failure("ScriptError", "env.py did not call context.run_migrations() in online mode")
+        raise Failure(reasons.SCRIPT_ERROR, "env.py did not call context.run_migrations() in online mode")
 
     current: tuple[str, ...] = seen["current"]
     base: dict[str, Any] = {"command": "drift", "current": heads_str(current), "currentHeads": sorted(current),
@@ -214,7 +215,7 @@ def cmd_drift(runner: Runner) -> DriftResult:
     metadata = seen["metadata"]
     if metadata is None or (isinstance(metadata, (list, tuple)) and not metadata):
         raise Failure(
-            "NoTargetMetadata",
+            reasons.NO_TARGET_METADATA,
             "env.py does not pass target_metadata to context.configure(), so the database cannot be compared with "
             "the models: set `target_metadata = Base.metadata` (the models' MetaData) in env.py and pass "
             "target_metadata=target_metadata to context.configure()",

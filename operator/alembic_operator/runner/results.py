@@ -16,10 +16,11 @@ import sys
 from collections.abc import Callable, Mapping
 from typing import Any, TypedDict, Union
 
+from . import reasons
 from .redact import Redactor
 
 RESULT_LIMIT = 3500  # bytes: a container's termination message holds 4096
-TOO_LARGE: dict[str, Any] = {"ok": False, "reason": "ResultTooLarge",
+TOO_LARGE: dict[str, Any] = {"ok": False, "reason": reasons.RESULT_TOO_LARGE,
                              "message": "the result did not fit in a termination message; see the Job's logs"}
 
 
