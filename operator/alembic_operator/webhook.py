@@ -9,7 +9,14 @@ cluster the API server reaches the operator through a Service reference). Ours:
 - matches only pods that carry the ``wait-for`` label (``objectSelector``), on CREATE only;
 - excludes the operator's own namespace (and, when the operator watches some namespaces only, every other one);
 - ``failurePolicy: Fail``: with the operator down, labelled pods are refused, never let through ungated (fail
-  closed); unlabelled pods never reach the webhook. It is left in place when the operator stops, on purpose.
+  closed); unlabelled pods never reach the webhook.
+
+What stays when the operator stops: a configuration that calls a Service (``--webhook-service``, in a cluster) stays,
+on purpose (fail closed until a replica serves it again). One that calls this process's own URL (``alembic-operator
+run`` next to a cluster) is removed on a clean stop (SIGTERM, SIGINT: Kopf exits the server's context, see
+:meth:`GateWebhookServer.__aexit__`), as Kopf removes the webhooks it manages; a killed process (SIGKILL) leaves it,
+and the API server then refuses labelled pods and approvals until it is deleted. It is removed only while its
+``registered-by`` annotation still names this process: a configuration another process rewrote since is not ours.
 
 ``--webhook-config-name none`` leaves the configuration to someone else (a chart using cert-manager's CA injector):
 the operator then only serves the webhook.
@@ -25,10 +32,13 @@ The Kopf registration (``@kopf.on.mutate``) and the start-up are in :mod:`.app`;
 from __future__ import annotations
 
 import argparse
+import asyncio
 import datetime as dt
 import ipaddress
 import logging
 import os
+import secrets
+import socket
 import tempfile
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -43,7 +53,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from . import approvals, gate, reasons
 from . import constants as c
-from .kube import Client
+from .kube import Client, KubeError
 from .release import Gatekeeper
 
 log = logging.getLogger("alembic_operator.webhook")
@@ -54,6 +64,8 @@ CONFIG_NAME = f"alembic-operator.{c.GROUP}"
 WEBHOOK_NAME = f"schema-gate.{c.GROUP}"
 APPROVALS_WEBHOOK_NAME = f"approvals.{c.GROUP}"  # requests that approve: fails closed
 IDENTITY_WEBHOOK_NAME = f"identity.{c.GROUP}"  # every other change of a DatabaseMigration: fails open
+REGISTERED_BY = f"{c.GROUP}/registered-by"  # the process that wrote the configuration: only it removes it
+UNREGISTER_SECONDS = 10.0  # a stop waits this long at most for the API server to remove the configuration
 NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 ENV_PREFIX = "ALEMBIC_OPERATOR_WEBHOOK_"
 
@@ -252,8 +264,10 @@ def namespace_selector(opts: WebhookOptions) -> dict[str, Any] | None:
     return {"matchExpressions": exprs} if exprs else None
 
 
-def webhook_configuration(opts: WebhookOptions, client_config: dict[str, Any]) -> dict[str, Any]:
-    """The MutatingWebhookConfiguration for a client config yielded by Kopf's server (``url``, ``caBundle``)."""
+def webhook_configuration(opts: WebhookOptions, client_config: dict[str, Any],
+                          registered_by: str | None = None) -> dict[str, Any]:
+    """The MutatingWebhookConfiguration for a client config yielded by Kopf's server (``url``, ``caBundle``), written
+    by the process ``registered_by`` names."""
     config: dict[str, Any] = {}
     if client_config.get("caBundle"):
         config["caBundle"] = client_config["caBundle"]
@@ -279,7 +293,8 @@ def webhook_configuration(opts: WebhookOptions, client_config: dict[str, Any]) -
     return {
         "apiVersion": "admissionregistration.k8s.io/v1",
         "kind": "MutatingWebhookConfiguration",
-        "metadata": {"name": opts.config_name, "labels": {c.MANAGED_BY_LABEL: c.MANAGED_BY}},
+        "metadata": {"name": opts.config_name, "labels": {c.MANAGED_BY_LABEL: c.MANAGED_BY},
+                     **({"annotations": {REGISTERED_BY: registered_by}} if registered_by else {})},
         "webhooks": [webhook, *approval_webhooks(opts, client_config)],
     }
 
@@ -311,28 +326,64 @@ def approval_webhooks(opts: WebhookOptions, client_config: dict[str, Any]) -> li
 
 class GateWebhookServer:
     """Kopf's HTTPS webhook server, plus writing our MutatingWebhookConfiguration whenever its client config changes
-    (at start-up, and when the certificate files change)."""
+    (at start-up, and when the certificate files change), and removing it on a clean stop (see the module's
+    docstring). Kopf enters and exits it as an async context manager, around the whole life of the server."""
 
     def __init__(self, opts: WebhookOptions, client: Client) -> None:
         self.opts = opts
         self.client = client
+        self.identity = f"{socket.gethostname()}/{os.getpid()}/{secrets.token_hex(4)}"  # this process, this start
+        self.registered = False
         files = cert_files(opts)
         self.server = kopf.WebhookServer(addr=opts.listen, port=opts.port, host=opts.url_host(),
                                          certfile=str(files.cert), pkeyfile=str(files.key), cafile=str(files.ca))
 
+    async def __aenter__(self) -> GateWebhookServer:
+        await self.server.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        try:
+            await self.unregister()
+        finally:
+            await self.server.__aexit__(*exc)
+
     async def __call__(self, fn: kopf.WebhookFn) -> AsyncIterator[kopf.WebhookClientConfig]:
-        async with self.server:
-            async for client_config in self.server(fn):
-                body = webhook_configuration(self.opts, dict(client_config))
-                target = body["webhooks"][0]["clientConfig"].get("url") or body["webhooks"][0]["clientConfig"]
-                if self.opts.managed():
-                    await self.client.apply_webhook_configuration(body)
-                    log.info("MutatingWebhookConfiguration %s points at %s", self.opts.config_name, target)
-                else:
-                    # Kopf's client URL would name 127.0.0.1 for a 0.0.0.0 listener: say where it really listens.
-                    log.info("serving the webhook on %s:%d (HTTPS); its configuration is managed elsewhere",
-                             self.opts.listen, self.opts.port)
-                yield client_config
+        async for client_config in self.server(fn):
+            body = webhook_configuration(self.opts, dict(client_config), self.identity)
+            target = body["webhooks"][0]["clientConfig"].get("url") or body["webhooks"][0]["clientConfig"]
+            if self.opts.managed():
+                await self.client.apply_webhook_configuration(body)
+                self.registered = True
+                log.info("MutatingWebhookConfiguration %s points at %s", self.opts.config_name, target)
+            else:
+                # Kopf's client URL would name 127.0.0.1 for a 0.0.0.0 listener: say where it really listens.
+                log.info("serving the webhook on %s:%d (HTTPS); its configuration is managed elsewhere",
+                         self.opts.listen, self.opts.port)
+            yield client_config
+
+    async def unregister(self) -> None:
+        """Remove the configuration this process wrote, when it calls this process's own URL and still names it."""
+        name = self.opts.config_name
+        if not self.registered:
+            return
+        if self.opts.service_ref() is not None:
+            log.info("MutatingWebhookConfiguration %s stays: it calls a Service, which another replica may serve",
+                     name)
+            return
+        try:
+            async with asyncio.timeout(UNREGISTER_SECONDS):
+                removed = await self.client.remove_webhook_configuration(name, REGISTERED_BY, self.identity)
+        except (KubeError, TimeoutError) as err:
+            log.warning("could not remove MutatingWebhookConfiguration %s (%s): labelled pods and approvals are "
+                        "refused until it is deleted: kubectl delete mutatingwebhookconfiguration %s", name,
+                        err or "timed out", name)
+            return
+        self.registered = False
+        if removed:
+            log.info("removed MutatingWebhookConfiguration %s (it called this process)", name)
+        else:
+            log.info("MutatingWebhookConfiguration %s stays: another process has written it since", name)
 
 
 async def hold_until_schema_ready(keeper: Gatekeeper, opts: WebhookOptions, body: kopf.Body, patch: kopf.Patch,
