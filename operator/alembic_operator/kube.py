@@ -375,9 +375,8 @@ class Client:
         """Delete a MutatingWebhookConfiguration only while its `annotation` names `owner`; one rewritten since it
         was read (another writer) stays: the delete's preconditions are the uid and resourceVersion read. True when
         it is gone."""
-        path = f"/apis/{WEBHOOK_CONFIGURATIONS}/{name}"
         try:
-            current = await self.request("GET", path)
+            current = await self.request("GET", f"/apis/{WEBHOOK_CONFIGURATIONS}/{name}")
         except NotFound:
             return True
         meta = current.get("metadata") or {}
@@ -386,7 +385,7 @@ class Client:
         options = {"apiVersion": "v1", "kind": "DeleteOptions",
                    "preconditions": {"uid": meta.get("uid"), "resourceVersion": meta.get("resourceVersion")}}
         try:
-            await self.request("DELETE", path, options)
+            await self.request("DELETE", f"/apis/{WEBHOOK_CONFIGURATIONS}/{name}", options)
         except NotFound:
             return True
         except Conflict:

@@ -50,9 +50,12 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from kubernetes import client as k8s
+from pydantic import JsonValue
 
 from . import approvals, gate, reasons
 from . import constants as c
+from .jobparts import manifest
 from .kube import Client, KubeError
 from .release import Gatekeeper
 
@@ -134,20 +137,20 @@ class WebhookOptions:
         addr = ipaddress.ip_address(self.listen) if _is_ip(self.listen) else None
         return "127.0.0.1" if addr is not None and addr.is_unspecified else self.listen
 
-    def service_ref(self) -> dict[str, Any] | None:
+    def service_ref(self) -> k8s.AdmissionregistrationV1ServiceReference | None:
         if not self.service:
             return None
         ref, _, port = self.service.partition(":")
         namespace, _, name = ref.rpartition("/")
         if not namespace or not name:
             raise ValueError(f"--webhook-service must be NAMESPACE/NAME[:PORT], not {self.service!r}")
-        return {"namespace": namespace, "name": name, "port": int(port or 443)}
+        return k8s.AdmissionregistrationV1ServiceReference(namespace=namespace, name=name, port=int(port or 443))
 
     def hostnames(self) -> list[str]:
         """Names and addresses the generated serving certificate is valid for."""
         names = [self.url_host(), "localhost", "127.0.0.1"]
         if svc := self.service_ref():
-            base = f"{svc['name']}.{svc['namespace']}"
+            base = f"{svc.name}.{svc.namespace}"
             names += [f"{base}.svc", f"{base}.svc.cluster.local", base]
         if not _is_ip(self.listen) or not ipaddress.ip_address(self.listen).is_unspecified:
             names.append(self.listen)
@@ -255,73 +258,72 @@ def cert_files(opts: WebhookOptions) -> CertFiles:
 # --- the configuration --------------------------------------------------------------------------------------------
 
 
-def namespace_selector(opts: WebhookOptions) -> dict[str, Any] | None:
-    exprs: list[dict[str, Any]] = []
+def namespace_selector(opts: WebhookOptions) -> k8s.V1LabelSelector | None:
+    exprs: list[k8s.V1LabelSelectorRequirement] = []
     if opts.namespaces:
-        exprs.append({"key": "kubernetes.io/metadata.name", "operator": "In", "values": sorted(opts.namespaces)})
+        exprs.append(k8s.V1LabelSelectorRequirement(key="kubernetes.io/metadata.name", operator="In",
+                                                    values=sorted(opts.namespaces)))
     if excluded := opts.excluded():
-        exprs.append({"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": sorted(excluded)})
-    return {"matchExpressions": exprs} if exprs else None
+        exprs.append(k8s.V1LabelSelectorRequirement(key="kubernetes.io/metadata.name", operator="NotIn",
+                                                    values=sorted(excluded)))
+    return k8s.V1LabelSelector(match_expressions=exprs) if exprs else None
 
 
-def webhook_configuration(opts: WebhookOptions, client_config: dict[str, Any],
-                          registered_by: str | None = None) -> dict[str, Any]:
+def _client_config(opts: WebhookOptions, client_config: kopf.WebhookClientConfig,
+                   handler: str) -> k8s.AdmissionregistrationV1WebhookClientConfig:
+    """How the API server calls `handler`: through the Service, or at the URL Kopf's server yields."""
+    if (svc := opts.service_ref()) is not None:
+        return k8s.AdmissionregistrationV1WebhookClientConfig(
+            ca_bundle=client_config.get("caBundle") or None, service=svc.model_copy(update={"path": f"/{handler}"}))
+    return k8s.AdmissionregistrationV1WebhookClientConfig(
+        ca_bundle=client_config.get("caBundle") or None, url=f"{str(client_config.get('url')).rstrip('/')}/{handler}")
+
+
+def webhook_configuration(opts: WebhookOptions, client_config: kopf.WebhookClientConfig,
+                          registered_by: str | None = None) -> dict[str, JsonValue]:
     """The MutatingWebhookConfiguration for a client config yielded by Kopf's server (``url``, ``caBundle``), written
-    by the process ``registered_by`` names."""
-    config: dict[str, Any] = {}
-    if client_config.get("caBundle"):
-        config["caBundle"] = client_config["caBundle"]
-    if (svc := opts.service_ref()) is not None:
-        config["service"] = {**svc, "path": f"/{HANDLER_ID}"}
-    else:
-        config["url"] = f"{str(client_config['url']).rstrip('/')}/{HANDLER_ID}"
-    webhook: dict[str, Any] = {
-        "name": WEBHOOK_NAME,
-        "clientConfig": config,
-        "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"], "operations": ["CREATE"],
-                   "scope": "Namespaced"}],
-        "objectSelector": {"matchExpressions": [{"key": c.WAIT_FOR_LABEL, "operator": "Exists"}]},
-        "failurePolicy": "Fail",
-        "matchPolicy": "Equivalent",
-        "sideEffects": "None",
-        "timeoutSeconds": opts.timeout_seconds,
-        "admissionReviewVersions": ["v1"],
-        "reinvocationPolicy": "Never",
-    }
-    if (selector := namespace_selector(opts)) is not None:
-        webhook["namespaceSelector"] = selector
-    return {
-        "apiVersion": "admissionregistration.k8s.io/v1",
-        "kind": "MutatingWebhookConfiguration",
-        "metadata": {"name": opts.config_name, "labels": {c.MANAGED_BY_LABEL: c.MANAGED_BY},
-                     **({"annotations": {REGISTERED_BY: registered_by}} if registered_by else {})},
-        "webhooks": [webhook, *approval_webhooks(opts, client_config)],
-    }
+    by the process ``registered_by`` names; as the JSON the API server receives."""
+    pods = k8s.V1MutatingWebhook(
+        name=WEBHOOK_NAME,
+        client_config=_client_config(opts, client_config, HANDLER_ID),
+        rules=[k8s.V1RuleWithOperations(api_groups=[""], api_versions=["v1"], resources=["pods"],
+                                        operations=["CREATE"], scope="Namespaced")],
+        object_selector=k8s.V1LabelSelector(match_expressions=[
+            k8s.V1LabelSelectorRequirement(key=c.WAIT_FOR_LABEL, operator="Exists")]),
+        namespace_selector=namespace_selector(opts),
+        failure_policy="Fail", match_policy="Equivalent", side_effects="None", timeout_seconds=opts.timeout_seconds,
+        admission_review_versions=["v1"], reinvocation_policy="Never",
+    )
+    return manifest(k8s.V1MutatingWebhookConfiguration(
+        api_version="admissionregistration.k8s.io/v1", kind="MutatingWebhookConfiguration",
+        metadata=k8s.V1ObjectMeta(name=opts.config_name, labels={c.MANAGED_BY_LABEL: c.MANAGED_BY},
+                                  annotations={REGISTERED_BY: registered_by} if registered_by else None),
+        webhooks=[pods, *_approval_webhooks(opts, client_config)],
+    ))
 
 
-def approval_webhooks(opts: WebhookOptions, client_config: dict[str, Any]) -> list[dict[str, Any]]:
-    """The two entries for DatabaseMigrations (see approvals): the same handler, split by the API server with
-    matchConditions so that only a request that approves fails closed."""
-    config: dict[str, Any] = {k: v for k, v in client_config.items() if k == "caBundle"}
-    if (svc := opts.service_ref()) is not None:
-        config["service"] = {**svc, "path": f"/{APPROVAL_HANDLER_ID}"}
-    else:
-        config["url"] = f"{str(client_config['url']).rstrip('/')}/{APPROVAL_HANDLER_ID}"
-    common: dict[str, Any] = {
-        "clientConfig": config,
-        "rules": [{"apiGroups": [c.GROUP], "apiVersions": [c.VERSION], "resources": [c.PLURAL],
-                   "operations": ["CREATE", "UPDATE"], "scope": "Namespaced"}],
-        "matchPolicy": "Equivalent", "sideEffects": "None", "timeoutSeconds": opts.timeout_seconds,
-        "admissionReviewVersions": ["v1"], "reinvocationPolicy": "Never",
-    }
-    if (selector := namespace_selector(opts)) is not None:
-        common["namespaceSelector"] = selector
+def _approval_webhooks(opts: WebhookOptions, client_config: kopf.WebhookClientConfig) -> list[k8s.V1MutatingWebhook]:
+    def entry(name: str, failure_policy: str, condition: k8s.V1MatchCondition) -> k8s.V1MutatingWebhook:
+        return k8s.V1MutatingWebhook(
+            name=name, client_config=_client_config(opts, client_config, APPROVAL_HANDLER_ID),
+            rules=[k8s.V1RuleWithOperations(api_groups=[c.GROUP], api_versions=[c.VERSION], resources=[c.PLURAL],
+                                            operations=["CREATE", "UPDATE"], scope="Namespaced")],
+            match_policy="Equivalent", side_effects="None", timeout_seconds=opts.timeout_seconds,
+            admission_review_versions=["v1"], reinvocation_policy="Never", namespace_selector=namespace_selector(opts),
+            failure_policy=failure_policy, match_conditions=[condition])
+
     return [
-        {"name": APPROVALS_WEBHOOK_NAME, **common, "failurePolicy": "Fail",
-         "matchConditions": [{"name": "approves", "expression": approvals.APPROVAL_CHANGE}]},
-        {"name": IDENTITY_WEBHOOK_NAME, **common, "failurePolicy": "Ignore",
-         "matchConditions": [{"name": "does-not-approve", "expression": f"!({approvals.APPROVAL_CHANGE})"}]},
+        entry(APPROVALS_WEBHOOK_NAME, "Fail", k8s.V1MatchCondition(name="approves",
+                                                                   expression=approvals.APPROVAL_CHANGE)),
+        entry(IDENTITY_WEBHOOK_NAME, "Ignore", k8s.V1MatchCondition(name="does-not-approve",
+                                                                    expression=f"!({approvals.APPROVAL_CHANGE})")),
     ]
+
+
+def approval_webhooks(opts: WebhookOptions, client_config: kopf.WebhookClientConfig) -> list[dict[str, JsonValue]]:
+    """The two entries for DatabaseMigrations (see approvals): the same handler, split by the API server with
+    matchConditions so that only a request that approves fails closed (the chart writes the same ones)."""
+    return [manifest(hook) for hook in _approval_webhooks(opts, client_config)]
 
 
 class GateWebhookServer:
@@ -350,8 +352,8 @@ class GateWebhookServer:
 
     async def __call__(self, fn: kopf.WebhookFn) -> AsyncIterator[kopf.WebhookClientConfig]:
         async for client_config in self.server(fn):
-            body = webhook_configuration(self.opts, dict(client_config), self.identity)
-            target = body["webhooks"][0]["clientConfig"].get("url") or body["webhooks"][0]["clientConfig"]
+            body = webhook_configuration(self.opts, client_config, self.identity)
+            target = _client_config(self.opts, client_config, HANDLER_ID).url or f"the Service {self.opts.service}"
             if self.opts.managed():
                 await self.client.apply_webhook_configuration(body)
                 self.registered = True
