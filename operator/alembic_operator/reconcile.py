@@ -501,7 +501,7 @@ class _Run:
             return None
         return ids, [str(x) for x in (doc.get("plan") or {}).get("destructiveRevisions") or []]
 
-    def plan_document(self) -> dict[str, Any] | None:
+    def plan_document(self) -> plansql.Document | None:
         """The plan Job's SQL document (plansql), when its log was read and it is the SQL this plan scanned."""
         job = self.job("plan")
         if job.plan_sql is None:

@@ -40,7 +40,7 @@ import os
 import secrets
 import socket
 import tempfile
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -417,14 +417,14 @@ async def hold_until_schema_ready(keeper: Gatekeeper, opts: WebhookOptions, body
 
 
 async def govern_approvals(client: Client, opts: WebhookOptions, body: kopf.Body, old: kopf.Body | None,
-                           userinfo: dict[str, Any], patch: kopf.Patch,
+                           userinfo: Mapping[str, object], patch: kopf.Patch,
                            logger: logging.Logger | logging.LoggerAdapter[Any]) -> None:
     """The admission of a change of a DatabaseMigration: an approval only from a user who may `approve` it (and, with
     the four-eyes rule, not from the user who changed the spec); the identity annotations always true."""
     new, before = dict(body), (dict(old) if old is not None else None)
     meta = dict(new.get("metadata") or {})
     namespace, name = str(meta.get("namespace") or ""), str(meta.get("name") or "")
-    user = approvals.User.from_userinfo(dict(userinfo))
+    user = approvals.User.from_userinfo(userinfo)
     if what := approvals.approves(before, new):
         allowed, why = await client.may(user.username, user.uid, list(user.groups), user.extra, approvals.VERB,
                                         namespace, name)
