@@ -28,6 +28,7 @@ from pydantic import (
     Field,
     GetCoreSchemaHandler,
     GetJsonSchemaHandler,
+    JsonValue,
     PlainSerializer,
     StringConstraints,
     ValidationError,
@@ -63,6 +64,7 @@ __all__ = [
     "PlanFinding",
     "PlanStatus",
     "RollbackStrategy",
+    "RunRecord",
     "RunStatus",
     "SpecError",
     "Time",
@@ -70,9 +72,26 @@ __all__ = [
     "name_problem",
     "parse_spec",
     "parse_status",
+    "written",
 ]
 
 # --- shared pieces ------------------------------------------------------------------------------------------------
+
+JsonObject = dict[str, JsonValue]
+"""A JSON object whose members are arbitrary JSON: a Kubernetes type passed through as it is, a JSON Schema."""
+
+
+class _FreeForm:
+    """Annotates a JsonObject field the CRD leaves free-form (with PRESERVE_UNKNOWN): its members' schema is not
+    JsonValue's (which a structural schema cannot say) but any."""
+
+    def __get_pydantic_json_schema__(self, schema: CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+        out = handler(schema)
+        out["additionalProperties"] = True
+        return out
+
+
+FreeObject = Annotated[JsonObject, _FreeForm()]
 
 
 RollbackStrategy = Literal["Auto", "Downgrade", "Restore", "None"]
@@ -123,10 +142,10 @@ DEFAULT_FRESHNESS_INTERVAL = "5m"
 MIN_FRESHNESS_INTERVAL = 10
 """Seconds; the shortest spec.freshnessCheck.interval."""
 
-PRESERVE_UNKNOWN: dict[str, Any] = {"x-kubernetes-preserve-unknown-fields": True}
+PRESERVE_UNKNOWN: JsonObject = {"x-kubernetes-preserve-unknown-fields": True}
 """json_schema_extra for a free-form object (a Kubernetes type the operator passes through untouched)."""
 
-EMPTY_DEFAULT: dict[str, Any] = {"default": {}}
+EMPTY_DEFAULT: JsonObject = {"default": {}}
 """json_schema_extra for a spec section: the API server fills in ``{}`` and then the section's own defaults."""
 
 
@@ -260,7 +279,7 @@ class BackupSpec(_SpecModel):
             "for databases you can rebuild: without a backup, rollback can only downgrade."
         ),
     )
-    volume: dict[str, Any] | None = Field(
+    volume: FreeObject | None = Field(
         default=None,
         min_length=1,
         max_length=1,
@@ -355,10 +374,10 @@ class CoreV1:
     name: str
 
     @property
-    def schema(self) -> dict[str, Any]:
+    def schema(self) -> JsonObject:
         return k8s_openapi.definition(self.name)
 
-    def check(self, value: dict[str, Any]) -> dict[str, Any]:
+    def check(self, value: JsonObject) -> JsonObject:
         if problems := k8s_openapi.validate(k8s_openapi.vendored()["definitions"][self.name], value):
             raise k8s_openapi.K8sSchemaError(problems)
         return value
@@ -370,12 +389,12 @@ class CoreV1:
         return self.schema
 
 
-ResourceRequirements = Annotated[dict[str, Any], CoreV1("ResourceRequirements")]
-Toleration = Annotated[dict[str, Any], CoreV1("Toleration")]
-Affinity = Annotated[dict[str, Any], CoreV1("Affinity")]
-EnvVar = Annotated[dict[str, Any], CoreV1("EnvVar")]
-PodSecurityContext = Annotated[dict[str, Any], CoreV1("PodSecurityContext")]
-SecurityContext = Annotated[dict[str, Any], CoreV1("SecurityContext")]
+ResourceRequirements = Annotated[JsonObject, CoreV1("ResourceRequirements")]
+Toleration = Annotated[JsonObject, CoreV1("Toleration")]
+Affinity = Annotated[JsonObject, CoreV1("Affinity")]
+EnvVar = Annotated[JsonObject, CoreV1("EnvVar")]
+PodSecurityContext = Annotated[JsonObject, CoreV1("PodSecurityContext")]
+SecurityContext = Annotated[JsonObject, CoreV1("SecurityContext")]
 
 
 class JobTemplateSpec(_SpecModel):
@@ -489,7 +508,7 @@ class JobTemplateSpec(_SpecModel):
     )
 
 
-def _spec_schema_extra(schema: dict[str, Any]) -> None:
+def _spec_schema_extra(schema: JsonObject) -> None:
     """Attach the cross-field rules to the spec's JSON schema (as the CRD's CEL validations)."""
     schema["x-kubernetes-validations"] = [rule.cel() for rule in SPEC_RULES]
 
@@ -647,7 +666,7 @@ class ObjectRule:
     """Where the API server reports the error."""
     reason: Literal["FieldValueInvalid", "FieldValueRequired", "FieldValueForbidden"]
 
-    def cel(self) -> dict[str, str]:
+    def cel(self) -> JsonObject:
         return {"rule": self.rule, "message": self.message, "fieldPath": self.field_path, "reason": self.reason}
 
 
@@ -866,7 +885,7 @@ class PlanStatus(_StatusModel):
 class DriftStatus(_StatusModel):
     """The last drift check."""
 
-    checked_at: datetime | None = Field(default=None, description="When the last check finished (RFC 3339).")
+    checked_at: Time | None = Field(default=None, description="When the last check finished (RFC 3339).")
     drifted: bool | None = Field(default=None, description="Whether the live database differs.")
     differences: list[str] = Field(
         default_factory=list,
@@ -914,6 +933,17 @@ class HistoryEntry(_StatusModel):
                                     "not record a user.")
 
 
+class RunRecord(HistoryEntry):
+    """The durable record of one finished run (audit.py): its history entry, and what the entry has no room for."""
+
+    sequence: int = Field(default=1, description="Which run of its generation (1 first): names the record.")
+    revisions: list[str] | None = Field(default=None, description="The revisions the run's plan ran, in order.")
+    sql_sha256: str | None = Field(default=None, description="sha256 of the plan's SQL (its ConfigMap is pruned).")
+    destructive: int | None = Field(default=None, description="How many data-losing operations the plan had.")
+    image: str | None = Field(default=None, description="The migrations image the run used.")
+    message: str | None = Field(default=None, description="The status message the run ended with.")
+
+
 RunStep = Literal["Planning", "AwaitingApproval", "BackingUp", "Migrating", "RollingBack", "Done"]
 """Where a run is. From BackingUp to RollingBack it may write to the database (WRITING_STEPS): a new generation waits
 for it to end; before that, a new generation replaces the run."""
@@ -955,7 +985,7 @@ class RunStatus(_StatusModel):
     generation: int | None = Field(default=None, description="The metadata.generation being worked on.")
     step: RunStep | None = Field(default=None, description="Where the run is (Done: finished, see result).")
     result: RunResult | None = Field(default=None, description="How a finished run ended.")
-    spec: dict[str, Any] | None = Field(
+    spec: FreeObject | None = Field(
         default=None, description="The spec the run carries out (a later edit waits for the next run).",
         json_schema_extra=PRESERVE_UNKNOWN,
     )
@@ -1091,7 +1121,7 @@ def _problems(err: ValidationError, root: str) -> list[str]:
     return problems
 
 
-def parse_spec(spec: Any) -> DatabaseMigrationSpec:
+def parse_spec(spec: object) -> DatabaseMigrationSpec:
     """Validate ``.spec`` of a DatabaseMigration (as read from the API: camelCase), raising :class:`SpecError`."""
     if not isinstance(spec, Mapping):  # kopf hands over a Mapping view (kopf.Spec), not a dict
         raise SpecError([f"spec: must be an object, not {type(spec).__name__}"])
@@ -1101,14 +1131,21 @@ def parse_spec(spec: Any) -> DatabaseMigrationSpec:
         raise SpecError(_problems(err, "spec")) from None
 
 
-def parse_status(status: Any) -> DatabaseMigrationStatus:
+def parse_status(status: object) -> DatabaseMigrationStatus:
     """Read ``.status`` (missing or empty gives the defaults); fields this version does not know are ignored."""
-    return DatabaseMigrationStatus.model_validate(dict(status or {}))
+    return DatabaseMigrationStatus.model_validate(dict(status) if isinstance(status, Mapping) else {})
 
 
-def dump(model: BaseModel) -> dict[str, Any]:
+def dump(model: BaseModel) -> JsonObject:
     """A model as Kubernetes JSON: camelCase keys, RFC 3339 times, unset optional fields left out.
 
     In a merge patch a left-out key keeps its old value: to clear a status field, send it as ``None`` explicitly.
     """
     return model.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+def written(status: DatabaseMigrationStatus) -> JsonObject:
+    """The status as the operator writes it: what was read or set since, as :func:`dump` writes it. A default that
+    was never set is not written (the merge patch would add it to every resource); a field set to ``None`` is left
+    out, so the merge patch removes it."""
+    return status.model_dump(mode="json", by_alias=True, exclude_none=True, exclude_unset=True)

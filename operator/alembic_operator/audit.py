@@ -20,6 +20,7 @@ import logging
 from typing import Any
 
 from . import constants as c
+from .api import RunRecord, dump
 from .kube import Client, Conflict
 
 SCHEMA = "alembic-operator.io/run-record/v1"
@@ -35,18 +36,18 @@ def record_name(migration: str, generation: int, sequence: int) -> str:
     return f"{migration[:230]}-run-{generation:06d}-{sequence}"
 
 
-def manifest(obj: dict[str, Any], record: dict[str, Any]) -> dict[str, Any]:
+def manifest(obj: dict[str, Any], record: RunRecord) -> dict[str, Any]:
     meta = obj["metadata"]
     body = {"schema": SCHEMA, "migration": {"namespace": meta["namespace"], "name": meta["name"], "uid": meta["uid"]},
-            **record}
+            **dump(record)}
     return {
         "apiVersion": "v1", "kind": "ConfigMap",
         "metadata": {
-            "name": record_name(meta["name"], int(record.get("generation") or 0), int(record.get("sequence") or 1)),
+            "name": record_name(meta["name"], int(record.generation or 0), record.sequence),
             "namespace": meta["namespace"],
             "labels": {c.OWNER_LABEL: meta["name"], "app.kubernetes.io/component": COMPONENT,
-                       c.MANAGED_BY_LABEL: c.MANAGED_BY, c.GENERATION_LABEL: str(record.get("generation") or 0),
-                       f"{c.GROUP}/result": str(record.get("result") or "Unknown")},
+                       c.MANAGED_BY_LABEL: c.MANAGED_BY, c.GENERATION_LABEL: str(record.generation or 0),
+                       f"{c.GROUP}/result": str(record.result or "Unknown")},
             "ownerReferences": [{"apiVersion": c.API_VERSION, "kind": c.KIND, "name": meta["name"], "uid": meta["uid"],
                                  "blockOwnerDeletion": False}],
         },
@@ -55,7 +56,7 @@ def manifest(obj: dict[str, Any], record: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-async def write(client: Client, obj: dict[str, Any], records: list[dict[str, Any]], keep: int = DEFAULT_KEEP) -> None:
+async def write(client: Client, obj: dict[str, Any], records: list[RunRecord], keep: int = DEFAULT_KEEP) -> None:
     """Write the decision's records (once: an existing one is kept), log each as JSON, and prune to `keep`."""
     if not records:
         return

@@ -30,7 +30,15 @@ import kopf
 
 from . import audit, events, freshness, jobparts, kube, metrics, plansql, reasons
 from . import constants as c
-from .api import MAX_NAME_LENGTH, WRITING_STEPS, RunStatus, dump, duration_seconds, parse_spec
+from .api import (
+    MAX_NAME_LENGTH,
+    WRITING_STEPS,
+    DatabaseMigrationStatus,
+    RunStatus,
+    duration_seconds,
+    parse_spec,
+    parse_status,
+)
 from .config import OperatorConfig
 from .constants import Role
 from .dbstate import DatabaseError, DatabaseTarget, decode_secret_value, parse_url, read_revision, sanitize
@@ -38,11 +46,11 @@ from .jobs import ROLES, Owner, build_job, job_name, source_field
 from .kept import KeptObjects, job_summary, resource_version
 from .observation import DatabaseObservation, JobObservation, JobRefusal, Observation
 from .podstate import failure_cause, never_ran, pod_progress, pod_waiting
-from .reconcile import Decision, JobRequest, decide
+from .reconcile import Decision, JobRequest, PlanSQLKept, decide
 from .runner.lock import database_lock_key
 from .runner.results import JobResult
 from .schedule import Scheduler
-from .status import merge_patch
+from .status import condition_is, get_condition, merge_patch
 
 Logger = logging.Logger | logging.LoggerAdapter[Any]
 JobState = Literal["active", "succeeded", "failed"]
@@ -536,36 +544,33 @@ async def reconcile(ctx: Context, namespace: str, name: str, logger: Logger, del
     if (namespace, name) not in ctx.runtime.migrations:
         return delay  # deleted while this pass ran: its series are gone, and must stay gone
     if status is not None:
-        outcome = ("ready" if _cond(status, c.READY) == "True" else
-                   "stalled" if _cond(status, c.STALLED) == "True" else "progressing")
+        outcome = ("ready" if condition_is(status, c.READY, "True") else
+                   "stalled" if condition_is(status, c.STALLED, "True") else "progressing")
         metrics.reconcile_finished(namespace, name, time.monotonic() - started, outcome)
-        metrics.current_revision(namespace, name, status.get("currentRevision"))
-        metrics.held_pods(namespace, name, int(status.get("heldPods") or 0))
-        if (drift := _cond(status, c.DRIFTED)) in ("True", "False"):
-            metrics.drifted(namespace, name, drift == "True")
-        if (size := (status.get("backup") or {}).get("sizeBytes")) is not None:
-            metrics.backup_size(namespace, name, size)
+        metrics.current_revision(namespace, name, status.current_revision)
+        metrics.held_pods(namespace, name, int(status.held_pods or 0))
+        if (drift := get_condition(status, c.DRIFTED)) is not None and drift.status in ("True", "False"):
+            metrics.drifted(namespace, name, drift.status == "True")
+        if status.backup is not None and status.backup.size_bytes is not None:
+            metrics.backup_size(namespace, name, status.backup.size_bytes)
     return delay
 
 
-def _cond(status: dict[str, Any], type_: str) -> str | None:
-    return next((x.get("status") for x in status.get("conditions") or [] if x.get("type") == type_), None)
-
-
-def _count(ctx: Context, namespace: str, name: str, before: dict[str, Any], decision: Decision,
+def _count(ctx: Context, namespace: str, name: str, before: DatabaseMigrationStatus, decision: Decision,
            jobs: dict[str, JobObservation]) -> None:
     """Metrics of what this pass observed: finished Jobs (once each) and a rollback that just completed."""
     for role, job in jobs.items():
         if job.state in ("succeeded", "failed") and job.name not in ctx.runtime.jobs_counted:
             ctx.runtime.jobs_counted.add(job.name)
             metrics.job_finished(namespace, name, role, job.seconds or 0.0, job.state == "succeeded")
-    if _cond(decision.status, c.ROLLED_BACK) == "True" and _cond(before, c.ROLLED_BACK) != "True":
-        reason = next(x["reason"] for x in decision.status["conditions"] if x["type"] == c.ROLLED_BACK)
-        metrics.rollback(namespace, name, reasons.ROLLBACK_MODES.get(reason, reason))
+    rolled = get_condition(decision.state, c.ROLLED_BACK)
+    if rolled is not None and rolled.status == "True" and not condition_is(before, c.ROLLED_BACK, "True"):
+        mode = next((m for reason, m in reasons.ROLLBACK_MODES.items() if reason == rolled.reason), rolled.reason)
+        metrics.rollback(namespace, name, mode)
 
 
 async def _reconcile(ctx: Context, namespace: str, name: str, logger: Logger,
-                     deleting: bool) -> tuple[float | None, dict[str, Any] | None]:
+                     deleting: bool) -> tuple[float | None, DatabaseMigrationStatus | None]:
     ref = (namespace, name)
     obj = ctx.runtime.migrations.get(ref)
     if obj is None:
@@ -576,8 +581,9 @@ async def _reconcile(ctx: Context, namespace: str, name: str, logger: Logger,
     meta = obj["metadata"]
     if meta.get("deletionTimestamp") and not deleting:
         return None, None  # the delete handler owns it now
-    status = dict(obj.get("status") or {})
-    run = _run_of(obj)
+    stored = dict(obj.get("status") or {})  # as the API has it: what the merge patch is computed against
+    status = parse_status(stored)
+    run = status.run or RunStatus()
     generation = int(meta.get("generation") or 1)
     writing = run.step in WRITING_STEPS
     if deleting and not writing:
@@ -588,7 +594,7 @@ async def _reconcile(ctx: Context, namespace: str, name: str, logger: Logger,
     database, target = await _observe_database(ctx, namespace, run_spec or {})
     # The plan's SQL is read from its Job's log while the run has not gone past its approval: once it is
     # kept (status.plan.sql names the Job), or once the run moved on, the log is never read again.
-    kept = ((status.get("plan") or {}).get("sql") or {}).get("job")
+    kept = status.plan.sql.job if status.plan and status.plan.sql else None
     if run.step not in (None, "Planning", "AwaitingApproval") and run.generation == generation:
         kept = _ANY_JOB
     jobs = await _observe_jobs(ctx, namespace, name, run_generation, target, kept)
@@ -614,9 +620,9 @@ async def _reconcile(ctx: Context, namespace: str, name: str, logger: Logger,
     if decision.config_maps:  # before the status that names them
         await _keep_plan_sql(ctx, obj, decision.config_maps)
     if decision.records:  # before the status that ends the run: a crash in between loses no record
-        await audit.write(ctx.kube, obj, [{**record, "message": decision.status.get("message")}
+        await audit.write(ctx.kube, obj, [record.model_copy(update={"message": decision.state.message})
                                           for record in decision.records], ctx.config.run_records)
-    if patch := merge_patch(status, decision.status):
+    if patch := merge_patch(stored, decision.status):
         try:
             ctx.runtime.remember(await ctx.kube.patch_status(namespace, name, patch))
         except kube.NotFound:
@@ -639,7 +645,7 @@ async def _reconcile(ctx: Context, namespace: str, name: str, logger: Logger,
         delay = _next_check(current, settled)
     else:
         ctx.runtime.targets.pop(ref, None)
-    return delay, decision.status
+    return delay, decision.state
 
 
 def _decide(obs: Observation, deleting: bool) -> Decision:
@@ -681,11 +687,10 @@ async def _act_capped(ctx: Context, obj: dict[str, Any], obs: Observation, delet
 
 
 def _finish_run(decision: Decision, created: dict[str, str], target: DatabaseTarget | None) -> RunStatus:
-    run = _run_of({"status": decision.status})
+    run = decision.state.run = decision.state.run or RunStatus()
     run.jobs = {**run.jobs, **created}
     if target:
         run.database_key = target.key
-    decision.status["run"] = dump(run)
     return run
 
 
@@ -703,7 +708,7 @@ def _drift_interval(obj: dict[str, Any]) -> int | None:
         return None
 
 
-async def _keep_plan_sql(ctx: Context, obj: dict[str, Any], kept: list[dict[str, Any]]) -> None:
+async def _keep_plan_sql(ctx: Context, obj: dict[str, Any], kept: list[PlanSQLKept]) -> None:
     """Write the plans' SQL ConfigMaps (owned by the resource), then prune those of older generations, as their
     Jobs are (the newest GENERATIONS_KEPT generations stay)."""
     meta = obj["metadata"]
@@ -711,9 +716,9 @@ async def _keep_plan_sql(ctx: Context, obj: dict[str, Any], kept: list[dict[str,
               c.MANAGED_BY_LABEL: c.MANAGED_BY}
     owner = {"apiVersion": c.API_VERSION, "kind": c.KIND, "name": meta["name"], "uid": meta["uid"]}
     for item in kept:
-        await ctx.kube.create_binary_config_map(meta["namespace"], item["name"],
-                                                {**labels, c.GENERATION_LABEL: str(item["generation"])}, owner,
-                                                plansql.DATA_KEY, item["data"])
+        await ctx.kube.create_binary_config_map(meta["namespace"], item.name,
+                                                {**labels, c.GENERATION_LABEL: str(item.generation)}, owner,
+                                                plansql.DATA_KEY, item.data)
     listed = await ctx.kube.list_config_maps(meta["namespace"], ",".join(f"{k}={v}" for k, v in labels.items()))
     generations = sorted({int((m.get("labels") or {}).get(c.GENERATION_LABEL) or 0) for m in listed})
     for old in listed:
@@ -735,7 +740,7 @@ async def _act(ctx: Context, obj: dict[str, Any], decision: Decision,
     created: dict[str, str] = {}
     for req in decision.jobs:
         owner = Owner(name=meta["name"], namespace=meta["namespace"], uid=meta["uid"], generation=req.generation)
-        spec = parse_spec(req.spec)
+        spec = req.spec
         if req.role == "plan":
             await _dry_run_later_jobs(ctx, owner, req)
         args = dict(req.args)
@@ -753,7 +758,7 @@ async def _act(ctx: Context, obj: dict[str, Any], decision: Decision,
 async def _dry_run_later_jobs(ctx: Context, owner: Owner, plan: JobRequest) -> None:
     """Before the first Job of a run: have the API server validate every Job the run may create later (server-side
     dry run), so a spec it refuses stops the run before anything is written, not halfway through it."""
-    spec = parse_spec(plan.spec)
+    spec = plan.spec
     for role in ROLES.values():
         if role.dry_run_args is None or (role.backups and not spec.backup.enabled):
             continue

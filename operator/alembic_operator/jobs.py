@@ -49,14 +49,13 @@ from pydantic import BaseModel, JsonValue
 from . import constants as c
 from . import reasons
 from .api import DatabaseMigrationSpec, duration_milliseconds
-from .constants import Phase, Role
+from .constants import URL_ENV, Phase, Role
 from .jobparts import typed
 from .reasons import Reason
 from .runner.lock import LOCK_WAIT_SECONDS
 
 M = TypeVar("M", bound=BaseModel)
 
-URL_ENV = "ALEMBIC_OPERATOR_DATABASE_URL"
 WORK_DIR = "/alembic-operator"
 RUNNER = f"{WORK_DIR}/runner.pyz"  # the runner package as one zipapp (runner/build.py)
 PLAN_DIR = f"{WORK_DIR}/plan"

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal
+from functools import cached_property
+from typing import Literal
 
+from .api import DatabaseMigrationSpec, DatabaseMigrationStatus, JsonObject, SpecError, parse_spec
 from .constants import Role
 from .reasons import Reason
 from .runner.results import JobResult
@@ -57,9 +59,9 @@ class Observation:
     name: str
     namespace: str
     generation: int
-    spec: dict[str, Any]
+    spec: JsonObject  # as stored: an invalid one is reported, not refused here
     annotations: dict[str, str]
-    status: dict[str, Any]
+    status: DatabaseMigrationStatus
     database: DatabaseObservation
     jobs: dict[str, JobObservation]  # by role, for the run's generation
     now: datetime
@@ -70,3 +72,11 @@ class Observation:
     database_lineage: tuple[str, ...] = ()
     database_moved_by: str | None = None
     job_queue: str | None = None  # set when the operator-wide Job cap is reached: why no Job may start now
+
+    @cached_property
+    def parsed(self) -> DatabaseMigrationSpec | SpecError:
+        """The live spec through its model, parsed once per observation; or why it is invalid."""
+        try:
+            return parse_spec(self.spec)
+        except SpecError as err:
+            return err

@@ -13,13 +13,12 @@ the new generation is queued behind it.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, Literal, cast
+from typing import Any, Literal, NamedTuple, cast
 
 from . import approvals, plansql
 from . import constants as c
@@ -28,17 +27,28 @@ from . import status as s
 from .api import (
     MIN_DRIFT_INTERVAL,
     WRITING_STEPS,
+    BackupStatus,
+    ConditionStatus,
     DatabaseMigrationSpec,
+    DatabaseMigrationStatus,
+    DriftStatus,
+    HistoryEntry,
+    JsonObject,
+    PlanFinding,
+    PlanSQL,
+    PlanStatus,
     RunBackup,
+    RunRecord,
     RunResult,
     RunRollback,
     RunStatus,
-    dump,
+    SpecError,
     duration_seconds,
     name_problem,
     parse_spec,
+    written,
 )
-from .constants import Role
+from .constants import Phase, Role
 from .jobs import ROLES
 from .observation import JobObservation, JobRefusal, Observation
 from .reasons import Reason
@@ -63,19 +73,40 @@ SUSPENDED = s.progressing("Pending", r.SUSPENDED, "spec.suspend is true: no plan
 class JobRequest:
     role: Role
     generation: int
-    spec: dict[str, Any]  # the spec of the run (not the live one: a queued edit must not leak into it)
+    spec: DatabaseMigrationSpec  # the spec of the run (not the live one: a queued edit must not leak into it)
     args: dict[str, str]
+
+
+class Event(NamedTuple):
+    """An Event to post on the resource (and to log)."""
+
+    type: Literal["Normal", "Warning"]
+    reason: Reason
+    message: str
+
+
+@dataclass(frozen=True)
+class PlanSQLKept:
+    """A plan's SQL to keep in a ConfigMap of this name (plansql: gzip JSON), named in status.plan.sql."""
+
+    name: str
+    generation: int
+    data: bytes
 
 
 @dataclass
 class Decision:
-    status: dict[str, Any]
+    state: DatabaseMigrationStatus  # the status to write
     jobs: list[JobRequest] = field(default_factory=list)
-    # Events to post: (type, reason, message)
-    events: list[tuple[Literal["Normal", "Warning"], Reason, str]] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
     requeue_after: float | None = None
-    records: list[dict[str, Any]] = field(default_factory=list)  # finished runs, for the durable audit trail
-    config_maps: list[dict[str, Any]] = field(default_factory=list)  # the plans' SQL to keep (plansql)
+    records: list[RunRecord] = field(default_factory=list)  # finished runs, for the durable audit trail
+    config_maps: list[PlanSQLKept] = field(default_factory=list)  # the plans' SQL to keep (plansql)
+
+    @property
+    def status(self) -> JsonObject:
+        """The status as written (camelCase JSON): the target of the merge patch."""
+        return written(self.state)
 
 
 LOCKING_SHOWN = 5  # status.plan.locking: the first locking operations (lockingCount counts them all)
@@ -177,39 +208,40 @@ class _Run:
 
     def __init__(self, obs: Observation) -> None:
         self.obs = obs
-        self.st: dict[str, Any] = copy.deepcopy(obs.status)
-        self.run = RunStatus.model_validate(self.st.get("run") or {})
-        self.decision = Decision(status=self.st)
+        self.st = obs.status.model_copy(deep=True)
+        self.run = self.st.run or RunStatus()
+        self.decision = Decision(state=self.st)
         self.generation = int(self.run.generation or obs.generation)
+        self._spec: tuple[JsonObject, DatabaseMigrationSpec] | None = None
 
     # --- helpers ------------------------------------------------------------------------------------------------
     def now(self) -> str:
         return s.now_rfc3339(self.obs.now)
 
     def outcome(self, outcome: s.Outcome, requeue: float | None = None) -> Decision:
-        before = (self.obs.status.get("phase"), s.get_condition(self.obs.status, c.STALLED) or {})
-        self.st["run"] = dump(self.run)
+        before = (self.obs.status.phase, s.get_condition(self.obs.status, c.STALLED))
+        self.st.run = self.run
         if self.obs.generation != self.generation and self.run.step != "Done":
             outcome = s.Outcome(outcome.kind, outcome.phase, outcome.reason,
                                 f"{outcome.message} (generation {self.obs.generation} is queued behind this run)")
         st = s.summarize(self.st, outcome, self.generation, self.obs.now)
-        stalled_before = before[1].get("status") == "True" and before[1].get("reason") == outcome.reason
+        stalled_before = before[1] is not None and before[1].status == "True" and before[1].reason == outcome.reason
         if before[0] != outcome.phase or (outcome.kind == "stalled" and not stalled_before):
             kind: Literal["Normal", "Warning"] = (
                 "Warning" if outcome.kind == "stalled" or outcome.phase == "Failed" else "Normal")
-            self.decision.events.append((kind, outcome.reason, f"{outcome.phase}: {outcome.message}"))
-        self.decision.status = st
+            self.decision.events.append(Event(kind, outcome.reason, f"{outcome.phase}: {outcome.message}"))
+        self.decision.state = st
         self.decision.requeue_after = requeue
         return self.decision
 
-    def condition(self, type_: str, value: Literal["True", "False", "Unknown"], reason: Reason, message: str) -> None:
+    def condition(self, type_: str, value: ConditionStatus, reason: Reason, message: str) -> None:
         self.st = s.set_condition(self.st, type_, value, reason, message, self.generation, self.obs.now)
 
     def start_job(self, role: Role, args: dict[str, str]) -> None:
         instance = self.instance(role)
         if instance:
             args = {**args, "instance": str(instance)}
-        self.decision.jobs.append(JobRequest(role, self.generation, self.run.spec or {}, args))
+        self.decision.jobs.append(JobRequest(role, self.generation, self.spec(), args))
 
     def instances(self) -> dict[str, int]:
         """Which Job of each role the run is on: 0 first, then one more per retry or re-plan (names never repeat).
@@ -270,17 +302,27 @@ class _Run:
         return self.outcome(SUSPENDED, POLL_IDLE) if self.suspended() else None
 
     def suspended(self) -> bool:
-        try:
-            return parse_spec(self.obs.spec).suspend
-        except ValueError:
-            return False
+        live = self.obs.parsed
+        return isinstance(live, DatabaseMigrationSpec) and live.suspend
+
+    def live(self) -> DatabaseMigrationSpec:
+        """The live spec (a queued edit included); SpecError when it is invalid."""
+        if isinstance(self.obs.parsed, SpecError):
+            raise self.obs.parsed
+        return self.obs.parsed
 
     def spec(self) -> DatabaseMigrationSpec:
-        return parse_spec(self.run.spec or {})
+        """The spec the run carries out, parsed once (the live one's model when they are the same)."""
+        raw = self.run.spec or {}
+        if self._spec is None or self._spec[0] is not raw:
+            live = self.obs.parsed
+            self._spec = (raw, live if isinstance(live, DatabaseMigrationSpec) and raw == self.obs.spec
+                          else parse_spec(raw))
+        return self._spec[1]
 
     def finish(self, result: RunResult, reason: Reason) -> None:
         self.record(result, reason, _rev(self.run.start_revision),
-                    self.run.target_revision or (self.run.spec or {}).get("targetRevision"),
+                    self.run.target_revision or self.spec().target_revision,
                     self.run.backup.location if self.run.backup else None)
         self.done(result)
 
@@ -289,25 +331,23 @@ class _Run:
         self.run.result = result
 
     def record(self, result: str, reason: Reason, from_: str, to: str | None, backup: str | None = None) -> None:
-        """Add a status.history entry (the newest HISTORY_LIMIT are kept)."""
-        started = s.now_rfc3339(self.run.started_at) if self.run.started_at else None
-        plan = self.st.get("plan") or {}
-        this_plan = bool(self.run.plan_hash) and plan.get("hash") == self.run.plan_hash
-        sql = (plan.get("sql") or {}) if this_plan else {}
-        entry = {"generation": self.generation, "from": from_, "to": to, "result": result, "reason": reason,
-                 "startedAt": started, "finishedAt": self.now(), "backup": backup, "planHash": self.run.plan_hash,
-                 "sqlConfigMap": sql.get("configMap"), "requestedBy": self.run.requested_by,
-                 "approvedBy": self.run.approved_by}
-        history = [*(self.st.get("history") or []), {k: v for k, v in entry.items() if v is not None}]
-        self.st["history"] = history[-HISTORY_LIMIT:]
-        sequence = sum(1 for e in history if e.get("generation") == self.generation)  # stable across re-decisions
-        self.decision.records.append({k: v for k, v in {
-            **entry, "sequence": sequence, "revisions": list(self.run.revisions or []) or None,
-            "sqlSha256": sql.get("sha256"),
-            "destructive": int(plan.get("destructiveCount") or len(plan.get("destructive") or [])) if this_plan
-            else None,
-            "image": (self.run.spec or {}).get("migrations", {}).get("image"),
-        }.items() if v is not None})
+        """Add a status.history entry (the newest HISTORY_LIMIT are kept) and the run's durable record."""
+        plan = self.st.plan
+        this_plan = plan if plan is not None and self.run.plan_hash and plan.hash == self.run.plan_hash else None
+        sql = this_plan.sql if this_plan is not None else None
+        record = RunRecord(
+            generation=self.generation, from_=from_, to=to, result=result, reason=reason,
+            started_at=self.run.started_at, finished_at=self.obs.now, backup=backup, plan_hash=self.run.plan_hash,
+            sql_config_map=sql.config_map if sql else None, requested_by=self.run.requested_by,
+            approved_by=self.run.approved_by)
+        history = [*self.st.history, HistoryEntry.model_validate(record.model_dump(exclude_none=True))]
+        self.st.history = history[-HISTORY_LIMIT:]
+        record.sequence = sum(1 for e in history if e.generation == self.generation)  # stable across re-decisions
+        record.revisions = list(self.run.revisions or []) or None
+        record.sql_sha256 = sql.sha256 if sql else None
+        record.destructive = int(this_plan.destructive_count or len(this_plan.destructive)) if this_plan else None
+        record.image = self.spec().migrations.image
+        self.decision.records.append(record)
 
     def failure_message(self, role: Role) -> str:
         job = self.job(role)
@@ -337,11 +377,11 @@ class _Run:
         A refused rollback Job keeps the run (the database needs it) and is tried again.
         """
         self.decision.jobs = []
-        self.st = self.decision.status
+        self.st = self.decision.state
         msg = f"the API server refused the {refusal.role} Job: {refusal.message}"
         if refusal.role == "drift":
             self.condition(c.DRIFTED, "Unknown", r.JOB_REFUSED, f"{msg}. Fix spec.jobTemplate")
-            self.decision.status = self.st
+            self.decision.state = self.st
             return self.decision
         if self.run.step == "RollingBack":
             return self.outcome(s.stalled("RollingBack", r.JOB_REFUSED, f"{msg}. The rollback has not run; it is "
@@ -367,30 +407,26 @@ class _Run:
 
     def new_run(self) -> Decision:
         obs = self.obs
-        try:
-            parse_spec(obs.spec)
-            if problem := name_problem(obs.name):  # the CRD refuses it; a resource stored before that rule is told
-                raise ValueError(problem)
-        except ValueError as err:
-            self.generation = obs.generation
-            self.run = RunStatus(generation=obs.generation, step="Done", result="Failed", spec=dict(obs.spec))
-            return self.outcome(s.stalled("Failed", r.INVALID_SPEC, f"{err}. Fix the spec and apply it again."))
+        # A bad name: the CRD refuses it; a resource stored before that rule is told.
+        problem = obs.parsed if isinstance(obs.parsed, SpecError) else name_problem(obs.name)
         self.generation = obs.generation
+        if problem:
+            self.run = RunStatus(generation=obs.generation, step="Done", result="Failed", spec=dict(obs.spec))
+            return self.outcome(s.stalled("Failed", r.INVALID_SPEC, f"{problem}. Fix the spec and apply it again."))
         self.run = RunStatus(generation=obs.generation, step="Planning", started_at=obs.now, spec=dict(obs.spec),
                              requested_by=obs.annotations.get(c.SPEC_CHANGED_BY_ANNOTATION))
-        self.st.pop("plan", None)
-        self.st["targetRevision"] = None
+        self.st.plan = None
+        self.st.target_revision = None
         # A new generation flips Ready to False before any work starts (kstatus; kubectl wait must not pass early).
-        for cond in (c.APPROVAL_REQUIRED, c.BACKUP_SUCCEEDED, c.MIGRATED, c.ROLLED_BACK):
-            self.st["conditions"] = [x for x in self.st.get("conditions") or [] if x.get("type") != cond]
+        self.st = s.without_conditions(self.st, c.APPROVAL_REQUIRED, c.BACKUP_SUCCEEDED, c.MIGRATED, c.ROLLED_BACK)
         return self.planning()
 
-    def database(self, phase: str) -> Decision | None:
+    def database(self, phase: Phase) -> Decision | None:
         """Stop here if the database cannot be read: transient errors retry, the rest needs a human."""
         db = self.obs.database
         if db.ok:
             self.run.transient_since = None
-            self.st["currentRevision"] = db.revision
+            self.st.current_revision = db.revision
             return None
         reason, message = db.error_reason or r.DATABASE_UNREACHABLE, db.error_message
         if not db.transient:  # a human must act (create the Secret, fix the URL): look again soon after
@@ -412,7 +448,7 @@ class _Run:
             return stop
         db_rev = self.obs.database.revision
         if spec.target_revision != "head" and db_rev == spec.target_revision:
-            self.st["targetRevision"] = db_rev
+            self.st.target_revision = db_rev
             self.run.start_revision = self.run.target_revision = db_rev
             self.done("UpToDate")
             return self.idle()
@@ -452,7 +488,7 @@ class _Run:
         if not self.run.baselined:
             self.run.baselined = True
             self.record("Baselined", r.BASELINED, "none", spec.baseline)
-            self.decision.events.append(("Normal", r.BASELINED, f"stamped the pre-Alembic database at "
+            self.decision.events.append(Event("Normal", r.BASELINED, f"stamped the pre-Alembic database at "
                                          f"{spec.baseline} (spec.baseline); no migration ran for it"))
         return None
 
@@ -473,7 +509,7 @@ class _Run:
             self.run.retry_at = self.obs.now + timedelta(seconds=delay)
             message = (f"{self.failure_message(role)}; {changed}; retrying in {delay}s (attempt {done + 2} "
                        f"of {JOB_RETRIES + 1})")
-            self.decision.events.append(("Warning", reason, message))  # each failure, with what the Job said
+            self.decision.events.append(Event("Warning", reason, message))  # each failure, with what the Job said
             return self.outcome(s.progressing(phase, reason, message), delay)
         wait = (retry_at - self.obs.now).total_seconds()
         if wait > 0:
@@ -534,27 +570,27 @@ class _Run:
         run.image = spec.migrations.image
         if destructive and not run.destructive_revisions:
             run.destructive_revisions = list(revisions)  # findings trimmed away: assume the worst
-        self.st["targetRevision"] = result.get("target")
-        self.st["plan"] = {
-            "revisions": revisions,
-            "destructive": destructive,
-            "hash": run.plan_hash,
-            "destructiveCount": int(result.get("destructiveCount") or len(destructive)),
-            "warningCount": int(result.get("warningCount") or len(result.get("warnings") or [])),
-            "fromRevision": _rev(result.get("current")),
-            "toRevision": result.get("target"),
-            "generation": self.generation,
-        }
+        self.st.target_revision = result.get("target")
+        plan = self.st.plan = PlanStatus(
+            revisions=revisions,
+            destructive=destructive,
+            hash=run.plan_hash,
+            destructive_count=int(result.get("destructiveCount") or len(destructive)),
+            warning_count=int(result.get("warningCount") or len(result.get("warnings") or [])),
+            from_revision=_rev(result.get("current")),
+            to_revision=result.get("target"),
+            generation=self.generation,
+        )
         if result.get("warnings"):
-            self.st["plan"]["warnings"] = list(result["warnings"])
-        locking = [dict(f) for f in result.get("locking") or [] if isinstance(f, dict)][:LOCKING_SHOWN]
+            plan.warnings = list(result["warnings"])
+        locking = [PlanFinding.model_validate(f) for f in result.get("locking") or []][:LOCKING_SHOWN]
         if locking or result.get("lockingCount"):
-            self.st["plan"]["locking"] = locking
-            self.st["plan"]["lockingCount"] = int(result.get("lockingCount") or len(locking))
+            plan.locking = locking
+            plan.locking_count = int(result.get("lockingCount") or len(locking))
         if result.get("notes"):
-            self.st["plan"]["notes"] = list(result["notes"])[:NOTES_SHOWN]
+            plan.notes = list(result["notes"])[:NOTES_SHOWN]
         if result.get("lineage"):
-            self.st["plan"]["lineage"] = list(result["lineage"])
+            plan.lineage = list(result["lineage"])
         self.keep_plan_sql()
         if not revisions:
             self.done("UpToDate")
@@ -564,26 +600,25 @@ class _Run:
 
     def keep_plan_sql(self) -> None:
         """Keep the plan's SQL (read from its Job's log) in a ConfigMap, named in status.plan.sql: once per plan."""
-        plan, job = self.st.get("plan") or {}, self.job("plan")
-        if not plan or job.plan_sql is None or (plan.get("sql") or {}).get("job") == job.name:
+        plan, job = self.st.plan, self.job("plan")
+        if plan is None or job.plan_sql is None or (plan.sql is not None and plan.sql.job == job.name):
             return
         if (doc := self.plan_document()) is None:
             return  # unreadable, or not the SQL this plan's hash covers
-        assert job.plan_sql is not None
         name = f"{job.name}-sql"
-        self.decision.config_maps.append({"name": name, "generation": self.generation, "data": job.plan_sql})
-        plan["sql"] = {"configMap": name, "job": job.name, "sha256": doc.get("sqlSha256"),
-                       "revisions": len(doc.get("revisions") or []), "total": doc.get("total"),
-                       "truncated": bool(doc.get("truncated"))}
+        self.decision.config_maps.append(PlanSQLKept(name, self.generation, job.plan_sql))
+        plan.sql = PlanSQL(config_map=name, job=job.name, sha256=doc.get("sqlSha256"),
+                           revisions=len(doc.get("revisions") or []), total=doc.get("total"),
+                           truncated=bool(doc.get("truncated")))
 
     def approval(self) -> Decision:
         self.keep_plan_sql()  # when the log could not be read as the plan finished
         spec = self.spec()
-        live_spec = parse_spec(self.obs.spec) if self.obs.spec else spec
-        plan = self.st.get("plan") or {}
-        destructive = plan.get("destructive") or []
-        locking = [str(f.get("operation")) for f in plan.get("locking") or [] if isinstance(f, dict)]
-        locking_count = int(plan.get("lockingCount") or len(locking))
+        live_spec = self.live() if self.obs.spec else spec
+        plan = self.st.plan or PlanStatus()
+        destructive = plan.destructive
+        locking = [f.operation for f in plan.locking or []]
+        locking_count = int(plan.locking_count or len(locking))
         gate_locking = live_spec.approval.require_for_locking and locking_count > 0
         if destructive or gate_locking:
             plan_hash_ = self.run.plan_hash
@@ -593,7 +628,7 @@ class _Run:
             if annotated:  # the user the webhook recorded for this hash, when it did
                 approved_by = approvals.approved_by(self.obs.annotations, plan_hash_) or c.APPROVE_ANNOTATION
             elif destructive and not live_spec.approval.allow_destructive:
-                count = int(plan.get("destructiveCount") or len(destructive))
+                count = int(plan.destructive_count or len(destructive))
                 message = f"the plan destroys data: {_listed(destructive, count)}. To go ahead, {how}"
                 self.condition(c.APPROVAL_REQUIRED, "True", r.DESTRUCTIVE_CHANGES_NOT_APPROVED, message)
                 return self.outcome(s.stalled("AwaitingApproval", r.DESTRUCTIVE_CHANGES_NOT_APPROVED, message),
@@ -642,9 +677,8 @@ class _Run:
             self.finish("Failed", r.BACKUP_FAILED)
             return self.outcome(s.stalled("Failed", self.failure_reason("backup", r.JOB_FAILED),
                                           message + ". Fix the cause, then edit the resource to retry."), POLL_IDLE)
-        self.st["backup"] = {k: v for k, v in {
-            "location": result.get("location"), "sizeBytes": result.get("sizeBytes"), "sha256": result.get("sha256"),
-            "revision": result.get("revision"), "completedAt": result.get("completedAt")}.items() if k in result}
+        self.st.backup = BackupStatus.model_validate(
+            {k: result[k] for k in ("location", "sizeBytes", "sha256", "revision", "completedAt") if k in result})
         self.run.backup = RunBackup(location=result.get("location"), file=result.get("file"),
                                     sha256=result.get("sha256"), revision=result.get("revision"))
         self.condition(c.BACKUP_SUCCEEDED, "True", r.BACKUP_COMPLETED,
@@ -740,7 +774,7 @@ class _Run:
                    "database. Nothing was run. Stop the other writers, then edit the resource to plan again")
             self.finish("Failed", r.DATABASE_KEEPS_MOVING)
             return self.outcome(s.stalled("Failed", r.DATABASE_KEEPS_MOVING, msg), POLL_IDLE)
-        self.decision.events.append(("Normal", r.DATABASE_MOVED, f"{why}; nothing was run: planning again"))
+        self.decision.events.append(Event("Normal", r.DATABASE_MOVED, f"{why}; nothing was run: planning again"))
         for role in ("plan", "backup", "migrate"):  # new Job names: this round's Jobs never reuse the last one's
             self.next_instance(role)
         old = self.run
@@ -748,9 +782,8 @@ class _Run:
                              requested_by=old.requested_by,
                              instances=old.instances, database_key=old.database_key, jobs=old.jobs, replans=replans,
                              step="Planning")
-        self.st.pop("plan", None)
-        for cond in (c.APPROVAL_REQUIRED, c.BACKUP_SUCCEEDED, c.MIGRATED, c.ROLLED_BACK):
-            self.st["conditions"] = [x for x in self.st.get("conditions") or [] if x.get("type") != cond]
+        self.st.plan = None
+        self.st = s.without_conditions(self.st, c.APPROVAL_REQUIRED, c.BACKUP_SUCCEEDED, c.MIGRATED, c.ROLLED_BACK)
         return self.planning()
 
     def choose_rollback(self, db_rev: str | None, committed: list[str], why: str,
@@ -857,8 +890,10 @@ class _Run:
 
     def drift_check(self) -> float:
         """spec.driftCheck: one drift Job per interval while Ready; its result sets the Drifted condition."""
+        live = self.obs.parsed
+        if isinstance(live, SpecError):
+            return POLL_IDLE
         try:
-            live = parse_spec(self.obs.spec)
             interval = duration_seconds(live.drift_check.interval)
         except ValueError:
             return POLL_IDLE
@@ -870,8 +905,7 @@ class _Run:
         if job.state in ("succeeded", "failed"):
             self.drift_result(job)
         if job.state == "absent" or int(job.instance or -1) < bucket:
-            self.decision.jobs.append(JobRequest("drift", self.generation, dict(self.obs.spec),
-                                                 {"instance": str(bucket)}))
+            self.decision.jobs.append(JobRequest("drift", self.generation, live, {"instance": str(bucket)}))
         return float((bucket + 1) * interval - self.obs.now.timestamp() + 1)  # the operator wakes it then
 
     def drift_result(self, job: JobObservation) -> None:
@@ -879,7 +913,6 @@ class _Run:
             return  # already recorded
         self.run.drift_job = job.name
         result = cast(DriftResult, job.result or {})
-        checked = self.now()
         if job.state == "failed" or not result.get("ok"):
             self.condition(c.DRIFTED, "Unknown", r.DRIFT_CHECK_FAILED, self.failure_message("drift"))
             return
@@ -887,17 +920,17 @@ class _Run:
         if result.get("behindHead"):
             differences.insert(0, f"behind head: {len(result.get('pending') or [])} revision(s) pending")
         drifted = bool(result.get("drifted"))
-        before = s.get_condition(self.st, c.DRIFTED) or {}
-        self.st["drift"] = {"checkedAt": checked, "drifted": drifted, "differences": differences[:20]}
+        before = s.get_condition(self.st, c.DRIFTED)
+        self.st.drift = DriftStatus(checked_at=self.obs.now, drifted=drifted, differences=differences[:20])
         if drifted:
             message = "the live database differs from the app's models: " + "; ".join(differences[:5])
             self.condition(c.DRIFTED, "True", r.SCHEMA_DRIFT, message)
-            if before.get("status") != "True":
-                self.decision.events.append(("Warning", r.SCHEMA_DRIFT, message))
+            if before is None or before.status != "True":
+                self.decision.events.append(Event("Warning", r.SCHEMA_DRIFT, message))
         else:
             self.condition(c.DRIFTED, "False", r.NO_DRIFT, "the live database matches the app's models and scripts")
-            if before.get("status") == "True":
-                self.decision.events.append(("Normal", r.DRIFT_RESOLVED, "the live database matches again"))
+            if before is not None and before.status == "True":
+                self.decision.events.append(Event("Normal", r.DRIFT_RESOLVED, "the live database matches again"))
 
     def failed(self, message: str, reason: Reason | None = None) -> Decision:
         """End the run Failed (RolledBack when it was): `reason`, else what stopped the migration Job (JobFailed)."""
@@ -930,7 +963,7 @@ class _Run:
                     "Failed", r.DATABASE_CHANGED,
                     f"the database is at {_rev(db_rev)}, not at the target {target}: it was changed outside the "
                     "operator. Check it, then edit the resource (or its targetRevision) to plan again."), POLL_IDLE)
-            self.st["targetRevision"] = target
+            self.st.target_revision = target
             if result == "UpToDate" and not s.get_condition(self.st, c.MIGRATED):
                 self.condition(c.MIGRATED, "True", r.UP_TO_DATE, f"the database is already at {target}")
             msg = f"the database is at {target}"
@@ -938,9 +971,9 @@ class _Run:
             return self.outcome(s.ready(r.AT_TARGET_REVISION if result == "UpToDate" else r.MIGRATED, msg), requeue)
         # Failed runs stay as they are until a new generation; only keep currentRevision fresh.
         if self.obs.database.ok:
-            self.st["currentRevision"] = self.obs.database.revision
-        self.st["run"] = dump(self.run)
-        self.decision.status = self.st
+            self.st.current_revision = self.obs.database.revision
+        self.st.run = self.run
+        self.decision.state = self.st
         self.decision.requeue_after = POLL_IDLE
         return self.decision
 

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from alembic_operator import constants as c
-from alembic_operator import status as s
+from alembic_operator.api import parse_status
 from alembic_operator.observation import DatabaseObservation, JobObservation, Observation
 from alembic_operator.reconcile import Decision, decide, plan_hash
 
@@ -31,15 +31,15 @@ def observe(status: dict[str, Any] | None = None, *, generation: int = 1, spec: 
             annotations: dict[str, str] | None = None, now: datetime = NOW, busy: str | None = None) -> Observation:
     return Observation(
         name="shop", namespace="shop", generation=generation, spec=spec or SPEC, annotations=annotations or {},
-        status=status or {"observedGeneration": -1}, database=db or DatabaseObservation(revision="r1"),
+        status=parse_status(status or {"observedGeneration": -1}), database=db or DatabaseObservation(revision="r1"),
         jobs=jobs or {}, now=now, busy_with=busy,
     )
 
 
 def cond(d: Decision, type_: str) -> dict[str, Any]:
-    found = s.get_condition(d.status, type_)
+    found = next((x for x in d.status.get("conditions") or [] if x["type"] == type_), None)
     assert found is not None, f"no {type_} condition"
-    return found
+    return dict(found)
 
 
 def summary(d: Decision) -> tuple[str, str, str]:
@@ -391,7 +391,7 @@ def test_a_run_uses_its_own_spec_not_a_queued_edit() -> None:
     edited = {**SPEC, "migrations": {"image": "shop:2"}}
     d = decide(observe(status, generation=2, spec=edited, jobs={"migrate": done("migrate", failed_at("r2"), "failed")},
                        db=DatabaseObservation("r2")))
-    assert d.jobs[0].spec["migrations"]["image"] == "shop:1"
+    assert d.jobs[0].spec.migrations.image == "shop:1"
 
 
 def test_database_changed_behind_our_back_is_not_ready() -> None:
