@@ -137,7 +137,7 @@ def cmd_scan(plan_dir: Path) -> ScanResult:
                     for u in plan.get("unrenderable") or [] if isinstance(u, dict) and u.get("revision")}
     revisions: list[str] = []
     items: list[tuple[str, str]] = []
-    shown: list[dict[str, str]] = []  # the SQL as reviewers read it (plansql: through the log to a ConfigMap)
+    shown: list[plansql.RevisionSql] = []  # the SQL as reviewers read it (plansql: through the log to a ConfigMap)
     digest = hashlib.sha256()
     for entry in plan.get("revisions") or []:
         if isinstance(entry, str):  # a bare id: nothing rendered for it
@@ -188,8 +188,9 @@ def cmd_scan(plan_dir: Path) -> ScanResult:
         f"{len(destructive)} destructive operation(s), {len(locking)} locking, {len(warnings) - len(locking)} "
         f"other warning(s), {len(notes)} note(s)")
 
-    whole = {"revisions": revisions, "destructiveRevisions": destructive_revisions,
-             "findings": [{**f.to_dict(), "statement": f.statement} for f in findings]}
+    whole = plansql.WholePlan(revisions=revisions, destructiveRevisions=destructive_revisions, findings=[
+        plansql.PlanFinding(rule=f.rule, severity=f.severity, revision=f.revision, operation=f.operation,
+                            statement=f.statement) for f in findings])
     data, _kept = plansql.compress(plansql.document(shown, "sha256:" + digest.hexdigest(), whole))
     for line in plansql.log_lines(data):  # raw: the runner redacted the SQL when it rendered it
         print(line, file=sys.stderr, flush=True)
