@@ -18,7 +18,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, Literal, NamedTuple, cast
+from typing import Literal, NamedTuple, cast
 
 from . import approvals, plansql
 from . import constants as c
@@ -537,7 +537,7 @@ class _Run:
             return None
         return ids, [str(x) for x in (doc.get("plan") or {}).get("destructiveRevisions") or []]
 
-    def plan_document(self) -> dict[str, Any] | None:
+    def plan_document(self) -> plansql.Document | None:
         """The plan Job's SQL document (plansql), when its log was read and it is the SQL this plan scanned."""
         job = self.job("plan")
         if job.plan_sql is None:
