@@ -703,8 +703,8 @@ class _Run:
 
         kept = self.clean_stop()  # a lock timeout or a lost connection: the retry continues from the database
         resume = self.obs.database.revision if kept else start
-        changed = (f"{', '.join(kept)} committed whole and kept: the database is at {_rev(resume)}, and the retry "
-                   "continues the plan from there") if kept else "nothing was changed"
+        changed = (f"{', '.join(kept)} committed whole and kept: the retry continues the plan from {_rev(resume)}"
+                   if kept else "nothing was changed")
         job = self.drive("migrate", {"from": _rev(resume), "to": str(target)}, f"upgrading {_rev(start)} -> {target}",
                          f"migration Job {self.job('migrate').name} is upgrading {_rev(start)} -> {target}",
                          before_start=unless_moved, before_retry=lambda: self.database("Migrating"),
