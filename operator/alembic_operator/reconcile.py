@@ -673,10 +673,14 @@ class _Run:
         result = cast(BackupResult, job.result or {})
         if job.state == "failed" or not result.get("ok"):
             message = self.failure_message("backup") + "; nothing was changed in the database"
-            self.condition(c.BACKUP_SUCCEEDED, "False", r.parse(result.get("reason")) or r.BACKUP_FAILED, message)
+            said = r.parse(result.get("reason"))
+            self.condition(c.BACKUP_SUCCEEDED, "False", said or r.BACKUP_FAILED, message)
             self.finish("Failed", r.BACKUP_FAILED)
-            return self.outcome(s.stalled("Failed", self.failure_reason("backup", r.JOB_FAILED),
-                                          message + ". Fix the cause, then edit the resource to retry."), POLL_IDLE)
+            # A store that cannot be written (BackupVolumeNotWritable...) is Stalled under its own reason: its fix
+            # is the store's, not the Job's
+            store_stall = said is not None and said.info.kind == "stalled" and c.BACKUP_SUCCEEDED in said.info.where
+            return self.outcome(s.stalled("Failed", said if store_stall and said else self.failure_reason(
+                "backup", r.JOB_FAILED), message + ". Fix the cause, then edit the resource to retry."), POLL_IDLE)
         self.st.backup = BackupStatus.model_validate(
             {k: result[k] for k in ("location", "sizeBytes", "sha256", "revision", "completedAt") if k in result})
         self.run.backup = RunBackup(location=result.get("location"), file=result.get("file"),
@@ -699,8 +703,8 @@ class _Run:
 
         kept = self.clean_stop()  # a lock timeout or a lost connection: the retry continues from the database
         resume = self.obs.database.revision if kept else start
-        changed = (f"{', '.join(kept)} committed whole and kept: the database is at {_rev(resume)}, and the retry "
-                   "continues the plan from there") if kept else "nothing was changed"
+        changed = (f"{', '.join(kept)} committed whole and kept: the retry continues the plan from {_rev(resume)}"
+                   if kept else "nothing was changed")
         job = self.drive("migrate", {"from": _rev(resume), "to": str(target)}, f"upgrading {_rev(start)} -> {target}",
                          f"migration Job {self.job('migrate').name} is upgrading {_rev(start)} -> {target}",
                          before_start=unless_moved, before_retry=lambda: self.database("Migrating"),
