@@ -3,8 +3,9 @@
 Top to bottom (a layer imports only layers below it, never above; within a layer, no cycles):
 
     entry       cli, __main__, app, crdgen, dbm.*, k8s_openapi.__main__/main: start-up, CLIs, generators
-    operator    handlers, release, webhook, kube, kept, metrics, config, audit, schedule, freshness, events: talk to
-                Kubernetes (Kopf, the API client), keep what it said, and when
+    operator    handlers (a pass, as Kopf calls it), observe, act, indexes, release, webhook, kube, kept, metrics,
+                config, audit, schedule, freshness, events: talk to Kubernetes (Kopf, the API client), keep what it
+                said, and when
     programs    jobtools, check.*: commands that run in Jobs or in CI
     seams       engines.*, backupstores.*, dbstate, jobio, plugins, sqlscan, sqlscan_mysql: databases and backup stores
     decisions   reconcile, status, gate, podstate, jobs, approvals: pure functions of what was observed
@@ -24,8 +25,8 @@ PACKAGE = Path(__file__).resolve().parents[2] / "operator" / "alembic_operator"
 
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("entry", ("cli", "__main__", "app", "crdgen", "dbm", "k8s_openapi.__main__")),
-    ("operator", ("handlers", "release", "webhook", "kube", "kept", "metrics", "config", "audit", "schedule",
-                  "freshness", "events")),
+    ("operator", ("handlers", "act", "observe", "indexes", "release", "webhook", "kube", "kept", "metrics", "config",
+                  "audit", "schedule", "freshness", "events")),
     ("programs", ("jobtools", "check")),
     ("seams", ("engines", "backupstores", "dbstate", "jobio", "plugins", "sqlscan", "sqlscan_mysql")),
     ("decisions", ("reconcile", "status", "gate", "podstate", "jobs", "approvals")),
