@@ -6,19 +6,20 @@ the decision (the cap is reached, the API server refuses a Job), it decides agai
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import time
-from typing import Any
 
 import kopf
 
-from . import audit, events, jobparts, kube, metrics, plansql, reasons
+from . import audit, configmaps, events, jobparts, kube, metrics, plansql, reasons
 from . import constants as c
-from .api import DatabaseMigrationStatus, RunStatus
+from .api import DatabaseMigrationStatus, JsonObject, RunStatus
 from .constants import Role
 from .dbstate import DatabaseTarget
 from .indexes import GENERATIONS_KEPT, Context, Logger
 from .jobs import ROLES, Owner, build_job, job_name, source_field
+from .objects import Migration
 from .observation import JobObservation, JobRefusal, Observation
 from .reconcile import Decision, JobRequest, PlanSQLKept, decide
 from .runner.lock import database_lock_key
@@ -32,7 +33,7 @@ def decide_for(obs: Observation, deleting: bool) -> Decision:
     return decision
 
 
-async def decide_and_start(ctx: Context, obj: dict[str, Any], obs: Observation, deleting: bool, logger: Logger,
+async def decide_and_start(ctx: Context, obj: Migration, obs: Observation, deleting: bool, logger: Logger,
                            target: DatabaseTarget | None) -> tuple[Decision, RunStatus]:
     """Decide, and start the decision's Jobs; the decision as acted on, and its run with the Jobs it created."""
     ref = (obs.namespace, obs.name)
@@ -51,7 +52,7 @@ async def decide_and_start(ctx: Context, obj: dict[str, Any], obs: Observation, 
     return decision, run
 
 
-async def write(ctx: Context, obj: dict[str, Any], stored: dict[str, Any], decision: Decision,
+async def write(ctx: Context, obj: Migration, stored: JsonObject, decision: Decision,
                 logger: Logger) -> bool:
     """Keep the decision's plan SQL and run records, then write its status (a merge patch against `stored`, the
     status as read), then post its Events. False: the resource is gone."""
@@ -85,7 +86,7 @@ def count(ctx: Context, namespace: str, name: str, before: DatabaseMigrationStat
         metrics.rollback(namespace, name, mode)
 
 
-async def start_jobs(ctx: Context, obj: dict[str, Any], obs: Observation, deleting: bool, logger: Logger,
+async def start_jobs(ctx: Context, obj: Migration, obs: Observation, deleting: bool, logger: Logger,
                       target: DatabaseTarget | None,
                       decision: Decision | None = None) -> tuple[Decision, dict[str, str]]:
     """Decide (unless given) and create the decision's Jobs, within the operator-wide cap on running Jobs: when it
@@ -124,23 +125,19 @@ def finish_run(decision: Decision, created: dict[str, str], target: DatabaseTarg
     return run
 
 
-async def keep_plan_sql(ctx: Context, obj: dict[str, Any], kept: list[PlanSQLKept]) -> None:
+async def keep_plan_sql(ctx: Context, obj: Migration, kept: list[PlanSQLKept]) -> None:
     """Write the plans' SQL ConfigMaps (owned by the resource), then prune those of older generations, as their
     Jobs are (the newest GENERATIONS_KEPT generations stay)."""
     meta = obj["metadata"]
-    labels = {c.OWNER_LABEL: meta["name"], "app.kubernetes.io/component": plansql.COMPONENT,
-              c.MANAGED_BY_LABEL: c.MANAGED_BY}
-    owner = {"apiVersion": c.API_VERSION, "kind": c.KIND, "name": meta["name"], "uid": meta["uid"]}
     for item in kept:
-        await ctx.kube.create_binary_config_map(meta["namespace"], item.name,
-                                                {**labels, c.GENERATION_LABEL: str(item.generation)}, owner,
-                                                plansql.DATA_KEY, item.data)
-    listed = await ctx.kube.list_config_maps(meta["namespace"], ",".join(f"{k}={v}" for k, v in labels.items()))
+        with contextlib.suppress(kube.Conflict):  # written by an earlier pass
+            await ctx.kube.create_config_map(jobparts.manifest(configmaps.plan_sql(obj, item.name, item.generation,
+                                                                                   item.data)))
+    listed = await ctx.kube.list_config_maps(meta["namespace"], configmaps.selector(meta, plansql.COMPONENT))
     generations = sorted({int((m.get("labels") or {}).get(c.GENERATION_LABEL) or 0) for m in listed})
     for old in listed:
         if int((old.get("labels") or {}).get(c.GENERATION_LABEL) or 0) not in generations[-GENERATIONS_KEPT:]:
             await ctx.kube.delete_config_map(meta["namespace"], str(old["name"]))
-
 
 class _JobRefused(Exception):
     def __init__(self, role: Role, message: str) -> None:
@@ -149,7 +146,7 @@ class _JobRefused(Exception):
         self.message = message
 
 
-async def _create_jobs(ctx: Context, obj: dict[str, Any], decision: Decision,
+async def _create_jobs(ctx: Context, obj: Migration, decision: Decision,
                target: DatabaseTarget | None) -> dict[str, str]:
     """Create the decision's Jobs; their names, by role (for status.run.jobs)."""
     meta = obj["metadata"]

@@ -17,14 +17,23 @@ from __future__ import annotations
 import contextvars
 import time
 from collections.abc import Hashable
-from typing import Any, cast
+from typing import cast
 
 import kopf
 
-from . import act, freshness, metrics
+from . import act, freshness, metrics, objects
 from . import constants as c
-from .api import WRITING_STEPS, DatabaseMigrationStatus, RunStatus, duration_seconds, parse_spec, parse_status
+from .api import (
+    WRITING_STEPS,
+    DatabaseMigrationStatus,
+    RunStatus,
+    SpecError,
+    duration_seconds,
+    parse_spec,
+    parse_status,
+)
 from .indexes import Context, Logger, Ref, job_state, run_of
+from .objects import Migration
 from .observation import Observation
 from .observe import jobs_of, observe
 from .reconcile import Decision
@@ -36,7 +45,8 @@ WORKERS = 16  # reconciles at once
 
 async def resume(ctx: Context) -> None:
     """At start-up: who is writing to which database, from the statuses (the lock survives a restart)."""
-    for obj in await ctx.kube.list_migrations(ctx.config.watched):
+    for body in await ctx.kube.list_migrations(ctx.config.watched):
+        obj = objects.migration(body)
         meta = obj["metadata"]
         ctx.runtime.note((meta["namespace"], meta["name"]), run_of(obj))
 
@@ -96,14 +106,14 @@ async def _freshness_check(ctx: Context, ref: Ref, settled: freshness.Settled) -
     return _next_check(obj, settled)
 
 
-def _freshness_interval(obj: dict[str, Any]) -> float:
+def _freshness_interval(obj: Migration) -> float:
     try:
         return float(duration_seconds(parse_spec(obj.get("spec") or {}).freshness_check.interval) or 300)
     except ValueError:
         return 300.0
 
 
-def _next_check(obj: dict[str, Any], settled: freshness.Settled) -> float:
+def _next_check(obj: Migration, settled: freshness.Settled) -> float:
     delay = freshness.jittered(_freshness_interval(obj))
     if settled.due_full is not None:
         delay = min(delay, max(settled.due_full - time.monotonic(), 0.0))
@@ -161,11 +171,11 @@ async def _reconcile(ctx: Context, namespace: str, name: str, logger: Logger,
                      deleting: bool) -> tuple[float | None, DatabaseMigrationStatus | None]:
     ref = (namespace, name)
     obj = ctx.runtime.migrations.get(ref)
+    if obj is None and deleting and (body := await ctx.kube.get_migration(namespace, name)) is not None:
+        obj = objects.migration(body)
     if obj is None:
-        obj = await ctx.kube.get_migration(namespace, name) if deleting else None
-        if obj is None:
-            ctx.runtime.note(ref, None)
-            return None, None
+        ctx.runtime.note(ref, None)
+        return None, None
     if obj["metadata"].get("deletionTimestamp") and not deleting:
         return None, None  # the delete handler owns it now
     stored = dict(obj.get("status") or {})  # as the API has it: what the merge patch is computed against
@@ -182,7 +192,7 @@ async def _reconcile(ctx: Context, namespace: str, name: str, logger: Logger,
     ctx.runtime.settled.pop(ref, None)
     if _settles(run, obs, decision, ctx.runtime.has_active_jobs(ref)) and target is not None:
         current = ctx.runtime.migrations.get(ref) or obj
-        drift_on = bool(_drift_interval(obj))
+        drift_on = bool(_drift_interval(obs))
         settled = freshness.Settled(
             resource_version=str(current["metadata"].get("resourceVersion")), revision=obs.database.revision,
             due_full=time.monotonic() + (delay or 0.0) if drift_on and delay is not None else None)
@@ -201,8 +211,10 @@ def _settles(run: RunStatus, obs: Observation, decision: Decision, jobs_running:
             and not jobs_running)
 
 
-def _drift_interval(obj: dict[str, Any]) -> int | None:
+def _drift_interval(obs: Observation) -> int | None:
+    if isinstance(obs.parsed, SpecError):
+        return None
     try:
-        return duration_seconds(parse_spec(obj.get("spec") or {}).drift_check.interval)
+        return duration_seconds(obs.parsed.drift_check.interval)
     except ValueError:
         return None

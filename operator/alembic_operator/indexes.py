@@ -14,7 +14,7 @@ import dataclasses
 import gc
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Literal, cast
 
 from . import constants as c
@@ -22,7 +22,8 @@ from . import freshness, kube, metrics
 from .api import WRITING_STEPS, RunStatus
 from .config import OperatorConfig
 from .dbstate import DatabaseTarget, read_revision
-from .kept import KeptObjects, job_summary, resource_version
+from .kept import KeptObjects, job_summary, resource_version, without_managed_fields
+from .objects import Job, Migration, Object, job, migration
 from .observation import DatabaseObservation, JobObservation
 from .schedule import Scheduler
 
@@ -50,8 +51,9 @@ class Runtime:
     Everything kept per resource is dropped when it is deleted (:meth:`forget`)."""
 
     def __init__(self, max_running_jobs: int = 0) -> None:
-        self.migrations: KeptObjects[Ref] = KeptObjects()  # the watch's copy, or our own write when newer
-        self.jobs: dict[Ref, KeptObjects[str]] = {}  # our Jobs by owner, then by name (without their pod template)
+        # the watch's copy, or our own write when newer
+        self.migrations: KeptObjects[Ref, Migration] = KeptObjects(without_managed_fields)
+        self.jobs: dict[Ref, KeptObjects[str, Job]] = {}  # our Jobs by owner, then by name (without their pod template)
         self.active_jobs: set[tuple[str, str]] = set()  # (namespace, name) of our Jobs still running
         self.writers: dict[str, set[Ref]] = {}  # database key -> resources writing to it
         self.db_locks: dict[str, asyncio.Lock] = {}
@@ -71,8 +73,9 @@ class Runtime:
         self._trim: asyncio.TimerHandle | None = None
 
     # --- inputs (the watches) -----------------------------------------------------------------------------------
-    def migration_seen(self, event_type: str | None, body: dict[str, Any]) -> bool:
+    def migration_seen(self, event_type: str | None, raw: Mapping[str, object]) -> bool:
         """Keep the watch's copy; True when it is news (not a copy of what we wrote, nor a re-listing)."""
+        body = migration(raw)
         meta = body.get("metadata") or {}
         ref = (str(meta.get("namespace")), str(meta.get("name")))
         if event_type == "DELETED":
@@ -80,15 +83,17 @@ class Runtime:
             return False
         return self.migrations.put_if_newer(ref, body)
 
-    def remember(self, obj: dict[str, Any]) -> None:
+    def remember(self, raw: Mapping[str, object]) -> None:
         """An object the API server returned to us (our status write): kept when newer than the watch's copy."""
+        obj = migration(raw)
         meta = obj.get("metadata") or {}
         ref = (str(meta.get("namespace")), str(meta.get("name")))
         if ref in self.migrations:
             self.migrations.put_if_newer(ref, obj)
 
-    def job_seen(self, event_type: str | None, body: dict[str, Any]) -> Ref | None:
+    def job_seen(self, event_type: str | None, raw: Mapping[str, object]) -> Ref | None:
         """Index a Job of ours by owner; the owner to wake (None: not ours, or nothing new)."""
+        body = job(raw)
         meta = body.get("metadata") or {}
         owner = (meta.get("labels") or {}).get(c.OWNER_LABEL)
         namespace, name = str(meta.get("namespace") or ""), str(meta.get("name") or "")
@@ -179,7 +184,7 @@ class Runtime:
                jobs: list[kube.Present]) -> tuple[list[Ref], list[tuple[Ref, str]]]:
         """What the indexes hold that the lists lack, though it is older than them: deleted while a watch was down.
         (Resources, and Jobs as (owner, name).) Something created after a list is never taken for gone."""
-        def missing(present: list[kube.Present], namespace: str, name: str, obj: dict[str, Any] | None) -> bool:
+        def missing(present: list[kube.Present], namespace: str, name: str, obj: Object | None) -> bool:
             for listed in present:
                 if listed.namespace in (None, namespace):
                     return (namespace, name) not in listed.names and resource_version(obj) < listed.version
@@ -195,7 +200,7 @@ class Runtime:
         return f"DatabaseMigration {others[0][0]}/{others[0][1]}" if others else None
 
 
-async def sweep(ctx: Context, also_gone: Callable[[dict[str, Any]], None] = lambda _obj: None) -> int:
+async def sweep(ctx: Context, also_gone: Callable[[Migration], None] = lambda _obj: None) -> int:
     """Drop from the indexes what was deleted while a watch was down (an API server restart, a cut connection):
     Kopf lists again when it reconnects, but reports no deletion for what that listing lacks. Left there, a
     resource would keep its freshness checks and a Job its slot of --max-running-jobs for ever. Two metadata-only
@@ -204,12 +209,12 @@ async def sweep(ctx: Context, also_gone: Callable[[dict[str, Any]], None] = lamb
     migrations, jobs = await ctx.kube.present(watched, "migrations"), await ctx.kube.present(watched, "jobs")
     gone, gone_jobs = ctx.runtime.absent(migrations, jobs)
     for namespace, name in gone:
-        stub = {"metadata": {"namespace": namespace, "name": name}}
+        stub: Migration = {"metadata": {"namespace": namespace, "name": name}}
         ctx.runtime.migration_seen("DELETED", stub)
         also_gone(stub)
     for (namespace, owner), name in gone_jobs:
-        job: dict[str, Any] = {"metadata": {"namespace": namespace, "name": name, "labels": {c.OWNER_LABEL: owner}}}
-        if ctx.runtime.job_seen("DELETED", job) is not None and (namespace, owner) in ctx.runtime.migrations:
+        gone_job: Job = {"metadata": {"namespace": namespace, "name": name, "labels": {c.OWNER_LABEL: owner}}}
+        if ctx.runtime.job_seen("DELETED", gone_job) is not None and (namespace, owner) in ctx.runtime.migrations:
             ctx.runtime.wake(namespace, owner)
     return len(gone) + len(gone_jobs)
 
@@ -229,21 +234,21 @@ class Context:
     runtime: Runtime
 
 
-def run_of(obj: dict[str, Any] | None) -> RunStatus:
+def run_of(obj: Migration | None) -> RunStatus:
     """status.run, read through the model (an absent or empty run: all fields unset)."""
     return RunStatus.model_validate(((obj or {}).get("status") or {}).get("run") or {})
 
 
-def job_state(job: dict[str, Any]) -> JobState:
-    for cond in (job.get("status") or {}).get("conditions") or []:
+def job_state(body: Job) -> JobState:
+    for cond in (body.get("status") or {}).get("conditions") or []:
         if cond.get("status") == "True" and cond.get("type") in ("Complete", "Failed"):
             return "succeeded" if cond["type"] == "Complete" else "failed"
     return "active"
 
 
-def job_generation(job: dict[str, Any]) -> int:
-    return int((job["metadata"].get("labels") or {}).get(c.GENERATION_LABEL) or 0)
+def job_generation(body: Job) -> int:
+    return int(((body.get("metadata") or {}).get("labels") or {}).get(c.GENERATION_LABEL) or 0)
 
 
-def job_instance(job: dict[str, Any]) -> int:
-    return int((job["metadata"].get("labels") or {}).get(c.INSTANCE_LABEL) or -1)
+def job_instance(body: Job) -> int:
+    return int(((body.get("metadata") or {}).get("labels") or {}).get(c.INSTANCE_LABEL) or -1)

@@ -9,14 +9,23 @@ from __future__ import annotations
 import contextlib
 import time
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import cast
 
 from . import constants as c
-from . import kube, plansql, reasons
-from .api import MAX_NAME_LENGTH, WRITING_STEPS, DatabaseMigrationStatus, RunStatus, parse_spec
+from . import kube, objects, plansql, reasons
+from .api import (
+    MAX_NAME_LENGTH,
+    WRITING_STEPS,
+    DatabaseMigrationStatus,
+    JsonObject,
+    RunStatus,
+    parse_spec,
+    parse_status,
+)
 from .dbstate import DatabaseError, DatabaseTarget, decode_secret_value, parse_url, sanitize
-from .indexes import GENERATIONS_KEPT, Context, Ref, job_generation, job_instance, job_state, run_of
+from .indexes import GENERATIONS_KEPT, Context, Ref, job_generation, job_instance, job_state
 from .jobs import ROLES
+from .objects import Job, Migration, Pod
 from .observation import DatabaseObservation, JobObservation, Observation
 from .podstate import failure_cause, never_ran, pod_progress, pod_waiting
 from .runner.results import JobResult
@@ -30,8 +39,8 @@ ANY_JOB = "*"  # sql_kept_for: read no plan's log
 SECRET_CACHE_SECONDS = 30.0  # a Secret read serves the reconciles of this long (1,000 resources, one Secret)
 
 
-async def observe(ctx: Context, obj: dict[str, Any], status: DatabaseMigrationStatus) -> tuple[Observation,
-                                                                                              DatabaseTarget | None]:
+async def observe(ctx: Context, obj: Migration,
+                  status: DatabaseMigrationStatus) -> tuple[Observation, DatabaseTarget | None]:
     """The resource as stored, its run's database and Jobs, now; and the database's target (None: unreadable)."""
     meta = obj["metadata"]
     namespace, name = str(meta["namespace"]), str(meta["name"])
@@ -62,7 +71,7 @@ async def observe(ctx: Context, obj: dict[str, Any], status: DatabaseMigrationSt
 async def _observe_jobs(ctx: Context, namespace: str, name: str, generation: int,
                         target: DatabaseTarget | None, sql_kept_for: str | None = None) -> dict[str, JobObservation]:
     """The Jobs of one generation, by role; for repeating roles (drift checks) the newest, older ones deleted."""
-    by_role: dict[str, list[dict[str, Any]]] = {}
+    by_role: dict[str, list[Job]] = {}
     if len(name) > MAX_NAME_LENGTH:
         return {}  # not a valid label value: no Job of ours can carry it (decide() says so)
     listed = await jobs_of(ctx, (namespace, name))
@@ -73,7 +82,7 @@ async def _observe_jobs(ctx: Context, namespace: str, name: str, generation: int
             continue
         labels = job["metadata"].get("labels") or {}
         if (job_generation(job) < generation and job_state(job) == "active" and labels.get(c.ROLE_LABEL) != "drift"
-                and never_ran(await ctx.kube.job_pods(namespace, job["metadata"]["name"]))):
+                and never_ran(await _pods(ctx, namespace, job["metadata"]["name"]))):
             # A replaced run's Job that never got to run (its image could not be pulled, no node fit...): nothing of
             # it may start later, beside the new run.
             await ctx.kube.delete_job(namespace, job["metadata"]["name"])
@@ -89,7 +98,7 @@ async def _observe_jobs(ctx: Context, namespace: str, name: str, generation: int
             for role, jobs in by_role.items()}
 
 
-async def jobs_of(ctx: Context, ref: Ref) -> list[dict[str, Any]]:
+async def jobs_of(ctx: Context, ref: Ref) -> list[Job]:
     """A resource's Jobs from the index; listed once per resource and process (the Job watch may not have
     delivered them yet right after a start), from the watch afterwards."""
     if ref not in ctx.runtime.jobs_listed:
@@ -99,7 +108,7 @@ async def jobs_of(ctx: Context, ref: Ref) -> list[dict[str, Any]]:
     return list(ctx.runtime.jobs[ref].values()) if ref in ctx.runtime.jobs else []
 
 
-async def _observe_job_cached(ctx: Context, namespace: str, job: dict[str, Any], target: DatabaseTarget | None,
+async def _observe_job_cached(ctx: Context, namespace: str, job: Job, target: DatabaseTarget | None,
                               sql_kept_for: str | None) -> JobObservation:
     """A finished Job (and its pods) does not change: observed once per version of the Job, unless its plan SQL
     is still to be read."""
@@ -114,22 +123,22 @@ async def _observe_job_cached(ctx: Context, namespace: str, job: dict[str, Any],
     return observed
 
 
-async def _observe_job(ctx: Context, namespace: str, job: dict[str, Any],
+async def _observe_job(ctx: Context, namespace: str, job: Job,
                        target: DatabaseTarget | None, sql_kept_for: str | None = None) -> JobObservation:
     name = job["metadata"]["name"]
     state = job_state(job)
     if state == "active":
-        pods = await ctx.kube.job_pods(namespace, name)
+        pods = await _pods(ctx, namespace, name)
         started, blocked = pod_progress(pods)
         return JobObservation(name=name, state="active", started=started, blocked=blocked,
                               waiting="" if started or blocked else pod_waiting(pods),
                               instance=(job["metadata"].get("labels") or {}).get(c.INSTANCE_LABEL))
-    results: list[dict[str, Any]] = []
+    results: list[JsonObject] = []
     notes: list[str] = []
     for cond in (job.get("status") or {}).get("conditions") or []:
         if cond.get("type") == "Failed" and cond.get("status") == "True":
             notes.append(f"{cond.get('reason')}: {cond.get('message')}")
-    pods = await ctx.kube.job_pods(namespace, name)
+    pods = await _pods(ctx, namespace, name)
     for pod in sorted(pods, key=lambda p: p["metadata"].get("creationTimestamp") or ""):
         st = pod.get("status") or {}
         statuses = list(st.get("initContainerStatuses") or []) + list(st.get("containerStatuses") or [])
@@ -160,7 +169,11 @@ async def _observe_job(ctx: Context, namespace: str, job: dict[str, Any],
                           instance=instance, seconds=_duration(job), cause=cause, plan_sql=plan_sql)
 
 
-def _duration(job: dict[str, Any]) -> float | None:
+async def _pods(ctx: Context, namespace: str, job_name: str) -> list[Pod]:
+    return [objects.pod(body) for body in await ctx.kube.job_pods(namespace, job_name)]
+
+
+def _duration(job: Job) -> float | None:
     st = job.get("status") or {}
     ended = st.get("completionTime") or next(
         (x.get("lastTransitionTime") for x in st.get("conditions") or [] if x.get("type") == "Failed"), None)
@@ -174,7 +187,7 @@ def _parse_time(text: str) -> datetime:
 
 
 async def _observe_database(ctx: Context, namespace: str,
-                            spec: dict[str, Any]) -> tuple[DatabaseObservation, DatabaseTarget | None]:
+                            spec: JsonObject) -> tuple[DatabaseObservation, DatabaseTarget | None]:
     try:
         ref = parse_spec(spec).database.url_secret_ref
     except ValueError as err:
@@ -221,10 +234,9 @@ async def _database_lineage(ctx: Context, ref: tuple[str, str], run: RunStatus, 
             or run.result not in ("Succeeded", "UpToDate") or database.revision == run.target_revision):
         return (), None
     for other in ctx.runtime.migrations.values():
-        meta, st = other["metadata"], other.get("status") or {}
-        plan = st.get("plan") or {}
-        if ((meta["namespace"], meta["name"]) != ref and run_of(other).database_key == target.key
-                and database.revision and plan.get("toRevision") == database.revision):
-            lineage = [str(x) for x in plan.get("lineage") or []]
-            return (database.revision, *lineage), f"DatabaseMigration {meta['namespace']}/{meta['name']}"
+        meta, status = other["metadata"], parse_status(other.get("status"))
+        plan, run_there = status.plan, status.run or RunStatus()
+        if ((meta["namespace"], meta["name"]) != ref and run_there.database_key == target.key
+                and database.revision and plan is not None and plan.to_revision == database.revision):
+            return (database.revision, *plan.lineage), f"DatabaseMigration {meta['namespace']}/{meta['name']}"
     return (), None

@@ -3,14 +3,14 @@
 Top to bottom (a layer imports only layers below it, never above; within a layer, no cycles):
 
     entry       cli, __main__, app, crdgen, dbm.*, k8s_openapi.__main__/main: start-up, CLIs, generators
-    operator    handlers (a pass, as Kopf calls it), observe, act, indexes, release, webhook, kube, kept, metrics,
-                config, audit, schedule, freshness, events: talk to Kubernetes (Kopf, the API client), keep what it
-                said, and when
+    operator    handlers (a pass, as Kopf calls it), observe, act, indexes, configmaps, release, webhook, kube, kept,
+                metrics, config, audit, schedule, freshness, events: talk to Kubernetes (Kopf, the API client), keep
+                what it said, and when
     programs    jobtools, check.*: commands that run in Jobs or in CI
     seams       engines.*, backupstores.*, dbstate, jobio, plugins, sqlscan, sqlscan_mysql: databases and backup stores
     decisions   reconcile, status, gate, podstate, jobs, approvals: pure functions of what was observed
-    model       api, observation, k8s_openapi, jobparts, constants, reasons, plansql: the API types, what was observed,
-                Kubernetes' object types, the vocabulary, wire formats
+    model       api, observation, objects, k8s_openapi, jobparts, constants, reasons, plansql: the API types, what
+                was observed, Kubernetes' object types, the vocabulary, wire formats
     runner      runner.*: runs in the app's image without the rest; anything may use it, it uses nothing
 
 A module that is in no layer fails the test: a newcomer places it (and this docstring says where it goes).
@@ -25,12 +25,13 @@ PACKAGE = Path(__file__).resolve().parents[2] / "operator" / "alembic_operator"
 
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("entry", ("cli", "__main__", "app", "crdgen", "dbm", "k8s_openapi.__main__")),
-    ("operator", ("handlers", "act", "observe", "indexes", "release", "webhook", "kube", "kept", "metrics", "config",
-                  "audit", "schedule", "freshness", "events")),
+    ("operator", ("handlers", "act", "observe", "indexes", "configmaps", "release", "webhook", "kube", "kept",
+                  "metrics", "config", "audit", "schedule", "freshness", "events")),
     ("programs", ("jobtools", "check")),
     ("seams", ("engines", "backupstores", "dbstate", "jobio", "plugins", "sqlscan", "sqlscan_mysql")),
     ("decisions", ("reconcile", "status", "gate", "podstate", "jobs", "approvals")),
-    ("model", ("api", "observation", "k8s_openapi", "jobparts", "constants", "reasons", "plansql", "__init__")),
+    ("model", ("api", "observation", "objects", "k8s_openapi", "jobparts", "constants", "reasons", "plansql",
+               "__init__")),
     ("runner", ("runner",)),
 )
 # Third-party packages a pure layer must not touch: I/O belongs above it. Kubernetes' object types

@@ -308,9 +308,10 @@ def test_the_indexes_keep_no_managed_fields() -> None:
 
 
 def test_kept_objects_are_fresh_copies_never_go_back_in_time_and_jobs_lose_their_pod_template() -> None:
-    from alembic_operator.kept import KeptObjects, job_summary
+    from alembic_operator.kept import KeptObjects, job_summary, without_managed_fields
+    from alembic_operator.objects import Migration
 
-    kept: KeptObjects[str] = KeptObjects()
+    kept: KeptObjects[str, Migration] = KeptObjects(without_managed_fields)
     assert kept.put_if_newer("a", dbm("a", "5", phase="Ready"))
     copy = kept.get("a") or {}
     copy["status"]["phase"] = "Changed by the caller"
