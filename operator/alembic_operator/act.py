@@ -12,13 +12,13 @@ import time
 
 import kopf
 
-from . import audit, configmaps, events, jobparts, kube, metrics, plansql, reasons
+from . import audit, backupstores, configmaps, events, jobparts, kube, metrics, plansql, reasons
 from . import constants as c
 from .api import DatabaseMigrationStatus, JsonObject, RunStatus
 from .constants import Role
 from .dbstate import DatabaseTarget
 from .indexes import GENERATIONS_KEPT, Context, Logger
-from .jobs import ROLES, Owner, build_job, job_name, source_field
+from .jobs import ROLES, Owner, build_job, dry_run_jobs, job_name, source_field
 from .objects import Migration
 from .observation import JobObservation, JobRefusal, Observation
 from .reconcile import Decision, JobRequest, PlanSQLKept, decide
@@ -159,7 +159,8 @@ async def _create_jobs(ctx: Context, obj: Migration, decision: Decision,
         args = dict(req.args)
         if ROLES[req.role].writes:
             args["lockKey"] = str(target.engine.lock_key(target.key) if target else database_lock_key(meta["uid"]))
-        manifest = build_job(req.role, owner, spec, operator_image=ctx.config.operator_image, args=args)
+        store = backupstores.wiring_for(spec.backup, owner.namespace, owner.name)
+        manifest = build_job(req.role, owner, spec, operator_image=ctx.config.operator_image, args=args, store=store)
         try:
             await ctx.kube.create_job(jobparts.manifest(manifest))
         except kube.Refused as err:
@@ -172,15 +173,12 @@ async def _dry_run_later_jobs(ctx: Context, owner: Owner, plan: JobRequest) -> N
     """Before the first Job of a run: have the API server validate every Job the run may create later (server-side
     dry run), so a spec it refuses stops the run before anything is written, not halfway through it."""
     spec = plan.spec
-    for role in ROLES.values():
-        if role.dry_run_args is None or (role.backups and not spec.backup.enabled):
-            continue
-        manifest = build_job(role.name, owner, spec, operator_image=ctx.config.operator_image,
-                             args={**role.dry_run_args, "lockKey": "0", "instance": "dry-run"})
+    store = backupstores.wiring_for(spec.backup, owner.namespace, owner.name)
+    for role, job in dry_run_jobs(owner, spec, operator_image=ctx.config.operator_image, store=store):
         try:
-            await ctx.kube.create_job(jobparts.manifest(manifest), dry_run=True)
+            await ctx.kube.create_job(jobparts.manifest(job), dry_run=True)
         except kube.Refused as err:
-            raise _JobRefused(role.name, _with_source(err.message)) from None
+            raise _JobRefused(role, _with_source(err.message)) from None
 
 
 def _with_source(message: str) -> str:

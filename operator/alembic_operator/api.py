@@ -269,6 +269,15 @@ class MigrationsSpec(_SpecModel):
     )
 
 
+@dataclass(frozen=True)
+class StoreField:
+    """Marks a field of `BackupSpec` as a backup store's: the spec names one store through exactly one such field,
+    and the store with that ``spec_field`` (``backupstores/``) wires the backup and restore Jobs."""
+
+    hint: str
+    """What to set it to, for the message when no store is set (``a volume source, e.g. ...``)."""
+
+
 class BackupSpec(_SpecModel):
     """The backup taken before a migration runs, restored if the migration destroys data and fails."""
 
@@ -279,7 +288,9 @@ class BackupSpec(_SpecModel):
             "for databases you can rebuild: without a backup, rollback can only downgrade."
         ),
     )
-    volume: FreeObject | None = Field(
+    volume: Annotated[
+        FreeObject | None, StoreField("a volume source, e.g. {persistentVolumeClaim: {claimName: my-backups}}")
+    ] = Field(
         default=None,
         min_length=1,
         max_length=1,
@@ -300,6 +311,45 @@ class BackupSpec(_SpecModel):
             "deleted after a successful backup. Default 5, minimum 1."
         ),
     )
+
+    def store(self) -> tuple[str, object] | None:
+        """(field name, its value) of the store this spec names; None when it names none."""
+        chosen = [(name, value) for name in store_fields() if (value := getattr(self, name)) is not None]
+        return chosen[0] if chosen else None
+
+
+def store_fields() -> dict[str, StoreField]:
+    """The fields of `BackupSpec` that name a backup store, by (Python) name: one per kind of store."""
+    return {name: marker for name, info in BackupSpec.model_fields.items()
+            for marker in info.metadata if isinstance(marker, StoreField)}
+
+
+def _store_rules() -> tuple[CrossFieldRule, ...]:
+    """Backups need a store (and, when there are several kinds, exactly one): derived from the store fields, so a
+    new kind of store is one new field."""
+    fields = {to_camel(name): marker for name, marker in store_fields().items()}
+    has = [f"has(self.backup.{field})" for field in fields]
+    set_one = " or ".join(f"spec.backup.{field} to {marker.hint}" for field, marker in fields.items())
+    named = ", ".join(f"spec.backup.{field}" for field in fields)
+    rules = [CrossFieldRule(
+        rule="!self.backup.enabled || " + " || ".join(has),
+        message=(
+            f"{named if len(fields) == 1 else 'one of ' + named} is required when spec.backup.enabled is true "
+            f"(the default): set {set_one}, or set spec.backup.enabled: false to migrate without backups"
+        ),
+        field_path=f".backup.{next(iter(fields))}" if len(fields) == 1 else ".backup",
+        reason="FieldValueRequired",
+        check=lambda spec: not spec.backup.enabled or spec.backup.store() is not None,
+    )]
+    if len(fields) > 1:
+        rules.append(CrossFieldRule(
+            rule=f"[{', '.join(has)}].filter(x, x).size() <= 1",
+            message=f"set only one of {named}: backups go to one store",
+            field_path=".backup",
+            reason="FieldValueInvalid",
+            check=lambda spec: sum(getattr(spec.backup, name) is not None for name in store_fields()) <= 1,
+        ))
+    return tuple(rules)
 
 
 class RollbackSpec(_SpecModel):
@@ -678,17 +728,7 @@ class CrossFieldRule(ObjectRule):
 
 
 SPEC_RULES: tuple[CrossFieldRule, ...] = (
-    CrossFieldRule(
-        rule="!self.backup.enabled || has(self.backup.volume)",
-        message=(
-            "spec.backup.volume is required when spec.backup.enabled is true (the default): set spec.backup.volume "
-            "to a volume source, e.g. {persistentVolumeClaim: {claimName: my-backups}}, "
-            "or set spec.backup.enabled: false to migrate without backups"
-        ),
-        field_path=".backup.volume",
-        reason="FieldValueRequired",
-        check=lambda spec: not spec.backup.enabled or spec.backup.volume is not None,
-    ),
+    *_store_rules(),
     CrossFieldRule(
         rule="self.rollback.strategy != 'Restore' || self.backup.enabled",
         message=(

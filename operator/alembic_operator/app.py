@@ -176,7 +176,7 @@ def registry(config: OperatorConfig) -> tuple[kopf.OperatorRegistry, Operator]:
                         operations=["CREATE", "UPDATE"], side_effects=False, registry=reg)
         async def govern_approvals(body: kopf.Body, userinfo: kopf.UserInfo, patch: kopf.Patch,
                                    logger: indexes.Logger, **kwargs: Any) -> None:
-            await webhook.govern_approvals(op.ctx.kube, config.webhook, body, kwargs.get("old"), dict(userinfo),
+            await webhook.govern_approvals(op.ctx.kube, config.webhook, body, kwargs.get("old"), userinfo,
                                            patch, logger)
 
     return reg, op

@@ -26,6 +26,8 @@ GENERATION_LABEL: Final = f"{GROUP}/generation"
 INSTANCE_LABEL: Final = f"{GROUP}/instance"  # tells apart Jobs of one role: drift intervals, retries
 MANAGED_BY_LABEL: Final = "app.kubernetes.io/managed-by"
 MANAGED_BY: Final = "alembic-operator"
+# The environment variable a Job's container reads the database URL from (the runner spells it too: runner/commands.py).
+URL_ENV: Final = "ALEMBIC_OPERATOR_DATABASE_URL"
 
 FINALIZER: Final = f"{GROUP}/finalizer"
 

@@ -8,31 +8,19 @@ or an Event.
 from __future__ import annotations
 
 import base64
-from dataclasses import dataclass
-from typing import Any
 
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
 from . import engines, reasons
+from .engines import DatabaseTarget
 from .observation import DatabaseObservation
 from .reasons import Reason
 
+__all__ = ["DatabaseError", "DatabaseTarget", "database_key", "decode_secret_value", "parse_url", "read_revision",
+           "sanitize"]
+
 URL_EXAMPLE = "postgresql+psycopg://user:password@host:5432/dbname"
-
-
-@dataclass(frozen=True)
-class DatabaseTarget:
-    url: URL
-    key: str  # identifies the database (not the credentials): two resources on one database share it
-
-    @property
-    def engine(self) -> engines.Engine[Any]:
-        return engines.for_url(self.url)
-
-    @property
-    def where(self) -> str:
-        return self.engine.where(self.url)
 
 
 class DatabaseError(Exception):

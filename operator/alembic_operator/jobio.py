@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 from typing import Final
 
-from .jobs import URL_ENV
+from .constants import URL_ENV
 from .reasons import Reason
 from .runner.redact import Redactor
 

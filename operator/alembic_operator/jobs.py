@@ -44,23 +44,21 @@ from kubernetes.client.models.v1_security_context import V1SecurityContext
 from kubernetes.client.models.v1_toleration import V1Toleration
 from kubernetes.client.models.v1_volume import V1Volume
 from kubernetes.client.models.v1_volume_mount import V1VolumeMount
-from pydantic import BaseModel, JsonValue
+from pydantic import BaseModel
 
 from . import constants as c
 from . import reasons
 from .api import DatabaseMigrationSpec, duration_milliseconds
-from .constants import Phase, Role
-from .jobparts import typed
+from .constants import URL_ENV, Phase, Role
+from .jobparts import StoreWiring, typed
 from .reasons import Reason
 from .runner.lock import LOCK_WAIT_SECONDS
 
 M = TypeVar("M", bound=BaseModel)
 
-URL_ENV = "ALEMBIC_OPERATOR_DATABASE_URL"
 WORK_DIR = "/alembic-operator"
 RUNNER = f"{WORK_DIR}/runner.pyz"  # the runner package as one zipapp (runner/build.py)
 PLAN_DIR = f"{WORK_DIR}/plan"
-BACKUP_MOUNT = "/backups"
 OPERATOR_UID = 65532
 INSTALLER = "runner"  # the init container that only writes the runner into the Job's volume
 SHORT, LONG = 600, 6 * 3600  # default deadlines: a Job that never starts (image pull errors...) must still end
@@ -115,23 +113,6 @@ def source_field(message: str) -> str | None:
     return next((field for pattern, field in SOURCE_FIELDS if pattern.search(message)), None)
 
 
-def backup_dir(owner: Owner) -> str:
-    return f"{BACKUP_MOUNT}/{owner.namespace}/{owner.name}"
-
-
-def describe_volume(volume: Mapping[str, JsonValue] | None) -> str:
-    """A human name for the backup volume, used in status.backup.location (no secrets live in volume sources)."""
-    if not volume:
-        return "volume"
-    for kind, field, prefix in (("persistentVolumeClaim", "claimName", "pvc/"), ("hostPath", "path", "hostPath:")):
-        if kind in volume:
-            source = volume[kind]
-            value = source.get(field, "?") if isinstance(source, dict) else "?"
-            return f"{prefix}{value}"
-    kind = next(iter(volume))
-    return re.sub(r"[^A-Za-z0-9]", "", kind) or "volume"
-
-
 def _env(spec: DatabaseMigrationSpec) -> list[V1EnvVar]:
     ref = spec.database.url_secret_ref
     return [
@@ -167,12 +148,13 @@ def _over(base: M, top: M) -> M:
 def _container(
     name: str, image: str, command: list[str], spec: DatabaseMigrationSpec, *, ours: bool,
     mounts: list[V1VolumeMount], working_dir: str | None = None, pull_policy: str | None = None,
+    store_env: list[V1EnvVar] | None = None,
 ) -> V1Container:
     env = _env(spec) if name != INSTALLER else []
     if name != INSTALLER:
         # Scratch space on the Job's emptyDir, not on /tmp: our containers have a read-only root filesystem, and
         # the app's image keeps its own /tmp as it is (its files, even its virtualenv, may live there).
-        env += [V1EnvVar(name="HOME", value=WORK_DIR), V1EnvVar(name="TMPDIR", value=WORK_DIR)]
+        env += [V1EnvVar(name="HOME", value=WORK_DIR), V1EnvVar(name="TMPDIR", value=WORK_DIR), *(store_env or [])]
     resources = spec.job_template.resources
     return V1Container(
         name=name,
@@ -196,9 +178,11 @@ def build_job(
     *,
     operator_image: str,
     args: dict[str, str],
+    store: StoreWiring | None = None,
 ) -> V1Job:
-    """The Job for one step of a run. `args` carries the step's inputs (revisions, backup file...); the API server
-    receives :func:`manifest` of it."""
+    """The Job for one step of a run. `args` carries the step's inputs (revisions, backup file...); `store` is the
+    backup store's wiring (``backupstores.wiring_for``), which the roles that use the store need. The API server
+    receives :func:`~alembic_operator.jobparts.manifest` of it."""
     instance = args.get("instance")
     name = job_name(owner.name, role, owner.generation, instance)
     labels = {
@@ -209,16 +193,17 @@ def build_job(
     }
     if instance:
         labels[c.INSTANCE_LABEL] = instance
-    pods = ROLES[role].build(_Inputs(owner, spec, operator_image, args))
+    if ROLES[role].uses_store and store is None:
+        raise ValueError(f"the {role} Job needs the backup store's wiring: spec.backup names no store")
+    store = store if ROLES[role].uses_store else None
+    pods = ROLES[role].build(_Inputs(owner, spec, operator_image, args, store))
     tmpl = spec.job_template
     pod_security = V1PodSecurityContext(run_as_non_root=True, seccomp_profile=V1SeccompProfile(type="RuntimeDefault"))
-    if ROLES[role].backups:
-        pod_security.fs_group = OPERATOR_UID  # so our non-root user can write to the backup volume
+    if store and store.fs_group:
+        pod_security.fs_group = OPERATOR_UID  # so our non-root user can write to the store's volumes
     if tmpl.pod_security_context:
         pod_security = _over(pod_security, typed(V1PodSecurityContext, tmpl.pod_security_context))
-    volumes = [V1Volume(name="work", empty_dir=V1EmptyDirVolumeSource())]
-    if ROLES[role].backups:
-        volumes.append(typed(V1Volume, {"name": "backups", **(spec.backup.volume or {"emptyDir": {}})}))
+    volumes = [V1Volume(name="work", empty_dir=V1EmptyDirVolumeSource()), *(store.volumes if store else ())]
     pod_spec = V1PodSpec(
         restart_policy="Never",
         automount_service_account_token=False,  # the Jobs never call the Kubernetes API
@@ -265,10 +250,22 @@ class _Inputs:
     spec: DatabaseMigrationSpec
     operator_image: str
     args: dict[str, str]
+    store: StoreWiring | None
 
     def ours(self, name: str, command: list[str], mounts: list[V1VolumeMount]) -> V1Container:
         """A container in the operator's image."""
         return _container(name, self.operator_image, command, self.spec, ours=True, mounts=mounts)
+
+    @property
+    def wiring(self) -> StoreWiring:
+        if self.store is None:  # build_job refuses it first
+            raise ValueError("this Job needs the backup store's wiring")
+        return self.store
+
+    def with_store(self, name: str, command: list[str]) -> V1Container:
+        """A container in the operator's image that reaches the backup store: its mounts and environment."""
+        return _container(name, self.operator_image, command, self.spec, ours=True, mounts=list(self.wiring.mounts),
+                          store_env=self.wiring.env())
 
     def app(self, name: str, verb: str, *options: str) -> V1Container:
         """A container in the app's image, in its working directory, running our runner with the app's Python."""
@@ -298,7 +295,6 @@ class _Pods:
 
 
 WORK = V1VolumeMount(name="work", mount_path=WORK_DIR)
-BACKUPS = V1VolumeMount(name="backups", mount_path=BACKUP_MOUNT)
 
 
 def _plan(x: _Inputs) -> _Pods:
@@ -328,18 +324,14 @@ def _drift(x: _Inputs) -> _Pods:
 
 
 def _backup(x: _Inputs) -> _Pods:
-    owner, spec = x.owner, x.spec
-    return _Pods([], [x.ours("backup", [
-        "alembic-operator", "job", "backup", "--dir", backup_dir(owner), "--prefix", owner.name,
-        "--retain", str(spec.backup.retain),
-        "--location-prefix", f"{describe_volume(spec.backup.volume)}/{owner.namespace}/{owner.name}"], [BACKUPS])],
-    )
+    return _Pods([], [x.with_store("backup", [
+        "alembic-operator", "job", "backup", *x.wiring.backup_args(x.owner.name, x.spec.backup.retain)])])
 
 
 def _restore(x: _Inputs) -> _Pods:
-    return _Pods([], [x.ours("restore", [
-        "alembic-operator", "job", "restore", "--file", x.args["file"], "--sha256", x.args["sha256"],
-        *x.locking()], [BACKUPS])])
+    return _Pods([], [x.with_store("restore", [
+        "alembic-operator", "job", "restore", *x.wiring.restore_args(x.args["file"]), "--sha256", x.args["sha256"],
+        *x.locking()])])
 
 
 @dataclass(frozen=True)
@@ -358,7 +350,7 @@ class JobRole:
     during_deletion: bool  # started even while the resource is being deleted (a rollback must finish)
     retries: bool  # retried with backoff when it failed for a transient reason and changed nothing
     deadline: int  # default activeDeadlineSeconds
-    backups: bool  # mounts spec.backup.volume (exists only when spec.backup.enabled)
+    uses_store: bool  # reaches the backup store (its StoreWiring), which exists only when spec.backup.enabled
     build: Callable[[_Inputs], _Pods]
     # Placeholder inputs to validate, before a run starts, a Job the run may create later (server-side dry run).
     dry_run_args: Mapping[str, str] | None = None
@@ -370,18 +362,35 @@ def _declare(*roles: JobRole) -> dict[Role, JobRole]:
 
 ROLES: Mapping[Role, JobRole] = _declare(
     JobRole("plan", "app", "Planning", reasons.PLANNING, writes=False, during_deletion=False, retries=True,
-            deadline=SHORT, backups=False, build=_plan),
+            deadline=SHORT, uses_store=False, build=_plan),
     JobRole("stamp", "app", "Planning", reasons.BASELINING, writes=True, during_deletion=False, retries=True,
-            deadline=SHORT, backups=False, build=_stamp),
+            deadline=SHORT, uses_store=False, build=_stamp),
     JobRole("backup", "operator", "BackingUp", reasons.BACKING_UP, writes=False, during_deletion=False,
-            retries=True, deadline=LONG, backups=True, build=_backup, dry_run_args={}),
+            retries=True, deadline=LONG, uses_store=True, build=_backup, dry_run_args={}),
     JobRole("migrate", "app", "Migrating", reasons.MIGRATING, writes=True, during_deletion=False, retries=True,
-            deadline=LONG, backups=False, build=_migrate, dry_run_args={"from": "base", "to": "head"}),
+            deadline=LONG, uses_store=False, build=_migrate, dry_run_args={"from": "base", "to": "head"}),
     JobRole("downgrade", "app", "RollingBack", reasons.ROLLING_BACK, writes=True, during_deletion=True,
-            retries=True, deadline=LONG, backups=False, build=_downgrade, dry_run_args={"from": "head", "to": "base"}),
+            retries=True, deadline=LONG, uses_store=False, build=_downgrade,
+            dry_run_args={"from": "head", "to": "base"}),
     JobRole("restore", "operator", "RollingBack", reasons.ROLLING_BACK, writes=True, during_deletion=True,
-            retries=False, deadline=LONG, backups=True, build=_restore,
-            dry_run_args={"file": "/backups/dry-run.dump", "sha256": "sha256:0"}),
+            retries=False, deadline=LONG, uses_store=True, build=_restore,
+            dry_run_args={"sha256": "sha256:0"}),
     JobRole("drift", "app", None, reasons.PLANNING, writes=False, during_deletion=False, retries=False,
-            deadline=SHORT, backups=False, build=_drift),
+            deadline=SHORT, uses_store=False, build=_drift),
 )
+
+
+def dry_run_jobs(owner: Owner, spec: DatabaseMigrationSpec, *, operator_image: str,
+                 store: StoreWiring | None) -> list[tuple[Role, V1Job]]:
+    """The Jobs a run may create after its plan, with placeholder inputs, for the API server to validate before the
+    run starts (server-side dry run); those that use the backup store only when there is one."""
+    jobs: list[tuple[Role, V1Job]] = []
+    for role in ROLES.values():
+        if role.dry_run_args is None or (role.uses_store and store is None):
+            continue
+        args = {**role.dry_run_args, "lockKey": "0", "instance": "dry-run"}
+        if store and role.uses_store:
+            args.setdefault("file", store.placeholder())
+        jobs.append((role.name, build_job(role.name, owner, spec, operator_image=operator_image, args=args,
+                                          store=store)))
+    return jobs

@@ -1,8 +1,8 @@
 """The commands that run in the operator's image inside Jobs: ``alembic-operator job <command>``.
 
     alembic-operator job scan    --plan-dir DIR                      [--result-file F]
-    alembic-operator job backup  --dir DIR --prefix P --retain N [--location-prefix S] [--store S] [--result-file F]
-    alembic-operator job restore --file PATH --sha256 sha256:HEX [--lock-key K] [--store S] [--result-file F]
+    alembic-operator job backup  --store S --location L --prefix P --retain N [--location-prefix S] [--result-file F]
+    alembic-operator job restore --store S --dump REF --sha256 sha256:HEX [--lock-key K]        [--result-file F]
     alembic-operator job current                                      [--result-file F]
 
 Each command writes one compact JSON object (< 3500 bytes: a container's termination message holds 4096) to
@@ -32,9 +32,9 @@ import os
 import re
 import sys
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Final, cast
+from typing import Any, Final, TypeVar, cast
 
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
@@ -98,6 +98,17 @@ def write_result(path: str, result: Mapping[str, Any]) -> None:
     write_results(path, result, REDACT, echo=True, cut=False, log=log)
 
 
+R = TypeVar("R", ScanResult, BackupResult, RestoreResult)
+
+
+def _fitted(result: R, key: str, more: Callable[[int], str] | None = None) -> R:
+    """`result` with its list `key` shortened until it fits a termination message (runner/results.py's fit_list,
+    which works on the result as a JSON object), `more(n_dropped)` appended when given."""
+    whole = dict(result)
+    fit_list(whole, key, more)
+    return cast(R, whole)
+
+
 # --- scan ---------------------------------------------------------------------------------------------------------
 
 
@@ -126,7 +137,7 @@ def cmd_scan(plan_dir: Path) -> ScanResult:
                     for u in plan.get("unrenderable") or [] if isinstance(u, dict) and u.get("revision")}
     revisions: list[str] = []
     items: list[tuple[str, str]] = []
-    shown: list[dict[str, str]] = []  # the SQL as reviewers read it (plansql: through the log to a ConfigMap)
+    shown: list[plansql.RevisionSql] = []  # the SQL as reviewers read it (plansql: through the log to a ConfigMap)
     digest = hashlib.sha256()
     for entry in plan.get("revisions") or []:
         if isinstance(entry, str):  # a bare id: nothing rendered for it
@@ -177,12 +188,13 @@ def cmd_scan(plan_dir: Path) -> ScanResult:
         f"{len(destructive)} destructive operation(s), {len(locking)} locking, {len(warnings) - len(locking)} "
         f"other warning(s), {len(notes)} note(s)")
 
-    whole = {"revisions": revisions, "destructiveRevisions": destructive_revisions,
-             "findings": [{**f.to_dict(), "statement": f.statement} for f in findings]}
+    whole = plansql.WholePlan(revisions=revisions, destructiveRevisions=destructive_revisions, findings=[
+        plansql.PlanFinding(rule=f.rule, severity=f.severity, revision=f.revision, operation=f.operation,
+                            statement=f.statement) for f in findings])
     data, _kept = plansql.compress(plansql.document(shown, "sha256:" + digest.hexdigest(), whole))
     for line in plansql.log_lines(data):  # raw: the runner redacted the SQL when it rendered it
         print(line, file=sys.stderr, flush=True)
-    result: dict[str, Any] = {
+    result: ScanResult = {
         "ok": True,
         "current": plan.get("current"),
         "target": plan.get("target"),
@@ -203,16 +215,17 @@ def cmd_scan(plan_dir: Path) -> ScanResult:
     }
     if isinstance(plan.get("lineage"), list):  # the pod gate needs it
         result["lineage"] = [str(x) for x in plan["lineage"]]
-    for key in ("transactionPerMigration", "transactionalDDL"):  # the rollback logic needs them
-        if isinstance(plan.get(key), bool):
-            result[key] = plan[key]
+    if isinstance(plan.get("transactionPerMigration"), bool):  # the rollback logic needs them
+        result["transactionPerMigration"] = plan["transactionPerMigration"]
+    if isinstance(plan.get("transactionalDDL"), bool):
+        result["transactionalDDL"] = plan["transactionalDDL"]
     # A long plan (hundreds of revisions) keeps its ids and all its findings in the SQL document only (the log, then
     # the ConfigMap): the result keeps their count and digest, and the operator takes the ids from the document.
     # The ids go after the warnings (while they fit, the operator needs no log), before what status shows: the
     # locking operations, the pod gate's lineage, the first destructive operations.
-    fit_list(result, "findings")
-    fit_list(result, "notes", lambda n: f"... and {n} more note(s): see kubectl dbm plan")
-    fit_list(result, "warnings", lambda n: f"... and {n} more warning(s): see kubectl dbm plan")
+    result = _fitted(result, "findings")
+    result = _fitted(result, "notes", lambda n: f"... and {n} more note(s): see kubectl dbm plan")
+    result = _fitted(result, "warnings", lambda n: f"... and {n} more warning(s): see kubectl dbm plan")
 
     def more_destructive(n: int) -> str:
         return f"... and {n} more destructive operation(s): see kubectl dbm plan"
@@ -224,20 +237,20 @@ def cmd_scan(plan_dir: Path) -> ScanResult:
     locking_all = list(result["locking"])
     if size(result) > RESULT_MAX:
         result["locking"] = locking_all[:LOCKING_KEPT]
-    fit_list(result, "revisions")
-    fit_list(result, "destructiveRevisions")
+    result = _fitted(result, "revisions")
+    result = _fitted(result, "destructiveRevisions")
     if size(result) > RESULT_MAX:
         result["locking"] = locking_all
-    fit_list(result, "locking")  # lockingCount still counts them all
-    fit_list(result, "lineage")
+    result = _fitted(result, "locking")  # lockingCount still counts them all
+    result = _fitted(result, "lineage")
     if size(result) > RESULT_MAX:
         result["destructive"] = destructive_all
-        fit_list(result, "destructive", more_destructive)
+        result = _fitted(result, "destructive", more_destructive)
     if size(result) > RESULT_MAX:
         raise JobError(reasons.PLAN_TOO_LARGE, f"the plan's result does not fit a termination message even without its "
                        f"{len(revisions)} revision ids; set spec.targetRevision to an intermediate revision and "
                        "migrate in steps")
-    return cast(ScanResult, result)
+    return result
 
 
 DESTRUCTIVE_KEPT: Final = 10  # destructive operations a result keeps before it gives up its revision ids
@@ -282,13 +295,13 @@ def _unique(items: Iterable[str | None]) -> list[str]:
 # --- backup -------------------------------------------------------------------------------------------------------
 
 
-def cmd_backup(directory: Path, prefix: str, retain: int, location_prefix: str | None,
-               store_kind: str = "volume") -> BackupResult:
-    """The engine dumps a consistent snapshot into the store; the store keeps it (atomically, with its checksum)."""
+def cmd_backup(store_kind: str, location: str, prefix: str, retain: int, location_prefix: str | None) -> BackupResult:
+    """The engine dumps a consistent snapshot into the store; the store keeps it (atomically, with its checksum).
+    `location`: where the store keeps this resource's dumps; `location_prefix`: how status names it."""
     if not backupstores.PREFIX.fullmatch(prefix):
         raise JobError(reasons.INVALID_ARGUMENT, f"--prefix {prefix!r}: use letters, digits, '-', '_' and '.'")
     engine, db = _engine_and_database()
-    store = backupstores.open_store(store_kind, str(directory))
+    store = backupstores.open_store(store_kind, location)
     with engine.snapshot(db) as snapshot:
         revision = _revision(snapshot.heads)
         while True:
@@ -297,7 +310,7 @@ def cmd_backup(directory: Path, prefix: str, retain: int, location_prefix: str |
             if not store.exists(name):
                 break
             time.sleep(1)
-        log(f"backing up {db.where} at revision {revision or 'base'} to {directory / name}")
+        log(f"backing up {db.where} at revision {revision or 'base'} to {location.rstrip('/')}/{name}")
         dump = store.write(name, snapshot.dump)
     completed = dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
     store.write_record(name, {"revision": revision, "sha256": dump.sha256, "sizeBytes": dump.size,
@@ -306,7 +319,7 @@ def cmd_backup(directory: Path, prefix: str, retain: int, location_prefix: str |
     pruned = store.prune(prefix, max(retain, 1), keep=name)
     for gone in pruned:
         log(f"pruned {gone}")
-    result: dict[str, Any] = {
+    result: BackupResult = {
         "ok": True,
         "location": f"{location_prefix.rstrip('/')}/{name}" if location_prefix else dump.location,
         "file": dump.location,
@@ -316,31 +329,28 @@ def cmd_backup(directory: Path, prefix: str, retain: int, location_prefix: str |
         "completedAt": completed,
         "pruned": pruned,
     }
-    fit_list(result, "pruned", lambda n: f"... and {n} more")
-    return cast(BackupResult, result)
+    return _fitted(result, "pruned", lambda n: f"... and {n} more")
 
 
 # --- restore ------------------------------------------------------------------------------------------------------
 
 
-def cmd_restore(path: Path, expected: str, store_kind: str = "volume", lock_key: int | None = None,
+def cmd_restore(store_kind: str, dump: str, expected: str, lock_key: int | None = None,
                 lock_wait: float = LOCK_WAIT_SECONDS) -> RestoreResult:
     """The store hands the dump over once its checksum matched; the engine restores it all or nothing, holding the
     database's migration lock (restore writes, like migrate, downgrade and stamp)."""
     if not re.fullmatch(r"sha256:[0-9a-f]{64}", expected.strip().lower()):
         raise JobError(reasons.INVALID_ARGUMENT, "--sha256 must be sha256:<64 hex digits>")
     expected = expected.strip().lower()
-    store = backupstores.open_store(store_kind, str(path.parent))
-    _actual, size = store.verify(path.name, expected)
-    log(f"checksum verified: {path.name} ({size} bytes)")
+    store, name = backupstores.store_kind(store_kind).open_dump(dump)
+    _actual, size = store.verify(name, expected)
+    log(f"checksum verified: {name} ({size} bytes)")
     engine, db = _engine_and_database()
-    with store.fetch(path.name) as local, engine.advisory_lock(db, lock_key, lock_wait):
+    with store.fetch(name) as local, engine.advisory_lock(db, lock_key, lock_wait):
         dropped = engine.restore(db, local)
     revision = _revision(engine.heads(db))
-    log(f"restored {path.name}: the database is at revision {revision or 'base'}")
-    result: dict[str, Any] = {"ok": True, "revision": revision, "dropped": dropped}
-    fit_list(result, "dropped", lambda n: f"... and {n} more")
-    return cast(RestoreResult, result)
+    log(f"restored {name}: the database is at revision {revision or 'base'}")
+    return _fitted(RestoreResult(ok=True, revision=revision, dropped=dropped), "dropped", lambda n: f"... and {n} more")
 
 
 # --- current ------------------------------------------------------------------------------------------------------
@@ -371,19 +381,19 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p = command("scan", "scan the SQL a plan rendered for destructive and locking operations")
     p.add_argument("--plan-dir", required=True, type=Path)
     p = command("backup", "dump the database (pg_dump, mariadb-dump) to the backup store")
-    p.add_argument("--dir", required=True, type=Path)
+    p.add_argument("--store", required=True, help="the backup store (backupstores/): volume, ...")
+    p.add_argument("--location", required=True, help="where the store keeps this resource's dumps (a directory, ...)")
     p.add_argument("--prefix", required=True)
     p.add_argument("--retain", required=True, type=int)
-    p.add_argument("--location-prefix")
-    p.add_argument("--store", default="volume", help="the backup store (see backupstores/): where --dir is")
+    p.add_argument("--location-prefix", help="how status names --location (default: the dump's reference)")
     p = command("restore", "restore a backup written by `backup`")
-    p.add_argument("--file", required=True, type=Path)
+    p.add_argument("--store", required=True, help="the backup store that holds --dump")
+    p.add_argument("--dump", required=True, help="the dump's reference, as `backup` returned it in `file`")
     p.add_argument("--sha256", required=True)
     p.add_argument("--lock-key", type=int, help="hold this advisory lock (the database's migration lock) while "
                    "restoring")
     p.add_argument("--lock-wait-seconds", type=float, default=LOCK_WAIT_SECONDS, metavar="S",
                    help="how long to wait for that lock (default %(default)s)")
-    p.add_argument("--store", default="volume", help="the backup store that holds --file")
     command("current", "print the database's current Alembic revision")
 
 
@@ -394,9 +404,9 @@ def run(args: argparse.Namespace) -> int:
         if args.job_command == "scan":
             result = cmd_scan(args.plan_dir)
         elif args.job_command == "backup":
-            result = cmd_backup(args.dir, args.prefix, args.retain, args.location_prefix, args.store)
+            result = cmd_backup(args.store, args.location, args.prefix, args.retain, args.location_prefix)
         elif args.job_command == "restore":
-            result = cmd_restore(args.file, args.sha256, args.store, args.lock_key, args.lock_wait_seconds)
+            result = cmd_restore(args.store, args.dump, args.sha256, args.lock_key, args.lock_wait_seconds)
         else:
             result = cmd_current()
     except (JobError, backupstores.StoreError) as err:

@@ -14,9 +14,10 @@ the code):
     create events                             (Kopf's event poster)
     create subjectaccessreviews               (the webhook: may this user approve? cluster-scoped, like cert-manager's)
     list/create/delete configmaps             (the audit trail: one record per finished run; never read back)
-    get/create/update mutatingwebhookconfigurations
-                                              (only when the operator writes the webhook's configuration itself:
-                                              the chart ships it instead and grants none of these)
+    get/create/update/delete mutatingwebhookconfigurations
+                                              (only when the operator writes the webhook's configuration itself,
+                                              and removes it on a clean stop: the chart ships it instead and grants
+                                              none of these)
 
 Errors are typed: :class:`NotFound` (404), :class:`Conflict` (409), :class:`Refused` (another 4xx: the API server
 refused the request for what the object says; retrying cannot help), :class:`Unavailable` (401, 408, 429, 5xx, the
@@ -369,6 +370,27 @@ class Client:
             except Conflict:
                 continue
         raise RuntimeError(f"could not write MutatingWebhookConfiguration {name}: conflicts")
+
+    async def remove_webhook_configuration(self, name: str, annotation: str, owner: str) -> bool:
+        """Delete a MutatingWebhookConfiguration only while its `annotation` names `owner`; one rewritten since it
+        was read (another writer) stays: the delete's preconditions are the uid and resourceVersion read. True when
+        it is gone."""
+        try:
+            current = await self.request("GET", f"/apis/{WEBHOOK_CONFIGURATIONS}/{name}")
+        except NotFound:
+            return True
+        meta = current.get("metadata") or {}
+        if (meta.get("annotations") or {}).get(annotation) != owner:
+            return False
+        options = {"apiVersion": "v1", "kind": "DeleteOptions",
+                   "preconditions": {"uid": meta.get("uid"), "resourceVersion": meta.get("resourceVersion")}}
+        try:
+            await self.request("DELETE", f"/apis/{WEBHOOK_CONFIGURATIONS}/{name}", options)
+        except NotFound:
+            return True
+        except Conflict:
+            return False
+        return True
 
 
 def parse_result(message: str | None) -> dict[str, Any] | None:

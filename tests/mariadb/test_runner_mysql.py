@@ -119,7 +119,8 @@ def test_a_half_applied_revision_is_reported_and_restored_to_identical_rows(
     make_project(app, HALF)
     assert runner(db, app, "upgrade", "--from", "base", "--to", "aaaaaaaa0001").rc == 0
     before = checksums(db)
-    backup = job(db.url, "backup", "--dir", str(tmp_path / "backups"), "--prefix", "shop", "--retain", "2")
+    backup = job(db.url, "backup", "--store", "volume", "--location", str(tmp_path / "backups"), "--prefix", "shop",
+                 "--retain", "2")
     assert backup.rc == 0 and backup.result["revision"] == "aaaaaaaa0001", backup
 
     r = runner(db, app, "upgrade", "--from", "aaaaaaaa0001", "--to", "aaaaaaaa0003")
@@ -136,7 +137,8 @@ def test_a_half_applied_revision_is_reported_and_restored_to_identical_rows(
     assert "revision aaaaaaaa0003 is half-applied: 3 of its statement(s) committed" in r.result["message"]
     assert {"notes", "audit"} <= tables(db)  # what the version table does not say
 
-    restored = job(db.url, "restore", "--file", backup.result["file"], "--sha256", backup.result["sha256"])
+    restored = job(db.url, "restore", "--store", "volume", "--dump", backup.result["file"], "--sha256",
+                   backup.result["sha256"])
     assert restored.rc == 0, restored
     assert sorted(restored.result["dropped"]) == ["TABLE audit", "TABLE notes"]
     assert checksums(db) == before

@@ -135,3 +135,20 @@ def test_an_async_app_is_bounded_and_names_its_blocker_too(database: Database, a
         assert "setting it" not in r.stderr
     assert "lock_timeout 1000 ms" in r.stderr
     assert version(database) == R1
+
+
+def test_two_revisions_the_second_behind_a_held_lock_stop_at_the_first(runner: Runner, app: Path) -> None:
+    """One transaction per revision: the first commits, the second times out and rolls back alone. The database is
+    at the first, whole, and the report is a passing LockTimeout that says so (the operator continues from there)."""
+    r3 = Rev("bbbbbbbb0003", upgrade=['op.create_table("notes", sa.Column("id", sa.Integer, primary_key=True))'])
+    make_project(app, [ORDERS, r3, Rev(R2, upgrade=ADD_NOTE.upgrade)], transaction_per_migration=True)
+    assert runner("upgrade", "--from", "base", "--to", R1).rc == 0
+    with blocker(runner.database, "SELECT count(*) FROM orders WHERE code <> '{secret}'") as report:
+        r = runner("upgrade", "--from", R1, "--to", R2, "--db-lock-timeout", "1000")
+        pid = report.info.backend_pid
+    assert r.rc == 5 and r.result["reason"] == "LockTimeout", r.result
+    assert r.result["applied"] == [r3.id] and r.result["revision"] == r3.id and r.result["failedRevision"] == R2
+    assert r.result["blockers"][0]["pid"] == pid and f"the database is at {r3.id}" in r.result["message"]
+    assert version(runner.database) == r3.id
+    assert runner("upgrade", "--from", r3.id, "--to", R2, "--db-lock-timeout", "1000").rc == 0
+    assert version(runner.database) == R2

@@ -155,7 +155,8 @@ def test_a_registered_engine_serves_the_operator_and_the_jobs(
     # the Jobs: current, backup into the volume store, restore from it
     assert run_job(tmp_path, url, "current", monkeypatch=monkeypatch) == {"ok": True, "current": "a1"}
     backups = tmp_path / "backups"
-    backup = run_job(tmp_path, url, "backup", "--dir", str(backups), "--prefix", "app", "--retain", "1",
+    backup = run_job(tmp_path, url, "backup", "--store", "volume", "--location", str(backups), "--prefix", "app",
+                     "--retain", "1",
                      monkeypatch=monkeypatch)
     assert backup["ok"] and backup["revision"] == "a1" and backup["file"].endswith("-a1.dump")
     assert Path(backup["file"]).read_bytes() == path.read_bytes()
@@ -163,7 +164,8 @@ def test_a_registered_engine_serves_the_operator_and_the_jobs(
     with contextlib.closing(sqlite3.connect(path)) as conn:
         conn.execute("UPDATE alembic_version SET version_num = 'b2'")
         conn.commit()
-    restored = run_job(tmp_path, url, "restore", "--file", backup["file"], "--sha256", backup["sha256"],
+    restored = run_job(tmp_path, url, "restore", "--store", "volume", "--dump", backup["file"], "--sha256",
+                       backup["sha256"],
                        monkeypatch=monkeypatch)
     assert restored == {"ok": True, "revision": "a1", "dropped": []}
 

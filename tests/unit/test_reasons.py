@@ -76,6 +76,8 @@ def _literals(tree: ast.AST, declared: set[str], params: dict[str, set[int | str
                 found.append((node.lineno, node.value, "made into a Reason"))
             continue
         form, where_reason = _form(node, parents, params)
+        if form == "assigned to __all__":  # a Python name (the class DatabaseError), not a word of ours
+            continue
         if node.value not in SHARED or where_reason:
             found.append((node.lineno, node.value, form))
     return found

@@ -1,5 +1,6 @@
-"""How the runner tells a passing failure from a real one: a lost connection (the server restarted, the session was
-terminated) is not the migration failing, and MySQL/MariaDB's error numbers are read as PostgreSQL's SQLSTATEs are."""
+"""How the runner tells a passing failure from a real one (a lost connection: the server restarted, the session was
+terminated, is not the migration failing; MySQL/MariaDB's error numbers are read as SQLSTATEs are), and how a MySQL URL
+carries the session's lock timeouts."""
 
 from __future__ import annotations
 
@@ -48,10 +49,25 @@ def test_an_error_raised_while_handling_a_lost_connection_is_still_one() -> None
 
 
 @pytest.mark.parametrize(("orig", "code"), [
-    (pymysql.err.OperationalError(1205, "Lock wait timeout exceeded"), "1205"),
+    (pymysql.err.OperationalError(1205, "Lock wait timeout exceeded", sqlstate="HY000"), "1205"),
     (pymysql.err.OperationalError(3024, "maximum statement execution time exceeded"), "3024"),
     (psycopg.errors.LockNotAvailable("lock timeout"), "55P03"),
     (RuntimeError("not a database error"), None),
 ])
 def test_error_codes_of_both_engines(orig: BaseException, code: str | None) -> None:
     assert error_code(wrapped(orig) if code else orig) == code
+
+
+def test_mysql_urls_carry_the_lock_timeouts_in_their_init_command() -> None:
+    from sqlalchemy.engine import make_url
+
+    from alembic_operator.runner.lock import DIALECTS, mysql_options
+
+    url = make_url("mysql+pymysql://app:pw@db/shop")
+    command = mysql_options(url, 2500, 1500).query["init_command"]
+    assert command == ("SET SESSION lock_wait_timeout = 3, innodb_lock_wait_timeout = 3 "
+                       "/*M!, max_statement_time = 1.5 */")  # whole seconds, rounded up; MariaDB's statement limit
+    assert mysql_options(url, 0, None).query["init_command"].endswith("innodb_lock_wait_timeout = 31536000")
+    assert mysql_options(url.update_query_dict({"init_command": "SET NAMES utf8mb4"}), 2500, None) is None
+    assert mysql_options(url, None, 1500) is None  # set on the connection instead
+    assert DIALECTS["mariadb"].lock_value(2500) == 3000 and DIALECTS["postgresql"].lock_value(2500) == 2500

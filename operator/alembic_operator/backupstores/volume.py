@@ -1,5 +1,10 @@
 """The mounted-volume backup store: dumps are files in a directory of a volume mounted into the Job (a PVC, ...).
 
+Its Jobs mount ``spec.backup.volume`` (any volume source) at ``/backups``, with the pod's fsGroup set to the
+operator's uid so that its non-root user may write there (on volume types that apply fsGroup); a resource's dumps
+are in ``/backups/<namespace>/<name>/``, shown in status as ``<volume>/<namespace>/<name>/<dump>`` (``pvc/shop-backups/
+shop/orders/orders-20260101T000000Z-3f2a.dump``).
+
 Writes are atomic and durable: the stream goes to a hidden ``.<name>.partial``, which is fsynced, renamed, and the
 directory fsynced; the checksum is computed by reading the file back (what is on the disk is what is recorded).
 The record ``<name>.json`` is written the same way. Pruning also removes the ``.partial`` leftovers of interrupted
@@ -12,14 +17,31 @@ import contextlib
 import hashlib
 import json
 import os
-from collections.abc import Callable, Iterator
+import re
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import IO, Any, Final
+from typing import IO, Final
+
+from kubernetes.client.models.v1_volume import V1Volume
+from kubernetes.client.models.v1_volume_mount import V1VolumeMount
+from pydantic import JsonValue
 
 from .. import reasons
-from .base import BackupStore, StoredDump, StoreError, newest_first, to_prune
+from ..jobparts import StoreWiring, typed
+from .base import BackupStore, DumpRecord, StoredDump, StoreError, newest_first, to_prune
 
 _CHUNK: Final = 1 << 20
+MOUNT: Final = "/backups"  # where the Jobs mount the volume
+
+
+def describe_volume(volume: Mapping[str, JsonValue]) -> str:
+    """A human name for the backup volume, used in status.backup.location (no secrets live in volume sources)."""
+    for kind, field, prefix in (("persistentVolumeClaim", "claimName", "pvc/"), ("hostPath", "path", "hostPath:")):
+        if kind in volume:
+            source = volume[kind]
+            return f"{prefix}{source.get(field, '?') if isinstance(source, dict) else '?'}"
+    kind = next(iter(volume), "")
+    return re.sub(r"[^A-Za-z0-9]", "", kind) or "volume"
 
 
 def file_sha256(path: Path) -> tuple[str, int]:
@@ -54,10 +76,24 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-class VolumeStore(BackupStore):
+class VolumeStore(BackupStore[Mapping[str, JsonValue]]):
     name = "volume"
+    spec_field = "volume"  # a volume source, free-form JSON (api.BackupSpec.volume)
+
+    @classmethod
+    def wiring(cls, config: Mapping[str, JsonValue], namespace: str, name: str) -> StoreWiring:
+        return StoreWiring(
+            store=cls.name,
+            location=f"{MOUNT}/{namespace}/{name}",
+            shown_as=f"{describe_volume(config)}/{namespace}/{name}",
+            spec_field="spec.backup.volume",
+            volumes=(typed(V1Volume, {"name": "backups", **config}),),
+            mounts=(V1VolumeMount(name="backups", mount_path=MOUNT),),
+            fs_group=True,
+        )
 
     def __init__(self, location: str) -> None:
+        super().__init__(location)
         self.directory = Path(location)
 
     def _path(self, name: str) -> Path:
@@ -91,9 +127,9 @@ class VolumeStore(BackupStore):
             raise StoreError(reasons.BACKUP_FAILED,
                              f"cannot store the dump in {self.directory}: {err.strerror}") from None
         sha256, size = file_sha256(final)
-        return StoredDump(name=name, location=str(final), sha256=sha256, size=size)
+        return StoredDump(name=name, location=self.reference(name), sha256=sha256, size=size)
 
-    def write_record(self, name: str, record: dict[str, Any]) -> None:
+    def write_record(self, name: str, record: DumpRecord) -> None:
         _write_atomic(self._path(f"{name}.json"), json.dumps(record, indent=2) + "\n")
         _fsync_dir(self.directory)
 

@@ -9,6 +9,7 @@ here (it is found and imported on the first lookup), plus its tests and docs.
 
 from .base import (
     REGISTRY,
+    DatabaseTarget,
     Engine,
     JobDatabase,
     Snapshot,
@@ -19,5 +20,5 @@ from .base import (
     supported_schemes,
 )
 
-__all__ = ["REGISTRY", "Engine", "JobDatabase", "Snapshot", "UnknownEngine", "for_backend", "for_url",
+__all__ = ["REGISTRY", "DatabaseTarget", "Engine", "JobDatabase", "Snapshot", "UnknownEngine", "for_backend", "for_url",
            "redact_urls", "supported_schemes"]

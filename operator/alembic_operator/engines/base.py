@@ -18,6 +18,7 @@ import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar
 
@@ -32,7 +33,6 @@ from ..plugins import Registry
 from ..runner.redact import Redactor
 
 if TYPE_CHECKING:
-    from ..dbstate import DatabaseTarget
     from ..sqlscan import Finding
 
 
@@ -56,6 +56,22 @@ class Snapshot(ABC):
     @abstractmethod
     def dump(self, out: IO[bytes]) -> None:
         """Write the dump of this snapshot to `out` (a real file: it has a fileno)."""
+
+
+@dataclass(frozen=True)
+class DatabaseTarget:
+    """A database the operator reads: its URL (a secret: never printed) and its key."""
+
+    url: URL
+    key: str  # identifies the database (not the credentials): two resources on one database share it
+
+    @property
+    def engine(self) -> Engine[Any]:
+        return for_url(self.url)
+
+    @property
+    def where(self) -> str:
+        return self.engine.where(self.url)
 
 
 class UnknownEngine(LookupError):
@@ -198,5 +214,5 @@ def observation(heads: list[str], names: list[str]) -> DatabaseObservation:
                                tables=len([n for n in names if n != "alembic_version"]))
 
 
-__all__ = ["DB", "REGISTRY", "Engine", "JobDatabase", "Snapshot", "UnknownEngine", "for_backend",
+__all__ = ["DB", "REGISTRY", "DatabaseTarget", "Engine", "JobDatabase", "Snapshot", "UnknownEngine", "for_backend",
            "for_url", "observation", "read_alembic_state", "supported_schemes"]

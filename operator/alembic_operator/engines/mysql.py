@@ -53,10 +53,9 @@ from ..jobio import JobError, log, sanitize
 from ..observation import DatabaseObservation
 from ..runner.blockers import describe_blockers, from_row
 from ..runner.lock import database_lock_key, mysql_lock_name
-from .base import Engine, Snapshot, observation, read_alembic_state, redact_urls
+from .base import DatabaseTarget, Engine, Snapshot, observation, read_alembic_state, redact_urls
 
 if TYPE_CHECKING:
-    from ..dbstate import DatabaseTarget
     from ..sqlscan import Catalog, Finding
 
 # A directory holding the client tools (optional), searched first: e.g. MySQL's own mysqldump and mysql for a MySQL

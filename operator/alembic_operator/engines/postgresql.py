@@ -54,11 +54,10 @@ from ..jobio import URL_ENV, JobError, log, sanitize
 from ..observation import DatabaseObservation
 from ..reasons import Reason
 from ..runner.lock import database_lock_key
-from .base import Engine, Snapshot, observation, read_alembic_state, redact_urls
+from .base import DatabaseTarget, Engine, Snapshot, observation, read_alembic_state, redact_urls
 
 if TYPE_CHECKING:
     from .. import sqlscan
-    from ..dbstate import DatabaseTarget
 
 PG_BIN_ENV: Final = "ALEMBIC_OPERATOR_PG_BIN"  # a directory holding pg_dump, pg_restore, psql (optional)
 OPERATOR_CONNECT_TIMEOUT: Final = 5  # the operator reads the revision every few seconds

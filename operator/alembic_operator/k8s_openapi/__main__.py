@@ -8,12 +8,11 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-from . import SOURCE, VENDORED, generate, render
+from . import SOURCE, VENDORED, Schema, generate, render
 
 
-def _from_cluster() -> tuple[dict[str, Any], str]:
+def _from_cluster() -> tuple[Schema, str]:
     """The published document and the server's gitVersion, from the cluster of the current kubeconfig."""
     import kubernetes
 

@@ -147,7 +147,7 @@ def whole_plan(turn: Turn, result: ScanResult) -> tuple[list[str], list[str]] | 
     return ids, [str(x) for x in (doc.get("plan") or {}).get("destructiveRevisions") or []]
 
 
-def plan_document(turn: Turn) -> dict[str, Any] | None:
+def plan_document(turn: Turn) -> plansql.Document | None:
     """The plan Job's SQL document (plansql), when its log was read and it is the SQL this plan scanned."""
     job = turn.job("plan")
     if job.plan_sql is None:

@@ -18,7 +18,7 @@ from .blockers import LockWatch, describe_blockers, poll_interval
 from .driver import ConfigError, Driver, has_downgrade, heads_str, parse_revs
 from .engine import make_engine
 from .errors import REDACT, Failure, classify, describe, error_code, first_line, log, log_exception, lost_connection
-from .lock import DIALECTS, migration_lock
+from .lock import DIALECTS, DialectSQL, migration_lock, session_sql
 from .reasons import Reason
 from .results import Blocker, CurrentResult, MigrateResult, PartialRevision, PlanResult, StampResult, write_result
 from .statements import STATEMENTS_KEPT, StatementLog
@@ -56,6 +56,7 @@ class Runner(Driver):
         self.lock_timeout_ms: int | None = getattr(args, "db_lock_timeout_ms", None)
         self.statement_timeout_ms: int | None = getattr(args, "db_statement_timeout_ms", None)
         self.watch: LockWatch | None = None
+        self.session: DialectSQL | None = None  # the limits of the migration's session, once it is known
         self.ran = StatementLog()  # what the running revision executed (a half-applied revision reports it)
         super().__init__(args.config, args.name, self._read_url(), log=log)
         self.engine = self._make_engine()
@@ -211,7 +212,7 @@ class Runner(Driver):
     def limit_session(self, context: Any, doing: Callable[[], str]) -> None:
         """On env.py's own connection, before the first revision: make sure the lock and statement timeouts hold
         (whatever env.py did: set them if the URL's options did not), and watch who blocks it."""
-        sql = DIALECTS.get(context.dialect.name)
+        sql = self.session = session_sql(context.dialect)
         if sql is None or sql.session is None:
             if self.lock_timeout_ms is not None or self.statement_timeout_ms is not None:
                 log(f"dialect {context.dialect.name}: no lock or statement timeout")
@@ -219,7 +220,8 @@ class Runner(Driver):
         conn = context.connection
         lock_ms, statement_ms, pid = conn.exec_driver_sql(sql.session).first()
         for name, wanted, have, statement in (
-            ("lock_timeout", self.lock_timeout_ms, lock_ms, sql.set_lock_timeout),
+            ("lock_timeout", None if self.lock_timeout_ms is None else sql.lock_value(self.lock_timeout_ms), lock_ms,
+             sql.set_lock_timeout),
             ("statement_timeout", self.statement_timeout_ms, statement_ms, sql.set_statement_timeout),
         ):
             if wanted is not None and statement and str(have) != str(wanted):
@@ -231,7 +233,8 @@ class Runner(Driver):
         if sql.blockers:
             if self.watch is not None:  # env.py ran migrations once more (a multi-database env.py): watch this one
                 self.watch.stop()
-            self.watch = LockWatch(self.engine, sql.blockers, poll_interval(self.lock_timeout_ms), log, doing)
+            self.watch = LockWatch(self.engine, sql.blockers, poll_interval(self.lock_timeout_ms), log, doing,
+                                   sql.double_quoted_strings)
             self.watch.start(int(pid))
 
     def blockers(self) -> list[Blocker]:
@@ -519,7 +522,7 @@ def timed_out(runner: Runner, dialect: str | None, error: BaseException, where: 
               result: dict[str, Any]) -> str | None:
     """The message for a statement that gave up waiting for a lock (its blockers named, and added to `result`) or
     was cancelled by the statement timeout; None for any other error."""
-    sql = DIALECTS.get(dialect or "")
+    sql = runner.session or DIALECTS.get(dialect or "")
     code = error_code(error)
     if sql is None or code is None:
         return None
@@ -529,7 +532,8 @@ def timed_out(runner: Runner, dialect: str | None, error: BaseException, where: 
         limit = f" ({runner.lock_timeout_ms} ms, spec.migrations.lockTimeout)" if runner.lock_timeout_ms else ""
         on = f" on {blockers[0]['relation']}" if blockers and blockers[0].get("relation") else ""
         held = (f", held by {describe_blockers(blockers)}" if blockers
-                else " (the sessions holding it ended before they could be named)")
+                else " (the sessions holding it could not be named: they ended first, or the migration's user may "
+                "not see them; on MySQL/MariaDB it needs the PROCESS privilege)")
         message = f"{where} waited longer than the lock timeout{limit} for a lock{on}{held}: {describe(error)}"
         log(message)
         return message
@@ -537,7 +541,7 @@ def timed_out(runner: Runner, dialect: str | None, error: BaseException, where: 
         return (f"{where} ran longer than the statement timeout ({runner.statement_timeout_ms} ms, "
                 "spec.migrations.statementTimeout) and was cancelled (or a person cancelled it): "
                 f"{describe(error)}. Raise spec.migrations.statementTimeout, or let this revision opt out with "
-                "op.execute(\"SET LOCAL statement_timeout = 0\") before its long statement")
+                f"{sql.statement_opt_out} before its long statement")
     return None
 
 

@@ -88,16 +88,17 @@ def sqlstate(exc: BaseException | None) -> str | None:
 
 
 def error_code(exc: BaseException | None) -> str | None:
-    """The SQLSTATE of a database error, else a MySQL/MariaDB server's error number ("1205"); None for anything
-    else. Also when it was raised from within another exception."""
-    code = sqlstate(exc)
+    """A MySQL/MariaDB server's error number ("1205": their SQLSTATE is a generic HY000 for most), else the
+    SQLSTATE of a database error; None for anything else. Also when it was raised from within another exception."""
     seen: set[int] = set()
-    while code is None and exc is not None and id(exc) not in seen:
+    first = exc
+    while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
         errno = _mysql_errno(getattr(exc, "orig", None)) or _mysql_errno(exc)
-        code = str(errno) if errno is not None else None
+        if errno is not None:
+            return str(errno)
         exc = exc.__cause__ or exc.__context__
-    return code
+    return sqlstate(first)
 
 
 # A connection that went away (the server restarted, the session was terminated, the network dropped) rather than a
