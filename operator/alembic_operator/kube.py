@@ -32,12 +32,13 @@ import base64
 import contextlib
 import json
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import aiohttp
 import kubernetes
+from pydantic import JsonValue
 
 from . import constants as c
 from . import gate
@@ -149,9 +150,8 @@ class Client:
         headers = {"Accept": accept, "User-Agent": "alembic-operator"}
         if content_type:
             headers["Content-Type"] = content_type
-        settings: dict[str, Any] = dict(self.cfg.auth_settings())  # refreshes an expiring token first
-        for auth in settings.values():
-            if auth.get("in") == "header" and auth.get("value"):
+        for auth in self.cfg.auth_settings().values():  # refreshes an expiring token first
+            if isinstance(auth, dict) and auth.get("in") == "header" and auth.get("value"):
                 headers[str(auth["key"])] = str(auth["value"])
         return headers
 
@@ -216,7 +216,7 @@ class Client:
             items.extend(listed.get("items") or [])
         return items
 
-    async def patch_status(self, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
+    async def patch_status(self, namespace: str, name: str, patch: Mapping[str, JsonValue]) -> dict[str, Any]:
         """Merge-patch the status (no resourceVersion: the reconciler and the gate each own their fields); the
         object as stored after it."""
         return await self.request("PATCH", self._migration_path(namespace, name) + "/status", {"status": patch},
@@ -260,14 +260,14 @@ class Client:
             "labelSelector": f"{c.OWNER_LABEL}={owner},{c.MANAGED_BY_LABEL}={c.MANAGED_BY}"})
         return list(result.get("items") or [])
 
-    async def create_job(self, manifest: dict[str, Any], dry_run: bool = False) -> None:
+    async def create_job(self, manifest: Mapping[str, JsonValue], dry_run: bool = False) -> None:
         """Create a Job (or only validate it: `dry_run`, the API server's full admission without storing anything).
 
         One that exists already (a restarted operator, a lost response) is left as it is. A Job the API server
         refuses raises :class:`Refused` (its message names the field); other errors raise as they are, to be retried.
         """
         try:
-            await self.request("POST", f"/apis/batch/v1/namespaces/{manifest['metadata']['namespace']}/jobs",
+            await self.request("POST", f"/apis/batch/v1/namespaces/{_meta(manifest, 'namespace')}/jobs",
                                manifest, params={"dryRun": "All"} if dry_run else None)
         except Conflict:
             return
@@ -310,11 +310,11 @@ class Client:
         return True
 
     # --- ConfigMaps: the audit trail's records ----------------------------------------------------------------------
-    async def create_config_map(self, body: dict[str, Any]) -> None:
-        await self.request("POST", f"/api/v1/namespaces/{body['metadata']['namespace']}/configmaps", body)
+    async def create_config_map(self, body: Mapping[str, JsonValue]) -> None:
+        await self.request("POST", f"/api/v1/namespaces/{_meta(body, 'namespace')}/configmaps", body)
 
     async def create_binary_config_map(self, namespace: str, name: str, labels: dict[str, str],
-                                       owner: dict[str, Any], key: str, data: bytes) -> None:
+                                       owner: Mapping[str, JsonValue], key: str, data: bytes) -> None:
         """An immutable ConfigMap holding `data` under `key` (binaryData); one that exists already is kept."""
         body = {"apiVersion": "v1", "kind": "ConfigMap", "immutable": True,
                 "metadata": {"name": name, "namespace": namespace, "labels": labels, "ownerReferences": [owner]},
@@ -350,9 +350,9 @@ class Client:
         return bool(status.get("allowed")), str(status.get("reason") or status.get("evaluationError") or "")
 
     # --- the webhook's configuration ----------------------------------------------------------------------------
-    async def apply_webhook_configuration(self, body: dict[str, Any]) -> None:
+    async def apply_webhook_configuration(self, body: Mapping[str, JsonValue]) -> None:
         """Create or replace a MutatingWebhookConfiguration (optimistic concurrency: read, then replace)."""
-        name = body["metadata"]["name"]
+        name = _meta(body, "name")
         for _attempt in range(5):
             try:
                 current = await self.request("GET", f"/apis/{WEBHOOK_CONFIGURATIONS}/{name}")
@@ -363,7 +363,8 @@ class Client:
                 except Conflict:
                     continue
             version = (current.get("metadata") or {}).get("resourceVersion")
-            replacement = {**body, "metadata": {**body["metadata"], "resourceVersion": version}}
+            meta = body.get("metadata")
+            replacement = {**body, "metadata": {**(meta if isinstance(meta, dict) else {}), "resourceVersion": version}}
             try:
                 await self.request("PUT", f"/apis/{WEBHOOK_CONFIGURATIONS}/{name}", replacement)
                 return
@@ -391,6 +392,15 @@ class Client:
         except Conflict:
             return False
         return True
+
+
+def _meta(body: Mapping[str, JsonValue], key: str) -> str:
+    """metadata.<key> of an object the operator built (its name, its namespace)."""
+    meta = body.get("metadata")
+    value = meta.get(key) if isinstance(meta, dict) else None
+    if not isinstance(value, str):
+        raise ValueError(f"an object without metadata.{key}")
+    return value
 
 
 def parse_result(message: str | None) -> dict[str, Any] | None:

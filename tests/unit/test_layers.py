@@ -11,8 +11,9 @@ import for types only, under TYPE_CHECKING, counts like any other):
     decisions   reconcile, status, gate, podstate, jobs, approvals: pure functions of what was observed
     seams       engines.*, backupstores.*, dbstate, jobio, plugins, sqlscan, sqlscan_mysql: databases and backup stores;
                 they answer the decisions (through what the model says) and never ask them
-    model       api, observation, objects, k8s_openapi, jobparts, constants, reasons, plansql: the API types, what
-                was observed, Kubernetes' object types, the vocabulary, wire formats
+    model       api, observation, objects, k8s_openapi, jobparts, constants, reasons, plansql, sqlrules: the API
+                types, what was observed, Kubernetes' object types, the vocabulary (reasons, the scanners' rules and
+                findings), wire formats
     runner      runner.*: runs in the app's image without the rest; anything may use it, it uses nothing
 
 A module that is in no layer fails the test: a newcomer places it (and this docstring says where it goes).
@@ -34,6 +35,7 @@ LAYERS: Layers = (
     ("decisions", ("reconcile", "status", "gate", "podstate", "jobs", "approvals")),
     ("seams", ("engines", "backupstores", "dbstate", "jobio", "plugins", "sqlscan", "sqlscan_mysql")),
     ("model", ("api", "observation", "objects", "k8s_openapi", "jobparts", "constants", "reasons", "plansql",
+               "sqlrules",
                "__init__")),
     ("runner", ("runner",)),
 )

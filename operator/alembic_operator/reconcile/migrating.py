@@ -66,10 +66,14 @@ def backing_up(turn: Turn) -> Decision:
     result = cast(BackupResult, job.result or {})
     if job.state == "failed" or not result.get("ok"):
         message = turn.failure_message("backup") + "; nothing was changed in the database"
-        turn.condition(c.BACKUP_SUCCEEDED, "False", r.parse(result.get("reason")) or r.BACKUP_FAILED, message)
+        said = r.parse(result.get("reason"))
+        turn.condition(c.BACKUP_SUCCEEDED, "False", said or r.BACKUP_FAILED, message)
         turn.finish("Failed", r.BACKUP_FAILED)
-        return turn.outcome(s.stalled("Failed", turn.failure_reason("backup", r.JOB_FAILED),
-                                      message + ". Fix the cause, then edit the resource to retry."), POLL_IDLE)
+        # A store that cannot be written (BackupVolumeNotWritable...) is Stalled under its own reason: its fix
+        # is the store's, not the Job's
+        store_stall = said is not None and said.info.kind == "stalled" and c.BACKUP_SUCCEEDED in said.info.where
+        return turn.outcome(s.stalled("Failed", said if store_stall and said else turn.failure_reason(
+            "backup", r.JOB_FAILED), message + ". Fix the cause, then edit the resource to retry."), POLL_IDLE)
     turn.st.backup = BackupStatus.model_validate(
         {k: result[k] for k in ("location", "sizeBytes", "sha256", "revision", "completedAt") if k in result})
     turn.run.backup = RunBackup(location=result.get("location"), file=result.get("file"),
@@ -93,8 +97,8 @@ def migrating(turn: Turn) -> Decision:
 
     kept = clean_stop(turn)  # a lock timeout or a lost connection: the retry continues from the database
     resume = turn.obs.database.revision if kept else start
-    changed = (f"{', '.join(kept)} committed whole and kept: the database is at {rev(resume)}, and the retry "
-               "continues the plan from there") if kept else "nothing was changed"
+    changed = (f"{', '.join(kept)} committed whole and kept: the retry continues the plan from {rev(resume)}"
+               if kept else "nothing was changed")
     job = turn.drive("migrate", {"from": rev(resume), "to": str(target)}, f"upgrading {rev(start)} -> {target}",
                      f"migration Job {turn.job('migrate').name} is upgrading {rev(start)} -> {target}",
                      before_start=unless_moved, before_retry=lambda: turn.database("Migrating"),
