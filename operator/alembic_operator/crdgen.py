@@ -493,10 +493,10 @@ def reference_markdown() -> str:
 
 def outputs() -> dict[Path, str]:
     """Relative path → content of every generated file (`make crd` writes them all through `--write`)."""
-    from . import approvals, reasons, sqlscan_mysql
+    from . import approvals, engines, reasons
 
     return {CRD_PATH: crd_yaml(), REFERENCE_PATH: reference_markdown(), REASONS_PATH: reasons.markdown(),
-            LOCKING_PATH: sqlscan_mysql.locking_markdown(), APPROVAL_CHANGE_PATH: approvals.APPROVAL_CHANGE + "\n"}
+            LOCKING_PATH: engines.locking_markdown(), APPROVAL_CHANGE_PATH: approvals.APPROVAL_CHANGE + "\n"}
 
 
 def default_root() -> Path:

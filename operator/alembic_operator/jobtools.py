@@ -39,7 +39,7 @@ from typing import Any, Final, TypeVar, cast
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from . import backupstores, engines, plansql, reasons, sqlscan
+from . import backupstores, engines, plansql, reasons, sqlrules
 from .jobio import REDACT, URL_ENV, JobError, log, sanitize
 from .jobio import remember_secret as _remember_secret
 from .runner.lock import LOCK_WAIT_SECONDS
@@ -170,10 +170,10 @@ def cmd_scan(plan_dir: Path) -> ScanResult:
     findings = engine.scan(items, _live_database(engine))
     order = {rev: i for i, rev in enumerate(revisions)}
     for rev, message in unrenderable.items():
-        findings.append(sqlscan.Finding(
-            rule="unrenderable-revision", severity="destructive",
+        findings.append(sqlrules.Finding(
+            rule=sqlrules.UNRENDERABLE.name, severity=sqlrules.UNRENDERABLE.severity,
             operation=f"revision {rev} could not be rendered offline: review it",
-            revision=rev, statement=message[: sqlscan.STATEMENT_MAX]))
+            revision=rev, statement=message[: sqlrules.STATEMENT_MAX]))
     findings.sort(key=lambda f: order.get(f.revision or "", len(order)))  # stable: statement order per revision
 
     destructive = _unique(f.describe() for f in findings if f.severity == "destructive")
@@ -183,7 +183,7 @@ def cmd_scan(plan_dir: Path) -> ScanResult:
     destructive_revisions = _unique(f.revision for f in findings if f.severity == "destructive" and f.revision)
     for f in findings:
         log(f"{f.severity}: {f.describe()} [{f.rule}]" + (f"\n    {f.statement}" if f.statement else "")
-            + (f"\n    safely: {sqlscan.rule_of(f).safely}" if f.severity == "locking" else ""))
+            + (f"\n    safely: {sqlrules.rule_of(f).safely}" if f.severity == "locking" else ""))
     log(f"plan {plan.get('current') or 'base'} -> {plan.get('target')}: {len(revisions)} revision(s), "
         f"{len(destructive)} destructive operation(s), {len(locking)} locking, {len(warnings) - len(locking)} "
         f"other warning(s), {len(notes)} note(s)")
@@ -258,17 +258,17 @@ LOCKING_KEPT: Final = 2  # ... and locking ones
 LOCKING_SHOWN: Final = 5  # locking findings a plan's result carries with their safer pattern (all are counted)
 
 
-def _first_unique(findings: Iterable[sqlscan.Finding], severity: str) -> list[sqlscan.Finding]:
-    seen: dict[str, sqlscan.Finding] = {}
+def _first_unique(findings: Iterable[sqlrules.Finding], severity: str) -> list[sqlrules.Finding]:
+    seen: dict[str, sqlrules.Finding] = {}
     for f in findings:
         if f.severity == severity:
             seen.setdefault(f.describe(), f)
     return list(seen.values())[:LOCKING_SHOWN]
 
 
-def _with_rule(f: sqlscan.Finding) -> dict[str, str]:
+def _with_rule(f: sqlrules.Finding) -> dict[str, str]:
     """A locking finding as status.plan shows it: what, which rule, and the safer pattern."""
-    return {"operation": f.describe(), "rule": f.rule, "safely": sqlscan.rule_of(f).safely}
+    return {"operation": f.describe(), "rule": f.rule, "safely": sqlrules.rule_of(f).safely}
 
 
 def _live_database(engine: engines.Engine[Any]) -> Any:

@@ -4,8 +4,10 @@ without its query's values, changes nothing, and succeeds once the blocker is go
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -15,6 +17,7 @@ from test_runner import Runner, run, version
 from apps import Rev, make_project
 from bed.postgres import Database
 from blocking import SECRET, Reader, blocker
+from harness import wait_for
 
 pytestmark = pytest.mark.postgres
 
@@ -152,3 +155,31 @@ def test_two_revisions_the_second_behind_a_held_lock_stop_at_the_first(runner: R
     assert version(runner.database) == r3.id
     assert runner("upgrade", "--from", r3.id, "--to", R2, "--db-lock-timeout", "1000").rc == 0
     assert version(runner.database) == R2
+
+
+def test_a_connection_lost_mid_plan_is_reported_as_passing_with_what_committed(runner: Runner, app: Path) -> None:
+    """The migration's backend is terminated (as a server restart does) while the second revision waits on a gate:
+    the first committed, the second rolled back alone; the report is DatabaseUnreachable, at the first revision."""
+    gate = Rev(R2, upgrade=['op.execute("SELECT pg_advisory_xact_lock_shared(4711)")',
+                            'op.add_column("orders", sa.Column("note", sa.Text))'])
+    make_project(app, [ORDERS, gate], transaction_per_migration=True)
+    with psycopg.connect(runner.database.conninfo, autocommit=True) as test:
+        test.execute("SELECT pg_advisory_lock(4711)")  # the gate: the second revision waits for it
+        done: list[Any] = []
+        thread = threading.Thread(target=lambda: done.append(runner("upgrade", "--from", "base", "--to", R2,
+                                                                    "--db-lock-timeout", "0")))
+        thread.start()
+
+        def waiting() -> int | None:
+            row = test.execute("SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND objid = 4711 "
+                               "AND NOT granted").fetchone()
+            return int(row[0]) if row else None
+
+        pid = wait_for(waiting, 60, "the second revision to wait at its gate")
+        test.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        thread.join(timeout=60)
+    [r] = done
+    assert r.rc == 5 and r.result["reason"] == "DatabaseUnreachable", r.result
+    assert r.result["applied"] == [R1] and r.result["revision"] == R1 and r.result["failedRevision"] == R2
+    assert f"revision {R2} lost its connection to the database" in r.result["message"]
+    assert version(runner.database) == R1

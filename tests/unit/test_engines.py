@@ -6,15 +6,15 @@ import contextlib
 import json
 import shutil
 import sqlite3
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 import pytest
 from sqlalchemy.engine import URL, make_url
 
-from alembic_operator import cli, dbstate, engines, jobtools, sqlscan
+from alembic_operator import cli, dbstate, engines, jobtools, sqlrules
 from alembic_operator.dbstate import DatabaseError, parse_url, read_revision
 from alembic_operator.engines import postgresql
 from alembic_operator.engines.base import observation, read_alembic_state
@@ -80,6 +80,26 @@ def heads(db: FileDB) -> list[str]:
         return sorted(str(r[0]) for r in conn.execute("SELECT version_num FROM alembic_version"))
 
 
+@dataclass
+class EverythingIsDestructive:
+    """The test engine's scanner: one destructive finding per chunk of SQL."""
+
+    engine: str
+    findings: list[sqlrules.Finding] = field(default_factory=list)
+
+    def scan(self, sql: str, revision: str | None = None) -> list[sqlrules.Finding]:
+        found = [sqlrules.Finding(rule="anything", severity="destructive", operation="anything", revision=revision,
+                                  statement=sql[: sqlrules.STATEMENT_MAX], engine=self.engine)]
+        self.findings += found
+        return found
+
+    def deployed(self) -> None:
+        pass
+
+    def at(self, catalog: sqlrules.Catalog) -> None:
+        pass
+
+
 @pytest.fixture
 def sqlite_engine() -> Iterator[type[engines.Engine[FileDB]]]:
     """SQLite as an engine: defining the class is all it takes to plug it in."""
@@ -113,15 +133,28 @@ def sqlite_engine() -> Iterator[type[engines.Engine[FileDB]]]:
         def heads(self, db: FileDB) -> list[str]:
             return heads(db)
 
-        def scan(self, items: Iterable[tuple[str | None, str]], db: Any = None) -> list[sqlscan.Finding]:
-            return [sqlscan.Finding(rule="opaque-sql", severity="destructive", operation="anything", revision=rev,
-                                    statement="")
-                    for rev, _sql in items]
+        def read_catalog(self, db: FileDB, items: Sequence[tuple[str | None, str]]) -> sqlrules.Catalog | None:
+            return None  # nothing to read: every type change is classified from the plan alone
+
+        def rules(self) -> Mapping[str, sqlrules.Rule]:
+            return sqlrules.RULESETS.setdefault(self.name, dict([sqlrules.rule(
+                "anything", "destructive", "Any SQL may destroy data.", "Read it.")]))
+
+        def scanner(self, catalog: sqlrules.Catalog | None = None) -> sqlrules.Scanner:
+            return EverythingIsDestructive(self.name)
+
+        def alters_columns(self, items: Sequence[tuple[str | None, str]]) -> bool:
+            return False
+
+        def catalog(self, connection: sqlrules.Connection,
+                    items: Sequence[tuple[str | None, str]]) -> sqlrules.Catalog:
+            return sqlrules.Catalog()
 
     try:
         yield SQLiteFiles
     finally:
         engines.REGISTRY.remove(SQLiteFiles.name)
+        sqlrules.RULESETS.pop(SQLiteFiles.name, None)
 
 
 def run_job(tmp_path: Path, url: str | None, *argv: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
@@ -206,3 +239,10 @@ def test_parse_toc() -> None:
     assert toc.types == {("public", "mood")}
     assert toc.functions == {("public", "f(integer, text)")}
     assert toc.foreign_keys == {("s2", "t t_x_fkey")}
+
+
+def test_every_engine_implements_the_whole_interface(sqlite_engine: type[engines.Engine[FileDB]]) -> None:
+    """An engine registers when its class is defined, before Python could refuse an abstract one: checked here."""
+    assert {engine.name for engine in engines.REGISTRY} >= {"postgresql", "mysql", "test-sqlite"}
+    for engine in engines.REGISTRY:
+        assert not type(engine).__abstractmethods__, (engine.name, sorted(type(engine).__abstractmethods__))

@@ -58,8 +58,8 @@ def test_a_lock_timeout_after_a_committed_revision_continues_the_same_plan_from_
     assert d.jobs == [] and summary(d) == ("False", "True", "False") and d.status["phase"] == "Migrating"
     waiting = cond(d, c.RECONCILING)
     assert waiting["reason"] == "LockTimeout" and "pid 4242" in waiting["message"]
-    assert ("r2 committed whole and kept: the database is at r2, and the retry continues the plan from there; "
-            "retrying in 5s (attempt 2 of 6)") in waiting["message"]
+    assert ("the database is at r2; r2 committed whole and kept: the retry continues the plan from r2; retrying in "
+            "5s (attempt 2 of 6)") in waiting["message"]
     assert d.events == [("Warning", "LockTimeout", waiting["message"])]
     assert c.ROLLED_BACK not in [x["type"] for x in d.status["conditions"]]
     d = advance(d, jobs=migrate(LOCKED_AFTER_R2, 0), db=DatabaseObservation("r2"), now=NOW + timedelta(seconds=6))
@@ -103,7 +103,7 @@ def test_a_connection_lost_mid_plan_resumes_from_the_committed_revision_once_the
     assert d.jobs == [] and cond(d, c.RECONCILING)["reason"] == "DatabaseUnreachable"
     d = advance(d, jobs=migrate(LOST, 0), db=DatabaseObservation("r2"), now=NOW + timedelta(seconds=3))
     assert d.jobs == [] and cond(d, c.RECONCILING)["reason"] == "DatabaseUnreachable"
-    assert "r2 committed whole and kept: the database is at r2" in cond(d, c.RECONCILING)["message"]
+    assert "r2 committed whole and kept: the retry continues the plan from r2" in cond(d, c.RECONCILING)["message"]
     d = advance(d, jobs=migrate(LOST, 0), db=DatabaseObservation("r2"), now=NOW + timedelta(seconds=9))
     assert [(j.role, j.args["from"]) for j in d.jobs] == [("migrate", "r2")]
     d = advance(d, jobs=migrate({"ok": True, "from": "r2", "to": "r3", "applied": ["r3"]}, 1, "succeeded"),

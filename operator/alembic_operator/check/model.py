@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
-from .. import sqlscan, sqlscan_mysql  # noqa: F401  (registers MySQL's rules)
+from .. import engines, sqlrules
 
 Severity = Literal["error", "warning", "info"]
 Status = Literal["passed", "failed", "skipped"]
@@ -70,8 +70,9 @@ LINT_SEVERITY: Final[dict[str, Severity]] = {"destructive": "error", "locking": 
 
 
 def known_rule(name: str) -> bool:
-    """A check's rule or any scanner's (PostgreSQL's, MySQL's)."""
-    return name in RULES or name in sqlscan.known_rules()
+    """A check's rule or any engine's scanner's."""
+    return (name in RULES or name == sqlrules.UNRENDERABLE.name
+            or any(name in engine.rules() for engine in engines.REGISTRY))
 
 
 @dataclass

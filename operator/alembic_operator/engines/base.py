@@ -6,7 +6,10 @@ defined. The operator picks the engine from the URL's SQLAlchemy backend name (`
 key two resources on one database share), where is it (for messages), which advisory lock serialises runs on it,
 and at which Alembic revision is it. In the Jobs (``alembic-operator job ...``): which values of the URL are
 secrets, how to connect, how to dump a consistent snapshot into a stream, how to restore a dump all or nothing,
-which revision the database is at, and what the SQL a plan rendered would do (the scanner).
+which revision the database is at, and what the SQL a plan rendered would do (the scanner, and its catalog reader).
+In ``alembic-operator check`` (CI): the scanner too, the catalog read through any of its drivers, the synchronous and
+async drivers of one family, a read-only session for the live database, and how a scratch database is dropped. No
+other module branches on the database product: it asks its engine.
 
 The secrets rules hold for every engine: the URL is never printed, put on a command line or put in a result;
 every text that comes from elsewhere (a tool's stderr, a driver's error) is scrubbed before it is shown.
@@ -16,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +36,7 @@ from ..plugins import Registry
 from ..runner.redact import Redactor
 
 if TYPE_CHECKING:
-    from ..sqlscan import Finding
+    from ..sqlrules import Catalog, Connection, Finding, Rule, Scanner
 
 
 class JobDatabase(Protocol):
@@ -96,6 +99,10 @@ class Engine(ABC, Generic[DB]):
     # Whether DDL runs inside a transaction (PostgreSQL) or commits implicitly (MySQL/MariaDB): on the latter a
     # failed revision may be half-applied, which the rollback choice must know.
     transactional_ddl: ClassVar[bool] = True
+    # `check` gives an async env.py an async driver and its own connections a synchronous one, of one family:
+    # async driver -> its synchronous sibling, and the async driver for a URL that has none (None: no async driver).
+    sync_drivers: ClassVar[Mapping[str, str]] = {}
+    async_driver: ClassVar[str | None] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -158,9 +165,49 @@ class Engine(ABC, Generic[DB]):
         """The revisions in the Alembic version table (empty at base)."""
 
     @abstractmethod
+    def read_catalog(self, db: DB, items: Sequence[tuple[str | None, str]]) -> Catalog | None:
+        """The live catalog for `items` (read only, before anything runs), or None when it cannot be read (logged):
+        type changes are then classified from the plan alone."""
+
     def scan(self, items: Iterable[tuple[str | None, str]], db: DB | None = None) -> list[Finding]:
         """Findings of the (revision, SQL) pairs a plan rendered offline, in the order they run; with `db` (the
         live database, read only) a type change is classified against the column's current type."""
+        items = list(items)
+        scanner = self.scanner(self.read_catalog(db, items) if db is not None else None)
+        for revision, sql in items:
+            scanner.scan(sql, revision)
+        return scanner.findings
+
+    # --- the SQL scanner, for the plan's scan Job and for `check` -----------------------------------------------
+
+    @abstractmethod
+    def rules(self) -> Mapping[str, Rule]:
+        """Its scanner's rules by name (registered in sqlrules.RULESETS under this engine's name)."""
+
+    @abstractmethod
+    def scanner(self, catalog: Catalog | None = None) -> Scanner:
+        """A new scanner of SQL rendered for this database (its parser is loaded here: never in the operator)."""
+
+    @abstractmethod
+    def alters_columns(self, items: Sequence[tuple[str | None, str]]) -> bool:
+        """Whether the SQL changes what the catalog says of a column (its type, NOT NULL): its findings then depend
+        on the schema before it."""
+
+    @abstractmethod
+    def catalog(self, connection: Connection, items: Sequence[tuple[str | None, str]]) -> Catalog:
+        """What a scan of `items` reads of the database, through a DB-API connection of any of its drivers, in a
+        read-only transaction that is rolled back; the driver's errors are the caller's."""
+
+    # --- `check` ---------------------------------------------------------------------------------------------------
+
+    def read_only_url(self, url: URL) -> URL:
+        """The URL for sessions that can never write, whatever the app's env.py does with them (unchanged when its
+        driver offers no way)."""
+        return url
+
+    def drop_database(self, quoted: str) -> list[str]:
+        """The statements that drop a scratch database (`quoted` name), tried in order until one succeeds."""
+        return [f"DROP DATABASE IF EXISTS {quoted}"]
 
 
 REGISTRY: Registry[Engine[Any]] = Registry("alembic_operator.engines")
@@ -214,5 +261,5 @@ def observation(heads: list[str], names: list[str]) -> DatabaseObservation:
                                tables=len([n for n in names if n != "alembic_version"]))
 
 
-__all__ = ["DB", "REGISTRY", "DatabaseTarget", "Engine", "JobDatabase", "Snapshot", "UnknownEngine", "for_backend",
-           "for_url", "observation", "read_alembic_state", "supported_schemes"]
+__all__ = ["DB", "REGISTRY", "DatabaseTarget", "Engine", "JobDatabase", "Snapshot", "UnknownEngine",
+           "for_backend", "for_url", "observation", "read_alembic_state", "supported_schemes"]

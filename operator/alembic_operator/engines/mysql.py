@@ -39,10 +39,10 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Final
+from typing import IO, Any, Final
 
 import pymysql
 from sqlalchemy.engine import URL
@@ -53,10 +53,8 @@ from ..jobio import JobError, log, sanitize
 from ..observation import DatabaseObservation
 from ..runner.blockers import describe_blockers, from_row
 from ..runner.lock import database_lock_key, mysql_lock_name
+from ..sqlrules import Catalog, Connection, Rule, Scanner
 from .base import DatabaseTarget, Engine, Snapshot, observation, read_alembic_state, redact_urls
-
-if TYPE_CHECKING:
-    from ..sqlscan import Catalog, Finding
 
 # A directory holding the client tools (optional), searched first: e.g. MySQL's own mysqldump and mysql for a MySQL
 # server whose features mariadb-dump does not know.
@@ -544,31 +542,55 @@ class MySQL(Engine[Database]):
         finally:
             conn.close()
 
-    def scan(self, items: Iterable[tuple[str | None, str]], db: Database | None = None) -> list[Finding]:
-        from .. import sqlscan_mysql  # the parser (sqlglot) is loaded where plans are scanned, never in the operator
+    def read_catalog(self, db: Database, items: Sequence[tuple[str | None, str]]) -> Catalog | None:
+        try:
+            conn = db.connect(autocommit=False)
+        except JobError as err:
+            log(f"cannot read the current column types ({err.message[:300]}): type changes are classified without "
+                "them")
+            return None
+        try:
+            catalog = self.catalog(conn, items)
+        except pymysql.MySQLError as err:
+            log(f"cannot read the current column types ({_error_text(err)[:300]}): type changes are classified "
+                "without them")
+            return None
+        finally:
+            with contextlib.suppress(pymysql.MySQLError):
+                conn.close()
+        log(f"read the current types of {len(catalog.columns)} column(s) the plan alters")
+        return catalog
 
-        items = list(items)
-        return sqlscan_mysql.scan(items, catalog=read_catalog(db, items) if db is not None else None)
+    # --- the scanner (sqlglot: loaded here, never in the operator) --------------------------------------------
 
+    def rules(self) -> Mapping[str, Rule]:
+        from .. import sqlscan_mysql
 
-def read_catalog(db: Database, items: list[tuple[str | None, str]]) -> Catalog | None:
-    """The live types of the columns the plan alters (read only, before anything runs); None when the database
-    cannot be read: type changes are then classified from the plan alone (an unknown type is destructive)."""
-    try:
-        conn = db.connect(autocommit=False)
-    except JobError as err:
-        log(f"cannot read the current column types ({err.message[:300]}): type changes are classified without them")
-        return None
-    from .. import sqlscan_mysql
+        return sqlscan_mysql.RULES
 
-    try:
-        catalog = sqlscan_mysql.read_catalog(conn, items)
-    except pymysql.MySQLError as err:
-        log(f"cannot read the current column types ({_error_text(err)[:300]}): type changes are classified without "
-            "them")
-        return None
-    finally:
-        with contextlib.suppress(pymysql.MySQLError):
-            conn.close()
-    log(f"read the current types of {len(catalog.columns)} column(s) the plan alters")
-    return catalog
+    def scanner(self, catalog: Catalog | None = None) -> Scanner:
+        from .. import sqlscan_mysql
+
+        return sqlscan_mysql.Scanner(catalog=catalog)
+
+    def alters_columns(self, items: Sequence[tuple[str | None, str]]) -> bool:
+        from .. import sqlscan_mysql
+
+        return bool(sqlscan_mysql.altered_tables(items))
+
+    def catalog(self, connection: Connection, items: Sequence[tuple[str | None, str]]) -> Catalog:
+        from .. import sqlscan_mysql
+
+        return sqlscan_mysql.read_catalog(connection, items)
+
+    # --- check ----------------------------------------------------------------------------------------------------
+
+    sync_drivers = {"aiomysql": "pymysql", "asyncmy": "pymysql"}
+    async_driver = "aiomysql"
+
+    def read_only_url(self, url: URL) -> URL:
+        """PyMySQL, mysqlclient, aiomysql: the driver's init_command makes every session read only before env.py
+        uses it (writes and DDL then fail with 1792); other drivers are left as they are."""
+        if url.get_driver_name() in ("pymysql", "mysqldb", "aiomysql"):
+            return url.update_query_dict({"init_command": "SET SESSION TRANSACTION READ ONLY"})
+        return url

@@ -38,10 +38,10 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Final
+from typing import IO, Any, Final
 
 import psycopg
 from psycopg import pq
@@ -54,10 +54,8 @@ from ..jobio import URL_ENV, JobError, log, sanitize
 from ..observation import DatabaseObservation
 from ..reasons import Reason
 from ..runner.lock import database_lock_key
+from ..sqlrules import Catalog, Connection, Rule, Scanner
 from .base import DatabaseTarget, Engine, Snapshot, observation, read_alembic_state, redact_urls
-
-if TYPE_CHECKING:
-    from .. import sqlscan
 
 PG_BIN_ENV: Final = "ALEMBIC_OPERATOR_PG_BIN"  # a directory holding pg_dump, pg_restore, psql (optional)
 OPERATOR_CONNECT_TIMEOUT: Final = 5  # the operator reads the revision every few seconds
@@ -524,32 +522,75 @@ class PostgreSQL(Engine[Database]):
             except psycopg.Error as err:
                 raise _db_error(err, db) from None
 
-    def scan(self, items: Iterable[tuple[str | None, str]], db: Database | None = None) -> list[sqlscan.Finding]:
-        from .. import sqlscan  # the parser (pglast) is loaded where plans are scanned, never in the operator
+    def read_catalog(self, db: Database, items: Sequence[tuple[str | None, str]]) -> Catalog | None:
+        try:
+            with db.connect() as conn:
+                catalog = self.catalog(conn, items)
+        except (JobError, psycopg.Error) as err:
+            log(f"cannot read the current column types ({sanitize(str(err))[:300]}): type changes are classified "
+                "without them")
+            return None
+        log(f"read the current types of {len(catalog.columns)} column(s) of {len(catalog.rows)} table(s) the plan "
+            "alters")
+        return catalog
 
-        items = list(items)
-        return sqlscan.scan_revisions(items, catalog=read_catalog(db, items) if db is not None else None)
+    # --- the scanner (pglast: loaded here, never in the operator) ---------------------------------------------
 
+    def rules(self) -> Mapping[str, Rule]:
+        from .. import sqlscan
 
-def read_catalog(db: Database, items: Sequence[tuple[str | None, str]]) -> sqlscan.Catalog | None:
-    """The live types of the columns the plan alters and the sizes of their tables (read only, before anything
-    runs); None when the database cannot be read: type changes are then classified as the plan alone allows (an
-    unknown type is destructive)."""
-    from .. import sqlscan
+        return sqlscan.RULES
 
-    tables = sorted({table for _schema, table in sqlscan.altered_columns(items)})
-    if not tables:
-        return sqlscan.Catalog()
-    try:
-        with db.connect(autocommit=True) as conn:
-            conn.execute("SET default_transaction_read_only = on")
-            columns = conn.execute(sqlscan.CATALOG_COLUMNS_SQL, {"tables": tables}).fetchall()
-            checks = conn.execute(sqlscan.CATALOG_CHECKS_SQL, {"tables": tables}).fetchall()
-            sizes = conn.execute(sqlscan.CATALOG_ROWS_SQL, {"tables": tables}).fetchall()
-    except (JobError, psycopg.Error) as err:
-        log(f"cannot read the current column types ({sanitize(str(err))[:300]}): type changes are classified "
-            "without them")
-        return None
-    log(f"read the current types of {len(columns)} column(s) of {len(tables)} table(s) the plan alters")
-    return sqlscan.catalog_from_rows(columns, checks, sizes)
+    def scanner(self, catalog: Catalog | None = None) -> Scanner:
+        from .. import sqlscan
 
+        return sqlscan.Scanner(catalog=catalog)
+
+    def alters_columns(self, items: Sequence[tuple[str | None, str]]) -> bool:
+        from .. import sqlscan
+
+        return bool(sqlscan.altered_columns(items))
+
+    def catalog(self, connection: Connection, items: Sequence[tuple[str | None, str]]) -> Catalog:
+        """The types of the columns of the tables `items` alter, their validated NOT NULL checks and the tables'
+        sizes, in a READ ONLY transaction rolled back (pyformat parameters: psycopg and psycopg2 alike)."""
+        from .. import sqlscan
+
+        tables = sorted({table for _schema, table in sqlscan.altered_columns(items)})
+        if not tables:
+            return sqlscan.Catalog()
+        cur = connection.cursor()
+        try:
+            cur.execute("SET TRANSACTION READ ONLY")
+            cur.execute(sqlscan.CATALOG_COLUMNS_SQL, {"tables": tables})
+            columns = list(cur.fetchall())
+            cur.execute(sqlscan.CATALOG_CHECKS_SQL, {"tables": tables})
+            checks = list(cur.fetchall())
+            cur.execute(sqlscan.CATALOG_ROWS_SQL, {"tables": tables})
+            sizes = list(cur.fetchall())
+        finally:
+            connection.rollback()
+            cur.close()
+        return sqlscan.catalog_from_rows(columns, checks, sizes)
+
+    # --- check ----------------------------------------------------------------------------------------------------
+
+    sync_drivers = {"asyncpg": "psycopg", "psycopg_async": "psycopg"}
+    async_driver = "psycopg_async"  # psycopg ships with the operator
+
+    def read_only_url(self, url: URL) -> URL:
+        """libpq drivers (psycopg, psycopg2, psycopg's async driver): every transaction of the session is read only
+        (a server option at connection start). asyncpg takes no server options in its URL: psycopg's async driver
+        instead (same server, still async for an async env.py). pg8000 is left as it is."""
+        if url.get_driver_name() == "asyncpg":
+            url = url.set(drivername="postgresql+psycopg_async")
+        if url.get_driver_name() not in ("psycopg", "psycopg2", "psycopg_async"):
+            return url
+        options = url.query.get("options", "")
+        options = " ".join([*(options if isinstance(options, tuple) else [options]),
+                            "-c default_transaction_read_only=on"])
+        return url.update_query_dict({"options": options.strip()})
+
+    def drop_database(self, quoted: str) -> list[str]:
+        # WITH (FORCE) ends the sessions still on it (PostgreSQL 13 and later); the plain DROP for older servers
+        return [f"DROP DATABASE IF EXISTS {quoted} WITH (FORCE)", f"DROP DATABASE IF EXISTS {quoted}"]

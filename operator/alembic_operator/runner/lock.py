@@ -2,8 +2,8 @@
 
 The SQL is per dialect (`DIALECTS`, registered by SQLAlchemy dialect name): PostgreSQL's session advisory lock and
 its READ ONLY transaction, the migration session's lock and statement timeouts, and who blocks a session; another
-database is one more `register` call. A dialect without an entry runs without a lock (and without the read-only
-belt of the drift check, the timeouts and the blockers).
+database is one more `register` call. The runner refuses to run a writer (upgrade, downgrade, stamp) for a dialect
+without an entry: two of them could then run at once on one database.
 """
 
 from __future__ import annotations
@@ -252,10 +252,10 @@ def migration_lock(engine: Any, key: int, timeout: float) -> Iterator[None]:
     from sqlalchemy import text
 
     sql = DIALECTS.get(engine.dialect.name)
-    if sql is None:
-        log(f"dialect {engine.dialect.name}: no advisory lock")
-        yield
-        return
+    if sql is None:  # an engine that forgot its `register` call: no writer runs unlocked
+        raise Failure(reasons.INVALID_DATABASE_URL,
+                      f"the runner has no migration lock for the {engine.dialect.name} dialect, and it never writes to "
+                      f"a database without one; supported: {', '.join(sorted(DIALECTS))}")
     try:
         conn = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
     except Exception as exc:
