@@ -13,10 +13,10 @@ reads the fix (a memory limit, a deadline) instead of "exited 137".
 from __future__ import annotations
 
 import re
-from typing import Any
 
 from . import reasons
 from .jobs import INSTALLER
+from .objects import ContainerStatus, Job, Pod
 from .reasons import Reason
 
 _MISSING_CLAIM = re.compile(r'persistentvolumeclaim "([^"]+)" not found', re.IGNORECASE)
@@ -27,7 +27,7 @@ _AS_ROOT = re.compile(r"runAsNonRoot and image (will run as root|has non-numeric
 MESSAGE_CHARS = 300  # of the kubelet's or the scheduler's own words, quoted
 
 
-def pod_progress(pods: list[dict[str, Any]]) -> tuple[bool, tuple[Reason, str] | None]:
+def pod_progress(pods: list[Pod]) -> tuple[bool, tuple[Reason, str] | None]:
     """(started, blocked) for the pods of one Job.
 
     started: one of the Job's own containers runs or ran (the init container that only installs the runner does not
@@ -42,7 +42,7 @@ def pod_progress(pods: list[dict[str, Any]]) -> tuple[bool, tuple[Reason, str] |
     return False, None
 
 
-def pod_waiting(pods: list[dict[str, Any]]) -> str:
+def pod_waiting(pods: list[Pod]) -> str:
     """What a pod that is only slow waits for, in words: the scheduler, or its node pulling an image and starting a
     container (the kubelet reports both as ContainerCreating / PodInitializing: a big image takes a while)."""
     if not pods:
@@ -64,23 +64,23 @@ def pod_waiting(pods: list[dict[str, Any]]) -> str:
     return f"its node pulls the image {image} (a big image takes a while) and starts {what}"
 
 
-def never_ran(pods: list[dict[str, Any]]) -> bool:
+def never_ran(pods: list[Pod]) -> bool:
     """None of the Job's own containers ever started: deleting the Job cannot cut a step short."""
     return not any(_ran(pod) for pod in pods)
 
 
-def _statuses(pod: dict[str, Any]) -> list[dict[str, Any]]:
+def _statuses(pod: Pod) -> list[ContainerStatus]:
     status = pod.get("status") or {}
     return list(status.get("initContainerStatuses") or []) + list(status.get("containerStatuses") or [])
 
 
-def _ran(pod: dict[str, Any]) -> bool:
+def _ran(pod: Pod) -> bool:
     states = [cs.get("state") or {} for cs in _statuses(pod) if cs.get("name") != INSTALLER]
     last = [cs.get("lastState") or {} for cs in _statuses(pod) if cs.get("name") != INSTALLER]
     return any(s.keys() & {"running", "terminated"} for s in states + last)
 
 
-def _image_of(pod: dict[str, Any], container: str) -> str:
+def _image_of(pod: Pod, container: str) -> str:
     spec = pod.get("spec") or {}
     for ctr in list(spec.get("initContainers") or []) + list(spec.get("containers") or []):
         if ctr.get("name") == container:
@@ -93,7 +93,7 @@ def _quote(text: str) -> str:
     return text if len(text) <= MESSAGE_CHARS else text[: MESSAGE_CHARS - 3] + "..."
 
 
-def _blocked(pod: dict[str, Any]) -> tuple[Reason, str] | None:
+def _blocked(pod: Pod) -> tuple[Reason, str] | None:
     status = pod.get("status") or {}
     namespace = (pod.get("metadata") or {}).get("namespace", "")
     unscheduled = [cond for cond in status.get("conditions") or []
@@ -140,7 +140,7 @@ def _blocked(pod: dict[str, Any]) -> tuple[Reason, str] | None:
     return None
 
 
-def failure_cause(job: dict[str, Any], pods: list[dict[str, Any]]) -> tuple[Reason, str] | None:
+def failure_cause(job: Job, pods: list[Pod]) -> tuple[Reason, str] | None:
     """(reason, message) when a failed Job was stopped from outside rather than by its own error, else None.
 
     Checked in this order because one cause leads to the next: at its deadline the Job controller deletes the pod,
@@ -190,7 +190,7 @@ def failure_cause(job: dict[str, Any], pods: list[dict[str, Any]]) -> tuple[Reas
     return None
 
 
-def _memory_limit(pod: dict[str, Any], container: str) -> str | None:
+def _memory_limit(pod: Pod, container: str) -> str | None:
     spec = pod.get("spec") or {}
     for ctr in list(spec.get("initContainers") or []) + list(spec.get("containers") or []):
         if ctr.get("name") == container:

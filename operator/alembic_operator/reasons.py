@@ -119,6 +119,11 @@ INVALID_SPEC = _reason("InvalidSpec", "stalled", "the spec (or the resource's na
                       "the field")
 JOB_REFUSED = _reason("JobRefused", "stalled", "the API server refused a Job built from the spec: the message names "
                      "the field", where=("Drifted",), runbook="a-job-the-api-server-refuses--stalled--jobrefused")
+BACKUP_VOLUME_NOT_WRITABLE = _reason(
+    "BackupVolumeNotWritable", "stalled", "the backup Job's user (uid 65532) cannot write to spec.backup.volume (a "
+    "hostPath or NFS directory it does not own: those volume types ignore fsGroup); no migration started",
+    where=("BackupSucceeded", "Job result"),
+    runbook="the-backup-volume-is-not-writable--stalled--backupvolumenotwritable")
 PERSISTENT_VOLUME_CLAIM_NOT_FOUND = _reason(
     "PersistentVolumeClaimNotFound", "stalled", "a Job's pod waits for a PersistentVolumeClaim that does not exist",
     runbook="a-jobs-pod-cannot-start-for-a-missing-claim--stalled--persistentvolumeclaimnotfound")

@@ -52,10 +52,6 @@ class Outcome:
     message: str
 
 
-def now_rfc3339(now: datetime | None = None) -> str:
-    return (now or datetime.now(UTC)).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def get_condition(status: Status, type_: str) -> Condition | None:
     return next((x for x in status.conditions if x.type == type_), None)
 

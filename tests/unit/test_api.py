@@ -591,9 +591,9 @@ def test_name_rule(crd: dict[str, Any]) -> None:
 
 
 def test_drift_interval_minimum_has_one_source() -> None:
-    from alembic_operator import reconcile
+    from alembic_operator.reconcile import idle
 
-    assert reconcile.MIN_DRIFT_INTERVAL is api.MIN_DRIFT_INTERVAL
+    assert idle.MIN_DRIFT_INTERVAL is api.MIN_DRIFT_INTERVAL
     rule = next(r for r in api.SPEC_RULES if r.field_path == ".driftCheck.interval")
     assert f"duration('{api.MIN_DRIFT_INTERVAL}s')" in rule.rule
     assert f"at least {api.MIN_DRIFT_INTERVAL}s" in rule.message

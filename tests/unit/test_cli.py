@@ -120,3 +120,20 @@ def test_every_duration_flag_says_its_unit() -> None:
     timed = {flag for flag in flags if re.search(r"timeout|wait|deadline|interval", flag)}
     assert {"--lock-wait-seconds", "--db-lock-timeout-ms", "--db-statement-timeout-ms"} <= timed
     assert all(flag.endswith(("-seconds", "-ms")) for flag in timed), timed
+
+
+def test_the_other_command_lines_print_plain_help(capsys: pytest.CaptureFixture[str]) -> None:
+    """kubectl dbm (its own entry point), the re-vendoring tool and the runner: plain text too."""
+    from alembic_operator.dbm import cli as dbm_cli
+    from alembic_operator.k8s_openapi import __main__ as k8s_openapi_main
+    from alembic_operator.runner import cli as runner_cli
+
+    dbm = dbm_cli._parser()
+    parsers = [dbm, *_subcommands(dbm).values(), runner_cli.build_parser()]
+    texts = [p.format_help() for p in parsers]
+    with pytest.raises(SystemExit) as exit_:
+        k8s_openapi_main.main(["--help"])
+    assert exit_.value.code == 0
+    texts.append(capsys.readouterr().out)
+    for text in texts:
+        assert text.startswith("usage: ") and not SPHINX.search(text), text

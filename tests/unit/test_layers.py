@@ -4,15 +4,16 @@ Top to bottom (a layer imports only layers below it, never above; no import cycl
 import for types only, under TYPE_CHECKING, counts like any other):
 
     entry       cli, __main__, app, crdgen, dbm.*, k8s_openapi.__main__/main: start-up, CLIs, generators
-    operator    handlers, release, webhook, kube, kept, metrics, config, audit, schedule, freshness, events: talk to
-                Kubernetes (Kopf, the API client), keep what it said, and when
+    operator    handlers (a pass, as Kopf calls it), observe, act, indexes, configmaps, release, webhook, kube, kept,
+                metrics, config, audit, schedule, freshness, events: talk to Kubernetes (Kopf, the API client), keep
+                what it said, and when
     programs    jobtools, check.*: commands that run in Jobs or in CI
     decisions   reconcile, status, gate, podstate, jobs, approvals: pure functions of what was observed
     seams       engines.*, backupstores.*, dbstate, jobio, plugins, sqlscan, sqlscan_mysql: databases and backup stores;
                 they answer the decisions (through what the model says) and never ask them
-    model       api, observation, k8s_openapi, jobparts, constants, reasons, plansql, sqlrules: the API types, what
-                was observed, Kubernetes' object types, the vocabulary (reasons, the scanners' rules and findings),
-                wire formats
+    model       api, observation, objects, k8s_openapi, jobparts, constants, reasons, plansql, sqlrules: the API
+                types, what was observed, Kubernetes' object types, the vocabulary (reasons, the scanners' rules and
+                findings), wire formats
     runner      runner.*: runs in the app's image without the rest; anything may use it, it uses nothing
 
 A module that is in no layer fails the test: a newcomer places it (and this docstring says where it goes).
@@ -28,12 +29,13 @@ PACKAGE = Path(__file__).resolve().parents[2] / "operator" / "alembic_operator"
 Layers = tuple[tuple[str, tuple[str, ...]], ...]
 LAYERS: Layers = (
     ("entry", ("cli", "__main__", "app", "crdgen", "dbm", "k8s_openapi.__main__")),
-    ("operator", ("handlers", "release", "webhook", "kube", "kept", "metrics", "config", "audit", "schedule",
-                  "freshness", "events")),
+    ("operator", ("handlers", "act", "observe", "indexes", "configmaps", "release", "webhook", "kube", "kept",
+                  "metrics", "config", "audit", "schedule", "freshness", "events")),
     ("programs", ("jobtools", "check")),
     ("decisions", ("reconcile", "status", "gate", "podstate", "jobs", "approvals")),
     ("seams", ("engines", "backupstores", "dbstate", "jobio", "plugins", "sqlscan", "sqlscan_mysql")),
-    ("model", ("api", "observation", "k8s_openapi", "jobparts", "constants", "reasons", "plansql", "sqlrules",
+    ("model", ("api", "observation", "objects", "k8s_openapi", "jobparts", "constants", "reasons", "plansql",
+               "sqlrules",
                "__init__")),
     ("runner", ("runner",)),
 )

@@ -260,6 +260,17 @@ def test_backup_failure_stalls_without_touching_the_database() -> None:
     assert cond(d, c.BACKUP_SUCCEEDED)["status"] == "False"
 
 
+def test_an_unwritable_backup_volume_stalls_under_its_own_reason_with_the_fix() -> None:
+    d = decide(observe())
+    d = advance(d, jobs={"plan": done("plan", PLAN_OK)})
+    fix = "chown -R 65532:65532 DIR, or use a volume type that applies fsGroup"
+    broken = done("backup", {"ok": False, "reason": "BackupVolumeNotWritable", "message": fix}, "failed")
+    d = advance(d, jobs={"plan": done("plan", PLAN_OK), "backup": broken})
+    assert d.jobs == [] and d.status["phase"] == "Failed"  # no migration started
+    assert cond(d, c.STALLED)["reason"] == "BackupVolumeNotWritable" and fix in cond(d, c.STALLED)["message"]
+    assert cond(d, c.BACKUP_SUCCEEDED)["reason"] == "BackupVolumeNotWritable"
+
+
 BACKUP = {"ok": True, "location": "pvc/b/x.dump", "file": "/backups/x.dump", "sha256": "sha256:aa", "revision": "r1"}
 
 

@@ -14,6 +14,7 @@ backups of the prefix.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -31,6 +32,7 @@ from ..jobparts import StoreWiring, typed
 from .base import BackupStore, DumpRecord, StoredDump, StoreError, newest_first, to_prune
 
 _CHUNK: Final = 1 << 20
+_NOT_WRITABLE: Final = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
 MOUNT: Final = "/backups"  # where the Jobs mount the volume
 
 
@@ -105,15 +107,18 @@ class VolumeStore(BackupStore[Mapping[str, JsonValue]]):
         return self._path(name).exists()
 
     def write(self, name: str, produce: Callable[[IO[bytes]], None]) -> StoredDump:
-        try:
-            self.directory.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise StoreError(reasons.BACKUP_FAILED, f"cannot create the backup directory {self.directory}: "
-                             f"{err.strerror}") from None
         final = self._path(name)
         tmp = self.directory / f".{name}.partial"
         try:
-            with open(tmp, "wb") as out:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            out = open(tmp, "wb")  # noqa: SIM115 (closed by the with below, once we know we may write here)
+        except OSError as err:
+            if err.errno in _NOT_WRITABLE:
+                raise self._not_writable() from None
+            raise StoreError(reasons.BACKUP_FAILED, f"cannot write the backup directory {self.directory}: "
+                             f"{err.strerror}") from None
+        try:
+            with out:
                 produce(out)
         except BaseException:
             with contextlib.suppress(OSError):
@@ -128,6 +133,21 @@ class VolumeStore(BackupStore[Mapping[str, JsonValue]]):
                              f"cannot store the dump in {self.directory}: {err.strerror}") from None
         sha256, size = file_sha256(final)
         return StoredDump(name=name, location=self.reference(name), sha256=sha256, size=size)
+
+    def _not_writable(self) -> StoreError:
+        """BackupVolumeNotWritable, naming the directory that refused us, its owner and mode, and the fix."""
+        refused = next((p for p in (self.directory, *self.directory.parents) if os.path.exists(p)), self.directory)
+        try:
+            st = refused.stat()
+            owned = f"owned by uid {st.st_uid}, gid {st.st_gid}, mode {st.st_mode & 0o7777:04o}"
+        except OSError as err:
+            owned = f"unreadable: {err.strerror}"
+        uid, gid = os.getuid(), os.getgid()
+        return StoreError(reasons.BACKUP_VOLUME_NOT_WRITABLE, (
+            f"the backup volume is not writable by the backup Job's user (uid {uid}, gid {gid}): {self.directory} "
+            f"cannot be written ({refused} is {owned}). hostPath and NFS volumes ignore the pod's fsGroup: give the "
+            f"directory to the Job's user on the node or the NFS server (chown -R {uid}:{gid} DIR), or use a volume "
+            "type that applies fsGroup (a PersistentVolumeClaim of a CSI StorageClass, a local PersistentVolume)"))
 
     def write_record(self, name: str, record: DumpRecord) -> None:
         _write_atomic(self._path(f"{name}.json"), json.dumps(record, indent=2) + "\n")

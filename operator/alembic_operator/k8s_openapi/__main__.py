@@ -27,7 +27,7 @@ def _from_cluster() -> tuple[Schema, str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m alembic_operator.k8s_openapi",
-                                     description=(__doc__ or "").split("\n")[0])
+                                     description="Regenerate the vendored core/v1 schemas from an API server.")
     parser.add_argument(
         "openapi",
         type=Path,
