@@ -12,6 +12,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, Protocol
 
+from .runner.results import ScanFinding
+
 __all__ = ["DEFAULT_VERSION_TABLE", "RULESETS", "SEVERITIES", "STATEMENT_MAX", "UNRENDERABLE", "VERSION_COLUMN",
            "Catalog", "Connection", "Finding", "Rule", "Scanner", "Severity", "rule", "rule_of"]
 
@@ -54,7 +56,7 @@ class Finding:
             return self.operation
         return f"{self.operation} (revision {self.revision})"
 
-    def to_dict(self) -> dict[str, str | None]:
+    def to_dict(self) -> ScanFinding:
         return {"rule": self.rule, "severity": self.severity, "revision": self.revision, "operation": self.operation}
 
 

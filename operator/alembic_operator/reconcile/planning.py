@@ -172,8 +172,8 @@ def planned(turn: Turn, spec: DatabaseMigrationSpec, result: ScanResult) -> Deci
     run = turn.run
     run.start_revision, run.target_revision = result.get("current"), result.get("target")
     run.revisions = revisions
-    run.destructive_revisions = sorted({f["revision"] for f in findings
-                                        if f.get("severity") == "destructive" and f.get("revision")}
+    run.destructive_revisions = sorted({revision for f in findings
+                                        if f.get("severity") == "destructive" and (revision := f.get("revision"))}
                                        | set(destructive_revisions))
     run.plan_hash = plan_hash(result, spec.migrations.image, revisions)
     ddl = result.get("transactionalDDL")

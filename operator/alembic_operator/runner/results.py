@@ -20,8 +20,6 @@ from . import reasons
 from .redact import Redactor
 
 RESULT_LIMIT = 3500  # bytes: a container's termination message holds 4096
-TOO_LARGE: dict[str, Any] = {"ok": False, "reason": reasons.RESULT_TOO_LARGE,
-                             "message": "the result did not fit in a termination message; see the Job's logs"}
 
 
 # --- the results ------------------------------------------------------------------------------------------------
@@ -38,6 +36,8 @@ class Outcome(TypedDict, total=False):
 
 
 FailureResult = Outcome
+TOO_LARGE: Outcome = {"ok": False, "reason": reasons.RESULT_TOO_LARGE,
+                      "message": "the result did not fit in a termination message; see the Job's logs"}
 
 
 class Blocker(TypedDict, total=False):
@@ -90,6 +90,15 @@ class PlanResult(Outcome, total=False):
     planFile: str
 
 
+class ScanFinding(TypedDict, total=False):
+    """One finding of the SQL scan, as a scan's result carries it (sqlrules.Finding.to_dict)."""
+
+    rule: str
+    severity: str
+    revision: str | None
+    operation: str
+
+
 class ScanResult(Outcome, total=False):
     """`job scan`: the plan's SQL read by the scanner."""
 
@@ -107,7 +116,7 @@ class ScanResult(Outcome, total=False):
     noteCount: int
     locking: list[dict[str, str]]  # the first few: operation, rule, safely (the safer pattern)
     notes: list[str]
-    findings: list[dict[str, Any]]
+    findings: list[ScanFinding]
     sqlSha256: str
     lineage: list[str]
     transactionPerMigration: bool
@@ -243,11 +252,12 @@ def fit(result: Mapping[str, Any], limit: int = RESULT_LIMIT) -> str:
     return text
 
 
-def fit_list(result: dict[str, Any], key: str, more: Callable[[int], Any] | None = None,
+def fit_list(result: dict[str, object], key: str, more: Callable[[int], object] | None = None,
              limit: int = RESULT_LIMIT) -> None:
-    """Shorten result[key] until the result fits, appending more(n_dropped) when given (a command trims its own
-    lists before writing, and says how)."""
-    items = list(result.get(key) or [])
+    """Shorten the list result[key] until the result fits, appending more(n_dropped) when given (a command trims its
+    own lists before writing, and says how)."""
+    value = result.get(key)
+    items = list(value) if isinstance(value, list) else []
     if size(result) <= limit or not items:
         return
     kept = len(items)
