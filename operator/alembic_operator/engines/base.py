@@ -45,7 +45,7 @@ class JobDatabase(Protocol):
     @property
     def where(self) -> str: ...
 
-    def describe(self) -> dict[str, Any]: ...
+    def describe(self) -> dict[str, str | int | None]: ...  # what a backup's record says of the database
 
 
 DB = TypeVar("DB", bound=JobDatabase)
@@ -239,9 +239,9 @@ def for_url(url: URL) -> Engine[Any]:
     return for_backend(url.get_backend_name())
 
 
-def read_alembic_state(url: URL, connect_args: dict[str, Any]) -> tuple[list[str], list[str]]:
+def read_alembic_state(url: URL, connect_args: Mapping[str, object]) -> tuple[list[str], list[str]]:
     """(Alembic heads, table names) through SQLAlchemy; the driver's errors are the caller's to explain."""
-    engine = sqlalchemy.create_engine(url, poolclass=NullPool, connect_args=connect_args)
+    engine = sqlalchemy.create_engine(url, poolclass=NullPool, connect_args=dict(connect_args))
     try:
         with engine.connect() as conn:
             heads = list(MigrationContext.configure(conn).get_current_heads())

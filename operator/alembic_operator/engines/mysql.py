@@ -92,7 +92,7 @@ class Database:
     def where(self) -> str:
         return f"{self.unix_socket or self.host}:{self.port}/{self.database}"
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self) -> dict[str, str | int | None]:
         return {"host": self.host, "port": self.port, "database": self.database}
 
     def connect(self, **kwargs: Any) -> pymysql.connections.Connection[Any]:

@@ -86,7 +86,7 @@ class Database:
     def where(self) -> str:
         return f"{self.params.get('host') or 'localhost'}:{self.params.get('port') or 5432}/{self.params.get('dbname')}"
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self) -> dict[str, str | int | None]:
         port = self.params.get("port")
         return {"host": self.params.get("host") or "localhost",
                 "port": int(port) if port and port.isdigit() else (port or 5432),

@@ -278,7 +278,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, _interrupt)
 
     command = "?"
-    result: dict[str, Any]
+    result: dict[str, object]  # the command's result (runner/results.py), or the failure it ended with
     result_file = _result_file_from(argv)
     try:
         args = build_parser().parse_args(argv)
