@@ -27,9 +27,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 import kopf
 
@@ -229,7 +228,7 @@ class Gatekeeper:
         if task is None or task.done():
             self._spawn(("sync", key), self._sync_loop(key))
 
-    def _spawn(self, tkey: tuple[str, Key], coro: Any) -> None:
+    def _spawn(self, tkey: tuple[str, Key], coro: Coroutine[object, object, None]) -> None:
         task: asyncio.Task[None] = asyncio.create_task(coro)
         self.tasks[tkey] = task
         task.add_done_callback(lambda t: self.tasks.pop(tkey, None) if self.tasks.get(tkey) is t else None)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable, Mapping
-from typing import Any, TypedDict, Union
+from typing import TypedDict, Union
 
 from . import reasons
 from .redact import Redactor
@@ -212,16 +212,16 @@ JobResult = Union[  # noqa: UP007
 # --- the writer -------------------------------------------------------------------------------------------------
 
 
-def dump(result: Mapping[str, Any]) -> str:
+def dump(result: Mapping[str, object]) -> str:
     """Compact JSON, ASCII only (its size in bytes is its length)."""
     return json.dumps(result, separators=(",", ":"), default=str)
 
 
-def size(result: Mapping[str, Any]) -> int:
+def size(result: Mapping[str, object]) -> int:
     return len(dump(result).encode())
 
 
-def fit(result: Mapping[str, Any], limit: int = RESULT_LIMIT) -> str:
+def fit(result: Mapping[str, object], limit: int = RESULT_LIMIT) -> str:
     """Compact JSON under `limit` bytes: cut long messages, then long lists (flagged with <key>Truncated)."""
     text = dump(result)
     if len(text.encode()) <= limit:
@@ -243,6 +243,7 @@ def fit(result: Mapping[str, Any], limit: int = RESULT_LIMIT) -> str:
             break
         _, key = max(lists)
         items = cut[key]
+        assert isinstance(items, list)  # one of `lists`
         cut[key] = items[: len(items) // 2]
         cut[key + "Truncated"] = True
     text = dump(cut)
@@ -268,7 +269,7 @@ def fit_list(result: dict[str, object], key: str, more: Callable[[int], object] 
             return
 
 
-def render(result: Mapping[str, Any], redact: Redactor, *, cut: bool = True, limit: int = RESULT_LIMIT) -> str:
+def render(result: Mapping[str, object], redact: Redactor, *, cut: bool = True, limit: int = RESULT_LIMIT) -> str:
     """The result as written: every string redacted, then serialized (the JSON stays valid); too large, it is cut
     (`fit`) or, with cut false, replaced by ResultTooLarge (a reader must not take a cut list for the whole)."""
     clean = redact.values(dict(result))
@@ -278,7 +279,7 @@ def render(result: Mapping[str, Any], redact: Redactor, *, cut: bool = True, lim
     return fit(clean, limit) if cut else dump(TOO_LARGE)
 
 
-def write_result(path: str, result: Mapping[str, Any], redact: Redactor, *, echo: bool = False, cut: bool = True,
+def write_result(path: str, result: Mapping[str, object], redact: Redactor, *, echo: bool = False, cut: bool = True,
                  log: Callable[[str], None] | None = None) -> str:
     """Write the result to `path` ("-": stdout only); `echo` also prints it as stdout's last line."""
     text = render(result, redact, cut=cut)
