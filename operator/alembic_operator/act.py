@@ -164,7 +164,7 @@ async def _create_jobs(ctx: Context, obj: Migration, decision: Decision,
         try:
             await ctx.kube.create_job(jobparts.manifest(manifest))
         except kube.Refused as err:
-            raise _JobRefused(req.role, _with_source(err.message)) from None
+            raise _JobRefused(req.role, _with_source(err.message, store)) from None
         created[req.role] = job_name(owner.name, req.role, req.generation, args.get("instance"))
     return created
 
@@ -178,9 +178,9 @@ async def _dry_run_later_jobs(ctx: Context, owner: Owner, plan: JobRequest) -> N
         try:
             await ctx.kube.create_job(jobparts.manifest(job), dry_run=True)
         except kube.Refused as err:
-            raise _JobRefused(role, _with_source(err.message)) from None
+            raise _JobRefused(role, _with_source(err.message, store)) from None
 
 
-def _with_source(message: str) -> str:
-    field = source_field(message)
+def _with_source(message: str, store: jobparts.StoreWiring | None) -> str:
+    field = source_field(message, store)
     return f"{field}: {message}" if field else message

@@ -88,6 +88,7 @@ def job_name(owner_name: str, role: Role, generation: int, instance: str | None 
     return f"{owner_name[:keep].rstrip('-.')}-{digest}{suffix}"
 
 
+_STORE = "<the backup store's field>"
 # Where each part of a Job comes from in the DatabaseMigration: an API server message about the Job names the Job's
 # field; the user needs to hear theirs. First match wins.
 SOURCE_FIELDS: tuple[tuple[re.Pattern[str], str], ...] = tuple((re.compile(p), f) for p, f in (
@@ -103,14 +104,16 @@ SOURCE_FIELDS: tuple[tuple[re.Pattern[str], str], ...] = tuple((re.compile(p), f
     (r"serviceAccountName", "spec.jobTemplate.serviceAccountName"),
     (r"imagePullSecrets", "spec.jobTemplate.imagePullSecrets"),
     (r"activeDeadlineSeconds", "spec.jobTemplate.activeDeadlineSeconds"),
-    (r"volumes\[", "spec.backup.volume"),
+    (r"volumes\[", _STORE),
     (r"containers\[\d+\]\.image|imagePullPolicy", "spec.migrations"),
 ))
 
 
-def source_field(message: str) -> str | None:
-    """The DatabaseMigration field behind a Job field named in an API server message (None: not ours to say)."""
-    return next((field for pattern, field in SOURCE_FIELDS if pattern.search(message)), None)
+def source_field(message: str, store: StoreWiring | None = None) -> str | None:
+    """The DatabaseMigration field behind a Job field named in an API server message (None: not ours to say); the
+    volumes are the backup store's (the Job's own scratch volume is never refused), which names its field."""
+    field = next((field for pattern, field in SOURCE_FIELDS if pattern.search(message)), None)
+    return (store.spec_field if store else "spec.backup") if field == _STORE else field
 
 
 def _env(spec: DatabaseMigrationSpec) -> list[V1EnvVar]:

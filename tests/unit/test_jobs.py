@@ -186,9 +186,13 @@ def test_api_server_messages_are_traced_back_to_the_resources_field() -> None:
         "spec.template.spec.containers[1].securityContext.runAsUser: Invalid value": "spec.jobTemplate.securityContext",
         "spec.template.spec.volumes[1].persistentVolumeClaim.claimName: Required value": "spec.backup.volume",
     }
+    store = backupstores.wiring_for(parse_spec(SPEC).backup, "shop", "shop")
     for message, field in cases.items():
-        assert source_field(message) == field, message
-    assert source_field("exceeded quota: compute-resources") is None
+        assert source_field(message, store) == field, message
+    assert source_field("exceeded quota: compute-resources", store) is None
+    with spool_store() as spool:  # a volume refused in another store's Jobs is that store's field
+        other = spool.wiring({"node": "n", "path": "/p", "tokenSecret": "t"}, "shop", "shop")
+        assert source_field("spec.template.spec.volumes[1].hostPath.path: Required value", other) == "spec.backup.spool"
 
 
 def _run_as(job: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
