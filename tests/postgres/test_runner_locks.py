@@ -183,3 +183,17 @@ def test_a_connection_lost_mid_plan_is_reported_as_passing_with_what_committed(r
     assert r.result["applied"] == [R1] and r.result["revision"] == R1 and r.result["failedRevision"] == R2
     assert f"revision {R2} lost its connection to the database" in r.result["message"]
     assert version(runner.database) == R1
+
+
+def test_a_downgrade_that_timed_out_after_reverting_a_revision_is_a_failure(runner: Runner, app: Path) -> None:
+    """The operator retries a downgrade from where it started: one that already reverted a revision cannot be
+    retried that way, so its lock timeout is reported as the downgrade's failure (the rollback then restores)."""
+    notes = Rev("bbbbbbbb0004", upgrade=['op.create_table("notes", sa.Column("id", sa.Integer, primary_key=True))'],
+                downgrade=['op.drop_table("notes")'])
+    make_project(app, [ORDERS, ADD_NOTE, notes], transaction_per_migration=True)
+    assert runner("upgrade", "--from", "base", "--to", notes.id).rc == 0
+    with blocker(runner.database, "SELECT count(*) FROM orders WHERE code <> '{secret}'"):
+        r = runner("downgrade", "--from", notes.id, "--to", R1, "--db-lock-timeout", "1000")
+    assert r.rc == 1 and r.result["reason"] == "DowngradeFailed", r.result
+    assert r.result["reverted"] == [notes.id] and r.result["revision"] == R2 and r.result["blockers"]
+    assert version(runner.database) == R2

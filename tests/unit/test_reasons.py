@@ -32,6 +32,10 @@ SHARED = (set(c.PHASES) | set(get_args(api.RunStep)) | set(get_args(api.RunResul
           | {str(col["name"]) for col in crdgen.PRINTER_COLUMNS}
           | {"Baselined"})  # status.history[].result of a baseline stamp (reconcile.record)
 REASON_KEYWORDS = {"reason", "error_reason"}
+# Kubernetes' own reasons: CRD validation rules' (x-kubernetes-validations), and those read from pods and Jobs, never
+# written by us (the kubelet's, the Eviction API's): not ours to declare.
+KUBERNETES_REASONS = {"FieldValueInvalid", "FieldValueRequired", "FieldValueForbidden", "FieldValueDuplicate",
+                      "Evicted", "EvictionByEvictionAPI", "CreateContainerConfigError"}
 
 
 def _reason_parameters(trees: list[ast.AST]) -> dict[str, set[int | str]]:
@@ -70,10 +74,12 @@ def _literals(tree: ast.AST, declared: set[str], params: dict[str, set[int | str
     for node in ast.walk(tree):
         if not (isinstance(node, ast.Constant) and isinstance(node.value, str)):
             continue
-        if node.value not in declared:  # a made-up reason: only where it becomes one
-            parent = parents.get(id(node))
-            if isinstance(parent, ast.Call) and _called(parent) == "Reason":
-                found.append((node.lineno, node.value, "made into a Reason"))
+        if node.value not in declared:  # a made-up reason: where it would become one (mypy sees typed places)
+            form, where_reason = _form(node, parents, params)
+            placed = form.startswith(("keyword", "argument", "the dict value", "made into")) or (
+                form == "compared" and _compared_with_a_result(parents[id(node)]))
+            if where_reason and placed and CAMEL.match(node.value) and node.value not in KUBERNETES_REASONS:
+                found.append((node.lineno, node.value, f"{form}, undeclared"))
             continue
         form, where_reason = _form(node, parents, params)
         if form == "assigned to __all__":  # a Python name (the class DatabaseError), not a word of ours
@@ -115,6 +121,13 @@ def _form(node: ast.AST, parents: dict[int, ast.AST], params: dict[str, set[int 
             return "a dict key", False
         return f"the dict value of {ast.unparse(key)}", isinstance(key, ast.Constant) and key.value == "reason"
     return type(parent).__name__ if parent is not None else "module", False
+
+
+def _compared_with_a_result(compare: ast.AST) -> bool:
+    """x.get("reason") == "...": a result's reason (not a Kubernetes object's, read as `reason ==`)."""
+    left = compare.left if isinstance(compare, ast.Compare) else None
+    return (isinstance(left, ast.Call) and isinstance(left.func, ast.Attribute) and left.func.attr == "get"
+            and bool(left.args) and isinstance(left.args[0], ast.Constant) and left.args[0].value == "reason")
 
 
 def _called(call: ast.Call) -> str:
@@ -183,7 +196,10 @@ def test_the_code_emits_reasons_through_the_registry() -> None:
     ('stalled("Failed", "Migrating", "m")', "argument 2 of stalled()"),  # a shared spelling where a reason goes
     ('if result.get("reason") == "Migrated": pass', "compared"),
     ('raise Failure(Reason("LockTimeout"), "m")', "made into a Reason"),
-    ('raise Failure(Reason("LockTimedOut"), "m")', "made into a Reason"),  # undeclared: mypy would let it pass
+    ('raise Failure(Reason("LockTimedOut"), "m")', "made into a Reason, undeclared"),  # mypy would let it pass
+    ('result = {"ok": False, "reason": "LockTimedOut"}', "the dict value of 'reason', undeclared"),
+    ('if report.get("reason") == "LockTimedOut": pass', "compared, undeclared"),
+    ('Failure(reason="LockTimedOut", message="m")', "keyword reason=, undeclared"),
 ])
 def test_the_guard_finds_a_literal_in_every_form(snippet: str, form: str) -> None:
     params = {"stalled": {1, "reason"}, "_run": {3, "reason"}}

@@ -180,3 +180,19 @@ def test_a_killed_pod_is_not_a_passing_failure() -> None:
                                  {"ok": False, "reason": "Interrupted", "attempted": ["r2", "r3"]})}
     d = decide(observe(_at_migrating({**SPEC}), jobs=killed, db=DatabaseObservation("r2")))
     assert [(j.role, j.args) for j in d.jobs] == [("downgrade", {"from": "r2", "to": "r1"})]
+
+
+def test_a_connection_lost_every_time_stalls_with_its_own_reason_where_the_database_is() -> None:
+    lost_from_r2 = {**LOST, "from": "r2", "attempted": ["r3"]}
+    d = decide(observe(_at_migrating(), jobs=migrate(LOST, 0), db=DatabaseObservation("r2")))
+    now = NOW
+    for attempt in range(1, JOB_RETRIES + 1):
+        now += timedelta(seconds=61)
+        d = advance(d, jobs=migrate(LOST if attempt == 1 else lost_from_r2, attempt - 1),
+                    db=DatabaseObservation("r2"), now=now)
+        d = advance(d, jobs=migrate(lost_from_r2, attempt), db=DatabaseObservation("r2"), now=now)
+    stalled = cond(d, c.STALLED)
+    assert stalled["reason"] == "DatabaseUnreachable" and d.status["phase"] == "Failed" and d.jobs == []
+    assert "r2 committed whole and is kept (nothing undone): the database is at r2" in stalled["message"]
+    assert stalled["message"].endswith("Check the database (the Job's log says what failed), then edit the resource "
+                                       "to try again.")

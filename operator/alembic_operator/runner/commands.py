@@ -495,10 +495,11 @@ def cmd_migrate(runner: Runner, direction: str) -> MigrateResult:
         message += (f"; revision {partial['revision']} is half-applied: {count} of its statement(s) committed before "
                     "it failed (DDL is not transactional on this database)")
     locked = bool(timeout) and "blockers" in result  # a lock timeout (a statement timeout is a real failure)
-    if partial is None and (locked or (error is not None and lost_connection(error))):
+    if partial is None and (upgrade or unchanged) and (locked or (error is not None and lost_connection(error))):
         # The revision that stopped changed nothing (its transaction rolled back, or it had not committed a
         # statement yet) and those before it committed whole: the database is at a revision of the plan, and the
-        # blockers may be gone (the server back) soon. A passing failure: the operator continues from there.
+        # blockers may be gone (the server back) soon. A passing failure: the operator continues an upgrade from
+        # there (a downgrade is retried from where it started: only when it changed nothing).
         reason = reasons.LOCK_TIMEOUT if locked else reasons.DATABASE_UNREACHABLE
     raise Failure(reason, message, **result)
 
