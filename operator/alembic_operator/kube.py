@@ -34,14 +34,15 @@ import json
 import ssl
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import aiohttp
 import kubernetes
 from pydantic import JsonValue
 
 from . import constants as c
-from . import gate
+from . import gate, objects
+from .api import JsonObject
 
 CONNECTIONS = 32  # concurrent requests (pod patches)
 REQUEST_TIMEOUT = 30.0
@@ -155,9 +156,10 @@ class Client:
                 headers[str(auth["key"])] = str(auth["value"])
         return headers
 
-    async def request(self, method: str, path: str, body: Any = None, content_type: str = "application/json",
+    async def request(self, method: str, path: str, body: object = None, content_type: str = "application/json",
                       params: dict[str, str] | None = None, accept: str = "application/json") -> dict[str, Any]:
-        """One call; the decoded JSON answer, or a :class:`KubeError` subclass."""
+        """One call; the decoded JSON answer (an object: every answer of the API server is one), or a
+        :class:`KubeError` subclass. The raw body at the edge: the typed methods below read it as what it is."""
         data = None if body is None else json.dumps(body)
         try:
             async with self._session_now().request(
@@ -166,7 +168,7 @@ class Client:
                 raw = await resp.read()
                 if resp.status >= 400:
                     raise error_for(resp.status, resp.reason, raw)
-                return dict(json.loads(raw)) if raw else {}
+                return _json_object(raw) if raw else {}
         except (aiohttp.ClientError, TimeoutError) as err:
             raise Unavailable(0, f"{method} {path}: {type(err).__name__}: {err}") from err
 
@@ -187,7 +189,7 @@ class Client:
                 *lines, buffer = buffer.split(b"\n")
                 for line in lines:
                     if line.strip():
-                        yield dict(json.loads(line))
+                        yield _json_object(line)
 
     async def close(self) -> None:
         for session in (self._session, self._watch_session):
@@ -200,27 +202,28 @@ class Client:
     def _migration_path(namespace: str, name: str) -> str:
         return f"/apis/{c.GROUP}/{c.VERSION}/namespaces/{namespace}/{c.PLURAL}/{name}"
 
-    async def get_migration(self, namespace: str, name: str) -> dict[str, Any] | None:
+    async def get_migration(self, namespace: str, name: str) -> objects.Migration | None:
         try:
-            return await self.request("GET", self._migration_path(namespace, name))
+            return objects.migration(await self.request("GET", self._migration_path(namespace, name)))
         except NotFound:
             return None
 
-    async def list_migrations(self, namespaces: list[str] | None) -> list[dict[str, Any]]:
+    async def list_migrations(self, namespaces: list[str] | None) -> list[objects.Migration]:
         if not namespaces:
             result = await self.request("GET", f"/apis/{c.GROUP}/{c.VERSION}/{c.PLURAL}")
-            return list(result.get("items") or [])
-        items: list[dict[str, Any]] = []
+            return [objects.migration(item) for item in _items(result)]
+        items: list[objects.Migration] = []
         for ns in namespaces:
             listed = await self.request("GET", f"/apis/{c.GROUP}/{c.VERSION}/namespaces/{ns}/{c.PLURAL}")
-            items.extend(listed.get("items") or [])
+            items.extend(objects.migration(item) for item in _items(listed))
         return items
 
-    async def patch_status(self, namespace: str, name: str, patch: Mapping[str, JsonValue]) -> dict[str, Any]:
+    async def patch_status(self, namespace: str, name: str, patch: Mapping[str, JsonValue]) -> objects.Migration:
         """Merge-patch the status (no resourceVersion: the reconciler and the gate each own their fields); the
         object as stored after it."""
-        return await self.request("PATCH", self._migration_path(namespace, name) + "/status", {"status": patch},
-                                  "application/merge-patch+json")
+        return objects.migration(await self.request(
+            "PATCH", self._migration_path(namespace, name) + "/status", {"status": patch},
+            "application/merge-patch+json"))
 
     async def patch_held_pods(self, namespace: str, name: str, count: int) -> None:
         """status.heldPods, with a merge patch (the reconciler keeps whatever it reads there); gone: nothing."""
@@ -255,10 +258,10 @@ class Client:
             out.append(Present(ns, int(rv) if rv.isdigit() else 0, names))
         return out
 
-    async def list_jobs(self, namespace: str, owner: str) -> list[dict[str, Any]]:
+    async def list_jobs(self, namespace: str, owner: str) -> list[objects.Job]:
         result = await self.request("GET", f"/apis/batch/v1/namespaces/{namespace}/jobs", params={
             "labelSelector": f"{c.OWNER_LABEL}={owner},{c.MANAGED_BY_LABEL}={c.MANAGED_BY}"})
-        return list(result.get("items") or [])
+        return [objects.job(item) for item in _items(result)]
 
     async def create_job(self, manifest: Mapping[str, JsonValue], dry_run: bool = False) -> None:
         """Create a Job (or only validate it: `dry_run`, the API server's full admission without storing anything).
@@ -278,11 +281,11 @@ class Client:
                                {"apiVersion": "v1", "kind": "DeleteOptions", "propagationPolicy": "Background"})
 
     # --- pods ---------------------------------------------------------------------------------------------------
-    async def list_pods(self, namespace: str, selector: str) -> list[dict[str, Any]]:
+    async def list_pods(self, namespace: str, selector: str) -> list[objects.Pod]:
         result = await self.request("GET", f"/api/v1/namespaces/{namespace}/pods", params={"labelSelector": selector})
-        return list(result.get("items") or [])
+        return [objects.pod(item) for item in _items(result)]
 
-    async def job_pods(self, namespace: str, job_name: str) -> list[dict[str, Any]]:
+    async def job_pods(self, namespace: str, job_name: str) -> list[objects.Pod]:
         return await self.list_pods(namespace, f"batch.kubernetes.io/job-name={job_name}")
 
     async def pod_log(self, namespace: str, name: str, container: str) -> str:
@@ -322,11 +325,11 @@ class Client:
         with contextlib.suppress(Conflict):
             await self.request("POST", f"/api/v1/namespaces/{namespace}/configmaps", body)
 
-    async def list_config_maps(self, namespace: str, selector: str) -> list[dict[str, Any]]:
+    async def list_config_maps(self, namespace: str, selector: str) -> list[objects.ObjectMeta]:
         """The ConfigMaps' metadata only (not their data: the operator never reads them back)."""
         result = await self.request("GET", f"/api/v1/namespaces/{namespace}/configmaps",
                                     params={"labelSelector": selector})
-        return [dict(item.get("metadata") or {}) for item in result.get("items") or []]
+        return [cast(objects.ObjectMeta, item.get("metadata") or {}) for item in _items(result)]
 
     async def list_config_map_names(self, namespace: str, selector: str) -> list[str]:
         result = await self.request("GET", f"/api/v1/namespaces/{namespace}/configmaps",
@@ -394,6 +397,19 @@ class Client:
         return True
 
 
+def _json_object(raw: bytes) -> JsonObject:
+    value = json.loads(raw)
+    if not isinstance(value, dict):
+        raise Unavailable(0, f"the API server answered something other than a JSON object: {raw[:200]!r}")
+    return value
+
+
+def _items(listed: JsonObject) -> list[JsonObject]:
+    """The objects of a list answer."""
+    items = listed.get("items")
+    return [item for item in items if isinstance(item, dict)] if isinstance(items, list) else []
+
+
 def _meta(body: Mapping[str, JsonValue], key: str) -> str:
     """metadata.<key> of an object the operator built (its name, its namespace)."""
     meta = body.get("metadata")
@@ -403,7 +419,8 @@ def _meta(body: Mapping[str, JsonValue], key: str) -> str:
     return value
 
 
-def parse_result(message: str | None) -> dict[str, Any] | None:
+def parse_result(message: str | None) -> JsonObject | None:
+    """A container's termination message as the JSON object a Job command writes (runner/results); None if not."""
     if not message:
         return None
     try:
