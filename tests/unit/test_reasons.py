@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import ast
+import functools
 import re
 import shutil
 from pathlib import Path
@@ -144,19 +145,39 @@ def _ancestors(node: ast.AST, parents: dict[int, ast.AST]) -> list[ast.AST]:
     return found
 
 
-def _modules(root: Path) -> dict[Path, ast.AST]:
-    return {path: ast.parse(path.read_text(), str(path)) for path in sorted(root.rglob("*.py"))}
+def _modules(root: Path) -> dict[Path, ast.Module]:
+    return {path: _parsed(path.read_text()) for path in sorted(root.rglob("*.py"))}
+
+
+@functools.cache
+def _parsed(source: str) -> ast.Module:
+    """One parse per distinct source (a copy of the package shares the unchanged modules' trees)."""
+    return ast.parse(source)
+
+
+@functools.cache
+def _module_parameters(tree: ast.Module) -> tuple[tuple[str, frozenset[int | str]], ...]:
+    return tuple((name, frozenset(where)) for name, where in _reason_parameters([tree]).items())
+
+
+@functools.cache
+def _module_literals(tree: ast.Module, params: tuple[tuple[str, frozenset[int | str]], ...]
+                     ) -> list[tuple[int, str, str]]:
+    return _literals(tree, set(reasons.ALL), {name: set(where) for name, where in params})
 
 
 def _guard(root: Path) -> list[str]:
     """The reason literals of the package at `root`, outside its registries, as `path:line: word (form)`."""
     trees = _modules(root)
-    params = _reason_parameters(list(trees.values()))
-    declared = set(reasons.ALL)
+    merged: dict[str, set[int | str]] = {}
+    for tree in trees.values():
+        for name, where in _module_parameters(tree):
+            merged.setdefault(name, set()).update(where)
+    params = tuple(sorted((name, frozenset(where)) for name, where in merged.items()))
+    registries = {r.relative_to(PACKAGE) for r in REGISTRIES}
     return [f"{path.relative_to(root)}:{line}: {word} ({form})"
-            for path, tree in trees.items() if path.relative_to(root) not in {r.relative_to(PACKAGE)
-                                                                             for r in REGISTRIES}
-            for line, word, form in _literals(tree, declared, params)]
+            for path, tree in trees.items() if path.relative_to(root) not in registries
+            for line, word, form in _module_literals(tree, params)]
 
 
 def test_no_reason_is_spelled_outside_the_registry() -> None:
