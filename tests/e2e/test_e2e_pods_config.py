@@ -19,7 +19,7 @@ from alembic_operator import constants as c
 from apps import Rev
 from bed import images
 from bed.volumes import local_claim
-from e2e import BASE_REVISIONS, E2E, R3, revision, sha256_file
+from e2e import BASE_REVISIONS, E2E, R3, on_every_engine, revision, sha256_file
 from harness import wait_for
 
 pytestmark = pytest.mark.bed
@@ -192,6 +192,7 @@ def test_the_backup_job_writes_to_a_local_persistent_volume_through_fsgroup_alon
     assert not claim.path.exists()
 
 
+@on_every_engine
 def test_a_backup_directory_the_job_cannot_write_stalls_with_its_own_reason_before_any_migration(e2e: E2E) -> None:
     """A hostPath backup directory owned by root, mode 0755 (as a node's or an NFS server's directory is): hostPath
     ignores the pod's fsGroup, so the backup Job (uid 65532) cannot write there. The resource is Stalled as
