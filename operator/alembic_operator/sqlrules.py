@@ -8,14 +8,16 @@ the engines (``engines/``), the Job tools and ``check`` speak this vocabulary. P
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import re
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, Protocol
 
 from .runner.results import ScanFinding
 
 __all__ = ["DEFAULT_VERSION_TABLE", "RULESETS", "SEVERITIES", "STATEMENT_MAX", "UNRENDERABLE", "VERSION_COLUMN",
-           "Catalog", "Connection", "Finding", "Rule", "Scanner", "Severity", "rule", "rule_of"]
+           "Catalog", "Connection", "Finding", "Rule", "Scanner", "ScannerModule", "Severity", "revision_at", "rule",
+           "rule_of"]
 
 # destructive: data is (or may be) lost, approval needed; locking: keeps the data but holds a strong lock on an
 # existing table for as long as it runs, or breaks the running app (approval with spec.approval.requireForLocking);
@@ -100,6 +102,41 @@ class Scanner(Protocol):
 
     def at(self, catalog: Catalog) -> None:
         """The database as it really is before the next chunk: its columns replace what the scan tracked."""
+
+
+class ScannerModule(Protocol):
+    """A scanner's module (``sqlscan``, ``sqlscan_mysql``), as its engine hands it over (``Engine.scanning``)."""
+
+    @property
+    def RULES(self) -> Mapping[str, Rule]: ...
+
+    def scanner(self, catalog: Catalog | None = None) -> Scanner:
+        """A new scanner of one plan's SQL; `catalog`: the database before it, as far as it was read."""
+
+    def alters_columns(self, items: Sequence[tuple[str | None, str]]) -> bool:
+        """Whether the SQL changes what the catalog says of a column (its type, NOT NULL)."""
+
+    def read_catalog(self, connection: Connection, items: Sequence[tuple[str | None, str]]) -> Catalog:
+        """What a scan of `items` reads of the database, through a DB-API connection, read only."""
+
+
+_RUNNING: Final = re.compile(r"^--\s*Running (upgrade|downgrade)\s+(.*?)\s*->\s*(.*?)\s*$", re.MULTILINE)
+
+
+def revision_at(sql: str, revision: str | None) -> Callable[[int], str | None]:
+    """The revision a statement starting at an offset of `sql` belongs to: `revision`, else the one of the last
+    ``-- Running upgrade a -> b`` comment Alembic wrote before it (b; a for a downgrade)."""
+    markers = [(m.start(), m.group(3) if m.group(1) == "upgrade" else m.group(2)) for m in _RUNNING.finditer(sql)]
+
+    def at(start: int) -> str | None:
+        found = revision
+        if found is None:
+            for pos, marked in markers:
+                if pos <= start:
+                    found = marked or None
+        return found
+
+    return at
 
 
 # A revision the plan Job or check could not render offline: whatever the engine, its SQL is unknown.

@@ -42,7 +42,7 @@ from pglast import ast, enums, parser
 from pglast.stream import RawStream
 
 from . import sqlrules
-from .sqlrules import RULESETS, UNRENDERABLE, Catalog, Finding, Rule, Severity, rule_of
+from .sqlrules import RULESETS, UNRENDERABLE, Catalog, Connection, Finding, Rule, Severity, rule_of
 
 __all__ = [
     "CATALOG_CHECKS_SQL",
@@ -58,12 +58,15 @@ __all__ = [
     "Scanner",
     "Severity",
     "altered_columns",
+    "alters_columns",
     "catalog_from_rows",
     "classify_type_change",
     "parse_type",
+    "read_catalog",
     "rule_of",
     "scan_revisions",
     "scan_sql",
+    "scanner",
 ]
 
 STATEMENT_MAX: Final = sqlrules.STATEMENT_MAX
@@ -207,7 +210,6 @@ HUGE_ROWS: Final = 1_000_000
 # LOCK TABLE modes (lockdefs.h) that block the app's writes: SHARE (5) and stronger.
 _STRONG_LOCK_MODE: Final = 5
 
-_RUNNING = re.compile(r"^--\s*Running (upgrade|downgrade)\s+(.*?)\s*->\s*(.*?)\s*$", re.MULTILINE)
 _DELIMITER = re.compile(r";[ \t]*(?:\n|$)")  # Alembic's offline renderer ends every statement with ";\n\n"
 _PLPGSQL_TAG: Final = "$alembic_operator_do$"
 # Only views and constraints can depend on these: CASCADE loses no rows.
@@ -543,15 +545,10 @@ class Scanner:
 
     def scan(self, sql: str, revision: str | None = None) -> list[Finding]:
         """Scan one chunk of SQL; return (and accumulate in ``findings``) what it found."""
-        markers = [(m.start(), m.group(3) if m.group(1) == "upgrade" else m.group(2)) for m in _RUNNING.finditer(sql)]
+        at = sqlrules.revision_at(sql, revision)
         new: list[Finding] = []
         for stmt in _statements(sql):
-            rev = revision
-            if rev is None:
-                for pos, marked in markers:
-                    if pos <= stmt.start:
-                        rev = marked or None
-            new.extend(self._statement(stmt, rev))
+            new.extend(self._statement(stmt, at(stmt.start)))
         new = [f for f in new if f.rule not in self.allowed]
         self.findings.extend(new)
         return new
@@ -974,6 +971,39 @@ CATALOG_ROWS_SQL: Final = (
 CATALOG_CHECKS_SQL: Final = (
     "SELECT c.relname, pg_get_constraintdef(k.oid) FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid "
     "WHERE k.contype = 'c' AND k.convalidated AND c.relname = ANY(%(tables)s)")
+
+
+def scanner(catalog: Catalog | None = None) -> Scanner:
+    """A new scanner of one plan's SQL (the engine's `scanner`)."""
+    return Scanner(catalog=catalog)
+
+
+def alters_columns(items: Sequence[tuple[str | None, str]]) -> bool:
+    """Whether the SQL changes a column's type, sets NOT NULL or validates a constraint (its findings then depend on
+    the catalog)."""
+    return bool(altered_columns(items))
+
+
+def read_catalog(connection: Connection, items: Sequence[tuple[str | None, str]]) -> Catalog:
+    """The types of the columns of the tables `items` alter, their validated NOT NULL checks and the tables' sizes,
+    through a DB-API connection (pyformat parameters: psycopg and psycopg2 alike) in a READ ONLY transaction that is
+    rolled back: it can never write."""
+    tables = sorted({table for _schema, table in altered_columns(items)})
+    if not tables:
+        return Catalog()
+    cur = connection.cursor()
+    try:
+        cur.execute("SET TRANSACTION READ ONLY")
+        cur.execute(CATALOG_COLUMNS_SQL, {"tables": tables})
+        columns = list(cur.fetchall())
+        cur.execute(CATALOG_CHECKS_SQL, {"tables": tables})
+        checks = list(cur.fetchall())
+        cur.execute(CATALOG_ROWS_SQL, {"tables": tables})
+        sizes = list(cur.fetchall())
+    finally:
+        connection.rollback()
+        cur.close()
+    return catalog_from_rows(columns, checks, sizes)
 
 
 def catalog_from_rows(columns: Iterable[Sequence[Any]], checks: Iterable[Sequence[Any]],

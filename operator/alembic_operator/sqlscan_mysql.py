@@ -37,8 +37,21 @@ from sqlglot.tokenizer_core import Token, TokenType
 from . import sqlrules
 from .sqlrules import Catalog, Connection, Finding, Rule
 
-__all__ = ["ENGINE", "RULES", "MyType", "altered_tables", "catalog_from_rows", "catalog_text", "classify",
-           "markdown", "parse_type", "read_catalog", "scan"]
+__all__ = [
+    "ENGINE",
+    "RULES",
+    "MyType",
+    "altered_tables",
+    "alters_columns",
+    "catalog_from_rows",
+    "catalog_text",
+    "classify",
+    "markdown",
+    "parse_type",
+    "read_catalog",
+    "scan",
+    "scanner",
+]
 
 ENGINE: Final = "mysql"
 DEFAULT_VERSION_TABLE: Final = sqlrules.DEFAULT_VERSION_TABLE
@@ -361,7 +374,6 @@ def catalog_text(column_type: str, charset: str | None, nullable: str | bool | N
 
 # --- statements -----------------------------------------------------------------------------------------------------
 
-_RUNNING = re.compile(r"^--\s*Running (upgrade|downgrade)\s+(.*?)\s*->\s*(.*?)\s*$", re.MULTILINE)
 _DELIMITER = re.compile(r";[ \t]*(?:\n|$)")
 
 
@@ -478,15 +490,10 @@ class Scanner:
         self.catalog = catalog
 
     def scan(self, sql: str, revision: str | None = None) -> list[Finding]:
-        markers = [(m.start(), m.group(3) if m.group(1) == "upgrade" else m.group(2)) for m in _RUNNING.finditer(sql)]
+        at = sqlrules.revision_at(sql, revision)
         new: list[Finding] = []
         for stmt in _statements(sql):
-            rev = revision
-            if rev is None:
-                for pos, marked in markers:
-                    if pos <= stmt.start:
-                        rev = marked or None
-            new.extend(self._statement(stmt, rev))
+            new.extend(self._statement(stmt, at(stmt.start)))
         self.findings.extend(new)
         return new
 
@@ -831,6 +838,16 @@ def scan(items: Iterable[tuple[str | None, str]], catalog: Catalog | None = None
     for revision, sql in items:
         scanner.scan(sql, revision)
     return scanner.findings
+
+
+def scanner(catalog: Catalog | None = None) -> Scanner:
+    """A new scanner of one plan's SQL (the engine's `scanner`)."""
+    return Scanner(catalog=catalog)
+
+
+def alters_columns(items: Sequence[tuple[str | None, str]]) -> bool:
+    """Whether the SQL changes a column's type (its findings then depend on the catalog)."""
+    return bool(altered_tables(items))
 
 
 def altered_tables(items: Iterable[tuple[str | None, str]]) -> set[str]:

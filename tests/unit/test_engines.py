@@ -84,12 +84,11 @@ def heads(db: FileDB) -> list[str]:
 class EverythingIsDestructive:
     """The test engine's scanner: one destructive finding per chunk of SQL."""
 
-    engine: str
     findings: list[sqlrules.Finding] = field(default_factory=list)
 
     def scan(self, sql: str, revision: str | None = None) -> list[sqlrules.Finding]:
         found = [sqlrules.Finding(rule="anything", severity="destructive", operation="anything", revision=revision,
-                                  statement=sql[: sqlrules.STATEMENT_MAX], engine=self.engine)]
+                                  statement=sql[: sqlrules.STATEMENT_MAX], engine="test-sqlite")]
         self.findings += found
         return found
 
@@ -98,6 +97,23 @@ class EverythingIsDestructive:
 
     def at(self, catalog: sqlrules.Catalog) -> None:
         pass
+
+
+class Scanning:
+    """The test engine's scanner module (what `sqlscan` is to PostgreSQL): its rules, registered, and its scanner."""
+
+    RULES: Mapping[str, sqlrules.Rule] = sqlrules.RULESETS.setdefault("test-sqlite", dict([sqlrules.rule(
+        "anything", "destructive", "Any SQL may destroy data.", "Read it.")]))
+
+    def scanner(self, catalog: sqlrules.Catalog | None = None) -> sqlrules.Scanner:
+        return EverythingIsDestructive()
+
+    def alters_columns(self, items: Sequence[tuple[str | None, str]]) -> bool:
+        return False
+
+    def read_catalog(self, connection: sqlrules.Connection,
+                     items: Sequence[tuple[str | None, str]]) -> sqlrules.Catalog:
+        return sqlrules.Catalog()
 
 
 @pytest.fixture
@@ -136,25 +152,13 @@ def sqlite_engine() -> Iterator[type[engines.Engine[FileDB]]]:
         def read_catalog(self, db: FileDB, items: Sequence[tuple[str | None, str]]) -> sqlrules.Catalog | None:
             return None  # nothing to read: every type change is classified from the plan alone
 
-        def rules(self) -> Mapping[str, sqlrules.Rule]:
-            return sqlrules.RULESETS.setdefault(self.name, dict([sqlrules.rule(
-                "anything", "destructive", "Any SQL may destroy data.", "Read it.")]))
-
-        def scanner(self, catalog: sqlrules.Catalog | None = None) -> sqlrules.Scanner:
-            return EverythingIsDestructive(self.name)
-
-        def alters_columns(self, items: Sequence[tuple[str | None, str]]) -> bool:
-            return False
-
-        def catalog(self, connection: sqlrules.Connection,
-                    items: Sequence[tuple[str | None, str]]) -> sqlrules.Catalog:
-            return sqlrules.Catalog()
+        def scanning(self) -> sqlrules.ScannerModule:
+            return Scanning()
 
     try:
         yield SQLiteFiles
     finally:
         engines.REGISTRY.remove(SQLiteFiles.name)
-        sqlrules.RULESETS.pop(SQLiteFiles.name, None)
 
 
 def run_job(tmp_path: Path, url: str | None, *argv: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:

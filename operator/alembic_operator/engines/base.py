@@ -36,7 +36,7 @@ from ..plugins import Registry
 from ..runner.redact import Redactor
 
 if TYPE_CHECKING:
-    from ..sqlrules import Catalog, Connection, Finding, Rule, Scanner
+    from ..sqlrules import Catalog, Connection, Finding, Rule, Scanner, ScannerModule
 
 
 class JobDatabase(Protocol):
@@ -181,22 +181,27 @@ class Engine(ABC, Generic[DB]):
     # --- the SQL scanner, for the plan's scan Job and for `check` -----------------------------------------------
 
     @abstractmethod
+    def scanning(self) -> ScannerModule:
+        """Its scanner's module (imported here: the parser never loads in the operator), which registers its rules
+        in sqlrules.RULESETS under this engine's name."""
+
     def rules(self) -> Mapping[str, Rule]:
-        """Its scanner's rules by name (registered in sqlrules.RULESETS under this engine's name)."""
+        """Its scanner's rules by name."""
+        return self.scanning().RULES
 
-    @abstractmethod
     def scanner(self, catalog: Catalog | None = None) -> Scanner:
-        """A new scanner of SQL rendered for this database (its parser is loaded here: never in the operator)."""
+        """A new scanner of SQL rendered for this database."""
+        return self.scanning().scanner(catalog)
 
-    @abstractmethod
     def alters_columns(self, items: Sequence[tuple[str | None, str]]) -> bool:
         """Whether the SQL changes what the catalog says of a column (its type, NOT NULL): its findings then depend
         on the schema before it."""
+        return self.scanning().alters_columns(items)
 
-    @abstractmethod
     def catalog(self, connection: Connection, items: Sequence[tuple[str | None, str]]) -> Catalog:
         """What a scan of `items` reads of the database, through a DB-API connection of any of its drivers, in a
         read-only transaction that is rolled back; the driver's errors are the caller's."""
+        return self.scanning().read_catalog(connection, items)
 
     # --- `check` ---------------------------------------------------------------------------------------------------
 

@@ -39,7 +39,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Final
@@ -53,7 +53,7 @@ from ..jobio import JobError, log, sanitize
 from ..observation import DatabaseObservation
 from ..runner.blockers import describe_blockers, from_row
 from ..runner.lock import database_lock_key, mysql_lock_name
-from ..sqlrules import Catalog, Connection, Rule, Scanner
+from ..sqlrules import Catalog, ScannerModule
 from .base import DatabaseTarget, Engine, Snapshot, observation, read_alembic_state, redact_urls
 
 # A directory holding the client tools (optional), searched first: e.g. MySQL's own mysqldump and mysql for a MySQL
@@ -561,27 +561,10 @@ class MySQL(Engine[Database]):
         log(f"read the current types of {len(catalog.columns)} column(s) the plan alters")
         return catalog
 
-    # --- the scanner (sqlglot: loaded here, never in the operator) --------------------------------------------
+    def scanning(self) -> ScannerModule:
+        from .. import sqlscan_mysql  # the parser (sqlglot) is loaded where plans are scanned, never in the operator
 
-    def rules(self) -> Mapping[str, Rule]:
-        from .. import sqlscan_mysql
-
-        return sqlscan_mysql.RULES
-
-    def scanner(self, catalog: Catalog | None = None) -> Scanner:
-        from .. import sqlscan_mysql
-
-        return sqlscan_mysql.Scanner(catalog=catalog)
-
-    def alters_columns(self, items: Sequence[tuple[str | None, str]]) -> bool:
-        from .. import sqlscan_mysql
-
-        return bool(sqlscan_mysql.altered_tables(items))
-
-    def catalog(self, connection: Connection, items: Sequence[tuple[str | None, str]]) -> Catalog:
-        from .. import sqlscan_mysql
-
-        return sqlscan_mysql.read_catalog(connection, items)
+        return sqlscan_mysql
 
     # --- check ----------------------------------------------------------------------------------------------------
 

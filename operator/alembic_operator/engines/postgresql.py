@@ -38,7 +38,7 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Final
@@ -54,7 +54,7 @@ from ..jobio import URL_ENV, JobError, log, sanitize
 from ..observation import DatabaseObservation
 from ..reasons import Reason
 from ..runner.lock import database_lock_key
-from ..sqlrules import Catalog, Connection, Rule, Scanner
+from ..sqlrules import Catalog, ScannerModule
 from .base import DatabaseTarget, Engine, Snapshot, observation, read_alembic_state, redact_urls
 
 PG_BIN_ENV: Final = "ALEMBIC_OPERATOR_PG_BIN"  # a directory holding pg_dump, pg_restore, psql (optional)
@@ -534,44 +534,10 @@ class PostgreSQL(Engine[Database]):
             "alters")
         return catalog
 
-    # --- the scanner (pglast: loaded here, never in the operator) ---------------------------------------------
+    def scanning(self) -> ScannerModule:
+        from .. import sqlscan  # the parser (pglast) is loaded where plans are scanned, never in the operator
 
-    def rules(self) -> Mapping[str, Rule]:
-        from .. import sqlscan
-
-        return sqlscan.RULES
-
-    def scanner(self, catalog: Catalog | None = None) -> Scanner:
-        from .. import sqlscan
-
-        return sqlscan.Scanner(catalog=catalog)
-
-    def alters_columns(self, items: Sequence[tuple[str | None, str]]) -> bool:
-        from .. import sqlscan
-
-        return bool(sqlscan.altered_columns(items))
-
-    def catalog(self, connection: Connection, items: Sequence[tuple[str | None, str]]) -> Catalog:
-        """The types of the columns of the tables `items` alter, their validated NOT NULL checks and the tables'
-        sizes, in a READ ONLY transaction rolled back (pyformat parameters: psycopg and psycopg2 alike)."""
-        from .. import sqlscan
-
-        tables = sorted({table for _schema, table in sqlscan.altered_columns(items)})
-        if not tables:
-            return sqlscan.Catalog()
-        cur = connection.cursor()
-        try:
-            cur.execute("SET TRANSACTION READ ONLY")
-            cur.execute(sqlscan.CATALOG_COLUMNS_SQL, {"tables": tables})
-            columns = list(cur.fetchall())
-            cur.execute(sqlscan.CATALOG_CHECKS_SQL, {"tables": tables})
-            checks = list(cur.fetchall())
-            cur.execute(sqlscan.CATALOG_ROWS_SQL, {"tables": tables})
-            sizes = list(cur.fetchall())
-        finally:
-            connection.rollback()
-            cur.close()
-        return sqlscan.catalog_from_rows(columns, checks, sizes)
+        return sqlscan
 
     # --- check ----------------------------------------------------------------------------------------------------
 
