@@ -49,8 +49,9 @@ def offline_url(database: URL | None) -> str:
     PostgreSQL's when there is none, or when no engine owns it."""
     if database is None or engine_of(database) is None:
         return OFFLINE_URL
-    return sync_url(database).set(username="alembic-check", password=None, host="localhost", port=None,
-                                  database="offline", query={}).render_as_string(hide_password=False)
+    # A new URL, not database.set(password=None, ...): set() takes None as "unchanged" and kept the password.
+    return URL.create(sync_url(database).drivername, username="alembic-check", host="localhost",
+                      database="offline").render_as_string(hide_password=False)
 
 
 def render(project: Project, revisions: Sequence[str], url: str = OFFLINE_URL) -> Rendered:
