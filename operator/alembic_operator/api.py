@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
+from kubernetes.client.models.v1_volume import V1Volume
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -32,6 +33,7 @@ from pydantic import (
     PlainSerializer,
     StringConstraints,
     ValidationError,
+    field_validator,
     model_validator,
 )
 from pydantic.alias_generators import to_camel
@@ -40,6 +42,7 @@ from pydantic_core import CoreSchema, core_schema
 
 from . import k8s_openapi
 from .constants import WAIT_FOR_LABEL, Phase  # status.phase: its values are fixed by the contract
+from .jobparts import typed
 
 __all__ = [
     "DEFAULT_FRESHNESS_INTERVAL",
@@ -311,6 +314,20 @@ class BackupSpec(_SpecModel):
             "deleted after a successful backup. Default 5, minimum 1."
         ),
     )
+
+    @field_validator("volume")
+    @classmethod
+    def _a_volume_source(cls, volume: JsonObject | None) -> JsonObject | None:
+        """The CRD takes any object here (a volume source has dozens of kinds): what Kubernetes would not read as
+        one (a misspelt kind, which the API server would drop and default to an emptyDir) is refused here."""
+        if volume is not None:
+            try:
+                typed(V1Volume, {"name": "backups", **volume})
+            except ValidationError as err:
+                problem = err.errors()[0]
+                where = ".".join(str(p) for p in problem["loc"])
+                raise ValueError(f"not a Kubernetes volume source: {where}: {problem['msg']}") from None
+        return volume
 
     def store(self) -> tuple[str, object] | None:
         """(field name, its value) of the store this spec names; None when it names none."""

@@ -370,3 +370,17 @@ def test_every_store_field_of_the_spec_has_its_store_and_the_cel_rule_names_them
     assert {s.spec_field for s in backupstores.REGISTRY} == set(store_fields()) == {"volume"}
     rule = SPEC_RULES[0]
     assert rule.rule == "!self.backup.enabled || has(self.backup.volume)" and rule.field_path == ".backup.volume"
+
+
+def test_a_backup_volume_kubernetes_would_not_read_is_refused_in_the_spec() -> None:
+    """The CRD takes any one-key object as spec.backup.volume; a misspelt kind would reach the API server, which drops
+    what it does not know and defaults the volume to an emptyDir (backups that vanish with the pod). The spec is
+    refused instead, naming the field; a Quantity written as a number is still a volume source."""
+    from alembic_operator.api import SpecError
+
+    for volume, said in (({"persistentVolumeClam": {"claimName": "x"}}, "persistentVolumeClam: Extra inputs"),
+                         ({"hostPath": {}}, "hostPath.path: Field required")):
+        with pytest.raises(SpecError) as err:
+            parse_spec({**SPEC, "backup": {"volume": volume}})
+        assert "spec.backup.volume: not a Kubernetes volume source" in str(err.value) and said in str(err.value)
+    assert parse_spec({**SPEC, "backup": {"volume": {"emptyDir": {"sizeLimit": 1}}}}).backup.volume
