@@ -457,6 +457,21 @@ def test_drift_check_runs_once_per_interval_and_sets_drifted() -> None:
     assert cond(d, c.DRIFTED)["status"] == "False" and [e[1] for e in d.events] == ["DriftResolved"]
 
 
+def test_a_drift_check_longer_than_its_interval_is_let_finish_and_read() -> None:
+    spec = {**SPEC, "driftCheck": {"interval": "10s"}}
+    d = _ready(spec)
+    bucket = d.jobs[0].args["instance"]
+    running = JobObservation(f"shop-drift-g1-{bucket}", "active", instance=bucket)
+    later = NOW + timedelta(seconds=45)
+    d = advance(d, spec=spec, jobs={"drift": running}, now=later)
+    assert d.jobs == []  # no second check over the running one
+    done_ = JobObservation(running.name, "succeeded", {"ok": True, "drifted": True, "differences": ["x"]},
+                           instance=bucket)
+    d = advance(d, spec=spec, jobs={"drift": done_}, now=later)
+    assert cond(d, c.DRIFTED)["status"] == "True"
+    assert [(j.role, j.args["instance"]) for j in d.jobs] == [("drift", str(int(later.timestamp()) // 10))]
+
+
 def test_no_drift_check_unless_asked() -> None:
     assert _ready(SPEC).jobs == []
 

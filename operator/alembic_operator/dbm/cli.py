@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, TypedDict, cast
 
 from .. import constants as c
-from .. import plansql
+from .. import objects, plansql
 from . import views
 
 if TYPE_CHECKING:
@@ -125,10 +125,10 @@ class Session:
                 c.GROUP, c.VERSION, self.namespace, c.PLURAL))
         return sorted(listed.get("items") or [], key=lambda o: (o["metadata"]["namespace"], o["metadata"]["name"]))
 
-    def pods(self, selector: str) -> list[views.Pod]:
+    def pods(self, selector: str) -> list[objects.Pod]:
         """The pods as JSON (what the views read of them)."""
         listed = self.core.list_namespaced_pod(self.namespace, label_selector=selector).items
-        return cast(list[views.Pod], self.api.sanitize_for_serialization(listed))
+        return cast(list[objects.Pod], self.api.sanitize_for_serialization(listed))
 
     def config_maps(self, selector: str) -> list[views.ConfigMap]:
         """The ConfigMaps as JSON (what the views read of them)."""

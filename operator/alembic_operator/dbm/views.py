@@ -13,29 +13,15 @@ from typing import TypedDict
 from pydantic import JsonValue
 
 from .. import constants as c
+from ..objects import Condition, Pod, PodSpec
+from ..objects import ObjectMeta as Metadata
 from ..plansql import PlanFinding, RevisionSql
 
 MESSAGE_CHARS = 100  # of a status message in a one-line listing
 
 
-# --- what the views read: the fields of the objects the API server returns (JSON, as the kubernetes client reads it)
-
-
-class Condition(TypedDict, total=False):
-    type: str
-    status: str
-    reason: str
-    message: str
-
-
-class Metadata(TypedDict, total=False):
-    name: str
-    namespace: str
-    generation: int
-    resourceVersion: str
-    creationTimestamp: str
-    labels: dict[str, str]
-    annotations: dict[str, str]
+# --- what the views read: the fields of the objects the API server returns (JSON, as the kubernetes client reads it;
+# the metadata, conditions and pods as objects.py declares them), a DatabaseMigration's status field by field
 
 
 class PlanSqlRef(TypedDict, total=False):
@@ -77,19 +63,6 @@ class Migration(TypedDict, total=False):
     metadata: Metadata
     spec: Spec
     status: Status
-
-
-class SchedulingGate(TypedDict):
-    name: str
-
-
-class PodSpec(TypedDict, total=False):
-    schedulingGates: list[SchedulingGate]
-
-
-class Pod(TypedDict, total=False):
-    metadata: Metadata
-    spec: PodSpec
 
 
 class ConfigMap(TypedDict, total=False):

@@ -67,7 +67,9 @@ def drift_check(turn: Turn) -> float:
     job = turn.job("drift")
     if job.state in ("succeeded", "failed"):
         drift_result(turn, job)
-    if job.state == "absent" or int(job.instance or -1) < bucket:
+    # A check still running is let finish: starting the next one over it (a slow node, a large schema) would
+    # supersede every check before its result is read, and Drifted would never be written.
+    if job.state == "absent" or (job.state != "active" and int(job.instance or -1) < bucket):
         turn.decision.jobs.append(JobRequest("drift", turn.generation, live, {"instance": str(bucket)}))
     return float((bucket + 1) * interval - turn.obs.now.timestamp() + 1)  # the operator wakes it then
 
