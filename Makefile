@@ -22,7 +22,7 @@ help:
 	@echo "make dev-cluster-down  stop it"
 	@echo "make bench-gate        Ready -> last held pod released, for 1/10/100 pods (median, p99)"
 	@echo "make bench-scale       what N idle DatabaseMigrations cost (N=1000; N=\"200 500 1000\"), next to the empty operator"
-	@echo "make crd               regenerate crds/, docs/crd-reference.md (the pydantic model), docs/reasons.md and docs/locking.md"
+	@echo "make crd               regenerate crds/, docs/crd-reference.md (the pydantic model), docs/reasons.md, docs/locking.md and the chart's approval-change.cel"
 	@echo "make k8s-openapi       re-vendor Kubernetes' core/v1 schemas from \$$KUBECONFIG's API server, then make crd"
 
 # Debian packages: PostgreSQL (server for the tests and the demo, pg_dump/pg_restore for the Jobs), MariaDB
@@ -87,16 +87,14 @@ lint: venv
 	$(VENV)/bin/ruff check operator tests examples
 	$(VENV)/bin/mypy
 
+# Every generated file, from one list (crdgen.GENERATED): `alembic-operator crd --check` (a unit test) agrees.
 crd: venv
-	$(PY) -m alembic_operator.crdgen
-	$(PY) -m alembic_operator.reasons > docs/reasons.md
-	$(PY) -m alembic_operator.sqlscan_mysql > docs/locking.md
-	$(PY) -m alembic_operator.approvals > charts/alembic-operator/files/approval-change.cel
+	$(VENV)/bin/alembic-operator crd --write
 
 # After a Kubernetes upgrade: point KUBECONFIG at a cluster of the new version (e.g. make dev-cluster).
 k8s-openapi: venv
 	$(PY) -m alembic_operator.k8s_openapi
-	$(PY) -m alembic_operator.crdgen
+	$(VENV)/bin/alembic-operator crd --write
 
 dev-cluster: deps venv controlplane node tools
 	$(PY) -m bed up --node $(BED_NODE) --dir $(BED_DIR)

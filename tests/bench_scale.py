@@ -394,7 +394,7 @@ def main(argv: list[str] | None = None) -> int:
             deleted = bench.delete_all()
             time.sleep(10)
             soon = rss_mib(bench.pid)
-            time.sleep(20)  # the operator hands freed memory back 20 s after the last deletion (handlers.TRIM_DELAY)
+            time.sleep(20)  # the operator hands freed memory back 20 s after the last deletion (indexes.TRIM_DELAY)
             after = rss_mib(bench.pid)
             print(f"  deleted in {deleted[0]:.1f}s, {deleted[1]} warning(s) logged; RSS 10 s after {soon:.0f} MiB, "
                   f"30 s after {after:.0f} MiB", flush=True)

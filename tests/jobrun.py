@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from alembic_operator import jobtools
+from alembic_operator import cli, jobtools
 
 __all__ = ["Run", "job"]
 
@@ -37,7 +37,7 @@ def job(monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str], tmp_
         result_file = tmp_path / "result.json"
         result_file.unlink(missing_ok=True)
         capfd.readouterr()
-        rc = jobtools.main([*argv, "--result-file", str(result_file)])
+        rc = cli.main(["job", *argv, "--result-file", str(result_file)])
         out, err = capfd.readouterr()
         text = result_file.read_text()
         assert len(text.encode()) < 3500

@@ -22,15 +22,18 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
+from kubernetes.client.models.v1_volume import V1Volume
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
     GetCoreSchemaHandler,
     GetJsonSchemaHandler,
+    JsonValue,
     PlainSerializer,
     StringConstraints,
     ValidationError,
+    field_validator,
     model_validator,
 )
 from pydantic.alias_generators import to_camel
@@ -39,6 +42,7 @@ from pydantic_core import CoreSchema, core_schema
 
 from . import k8s_openapi
 from .constants import WAIT_FOR_LABEL, Phase  # status.phase: its values are fixed by the contract
+from .jobparts import typed
 
 __all__ = [
     "DEFAULT_FRESHNESS_INTERVAL",
@@ -63,6 +67,7 @@ __all__ = [
     "PlanFinding",
     "PlanStatus",
     "RollbackStrategy",
+    "RunRecord",
     "RunStatus",
     "SpecError",
     "Time",
@@ -70,9 +75,26 @@ __all__ = [
     "name_problem",
     "parse_spec",
     "parse_status",
+    "written",
 ]
 
 # --- shared pieces ------------------------------------------------------------------------------------------------
+
+JsonObject = dict[str, JsonValue]
+"""A JSON object whose members are arbitrary JSON: a Kubernetes type passed through as it is, a JSON Schema."""
+
+
+class _FreeForm:
+    """Annotates a JsonObject field the CRD leaves free-form (with PRESERVE_UNKNOWN): its members' schema is not
+    JsonValue's (which a structural schema cannot say) but any."""
+
+    def __get_pydantic_json_schema__(self, schema: CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+        out = handler(schema)
+        out["additionalProperties"] = True
+        return out
+
+
+FreeObject = Annotated[JsonObject, _FreeForm()]
 
 
 RollbackStrategy = Literal["Auto", "Downgrade", "Restore", "None"]
@@ -113,7 +135,7 @@ MAX_NAME_LENGTH = LABEL_VALUE_MAX_LENGTH
 """Longest DatabaseMigration name: it is the value of the pods' ``wait-for`` label (a label value)."""
 DURATION_MS_PATTERN = r"^([0-9]{1,6}h)?([0-9]{1,6}m)?([0-9]{1,6}s)?([0-9]{1,6}ms)?$"
 """A duration down to milliseconds ("3s", "500ms", "1m30s"): hours, minutes, seconds, milliseconds, in that order."""
-DEFAULT_LOCK_TIMEOUT = "3s"
+DEFAULT_DB_LOCK_TIMEOUT = "3s"
 """spec.migrations.lockTimeout: a few seconds, the usual convention (every query on a table waits behind a schema
 change that waits for a lock)."""
 MIN_DRIFT_INTERVAL = 10
@@ -123,10 +145,10 @@ DEFAULT_FRESHNESS_INTERVAL = "5m"
 MIN_FRESHNESS_INTERVAL = 10
 """Seconds; the shortest spec.freshnessCheck.interval."""
 
-PRESERVE_UNKNOWN: dict[str, Any] = {"x-kubernetes-preserve-unknown-fields": True}
+PRESERVE_UNKNOWN: JsonObject = {"x-kubernetes-preserve-unknown-fields": True}
 """json_schema_extra for a free-form object (a Kubernetes type the operator passes through untouched)."""
 
-EMPTY_DEFAULT: dict[str, Any] = {"default": {}}
+EMPTY_DEFAULT: JsonObject = {"default": {}}
 """json_schema_extra for a spec section: the API server fills in ``{}`` and then the section's own defaults."""
 
 
@@ -222,14 +244,15 @@ class MigrationsSpec(_SpecModel):
         ),
     )
     lock_timeout: str = Field(
-        default=DEFAULT_LOCK_TIMEOUT,
+        default=DEFAULT_DB_LOCK_TIMEOUT,
         min_length=1,
         max_length=32,
         pattern=DURATION_MS_PATTERN,
         description=(
-            f'How long any statement of a migration or downgrade may wait for a lock, e.g. "{DEFAULT_LOCK_TIMEOUT}", '
-            '"500ms", "1m" (PostgreSQL lock_timeout, set on the session env.py uses). Default '
-            f'"{DEFAULT_LOCK_TIMEOUT}". While a schema change waits for a lock, every query on that table queues '
+            "How long any statement of a migration or downgrade may wait for a lock, e.g. "
+            f'"{DEFAULT_DB_LOCK_TIMEOUT}", "500ms", "1m" (PostgreSQL lock_timeout, set on the session env.py uses). '
+            "Default "
+            f'"{DEFAULT_DB_LOCK_TIMEOUT}". While a schema change waits for a lock, every query on that table queues '
             "behind it: a short wait keeps the app serving. A migration that times out changed nothing; it is "
             "retried with backoff (Reconciling, reason LockTimeout, naming the sessions that held the lock), then "
             'Stalled with reason LockTimeout. "0s": wait without limit (not recommended).'
@@ -249,6 +272,15 @@ class MigrationsSpec(_SpecModel):
     )
 
 
+@dataclass(frozen=True)
+class StoreField:
+    """Marks a field of `BackupSpec` as a backup store's: the spec names one store through exactly one such field,
+    and the store with that ``spec_field`` (``backupstores/``) wires the backup and restore Jobs."""
+
+    hint: str
+    """What to set it to, for the message when no store is set (``a volume source, e.g. ...``)."""
+
+
 class BackupSpec(_SpecModel):
     """The backup taken before a migration runs, restored if the migration destroys data and fails."""
 
@@ -259,7 +291,9 @@ class BackupSpec(_SpecModel):
             "for databases you can rebuild: without a backup, rollback can only downgrade."
         ),
     )
-    volume: dict[str, Any] | None = Field(
+    volume: Annotated[
+        FreeObject | None, StoreField("a volume source, e.g. {persistentVolumeClaim: {claimName: my-backups}}")
+    ] = Field(
         default=None,
         min_length=1,
         max_length=1,
@@ -280,6 +314,59 @@ class BackupSpec(_SpecModel):
             "deleted after a successful backup. Default 5, minimum 1."
         ),
     )
+
+    @field_validator("volume")
+    @classmethod
+    def _a_volume_source(cls, volume: JsonObject | None) -> JsonObject | None:
+        """The CRD takes any object here (a volume source has dozens of kinds): what Kubernetes would not read as
+        one (a misspelt kind, which the API server would drop and default to an emptyDir) is refused here."""
+        if volume is not None:
+            try:
+                typed(V1Volume, {"name": "backups", **volume})
+            except ValidationError as err:
+                problem = err.errors()[0]
+                where = ".".join(str(p) for p in problem["loc"])
+                raise ValueError(f"not a Kubernetes volume source: {where}: {problem['msg']}") from None
+        return volume
+
+    def store(self) -> tuple[str, object] | None:
+        """(field name, its value) of the store this spec names; None when it names none."""
+        chosen = [(name, value) for name in store_fields() if (value := getattr(self, name)) is not None]
+        return chosen[0] if chosen else None
+
+
+def store_fields() -> dict[str, StoreField]:
+    """The fields of `BackupSpec` that name a backup store, by (Python) name: one per kind of store."""
+    return {name: marker for name, info in BackupSpec.model_fields.items()
+            for marker in info.metadata if isinstance(marker, StoreField)}
+
+
+def _store_rules() -> tuple[CrossFieldRule, ...]:
+    """Backups need a store (and, when there are several kinds, exactly one): derived from the store fields, so a
+    new kind of store is one new field."""
+    fields = {to_camel(name): marker for name, marker in store_fields().items()}
+    has = [f"has(self.backup.{field})" for field in fields]
+    set_one = " or ".join(f"spec.backup.{field} to {marker.hint}" for field, marker in fields.items())
+    named = ", ".join(f"spec.backup.{field}" for field in fields)
+    rules = [CrossFieldRule(
+        rule="!self.backup.enabled || " + " || ".join(has),
+        message=(
+            f"{named if len(fields) == 1 else 'one of ' + named} is required when spec.backup.enabled is true "
+            f"(the default): set {set_one}, or set spec.backup.enabled: false to migrate without backups"
+        ),
+        field_path=f".backup.{next(iter(fields))}" if len(fields) == 1 else ".backup",
+        reason="FieldValueRequired",
+        check=lambda spec: not spec.backup.enabled or spec.backup.store() is not None,
+    )]
+    if len(fields) > 1:
+        rules.append(CrossFieldRule(
+            rule=f"[{', '.join(has)}].filter(x, x).size() <= 1",
+            message=f"set only one of {named}: backups go to one store",
+            field_path=".backup",
+            reason="FieldValueInvalid",
+            check=lambda spec: sum(getattr(spec.backup, name) is not None for name in store_fields()) <= 1,
+        ))
+    return tuple(rules)
 
 
 class RollbackSpec(_SpecModel):
@@ -354,10 +441,10 @@ class CoreV1:
     name: str
 
     @property
-    def schema(self) -> dict[str, Any]:
+    def schema(self) -> JsonObject:
         return k8s_openapi.definition(self.name)
 
-    def check(self, value: dict[str, Any]) -> dict[str, Any]:
+    def check(self, value: JsonObject) -> JsonObject:
         if problems := k8s_openapi.validate(k8s_openapi.vendored()["definitions"][self.name], value):
             raise k8s_openapi.K8sSchemaError(problems)
         return value
@@ -369,12 +456,12 @@ class CoreV1:
         return self.schema
 
 
-ResourceRequirements = Annotated[dict[str, Any], CoreV1("ResourceRequirements")]
-Toleration = Annotated[dict[str, Any], CoreV1("Toleration")]
-Affinity = Annotated[dict[str, Any], CoreV1("Affinity")]
-EnvVar = Annotated[dict[str, Any], CoreV1("EnvVar")]
-PodSecurityContext = Annotated[dict[str, Any], CoreV1("PodSecurityContext")]
-SecurityContext = Annotated[dict[str, Any], CoreV1("SecurityContext")]
+ResourceRequirements = Annotated[JsonObject, CoreV1("ResourceRequirements")]
+Toleration = Annotated[JsonObject, CoreV1("Toleration")]
+Affinity = Annotated[JsonObject, CoreV1("Affinity")]
+EnvVar = Annotated[JsonObject, CoreV1("EnvVar")]
+PodSecurityContext = Annotated[JsonObject, CoreV1("PodSecurityContext")]
+SecurityContext = Annotated[JsonObject, CoreV1("SecurityContext")]
 
 
 class JobTemplateSpec(_SpecModel):
@@ -488,7 +575,7 @@ class JobTemplateSpec(_SpecModel):
     )
 
 
-def _spec_schema_extra(schema: dict[str, Any]) -> None:
+def _spec_schema_extra(schema: JsonObject) -> None:
     """Attach the cross-field rules to the spec's JSON schema (as the CRD's CEL validations)."""
     schema["x-kubernetes-validations"] = [rule.cel() for rule in SPEC_RULES]
 
@@ -646,7 +733,7 @@ class ObjectRule:
     """Where the API server reports the error."""
     reason: Literal["FieldValueInvalid", "FieldValueRequired", "FieldValueForbidden"]
 
-    def cel(self) -> dict[str, str]:
+    def cel(self) -> JsonObject:
         return {"rule": self.rule, "message": self.message, "fieldPath": self.field_path, "reason": self.reason}
 
 
@@ -658,17 +745,7 @@ class CrossFieldRule(ObjectRule):
 
 
 SPEC_RULES: tuple[CrossFieldRule, ...] = (
-    CrossFieldRule(
-        rule="!self.backup.enabled || has(self.backup.volume)",
-        message=(
-            "spec.backup.volume is required when spec.backup.enabled is true (the default): set spec.backup.volume "
-            "to a volume source, e.g. {persistentVolumeClaim: {claimName: my-backups}}, "
-            "or set spec.backup.enabled: false to migrate without backups"
-        ),
-        field_path=".backup.volume",
-        reason="FieldValueRequired",
-        check=lambda spec: not spec.backup.enabled or spec.backup.volume is not None,
-    ),
+    *_store_rules(),
     CrossFieldRule(
         rule="self.rollback.strategy != 'Restore' || self.backup.enabled",
         message=(
@@ -865,7 +942,7 @@ class PlanStatus(_StatusModel):
 class DriftStatus(_StatusModel):
     """The last drift check."""
 
-    checked_at: datetime | None = Field(default=None, description="When the last check finished (RFC 3339).")
+    checked_at: Time | None = Field(default=None, description="When the last check finished (RFC 3339).")
     drifted: bool | None = Field(default=None, description="Whether the live database differs.")
     differences: list[str] = Field(
         default_factory=list,
@@ -913,6 +990,17 @@ class HistoryEntry(_StatusModel):
                                     "not record a user.")
 
 
+class RunRecord(HistoryEntry):
+    """The durable record of one finished run (audit.py): its history entry, and what the entry has no room for."""
+
+    sequence: int = Field(default=1, description="Which run of its generation (1 first): names the record.")
+    revisions: list[str] | None = Field(default=None, description="The revisions the run's plan ran, in order.")
+    sql_sha256: str | None = Field(default=None, description="sha256 of the plan's SQL (its ConfigMap is pruned).")
+    destructive: int | None = Field(default=None, description="How many data-losing operations the plan had.")
+    image: str | None = Field(default=None, description="The migrations image the run used.")
+    message: str | None = Field(default=None, description="The status message the run ended with.")
+
+
 RunStep = Literal["Planning", "AwaitingApproval", "BackingUp", "Migrating", "RollingBack", "Done"]
 """Where a run is. From BackingUp to RollingBack it may write to the database (WRITING_STEPS): a new generation waits
 for it to end; before that, a new generation replaces the run."""
@@ -954,7 +1042,7 @@ class RunStatus(_StatusModel):
     generation: int | None = Field(default=None, description="The metadata.generation being worked on.")
     step: RunStep | None = Field(default=None, description="Where the run is (Done: finished, see result).")
     result: RunResult | None = Field(default=None, description="How a finished run ended.")
-    spec: dict[str, Any] | None = Field(
+    spec: FreeObject | None = Field(
         default=None, description="The spec the run carries out (a later edit waits for the next run).",
         json_schema_extra=PRESERVE_UNKNOWN,
     )
@@ -1090,7 +1178,7 @@ def _problems(err: ValidationError, root: str) -> list[str]:
     return problems
 
 
-def parse_spec(spec: Any) -> DatabaseMigrationSpec:
+def parse_spec(spec: object) -> DatabaseMigrationSpec:
     """Validate ``.spec`` of a DatabaseMigration (as read from the API: camelCase), raising :class:`SpecError`."""
     if not isinstance(spec, Mapping):  # kopf hands over a Mapping view (kopf.Spec), not a dict
         raise SpecError([f"spec: must be an object, not {type(spec).__name__}"])
@@ -1100,14 +1188,21 @@ def parse_spec(spec: Any) -> DatabaseMigrationSpec:
         raise SpecError(_problems(err, "spec")) from None
 
 
-def parse_status(status: Any) -> DatabaseMigrationStatus:
+def parse_status(status: object) -> DatabaseMigrationStatus:
     """Read ``.status`` (missing or empty gives the defaults); fields this version does not know are ignored."""
-    return DatabaseMigrationStatus.model_validate(dict(status or {}))
+    return DatabaseMigrationStatus.model_validate(dict(status) if isinstance(status, Mapping) else {})
 
 
-def dump(model: BaseModel) -> dict[str, Any]:
+def dump(model: BaseModel) -> JsonObject:
     """A model as Kubernetes JSON: camelCase keys, RFC 3339 times, unset optional fields left out.
 
     In a merge patch a left-out key keeps its old value: to clear a status field, send it as ``None`` explicitly.
     """
     return model.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+def written(status: DatabaseMigrationStatus) -> JsonObject:
+    """The status as the operator writes it: what was read or set since, as :func:`dump` writes it. A default that
+    was never set is not written (the merge patch would add it to every resource); a field set to ``None`` is left
+    out, so the merge patch removes it."""
+    return status.model_dump(mode="json", by_alias=True, exclude_none=True, exclude_unset=True)

@@ -22,7 +22,7 @@ from typing import Any
 import kopf
 
 from . import constants as c
-from . import handlers, metrics, release, webhook
+from . import handlers, indexes, metrics, release, webhook
 from .config import OperatorConfig
 from .kube import Client, KubeError
 
@@ -49,18 +49,18 @@ class Operator:
     def __init__(self, config: OperatorConfig) -> None:
         self.config = config
         self.keeper = release.Gatekeeper()
-        self._ctx: handlers.Context | None = None
+        self._ctx: indexes.Context | None = None
         self.settings: kopf.OperatorSettings | None = None
         self._sweeper: asyncio.Task[None] | None = None
 
-    def reconciler(self) -> handlers.Runtime:
+    def reconciler(self) -> indexes.Runtime:
         """The reconciler's runtime, its scheduler started (from the first watch event's handler: Kopf's context)."""
         if self.ctx.runtime.scheduler is None and self.settings is not None:
             handlers.start(self.ctx, self.settings)
         return self.ctx.runtime
 
     @property
-    def ctx(self) -> handlers.Context:
+    def ctx(self) -> indexes.Context:
         if self._ctx is None:
             raise RuntimeError("the operator has not started")
         return self._ctx
@@ -79,8 +79,8 @@ class Operator:
             settings.scanning.disabled = True
         if self._ctx is None:
             client = Client()
-            self._ctx = handlers.Context(config=config, kube=client,
-                                         runtime=handlers.Runtime(max_running_jobs=config.max_running_jobs))
+            self._ctx = indexes.Context(config=config, kube=client,
+                                         runtime=indexes.Runtime(max_running_jobs=config.max_running_jobs))
             self.keeper.client = client
             metrics.serve(config.metrics)
         client = self._ctx.kube
@@ -97,15 +97,15 @@ class Operator:
                         "e.g. with the gate in their template, are still released)")
 
     async def _sweep_forever(self) -> None:
-        """Every handlers.SWEEP_SECONDS: drop what was deleted while a watch was down (handlers.sweep)."""
+        """Every indexes.SWEEP_SECONDS: drop what was deleted while a watch was down (indexes.sweep)."""
         while True:
-            await asyncio.sleep(handlers.SWEEP_SECONDS)
+            await asyncio.sleep(indexes.SWEEP_SECONDS)
             try:
-                if dropped := await handlers.sweep(self.ctx, lambda obj: self.keeper.migration_seen("DELETED", obj)):
+                if dropped := await indexes.sweep(self.ctx, lambda obj: self.keeper.migration_seen("DELETED", obj)):
                     log.info("dropped %d object(s) deleted while a watch was down", dropped)
             except KubeError as err:
                 log.warning("could not check the indexes against the cluster (again in %.0fs): %s",
-                            handlers.SWEEP_SECONDS, err)
+                            indexes.SWEEP_SECONDS, err)
 
     async def stop(self) -> None:
         if self._sweeper is not None:
@@ -155,7 +155,7 @@ def registry(config: OperatorConfig) -> tuple[kopf.OperatorRegistry, Operator]:
                 runtime.wake(namespace, name)
 
         @kopf.on.delete(c.GROUP, c.VERSION, c.PLURAL, id="on_delete", registry=reg)
-        async def on_delete(namespace: str | None, name: str, logger: handlers.Logger, **_: Any) -> None:
+        async def on_delete(namespace: str | None, name: str, logger: indexes.Logger, **_: Any) -> None:
             await handlers.on_delete(op.ctx, namespace, name, logger)
 
     # --- the gate: releasing held pods --------------------------------------------------------------------------
@@ -168,15 +168,15 @@ def registry(config: OperatorConfig) -> tuple[kopf.OperatorRegistry, Operator]:
         @kopf.on.mutate("v1", "pods", id=webhook.HANDLER_ID, operations=["CREATE"],
                         labels={c.WAIT_FOR_LABEL: kopf.PRESENT}, side_effects=False, registry=reg)
         async def hold_until_schema_ready(body: kopf.Body, patch: kopf.Patch, warnings: list[str],
-                                          logger: handlers.Logger, **_: Any) -> None:
+                                          logger: indexes.Logger, **_: Any) -> None:
             await webhook.hold_until_schema_ready(op.keeper, config.webhook, body, patch, warnings, logger)
 
         # --- and governing approvals: who may approve, who changed the spec, who approved ---------------------
         @kopf.on.mutate(c.GROUP, c.VERSION, c.PLURAL, id=webhook.APPROVAL_HANDLER_ID,
                         operations=["CREATE", "UPDATE"], side_effects=False, registry=reg)
         async def govern_approvals(body: kopf.Body, userinfo: kopf.UserInfo, patch: kopf.Patch,
-                                   logger: handlers.Logger, **kwargs: Any) -> None:
-            await webhook.govern_approvals(op.ctx.kube, config.webhook, body, kwargs.get("old"), dict(userinfo),
+                                   logger: indexes.Logger, **kwargs: Any) -> None:
+            await webhook.govern_approvals(op.ctx.kube, config.webhook, body, kwargs.get("old"), userinfo,
                                            patch, logger)
 
     return reg, op

@@ -14,9 +14,10 @@ operator outage never blocks ordinary edits (nor lets an approval or a forged re
 
 from __future__ import annotations
 
-import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+
+from pydantic import JsonValue
 
 from . import constants as c
 
@@ -69,21 +70,32 @@ class User:
     extra: dict[str, list[str]] = field(default_factory=dict)
 
     @classmethod
-    def from_userinfo(cls, info: dict[str, Any]) -> User:
+    def from_userinfo(cls, info: Mapping[str, object]) -> User:
+        """From the admission request's userInfo (JSON; Kopf's UserInfo omits its `extra`)."""
+        groups, extra = info.get("groups"), info.get("extra")
         return cls(username=str(info.get("username") or ""), uid=str(info.get("uid") or ""),
-                   groups=tuple(info.get("groups") or ()),
-                   extra={k: list(v) for k, v in (info.get("extra") or {}).items()})
+                   groups=tuple(str(g) for g in groups) if isinstance(groups, list) else (),
+                   extra={str(k): [str(x) for x in v] for k, v in extra.items() if isinstance(v, list)}
+                   if isinstance(extra, dict) else {})
 
 
-def _annotations(obj: dict[str, Any] | None) -> dict[str, str]:
-    return dict(((obj or {}).get("metadata") or {}).get("annotations") or {})
+Body = Mapping[str, JsonValue]  # a DatabaseMigration as an admission request carries it (JSON)
 
 
-def _setting(obj: dict[str, Any] | None, name: str) -> bool:
-    return bool((((obj or {}).get("spec") or {}).get("approval") or {}).get(name, _DEFAULTS[name]))
+def _object(value: JsonValue | None) -> Mapping[str, JsonValue]:
+    return value if isinstance(value, dict) else {}
 
 
-def approves(old: dict[str, Any] | None, new: dict[str, Any]) -> list[str]:
+def _annotations(obj: Body | None) -> dict[str, str]:
+    annotations = _object(_object((obj or {}).get("metadata")).get("annotations"))
+    return {k: v for k, v in annotations.items() if isinstance(v, str)}
+
+
+def _setting(obj: Body | None, name: str) -> bool:
+    return bool(_object(_object((obj or {}).get("spec")).get("approval")).get(name, _DEFAULTS[name]))
+
+
+def approves(old: Body | None, new: Body) -> list[str]:
     """What in this request approves (empty: nothing): a new approve annotation, or a loosened spec.approval."""
     what = []
     before, after = _annotations(old).get(c.APPROVE_ANNOTATION, ""), _annotations(new).get(c.APPROVE_ANNOTATION, "")
@@ -95,11 +107,11 @@ def approves(old: dict[str, Any] | None, new: dict[str, Any]) -> list[str]:
     return what
 
 
-def spec_changed(old: dict[str, Any] | None, new: dict[str, Any]) -> bool:
+def spec_changed(old: Body | None, new: Body) -> bool:
     return old is None or (old.get("spec") or {}) != (new.get("spec") or {})
 
 
-def identity_patch(old: dict[str, Any] | None, new: dict[str, Any], user: User) -> dict[str, str | None]:
+def identity_patch(old: Body | None, new: Body, user: User) -> dict[str, str | None]:
     """The identity annotations this request must carry: the user who changed the spec, the user who approved;
     anything else the request put there is replaced by what was (only the webhook writes them)."""
     before, after = _annotations(old), _annotations(new)
@@ -112,11 +124,11 @@ def identity_patch(old: dict[str, Any] | None, new: dict[str, Any], user: User) 
     return {key: value for key, value in want.items() if after.get(key) != value}
 
 
-def four_eyes(old: dict[str, Any] | None, new: dict[str, Any], user: User, required_everywhere: bool) -> str | None:
+def four_eyes(old: Body | None, new: Body, user: User, required_everywhere: bool) -> str | None:
     """Why this approval breaks the four-eyes rule (None: it does not, or the rule is off): the approver must not
     be the user who last changed the spec (this very request included). The chart's setting is a floor for every
     resource (an approver could otherwise turn the rule off for the resource first); a resource may add it."""
-    required = required_everywhere or bool(((new.get("spec") or {}).get("approval") or {}).get(
+    required = required_everywhere or bool(_object(_object(new.get("spec")).get("approval")).get(
         "requireDifferentUser"))
     if not required or not approves(old, new):
         return None
@@ -137,7 +149,3 @@ def approved_by(annotations: dict[str, str], plan_hash: str | None) -> str | Non
     """The user who approved this exact plan, from the webhook's record (None: not recorded for this hash)."""
     user, _, approved = (annotations.get(APPROVED_BY) or "").rpartition(" ")
     return user if user and plan_hash and approved == plan_hash else None
-
-
-if __name__ == "__main__":  # the chart's copy (charts/alembic-operator/files/approval-change.cel), by make crd
-    sys.stdout.write(APPROVAL_CHANGE + "\n")

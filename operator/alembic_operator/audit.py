@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any
 
+from . import configmaps, jobparts
 from . import constants as c
+from .api import JsonObject, RunRecord, dump
 from .kube import Client, Conflict
+from .objects import Migration
 
 SCHEMA = "alembic-operator.io/run-record/v1"
 COMPONENT = c.RUN_RECORD_COMPONENT
@@ -35,39 +37,33 @@ def record_name(migration: str, generation: int, sequence: int) -> str:
     return f"{migration[:230]}-run-{generation:06d}-{sequence}"
 
 
-def manifest(obj: dict[str, Any], record: dict[str, Any]) -> dict[str, Any]:
+def text(obj: Migration, record: RunRecord) -> str:
+    """The record as kept: stable JSON with the schema and the resource it belongs to."""
     meta = obj["metadata"]
     body = {"schema": SCHEMA, "migration": {"namespace": meta["namespace"], "name": meta["name"], "uid": meta["uid"]},
-            **record}
-    return {
-        "apiVersion": "v1", "kind": "ConfigMap",
-        "metadata": {
-            "name": record_name(meta["name"], int(record.get("generation") or 0), int(record.get("sequence") or 1)),
-            "namespace": meta["namespace"],
-            "labels": {c.OWNER_LABEL: meta["name"], "app.kubernetes.io/component": COMPONENT,
-                       c.MANAGED_BY_LABEL: c.MANAGED_BY, c.GENERATION_LABEL: str(record.get("generation") or 0),
-                       f"{c.GROUP}/result": str(record.get("result") or "Unknown")},
-            "ownerReferences": [{"apiVersion": c.API_VERSION, "kind": c.KIND, "name": meta["name"], "uid": meta["uid"],
-                                 "blockOwnerDeletion": False}],
-        },
-        "data": {RECORD_KEY: json.dumps(body, indent=2, sort_keys=True)},
-        "immutable": True,
-    }
+            **dump(record)}
+    return json.dumps(body, indent=2, sort_keys=True)
 
 
-async def write(client: Client, obj: dict[str, Any], records: list[dict[str, Any]], keep: int = DEFAULT_KEEP) -> None:
+def manifest(obj: Migration, record: RunRecord) -> JsonObject:
+    """The record's ConfigMap, as the API server receives it."""
+    generation = int(record.generation or 0)
+    return jobparts.manifest(configmaps.run_record(
+        obj, record_name(obj["metadata"]["name"], generation, record.sequence), generation,
+        str(record.result or "Unknown"), RECORD_KEY, text(obj, record)))
+
+
+async def write(client: Client, obj: Migration, records: list[RunRecord], keep: int = DEFAULT_KEEP) -> None:
     """Write the decision's records (once: an existing one is kept), log each as JSON, and prune to `keep`."""
     if not records:
         return
     meta = obj["metadata"]
     for record in records:
-        body = manifest(obj, record)
         try:
-            await client.create_config_map(body)
+            await client.create_config_map(manifest(obj, record))
         except Conflict:
             continue  # written by an earlier pass of the same decision
-        log.info(body["data"][RECORD_KEY].replace("\n", "").replace("  ", ""))
-    names = sorted(await client.list_config_map_names(
-        meta["namespace"], f"{c.OWNER_LABEL}={meta['name']},app.kubernetes.io/component={COMPONENT}"))
+        log.info(text(obj, record).replace("\n", "").replace("  ", ""))
+    names = sorted(await client.list_config_map_names(meta["namespace"], configmaps.selector(meta, COMPONENT)))
     for old in names[: max(0, len(names) - keep)]:
         await client.delete_config_map(meta["namespace"], old)

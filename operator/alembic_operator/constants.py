@@ -21,13 +21,18 @@ SCHEDULING_GATE: Final = f"{GROUP}/schema"  # the gate put on held pods
 
 # Labels the operator puts on what it creates.
 OWNER_LABEL: Final = f"{GROUP}/migration"  # the DatabaseMigration's name
-ROLE_LABEL: Final = f"{GROUP}/role"  # plan | backup | migrate | downgrade | restore
+ROLE_LABEL: Final = f"{GROUP}/role"  # a Role
 GENERATION_LABEL: Final = f"{GROUP}/generation"
 INSTANCE_LABEL: Final = f"{GROUP}/instance"  # tells apart Jobs of one role: drift intervals, retries
 MANAGED_BY_LABEL: Final = "app.kubernetes.io/managed-by"
 MANAGED_BY: Final = "alembic-operator"
+# The environment variable a Job's container reads the database URL from (the runner spells it too: runner/commands.py).
+URL_ENV: Final = "ALEMBIC_OPERATOR_DATABASE_URL"
 
 FINALIZER: Final = f"{GROUP}/finalizer"
+
+# Job roles: the value of ROLE_LABEL and a part of each Job's name (jobs.ROLES declares what each does).
+Role = Literal["plan", "backup", "migrate", "downgrade", "restore", "stamp", "drift"]
 
 # Phases (status.phase).
 Phase = Literal[

@@ -8,34 +8,23 @@ or an Event.
 from __future__ import annotations
 
 import base64
-from dataclasses import dataclass
-from typing import Any
 
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
-from . import engines
-from .reconcile import DatabaseObservation
+from . import engines, reasons
+from .engines import DatabaseTarget
+from .observation import DatabaseObservation
+from .reasons import Reason
+
+__all__ = ["DatabaseError", "DatabaseTarget", "database_key", "decode_secret_value", "parse_url", "read_revision",
+           "sanitize"]
 
 URL_EXAMPLE = "postgresql+psycopg://user:password@host:5432/dbname"
 
 
-@dataclass(frozen=True)
-class DatabaseTarget:
-    url: URL
-    key: str  # identifies the database (not the credentials): two resources on one database share it
-
-    @property
-    def engine(self) -> engines.Engine[Any]:
-        return engines.for_url(self.url)
-
-    @property
-    def where(self) -> str:
-        return self.engine.where(self.url)
-
-
 class DatabaseError(Exception):
-    def __init__(self, reason: str, message: str, transient: bool = False) -> None:
+    def __init__(self, reason: Reason, message: str, transient: bool = False) -> None:
         super().__init__(message)
         self.reason = reason
         self.message = message
@@ -57,31 +46,31 @@ def parse_url(raw: str, secret: str, key: str) -> DatabaseTarget:
     except (ArgumentError, NoSuchModuleError, ValueError) as err:
         kind = "an unknown database driver" if isinstance(err, NoSuchModuleError) else "not a valid SQLAlchemy URL"
         raise DatabaseError(
-            "InvalidDatabaseURL",
+            reasons.INVALID_DATABASE_URL,
             f"Secret {secret} key {key} holds {kind}; it must be a SQLAlchemy URL such as {URL_EXAMPLE}",
         ) from None
     try:
         engine = engines.for_url(url)
     except engines.UnknownEngine as err:
         raise DatabaseError(
-            "InvalidDatabaseURL",
+            reasons.INVALID_DATABASE_URL,
             f"Secret {secret} key {key} points at a {err.backend} database; {err.explain()} ({URL_EXAMPLE})",
         ) from None
     problem = engine.problem(url)
     if problem:
-        raise DatabaseError("InvalidDatabaseURL", f"Secret {secret} key {key}: the URL {problem} "
+        raise DatabaseError(reasons.INVALID_DATABASE_URL, f"Secret {secret} key {key}: the URL {problem} "
                             f"({engine.url_example})")
     return DatabaseTarget(url=url, key=engine.database_key(url))
 
 
 def decode_secret_value(data: dict[str, str] | None, secret: str, key: str) -> str:
     if not data or key not in data:
-        raise DatabaseError("SecretNotFound", f"Secret {secret} has no key {key}: add it, or fix "
+        raise DatabaseError(reasons.SECRET_NOT_FOUND, f"Secret {secret} has no key {key}: add it, or fix "
                             "spec.database.urlSecretRef.key")
     try:
         return base64.b64decode(data[key]).decode()
     except (ValueError, UnicodeDecodeError):
-        raise DatabaseError("InvalidDatabaseURL", f"Secret {secret} key {key} is not UTF-8 text") from None
+        raise DatabaseError(reasons.INVALID_DATABASE_URL, f"Secret {secret} key {key} is not UTF-8 text") from None
 
 
 def sanitize(text: str, *urls: URL | None) -> str:

@@ -32,6 +32,8 @@ from typing import Any, Literal
 
 from . import constants as c
 from . import reasons
+from .api import JsonObject
+from .reasons import Reason
 
 Obj = Mapping[str, Any]
 
@@ -66,7 +68,7 @@ class Verdict:
     """Whether a requirement is met now; the reason and message go into Events."""
 
     met: bool
-    reason: str
+    reason: Reason
     message: str
 
 
@@ -209,7 +211,7 @@ def has_gate(pod: Obj) -> bool:
     return any(g.get("name") == c.SCHEDULING_GATE for g in gates_of(pod))
 
 
-def with_gate(pod: Obj) -> list[dict[str, Any]]:
+def with_gate(pod: Obj) -> list[JsonObject]:
     """The pod's schedulingGates with ours added at the end (others kept as they are, in order)."""
     gates = [dict(g) for g in gates_of(pod)]
     if not any(g.get("name") == c.SCHEDULING_GATE for g in gates):
@@ -217,7 +219,7 @@ def with_gate(pod: Obj) -> list[dict[str, Any]]:
     return gates
 
 
-def release_patch() -> dict[str, Any]:
+def release_patch() -> JsonObject:
     """A strategic merge patch that removes our gate and only ours (schedulingGates merge on ``name``).
 
     The server applies it to the latest pod (no resourceVersion, hence no conflict), and it is a no-op when the
@@ -285,7 +287,7 @@ def review_pods(pods: Iterable[Obj], migrations: Mapping[tuple[str, str], Obj]) 
     return out
 
 
-def summarize_held(migration: str, held: Sequence[PodVerdict]) -> tuple[str, str, str]:
+def summarize_held(migration: str, held: Sequence[PodVerdict]) -> tuple[Literal["Normal", "Warning"], Reason, str]:
     """(type, reason, message) of the Event posted on a DatabaseMigration that holds pods."""
     names = sorted(p.name for p in held)
     listed = ", ".join(names[:MAX_LISTED]) + (f" and {len(names) - MAX_LISTED} more" if len(names) > MAX_LISTED else "")

@@ -6,7 +6,8 @@ from __future__ import annotations
 import sys
 from typing import Final
 
-from .jobs import URL_ENV
+from .constants import URL_ENV
+from .reasons import Reason
 from .runner.redact import Redactor
 
 __all__ = ["REDACT", "URL_ENV", "JobError", "log", "remember_secret", "sanitize"]
@@ -15,7 +16,7 @@ __all__ = ["REDACT", "URL_ENV", "JobError", "log", "remember_secret", "sanitize"
 class JobError(Exception):
     """A failure with a stable CamelCase reason and a message that says what to do. Never holds a secret."""
 
-    def __init__(self, reason: str, message: str) -> None:
+    def __init__(self, reason: Reason, message: str) -> None:
         super().__init__(message)
         self.reason = reason
         self.message = message

@@ -21,23 +21,46 @@ import hashlib
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal, TypeVar
+
+from kubernetes.client.models.v1_affinity import V1Affinity
+from kubernetes.client.models.v1_capabilities import V1Capabilities
+from kubernetes.client.models.v1_container import V1Container
+from kubernetes.client.models.v1_empty_dir_volume_source import V1EmptyDirVolumeSource
+from kubernetes.client.models.v1_env_var import V1EnvVar
+from kubernetes.client.models.v1_env_var_source import V1EnvVarSource
+from kubernetes.client.models.v1_job import V1Job
+from kubernetes.client.models.v1_job_spec import V1JobSpec
+from kubernetes.client.models.v1_local_object_reference import V1LocalObjectReference
+from kubernetes.client.models.v1_object_meta import V1ObjectMeta
+from kubernetes.client.models.v1_owner_reference import V1OwnerReference
+from kubernetes.client.models.v1_pod_security_context import V1PodSecurityContext
+from kubernetes.client.models.v1_pod_spec import V1PodSpec
+from kubernetes.client.models.v1_pod_template_spec import V1PodTemplateSpec
+from kubernetes.client.models.v1_resource_requirements import V1ResourceRequirements
+from kubernetes.client.models.v1_seccomp_profile import V1SeccompProfile
+from kubernetes.client.models.v1_secret_key_selector import V1SecretKeySelector
+from kubernetes.client.models.v1_security_context import V1SecurityContext
+from kubernetes.client.models.v1_toleration import V1Toleration
+from kubernetes.client.models.v1_volume import V1Volume
+from kubernetes.client.models.v1_volume_mount import V1VolumeMount
+from pydantic import BaseModel
 
 from . import constants as c
 from . import reasons
 from .api import DatabaseMigrationSpec, duration_milliseconds
-from .constants import Phase
+from .constants import URL_ENV, Phase, Role
+from .jobparts import StoreWiring, typed
+from .reasons import Reason
+from .runner.lock import LOCK_WAIT_SECONDS
 
-Role = Literal["plan", "backup", "migrate", "downgrade", "restore", "stamp", "drift"]
+M = TypeVar("M", bound=BaseModel)
 
-URL_ENV = "ALEMBIC_OPERATOR_DATABASE_URL"
 WORK_DIR = "/alembic-operator"
 RUNNER = f"{WORK_DIR}/runner.pyz"  # the runner package as one zipapp (runner/build.py)
 PLAN_DIR = f"{WORK_DIR}/plan"
-BACKUP_MOUNT = "/backups"
 OPERATOR_UID = 65532
 INSTALLER = "runner"  # the init container that only writes the runner into the Job's volume
-LOCK_TIMEOUT_SECONDS = 600  # how long a writing Job waits for another one's advisory lock on the same database
 SHORT, LONG = 600, 6 * 3600  # default deadlines: a Job that never starts (image pull errors...) must still end
 
 
@@ -65,6 +88,7 @@ def job_name(owner_name: str, role: Role, generation: int, instance: str | None 
     return f"{owner_name[:keep].rstrip('-.')}-{digest}{suffix}"
 
 
+_STORE = "<the backup store's field>"
 # Where each part of a Job comes from in the DatabaseMigration: an API server message about the Job names the Job's
 # field; the user needs to hear theirs. First match wins.
 SOURCE_FIELDS: tuple[tuple[re.Pattern[str], str], ...] = tuple((re.compile(p), f) for p, f in (
@@ -80,84 +104,74 @@ SOURCE_FIELDS: tuple[tuple[re.Pattern[str], str], ...] = tuple((re.compile(p), f
     (r"serviceAccountName", "spec.jobTemplate.serviceAccountName"),
     (r"imagePullSecrets", "spec.jobTemplate.imagePullSecrets"),
     (r"activeDeadlineSeconds", "spec.jobTemplate.activeDeadlineSeconds"),
-    (r"volumes\[", "spec.backup.volume"),
+    (r"volumes\[", _STORE),
     (r"containers\[\d+\]\.image|imagePullPolicy", "spec.migrations"),
 ))
 
 
-def source_field(message: str) -> str | None:
-    """The DatabaseMigration field behind a Job field named in an API server message (None: not ours to say)."""
-    return next((field for pattern, field in SOURCE_FIELDS if pattern.search(message)), None)
+def source_field(message: str, store: StoreWiring | None = None) -> str | None:
+    """The DatabaseMigration field behind a Job field named in an API server message (None: not ours to say); the
+    volumes are the backup store's (the Job's own scratch volume is never refused), which names its field."""
+    field = next((field for pattern, field in SOURCE_FIELDS if pattern.search(message)), None)
+    return (store.spec_field if store else "spec.backup") if field == _STORE else field
 
 
-def backup_dir(owner: Owner) -> str:
-    return f"{BACKUP_MOUNT}/{owner.namespace}/{owner.name}"
-
-
-def describe_volume(volume: dict[str, Any] | None) -> str:
-    """A human name for the backup volume, used in status.backup.location (no secrets live in volume sources)."""
-    if not volume:
-        return "volume"
-    if "persistentVolumeClaim" in volume:
-        return f"pvc/{volume['persistentVolumeClaim'].get('claimName', '?')}"
-    if "hostPath" in volume:
-        return f"hostPath:{volume['hostPath'].get('path', '?')}"
-    kind = next(iter(volume))
-    return re.sub(r"[^A-Za-z0-9]", "", kind) or "volume"
-
-
-def _env(spec: DatabaseMigrationSpec) -> list[dict[str, Any]]:
+def _env(spec: DatabaseMigrationSpec) -> list[V1EnvVar]:
     ref = spec.database.url_secret_ref
-    env: list[dict[str, Any]] = [
-        {"name": URL_ENV, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}},
-        {"name": "PYTHONUNBUFFERED", "value": "1"},
-        {"name": "PYTHONDONTWRITEBYTECODE", "value": "1"},
+    return [
+        V1EnvVar(name=URL_ENV, value_from=V1EnvVarSource(secret_key_ref=V1SecretKeySelector(name=ref.name,
+                                                                                              key=ref.key))),
+        V1EnvVar(name="PYTHONUNBUFFERED", value="1"),
+        V1EnvVar(name="PYTHONDONTWRITEBYTECODE", value="1"),
+        *(typed(V1EnvVar, e) for e in spec.job_template.env),
     ]
-    return env + [dict(e) for e in spec.job_template.env]
 
 
-def _container_security(spec: DatabaseMigrationSpec, ours: bool) -> dict[str, Any]:
-    sc: dict[str, Any] = {
-        "allowPrivilegeEscalation": False,
-        "capabilities": {"drop": ["ALL"]},
-        "runAsNonRoot": True,
-        "seccompProfile": {"type": "RuntimeDefault"},
-    }
+def _container_security(spec: DatabaseMigrationSpec, ours: bool) -> V1SecurityContext:
+    sc = V1SecurityContext(
+        allow_privilege_escalation=False,
+        capabilities=V1Capabilities(drop=["ALL"]),
+        run_as_non_root=True,
+        seccomp_profile=V1SeccompProfile(type="RuntimeDefault"),
+    )
     if ours:
         # Our image runs as this user; the app's image runs as its own (non-root) USER.
-        sc.update(runAsUser=OPERATOR_UID, runAsGroup=OPERATOR_UID, readOnlyRootFilesystem=True)
+        sc = _over(sc, V1SecurityContext(run_as_user=OPERATOR_UID, run_as_group=OPERATOR_UID,
+                                         read_only_root_filesystem=True))
     if spec.job_template.security_context:
-        sc.update(spec.job_template.security_context)
+        sc = _over(sc, typed(V1SecurityContext, spec.job_template.security_context))
     return sc
+
+
+def _over(base: M, top: M) -> M:
+    """`base` with every field `top` sets replaced by top's (a shallow merge: what the user sets wins as a whole)."""
+    return base.model_copy(update={name: getattr(top, name) for name in top.model_fields_set})
 
 
 def _container(
     name: str, image: str, command: list[str], spec: DatabaseMigrationSpec, *, ours: bool,
-    mounts: list[dict[str, Any]], working_dir: str | None = None, pull_policy: str | None = None,
-) -> dict[str, Any]:
-    container: dict[str, Any] = {
-        "name": name,
-        "image": image,
-        "command": command,
-        "env": _env(spec) if name != INSTALLER else [],
-        "volumeMounts": mounts,
-        "securityContext": _container_security(spec, ours),
-        "terminationMessagePath": "/dev/termination-log",
-        "terminationMessagePolicy": "FallbackToLogsOnError",
-    }
+    mounts: list[V1VolumeMount], working_dir: str | None = None, pull_policy: str | None = None,
+    store_env: list[V1EnvVar] | None = None,
+) -> V1Container:
+    env = _env(spec) if name != INSTALLER else []
     if name != INSTALLER:
         # Scratch space on the Job's emptyDir, not on /tmp: our containers have a read-only root filesystem, and
         # the app's image keeps its own /tmp as it is (its files, even its virtualenv, may live there).
-        container["env"] += [{"name": "HOME", "value": WORK_DIR}, {"name": "TMPDIR", "value": WORK_DIR}]
-    if not any(m["name"] == "work" for m in mounts):
-        container["volumeMounts"] = [*mounts, {"name": "work", "mountPath": WORK_DIR}]
-    if working_dir:
-        container["workingDir"] = working_dir
-    if pull_policy:
-        container["imagePullPolicy"] = pull_policy
-    if spec.job_template.resources:
-        container["resources"] = dict(spec.job_template.resources)
-    return container
+        env += [V1EnvVar(name="HOME", value=WORK_DIR), V1EnvVar(name="TMPDIR", value=WORK_DIR), *(store_env or [])]
+    resources = spec.job_template.resources
+    return V1Container(
+        name=name,
+        image=image,
+        command=command,
+        env=env,
+        volume_mounts=mounts if any(m.name == "work" for m in mounts) else [*mounts, WORK],
+        security_context=_container_security(spec, ours),
+        termination_message_path="/dev/termination-log",
+        termination_message_policy="FallbackToLogsOnError",
+        working_dir=working_dir or None,
+        image_pull_policy=pull_policy or None,
+        resources=typed(V1ResourceRequirements, resources) if resources else None,
+    )
 
 
 def build_job(
@@ -167,8 +181,11 @@ def build_job(
     *,
     operator_image: str,
     args: dict[str, str],
-) -> dict[str, Any]:
-    """The Job manifest for one step of a run. `args` carries the step's inputs (revisions, backup file...)."""
+    store: StoreWiring | None = None,
+) -> V1Job:
+    """The Job for one step of a run. `args` carries the step's inputs (revisions, backup file...); `store` is the
+    backup store's wiring (``backupstores.wiring_for``), which the roles that use the store need. The API server
+    receives :func:`~alembic_operator.jobparts.manifest` of it."""
     instance = args.get("instance")
     name = job_name(owner.name, role, owner.generation, instance)
     labels = {
@@ -179,55 +196,52 @@ def build_job(
     }
     if instance:
         labels[c.INSTANCE_LABEL] = instance
-    pods = ROLES[role].build(_Inputs(owner, spec, operator_image, args))
+    if ROLES[role].uses_store and store is None:
+        raise ValueError(f"the {role} Job needs the backup store's wiring: spec.backup names no store")
+    store = store if ROLES[role].uses_store else None
+    pods = ROLES[role].build(_Inputs(owner, spec, operator_image, args, store))
     tmpl = spec.job_template
-    pod_security: dict[str, Any] = {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
-    if ROLES[role].backups:
-        pod_security["fsGroup"] = OPERATOR_UID  # so our non-root user can write to the backup volume
+    pod_security = V1PodSecurityContext(run_as_non_root=True, seccomp_profile=V1SeccompProfile(type="RuntimeDefault"))
+    if store and store.fs_group:
+        pod_security.fs_group = OPERATOR_UID  # so our non-root user can write to the store's volumes
     if tmpl.pod_security_context:
-        pod_security.update(tmpl.pod_security_context)
-    pod_spec: dict[str, Any] = {
-        "restartPolicy": "Never",
-        "automountServiceAccountToken": False,  # the Jobs never call the Kubernetes API
-        "securityContext": pod_security,
-        "initContainers": pods.init,
-        "containers": pods.containers,
-        "volumes": [{"name": "work", "emptyDir": {}}]
-        + ([{"name": "backups", **(spec.backup.volume or {"emptyDir": {}})}] if ROLES[role].backups else []),
-    }
-    if tmpl.service_account_name:
-        pod_spec["serviceAccountName"] = tmpl.service_account_name
-    if tmpl.node_selector:
-        pod_spec["nodeSelector"] = dict(tmpl.node_selector)
-    if tmpl.tolerations:
-        pod_spec["tolerations"] = [dict(t) for t in tmpl.tolerations]
-    if tmpl.affinity:
-        pod_spec["affinity"] = dict(tmpl.affinity)
-    if tmpl.image_pull_secrets:
-        pod_spec["imagePullSecrets"] = [{"name": s.name} for s in tmpl.image_pull_secrets]
-
-    return {
-        "apiVersion": "batch/v1",
-        "kind": "Job",
-        "metadata": {
-            "name": name,
-            "namespace": owner.namespace,
-            "labels": labels,
-            "ownerReferences": [{
-                "apiVersion": c.API_VERSION, "kind": c.KIND, "name": owner.name, "uid": owner.uid,
-                "controller": True, "blockOwnerDeletion": True,
-            }],
-        },
-        "spec": {
+        pod_security = _over(pod_security, typed(V1PodSecurityContext, tmpl.pod_security_context))
+    volumes = [V1Volume(name="work", empty_dir=V1EmptyDirVolumeSource()), *(store.volumes if store else ())]
+    pod_spec = V1PodSpec(
+        restart_policy="Never",
+        automount_service_account_token=False,  # the Jobs never call the Kubernetes API
+        security_context=pod_security,
+        init_containers=pods.init,
+        containers=pods.containers,
+        volumes=volumes,
+        service_account_name=tmpl.service_account_name or None,
+        node_selector=dict(tmpl.node_selector) or None,
+        tolerations=[typed(V1Toleration, t) for t in tmpl.tolerations] or None,
+        affinity=typed(V1Affinity, tmpl.affinity) if tmpl.affinity else None,
+        image_pull_secrets=[V1LocalObjectReference(name=s.name) for s in tmpl.image_pull_secrets] or None,
+    )
+    return V1Job(
+        api_version="batch/v1",
+        kind="Job",
+        metadata=V1ObjectMeta(
+            name=name,
+            namespace=owner.namespace,
+            labels=labels,
+            owner_references=[V1OwnerReference(
+                api_version=c.API_VERSION, kind=c.KIND, name=owner.name, uid=owner.uid,
+                controller=True, block_owner_deletion=True,
+            )],
+        ),
+        spec=V1JobSpec(
             # Kubernetes never retries a migration blindly: one pod, and a failure is a failure.
-            "backoffLimit": 0,
-            "activeDeadlineSeconds": tmpl.active_deadline_seconds or ROLES[role].deadline,
-            "template": {
-                "metadata": {"labels": {**tmpl.pod_labels, **labels}, "annotations": dict(tmpl.pod_annotations)},
-                "spec": pod_spec,
-            },
-        },
-    }
+            backoff_limit=0,
+            active_deadline_seconds=tmpl.active_deadline_seconds or ROLES[role].deadline,
+            template=V1PodTemplateSpec(
+                metadata=V1ObjectMeta(labels={**tmpl.pod_labels, **labels}, annotations=dict(tmpl.pod_annotations)),
+                spec=pod_spec,
+            ),
+        ),
+    )
 
 
 # --- one constructor per role over the shared builder above -------------------------------------------------------
@@ -239,40 +253,51 @@ class _Inputs:
     spec: DatabaseMigrationSpec
     operator_image: str
     args: dict[str, str]
+    store: StoreWiring | None
 
-    def ours(self, name: str, command: list[str], mounts: list[dict[str, Any]]) -> dict[str, Any]:
+    def ours(self, name: str, command: list[str], mounts: list[V1VolumeMount]) -> V1Container:
         """A container in the operator's image."""
         return _container(name, self.operator_image, command, self.spec, ours=True, mounts=mounts)
 
-    def app(self, name: str, verb: str, *options: str) -> dict[str, Any]:
+    @property
+    def wiring(self) -> StoreWiring:
+        if self.store is None:  # build_job refuses it first
+            raise ValueError("this Job needs the backup store's wiring")
+        return self.store
+
+    def with_store(self, name: str, command: list[str]) -> V1Container:
+        """A container in the operator's image that reaches the backup store: its mounts and environment."""
+        return _container(name, self.operator_image, command, self.spec, ours=True, mounts=list(self.wiring.mounts),
+                          store_env=self.wiring.env())
+
+    def app(self, name: str, verb: str, *options: str) -> V1Container:
         """A container in the app's image, in its working directory, running our runner with the app's Python."""
         m = self.spec.migrations
         return _container(name, m.image, ["python", RUNNER, verb, "--config", m.config, *options], self.spec,
                           ours=False, mounts=[WORK], working_dir=m.working_dir, pull_policy=m.image_pull_policy)
 
-    def install_runner(self) -> dict[str, Any]:
+    def install_runner(self) -> V1Container:
         return self.ours(INSTALLER, ["alembic-operator", "job", "install-runner", RUNNER], [WORK])
 
     def locking(self) -> list[str]:
-        return ["--lock-key", self.args["lockKey"], "--lock-timeout", str(LOCK_TIMEOUT_SECONDS)]
+        return ["--lock-key", self.args["lockKey"], "--lock-wait-seconds", str(LOCK_WAIT_SECONDS)]
 
     def limits(self) -> list[str]:
         """spec.migrations.lockTimeout and statementTimeout, in milliseconds, for the runner to set on env.py's
         session (the URL itself never appears in a Job)."""
         m = self.spec.migrations
-        limits = [("--db-lock-timeout", duration_milliseconds(m.lock_timeout)),
-                  ("--db-statement-timeout", duration_milliseconds(m.statement_timeout))]
+        limits = [("--db-lock-timeout-ms", duration_milliseconds(m.lock_timeout)),
+                  ("--db-statement-timeout-ms", duration_milliseconds(m.statement_timeout))]
         return [part for flag, ms in limits if ms is not None for part in (flag, str(ms))]
 
 
 @dataclass(frozen=True)
 class _Pods:
-    init: list[dict[str, Any]]
-    containers: list[dict[str, Any]]
+    init: list[V1Container]
+    containers: list[V1Container]
 
 
-WORK = {"name": "work", "mountPath": WORK_DIR}
-BACKUPS = {"name": "backups", "mountPath": BACKUP_MOUNT}
+WORK = V1VolumeMount(name="work", mount_path=WORK_DIR)
 
 
 def _plan(x: _Inputs) -> _Pods:
@@ -289,7 +314,7 @@ def _downgrade(x: _Inputs) -> _Pods:
     return _Pods([x.install_runner()], [_runner_step(x, "downgrade", "downgrade")])
 
 
-def _runner_step(x: _Inputs, name: str, verb: str) -> dict[str, Any]:
+def _runner_step(x: _Inputs, name: str, verb: str) -> V1Container:
     return x.app(name, verb, "--from", x.args["from"], "--to", x.args["to"], *x.locking(), *x.limits())
 
 
@@ -302,18 +327,14 @@ def _drift(x: _Inputs) -> _Pods:
 
 
 def _backup(x: _Inputs) -> _Pods:
-    owner, spec = x.owner, x.spec
-    return _Pods([], [x.ours("backup", [
-        "alembic-operator", "job", "backup", "--dir", backup_dir(owner), "--prefix", owner.name,
-        "--retain", str(spec.backup.retain),
-        "--location-prefix", f"{describe_volume(spec.backup.volume)}/{owner.namespace}/{owner.name}"], [BACKUPS])],
-    )
+    return _Pods([], [x.with_store("backup", [
+        "alembic-operator", "job", "backup", *x.wiring.backup_args(x.owner.name, x.spec.backup.retain)])])
 
 
 def _restore(x: _Inputs) -> _Pods:
-    return _Pods([], [x.ours("restore", [
-        "alembic-operator", "job", "restore", "--file", x.args["file"], "--sha256", x.args["sha256"],
-        *x.locking()], [BACKUPS])])
+    return _Pods([], [x.with_store("restore", [
+        "alembic-operator", "job", "restore", *x.wiring.restore_args(x.args["file"]), "--sha256", x.args["sha256"],
+        *x.locking()])])
 
 
 @dataclass(frozen=True)
@@ -327,12 +348,12 @@ class JobRole:
     name: Role
     image: Literal["operator", "app"]  # whose image runs its main container
     phase: Phase | None  # status.phase while it runs (None: not part of a run: drift checks run while Ready)
-    reason: str  # the Reconciling reason while it runs
+    reason: Reason  # the Reconciling reason while it runs
     writes: bool  # writes to the database: takes the advisory lock
     during_deletion: bool  # started even while the resource is being deleted (a rollback must finish)
     retries: bool  # retried with backoff when it failed for a transient reason and changed nothing
     deadline: int  # default activeDeadlineSeconds
-    backups: bool  # mounts spec.backup.volume (exists only when spec.backup.enabled)
+    uses_store: bool  # reaches the backup store (its StoreWiring), which exists only when spec.backup.enabled
     build: Callable[[_Inputs], _Pods]
     # Placeholder inputs to validate, before a run starts, a Job the run may create later (server-side dry run).
     dry_run_args: Mapping[str, str] | None = None
@@ -344,18 +365,35 @@ def _declare(*roles: JobRole) -> dict[Role, JobRole]:
 
 ROLES: Mapping[Role, JobRole] = _declare(
     JobRole("plan", "app", "Planning", reasons.PLANNING, writes=False, during_deletion=False, retries=True,
-            deadline=SHORT, backups=False, build=_plan),
+            deadline=SHORT, uses_store=False, build=_plan),
     JobRole("stamp", "app", "Planning", reasons.BASELINING, writes=True, during_deletion=False, retries=True,
-            deadline=SHORT, backups=False, build=_stamp),
+            deadline=SHORT, uses_store=False, build=_stamp),
     JobRole("backup", "operator", "BackingUp", reasons.BACKING_UP, writes=False, during_deletion=False,
-            retries=True, deadline=LONG, backups=True, build=_backup, dry_run_args={}),
+            retries=True, deadline=LONG, uses_store=True, build=_backup, dry_run_args={}),
     JobRole("migrate", "app", "Migrating", reasons.MIGRATING, writes=True, during_deletion=False, retries=True,
-            deadline=LONG, backups=False, build=_migrate, dry_run_args={"from": "base", "to": "head"}),
+            deadline=LONG, uses_store=False, build=_migrate, dry_run_args={"from": "base", "to": "head"}),
     JobRole("downgrade", "app", "RollingBack", reasons.ROLLING_BACK, writes=True, during_deletion=True,
-            retries=True, deadline=LONG, backups=False, build=_downgrade, dry_run_args={"from": "head", "to": "base"}),
+            retries=True, deadline=LONG, uses_store=False, build=_downgrade,
+            dry_run_args={"from": "head", "to": "base"}),
     JobRole("restore", "operator", "RollingBack", reasons.ROLLING_BACK, writes=True, during_deletion=True,
-            retries=False, deadline=LONG, backups=True, build=_restore,
-            dry_run_args={"file": "/backups/dry-run.dump", "sha256": "sha256:0"}),
+            retries=False, deadline=LONG, uses_store=True, build=_restore,
+            dry_run_args={"sha256": "sha256:0"}),
     JobRole("drift", "app", None, reasons.PLANNING, writes=False, during_deletion=False, retries=False,
-            deadline=SHORT, backups=False, build=_drift),
+            deadline=SHORT, uses_store=False, build=_drift),
 )
+
+
+def dry_run_jobs(owner: Owner, spec: DatabaseMigrationSpec, *, operator_image: str,
+                 store: StoreWiring | None) -> list[tuple[Role, V1Job]]:
+    """The Jobs a run may create after its plan, with placeholder inputs, for the API server to validate before the
+    run starts (server-side dry run); those that use the backup store only when there is one."""
+    jobs: list[tuple[Role, V1Job]] = []
+    for role in ROLES.values():
+        if role.dry_run_args is None or (role.uses_store and store is None):
+            continue
+        args = {**role.dry_run_args, "lockKey": "0", "instance": "dry-run"}
+        if store and role.uses_store:
+            args.setdefault("file", store.placeholder())
+        jobs.append((role.name, build_job(role.name, owner, spec, operator_image=operator_image, args=args,
+                                          store=store)))
+    return jobs

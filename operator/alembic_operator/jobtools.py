@@ -1,8 +1,8 @@
 """The commands that run in the operator's image inside Jobs: ``alembic-operator job <command>``.
 
     alembic-operator job scan    --plan-dir DIR                      [--result-file F]
-    alembic-operator job backup  --dir DIR --prefix P --retain N [--location-prefix S] [--store S] [--result-file F]
-    alembic-operator job restore --file PATH --sha256 sha256:HEX [--lock-key K] [--store S] [--result-file F]
+    alembic-operator job backup  --store S --location L --prefix P --retain N [--location-prefix S] [--result-file F]
+    alembic-operator job restore --store S --dump REF --sha256 sha256:HEX [--lock-key K]        [--result-file F]
     alembic-operator job current                                      [--result-file F]
 
 Each command writes one compact JSON object (< 3500 bytes: a container's termination message holds 4096) to
@@ -32,16 +32,17 @@ import os
 import re
 import sys
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Final, cast
+from typing import Any, Final, TypeVar, cast
 
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from . import backupstores, engines, plansql, sqlscan
+from . import backupstores, engines, plansql, reasons, sqlrules
 from .jobio import REDACT, URL_ENV, JobError, log, sanitize
 from .jobio import remember_secret as _remember_secret
+from .runner.lock import LOCK_WAIT_SECONDS
 from .runner.results import RESULT_LIMIT, BackupResult, CurrentResult, RestoreResult, ScanResult, fit_list, size
 from .runner.results import write_result as write_results
 
@@ -61,25 +62,26 @@ def database_from_env(environ: dict[str, str] | None = None) -> Any:
 def _engine_and_database(environ: dict[str, str] | None = None) -> tuple[engines.Engine[Any], Any]:
     raw = (environ if environ is not None else dict(os.environ)).get(URL_ENV)
     if not raw or not raw.strip():
-        raise JobError("InvalidDatabaseURL", f"the environment variable {URL_ENV} is not set (it comes from the "
+        raise JobError(reasons.INVALID_DATABASE_URL,
+                       f"the environment variable {URL_ENV} is not set (it comes from the "
                        "Secret named in spec.database.urlSecretRef)")
     _remember_secret(raw.strip())
     try:
         url = make_url(raw.strip())
     except (ArgumentError, ValueError):
-        raise JobError("InvalidDatabaseURL", f"the database URL is not a valid SQLAlchemy URL such as "
+        raise JobError(reasons.INVALID_DATABASE_URL, f"the database URL is not a valid SQLAlchemy URL such as "
                        f"{URL_EXAMPLE}") from None
     _remember_secret(url.password if isinstance(url.password, str) else None)
     try:
         engine = engines.for_url(url)
     except engines.UnknownEngine as err:
-        raise JobError("InvalidDatabaseURL", f"the database URL points at a {err.backend} database; "
+        raise JobError(reasons.INVALID_DATABASE_URL, f"the database URL points at a {err.backend} database; "
                        f"{err.explain()} ({URL_EXAMPLE})") from None
     for secret in engine.secrets(url):
         _remember_secret(secret)
     problem = engine.problem(url)
     if problem:
-        raise JobError("InvalidDatabaseURL", f"the database URL {problem} ({engine.url_example})")
+        raise JobError(reasons.INVALID_DATABASE_URL, f"the database URL {problem} ({engine.url_example})")
     return engine, engine.connect(url)
 
 
@@ -96,12 +98,23 @@ def write_result(path: str, result: Mapping[str, Any]) -> None:
     write_results(path, result, REDACT, echo=True, cut=False, log=log)
 
 
+R = TypeVar("R", ScanResult, BackupResult, RestoreResult)
+
+
+def _fitted(result: R, key: str, more: Callable[[int], str] | None = None) -> R:
+    """`result` with its list `key` shortened until it fits a termination message (runner/results.py's fit_list,
+    which works on the result as a JSON object), `more(n_dropped)` appended when given."""
+    whole = dict(result)
+    fit_list(whole, key, more)
+    return cast(R, whole)
+
+
 # --- scan ---------------------------------------------------------------------------------------------------------
 
 
 def _plan_file(plan_dir: Path, name: Any) -> Path:
     if not isinstance(name, str) or not name or "/" in name or name.startswith("."):
-        raise JobError("PlanInvalid", f"plan.json names an invalid SQL file {name!r}")
+        raise JobError(reasons.PLAN_INVALID, f"plan.json names an invalid SQL file {name!r}")
     return plan_dir / name
 
 
@@ -110,26 +123,27 @@ def cmd_scan(plan_dir: Path) -> ScanResult:
     try:
         plan = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise JobError("PlanNotFound", f"{path} does not exist: the plan step did not write it (see the plan "
+        raise JobError(reasons.PLAN_NOT_FOUND, f"{path} does not exist: the plan step did not write it (see the plan "
                        "container's log)") from None
     except (OSError, ValueError) as err:
-        raise JobError("PlanInvalid", f"{path} is not valid JSON: {err}") from None
+        raise JobError(reasons.PLAN_INVALID, f"{path} is not valid JSON: {err}") from None
     if not isinstance(plan, dict):
-        raise JobError("PlanInvalid", f"{path} does not hold a JSON object")
+        raise JobError(reasons.PLAN_INVALID, f"{path} does not hold a JSON object")
     if plan.get("ok") is False:  # the runner reports its own failures; a plan.json that says so is forwarded
-        raise JobError(str(plan.get("reason") or "PlanFailed"), str(plan.get("message") or "the plan step failed"))
+        raise JobError(reasons.parse(plan.get("reason")) or reasons.PLAN_FAILED,
+                       str(plan.get("message") or "the plan step failed"))
 
     unrenderable = {str(u.get("revision")): str(u.get("message") or "")
                     for u in plan.get("unrenderable") or [] if isinstance(u, dict) and u.get("revision")}
     revisions: list[str] = []
     items: list[tuple[str, str]] = []
-    shown: list[dict[str, str]] = []  # the SQL as reviewers read it (plansql: through the log to a ConfigMap)
+    shown: list[plansql.RevisionSql] = []  # the SQL as reviewers read it (plansql: through the log to a ConfigMap)
     digest = hashlib.sha256()
     for entry in plan.get("revisions") or []:
         if isinstance(entry, str):  # a bare id: nothing rendered for it
             entry = {"revision": entry}
         if not isinstance(entry, dict) or not entry.get("revision"):
-            raise JobError("PlanInvalid", f"plan.json has a revision entry without an id: {str(entry)[:100]}")
+            raise JobError(reasons.PLAN_INVALID, f"plan.json has a revision entry without an id: {str(entry)[:100]}")
         rev = str(entry["revision"])
         revisions.append(rev)
         sql_name = entry.get("file") or entry.get("sqlFile")
@@ -140,7 +154,7 @@ def cmd_scan(plan_dir: Path) -> ScanResult:
         try:
             sql = sql_path.read_text(encoding="utf-8")
         except OSError as err:
-            raise JobError("PlanInvalid", f"cannot read {sql_path.name}: {err.strerror or err}") from None
+            raise JobError(reasons.PLAN_INVALID, f"cannot read {sql_path.name}: {err.strerror or err}") from None
         digest.update(sql.encode())
         items.append((rev, sql))
         shown.append({"revision": rev, "message": str(entry.get("message") or ""), "sql": sql})
@@ -151,14 +165,15 @@ def cmd_scan(plan_dir: Path) -> ScanResult:
     try:  # the runner names the dialect it rendered for
         engine = engines.for_backend(str(plan.get("dialect") or "postgresql"))
     except engines.UnknownEngine as err:
-        raise JobError("PlanInvalid", f"the plan was rendered for a {err.backend} database: {err.explain()}") from None
+        raise JobError(reasons.PLAN_INVALID,
+                       f"the plan was rendered for a {err.backend} database: {err.explain()}") from None
     findings = engine.scan(items, _live_database(engine))
     order = {rev: i for i, rev in enumerate(revisions)}
     for rev, message in unrenderable.items():
-        findings.append(sqlscan.Finding(
-            rule="unrenderable-revision", severity="destructive",
+        findings.append(sqlrules.Finding(
+            rule=sqlrules.UNRENDERABLE.name, severity=sqlrules.UNRENDERABLE.severity,
             operation=f"revision {rev} could not be rendered offline: review it",
-            revision=rev, statement=message[: sqlscan.STATEMENT_MAX]))
+            revision=rev, statement=message[: sqlrules.STATEMENT_MAX]))
     findings.sort(key=lambda f: order.get(f.revision or "", len(order)))  # stable: statement order per revision
 
     destructive = _unique(f.describe() for f in findings if f.severity == "destructive")
@@ -168,17 +183,18 @@ def cmd_scan(plan_dir: Path) -> ScanResult:
     destructive_revisions = _unique(f.revision for f in findings if f.severity == "destructive" and f.revision)
     for f in findings:
         log(f"{f.severity}: {f.describe()} [{f.rule}]" + (f"\n    {f.statement}" if f.statement else "")
-            + (f"\n    safely: {sqlscan.rule_of(f).safely}" if f.severity == "locking" else ""))
+            + (f"\n    safely: {sqlrules.rule_of(f).safely}" if f.severity == "locking" else ""))
     log(f"plan {plan.get('current') or 'base'} -> {plan.get('target')}: {len(revisions)} revision(s), "
         f"{len(destructive)} destructive operation(s), {len(locking)} locking, {len(warnings) - len(locking)} "
         f"other warning(s), {len(notes)} note(s)")
 
-    whole = {"revisions": revisions, "destructiveRevisions": destructive_revisions,
-             "findings": [{**f.to_dict(), "statement": f.statement} for f in findings]}
+    whole = plansql.WholePlan(revisions=revisions, destructiveRevisions=destructive_revisions, findings=[
+        plansql.PlanFinding(rule=f.rule, severity=f.severity, revision=f.revision, operation=f.operation,
+                            statement=f.statement) for f in findings])
     data, _kept = plansql.compress(plansql.document(shown, "sha256:" + digest.hexdigest(), whole))
     for line in plansql.log_lines(data):  # raw: the runner redacted the SQL when it rendered it
         print(line, file=sys.stderr, flush=True)
-    result: dict[str, Any] = {
+    result: ScanResult = {
         "ok": True,
         "current": plan.get("current"),
         "target": plan.get("target"),
@@ -199,16 +215,17 @@ def cmd_scan(plan_dir: Path) -> ScanResult:
     }
     if isinstance(plan.get("lineage"), list):  # the pod gate needs it
         result["lineage"] = [str(x) for x in plan["lineage"]]
-    for key in ("transactionPerMigration", "transactionalDDL"):  # the rollback logic needs them
-        if isinstance(plan.get(key), bool):
-            result[key] = plan[key]
+    if isinstance(plan.get("transactionPerMigration"), bool):  # the rollback logic needs them
+        result["transactionPerMigration"] = plan["transactionPerMigration"]
+    if isinstance(plan.get("transactionalDDL"), bool):
+        result["transactionalDDL"] = plan["transactionalDDL"]
     # A long plan (hundreds of revisions) keeps its ids and all its findings in the SQL document only (the log, then
     # the ConfigMap): the result keeps their count and digest, and the operator takes the ids from the document.
     # The ids go after the warnings (while they fit, the operator needs no log), before what status shows: the
     # locking operations, the pod gate's lineage, the first destructive operations.
-    fit_list(result, "findings")
-    fit_list(result, "notes", lambda n: f"... and {n} more note(s): see kubectl dbm plan")
-    fit_list(result, "warnings", lambda n: f"... and {n} more warning(s): see kubectl dbm plan")
+    result = _fitted(result, "findings")
+    result = _fitted(result, "notes", lambda n: f"... and {n} more note(s): see kubectl dbm plan")
+    result = _fitted(result, "warnings", lambda n: f"... and {n} more warning(s): see kubectl dbm plan")
 
     def more_destructive(n: int) -> str:
         return f"... and {n} more destructive operation(s): see kubectl dbm plan"
@@ -220,20 +237,20 @@ def cmd_scan(plan_dir: Path) -> ScanResult:
     locking_all = list(result["locking"])
     if size(result) > RESULT_MAX:
         result["locking"] = locking_all[:LOCKING_KEPT]
-    fit_list(result, "revisions")
-    fit_list(result, "destructiveRevisions")
+    result = _fitted(result, "revisions")
+    result = _fitted(result, "destructiveRevisions")
     if size(result) > RESULT_MAX:
         result["locking"] = locking_all
-    fit_list(result, "locking")  # lockingCount still counts them all
-    fit_list(result, "lineage")
+    result = _fitted(result, "locking")  # lockingCount still counts them all
+    result = _fitted(result, "lineage")
     if size(result) > RESULT_MAX:
         result["destructive"] = destructive_all
-        fit_list(result, "destructive", more_destructive)
+        result = _fitted(result, "destructive", more_destructive)
     if size(result) > RESULT_MAX:
-        raise JobError("PlanTooLarge", f"the plan's result does not fit a termination message even without its "
+        raise JobError(reasons.PLAN_TOO_LARGE, f"the plan's result does not fit a termination message even without its "
                        f"{len(revisions)} revision ids; set spec.targetRevision to an intermediate revision and "
                        "migrate in steps")
-    return cast(ScanResult, result)
+    return result
 
 
 DESTRUCTIVE_KEPT: Final = 10  # destructive operations a result keeps before it gives up its revision ids
@@ -241,17 +258,17 @@ LOCKING_KEPT: Final = 2  # ... and locking ones
 LOCKING_SHOWN: Final = 5  # locking findings a plan's result carries with their safer pattern (all are counted)
 
 
-def _first_unique(findings: Iterable[sqlscan.Finding], severity: str) -> list[sqlscan.Finding]:
-    seen: dict[str, sqlscan.Finding] = {}
+def _first_unique(findings: Iterable[sqlrules.Finding], severity: str) -> list[sqlrules.Finding]:
+    seen: dict[str, sqlrules.Finding] = {}
     for f in findings:
         if f.severity == severity:
             seen.setdefault(f.describe(), f)
     return list(seen.values())[:LOCKING_SHOWN]
 
 
-def _with_rule(f: sqlscan.Finding) -> dict[str, str]:
+def _with_rule(f: sqlrules.Finding) -> dict[str, str]:
     """A locking finding as status.plan shows it: what, which rule, and the safer pattern."""
-    return {"operation": f.describe(), "rule": f.rule, "safely": sqlscan.rule_of(f).safely}
+    return {"operation": f.describe(), "rule": f.rule, "safely": sqlrules.rule_of(f).safely}
 
 
 def _live_database(engine: engines.Engine[Any]) -> Any:
@@ -278,13 +295,13 @@ def _unique(items: Iterable[str | None]) -> list[str]:
 # --- backup -------------------------------------------------------------------------------------------------------
 
 
-def cmd_backup(directory: Path, prefix: str, retain: int, location_prefix: str | None,
-               store_kind: str = "volume") -> BackupResult:
-    """The engine dumps a consistent snapshot into the store; the store keeps it (atomically, with its checksum)."""
+def cmd_backup(store_kind: str, location: str, prefix: str, retain: int, location_prefix: str | None) -> BackupResult:
+    """The engine dumps a consistent snapshot into the store; the store keeps it (atomically, with its checksum).
+    `location`: where the store keeps this resource's dumps; `location_prefix`: how status names it."""
     if not backupstores.PREFIX.fullmatch(prefix):
-        raise JobError("InvalidArgument", f"--prefix {prefix!r}: use letters, digits, '-', '_' and '.'")
+        raise JobError(reasons.INVALID_ARGUMENT, f"--prefix {prefix!r}: use letters, digits, '-', '_' and '.'")
     engine, db = _engine_and_database()
-    store = backupstores.open_store(store_kind, str(directory))
+    store = backupstores.open_store(store_kind, location)
     with engine.snapshot(db) as snapshot:
         revision = _revision(snapshot.heads)
         while True:
@@ -293,7 +310,7 @@ def cmd_backup(directory: Path, prefix: str, retain: int, location_prefix: str |
             if not store.exists(name):
                 break
             time.sleep(1)
-        log(f"backing up {db.where} at revision {revision or 'base'} to {directory / name}")
+        log(f"backing up {db.where} at revision {revision or 'base'} to {location.rstrip('/')}/{name}")
         dump = store.write(name, snapshot.dump)
     completed = dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
     store.write_record(name, {"revision": revision, "sha256": dump.sha256, "sizeBytes": dump.size,
@@ -302,7 +319,7 @@ def cmd_backup(directory: Path, prefix: str, retain: int, location_prefix: str |
     pruned = store.prune(prefix, max(retain, 1), keep=name)
     for gone in pruned:
         log(f"pruned {gone}")
-    result: dict[str, Any] = {
+    result: BackupResult = {
         "ok": True,
         "location": f"{location_prefix.rstrip('/')}/{name}" if location_prefix else dump.location,
         "file": dump.location,
@@ -312,31 +329,28 @@ def cmd_backup(directory: Path, prefix: str, retain: int, location_prefix: str |
         "completedAt": completed,
         "pruned": pruned,
     }
-    fit_list(result, "pruned", lambda n: f"... and {n} more")
-    return cast(BackupResult, result)
+    return _fitted(result, "pruned", lambda n: f"... and {n} more")
 
 
 # --- restore ------------------------------------------------------------------------------------------------------
 
 
-def cmd_restore(path: Path, expected: str, store_kind: str = "volume", lock_key: int | None = None,
-                lock_timeout: float = 600.0) -> RestoreResult:
+def cmd_restore(store_kind: str, dump: str, expected: str, lock_key: int | None = None,
+                lock_wait: float = LOCK_WAIT_SECONDS) -> RestoreResult:
     """The store hands the dump over once its checksum matched; the engine restores it all or nothing, holding the
     database's migration lock (restore writes, like migrate, downgrade and stamp)."""
     if not re.fullmatch(r"sha256:[0-9a-f]{64}", expected.strip().lower()):
-        raise JobError("InvalidArgument", "--sha256 must be sha256:<64 hex digits>")
+        raise JobError(reasons.INVALID_ARGUMENT, "--sha256 must be sha256:<64 hex digits>")
     expected = expected.strip().lower()
-    store = backupstores.open_store(store_kind, str(path.parent))
-    _actual, size = store.verify(path.name, expected)
-    log(f"checksum verified: {path.name} ({size} bytes)")
+    store, name = backupstores.store_kind(store_kind).open_dump(dump)
+    _actual, size = store.verify(name, expected)
+    log(f"checksum verified: {name} ({size} bytes)")
     engine, db = _engine_and_database()
-    with store.fetch(path.name) as local, engine.advisory_lock(db, lock_key, lock_timeout):
+    with store.fetch(name) as local, engine.advisory_lock(db, lock_key, lock_wait):
         dropped = engine.restore(db, local)
     revision = _revision(engine.heads(db))
-    log(f"restored {path.name}: the database is at revision {revision or 'base'}")
-    result: dict[str, Any] = {"ok": True, "revision": revision, "dropped": dropped}
-    fit_list(result, "dropped", lambda n: f"... and {n} more")
-    return cast(RestoreResult, result)
+    log(f"restored {name}: the database is at revision {revision or 'base'}")
+    return _fitted(RestoreResult(ok=True, revision=revision, dropped=dropped), "dropped", lambda n: f"... and {n} more")
 
 
 # --- current ------------------------------------------------------------------------------------------------------
@@ -346,7 +360,8 @@ def cmd_current() -> CurrentResult:
     engine, db = _engine_and_database()
     heads = engine.heads(db)
     if len(heads) > 1:
-        raise JobError("MultipleHeads", f"the database's alembic_version holds several revisions ({', '.join(heads)}); "
+        raise JobError(reasons.MULTIPLE_HEADS,
+                       f"the database's alembic_version holds several revisions ({', '.join(heads)}); "
                        "merge them in the app (alembic merge) first")
     return {"ok": True, "current": heads[0] if heads else None}
 
@@ -354,57 +369,52 @@ def cmd_current() -> CurrentResult:
 # --- CLI ----------------------------------------------------------------------------------------------------------
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="alembic-operator job",
-                                     description="Commands run inside the operator's Jobs.")
-    sub = parser.add_subparsers(dest="command", required=True)
+def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """The commands of ``alembic-operator job`` (cli.py builds the tree; ``install-runner`` is cli's own)."""
 
     def command(name: str, help_text: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_text)
+        p = sub.add_parser(name, help=help_text, description=help_text[0].upper() + help_text[1:] + ".")
         p.add_argument("--result-file", default=DEFAULT_RESULT_FILE, help="where to write the JSON result")
+        p.set_defaults(handler=run)
         return p
 
     p = command("scan", "scan the SQL a plan rendered for destructive and locking operations")
     p.add_argument("--plan-dir", required=True, type=Path)
     p = command("backup", "dump the database (pg_dump, mariadb-dump) to the backup store")
-    p.add_argument("--dir", required=True, type=Path)
+    p.add_argument("--store", required=True, help="the backup store (backupstores/): volume, ...")
+    p.add_argument("--location", required=True, help="where the store keeps this resource's dumps (a directory, ...)")
     p.add_argument("--prefix", required=True)
     p.add_argument("--retain", required=True, type=int)
-    p.add_argument("--location-prefix")
-    p.add_argument("--store", default="volume", help="the backup store (see backupstores/): where --dir is")
+    p.add_argument("--location-prefix", help="how status names --location (default: the dump's reference)")
     p = command("restore", "restore a backup written by `backup`")
-    p.add_argument("--file", required=True, type=Path)
+    p.add_argument("--store", required=True, help="the backup store that holds --dump")
+    p.add_argument("--dump", required=True, help="the dump's reference, as `backup` returned it in `file`")
     p.add_argument("--sha256", required=True)
     p.add_argument("--lock-key", type=int, help="hold this advisory lock (the database's migration lock) while "
                    "restoring")
-    p.add_argument("--lock-timeout", type=float, default=600.0, help="seconds to wait for the lock")
-    p.add_argument("--store", default="volume", help="the backup store that holds --file")
+    p.add_argument("--lock-wait-seconds", type=float, default=LOCK_WAIT_SECONDS, metavar="S",
+                   help="how long to wait for that lock (default %(default)s)")
     command("current", "print the database's current Alembic revision")
-    return parser
 
 
-def main(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
+def run(args: argparse.Namespace) -> int:
+    """Run the parsed command; its result to ``--result-file`` and stdout; 0 when ``ok``."""
     result: Mapping[str, Any]
     try:
-        if args.command == "scan":
+        if args.job_command == "scan":
             result = cmd_scan(args.plan_dir)
-        elif args.command == "backup":
-            result = cmd_backup(args.dir, args.prefix, args.retain, args.location_prefix, args.store)
-        elif args.command == "restore":
-            result = cmd_restore(args.file, args.sha256, args.store, args.lock_key, args.lock_timeout)
+        elif args.job_command == "backup":
+            result = cmd_backup(args.store, args.location, args.prefix, args.retain, args.location_prefix)
+        elif args.job_command == "restore":
+            result = cmd_restore(args.store, args.dump, args.sha256, args.lock_key, args.lock_wait_seconds)
         else:
             result = cmd_current()
     except (JobError, backupstores.StoreError) as err:
         result = {"ok": False, "reason": err.reason, "message": sanitize(err.message)[:3000]}
     except Exception as err:  # never a traceback with who-knows-what in it: a sanitized one-liner
-        result = {"ok": False, "reason": "InternalError",
+        result = {"ok": False, "reason": reasons.INTERNAL_ERROR,
                   "message": sanitize(f"{type(err).__name__}: {err}")[:3000]}
     if not result.get("ok"):
         log(f"failed: {result['reason']}: {result['message']}")
     write_result(args.result_file, result)
     return 0 if result.get("ok") else 1
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main(sys.argv[1:]))

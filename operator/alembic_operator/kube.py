@@ -14,9 +14,10 @@ the code):
     create events                             (Kopf's event poster)
     create subjectaccessreviews               (the webhook: may this user approve? cluster-scoped, like cert-manager's)
     list/create/delete configmaps             (the audit trail: one record per finished run; never read back)
-    get/create/update mutatingwebhookconfigurations
-                                              (only when the operator writes the webhook's configuration itself:
-                                              the chart ships it instead and grants none of these)
+    get/create/update/delete mutatingwebhookconfigurations
+                                              (only when the operator writes the webhook's configuration itself,
+                                              and removes it on a clean stop: the chart ships it instead and grants
+                                              none of these)
 
 Errors are typed: :class:`NotFound` (404), :class:`Conflict` (409), :class:`Refused` (another 4xx: the API server
 refused the request for what the object says; retrying cannot help), :class:`Unavailable` (401, 408, 429, 5xx, the
@@ -31,15 +32,17 @@ import base64
 import contextlib
 import json
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import aiohttp
 import kubernetes
+from pydantic import JsonValue
 
 from . import constants as c
-from . import gate
+from . import gate, objects
+from .api import JsonObject
 
 CONNECTIONS = 32  # concurrent requests (pod patches)
 REQUEST_TIMEOUT = 30.0
@@ -148,15 +151,15 @@ class Client:
         headers = {"Accept": accept, "User-Agent": "alembic-operator"}
         if content_type:
             headers["Content-Type"] = content_type
-        settings: dict[str, Any] = dict(self.cfg.auth_settings())  # refreshes an expiring token first
-        for auth in settings.values():
-            if auth.get("in") == "header" and auth.get("value"):
+        for auth in self.cfg.auth_settings().values():  # refreshes an expiring token first
+            if isinstance(auth, dict) and auth.get("in") == "header" and auth.get("value"):
                 headers[str(auth["key"])] = str(auth["value"])
         return headers
 
-    async def request(self, method: str, path: str, body: Any = None, content_type: str = "application/json",
+    async def request(self, method: str, path: str, body: object = None, content_type: str = "application/json",
                       params: dict[str, str] | None = None, accept: str = "application/json") -> dict[str, Any]:
-        """One call; the decoded JSON answer, or a :class:`KubeError` subclass."""
+        """One call; the decoded JSON answer (an object: every answer of the API server is one), or a
+        :class:`KubeError` subclass. The raw body at the edge: the typed methods below read it as what it is."""
         data = None if body is None else json.dumps(body)
         try:
             async with self._session_now().request(
@@ -165,7 +168,7 @@ class Client:
                 raw = await resp.read()
                 if resp.status >= 400:
                     raise error_for(resp.status, resp.reason, raw)
-                return dict(json.loads(raw)) if raw else {}
+                return _json_object(raw) if raw else {}
         except (aiohttp.ClientError, TimeoutError) as err:
             raise Unavailable(0, f"{method} {path}: {type(err).__name__}: {err}") from err
 
@@ -186,7 +189,7 @@ class Client:
                 *lines, buffer = buffer.split(b"\n")
                 for line in lines:
                     if line.strip():
-                        yield dict(json.loads(line))
+                        yield _json_object(line)
 
     async def close(self) -> None:
         for session in (self._session, self._watch_session):
@@ -199,27 +202,28 @@ class Client:
     def _migration_path(namespace: str, name: str) -> str:
         return f"/apis/{c.GROUP}/{c.VERSION}/namespaces/{namespace}/{c.PLURAL}/{name}"
 
-    async def get_migration(self, namespace: str, name: str) -> dict[str, Any] | None:
+    async def get_migration(self, namespace: str, name: str) -> objects.Migration | None:
         try:
-            return await self.request("GET", self._migration_path(namespace, name))
+            return objects.migration(await self.request("GET", self._migration_path(namespace, name)))
         except NotFound:
             return None
 
-    async def list_migrations(self, namespaces: list[str] | None) -> list[dict[str, Any]]:
+    async def list_migrations(self, namespaces: list[str] | None) -> list[objects.Migration]:
         if not namespaces:
             result = await self.request("GET", f"/apis/{c.GROUP}/{c.VERSION}/{c.PLURAL}")
-            return list(result.get("items") or [])
-        items: list[dict[str, Any]] = []
+            return [objects.migration(item) for item in _items(result)]
+        items: list[objects.Migration] = []
         for ns in namespaces:
             listed = await self.request("GET", f"/apis/{c.GROUP}/{c.VERSION}/namespaces/{ns}/{c.PLURAL}")
-            items.extend(listed.get("items") or [])
+            items.extend(objects.migration(item) for item in _items(listed))
         return items
 
-    async def patch_status(self, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
+    async def patch_status(self, namespace: str, name: str, patch: Mapping[str, JsonValue]) -> objects.Migration:
         """Merge-patch the status (no resourceVersion: the reconciler and the gate each own their fields); the
         object as stored after it."""
-        return await self.request("PATCH", self._migration_path(namespace, name) + "/status", {"status": patch},
-                                  "application/merge-patch+json")
+        return objects.migration(await self.request(
+            "PATCH", self._migration_path(namespace, name) + "/status", {"status": patch},
+            "application/merge-patch+json"))
 
     async def patch_held_pods(self, namespace: str, name: str, count: int) -> None:
         """status.heldPods, with a merge patch (the reconciler keeps whatever it reads there); gone: nothing."""
@@ -254,19 +258,19 @@ class Client:
             out.append(Present(ns, int(rv) if rv.isdigit() else 0, names))
         return out
 
-    async def list_jobs(self, namespace: str, owner: str) -> list[dict[str, Any]]:
+    async def list_jobs(self, namespace: str, owner: str) -> list[objects.Job]:
         result = await self.request("GET", f"/apis/batch/v1/namespaces/{namespace}/jobs", params={
             "labelSelector": f"{c.OWNER_LABEL}={owner},{c.MANAGED_BY_LABEL}={c.MANAGED_BY}"})
-        return list(result.get("items") or [])
+        return [objects.job(item) for item in _items(result)]
 
-    async def create_job(self, manifest: dict[str, Any], dry_run: bool = False) -> None:
+    async def create_job(self, manifest: Mapping[str, JsonValue], dry_run: bool = False) -> None:
         """Create a Job (or only validate it: `dry_run`, the API server's full admission without storing anything).
 
         One that exists already (a restarted operator, a lost response) is left as it is. A Job the API server
         refuses raises :class:`Refused` (its message names the field); other errors raise as they are, to be retried.
         """
         try:
-            await self.request("POST", f"/apis/batch/v1/namespaces/{manifest['metadata']['namespace']}/jobs",
+            await self.request("POST", f"/apis/batch/v1/namespaces/{_meta(manifest, 'namespace')}/jobs",
                                manifest, params={"dryRun": "All"} if dry_run else None)
         except Conflict:
             return
@@ -277,11 +281,11 @@ class Client:
                                {"apiVersion": "v1", "kind": "DeleteOptions", "propagationPolicy": "Background"})
 
     # --- pods ---------------------------------------------------------------------------------------------------
-    async def list_pods(self, namespace: str, selector: str) -> list[dict[str, Any]]:
+    async def list_pods(self, namespace: str, selector: str) -> list[objects.Pod]:
         result = await self.request("GET", f"/api/v1/namespaces/{namespace}/pods", params={"labelSelector": selector})
-        return list(result.get("items") or [])
+        return [objects.pod(item) for item in _items(result)]
 
-    async def job_pods(self, namespace: str, job_name: str) -> list[dict[str, Any]]:
+    async def job_pods(self, namespace: str, job_name: str) -> list[objects.Pod]:
         return await self.list_pods(namespace, f"batch.kubernetes.io/job-name={job_name}")
 
     async def pod_log(self, namespace: str, name: str, container: str) -> str:
@@ -309,11 +313,11 @@ class Client:
         return True
 
     # --- ConfigMaps: the audit trail's records ----------------------------------------------------------------------
-    async def create_config_map(self, body: dict[str, Any]) -> None:
-        await self.request("POST", f"/api/v1/namespaces/{body['metadata']['namespace']}/configmaps", body)
+    async def create_config_map(self, body: Mapping[str, JsonValue]) -> None:
+        await self.request("POST", f"/api/v1/namespaces/{_meta(body, 'namespace')}/configmaps", body)
 
     async def create_binary_config_map(self, namespace: str, name: str, labels: dict[str, str],
-                                       owner: dict[str, Any], key: str, data: bytes) -> None:
+                                       owner: Mapping[str, JsonValue], key: str, data: bytes) -> None:
         """An immutable ConfigMap holding `data` under `key` (binaryData); one that exists already is kept."""
         body = {"apiVersion": "v1", "kind": "ConfigMap", "immutable": True,
                 "metadata": {"name": name, "namespace": namespace, "labels": labels, "ownerReferences": [owner]},
@@ -321,11 +325,11 @@ class Client:
         with contextlib.suppress(Conflict):
             await self.request("POST", f"/api/v1/namespaces/{namespace}/configmaps", body)
 
-    async def list_config_maps(self, namespace: str, selector: str) -> list[dict[str, Any]]:
+    async def list_config_maps(self, namespace: str, selector: str) -> list[objects.ObjectMeta]:
         """The ConfigMaps' metadata only (not their data: the operator never reads them back)."""
         result = await self.request("GET", f"/api/v1/namespaces/{namespace}/configmaps",
                                     params={"labelSelector": selector})
-        return [dict(item.get("metadata") or {}) for item in result.get("items") or []]
+        return [cast(objects.ObjectMeta, item.get("metadata") or {}) for item in _items(result)]
 
     async def list_config_map_names(self, namespace: str, selector: str) -> list[str]:
         result = await self.request("GET", f"/api/v1/namespaces/{namespace}/configmaps",
@@ -349,9 +353,9 @@ class Client:
         return bool(status.get("allowed")), str(status.get("reason") or status.get("evaluationError") or "")
 
     # --- the webhook's configuration ----------------------------------------------------------------------------
-    async def apply_webhook_configuration(self, body: dict[str, Any]) -> None:
+    async def apply_webhook_configuration(self, body: Mapping[str, JsonValue]) -> None:
         """Create or replace a MutatingWebhookConfiguration (optimistic concurrency: read, then replace)."""
-        name = body["metadata"]["name"]
+        name = _meta(body, "name")
         for _attempt in range(5):
             try:
                 current = await self.request("GET", f"/apis/{WEBHOOK_CONFIGURATIONS}/{name}")
@@ -362,7 +366,8 @@ class Client:
                 except Conflict:
                     continue
             version = (current.get("metadata") or {}).get("resourceVersion")
-            replacement = {**body, "metadata": {**body["metadata"], "resourceVersion": version}}
+            meta = body.get("metadata")
+            replacement = {**body, "metadata": {**(meta if isinstance(meta, dict) else {}), "resourceVersion": version}}
             try:
                 await self.request("PUT", f"/apis/{WEBHOOK_CONFIGURATIONS}/{name}", replacement)
                 return
@@ -370,8 +375,52 @@ class Client:
                 continue
         raise RuntimeError(f"could not write MutatingWebhookConfiguration {name}: conflicts")
 
+    async def remove_webhook_configuration(self, name: str, annotation: str, owner: str) -> bool:
+        """Delete a MutatingWebhookConfiguration only while its `annotation` names `owner`; one rewritten since it
+        was read (another writer) stays: the delete's preconditions are the uid and resourceVersion read. True when
+        it is gone."""
+        try:
+            current = await self.request("GET", f"/apis/{WEBHOOK_CONFIGURATIONS}/{name}")
+        except NotFound:
+            return True
+        meta = current.get("metadata") or {}
+        if (meta.get("annotations") or {}).get(annotation) != owner:
+            return False
+        options = {"apiVersion": "v1", "kind": "DeleteOptions",
+                   "preconditions": {"uid": meta.get("uid"), "resourceVersion": meta.get("resourceVersion")}}
+        try:
+            await self.request("DELETE", f"/apis/{WEBHOOK_CONFIGURATIONS}/{name}", options)
+        except NotFound:
+            return True
+        except Conflict:
+            return False
+        return True
 
-def parse_result(message: str | None) -> dict[str, Any] | None:
+
+def _json_object(raw: bytes) -> JsonObject:
+    value = json.loads(raw)
+    if not isinstance(value, dict):
+        raise Unavailable(0, f"the API server answered something other than a JSON object: {raw[:200]!r}")
+    return value
+
+
+def _items(listed: JsonObject) -> list[JsonObject]:
+    """The objects of a list answer."""
+    items = listed.get("items")
+    return [item for item in items if isinstance(item, dict)] if isinstance(items, list) else []
+
+
+def _meta(body: Mapping[str, JsonValue], key: str) -> str:
+    """metadata.<key> of an object the operator built (its name, its namespace)."""
+    meta = body.get("metadata")
+    value = meta.get(key) if isinstance(meta, dict) else None
+    if not isinstance(value, str):
+        raise ValueError(f"an object without metadata.{key}")
+    return value
+
+
+def parse_result(message: str | None) -> JsonObject | None:
+    """A container's termination message as the JSON object a Job command writes (runner/results); None if not."""
     if not message:
         return None
     try:

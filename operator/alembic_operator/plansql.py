@@ -6,7 +6,8 @@ lines of at most `CHUNK` characters (a container runtime splits longer lines); t
 keeps the compressed document in a ConfigMap owned by the resource, and `status.plan.sql` names it with the same
 sha256 the plan hash covers. A reviewer reads exactly what the plan scanned (`kubectl dbm plan` checks the sha256).
 
-Pure standard library: the scan (programs), the operator and `kubectl dbm` (entry) share it.
+The standard library and pydantic (which checks a document read back): the scan (programs), the operator and
+`kubectl dbm` (entry) share it.
 """
 
 from __future__ import annotations
@@ -16,13 +17,55 @@ import gzip
 import hashlib
 import json
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import NotRequired
+
+from pydantic import TypeAdapter
+from typing_extensions import TypedDict  # pydantic reads only this one on Python < 3.12
 
 MARKER = "alembic-operator:plan-sql"
 CHUNK = 8000  # characters of base64 per log line (CRI runtimes split lines above 16 KiB)
 KEPT_BYTES = 900_000  # compressed bytes a ConfigMap keeps (it holds 1 MiB in all, metadata included)
 DATA_KEY = "plan.json.gz"
 COMPONENT = "plan-sql"
+
+
+class RevisionSql(TypedDict):
+    """One revision's rendered SQL, as a reviewer reads it."""
+
+    revision: str
+    message: str
+    sql: str
+
+
+class PlanFinding(TypedDict):
+    """One finding of the scan (sqlscan.Finding), with its statement."""
+
+    rule: str
+    severity: str
+    revision: str | None
+    operation: str
+    statement: str
+
+
+class WholePlan(TypedDict, total=False):
+    """What the scan's result could not carry: every revision id, in order, and every finding."""
+
+    revisions: list[str]
+    destructiveRevisions: list[str]
+    findings: list[PlanFinding]
+
+
+class Document(TypedDict):
+    """The document the log and the ConfigMap carry (gzip-compressed JSON)."""
+
+    sqlSha256: str
+    total: int
+    revisions: list[RevisionSql]
+    truncated: bool
+    plan: NotRequired[WholePlan]
+
+
+_DOCUMENT = TypeAdapter(Document)
 
 
 def sql_sha256(sqls: Iterable[str]) -> str:
@@ -39,33 +82,33 @@ def revisions_sha256(revisions: Iterable[str]) -> str:
     return "sha256:" + hashlib.sha256("\n".join(revisions).encode()).hexdigest()
 
 
-def document(revisions: Sequence[dict[str, str]], sha256: str, plan: dict[str, Any] | None = None) -> dict[str, Any]:
+def document(revisions: Sequence[RevisionSql], sha256: str, plan: WholePlan | None = None) -> Document:
     """{sqlSha256, total, revisions: [{revision, message, sql}], truncated, plan}.
 
     `plan` is what the scan's result could not carry (every revision id in order, every finding): it is never cut
     when the SQL is, so a plan of any length keeps its whole list and all its findings here."""
-    doc: dict[str, Any] = {"sqlSha256": sha256, "total": len(revisions), "revisions": list(revisions),
-                           "truncated": False}
+    doc: Document = {"sqlSha256": sha256, "total": len(revisions), "revisions": list(revisions), "truncated": False}
     if plan is not None:
         doc["plan"] = plan
     return doc
 
 
-def planned_revisions(doc: dict[str, Any], expected_sha256: str | None) -> list[str] | None:
+def planned_revisions(doc: Document, expected_sha256: str | None) -> list[str] | None:
     """Every revision id of the plan, from the document, when they hash to what the scan's result says."""
-    ids = [str(x) for x in ((doc.get("plan") or {}).get("revisions") or [])]
+    ids = [str(x) for x in doc.get("plan", WholePlan()).get("revisions", [])]
     return ids if ids and expected_sha256 and revisions_sha256(ids) == expected_sha256 else None
 
 
-def compress(doc: dict[str, Any], limit: int = KEPT_BYTES) -> tuple[bytes, dict[str, Any]]:
+def compress(doc: Document, limit: int = KEPT_BYTES) -> tuple[bytes, Document]:
     """The gzip of `doc`, cut (newest revisions dropped, `truncated` set) until it fits in `limit` bytes."""
-    kept = dict(doc)
+    kept = doc.copy()
     while True:
         data = gzip.compress(json.dumps(kept, separators=(",", ":")).encode(), mtime=0)
         if len(data) <= limit or not kept["revisions"]:
             return data, kept
         keep = max(0, min(len(kept["revisions"]) - 1, int(len(kept["revisions"]) * limit / len(data) * 0.95)))
-        kept = {**kept, "revisions": kept["revisions"][:keep], "truncated": True}
+        kept = kept.copy()
+        kept["revisions"], kept["truncated"] = kept["revisions"][:keep], True
 
 
 def log_lines(data: bytes) -> list[str]:
@@ -96,12 +139,12 @@ def from_log(log: str) -> bytes | None:
         return None
 
 
-def read(data: bytes) -> dict[str, Any]:
-    doc: dict[str, Any] = json.loads(gzip.decompress(data))
-    return doc
+def read(data: bytes) -> Document:
+    """The document `compress` wrote (ValueError, OSError, EOFError: not one)."""
+    return _DOCUMENT.validate_json(gzip.decompress(data))
 
 
-def verified(doc: dict[str, Any]) -> bool:
+def verified(doc: Document) -> bool:
     """Does the SQL kept hash to the digest the plan hash covers? (Only a whole document can.)"""
     return not doc.get("truncated") and sql_sha256(r.get("sql", "") for r in doc.get("revisions") or []) == doc.get(
         "sqlSha256")

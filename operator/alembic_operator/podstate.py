@@ -13,10 +13,11 @@ reads the fix (a memory limit, a deadline) instead of "exited 137".
 from __future__ import annotations
 
 import re
-from typing import Any
 
 from . import reasons
 from .jobs import INSTALLER
+from .objects import ContainerStatus, Job, Pod
+from .reasons import Reason
 
 _MISSING_CLAIM = re.compile(r'persistentvolumeclaim "([^"]+)" not found', re.IGNORECASE)
 _PULL_WAITING = {"ErrImagePull", "ImagePullBackOff"}
@@ -26,7 +27,7 @@ _AS_ROOT = re.compile(r"runAsNonRoot and image (will run as root|has non-numeric
 MESSAGE_CHARS = 300  # of the kubelet's or the scheduler's own words, quoted
 
 
-def pod_progress(pods: list[dict[str, Any]]) -> tuple[bool, tuple[str, str] | None]:
+def pod_progress(pods: list[Pod]) -> tuple[bool, tuple[Reason, str] | None]:
     """(started, blocked) for the pods of one Job.
 
     started: one of the Job's own containers runs or ran (the init container that only installs the runner does not
@@ -41,7 +42,7 @@ def pod_progress(pods: list[dict[str, Any]]) -> tuple[bool, tuple[str, str] | No
     return False, None
 
 
-def pod_waiting(pods: list[dict[str, Any]]) -> str:
+def pod_waiting(pods: list[Pod]) -> str:
     """What a pod that is only slow waits for, in words: the scheduler, or its node pulling an image and starting a
     container (the kubelet reports both as ContainerCreating / PodInitializing: a big image takes a while)."""
     if not pods:
@@ -63,23 +64,23 @@ def pod_waiting(pods: list[dict[str, Any]]) -> str:
     return f"its node pulls the image {image} (a big image takes a while) and starts {what}"
 
 
-def never_ran(pods: list[dict[str, Any]]) -> bool:
+def never_ran(pods: list[Pod]) -> bool:
     """None of the Job's own containers ever started: deleting the Job cannot cut a step short."""
     return not any(_ran(pod) for pod in pods)
 
 
-def _statuses(pod: dict[str, Any]) -> list[dict[str, Any]]:
+def _statuses(pod: Pod) -> list[ContainerStatus]:
     status = pod.get("status") or {}
     return list(status.get("initContainerStatuses") or []) + list(status.get("containerStatuses") or [])
 
 
-def _ran(pod: dict[str, Any]) -> bool:
+def _ran(pod: Pod) -> bool:
     states = [cs.get("state") or {} for cs in _statuses(pod) if cs.get("name") != INSTALLER]
     last = [cs.get("lastState") or {} for cs in _statuses(pod) if cs.get("name") != INSTALLER]
     return any(s.keys() & {"running", "terminated"} for s in states + last)
 
 
-def _image_of(pod: dict[str, Any], container: str) -> str:
+def _image_of(pod: Pod, container: str) -> str:
     spec = pod.get("spec") or {}
     for ctr in list(spec.get("initContainers") or []) + list(spec.get("containers") or []):
         if ctr.get("name") == container:
@@ -92,7 +93,7 @@ def _quote(text: str) -> str:
     return text if len(text) <= MESSAGE_CHARS else text[: MESSAGE_CHARS - 3] + "..."
 
 
-def _blocked(pod: dict[str, Any]) -> tuple[str, str] | None:
+def _blocked(pod: Pod) -> tuple[Reason, str] | None:
     status = pod.get("status") or {}
     namespace = (pod.get("metadata") or {}).get("namespace", "")
     unscheduled = [cond for cond in status.get("conditions") or []
@@ -117,7 +118,7 @@ def _blocked(pod: dict[str, Any]) -> tuple[str, str] | None:
                     f"its pod cannot pull the image {image} (container {name}): {said or reason}. To fix: {fix}. "
                     "The Job keeps trying and continues on its own once the image can be pulled; a new image in the "
                     "spec starts a new run")
-        if reason == "InvalidImageName":
+        if reason == reasons.INVALID_IMAGE_NAME:  # the kubelet's word, reported as it is
             return (reasons.INVALID_IMAGE_NAME,
                     f"the image name {image} (container {name}) is not valid: {said or reason}. Fix {field}")
         if reason == "CreateContainerConfigError" and _AS_ROOT.search(said):
@@ -131,7 +132,7 @@ def _blocked(pod: dict[str, Any]) -> tuple[str, str] | None:
                     f"the container {name} cannot be created: {said or reason}. To fix: create what it refers to, or "
                     "fix the reference in spec.jobTemplate.env; the Job continues on its own once it exists")
     for cond in unscheduled:
-        if cond.get("reason") == "Unschedulable":
+        if cond.get("reason") == reasons.UNSCHEDULABLE:  # the scheduler's word, reported as it is
             return (reasons.UNSCHEDULABLE,
                     f"no node can run its pod: {_quote(str(cond.get('message') or ''))}. To fix: relax "
                     "spec.jobTemplate.nodeSelector, affinity or tolerations, or lower spec.jobTemplate.resources; "
@@ -139,7 +140,7 @@ def _blocked(pod: dict[str, Any]) -> tuple[str, str] | None:
     return None
 
 
-def failure_cause(job: dict[str, Any], pods: list[dict[str, Any]]) -> tuple[str, str] | None:
+def failure_cause(job: Job, pods: list[Pod]) -> tuple[Reason, str] | None:
     """(reason, message) when a failed Job was stopped from outside rather than by its own error, else None.
 
     Checked in this order because one cause leads to the next: at its deadline the Job controller deletes the pod,
@@ -147,7 +148,8 @@ def failure_cause(job: dict[str, Any], pods: list[dict[str, Any]]) -> tuple[str,
     """
     deadline = (job.get("spec") or {}).get("activeDeadlineSeconds")
     for cond in (job.get("status") or {}).get("conditions") or []:
-        if cond.get("type") == "Failed" and cond.get("status") == "True" and cond.get("reason") == "DeadlineExceeded":
+        if (cond.get("type") == "Failed" and cond.get("status") == "True"
+                and cond.get("reason") == reasons.DEADLINE_EXCEEDED):  # the Job controller's word, reported as it is
             return (reasons.DEADLINE_EXCEEDED,
                     f"it ran longer than its deadline of {deadline} s (activeDeadlineSeconds) and Kubernetes stopped "
                     "it. To fix: raise spec.jobTemplate.activeDeadlineSeconds (or find what made it slow, e.g. a lock "
@@ -155,7 +157,7 @@ def failure_cause(job: dict[str, Any], pods: list[dict[str, Any]]) -> tuple[str,
     for pod in pods:
         for cs in _statuses(pod):
             term = (cs.get("state") or {}).get("terminated") or (cs.get("lastState") or {}).get("terminated") or {}
-            if term.get("reason") == "OOMKilled":
+            if term.get("reason") == reasons.OOM_KILLED:  # the kubelet's word, reported as it is
                 name = str(cs.get("name"))
                 limit = _memory_limit(pod, name)
                 said = (f"its memory limit is {limit}" if limit else
@@ -188,7 +190,7 @@ def failure_cause(job: dict[str, Any], pods: list[dict[str, Any]]) -> tuple[str,
     return None
 
 
-def _memory_limit(pod: dict[str, Any], container: str) -> str | None:
+def _memory_limit(pod: Pod, container: str) -> str | None:
     spec = pod.get("spec") or {}
     for ctr in list(spec.get("initContainers") or []) + list(spec.get("containers") or []):
         if ctr.get("name") == container:

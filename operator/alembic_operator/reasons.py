@@ -1,14 +1,18 @@
 """Every reason a user can see, in one place: condition reasons, Event reasons, Job result reasons, gate verdicts.
 
-Each reason is declared once with `_reason()`: a plain string constant for code, and an `Info` saying what kind of
-state it names (progressing / stalled / ready, for the kstatus summary conditions), whether it passes by itself
-(transient), where it shows, and its runbook anchor. Code uses the constants below, never a literal; the sets other
-modules need (plan errors, transient Job failures, rollback modes) are derived here. `docs/reasons.md` is generated
-from this module (`python -m alembic_operator.reasons`) and a test keeps it, the runbooks and API.md in step.
+A reason is a `Reason`: a string (it is written into conditions, Events and Job results as it is) that only this
+module makes. Each one is declared once with `_reason()`, with an `Info` saying what kind of state it names
+(progressing / stalled / ready, for the kstatus summary conditions), whether it passes by itself (transient), where it
+shows, and its runbook anchor. The functions that write a condition, an Event or a Job's result take a `Reason`, so
+mypy refuses a literal; `Reason(text)` reads one back (a Job's result, a status written earlier) and raises
+ValueError for a word that is not declared. The sets other modules need (plan errors, transient Job failures,
+rollback modes) are derived here. `docs/reasons.md` is generated from this module (`python -m
+alembic_operator.reasons`) and a test keeps it, the runbooks and API.md in step; another test fails on a string
+spelling a reason anywhere else.
 
 Reasons are part of the user-facing contract (alerts and scripts match on them): never rename one.
-The runner (`runner/`) runs in the app's image without this package, so it spells its result reasons itself; a test
-checks that every reason it (or any other module) can emit is declared here.
+The runner (`runner/`) runs in the app's image without this package, so it spells its result reasons itself, in one
+module (`runner/reasons.py`); a test checks that each one is declared here with the same spelling.
 """
 
 from __future__ import annotations
@@ -22,11 +26,29 @@ Kind = Literal["progressing", "stalled", "ready"]
 # Where a reason shows: a condition type, "Event", a Job's result ("plan Job", ...), or "pod Event".
 _CONDITIONS = ("Ready", "Reconciling", "Stalled")
 
+
+class Reason(str):
+    """A declared reason. `Reason(text)` is the declared one spelled `text` (ValueError if none is): like an Enum's
+    lookup, it never makes a new reason; only `_reason()` declares one."""
+
+    __slots__ = ()
+
+    def __new__(cls, text: str) -> Reason:
+        try:
+            return _DECLARED[text]
+        except KeyError:
+            raise ValueError(f"{text!r} is not a declared reason (alembic_operator/reasons.py)") from None
+
+    @property
+    def info(self) -> Info:
+        return ALL[self]
+
+
 @dataclass(frozen=True)
 class Info:
     """What a reason means and how it behaves."""
 
-    name: str
+    name: Reason
     kind: Kind | None  # the kstatus state it names as the summary conditions' reason; None: never their reason
     meaning: str
     where: tuple[str, ...]  # condition types, "Event", "Job result", "pod Event"
@@ -36,21 +58,28 @@ class Info:
     rollback_mode: str | None  # a RolledBack=True reason: the rollback metric's mode label
 
 
-ALL: dict[str, Info] = {}
+ALL: dict[Reason, Info] = {}
+_DECLARED: dict[str, Reason] = {}
 
 
 def _reason(name: str, kind: Kind | None, meaning: str, *, where: tuple[str, ...] = (), transient: bool = False,
-            runbook: str | None = None, plan_error: bool = False, rollback_mode: str | None = None) -> str:
-    """Declare a reason; returns its name, the plain string code uses."""
-    if name in ALL:
+            runbook: str | None = None, plan_error: bool = False, rollback_mode: str | None = None) -> Reason:
+    """Declare a reason; returns it (the only place a `Reason` is made)."""
+    if name in _DECLARED:
         raise ValueError(f"reason {name} is declared twice")
-    ALL[name] = Info(name, kind, meaning, (_CONDITIONS if kind else ()) + where, transient, runbook, plan_error,
-                     rollback_mode)
-    return name
+    reason = _DECLARED[name] = str.__new__(Reason, name)
+    ALL[reason] = Info(reason, kind, meaning, (_CONDITIONS if kind else ()) + where, transient, runbook, plan_error,
+                       rollback_mode)
+    return reason
 
 
 def info(reason: str) -> Info:
-    return ALL[reason]
+    return ALL[Reason(reason)]
+
+
+def parse(text: object) -> Reason | None:
+    """The declared reason spelled `text` (a Job's result, a status read back), or None."""
+    return _DECLARED.get(text) if isinstance(text, str) else None
 
 
 _DB_URL = "the-secret-is-missing-or-wrong--stalled--secretnotfound-invaliddatabaseurl-databaseauthenticationfailed"
@@ -90,6 +119,11 @@ INVALID_SPEC = _reason("InvalidSpec", "stalled", "the spec (or the resource's na
                       "the field")
 JOB_REFUSED = _reason("JobRefused", "stalled", "the API server refused a Job built from the spec: the message names "
                      "the field", where=("Drifted",), runbook="a-job-the-api-server-refuses--stalled--jobrefused")
+BACKUP_VOLUME_NOT_WRITABLE = _reason(
+    "BackupVolumeNotWritable", "stalled", "the backup Job's user (uid 65532) cannot write to spec.backup.volume (a "
+    "hostPath or NFS directory it does not own: those volume types ignore fsGroup); no migration started",
+    where=("BackupSucceeded", "Job result"),
+    runbook="the-backup-volume-is-not-writable--stalled--backupvolumenotwritable")
 PERSISTENT_VOLUME_CLAIM_NOT_FOUND = _reason(
     "PersistentVolumeClaimNotFound", "stalled", "a Job's pod waits for a PersistentVolumeClaim that does not exist",
     runbook="a-jobs-pod-cannot-start-for-a-missing-claim--stalled--persistentvolumeclaimnotfound")
@@ -246,12 +280,12 @@ TOOL_NOT_FOUND = _reason("ToolNotFound", None, "a database client tool (pg_dump,
 
 # --- sets other modules need, derived ---------------------------------------------------------------------------------
 # A plan Job's result reason the user reads as it is (others become PlanFailed).
-PLAN_ERRORS: frozenset[str] = frozenset(r.name for r in ALL.values() if r.plan_error)
+PLAN_ERRORS: frozenset[Reason] = frozenset(r.name for r in ALL.values() if r.plan_error)
 # A Job that failed for one of these changed nothing and may succeed later: retried with backoff.
-TRANSIENT_JOB_REASONS: frozenset[str] = frozenset(r.name for r in ALL.values()
+TRANSIENT_JOB_REASONS: frozenset[Reason] = frozenset(r.name for r in ALL.values()
                                                   if r.transient and "Job result" in r.where)
 # RolledBack=True reason -> the `mode` label of the rollback metric.
-ROLLBACK_MODES: dict[str, str] = {r.name: r.rollback_mode for r in ALL.values() if r.rollback_mode}
+ROLLBACK_MODES: dict[Reason, str] = {r.name: r.rollback_mode for r in ALL.values() if r.rollback_mode}
 
 
 def markdown() -> str:

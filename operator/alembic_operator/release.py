@@ -27,16 +27,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 import kopf
 
 from . import constants as c
-from . import gate, reasons
+from . import events, gate, objects, reasons
 from .api import MAX_NAME_LENGTH
-from .kept import KeptObjects
+from .kept import KeptObjects, without_managed_fields
 from .kube import Client, KubeError
+from .objects import Migration, Pod
 
 log = logging.getLogger("alembic_operator.gate")
 
@@ -46,7 +47,7 @@ COUNT_DELAY = 1.0  # heldPods is written at most this often per resource
 Key = tuple[str, str]  # (namespace, DatabaseMigration name)
 
 
-def _version(obj: dict[str, Any]) -> tuple[int, int]:
+def _version(obj: Migration) -> tuple[int, int]:
     """(generation, resourceVersion) to tell which of two reads of one object is newer.
 
     resourceVersion is opaque by contract, but the API server's are etcd revisions: integers that only grow.
@@ -61,7 +62,7 @@ def pod_ref(namespace: str, name: str, uid: str) -> kopf.Body:
                       "metadata": {"namespace": namespace, "name": name, "uid": uid}})
 
 
-def migration_ref(dbm: dict[str, Any]) -> kopf.Body:
+def migration_ref(dbm: Migration) -> kopf.Body:
     meta = dbm.get("metadata") or {}
     return kopf.Body({"apiVersion": c.API_VERSION, "kind": c.KIND,
                       "metadata": {"namespace": str(meta.get("namespace")), "name": str(meta.get("name")),
@@ -73,7 +74,8 @@ class Gatekeeper:
     """In-memory view of DatabaseMigrations and held pods; rebuilt from the watches after a restart."""
 
     client: Client | None = None  # the operator's (given at start-up; it closes it)
-    migrations: KeptObjects[Key] = field(default_factory=lambda: KeptObjects(version=_version))
+    migrations: KeptObjects[Key, Migration] = field(
+        default_factory=lambda: KeptObjects(without_managed_fields, version=_version))
     held: dict[Key, dict[str, gate.PodVerdict]] = field(default_factory=dict)  # by pod uid
     announced: set[str] = field(default_factory=set)  # pod uids whose Held event was posted
     releasing: set[str] = field(default_factory=set)
@@ -96,7 +98,8 @@ class Gatekeeper:
         return self.client
 
     # --- inputs -------------------------------------------------------------------------------------------------
-    def migration_seen(self, event_type: str | None, body: dict[str, Any]) -> None:
+    def migration_seen(self, event_type: str | None, raw: Mapping[str, object]) -> None:
+        body = objects.migration(raw)
         meta = body.get("metadata") or {}
         key = (str(meta.get("namespace")), str(meta.get("name")))
         if event_type == "DELETED":
@@ -170,20 +173,23 @@ class Gatekeeper:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 30.0)
 
-    def remember(self, dbm: dict[str, Any]) -> None:
+    def remember(self, dbm: Migration) -> None:
         """Keep an object read directly (not from the watch) when it is newer than what the watch showed."""
         meta = dbm.get("metadata") or {}
         key = (str(meta.get("namespace")), str(meta.get("name")))
         self.migrations.put_if_newer(key, dbm, or_same=True)
 
-    async def read_migration(self, namespace: str, name: str) -> dict[str, Any] | None:
+    async def read_migration(self, namespace: str, name: str) -> Migration | None:
         """A fresh read, remembered (the webhook decides on it: the watch may be a moment behind)."""
-        dbm = await self.kube.get_migration(namespace, name)
-        if dbm is not None:
-            self.remember(dbm)
+        body = await self.kube.get_migration(namespace, name)
+        if body is None:
+            return None
+        dbm = objects.migration(body)
+        self.remember(dbm)
         return dbm
 
-    def pod_seen(self, event_type: str | None, pod: dict[str, Any]) -> None:
+    def pod_seen(self, event_type: str | None, raw: Mapping[str, object]) -> None:
+        pod = objects.pod(raw)
         meta = pod.get("metadata") or {}
         requirement = gate.requirement_of(meta)
         uid = str(meta.get("uid") or "")
@@ -222,7 +228,7 @@ class Gatekeeper:
         if task is None or task.done():
             self._spawn(("sync", key), self._sync_loop(key))
 
-    def _spawn(self, tkey: tuple[str, Key], coro: Any) -> None:
+    def _spawn(self, tkey: tuple[str, Key], coro: Coroutine[object, object, None]) -> None:
         task: asyncio.Task[None] = asyncio.create_task(coro)
         self.tasks[tkey] = task
         task.add_done_callback(lambda t: self.tasks.pop(tkey, None) if self.tasks.get(tkey) is t else None)
@@ -263,7 +269,7 @@ class Gatekeeper:
             self._note_held(key, dbm, held)
         self._count_soon(key)
 
-    async def _release_one(self, key: Key, pod: dict[str, Any]) -> None:
+    async def _release_one(self, key: Key, pod: Pod) -> None:
         """A pod seen gated while the watch's copy says its requirement is met: confirm on a fresh read."""
         try:
             fresh = await self.read_migration(*key)
@@ -277,7 +283,7 @@ class Gatekeeper:
             log.warning("could not release a pod of %s/%s: %s", *key, err)
             self.kick(key)
 
-    async def _release(self, key: Key, dbm: dict[str, Any], pods: list[gate.PodVerdict]) -> None:
+    async def _release(self, key: Key, dbm: Migration, pods: list[gate.PodVerdict]) -> None:
         started = time.monotonic()
         for p in pods:
             self.releasing.add(p.uid)
@@ -294,8 +300,8 @@ class Gatekeeper:
         for p in done:
             self.held.get(key, {}).pop(p.uid, None)
             self.announced.discard(p.uid)
-            kopf.event(pod_ref(p.namespace, p.name, p.uid), type="Normal", reason=reasons.RELEASED,
-                       message=f"scheduling gate {c.SCHEDULING_GATE} removed: {p.verdict.message}")
+            events.post(pod_ref(p.namespace, p.name, p.uid), "Normal", reasons.RELEASED,
+                        f"scheduling gate {c.SCHEDULING_GATE} removed: {p.verdict.message}")
         self.released_total += len(done)
         if done:
             elapsed = time.monotonic() - started
@@ -303,8 +309,8 @@ class Gatekeeper:
             names = sorted(p.name for p in done)
             listed = ", ".join(names[: gate.MAX_LISTED]) + (
                 f" and {len(names) - gate.MAX_LISTED} more" if len(names) > gate.MAX_LISTED else "")
-            kopf.event(migration_ref(dbm), type="Normal", reason=reasons.PODS_RELEASED,
-                       message=f"released {len(done)} held pod(s) ({listed}): {done[0].verdict.message}")
+            events.post(migration_ref(dbm), "Normal", reasons.PODS_RELEASED,
+                        f"released {len(done)} held pod(s) ({listed}): {done[0].verdict.message}")
             self._count_soon(key)
         if failed:
             log.warning("could not release %d pod(s) of %s/%s (retrying): %s", len(failed), *key, failed[0][1])
@@ -312,17 +318,17 @@ class Gatekeeper:
             raise RuntimeError(f"{len(failed)} pod(s) not released")
 
     # --- reporting ----------------------------------------------------------------------------------------------
-    def _note_held(self, key: Key, dbm: dict[str, Any] | None, held: list[gate.PodVerdict]) -> None:
+    def _note_held(self, key: Key, dbm: Migration | None, held: list[gate.PodVerdict]) -> None:
         self.touched.add(key)
         pods = self.held.setdefault(key, {})
         for p in held:
             pods[p.uid] = p
             if p.uid not in self.announced:
                 self.announced.add(p.uid)
-                kind = "Warning" if p.verdict.reason in (gate.UNKNOWN_REVISION, gate.MIGRATION_NOT_FOUND) else "Normal"
-                kopf.event(pod_ref(p.namespace, p.name, p.uid), type=kind, reason=reasons.HELD,
-                           message=f"{p.verdict.reason}: scheduling gate {c.SCHEDULING_GATE} kept: "
-                                   f"{p.verdict.message}")
+                kind: events.EventType = (
+                    "Warning" if p.verdict.reason in (gate.UNKNOWN_REVISION, gate.MIGRATION_NOT_FOUND) else "Normal")
+                events.post(pod_ref(p.namespace, p.name, p.uid), kind, reasons.HELD,
+                            f"{p.verdict.reason}: scheduling gate {c.SCHEDULING_GATE} kept: {p.verdict.message}")
         self._count_soon(key)
 
     def _count_soon(self, key: Key) -> None:
@@ -339,7 +345,7 @@ class Gatekeeper:
         count = len(held)
         if count > self.reported.get(key, 0):
             kind, reason, message = gate.summarize_held(key[1], held)
-            kopf.event(migration_ref(dbm), type=kind, reason=reason, message=message)
+            events.post(migration_ref(dbm), kind, reason, message)
         self.reported[key] = count
         written = (dbm.get("status") or {}).get("heldPods")
         if written != count and (written is not None or count or key in self.touched):

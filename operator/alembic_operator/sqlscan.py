@@ -33,13 +33,16 @@ user-defined functions used as column defaults (only well-known volatile built-i
 from __future__ import annotations
 
 import re
-from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
 import pglast
 from pglast import ast, enums, parser
 from pglast.stream import RawStream
+
+from . import sqlrules
+from .sqlrules import RULESETS, UNRENDERABLE, Catalog, Connection, Finding, Rule, Severity, rule_of
 
 __all__ = [
     "CATALOG_CHECKS_SQL",
@@ -55,55 +58,22 @@ __all__ = [
     "Scanner",
     "Severity",
     "altered_columns",
+    "alters_columns",
     "catalog_from_rows",
     "classify_type_change",
-    "known_rules",
     "parse_type",
+    "read_catalog",
     "rule_of",
     "scan_revisions",
     "scan_sql",
+    "scanner",
 ]
 
-# destructive: data is (or may be) lost, approval needed; locking: keeps the data but holds a strong lock on an
-# existing table for as long as it runs, or breaks the running app (approval with spec.approval.requireForLocking);
-# warning: worth a look; note: for the record (a type change PostgreSQL does in the catalog only).
-Severity = Literal["destructive", "locking", "warning", "note"]
-SEVERITIES: Final[tuple[Severity, ...]] = ("destructive", "locking", "warning", "note")
-
-STATEMENT_MAX: Final = 300
-DEFAULT_VERSION_TABLE: Final = "alembic_version"
-VERSION_COLUMN: Final = "version_num"
-
-
-@dataclass(frozen=True)
-class Rule:
-    name: str  # kebab-case, stable
-    severity: Severity
-    why: str  # what goes wrong
-    safely: str  # how to do it without the problem
-
-
-@dataclass(frozen=True)
-class Finding:
-    rule: str
-    severity: Severity
-    operation: str  # human, e.g. "DROP COLUMN orders.legacy_code"
-    revision: str | None
-    statement: str  # the SQL statement, trimmed to STATEMENT_MAX characters
-    engine: str = "postgresql"  # whose rules: RULESETS[engine][rule] (sqlscan_mysql registers "mysql")
-
-    def describe(self) -> str:
-        """The contract's form in status.plan.destructive: 'DROP COLUMN orders.legacy_code (revision 9d81aa02c4f5)'."""
-        if not self.revision or f"revision {self.revision}" in self.operation:
-            return self.operation
-        return f"{self.operation} (revision {self.revision})"
-
-    def to_dict(self) -> dict[str, str | None]:
-        return {"rule": self.rule, "severity": self.severity, "revision": self.revision, "operation": self.operation}
-
-
-def _rule(name: str, severity: Severity, why: str, safely: str) -> tuple[str, Rule]:
-    return name, Rule(name, severity, why, safely)
+STATEMENT_MAX: Final = sqlrules.STATEMENT_MAX
+DEFAULT_VERSION_TABLE: Final = sqlrules.DEFAULT_VERSION_TABLE
+VERSION_COLUMN: Final = sqlrules.VERSION_COLUMN
+SEVERITIES: Final = sqlrules.SEVERITIES
+_rule = sqlrules.rule
 
 
 RULES: Final[dict[str, Rule]] = dict(
@@ -149,9 +119,7 @@ RULES: Final[dict[str, Rule]] = dict(
         _rule("opaque-sql", "destructive", "SQL built at run time (EXECUTE in a DO block) or code in a non-SQL "
               "language cannot be analysed statically.",
               "Write the statements out as plain SQL, or review the code and approve the plan."),
-        _rule("unrenderable-revision", "destructive", "The revision could not be rendered offline (it reads the "
-              "database or fails in offline mode), so its SQL is unknown.",
-              "Make the revision renderable offline (see context.is_offline_mode()), or review it and approve."),
+        (UNRENDERABLE.name, UNRENDERABLE),
         # --- locking: keeps the data, but blocks the running app on an existing table while it runs -----------------
         _rule("create-index-not-concurrently", "locking", "CREATE INDEX without CONCURRENTLY blocks writes to the "
               "table (SHARE lock) for as long as the build takes.",
@@ -227,18 +195,7 @@ RULES: Final[dict[str, Rule]] = dict(
     ]
 )
 
-# Each scanner's rules by engine name: a finding's rule (why, safely) is RULESETS[finding.engine][finding.rule].
-RULESETS: Final[dict[str, dict[str, Rule]]] = {"postgresql": RULES}
-
-
-def rule_of(finding: Finding) -> Rule:
-    """The rule a finding names, in its own engine's rules."""
-    return RULESETS.get(finding.engine, RULES)[finding.rule]
-
-
-def known_rules() -> set[str]:
-    """Every rule name of every registered scanner (suppressions may name any)."""
-    return {name for rules in RULESETS.values() for name in rules}
+RULESETS["postgresql"] = RULES
 
 
 # Built-in functions that are VOLATILE: used as a column's DEFAULT on ADD COLUMN they force a table rewrite.
@@ -253,7 +210,6 @@ HUGE_ROWS: Final = 1_000_000
 # LOCK TABLE modes (lockdefs.h) that block the app's writes: SHARE (5) and stronger.
 _STRONG_LOCK_MODE: Final = 5
 
-_RUNNING = re.compile(r"^--\s*Running (upgrade|downgrade)\s+(.*?)\s*->\s*(.*?)\s*$", re.MULTILINE)
 _DELIMITER = re.compile(r";[ \t]*(?:\n|$)")  # Alembic's offline renderer ends every statement with ";\n\n"
 _PLPGSQL_TAG: Final = "$alembic_operator_do$"
 # Only views and constraints can depend on these: CASCADE loses no rows.
@@ -403,17 +359,6 @@ def _plain_cast(expr: Any, column: str, target: ColumnType | None) -> bool:
             return False
         expr = expr.arg
     return isinstance(expr, ast.ColumnRef) and [str(getattr(f, "sval", "")) for f in expr.fields or ()] == [column]
-
-
-@dataclass(frozen=True)
-class Catalog:
-    """What the plan's scan read of the live database before the plan runs: (table, column) -> its type as
-    format_type() prints it, the columns a validated CHECK (col IS NOT NULL) constraint covers, and the tables'
-    estimated sizes (a VALIDATE CONSTRAINT is worth a note only on a huge table)."""
-
-    columns: Mapping[tuple[str, str], str] = field(default_factory=dict)
-    not_null_checks: frozenset[tuple[str, str]] = frozenset()
-    rows: Mapping[str, int] = field(default_factory=dict)  # table -> estimated rows (pg_class.reltuples)
 
 
 # --- column types: is a type change a widening, a rewrite or a loss? -----------------------------------------------
@@ -600,15 +545,10 @@ class Scanner:
 
     def scan(self, sql: str, revision: str | None = None) -> list[Finding]:
         """Scan one chunk of SQL; return (and accumulate in ``findings``) what it found."""
-        markers = [(m.start(), m.group(3) if m.group(1) == "upgrade" else m.group(2)) for m in _RUNNING.finditer(sql)]
+        at = sqlrules.revision_at(sql, revision)
         new: list[Finding] = []
         for stmt in _statements(sql):
-            rev = revision
-            if rev is None:
-                for pos, marked in markers:
-                    if pos <= stmt.start:
-                        rev = marked or None
-            new.extend(self._statement(stmt, rev))
+            new.extend(self._statement(stmt, at(stmt.start)))
         new = [f for f in new if f.rule not in self.allowed]
         self.findings.extend(new)
         return new
@@ -1033,6 +973,39 @@ CATALOG_CHECKS_SQL: Final = (
     "WHERE k.contype = 'c' AND k.convalidated AND c.relname = ANY(%(tables)s)")
 
 
+def scanner(catalog: Catalog | None = None) -> Scanner:
+    """A new scanner of one plan's SQL (the engine's `scanner`)."""
+    return Scanner(catalog=catalog)
+
+
+def alters_columns(items: Sequence[tuple[str | None, str]]) -> bool:
+    """Whether the SQL changes a column's type, sets NOT NULL or validates a constraint (its findings then depend on
+    the catalog)."""
+    return bool(altered_columns(items))
+
+
+def read_catalog(connection: Connection, items: Sequence[tuple[str | None, str]]) -> Catalog:
+    """The types of the columns of the tables `items` alter, their validated NOT NULL checks and the tables' sizes,
+    through a DB-API connection (pyformat parameters: psycopg and psycopg2 alike) in a READ ONLY transaction that is
+    rolled back: it can never write."""
+    tables = sorted({table for _schema, table in altered_columns(items)})
+    if not tables:
+        return Catalog()
+    cur = connection.cursor()
+    try:
+        cur.execute("SET TRANSACTION READ ONLY")
+        cur.execute(CATALOG_COLUMNS_SQL, {"tables": tables})
+        columns = list(cur.fetchall())
+        cur.execute(CATALOG_CHECKS_SQL, {"tables": tables})
+        checks = list(cur.fetchall())
+        cur.execute(CATALOG_ROWS_SQL, {"tables": tables})
+        sizes = list(cur.fetchall())
+    finally:
+        connection.rollback()
+        cur.close()
+    return catalog_from_rows(columns, checks, sizes)
+
+
 def catalog_from_rows(columns: Iterable[Sequence[Any]], checks: Iterable[Sequence[Any]],
                       sizes: Iterable[Sequence[Any]] = ()) -> Catalog:
     """The Catalog from the rows of CATALOG_COLUMNS_SQL, CATALOG_CHECKS_SQL and CATALOG_ROWS_SQL."""
@@ -1071,7 +1044,7 @@ def markdown() -> str:
     lines = [
         "# What the plan's scanner finds",
         "",
-        "<!-- Generated by `python -m alembic_operator.sqlscan_mysql > docs/locking.md` (make crd): edit RULES "
+        "<!-- Generated by `make crd` (`alembic_operator.engines.locking_markdown()`): edit RULES "
         "in operator/alembic_operator/sqlscan.py and sqlscan_mysql.py instead. -->",
         "",
         "The plan Job renders each revision's SQL offline and scans it with PostgreSQL's own parser; "

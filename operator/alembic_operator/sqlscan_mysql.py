@@ -3,7 +3,7 @@
 The PostgreSQL scanner (``sqlscan``) reads PostgreSQL's own parse tree; no MySQL parser embeds the server's, so
 this one parses with **sqlglot**'s MySQL dialect, statement by statement (sqlglot's tokenizer splits the text, so
 quotes and comments never split a statement). The findings, their fields and the rule families are PostgreSQL's
-(``sqlscan.Finding``, ``Rule``, ``Catalog``), with MySQL's truths about what blocks: InnoDB's online DDL makes
+(``sqlrules.Finding``, ``Rule``, ``Catalog``), with MySQL's truths about what blocks: InnoDB's online DDL makes
 ``CREATE INDEX``, ``DROP INDEX``, ``ADD COLUMN`` and ``RENAME`` metadata-only or online (``LOCK=NONE``), while a
 table copy (``ALGORITHM=COPY``: most type changes, a foreign key checked against every row, a CHECK constraint,
 ``CONVERT TO CHARACTER SET``, an AUTO_INCREMENT or STORED column) blocks every write for as long as it runs.
@@ -34,18 +34,28 @@ from sqlglot import exp
 from sqlglot.errors import SqlglotError
 from sqlglot.tokenizer_core import Token, TokenType
 
-from . import sqlscan
-from .sqlscan import Catalog, Finding, Rule, Severity
+from . import sqlrules
+from .sqlrules import Catalog, Connection, Finding, Rule
 
-__all__ = ["ENGINE", "RULES", "MyType", "altered_tables", "catalog_from_rows", "catalog_text", "classify",
-           "locking_markdown", "markdown", "parse_type", "read_catalog", "scan"]
+__all__ = [
+    "ENGINE",
+    "RULES",
+    "MyType",
+    "altered_tables",
+    "alters_columns",
+    "catalog_from_rows",
+    "catalog_text",
+    "classify",
+    "markdown",
+    "parse_type",
+    "read_catalog",
+    "scan",
+    "scanner",
+]
 
 ENGINE: Final = "mysql"
-DEFAULT_VERSION_TABLE: Final = sqlscan.DEFAULT_VERSION_TABLE
-
-
-def _rule(name: str, severity: Severity, why: str, safely: str) -> tuple[str, Rule]:
-    return name, Rule(name, severity, why, safely)
+DEFAULT_VERSION_TABLE: Final = sqlrules.DEFAULT_VERSION_TABLE
+_rule = sqlrules.rule
 
 
 _PT_OSC: Final = ("an online schema change tool (pt-online-schema-change, gh-ost) copies the table in the "
@@ -143,7 +153,7 @@ RULES: Final[dict[str, Rule]] = dict(
     ]
 )
 
-sqlscan.RULESETS[ENGINE] = RULES
+sqlrules.RULESETS[ENGINE] = RULES
 
 # --- column types ---------------------------------------------------------------------------------------------------
 
@@ -364,7 +374,6 @@ def catalog_text(column_type: str, charset: str | None, nullable: str | bool | N
 
 # --- statements -----------------------------------------------------------------------------------------------------
 
-_RUNNING = re.compile(r"^--\s*Running (upgrade|downgrade)\s+(.*?)\s*->\s*(.*?)\s*$", re.MULTILINE)
 _DELIMITER = re.compile(r";[ \t]*(?:\n|$)")
 
 
@@ -420,7 +429,7 @@ def _code(text: str) -> str:
 
 def _trim(text: str) -> str:
     text = _code(text) or text.strip()
-    return text if len(text) <= sqlscan.STATEMENT_MAX else text[: sqlscan.STATEMENT_MAX - 1] + "…"
+    return text if len(text) <= sqlrules.STATEMENT_MAX else text[: sqlrules.STATEMENT_MAX - 1] + "…"
 
 
 _WORD = re.compile(r"`(?:[^`]|``)+`|'(?:[^'\\]|''|\\.)*'|\"(?:[^\"\\]|\\.)*\"|[\w$.]+|[^\s\w]")
@@ -481,15 +490,10 @@ class Scanner:
         self.catalog = catalog
 
     def scan(self, sql: str, revision: str | None = None) -> list[Finding]:
-        markers = [(m.start(), m.group(3) if m.group(1) == "upgrade" else m.group(2)) for m in _RUNNING.finditer(sql)]
+        at = sqlrules.revision_at(sql, revision)
         new: list[Finding] = []
         for stmt in _statements(sql):
-            rev = revision
-            if rev is None:
-                for pos, marked in markers:
-                    if pos <= stmt.start:
-                        rev = marked or None
-            new.extend(self._statement(stmt, rev))
+            new.extend(self._statement(stmt, at(stmt.start)))
         self.findings.extend(new)
         return new
 
@@ -795,7 +799,7 @@ def _touches_only_version_num(node: exp.Expr) -> bool:
         names = {c.name for c in node.find_all(exp.Column)}
     else:
         return False
-    return names == {sqlscan.VERSION_COLUMN}
+    return names == {sqlrules.VERSION_COLUMN}
 
 
 def _shown(t: MyType | None) -> str:
@@ -836,6 +840,16 @@ def scan(items: Iterable[tuple[str | None, str]], catalog: Catalog | None = None
     return scanner.findings
 
 
+def scanner(catalog: Catalog | None = None) -> Scanner:
+    """A new scanner of one plan's SQL (the engine's `scanner`)."""
+    return Scanner(catalog=catalog)
+
+
+def alters_columns(items: Sequence[tuple[str | None, str]]) -> bool:
+    """Whether the SQL changes a column's type (its findings then depend on the catalog)."""
+    return bool(altered_tables(items))
+
+
 def altered_tables(items: Iterable[tuple[str | None, str]]) -> set[str]:
     """The tables whose columns the plan's MODIFY / CHANGE / ALTER COLUMN ... TYPE change: what ``read_catalog``
     reads of the live database."""
@@ -864,7 +878,7 @@ def catalog_from_rows(columns: Iterable[Sequence[Any]], sizes: Iterable[Sequence
     return Catalog(columns=types, rows=rows)
 
 
-def read_catalog(conn: Any, items: Iterable[tuple[str | None, str]]) -> Catalog:
+def read_catalog(conn: Connection, items: Iterable[tuple[str | None, str]]) -> Catalog:
     """The live column types of the tables the plan alters, through a DB-API connection (PyMySQL, mysqlclient) to
     the database to migrate, in a read-only transaction that is rolled back: it can never write."""
     tables = sorted(altered_tables(items))
@@ -907,7 +921,7 @@ def markdown() -> str:
         "Where MariaDB and MySQL differ, the finding names both and the severity follows the slower.",
         "",
     ]
-    for severity in sqlscan.SEVERITIES:
+    for severity in sqlrules.SEVERITIES:
         rules = [r for r in RULES.values() if r.severity == severity]
         if not rules:
             continue
@@ -919,13 +933,3 @@ def markdown() -> str:
               "DEFAULT`.", ""]
     return "\n".join(lines)
 
-
-def locking_markdown() -> str:
-    """docs/locking.md: PostgreSQL's rules, then MySQL's."""
-    return sqlscan.markdown() + "\n" + markdown()
-
-
-if __name__ == "__main__":
-    import sys
-
-    sys.stdout.write(locking_markdown())

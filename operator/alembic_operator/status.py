@@ -8,22 +8,25 @@ The three summary conditions (Ready, Reconciling, Stalled) follow kstatus and al
 
 `summarize()` is the only function that writes them, together with `status.phase` and `status.message`, so no code
 path can leave a Ready=True next to a Stalled=True. Step conditions (BackupSucceeded, Migrated, RolledBack,
-ApprovalRequired) are set with `set_condition()`. All functions are pure: they take a status dict and return a new
-one.
+ApprovalRequired) are set with `set_condition()`. All functions are pure: they take a status (the model of
+`api.py`) and return a new one.
 """
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Literal
+
+from pydantic import JsonValue
 
 from . import constants as c
+from .api import Condition, ConditionStatus, DatabaseMigrationStatus, JsonObject
+from .reasons import Reason
 
 Kind = Literal["progressing", "ready", "stalled"]
-Status = dict[str, Any]
+Status = DatabaseMigrationStatus
 
 CONDITION_ORDER = (
     c.READY,
@@ -44,91 +47,77 @@ class Outcome:
     """What the summary conditions should say: the kind, a stable CamelCase reason and a message for humans."""
 
     kind: Kind
-    phase: str
-    reason: str
+    phase: c.Phase
+    reason: Reason
     message: str
 
 
-def now_rfc3339(now: datetime | None = None) -> str:
-    return (now or datetime.now(UTC)).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+def get_condition(status: Status, type_: str) -> Condition | None:
+    return next((x for x in status.conditions if x.type == type_), None)
 
 
-def get_condition(status: Status, type_: str) -> dict[str, Any] | None:
-    for cond in status.get("conditions") or []:
-        if cond.get("type") == type_:
-            return dict(cond)
-    return None
-
-
-def condition_is(status: Status, type_: str, value: str) -> bool:
+def condition_is(status: Status, type_: str, value: ConditionStatus) -> bool:
     cond = get_condition(status, type_)
-    return cond is not None and cond.get("status") == value
+    return cond is not None and cond.status == value
+
+
+def without_conditions(status: Status, *types: str) -> Status:
+    """Return a copy of `status` without the conditions of these types."""
+    return status.model_copy(update={"conditions": [x for x in status.conditions if x.type not in types]})
 
 
 def set_condition(
     status: Status,
     type_: str,
-    value: Literal["True", "False", "Unknown"],
-    reason: str,
+    value: ConditionStatus,
+    reason: Reason,
     message: str,
     generation: int,
     now: datetime | None = None,
 ) -> Status:
     """Return a copy of `status` with one condition set; lastTransitionTime moves only when the value changes."""
-    new = copy.deepcopy(status)
-    conditions: list[dict[str, Any]] = [dict(x) for x in new.get("conditions") or []]
-    old = next((x for x in conditions if x.get("type") == type_), None)
-    transition = now_rfc3339(now)
-    if old is not None and old.get("status") == value and old.get("lastTransitionTime"):
-        transition = old["lastTransitionTime"]
-    cond = {
-        "type": type_,
-        "status": value,
-        "observedGeneration": generation,
-        "lastTransitionTime": transition,
-        "reason": reason,
-        "message": message[:MAX_MESSAGE],
-    }
-    conditions = [x for x in conditions if x.get("type") != type_] + [cond]
+    old = get_condition(status, type_)
+    transition = (now or datetime.now(UTC)).replace(microsecond=0)
+    if old is not None and old.status == value:
+        transition = old.last_transition_time
+    cond = Condition(type=type_, status=value, observed_generation=generation, last_transition_time=transition,
+                     reason=reason, message=message[:MAX_MESSAGE])
     order = {t: i for i, t in enumerate(CONDITION_ORDER)}
-    conditions.sort(key=lambda x: order.get(str(x.get("type")), len(order)))
-    new["conditions"] = conditions
-    return new
+    conditions = sorted([*(x for x in status.conditions if x.type != type_), cond],
+                        key=lambda x: order.get(x.type, len(order)))
+    return status.model_copy(update={"conditions": conditions})
 
 
 def summarize(status: Status, outcome: Outcome, generation: int, now: datetime | None = None) -> Status:
     """Set phase, message, observedGeneration and the kstatus triple from one outcome."""
-    ready = "True" if outcome.kind == "ready" else "False"
-    reconciling = "True" if outcome.kind == "progressing" else "False"
-    stalled = "True" if outcome.kind == "stalled" else "False"
-    new = copy.deepcopy(status)
-    new["phase"] = outcome.phase
-    new["message"] = outcome.message[:MAX_MESSAGE]
-    new["observedGeneration"] = generation
+    ready: ConditionStatus = "True" if outcome.kind == "ready" else "False"
+    reconciling: ConditionStatus = "True" if outcome.kind == "progressing" else "False"
+    stalled: ConditionStatus = "True" if outcome.kind == "stalled" else "False"
+    new = status.model_copy(update={"phase": outcome.phase, "message": outcome.message[:MAX_MESSAGE],
+                                    "observed_generation": generation})
     # The reason of a False condition is the reason the resource is in this state, so every condition explains.
-    new = set_condition(new, c.READY, ready, outcome.reason, outcome.message, generation, now)  # type: ignore[arg-type]
-    new = set_condition(new, c.RECONCILING, reconciling, outcome.reason, outcome.message, generation, now)  # type: ignore[arg-type]
-    new = set_condition(new, c.STALLED, stalled, outcome.reason, outcome.message, generation, now)  # type: ignore[arg-type]
-    return new
+    new = set_condition(new, c.READY, ready, outcome.reason, outcome.message, generation, now)
+    new = set_condition(new, c.RECONCILING, reconciling, outcome.reason, outcome.message, generation, now)
+    return set_condition(new, c.STALLED, stalled, outcome.reason, outcome.message, generation, now)
 
 
-def progressing(phase: str, reason: str, message: str) -> Outcome:
+def progressing(phase: c.Phase, reason: Reason, message: str) -> Outcome:
     return Outcome("progressing", phase, reason, message)
 
 
-def ready(reason: str, message: str) -> Outcome:
+def ready(reason: Reason, message: str) -> Outcome:
     return Outcome("ready", "Succeeded", reason, message)
 
 
-def stalled(phase: str, reason: str, message: str) -> Outcome:
+def stalled(phase: c.Phase, reason: Reason, message: str) -> Outcome:
     return Outcome("stalled", phase, reason, message)
 
 
-def merge_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
+def merge_patch(old: Mapping[str, JsonValue], new: Mapping[str, JsonValue]) -> JsonObject:
     """The JSON merge patch (RFC 7386) that turns `old` into `new`: changed keys, nested objects diffed, removed keys
     null, lists whole. The reconciler writes its status with it: no resourceVersion, hence no conflict with the
     other writer of the status (the gate, which owns heldPods: a key the reconciler leaves as it read it)."""
-    patch: dict[str, Any] = {}
+    patch: JsonObject = {}
     for key in old.keys() - new.keys():
         patch[key] = None
     for key, value in new.items():
@@ -141,6 +130,6 @@ def merge_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any
     return patch
 
 
-def _without_nulls(value: Mapping[str, Any]) -> dict[str, Any]:
+def _without_nulls(value: Mapping[str, JsonValue]) -> JsonObject:
     """A new object in a merge patch: its null members mean nothing (they would be removed), so leave them out."""
     return {k: _without_nulls(v) if isinstance(v, Mapping) else v for k, v in value.items() if v is not None}

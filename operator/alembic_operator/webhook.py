@@ -9,7 +9,14 @@ cluster the API server reaches the operator through a Service reference). Ours:
 - matches only pods that carry the ``wait-for`` label (``objectSelector``), on CREATE only;
 - excludes the operator's own namespace (and, when the operator watches some namespaces only, every other one);
 - ``failurePolicy: Fail``: with the operator down, labelled pods are refused, never let through ungated (fail
-  closed); unlabelled pods never reach the webhook. It is left in place when the operator stops, on purpose.
+  closed); unlabelled pods never reach the webhook.
+
+What stays when the operator stops: a configuration that calls a Service (``--webhook-service``, in a cluster) stays,
+on purpose (fail closed until a replica serves it again). One that calls this process's own URL (``alembic-operator
+run`` next to a cluster) is removed on a clean stop (SIGTERM, SIGINT: Kopf exits the server's context, see
+:meth:`GateWebhookServer.__aexit__`), as Kopf removes the webhooks it manages; a killed process (SIGKILL) leaves it,
+and the API server then refuses labelled pods and approvals until it is deleted. It is removed only while its
+``registered-by`` annotation still names this process: a configuration another process rewrote since is not ours.
 
 ``--webhook-config-name none`` leaves the configuration to someone else (a chart using cert-manager's CA injector):
 the operator then only serves the webhook.
@@ -25,12 +32,15 @@ The Kopf registration (``@kopf.on.mutate``) and the start-up are in :mod:`.app`;
 from __future__ import annotations
 
 import argparse
+import asyncio
 import datetime as dt
 import ipaddress
 import logging
 import os
+import secrets
+import socket
 import tempfile
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -40,10 +50,13 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from kubernetes import client as k8s
+from pydantic import JsonValue
 
 from . import approvals, gate, reasons
 from . import constants as c
-from .kube import Client
+from .jobparts import manifest
+from .kube import Client, KubeError
 from .release import Gatekeeper
 
 log = logging.getLogger("alembic_operator.webhook")
@@ -54,6 +67,8 @@ CONFIG_NAME = f"alembic-operator.{c.GROUP}"
 WEBHOOK_NAME = f"schema-gate.{c.GROUP}"
 APPROVALS_WEBHOOK_NAME = f"approvals.{c.GROUP}"  # requests that approve: fails closed
 IDENTITY_WEBHOOK_NAME = f"identity.{c.GROUP}"  # every other change of a DatabaseMigration: fails open
+REGISTERED_BY = f"{c.GROUP}/registered-by"  # the process that wrote the configuration: only it removes it
+UNREGISTER_SECONDS = 10.0  # a stop waits this long at most for the API server to remove the configuration
 NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 ENV_PREFIX = "ALEMBIC_OPERATOR_WEBHOOK_"
 
@@ -122,20 +137,20 @@ class WebhookOptions:
         addr = ipaddress.ip_address(self.listen) if _is_ip(self.listen) else None
         return "127.0.0.1" if addr is not None and addr.is_unspecified else self.listen
 
-    def service_ref(self) -> dict[str, Any] | None:
+    def service_ref(self) -> k8s.AdmissionregistrationV1ServiceReference | None:
         if not self.service:
             return None
         ref, _, port = self.service.partition(":")
         namespace, _, name = ref.rpartition("/")
         if not namespace or not name:
             raise ValueError(f"--webhook-service must be NAMESPACE/NAME[:PORT], not {self.service!r}")
-        return {"namespace": namespace, "name": name, "port": int(port or 443)}
+        return k8s.AdmissionregistrationV1ServiceReference(namespace=namespace, name=name, port=int(port or 443))
 
     def hostnames(self) -> list[str]:
         """Names and addresses the generated serving certificate is valid for."""
         names = [self.url_host(), "localhost", "127.0.0.1"]
         if svc := self.service_ref():
-            base = f"{svc['name']}.{svc['namespace']}"
+            base = f"{svc.name}.{svc.namespace}"
             names += [f"{base}.svc", f"{base}.svc.cluster.local", base]
         if not _is_ip(self.listen) or not ipaddress.ip_address(self.listen).is_unspecified:
             names.append(self.listen)
@@ -243,96 +258,134 @@ def cert_files(opts: WebhookOptions) -> CertFiles:
 # --- the configuration --------------------------------------------------------------------------------------------
 
 
-def namespace_selector(opts: WebhookOptions) -> dict[str, Any] | None:
-    exprs: list[dict[str, Any]] = []
+def namespace_selector(opts: WebhookOptions) -> k8s.V1LabelSelector | None:
+    exprs: list[k8s.V1LabelSelectorRequirement] = []
     if opts.namespaces:
-        exprs.append({"key": "kubernetes.io/metadata.name", "operator": "In", "values": sorted(opts.namespaces)})
+        exprs.append(k8s.V1LabelSelectorRequirement(key="kubernetes.io/metadata.name", operator="In",
+                                                    values=sorted(opts.namespaces)))
     if excluded := opts.excluded():
-        exprs.append({"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": sorted(excluded)})
-    return {"matchExpressions": exprs} if exprs else None
+        exprs.append(k8s.V1LabelSelectorRequirement(key="kubernetes.io/metadata.name", operator="NotIn",
+                                                    values=sorted(excluded)))
+    return k8s.V1LabelSelector(match_expressions=exprs) if exprs else None
 
 
-def webhook_configuration(opts: WebhookOptions, client_config: dict[str, Any]) -> dict[str, Any]:
-    """The MutatingWebhookConfiguration for a client config yielded by Kopf's server (``url``, ``caBundle``)."""
-    config: dict[str, Any] = {}
-    if client_config.get("caBundle"):
-        config["caBundle"] = client_config["caBundle"]
+def _client_config(opts: WebhookOptions, client_config: kopf.WebhookClientConfig,
+                   handler: str) -> k8s.AdmissionregistrationV1WebhookClientConfig:
+    """How the API server calls `handler`: through the Service, or at the URL Kopf's server yields."""
     if (svc := opts.service_ref()) is not None:
-        config["service"] = {**svc, "path": f"/{HANDLER_ID}"}
-    else:
-        config["url"] = f"{str(client_config['url']).rstrip('/')}/{HANDLER_ID}"
-    webhook: dict[str, Any] = {
-        "name": WEBHOOK_NAME,
-        "clientConfig": config,
-        "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"], "operations": ["CREATE"],
-                   "scope": "Namespaced"}],
-        "objectSelector": {"matchExpressions": [{"key": c.WAIT_FOR_LABEL, "operator": "Exists"}]},
-        "failurePolicy": "Fail",
-        "matchPolicy": "Equivalent",
-        "sideEffects": "None",
-        "timeoutSeconds": opts.timeout_seconds,
-        "admissionReviewVersions": ["v1"],
-        "reinvocationPolicy": "Never",
-    }
-    if (selector := namespace_selector(opts)) is not None:
-        webhook["namespaceSelector"] = selector
-    return {
-        "apiVersion": "admissionregistration.k8s.io/v1",
-        "kind": "MutatingWebhookConfiguration",
-        "metadata": {"name": opts.config_name, "labels": {c.MANAGED_BY_LABEL: c.MANAGED_BY}},
-        "webhooks": [webhook, *approval_webhooks(opts, client_config)],
-    }
+        return k8s.AdmissionregistrationV1WebhookClientConfig(
+            ca_bundle=client_config.get("caBundle") or None, service=svc.model_copy(update={"path": f"/{handler}"}))
+    return k8s.AdmissionregistrationV1WebhookClientConfig(
+        ca_bundle=client_config.get("caBundle") or None, url=f"{str(client_config.get('url')).rstrip('/')}/{handler}")
 
 
-def approval_webhooks(opts: WebhookOptions, client_config: dict[str, Any]) -> list[dict[str, Any]]:
-    """The two entries for DatabaseMigrations (see approvals): the same handler, split by the API server with
-    matchConditions so that only a request that approves fails closed."""
-    config: dict[str, Any] = {k: v for k, v in client_config.items() if k == "caBundle"}
-    if (svc := opts.service_ref()) is not None:
-        config["service"] = {**svc, "path": f"/{APPROVAL_HANDLER_ID}"}
-    else:
-        config["url"] = f"{str(client_config['url']).rstrip('/')}/{APPROVAL_HANDLER_ID}"
-    common: dict[str, Any] = {
-        "clientConfig": config,
-        "rules": [{"apiGroups": [c.GROUP], "apiVersions": [c.VERSION], "resources": [c.PLURAL],
-                   "operations": ["CREATE", "UPDATE"], "scope": "Namespaced"}],
-        "matchPolicy": "Equivalent", "sideEffects": "None", "timeoutSeconds": opts.timeout_seconds,
-        "admissionReviewVersions": ["v1"], "reinvocationPolicy": "Never",
-    }
-    if (selector := namespace_selector(opts)) is not None:
-        common["namespaceSelector"] = selector
+def webhook_configuration(opts: WebhookOptions, client_config: kopf.WebhookClientConfig,
+                          registered_by: str | None = None) -> dict[str, JsonValue]:
+    """The MutatingWebhookConfiguration for a client config yielded by Kopf's server (``url``, ``caBundle``), written
+    by the process ``registered_by`` names; as the JSON the API server receives."""
+    pods = k8s.V1MutatingWebhook(
+        name=WEBHOOK_NAME,
+        client_config=_client_config(opts, client_config, HANDLER_ID),
+        rules=[k8s.V1RuleWithOperations(api_groups=[""], api_versions=["v1"], resources=["pods"],
+                                        operations=["CREATE"], scope="Namespaced")],
+        object_selector=k8s.V1LabelSelector(match_expressions=[
+            k8s.V1LabelSelectorRequirement(key=c.WAIT_FOR_LABEL, operator="Exists")]),
+        namespace_selector=namespace_selector(opts),
+        failure_policy="Fail", match_policy="Equivalent", side_effects="None", timeout_seconds=opts.timeout_seconds,
+        admission_review_versions=["v1"], reinvocation_policy="Never",
+    )
+    return manifest(k8s.V1MutatingWebhookConfiguration(
+        api_version="admissionregistration.k8s.io/v1", kind="MutatingWebhookConfiguration",
+        metadata=k8s.V1ObjectMeta(name=opts.config_name, labels={c.MANAGED_BY_LABEL: c.MANAGED_BY},
+                                  annotations={REGISTERED_BY: registered_by} if registered_by else None),
+        webhooks=[pods, *_approval_webhooks(opts, client_config)],
+    ))
+
+
+def _approval_webhooks(opts: WebhookOptions, client_config: kopf.WebhookClientConfig) -> list[k8s.V1MutatingWebhook]:
+    def entry(name: str, failure_policy: str, condition: k8s.V1MatchCondition) -> k8s.V1MutatingWebhook:
+        return k8s.V1MutatingWebhook(
+            name=name, client_config=_client_config(opts, client_config, APPROVAL_HANDLER_ID),
+            rules=[k8s.V1RuleWithOperations(api_groups=[c.GROUP], api_versions=[c.VERSION], resources=[c.PLURAL],
+                                            operations=["CREATE", "UPDATE"], scope="Namespaced")],
+            match_policy="Equivalent", side_effects="None", timeout_seconds=opts.timeout_seconds,
+            admission_review_versions=["v1"], reinvocation_policy="Never", namespace_selector=namespace_selector(opts),
+            failure_policy=failure_policy, match_conditions=[condition])
+
     return [
-        {"name": APPROVALS_WEBHOOK_NAME, **common, "failurePolicy": "Fail",
-         "matchConditions": [{"name": "approves", "expression": approvals.APPROVAL_CHANGE}]},
-        {"name": IDENTITY_WEBHOOK_NAME, **common, "failurePolicy": "Ignore",
-         "matchConditions": [{"name": "does-not-approve", "expression": f"!({approvals.APPROVAL_CHANGE})"}]},
+        entry(APPROVALS_WEBHOOK_NAME, "Fail", k8s.V1MatchCondition(name="approves",
+                                                                   expression=approvals.APPROVAL_CHANGE)),
+        entry(IDENTITY_WEBHOOK_NAME, "Ignore", k8s.V1MatchCondition(name="does-not-approve",
+                                                                    expression=f"!({approvals.APPROVAL_CHANGE})")),
     ]
+
+
+def approval_webhooks(opts: WebhookOptions, client_config: kopf.WebhookClientConfig) -> list[dict[str, JsonValue]]:
+    """The two entries for DatabaseMigrations (see approvals): the same handler, split by the API server with
+    matchConditions so that only a request that approves fails closed (the chart writes the same ones)."""
+    return [manifest(hook) for hook in _approval_webhooks(opts, client_config)]
 
 
 class GateWebhookServer:
     """Kopf's HTTPS webhook server, plus writing our MutatingWebhookConfiguration whenever its client config changes
-    (at start-up, and when the certificate files change)."""
+    (at start-up, and when the certificate files change), and removing it on a clean stop (see the module's
+    docstring). Kopf enters and exits it as an async context manager, around the whole life of the server."""
 
     def __init__(self, opts: WebhookOptions, client: Client) -> None:
         self.opts = opts
         self.client = client
+        self.identity = f"{socket.gethostname()}/{os.getpid()}/{secrets.token_hex(4)}"  # this process, this start
+        self.registered = False
         files = cert_files(opts)
         self.server = kopf.WebhookServer(addr=opts.listen, port=opts.port, host=opts.url_host(),
                                          certfile=str(files.cert), pkeyfile=str(files.key), cafile=str(files.ca))
 
+    async def __aenter__(self) -> GateWebhookServer:
+        await self.server.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        try:
+            await self.unregister()
+        finally:
+            await self.server.__aexit__(*exc)
+
     async def __call__(self, fn: kopf.WebhookFn) -> AsyncIterator[kopf.WebhookClientConfig]:
-        async with self.server:
-            async for client_config in self.server(fn):
-                body = webhook_configuration(self.opts, dict(client_config))
-                target = body["webhooks"][0]["clientConfig"].get("url") or body["webhooks"][0]["clientConfig"]
-                if self.opts.managed():
-                    await self.client.apply_webhook_configuration(body)
-                    log.info("MutatingWebhookConfiguration %s points at %s", self.opts.config_name, target)
-                else:
-                    # Kopf's client URL would name 127.0.0.1 for a 0.0.0.0 listener: say where it really listens.
-                    log.info("serving the webhook on %s:%d (HTTPS); its configuration is managed elsewhere",
-                             self.opts.listen, self.opts.port)
-                yield client_config
+        async for client_config in self.server(fn):
+            body = webhook_configuration(self.opts, client_config, self.identity)
+            target = _client_config(self.opts, client_config, HANDLER_ID).url or f"the Service {self.opts.service}"
+            if self.opts.managed():
+                await self.client.apply_webhook_configuration(body)
+                self.registered = True
+                log.info("MutatingWebhookConfiguration %s points at %s", self.opts.config_name, target)
+            else:
+                # Kopf's client URL would name 127.0.0.1 for a 0.0.0.0 listener: say where it really listens.
+                log.info("serving the webhook on %s:%d (HTTPS); its configuration is managed elsewhere",
+                         self.opts.listen, self.opts.port)
+            yield client_config
+
+    async def unregister(self) -> None:
+        """Remove the configuration this process wrote, when it calls this process's own URL and still names it."""
+        name = self.opts.config_name
+        if not self.registered:
+            return
+        if self.opts.service_ref() is not None:
+            log.info("MutatingWebhookConfiguration %s stays: it calls a Service, which another replica may serve",
+                     name)
+            return
+        try:
+            async with asyncio.timeout(UNREGISTER_SECONDS):
+                removed = await self.client.remove_webhook_configuration(name, REGISTERED_BY, self.identity)
+        except (KubeError, TimeoutError) as err:
+            log.warning("could not remove MutatingWebhookConfiguration %s (%s): labelled pods and approvals are "
+                        "refused until it is deleted: kubectl delete mutatingwebhookconfiguration %s", name,
+                        err or "timed out", name)
+            return
+        self.registered = False
+        if removed:
+            log.info("removed MutatingWebhookConfiguration %s (it called this process)", name)
+        else:
+            log.info("MutatingWebhookConfiguration %s stays: another process has written it since", name)
 
 
 async def hold_until_schema_ready(keeper: Gatekeeper, opts: WebhookOptions, body: kopf.Body, patch: kopf.Patch,
@@ -364,14 +417,14 @@ async def hold_until_schema_ready(keeper: Gatekeeper, opts: WebhookOptions, body
 
 
 async def govern_approvals(client: Client, opts: WebhookOptions, body: kopf.Body, old: kopf.Body | None,
-                           userinfo: dict[str, Any], patch: kopf.Patch,
+                           userinfo: Mapping[str, object], patch: kopf.Patch,
                            logger: logging.Logger | logging.LoggerAdapter[Any]) -> None:
     """The admission of a change of a DatabaseMigration: an approval only from a user who may `approve` it (and, with
     the four-eyes rule, not from the user who changed the spec); the identity annotations always true."""
     new, before = dict(body), (dict(old) if old is not None else None)
     meta = dict(new.get("metadata") or {})
     namespace, name = str(meta.get("namespace") or ""), str(meta.get("name") or "")
-    user = approvals.User.from_userinfo(dict(userinfo))
+    user = approvals.User.from_userinfo(userinfo)
     if what := approvals.approves(before, new):
         allowed, why = await client.may(user.username, user.uid, list(user.groups), user.extra, approvals.VERB,
                                         namespace, name)

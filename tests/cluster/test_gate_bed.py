@@ -224,7 +224,7 @@ def test_operator_down_refuses_labelled_pods_and_a_restart_releases_held_ones(ga
     m = migrating_to_r2(gate)
     gate.deploy("web", 2, template("v2", "web", wait_for="shop", revision="r2"))
     gate.held_pods("app=web", 2)
-    gate.operator.stop()
+    gate.operator.kill()  # down without a clean stop (which removes a local `run`'s configuration: test_run_bed.py)
 
     labelled = template("v2", "late", wait_for="shop", revision="r2")
     with pytest.raises(k8s.ApiException) as refused:

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from alembic_operator import jobs
+from alembic_operator.backupstores import volume
 from apps import linear, make_project
 from bed import images
 from bed.postgres import Database
@@ -162,8 +163,9 @@ def test_the_jobs_commands_run_from_the_images_against_postgres(tmp_path: Path, 
     plan = json.loads((work / "plan" / "plan.json").read_text())
     assert [r["revision"] for r in plan["revisions"]] == [r.id for r in linear(2)], plan
     run_in(operator, "alembic-operator", "job", "scan", "--plan-dir", jobs.PLAN_DIR, volumes=mounts)
-    run_in(operator, "alembic-operator", "job", "backup", "--dir", f"{jobs.BACKUP_MOUNT}/ns/app", "--prefix", "app",
-           "--retain", "1", "--location-prefix", "test/ns/app", volumes=(f"{backups}:{jobs.BACKUP_MOUNT}",), env=env)
+    run_in(operator, "alembic-operator", "job", "backup", "--store", "volume", "--location", f"{volume.MOUNT}/ns/app",
+           "--prefix", "app", "--retain", "1", "--location-prefix", "test/ns/app",
+           volumes=(f"{backups}:{volume.MOUNT}",), env=env)
     dumps = list((backups / "ns" / "app").glob("app-*"))
     assert dumps and all(d.stat().st_size > 0 for d in dumps), dumps
 

@@ -146,8 +146,9 @@ def test_four_eyes_refuses_the_user_who_changed_the_spec(governed: E2E) -> None:
                   user=reviewer)
     assert own.returncode != 0 and "needs another user" in own.stderr, own.stderr
 
-    # The operator down: ordinary edits go through, approvals and forged records are refused (fail closed).
-    e2e.operator.stop()
+    # The operator down (killed: a clean stop of a local `run` removes its configuration, see test_run_bed.py):
+    # ordinary edits go through, approvals and forged records are refused (fail closed).
+    e2e.operator.kill()
     plain = kubectl(e2e, "label", "dbm/shop", "team=shop", user=reviewer)
     assert plain.returncode == 0, plain.stderr
     for refused in (kubectl(e2e, "annotate", "dbm/shop", f"{c.APPROVE_ANNOTATION}=sha256:x", user=reviewer),

@@ -72,7 +72,7 @@ def test_a_blocked_migration_times_out_retries_names_the_blocker_and_succeeds_on
                     if j["metadata"]["labels"][c.ROLE_LABEL] == "migrate"}
     assert sorted(migrate_jobs)[:2] == ["shop-migrate-g1", "shop-migrate-g1-1"], sorted(migrate_jobs)
     command = migrate_jobs["shop-migrate-g1"]["spec"]["template"]["spec"]["containers"][0]["command"]
-    assert command[command.index("--db-lock-timeout") + 1] == "3000"
+    assert command[command.index("--db-lock-timeout-ms") + 1] == "3000"
     # The Job's log named the blocker while the migration waited.
     logs = e2e.bed.kubectl("logs", "-n", e2e.ns, "job/shop-migrate-g1", "-c", "migrate")
     assert f"revision {ADD_NOTE} waits for a lock on orders held by pid {pid}" in logs.stdout, logs.stdout[-2000:]

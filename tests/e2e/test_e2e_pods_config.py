@@ -1,10 +1,12 @@
 """On the bed's real node: a Job whose pod cannot start for the way it is configured (no node fits, an image that runs
 as root or as a user name under runAsNonRoot, a missing Secret or ConfigMap key in spec.jobTemplate.env) is Stalled
 within seconds with the scheduler's or the kubelet's words and the fix, posts one Event, and recovers once the cause
-is fixed; and the backup volume on a real PersistentVolume is writable by the backup Job through fsGroup alone."""
+is fixed; and the backup volume on a real PersistentVolume is writable by the backup Job through fsGroup alone, while
+a hostPath directory it cannot write stalls the run with its own reason before any migration."""
 
 from __future__ import annotations
 
+import shutil
 import stat
 import time
 from datetime import datetime
@@ -17,7 +19,7 @@ from alembic_operator import constants as c
 from apps import Rev
 from bed import images
 from bed.volumes import local_claim
-from e2e import BASE_REVISIONS, E2E, R3, revision, sha256_file
+from e2e import BASE_REVISIONS, E2E, R3, on_every_engine, revision, sha256_file
 from harness import wait_for
 
 pytestmark = pytest.mark.bed
@@ -188,3 +190,34 @@ def test_the_backup_job_writes_to_a_local_persistent_volume_through_fsgroup_alon
     finally:
         claim.delete()
     assert not claim.path.exists()
+
+
+@on_every_engine
+def test_a_backup_directory_the_job_cannot_write_stalls_with_its_own_reason_before_any_migration(e2e: E2E) -> None:
+    """A hostPath backup directory owned by root, mode 0755 (as a node's or an NFS server's directory is): hostPath
+    ignores the pod's fsGroup, so the backup Job (uid 65532) cannot write there. The resource is Stalled as
+    BackupVolumeNotWritable, naming the directory's owner and mode and the fix, and no migration Job was created."""
+    project = e2e.project(BASE_REVISIONS)
+    root_owned = e2e.bed.dir / "backups-root" / e2e.ns
+    root_owned.mkdir(parents=True)
+    try:
+        root_owned.parent.chmod(0o755)
+        root_owned.chmod(0o755)
+        assert (root_owned.stat().st_uid, stat.S_IMODE(root_owned.stat().st_mode)) == (0, 0o755)
+        e2e.cluster.create("shop", e2e.spec(project, backup={"volume": {"hostPath": {"path": str(root_owned),
+                                                                                        "type": "Directory"}}}))
+        obj = e2e.cluster.wait_condition("shop", "Stalled", reason="BackupVolumeNotWritable", timeout=180)
+        stalled = next(x for x in obj["status"]["conditions"] if x["type"] == "Stalled")
+        backup = next(x for x in obj["status"]["conditions"] if x["type"] == "BackupSucceeded")
+        assert (backup["status"], backup["reason"]) == ("False", "BackupVolumeNotWritable"), backup
+        assert obj["status"]["phase"] == "Failed"
+        message = stalled["message"]
+        assert "uid 65532" in message and "owned by uid 0, gid 0, mode 0755" in message, message
+        assert "chown -R 65532:65532" in message and "fsGroup" in message, message
+        assert "PermissionError" not in message and "InternalError" not in str(obj["status"]), message
+        assert [r for r in e2e.cluster.job_roles("shop") if not r.startswith(("plan-", "backup-"))] == []
+        assert revision(e2e.db) is None  # nothing migrated
+        assert list(root_owned.iterdir()) == []  # and nothing written
+        print(f"\nStalled/BackupVolumeNotWritable: {message}")
+    finally:
+        shutil.rmtree(root_owned)

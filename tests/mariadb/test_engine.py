@@ -139,14 +139,16 @@ def test_a_second_holder_times_out_naming_the_first(mariadb_database: Database) 
 
 
 def backup(db: Database, job: Any, tmp_path: Path) -> tuple[str, str]:
-    run = job(db.url, "backup", "--dir", str(tmp_path / "backups"), "--prefix", "shop", "--retain", "5")
+    run = job(db.url, "backup", "--store", "volume", "--location", str(tmp_path / "backups"), "--prefix", "shop",
+              "--retain", "5")
     assert run.rc == 0, run
     return run.result["file"], run.result["sha256"]
 
 
 def test_backup_records_the_revision_in_the_dump(mariadb_database: Database, job: Any, tmp_path: Path) -> None:
     seed(mariadb_database)
-    run = job(mariadb_database.url, "backup", "--dir", str(tmp_path / "b"), "--prefix", "shop", "--retain", "2")
+    run = job(mariadb_database.url, "backup", "--store", "volume", "--location", str(tmp_path / "b"), "--prefix",
+              "shop", "--retain", "2")
     assert run.rc == 0, run
     assert run.result["revision"] == "a1" and run.result["sizeBytes"] > 1000
     dump = Path(run.result["file"]).read_bytes()
@@ -174,7 +176,7 @@ def test_restore_gives_identical_rows_and_drops_what_the_backup_lacks(
     db.query("UPDATE alembic_version SET version_num = 'b2'")
     assert checksums(db) != before
 
-    run = job(db.url, "restore", "--file", file, "--sha256", sha)
+    run = job(db.url, "restore", "--store", "volume", "--dump", file, "--sha256", sha)
     assert run.rc == 0, run
     assert run.result["revision"] == "a1"
     assert sorted(run.result["dropped"]) == ["FUNCTION twice", "TABLE audit", "VIEW recent"]
@@ -183,7 +185,7 @@ def test_restore_gives_identical_rows_and_drops_what_the_backup_lacks(
     assert db.query("SELECT ROUTINE_NAME FROM information_schema.ROUTINES WHERE ROUTINE_SCHEMA = DATABASE()") == [
         ("total",)]
     # a second restore of the same backup changes nothing and drops nothing
-    run = job(db.url, "restore", "--file", file, "--sha256", sha)
+    run = job(db.url, "restore", "--store", "volume", "--dump", file, "--sha256", sha)
     assert run.rc == 0 and run.result["dropped"] == [], run
     assert checksums(db) == before
 
@@ -194,7 +196,7 @@ def test_restore_refuses_a_corrupt_backup_and_changes_nothing(
     file, sha = backup(mariadb_database, job, tmp_path)
     mariadb_database.query("CREATE TABLE extra (id INT)")
     Path(file).write_bytes(Path(file).read_bytes().replace(b"code-1", b"code-X"))
-    run = job(mariadb_database.url, "restore", "--file", file, "--sha256", sha)
+    run = job(mariadb_database.url, "restore", "--store", "volume", "--dump", file, "--sha256", sha)
     assert run.result["reason"] == "BackupCorrupt"
     assert mariadb_database.query("SHOW TABLES LIKE 'extra'") == [("extra",)]
 
@@ -207,8 +209,9 @@ def test_restore_waits_for_the_migration_lock(mariadb_database: Database, job: A
     key = engine.lock_key(engine.database_key(make_url(mariadb_database.url)))
     with mariadb_database.connect() as holder, holder.cursor() as cur:
         cur.execute("SELECT GET_LOCK(%s, 0)", (mysql_lock_name(key),))
-        run = job(mariadb_database.url, "restore", "--file", file, "--sha256", sha, "--lock-key", str(key),
-                  "--lock-timeout", "2")
+        run = job(mariadb_database.url, "restore", "--store", "volume", "--dump", file, "--sha256", sha, "--lock-key",
+                  str(key),
+                  "--lock-wait-seconds", "2")
     assert run.result["reason"] == "LockTimeout", run
     assert mariadb_database.query("SHOW TABLES LIKE 'extra'") == [("extra",)]
 
@@ -218,7 +221,7 @@ def test_current_and_failures_name_no_secret(mariadb_database: Database, job: An
     seed(mariadb_database)
     assert job(mariadb_database.url, "current").result == {"ok": True, "current": "a1"}
     wrong = mariadb_database.url.replace(mariadb_database.password, "pw-wrong-secret-123")
-    run = job(wrong, "backup", "--dir", str(tmp_path), "--prefix", "p", "--retain", "1")
+    run = job(wrong, "backup", "--store", "volume", "--location", str(tmp_path), "--prefix", "p", "--retain", "1")
     assert run.result["reason"] == "DatabaseAuthenticationFailed", run
     unreachable = mariadb_database.url.replace(f":{mariadb_database.port}/", ":1/")
     run = job(unreachable, "current")
@@ -280,12 +283,12 @@ def test_a_restore_that_fails_midway_says_so_and_a_rerun_converges(
     broken = tmp_path / "broken" / "shop-broken.dump"
     broken.parent.mkdir()
     broken.write_bytes(dump[:cut] + b"THIS IS NOT SQL;\n" + dump[cut:])
-    run = job(db.url, "restore", "--file", str(broken),
+    run = job(db.url, "restore", "--store", "volume", "--dump", str(broken),
               "--sha256", "sha256:" + hashlib.sha256(broken.read_bytes()).hexdigest())
     assert run.result["reason"] == "RestoreFailed", run
     assert "partly restored" in run.result["message"] and "again" in run.result["message"]
     assert db.query("SELECT COUNT(*) FROM orders") == [(10,)]  # it stopped before orders
-    run = job(db.url, "restore", "--file", file, "--sha256", sha)
+    run = job(db.url, "restore", "--store", "volume", "--dump", file, "--sha256", sha)
     assert run.rc == 0, run
     assert checksums(db) == before
 
@@ -294,5 +297,6 @@ def test_localhost_in_the_url_means_tcp_for_the_client_tools_too(
         mariadb_database: Database, job: Any, tmp_path: Path) -> None:
     seed(mariadb_database)
     local = mariadb_database.url.replace("@127.0.0.1:", "@localhost:")
-    run = job(local, "backup", "--dir", str(tmp_path / "b"), "--prefix", "shop", "--retain", "1")
+    run = job(local, "backup", "--store", "volume", "--location", str(tmp_path / "b"), "--prefix", "shop", "--retain",
+              "1")
     assert run.rc == 0 and run.result["revision"] == "a1", run

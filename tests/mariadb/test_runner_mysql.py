@@ -89,7 +89,7 @@ def test_upgrade_waits_for_the_lock_and_names_its_holder(mariadb_database: Datab
         cur.execute("SELECT GET_LOCK(%s, 0), CONNECTION_ID()", (mysql_lock_name(key),))
         _, holder_id = cur.fetchone()  # type: ignore[misc]
         r = runner(mariadb_database, app, "upgrade", "--from", "base", "--to", "aaaaaaaa0001",
-                   "--lock-key", str(key), "--lock-timeout", "2")
+                   "--lock-key", str(key), "--lock-wait-seconds", "2")
     assert r.result["reason"] == "LockTimeout", r
     assert f"pid {holder_id}" in r.result["message"] and r.result["blockers"][0]["pid"] == holder_id
     assert tables(mariadb_database) == set()
@@ -119,7 +119,8 @@ def test_a_half_applied_revision_is_reported_and_restored_to_identical_rows(
     make_project(app, HALF)
     assert runner(db, app, "upgrade", "--from", "base", "--to", "aaaaaaaa0001").rc == 0
     before = checksums(db)
-    backup = job(db.url, "backup", "--dir", str(tmp_path / "backups"), "--prefix", "shop", "--retain", "2")
+    backup = job(db.url, "backup", "--store", "volume", "--location", str(tmp_path / "backups"), "--prefix", "shop",
+                 "--retain", "2")
     assert backup.rc == 0 and backup.result["revision"] == "aaaaaaaa0001", backup
 
     r = runner(db, app, "upgrade", "--from", "aaaaaaaa0001", "--to", "aaaaaaaa0003")
@@ -136,7 +137,8 @@ def test_a_half_applied_revision_is_reported_and_restored_to_identical_rows(
     assert "revision aaaaaaaa0003 is half-applied: 3 of its statement(s) committed" in r.result["message"]
     assert {"notes", "audit"} <= tables(db)  # what the version table does not say
 
-    restored = job(db.url, "restore", "--file", backup.result["file"], "--sha256", backup.result["sha256"])
+    restored = job(db.url, "restore", "--store", "volume", "--dump", backup.result["file"], "--sha256",
+                   backup.result["sha256"])
     assert restored.rc == 0, restored
     assert sorted(restored.result["dropped"]) == ["TABLE audit", "TABLE notes"]
     assert checksums(db) == before

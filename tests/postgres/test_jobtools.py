@@ -13,8 +13,12 @@ from typing import Any
 import pytest
 
 from alembic_operator import jobtools
+from alembic_operator.api import parse_spec
+from alembic_operator.jobparts import manifest
+from alembic_operator.jobs import Owner, build_job
 from alembic_operator.sqlscan import RULES
 from bed.postgres import Database, PostgresServer, pg_bin
+from spoolstore import spool_store
 
 pytestmark = pytest.mark.postgres
 
@@ -36,7 +40,8 @@ def sha256_of(path: Path) -> str:
 def test_backup_writes_a_verifiable_dump_and_a_sidecar(database: Database, job: Any, tmp_path: Path) -> None:
     seed(database)
     backups = tmp_path / "backups" / "shop" / "orders"
-    run = job(database.url, "backup", "--dir", str(backups), "--prefix", "orders", "--retain", "3",
+    run = job(database.url, "backup", "--store", "volume", "--location", str(backups), "--prefix", "orders",
+              "--retain", "3",
               "--location-prefix", "pvc/shop-backups/shop/orders")
     assert run.rc == 0, run
     r = run.result
@@ -56,7 +61,8 @@ def test_backup_writes_a_verifiable_dump_and_a_sidecar(database: Database, job: 
 
 
 def test_backup_of_an_unversioned_database(database: Database, job: Any, tmp_path: Path) -> None:
-    run = job(database.url, "backup", "--dir", str(tmp_path / "b"), "--prefix", "x", "--retain", "1")
+    run = job(database.url, "backup", "--store", "volume", "--location", str(tmp_path / "b"), "--prefix", "x",
+              "--retain", "1")
     assert run.rc == 0, run
     assert run.result["revision"] is None and run.result["file"].endswith("-base.dump")
     assert run.result["location"] == run.result["file"]
@@ -73,7 +79,8 @@ def test_backup_prunes_beyond_retain(database: Database, job: Any, tmp_path: Pat
     other = backups / "shop-eu-20240101T000000Z-a0.dump"  # another resource's prefix: never touched
     other.write_bytes(b"other")
     (backups / ".shop-20240101T000000Z-a0.dump.partial").write_bytes(b"interrupted")
-    run = job(database.url, "backup", "--dir", str(backups), "--prefix", "shop", "--retain", "2")
+    run = job(database.url, "backup", "--store", "volume", "--location", str(backups), "--prefix", "shop", "--retain",
+              "2")
     assert run.rc == 0, run
     assert sorted(run.result["pruned"]) == sorted(old[:3])
     names = sorted(p.name for p in backups.iterdir())
@@ -81,7 +88,8 @@ def test_backup_prunes_beyond_retain(database: Database, job: Any, tmp_path: Pat
     assert names == sorted([new, f"{new}.json", old[3], f"{old[3]}.json", other.name])
 
     # retain 0 still keeps the backup just written
-    run = job(database.url, "backup", "--dir", str(backups), "--prefix", "shop", "--retain", "0")
+    run = job(database.url, "backup", "--store", "volume", "--location", str(backups), "--prefix", "shop", "--retain",
+              "0")
     assert run.rc == 0, run
     assert Path(run.result["file"]).exists()
     assert {p.name for p in backups.iterdir() if p.name.startswith("shop-2")} == {
@@ -90,10 +98,10 @@ def test_backup_prunes_beyond_retain(database: Database, job: Any, tmp_path: Pat
 
 def test_backup_failures_name_no_secret(database: Database, job: Any, tmp_path: Path) -> None:
     wrong = database.url.replace(database.password, "pw-wrong-secret-123")
-    run = job(wrong, "backup", "--dir", str(tmp_path), "--prefix", "p", "--retain", "1")
+    run = job(wrong, "backup", "--store", "volume", "--location", str(tmp_path), "--prefix", "p", "--retain", "1")
     assert run.result["reason"] == "DatabaseAuthenticationFailed", run
     unreachable = database.url.replace(f":{database.port}/", ":1/")
-    run = job(unreachable, "backup", "--dir", str(tmp_path), "--prefix", "p", "--retain", "1")
+    run = job(unreachable, "backup", "--store", "volume", "--location", str(tmp_path), "--prefix", "p", "--retain", "1")
     assert run.result["reason"] == "DatabaseUnreachable", run
     run = job(None, "current")
     assert run.result["reason"] == "InvalidDatabaseURL"
@@ -107,7 +115,8 @@ def test_backup_failures_name_no_secret(database: Database, job: Any, tmp_path: 
 
 
 def backup(database: Database, job: Any, tmp_path: Path) -> tuple[str, str]:
-    run = job(database.url, "backup", "--dir", str(tmp_path / "backups"), "--prefix", "shop", "--retain", "5")
+    run = job(database.url, "backup", "--store", "volume", "--location", str(tmp_path / "backups"), "--prefix", "shop",
+              "--retain", "5")
     assert run.rc == 0, run
     return run.result["file"], run.result["sha256"]
 
@@ -141,7 +150,7 @@ def test_restore_brings_back_the_schema_and_rows(database: Database, job: Any, t
     seed(database)
     file, sha = backup(database, job, tmp_path)
     failed_migration(database)
-    run = job(database.url, "restore", "--file", file, "--sha256", sha)
+    run = job(database.url, "restore", "--store", "volume", "--dump", file, "--sha256", sha)
     assert run.rc == 0, run
     assert run.result["revision"] == "a1"
     assert set(run.result["dropped"]) >= {"TABLE public.invoices", "VIEW public.big_orders", "TYPE public.mood",
@@ -165,11 +174,13 @@ def test_restore_waits_for_the_migration_lock_and_restores_nothing_without_it(
     key = "-4242"
     with database.connect() as holder:
         holder.execute("SELECT pg_advisory_lock(%s)", (int(key),))
-        run = job(database.url, "restore", "--file", file, "--sha256", sha, "--lock-key", key, "--lock-timeout", "2")
+        run = job(database.url, "restore", "--store", "volume", "--dump", file, "--sha256", sha, "--lock-key", key,
+                  "--lock-wait-seconds", "2")
         assert run.rc == 1 and run.result["reason"] == "LockTimeout", run
         assert "advisory lock -4242" in run.result["message"] and "nothing was restored" in run.result["message"]
         assert "public.invoices" in relations(database)  # untouched
-    run = job(database.url, "restore", "--file", file, "--sha256", sha, "--lock-key", key, "--lock-timeout", "2")
+    run = job(database.url, "restore", "--store", "volume", "--dump", file, "--sha256", sha, "--lock-key", key,
+              "--lock-wait-seconds", "2")
     assert run.rc == 0, run
     assert relations(database) == {"public.orders", "public.alembic_version"}
     assert "took the migration lock (advisory lock -4242)" in run.err
@@ -180,7 +191,7 @@ def test_restore_with_nothing_extra_uses_pg_restore_directly(database: Database,
     file, sha = backup(database, job, tmp_path)
     database.query("ALTER TABLE orders DROP COLUMN legacy_code")
     database.query("UPDATE alembic_version SET version_num = 'b2'")
-    run = job(database.url, "restore", "--file", file, "--sha256", sha)
+    run = job(database.url, "restore", "--store", "volume", "--dump", file, "--sha256", sha)
     assert run.rc == 0, run
     assert run.result == {"ok": True, "revision": "a1", "dropped": []}
     assert "--single-transaction" in run.err and "| psql" not in run.err
@@ -191,7 +202,7 @@ def test_restore_to_base_drops_the_version_table(database: Database, job: Any, t
     database.query("CREATE TABLE keep (id int)")
     file, sha = backup(database, job, tmp_path)
     seed(database)  # the first migration: orders + alembic_version
-    run = job(database.url, "restore", "--file", file, "--sha256", sha)
+    run = job(database.url, "restore", "--store", "volume", "--dump", file, "--sha256", sha)
     assert run.rc == 0, run
     assert run.result["revision"] is None
     assert relations(database) == {"public.keep"}
@@ -203,19 +214,19 @@ def test_restore_refuses_a_corrupt_backup_and_changes_nothing(database: Database
     failed_migration(database)
     before = (relations(database), columns(database))
     wrong = "sha256:" + "0" * 64
-    run = job(database.url, "restore", "--file", file, "--sha256", wrong)
+    run = job(database.url, "restore", "--store", "volume", "--dump", file, "--sha256", wrong)
     assert run.result["reason"] == "BackupCorrupt", run
     with open(file, "r+b") as fh:  # a flipped byte: the recorded checksum no longer matches
         fh.seek(100)
         byte = fh.read(1)
         fh.seek(100)
         fh.write(bytes([byte[0] ^ 0xFF]))
-    run = job(database.url, "restore", "--file", file, "--sha256", sha)
+    run = job(database.url, "restore", "--store", "volume", "--dump", file, "--sha256", sha)
     assert run.result["reason"] == "BackupCorrupt", run
     assert (relations(database), columns(database)) == before
-    run = job(database.url, "restore", "--file", file + ".missing", "--sha256", sha)
+    run = job(database.url, "restore", "--store", "volume", "--dump", file + ".missing", "--sha256", sha)
     assert run.result["reason"] == "BackupNotFound"
-    run = job(database.url, "restore", "--file", file, "--sha256", "md5:abc")
+    run = job(database.url, "restore", "--store", "volume", "--dump", file, "--sha256", "md5:abc")
     assert run.result["reason"] == "InvalidArgument"
 
 
@@ -229,7 +240,7 @@ def test_a_failing_restore_with_drops_leaves_the_database_unchanged(
         conn.execute("CREATE SCHEMA audit")  # owned by the superuser
         conn.execute("CREATE VIEW audit.orders AS SELECT id FROM public.orders")
     before = (relations(database), columns(database), database.query("SELECT count(*) FROM invoices"))
-    run = job(database.url, "restore", "--file", file, "--sha256", sha)
+    run = job(database.url, "restore", "--store", "volume", "--dump", file, "--sha256", sha)
     assert run.result["reason"] == "RestoreFailed", run
     assert "must be owner" in run.result["message"]
     assert (relations(database), columns(database), database.query("SELECT count(*) FROM invoices")) == before
@@ -251,7 +262,7 @@ def test_a_failing_direct_restore_leaves_the_database_unchanged(
         conn.execute(f'DROP ROLE "{role}"')
     database.query("ALTER TABLE orders DROP COLUMN legacy_code")
     database.query("UPDATE alembic_version SET version_num = 'b2'")
-    run = job(database.url, "restore", "--file", file, "--sha256", sha)
+    run = job(database.url, "restore", "--store", "volume", "--dump", file, "--sha256", sha)
     assert run.result["reason"] == "RestoreFailed", run
     assert "does not exist" in run.result["message"]
     assert columns(database) == ["id", "amount"]
@@ -435,3 +446,44 @@ def test_scan_what_the_runner_renders(database: Database, job: Any, tmp_path: Pa
     assert run.result["destructive"] == ["DROP COLUMN orders.legacy_code (revision b2)"]
     assert run.result["warnings"] == []  # the index is on a table the plan itself creates
     assert run.result["current"] is None and run.result["target"] == "b2"
+
+
+# --- a store the package does not know ------------------------------------------------------------------------------
+
+
+def test_a_store_defined_outside_the_package_backs_up_and_restores_through_the_job_commands(
+        database: Database, job: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The spool store (tests/spoolstore.py): the backup and restore Jobs built from its wiring run, with the
+    arguments and environment those Jobs carry (its mount stands in for the hostPath, the token for its Secret), and
+    the result names the dump as the store shows it in status; jobtools.py knows nothing of it."""
+    seed(database)
+    with spool_store() as store:
+        wiring = store.wiring({"node": "node-a", "path": "/var/spool/db", "tokenSecret": "spool-token"}, "shop",
+                              "orders")
+        # api.BackupSpec has no spool field (the test does not add one): the wiring comes from the store directly
+        spec = parse_spec({"database": {"urlSecretRef": {"name": "db", "key": "url"}}, "targetRevision": "head",
+                           "migrations": {"image": "app:1"}, "backup": {"enabled": False, "retain": 2}})
+        owner = Owner("orders", "shop", "uid", 1)
+
+        def command(role: str, args: dict[str, str]) -> list[str]:
+            ctr = manifest(build_job(role, owner, spec, operator_image="op:1", args=args,  # type: ignore[arg-type]
+                                     store=wiring))["spec"]["template"]["spec"]["containers"][0]  # type: ignore[index,call-overload]
+            env = {e["name"]: e.get("value") for e in ctr["env"]}
+            assert env["SPOOL_ROOT"] == "/spool" and env["SPOOL_TOKEN"] is None  # from the Secret, by the kubelet
+            return [str(a) for a in ctr["command"]][2:]  # after `alembic-operator job`
+
+        monkeypatch.setenv("SPOOL_ROOT", str(tmp_path))  # where /spool is mounted
+        refused = job(database.url, *command("backup", {}))
+        assert refused.result["reason"] == "BackupFailed" and "SPOOL_TOKEN" in refused.result["message"]
+        monkeypatch.setenv("SPOOL_TOKEN", "t0ken")
+        run = job(database.url, *command("backup", {}))
+        assert run.rc == 0, run
+        name = Path(run.result["file"]).name
+        assert run.result["file"] == f"spool://shop/orders/{name}"
+        assert run.result["location"] == f"spool node-a:/var/spool/db/shop/orders/{name}"
+        assert (tmp_path / "shop" / "orders" / name).stat().st_size == run.result["sizeBytes"]
+        failed_migration(database)
+        restored = job(database.url, *command("restore", {"file": run.result["file"], "sha256": run.result["sha256"],
+                                                          "lockKey": "7"}))
+        assert restored.rc == 0, restored
+        assert columns(database) == ["id", "legacy_code", "amount"]

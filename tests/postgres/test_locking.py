@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from test_runner import Runner, version
 
-from alembic_operator import jobtools, sqlscan
+from alembic_operator import cli, jobtools, sqlscan
 from apps import Rev, make_project
 from bed.postgres import Database
 
@@ -56,7 +56,7 @@ def plan(runner: Runner, database: Database, tmp_path: Path, monkeypatch: pytest
             monkeypatch.delenv(jobtools.URL_ENV, raising=False)
         result_file = tmp_path / "scan.json"
         capfd.readouterr()
-        jobtools.main(["scan", "--plan-dir", str(out), "--result-file", str(result_file)])
+        cli.main(["job", "scan", "--plan-dir", str(out), "--result-file", str(result_file)])
         _out, err = capfd.readouterr()
         text = result_file.read_text()
         assert database.password not in text + err and len(text.encode()) < 3500

@@ -397,14 +397,14 @@ def test_upgrade_lock_held_elsewhere(runner: Runner, app: Path) -> None:
     key = 4242424242
     with runner.database.connect() as other:
         other.execute("SELECT pg_advisory_lock(%s)", (key,))
-        r = runner("upgrade", "--from", "base", "--to", revs[-1].id, "--lock-key", str(key), "--lock-timeout", "2")
+        r = runner("upgrade", "--from", "base", "--to", revs[-1].id, "--lock-key", str(key), "--lock-wait-seconds", "2")
     assert r.rc == 5
     assert r.result["reason"] == "LockTimeout"
     assert "held by pid " in r.result["message"]
     assert "waiting for the migration lock" in r.stderr
     assert tables(runner.database) == set()
     # Released: it runs.
-    r = runner("upgrade", "--from", "base", "--to", revs[-1].id, "--lock-key", str(key), "--lock-timeout", "2")
+    r = runner("upgrade", "--from", "base", "--to", revs[-1].id, "--lock-key", str(key), "--lock-wait-seconds", "2")
     assert r.rc == 0, r.stderr
 
 

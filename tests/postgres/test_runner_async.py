@@ -39,7 +39,7 @@ def test_an_async_app_waits_for_the_lock_another_migration_holds(database: Datab
     with database.connect() as holder:
         holder.execute("SELECT pg_advisory_lock(78)")
         r = run(app, async_url(database.url, "asyncpg"), "upgrade", "--from", "base", "--to", "head",
-                "--lock-key", "78", "--lock-timeout", "2", secrets=(database.password, database.url))
+                "--lock-key", "78", "--lock-wait-seconds", "2", secrets=(database.password, database.url))
     assert r.rc != 0 and r.result["reason"] == "LockTimeout", r.stderr
     assert "held by pid " in r.result["message"]
     assert database.query("SELECT to_regclass('public.customers')") == [(None,)]

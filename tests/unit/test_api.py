@@ -19,7 +19,7 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
-from alembic_operator import api, constants, crdgen, k8s_openapi
+from alembic_operator import api, cli, constants, crdgen, k8s_openapi
 from api_cases import (
     EXAMPLE,
     INVALID,
@@ -124,20 +124,18 @@ def _walk(node: dict[str, Any], path: str) -> list[tuple[str, dict[str, Any]]]:
 def test_committed_files_are_up_to_date() -> None:
     for rel, content in crdgen.outputs().items():
         committed = REPO / rel
-        assert committed.is_file(), f"{rel} is missing: run python -m alembic_operator.crdgen"
-        assert committed.read_text(encoding="utf-8") == content, (
-            f"{rel} is out of date: run python -m alembic_operator.crdgen"
-        )
-    assert crdgen.main(["--check", "--root", str(REPO)]) == 0
+        assert committed.is_file(), f"{rel} is missing: run make crd"
+        assert committed.read_text(encoding="utf-8") == content, f"{rel} is out of date: run make crd"
+    assert cli.main(["crd", "--check", "--root", str(REPO)]) == 0
 
 
 def test_check_reports_stale_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert crdgen.main(["--check", "--root", str(tmp_path)]) == 1
+    assert cli.main(["crd", "--check", "--root", str(tmp_path)]) == 1
     assert "out of date" in capsys.readouterr().err
-    assert crdgen.main(["--root", str(tmp_path)]) == 0
-    assert crdgen.main(["--check", "--root", str(tmp_path)]) == 0
+    assert cli.main(["crd", "--write", "--root", str(tmp_path)]) == 0
+    assert cli.main(["crd", "--check", "--root", str(tmp_path)]) == 0
     (tmp_path / crdgen.CRD_PATH).write_text("edited", encoding="utf-8")
-    assert crdgen.main(["--check", "--root", str(tmp_path)]) == 1
+    assert cli.main(["crd", "--check", "--root", str(tmp_path)]) == 1
 
 
 def test_output_is_deterministic() -> None:
@@ -147,7 +145,7 @@ def test_output_is_deterministic() -> None:
 
 
 def test_stdout_prints_the_crd(capsys: pytest.CaptureFixture[str]) -> None:
-    assert crdgen.main(["--stdout"]) == 0
+    assert cli.main(["crd"]) == 0
     assert yaml.safe_load(capsys.readouterr().out) == crdgen.crd()
 
 
@@ -593,9 +591,9 @@ def test_name_rule(crd: dict[str, Any]) -> None:
 
 
 def test_drift_interval_minimum_has_one_source() -> None:
-    from alembic_operator import reconcile
+    from alembic_operator.reconcile import idle
 
-    assert reconcile.MIN_DRIFT_INTERVAL is api.MIN_DRIFT_INTERVAL
+    assert idle.MIN_DRIFT_INTERVAL is api.MIN_DRIFT_INTERVAL
     rule = next(r for r in api.SPEC_RULES if r.field_path == ".driftCheck.interval")
     assert f"duration('{api.MIN_DRIFT_INTERVAL}s')" in rule.rule
     assert f"at least {api.MIN_DRIFT_INTERVAL}s" in rule.message

@@ -5,6 +5,8 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import os
+import tempfile
 from pathlib import Path
 from typing import IO
 
@@ -98,3 +100,57 @@ def test_a_second_store_registers_itself(tmp_path: Path) -> None:
         assert write(store, "a-20240101T000000Z-base.dump", b"x").size == 1
     finally:
         backupstores.REGISTRY.remove("test-elsewhere")
+
+
+def _write_as_the_jobs_user(directory: Path) -> dict[str, str]:
+    """VolumeStore.write into `directory` in a forked child running as the Job's user (65532) when the tests run
+    as root: the StoreError it raised, as {reason, message}."""
+    read, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        try:
+            os.close(read)
+            if os.getuid() == 0:
+                os.setgroups([])
+                os.setgid(65532)
+                os.setuid(65532)
+            try:
+                VolumeStore(str(directory)).write("shop-20240101T000000Z-a1.dump", lambda out: out.write(b"dump"))
+                said = {"reason": "", "message": "written"}
+            except StoreError as err:
+                said = {"reason": err.reason, "message": err.message}
+            os.write(write_end, json.dumps(said).encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read) as pipe:
+        text = pipe.read()
+    os.waitpid(pid, 0)
+    return dict(json.loads(text))
+
+
+@pytest.mark.parametrize("existing", [False, True])
+def test_a_directory_the_jobs_user_cannot_write_is_backup_volume_not_writable(existing: bool) -> None:
+    """A hostPath or NFS directory owned by root, 0755 (fsGroup does not apply to them): the Job's user (65532 when
+    the tests run as root; the test's own user in a directory it made read-only otherwise) gets its own reason, the
+    directory's owner and mode and the fix, never a raw PermissionError; nothing is left behind."""
+    with tempfile.TemporaryDirectory() as top:
+        Path(top).chmod(0o755)
+        volume = Path(top) / "backups"
+        (volume / "shop" / "orders" if existing else volume).mkdir(parents=True)
+        for d in (volume, volume / "shop", volume / "shop" / "orders"):
+            if d.exists():
+                d.chmod(0o755 if os.getuid() == 0 else 0o555)
+        target = volume / "shop" / "orders"
+        try:
+            err = _write_as_the_jobs_user(target)
+        finally:
+            for d in (volume, volume / "shop", volume / "shop" / "orders"):
+                if d.exists():
+                    d.chmod(0o755)
+        assert err["reason"] == "BackupVolumeNotWritable", err
+        refused = target if existing else volume
+        mode = "0755" if os.getuid() == 0 else "0555"
+        assert f"{target} cannot be written ({refused} is owned by uid {os.getuid()}" in err["message"]
+        assert f"mode {mode}" in err["message"] and "chown -R" in err["message"] and "fsGroup" in err["message"]
+        assert not list(target.glob(".*")) if target.exists() else not (volume / "shop").exists()

@@ -6,19 +6,19 @@ import contextlib
 import json
 import shutil
 import sqlite3
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 import pytest
 from sqlalchemy.engine import URL, make_url
 
-from alembic_operator import dbstate, engines, jobtools, sqlscan
+from alembic_operator import cli, dbstate, engines, jobtools, sqlrules
 from alembic_operator.dbstate import DatabaseError, parse_url, read_revision
 from alembic_operator.engines import postgresql
 from alembic_operator.engines.base import observation, read_alembic_state
-from alembic_operator.reconcile import DatabaseObservation
+from alembic_operator.observation import DatabaseObservation
 from alembic_operator.runner.lock import database_lock_key
 
 
@@ -80,6 +80,42 @@ def heads(db: FileDB) -> list[str]:
         return sorted(str(r[0]) for r in conn.execute("SELECT version_num FROM alembic_version"))
 
 
+@dataclass
+class EverythingIsDestructive:
+    """The test engine's scanner: one destructive finding per chunk of SQL."""
+
+    findings: list[sqlrules.Finding] = field(default_factory=list)
+
+    def scan(self, sql: str, revision: str | None = None) -> list[sqlrules.Finding]:
+        found = [sqlrules.Finding(rule="anything", severity="destructive", operation="anything", revision=revision,
+                                  statement=sql[: sqlrules.STATEMENT_MAX], engine="test-sqlite")]
+        self.findings += found
+        return found
+
+    def deployed(self) -> None:
+        pass
+
+    def at(self, catalog: sqlrules.Catalog) -> None:
+        pass
+
+
+class Scanning:
+    """The test engine's scanner module (what `sqlscan` is to PostgreSQL): its rules, registered, and its scanner."""
+
+    RULES: Mapping[str, sqlrules.Rule] = sqlrules.RULESETS.setdefault("test-sqlite", dict([sqlrules.rule(
+        "anything", "destructive", "Any SQL may destroy data.", "Read it.")]))
+
+    def scanner(self, catalog: sqlrules.Catalog | None = None) -> sqlrules.Scanner:
+        return EverythingIsDestructive()
+
+    def alters_columns(self, items: Sequence[tuple[str | None, str]]) -> bool:
+        return False
+
+    def read_catalog(self, connection: sqlrules.Connection,
+                     items: Sequence[tuple[str | None, str]]) -> sqlrules.Catalog:
+        return sqlrules.Catalog()
+
+
 @pytest.fixture
 def sqlite_engine() -> Iterator[type[engines.Engine[FileDB]]]:
     """SQLite as an engine: defining the class is all it takes to plug it in."""
@@ -113,10 +149,11 @@ def sqlite_engine() -> Iterator[type[engines.Engine[FileDB]]]:
         def heads(self, db: FileDB) -> list[str]:
             return heads(db)
 
-        def scan(self, items: Iterable[tuple[str | None, str]], db: Any = None) -> list[sqlscan.Finding]:
-            return [sqlscan.Finding(rule="opaque-sql", severity="destructive", operation="anything", revision=rev,
-                                    statement="")
-                    for rev, _sql in items]
+        def read_catalog(self, db: FileDB, items: Sequence[tuple[str | None, str]]) -> sqlrules.Catalog | None:
+            return None  # nothing to read: every type change is classified from the plan alone
+
+        def scanning(self) -> sqlrules.ScannerModule:
+            return Scanning()
 
     try:
         yield SQLiteFiles
@@ -128,7 +165,7 @@ def run_job(tmp_path: Path, url: str | None, *argv: str, monkeypatch: pytest.Mon
     if url:
         monkeypatch.setenv(jobtools.URL_ENV, url)
     result_file = tmp_path / "result.json"
-    jobtools.main([*argv, "--result-file", str(result_file)])
+    cli.main(["job", *argv, "--result-file", str(result_file)])
     result: dict[str, Any] = json.loads(result_file.read_text())
     return result
 
@@ -155,7 +192,8 @@ def test_a_registered_engine_serves_the_operator_and_the_jobs(
     # the Jobs: current, backup into the volume store, restore from it
     assert run_job(tmp_path, url, "current", monkeypatch=monkeypatch) == {"ok": True, "current": "a1"}
     backups = tmp_path / "backups"
-    backup = run_job(tmp_path, url, "backup", "--dir", str(backups), "--prefix", "app", "--retain", "1",
+    backup = run_job(tmp_path, url, "backup", "--store", "volume", "--location", str(backups), "--prefix", "app",
+                     "--retain", "1",
                      monkeypatch=monkeypatch)
     assert backup["ok"] and backup["revision"] == "a1" and backup["file"].endswith("-a1.dump")
     assert Path(backup["file"]).read_bytes() == path.read_bytes()
@@ -163,7 +201,8 @@ def test_a_registered_engine_serves_the_operator_and_the_jobs(
     with contextlib.closing(sqlite3.connect(path)) as conn:
         conn.execute("UPDATE alembic_version SET version_num = 'b2'")
         conn.commit()
-    restored = run_job(tmp_path, url, "restore", "--file", backup["file"], "--sha256", backup["sha256"],
+    restored = run_job(tmp_path, url, "restore", "--store", "volume", "--dump", backup["file"], "--sha256",
+                       backup["sha256"],
                        monkeypatch=monkeypatch)
     assert restored == {"ok": True, "revision": "a1", "dropped": []}
 
@@ -204,3 +243,10 @@ def test_parse_toc() -> None:
     assert toc.types == {("public", "mood")}
     assert toc.functions == {("public", "f(integer, text)")}
     assert toc.foreign_keys == {("s2", "t t_x_fkey")}
+
+
+def test_every_engine_implements_the_whole_interface(sqlite_engine: type[engines.Engine[FileDB]]) -> None:
+    """An engine registers when its class is defined, before Python could refuse an abstract one: checked here."""
+    assert {engine.name for engine in engines.REGISTRY} >= {"postgresql", "mysql", "test-sqlite"}
+    for engine in engines.REGISTRY:
+        assert not type(engine).__abstractmethods__, (engine.name, sorted(type(engine).__abstractmethods__))

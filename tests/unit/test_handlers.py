@@ -12,7 +12,7 @@ import kubernetes
 import pytest
 
 from alembic_operator import constants as c
-from alembic_operator import handlers
+from alembic_operator import handlers, indexes
 from alembic_operator.config import OperatorConfig
 from alembic_operator.kube import Client
 
@@ -44,7 +44,7 @@ def events(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str, str]]:
 async def reconcile(emulator: kmock.KubernetesEmulator, deleted_meanwhile: bool = False,
                     ) -> tuple[float | None, dict[str, Any]]:
     """One pass on `db`; with `deleted_meanwhile`, the watch delivers its deletion while the pass writes status."""
-    runtime = handlers.Runtime()
+    runtime = indexes.Runtime()
     for declared in ("batch/v1/jobs", "v1/pods", "v1/secrets", "v1/events", f"{c.GROUP}/{c.VERSION}/{c.PLURAL}"):
         emulator.resources[declared] = {}
 
@@ -59,7 +59,7 @@ async def reconcile(emulator: kmock.KubernetesEmulator, deleted_meanwhile: bool 
     emulator["PATCH", kmock.subresource("status")] << patch_status
     client = Client(kubernetes.client.Configuration(host=str(emulator.url).rstrip("/")))
     runtime.migration_seen(None, dict(emulator.objects[DBM, NS, "db"].raw))  # what the watch delivers
-    ctx = handlers.Context(config=OperatorConfig(), kube=client, runtime=runtime)
+    ctx = indexes.Context(config=OperatorConfig(), kube=client, runtime=runtime)
     try:
         delay = await handlers.reconcile(ctx, NS, "db", logging.getLogger("test"))
     finally:

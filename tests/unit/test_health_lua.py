@@ -19,6 +19,7 @@ import yaml
 
 from alembic_operator import constants as c
 from alembic_operator import status as s
+from alembic_operator.api import parse_status, written
 
 lupa51 = pytest.importorskip("lupa.lua51")
 
@@ -101,8 +102,8 @@ def _summarized(kind: str, generation: int, observed: int | None = None) -> dict
     outcome = {"progressing": s.progressing("Migrating", "Migrating", "migrate Job is running"),
                "ready": s.ready("Migrated", "at c3c3c3c3c303"),
                "stalled": s.stalled("Failed", "JobFailed", "migrate Job failed")}[kind]
-    status = s.summarize({"currentRevision": "c3c3c3c3c303"}, outcome, generation if observed is None else observed,
-                         datetime(2026, 1, 1, tzinfo=UTC))
+    status = written(s.summarize(parse_status({"currentRevision": "c3c3c3c3c303"}), outcome,
+                                 generation if observed is None else observed, datetime(2026, 1, 1, tzinfo=UTC)))
     return {"apiVersion": c.API_VERSION, "kind": c.KIND,
             "metadata": {"name": "shop", "namespace": "shop", "generation": generation},
             "spec": {"targetRevision": "head"}, "status": status}

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from alembic_operator import backupstores
 from alembic_operator import constants as c
 from alembic_operator.api import parse_spec
-from alembic_operator.jobs import ROLES, URL_ENV, Owner, build_job, job_name
+from alembic_operator.jobparts import manifest
+from alembic_operator.jobs import ROLES, URL_ENV, Owner, build_job, dry_run_jobs, job_name
 from alembic_operator.runner.lock import database_lock_key as lock_key
+from spoolstore import spool_store
 
 SPEC: dict[str, Any] = {
     "database": {"urlSecretRef": {"name": "shop-db", "key": "url"}},
@@ -34,9 +39,17 @@ ARGS = {"plan": {"target": "head"}, "backup": {}, "migrate": {"from": "base", "t
         "stamp": {"revision": "abc", "lockKey": "42"}, "drift": {"instance": "7"}}
 
 
+def job_of(role: str, spec: dict[str, Any], owner: Owner = OWNER, args: dict[str, str] | None = None,
+           image: str = "ghcr.io/alembic-operator/op:1") -> dict[str, Any]:
+    """The manifest of `role`'s Job for `spec`, with the store's wiring as the operator passes it."""
+    parsed = parse_spec(spec)
+    store = backupstores.wiring_for(parsed.backup, owner.namespace, owner.name)
+    return manifest(build_job(role, owner, parsed, operator_image=image,  # type: ignore[arg-type]
+                              args=ARGS[role] if args is None else args, store=store))
+
+
 def build(role: str) -> dict[str, Any]:
-    return build_job(role, OWNER, parse_spec(SPEC), operator_image="ghcr.io/alembic-operator/op:1",  # type: ignore[arg-type]
-                     args=ARGS[role])
+    return job_of(role, SPEC)
 
 
 def containers(job: dict[str, Any]) -> list[dict[str, Any]]:
@@ -117,7 +130,8 @@ def test_backup_and_restore_mount_the_backup_volume_in_our_image() -> None:
         assert ctr["securityContext"]["readOnlyRootFilesystem"] is True
         assert pod["securityContext"]["fsGroup"] == 65532
     backup = build("backup")["spec"]["template"]["spec"]["containers"][0]["command"]
-    assert backup[backup.index("--dir") + 1] == "/backups/shop/shop"
+    assert backup[backup.index("--store") + 1] == "volume"
+    assert backup[backup.index("--location") + 1] == "/backups/shop/shop"
     assert backup[backup.index("--retain") + 1] == "3"
     assert backup[backup.index("--location-prefix") + 1] == "pvc/shop-backups/shop/shop"
 
@@ -172,9 +186,13 @@ def test_api_server_messages_are_traced_back_to_the_resources_field() -> None:
         "spec.template.spec.containers[1].securityContext.runAsUser: Invalid value": "spec.jobTemplate.securityContext",
         "spec.template.spec.volumes[1].persistentVolumeClaim.claimName: Required value": "spec.backup.volume",
     }
+    store = backupstores.wiring_for(parse_spec(SPEC).backup, "shop", "shop")
     for message, field in cases.items():
-        assert source_field(message) == field, message
-    assert source_field("exceeded quota: compute-resources") is None
+        assert source_field(message, store) == field, message
+    assert source_field("exceeded quota: compute-resources", store) is None
+    with spool_store() as spool:  # a volume refused in another store's Jobs is that store's field
+        other = spool.wiring({"node": "n", "path": "/p", "tokenSecret": "t"}, "shop", "shop")
+        assert source_field("spec.template.spec.volumes[1].hostPath.path: Required value", other) == "spec.backup.spool"
 
 
 def _run_as(job: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
@@ -195,8 +213,7 @@ def test_the_app_runs_as_its_images_user_ours_as_65532_and_the_user_can_set_eith
 
     def job(template: dict[str, Any]) -> dict[str, Any]:
         spec = {**SPEC, "jobTemplate": {**SPEC["jobTemplate"], **template}}
-        return build_job(role, OWNER, parse_spec(spec), operator_image="ghcr.io/alembic-operator/op:1",  # type: ignore[arg-type]
-                         args=ARGS[role])
+        return job_of(role, spec)
 
     default = _run_as(job({}))
     assert {name: default[name] for name in app} == {name: (None, None) for name in app}
@@ -210,4 +227,160 @@ def test_the_app_runs_as_its_images_user_ours_as_65532_and_the_user_can_set_eith
         assert sc["runAsNonRoot"] is True and sc["allowPrivilegeEscalation"] is False
         assert sc["capabilities"] == {"drop": ["ALL"]} and sc["seccompProfile"] == {"type": "RuntimeDefault"}
     pod = every["spec"]["template"]["spec"]["securityContext"]
-    assert pod["runAsNonRoot"] is True and pod.get("fsGroup") == (65532 if ROLES[role].backups else None)  # type: ignore[index]
+    assert pod["runAsNonRoot"] is True and pod.get("fsGroup") == (65532 if ROLES[role].uses_store else None)  # type: ignore[index]
+
+
+# --- the typed builders build what the dict literals built ----------------------------------------------------------
+
+BEFORE = Path(__file__).parents[1] / "fixtures" / "jobs" / "before-typed-builders.json"
+"""Every role's Job (and its server-side dry-run variant) for the specs below, as main built them from dict literals
+before the builders became typed (commit 395a832): captured once, never regenerated."""
+BASE = {"database": {"urlSecretRef": {"name": "db", "key": "uri"}},
+        "migrations": {"image": "app:2"}, "targetRevision": "abc123"}
+VARIANTS: dict[str, dict[str, Any]] = {
+    "full": SPEC,
+    "minimal-hostpath": {**BASE, "migrations": {"image": "app:2", "imagePullPolicy": "Always", "lockTimeout": "3s",
+                                                   "statementTimeout": "1m30s", "config": "db/alembic.ini"},
+                         "backup": {"volume": {"hostPath": {"path": "/srv/backups", "type": "DirectoryOrCreate"}},
+                                    "retain": 1}},
+    "contexts-nfs": {**BASE, "backup": {"volume": {"nfs": {"server": "nfs.example", "path": "/exports/db"}}},
+                     "jobTemplate": {
+                         "podSecurityContext": {"runAsUser": 10001, "runAsGroup": 10001, "fsGroup": 2000,
+                                                "supplementalGroups": [5]},
+                         "securityContext": {"readOnlyRootFilesystem": False, "capabilities": {"drop": ["NET_RAW"]}},
+                         "env": [{"name": "APP_ENV", "value": "prod"},
+                                 {"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "t", "key": "k"}}}],
+                         "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+                             "nodeSelectorTerms": [{"matchExpressions": [
+                                 {"key": "zone", "operator": "In", "values": ["a"]}]}]}}},
+                         "tolerations": [{"key": "k", "operator": "Equal", "value": "v", "effect": "NoExecute",
+                                          "tolerationSeconds": 30}],
+                         "resources": {"requests": {"cpu": "100m"}, "limits": {"cpu": "2", "memory": "1Gi"}}}},
+    "csi-long-name": {**BASE, "backup": {"volume": {"csi": {"driver": "x.csi.io", "volumeAttributes": {"a": "b"}}}},
+                      "driftCheck": {"interval": "1h"}},
+}
+
+
+def _every_job() -> dict[str, dict[str, Any]]:
+    jobs = {}
+    for variant, spec in VARIANTS.items():
+        owner = Owner(name="shop" if variant != "csi-long-name" else "a" * 60, namespace="shop", uid="u-1",
+                      generation=7)
+        for role in ROLES:
+            jobs[f"{variant}/{role}/args"] = job_of(role, spec, owner, image="op:1")
+        parsed = parse_spec(spec)
+        store = backupstores.wiring_for(parsed.backup, owner.namespace, owner.name)
+        for role, job in dry_run_jobs(owner, parsed, operator_image="op:1", store=store):
+            jobs[f"{variant}/{role}/dry-run"] = manifest(job)
+    return jobs
+
+
+def _store_arguments(job: dict[str, Any]) -> dict[str, Any]:
+    """What the backup-store seam changed on purpose in a Job built before it: backup and restore name their store
+    and its location (--store volume --location DIR for --dir DIR, --store volume --dump REF for --file REF), and a
+    restore's dry run names a placeholder in the resource's own directory."""
+    for ctr in job["spec"]["template"]["spec"]["containers"]:
+        cmd = ctr["command"]
+        if cmd[:3] == ["alembic-operator", "job", "backup"]:
+            at = cmd.index("--dir")
+            cmd[at:at + 1] = ["--store", "volume", "--location"]
+        if cmd[:3] == ["alembic-operator", "job", "restore"]:
+            at = cmd.index("--file")
+            cmd[at:at + 1] = ["--store", "volume", "--dump"]
+            if cmd[at + 3] == "/backups/dry-run.dump":
+                owner = job["metadata"]["labels"][c.OWNER_LABEL]
+                cmd[at + 3] = f"/backups/{job['metadata']['namespace']}/{owner}/dry-run.dump"
+    return job
+
+
+def test_every_job_is_the_one_the_dict_literals_built() -> None:
+    """Byte for byte as JSON (keys sorted: an object's key order means nothing to the API server), but for the
+    backup and restore commands' arguments, which the store seam changed (translated by _store_arguments)."""
+    before = {key: _store_arguments(job) for key, job in json.loads(BEFORE.read_text()).items()}
+    now = _every_job()
+    assert sorted(now) == sorted(before)
+    for key, job in now.items():
+        assert json.dumps(job, sort_keys=True) == json.dumps(before[key], sort_keys=True), key
+
+
+def test_a_quantity_written_as_a_number_reaches_the_job_as_the_same_quantity() -> None:
+    """`cpu: 1` is a valid Quantity in a spec; the typed Job carries it as "1", which the API server reads alike."""
+    spec = {**SPEC, "jobTemplate": {"resources": {"limits": {"cpu": 1, "memory": "1Gi"}}},
+            "backup": {"volume": {"emptyDir": {"sizeLimit": 2}}}}
+    pod = job_of("backup", spec, args={})["spec"]["template"]["spec"]
+    assert pod["containers"][0]["resources"] == {"limits": {"cpu": "1", "memory": "1Gi"}}
+    assert {"name": "backups", "emptyDir": {"sizeLimit": "2"}} in pod["volumes"]
+
+
+# --- a backup store brings its own Job wiring ---------------------------------------------------------------------
+
+
+def test_a_store_defined_outside_the_package_wires_the_backup_and_restore_jobs() -> None:
+    """A second kind of store (tests/spoolstore.py) gets its volumes, mounts, settings, credentials and arguments
+    into the backup and restore Jobs, and nothing of the volume store's, with jobs.py unchanged; the roles that do not
+    use the store never see it."""
+    with spool_store() as store:
+        wiring = store.wiring({"node": "node-a", "path": "/var/spool/db", "tokenSecret": "spool-token"}, "shop",
+                              "shop")
+        spec = parse_spec(SPEC)
+        for role in ROLES:
+            job: Any = manifest(build_job(role, OWNER, spec, operator_image="op:1", args=ARGS[role],  # type: ignore[arg-type]
+                                          store=wiring))
+            pod = job["spec"]["template"]["spec"]
+            ctr = pod["containers"][0]
+            env = {e["name"]: e for e in ctr["env"]}
+            if not ROLES[role].uses_store:  # type: ignore[index]
+                assert [v["name"] for v in pod["volumes"]] == ["work"] and "SPOOL_TOKEN" not in env
+                continue
+            assert pod["volumes"] == [{"name": "work", "emptyDir": {}},
+                                      {"name": "spool", "hostPath": {"path": "/var/spool/db", "type": "Directory"}}]
+            assert ctr["volumeMounts"] == [{"name": "spool", "mountPath": "/spool"},
+                                           {"name": "work", "mountPath": "/alembic-operator"}]
+            assert env["SPOOL_ROOT"] == {"name": "SPOOL_ROOT", "value": "/spool"}
+            assert env["SPOOL_TOKEN"] == {"name": "SPOOL_TOKEN",
+                                          "valueFrom": {"secretKeyRef": {"name": "spool-token", "key": "token"}}}
+            assert "fsGroup" not in pod["securityContext"]  # not a volume whose type applies it
+            cmd = ctr["command"]
+            assert cmd[cmd.index("--store") + 1] == "test-spool"
+            if role == "backup":
+                assert cmd[3:] == ["--store", "test-spool", "--location", "spool://shop/shop", "--prefix", "shop",
+                                   "--retain", "3", "--location-prefix", "spool node-a:/var/spool/db/shop/shop"]
+            else:
+                assert cmd[cmd.index("--dump") + 1] == "/backups/shop/shop/x.dump"  # the reference status kept
+        dry = dict(dry_run_jobs(OWNER, spec, operator_image="op:1", store=wiring))
+        restore = manifest(dry["restore"])["spec"]["template"]["spec"]["containers"][0]["command"]  # type: ignore[index,call-overload]
+        assert restore[restore.index("--dump") + 1] == "spool://shop/shop/dry-run.dump"
+
+
+def test_the_store_comes_from_its_field_of_spec_backup_and_none_when_backups_are_off() -> None:
+    wiring = backupstores.wiring_for(parse_spec(SPEC).backup, "shop", "orders")
+    assert wiring is not None and wiring.store == "volume" and wiring.location == "/backups/shop/orders"
+    assert wiring.shown_as == "pvc/shop-backups/shop/orders" and wiring.spec_field == "spec.backup.volume"
+    off = parse_spec({**SPEC, "backup": {"enabled": False}})
+    assert backupstores.wiring_for(off.backup, "shop", "orders") is None
+    assert {role for role, _job in dry_run_jobs(OWNER, off, operator_image="op:1", store=None)} == {"migrate",
+                                                                                                    "downgrade"}
+    with pytest.raises(ValueError, match="backup store"):
+        build_job("backup", OWNER, off, operator_image="op:1", args={})
+
+
+def test_every_store_field_of_the_spec_has_its_store_and_the_cel_rule_names_them_all() -> None:
+    from alembic_operator.api import SPEC_RULES, store_fields
+
+    assert {s.spec_field for s in backupstores.REGISTRY} == set(store_fields()) == {"volume"}
+    rule = SPEC_RULES[0]
+    assert rule.rule == "!self.backup.enabled || has(self.backup.volume)" and rule.field_path == ".backup.volume"
+
+
+def test_a_backup_volume_kubernetes_would_not_read_is_refused_in_the_spec() -> None:
+    """The CRD takes any one-key object as spec.backup.volume; a misspelt kind would reach the API server, which drops
+    what it does not know and defaults the volume to an emptyDir (backups that vanish with the pod). The spec is
+    refused instead, naming the field; a Quantity written as a number is still a volume source."""
+    from alembic_operator.api import SpecError
+
+    for volume, said in (({"persistentVolumeClam": {"claimName": "x"}}, "persistentVolumeClam: Extra inputs"),
+                         ({"hostPath": {}}, "hostPath.path: Field required")):
+        with pytest.raises(SpecError) as err:
+            parse_spec({**SPEC, "backup": {"volume": volume}})
+        assert "spec.backup.volume: not a Kubernetes volume source" in str(err.value) and said in str(err.value)
+    assert parse_spec({**SPEC, "backup": {"volume": {"emptyDir": {"sizeLimit": 1}}}}).backup.volume

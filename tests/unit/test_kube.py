@@ -234,3 +234,23 @@ async def test_present_lists_names_only_per_namespace(api: tuple[FakeApi, Client
     assert jobs.names == {(NS, "db")}
     assert all("as=PartialObjectMetadataList" in s.accept for s in fake.seen)
     assert fake.seen[-1].query == {"labelSelector": f"{c.MANAGED_BY_LABEL}={c.MANAGED_BY}"}
+
+
+@pytest.mark.asyncio
+async def test_remove_webhook_configuration_only_while_it_names_its_owner(api: tuple[FakeApi, Client]) -> None:
+    fake, client = api
+    mine = {"metadata": {"name": "gate", "uid": "u1", "resourceVersion": "7", "annotations": {"who": "me"}}}
+    fake.on("GET", f"{MWC}/gate", lambda: web.json_response(mine))
+    fake.on("DELETE", f"{MWC}/gate", lambda: web.json_response({"kind": "Status", "status": "Success"}))
+    assert await client.remove_webhook_configuration("gate", "who", "me") is True
+    assert [(s.method, s.path) for s in fake.seen] == [("GET", f"{MWC}/gate"), ("DELETE", f"{MWC}/gate")]
+    assert fake.seen[-1].body["preconditions"] == {"uid": "u1", "resourceVersion": "7"}
+    fake.seen.clear()
+    # Another process wrote it since (the chart's own configuration has another name and no annotation at all).
+    assert await client.remove_webhook_configuration("gate", "who", "someone else") is False
+    assert [s.method for s in fake.seen] == ["GET"]
+    # Rewritten between the read and the delete: the preconditions fail (409), it stays.
+    fake.on("DELETE", f"{MWC}/gate", lambda: status(409, "Precondition failed: UID in precondition", "Conflict"))
+    assert await client.remove_webhook_configuration("gate", "who", "me") is False
+    fake.on("GET", f"{MWC}/gate", lambda: status(404, "not found", "NotFound"))
+    assert await client.remove_webhook_configuration("gate", "who", "me") is True

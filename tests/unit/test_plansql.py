@@ -45,7 +45,7 @@ def test_the_plan_keeps_its_sql_once_and_only_when_it_is_the_sql_the_hash_covers
     d = advance(d, jobs={"plan": plan.__class__(**{**plan.__dict__, "plan_sql": data})})
     assert d.status["plan"]["sql"] == {"configMap": "shop-plan-g1-sql", "job": "shop-plan-g1", "sha256": sha,
                                        "revisions": 3, "total": 3, "truncated": False}
-    assert [(m["name"], m["generation"]) for m in d.config_maps] == [("shop-plan-g1-sql", 1)]
+    assert [(m.name, m.generation) for m in d.config_maps] == [("shop-plan-g1-sql", 1)]
     again = advance(d, jobs={"plan": plan.__class__(**{**plan.__dict__, "plan_sql": data})})
     assert again.config_maps == [] and again.status["plan"]["sql"]["configMap"] == "shop-plan-g1-sql"
     other = plan.__class__(**{**plan.__dict__, "plan_sql": plansql.compress(plansql.document(SQL, "sha256:x"))[0]})

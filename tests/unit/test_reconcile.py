@@ -8,15 +8,9 @@ from typing import Any
 import pytest
 
 from alembic_operator import constants as c
-from alembic_operator import status as s
-from alembic_operator.reconcile import (
-    DatabaseObservation,
-    Decision,
-    JobObservation,
-    Observation,
-    decide,
-    plan_hash,
-)
+from alembic_operator.api import parse_status
+from alembic_operator.observation import DatabaseObservation, JobObservation, Observation
+from alembic_operator.reconcile import Decision, decide, plan_hash
 
 NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 SPEC: dict[str, Any] = {
@@ -37,15 +31,15 @@ def observe(status: dict[str, Any] | None = None, *, generation: int = 1, spec: 
             annotations: dict[str, str] | None = None, now: datetime = NOW, busy: str | None = None) -> Observation:
     return Observation(
         name="shop", namespace="shop", generation=generation, spec=spec or SPEC, annotations=annotations or {},
-        status=status or {"observedGeneration": -1}, database=db or DatabaseObservation(revision="r1"),
+        status=parse_status(status or {"observedGeneration": -1}), database=db or DatabaseObservation(revision="r1"),
         jobs=jobs or {}, now=now, busy_with=busy,
     )
 
 
 def cond(d: Decision, type_: str) -> dict[str, Any]:
-    found = s.get_condition(d.status, type_)
+    found = next((x for x in d.status.get("conditions") or [] if x["type"] == type_), None)
     assert found is not None, f"no {type_} condition"
-    return found
+    return dict(found)
 
 
 def summary(d: Decision) -> tuple[str, str, str]:
@@ -266,6 +260,17 @@ def test_backup_failure_stalls_without_touching_the_database() -> None:
     assert cond(d, c.BACKUP_SUCCEEDED)["status"] == "False"
 
 
+def test_an_unwritable_backup_volume_stalls_under_its_own_reason_with_the_fix() -> None:
+    d = decide(observe())
+    d = advance(d, jobs={"plan": done("plan", PLAN_OK)})
+    fix = "chown -R 65532:65532 DIR, or use a volume type that applies fsGroup"
+    broken = done("backup", {"ok": False, "reason": "BackupVolumeNotWritable", "message": fix}, "failed")
+    d = advance(d, jobs={"plan": done("plan", PLAN_OK), "backup": broken})
+    assert d.jobs == [] and d.status["phase"] == "Failed"  # no migration started
+    assert cond(d, c.STALLED)["reason"] == "BackupVolumeNotWritable" and fix in cond(d, c.STALLED)["message"]
+    assert cond(d, c.BACKUP_SUCCEEDED)["reason"] == "BackupVolumeNotWritable"
+
+
 BACKUP = {"ok": True, "location": "pvc/b/x.dump", "file": "/backups/x.dump", "sha256": "sha256:aa", "revision": "r1"}
 
 
@@ -397,7 +402,7 @@ def test_a_run_uses_its_own_spec_not_a_queued_edit() -> None:
     edited = {**SPEC, "migrations": {"image": "shop:2"}}
     d = decide(observe(status, generation=2, spec=edited, jobs={"migrate": done("migrate", failed_at("r2"), "failed")},
                        db=DatabaseObservation("r2")))
-    assert d.jobs[0].spec["migrations"]["image"] == "shop:1"
+    assert d.jobs[0].spec.migrations.image == "shop:1"
 
 
 def test_database_changed_behind_our_back_is_not_ready() -> None:
@@ -450,6 +455,21 @@ def test_drift_check_runs_once_per_interval_and_sets_drifted() -> None:
                            instance=str(int(bucket) + 1))
     d = advance(later, spec=spec, jobs={"drift": clean}, now=NOW + timedelta(minutes=11))
     assert cond(d, c.DRIFTED)["status"] == "False" and [e[1] for e in d.events] == ["DriftResolved"]
+
+
+def test_a_drift_check_longer_than_its_interval_is_let_finish_and_read() -> None:
+    spec = {**SPEC, "driftCheck": {"interval": "10s"}}
+    d = _ready(spec)
+    bucket = d.jobs[0].args["instance"]
+    running = JobObservation(f"shop-drift-g1-{bucket}", "active", instance=bucket)
+    later = NOW + timedelta(seconds=45)
+    d = advance(d, spec=spec, jobs={"drift": running}, now=later)
+    assert d.jobs == []  # no second check over the running one
+    done_ = JobObservation(running.name, "succeeded", {"ok": True, "drifted": True, "differences": ["x"]},
+                           instance=bucket)
+    d = advance(d, spec=spec, jobs={"drift": done_}, now=later)
+    assert cond(d, c.DRIFTED)["status"] == "True"
+    assert [(j.role, j.args["instance"]) for j in d.jobs] == [("drift", str(int(later.timestamp()) // 10))]
 
 
 def test_no_drift_check_unless_asked() -> None:

@@ -12,8 +12,10 @@ from test_reconcile import NOW, SPEC, _at_migrating, advance, cond, decide, done
 
 from alembic_operator import constants as c
 from alembic_operator.api import duration_milliseconds, parse_spec
+from alembic_operator.jobparts import manifest
 from alembic_operator.jobs import ROLES, Owner, build_job
-from alembic_operator.reconcile import JOB_RETRIES, DatabaseObservation, Decision
+from alembic_operator.observation import DatabaseObservation
+from alembic_operator.reconcile import JOB_RETRIES, Decision
 
 BLOCKED = ("revision r2 waited longer than the lock timeout (3000 ms, spec.migrations.lockTimeout) for a lock on "
            "orders, held by pid 4242 (user app, application 'nightly-report', client 10.0.0.7, idle in transaction, "
@@ -27,26 +29,26 @@ LOCKED: dict[str, Any] = {"ok": False, "reason": "LockTimeout", "message": BLOCK
 def container_args(role: str, migrations: dict[str, Any]) -> list[str]:
     spec = parse_spec({**SPEC, "migrations": {**SPEC["migrations"], **migrations}})
     args = {"from": "r1", "to": "r2", "lockKey": "42"}
-    job = build_job(role, Owner("shop", "shop", "uid", 1), spec, operator_image="op:1", args=args)  # type: ignore[arg-type]
+    job = manifest(build_job(role, Owner("shop", "shop", "uid", 1), spec, operator_image="op:1", args=args))  # type: ignore[arg-type]
     return [str(a) for a in job["spec"]["template"]["spec"]["containers"][0]["command"]]
 
 
 @pytest.mark.parametrize("role", ["migrate", "downgrade"])
 def test_migrate_and_downgrade_jobs_carry_the_session_limits(role: str) -> None:
     default = container_args(role, {})
-    assert default[default.index("--db-lock-timeout") + 1] == "3000" and "--db-statement-timeout" not in default
+    assert default[default.index("--db-lock-timeout-ms") + 1] == "3000" and "--db-statement-timeout-ms" not in default
     both = container_args(role, {"lockTimeout": "500ms", "statementTimeout": "15m"})
-    assert both[both.index("--db-lock-timeout") + 1] == "500"
-    assert both[both.index("--db-statement-timeout") + 1] == "900000"
+    assert both[both.index("--db-lock-timeout-ms") + 1] == "500"
+    assert both[both.index("--db-statement-timeout-ms") + 1] == "900000"
     off = container_args(role, {"lockTimeout": "0s"})
-    assert off[off.index("--db-lock-timeout") + 1] == "0"
+    assert off[off.index("--db-lock-timeout-ms") + 1] == "0"
 
 
 def test_writers_that_do_not_migrate_get_no_session_limits() -> None:
     spec = parse_spec(SPEC)
-    job = build_job("stamp", Owner("shop", "shop", "uid", 1), spec, operator_image="op:1",
-                    args={"revision": "r1", "lockKey": "42"})
-    assert "--db-lock-timeout" not in job["spec"]["template"]["spec"]["containers"][0]["command"]
+    job = manifest(build_job("stamp", Owner("shop", "shop", "uid", 1), spec, operator_image="op:1",
+                             args={"revision": "r1", "lockKey": "42"}))
+    assert "--db-lock-timeout-ms" not in job["spec"]["template"]["spec"]["containers"][0]["command"]
 
 
 @pytest.mark.parametrize(("text", "ms"), [("3s", 3000), ("500ms", 500), ("1m30s", 90000), ("1h", 3600000),

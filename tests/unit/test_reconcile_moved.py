@@ -12,16 +12,8 @@ import pytest
 from test_reconcile import BACKUP, PLAN_DESTRUCTIVE, PLAN_OK, SPEC, _at_migrating, advance, cond, done, observe, summary
 
 from alembic_operator import constants as c
-from alembic_operator.reconcile import (
-    MAX_REPLANS,
-    DatabaseObservation,
-    Decision,
-    JobObservation,
-    JobRefusal,
-    committed_by_run,
-    decide,
-    plan_hash,
-)
+from alembic_operator.observation import DatabaseObservation, JobObservation, JobRefusal
+from alembic_operator.reconcile import MAX_REPLANS, Decision, committed_by_run, decide, plan_hash
 
 DB = DatabaseObservation
 

@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 
 from alembic_operator import constants as c
-from alembic_operator import freshness, handlers
+from alembic_operator import freshness, indexes
 from alembic_operator.api import parse_spec
-from alembic_operator.reconcile import DatabaseObservation
+from alembic_operator.observation import DatabaseObservation
 from alembic_operator.schedule import Scheduler
 from alembic_operator.status import merge_patch
 
@@ -229,7 +229,7 @@ def job(name: str, owner: str, rv: str, state: str = "active") -> dict[str, Any]
 
 
 def test_a_relisting_or_the_echo_of_our_own_write_wakes_nobody() -> None:
-    rt = handlers.Runtime()
+    rt = indexes.Runtime()
     assert rt.migration_seen(None, dbm("a", "10"))
     assert not rt.migration_seen(None, dbm("a", "10"))  # Kopf lists again when its watch ends
     rt.remember(dbm("a", "12", phase="Ready"))  # our status write's answer
@@ -240,7 +240,7 @@ def test_a_relisting_or_the_echo_of_our_own_write_wakes_nobody() -> None:
 
 
 def test_jobs_are_indexed_by_owner_and_a_job_ending_frees_a_slot_for_the_first_queued() -> None:
-    rt = handlers.Runtime(max_running_jobs=1)
+    rt = indexes.Runtime(max_running_jobs=1)
     woken: list[Hashable] = []
 
     class Sched:
@@ -260,7 +260,7 @@ def test_jobs_are_indexed_by_owner_and_a_job_ending_frees_a_slot_for_the_first_q
 
 
 def test_a_deleted_resource_leaves_nothing_behind() -> None:
-    rt = handlers.Runtime()
+    rt = indexes.Runtime()
     ref = ("ns", "a")
     rt.migration_seen(None, dbm("a", "1"))
     rt.job_seen(None, job("a-plan-1", "a", "2", "succeeded"))
@@ -296,7 +296,7 @@ def test_a_step_whose_job_may_not_start_waits_in_the_queue_reason_and_starts_onc
 
 
 def test_the_indexes_keep_no_managed_fields() -> None:
-    rt = handlers.Runtime()
+    rt = indexes.Runtime()
     body = dbm("a", "1")
     body["metadata"]["managedFields"] = [{"manager": "kubectl", "fieldsV1": {"f:status": {}}}]
     rt.migration_seen(None, body)
@@ -308,9 +308,10 @@ def test_the_indexes_keep_no_managed_fields() -> None:
 
 
 def test_kept_objects_are_fresh_copies_never_go_back_in_time_and_jobs_lose_their_pod_template() -> None:
-    from alembic_operator.kept import KeptObjects, job_summary
+    from alembic_operator.kept import KeptObjects, job_summary, without_managed_fields
+    from alembic_operator.objects import Migration
 
-    kept: KeptObjects[str] = KeptObjects()
+    kept: KeptObjects[str, Migration] = KeptObjects(without_managed_fields)
     assert kept.put_if_newer("a", dbm("a", "5", phase="Ready"))
     copy = kept.get("a") or {}
     copy["status"]["phase"] = "Changed by the caller"
@@ -356,7 +357,7 @@ def present(namespace: str | None, version: int, *names: str) -> Any:
 
 
 def test_what_a_list_lacks_is_gone_only_when_it_is_older_than_the_list() -> None:
-    rt = handlers.Runtime()
+    rt = indexes.Runtime()
     rt.migration_seen(None, dbm("a", "5"))  # deleted while the watch was down
     rt.migration_seen(None, dbm("b", "6"))  # still there
     rt.migration_seen("ADDED", dbm("c", "20"))  # created after the list: not in it, and not gone
@@ -385,7 +386,7 @@ async def test_the_sweep_drops_what_was_deleted_while_a_watch_was_down_and_frees
         def forget(self, key: Hashable) -> None:
             pass
 
-    rt = handlers.Runtime(max_running_jobs=2)
+    rt = indexes.Runtime(max_running_jobs=2)
     rt.scheduler = Sched()  # type: ignore[assignment]
     rt.migration_seen(None, dbm("a", "5"))
     rt.migration_seen(None, dbm("b", "6"))
@@ -394,9 +395,9 @@ async def test_the_sweep_drops_what_was_deleted_while_a_watch_was_down_and_frees
     rt.job_seen(None, job("b-migrate-1", "b", "9"))
     assert rt.running_jobs() == 3
     gatekeeper: list[dict[str, Any]] = []
-    ctx = handlers.Context(config=OperatorConfig(), kube=Kube(), runtime=rt)  # type: ignore[arg-type]
-    assert await handlers.sweep(ctx, gatekeeper.append) == 3
+    ctx = indexes.Context(config=OperatorConfig(), kube=Kube(), runtime=rt)  # type: ignore[arg-type]
+    assert await indexes.sweep(ctx, gatekeeper.append) == 3
     assert list(rt.migrations) == [("ns", "b")] and rt.running_jobs() == 1
     assert [obj["metadata"]["name"] for obj in gatekeeper] == ["a"]
     assert woken == [("ns", "b")]  # its Job is gone: it looks again
-    assert await handlers.sweep(ctx, gatekeeper.append) == 0
+    assert await indexes.sweep(ctx, gatekeeper.append) == 0

@@ -6,7 +6,14 @@ just written), and hands a dump back for a restore only after its checksum match
 taken. The engines (``engines/``) produce and consume the bytes; a store never looks inside them.
 
 One `BackupStore` subclass per kind of storage (``volume.py``: a mounted volume), registered by its ``name`` when
-the class is defined; adding a kind of storage means adding one module to this package.
+the class is defined. It has two sides, both in its module:
+
+- in the operator, :meth:`BackupStore.wiring` declares what the backup and restore Jobs need to reach the store
+  (volumes, environment, credentials as Secret references, how a location is named in status, the Job command's
+  arguments), from the store's field of ``spec.backup`` (``spec_field``): a `StoreWiring`;
+- in the Job (``alembic-operator job backup|restore --store NAME``), an instance opened on a location does the I/O.
+
+Adding a kind of storage means adding one module to this package and its field to ``api.BackupSpec``.
 
 Dumps are named ``<prefix>-<YYYYmmddTHHMMSSZ>-<heads>.dump``: the prefix is the resource's, the timestamp orders
 them, the heads say at which revision the database was.
@@ -17,13 +24,21 @@ from __future__ import annotations
 import datetime as dt
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, ClassVar, Final
+from typing import IO, Any, ClassVar, Final, Generic, TypedDict, TypeVar
 
+from pydantic import JsonValue
+
+from .. import reasons
+from ..api import BackupSpec
+from ..jobparts import StoreWiring
 from ..plugins import Registry
+from ..reasons import Reason
+
+Config = TypeVar("Config")
 
 TIMESTAMP: Final = "%Y%m%dT%H%M%SZ"
 PREFIX: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
@@ -58,31 +73,60 @@ def to_prune(dumps: Sequence[str], retain: int, keep: str) -> list[str]:
 class StoreError(Exception):
     """A failure with a stable CamelCase reason (BackupFailed, BackupNotFound, BackupCorrupt) and no secret."""
 
-    def __init__(self, reason: str, message: str) -> None:
+    def __init__(self, reason: Reason, message: str) -> None:
         super().__init__(message)
         self.reason = reason
         self.message = message
 
 
+class DumpRecord(TypedDict):
+    """The JSON record kept next to a dump (``<name>.json``), for people and tools reading the store directly."""
+
+    revision: str | None
+    sha256: str
+    sizeBytes: int
+    completedAt: str
+    database: Mapping[str, JsonValue]  # where the dump came from, as the engine describes it (never a secret)
+    file: str
+
+
 @dataclass(frozen=True)
 class StoredDump:
     name: str
-    location: str  # where it is, for humans and for `restore --file`
+    location: str  # its reference, `<store location>/<name>`: the Job result's `file`, `restore --dump` takes it
     sha256: str  # "sha256:<hex>"
     size: int
 
 
-class BackupStore(ABC):
+class BackupStore(ABC, Generic[Config]):
     name: ClassVar[str]  # the registry's name (`alembic-operator job backup --store NAME`)
+    spec_field: ClassVar[str]  # its field of api.BackupSpec (Python name), whose value is its `Config`
+
+    @classmethod
+    @abstractmethod
+    def wiring(cls, config: Config, namespace: str, name: str) -> StoreWiring:
+        """What the backup and restore Jobs of resource `namespace`/`name` need to reach this store as `config`
+        (the value of ``spec.backup.<spec_field>``) sets it up. Pure: runs in the operator."""
+
+    @classmethod
+    def open_dump(cls, dump: str) -> tuple[BackupStore[Config], str]:
+        """The store holding dump reference `dump` (``<location>/<name>``), and the dump's name in it."""
+        location, _, name = dump.rpartition("/")
+        return cls(location), name
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if "name" in cls.__dict__:
             REGISTRY.add(cls.name, cls)
 
-    @abstractmethod
     def __init__(self, location: str) -> None:
-        """`location`: where this store's dumps of one resource live (a directory, a bucket and a key prefix)."""
+        """`location`: where this store's dumps of one resource live (a directory, a bucket and a key prefix), as
+        its `StoreWiring.location` names it."""
+        self.location = location.rstrip("/") or location
+
+    def reference(self, name: str) -> str:
+        """What the Job's result, status and ``restore --dump`` call dump `name`: ``<location>/<name>``."""
+        return f"{self.location}/{name}"
 
     @abstractmethod
     def exists(self, name: str) -> bool: ...
@@ -93,7 +137,7 @@ class BackupStore(ABC):
         is left behind when `produce` raises."""
 
     @abstractmethod
-    def write_record(self, name: str, record: dict[str, Any]) -> None:
+    def write_record(self, name: str, record: DumpRecord) -> None:
         """Keep the JSON record of dump `name` next to it (``<name>.json``)."""
 
     @abstractmethod
@@ -117,16 +161,32 @@ class BackupStore(ABC):
         """The dump's (checksum, size) if its checksum is `expected`, else BackupCorrupt."""
         actual, size = self.checksum(name)
         if actual != expected:
-            raise StoreError("BackupCorrupt", f"the backup {name} ({size} bytes) has checksum {actual}, not the "
+            raise StoreError(reasons.BACKUP_CORRUPT, f"the backup {name} ({size} bytes) has checksum {actual}, not the "
                              f"{expected} recorded when it was taken; nothing was restored")
         return actual, size
 
 
-REGISTRY: Registry[type[BackupStore]] = Registry("alembic_operator.backupstores")
+REGISTRY: Registry[type[BackupStore[Any]]] = Registry("alembic_operator.backupstores")
 
 
-def open_store(kind: str, location: str) -> BackupStore:
+def store_kind(kind: str) -> type[BackupStore[Any]]:
     store = REGISTRY.get(kind)
     if store is None:
-        raise StoreError("InvalidArgument", f"no backup store {kind!r}: one of {', '.join(REGISTRY.names())}")
-    return store(location)
+        raise StoreError(reasons.INVALID_ARGUMENT, f"no backup store {kind!r}: one of {', '.join(REGISTRY.names())}")
+    return store
+
+
+def open_store(kind: str, location: str) -> BackupStore[Any]:
+    return store_kind(kind)(location)
+
+
+def wiring_for(backup: BackupSpec, namespace: str, name: str) -> StoreWiring | None:
+    """The Job wiring of the store `backup` names, for resource `namespace`/`name`; None when backups are off."""
+    chosen = backup.store() if backup.enabled else None
+    if chosen is None:
+        return None
+    field, config = chosen
+    store = next((s for s in REGISTRY if s.spec_field == field), None)
+    if store is None:
+        raise LookupError(f"no backup store declares spec.backup.{field}")
+    return store.wiring(config, namespace, name)

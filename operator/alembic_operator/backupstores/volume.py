@@ -1,5 +1,10 @@
 """The mounted-volume backup store: dumps are files in a directory of a volume mounted into the Job (a PVC, ...).
 
+Its Jobs mount ``spec.backup.volume`` (any volume source) at ``/backups``, with the pod's fsGroup set to the
+operator's uid so that its non-root user may write there (on volume types that apply fsGroup); a resource's dumps
+are in ``/backups/<namespace>/<name>/``, shown in status as ``<volume>/<namespace>/<name>/<dump>`` (``pvc/shop-backups/
+shop/orders/orders-20260101T000000Z-3f2a.dump``).
+
 Writes are atomic and durable: the stream goes to a hidden ``.<name>.partial``, which is fsynced, renamed, and the
 directory fsynced; the checksum is computed by reading the file back (what is on the disk is what is recorded).
 The record ``<name>.json`` is written the same way. Pruning also removes the ``.partial`` leftovers of interrupted
@@ -9,16 +14,36 @@ backups of the prefix.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
-from collections.abc import Callable, Iterator
+import re
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import IO, Any, Final
+from typing import IO, Final
 
-from .base import BackupStore, StoredDump, StoreError, newest_first, to_prune
+from kubernetes.client.models.v1_volume import V1Volume
+from kubernetes.client.models.v1_volume_mount import V1VolumeMount
+from pydantic import JsonValue
+
+from .. import reasons
+from ..jobparts import StoreWiring, typed
+from .base import BackupStore, DumpRecord, StoredDump, StoreError, newest_first, to_prune
 
 _CHUNK: Final = 1 << 20
+_NOT_WRITABLE: Final = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
+MOUNT: Final = "/backups"  # where the Jobs mount the volume
+
+
+def describe_volume(volume: Mapping[str, JsonValue]) -> str:
+    """A human name for the backup volume, used in status.backup.location (no secrets live in volume sources)."""
+    for kind, field, prefix in (("persistentVolumeClaim", "claimName", "pvc/"), ("hostPath", "path", "hostPath:")):
+        if kind in volume:
+            source = volume[kind]
+            return f"{prefix}{source.get(field, '?') if isinstance(source, dict) else '?'}"
+    kind = next(iter(volume), "")
+    return re.sub(r"[^A-Za-z0-9]", "", kind) or "volume"
 
 
 def file_sha256(path: Path) -> tuple[str, int]:
@@ -53,30 +78,47 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-class VolumeStore(BackupStore):
+class VolumeStore(BackupStore[Mapping[str, JsonValue]]):
     name = "volume"
+    spec_field = "volume"  # a volume source, free-form JSON (api.BackupSpec.volume)
+
+    @classmethod
+    def wiring(cls, config: Mapping[str, JsonValue], namespace: str, name: str) -> StoreWiring:
+        return StoreWiring(
+            store=cls.name,
+            location=f"{MOUNT}/{namespace}/{name}",
+            shown_as=f"{describe_volume(config)}/{namespace}/{name}",
+            spec_field="spec.backup.volume",
+            volumes=(typed(V1Volume, {"name": "backups", **config}),),
+            mounts=(V1VolumeMount(name="backups", mount_path=MOUNT),),
+            fs_group=True,
+        )
 
     def __init__(self, location: str) -> None:
+        super().__init__(location)
         self.directory = Path(location)
 
     def _path(self, name: str) -> Path:
         if not name or "/" in name or name.startswith("."):
-            raise StoreError("InvalidArgument", f"{name!r} is not the name of a backup")
+            raise StoreError(reasons.INVALID_ARGUMENT, f"{name!r} is not the name of a backup")
         return self.directory / name
 
     def exists(self, name: str) -> bool:
         return self._path(name).exists()
 
     def write(self, name: str, produce: Callable[[IO[bytes]], None]) -> StoredDump:
-        try:
-            self.directory.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise StoreError("BackupFailed", f"cannot create the backup directory {self.directory}: "
-                             f"{err.strerror}") from None
         final = self._path(name)
         tmp = self.directory / f".{name}.partial"
         try:
-            with open(tmp, "wb") as out:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            out = open(tmp, "wb")  # noqa: SIM115 (closed by the with below, once we know we may write here)
+        except OSError as err:
+            if err.errno in _NOT_WRITABLE:
+                raise self._not_writable() from None
+            raise StoreError(reasons.BACKUP_FAILED, f"cannot write the backup directory {self.directory}: "
+                             f"{err.strerror}") from None
+        try:
+            with out:
                 produce(out)
         except BaseException:
             with contextlib.suppress(OSError):
@@ -87,11 +129,27 @@ class VolumeStore(BackupStore):
             os.replace(tmp, final)
             _fsync_dir(self.directory)
         except OSError as err:
-            raise StoreError("BackupFailed", f"cannot store the dump in {self.directory}: {err.strerror}") from None
+            raise StoreError(reasons.BACKUP_FAILED,
+                             f"cannot store the dump in {self.directory}: {err.strerror}") from None
         sha256, size = file_sha256(final)
-        return StoredDump(name=name, location=str(final), sha256=sha256, size=size)
+        return StoredDump(name=name, location=self.reference(name), sha256=sha256, size=size)
 
-    def write_record(self, name: str, record: dict[str, Any]) -> None:
+    def _not_writable(self) -> StoreError:
+        """BackupVolumeNotWritable, naming the directory that refused us, its owner and mode, and the fix."""
+        refused = next((p for p in (self.directory, *self.directory.parents) if os.path.exists(p)), self.directory)
+        try:
+            st = refused.stat()
+            owned = f"owned by uid {st.st_uid}, gid {st.st_gid}, mode {st.st_mode & 0o7777:04o}"
+        except OSError as err:
+            owned = f"unreadable: {err.strerror}"
+        uid, gid = os.getuid(), os.getgid()
+        return StoreError(reasons.BACKUP_VOLUME_NOT_WRITABLE, (
+            f"the backup volume is not writable by the backup Job's user (uid {uid}, gid {gid}): {self.directory} "
+            f"cannot be written ({refused} is {owned}). hostPath and NFS volumes ignore the pod's fsGroup: give the "
+            f"directory to the Job's user on the node or the NFS server (chown -R {uid}:{gid} DIR), or use a volume "
+            "type that applies fsGroup (a PersistentVolumeClaim of a CSI StorageClass, a local PersistentVolume)"))
+
+    def write_record(self, name: str, record: DumpRecord) -> None:
         _write_atomic(self._path(f"{name}.json"), json.dumps(record, indent=2) + "\n")
         _fsync_dir(self.directory)
 
@@ -113,8 +171,8 @@ class VolumeStore(BackupStore):
     def checksum(self, name: str) -> tuple[str, int]:
         path = self._path(name)
         if not path.is_file():
-            raise StoreError("BackupNotFound", f"the backup file {path} does not exist (was it pruned, or is the "
-                             "backup volume not the one it was written to?)")
+            raise StoreError(reasons.BACKUP_NOT_FOUND, f"the backup file {path} does not exist (was it pruned, or "
+                             "is the backup volume not the one it was written to?)")
         return file_sha256(path)
 
     @contextlib.contextmanager

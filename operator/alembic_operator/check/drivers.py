@@ -8,34 +8,47 @@ one ("MissingGreenlet"). So the URL is translated at each boundary, to the same 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 from sqlalchemy.engine import URL
 
-# (backend, async driver) -> the synchronous driver of the same family; and the async driver check prefers.
-_SYNC = {("postgresql", "asyncpg"): "psycopg", ("postgresql", "psycopg_async"): "psycopg",
-         ("sqlite", "aiosqlite"): "pysqlite", ("mysql", "aiomysql"): "pymysql", ("mysql", "asyncmy"): "pymysql",
-         ("mariadb", "aiomysql"): "pymysql", ("mariadb", "asyncmy"): "pymysql"}
-_ASYNC = {"postgresql": "psycopg_async", "sqlite": "aiosqlite", "mysql": "aiomysql", "mariadb": "aiomysql"}
+from .. import engines
+
+# SQLite is check's own scratch database (no engine's): its drivers, as an engine declares its family's.
+_SQLITE_SYNC: Mapping[str, str] = {"aiosqlite": "pysqlite"}
+_SQLITE_ASYNC = "aiosqlite"
 _ASYNC_MARKERS = ("async_engine_from_config", "create_async_engine", "AsyncEngine", "run_sync(")
 
 
+def _family(url: URL) -> tuple[Mapping[str, str], str | None]:
+    """(async driver -> its synchronous sibling, the async driver to use) of the URL's database."""
+    backend = url.get_backend_name()
+    if backend == "sqlite":
+        return _SQLITE_SYNC, _SQLITE_ASYNC
+    try:
+        engine = engines.for_backend(backend)
+    except engines.UnknownEngine:
+        return {}, None
+    return engine.sync_drivers, engine.async_driver
+
+
 def is_async(url: URL) -> bool:
-    return (url.get_backend_name(), url.get_driver_name()) in _SYNC
+    return url.get_driver_name() in _family(url)[0]
 
 
 def sync_url(url: URL) -> URL:
     """The same database through the synchronous driver of the same family (unchanged when already sync)."""
-    driver = _SYNC.get((url.get_backend_name(), url.get_driver_name()))
+    driver = _family(url)[0].get(url.get_driver_name())
     return url if driver is None else url.set(drivername=f"{url.get_backend_name()}+{driver}")
 
 
 def async_url(url: URL) -> URL:
-    """The same database through an async driver: the URL's own when it has one, else psycopg's async driver for
-    PostgreSQL (psycopg ships with the operator), aiosqlite for SQLite, aiomysql for MySQL."""
+    """The same database through an async driver: the URL's own when it has one, else the one its engine names
+    (psycopg's for PostgreSQL: psycopg ships with the operator; aiomysql for MySQL), aiosqlite for SQLite."""
     if is_async(url):
         return url
-    driver = _ASYNC.get(url.get_backend_name())
+    driver = _family(url)[1]
     if driver is None:
         raise ValueError(f"no async driver known for {url.get_backend_name()}")
     return url.set(drivername=f"{url.get_backend_name()}+{driver}")

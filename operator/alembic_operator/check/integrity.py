@@ -130,8 +130,8 @@ def _allowed(source: str) -> set[str]:
     return rules
 
 
-def _assignments(tree: ast.Module) -> dict[str, Any]:
-    out: dict[str, Any] = {}
+def _assignments(tree: ast.Module) -> dict[str, object]:
+    out: dict[str, object] = {}
     for node in tree.body:
         target, value = _assigned(node)
         if target in ("revision", "down_revision") and value is not None:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, NotRequired, TypedDict
 
-from .. import sqlscan, sqlscan_mysql  # noqa: F401  (registers MySQL's rules)
+from .. import engines, sqlrules
 
 Severity = Literal["error", "warning", "info"]
 Status = Literal["passed", "failed", "skipped"]
@@ -70,8 +70,42 @@ LINT_SEVERITY: Final[dict[str, Severity]] = {"destructive": "error", "locking": 
 
 
 def known_rule(name: str) -> bool:
-    """A check's rule or any scanner's (PostgreSQL's, MySQL's)."""
-    return name in RULES or name in sqlscan.known_rules()
+    """A check's rule or any engine's scanner's."""
+    return (name in RULES or name == sqlrules.UNRENDERABLE.name
+            or any(name in engine.rules() for engine in engines.REGISTRY))
+
+
+class DiffObject(TypedDict, total=False):
+    """One difference between models and a database (schema.describe_diffs), as the JSON report lists it."""
+
+    object: str  # table, column, index, unique index, foreign key, type, nullability, server default, comment...
+    change: str  # Alembic's operation: add_table, remove_column, modify_type...
+    message: str
+    table: str | None
+    schema: str | None
+    column: str
+    name: str | None
+    type: str
+    nullability: str
+    columns: list[str]
+    references: str
+    database: str  # a modified attribute: what the database has
+    models: str  # ... and what the models say
+    detail: str  # an operation no handler describes
+
+
+class FindingJson(TypedDict):
+    """A finding in the JSON report."""
+
+    check: str
+    rule: str
+    severity: Severity
+    message: str
+    revision: str | None
+    allowed: bool
+    allowedBy: NotRequired[str]
+    details: NotRequired[list[str]]
+    objects: NotRequired[list[DiffObject]]
 
 
 @dataclass
@@ -82,15 +116,15 @@ class Finding:
     severity: Severity = "error"
     revision: str | None = None
     details: list[str] = field(default_factory=list)
-    objects: list[dict[str, Any]] = field(default_factory=list)
+    objects: list[DiffObject] = field(default_factory=list)
     allowed_by: str | None = None  # "--allow" or the revision file that allows it
 
     @property
     def counts(self) -> bool:
         return self.allowed_by is None
 
-    def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"check": self.check, "rule": self.rule, "severity": self.severity,
+    def to_dict(self) -> FindingJson:
+        out: FindingJson = {"check": self.check, "rule": self.rule, "severity": self.severity,
                                "message": self.message, "revision": self.revision, "allowed": not self.counts}
         if self.allowed_by:
             out["allowedBy"] = self.allowed_by

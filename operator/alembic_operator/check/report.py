@@ -4,10 +4,10 @@ through the caller's redactor."""
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import NotRequired, TypedDict
 from xml.etree import ElementTree as ET
 
-from .model import CHECKS, CheckResult, Finding, Report
+from .model import CHECKS, CheckResult, Finding, FindingJson, Report, Severity, Status
 
 _MARK = {"passed": "PASS", "failed": "FAIL", "skipped": "SKIP"}
 _SUITE = "alembic-operator check"
@@ -56,7 +56,30 @@ def _human_finding(found: Finding) -> list[str]:
 # --- JSON ---------------------------------------------------------------------------------------------------------
 
 
-def as_dict(report: Report) -> dict[str, Any]:
+class CheckJson(TypedDict):
+    name: str
+    status: Status
+    seconds: float
+    reason: NotRequired[str]
+    findings: int
+
+
+class ReportJson(TypedDict):
+    """The JSON report (`--format json`), version 1."""
+
+    version: int
+    ok: bool
+    exitCode: int
+    project: str
+    heads: list[str]
+    failOn: Severity
+    durationSeconds: float
+    summary: dict[str, int]  # errors, warnings, infos, allowed
+    checks: list[CheckJson]
+    findings: list[FindingJson]
+
+
+def as_dict(report: Report) -> ReportJson:
     return {
         "version": 1,
         "ok": report.exit_code == 0,
@@ -71,12 +94,14 @@ def as_dict(report: Report) -> dict[str, Any]:
     }
 
 
-def _check_dict(report: Report, result: CheckResult) -> dict[str, Any]:
-    out: dict[str, Any] = {"name": result.name, "status": result.status, "seconds": round(result.seconds, 3)}
-    if result.reason:
-        out["reason"] = result.reason
-    out["findings"] = sum(1 for f in report.of(result.name) if f.counts)
-    return out
+def _check_dict(report: Report, result: CheckResult) -> CheckJson:
+    reason: _Reason = {"reason": result.reason} if result.reason else {}
+    return {"name": result.name, "status": result.status, "seconds": round(result.seconds, 3), **reason,
+            "findings": sum(1 for f in report.of(result.name) if f.counts)}
+
+
+class _Reason(TypedDict, total=False):
+    reason: str
 
 
 def as_json(report: Report) -> str:

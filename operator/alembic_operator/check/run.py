@@ -15,7 +15,7 @@ from typing import Any, TypeVar, cast
 from sqlalchemy import MetaData
 from sqlalchemy.engine import URL
 
-from .. import sqlscan
+from .. import sqlrules
 from . import lint as linting
 from .integrity import RevisionFile, check_files, read_revision_file, revision_files
 from .model import CheckError, CheckResult, Finding, Report, Severity, finding
@@ -24,7 +24,6 @@ from .schema import Snapshot, compare_snapshots, describe_diffs, reflect, snapsh
 from .scratch import scratch_database
 
 T = TypeVar("T")
-MYSQL_READ_ONLY = "SET SESSION TRANSACTION READ ONLY"
 BASE = "base"
 HEADS = "heads"
 
@@ -57,25 +56,14 @@ class Scratch:
     url: URL
     exclude: set[str] = field(default_factory=set)
     snapshots: dict[str, Snapshot] = field(default_factory=dict)
-    before: dict[str, sqlscan.Catalog] = field(default_factory=dict)  # rev -> the altered columns just before it
+    before: dict[str, sqlrules.Catalog] = field(default_factory=dict)  # rev -> the altered columns just before it
 
 
 def read_only(url: URL) -> URL:
-    """PostgreSQL through libpq (psycopg, psycopg2, psycopg's async driver): every transaction of the live check's
-    sessions is read only, whatever env.py does. asyncpg takes no server options in its URL: the live check uses
-    psycopg's async driver instead (same server, still async for an async env.py). pg8000 is left as it is.
-    MySQL and MariaDB (PyMySQL, mysqlclient, aiomysql): the driver's init_command makes every session read only
-    before env.py uses it (writes and DDL then fail with 1792)."""
-    if linting.is_mysql(url.get_backend_name()) and url.get_driver_name() in ("pymysql", "mysqldb", "aiomysql"):
-        return url.update_query_dict({"init_command": MYSQL_READ_ONLY})
-    if url.get_backend_name() == "postgresql" and url.get_driver_name() == "asyncpg":
-        url = url.set(drivername="postgresql+psycopg_async")
-    if url.get_backend_name() != "postgresql" or url.get_driver_name() not in ("psycopg", "psycopg2",
-                                                                               "psycopg_async"):
-        return url
-    options = url.query.get("options", "")
-    options = " ".join([*(options if isinstance(options, tuple) else [options]), "-c default_transaction_read_only=on"])
-    return url.update_query_dict({"options": options.strip()})
+    """The live check's sessions can never write, whatever env.py does: as the database's engine makes them read only
+    (a database no engine owns is left as it is)."""
+    engine = linting.engine_of(url)
+    return engine.read_only_url(url) if engine is not None else url
 
 
 class Checker:
@@ -86,7 +74,7 @@ class Checker:
         self.files: dict[str, RevisionFile] = {}
         self.path: list[str] = []
         self.rendered: linting.Rendered | None = None  # lint's SQL, scanned once the column types are known
-        self.before: dict[str, sqlscan.Catalog] = {}
+        self.before: dict[str, sqlrules.Catalog] = {}
 
     def run(self) -> Report:
         started = time.monotonic()
@@ -347,9 +335,7 @@ class Checker:
         each (BASE for a first revision): the upgrade stops there and reads those columns' types. Only on a scratch
         database of the dialect lint rendered for, and not for revisions whose types come from the live database."""
         rendered = self.rendered
-        backend = scratch.url.get_backend_name()
-        same = backend == rendered.dialect or (linting.is_mysql(backend) and rendered.mysql) if rendered else False
-        if rendered is None or rendered.live is not None or not same or backend == "sqlite":
+        if rendered is None or rendered.live is not None or linting.engine_of(scratch.url) is not rendered.engine:
             return {}
         stops: dict[str, list[str]] = {}
         for rev, _sql in rendered.items:

@@ -5,15 +5,25 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Collection, Iterator
-from typing import Any
+from typing import Any, TypedDict
 
+from pydantic import JsonValue
 from sqlalchemy import MetaData, create_engine, inspect
 from sqlalchemy.engine import URL, Dialect, Inspector
 from sqlalchemy.pool import NullPool
 
 from .drivers import sync_url
+from .model import DiffObject
 
-Snapshot = dict[str, Any]
+
+class Snapshot(TypedDict):
+    """A reflected schema, by section: plain JSON values (names, types as the dialect compiles them, flags)."""
+
+    tables: dict[str, JsonValue]
+    views: dict[str, JsonValue]
+    enums: dict[str, JsonValue]
+    sequences: dict[str, JsonValue]
+
 
 _SECTIONS = {"tables": "table", "columns": "column", "indexes": "index", "foreign keys": "foreign key",
              "unique constraints": "unique constraint", "check constraints": "check constraint", "views": "view",
@@ -36,7 +46,7 @@ def snapshot(url: URL, exclude: Collection[str] = ()) -> Snapshot:
                 "tables": {t: _table(insp, t, engine.dialect) for t in tables},
                 "views": _views(insp),
                 "enums": _enums(insp),
-                "sequences": dict.fromkeys(_optional(insp.get_sequence_names) or [], True),
+                "sequences": dict.fromkeys(map(str, _optional(insp.get_sequence_names) or []), True),
             }
     finally:
         engine.dispose()
@@ -60,19 +70,19 @@ def _optional(call: Callable[[], Any]) -> Any:
     return None
 
 
-def _views(insp: Inspector) -> dict[str, Any]:
-    def definition(name: str) -> Any:
-        return _optional(lambda: insp.get_view_definition(name))
+def _views(insp: Inspector) -> dict[str, JsonValue]:
+    def definition(name: str) -> JsonValue:
+        return _plain(_optional(lambda: insp.get_view_definition(name)))
 
     return {name: definition(name) for name in insp.get_view_names()}
 
 
-def _enums(insp: Inspector) -> dict[str, Any]:
+def _enums(insp: Inspector) -> dict[str, JsonValue]:
     get_enums = getattr(insp, "get_enums", None)  # PostgreSQL's inspector only
-    return {e["name"]: e["labels"] for e in (get_enums() if get_enums else [])}
+    return {str(e["name"]): _plain(e["labels"]) for e in (get_enums() if get_enums else [])}
 
 
-def _table(insp: Inspector, name: str, dialect: Dialect) -> dict[str, Any]:
+def _table(insp: Inspector, name: str, dialect: Dialect) -> dict[str, JsonValue]:
     pk = insp.get_pk_constraint(name)
     comment = _optional(lambda: insp.get_table_comment(name)) or {}
     return {
@@ -86,28 +96,28 @@ def _table(insp: Inspector, name: str, dialect: Dialect) -> dict[str, Any]:
     }
 
 
-def _column(col: Any, dialect: Dialect) -> dict[str, Any]:
+def _column(col: Any, dialect: Dialect) -> dict[str, JsonValue]:
     try:
         type_ = col["type"].compile(dialect=dialect)
     except Exception:
         type_ = repr(col["type"])
-    out = {"type": type_, "nullable": col.get("nullable"), "default": col.get("default")}
+    out: dict[str, JsonValue] = {"type": type_, "nullable": col.get("nullable"), "default": col.get("default")}
     for key in ("comment", "computed", "identity"):
         if col.get(key) is not None:
             out[key] = _plain(col[key])
     return out
 
 
-def _keyed(items: list[Any], identity: str) -> dict[str, Any]:
+def _keyed(items: list[Any], identity: str) -> dict[str, JsonValue]:
     """Named objects by name; unnamed ones (SQLite) by what identifies them."""
-    out: dict[str, Any] = {}
+    out: dict[str, JsonValue] = {}
     for item in items:
         key = item.get("name") or f"(unnamed: {_short(item.get(identity))})"
         out[str(key)] = _plain({k: v for k, v in item.items() if k != "name"})
     return out
 
 
-def _plain(value: Any) -> Any:
+def _plain(value: Any) -> JsonValue:
     if isinstance(value, dict):
         return {str(k): _plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -166,10 +176,10 @@ def _short(value: Any) -> str:
 # --- describing autogenerate diffs --------------------------------------------------------------------------------
 
 
-def describe_diffs(diffs: list[Any], dialect: Dialect | None, models: str, database: str) -> list[dict[str, Any]]:
+def describe_diffs(diffs: list[Any], dialect: Dialect | None, models: str, database: str) -> list[DiffObject]:
     """One dict per difference: object, table, column/name, change, and a message naming `models` (what the
     metadata says) and `database` (what the database has)."""
-    out: list[dict[str, Any]] = []
+    out: list[DiffObject] = []
     for diff in diffs:
         for item in diff if isinstance(diff, list) else [diff]:
             out.append(_describe(item, _Words(dialect, models, database)))
@@ -194,16 +204,16 @@ class _Words:
         return f"in {self.database}, not in {self.models}"
 
 
-def _describe(item: tuple[Any, ...], words: _Words) -> dict[str, Any]:
+def _describe(item: tuple[Any, ...], words: _Words) -> DiffObject:
     op = item[0]
     handler = _HANDLERS.get(op.removeprefix("add_").removeprefix("remove_").removeprefix("modify_"))
-    obj: dict[str, Any] = handler(item, words) if handler else {"object": "other", "detail": repr(item[1:])[:300]}
+    obj: DiffObject = handler(item, words) if handler else {"object": "other", "detail": repr(item[1:])[:300]}
     obj["change"] = op
     obj.setdefault("message", f"{_what(obj)}: {words.only(op)}")
     return obj
 
 
-def _what(obj: dict[str, Any]) -> str:
+def _what(obj: DiffObject) -> str:
     kind = obj["object"]
     if kind == "table":
         return f"table {obj['table']}"
@@ -215,25 +225,25 @@ def _what(obj: dict[str, Any]) -> str:
     return f"{kind} {name} on {obj.get('table')} ({columns}){extra}"
 
 
-def _table_diff(item: tuple[Any, ...], words: _Words) -> dict[str, Any]:
+def _table_diff(item: tuple[Any, ...], words: _Words) -> DiffObject:
     table = item[1]
     return {"object": "table", "table": table.name, "schema": table.schema}
 
 
-def _table_comment(item: tuple[Any, ...], words: _Words) -> dict[str, Any]:
+def _table_comment(item: tuple[Any, ...], words: _Words) -> DiffObject:
     table = item[1]
     return {"object": "comment", "table": table.name,
             "message": f"comment of table {table.name}: {table.comment!r} in {words.models}, differs in "
                        f"{words.database}"}
 
 
-def _column_diff(item: tuple[Any, ...], words: _Words) -> dict[str, Any]:
+def _column_diff(item: tuple[Any, ...], words: _Words) -> DiffObject:
     _, schema, table, column = item[:4]
     return {"object": "column", "table": table, "schema": schema, "column": column.name,
             "type": words.type(column.type), "nullability": "NULL" if column.nullable else "NOT NULL"}
 
 
-def _index_diff(item: tuple[Any, ...], words: _Words) -> dict[str, Any]:
+def _index_diff(item: tuple[Any, ...], words: _Words) -> DiffObject:
     index = item[1]
     kind = "unique index" if index.unique else "index"
     columns = [getattr(e, "name", None) or str(e) for e in index.expressions]
@@ -241,7 +251,7 @@ def _index_diff(item: tuple[Any, ...], words: _Words) -> dict[str, Any]:
             "columns": columns}
 
 
-def _constraint_diff(item: tuple[Any, ...], words: _Words) -> dict[str, Any]:
+def _constraint_diff(item: tuple[Any, ...], words: _Words) -> DiffObject:
     con = item[1]
     kind = {"unique_constraint": "unique constraint", "check_constraint": "check constraint",
             "primary_key_constraint": "primary key"}.get(con.__visit_name__, "constraint")
@@ -249,7 +259,7 @@ def _constraint_diff(item: tuple[Any, ...], words: _Words) -> dict[str, Any]:
     return {"object": kind, "table": table, "name": con.name, "columns": [c.name for c in con.columns]}
 
 
-def _fk_diff(item: tuple[Any, ...], words: _Words) -> dict[str, Any]:
+def _fk_diff(item: tuple[Any, ...], words: _Words) -> DiffObject:
     fk = item[1]
     referred = fk.referred_table.name if fk.elements else "?"
     targets = ", ".join(e.column.name for e in fk.elements)
@@ -260,8 +270,8 @@ def _fk_diff(item: tuple[Any, ...], words: _Words) -> dict[str, Any]:
 Render = Callable[["_Words", Any], str]
 
 
-def _modify(attribute: str, render: Render) -> Callable[[tuple[Any, ...], _Words], dict[str, Any]]:
-    def handler(item: tuple[Any, ...], words: _Words) -> dict[str, Any]:
+def _modify(attribute: str, render: Render) -> Callable[[tuple[Any, ...], _Words], DiffObject]:
+    def handler(item: tuple[Any, ...], words: _Words) -> DiffObject:
         _, schema, table, column, _existing, in_db, in_models = item
         db_value, model_value = render(words, in_db), render(words, in_models)
         return {"object": attribute, "table": table, "schema": schema, "column": column,
@@ -291,7 +301,7 @@ def _comment(words: _Words, value: Any) -> str:
     return repr(value)
 
 
-_HANDLERS: dict[str, Callable[[tuple[Any, ...], _Words], dict[str, Any]]] = {
+_HANDLERS: dict[str, Callable[[tuple[Any, ...], _Words], DiffObject]] = {
     "table": _table_diff,
     "table_comment": _table_comment,
     "column": _column_diff,

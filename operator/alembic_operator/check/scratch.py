@@ -32,7 +32,7 @@ def scratch_database(server: URL | None) -> Iterator[URL]:
             yield URL.create("sqlite", database=str(Path(directory) / "scratch.db"))
         return
     try:
-        engines.for_url(server)
+        owner = engines.for_url(server)
     except engines.UnknownEngine as exc:
         raise CheckError(f"--scratch-url must name a server of a supported database ({', '.join(exc.schemes)}), "
                          f"not {server.get_backend_name()} (or use --scratch sqlite)") from None
@@ -49,7 +49,7 @@ def scratch_database(server: URL | None) -> Iterator[URL]:
         try:
             yield server.set(database=name)
         finally:
-            _drop(engine, name, quoted)
+            _drop(engine, name, quoted, owner.drop_database(quoted))
     finally:
         engine.dispose()
 
@@ -63,13 +63,12 @@ def _execute(engine: Engine, sql: str, what: str) -> None:
         raise CheckError(f"{what} on {where}: {describe(exc)}") from None
 
 
-def _drop(engine: Engine, name: str, quoted: str) -> None:
-    try:
-        if engine.dialect.name != "postgresql":
-            raise CheckError("only PostgreSQL has DROP DATABASE ... WITH (FORCE)")
-        _execute(engine, f"DROP DATABASE IF EXISTS {quoted} WITH (FORCE)", "cannot drop the scratch database")
-    except CheckError:
-        try:  # PostgreSQL < 13 has no WITH (FORCE)
-            _execute(engine, f"DROP DATABASE IF EXISTS {quoted}", "cannot drop the scratch database")
+def _drop(engine: Engine, name: str, quoted: str, statements: list[str]) -> None:
+    """Drop the scratch database with the first of its engine's statements that works (a warning if none does)."""
+    for number, sql in enumerate(statements, 1):
+        try:
+            _execute(engine, sql, "cannot drop the scratch database")
+            return
         except CheckError as exc:
-            print(f"warning: {exc} (drop {name} by hand)", file=sys.stderr)
+            if number == len(statements):
+                print(f"warning: {exc} (drop {name} by hand)", file=sys.stderr)

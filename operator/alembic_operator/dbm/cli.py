@@ -21,13 +21,27 @@ import os
 import pydoc
 import sys
 from collections.abc import Sequence
-from typing import Any, cast
+from typing import TYPE_CHECKING, TypedDict, cast
 
 from .. import constants as c
-from .. import plansql
+from .. import objects, plansql
 from . import views
 
+if TYPE_CHECKING:
+    from kubernetes.client import ApiException, V1Job
+
 EXIT_OK, EXIT_ERROR, EXIT_REFUSED = 0, 1, 2
+
+
+class _Listed(TypedDict):
+    items: list[views.Migration]
+
+
+class LogRecord(TypedDict):
+    job: str
+    pod: str
+    container: str
+    log: str
 
 
 class Refused(Exception):
@@ -91,11 +105,11 @@ class Session:
         self.batch = client.BatchV1Api(api)
         self.api = api
 
-    def migration(self, name: str) -> dict[str, Any]:
+    def migration(self, name: str) -> views.Migration:
         from kubernetes.client import ApiException
 
         try:
-            obj = cast(dict[str, Any], self.custom.get_namespaced_custom_object(
+            obj = cast(views.Migration, self.custom.get_namespaced_custom_object(
                 c.GROUP, c.VERSION, self.namespace, c.PLURAL, name))
         except ApiException as exc:
             if exc.status == 404:
@@ -103,20 +117,26 @@ class Session:
             raise
         return obj
 
-    def migrations(self, all_namespaces: bool = False) -> list[dict[str, Any]]:
+    def migrations(self, all_namespaces: bool = False) -> list[views.Migration]:
         if all_namespaces:
-            listed = cast(dict[str, Any], self.custom.list_cluster_custom_object(c.GROUP, c.VERSION, c.PLURAL))
+            listed = cast(_Listed, self.custom.list_cluster_custom_object(c.GROUP, c.VERSION, c.PLURAL))
         else:
-            listed = cast(dict[str, Any], self.custom.list_namespaced_custom_object(
+            listed = cast(_Listed, self.custom.list_namespaced_custom_object(
                 c.GROUP, c.VERSION, self.namespace, c.PLURAL))
         return sorted(listed.get("items") or [], key=lambda o: (o["metadata"]["namespace"], o["metadata"]["name"]))
 
-    def plain(self, obj: Any) -> dict[str, Any]:
-        data: dict[str, Any] = self.api.sanitize_for_serialization(obj)
-        return data
+    def pods(self, selector: str) -> list[objects.Pod]:
+        """The pods as JSON (what the views read of them)."""
+        listed = self.core.list_namespaced_pod(self.namespace, label_selector=selector).items
+        return cast(list[objects.Pod], self.api.sanitize_for_serialization(listed))
+
+    def config_maps(self, selector: str) -> list[views.ConfigMap]:
+        """The ConfigMaps as JSON (what the views read of them)."""
+        listed = self.core.list_namespaced_config_map(self.namespace, label_selector=selector).items
+        return cast(list[views.ConfigMap], self.api.sanitize_for_serialization(listed))
 
 
-def _print(args: argparse.Namespace, text: str, data: Any, page: bool = False) -> None:
+def _print(args: argparse.Namespace, text: str, data: object, page: bool = False) -> None:
     if getattr(args, "output", "text") == "json":
         sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
     elif page and sys.stdout.isatty() and not getattr(args, "no_pager", False):
@@ -138,12 +158,13 @@ def cmd_plan(s: Session, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _plan_sql(s: Session, obj: dict[str, Any]) -> tuple[list[dict[str, str]] | None, str, list[dict[str, Any]] | None]:
+def _plan_sql(s: Session, obj: views.Migration
+              ) -> tuple[list[plansql.RevisionSql] | None, str, list[plansql.PlanFinding] | None]:
     """The SQL kept for the plan (status.plan.sql), what to say about it ("" when it is whole and verified), and
     every finding of the plan (status holds the first ones of a long plan; the ConfigMap all of them)."""
     from kubernetes.client import ApiException
 
-    ref = ((obj.get("status") or {}).get("plan") or {}).get("sql") or {}
+    ref = obj.get("status", views.Status()).get("plan", views.PlanStatus()).get("sql", views.PlanSqlRef())
     if not ref.get("configMap"):
         return None, "no SQL kept for this plan (an operator older than the plan's SQL, or still reading it)", None
     try:
@@ -153,8 +174,8 @@ def _plan_sql(s: Session, obj: dict[str, Any]) -> tuple[list[dict[str, str]] | N
         return None, f"cannot read ConfigMap {ref['configMap']}: {_reason(exc)}", None
     except (KeyError, ValueError, OSError) as exc:
         return None, f"ConfigMap {ref['configMap']} does not hold a plan's SQL: {exc}", None
-    sql = [dict(r) for r in doc.get("revisions") or []]
-    findings = (doc.get("plan") or {}).get("findings") if doc.get("sqlSha256") == ref.get("sha256") else None
+    sql = list(doc["revisions"])
+    findings = doc.get("plan", plansql.WholePlan()).get("findings") if doc["sqlSha256"] == ref.get("sha256") else None
     if doc.get("truncated"):
         return sql, f"only the first {len(sql)} of {doc.get('total')} revisions' SQL fit in the ConfigMap", findings
     if doc.get("sqlSha256") != ref.get("sha256") or not plansql.verified(doc):
@@ -202,9 +223,9 @@ def cmd_approve(s: Session, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _reason(exc: Any) -> str:
+def _reason(exc: ApiException) -> str:
     try:
-        return str(json.loads(exc.body).get("message") or exc.reason)
+        return str(json.loads(exc.body or "").get("message") or exc.reason)
     except (TypeError, ValueError):
         return str(exc.reason)
 
@@ -218,20 +239,20 @@ def cmd_history(s: Session, args: argparse.Namespace) -> int:
 
     selector = f"{c.OWNER_LABEL}={args.name},app.kubernetes.io/component={c.RUN_RECORD_COMPONENT}"
     try:
-        listed = s.core.list_namespaced_config_map(s.namespace, label_selector=selector)
+        config_maps = s.config_maps(selector)
     except ApiException as exc:
         if exc.status == 403:
             raise Refused(f"reading the audit trail needs the right to list configmaps in {s.namespace}: "
                           f"{_reason(exc)}") from None
         raise
-    records = views.run_records([s.plain(m) for m in listed.items])
+    records = views.run_records(config_maps)
     _print(args, views.history_text(obj, records), records)
     return EXIT_OK
 
 
 def cmd_held(s: Session, args: argparse.Namespace) -> int:
     selector = f"{c.WAIT_FOR_LABEL}={args.name}" if args.name else c.WAIT_FOR_LABEL
-    pods = [s.plain(p) for p in s.core.list_namespaced_pod(s.namespace, label_selector=selector).items]
+    pods = s.pods(selector)
     migrations = {o["metadata"]["name"]: o for o in s.migrations()}
     records = views.held_records(pods, migrations)
     _print(args, views.held_text(records), records)
@@ -240,26 +261,30 @@ def cmd_held(s: Session, args: argparse.Namespace) -> int:
 
 def cmd_logs(s: Session, args: argparse.Namespace) -> int:
     selector = f"{c.OWNER_LABEL}={args.name},{c.ROLE_LABEL}={args.role}"
-    jobs = [s.plain(j) for j in s.batch.list_namespaced_job(s.namespace, label_selector=selector).items]
+    jobs = s.batch.list_namespaced_job(s.namespace, label_selector=selector).items
+
+    def generation(job: V1Job) -> str | None:
+        return (job.metadata.labels or {}).get(c.GENERATION_LABEL) if job.metadata else None
+
     if args.generation is not None:
-        jobs = [j for j in jobs if j["metadata"]["labels"].get(c.GENERATION_LABEL) == str(args.generation)]
+        jobs = [j for j in jobs if generation(j) == str(args.generation)]
     if not jobs:
         raise Refused(f"no {args.role} Job of dbm/{args.name} in namespace {s.namespace}"
                       + (f" for generation {args.generation}" if args.generation is not None else "")
                       + " (finished Jobs of older generations are pruned; status.history keeps their summary)")
-    job = max(jobs, key=lambda j: (int(j["metadata"]["labels"].get(c.GENERATION_LABEL, 0)),
-                                   j["metadata"].get("creationTimestamp") or ""))
-    name = job["metadata"]["name"]
-    pods = [s.plain(p) for p in s.core.list_namespaced_pod(s.namespace, label_selector=f"job-name={name}").items]
-    out: list[dict[str, Any]] = []
-    for pod in pods:
-        spec = pod.get("spec") or {}
-        for ctr in list(spec.get("initContainers") or []) + list(spec.get("containers") or []):
+    job = max(jobs, key=lambda j: (int(generation(j) or 0), j.metadata.creation_timestamp.isoformat()
+                                   if j.metadata and j.metadata.creation_timestamp else ""))
+    name = str(job.metadata.name if job.metadata else "")
+    out: list[LogRecord] = []
+    for pod in s.core.list_namespaced_pod(s.namespace, label_selector=f"job-name={name}").items:
+        pod_name = str(pod.metadata.name if pod.metadata else "")
+        containers = [*(pod.spec.init_containers or []), *pod.spec.containers] if pod.spec else []
+        for ctr in containers:
             try:
-                text = s.core.read_namespaced_pod_log(pod["metadata"]["name"], s.namespace, container=ctr["name"])
+                text = str(s.core.read_namespaced_pod_log(pod_name, s.namespace, container=ctr.name))
             except Exception as exc:  # a container that never started has no log
                 text = f"(no log: {getattr(exc, 'reason', exc)})"
-            out.append({"job": name, "pod": pod["metadata"]["name"], "container": ctr["name"], "log": text})
+            out.append({"job": name, "pod": pod_name, "container": ctr.name, "log": text})
     text = "".join(f"==> {o['job']} / {o['container']} <==\n{o['log'].rstrip()}\n" for o in out) or \
         f"Job {name} has no pod (yet).\n"
     _print(args, text, out, page=True)

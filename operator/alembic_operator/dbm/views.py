@@ -6,25 +6,112 @@ Each view has a text form for a terminal and a plain-data form for `-o json`; th
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import TypedDict
+
+from pydantic import JsonValue
 
 from .. import constants as c
+from ..objects import Condition, Pod, PodSpec
+from ..objects import ObjectMeta as Metadata
+from ..plansql import PlanFinding, RevisionSql
 
 MESSAGE_CHARS = 100  # of a status message in a one-line listing
 
 
-def condition(obj: dict[str, Any], type_: str) -> dict[str, Any]:
-    for cond in (obj.get("status") or {}).get("conditions") or []:
+# --- what the views read: the fields of the objects the API server returns (JSON, as the kubernetes client reads it;
+# the metadata, conditions and pods as objects.py declares them), a DatabaseMigration's status field by field
+
+
+class PlanSqlRef(TypedDict, total=False):
+    configMap: str
+    job: str
+    sha256: str
+
+
+class PlanStatus(TypedDict, total=False):
+    fromRevision: str | None
+    toRevision: str
+    revisions: list[str]
+    destructive: list[str]
+    warnings: list[str]
+    destructiveCount: int
+    hash: str
+    sql: PlanSqlRef
+
+
+class Status(TypedDict, total=False):
+    phase: str
+    currentRevision: str
+    targetRevision: str
+    observedGeneration: int
+    heldPods: int
+    message: str
+    conditions: list[Condition]
+    plan: PlanStatus
+    history: list[dict[str, JsonValue]]  # status.history's entries, shown as they are
+
+
+class Spec(TypedDict, total=False):
+    targetRevision: str
+
+
+class Migration(TypedDict, total=False):
+    """A DatabaseMigration."""
+
+    metadata: Metadata
+    spec: Spec
+    status: Status
+
+
+class ConfigMap(TypedDict, total=False):
+    metadata: Metadata
+    data: dict[str, str]
+
+
+# --- what they show (-o json prints these records) ---------------------------------------------------------------
+
+
+class Summary(TypedDict):
+    namespace: str | None
+    name: str | None
+    phase: str
+    current: str
+    target: str
+    ready: bool
+    reason: str
+    message: str
+    heldPods: int
+    created: str | None
+
+
+PlanRecord = TypedDict("PlanRecord", {
+    "name": str | None, "phase": str | None, "from": str | None, "to": str | None, "revisions": list[str],
+    "destructive": list[str], "warnings": list[str], "destructiveCount": int | None,
+    "findings": list[PlanFinding] | None, "hash": str | None, "waitsForApproval": bool, "approvedHash": str | None,
+    "approved": bool, "sql": list[RevisionSql] | None, "sqlNote": str})
+
+
+class HeldRecord(TypedDict):
+    pod: str | None
+    waitsFor: str
+    revision: str
+    why: str
+    created: str | None
+
+
+def condition(obj: Migration, type_: str) -> Condition:
+    for cond in obj.get("status", Status()).get("conditions") or []:
         if cond.get("type") == type_:
-            return dict(cond)
-    return {}
+            return cond.copy()
+    return Condition()
 
 
-def summary(obj: dict[str, Any]) -> dict[str, Any]:
+def summary(obj: Migration) -> Summary:
     """One resource in one record: where it is and why (the reason of whichever summary condition is true)."""
-    st = obj.get("status") or {}
-    meta = obj.get("metadata") or {}
+    st = obj.get("status") or Status()
+    meta = obj.get("metadata") or Metadata()
     ready = condition(obj, "Ready")
     why = next((cond for cond in (condition(obj, t) for t in ("Stalled", "Reconciling"))
                 if cond.get("status") == "True"), ready)
@@ -32,7 +119,7 @@ def summary(obj: dict[str, Any]) -> dict[str, Any]:
     return {
         "namespace": meta.get("namespace"), "name": meta.get("name"), "phase": st.get("phase") or "",
         "current": st.get("currentRevision") or "", "target": st.get("targetRevision")
-        or (obj.get("spec") or {}).get("targetRevision") or "",
+        or (obj.get("spec") or Spec()).get("targetRevision") or "",
         "ready": ready.get("status") == "True" and current, "reason": why.get("reason") or "",
         "message": st.get("message") or why.get("message") or "", "heldPods": st.get("heldPods") or 0,
         "created": meta.get("creationTimestamp"),
@@ -63,29 +150,30 @@ def short(text: str, limit: int = MESSAGE_CHARS) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def status_text(items: list[dict[str, Any]], now: datetime | None = None, all_namespaces: bool = False) -> str:
+def status_text(items: Sequence[Migration], now: datetime | None = None, all_namespaces: bool = False) -> str:
     now = now or datetime.now(UTC)
     head = (["NAMESPACE"] if all_namespaces else []) + ["NAME", "PHASE", "CURRENT", "TARGET", "READY", "REASON",
                                                          "HELD", "AGE", "MESSAGE"]
     rows = [head]
     for obj in items:
         s = summary(obj)
-        rows.append(([s["namespace"]] if all_namespaces else []) + [
-            s["name"], s["phase"], s["current"], s["target"], "True" if s["ready"] else "False", s["reason"],
+        rows.append(([s["namespace"] or ""] if all_namespaces else []) + [
+            s["name"] or "", s["phase"], s["current"], s["target"], "True" if s["ready"] else "False", s["reason"],
             str(s["heldPods"]), age(s["created"], now), short(s["message"])])
     return table(rows) if items else "No DatabaseMigrations found.\n"
 
 
-def plan_record(obj: dict[str, Any], sql: list[dict[str, str]] | None = None, sql_note: str = "",
-                findings: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+def plan_record(obj: Migration, sql: list[RevisionSql] | None = None, sql_note: str = "",
+                findings: list[PlanFinding] | None = None) -> PlanRecord:
     """The plan waiting (or last run): revisions, findings, hash, whether it waits for approval, and its SQL.
     `findings`: every finding, from the plan's ConfigMap (status keeps the first ones of a long plan)."""
-    st = obj.get("status") or {}
-    plan = dict(st.get("plan") or {})
+    st = obj.get("status") or Status()
+    plan = st.get("plan") or PlanStatus()
     approval = condition(obj, c.APPROVAL_REQUIRED)
-    approved = ((obj.get("metadata") or {}).get("annotations") or {}).get(c.APPROVE_ANNOTATION)
+    meta = obj.get("metadata") or Metadata()
+    approved = (meta.get("annotations") or {}).get(c.APPROVE_ANNOTATION)
     return {
-        "name": (obj.get("metadata") or {}).get("name"), "phase": st.get("phase"),
+        "name": meta.get("name"), "phase": st.get("phase"),
         "from": plan.get("fromRevision"), "to": plan.get("toRevision"), "revisions": plan.get("revisions") or [],
         "destructive": plan.get("destructive") or [], "warnings": plan.get("warnings") or [],
         "destructiveCount": plan.get("destructiveCount"), "findings": findings,
@@ -95,7 +183,7 @@ def plan_record(obj: dict[str, Any], sql: list[dict[str, str]] | None = None, sq
     }
 
 
-def plan_text(record: dict[str, Any]) -> str:
+def plan_text(record: PlanRecord) -> str:
     if not record["hash"]:
         return f"dbm/{record['name']} has no plan yet (phase {record['phase'] or 'unknown'}).\n"
     lines = [f"Plan of dbm/{record['name']}: {record['from'] or 'base'} -> {record['to']} "
@@ -105,44 +193,44 @@ def plan_text(record: dict[str, Any]) -> str:
     elif record["approved"]:
         lines.append("approved (the annotation carries this hash)")
     lines += ["", "Revisions, in order:", *[f"  {rev}" for rev in record["revisions"]]]
-    if record.get("findings") is not None:  # all of them, from the ConfigMap
+    if (findings := record["findings"]) is not None:  # all of them, from the ConfigMap
         for severity, title, mark in (("destructive", "Destructive", "!"), ("locking", "Locking", "-"),
                                       ("warning", "Warnings", "-"), ("note", "Notes", " ")):
-            found = [f for f in record["findings"] if f.get("severity") == severity]
+            found = [f for f in findings if f.get("severity") == severity]
             if found:
                 lines += ["", f"{title} ({len(found)}):"]
                 lines += [f"  {mark} {_described(f)} [{f.get('rule')}]" for f in found]
     else:
         if record["destructive"]:
-            count = record.get("destructiveCount") or len(record["destructive"])
+            count = record["destructiveCount"] or len(record["destructive"])
             lines += ["", f"Destructive ({count}):", *[f"  ! {d}" for d in record["destructive"]]]
         if record["warnings"]:
             lines += ["", f"Warnings ({len(record['warnings'])}):", *[f"  - {w}" for w in record["warnings"]]]
-    if record.get("sqlNote"):
+    if record["sqlNote"]:
         lines += ["", f"SQL: {record['sqlNote']}"]
     if record["sql"] is not None:
-        lines += ["", "SQL (verified against the plan's hash):" if not record.get("sqlNote") else "SQL:"]
+        lines += ["", "SQL (verified against the plan's hash):" if not record["sqlNote"] else "SQL:"]
         for part in record["sql"]:
             lines += ["", f"-- revision {part['revision']}" + (f": {part['message']}" if part.get("message") else ""),
                       part["sql"].rstrip()]
     return "\n".join(lines) + "\n"
 
 
-def _described(finding: dict[str, Any]) -> str:
+def _described(finding: PlanFinding) -> str:
     """A finding as status.plan shows it (sqlscan.Finding.describe): the operation and its revision."""
     op, rev = str(finding.get("operation") or ""), finding.get("revision")
     return f"{op} (revision {rev})" if rev and f"revision {rev}" not in op else op
 
 
-def history_records(obj: dict[str, Any]) -> list[dict[str, Any]]:
-    return [dict(entry) for entry in (obj.get("status") or {}).get("history") or []]
+def history_records(obj: Migration) -> list[dict[str, JsonValue]]:
+    return [dict(entry) for entry in obj.get("status", Status()).get("history") or []]
 
 
-def history_text(obj: dict[str, Any], entries: list[dict[str, Any]] | None = None) -> str:
+def history_text(obj: Migration, entries: Sequence[Mapping[str, JsonValue]] | None = None) -> str:
     """Finished runs, oldest first: status.history's (the newest 10), or `entries` (the run records)."""
     entries = history_records(obj) if entries is None else entries
     if not entries:
-        return f"dbm/{(obj.get('metadata') or {}).get('name')} has no history yet.\n"
+        return f"dbm/{obj.get('metadata', Metadata()).get('name')} has no history yet.\n"
     rows = [["GENERATION", "FROM", "TO", "RESULT", "REASON", "STARTED", "FINISHED", "REQUESTED BY", "APPROVED BY",
              "PLAN", "BACKUP"]]
     for e in entries:
@@ -153,23 +241,25 @@ def history_text(obj: dict[str, Any], entries: list[dict[str, Any]] | None = Non
     return table(rows)
 
 
-def run_records(config_maps: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def run_records(config_maps: Sequence[ConfigMap]) -> list[dict[str, JsonValue]]:
     """The durable run records (audit.py), in the order the runs ran (their names sort that way)."""
-    out = []
-    for cm in sorted(config_maps, key=lambda m: str((m.get("metadata") or {}).get("name"))):
+    out: list[dict[str, JsonValue]] = []
+    for cm in sorted(config_maps, key=lambda m: str(m.get("metadata", Metadata()).get("name"))):
         try:
-            out.append(dict(json.loads((cm.get("data") or {}).get(c.RUN_RECORD_KEY) or "")))
+            record = json.loads((cm.get("data") or {}).get(c.RUN_RECORD_KEY) or "")
         except ValueError:
             continue  # not a record (edited by hand): shown by kubectl get, not here
+        if isinstance(record, dict):
+            out.append(record)
     return out
 
 
-def held_records(pods: list[dict[str, Any]], migrations: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+def held_records(pods: Sequence[Pod], migrations: Mapping[str, Migration]) -> list[HeldRecord]:
     """Pods that carry the operator's scheduling gate, each with the DatabaseMigration it waits for and why."""
-    out = []
+    out: list[HeldRecord] = []
     for pod in pods:
-        meta = pod.get("metadata") or {}
-        gates = [g.get("name") for g in (pod.get("spec") or {}).get("schedulingGates") or []]
+        meta = pod.get("metadata") or Metadata()
+        gates = [g.get("name") for g in pod.get("spec", PodSpec()).get("schedulingGates") or []]
         if c.SCHEDULING_GATE not in gates:
             continue
         waits_for = (meta.get("labels") or {}).get(c.WAIT_FOR_LABEL, "")
@@ -185,10 +275,10 @@ def held_records(pods: list[dict[str, Any]], migrations: dict[str, dict[str, Any
     return out
 
 
-def held_text(records: list[dict[str, Any]], now: datetime | None = None) -> str:
+def held_text(records: Sequence[HeldRecord], now: datetime | None = None) -> str:
     if not records:
         return "No pods are held.\n"
     now = now or datetime.now(UTC)
     rows = [["POD", "WAITS FOR", "REVISION", "AGE", "WHY"]]
-    rows += [[r["pod"], f"dbm/{r['waitsFor']}", r["revision"], age(r["created"], now), r["why"]] for r in records]
+    rows += [[r["pod"] or "", f"dbm/{r['waitsFor']}", r["revision"], age(r["created"], now), r["why"]] for r in records]
     return table(rows)

@@ -9,6 +9,7 @@ here (it is found and imported on the first lookup), plus its tests and docs.
 
 from .base import (
     REGISTRY,
+    DatabaseTarget,
     Engine,
     JobDatabase,
     Snapshot,
@@ -19,5 +20,23 @@ from .base import (
     supported_schemes,
 )
 
-__all__ = ["REGISTRY", "Engine", "JobDatabase", "Snapshot", "UnknownEngine", "for_backend", "for_url",
-           "redact_urls", "supported_schemes"]
+__all__ = [
+    "REGISTRY",
+    "DatabaseTarget",
+    "Engine",
+    "JobDatabase",
+    "Snapshot",
+    "UnknownEngine",
+    "for_backend",
+    "for_url",
+    "locking_markdown",
+    "redact_urls",
+    "supported_schemes",
+]
+
+
+def locking_markdown() -> str:
+    """docs/locking.md (make crd): PostgreSQL's scanner rules (with the document's introduction), then MySQL's."""
+    from .. import sqlscan, sqlscan_mysql  # the parsers load here, for the docs only; neither scanner imports the other
+
+    return sqlscan.markdown() + "\n" + sqlscan_mysql.markdown()

@@ -6,7 +6,10 @@ defined. The operator picks the engine from the URL's SQLAlchemy backend name (`
 key two resources on one database share), where is it (for messages), which advisory lock serialises runs on it,
 and at which Alembic revision is it. In the Jobs (``alembic-operator job ...``): which values of the URL are
 secrets, how to connect, how to dump a consistent snapshot into a stream, how to restore a dump all or nothing,
-which revision the database is at, and what the SQL a plan rendered would do (the scanner).
+which revision the database is at, and what the SQL a plan rendered would do (the scanner, and its catalog reader).
+In ``alembic-operator check`` (CI): the scanner too, the catalog read through any of its drivers, the synchronous and
+async drivers of one family, a read-only session for the live database, and how a scratch database is dropped. No
+other module branches on the database product: it asks its engine.
 
 The secrets rules hold for every engine: the URL is never printed, put on a command line or put in a result;
 every text that comes from elsewhere (a tool's stderr, a driver's error) is scrubbed before it is shown.
@@ -16,8 +19,9 @@ from __future__ import annotations
 
 import hashlib
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar
 
@@ -26,13 +30,13 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy.engine import URL
 from sqlalchemy.pool import NullPool
 
+from .. import reasons
+from ..observation import DatabaseObservation
 from ..plugins import Registry
-from ..reconcile import DatabaseObservation
 from ..runner.redact import Redactor
 
 if TYPE_CHECKING:
-    from ..dbstate import DatabaseTarget
-    from ..sqlscan import Finding
+    from ..sqlrules import Catalog, Connection, Finding, Rule, Scanner, ScannerModule
 
 
 class JobDatabase(Protocol):
@@ -41,7 +45,7 @@ class JobDatabase(Protocol):
     @property
     def where(self) -> str: ...
 
-    def describe(self) -> dict[str, Any]: ...
+    def describe(self) -> dict[str, str | int | None]: ...  # what a backup's record says of the database
 
 
 DB = TypeVar("DB", bound=JobDatabase)
@@ -55,6 +59,22 @@ class Snapshot(ABC):
     @abstractmethod
     def dump(self, out: IO[bytes]) -> None:
         """Write the dump of this snapshot to `out` (a real file: it has a fileno)."""
+
+
+@dataclass(frozen=True)
+class DatabaseTarget:
+    """A database the operator reads: its URL (a secret: never printed) and its key."""
+
+    url: URL
+    key: str  # identifies the database (not the credentials): two resources on one database share it
+
+    @property
+    def engine(self) -> Engine[Any]:
+        return for_url(self.url)
+
+    @property
+    def where(self) -> str:
+        return self.engine.where(self.url)
 
 
 class UnknownEngine(LookupError):
@@ -79,6 +99,10 @@ class Engine(ABC, Generic[DB]):
     # Whether DDL runs inside a transaction (PostgreSQL) or commits implicitly (MySQL/MariaDB): on the latter a
     # failed revision may be half-applied, which the rollback choice must know.
     transactional_ddl: ClassVar[bool] = True
+    # `check` gives an async env.py an async driver and its own connections a synchronous one, of one family:
+    # async driver -> its synchronous sibling, and the async driver for a URL that has none (None: no async driver).
+    sync_drivers: ClassVar[Mapping[str, str]] = {}
+    async_driver: ClassVar[str | None] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -141,9 +165,54 @@ class Engine(ABC, Generic[DB]):
         """The revisions in the Alembic version table (empty at base)."""
 
     @abstractmethod
+    def read_catalog(self, db: DB, items: Sequence[tuple[str | None, str]]) -> Catalog | None:
+        """The live catalog for `items` (read only, before anything runs), or None when it cannot be read (logged):
+        type changes are then classified from the plan alone."""
+
     def scan(self, items: Iterable[tuple[str | None, str]], db: DB | None = None) -> list[Finding]:
         """Findings of the (revision, SQL) pairs a plan rendered offline, in the order they run; with `db` (the
         live database, read only) a type change is classified against the column's current type."""
+        items = list(items)
+        scanner = self.scanner(self.read_catalog(db, items) if db is not None else None)
+        for revision, sql in items:
+            scanner.scan(sql, revision)
+        return scanner.findings
+
+    # --- the SQL scanner, for the plan's scan Job and for `check` -----------------------------------------------
+
+    @abstractmethod
+    def scanning(self) -> ScannerModule:
+        """Its scanner's module (imported here: the parser never loads in the operator), which registers its rules
+        in sqlrules.RULESETS under this engine's name."""
+
+    def rules(self) -> Mapping[str, Rule]:
+        """Its scanner's rules by name."""
+        return self.scanning().RULES
+
+    def scanner(self, catalog: Catalog | None = None) -> Scanner:
+        """A new scanner of SQL rendered for this database."""
+        return self.scanning().scanner(catalog)
+
+    def alters_columns(self, items: Sequence[tuple[str | None, str]]) -> bool:
+        """Whether the SQL changes what the catalog says of a column (its type, NOT NULL): its findings then depend
+        on the schema before it."""
+        return self.scanning().alters_columns(items)
+
+    def catalog(self, connection: Connection, items: Sequence[tuple[str | None, str]]) -> Catalog:
+        """What a scan of `items` reads of the database, through a DB-API connection of any of its drivers, in a
+        read-only transaction that is rolled back; the driver's errors are the caller's."""
+        return self.scanning().read_catalog(connection, items)
+
+    # --- `check` ---------------------------------------------------------------------------------------------------
+
+    def read_only_url(self, url: URL) -> URL:
+        """The URL for sessions that can never write, whatever the app's env.py does with them (unchanged when its
+        driver offers no way)."""
+        return url
+
+    def drop_database(self, quoted: str) -> list[str]:
+        """The statements that drop a scratch database (`quoted` name), tried in order until one succeeds."""
+        return [f"DROP DATABASE IF EXISTS {quoted}"]
 
 
 REGISTRY: Registry[Engine[Any]] = Registry("alembic_operator.engines")
@@ -175,9 +244,9 @@ def for_url(url: URL) -> Engine[Any]:
     return for_backend(url.get_backend_name())
 
 
-def read_alembic_state(url: URL, connect_args: dict[str, Any]) -> tuple[list[str], list[str]]:
+def read_alembic_state(url: URL, connect_args: Mapping[str, object]) -> tuple[list[str], list[str]]:
     """(Alembic heads, table names) through SQLAlchemy; the driver's errors are the caller's to explain."""
-    engine = sqlalchemy.create_engine(url, poolclass=NullPool, connect_args=connect_args)
+    engine = sqlalchemy.create_engine(url, poolclass=NullPool, connect_args=dict(connect_args))
     try:
         with engine.connect() as conn:
             heads = list(MigrationContext.configure(conn).get_current_heads())
@@ -189,7 +258,7 @@ def read_alembic_state(url: URL, connect_args: dict[str, Any]) -> tuple[list[str
 
 def observation(heads: list[str], names: list[str]) -> DatabaseObservation:
     if len(heads) > 1:
-        return DatabaseObservation(error_reason="MultipleHeads", transient=False,
+        return DatabaseObservation(error_reason=reasons.MULTIPLE_HEADS, transient=False,
                                    error_message=f"the database's alembic_version holds several revisions "
                                    f"({', '.join(heads)}); merge them in the app (alembic merge) first")
     versioned = "alembic_version" in names
@@ -197,5 +266,5 @@ def observation(heads: list[str], names: list[str]) -> DatabaseObservation:
                                tables=len([n for n in names if n != "alembic_version"]))
 
 
-__all__ = ["DB", "REGISTRY", "Engine", "JobDatabase", "Snapshot", "UnknownEngine", "for_backend",
-           "for_url", "observation", "read_alembic_state", "supported_schemes"]
+__all__ = ["DB", "REGISTRY", "DatabaseTarget", "Engine", "JobDatabase", "Snapshot", "UnknownEngine",
+           "for_backend", "for_url", "observation", "read_alembic_state", "supported_schemes"]

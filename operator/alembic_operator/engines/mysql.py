@@ -39,24 +39,22 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Final
+from typing import IO, Any, Final
 
 import pymysql
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
+from .. import reasons
 from ..jobio import JobError, log, sanitize
-from ..reconcile import DatabaseObservation
+from ..observation import DatabaseObservation
 from ..runner.blockers import describe_blockers, from_row
 from ..runner.lock import database_lock_key, mysql_lock_name
-from .base import Engine, Snapshot, observation, read_alembic_state, redact_urls
-
-if TYPE_CHECKING:
-    from ..dbstate import DatabaseTarget
-    from ..sqlscan import Catalog, Finding
+from ..sqlrules import Catalog, ScannerModule
+from .base import DatabaseTarget, Engine, Snapshot, observation, read_alembic_state, redact_urls
 
 # A directory holding the client tools (optional), searched first: e.g. MySQL's own mysqldump and mysql for a MySQL
 # server whose features mariadb-dump does not know.
@@ -94,7 +92,7 @@ class Database:
     def where(self) -> str:
         return f"{self.unix_socket or self.host}:{self.port}/{self.database}"
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self) -> dict[str, str | int | None]:
         return {"host": self.host, "port": self.port, "database": self.database}
 
     def connect(self, **kwargs: Any) -> pymysql.connections.Connection[Any]:
@@ -158,13 +156,14 @@ def _error_text(err: BaseException) -> str:
 def _db_error(err: BaseException, db: Database) -> JobError:
     code, text = _error_code(err), _error_text(err)
     if code in AUTH_ERRORS:
-        return JobError("DatabaseAuthenticationFailed", f"cannot log in to {db.where}: {text}; check the "
+        return JobError(reasons.DATABASE_AUTHENTICATION_FAILED, f"cannot log in to {db.where}: {text}; check the "
                         "credentials in the Secret")
     if code == UNKNOWN_DATABASE:
-        return JobError("DatabaseNotFound", f"the database {db.database!r} does not exist on {db.host}:{db.port}")
+        return JobError(reasons.DATABASE_NOT_FOUND,
+                        f"the database {db.database!r} does not exist on {db.host}:{db.port}")
     if isinstance(err, pymysql.OperationalError) and (code is None or code >= 2000):
-        return JobError("DatabaseUnreachable", f"cannot reach the database at {db.where}: {text}")
-    return JobError("DatabaseError", f"database error on {db.where}: {text}")
+        return JobError(reasons.DATABASE_UNREACHABLE, f"cannot reach the database at {db.where}: {text}")
+    return JobError(reasons.DATABASE_ERROR, f"database error on {db.where}: {text}")
 
 
 def database(url: URL) -> Database:
@@ -216,7 +215,7 @@ def client_tool(*names: str) -> str:
         found = shutil.which(name)
         if found:
             return found
-    raise JobError("ToolNotFound", f"{names[0]} is not installed in the operator's image")
+    raise JobError(reasons.TOOL_NOT_FOUND, f"{names[0]} is not installed in the operator's image")
 
 
 def _dump_tool() -> str:
@@ -314,10 +313,11 @@ class MySQLSnapshot(Snapshot):
             found.close()
             detail = _tail(err)
             if code != 0:
-                raise JobError("BackupFailed", f"{Path(tool).name} failed (exit {code}): {detail or 'no output'}")
+                raise JobError(reasons.BACKUP_FAILED,
+                               f"{Path(tool).name} failed (exit {code}): {detail or 'no output'}")
         before, dumped = ",".join(sorted(self.heads)) or "base", ",".join(sorted(found.heads)) or "base"
         if before != dumped:
-            raise JobError("BackupFailed", f"the database moved while it was dumped (revision {before} before, "
+            raise JobError(reasons.BACKUP_FAILED, f"the database moved while it was dumped (revision {before} before, "
                            f"{dumped} in the dump): another migration ran; nothing was kept")
 
 
@@ -396,8 +396,8 @@ def restore(db: Database, path: Path) -> list[str]:
     tool = _client_tool()
     dump = dump_contents(path)
     if not dump.tables:
-        raise JobError("BackupCorrupt", f"{path.name} creates no table: it is not a mariadb-dump of a database with "
-                       "an Alembic version table; nothing was restored")
+        raise JobError(reasons.BACKUP_CORRUPT, f"{path.name} creates no table: it is not a mariadb-dump of a database "
+                       "with an Alembic version table; nothing was restored")
     conn = db.connect()
     try:
         drops = extra_objects(conn, dump)
@@ -426,7 +426,7 @@ def restore(db: Database, path: Path) -> list[str]:
             code = proc.wait()
         detail = _tail(stderr)
     if code != 0:
-        raise JobError("RestoreFailed", f"restoring the backup failed ({Path(tool).name} exit {code}): "
+        raise JobError(reasons.RESTORE_FAILED, f"restoring the backup failed ({Path(tool).name} exit {code}): "
                        f"{detail or 'no output'}. DDL is not transactional on MySQL/MariaDB: the database may be "
                        "partly restored; running the restore again from the same backup makes it whole")
     return [what for what, _ in drops]
@@ -457,7 +457,8 @@ def advisory_lock(db: Database, key: int | None, timeout: float) -> Iterator[Non
                     cur.execute(HOLDER_SQL, (name,))
                     held = [from_row(r, double_quoted_strings=True) for r in cur.fetchall()]
                     who = f", held by {describe_blockers(held)}" if held else ""
-                    raise JobError("LockTimeout", f"another session has held the migration lock ({name}{who}) for "
+                    raise JobError(reasons.LOCK_TIMEOUT,
+                                   f"another session has held the migration lock ({name}{who}) for "
                                    f"more than {timeout:.0f}s; nothing was restored")
         log(f"took the migration lock ({name})")
         try:
@@ -505,18 +506,18 @@ class MySQL(Engine[Database]):
             orig = getattr(err, "orig", err)
             code, text = _error_code(orig), redact_urls(_error_text(orig), url)
             if code == UNKNOWN_DATABASE:
-                return DatabaseObservation(error_reason="DatabaseNotFound", transient=False,
+                return DatabaseObservation(error_reason=reasons.DATABASE_NOT_FOUND, transient=False,
                                            error_message=f"the database {url.database!r} does not exist on "
                                            f"{self.where(url).rsplit('/', 1)[0]}: create it, or fix the database "
                                            "name in the Secret's URL (checked again every 15 s)")
             if code in AUTH_ERRORS:
-                return DatabaseObservation(error_reason="DatabaseAuthenticationFailed", transient=False,
+                return DatabaseObservation(error_reason=reasons.DATABASE_AUTHENTICATION_FAILED, transient=False,
                                            error_message=f"cannot log in to {target.where}: {text}; check the "
                                            "credentials in the Secret")
-            return DatabaseObservation(error_reason="DatabaseUnreachable", transient=True,
+            return DatabaseObservation(error_reason=reasons.DATABASE_UNREACHABLE, transient=True,
                                        error_message=f"cannot reach the database at {target.where}: {text}")
         except SQLAlchemyError as err:
-            return DatabaseObservation(error_reason="DatabaseUnreachable", transient=True,
+            return DatabaseObservation(error_reason=reasons.DATABASE_UNREACHABLE, transient=True,
                                        error_message=f"cannot read {target.where}: {redact_urls(str(err), url)}")
         return observation(heads, names)
 
@@ -541,31 +542,38 @@ class MySQL(Engine[Database]):
         finally:
             conn.close()
 
-    def scan(self, items: Iterable[tuple[str | None, str]], db: Database | None = None) -> list[Finding]:
+    def read_catalog(self, db: Database, items: Sequence[tuple[str | None, str]]) -> Catalog | None:
+        try:
+            conn = db.connect(autocommit=False)
+        except JobError as err:
+            log(f"cannot read the current column types ({err.message[:300]}): type changes are classified without "
+                "them")
+            return None
+        try:
+            catalog = self.catalog(conn, items)
+        except pymysql.MySQLError as err:
+            log(f"cannot read the current column types ({_error_text(err)[:300]}): type changes are classified "
+                "without them")
+            return None
+        finally:
+            with contextlib.suppress(pymysql.MySQLError):
+                conn.close()
+        log(f"read the current types of {len(catalog.columns)} column(s) the plan alters")
+        return catalog
+
+    def scanning(self) -> ScannerModule:
         from .. import sqlscan_mysql  # the parser (sqlglot) is loaded where plans are scanned, never in the operator
 
-        items = list(items)
-        return sqlscan_mysql.scan(items, catalog=read_catalog(db, items) if db is not None else None)
+        return sqlscan_mysql
 
+    # --- check ----------------------------------------------------------------------------------------------------
 
-def read_catalog(db: Database, items: list[tuple[str | None, str]]) -> Catalog | None:
-    """The live types of the columns the plan alters (read only, before anything runs); None when the database
-    cannot be read: type changes are then classified from the plan alone (an unknown type is destructive)."""
-    try:
-        conn = db.connect(autocommit=False)
-    except JobError as err:
-        log(f"cannot read the current column types ({err.message[:300]}): type changes are classified without them")
-        return None
-    from .. import sqlscan_mysql
+    sync_drivers = {"aiomysql": "pymysql", "asyncmy": "pymysql"}
+    async_driver = "aiomysql"
 
-    try:
-        catalog = sqlscan_mysql.read_catalog(conn, items)
-    except pymysql.MySQLError as err:
-        log(f"cannot read the current column types ({_error_text(err)[:300]}): type changes are classified without "
-            "them")
-        return None
-    finally:
-        with contextlib.suppress(pymysql.MySQLError):
-            conn.close()
-    log(f"read the current types of {len(catalog.columns)} column(s) the plan alters")
-    return catalog
+    def read_only_url(self, url: URL) -> URL:
+        """PyMySQL, mysqlclient, aiomysql: the driver's init_command makes every session read only before env.py
+        uses it (writes and DDL then fail with 1792); other drivers are left as they are."""
+        if url.get_driver_name() in ("pymysql", "mysqldb", "aiomysql"):
+            return url.update_query_dict({"init_command": "SET SESSION TRANSACTION READ ONLY"})
+        return url

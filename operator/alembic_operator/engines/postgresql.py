@@ -38,10 +38,10 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Final
+from typing import IO, Any, Final
 
 import psycopg
 from psycopg import pq
@@ -49,14 +49,13 @@ from psycopg.conninfo import make_conninfo
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
+from .. import reasons
 from ..jobio import URL_ENV, JobError, log, sanitize
-from ..reconcile import DatabaseObservation
+from ..observation import DatabaseObservation
+from ..reasons import Reason
 from ..runner.lock import database_lock_key
-from .base import Engine, Snapshot, observation, read_alembic_state, redact_urls
-
-if TYPE_CHECKING:
-    from .. import sqlscan
-    from ..dbstate import DatabaseTarget
+from ..sqlrules import Catalog, ScannerModule
+from .base import DatabaseTarget, Engine, Snapshot, observation, read_alembic_state, redact_urls
 
 PG_BIN_ENV: Final = "ALEMBIC_OPERATOR_PG_BIN"  # a directory holding pg_dump, pg_restore, psql (optional)
 OPERATOR_CONNECT_TIMEOUT: Final = 5  # the operator reads the revision every few seconds
@@ -87,7 +86,7 @@ class Database:
     def where(self) -> str:
         return f"{self.params.get('host') or 'localhost'}:{self.params.get('port') or 5432}/{self.params.get('dbname')}"
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self) -> dict[str, str | int | None]:
         port = self.params.get("port")
         return {"host": self.params.get("host") or "localhost",
                 "port": int(port) if port and port.isdigit() else (port or 5432),
@@ -112,11 +111,11 @@ class Database:
 def _db_error(err: BaseException, db: Database) -> JobError:
     text = sanitize(" ".join(str(err).split()))[:600]
     if "password authentication failed" in text or ("role" in text and "does not exist" in text):
-        return JobError("DatabaseAuthenticationFailed", f"cannot log in to {db.where}: {text}; check the "
+        return JobError(reasons.DATABASE_AUTHENTICATION_FAILED, f"cannot log in to {db.where}: {text}; check the "
                         "credentials in the Secret")
     if isinstance(err, psycopg.OperationalError):
-        return JobError("DatabaseUnreachable", f"cannot reach the database at {db.where}: {text}")
-    return JobError("DatabaseError", f"database error on {db.where}: {text}")
+        return JobError(reasons.DATABASE_UNREACHABLE, f"cannot reach the database at {db.where}: {text}")
+    return JobError(reasons.DATABASE_ERROR, f"database error on {db.where}: {text}")
 
 
 def database(url: URL) -> Database:
@@ -176,7 +175,7 @@ def pg_bin(tool: str) -> str:
             return str(directory / tool)
     found = shutil.which(tool)
     if not found:
-        raise JobError("ToolNotFound", f"{tool} is not installed in the operator's image")
+        raise JobError(reasons.TOOL_NOT_FOUND, f"{tool} is not installed in the operator's image")
     return found
 
 
@@ -191,7 +190,7 @@ def _tail(stream: IO[bytes] | None, lines: int = 8) -> str:
     return " | ".join(kept[-lines:])[-800:]
 
 
-def _run(cmd: list[str], db: Database, what: str, reason: str, out: IO[bytes] | None = None) -> str:
+def _run(cmd: list[str], db: Database, what: str, reason: Reason, out: IO[bytes] | None = None) -> str:
     """Run a pg tool; its stderr is scrubbed and logged; a failure raises JobError(reason). Its stdout goes to
     `out` when given, else it is returned."""
     log(f"running {Path(cmd[0]).name} {' '.join(_shown(cmd[1:]))}")
@@ -227,7 +226,7 @@ class PgSnapshot(Snapshot):
         cmd = [pg_bin("pg_dump"), "--format=custom", "--no-password", f"--lock-wait-timeout={LOCK_WAIT_TIMEOUT}"]
         if self.snapshot:
             cmd.append(f"--snapshot={self.snapshot}")
-        _run([*cmd, "-d", self.db.conninfo], self.db, "pg_dump", "BackupFailed", out=out)
+        _run([*cmd, "-d", self.db.conninfo], self.db, "pg_dump", reasons.BACKUP_FAILED, out=out)
 
 
 @contextlib.contextmanager
@@ -399,7 +398,7 @@ def _restore_with_drops(db: Database, path: Path, drops: list[str]) -> None:
             consumer.send_signal(signal.SIGKILL)  # before EOF: psql never COMMITs
             consumer.wait()
             detail = _tail(restore_err)
-            raise JobError("RestoreFailed", f"pg_restore could not read the backup (exit {produced}): "
+            raise JobError(reasons.RESTORE_FAILED, f"pg_restore could not read the backup (exit {produced}): "
                            f"{detail or 'no output'}; the database was not changed")
         with contextlib.suppress(BrokenPipeError):
             consumer.stdin.close()
@@ -407,14 +406,14 @@ def _restore_with_drops(db: Database, path: Path, drops: list[str]) -> None:
         _tail(restore_err)
         detail = _tail(psql_err)
         if consumed != 0:
-            raise JobError("RestoreFailed", f"restoring the backup failed (psql exit {consumed}): "
+            raise JobError(reasons.RESTORE_FAILED, f"restoring the backup failed (psql exit {consumed}): "
                            f"{detail or 'no output'}; the transaction was rolled back, the database was not changed")
 
 
 
 def restore(db: Database, path: Path) -> list[str]:
     """Restore the dump at `path` (its checksum already verified), all or nothing; the extra objects dropped."""
-    listing = _run([pg_bin("pg_restore"), "--list", str(path)], db, "pg_restore --list", "BackupCorrupt")
+    listing = _run([pg_bin("pg_restore"), "--list", str(path)], db, "pg_restore --list", reasons.BACKUP_CORRUPT)
     dump = parse_toc(listing)
     with db.connect(autocommit=True) as conn:
         try:
@@ -428,7 +427,7 @@ def restore(db: Database, path: Path) -> list[str]:
     else:
         _run([pg_bin("pg_restore"), "--clean", "--if-exists", "--single-transaction", "--no-owner",
               "--exit-on-error", "--no-password", "-d", db.conninfo, str(path)],
-             db, "pg_restore", "RestoreFailed")
+             db, "pg_restore", reasons.RESTORE_FAILED)
     return [what for what, _ in drops]
 
 
@@ -442,7 +441,8 @@ def advisory_lock(db: Database, key: int | None, timeout: float) -> Iterator[Non
         try:
             while not conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()[0]:  # type: ignore[index]
                 if time.monotonic() - started >= timeout:
-                    raise JobError("LockTimeout", f"another session has held the migration lock (advisory lock {key}) "
+                    raise JobError(reasons.LOCK_TIMEOUT,
+                                   f"another session has held the migration lock (advisory lock {key}) "
                                    f"for more than {timeout:.0f}s; nothing was restored")
                 time.sleep(1)
         except psycopg.Error as err:
@@ -482,18 +482,18 @@ class PostgreSQL(Engine[Database]):
             text = redact_urls(str(getattr(err, "orig", err)).strip().splitlines()[0] if str(err).strip()
                                     else "", target.url)
             if re.search(r'database "[^"]*" does not exist', text):
-                return DatabaseObservation(error_reason="DatabaseNotFound", transient=False,
+                return DatabaseObservation(error_reason=reasons.DATABASE_NOT_FOUND, transient=False,
                                            error_message=f"the database {target.url.database!r} does not exist on "
                                            f"{target.url.host or 'localhost'}:{target.url.port or 5432}: create it, "
                                            "or fix the database name in the Secret's URL (checked again every 15 s)")
             if "password authentication failed" in text or ("role" in text and "does not exist" in text):
-                return DatabaseObservation(error_reason="DatabaseAuthenticationFailed", transient=False,
+                return DatabaseObservation(error_reason=reasons.DATABASE_AUTHENTICATION_FAILED, transient=False,
                                            error_message=f"cannot log in to {target.where}: {text}; check the "
                                            "credentials in the Secret")
-            return DatabaseObservation(error_reason="DatabaseUnreachable", transient=True,
+            return DatabaseObservation(error_reason=reasons.DATABASE_UNREACHABLE, transient=True,
                                        error_message=f"cannot reach the database at {target.where}: {text}")
         except SQLAlchemyError as err:
-            return DatabaseObservation(error_reason="DatabaseUnreachable", transient=True,
+            return DatabaseObservation(error_reason=reasons.DATABASE_UNREACHABLE, transient=True,
                                        error_message=f"cannot read {target.where}: "
                                        f"{redact_urls(str(err), target.url)}")
         return observation(heads, names)
@@ -522,32 +522,41 @@ class PostgreSQL(Engine[Database]):
             except psycopg.Error as err:
                 raise _db_error(err, db) from None
 
-    def scan(self, items: Iterable[tuple[str | None, str]], db: Database | None = None) -> list[sqlscan.Finding]:
+    def read_catalog(self, db: Database, items: Sequence[tuple[str | None, str]]) -> Catalog | None:
+        try:
+            with db.connect() as conn:
+                catalog = self.catalog(conn, items)
+        except (JobError, psycopg.Error) as err:
+            log(f"cannot read the current column types ({sanitize(str(err))[:300]}): type changes are classified "
+                "without them")
+            return None
+        log(f"read the current types of {len(catalog.columns)} column(s) of {len(catalog.rows)} table(s) the plan "
+            "alters")
+        return catalog
+
+    def scanning(self) -> ScannerModule:
         from .. import sqlscan  # the parser (pglast) is loaded where plans are scanned, never in the operator
 
-        items = list(items)
-        return sqlscan.scan_revisions(items, catalog=read_catalog(db, items) if db is not None else None)
+        return sqlscan
 
+    # --- check ----------------------------------------------------------------------------------------------------
 
-def read_catalog(db: Database, items: Sequence[tuple[str | None, str]]) -> sqlscan.Catalog | None:
-    """The live types of the columns the plan alters and the sizes of their tables (read only, before anything
-    runs); None when the database cannot be read: type changes are then classified as the plan alone allows (an
-    unknown type is destructive)."""
-    from .. import sqlscan
+    sync_drivers = {"asyncpg": "psycopg", "psycopg_async": "psycopg"}
+    async_driver = "psycopg_async"  # psycopg ships with the operator
 
-    tables = sorted({table for _schema, table in sqlscan.altered_columns(items)})
-    if not tables:
-        return sqlscan.Catalog()
-    try:
-        with db.connect(autocommit=True) as conn:
-            conn.execute("SET default_transaction_read_only = on")
-            columns = conn.execute(sqlscan.CATALOG_COLUMNS_SQL, {"tables": tables}).fetchall()
-            checks = conn.execute(sqlscan.CATALOG_CHECKS_SQL, {"tables": tables}).fetchall()
-            sizes = conn.execute(sqlscan.CATALOG_ROWS_SQL, {"tables": tables}).fetchall()
-    except (JobError, psycopg.Error) as err:
-        log(f"cannot read the current column types ({sanitize(str(err))[:300]}): type changes are classified "
-            "without them")
-        return None
-    log(f"read the current types of {len(columns)} column(s) of {len(tables)} table(s) the plan alters")
-    return sqlscan.catalog_from_rows(columns, checks, sizes)
+    def read_only_url(self, url: URL) -> URL:
+        """libpq drivers (psycopg, psycopg2, psycopg's async driver): every transaction of the session is read only
+        (a server option at connection start). asyncpg takes no server options in its URL: psycopg's async driver
+        instead (same server, still async for an async env.py). pg8000 is left as it is."""
+        if url.get_driver_name() == "asyncpg":
+            url = url.set(drivername="postgresql+psycopg_async")
+        if url.get_driver_name() not in ("psycopg", "psycopg2", "psycopg_async"):
+            return url
+        options = url.query.get("options", "")
+        options = " ".join([*(options if isinstance(options, tuple) else [options]),
+                            "-c default_transaction_read_only=on"])
+        return url.update_query_dict({"options": options.strip()})
 
+    def drop_database(self, quoted: str) -> list[str]:
+        # WITH (FORCE) ends the sessions still on it (PostgreSQL 13 and later); the plain DROP for older servers
+        return [f"DROP DATABASE IF EXISTS {quoted} WITH (FORCE)", f"DROP DATABASE IF EXISTS {quoted}"]

@@ -32,7 +32,9 @@ import json
 import re
 from functools import cache
 from importlib.resources import files
-from typing import Any
+from typing import TypedDict
+
+from pydantic import JsonValue
 
 __all__ = [
     "QUANTITY_PATTERN",
@@ -63,7 +65,19 @@ INT_OR_STRING = "int-or-string"
 QUANTITY_PATTERN = (
     r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
 )
-QUANTITY_SCHEMA: dict[str, Any] = {
+Schema = dict[str, JsonValue]  # a JSON Schema node: arbitrary JSON by nature, its keywords checked where read
+
+
+class Vendored(TypedDict):
+    """The vendored file: where it came from, and the structural schema of each of ROOTS."""
+
+    generatedBy: str
+    source: str
+    kubernetesVersion: str
+    definitions: dict[str, Schema]
+
+
+QUANTITY_SCHEMA: Schema = {
     "description": (
         'A quantity: a number with an optional suffix, e.g. 100m, "0.5" (quote fractions), 2, 512Mi, 1Gi, 500M.'
     ),
@@ -93,12 +107,24 @@ class GenerateError(ValueError):
     """The published OpenAPI holds something the generator does not know how to turn into a CRD schema."""
 
 
-def _inline(node: dict[str, Any], schemas: dict[str, Any], path: str, stack: tuple[str, ...]) -> dict[str, Any]:
+def schema(value: JsonValue | None, path: str) -> Schema:
+    """`value`, a schema node (a JSON object), or ValueError naming where it is not one."""
+    if not isinstance(value, dict):
+        raise ValueError(f"{path}: not a JSON Schema object: {value!r}")
+    return value
+
+
+def _strings(value: JsonValue | None) -> list[str]:
+    return [str(x) for x in value] if isinstance(value, list) else []
+
+
+def _inline(node: Schema, schemas: Schema, path: str, stack: tuple[str, ...]) -> Schema:
     """One published schema node as a self-contained structural CRD schema node."""
     node = dict(node)
     if "allOf" in node:  # how v3 attaches a description to a $ref
         parts = node.pop("allOf")
-        if len(parts) != 1 or set(parts[0]) != {"$ref"}:
+        if not isinstance(parts, list) or len(parts) != 1 or not isinstance(parts[0], dict) or set(parts[0]) != {
+                "$ref"}:
             raise GenerateError(f"{path}: allOf {parts!r} is not a single $ref")
         node = {**parts[0], **node}
     if "$ref" in node:
@@ -110,7 +136,7 @@ def _inline(node: dict[str, Any], schemas: dict[str, Any], path: str, stack: tup
         else:
             if name not in schemas:
                 raise GenerateError(f"{path}: unresolvable $ref {name}")
-            target = _inline(schemas[name], schemas, path, (*stack, name))
+            target = _inline(schema(schemas[name], name), schemas, path, (*stack, name))
         return {**target, **{k: v for k, v in node.items() if k not in _DROPPED}}
     if node.get("format") == INT_OR_STRING:
         if node.pop("oneOf", None) != [{"type": "integer"}, {"type": "string"}]:
@@ -118,12 +144,13 @@ def _inline(node: dict[str, Any], schemas: dict[str, Any], path: str, stack: tup
         del node["format"]
         node["x-kubernetes-int-or-string"] = True
         node["anyOf"] = [{"type": "integer"}, {"type": "string"}]
-    out: dict[str, Any] = {}
+    out: Schema = {}
     for key, value in node.items():
         if key in _DROPPED:
             continue
         if key == "properties":
-            out[key] = {n: _inline(sub, schemas, f"{path}.{n}", stack) for n, sub in value.items()}
+            out[key] = {n: _inline(schema(sub, f"{path}.{n}"), schemas, f"{path}.{n}", stack)
+                        for n, sub in schema(value, path).items()}
         elif key in ("items", "additionalProperties"):
             if not isinstance(value, dict):
                 raise GenerateError(f"{path}: {key} {value!r}")
@@ -133,40 +160,40 @@ def _inline(node: dict[str, Any], schemas: dict[str, Any], path: str, stack: tup
         else:
             raise GenerateError(f"{path}: unsupported keyword {key!r}")
     if out.get("x-kubernetes-list-type") == "map":  # the API server needs every map key required (or defaulted)
-        required = set(out["items"].get("required", []))
-        if missing := set(out["x-kubernetes-list-map-keys"]) - required:
+        required = set(_strings(schema(out["items"], path).get("required")))
+        if missing := set(_strings(out["x-kubernetes-list-map-keys"])) - required:
             raise GenerateError(f"{path}: list-map keys {sorted(missing)} are not required")
     if "type" not in out and not out.get("x-kubernetes-int-or-string"):
         raise GenerateError(f"{path}: no type")
     return out
 
 
-def generate(openapi: dict[str, Any], version: str) -> dict[str, Any]:
+def generate(openapi: Schema, version: str) -> Vendored:
     """The vendored document made from the API server's ``/openapi/v3/api/v1`` (and its ``gitVersion``)."""
-    schemas: dict[str, Any] = openapi["components"]["schemas"]
+    schemas = schema(schema(openapi.get("components"), "components").get("schemas"), "components.schemas")
     return {
         "generatedBy": "python -m alembic_operator.k8s_openapi: do not edit",
         "source": f"{SOURCE} of kube-apiserver {version}",
         "kubernetesVersion": version,
-        "definitions": {name: _inline(schemas[CORE + name], schemas, name, (CORE + name,)) for name in ROOTS},
+        "definitions": {name: _inline(schema(schemas.get(CORE + name), name), schemas, name, (CORE + name,))
+                        for name in ROOTS},
     }
 
 
-def render(document: dict[str, Any]) -> str:
+def render(document: Vendored) -> str:
     """The vendored file's exact text (so that the test can compare strings, not only values)."""
     return json.dumps(document, indent=1, sort_keys=True, ensure_ascii=True) + "\n"
 
 
 @cache
-def vendored() -> dict[str, Any]:
-    doc: dict[str, Any] = json.loads(files(__package__).joinpath(VENDORED).read_text(encoding="utf-8"))
+def vendored() -> Vendored:
+    doc: Vendored = json.loads(files(__package__).joinpath(VENDORED).read_text(encoding="utf-8"))  # generate()'s
     return doc
 
 
-def definition(name: str) -> dict[str, Any]:
+def definition(name: str) -> Schema:
     """The CRD schema of one core/v1 type, e.g. ``definition("EnvVar")`` (a fresh copy: callers may change it)."""
-    schema: dict[str, Any] = json.loads(json.dumps(vendored()["definitions"][name]))
-    return schema
+    return schema(json.loads(json.dumps(vendored()["definitions"][name])), name)
 
 
 # --- the same schema, checked in Python ---------------------------------------------------------------------------
@@ -190,52 +217,52 @@ _TYPES: dict[str, tuple[type, ...]] = {
 }
 
 
-def _type_ok(schema: dict[str, Any], value: Any) -> bool:
-    if schema.get("x-kubernetes-int-or-string"):
+def _type_ok(node: Schema, value: JsonValue) -> bool:
+    if node.get("x-kubernetes-int-or-string"):
         return isinstance(value, str | int) and not isinstance(value, bool)
-    kinds = _TYPES[schema["type"]]
+    kinds = _TYPES[str(node["type"])]
     return isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds)
 
 
-def validate(schema: dict[str, Any], value: Any, path: str = "") -> list[str]:
+def validate(node: Schema, value: JsonValue, path: str = "") -> list[str]:
     """What the API server refuses in ``value`` under a vendored (structural) schema, with kubectl's strict field
     validation: types, required and unknown fields, patterns, enums, duplicate keys of list-maps and sets. A ``null``
     property counts as absent, as the API server prunes it."""
-    if not _type_ok(schema, value):
-        expected = "integer or string" if schema.get("x-kubernetes-int-or-string") else schema["type"]
+    if not _type_ok(node, value):
+        expected = "integer or string" if node.get("x-kubernetes-int-or-string") else node["type"]
         return [f"{path}: Invalid value: {json.dumps(value)}: must be of type {expected}"]
     problems: list[str] = []
-    if "enum" in schema and value not in schema["enum"]:
-        problems.append(f"{path}: Unsupported value: {json.dumps(value)}: must be one of {schema['enum']}")
-    if isinstance(value, str) and "pattern" in schema and not re.search(schema["pattern"], value):
-        what = "a quantity, e.g. 100m or 1Gi" if schema["pattern"] == QUANTITY_PATTERN else f"match {schema['pattern']}"
+    if isinstance(enum := node.get("enum"), list) and value not in enum:
+        problems.append(f"{path}: Unsupported value: {json.dumps(value)}: must be one of {enum}")
+    if isinstance(value, str) and isinstance(pattern := node.get("pattern"), str) and not re.search(pattern, value):
+        what = "a quantity, e.g. 100m or 1Gi" if pattern == QUANTITY_PATTERN else f"match {pattern}"
         problems.append(f"{path}: Invalid value: {json.dumps(value)}: must be {what}")
     if isinstance(value, list):
         for i, item in enumerate(value):
-            problems += validate(schema["items"], item, f"{path}[{i}]")
-        problems += _duplicates(schema, value, path)
+            problems += validate(schema(node["items"], path), item, f"{path}[{i}]")
+        problems += _duplicates(node, value, path)
     if isinstance(value, dict):
         present = {k: v for k, v in value.items() if v is not None}
-        for name in schema.get("required", []):
+        for name in _strings(node.get("required")):
             if name not in present:
                 problems.append(f"{path}.{name}: Required value")
-        props = schema.get("properties", {})
+        props = schema(node.get("properties", {}), path)
         for name, sub in present.items():
             if name in props:
-                problems += validate(props[name], sub, f"{path}.{name}")
-            elif "additionalProperties" in schema:
-                problems += validate(schema["additionalProperties"], sub, f"{path}.{name}")
+                problems += validate(schema(props[name], path), sub, f"{path}.{name}")
+            elif "additionalProperties" in node:
+                problems += validate(schema(node["additionalProperties"], path), sub, f"{path}.{name}")
             else:
                 problems.append(f"{path}.{name}: unknown field")
     return problems
 
 
-def _duplicates(schema: dict[str, Any], items: list[Any], path: str) -> list[str]:
-    kind = schema.get("x-kubernetes-list-type")
+def _duplicates(node: Schema, items: list[JsonValue], path: str) -> list[str]:
+    kind = node.get("x-kubernetes-list-type")
     if kind == "set":
         keys = [json.dumps(item, sort_keys=True) for item in items]
     elif kind == "map":
-        names = schema["x-kubernetes-list-map-keys"]
+        names = _strings(node["x-kubernetes-list-map-keys"])
         keys = [json.dumps([item.get(n) for n in names]) if isinstance(item, dict) else "" for item in items]
     else:
         return []

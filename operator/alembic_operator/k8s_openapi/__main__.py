@@ -8,12 +8,11 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-from . import SOURCE, VENDORED, generate, render
+from . import SOURCE, VENDORED, Schema, generate, render
 
 
-def _from_cluster() -> tuple[dict[str, Any], str]:
+def _from_cluster() -> tuple[Schema, str]:
     """The published document and the server's gitVersion, from the cluster of the current kubeconfig."""
     import kubernetes
 
@@ -28,7 +27,7 @@ def _from_cluster() -> tuple[dict[str, Any], str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m alembic_operator.k8s_openapi",
-                                     description=(__doc__ or "").split("\n")[0])
+                                     description="Regenerate the vendored core/v1 schemas from an API server.")
     parser.add_argument(
         "openapi",
         type=Path,

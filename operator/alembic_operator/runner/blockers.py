@@ -112,10 +112,12 @@ class LockWatch:
     """Watches one backend (the migration's session) from a connection of its own and remembers who blocked it
     last; logs each wait (who, for which relation) to the Job's log."""
 
-    def __init__(self, engine: Any, blockers_sql: str, interval: float, log: Callable[[str], None],
-                 doing: Callable[[], str] = lambda: "the migration") -> None:
+    def __init__(self, engine: Any, blockers_sql: str | Sequence[str], interval: float, log: Callable[[str], None],
+                 doing: Callable[[], str] = lambda: "the migration", double_quoted_strings: bool = False) -> None:
         self.engine = engine
-        self.sql = blockers_sql
+        # Several queries (MySQL: metadata locks, row locks, open transactions): the first that names someone.
+        self.queries = [blockers_sql] if isinstance(blockers_sql, str) else list(blockers_sql)
+        self.double_quoted_strings = double_quoted_strings
         self.interval = interval
         self.log = log
         self.doing = doing
@@ -137,6 +139,24 @@ class LockWatch:
         """Who blocked the session, if that was seen in the last `within` seconds."""
         return list(self.last) if self.last and time.monotonic() - self.last_seen <= within else []
 
+    def _blockers(self, conn: Any, text: Callable[[str], Any], pid: int) -> list[Any] | None:
+        """The rows of the first query that names someone; a query the server refuses (a privilege, a plugin or a
+        table it lacks) is dropped for good. None: none is left to ask."""
+        for query in list(self.queries):
+            try:
+                rows = conn.execute(text(query), {"pid": pid}).fetchall()
+            except Exception as exc:
+                self.queries.remove(query)
+                with contextlib.suppress(Exception):
+                    conn.rollback()
+                if not self.queries:
+                    self.log(f"stopped watching the migration's locks: {type(exc).__name__}: {str(exc)[:200]}")
+                    return None
+                continue
+            if rows:
+                return list(rows)
+        return []
+
     def _run(self, pid: int) -> None:
         from sqlalchemy import text
 
@@ -150,10 +170,8 @@ class LockWatch:
         last_log = 0.0
         try:
             while not self._stop.wait(self.interval):
-                try:
-                    rows = conn.execute(text(self.sql), {"pid": pid}).fetchall()
-                except Exception as exc:
-                    self.log(f"stopped watching the migration's locks: {type(exc).__name__}")
+                rows = self._blockers(conn, text, pid)
+                if rows is None:
                     return
                 now = time.monotonic()
                 if not rows:
@@ -161,7 +179,7 @@ class LockWatch:
                         self.log(f"{self.doing()} got its lock after waiting {now - waiting_since:.1f}s")
                     waiting_since, reported = None, ()
                     continue
-                blockers = [from_row(row) for row in rows]
+                blockers = [from_row(row, self.double_quoted_strings) for row in rows]
                 self.last, self.last_seen = blockers, now
                 waiting_since = waiting_since if waiting_since is not None else now
                 pids = tuple(b["pid"] for b in blockers)

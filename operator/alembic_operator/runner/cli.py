@@ -42,11 +42,13 @@ database with several heads reads "a,b" (sorted) in single-revision fields and f
         "unrenderable" and has no .sql file; the plan still succeeds. Refusals carry what was known (current,
         heads, target): MultipleHeads, UnknownRevision, UnknownTargetRevision, DowngradeNotSupported,
         TargetNotReachable.
-    upgrade --from REV|base --to REV [--lock-key N] [--lock-timeout S] [--db-lock-timeout MS]
-            [--db-statement-timeout MS]
+    upgrade --from REV|base --to REV [--lock-key N] [--lock-wait-seconds S] [--db-lock-timeout-ms N]
+            [--db-statement-timeout-ms N]
+        --lock-key and --lock-wait-seconds: the migration lock (one writer per database) and how long to wait for
+        it; --db-*-ms: limits of the database session itself (milliseconds).
         Under a PostgreSQL session advisory lock (other dialects: none). Already at --to: nothing runs. Not at
         --from: RevisionMoved, nothing runs ("revision" = where the database is).
-        --db-lock-timeout and --db-statement-timeout bound every statement of env.py's session (PostgreSQL's
+        --db-lock-timeout-ms and --db-statement-timeout-ms bound every statement of env.py's session (PostgreSQL's
         lock_timeout and statement_timeout): as libpq `options` in the URL handed to env.py (psycopg, psycopg2),
         checked on env.py's connection before the first revision and set there with SET when they do not hold
         (asyncpg, pg8000, an env.py that builds its own URL or changes them). While the session waits for a lock,
@@ -63,12 +65,12 @@ database with several heads reads "a,b" (sorted) in single-revision fields and f
         "attempted" the revisions it started. Before the first revision and before each next one, the result file
         already holds reason Interrupted with "attempted" so far: a pod killed outright (SIGKILL, node lost) still
         reports which revisions it may have committed (any prefix of "attempted"), never more.
-    downgrade --from REV --to REV|base [--lock-key N] [--lock-timeout S] [--allow-empty-downgrades]
-            [--db-lock-timeout MS] [--db-statement-timeout MS]
+    downgrade --from REV --to REV|base [--lock-key N] [--lock-wait-seconds S] [--allow-empty-downgrades]
+            [--db-lock-timeout-ms N] [--db-statement-timeout-ms N]
         Like upgrade, with "reverted" (newest first) instead of "applied" and reason DowngradeFailed. Refuses
         (IrreversibleRevision, nothing runs) when a revision to undo has an empty downgrade(), unless
         --allow-empty-downgrades.
-    stamp --revision REV [--lock-key N] [--lock-timeout S]
+    stamp --revision REV [--lock-key N] [--lock-wait-seconds S]
         {"ok": true, "command": "stamp", "to": "abc", "revision": "abc"}, only when the version table does not
         exist yet (adopting a database Alembic never managed); otherwise AlreadyVersioned ("revision" = current).
     drift
@@ -110,7 +112,7 @@ Exit codes:
     4  configuration problem, nothing was changed (MissingDatabaseURL, InvalidDatabaseURL, ConfigNotFound,
        ScriptError, DatabaseError, NoTargetMetadata)
     5  transient problem, nothing was changed, a retry may succeed (DatabaseUnreachable, LockTimeout: the
-       advisory lock, or a lock a revision waited for longer than --db-lock-timeout)
+       advisory lock, or a lock a revision waited for longer than --db-lock-timeout-ms)
 """
 
 from __future__ import annotations
@@ -123,17 +125,18 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NoReturn
 
+from . import reasons
 from .commands import Runner, cmd_current, cmd_migrate, cmd_plan, cmd_stamp
 from .drift import cmd_drift
 from .errors import EXIT_CODES, EXIT_FAILED, EXIT_OK, REDACT, Failure, describe, log, log_exception
-from .lock import DEFAULT_LOCK_KEY, DEFAULT_LOCK_TIMEOUT, lock_key
+from .lock import DEFAULT_LOCK_KEY, LOCK_WAIT_SECONDS, lock_key
 from .redact import RedactingStream
 from .results import write_result
 
 
 class ArgumentParser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
-        raise Failure("InvalidArguments", f"{self.prog}: {message}")
+        raise Failure(reasons.INVALID_ARGUMENTS, f"{self.prog}: {message}")
 
 
 def summary(result: Mapping[str, Any]) -> str:
@@ -189,12 +192,13 @@ def build_parser() -> ArgumentParser:
 
     def locking(parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--lock-key", type=lock_key, default=DEFAULT_LOCK_KEY, help="advisory lock key (64 bits)")
-        parser.add_argument("--lock-timeout", type=float, default=DEFAULT_LOCK_TIMEOUT, help="seconds to wait")
+        parser.add_argument("--lock-wait-seconds", type=float, default=LOCK_WAIT_SECONDS, metavar="S",
+                            help="how long to wait for that lock, the migration lock (default %(default)s)")
 
     def limits(parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--db-lock-timeout", type=milliseconds, metavar="MS",
+        parser.add_argument("--db-lock-timeout-ms", type=milliseconds, metavar="N",
                             help="the migration session's lock timeout (0: none; default: the session's)")
-        parser.add_argument("--db-statement-timeout", type=milliseconds, metavar="MS",
+        parser.add_argument("--db-statement-timeout-ms", type=milliseconds, metavar="N",
                             help="the migration session's statement timeout (0: none; default: the session's)")
 
     parser = ArgumentParser(prog="runner.pyz", description="Run Alembic for alembic-operator.")
@@ -237,7 +241,7 @@ def build_parser() -> ArgumentParser:
 
 
 def milliseconds(value: str) -> int:
-    """--db-lock-timeout, --db-statement-timeout: a whole number of milliseconds, 0 or more."""
+    """--db-lock-timeout-ms, --db-statement-timeout-ms: a whole number of milliseconds, 0 or more."""
     if not value.isdigit():
         raise argparse.ArgumentTypeError(f"not a whole number of milliseconds: {value!r}")
     return int(value)
@@ -274,7 +278,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, _interrupt)
 
     command = "?"
-    result: dict[str, Any]
+    result: dict[str, object]  # the command's result (runner/results.py), or the failure it ended with
     result_file = _result_file_from(argv)
     try:
         args = build_parser().parse_args(argv)
@@ -285,11 +289,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = {"ok": False, "command": command, **failure.details, "reason": failure.reason,
                   "message": REDACT(failure.message)}
     except KeyboardInterrupt as exc:
-        result = {"ok": False, "command": command, "reason": "Interrupted",
+        result = {"ok": False, "command": command, "reason": reasons.INTERRUPTED,
                   "message": f"{command} was interrupted ({str(exc) or 'SIGINT'})"}
     except Exception as exc:
         log_exception("unexpected error", exc)
-        result = {"ok": False, "command": command, "reason": "InternalError", "message": describe(exc)}
+        result = {"ok": False, "command": command, "reason": reasons.INTERNAL_ERROR, "message": describe(exc)}
     result["command"] = command
     result = REDACT.values(result)
     write_result(result_file, result, REDACT, log=log)

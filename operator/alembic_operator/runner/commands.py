@@ -13,11 +13,13 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn, cast
 
+from . import reasons
 from .blockers import LockWatch, describe_blockers, poll_interval
 from .driver import ConfigError, Driver, has_downgrade, heads_str, parse_revs
 from .engine import make_engine
-from .errors import REDACT, Failure, classify, describe, first_line, log, log_exception, sqlstate
-from .lock import DIALECTS, migration_lock
+from .errors import REDACT, Failure, classify, describe, error_code, first_line, log, log_exception, lost_connection
+from .lock import DIALECTS, DialectSQL, migration_lock, session_sql
+from .reasons import Reason
 from .results import Blocker, CurrentResult, MigrateResult, PartialRevision, PlanResult, StampResult, write_result
 from .statements import STATEMENTS_KEPT, StatementLog
 
@@ -51,9 +53,10 @@ class Runner(Driver):
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         # The migration session's limits (upgrade and downgrade), in milliseconds; None: the session's default.
-        self.lock_timeout_ms: int | None = getattr(args, "db_lock_timeout", None)
-        self.statement_timeout_ms: int | None = getattr(args, "db_statement_timeout", None)
+        self.lock_timeout_ms: int | None = getattr(args, "db_lock_timeout_ms", None)
+        self.statement_timeout_ms: int | None = getattr(args, "db_statement_timeout_ms", None)
         self.watch: LockWatch | None = None
+        self.session: DialectSQL | None = None  # the limits of the migration's session, once it is known
         self.ran = StatementLog()  # what the running revision executed (a half-applied revision reports it)
         super().__init__(args.config, args.name, self._read_url(), log=log)
         self.engine = self._make_engine()
@@ -63,14 +66,14 @@ class Runner(Driver):
     def _read_url(self) -> str:
         url = os.environ.get(URL_ENV, "").strip()
         if not url:
-            raise Failure("MissingDatabaseURL", f"the environment variable {URL_ENV} is empty or not set")
+            raise Failure(reasons.MISSING_DATABASE_URL, f"the environment variable {URL_ENV} is empty or not set")
         REDACT.add(url)
         from sqlalchemy.engine import make_url
 
         try:
             parsed = make_url(url)
         except Exception as exc:  # ArgumentError, ValueError: the message may quote the URL
-            raise Failure("InvalidDatabaseURL", f"the database URL cannot be parsed: {describe(exc)}") from None
+            raise Failure(reasons.INVALID_DATABASE_URL, f"the database URL cannot be parsed: {describe(exc)}") from None
         REDACT.add_password(str(parsed.password) if parsed.password else None, min_length=4)
         REDACT.add(parsed.render_as_string(hide_password=False))
         url = self._with_limits(parsed) or url
@@ -99,7 +102,7 @@ class Runner(Driver):
             return make_engine(str(self.url))
         except Exception as exc:  # NoSuchModuleError (unknown dialect), ImportError (driver not installed)
             raise Failure(
-                "InvalidDatabaseURL",
+                reasons.INVALID_DATABASE_URL,
                 f"cannot use the database URL with this image (is the dialect/driver installed?): {describe(exc)}",
             ) from None
 
@@ -107,14 +110,14 @@ class Runner(Driver):
         path = self.config_path
         if not os.path.isfile(path):
             raise Failure(
-                "ConfigNotFound",
+                reasons.CONFIG_NOT_FOUND,
                 f"the Alembic config {path} does not exist (working directory {os.getcwd()}): "
                 "set spec.migrations.config and spec.migrations.workingDir to where the image keeps alembic.ini",
             )
         try:
             return super().config(url, output_buffer)
         except ConfigError as exc:
-            raise Failure("ConfigNotFound", str(exc)) from None
+            raise Failure(reasons.CONFIG_NOT_FOUND, str(exc)) from None
 
     def load_script(self) -> Any:
         try:
@@ -124,7 +127,7 @@ class Runner(Driver):
             raise
         except Exception as exc:
             log_exception("loading the migration scripts", exc)
-            raise Failure("ScriptError", f"cannot load the migration scripts: {describe(exc)}") from None
+            raise Failure(reasons.SCRIPT_ERROR, f"cannot load the migration scripts: {describe(exc)}") from None
         return script
 
     def check_connection(self) -> None:
@@ -133,7 +136,7 @@ class Runner(Driver):
                 pass
         except Exception as exc:
             log_exception("connecting to the database", exc)
-            raise Failure("DatabaseUnreachable", f"cannot connect to the database: {describe(exc)}") from None
+            raise Failure(reasons.DATABASE_UNREACHABLE, f"cannot connect to the database: {describe(exc)}") from None
 
     # reading the database through the app's env.py (its version table, schema and connection settings)
 
@@ -165,7 +168,7 @@ class Runner(Driver):
         except Exception as exc:
             raise classify(exc, what) from None
         if not state.read:
-            raise Failure("ScriptError", f"{what}: env.py did not call context.run_migrations() in online mode")
+            raise Failure(reasons.SCRIPT_ERROR, f"{what}: env.py did not call context.run_migrations() in online mode")
         return state
 
     def try_read_state(self) -> DbState | None:
@@ -178,7 +181,7 @@ class Runner(Driver):
     # the advisory lock
 
     def lock(self) -> contextlib.AbstractContextManager[None]:
-        return migration_lock(self.engine, self.args.lock_key, self.args.lock_timeout)
+        return migration_lock(self.engine, self.args.lock_key, self.args.lock_wait_seconds)
 
     # running migrations through the app's env.py, announcing each revision
 
@@ -209,7 +212,7 @@ class Runner(Driver):
     def limit_session(self, context: Any, doing: Callable[[], str]) -> None:
         """On env.py's own connection, before the first revision: make sure the lock and statement timeouts hold
         (whatever env.py did: set them if the URL's options did not), and watch who blocks it."""
-        sql = DIALECTS.get(context.dialect.name)
+        sql = self.session = session_sql(context.dialect)
         if sql is None or sql.session is None:
             if self.lock_timeout_ms is not None or self.statement_timeout_ms is not None:
                 log(f"dialect {context.dialect.name}: no lock or statement timeout")
@@ -217,7 +220,8 @@ class Runner(Driver):
         conn = context.connection
         lock_ms, statement_ms, pid = conn.exec_driver_sql(sql.session).first()
         for name, wanted, have, statement in (
-            ("lock_timeout", self.lock_timeout_ms, lock_ms, sql.set_lock_timeout),
+            ("lock_timeout", None if self.lock_timeout_ms is None else sql.lock_value(self.lock_timeout_ms), lock_ms,
+             sql.set_lock_timeout),
             ("statement_timeout", self.statement_timeout_ms, statement_ms, sql.set_statement_timeout),
         ):
             if wanted is not None and statement and str(have) != str(wanted):
@@ -229,7 +233,8 @@ class Runner(Driver):
         if sql.blockers:
             if self.watch is not None:  # env.py ran migrations once more (a multi-database env.py): watch this one
                 self.watch.stop()
-            self.watch = LockWatch(self.engine, sql.blockers, poll_interval(self.lock_timeout_ms), log, doing)
+            self.watch = LockWatch(self.engine, sql.blockers, poll_interval(self.lock_timeout_ms), log, doing,
+                                   sql.double_quoted_strings)
             self.watch.start(int(pid))
 
     def blockers(self) -> list[Blocker]:
@@ -263,20 +268,20 @@ def cmd_plan(runner: Runner) -> PlanResult:
     base: dict[str, Any] = {"command": "plan", **state.facts(), "targetRequested": args.target, "heads": heads}
     current = list(state.heads)
 
-    def fail(reason: str, message: str, **details: Any) -> NoReturn:
+    def fail(reason: Reason, message: str, **details: Any) -> NoReturn:
         raise Failure(reason, message, **{**base, **details})
 
     requested = args.target.strip()
     if requested in ("head", "heads") and len(heads) != 1:
         fail(
-            "MultipleHeads",
+            reasons.MULTIPLE_HEADS,
             f"the migration scripts have {len(heads)} heads ({', '.join(heads)}), so 'head' is ambiguous: "
             "run `alembic merge heads` in the app, release a new image, or set targetRevision to one revision",
         )
     unknown = [head for head in current if runner.lookup(head) is None]
     if unknown:
         fail(
-            "UnknownRevision",
+            reasons.UNKNOWN_REVISION,
             f"the database is at {', '.join(unknown)}, which the image's migration scripts do not contain: deploy "
             "an image that contains it, or fix alembic_version with `alembic stamp` after checking the schema",
         )
@@ -286,7 +291,7 @@ def cmd_plan(runner: Runner) -> PlanResult:
         target_script = runner.lookup(heads[0] if requested in ("head", "heads") else requested)
         if target_script is None:
             fail(
-                "UnknownTargetRevision",
+                reasons.UNKNOWN_TARGET_REVISION,
                 f"the target revision {requested} is not in the image's migration scripts (heads: "
                 f"{', '.join(heads) or 'none'}): fix targetRevision or deploy an image that contains it",
             )
@@ -299,7 +304,7 @@ def cmd_plan(runner: Runner) -> PlanResult:
     ancestors = runner.ancestors(current)
     if set(target_ids) != set(current) and (not target_ids or set(target_ids) <= ancestors):
         fail(
-            "DowngradeNotSupported",
+            reasons.DOWNGRADE_NOT_SUPPORTED,
             f"the target {heads_str(target_ids) or 'base'} is older than the database's revision "
             f"{heads_str(current)}: the operator only upgrades; set targetRevision to {heads_str(current)} or a "
             "later revision (a downgrade must be run by hand)",
@@ -308,7 +313,7 @@ def cmd_plan(runner: Runner) -> PlanResult:
         revisions = runner.path(target_ids, current)
     except Exception as exc:
         fail(
-            "TargetNotReachable",
+            reasons.TARGET_NOT_REACHABLE,
             f"cannot upgrade from {heads_str(current) or 'base'} to {heads_str(target_ids)}: {describe(exc)}",
         )
 
@@ -371,7 +376,7 @@ def cmd_plan(runner: Runner) -> PlanResult:
     })
 
 
-def _check_known(runner: Runner, revisions: Sequence[str], reason: str, what: str) -> None:
+def _check_known(runner: Runner, revisions: Sequence[str], reason: Reason, what: str) -> None:
     unknown = [revision for revision in revisions if runner.lookup(revision) is None]
     if unknown:
         raise Failure(reason, f"{what} {', '.join(unknown)} is not in the image's migration scripts")
@@ -383,10 +388,10 @@ def cmd_migrate(runner: Runner, direction: str) -> MigrateResult:
     command = direction
     source = parse_revs(getattr(args, "from"))
     destination = args.to.strip()
-    _check_known(runner, source, "UnknownRevision", "the starting revision")
+    _check_known(runner, source, reasons.UNKNOWN_REVISION, "the starting revision")
     source = tuple(sorted(runner.script.get_revision(revision).revision for revision in source))
     if destination != "base":
-        _check_known(runner, [destination], "UnknownTargetRevision", "the target revision")
+        _check_known(runner, [destination], reasons.UNKNOWN_TARGET_REVISION, "the target revision")
         destination = runner.script.get_revision(destination).revision
     target = parse_revs(destination)
     base: dict[str, Any] = {"command": command, "from": heads_str(source), "to": heads_str(target)}
@@ -400,7 +405,7 @@ def cmd_migrate(runner: Runner, direction: str) -> MigrateResult:
                 empty.append(revision)
         if empty:
             raise Failure(
-                "IrreversibleRevision",
+                reasons.IRREVERSIBLE_REVISION,
                 f"revision(s) {', '.join(empty)} have an empty downgrade(): downgrading would move alembic_version "
                 "without undoing the schema change; nothing was run (restore a backup instead)",
                 **base,
@@ -415,7 +420,7 @@ def cmd_migrate(runner: Runner, direction: str) -> MigrateResult:
                                         "alreadyAtTarget": True})
         if set(current) != set(source):
             raise Failure(
-                "RevisionMoved",
+                reasons.REVISION_MOVED,
                 f"the database is at {heads_str(current) or 'base'}, not at {heads_str(source) or 'base'} as planned: "
                 "someone else changed it; nothing was run (plan again)",
                 **base,
@@ -430,7 +435,7 @@ def cmd_migrate(runner: Runner, direction: str) -> MigrateResult:
             """The result a SIGKILLed pod leaves behind: which revisions may have been committed (any prefix)."""
             if args.result_file != "-":
                 write_result(args.result_file, {
-                    "ok": False, **base, "reason": "Interrupted", "attempted": list(progress),
+                    "ok": False, **base, "reason": reasons.INTERRUPTED, "attempted": list(progress),
                     "message": f"{direction} was killed before it could report (the pod or node went away); it had "
                                f"started {', '.join(progress) or 'no revision'}"}, REDACT, log=log)
 
@@ -457,7 +462,7 @@ def cmd_migrate(runner: Runner, direction: str) -> MigrateResult:
     if error is None and after is not None and set(after.heads) == set(target):
         return cast(MigrateResult, {"ok": True, **result, "alreadyAtTarget": False})
 
-    reason = "MigrationFailed" if upgrade else "DowngradeFailed"
+    reason = reasons.MIGRATION_FAILED if upgrade else reasons.DOWNGRADE_FAILED
     unchanged = after is not None and set(after.heads) == set(source)
     timeout = None
     partial: PartialRevision | None = None
@@ -474,7 +479,9 @@ def cmd_migrate(runner: Runner, direction: str) -> MigrateResult:
             message = f"{where} was interrupted ({str(error) or 'SIGINT'}: the Job's deadline, or the pod was deleted)"
         else:
             timeout = timed_out(runner, state.dialect, error, where, result)
-            message = timeout or f"{where} failed: {describe(error)}"
+            lost = not timeout and lost_connection(error)
+            message = timeout or f"{where} {'lost its connection to the database' if lost else 'failed'}: " \
+                f"{describe(error)}"
     else:
         message = f"{direction} finished but the database is at {result.get('revision') or 'base'}"
     if after is None:
@@ -487,9 +494,13 @@ def cmd_migrate(runner: Runner, direction: str) -> MigrateResult:
         count = partial["statementCount"]
         message += (f"; revision {partial['revision']} is half-applied: {count} of its statement(s) committed before "
                     "it failed (DDL is not transactional on this database)")
-    if timeout and "blockers" in result and unchanged:
-        # Nothing changed and the blockers may be gone soon: a passing failure, retried by the operator.
-        reason = "LockTimeout"
+    locked = bool(timeout) and "blockers" in result  # a lock timeout (a statement timeout is a real failure)
+    if partial is None and (upgrade or unchanged) and (locked or (error is not None and lost_connection(error))):
+        # The revision that stopped changed nothing (its transaction rolled back, or it had not committed a
+        # statement yet) and those before it committed whole: the database is at a revision of the plan, and the
+        # blockers may be gone (the server back) soon. A passing failure: the operator continues an upgrade from
+        # there (a downgrade is retried from where it started: only when it changed nothing).
+        reason = reasons.LOCK_TIMEOUT if locked else reasons.DATABASE_UNREACHABLE
     raise Failure(reason, message, **result)
 
 
@@ -512,8 +523,8 @@ def timed_out(runner: Runner, dialect: str | None, error: BaseException, where: 
               result: dict[str, Any]) -> str | None:
     """The message for a statement that gave up waiting for a lock (its blockers named, and added to `result`) or
     was cancelled by the statement timeout; None for any other error."""
-    sql = DIALECTS.get(dialect or "")
-    code = sqlstate(error)
+    sql = runner.session or DIALECTS.get(dialect or "")
+    code = error_code(error)
     if sql is None or code is None:
         return None
     if code in sql.lock_timeout_codes:
@@ -522,7 +533,8 @@ def timed_out(runner: Runner, dialect: str | None, error: BaseException, where: 
         limit = f" ({runner.lock_timeout_ms} ms, spec.migrations.lockTimeout)" if runner.lock_timeout_ms else ""
         on = f" on {blockers[0]['relation']}" if blockers and blockers[0].get("relation") else ""
         held = (f", held by {describe_blockers(blockers)}" if blockers
-                else " (the sessions holding it ended before they could be named)")
+                else " (the sessions holding it could not be named: they ended first, or the migration's user may "
+                "not see them; on MySQL/MariaDB it needs the PROCESS privilege)")
         message = f"{where} waited longer than the lock timeout{limit} for a lock{on}{held}: {describe(error)}"
         log(message)
         return message
@@ -530,7 +542,7 @@ def timed_out(runner: Runner, dialect: str | None, error: BaseException, where: 
         return (f"{where} ran longer than the statement timeout ({runner.statement_timeout_ms} ms, "
                 "spec.migrations.statementTimeout) and was cancelled (or a person cancelled it): "
                 f"{describe(error)}. Raise spec.migrations.statementTimeout, or let this revision opt out with "
-                "op.execute(\"SET LOCAL statement_timeout = 0\") before its long statement")
+                f"{sql.statement_opt_out} before its long statement")
     return None
 
 
@@ -539,17 +551,18 @@ def cmd_stamp(runner: Runner) -> StampResult:
     requested = args.revision.strip()
     sc = runner.lookup(requested)
     if sc is None:
-        raise Failure("UnknownTargetRevision", f"the revision {requested} is not in the image's migration scripts")
+        raise Failure(reasons.UNKNOWN_TARGET_REVISION,
+                      f"the revision {requested} is not in the image's migration scripts")
     revision = sc.revision
     base: dict[str, Any] = {"command": "stamp", "to": revision}
     runner.check_connection()
     with runner.lock():
         state = runner.read_state()
         if state.version_table is None:
-            raise Failure("DatabaseError", "cannot tell whether the version table exists", **base)
+            raise Failure(reasons.DATABASE_ERROR, "cannot tell whether the version table exists", **base)
         if state.version_table:
             raise Failure(
-                "AlreadyVersioned",
+                reasons.ALREADY_VERSIONED,
                 f"the database already has a version table (at {heads_str(state.heads) or 'base'}): stamping is "
                 "only for adopting a database that Alembic never managed; nothing was changed",
                 **base,
@@ -564,9 +577,9 @@ def cmd_stamp(runner: Runner) -> StampResult:
             log_exception("stamp failed", exc)
             after = runner.try_read_state()
             extra = {"revision": heads_str(after.heads)} if after else {}
-            raise Failure("StampFailed", f"stamp failed: {describe(exc)}", **base, **extra) from None
+            raise Failure(reasons.STAMP_FAILED, f"stamp failed: {describe(exc)}", **base, **extra) from None
         after = runner.try_read_state()
     if after is None or set(after.heads) != {revision}:
         got = "unknown" if after is None else heads_str(after.heads) or "base"
-        raise Failure("StampFailed", f"stamp finished but the database is at {got}", **base)
+        raise Failure(reasons.STAMP_FAILED, f"stamp finished but the database is at {got}", **base)
     return cast(StampResult, {"ok": True, **base, "revision": revision})

@@ -10,8 +10,10 @@ from __future__ import annotations
 import contextlib
 import re
 from collections.abc import Sequence
-from typing import Any, cast
+from dataclasses import dataclass
+from typing import Any
 
+from . import reasons
 from .commands import Runner
 from .driver import heads_str
 from .errors import Failure, classify, log
@@ -161,12 +163,24 @@ def _alembic_before(*version: int) -> bool:
     return bool(found) and found < version
 
 
+@dataclass
+class _Seen:
+    """What env.py's run showed of the database (through `fn`, inside Alembic's context)."""
+
+    current: tuple[str, ...] | None = None  # None: env.py never ran the migrations
+    metadata: Any = None  # env.py's target_metadata: the app's MetaData (or a list of them), or None
+    dialect: Any = None  # the connection's SQLAlchemy Dialect
+    version_table: tuple[str, str | None] = ("alembic_version", None)
+    has_version_table: bool | None = None  # None: could not tell
+    diffs: list[Any] | None = None  # autogenerate's differences; None: not compared (not at head, no models)
+
+
 def cmd_drift(runner: Runner) -> DriftResult:
     """Compare the live database with the scripts (current vs heads) and, at head, with the models. Read-only."""
     runner.check_connection()
     script = runner.script
     heads = sorted(script.get_heads())
-    seen: dict[str, Any] = {}
+    seen = _Seen()
 
     def fn(rev: Any, context: Any) -> list[Any]:
         connection = context.connection
@@ -176,12 +190,12 @@ def cmd_drift(runner: Runner) -> DriftResult:
             read_only(connection, context.dialect.name)
         current = tuple(context.get_current_heads())
         metadata = context.opts.get("target_metadata")
-        seen.update(current=current, metadata=metadata, dialect=context.dialect,
-                    version_table=(context.version_table, context.version_table_schema))
+        seen.current, seen.metadata, seen.dialect = current, metadata, context.dialect
+        seen.version_table = (context.version_table, context.version_table_schema)
         with contextlib.suppress(Exception):
             from sqlalchemy import inspect
 
-            seen["has_version_table"] = bool(
+            seen.has_version_table = bool(
                 inspect(connection).has_table(context.version_table, schema=context.version_table_schema)
             )
         no_models = metadata is None or (isinstance(metadata, (list, tuple)) and not metadata)
@@ -192,7 +206,7 @@ def cmd_drift(runner: Runner) -> DriftResult:
             # explicit False from its default): compare them there too, as alembic >= 1.12 does by default.
             if _alembic_before(1, 12) and getattr(context, "_user_compare_type", None) is False:
                 context._user_compare_type = True
-            seen["diffs"] = list(compare_metadata(context, metadata))
+            seen.diffs = list(compare_metadata(context, metadata))
         raise _Compared()
 
     try:
@@ -203,22 +217,22 @@ def cmd_drift(runner: Runner) -> DriftResult:
         raise
     except Exception as exc:
         raise classify(exc, "comparing the database with the scripts and the models") from None
-    if "current" not in seen:
-        raise Failure("ScriptError", "env.py did not call context.run_migrations() in online mode")
+    if seen.current is None:
+        raise Failure(reasons.SCRIPT_ERROR, "env.py did not call context.run_migrations() in online mode")
 
-    current: tuple[str, ...] = seen["current"]
-    base: dict[str, Any] = {"command": "drift", "current": heads_str(current), "currentHeads": sorted(current),
-                            "heads": heads}
-    if "has_version_table" in seen:
-        base["versionTable"] = seen["has_version_table"]
-    metadata = seen["metadata"]
+    current = seen.current
+    base: DriftResult = {"command": "drift", "current": heads_str(current), "currentHeads": sorted(current),
+                         "heads": heads}
+    if seen.has_version_table is not None:
+        base["versionTable"] = seen.has_version_table
+    metadata = seen.metadata
     if metadata is None or (isinstance(metadata, (list, tuple)) and not metadata):
         raise Failure(
-            "NoTargetMetadata",
+            reasons.NO_TARGET_METADATA,
             "env.py does not pass target_metadata to context.configure(), so the database cannot be compared with "
             "the models: set `target_metadata = Base.metadata` (the models' MetaData) in env.py and pass "
             "target_metadata=target_metadata to context.configure()",
-            **base,
+            **dict(base),
         )
 
     unknown = [revision for revision in current if runner.lookup(revision) is None]
@@ -229,13 +243,13 @@ def cmd_drift(runner: Runner) -> DriftResult:
     else:
         done = runner.ancestors(current)
         pending = [revision for revision in runner.path(heads, []) if revision not in done]
-        version_table, version_schema = seen["version_table"]
-        diffs = [d for d in _flatten(seen.get("diffs", [])) if not _about_table(d, version_table, version_schema)]
-        differences = [render_difference(diff, seen["dialect"]) for diff in diffs]
-    comparable = "diffs" in seen
+        version_table, version_schema = seen.version_table
+        diffs = [d for d in _flatten(seen.diffs or []) if not _about_table(d, version_table, version_schema)]
+        differences = [render_difference(diff, seen.dialect) for diff in diffs]
+    comparable = seen.diffs is not None
     for difference in differences[:500]:
         log(f"drift: {difference}")
-    result: dict[str, Any] = {
+    result: DriftResult = {
         "ok": True,
         **base,
         "unknownRevision": bool(unknown),
@@ -251,5 +265,5 @@ def cmd_drift(runner: Runner) -> DriftResult:
         result["pendingTruncated"] = True
     if len(differences) > DIFFERENCES_MAX:
         result["differencesTruncated"] = True
-    return cast(DriftResult, result)
+    return result
 

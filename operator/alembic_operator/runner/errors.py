@@ -6,29 +6,31 @@ import sys
 import traceback
 from typing import Any
 
+from . import reasons
+from .reasons import Reason
 from .redact import Redactor
 
 PREFIX = "[alembic-operator]"
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_REFUSED, EXIT_CONFIG, EXIT_RETRY = 0, 1, 2, 3, 4, 5
-EXIT_CODES = {
-    "InvalidArguments": EXIT_USAGE,
-    "MultipleHeads": EXIT_REFUSED,
-    "UnknownRevision": EXIT_REFUSED,
-    "UnknownTargetRevision": EXIT_REFUSED,
-    "TargetNotReachable": EXIT_REFUSED,
-    "DowngradeNotSupported": EXIT_REFUSED,
-    "RevisionMoved": EXIT_REFUSED,
-    "AlreadyVersioned": EXIT_REFUSED,
-    "IrreversibleRevision": EXIT_REFUSED,
-    "MissingDatabaseURL": EXIT_CONFIG,
-    "InvalidDatabaseURL": EXIT_CONFIG,
-    "ConfigNotFound": EXIT_CONFIG,
-    "ScriptError": EXIT_CONFIG,
-    "DatabaseError": EXIT_CONFIG,
-    "NoTargetMetadata": EXIT_CONFIG,
-    "DatabaseUnreachable": EXIT_RETRY,
-    "LockTimeout": EXIT_RETRY,
+EXIT_CODES: dict[str, int] = {  # by reason (a Result's reason is read back as a string)
+    reasons.INVALID_ARGUMENTS: EXIT_USAGE,
+    reasons.MULTIPLE_HEADS: EXIT_REFUSED,
+    reasons.UNKNOWN_REVISION: EXIT_REFUSED,
+    reasons.UNKNOWN_TARGET_REVISION: EXIT_REFUSED,
+    reasons.TARGET_NOT_REACHABLE: EXIT_REFUSED,
+    reasons.DOWNGRADE_NOT_SUPPORTED: EXIT_REFUSED,
+    reasons.REVISION_MOVED: EXIT_REFUSED,
+    reasons.ALREADY_VERSIONED: EXIT_REFUSED,
+    reasons.IRREVERSIBLE_REVISION: EXIT_REFUSED,
+    reasons.MISSING_DATABASE_URL: EXIT_CONFIG,
+    reasons.INVALID_DATABASE_URL: EXIT_CONFIG,
+    reasons.CONFIG_NOT_FOUND: EXIT_CONFIG,
+    reasons.SCRIPT_ERROR: EXIT_CONFIG,
+    reasons.DATABASE_ERROR: EXIT_CONFIG,
+    reasons.NO_TARGET_METADATA: EXIT_CONFIG,
+    reasons.DATABASE_UNREACHABLE: EXIT_RETRY,
+    reasons.LOCK_TIMEOUT: EXIT_RETRY,
 }
 
 REDACT = Redactor(parameters=False)  # this process's secrets (the URL, its password), scrubbed from all it writes
@@ -42,7 +44,7 @@ def log(message: str) -> None:
 class Failure(Exception):
     """A reported failure: becomes {"ok": false, "reason": ..., "message": ..., **details}."""
 
-    def __init__(self, reason: str, message: str, **details: Any) -> None:
+    def __init__(self, reason: Reason, message: str, **details: Any) -> None:
         super().__init__(message)
         self.reason = reason
         self.message = message
@@ -85,6 +87,43 @@ def sqlstate(exc: BaseException | None) -> str | None:
     return None
 
 
+def error_code(exc: BaseException | None) -> str | None:
+    """A MySQL/MariaDB server's error number ("1205": their SQLSTATE is a generic HY000 for most), else the
+    SQLSTATE of a database error; None for anything else. Also when it was raised from within another exception."""
+    seen: set[int] = set()
+    first = exc
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        errno = _mysql_errno(getattr(exc, "orig", None)) or _mysql_errno(exc)
+        if errno is not None:
+            return str(errno)
+        exc = exc.__cause__ or exc.__context__
+    return sqlstate(first)
+
+
+# A connection that went away (the server restarted, the session was terminated, the network dropped) rather than a
+# statement the database refused: SQLSTATE class 08 and PostgreSQL's shutdown codes; MySQL's "server has gone away",
+# "lost connection", "connection was killed", "disconnected for inactivity".
+_LOST_SQLSTATES = ("57P01", "57P02", "57P03")
+_LOST_MYSQL = frozenset({"2006", "2013", "2055", "1927", "4031"})
+
+
+def lost_connection(exc: BaseException | None) -> bool:
+    """The error is the migration's connection going away, not the migration failing (see `_LOST_SQLSTATES`)."""
+    from sqlalchemy import exc as sa_exc
+
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
+            return True
+        code = error_code(exc)
+        if code is not None and (code.startswith("08") or code in _LOST_SQLSTATES or code in _LOST_MYSQL):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
 def log_exception(what: str, exc: BaseException) -> None:
     details = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     log(f"{what}:\n{details.rstrip()}")
@@ -122,7 +161,7 @@ def classify(exc: BaseException, what: str) -> Failure:
 
     log_exception(what, exc)
     if is_connection_error(exc):
-        return Failure("DatabaseUnreachable", f"{what}: cannot reach the database: {describe(exc)}")
+        return Failure(reasons.DATABASE_UNREACHABLE, f"{what}: cannot reach the database: {describe(exc)}")
     if isinstance(exc, sa_exc.DBAPIError):
-        return Failure("DatabaseError", f"{what}: the database refused a query: {describe(exc)}")
-    return Failure("ScriptError", f"{what}: the app's env.py or migration scripts failed: {describe(exc)}")
+        return Failure(reasons.DATABASE_ERROR, f"{what}: the database refused a query: {describe(exc)}")
+    return Failure(reasons.SCRIPT_ERROR, f"{what}: the app's env.py or migration scripts failed: {describe(exc)}")

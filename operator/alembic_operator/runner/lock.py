@@ -2,8 +2,8 @@
 
 The SQL is per dialect (`DIALECTS`, registered by SQLAlchemy dialect name): PostgreSQL's session advisory lock and
 its READ ONLY transaction, the migration session's lock and statement timeouts, and who blocks a session; another
-database is one more `register` call. A dialect without an entry runs without a lock (and without the read-only
-belt of the drift check, the timeouts and the blockers).
+database is one more `register` call. The runner refuses to run a writer (upgrade, downgrade, stamp) for a dialect
+without an entry: two of them could then run at once on one database.
 """
 
 from __future__ import annotations
@@ -16,12 +16,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from . import reasons
 from .blockers import describe_blockers, from_row
 from .errors import Failure, describe, log, log_exception
 from .results import Blocker
 
 DEFAULT_LOCK_KEY = 0x616C656D62696300  # "alembic\0": session advisory lock key shared by all migrators
-DEFAULT_LOCK_TIMEOUT = 600
+LOCK_WAIT_SECONDS = 600  # how long a writer waits for another one's migration lock (not the database's lock_timeout)
 
 
 # --- the key ----------------------------------------------------------------------------------------------------
@@ -78,11 +79,15 @@ class DialectSQL:
     session: str | None = None
     set_lock_timeout: str | None = None
     set_statement_timeout: str | None = None
+    # `lock_value`: the lock timeout in milliseconds as the session will hold it (MySQL counts whole seconds).
+    lock_value: Callable[[int], int] = int
     # Who blocks backend :pid, one row per session (pid, user, application, client address, state, transaction
-    # seconds, query, the relation :pid waits for).
-    blockers: str | None = None
-    lock_timeout_codes: tuple[str, ...] = ()  # SQLSTATEs of a statement that gave up waiting for a lock
-    statement_timeout_codes: tuple[str, ...] = ()  # SQLSTATEs of a statement cancelled (by its timeout or a person)
+    # seconds, query, the relation :pid waits for); several queries: each poll uses the first that names someone (a
+    # query the server refuses, for want of a privilege or a plugin, is dropped).
+    blockers: str | tuple[str, ...] | None = None
+    lock_timeout_codes: tuple[str, ...] = ()  # SQLSTATEs (MySQL: error numbers) of a statement that gave up waiting
+    statement_timeout_codes: tuple[str, ...] = ()  # ... of a statement cancelled (by its timeout or a person)
+    statement_opt_out: str = 'op.execute("SET LOCAL statement_timeout = 0")'  # how a revision lifts the limit
     # The URL with the session's timeouts as connection options, when its driver takes them (None: it does not, and
     # the runner sets them on the migration's connection instead).
     url_options: Callable[[Any, int | None, int | None], Any] | None = None
@@ -94,6 +99,12 @@ DIALECTS: dict[str, DialectSQL] = {}
 
 def register(dialect: str, sql: DialectSQL) -> None:
     DIALECTS[dialect] = sql
+
+
+def session_sql(dialect: Any) -> DialectSQL | None:
+    """The entry for a connection's SQLAlchemy dialect: MariaDB's own when a mysql:// URL reaches a MariaDB server
+    (their session limits differ)."""
+    return DIALECTS.get("mariadb" if getattr(dialect, "is_mariadb", False) else dialect.name)
 
 
 # libpq drivers (psycopg 3, psycopg2) pass `options` to the server at connection start: the settings hold from the
@@ -141,9 +152,67 @@ register("postgresql", DialectSQL(
 
 # MySQL and MariaDB: a named lock held by the session (GET_LOCK, with a zero wait: the loop above polls), its holder
 # from the processlist (IS_USED_LOCK gives its connection id; another user's session shows only with PROCESS).
-# No session limits: the lock and statement timeouts, their error codes and the blockers are PostgreSQL's only.
 _MYSQL_NAME = f"CONCAT('{MYSQL_LOCK_PREFIX}', CAST(:key AS CHAR))"
-for _dialect in ("mysql", "mariadb"):
+# The lock timeout bounds both waits: lock_wait_timeout (metadata locks: the ALTER behind a long transaction, the one
+# every later query on the table queues behind) and innodb_lock_wait_timeout (row locks), whole seconds each; 0 (no
+# limit) is their maximum, a year. The statement timeout: MariaDB's max_statement_time (seconds), MySQL's
+# max_execution_time (milliseconds; MySQL applies it to SELECT only).
+MYSQL_NO_LIMIT = 31536000  # seconds: lock_wait_timeout's maximum
+
+
+def mysql_lock_seconds(ms: int) -> int:
+    return min(MYSQL_NO_LIMIT, -(-ms // 1000)) if ms > 0 else MYSQL_NO_LIMIT
+
+
+def mysql_options(url: Any, lock_ms: int | None, statement_ms: int | None) -> Any:
+    """`url` with an `init_command` that sets the session's lock timeouts (and MariaDB's statement timeout, in a
+    comment only MariaDB runs) as it connects, for every driver that takes one; None when the URL has its own
+    init_command or no lock timeout is asked for (the runner then sets them on the migration's connection)."""
+    if "init_command" in url.query or lock_ms is None:
+        return None
+    seconds = mysql_lock_seconds(lock_ms)
+    command = f"SET SESSION lock_wait_timeout = {seconds}, innodb_lock_wait_timeout = {seconds}"
+    if statement_ms is not None:
+        command += f" /*M!, max_statement_time = {statement_ms / 1000} */"
+    return url.update_query_dict({"init_command": command})
+
+
+_MYSQL_SESSION = ("SELECT IF(@@session.lock_wait_timeout = @@session.innodb_lock_wait_timeout, "
+                  "@@session.lock_wait_timeout * 1000, -1), {statement}, CONNECTION_ID()")
+# Who holds what the migration's session waits for, most precise first. A session's transaction age comes from
+# INNODB_TRX; every query but the processlist needs the PROCESS privilege (or performance_schema's).
+_MYSQL_HOLDER = "p.ID, p.USER, NULL, p.HOST, p.COMMAND, TIMESTAMPDIFF(SECOND, t.trx_started, NOW()), p.INFO"
+MYSQL_BLOCKERS = (
+    # The metadata locks (MySQL 8 by default; MariaDB with performance_schema and its mdl instrument on).
+    f"SELECT DISTINCT {_MYSQL_HOLDER}, CONCAT(w.OBJECT_SCHEMA, '.', w.OBJECT_NAME) "
+    "FROM performance_schema.metadata_locks w "
+    "JOIN performance_schema.threads wt ON wt.THREAD_ID = w.OWNER_THREAD_ID "
+    "JOIN performance_schema.metadata_locks g ON g.OBJECT_TYPE = w.OBJECT_TYPE "
+    "AND g.OBJECT_SCHEMA <=> w.OBJECT_SCHEMA AND g.OBJECT_NAME <=> w.OBJECT_NAME AND g.LOCK_STATUS = 'GRANTED' "
+    "AND g.OWNER_THREAD_ID <> w.OWNER_THREAD_ID "
+    "JOIN performance_schema.threads gt ON gt.THREAD_ID = g.OWNER_THREAD_ID "
+    "JOIN information_schema.PROCESSLIST p ON p.ID = gt.PROCESSLIST_ID "
+    "LEFT JOIN information_schema.INNODB_TRX t ON t.trx_mysql_thread_id = p.ID "
+    "WHERE wt.PROCESSLIST_ID = :pid AND w.LOCK_STATUS = 'PENDING' ORDER BY t.trx_started, p.ID",
+    # The row locks (MariaDB, MySQL 5.7).
+    f"SELECT DISTINCT {_MYSQL_HOLDER}, l.lock_table FROM information_schema.INNODB_LOCK_WAITS w "
+    "JOIN information_schema.INNODB_TRX r ON r.trx_id = w.requesting_trx_id "
+    "JOIN information_schema.INNODB_TRX t ON t.trx_id = w.blocking_trx_id "
+    "JOIN information_schema.PROCESSLIST p ON p.ID = t.trx_mysql_thread_id "
+    "LEFT JOIN information_schema.INNODB_LOCKS l ON l.lock_id = w.requested_lock_id "
+    "WHERE r.trx_mysql_thread_id = :pid ORDER BY t.trx_started, p.ID",
+    # Without metadata-lock instrumentation (MariaDB's default): while the session waits for a metadata lock, the
+    # sessions with a transaction open hold it (a transaction keeps the metadata locks of every table it touched).
+    f"SELECT {_MYSQL_HOLDER}, NULL FROM information_schema.INNODB_TRX t "
+    "JOIN information_schema.PROCESSLIST p ON p.ID = t.trx_mysql_thread_id "
+    "WHERE p.ID <> :pid AND EXISTS (SELECT 1 FROM information_schema.PROCESSLIST m WHERE m.ID = :pid "
+    "AND m.STATE LIKE 'Waiting for %metadata lock') ORDER BY t.trx_started, p.ID",
+)
+for _dialect, _statement, _set_statement, _opt_out in (
+        ("mysql", "@@session.max_execution_time", "SET SESSION max_execution_time = {}",
+         'op.execute("SET SESSION max_execution_time = 0")'),
+        ("mariadb", "CAST(ROUND(@@session.max_statement_time * 1000) AS SIGNED)",
+         "SET SESSION max_statement_time = {} / 1000", 'op.execute("SET SESSION max_statement_time = 0")')):
     register(_dialect, DialectSQL(
         try_lock=f"SELECT GET_LOCK({_MYSQL_NAME}, 0) = 1",
         unlock=f"SELECT RELEASE_LOCK({_MYSQL_NAME})",
@@ -153,6 +222,15 @@ for _dialect in ("mysql", "mariadb"):
         # one (1568): end env.py's transaction (rolled back: it only read), then start a read-only one. DDL and DML
         # then fail with 1792, in this transaction and the session's next ones (tests/mariadb/test_drift_mariadb.py).
         read_only=("ROLLBACK", "SET SESSION TRANSACTION READ ONLY", "START TRANSACTION READ ONLY"),
+        session=_MYSQL_SESSION.format(statement=_statement),
+        set_lock_timeout="SET SESSION lock_wait_timeout = {0} DIV 1000, innodb_lock_wait_timeout = {0} DIV 1000",
+        set_statement_timeout=_set_statement,
+        lock_value=lambda ms: mysql_lock_seconds(ms) * 1000,
+        blockers=MYSQL_BLOCKERS,
+        lock_timeout_codes=("1205",),  # ER_LOCK_WAIT_TIMEOUT: a metadata or a row lock
+        statement_timeout_codes=("1969", "3024", "1317"),  # MariaDB's, MySQL's statement timeout; KILL QUERY
+        statement_opt_out=_opt_out,
+        url_options=mysql_options,
         double_quoted_strings=True,
     ))
 
@@ -174,15 +252,15 @@ def migration_lock(engine: Any, key: int, timeout: float) -> Iterator[None]:
     from sqlalchemy import text
 
     sql = DIALECTS.get(engine.dialect.name)
-    if sql is None:
-        log(f"dialect {engine.dialect.name}: no advisory lock")
-        yield
-        return
+    if sql is None:  # an engine that forgot its `register` call: no writer runs unlocked
+        raise Failure(reasons.INVALID_DATABASE_URL,
+                      f"the runner has no migration lock for the {engine.dialect.name} dialect, and it never writes to "
+                      f"a database without one; supported: {', '.join(sorted(DIALECTS))}")
     try:
         conn = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
     except Exception as exc:
         log_exception("connecting to the database", exc)
-        raise Failure("DatabaseUnreachable", f"cannot connect to the database: {describe(exc)}") from None
+        raise Failure(reasons.DATABASE_UNREACHABLE, f"cannot connect to the database: {describe(exc)}") from None
     try:
         started = time.monotonic()
         last_report = -1e9
@@ -191,14 +269,14 @@ def migration_lock(engine: Any, key: int, timeout: float) -> Iterator[None]:
                 got = conn.execute(text(sql.try_lock), {"key": key}).scalar()
             except Exception as exc:
                 log_exception("taking the advisory lock", exc)
-                raise Failure("DatabaseUnreachable", f"cannot take the advisory lock: {describe(exc)}") from None
+                raise Failure(reasons.DATABASE_UNREACHABLE, f"cannot take the advisory lock: {describe(exc)}") from None
             if got:
                 break
             waited = time.monotonic() - started
             if waited >= timeout:
                 held = holder(conn, sql, key)
                 raise Failure(
-                    "LockTimeout",
+                    reasons.LOCK_TIMEOUT,
                     f"another session has held the migration lock (advisory lock {key}"
                     f"{', held by ' + describe_blockers(held) if held else ''}) for more than {timeout}s; nothing "
                     "was run. Another migration may be running against this database: wait for it, or end that "

@@ -14,13 +14,12 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable, Mapping
-from typing import Any, TypedDict, Union
+from typing import TypedDict, Union
 
+from . import reasons
 from .redact import Redactor
 
 RESULT_LIMIT = 3500  # bytes: a container's termination message holds 4096
-TOO_LARGE: dict[str, Any] = {"ok": False, "reason": "ResultTooLarge",
-                             "message": "the result did not fit in a termination message; see the Job's logs"}
 
 
 # --- the results ------------------------------------------------------------------------------------------------
@@ -37,6 +36,8 @@ class Outcome(TypedDict, total=False):
 
 
 FailureResult = Outcome
+TOO_LARGE: Outcome = {"ok": False, "reason": reasons.RESULT_TOO_LARGE,
+                      "message": "the result did not fit in a termination message; see the Job's logs"}
 
 
 class Blocker(TypedDict, total=False):
@@ -89,6 +90,15 @@ class PlanResult(Outcome, total=False):
     planFile: str
 
 
+class ScanFinding(TypedDict, total=False):
+    """One finding of the SQL scan, as a scan's result carries it (sqlrules.Finding.to_dict)."""
+
+    rule: str
+    severity: str
+    revision: str | None
+    operation: str
+
+
 class ScanResult(Outcome, total=False):
     """`job scan`: the plan's SQL read by the scanner."""
 
@@ -106,7 +116,7 @@ class ScanResult(Outcome, total=False):
     noteCount: int
     locking: list[dict[str, str]]  # the first few: operation, rule, safely (the safer pattern)
     notes: list[str]
-    findings: list[dict[str, Any]]
+    findings: list[ScanFinding]
     sqlSha256: str
     lineage: list[str]
     transactionPerMigration: bool
@@ -202,16 +212,16 @@ JobResult = Union[  # noqa: UP007
 # --- the writer -------------------------------------------------------------------------------------------------
 
 
-def dump(result: Mapping[str, Any]) -> str:
+def dump(result: Mapping[str, object]) -> str:
     """Compact JSON, ASCII only (its size in bytes is its length)."""
     return json.dumps(result, separators=(",", ":"), default=str)
 
 
-def size(result: Mapping[str, Any]) -> int:
+def size(result: Mapping[str, object]) -> int:
     return len(dump(result).encode())
 
 
-def fit(result: Mapping[str, Any], limit: int = RESULT_LIMIT) -> str:
+def fit(result: Mapping[str, object], limit: int = RESULT_LIMIT) -> str:
     """Compact JSON under `limit` bytes: cut long messages, then long lists (flagged with <key>Truncated)."""
     text = dump(result)
     if len(text.encode()) <= limit:
@@ -233,6 +243,7 @@ def fit(result: Mapping[str, Any], limit: int = RESULT_LIMIT) -> str:
             break
         _, key = max(lists)
         items = cut[key]
+        assert isinstance(items, list)  # one of `lists`
         cut[key] = items[: len(items) // 2]
         cut[key + "Truncated"] = True
     text = dump(cut)
@@ -242,11 +253,12 @@ def fit(result: Mapping[str, Any], limit: int = RESULT_LIMIT) -> str:
     return text
 
 
-def fit_list(result: dict[str, Any], key: str, more: Callable[[int], Any] | None = None,
+def fit_list(result: dict[str, object], key: str, more: Callable[[int], object] | None = None,
              limit: int = RESULT_LIMIT) -> None:
-    """Shorten result[key] until the result fits, appending more(n_dropped) when given (a command trims its own
-    lists before writing, and says how)."""
-    items = list(result.get(key) or [])
+    """Shorten the list result[key] until the result fits, appending more(n_dropped) when given (a command trims its
+    own lists before writing, and says how)."""
+    value = result.get(key)
+    items = list(value) if isinstance(value, list) else []
     if size(result) <= limit or not items:
         return
     kept = len(items)
@@ -257,7 +269,7 @@ def fit_list(result: dict[str, Any], key: str, more: Callable[[int], Any] | None
             return
 
 
-def render(result: Mapping[str, Any], redact: Redactor, *, cut: bool = True, limit: int = RESULT_LIMIT) -> str:
+def render(result: Mapping[str, object], redact: Redactor, *, cut: bool = True, limit: int = RESULT_LIMIT) -> str:
     """The result as written: every string redacted, then serialized (the JSON stays valid); too large, it is cut
     (`fit`) or, with cut false, replaced by ResultTooLarge (a reader must not take a cut list for the whole)."""
     clean = redact.values(dict(result))
@@ -267,7 +279,7 @@ def render(result: Mapping[str, Any], redact: Redactor, *, cut: bool = True, lim
     return fit(clean, limit) if cut else dump(TOO_LARGE)
 
 
-def write_result(path: str, result: Mapping[str, Any], redact: Redactor, *, echo: bool = False, cut: bool = True,
+def write_result(path: str, result: Mapping[str, object], redact: Redactor, *, echo: bool = False, cut: bool = True,
                  log: Callable[[str], None] | None = None) -> str:
     """Write the result to `path` ("-": stdout only); `echo` also prints it as stdout's last line."""
     text = render(result, redact, cut=cut)
