@@ -97,7 +97,9 @@ class MariaDBServer:
                    "--skip-name-resolve"]
             if not self._as_root:
                 cmd.append(f"--auth-root-socket-user={self.admin_user}")
-            proc = subprocess.run(cmd, capture_output=True, text=True)
+            # Its bootstrap server's temporary tables in the server's own directory, not in /tmp, where another
+            # session's bootstrap (a pytest-xdist worker's) may run at the same moment.
+            proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TMPDIR": str(self.rundir)})
             if proc.returncode != 0:
                 raise RuntimeError(f"mariadb-install-db failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
         cmd = [mariadb_tool("mariadbd"), "--no-defaults", f"--datadir={self.datadir}", *self._user_args(),
