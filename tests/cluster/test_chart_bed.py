@@ -22,9 +22,9 @@ from e2e import slow
 from gating import Apps, held, running
 from harness import wait_for
 
-# One worker runs them one after the other (make test): the chart's cluster-scoped objects (its approver ClusterRole,
-# the CRD it adopts) belong to one release at a time.
-pytestmark = pytest.mark.xdist_group("chart")
+# One worker runs them one after the other (make test), with the CRD tests: the chart's cluster-scoped objects (its
+# approver ClusterRole, the CRD it adopts) belong to one release at a time.
+pytestmark = pytest.mark.xdist_group("cluster-scoped")
 
 
 @pytest.fixture(scope="module")
@@ -487,7 +487,9 @@ def test_rbac_grants_exactly_what_the_operator_uses(bed: Any, namespace: str, ap
     """`kubectl auth can-i` as the chart's ServiceAccount: every needed verb yes, and nothing else beyond what any
     ServiceAccount has (the namespace's `default` one is the baseline)."""
     release = f"rbac-{mode[:2]}"
-    values: dict[str, Any] = {"replicaCount": 0, "webhook": {"enabled": False}, "crds": {"install": False}}
+    # Its own approver ClusterRole: a release that another one's failed uninstall left behind cannot block this one.
+    values: dict[str, Any] = {"replicaCount": 0, "webhook": {"enabled": False}, "crds": {"install": False},
+                              "approval": {"approverRole": {"name": f"{release}-approver"}}}
     if mode == "namespaced":
         values["watchNamespaces"] = [app_namespace]
     values_file = tmp_path / "values.json"

@@ -34,8 +34,9 @@ if TYPE_CHECKING:
 
     from bed.controlplane import Bed
 
-# One worker runs them all (make test): the module's CRD fixture is set up once, not once per worker and module switch.
-pytestmark = [pytest.mark.bed, pytest.mark.xdist_group("crd-apiserver")]
+# One worker runs them all (make test), with the chart's tests: the module's CRD fixture is set up once, and its
+# replace of the CRD (which drops labels) never lands between the chart test's adoption of the CRD and its install.
+pytestmark = [pytest.mark.bed, pytest.mark.xdist_group("cluster-scoped")]
 
 Kubectl = Callable[..., "subprocess.CompletedProcess[str]"]
 
