@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 export PYTHONPATH := $(CURDIR)/tests$(if $(PYTHONPATH),:$(PYTHONPATH))
 
 .PHONY: help deps venv controlplane node tools test test-unit lint demo dev-cluster dev-cluster-down crd k8s-openapi clean \
-        image-check chart-check bench-gate bench-scale
+        image-check chart-check bench-gate bench-scale bench-rollout
 
 help:
 	@echo "make demo              the operator's whole job, end to end, on the local bed (DEMO_DB=mariadb: on MariaDB)"
@@ -21,6 +21,7 @@ help:
 	@echo "make dev-cluster       start the local bed with a real node (BED_NODE=none: control plane only)"
 	@echo "make dev-cluster-down  stop it"
 	@echo "make bench-gate        Ready -> last held pod released, for 1/10/100 pods (median, p99)"
+	@echo "make bench-rollout     requests/s, p50/p99 and failed requests of the served shop during rollouts: none, a rename (expand/contract), a naive rename"
 	@echo "make bench-scale       what N idle DatabaseMigrations cost (N=1000; N=\"200 500 1000\"), next to the empty operator"
 	@echo "make crd               regenerate crds/, docs/crd-reference.md (the pydantic model), docs/reasons.md, docs/locking.md and the chart's approval-change.cel"
 	@echo "make k8s-openapi       re-vendor Kubernetes' core/v1 schemas from \$$KUBECONFIG's API server, then make crd"
@@ -107,6 +108,9 @@ demo: deps venv controlplane node tools
 
 bench-gate: deps venv controlplane node tools
 	$(PY) tests/bench_gate.py --bed-dir $(BED_DIR) $(BENCH_ARGS)
+
+bench-rollout: deps venv controlplane node tools
+	$(PY) tests/bench_rollout.py --bed-dir $(BED_DIR) $(BENCH_ARGS)
 
 N ?= 1000
 bench-scale: deps venv controlplane tools

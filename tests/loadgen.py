@@ -12,7 +12,7 @@ an order (``POST /orders``), the others list them (``GET /orders``).
 Each response becomes one JSON line, written as it arrives: ``t`` (when it was sent, Unix time), ``op`` (read or
 write), ``status`` (the HTTP status; 0 when there was none: refused, reset, timed out), ``ms``, ``version`` and
 ``pod`` (the shop's X-Shop-Version and X-Served-By headers) and ``error`` (the body's error or the exception). A
-request fails when its status is not 2xx. Only the standard library: it runs with any Python, inside the bed's
+request fails when its status is not 2xx (0 included: no answer within 10 s is a failure too). Only the standard library: it runs with any Python, inside the bed's
 network namespace where the Service's ClusterIP routes.
 """
 
@@ -50,7 +50,7 @@ class Response:
         return 200 <= self.status < 300
 
 
-def send(url: str, op: str, customers: int = 3, timeout: float = 5.0) -> Response:
+def send(url: str, op: str, customers: int = 3, timeout: float = 10.0) -> Response:
     """One request of kind ``op`` (read: GET /orders; write: POST /orders), on a connection of its own."""
     parts = urlsplit(url)
     started, t = time.monotonic(), time.time()

@@ -29,7 +29,7 @@ from e2e import Database
 from harness import Cluster, wait_for
 from shopapp import HEADS
 
-DEPLOY = Path(__file__).resolve().parents[2] / "examples" / "shop" / "deploy" / "shop.yaml"
+DEPLOY = Path(__file__).resolve().parent.parent / "examples" / "shop" / "deploy" / "shop.yaml"
 LOADGEN = Path(loadgen.__file__).resolve()
 VERSION_LABEL = "app.kubernetes.io/version"
 RATE = 30  # requests per second, a third of them writes: what the issue measured today's outage under
@@ -132,15 +132,15 @@ class Rollout:
                  f"{self.serving(app)}", interval=0.5)
 
     @contextlib.contextmanager
-    def load(self, app: str, name: str) -> Iterator[Path]:
+    def load(self, app: str, name: str, rate: float = RATE) -> Iterator[Path]:
         """The load generator on ``app``'s Service, from inside the bed's network namespace, until the block ends."""
         ip = self.core.read_namespaced_service(app, self.ns).spec.cluster_ip
         out = self.tmp / f"{name}.jsonl"
         with (self.tmp / f"{name}.log").open("ab") as log:
             proc = subprocess.Popen([*self.bed.netns_cmd(), sys.executable, str(LOADGEN), "--url", f"http://{ip}",
-                                     "--out", str(out), "--rate", str(RATE)], stdout=log, stderr=subprocess.STDOUT)
+                                     "--out", str(out), "--rate", str(rate)], stdout=log, stderr=subprocess.STDOUT)
         try:
-            wait_for(lambda: len(loadgen.read(out)) >= RATE, 60, f"the load on {app} answered")
+            wait_for(lambda: len(loadgen.read(out)) >= rate, 60, f"the load on {app} answered")
             yield out
         finally:
             proc.send_signal(signal.SIGTERM)
@@ -181,17 +181,28 @@ def report(name: str, responses: list[loadgen.Response]) -> loadgen.Summary:
     return summary
 
 
-def contract_after_old_pods(s: Rollout, app: str, old: str, responses: list[loadgen.Response],
-                            generation: int) -> None:
-    """The contract Job of ``generation`` was created after the last pod of release ``old`` was gone, and no
-    response of ``old`` came after it started; both times printed."""
+@dataclass(frozen=True)
+class Timeline:
+    """When the old release stopped and the contract Job of the new one began (the Job's times are the API
+    server's, in whole seconds; the others this machine's clock, which the bed shares)."""
+
+    job: str
+    created: float
+    started: float
+    last_gone: float  # the last pod of the old release deleted (after its drain: a terminating pod still serves)
+    last_answer: float  # the last response the old release sent
+
+    def line(self, app: str, old: str) -> str:
+        return (f"{app}: last response of {old} {_stamp(self.last_answer)}; last pod of {old} gone "
+                f"{_stamp(self.last_gone)}; contract Job {self.job} created {_stamp(self.created)}, started "
+                f"{_stamp(self.started)}")
+
+
+def contract_timeline(s: Rollout, app: str, old: str, responses: list[loadgen.Response],
+                      generation: int) -> Timeline:
+    """The contract Job of ``generation`` next to the last pod and the last response of release ``old``."""
     job = wait_for(lambda: s.contract_job(app, generation), 30, f"the contract Job of generation {generation}")
-    created = _api_time(job["metadata"]["creationTimestamp"])
-    started = _api_time(job["status"].get("startTime") or job["metadata"]["creationTimestamp"])
-    last_gone = s.pods.last_gone(app, old)
-    last_answer = max(r.t for r in responses if r.version == old)
-    print(f"{app}: last response of {old} {_stamp(last_answer)}; last pod of {old} gone {_stamp(last_gone)}; "
-          f"contract Job {job['metadata']['name']} created {_stamp(created)}, started {_stamp(started)} (API "
-          "times, whole seconds)")
-    assert created >= int(last_gone), "the contract Job was created before the last old pod was gone"
-    assert started >= int(last_answer), "the old release answered after the contract Job started"
+    return Timeline(job=job["metadata"]["name"], created=_api_time(job["metadata"]["creationTimestamp"]),
+                    started=_api_time((job.get("status") or {}).get("startTime")
+                                      or job["metadata"]["creationTimestamp"]),
+                    last_gone=s.pods.last_gone(app, old), last_answer=max(r.t for r in responses if r.version == old))

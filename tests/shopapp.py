@@ -29,7 +29,7 @@ R_FIXED = "88d79e1b94a5"  # release 1.1's head: revision 5 fixed
 R_STATE_EXPAND, R_STATE_CONTRACT = "3c1f0e2a7b55", "7d24b9c8e013"  # release 2.0: orders.status -> state
 R_CURRENCY_EXPAND, R_CURRENCY_CONTRACT = "a5e8d61f2c47", "c90b3f4e1d28"  # release 2.1: orders.currency dropped
 R_NAIVE = "5b7a2e9d0c31"  # release 2.0-naive: the same rename in one revision
-HEADS = {"1.1": R_FIXED, "2.0": R_STATE_CONTRACT, "2.1": R_CURRENCY_CONTRACT, "2.0-naive": R_NAIVE}
+HEADS = {"1.1": R_FIXED, "1.2": R_FIXED, "2.0": R_STATE_CONTRACT, "2.1": R_CURRENCY_CONTRACT, "2.0-naive": R_NAIVE}
 
 
 def release_tree(dest: Path, version: str) -> Path:

@@ -463,8 +463,10 @@ def app_base() -> str:
     return build(DOCKERFILES / "appbase", None, "appbase", {"BASE": python_base()})
 
 
-SHOP_VERSIONS = {"1.0": (False, ()), "1.1": (True, ()), "2.0": (True, ("2.0",)), "2.1": (True, ("2.0", "2.1")),
-                 "2.0-naive": (True, ("2.0-naive",))}  # the shop's releases: revision 5 fixed, releases/ laid over
+# The shop's releases: revision 5 fixed or not, releases/ laid over in order. 1.2 is 1.1 under another version: a
+# rollout without a schema change (make bench-rollout's baseline).
+SHOP_VERSIONS = {"1.0": (False, ()), "1.1": (True, ()), "1.2": (True, ()), "2.0": (True, ("2.0",)),
+                 "2.1": (True, ("2.0", "2.1")), "2.0-naive": (True, ("2.0-naive",))}
 
 
 def shop_image(fixed: bool = False, version: str | None = None) -> str:
