@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import urllib.request
 
@@ -210,7 +211,8 @@ def test_drifted_is_a_per_resource_flag_that_forget_removes(m: metrics.Metrics) 
 def _status(*conditions: tuple[str, str, str, str], phase: str = "Failed",
             backup_at: str | None = "2026-12-01T10:00:00Z") -> metrics.ResourceState:
     raw: dict[str, object] = {"phase": phase, "conditions": [
-        {"type": t, "status": st, "reason": r, "message": "m", "lastTransitionTime": at} for t, st, r, at in conditions]}
+        {"type": t, "status": st, "reason": r, "message": "m", "lastTransitionTime": at}
+        for t, st, r, at in conditions]}
     if backup_at:
         raw["backup"] = {"location": "/backups/x", "sizeBytes": 10, "completedAt": backup_at}
     return metrics.state_of(parse_status(raw), backup_enabled=True)
@@ -272,8 +274,12 @@ def test_queue_slots_and_last_run(m: metrics.Metrics) -> None:
     assert value(scrape(m), "alembic_operator_queued_since_timestamp_seconds", namespace="shop", name="db") == 300
 
 
-async def test_leading_follows_kopfs_own_peering() -> None:
+def test_leading_follows_kopfs_own_peering() -> None:
     """Kopf's real peering code, with a live peer of higher priority, then without: the gauge follows it."""
+    asyncio.run(_leading_follows_kopfs_own_peering())
+
+
+async def _leading_follows_kopfs_own_peering() -> None:
     import datetime
     import logging
 
@@ -300,9 +306,7 @@ async def test_leading_follows_kopfs_own_peering() -> None:
         logging.getLogger(metrics.PEERING_LOGGER).removeHandler(handler)
 
 
-def _set_event():  # type: ignore[no-untyped-def]
-    import asyncio
-
+def _set_event() -> asyncio.Event:
     event = asyncio.Event()
     event.set()  # Kopf waits for the peers' deadlines unless pressed: do not wait
     return event
