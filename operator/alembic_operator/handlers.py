@@ -166,6 +166,8 @@ async def reconcile(ctx: Context, namespace: str, name: str, logger: Logger, del
             metrics.backup_size(namespace, name, status.backup.size_bytes)
         obj = ctx.runtime.migrations.get((namespace, name))
         metrics.resource_state(namespace, name, metrics.state_of(status, backup_enabled=_takes_backups(obj)))
+        if ctx.runtime.notifier is not None and (now := ctx.runtime.migrations.get((namespace, name))) is not None:
+            ctx.runtime.notifier.offer(now)  # a task of its own: a webhook never holds up a run
     return delay
 
 
