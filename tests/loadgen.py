@@ -12,8 +12,8 @@ an order (``POST /orders``), the others list them (``GET /orders``).
 Each response becomes one JSON line, written as it arrives: ``t`` (when it was sent, Unix time), ``op`` (read or
 write), ``status`` (the HTTP status; 0 when there was none: refused, reset, timed out), ``ms``, ``version`` and
 ``pod`` (the shop's X-Shop-Version and X-Served-By headers) and ``error`` (the body's error or the exception). A
-request fails when its status is not 2xx (0 included: no answer within 10 s is a failure too). Only the standard library: it runs with any Python, inside the bed's
-network namespace where the Service's ClusterIP routes.
+request fails when its status is not 2xx (0 included: no answer within 10 s is a failure too). Only the standard
+library: it runs with any Python, inside the bed's network namespace where the Service's ClusterIP routes.
 """
 
 from __future__ import annotations
