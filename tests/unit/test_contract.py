@@ -261,6 +261,13 @@ def test_an_unmarked_rename_holds_the_plan_like_a_destructive_change() -> None:
     allowed = {**SPEC, "approval": {"allowDestructive": True}}
     d = decide(observe(d.status, jobs={"plan": done("plan", renames)}, spec=allowed))
     assert [j.role for j in d.jobs] == ["backup"]
+    # An unmarked drop is destructive too: the reason stays DestructiveChangesNotApproved, the message says more.
+    drops = {**renames, "destructive": ["DROP COLUMN orders.code (revision e1)"], "destructiveRevisions": ["e1"],
+             "breaking": ["DROP COLUMN orders.code (revision e1): the running version (at r1) uses it"]}
+    d = decide(observe(None))
+    d = decide(observe(d.status, jobs={"plan": done("plan", drops)}))
+    assert conditions(d)[c.APPROVAL_REQUIRED] == ("True", "DestructiveChangesNotApproved")
+    assert "It also breaks the running version (1 operation(s)" in d.status["message"]
 
 
 def test_kubectl_dbm_status_and_plan_show_the_split() -> None:

@@ -247,18 +247,21 @@ def approval(turn: Turn) -> Decision:
                f"{plan_hash_}")
         if annotated:  # the user the webhook recorded for this hash, when it did
             approved_by = approvals.approved_by(turn.obs.annotations, plan_hash_) or c.APPROVE_ANNOTATION
+        elif destructive and not live_spec.approval.allow_destructive:
+            count = scope.count
+            message = f"{scope.part} destroys data: {_listed(destructive, count)}. To go ahead, {how}"
+            if breaking:  # a drop the running version still reads: the same approval, and a better way
+                message += (f". It also breaks the running version ({len(breaking)} operation(s), status.plan."
+                            'breaking): marking those revisions phase = "contract" runs them after its pods are gone')
+            turn.condition(c.APPROVAL_REQUIRED, "True", r.DESTRUCTIVE_CHANGES_NOT_APPROVED, message)
+            return turn.outcome(s.stalled("AwaitingApproval", r.DESTRUCTIVE_CHANGES_NOT_APPROVED, message),
+                                POLL_IDLE)
         elif breaking and not live_spec.approval.allow_destructive:
             count = int(plan.breaking_count or len(breaking))
             message = (f"the plan breaks the running version: {_listed(breaking, count)}. Mark such revisions "
                        f'phase = "contract" in a new image, or, to accept the outage, {how}')
             turn.condition(c.APPROVAL_REQUIRED, "True", r.BREAKS_RUNNING_VERSION, message)
             return turn.outcome(s.stalled("AwaitingApproval", r.BREAKS_RUNNING_VERSION, message), POLL_IDLE)
-        elif destructive and not live_spec.approval.allow_destructive:
-            count = scope.count
-            message = f"{scope.part} destroys data: {_listed(destructive, count)}. To go ahead, {how}"
-            turn.condition(c.APPROVAL_REQUIRED, "True", r.DESTRUCTIVE_CHANGES_NOT_APPROVED, message)
-            return turn.outcome(s.stalled("AwaitingApproval", r.DESTRUCTIVE_CHANGES_NOT_APPROVED, message),
-                                POLL_IDLE)
         elif gate_locking:
             message = (f"the plan takes strong locks on existing tables: {_listed(locking, locking_count)}. "
                        f"Rewrite them the safer way (status.plan.locking), or {how}")
