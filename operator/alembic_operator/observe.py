@@ -59,7 +59,11 @@ async def observe(ctx: Context, obj: Migration,
         kept = ANY_JOB
     jobs = await _observe_jobs(ctx, namespace, name, run_generation, target, kept)
     lineage, moved_by = await _database_lineage(ctx, ref, run, database, target)
-    app_pods = await _app_pods(ctx, namespace, name) if run.step == "WaitingForOldVersion" else None
+    # A split plan's run reads its app's pods from the expand part's migration on, so that the turn that applies it
+    # already names the older version's pods.
+    waits = run.step == "WaitingForOldVersion" or (run.part == "expand" and run.step in ("AwaitingApproval",
+                                                                                         "Migrating"))
+    app_pods = await _app_pods(ctx, namespace, name) if waits else None
     obs = Observation(
         name=name, namespace=namespace, generation=generation, spec=dict(obj.get("spec") or {}),
         annotations=dict(meta.get("annotations") or {}), status=status, database=database, jobs=jobs,
