@@ -6,6 +6,9 @@
     -> a failing revision (5) -> automatic rollback, the data intact
     -> ship the fixed image with a typo in its tag -> Stalled within seconds (ImagePullFailed), the kubelet quoted
     -> the right tag -> Ready at head, without deleting anything
+    -> serve it (3 replicas of the shop's HTTP API) under a load generator, and roll out release 2.0 (a column
+       renamed: expand, then contract) and release 2.1 (a column dropped, the same way), each by one apply of the
+       DatabaseMigration and the Deployment: every request answered, the contract after the old release's last pod
 
 Everything is real: kube-apiserver, kube-controller-manager and etcd, and a node with kubelet, containerd, runc and
 kube-proxy (built from their Go modules), a registry. The operator's image is built from the project's Dockerfile,
@@ -29,6 +32,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -40,6 +44,7 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from kubernetes import client as k8s  # noqa: E402
 
+import loadgen  # noqa: E402
 from alembic_operator import constants as c  # noqa: E402
 from bed import images  # noqa: E402
 from bed.controlplane import Bed  # noqa: E402
@@ -48,6 +53,8 @@ from bed.postgres import PostgresServer  # noqa: E402
 from bed.tools import ensure_tools  # noqa: E402
 from bed.volumes import writable_claim  # noqa: E402
 from harness import Cluster, wait_for  # noqa: E402
+from served import PodLog, Rollout, contract_timeline, release, report, watch_pods  # noqa: E402
+from shopapp import HEADS  # noqa: E402
 
 SHOP = REPO / "examples" / "shop"
 CHART = REPO / "charts" / "alembic-operator"
@@ -149,6 +156,8 @@ def main() -> int:
     operator_ref = pushed(bed, "operator (Dockerfile)", images.operator_image, "alembic-operator:dev")
     shop_ref = pushed(bed, "shop (examples/shop)", images.shop_image, "acme/shop:1.0")
     fixed_ref = pushed(bed, "shop, revision 5 fixed", lambda: images.shop_image(fixed=True), "acme/shop:1.1")
+    rename_ref = pushed(bed, "shop 2.0 (rename)", lambda: images.shop_image(version="2.0"), "acme/shop:2.0")
+    drop_ref = pushed(bed, "shop 2.1 (drop)", lambda: images.shop_image(version="2.1"), "acme/shop:2.1")
 
     product = "MariaDB" if args.db == "mariadb" else "PostgreSQL"
     say(f"Starting {product} on a loopback port")
@@ -257,10 +266,67 @@ def main() -> int:
         if version != REV5:
             print("unexpected: the fixed revision did not apply", file=sys.stderr)
             return 1
+        if not serve_and_roll(bed, cluster, db, {"1.1": fixed_ref, "2.0": rename_ref, "2.1": drop_ref}):
+            return 1
         say("Done. The bed keeps running: export KUBECONFIG=" + str(bed.kubeconfig) + "; make dev-cluster-down")
         return 0
     finally:
         server.destroy()
+
+
+def _release(version: str, ref: str) -> list[dict[str, Any]]:
+    """examples/shop/deploy/shop.yaml for one release (its DatabaseMigration with this demo's backups)."""
+    docs = release(NS, "shop", version, ref)
+    docs[0]["spec"]["backup"] = {"volume": {"persistentVolumeClaim": {"claimName": "shop-backups"}}, "retain": 5}
+    del docs[0]["spec"]["approval"]
+    return docs
+
+
+def serve_and_roll(bed: Bed, cluster: Cluster, db: Any, refs: dict[str, str]) -> bool:
+    """Steps 7-9: the shop served at 1.1 under load, then releases 2.0 and 2.1, each in one apply."""
+    say("7. Serve the shop: its HTTP API, 3 replicas behind a Service (examples/shop/deploy/shop.yaml), under load")
+    rollout = Rollout(bed=bed, cluster=cluster, db=db, tmp=Path(tempfile.mkdtemp(prefix="demo-shop-")),
+                      pods=PodLog())
+    threading.Thread(target=watch_pods, args=(cluster.api, NS, rollout.pods), daemon=True).start()
+    rollout.apply(_release("1.1", refs["1.1"]))
+    cluster.wait_condition("shop", "Ready", timeout=300)
+    rollout.wait_rolled_out("shop", "1.1")
+    show(bed, "get", "deploy,pods,svc", "-n", NS, "-l", "app=shop")
+    ok = True
+    with rollout.load("shop", "demo") as out:
+        print("load generator: 30 requests/s through the Service (a third create orders), every response recorded")
+        steps = (("2.0", "1.1", "8. Release 2.0 renames orders.status to state: 3c1f0e2a7b55 adds state and a sync "
+                  "trigger (expand), 7d24b9c8e013 drops status (phase = \"contract\"); one apply"),
+                 ("2.1", "2.0", "9. Release 2.1 drops orders.currency: a5e8d61f2c47 makes it optional (expand), "
+                  "c90b3f4e1d28 drops it (contract); one apply"))
+        for version, old, title in steps:
+            say(title)
+            started = time.time()
+            rollout.apply(_release(version, refs[version]))
+            generation = int(cluster.get("shop")["metadata"]["generation"])
+            plan = planned(cluster, HEADS[version])
+            dbm(bed, "plan", "shop", "--no-pager")
+            # The contract part drops a column: approve exactly this plan now, so it runs as soon as it may.
+            dbm(bed, "approve", "shop", "--hash", plan["hash"])
+            cluster.wait_condition("shop", "Ready", timeout=600)
+            rollout.wait_rolled_out("shop", version, timeout=600)
+            responses = loadgen.between(loadgen.read(out), started, time.time())
+            summary = report(f"requests during the rollout {old} -> {version}", responses)
+            print(contract_timeline(rollout, "shop", old, responses, generation).line("shop", old))
+            dbm(bed, "status", "shop")
+            ok = ok and summary.failed == 0
+    if not ok:
+        print("unexpected: requests failed during an expand/contract rollout", file=sys.stderr)
+    return ok
+
+
+def planned(cluster: Cluster, target: str) -> dict[str, Any]:
+    """status.plan, once the plan Job has planned up to ``target``."""
+    def check() -> dict[str, Any] | None:
+        plan = (cluster.get("shop").get("status") or {}).get("plan") or {}
+        return plan if plan.get("hash") and plan.get("toRevision") == target else None
+
+    return wait_for(check, 300, f"the plan to {target}")
 
 
 def _adopt_crd(bed: Bed) -> None:

@@ -12,8 +12,8 @@ an order (``POST /orders``), the others list them (``GET /orders``).
 Each response becomes one JSON line, written as it arrives: ``t`` (when it was sent, Unix time), ``op`` (read or
 write), ``status`` (the HTTP status; 0 when there was none: refused, reset, timed out), ``ms``, ``version`` and
 ``pod`` (the shop's X-Shop-Version and X-Served-By headers) and ``error`` (the body's error or the exception). A
-request fails when its status is not 2xx (0 included: no answer within 10 s is a failure too). Only the standard
-library: it runs with any Python, inside the bed's network namespace where the Service's ClusterIP routes.
+request fails when its status is not 2xx (0 included: no answer within ``--timeout``, 30 s, is a failure too).
+Only the standard library: it runs with any Python, inside the bed's network namespace where the ClusterIP routes.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ class Response:
         return 200 <= self.status < 300
 
 
-def send(url: str, op: str, customers: int = 3, timeout: float = 10.0) -> Response:
+def send(url: str, op: str, customers: int = 3, timeout: float = 30.0) -> Response:
     """One request of kind ``op`` (read: GET /orders; write: POST /orders), on a connection of its own."""
     parts = urlsplit(url)
     started, t = time.monotonic(), time.time()
@@ -82,8 +82,8 @@ class Load:
     """The load, running in threads of this process until :meth:`stop`; responses go to ``out`` as JSON lines."""
 
     def __init__(self, url: str, out: Path, rate: float = 30, write_every: int = 3, threads: int = 32,
-                 customers: int = 3) -> None:
-        self.url, self.out, self.rate, self.write_every = url, out, rate, write_every
+                 customers: int = 3, timeout: float = 30.0) -> None:
+        self.url, self.out, self.rate, self.write_every, self.timeout = url, out, rate, write_every, timeout
         self.customers = customers
         self._stop = threading.Event()
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="loadgen")
@@ -93,7 +93,9 @@ class Load:
         self.sent = 0
 
     def _record(self, op: str) -> None:
-        response = send(self.url, op, self.customers)
+        with self._lock:
+            self.sent += 1  # counted when it leaves, not when it was due: stop() drops the ones that never left
+        response = send(self.url, op, self.customers, self.timeout)
         with self._lock:
             if self._file is not None:
                 self._file.write(json.dumps(asdict(response)) + "\n")
@@ -101,13 +103,12 @@ class Load:
 
     def _run(self) -> None:
         start = time.monotonic()
+        due = 0
         while not self._stop.is_set():
-            due = start + self.sent / self.rate
-            if (wait := due - time.monotonic()) > 0 and self._stop.wait(wait):
+            if (wait := start + due / self.rate - time.monotonic()) > 0 and self._stop.wait(wait):
                 break
-            op = "write" if self.sent % self.write_every == self.write_every - 1 else "read"
-            self._pool.submit(self._record, op)
-            self.sent += 1
+            self._pool.submit(self._record, "write" if due % self.write_every == self.write_every - 1 else "read")
+            due += 1
 
     def start(self) -> Load:
         self._file = self.out.open("a")
@@ -120,7 +121,7 @@ class Load:
         self._stop.set()
         if self._clock is not None:
             self._clock.join()
-        self._pool.shutdown(wait=True)
+        self._pool.shutdown(wait=True, cancel_futures=True)
         with self._lock:
             if self._file is not None:
                 self._file.close()
@@ -198,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=30, help="requests per second (default 30)")
     parser.add_argument("--write-every", type=int, default=3, help="one write in N requests (default 3)")
     parser.add_argument("--duration", type=float, default=0, help="seconds to run (default: until SIGTERM)")
+    parser.add_argument("--timeout", type=float, default=30, help="seconds a request may take (default 30)")
     parser.add_argument("--summary", type=Path, help="print the summary of a recorded file and exit")
     args = parser.parse_args(argv)
     if args.summary:
@@ -209,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not args.url or not args.out:
         parser.error("--url and --out are needed (or --summary FILE)")
-    load = Load(args.url, args.out, rate=args.rate, write_every=args.write_every).start()
+    load = Load(args.url, args.out, rate=args.rate, write_every=args.write_every, timeout=args.timeout).start()
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     signal.signal(signal.SIGINT, lambda *_: done.set())

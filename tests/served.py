@@ -32,7 +32,7 @@ from shopapp import HEADS
 DEPLOY = Path(__file__).resolve().parent.parent / "examples" / "shop" / "deploy" / "shop.yaml"
 LOADGEN = Path(loadgen.__file__).resolve()
 VERSION_LABEL = "app.kubernetes.io/version"
-RATE = 30  # requests per second, a third of them writes: what the issue measured today's outage under
+RATE = 10  # requests per second in the tests, a third of them writes (make bench-rollout: 30, as the issue measured)
 
 
 def shop_ref(bed: Bed, version: str) -> str:
@@ -60,22 +60,24 @@ def release(ns: str, name: str, version: str, image: str) -> list[dict[str, Any]
     container = tmpl["spec"]["containers"][0]
     container["image"] = image
     container["env"][0]["valueFrom"]["secretKeyRef"]["name"] = f"{name}-db"
-    container["env"][1]["value"] = "3"  # drain: the bed's kube-proxy drops an endpoint within a second
     svc["spec"]["selector"] = {"app": name}
     return [dbm, deploy, svc]
 
 
 @dataclass
 class PodLog:
-    """Every pod deletion the namespace's watch saw, with the local time (the contract must come after)."""
+    """When each pod terminated (its phase turned Succeeded or Failed, or it was deleted, whichever the watch saw
+    first) and when each Job was created, with the local time and etcd's revision of the event: etcd's order says
+    which came first however late this process saw it."""
 
-    gone: dict[str, tuple[float, str]] = field(default_factory=dict)  # pod -> (time, its release)
+    gone: dict[str, tuple[float, int, str]] = field(default_factory=dict)  # pod -> (time, revision, its release)
+    created: dict[str, tuple[float, int]] = field(default_factory=dict)  # Job -> (time, revision)
     stop: threading.Event = field(default_factory=threading.Event)
 
-    def last_gone(self, app: str, version: str) -> float:
-        times = [t for name, (t, v) in self.gone.items() if v == version and name.startswith(f"{app}-")]
-        assert times, f"no pod of {app} {version} was seen going"
-        return max(times)
+    def last_gone(self, app: str, version: str) -> tuple[float, int]:
+        seen = [(t, rv) for name, (t, rv, v) in self.gone.items() if v == version and name.startswith(f"{app}-")]
+        assert seen, f"no pod of {app} {version} was seen going"
+        return max(seen, key=lambda x: x[1])
 
 
 @dataclass
@@ -144,7 +146,7 @@ class Rollout:
             yield out
         finally:
             proc.send_signal(signal.SIGTERM)
-            proc.wait(30)
+            proc.wait(60)  # the requests in flight answer or time out
 
     def contract_job(self, app: str, generation: int | None = None) -> dict[str, Any]:
         """The contract Job of ``app`` (of ``generation`` when given): the Job of role contract."""
@@ -154,23 +156,37 @@ class Rollout:
 
 
 def watch_pods(api: k8s.ApiClient, ns: str, log: PodLog) -> None:
-    core = k8s.CoreV1Api(api)
+    """Feed ``log`` from watches of the namespace's pods and Jobs (two threads) until ``log.stop``."""
+    core, batch = k8s.CoreV1Api(api), k8s.BatchV1Api(api)
+    threading.Thread(target=_watch, args=(batch.list_namespaced_job, ns, log, _job_seen), daemon=True).start()
+    _watch(core.list_namespaced_pod, ns, log, _pod_seen)
+
+
+def _pod_seen(log: PodLog, kind: str, obj: Any) -> None:
+    meta = obj.metadata
+    if meta.name not in log.gone and (kind == "DELETED" or (obj.status and obj.status.phase in ("Succeeded",
+                                                                                                  "Failed"))):
+        log.gone[meta.name] = (time.time(), int(meta.resource_version), (meta.labels or {}).get(VERSION_LABEL, ""))
+
+
+def _job_seen(log: PodLog, kind: str, obj: Any) -> None:
+    if kind == "ADDED":
+        log.created.setdefault(obj.metadata.name, (time.time(), int(obj.metadata.resource_version)))
+
+
+def _watch(list_fn: Any, ns: str, log: PodLog, seen: Any) -> None:
+    since = list_fn(ns).metadata.resource_version  # from now on, every event, across the watch's restarts
     while not log.stop.is_set():
-        with contextlib.suppress(Exception):  # a watch that expires is started again
-            for event in watch.Watch().stream(core.list_namespaced_pod, ns, timeout_seconds=5):
-                pod = event["object"]
-                if event["type"] == "DELETED":
-                    log.gone[pod.metadata.name] = (time.time(), (pod.metadata.labels or {}).get(VERSION_LABEL, ""))
+        with contextlib.suppress(Exception):  # an expired watch is started again from the last revision seen
+            for event in watch.Watch().stream(list_fn, ns, resource_version=since, timeout_seconds=5):
+                since = event["object"].metadata.resource_version
+                seen(log, event["type"], event["object"])
                 if log.stop.is_set():
                     return
 
 
 def _stamp(t: float) -> str:
     return datetime.fromtimestamp(t, UTC).strftime("%H:%M:%S.%f")[:-3]
-
-
-def _api_time(text: str) -> float:
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
 def report(name: str, responses: list[loadgen.Response]) -> loadgen.Summary:
@@ -183,26 +199,28 @@ def report(name: str, responses: list[loadgen.Response]) -> loadgen.Summary:
 
 @dataclass(frozen=True)
 class Timeline:
-    """When the old release stopped and the contract Job of the new one began (the Job's times are the API
-    server's, in whole seconds; the others this machine's clock, which the bed shares)."""
+    """When the old release stopped and the contract Job of the new one was created: local times (the bed shares
+    this machine's clock) and etcd's revisions of the events, which order them exactly."""
 
     job: str
     created: float
-    started: float
-    last_gone: float  # the last pod of the old release deleted (after its drain: a terminating pod still serves)
+    created_rv: int
+    last_gone: float  # the last pod of the old release terminated (after its drain: a terminating pod still serves)
+    last_gone_rv: int
     last_answer: float  # the last response the old release sent
 
     def line(self, app: str, old: str) -> str:
-        return (f"{app}: last response of {old} {_stamp(self.last_answer)}; last pod of {old} gone "
-                f"{_stamp(self.last_gone)}; contract Job {self.job} created {_stamp(self.created)}, started "
-                f"{_stamp(self.started)}")
+        return (f"{app}: last response of {old} {_stamp(self.last_answer)}; last pod of {old} terminated "
+                f"{_stamp(self.last_gone)} (etcd revision {self.last_gone_rv}); contract Job {self.job} created "
+                f"{_stamp(self.created)} (etcd revision {self.created_rv})")
 
 
 def contract_timeline(s: Rollout, app: str, old: str, responses: list[loadgen.Response],
                       generation: int) -> Timeline:
     """The contract Job of ``generation`` next to the last pod and the last response of release ``old``."""
     job = wait_for(lambda: s.contract_job(app, generation), 30, f"the contract Job of generation {generation}")
-    return Timeline(job=job["metadata"]["name"], created=_api_time(job["metadata"]["creationTimestamp"]),
-                    started=_api_time((job.get("status") or {}).get("startTime")
-                                      or job["metadata"]["creationTimestamp"]),
-                    last_gone=s.pods.last_gone(app, old), last_answer=max(r.t for r in responses if r.version == old))
+    name = job["metadata"]["name"]
+    created, created_rv = wait_for(lambda: s.pods.created.get(name), 30, f"the watch to see {name} created")
+    last_gone, last_gone_rv = s.pods.last_gone(app, old)
+    return Timeline(job=name, created=created, created_rv=created_rv, last_gone=last_gone, last_gone_rv=last_gone_rv,
+                    last_answer=max(r.t for r in responses if r.version == old))

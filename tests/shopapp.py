@@ -100,7 +100,8 @@ class ShopServer:
 
     def __enter__(self) -> ShopServer:
         env = {**os.environ, "DATABASE_URL": self.url, "PORT": str(self.port), "SHOP_VERSION": self.version,
-               "SHOP_DRAIN_SECONDS": "0", "PYTHONPATH": str(self.tree)}
+               "SHOP_DRAIN_SECONDS": "0", "SHOP_DRAIN_MAX_SECONDS": "0",
+               "PYTHONPATH": str(self.tree)}
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen([sys.executable, "-m", "shop.server"], cwd=self.tree, env=env, stdout=log,
                                          stderr=subprocess.STDOUT)

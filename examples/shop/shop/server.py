@@ -11,8 +11,10 @@ the only thing that changes between versions (which is why a schema change the r
 breaks it: its queries name the columns of its own models). Every response says which release and pod served it
 (``X-Shop-Version``, ``X-Served-By``), so a load generator can tell the old version's answers from the new one's.
 
-On SIGTERM the server answers 503 on ``/healthz`` but keeps serving for ``SHOP_DRAIN_SECONDS`` (default 5): the pod
-leaves the Service's endpoints first, so a rolling update loses no request to a closed port.
+On SIGTERM the server answers 503 on ``/healthz`` but keeps serving for ``SHOP_DRAIN_SECONDS`` (default 5), and on
+while requests still arrive (up to ``SHOP_DRAIN_MAX_SECONDS``, default 20: a busy node's kube-proxy may take a
+while to drop the pod from the Service), then stops accepting and finishes the requests in flight before it exits:
+a rolling update loses no request to a closed port or a killed handler.
 """
 
 from __future__ import annotations
@@ -77,6 +79,7 @@ class Shop:
     def __init__(self, url: str) -> None:
         self.engine: Engine = create_engine(url, pool_size=5, max_overflow=5, pool_pre_ping=True)
         self.draining = threading.Event()
+        self.last_request = time.monotonic()
 
     def list_orders(self, limit: int) -> list[dict[str, Any]]:
         with Session(self.engine) as session:
@@ -130,6 +133,7 @@ def handler_for(shop: Shop) -> type[BaseHTTPRequestHandler]:
             self._send(status, payload)
 
         def do_GET(self) -> None:
+            shop.last_request = time.monotonic()
             url = urlsplit(self.path)
             if url.path == "/healthz":
                 self._guarded(lambda: (200, {"ok": True}) if shop.healthy() else (503, {"ok": False}))
@@ -141,6 +145,7 @@ def handler_for(shop: Shop) -> type[BaseHTTPRequestHandler]:
                 self._send(404, {"error": f"no such path {url.path}"})
 
         def do_POST(self) -> None:
+            shop.last_request = time.monotonic()
             if urlsplit(self.path).path != "/orders":
                 self._send(404, {"error": f"no such path {self.path}"})
                 return
@@ -158,10 +163,10 @@ def handler_for(shop: Shop) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-def serve(url: str, port: int, drain_seconds: float) -> None:
+def serve(url: str, port: int, drain_seconds: float, drain_max_seconds: float) -> None:
     shop = Shop(url)
     server = ThreadingHTTPServer(("", port), handler_for(shop))
-    server.daemon_threads = True
+    server.daemon_threads = False  # server_close() waits for the requests in flight (block_on_close)
 
     def drain_then_stop(*_: object) -> None:
         if shop.draining.is_set():
@@ -170,7 +175,10 @@ def serve(url: str, port: int, drain_seconds: float) -> None:
         print(f"SIGTERM: draining for {drain_seconds:g}s, then stopping", file=sys.stderr, flush=True)
 
         def stop() -> None:
+            started = time.monotonic()
             time.sleep(drain_seconds)
+            while time.monotonic() - shop.last_request < 1 and time.monotonic() - started < drain_max_seconds:
+                time.sleep(0.2)  # requests still arrive: the Service has not let go of this pod yet
             server.shutdown()
 
         threading.Thread(target=stop, daemon=True).start()
@@ -190,7 +198,8 @@ def main() -> int:
     if not url:
         print("set DATABASE_URL to the shop database's SQLAlchemy URL", file=sys.stderr)
         return 2
-    serve(url, int(os.environ.get("PORT", "8000")), float(os.environ.get("SHOP_DRAIN_SECONDS", "5")))
+    serve(url, int(os.environ.get("PORT", "8000")), float(os.environ.get("SHOP_DRAIN_SECONDS", "5")),
+          float(os.environ.get("SHOP_DRAIN_MAX_SECONDS", "20")))
     return 0
 
 
