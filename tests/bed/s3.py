@@ -16,6 +16,7 @@ Pods on the real node reach it through the bed's relay, like PostgreSQL (``Bed.e
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -31,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
+PROBE_BUCKET = "alembic-operator-probe"  # start() writes here to know the server takes writes
 
 
 @dataclass(frozen=True)
@@ -94,10 +96,11 @@ class SeaweedFS:
         weed = weed_binary()
         cmd = [str(weed), "server", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-dir={self.data}",
                f"-master.port={self.master}", f"-master.port.grpc={self.master_grpc}", "-master.telemetry=false",
-               "-master.volumeSizeLimitMB=256", "-volume.max=0",
+               "-master.volumeSizeLimitMB=256", "-volume.max=0", "-master.electionTimeout=1s",
+               "-volume.preStopSeconds=0",
                f"-volume.port={self.volume}", f"-volume.port.grpc={self.volume_grpc}",
                "-filer", f"-filer.port={self.filer}", f"-filer.port.grpc={self.filer_grpc}",
-               f"-filer.localSocket={self.base / 'filer.sock'}",
+               f"-filer.localSocket={self.base / 'filer.sock'}", f"-s3.localSocket={self.base / 's3.sock'}",
                "-s3", f"-s3.port={self.port}", f"-s3.port.grpc={self.port_grpc}", "-s3.port.iceberg=0",
                "-s3.port.lance=0", f"-s3.config={self._config()}"]
         log = open(self.base / "weed.log", "ab")  # noqa: SIM115 (the process keeps it)
@@ -107,7 +110,7 @@ class SeaweedFS:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"weed exited with {self.proc.returncode}: see {self.base / 'weed.log'}")
-            if self._answers():
+            if self._answers() and self._writable():
                 return
             time.sleep(0.2)
         raise RuntimeError(f"SeaweedFS did not answer on {self.endpoint} in {timeout}s: see {self.base / 'weed.log'}")
@@ -122,6 +125,20 @@ class SeaweedFS:
             return False
         return self.filer_ready()
 
+    def _writable(self) -> bool:
+        """An object can be written: after a restart the gateway answers before its volumes take writes again."""
+        from botocore.config import Config
+
+        probe = self.client(config=Config(s3={"addressing_style": "path"}, retries={"total_max_attempts": 1},
+                                          connect_timeout=2, read_timeout=5))
+        try:
+            with contextlib.suppress(probe.exceptions.BucketAlreadyOwnedByYou, probe.exceptions.BucketAlreadyExists):
+                probe.create_bucket(Bucket=PROBE_BUCKET)
+            probe.put_object(Bucket=PROBE_BUCKET, Key="probe", Body=b"ok")
+        except Exception:  # not yet (the first write waits for a volume: its read times out)
+            return False
+        return True
+
     def filer_ready(self) -> bool:
         try:
             with socket.create_connection(("127.0.0.1", self.volume), timeout=1):
@@ -129,16 +146,16 @@ class SeaweedFS:
         except OSError:
             return False
 
-    def client(self, keys: Keys | None = None, endpoint: str | None = None) -> Any:
+    def client(self, keys: Keys | None = None, config: Any = None) -> Any:
         import boto3
         from botocore.config import Config
 
         keys = keys or self.keys
         return boto3.session.Session().client(
-            "s3", endpoint_url=endpoint or self.endpoint, region_name="us-east-1",
+            "s3", endpoint_url=self.endpoint, region_name="us-east-1",
             aws_access_key_id=keys.access, aws_secret_access_key=keys.secret,
-            config=Config(s3={"addressing_style": "path"}, retries={"mode": "standard", "max_attempts": 5},
-                          request_checksum_calculation="when_required"))
+            config=config or Config(s3={"addressing_style": "path"}, retries={"mode": "standard", "max_attempts": 5},
+                                    request_checksum_calculation="when_required"))
 
     def create_bucket(self, name: str) -> str:
         self.client().create_bucket(Bucket=name)
@@ -151,19 +168,23 @@ class SeaweedFS:
                 "ALEMBIC_OPERATOR_S3_PATH_STYLE": "true", "AWS_ACCESS_KEY_ID": keys.access,
                 "AWS_SECRET_ACCESS_KEY": keys.secret, "AWS_EC2_METADATA_DISABLED": "true"}
 
-    def stop(self) -> None:
-        """End the server (its data stays for a `start()`)."""
+    def stop(self, grace: float = 5) -> None:
+        """End the server (its data stays for a `start()`): SIGTERM, SIGKILL after `grace` seconds (its graceful
+        shutdown can take 20)."""
         if self.proc is None:
             return
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGTERM)
             try:
-                self.proc.wait(timeout=20)
+                self.proc.wait(timeout=grace)
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
         self.proc = None
+        for port in (self.master_grpc, self.volume_grpc, self.filer_grpc, self.port_grpc):
+            for sock in Path("/tmp").glob(f"seaweedfs-*-grpc-{port}.sock"):  # weed server puts them there, always
+                sock.unlink(missing_ok=True)
 
     def destroy(self) -> None:
-        self.stop()
+        self.stop(grace=0.5)
         shutil.rmtree(self.base, ignore_errors=True)

@@ -12,7 +12,7 @@ from alembic_operator import constants as c
 from bed.s3 import SeaweedFS
 from e2e import BASE_REVISIONS, DROP_LEGACY, E2E, R3, checksum, on_every_engine, revision
 
-pytestmark = pytest.mark.bed
+pytestmark = [pytest.mark.bed, pytest.mark.xdist_group("s3")]  # one SeaweedFS per run
 ORDERS = "id, customer_id, total, legacy_code"
 WRONG_SECRET = "wrong-secret-key-of-the-e2e-test-0123"
 

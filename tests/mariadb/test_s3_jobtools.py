@@ -13,7 +13,7 @@ from test_engine import checksums, seed
 from bed.mariadb import Database
 from bed.s3 import SeaweedFS
 
-pytestmark = pytest.mark.mariadb
+pytestmark = [pytest.mark.mariadb, pytest.mark.xdist_group("s3")]
 
 
 def test_backup_to_s3_restore_from_it_and_retention(

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 from typing import IO, Any
 
 import pytest
@@ -17,7 +16,8 @@ from alembic_operator.backupstores.s3 import PART_SIZE_ENV, S3Store
 from bed.postgres import Database
 from bed.s3 import Keys, SeaweedFS
 
-pytestmark = pytest.mark.postgres
+# One worker runs every test of the S3 server (one SeaweedFS per run, not one per worker)
+pytestmark = [pytest.mark.postgres, pytest.mark.xdist_group("s3")]
 
 
 @pytest.fixture
@@ -47,34 +47,27 @@ def test_backup_to_s3_then_a_failed_migration_restored_from_it(
     location = f"s3://{s3_bucket}/prod/shop/orders"
     run = backup(job, database, s3_env, location)
     assert run.rc == 0, run
-    name = run.result["file"].rpartition("/")[2]
-    assert run.result["file"] == run.result["location"] == f"{location}/{name}"
+    taken = run.result
+    name = taken["file"].rpartition("/")[2]
+    assert taken["file"] == taken["location"] == f"{location}/{name}"
     client = s3_env.client()
     record = json.loads(client.get_object(Bucket=s3_bucket, Key=f"prod/shop/orders/{name}.json")["Body"].read())
-    assert record["sha256"] == run.result["sha256"] and record["sizeBytes"] == run.result["sizeBytes"] > 0
+    assert record["sha256"] == taken["sha256"] and record["sizeBytes"] == taken["sizeBytes"] > 0
     assert record["revision"] == "a1" and record["file"] == name
 
     failed_migration(database)
-    run = leak_free(job(database.url, "restore", "--store", "s3", "--dump", run.result["file"], "--sha256",
-                        run.result["sha256"]), s3_env.keys)
+    wrong = "sha256:" + "0" * 64  # the checksum is verified before anything is touched
+    run = job(database.url, "restore", "--store", "s3", "--dump", taken["file"], "--sha256", wrong)
+    assert run.result["reason"] == reasons.BACKUP_CORRUPT and "nothing was restored" in run.result["message"]
+    assert "public.invoices" in relations(database)
+    run = job(database.url, "restore", "--store", "s3", "--dump", f"{location}/orders-missing.dump", "--sha256", wrong)
+    assert run.result["reason"] == reasons.BACKUP_NOT_FOUND
+    run = leak_free(job(database.url, "restore", "--store", "s3", "--dump", taken["file"], "--sha256",
+                        taken["sha256"]), s3_env.keys)
     assert run.rc == 0, run
     assert run.result["revision"] == "a1" and "checksum verified" in run.err
     assert relations(database) == {"public.orders", "public.alembic_version"}
     assert database.query("SELECT id, legacy_code, amount FROM orders ORDER BY id") == before
-
-
-def test_restore_refuses_a_dump_whose_checksum_differs_and_touches_nothing(
-        database: Database, job: Any, s3_env: SeaweedFS, s3_bucket: str) -> None:
-    seed(database)
-    location = f"s3://{s3_bucket}/shop/orders"
-    run = backup(job, database, s3_env, location)
-    failed_migration(database)
-    wrong = "sha256:" + "0" * 64
-    run = job(database.url, "restore", "--store", "s3", "--dump", run.result["file"], "--sha256", wrong)
-    assert run.result["reason"] == reasons.BACKUP_CORRUPT and "nothing was restored" in run.result["message"]
-    assert "invoices" in {r.rpartition(".")[2] for r in relations(database)}  # the failed migration is still there
-    run = job(database.url, "restore", "--store", "s3", "--dump", f"{location}/orders-missing.dump", "--sha256", wrong)
-    assert run.result["reason"] == reasons.BACKUP_NOT_FOUND
 
 
 def test_retention_keeps_the_newest_n_backups_and_deletes_what_interrupted_uploads_left(
@@ -113,7 +106,7 @@ def test_an_upload_cut_off_by_the_server_stopping_leaves_no_backup_and_the_next_
         for _ in range(3):  # three parts, then the server goes away: four more cannot be uploaded
             out.write(os.urandom(5 << 20))
         assert store.uploads_in_progress("orders") == [name]
-        s3_env.stop()
+        s3_env.stop(grace=0)  # as a crash: at once
         for _ in range(4):
             out.write(os.urandom(5 << 20))
 
@@ -167,8 +160,5 @@ def test_each_misconfiguration_fails_the_backup_with_its_own_reason_before_the_d
     run = backup(job, database, s3_env, location)
     assert run.result["reason"] == reasons.BACKUP_STORE_UNREACHABLE
     assert not s3_env.client().list_objects_v2(Bucket=s3_bucket).get("Contents")  # nothing was written anywhere
-
-
-def test_a_store_location_that_is_not_s3_is_refused(job: Any, database: Database, tmp_path: Path) -> None:
     run = job(database.url, "restore", "--store", "s3", "--dump", "/backups/x.dump", "--sha256", "sha256:" + "a" * 64)
-    assert run.result["reason"] == reasons.INVALID_ARGUMENT
+    assert run.result["reason"] == reasons.INVALID_ARGUMENT  # not an s3:// reference

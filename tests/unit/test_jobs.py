@@ -370,7 +370,8 @@ def test_every_store_field_of_the_spec_has_its_store_and_the_cel_rule_names_them
     assert {s.spec_field for s in backupstores.REGISTRY} == set(store_fields()) == {"volume", "s3"}
     needed, one = SPEC_RULES[0], SPEC_RULES[1]
     assert needed.rule == "!self.backup.enabled || has(self.backup.volume) || has(self.backup.s3)"
-    assert needed.field_path == ".backup" and needed.message.startswith("spec.backup needs one of spec.backup.volume, spec.backup.s3 when")
+    assert needed.field_path == ".backup"
+    assert needed.message.startswith("spec.backup needs one of spec.backup.volume, spec.backup.s3 when")
     assert one.rule == "[has(self.backup.volume), has(self.backup.s3)].filter(x, x).size() <= 1"
 
 

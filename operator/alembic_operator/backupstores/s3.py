@@ -350,6 +350,7 @@ class S3Store(BackupStore[S3Spec]):
         self._client: S3Client | None = None
         self._fetched: dict[str, tuple[Path, str, int]] = {}
         self._scratch: tempfile.TemporaryDirectory[str] | None = None
+        self._checked = False  # preflight() listed the location
 
     @property
     def client(self) -> S3Client:
@@ -417,11 +418,15 @@ class S3Store(BackupStore[S3Spec]):
 
     def preflight(self) -> None:
         """List the location once: what users get wrong (bucket, credentials, endpoint, region, clock) shows here,
-        with its reason, before anything is dumped."""
+        with its reason, before anything is dumped (a GET: its error has a body and a code; a HEAD's has none)."""
+        if self._checked:
+            return
         with self._calling(f"listing {self._where()}"):
             self.client.list_objects_v2(Bucket=self.bucket, Prefix=self._key("x")[:-1], MaxKeys=1)
+        self._checked = True
 
     def exists(self, name: str) -> bool:
+        self.preflight()
         return any(self._head(key) is not None for key in (self._key(name), self._key(name + _RECORD)))
 
     def _head(self, key: str) -> int | None:
