@@ -1,6 +1,6 @@
 """The S3 backup store's pure parts: its Job wiring from spec.backup.s3, the spec's checks, the Job's settings, the
 part sizes and ETag, and what each S3 error becomes (reason and fix). Its I/O against a real server is in
-tests/postgres/test_s3_jobtools.py and tests/mariadb/test_s3_jobtools.py."""
+tests/postgres/test_s3_jobtools.py and tests/mariadb/test_s3_mariadb.py."""
 
 from __future__ import annotations
 
