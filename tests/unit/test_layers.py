@@ -8,7 +8,8 @@ import for types only, under TYPE_CHECKING, counts like any other):
                 metrics, config, audit, schedule, freshness, events: talk to Kubernetes (Kopf, the API client), keep
                 what it said, and when
     programs    jobtools, check.*: commands that run in Jobs or in CI
-    decisions   reconcile, status, gate, podstate, jobs, approvals: pure functions of what was observed
+    decisions   reconcile, fleet (the sets' strategy; fleet.api is model, fleet.handlers operator), status, gate,
+                podstate, jobs, approvals: pure functions of what was observed
     seams       engines.*, backupstores.*, dbstate, jobio, plugins, sqlscan, sqlscan_mysql: databases and backup stores;
                 they answer the decisions (through what the model says) and never ask them
     model       api, observation, objects, k8s_openapi, jobparts, constants, reasons, plansql, sqlrules: the API
@@ -29,13 +30,14 @@ PACKAGE = Path(__file__).resolve().parents[2] / "operator" / "alembic_operator"
 Layers = tuple[tuple[str, tuple[str, ...]], ...]
 LAYERS: Layers = (
     ("entry", ("cli", "__main__", "app", "crdgen", "dbm", "k8s_openapi.__main__")),
-    ("operator", ("handlers", "act", "observe", "indexes", "configmaps", "release", "webhook", "kube", "kept",
+    ("operator", ("handlers", "fleet.handlers", "act", "observe", "indexes", "configmaps", "release", "webhook",
+                  "kube", "kept",
                   "metrics", "config", "audit", "schedule", "freshness", "events")),
     ("programs", ("jobtools", "check")),
-    ("decisions", ("reconcile", "status", "gate", "podstate", "jobs", "approvals")),
+    ("decisions", ("reconcile", "fleet", "status", "gate", "podstate", "jobs", "approvals")),
     ("seams", ("engines", "backupstores", "dbstate", "jobio", "plugins", "sqlscan", "sqlscan_mysql")),
-    ("model", ("api", "observation", "objects", "k8s_openapi", "jobparts", "constants", "reasons", "plansql",
-               "sqlrules",
+    ("model", ("api", "fleet.api", "observation", "objects", "k8s_openapi", "jobparts", "constants", "reasons",
+               "plansql", "sqlrules",
                "__init__")),
     ("runner", ("runner",)),
 )
