@@ -193,3 +193,26 @@ def test_member_spec_names_and_hashes() -> None:
     assert len(long) <= 63 and long != migration_name("s" * 40, "t" * 39 + "u")
     with pytest.raises(SpecError, match=r"spec\.strategy\.waves\[0\]"):
         spec(waves=["150%"])
+
+
+def test_the_set_crd_and_kubectl_dbm_set_show_the_rollout() -> None:
+    from alembic_operator import crdgen
+    from alembic_operator.dbm import sets
+
+    crd = crdgen.set_crd()
+    assert crd["spec"]["names"]["shortNames"] == ["dbms"] and crd["spec"]["names"]["categories"] == ["migrations"]
+    schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+    assert {"migrations", "targetRevision", "backup"} <= set(schema["template"]["properties"])
+    assert "database" not in schema["template"]["properties"]
+    s = spec(canary={"count": 2}, waves=["10%", "100%"], maxInFlight=20)
+    out = decide(inputs(s, tenants(30), {"t000": "ready", "t001": "failed"}))
+    obj = {"metadata": {"name": "tenants", "creationTimestamp": "2026-01-01T00:00:00Z"},
+           "status": out.status.model_dump(mode="json", by_alias=True, exclude_none=True)}
+    (one,) = sets.by_name([obj])
+    listed = sets.list_text([one])
+    assert listed.splitlines()[1].split()[:8] == ["tenants", "canary", "1/30", "0", "0", "1", "28",
+                                                   "FailureBudgetSpent"]
+    detail = sets.detail_text(one)
+    assert "t001" in detail and "s-t001" in detail and "JobFailed" in detail and "kubectl dbm resume tenants" in detail
+    assert sets.resume_patch("7") == {"spec": {"strategy": {"paused": False}},
+                                      "metadata": {"annotations": {c.RETRY_ANNOTATION: "7"}}}
