@@ -62,7 +62,7 @@ async def write(ctx: Context, obj: Migration, stored: JsonObject, decision: Deci
     if decision.records:  # before the status that ends the run: a crash in between loses no record
         await audit.write(ctx.kube, obj, [record.model_copy(update={"message": decision.state.message})
                                           for record in decision.records], ctx.config.run_records)
-    if patch := merge_patch(stored, decision.status):
+    if patch := merge_patch(*(_reconcilers(x) for x in (stored, decision.status))):
         try:
             ctx.runtime.remember(await ctx.kube.patch_status(meta["namespace"], meta["name"], patch))
         except kube.NotFound:
@@ -71,6 +71,11 @@ async def write(ctx: Context, obj: Migration, stored: JsonObject, decision: Deci
         events.post(kopf.Body(obj), kind, reason, message)  # type: ignore[arg-type]
         (logger.warning if kind == "Warning" else logger.info)("%s: %s", reason, message)
     return True
+
+
+def _reconcilers(status: JsonObject) -> JsonObject:
+    """The status without the fields other writers own (status.notifications: the notifier's)."""
+    return {k: v for k, v in status.items() if k != "notifications"}
 
 
 def count(ctx: Context, namespace: str, name: str, before: DatabaseMigrationStatus, decision: Decision,

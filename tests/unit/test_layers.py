@@ -5,11 +5,11 @@ import for types only, under TYPE_CHECKING, counts like any other):
 
     entry       cli, __main__, app, crdgen, dbm.*, k8s_openapi.__main__/main: start-up, CLIs, generators
     operator    handlers (a pass, as Kopf calls it), observe, act, indexes, configmaps, release, webhook, kube, kept,
-                metrics, config, audit, schedule, freshness, events: talk to Kubernetes (Kopf, the API client), keep
-                what it said, and when
+                metrics, config, audit, schedule, freshness, events, notify.send: talk to Kubernetes (Kopf, the API
+                client), keep what it said, and when
     programs    jobtools, check.*: commands that run in Jobs or in CI
-    decisions   reconcile, fleet (the sets' strategy; fleet.api is model, fleet.handlers operator), status, gate,
-                podstate, jobs, approvals: pure functions of what was observed
+    decisions   reconcile, status, gate, podstate, jobs, approvals, notify (but notify.send), fleet (the sets'
+                strategy; fleet.api is model, fleet.handlers operator): pure functions of what was observed
     seams       engines.*, backupstores.*, dbstate, jobio, plugins, sqlscan, sqlscan_mysql: databases and backup stores;
                 they answer the decisions (through what the model says) and never ask them
     model       api, observation, objects, k8s_openapi, jobparts, constants, reasons, plansql, sqlrules: the API
@@ -30,11 +30,10 @@ PACKAGE = Path(__file__).resolve().parents[2] / "operator" / "alembic_operator"
 Layers = tuple[tuple[str, tuple[str, ...]], ...]
 LAYERS: Layers = (
     ("entry", ("cli", "__main__", "app", "crdgen", "dbm", "k8s_openapi.__main__")),
-    ("operator", ("handlers", "fleet.handlers", "act", "observe", "indexes", "configmaps", "release", "webhook",
-                  "kube", "kept",
-                  "metrics", "config", "audit", "schedule", "freshness", "events")),
+    ("operator", ("handlers", "act", "observe", "indexes", "configmaps", "release", "webhook", "kube", "kept",
+                  "metrics", "config", "audit", "schedule", "freshness", "events", "notify.send", "fleet.handlers")),
     ("programs", ("jobtools", "check")),
-    ("decisions", ("reconcile", "fleet", "status", "gate", "podstate", "jobs", "approvals")),
+    ("decisions", ("reconcile", "status", "gate", "podstate", "jobs", "approvals", "notify", "fleet")),
     ("seams", ("engines", "backupstores", "dbstate", "jobio", "plugins", "sqlscan", "sqlscan_mysql")),
     ("model", ("api", "fleet.api", "observation", "objects", "k8s_openapi", "jobparts", "constants", "reasons",
                "plansql", "sqlrules",
