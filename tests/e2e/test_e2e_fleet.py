@@ -53,7 +53,7 @@ def rescan(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(RESCAN_ENV, "2")
 
 
-@pytest.mark.timeout(600)
+@pytest.mark.timeout(1200)
 def test_canary_failure_stops_the_rollout_then_retry_completes_every_wave(
         rescan: None, e2e: E2E, postgres: PostgresServer, postgres_in_bed: tuple[str, int]) -> None:
     project = e2e.project([BASE, CHECK], name="tenants")

@@ -14,6 +14,7 @@ import contextvars
 import logging
 import os
 import random
+import time
 from collections.abc import Hashable, Mapping
 from datetime import UTC, datetime
 from typing import Any, TypedDict, cast
@@ -61,6 +62,9 @@ class Fleet:
         self.scheduler: Scheduler | None = None
         self.ctx: Context | None = None
         self.rescan = float(os.environ.get(RESCAN_ENV) or 60.0)
+        # The last listing of a namespace's Secrets, by selector: reused for half the rescan interval (a rollout
+        # wakes its set at each change of a member: one listing a pass would be hundreds a minute).
+        self.listed: dict[tuple[str, str | None], tuple[float, dict[str, dict[str, str]]]] = {}
 
     def start(self, ctx: Context) -> None:
         """Start the scheduler from within a Kopf handler (its context carries Kopf's Event poster)."""
@@ -145,7 +149,7 @@ class Fleet:
             selector = None
             if spec.targets.selector is not None and spec.strategy.canary.selector is None:
                 selector = ",".join(f"{k}={v}" for k, v in sorted(spec.targets.selector.match_labels.items()))
-            labels = await ctx.kube.secret_labels(namespace, selector)
+            labels = await self._secret_labels(ctx, namespace, selector)
             targets = [strategy.Target(t.secret, t.key, labels.get(t.secret, {})) for t in targets]
             if spec.targets.selector is not None:
                 wanted = spec.targets.selector.match_labels
@@ -211,6 +215,15 @@ class Fleet:
             for event in rollout.events:
                 events.post(posted, event.type, event.reason, event.message)
         return self.rescan * random.uniform(0.9, 1.1) if wants_labels else None
+
+    async def _secret_labels(self, ctx: Context, namespace: str, selector: str | None) -> dict[str, dict[str, str]]:
+        key = (namespace, selector)
+        kept = self.listed.get(key)
+        if kept is not None and time.monotonic() - kept[0] < self.rescan / 2:
+            return kept[1]
+        labels = await ctx.kube.secret_labels(namespace, selector)
+        self.listed[key] = (time.monotonic(), labels)
+        return labels
 
     async def _give(self, ctx: Context, namespace: str, member: str, template: JsonObject, thash: str,
                     target: strategy.Target, attempt: str | None) -> None:
