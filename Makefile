@@ -10,7 +10,7 @@ DEMO_DB   ?= postgresql
 PYTEST_ARGS ?=
 export PYTHONPATH := $(CURDIR)/tests$(if $(PYTHONPATH),:$(PYTHONPATH))
 
-.PHONY: help deps venv controlplane node tools test test-unit lint demo dev-cluster dev-cluster-down crd k8s-openapi clean \
+.PHONY: help deps venv controlplane node tools prometheus test test-unit lint demo dev-cluster dev-cluster-down crd k8s-openapi clean \
         image-check chart-check bench-gate bench-scale bench-fleet
 
 help:
@@ -74,14 +74,19 @@ node: deps
 tools: venv
 	$(PY) -m bed tools
 
+# promtool and prometheus (Prometheus' Go module), alertmanager (Alertmanager's), cached like the control plane: the
+# chart's alert tests (tests/unit/test_alerts.py) and the bed's end-to-end alert test use them.
+prometheus: deps
+	tests/bed/build-prometheus.sh
+
 # In parallel (pytest-xdist): one bed for all workers, each test in its own namespace with its own operator process
 # (tests/sharing.py); TEST_WORKERS=0 runs in one process.
 TEST_WORKERS ?= 4
-test: deps venv controlplane node tools
+test: deps venv controlplane node tools prometheus
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
-# No server at all: no PostgreSQL, no bed (tests/postgres, tests/cluster and tests/e2e need them).
-test-unit: venv
+# No server at all: no PostgreSQL, no bed (tests/postgres, tests/cluster and tests/e2e need them); promtool (cached).
+test-unit: venv prometheus
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
 lint: venv

@@ -214,6 +214,7 @@ def run(config: OperatorConfig) -> int:
     logging.getLogger("alembic.runtime.migration").setLevel(logging.WARNING)
     logging.getLogger("kopf.objects").addFilter(QuietSuccess())
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)  # one line per admission request otherwise
+    metrics.follow_peering()
     kopf.run(
         registry=reg,
         settings=settings(config),
