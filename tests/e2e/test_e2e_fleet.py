@@ -3,8 +3,9 @@
 One scenario proves the whole path: the canary's data breaks the revision, so the rollout stops at the canary wave
 (no other tenant gets a DatabaseMigration) and the set is Stalled naming the canary; once the data is fixed, the
 retry annotation runs it again and every wave completes (each tenant at the new revision, WaveStarted/WaveCompleted
-Events); a tenant's Secret labelled later is migrated without a new rollout; a Secret unlabelled loses its
-DatabaseMigration, never its database.
+Events); a tenant's Secret labelled while the set runs is found and migrated with the others; a Secret unlabelled
+loses its DatabaseMigration, never its database. (Slow on a loaded machine: every tenant runs a plan and a migrate
+Job; the waits are generous, nothing is timed.)
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ def rescan(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(RESCAN_ENV, "2")
 
 
-@pytest.mark.timeout(1200)
+@pytest.mark.timeout(2400)
 def test_canary_failure_stops_the_rollout_then_retry_completes_every_wave(
         rescan: None, e2e: E2E, postgres: PostgresServer, postgres_in_bed: tuple[str, int]) -> None:
     project = e2e.project([BASE, CHECK], name="tenants")
@@ -75,7 +76,7 @@ def test_canary_failure_stops_the_rollout_then_retry_completes_every_wave(
             "apiVersion": c.API_VERSION, "kind": c.SET_KIND, "metadata": {"name": "fleet"}, "spec": spec})
 
         # The canary fails on its data: the rollout stops at the canary wave, the set names it.
-        stalled = wait_for(lambda: _when(_set(e2e, "fleet"), c.STALLED), 240, "the set Stalled")
+        stalled = wait_for(lambda: _when(_set(e2e, "fleet"), c.STALLED), 900, "the set Stalled")
         cond = _condition(stalled, c.STALLED)
         assert cond["reason"] == "FailureBudgetSpent" and "tenant-00 (JobFailed)" in cond["message"]
         assert [(f["target"], f["canary"]) for f in stalled["status"]["failed"]] == [("tenant-00", True)]
@@ -83,30 +84,29 @@ def test_canary_failure_stops_the_rollout_then_retry_completes_every_wave(
         assert _members(e2e, "fleet") == ["fleet-tenant-00"]  # 0 tenants beyond the canary wave
         assert revision(dbs["tenant-00"]) == BASE.id and revision(dbs["tenant-01"]) == BASE.id
 
-        # Fix the data, retry: every wave completes.
+        # Fix the data, retry; meanwhile a new tenant's Secret gets the label: every wave completes, with it.
         dbs["tenant-00"].query("UPDATE items SET qty = 0 WHERE qty < 0")
         e2e.cluster.custom.patch_namespaced_custom_object(c.GROUP, c.VERSION, e2e.ns, c.SET_PLURAL, "fleet", {
             "metadata": {"annotations": {c.RETRY_ANNOTATION: "1"}}})
-        ready = wait_for(lambda: _when(_set(e2e, "fleet"), c.READY), 400, "the set Ready")
-        assert ready["status"]["counts"]["ready"] == TENANTS and ready["status"]["failed"] == []
-        assert _members(e2e, "fleet") == [f"fleet-tenant-{i:02d}" for i in range(TENANTS)]
-        assert {revision(db) for db in list(dbs.values())[:TENANTS]} == {CHECK.id}
+        late = list(dbs)[TENANTS]
+        e2e.cluster.labelled_secret(late, {"url": dbs[late].at(*postgres_in_bed).url}, LABEL)
+        ready = wait_for(lambda: _when(_set(e2e, "fleet"), c.READY), 1200, "the set Ready")
+        assert ready["status"]["counts"]["ready"] == TENANTS + 1 and ready["status"]["failed"] == []
+        assert _members(e2e, "fleet") == [f"fleet-tenant-{i:02d}" for i in range(TENANTS + 1)]
+        assert {revision(db) for db in dbs.values()} == {CHECK.id}
         said = [(e["reason"], e["message"].split(":")[0]) for e in e2e.cluster.events("fleet")]
         for wave in ("canary", "1/2", "2/2"):
             assert ("WaveStarted", f"wave {wave} started") in said and ("WaveCompleted", f"wave {wave} complete") \
                 in said, said
         assert ("TargetsRetried", "running 1 failed target(s) again") in said
 
-        # A late tenant is migrated without a new rollout; an unlabelled one loses its resource, not its database.
-        late = list(dbs)[TENANTS]
-        e2e.cluster.labelled_secret(late, {"url": dbs[late].at(*postgres_in_bed).url}, LABEL)
-        wait_for(lambda: revision(dbs[late]) == CHECK.id or None, 200, "the late tenant migrated")
+        # A Secret that loses the label loses its DatabaseMigration, never its database.
         e2e.cluster.labelled_secret("tenant-05", {"url": dbs["tenant-05"].at(*postgres_in_bed).url}, {})
-        wait_for(lambda: "fleet-tenant-05" not in _members(e2e, "fleet") or None, 120, "tenant-05's resource gone")
+        wait_for(lambda: "fleet-tenant-05" not in _members(e2e, "fleet") or None, 300, "tenant-05's resource gone")
         assert revision(dbs["tenant-05"]) == CHECK.id and dbs["tenant-05"].query("SELECT qty FROM items") == [(5,)]
         wait_for(lambda: _set(e2e, "fleet")["status"]["counts"] == {
             "total": TENANTS, "pending": 0, "migrating": 0, "awaitingApproval": 0, "ready": TENANTS, "failed": 0}
-            or None, 120, "the counts")
+            or None, 300, "the counts")
     finally:
         for db in dbs.values():
             postgres.drop_database(db.name)
