@@ -43,7 +43,7 @@ SET_ATTEMPT_ANNOTATION: Final = f"{GROUP}/set-attempt"  # in their spec.jobTempl
 RETRY_ANNOTATION: Final = f"{GROUP}/retry"  # on a set, written by users: retry its failed targets (any new value)
 
 # Job roles: the value of ROLE_LABEL and a part of each Job's name (jobs.ROLES declares what each does).
-Role = Literal["plan", "backup", "migrate", "downgrade", "restore", "stamp", "drift"]
+Role = Literal["plan", "backup", "migrate", "contract", "downgrade", "restore", "stamp", "drift"]
 
 # Phases (status.phase).
 Phase = Literal[
@@ -52,6 +52,8 @@ Phase = Literal[
     "AwaitingApproval",
     "BackingUp",
     "Migrating",
+    "WaitingForOldVersion",
+    "Contracting",
     "RollingBack",
     "Succeeded",
     "Failed",
@@ -67,6 +69,8 @@ MIGRATED: Final = "Migrated"
 ROLLED_BACK: Final = "RolledBack"
 APPROVAL_REQUIRED: Final = "ApprovalRequired"
 DRIFTED: Final = "Drifted"
+EXPANDED: Final = "Expanded"  # expand/contract: the plan's expand part is applied
+CONTRACTED: Final = "Contracted"  # ... its contract part (False while it waits for the older version's pods)
 
 # The durable run records (audit.py): ConfigMaps of this component, the record under this key.
 RUN_RECORD_COMPONENT: Final = "run-record"
