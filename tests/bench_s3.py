@@ -52,8 +52,8 @@ def fill(server: PostgresServer, mb: int) -> tuple[object, int]:
     batch = 500_000
     start = 0
     while True:
-        db.query("INSERT INTO orders SELECT i, 'customer-' || (i % 100000), md5(i::text), "
-                 "md5((i * 7)::text) || ' ' || repeat(chr(65 + (i % 26)), (i % 40)), (i % 10000) / 100.0, "
+        db.query("INSERT INTO orders SELECT i, 'customer-' || (i %% 100000), md5(i::text), "
+                 "md5((i * 7)::text) || ' ' || repeat(chr(65 + (i %% 26)), (i %% 40)), (i %% 10000) / 100.0, "
                  "now() - (i || ' seconds')::interval FROM generate_series(%s, %s) i", start, start + batch - 1)
         start += batch
         size = int(db.query("SELECT pg_total_relation_size('orders')")[0][0])  # type: ignore[arg-type]
@@ -78,7 +78,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=2)
     args = parser.parse_args()
     base = Path(tempfile.mkdtemp(prefix="alembic-operator-bench-s3-"))
-    pg = PostgresServer(base / "pg")
+    pg = PostgresServer(Path(tempfile.mkdtemp(prefix="alembic-operator-bench-pg-")))  # its own: postgres's
     s3 = SeaweedFS(base / "s3")
     try:
         pg.start()
