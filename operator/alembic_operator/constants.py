@@ -32,7 +32,7 @@ URL_ENV: Final = "ALEMBIC_OPERATOR_DATABASE_URL"
 FINALIZER: Final = f"{GROUP}/finalizer"
 
 # Job roles: the value of ROLE_LABEL and a part of each Job's name (jobs.ROLES declares what each does).
-Role = Literal["plan", "backup", "migrate", "downgrade", "restore", "stamp", "drift"]
+Role = Literal["plan", "backup", "migrate", "contract", "downgrade", "restore", "stamp", "drift"]
 
 # Phases (status.phase).
 Phase = Literal[
@@ -41,6 +41,8 @@ Phase = Literal[
     "AwaitingApproval",
     "BackingUp",
     "Migrating",
+    "WaitingForOldVersion",
+    "Contracting",
     "RollingBack",
     "Succeeded",
     "Failed",
@@ -56,6 +58,8 @@ MIGRATED: Final = "Migrated"
 ROLLED_BACK: Final = "RolledBack"
 APPROVAL_REQUIRED: Final = "ApprovalRequired"
 DRIFTED: Final = "Drifted"
+EXPANDED: Final = "Expanded"  # expand/contract: the plan's expand part is applied
+CONTRACTED: Final = "Contracted"  # ... its contract part (False while it waits for the older version's pods)
 
 # The durable run records (audit.py): ConfigMaps of this component, the record under this key.
 RUN_RECORD_COMPONENT: Final = "run-record"

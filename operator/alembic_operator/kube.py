@@ -285,6 +285,13 @@ class Client:
         result = await self.request("GET", f"/api/v1/namespaces/{namespace}/pods", params={"labelSelector": selector})
         return [objects.pod(item) for item in _items(result)]
 
+    async def list_workloads(self, namespace: str,
+                             plural: Literal["replicasets", "deployments", "statefulsets"]) -> list[objects.Workload]:
+        """A namespace's ReplicaSets, Deployments or StatefulSets (expand/contract: which pods are the older
+        version's), read only while a contract part waits."""
+        result = await self.request("GET", f"/apis/apps/v1/namespaces/{namespace}/{plural}")
+        return [objects.workload(item) for item in _items(result)]
+
     async def job_pods(self, namespace: str, job_name: str) -> list[objects.Pod]:
         return await self.list_pods(namespace, f"batch.kubernetes.io/job-name={job_name}")
 

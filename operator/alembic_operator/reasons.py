@@ -278,6 +278,27 @@ RESULT_TOO_LARGE = _reason("ResultTooLarge", None, "a Job's result does not fit 
 TOOL_NOT_FOUND = _reason("ToolNotFound", None, "a database client tool (pg_dump, pg_restore, psql, mariadb-dump, "
                          "mariadb) is missing from the operator image", where=_JOB)
 
+# --- expand/contract (issue 24): a plan split at its first contract revision, the contract part after the older
+# version's pods are gone (reconcile/contract.py), the pod gate's upper bound (gate.py) --------------------------------
+WAITING_FOR_OLD_VERSION = _reason(
+    "WaitingForOldVersion", "progressing", "the expand part is applied; the contract part waits until no pod of the "
+    "older version runs (status.contract names them)", where=("Contracted",))
+CONTRACTING = _reason("Contracting", "progressing", "the contract Job runs the plan's contract part (the older "
+                      "version's pods are gone)")
+OLD_VERSION_STILL_RUNNING = _reason(
+    "OldVersionStillRunning", "stalled", "pods of the older version still run past spec.contract.oldVersionTimeout "
+    "(a stuck rollout?): the contract part waits, and starts by itself once they are gone", where=("Contracted",),
+    runbook="the-older-version-does-not-go-away--stalled--oldversionstillrunning")
+BREAKS_RUNNING_VERSION = _reason(
+    "BreaksRunningVersion", "stalled", "a revision not marked phase = \"contract\" drops or renames a table or column "
+    "the running version uses: the plan waits for approval of its hash", where=("ApprovalRequired",),
+    runbook="a-revision-breaks-the-running-version--awaitingapproval--breaksrunningversion")
+EXPANDED = _reason("Expanded", None, "the plan's expand part is applied: the new version's pods may start",
+                   where=("Expanded",))
+CONTRACTED = _reason("Contracted", None, "the plan's contract part is applied", where=("Contracted",))
+SCHEMA_CONTRACTED = _reason("SchemaContracted", None, "the pod's version needs a revision that a contract revision "
+                            "applied since removed what it uses: it stays held", where=("pod Event",))
+
 # --- sets other modules need, derived ---------------------------------------------------------------------------------
 # A plan Job's result reason the user reads as it is (others become PlanFailed).
 PLAN_ERRORS: frozenset[Reason] = frozenset(r.name for r in ALL.values() if r.plan_error)

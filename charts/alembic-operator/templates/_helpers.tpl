@@ -115,6 +115,11 @@ app.kubernetes.io/part-of: alembic-operator
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["list", "watch", "patch"]
+# Expand/contract: which pods are the older version's (their ReplicaSets, Deployments, StatefulSets), read while
+# a contract part waits.
+- apiGroups: ["apps"]
+  resources: ["replicasets", "deployments", "statefulsets"]
+  verbs: ["list"]
 # The plan Job's SQL, read once per plan from its scan container's log (kept in a ConfigMap for reviewers).
 - apiGroups: [""]
   resources: ["pods/log"]

@@ -10,6 +10,7 @@ from ..api import (
     RunStep,
 )
 from ..observation import JobRefusal, Observation
+from .contract import waiting
 from .decision import Decision
 from .idle import idle
 from .migrating import backing_up, migrating
@@ -18,7 +19,8 @@ from .rollback import rolling_back
 from .turn import POLL_IDLE, Step, Turn
 
 STEPS: dict[RunStep, Step] = {"Planning": planning, "AwaitingApproval": approval, "BackingUp": backing_up,
-                               "Migrating": migrating, "RollingBack": rolling_back, "Done": idle}
+                               "Migrating": migrating, "WaitingForOldVersion": waiting, "RollingBack": rolling_back,
+                               "Done": idle}
 
 
 def decide(obs: Observation) -> Decision:
@@ -43,6 +45,8 @@ def flow(turn: Turn) -> Decision:
         return backing_up(turn)
     if step == "Migrating":
         return migrating(turn)
+    if step == "WaitingForOldVersion":
+        return waiting(turn)
     return rolling_back(turn)
 
 
