@@ -22,10 +22,13 @@ from typing import Any
 import kopf
 
 from . import constants as c
-from . import handlers, indexes, metrics, release, webhook
+from . import events, handlers, indexes, metrics, release, webhook
 from .config import OperatorConfig
+from .events import EventType
 from .kube import Client, KubeError
 from .notify.send import Notifier
+from .objects import Migration
+from .reasons import Reason
 
 log = logging.getLogger("alembic_operator")
 
@@ -82,7 +85,8 @@ class Operator:
             client = Client()
             self._ctx = indexes.Context(config=config, kube=client,
                                          runtime=indexes.Runtime(max_running_jobs=config.max_running_jobs))
-            self._ctx.runtime.notifier = Notifier(client, config.notify)
+            self._ctx.runtime.notifier = Notifier(client, config.notify, resources=config.notify_resources,
+                                                  post=_post_event)
             self.keeper.client = client
             metrics.serve(config.metrics)
         client = self._ctx.kube
@@ -122,6 +126,14 @@ class Operator:
             await self._ctx.runtime.notifier.stop()
         if self._ctx is not None:
             await self._ctx.kube.close()
+
+
+def _post_event(obj: Migration, kind: EventType, reason: Reason, message: str) -> None:
+    """An Event from the notifier's task (a copy of the reconcile worker's context: Kopf's poster is there)."""
+    try:
+        events.post(kopf.Body(obj), kind, reason, message)  # type: ignore[arg-type]
+    except LookupError:  # outside Kopf's context: the log has it
+        log.debug("no Event poster for %s", reason)
 
 
 def registry(config: OperatorConfig) -> tuple[kopf.OperatorRegistry, Operator]:

@@ -44,6 +44,7 @@ class OperatorConfig:
     max_running_jobs: int = 0  # Jobs running at once operator-wide; 0: no cap
     reconciler: bool = True  # False: only the pod gating (the webhook and the release of held pods)
     notify: Webhook | None = None  # the operator-wide notification webhook (--notify-secret)
+    notify_resources: bool = True  # spec.notifications' webhooks are used (--no-resource-notifications: not)
 
     @property
     def watched(self) -> list[str] | None:
@@ -69,6 +70,7 @@ class OperatorConfig:
             verbose=args.verbose,
             reconciler=args.reconciler,
             notify=_notify_webhook(args),
+            notify_resources=args.notify_resources,
         )
 
 
@@ -108,6 +110,9 @@ def add_arguments(run: argparse.ArgumentParser) -> None:
                         help="Slack-compatible JSON or CloudEvents 1.0, structured (default %(default)s)")
     notify.add_argument("--notify-events", type=_notification_types, default=NOTIFICATION_TYPES,
                         metavar="TYPE,...", help="which notifications (default: " + ",".join(NOTIFICATION_TYPES) + ")")
+    notify.add_argument("--no-resource-notifications", dest="notify_resources", action="store_false",
+                        help="ignore spec.notifications: the operator then POSTs only to the operator-wide webhook "
+                             "(a resource's webhook is a URL its namespace's users choose, called from the operator)")
 
 
 def _notify_webhook(args: argparse.Namespace) -> Webhook | None:

@@ -13,6 +13,7 @@
     metrics.job_slots(running=3, cap=4, queued=2)
     metrics.lock_timeout(namespace, name)      # a migration or downgrade Job ended LockTimeout
     metrics.last_run_duration(namespace, name, "9d81aa02c4f5", 42.0)  # the migration Job that reached it
+    metrics.notification(namespace, name, "operator", "Failed", "delivered")
     metrics.forget(namespace, name)            # the DatabaseMigration is gone: drop its series
     metrics.serve(metrics.options_from_env())  # at start-up: serve /metrics when ALEMBIC_OPERATOR_METRICS_PORT is set
 
@@ -29,6 +30,8 @@ Series (all prefixed ``alembic_operator_``; ``namespace``/``name`` are the Datab
     drifted{namespace,name}                              gauge     1 when the last drift check found differences
     current_revision_info{namespace,name,revision}       gauge     1 for the database's revision (one series per
                                                                    resource: the old revision's series is removed)
+    notifications_total{namespace,name,webhook,type,result}  counter notification attempts (notify/): webhook
+                                                                   operator|resource, result delivered|failed|expired
     build_info{version}                                  gauge     1
 
 What the alert rules and the dashboard read (charts/alembic-operator/templates/prometheusrule.yaml, dashboard.json):
@@ -172,6 +175,9 @@ class Metrics:
                                    registry=registry)
         self.revision_info = Gauge(f"{PREFIX}_current_revision_info", "The database's Alembic revision (value 1).",
                                    ["namespace", "name", "revision"], registry=registry)
+        self.notifications_total = Counter(f"{PREFIX}_notifications_total", "Attempts to deliver a notification "
+                                           "to a webhook, by result (delivered, failed: retried, expired: given up).",
+                                           ["namespace", "name", "webhook", "type", "result"], registry=registry)
         self.build_info = Gauge(f"{PREFIX}_build_info", "The operator's version (value 1).", ["version"],
                                 registry=registry)
         self.build_info.labels(version=__version__).set(1)
@@ -259,6 +265,12 @@ class Metrics:
             self.revision_info.labels(namespace, name, rev).set(1)
             self._revision[key] = rev
             self._note("revision_info", (namespace, name, rev))
+
+    def notification(self, namespace: str, name: str, webhook: str, type_: str, result: str) -> None:
+        with self._lock:
+            labels = (namespace, name, webhook, type_, result)
+            self.notifications_total.labels(*labels).inc()
+            self._note("notifications_total", labels)
 
     def _exclusive(self, metric: str, key: tuple[str, ...], labels: tuple[str, ...], value: float) -> None:
         """Set the series `key + labels` of `metric`, removing the one this key had with other labels (under
@@ -385,6 +397,10 @@ def current_revision(namespace: str, name: str, revision: str | None) -> None:
 def observe_status(namespace: str, name: str, status: DatabaseMigrationStatus, backup_enabled: bool) -> None:
     """The series the alert rules read, from one pass's status (state_of); never raises."""
     _safely(lambda: default().resource_state(namespace, name, state_of(status, backup_enabled=backup_enabled)))
+
+
+def notification(namespace: str, name: str, webhook: str, type_: str, result: str) -> None:
+    _safely(default().notification, namespace, name, webhook, type_, result)
 
 
 def lock_timeout(namespace: str, name: str) -> None:

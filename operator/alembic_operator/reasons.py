@@ -226,6 +226,13 @@ DRIFT_CHECK_FAILED = _reason("DriftCheckFailed", None, "the drift Job failed", w
 BASELINED = _reason("Baselined", None, "a pre-Alembic database was stamped at spec.baseline", where=("Event",))
 DRIFT_RESOLVED = _reason("DriftResolved", None, "the live database matches the models again", where=("Event",))
 
+# --- notifications (issue 26: notify/): a webhook that does not take them --------------------------------------------
+NOTIFICATION_FAILED = _reason("NotificationFailed", None, "a webhook did not accept a notification (its Secret "
+                              "missing, unreachable, a non-2xx answer): it is retried with backoff for a day",
+                              where=("Event",))
+NOTIFICATION_EXPIRED = _reason("NotificationExpired", None, "a notification was not delivered within a day: given up",
+                               where=("Event",))
+
 # --- the gate: why an app's pod is held or released (pod and DatabaseMigration Events) --------------------------------
 READY_AT_TARGET = _reason("ReadyAtTarget", None, "the DatabaseMigration is Ready at its target: pods are released",
                          where=("pod Event",))

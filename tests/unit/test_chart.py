@@ -278,6 +278,7 @@ def test_notifications_pass_the_secret_reference_and_read_only_that_secret() -> 
         "--notify-secret=ops/hook", "--notify-url-key=url", "--notify-token-key=token", "--notify-format=Slack",
         "--notify-events=AwaitingApproval,Failed"]
     assert not find(render(values), "Role")  # all namespaces: the ClusterRole reads Secrets already
+    assert "--no-resource-notifications" in container(render({"notifications": {"perResource": False}}))["args"]
     scoped = render({**values, "watchNamespaces": ["shop"]})
     role = find(scoped, "Role", "rel-alembic-operator-notifications")[0]
     assert role["metadata"]["namespace"] == "ops"

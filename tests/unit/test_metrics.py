@@ -54,8 +54,9 @@ def test_every_name_is_prefixed(m: metrics.Metrics) -> None:
     m.held_pods("ns", "a", 1)
     m.current_revision("ns", "a", "abc")
     m.drifted("ns", "a", True)
+    m.notification("ns", "a", "operator", "Failed", "delivered")
     assert names(m) == ALERT_SERIES | {
-        "alembic_operator_drifted",
+        "alembic_operator_drifted", "alembic_operator_notifications",
         "alembic_operator_reconcile", "alembic_operator_reconcile_duration_seconds", "alembic_operator_jobs",
         "alembic_operator_job_duration_seconds", "alembic_operator_backup_size_bytes", "alembic_operator_rollbacks",
         "alembic_operator_held_pods", "alembic_operator_current_revision_info", "alembic_operator_build_info",
@@ -212,6 +213,15 @@ def test_drifted_is_a_per_resource_flag_that_forget_removes(m: metrics.Metrics) 
     assert value(scrape(m), "alembic_operator_drifted", namespace="shop", name="db") == 0.0
     m.forget("shop", "db")
     assert value(scrape(m), "alembic_operator_drifted", namespace="shop", name="db") is None
+
+
+def test_notifications_count_by_webhook_type_and_result_and_forget_removes_them(m: metrics.Metrics) -> None:
+    m.notification("shop", "db", "resource", "Failed", "failed")
+    m.notification("shop", "db", "resource", "Failed", "delivered")
+    assert value(scrape(m), "alembic_operator_notifications_total", namespace="shop", name="db", webhook="resource",
+                 type="Failed", result="failed") == 1
+    m.forget("shop", "db")
+    assert "alembic_operator_notifications_total{" not in scrape(m)
 
 
 def _status(*conditions: tuple[str, str, str, str], phase: str = "Failed",
