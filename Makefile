@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 export PYTHONPATH := $(CURDIR)/tests$(if $(PYTHONPATH),:$(PYTHONPATH))
 
 .PHONY: help deps venv controlplane node tools prometheus test test-unit lint demo dev-cluster dev-cluster-down crd k8s-openapi clean \
-        image-check chart-check bench-gate bench-scale
+        image-check chart-check bench-gate bench-scale bench-fleet
 
 help:
 	@echo "make demo              the operator's whole job, end to end, on the local bed (DEMO_DB=mariadb: on MariaDB)"
@@ -22,6 +22,7 @@ help:
 	@echo "make dev-cluster-down  stop it"
 	@echo "make bench-gate        Ready -> last held pod released, for 1/10/100 pods (median, p99)"
 	@echo "make bench-scale       what N idle DatabaseMigrations cost (N=1000; N=\"200 500 1000\"), next to the empty operator"
+	@echo "make bench-fleet       a DatabaseMigrationSet over 200 PostgreSQL + 10 MariaDB tenants (canary failure, resume, ratio to the best possible), then 1,000 idle"
 	@echo "make crd               regenerate crds/, docs/crd-reference.md (the pydantic model), docs/reasons.md, docs/locking.md and the chart's approval-change.cel"
 	@echo "make k8s-openapi       re-vendor Kubernetes' core/v1 schemas from \$$KUBECONFIG's API server, then make crd"
 
@@ -116,6 +117,9 @@ bench-gate: deps venv controlplane node tools
 N ?= 1000
 bench-scale: deps venv controlplane tools
 	N="$(N)" $(PY) tests/bench_scale.py $(BENCH_ARGS)
+
+bench-fleet: deps venv controlplane node tools
+	$(PY) tests/bench_fleet.py $(BENCH_ARGS)
 
 image-check: venv
 	$(VENV)/bin/hadolint Dockerfile examples/shop/Dockerfile tests/bed/dockerfiles/*/Dockerfile

@@ -252,6 +252,25 @@ HELD = _reason("Held", None, "this pod waits for its DatabaseMigration (the mess
                where=("pod Event",))
 RELEASED = _reason("Released", None, "this pod's scheduling gate was removed", where=("pod Event",))
 
+# --- DatabaseMigrationSet (issue 28): a set's summary conditions and its Events ---------------------------------------
+_SET_STOPPED = "a-sets-rollout-stopped--stalled--failurebudgetspent-canaryfailed-targetsawaitingapproval"
+ROLLING_OUT = _reason("RollingOut", "progressing", "a DatabaseMigrationSet is migrating its targets, wave by wave")
+ROLLOUT_PAUSED = _reason("RolloutPaused", "progressing", "a DatabaseMigrationSet's spec.strategy.paused is true: no "
+                         "target starts until it is false")
+ALL_TARGETS_READY = _reason("AllTargetsReady", "ready", "every target of a DatabaseMigrationSet is Ready at the "
+                            "set's template")
+FAILURE_BUDGET_SPENT = _reason("FailureBudgetSpent", "stalled", "spec.strategy.failureBudget targets of a "
+                               "DatabaseMigrationSet failed: no more start", runbook=_SET_STOPPED)
+CANARY_FAILED = _reason("CanaryFailed", "stalled", "a canary of a DatabaseMigrationSet failed: no other target "
+                        "starts", runbook=_SET_STOPPED)
+TARGETS_AWAITING_APPROVAL = _reason("TargetsAwaitingApproval", "stalled", "every target a DatabaseMigrationSet may "
+                                    "start waits for its plan's approval", runbook=_SET_STOPPED)
+WAVE_STARTED = _reason("WaveStarted", None, "a DatabaseMigrationSet started a wave of targets", where=("Event",))
+WAVE_COMPLETED = _reason("WaveCompleted", None, "every target of a DatabaseMigrationSet's wave is Ready",
+                         where=("Event",))
+TARGETS_RETRIED = _reason("TargetsRetried", None, "a DatabaseMigrationSet started its failed targets again "
+                          "(annotation retry)", where=("Event",))
+
 # --- reported by Jobs (their result and log; some become condition reasons above) ------------------------------------
 _JOB = ("Job result",)
 REVISION_MOVED = _reason("RevisionMoved", None, "the migration Job found the database elsewhere than planned and ran "
