@@ -1,7 +1,8 @@
 """Fixtures for the end-to-end tests: the CRD on the bed, an operator process, an app, its database.
 
-Every end-to-end test ends with a leak check: the database password must not appear in the operator's log, in
-any Event, status or Job spec of the namespace, or in any container log the node kept.
+Every end-to-end test ends with a leak check: the database password (and any value a test adds to `e2e.secrets`,
+such as an S3 store's keys) must not appear in the operator's log, in any Event, status or Job spec of the
+namespace, or in any container log the node kept.
 
 The helpers that read the database (`checksum`, `revision`, `columns`, `has_table`) go through SQLAlchemy with the
 database's URL, so that a scenario reads the same on every engine. The `engine` fixture says which database a test
@@ -35,6 +36,7 @@ from harness import Cluster, OperatorProcess, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 CRD = REPO / "crds" / "databasemigrations.yaml"
+SET_CRD = REPO / "crds" / "databasemigrationsets.yaml"  # the operator watches DatabaseMigrationSets too
 APPS_ROOT = Path.home() / ".cache" / "alembic-operator" / "test-apps"
 
 R1, R2, R3, R4 = "a1a1a1a1a101", "b2b2b2b2b202", "c3c3c3c3c303", "d4d4d4d4d404"
@@ -187,6 +189,7 @@ class E2E:
     projects: list[Path] = field(default_factory=list)
     images: dict[Path, str] = field(default_factory=dict)  # project -> its image in the bed's registry
     kind: EngineKind = POSTGRESQL
+    secrets: list[str] = field(default_factory=list)  # more values the leak check looks for (a store's keys)
 
     @property
     def ns(self) -> str:
@@ -208,8 +211,12 @@ class E2E:
 
     def upgrade_directly(self, project: Path, target: str) -> None:
         """Bring the database somewhere by hand (what a team did before the operator)."""
+        self.upgrade_directly_on(self.db, project, target)
+
+    @staticmethod
+    def upgrade_directly_on(db: Database, project: Path, target: str) -> None:
         cfg = Config(str(project / "alembic.ini"))
-        cfg.set_main_option("sqlalchemy.url", self.db.url.replace("%", "%%"))
+        cfg.set_main_option("sqlalchemy.url", db.url.replace("%", "%%"))
         command.upgrade(cfg, target)
 
     def seed(self) -> None:
@@ -248,17 +255,21 @@ class E2E:
         assert any(str(pod_logs) in where for where in places) or not self.cluster.pods(), "no container log found"
         leaks = [where for where, text in places.items() if password in text]
         assert not leaks, f"the database password leaked into: {leaks}"
+        for secret in self.secrets:
+            leaks = [where for where, text in places.items() if secret in text]
+            assert not leaks, f"a secret ({len(secret)} characters) leaked into: {leaks}"
 
 
 @pytest.fixture(scope="session")
 def crd(bed: Bed) -> Path:
-    proc = bed.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
+    proc = bed.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD), "-f", str(SET_CRD))
     assert proc.returncode == 0, proc.stderr
     ext = k8s.ApiextensionsV1Api(k8s.ApiClient(_config(bed)))
 
     def established() -> bool:
-        obj = ext.read_custom_resource_definition(f"{c.PLURAL}.{c.GROUP}")
-        return any(x.type == "Established" and x.status == "True" for x in obj.status.conditions or [])
+        return all(any(x.type == "Established" and x.status == "True" for x in
+                       ext.read_custom_resource_definition(f"{plural}.{c.GROUP}").status.conditions or [])
+                   for plural in (c.PLURAL, c.SET_PLURAL))
 
     wait_for(established, 30, "the CRD to be established")
     return CRD

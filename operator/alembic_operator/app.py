@@ -25,6 +25,7 @@ from . import constants as c
 from . import events, handlers, indexes, metrics, release, webhook
 from .config import OperatorConfig
 from .events import EventType
+from .fleet.handlers import Fleet
 from .kube import Client, KubeError
 from .notify.send import Notifier
 from .objects import Migration
@@ -39,7 +40,7 @@ class QuietSuccess(logging.Filter):
     """Drop Kopf's "... succeeded." lines of the handlers that run for every event: the wake-ups, the gate's watch
     and timer, the webhook (one per pod created)."""
 
-    QUIET = ("'job_changed'", "'migration_changed'", "'gate-migration'", f"'{webhook.HANDLER_ID}'",
+    QUIET = ("'job_changed'", "'migration_changed'", "'set_changed'", "'gate-migration'", f"'{webhook.HANDLER_ID}'",
              f"'{webhook.APPROVAL_HANDLER_ID}'")
 
     def filter(self, record: logging.LogRecord) -> bool:
@@ -53,6 +54,7 @@ class Operator:
     def __init__(self, config: OperatorConfig) -> None:
         self.config = config
         self.keeper = release.Gatekeeper()
+        self.fleet = Fleet()  # DatabaseMigrationSets (with the reconciler)
         self._ctx: indexes.Context | None = None
         self.settings: kopf.OperatorSettings | None = None
         self._sweeper: asyncio.Task[None] | None = None
@@ -61,6 +63,8 @@ class Operator:
         """The reconciler's runtime, its scheduler started (from the first watch event's handler: Kopf's context)."""
         if self.ctx.runtime.scheduler is None and self.settings is not None:
             handlers.start(self.ctx, self.settings)
+        if self.fleet.scheduler is None:
+            self.fleet.start(self.ctx)
         return self.ctx.runtime
 
     @property
@@ -120,6 +124,7 @@ class Operator:
                 await self._sweeper
             self._sweeper = None
         self.keeper.stop()
+        await self.fleet.stop()
         if self._ctx is not None and self._ctx.runtime.scheduler is not None:
             await self._ctx.runtime.scheduler.stop()
         if self._ctx is not None and self._ctx.runtime.notifier is not None:
@@ -169,6 +174,12 @@ def registry(config: OperatorConfig) -> tuple[kopf.OperatorRegistry, Operator]:
             runtime = op.reconciler()
             if runtime.migration_seen(event.get("type"), dict(event.get("object") or {})) and namespace:
                 runtime.wake(namespace, name)
+            op.fleet.migration_seen(event.get("type"), dict(event.get("object") or {}))
+
+        @kopf.on.event(c.GROUP, c.VERSION, c.SET_PLURAL, id="set_changed", registry=reg)
+        async def set_changed(event: kopf.RawEvent, **_: Any) -> None:
+            op.reconciler()
+            op.fleet.set_seen(event.get("type"), dict(event.get("object") or {}))
 
         @kopf.on.delete(c.GROUP, c.VERSION, c.PLURAL, id="on_delete", registry=reg)
         async def on_delete(namespace: str | None, name: str, logger: indexes.Logger, **_: Any) -> None:
