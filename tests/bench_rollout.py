@@ -136,11 +136,15 @@ def main(argv: list[str] | None = None) -> int:
             start = time.time()
             time.sleep(args.steady)  # the baseline: the load with nothing changing
             windows = [("steady (no change)", start, time.time())]
+            print(line(windows[0][0], windows[0][2] - start, loadgen.between(loadgen.read(out), start,
+                                                                              windows[0][2])), flush=True)
             for version, name in (("1.2", "rollout, no schema change (1.2)"),
                                   ("2.0", "rollout, rename expand/contract (2.0)")):
                 print(f"rolling to {version} ...", flush=True)
                 applied = shop.roll(version)
                 windows.append((name, applied, time.time()))
+                print(line(name, time.time() - applied, loadgen.between(loadgen.read(out), applied, time.time())),
+                      flush=True)
         responses = loadgen.read(out)
         for name, begin, end in windows:
             rows.append(line(name, end - begin, loadgen.between(responses, begin, end)))
