@@ -41,6 +41,7 @@ class OperatorConfig:
     verbose: bool = False
     max_running_jobs: int = 0  # Jobs running at once operator-wide; 0: no cap
     reconciler: bool = True  # False: only the pod gating (the webhook and the release of held pods)
+    rehearse_by_default: bool = False  # spec.rehearsal.enabled when a resource leaves it unset (the chart's)
 
     @property
     def watched(self) -> list[str] | None:
@@ -65,6 +66,7 @@ class OperatorConfig:
             max_running_jobs=args.max_running_jobs,
             verbose=args.verbose,
             reconciler=args.reconciler,
+            rehearse_by_default=bool(getattr(args, "rehearse_by_default", False)),
         )
 
 
@@ -88,6 +90,9 @@ def add_arguments(run: argparse.ArgumentParser) -> None:
                      help="run at most N Jobs at once operator-wide (plans, backups, migrations, drift checks; a "
                           "rollback never waits); the others wait, their resource Reconciling with reason JobQueued, "
                           "and start in the order they queued (default %(default)s: no cap)")
+    run.add_argument("--rehearse-by-default", action="store_true",
+                     help="rehearse every migration whose spec.rehearsal.enabled is unset (the chart's "
+                          "rehearsal.enabled): it still needs a scratch server in its spec.rehearsal")
     run.add_argument("-v", "--verbose", action="store_true")
     run.add_argument("--no-reconciler", dest="reconciler", action="store_false",
                      help="only the pod gating: serve the webhook and release held pods, run no migration "

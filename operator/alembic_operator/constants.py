@@ -32,7 +32,7 @@ URL_ENV: Final = "ALEMBIC_OPERATOR_DATABASE_URL"
 FINALIZER: Final = f"{GROUP}/finalizer"
 
 # Job roles: the value of ROLE_LABEL and a part of each Job's name (jobs.ROLES declares what each does).
-Role = Literal["plan", "backup", "migrate", "downgrade", "restore", "stamp", "drift"]
+Role = Literal["plan", "backup", "migrate", "downgrade", "restore", "stamp", "drift", "rehearse"]
 
 # Phases (status.phase).
 Phase = Literal[
@@ -40,6 +40,7 @@ Phase = Literal[
     "Planning",
     "AwaitingApproval",
     "BackingUp",
+    "Rehearsing",
     "Migrating",
     "RollingBack",
     "Succeeded",
@@ -56,6 +57,7 @@ MIGRATED: Final = "Migrated"
 ROLLED_BACK: Final = "RolledBack"
 APPROVAL_REQUIRED: Final = "ApprovalRequired"
 DRIFTED: Final = "Drifted"
+REHEARSED: Final = "Rehearsed"  # spec.rehearsal: True once the plan ran whole on a scratch copy
 
 # The durable run records (audit.py): ConfigMaps of this component, the record under this key.
 RUN_RECORD_COMPONENT: Final = "run-record"

@@ -63,7 +63,7 @@ async def observe(ctx: Context, obj: Migration,
         name=name, namespace=namespace, generation=generation, spec=dict(obj.get("spec") or {}),
         annotations=dict(meta.get("annotations") or {}), status=status, database=database, jobs=jobs,
         now=datetime.now(UTC), busy_with=ctx.runtime.busy_with(target.key, ref) if target else None,
-        database_lineage=lineage, database_moved_by=moved_by,
+        database_lineage=lineage, database_moved_by=moved_by, rehearse_by_default=ctx.config.rehearse_by_default,
     )
     return obs, target
 

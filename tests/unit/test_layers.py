@@ -9,7 +9,8 @@ import for types only, under TYPE_CHECKING, counts like any other):
                 what it said, and when
     programs    jobtools, check.*: commands that run in Jobs or in CI
     decisions   reconcile, status, gate, podstate, jobs, approvals: pure functions of what was observed
-    seams       engines.*, backupstores.*, dbstate, jobio, plugins, sqlscan, sqlscan_mysql: databases and backup stores;
+    seams       engines.*, backupstores.*, dbstate, jobio, plugins, sqlscan, sqlscan_mysql, scratchdb: databases and
+                backup stores (and rehearsals' scratch databases);
                 they answer the decisions (through what the model says) and never ask them
     model       api, observation, objects, k8s_openapi, jobparts, constants, reasons, plansql, sqlrules: the API
                 types, what was observed, Kubernetes' object types, the vocabulary (reasons, the scanners' rules and
@@ -33,7 +34,7 @@ LAYERS: Layers = (
                   "metrics", "config", "audit", "schedule", "freshness", "events")),
     ("programs", ("jobtools", "check")),
     ("decisions", ("reconcile", "status", "gate", "podstate", "jobs", "approvals")),
-    ("seams", ("engines", "backupstores", "dbstate", "jobio", "plugins", "sqlscan", "sqlscan_mysql")),
+    ("seams", ("engines", "backupstores", "dbstate", "jobio", "plugins", "sqlscan", "sqlscan_mysql", "scratchdb")),
     ("model", ("api", "observation", "objects", "k8s_openapi", "jobparts", "constants", "reasons", "plansql",
                "sqlrules",
                "__init__")),

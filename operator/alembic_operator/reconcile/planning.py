@@ -20,6 +20,7 @@ from ..api import (
     name_problem,
 )
 from ..runner.results import ScanResult
+from . import rehearsal
 from .decision import Decision, Event, PlanSQLKept
 from .turn import POLL_IDLE, SUSPENDED, Turn, rev
 
@@ -233,7 +234,10 @@ def approval(turn: Turn) -> Decision:
     locking = [f.operation for f in plan.locking or []]
     locking_count = int(plan.locking_count or len(locking))
     gate_locking = live_spec.approval.require_for_locking and locking_count > 0
-    if destructive or gate_locking:
+    if (destructive or gate_locking) and rehearsal.before_approval(turn, live_spec):
+        turn.condition(c.APPROVAL_REQUIRED, "True", r.REHEARSAL_REQUIRED, "spec.approval.requireRehearsal: the plan "
+                       "is rehearsed on a scratch copy of the database first, then waits for approval")
+    elif destructive or gate_locking:
         plan_hash_ = turn.run.plan_hash
         annotated = turn.obs.annotations.get(c.APPROVE_ANNOTATION) == plan_hash_
         how = (f"review it with kubectl dbm plan {turn.obs.name} -n {turn.obs.namespace}, then approve its hash "
@@ -243,12 +247,13 @@ def approval(turn: Turn) -> Decision:
         elif destructive and not live_spec.approval.allow_destructive:
             count = int(plan.destructive_count or len(destructive))
             message = f"the plan destroys data: {_listed(destructive, count)}. To go ahead, {how}"
+            message += rehearsal.rehearsed_note(turn)
             turn.condition(c.APPROVAL_REQUIRED, "True", r.DESTRUCTIVE_CHANGES_NOT_APPROVED, message)
             return turn.outcome(s.stalled("AwaitingApproval", r.DESTRUCTIVE_CHANGES_NOT_APPROVED, message),
                                 POLL_IDLE)
         elif gate_locking:
             message = (f"the plan takes strong locks on existing tables: {_listed(locking, locking_count)}. "
-                       f"Rewrite them the safer way (status.plan.locking), or {how}")
+                       f"Rewrite them the safer way (status.plan.locking), or {how}{rehearsal.rehearsed_note(turn)}")
             turn.condition(c.APPROVAL_REQUIRED, "True", r.LOCKING_CHANGES_NOT_APPROVED, message)
             return turn.outcome(s.stalled("AwaitingApproval", r.LOCKING_CHANGES_NOT_APPROVED, message),
                                 POLL_IDLE)

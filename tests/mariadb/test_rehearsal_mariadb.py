@@ -1,0 +1,62 @@
+"""The rehearsal on MariaDB (rehearsal_cases): the same failures caught on a scratch copy, production untouched
+(on MariaDB a failed revision would have been half-applied there), the scratch database dropped."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import rehearsal_cases as cases
+from bed.mariadb import APP_USER, Database, MariaDBServer
+
+pytestmark = pytest.mark.mariadb
+
+
+def server(mariadb: MariaDBServer, database: Database) -> cases.Server:
+    with mariadb.admin() as conn, conn.cursor() as cur:  # what spec.rehearsal's server user needs
+        cur.execute(f"GRANT ALL PRIVILEGES ON `alembic\\_rehearsal\\_%`.* TO '{APP_USER}'@'%'")
+
+    def databases() -> set[str]:
+        with mariadb.admin() as conn, conn.cursor() as cur:
+            cur.execute("SHOW DATABASES")
+            return {str(row[0]) for row in cur.fetchall()}
+
+    def snapshot() -> Any:
+        out = {}
+        for (name,) in database.query("SHOW TABLES"):
+            create = database.query(f"SHOW CREATE TABLE `{name}`")[0][1]
+            rows = database.query(f"SELECT * FROM `{name}` ORDER BY 1")
+            out[str(name)] = hashlib.sha256(repr((create, rows)).encode()).hexdigest()
+        return out
+
+    scratch = database.url.rsplit("/", 1)[0] + "/"
+    return cases.Server(database.url, scratch, database.password, database.query, databases, snapshot)
+
+
+def test_failures_that_depend_on_production_rows_are_caught(mariadb: MariaDBServer, mariadb_database: Database,
+                                                             job: Any, tmp_path: Path) -> None:
+    cases.check_failures(server(mariadb, mariadb_database), job, tmp_path)
+
+
+def test_the_shops_revision_5_is_caught(mariadb: MariaDBServer, mariadb_database: Database, job: Any,
+                                        tmp_path: Path) -> None:
+    def seed(url: str) -> None:
+        proc = subprocess.run([sys.executable, "seed.py"], cwd=cases.SHOP, env={**os.environ, "DATABASE_URL": url},
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+
+    result = cases.check_shop(server(mariadb, mariadb_database), job, tmp_path, seed)
+    assert "4025" in result["message"] or "CONSTRAINT" in result["message"], result
+
+
+def test_a_passing_rehearsal_is_measured(mariadb: MariaDBServer, mariadb_database: Database, job: Any,
+                                         tmp_path: Path) -> None:
+    result = cases.check_passing(server(mariadb, mariadb_database), job, tmp_path, "SELECT SLEEP(0.4)")
+    # The bed's server runs without performance_schema: it cannot say which metadata locks a session holds.
+    assert result["locksSampled"] is False
