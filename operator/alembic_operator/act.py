@@ -116,6 +116,9 @@ def count(ctx: Context, namespace: str, name: str, before: DatabaseMigrationStat
         if job.state in ("succeeded", "failed") and job.name not in ctx.runtime.jobs_counted:
             ctx.runtime.jobs_counted.add(job.name)
             metrics.job_finished(namespace, name, role, job.seconds or 0.0, job.state == "succeeded")
+    done = decision.state.rehearsal
+    if done is not None and done.result == "Passed" and done != before.rehearsal:
+        metrics.rehearsed(namespace, name, done.seconds, done.migration_seconds)
     rolled = get_condition(decision.state, c.ROLLED_BACK)
     if rolled is not None and rolled.status == "True" and not condition_is(before, c.ROLLED_BACK, "True"):
         mode = next((m for reason, m in reasons.ROLLBACK_MODES.items() if reason == rolled.reason), rolled.reason)
