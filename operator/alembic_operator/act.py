@@ -65,7 +65,7 @@ async def write(ctx: Context, obj: Migration, stored: JsonObject, decision: Deci
     if decision.records:  # before the status that ends the run: a crash in between loses no record
         await audit.write(ctx.kube, obj, [record.model_copy(update={"message": decision.state.message})
                                           for record in decision.records], ctx.config.run_records)
-    if patch := merge_patch(stored, decision.status):
+    if patch := merge_patch(*(_reconcilers(x) for x in (stored, decision.status))):
         try:
             ctx.runtime.remember(await ctx.kube.patch_status(meta["namespace"], meta["name"], patch))
         except kube.NotFound:
@@ -107,6 +107,9 @@ def _drop_scratch(url: URL, names: tuple[str, ...], prefix: str) -> list[str]:
     for name in sorted({*names, *found}):
         scratchdb.drop(url, name)
     return found
+def _reconcilers(status: JsonObject) -> JsonObject:
+    """The status without the fields other writers own (status.notifications: the notifier's)."""
+    return {k: v for k, v in status.items() if k != "notifications"}
 
 
 def count(ctx: Context, namespace: str, name: str, before: DatabaseMigrationStatus, decision: Decision,

@@ -730,6 +730,77 @@ class RehearsalStatus(_StatusModel):
         default=None, description="The scratch database that may exist now; dropped once the rehearsal Job ends.")
     migration_seconds: float | None = Field(
         default=None, description="The real migration's duration afterwards, to compare with the rehearsal's.")
+# --- notifications (issue 26: webhook notifications, notify/) ----------------------------------------------------
+
+NotificationFormat = Literal["Slack", "CloudEvents"]
+NotificationType = Literal["AwaitingApproval", "Succeeded", "Failed", "DriftDetected"]
+NOTIFICATION_TYPES: tuple[NotificationType, ...] = ("AwaitingApproval", "Succeeded", "Failed", "DriftDetected")
+DeliveryState = Literal["Pending", "Delivered", "Expired"]
+
+
+class NotificationsSpec(_SpecModel):
+    """A webhook of this resource's own, told when the resource needs a human or a run ends (besides the chart's)."""
+
+    url_secret_ref: SecretKeyRef | None = Field(
+        default=None,
+        description=(
+            "A key of a Secret in this namespace whose value is the webhook's URL (a Slack incoming webhook, or any "
+            "HTTP(S) endpoint). Unset: only the operator-wide webhook (the chart's notifications.*), if any. The URL "
+            "never appears in status, Events, logs or the notifications themselves."
+        ),
+    )
+    token_secret_ref: SecretKeyRef | None = Field(
+        default=None,
+        description="A key of a Secret in this namespace whose value is sent as 'Authorization: Bearer <token>'.",
+    )
+    format: NotificationFormat = Field(
+        default="CloudEvents",
+        description=(
+            "Slack (a Slack-compatible JSON message: text and blocks) or CloudEvents (a CloudEvents 1.0 event in "
+            "structured mode, application/cloudevents+json). Default CloudEvents."
+        ),
+    )
+    events: list[NotificationType] | None = Field(
+        default=None,
+        max_length=4,
+        description=(
+            "Which notifications this webhook gets: AwaitingApproval (a plan waits for approval), Succeeded, Failed "
+            "(failed, and how it was rolled back), DriftDetected. Unset: all four."
+        ),
+    )
+
+
+class NotificationDelivery(_StatusModel):
+    """The delivery of one notification to one webhook."""
+
+    state: DeliveryState = Field(description="Pending (to send, or to retry), Delivered, or Expired (given up).")
+    attempts: int = Field(default=0, ge=0, description="Attempts so far.")
+    next_attempt_at: Time | None = Field(default=None, description="When a Pending one is tried (again).")
+    delivered_at: Time | None = Field(default=None, description="When the webhook accepted it (a 2xx).")
+    error: str | None = Field(default=None, description="Why the last attempt failed (an HTTP status, an error "
+                              "class: never the URL).")
+
+
+class NotificationRecord(_StatusModel):
+    """A notification due for this resource: what it says (kept here, so it is sent as first seen, exactly once per
+    webhook, whatever happens to the operator meanwhile), and its delivery to each webhook."""
+
+    type: NotificationType = Field(description="AwaitingApproval, Succeeded, Failed or DriftDetected.")
+    occurred_at: Time = Field(description="When the condition began (RFC 3339).")
+    generation: int | None = Field(default=None, description="The metadata.generation it concerns.")
+    summary: str = Field(description="One line for humans.")
+    from_: str | None = Field(default=None, alias="from", description="The revision the run started at.")
+    to: str | None = Field(default=None, description="The revision the run aimed at.")
+    duration_seconds: int | None = Field(default=None, description="How long the run took.")
+    reason: str | None = Field(default=None, description="The CamelCase reason.")
+    message: str | None = Field(default=None, description="The status message at the time (trimmed).")
+    plan_hash: str | None = Field(default=None, description="The plan waiting for approval.")
+    findings: list[str] = Field(default_factory=list, description="The plan's first findings, or the first "
+                                "differences of a drift check.")
+    rollback: str | None = Field(default=None, description="What was done about a failed run.")
+    commands: list[str] = Field(default_factory=list, description="What to run next (kubectl dbm ...).")
+    deliveries: dict[str, NotificationDelivery] = Field(
+        default_factory=dict, description="By webhook: operator (the chart's) and resource (spec.notifications).")
 
 
 class DatabaseMigrationSpec(_SpecModel):
@@ -810,6 +881,14 @@ class DatabaseMigrationSpec(_SpecModel):
             "Periodic comparison of the live database with the app's models and scripts (in the app's image). "
             "Differences set the Drifted condition, post an Event and a metric; the schema is never changed. "
             "Default: off."
+        ),
+        json_schema_extra=EMPTY_DEFAULT,
+    )
+    notifications: NotificationsSpec = Field(
+        default_factory=NotificationsSpec,
+        description=(
+            "A webhook of this resource's own for its notifications (a plan awaiting approval, a run that succeeded "
+            "or failed, drift), besides the operator-wide one the chart configures. Default: none."
         ),
         json_schema_extra=EMPTY_DEFAULT,
     )
@@ -1264,6 +1343,13 @@ class DatabaseMigrationStatus(_StatusModel):
     )
     drift: DriftStatus | None = Field(default=None, description="The last drift check (spec.driftCheck).")
     rehearsal: RehearsalStatus | None = Field(default=None, description="The last rehearsal (spec.rehearsal).")
+    notifications: dict[str, NotificationRecord] | None = Field(
+        default=None,
+        description=(
+            "Notifications due or sent (newest few), by id: what each says and its delivery to each webhook. "
+            "Written only by the notifier, so a restarted operator or a new leader sends each exactly once."
+        ),
+    )
     run: RunStatus | None = Field(
         default=None,
         description="The operator's bookkeeping for the run under way. Not for users; may change between versions.",

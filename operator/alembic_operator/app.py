@@ -25,6 +25,7 @@ from . import constants as c
 from . import handlers, indexes, metrics, release, webhook
 from .config import OperatorConfig
 from .kube import Client, KubeError
+from .notify.send import Notifier
 
 log = logging.getLogger("alembic_operator")
 
@@ -81,6 +82,7 @@ class Operator:
             client = Client()
             self._ctx = indexes.Context(config=config, kube=client,
                                          runtime=indexes.Runtime(max_running_jobs=config.max_running_jobs))
+            self._ctx.runtime.notifier = Notifier(client, config.notify)
             self.keeper.client = client
             metrics.serve(config.metrics)
         client = self._ctx.kube
@@ -116,6 +118,8 @@ class Operator:
         self.keeper.stop()
         if self._ctx is not None and self._ctx.runtime.scheduler is not None:
             await self._ctx.runtime.scheduler.stop()
+        if self._ctx is not None and self._ctx.runtime.notifier is not None:
+            await self._ctx.runtime.notifier.stop()
         if self._ctx is not None:
             await self._ctx.kube.close()
 

@@ -19,6 +19,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from . import __version__, metrics, webhook
+from .api import NOTIFICATION_TYPES, NotificationType
+from .notify.send import Webhook
 
 IMAGE_ENV = "ALEMBIC_OPERATOR_IMAGE"
 DEFAULT_IMAGE = f"ghcr.io/alembic-operator/alembic-operator:{__version__}"
@@ -42,6 +44,7 @@ class OperatorConfig:
     max_running_jobs: int = 0  # Jobs running at once operator-wide; 0: no cap
     reconciler: bool = True  # False: only the pod gating (the webhook and the release of held pods)
     rehearse_by_default: bool = False  # spec.rehearsal.enabled when a resource leaves it unset (the chart's)
+    notify: Webhook | None = None  # the operator-wide notification webhook (--notify-secret)
 
     @property
     def watched(self) -> list[str] | None:
@@ -67,6 +70,7 @@ class OperatorConfig:
             verbose=args.verbose,
             reconciler=args.reconciler,
             rehearse_by_default=bool(getattr(args, "rehearse_by_default", False)),
+            notify=_notify_webhook(args),
         )
 
 
@@ -98,6 +102,41 @@ def add_arguments(run: argparse.ArgumentParser) -> None:
                      help="only the pod gating: serve the webhook and release held pods, run no migration "
                           "(tests, benchmarks)")
     webhook.add_arguments(run)
+    notify = run.add_argument_group("notifications", "an operator-wide webhook told of plans awaiting approval, runs "
+                                    "that succeeded or failed, drift (README, Notifications)")
+    notify.add_argument("--notify-secret", type=_namespaced, default=None, metavar="NAMESPACE/NAME",
+                        help="the Secret holding the webhook's URL (and token); unset: no operator-wide webhook")
+    notify.add_argument("--notify-url-key", default="url", metavar="KEY", help="its key of the URL (default url)")
+    notify.add_argument("--notify-token-key", default=None, metavar="KEY",
+                        help="its key of a token sent as 'Authorization: Bearer' (default: none)")
+    notify.add_argument("--notify-format", choices=["Slack", "CloudEvents"], default="CloudEvents",
+                        help="Slack-compatible JSON or CloudEvents 1.0, structured (default %(default)s)")
+    notify.add_argument("--notify-events", type=_notification_types, default=NOTIFICATION_TYPES,
+                        metavar="TYPE,...", help="which notifications (default: " + ",".join(NOTIFICATION_TYPES) + ")")
+
+
+def _notify_webhook(args: argparse.Namespace) -> Webhook | None:
+    if args.notify_secret is None:
+        return None
+    namespace, name = args.notify_secret
+    return Webhook(secret=name, url_key=args.notify_url_key, format=args.notify_format, events=args.notify_events,
+                   namespace=namespace, token_secret=name if args.notify_token_key else None,
+                   token_key=args.notify_token_key)
+
+
+def _namespaced(text: str) -> tuple[str, str]:
+    namespace, _, name = text.partition("/")
+    if not namespace or not name or "/" in name:
+        raise argparse.ArgumentTypeError(f"expected NAMESPACE/NAME, not {text!r}")
+    return namespace, name
+
+
+def _notification_types(text: str) -> tuple[NotificationType, ...]:
+    chosen = [word.strip() for word in text.split(",") if word.strip()]
+    unknown = [word for word in chosen if word not in NOTIFICATION_TYPES]
+    if unknown or not chosen:
+        raise argparse.ArgumentTypeError(f"expected some of {','.join(NOTIFICATION_TYPES)}, not {text!r}")
+    return tuple(t for t in NOTIFICATION_TYPES if t in chosen)
 
 
 def _peering_lifetime(text: str) -> int:

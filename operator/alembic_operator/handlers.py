@@ -164,6 +164,8 @@ async def reconcile(ctx: Context, namespace: str, name: str, logger: Logger, del
             metrics.drifted(namespace, name, drift.status == "True")
         if status.backup is not None and status.backup.size_bytes is not None:
             metrics.backup_size(namespace, name, status.backup.size_bytes)
+        if ctx.runtime.notifier is not None and (now := ctx.runtime.migrations.get((namespace, name))) is not None:
+            ctx.runtime.notifier.offer(now)  # a task of its own: a webhook never holds up a run
     return delay
 
 

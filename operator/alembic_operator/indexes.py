@@ -23,6 +23,7 @@ from .api import WRITING_STEPS, RunStatus
 from .config import OperatorConfig
 from .dbstate import DatabaseTarget, read_revision
 from .kept import KeptObjects, job_summary, resource_version, without_managed_fields
+from .notify.send import Notifier
 from .objects import Job, Migration, Object, job, migration
 from .observation import DatabaseObservation, JobObservation
 from .schedule import Scheduler
@@ -68,6 +69,7 @@ class Runtime:
         self.queued: dict[Ref, None] = {}  # resources waiting for a Job slot, in order
         self.slots = asyncio.Lock()
         self.scheduler: Scheduler | None = None
+        self.notifier: Notifier | None = None  # delivers status.notifications (notify/)
         self.revisions: freshness.RevisionReader[DatabaseObservation] = freshness.RevisionReader(
             lambda target: read_revision(cast(DatabaseTarget, target)))
         self._trim: asyncio.TimerHandle | None = None

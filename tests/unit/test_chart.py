@@ -265,3 +265,27 @@ def _reviews_and_approver(docs: list[dict[str, Any]]) -> None:
                                           | {("", "configmaps", v) for v in ("get", "list")})
     assert not find(render({"approval": {"approverRole": {"create": False}}}), "ClusterRole",
                     "alembic-operator-approver")
+
+
+def test_notifications_pass_the_secret_reference_and_read_only_that_secret() -> None:
+    """Off by default; on, the operator gets where the webhook's Secret is (never its value) and, with watched
+    namespaces, a Role to read that one Secret in the release's namespace."""
+    assert not any(a.startswith("--notify") for a in container(render())["args"])
+    values = {"notifications": {"enabled": True, "secretName": "hook", "tokenKey": "token", "format": "Slack",
+                                "events": ["AwaitingApproval", "Failed"]}}
+    args = container(render(values))["args"]
+    assert [a for a in args if a.startswith("--notify")] == [
+        "--notify-secret=ops/hook", "--notify-url-key=url", "--notify-token-key=token", "--notify-format=Slack",
+        "--notify-events=AwaitingApproval,Failed"]
+    assert not find(render(values), "Role")  # all namespaces: the ClusterRole reads Secrets already
+    scoped = render({**values, "watchNamespaces": ["shop"]})
+    role = find(scoped, "Role", "rel-alembic-operator-notifications")[0]
+    assert role["metadata"]["namespace"] == "ops"
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["hook"],
+                              "verbs": ["get"]}]
+    assert find(scoped, "RoleBinding", "rel-alembic-operator-notifications")[0]["subjects"][0]["name"] == \
+        "rel-alembic-operator"
+    for bad in (["--set", "notifications.enabled=true"], ["--set", "notifications.format=Teams"],
+                ["--set", "notifications.events={Deployed}"]):
+        proc = run_helm("template", "x", str(CHART), "--kube-version", KUBE_VERSION, *bad, check=False)
+        assert proc.returncode != 0, bad

@@ -1,0 +1,220 @@
+"""The notifier: records the notifications a resource's status makes due, and delivers them to their webhooks.
+
+Exactly once per notification and webhook, across restarts and leader changes: intent and delivery live in the
+resource's status (``status.notifications``, written only here, with merge patches the reconciler never touches).
+Before sending, the resource is read afresh from the API server, so a new leader sees what the old one delivered.
+One task per resource sends one request at a time; a webhook that is down is retried with backoff (due.backoff) by
+that task, never by the reconcile: a migration never waits for a notification. What remains is the short window
+between a webhook's 2xx and the status write: a process killed there sends that one again on restart, with the same
+id (CloudEvents ``id``, header ``Idempotency-Key``), so a receiver that keeps ids drops it.
+
+Secrets: the webhook's URL and token are read from their Secret for each attempt and go nowhere else; errors are
+recorded and logged as an HTTP status or an exception's class, never its text (aiohttp's name the URL).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import aiohttp
+from pydantic import JsonValue, ValidationError
+
+from ..api import (
+    NOTIFICATION_TYPES,
+    DatabaseMigrationStatus,
+    NotificationFormat,
+    NotificationRecord,
+    NotificationsSpec,
+    NotificationType,
+    parse_status,
+)
+from ..kube import Client, KubeError
+from ..objects import Migration
+from . import due, payload
+
+log = logging.getLogger("alembic_operator.notify")
+
+TIMEOUT = 10.0  # seconds for one request, connection included
+OPERATOR = "operator"  # the chart's webhook
+RESOURCE = "resource"  # spec.notifications
+
+
+@dataclass(frozen=True)
+class Webhook:
+    """Where a webhook's URL (and token) is: keys of Secrets; `namespace` None is the resource's own."""
+
+    secret: str
+    url_key: str
+    format: NotificationFormat
+    events: tuple[NotificationType, ...] = NOTIFICATION_TYPES
+    namespace: str | None = None
+    token_secret: str | None = None
+    token_key: str | None = None
+
+
+class DeliveryError(Exception):
+    """Why an attempt failed, in words that name no secret."""
+
+
+def resource_webhook(body: Migration) -> Webhook | None:
+    """spec.notifications' webhook (None: unset or invalid). Read alone: a problem elsewhere in the spec (the
+    reconciler reports it) must not silence the notification that the run failed."""
+    try:
+        spec = NotificationsSpec.model_validate((body.get("spec") or {}).get("notifications") or {})
+    except ValidationError:
+        return None
+    if spec.url_secret_ref is None:
+        return None
+    token = spec.token_secret_ref
+    return Webhook(secret=spec.url_secret_ref.name, url_key=spec.url_secret_ref.key, format=spec.format,
+                   events=tuple(spec.events or NOTIFICATION_TYPES), token_secret=token.name if token else None,
+                   token_key=token.key if token else None)
+
+
+class Notifier:
+    """Delivers the notifications of every resource this process reconciles (the leader's: a standby reconciles
+    nothing, so it sends nothing)."""
+
+    def __init__(self, kube: Client, operator_webhook: Webhook | None = None, timeout: float = TIMEOUT) -> None:
+        self.kube = kube
+        self.operator_webhook = operator_webhook
+        self.timeout = timeout
+        self._tasks: dict[tuple[str, str], asyncio.Task[None]] = {}
+        self._woken: dict[tuple[str, str], asyncio.Event] = {}  # set: look again at once
+        self._session: aiohttp.ClientSession | None = None
+
+    def webhooks(self, body: Migration) -> dict[str, Webhook]:
+        out = {OPERATOR: self.operator_webhook} if self.operator_webhook is not None else {}
+        if (own := resource_webhook(body)) is not None:
+            out[RESOURCE] = own
+        return out
+
+    def targets(self, body: Migration) -> list[due.Target]:
+        return [due.Target(name, hook.events) for name, hook in self.webhooks(body).items()]
+
+    def offer(self, body: Migration) -> None:
+        """After a reconcile pass: start the resource's delivery task when its status (as cached) makes something
+        due or has a delivery pending. Costs no request otherwise."""
+        meta = body.get("metadata") or {}
+        ref = (str(meta.get("namespace")), str(meta.get("name")))
+        status = parse_status(body.get("status") or {})
+        now = datetime.now(UTC)
+        if not due.due(due.Ref(*ref), status, self.targets(body), now) and due.next_attempt(status) is None:
+            return
+        if (task := self._tasks.get(ref)) is not None and not task.done():
+            self._woken[ref].set()
+            return
+        self._woken[ref] = asyncio.Event()
+        self._tasks[ref] = asyncio.create_task(self._deliver(ref), name=f"notify {ref[0]}/{ref[1]}")
+
+    async def stop(self) -> None:
+        for task in self._tasks.values():
+            task.cancel()
+        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+        self._tasks.clear()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def _deliver(self, ref: tuple[str, str]) -> None:
+        """Until nothing is pending: record what is due, send what is due now, sleep until the next retry."""
+        woken = self._woken[ref]
+        while True:
+            woken.clear()
+            try:
+                wait = await self._round(ref)
+            except KubeError as err:  # the API server: try again soon
+                log.warning("notifications of %s/%s: %s; again in 5s", *ref, type(err).__name__)
+                wait = 5.0
+            if wait is None and not woken.is_set():
+                return
+            if wait is not None:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(woken.wait(), timeout=max(wait, 0.0))
+
+    async def _round(self, ref: tuple[str, str]) -> float | None:
+        body = await self.kube.get_migration(*ref)  # afresh: what another process delivered is seen
+        if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
+            return None
+        status = parse_status(body.get("status") or {})
+        uid = str((body.get("metadata") or {}).get("uid") or "")
+        hooks = self.webhooks(body)
+        if new := due.due(due.Ref(*ref), status, self.targets(body), datetime.now(UTC)):
+            status = await self._patch(ref, {k: v.model_dump(mode="json", by_alias=True, exclude_none=True)
+                                             for k, v in new.items()})
+            for ident, record in new.items():
+                log.info("notification %s of %s/%s due (%s) for the %s webhook(s)", ident, *ref, record.type,
+                         ", ".join(sorted(record.deliveries)))
+        for attempt in due.attempts_due(status, datetime.now(UTC)):
+            record = attempt.record
+            delivery = record.deliveries[attempt.target]
+            error: str | None = None
+            hook = hooks.get(attempt.target)
+            try:
+                if hook is None:
+                    raise DeliveryError(f"the {attempt.target} webhook is no longer configured")
+                await self._post(ref, uid, hook, attempt.ident, record)
+            except DeliveryError as err:
+                error = str(err)
+            after = due.after_attempt(record, delivery, error, datetime.now(UTC))
+            status = await self._patch(ref, {attempt.ident: {"deliveries": {
+                attempt.target: after.model_dump(mode="json", by_alias=True)}}})
+            if error is None:
+                log.info("notification %s of %s/%s delivered to the %s webhook", attempt.ident, *ref, attempt.target)
+            else:
+                log.warning("notification %s of %s/%s not delivered to the %s webhook (attempt %d): %s%s",
+                            attempt.ident, *ref, attempt.target, after.attempts, error,
+                            f"; again in {due.backoff(after.attempts):.0f}s" if after.state == "Pending" else
+                            "; given up (older than a day)")
+        if drop := due.pruned(status):
+            status = await self._patch(ref, dict.fromkeys(drop))
+        nxt = due.next_attempt(status)
+        return None if nxt is None else (nxt - datetime.now(UTC)).total_seconds()
+
+    async def _patch(self, ref: tuple[str, str], notifications: dict[str, JsonValue]) -> DatabaseMigrationStatus:
+        body = await self.kube.patch_status(*ref, {"notifications": notifications})
+        return parse_status(body.get("status") or {})
+
+    async def _secret_value(self, namespace: str, name: str, key: str) -> str:
+        data = await self.kube.read_secret_data(namespace, name)
+        if data is None:
+            raise DeliveryError(f"Secret {namespace}/{name} not found")
+        if key not in data:
+            raise DeliveryError(f"Secret {namespace}/{name} has no key {key!r}")
+        try:
+            return base64.b64decode(data[key]).decode().strip()
+        except (binascii.Error, UnicodeDecodeError):
+            raise DeliveryError(f"Secret {namespace}/{name} key {key!r} is not text") from None
+
+    async def _post(self, ref: tuple[str, str], uid: str, hook: Webhook, ident: str,
+                    record: NotificationRecord) -> None:
+        namespace = hook.namespace or ref[0]
+        try:
+            url = await self._secret_value(namespace, hook.secret, hook.url_key)
+            token = (await self._secret_value(namespace, hook.token_secret, hook.token_key)
+                     if hook.token_secret and hook.token_key else None)
+        except KubeError as err:
+            raise DeliveryError(f"reading Secret {namespace}/{hook.secret}: {type(err).__name__}") from None
+        data, content_type = payload.render(hook.format, due.Ref(*ref), uid, ident, record)
+        headers = {"Content-Type": content_type, "Idempotency-Key": payload.idempotency_key(uid, ident),
+                   "User-Agent": "alembic-operator"}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout))
+        try:
+            async with self._session.post(url, data=data, headers=headers, allow_redirects=False) as response:
+                if not 200 <= response.status < 300:
+                    raise DeliveryError(f"HTTP {response.status}")
+        except DeliveryError:
+            raise
+        except TimeoutError:
+            raise DeliveryError(f"no answer within {self.timeout:.0f}s") from None
+        except (aiohttp.ClientError, ValueError) as err:  # their text may name the URL: the class only
+            raise DeliveryError(type(err).__name__) from None

@@ -1,0 +1,301 @@
+"""Notifications (alembic_operator.notify): which are due, their payloads, and their delivery exactly once, through the
+real notifier against a real HTTP receiver on loopback and an in-memory API server that applies merge patches."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import copy
+import json
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, cast
+
+import pytest
+import pytest_asyncio
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from alembic_operator.api import (
+    Condition,
+    DatabaseMigrationStatus,
+    DriftStatus,
+    HistoryEntry,
+    NotificationDelivery,
+    PlanFinding,
+    PlanStatus,
+    parse_status,
+)
+from alembic_operator.notify import due, payload
+from alembic_operator.notify.send import OPERATOR, RESOURCE, Notifier, Webhook
+from alembic_operator.objects import Migration
+
+NOW = datetime(2026, 12, 7, 7, 0, 0, tzinfo=UTC)
+REF = due.Ref("shop", "orders")
+ALL = due.Target("operator", ("AwaitingApproval", "Succeeded", "Failed", "DriftDetected"))
+HASH = "sha256:1ee138a8c0ffee00112233445566778899aabbccddeeff00112233445566778"
+
+
+def cond(type_: str, status: str, reason: str, message: str = "", at: datetime = NOW, gen: int = 3) -> Condition:
+    return Condition(type=type_, status=status, observed_generation=gen,  # type: ignore[arg-type]
+                     last_transition_time=at, reason=reason, message=message)
+
+
+def awaiting(at: datetime = NOW) -> DatabaseMigrationStatus:
+    return DatabaseMigrationStatus(
+        observed_generation=3, phase="AwaitingApproval", target_revision="382cd6ceb09e",
+        plan=PlanStatus(revisions=["382cd6ceb09e"], destructive=["DROP COLUMN orders.legacy_code (revision 382c)"],
+                        locking=[PlanFinding(operation="CREATE INDEX ix ON orders (revision 382c)",
+                                             rule="create-index-not-concurrently")],
+                        hash=HASH, from_revision="fc7b070a6d88", to_revision="382cd6ceb09e", generation=3),
+        conditions=[cond("Stalled", "True", "DestructiveChangesNotApproved"),
+                    cond("ApprovalRequired", "True", "DestructiveChangesNotApproved", "the plan destroys data", at)])
+
+
+def ended(result: str, reason: str, finished: datetime = NOW, rolled: bool = True) -> DatabaseMigrationStatus:
+    entry = HistoryEntry.model_validate({"generation": 4, "from": "fc7b070a6d88", "to": "88d79e1b94a5",
+                                         "result": result, "reason": reason,
+                                         "startedAt": finished - timedelta(seconds=42), "finishedAt": finished})
+    conditions = [cond("RolledBack", "True", "Restored", "the backup was restored: the database is at fc7b070a6d88",
+                       gen=4)] if rolled else []
+    return DatabaseMigrationStatus(observed_generation=4, phase="Failed" if result != "Succeeded" else "Succeeded",
+                                   message="revision 88d79e1b94a5 failed: check constraint violated",
+                                   history=[entry], conditions=conditions)
+
+
+def test_a_plan_awaiting_approval_is_due_once_with_the_commands_and_the_findings() -> None:
+    found = due.due(REF, awaiting(), [ALL], NOW)
+    assert list(found) == ["approval-g3-1ee138a8c0ff"]
+    record = found["approval-g3-1ee138a8c0ff"]
+    assert record.type == "AwaitingApproval" and record.plan_hash == HASH
+    assert record.commands == ["kubectl dbm plan orders -n shop", f"kubectl dbm approve orders -n shop --hash {HASH}"]
+    assert record.findings == ["destructive: DROP COLUMN orders.legacy_code (revision 382c)",
+                               "locking: CREATE INDEX ix ON orders (revision 382c)"]
+    assert "1 destructive, 1 locking" in record.summary and record.deliveries["operator"].state == "Pending"
+    # Once recorded, the same status makes nothing due again: the id is derived from the status, not from who looks.
+    recorded = awaiting().model_copy(update={"notifications": found})
+    assert due.due(REF, recorded, [ALL], NOW + timedelta(minutes=5)) == {}
+    # A new plan (another hash) is another notification.
+    replanned = recorded.model_copy(update={"plan": recorded.plan.model_copy(update={"hash": "sha256:" + "ab" * 32})})
+    assert list(due.due(REF, replanned, [ALL], NOW)) == ["approval-g3-abababababab"]
+
+
+def test_a_run_that_ended_is_due_as_succeeded_or_failed_with_what_was_done() -> None:
+    ok = due.due(REF, ended("Succeeded", "Migrated", rolled=False), [ALL], NOW)
+    (ident, record), = ok.items()
+    assert ident == "succeeded-g4-20261207T070000Z"
+    assert (record.from_, record.to, record.duration_seconds) == ("fc7b070a6d88", "88d79e1b94a5", 42)
+    bad = due.due(REF, ended("RolledBack", "JobFailed"), [ALL], NOW)
+    (ident, record), = bad.items()
+    assert ident == "failed-g4-20261207T070000Z" and record.type == "Failed" and record.reason == "JobFailed"
+    assert record.rollback == "Restored: the backup was restored: the database is at fc7b070a6d88"
+    assert record.message == "revision 88d79e1b94a5 failed: check constraint violated"
+    assert "rolled back" in record.summary
+    plain = due.due(REF, ended("Failed", "BackupFailed", rolled=False), [ALL], NOW)
+    assert next(iter(plain.values())).rollback == "nothing was rolled back (see the message)"
+
+
+def test_drift_is_due_each_time_it_becomes_true() -> None:
+    status = DatabaseMigrationStatus(observed_generation=2, drift=DriftStatus(drifted=True, differences=["add_column "
+                                     "orders.note (TEXT)"]), conditions=[cond("Drifted", "True", "SchemaDrift", "x")])
+    (ident, record), = due.due(REF, status, [ALL], NOW).items()
+    assert ident == "drift-20261207T070000Z" and record.findings == ["add_column orders.note (TEXT)"]
+    later = status.model_copy(update={"conditions": [cond("Drifted", "True", "SchemaDrift", "x",
+                                                          NOW + timedelta(hours=1))]})
+    assert list(due.due(REF, later, [ALL], NOW + timedelta(hours=1))) == ["drift-20261207T080000Z"]
+    gone = status.model_copy(update={"conditions": [cond("Drifted", "False", "NoDrift")]})
+    assert due.due(REF, gone, [ALL], NOW) == {}
+
+
+def test_only_wanted_recent_news_is_recorded() -> None:
+    """Turning notifications on never replays the past; a webhook gets only the types it asked for."""
+    assert due.due(REF, ended("Succeeded", "Migrated", NOW - timedelta(days=2), rolled=False), [ALL], NOW) == {}
+    approvals_only = due.Target("resource", ("AwaitingApproval",))
+    assert due.due(REF, ended("Succeeded", "Migrated", rolled=False), [approvals_only], NOW) == {}
+    assert due.due(REF, awaiting(), [], NOW) == {}
+    both = due.due(REF, awaiting(), [ALL, approvals_only], NOW)
+    assert set(next(iter(both.values())).deliveries) == {"operator", "resource"}
+
+
+def test_a_failed_attempt_is_retried_with_backoff_then_given_up_after_a_day() -> None:
+    record = next(iter(due.due(REF, awaiting(), [ALL], NOW).values()))
+    delivery = record.deliveries["operator"]
+    delays = []
+    for n in range(9):
+        delivery = due.after_attempt(record, delivery, "HTTP 503", NOW)
+        assert delivery.state == "Pending" and delivery.attempts == n + 1 and delivery.next_attempt_at is not None
+        delays.append((delivery.next_attempt_at - NOW).total_seconds())
+    assert delays == [2, 4, 8, 16, 32, 64, 128, 256, 300]
+    status = awaiting().model_copy(update={"notifications": {"a": record.model_copy(
+        update={"deliveries": {"operator": delivery}})}})
+    assert due.attempts_due(status, NOW) == [] and due.next_attempt(status) == delivery.next_attempt_at
+    assert [a.target for a in due.attempts_due(status, NOW + timedelta(seconds=300))] == ["operator"]
+    done = due.after_attempt(record, delivery, None, NOW)
+    assert (done.state, done.attempts, done.delivered_at, done.error) == ("Delivered", 10, NOW, None)
+    expired = due.after_attempt(record, delivery, "HTTP 503", NOW + timedelta(hours=25))
+    assert expired.state == "Expired" and expired.next_attempt_at is None
+
+
+def test_only_settled_records_beyond_the_newest_are_pruned() -> None:
+    record = next(iter(due.due(REF, awaiting(), [ALL], NOW).values()))
+    delivered = NotificationDelivery(state="Delivered", attempts=1, delivered_at=NOW)
+    records = {f"n{i:02d}": record.model_copy(update={
+        "occurred_at": NOW + timedelta(minutes=i),
+        "deliveries": {"operator": delivered if i else record.deliveries["operator"]}}) for i in range(due.KEPT + 3)}
+    assert due.pruned(DatabaseMigrationStatus(notifications=records)) == ["n01", "n02", "n03"]  # n00 is pending
+
+
+def test_payloads_cloudevents_and_slack() -> None:
+    record = next(iter(due.due(REF, awaiting(), [ALL], NOW).values()))
+    event = payload.cloudevent(REF, "uid-1", "approval-g3-1ee138a8c0ff", record)
+    assert {k: event[k] for k in ("specversion", "id", "type", "subject", "time", "datacontenttype")} == {  # type: ignore[literal-required]
+        "specversion": "1.0", "id": "approval-g3-1ee138a8c0ff",
+        "type": "io.alembic-operator.databasemigration.awaitingapproval", "subject": "orders",
+        "time": "2026-12-07T07:00:00Z", "datacontenttype": "application/json"}
+    assert event["source"] == "/apis/migrations.alembic-operator.io/v1alpha1/namespaces/shop/databasemigrations/orders"
+    assert event["data"]["planHash"] == HASH and "deliveries" not in event["data"]
+    assert event["data"]["commands"] == record.commands
+    body, content_type = payload.render("CloudEvents", REF, "uid-1", "approval-g3-1ee138a8c0ff", record)
+    assert content_type.startswith("application/cloudevents+json") and json.loads(body) == event
+    message = payload.slack(REF, "approval-g3-1ee138a8c0ff", record)
+    assert message["text"] == record.summary
+    text = message["blocks"][0]["text"]["text"]
+    assert f"`kubectl dbm approve orders -n shop --hash {HASH}`" in text and "DROP COLUMN" in text
+    assert payload.render("Slack", REF, "u", "i", record)[1].startswith("application/json")
+
+
+# --- the notifier, end to end on loopback ------------------------------------------------------------------------
+
+URL_SECRET_VALUE = "http://127.0.0.1:{port}/hooks/T0KEN-IN-URL"
+TOKEN = "s3cr3t-bearer-token"
+
+
+def merge(target: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    """RFC 7386, as the API server applies a merge patch."""
+    for key, value in patch.items():
+        if value is None:
+            target.pop(key, None)
+        elif isinstance(value, dict):
+            target[key] = merge(target.get(key) if isinstance(target.get(key), dict) else {}, value)
+        else:
+            target[key] = value
+    return target
+
+
+@dataclass
+class FakeKube:
+    """The three calls the notifier makes, on one shared object: two notifiers on it are two operator processes."""
+
+    obj: dict[str, Any]
+    secrets: dict[tuple[str, str], dict[str, str]] = field(default_factory=dict)
+    patches: int = 0
+
+    async def get_migration(self, namespace: str, name: str) -> Migration | None:
+        return cast(Migration, copy.deepcopy(self.obj))
+
+    async def patch_status(self, namespace: str, name: str, patch: dict[str, Any]) -> Migration:
+        self.patches += 1
+        merge(self.obj.setdefault("status", {}), copy.deepcopy(patch))
+        return cast(Migration, copy.deepcopy(self.obj))
+
+    async def read_secret_data(self, namespace: str, name: str) -> dict[str, str] | None:
+        data = self.secrets.get((namespace, name))
+        return None if data is None else {k: base64.b64encode(v.encode()).decode() for k, v in data.items()}
+
+
+@dataclass
+class Receiver:
+    answers: list[int] = field(default_factory=list)  # status codes to answer in turn (then 200)
+    got: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.got.append((dict(request.headers), await request.read()))
+        self.arrived.set()
+        return web.Response(status=self.answers.pop(0) if self.answers else 200)
+
+
+@pytest_asyncio.fixture
+async def receiver() -> AsyncIterator[tuple[Receiver, int]]:
+    rx = Receiver()
+    app = web.Application()
+    app.router.add_post("/hooks/{tail:.*}", rx.handle)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    try:
+        yield rx, int(server.port)  # type: ignore[arg-type]
+    finally:
+        await server.close()
+
+
+def resource(status: DatabaseMigrationStatus, notifications: dict[str, Any] | None = None) -> dict[str, Any]:
+    spec: dict[str, Any] = {"database": {"urlSecretRef": {"name": "db", "key": "url"}},
+                            "migrations": {"image": "shop:1"}, "targetRevision": "head"}
+    if notifications is not None:
+        spec["notifications"] = notifications
+    return {"metadata": {"namespace": "shop", "name": "orders", "uid": "uid-1", "resourceVersion": "7"},
+            "spec": spec, "status": json.loads(status.model_dump_json(by_alias=True, exclude_none=True))}
+
+
+async def settle(notifier: Notifier) -> None:
+    await asyncio.gather(*notifier._tasks.values())
+
+
+@pytest.mark.asyncio
+async def test_delivered_once_across_a_leader_change_retried_and_secret_free(
+        receiver: tuple[Receiver, int], caplog: pytest.LogCaptureFixture) -> None:
+    rx, port = receiver
+    rx.answers = [503]  # the webhook is down at first: retried with backoff, the reconcile never waits for it
+    kube = FakeKube(resource(awaiting(datetime.now(UTC)), {"urlSecretRef": {"name": "hook", "key": "url"},
+                                                            "tokenSecretRef": {"name": "hook", "key": "token"},
+                                                            "format": "Slack"}))
+    kube.secrets[("shop", "hook")] = {"url": URL_SECRET_VALUE.format(port=port), "token": TOKEN}
+    kube.secrets[("ops", "central")] = {"url": URL_SECRET_VALUE.format(port=port)}
+    central = Webhook(secret="central", url_key="url", format="CloudEvents", namespace="ops")
+    caplog.set_level(logging.DEBUG, "alembic_operator")
+    leader = Notifier(kube, central)  # type: ignore[arg-type]
+    leader.offer(cast(Migration, kube.obj))
+    await settle(leader)
+    await leader.stop()
+    status = parse_status(kube.obj["status"])
+    (ident, record), = (status.notifications or {}).items()
+    assert {t: d.state for t, d in record.deliveries.items()} == {OPERATOR: "Delivered", RESOURCE: "Delivered"}
+    assert sum(d.attempts for d in record.deliveries.values()) == 3  # one 503, then both delivered
+    assert len(rx.got) == 3
+    # A new leader (another process: nothing in memory) looks at the same resource: nothing is sent again.
+    standby = Notifier(kube, central)  # type: ignore[arg-type]
+    standby.offer(cast(Migration, kube.obj))
+    await settle(standby)
+    await standby.stop()
+    assert len(rx.got) == 3
+    bodies = [json.loads(body) for _headers, body in rx.got[1:]]
+    formats = {("specversion" in b and "CloudEvents") or "Slack" for b in bodies}
+    assert formats == {"CloudEvents", "Slack"}
+    for headers, body in rx.got:
+        assert headers["Idempotency-Key"] == f"uid-1/{ident}"
+        assert ("Authorization" in headers) == (b"blocks" in body)  # the token goes to its own webhook only
+    assert rx.got[-1][0].get("Authorization", f"Bearer {TOKEN}") == f"Bearer {TOKEN}"
+    everything = [kube.obj, *(body.decode() for _h, body in rx.got), caplog.text]
+    for secret in ("T0KEN-IN-URL", TOKEN, "/hooks/"):
+        assert not [x for x in everything if secret in json.dumps(x) or secret in str(x)], secret
+    assert "HTTP 503" in caplog.text and record.deliveries[OPERATOR].error is None
+
+
+@pytest.mark.asyncio
+async def test_an_unreachable_or_missing_webhook_is_recorded_without_its_url(receiver: tuple[Receiver, int]) -> None:
+    _rx, port = receiver
+    kube = FakeKube(resource(ended("Succeeded", "Migrated", datetime.now(UTC), rolled=False),
+                             {"urlSecretRef": {"name": "hook", "key": "url"}}))
+    kube.secrets[("shop", "hook")] = {"url": f"http://127.0.0.1:{port + 1 if port < 65535 else 1}/x?k=T0KEN"}
+    central = Webhook(secret="absent", url_key="url", format="CloudEvents", namespace="ops")
+    notifier = Notifier(kube, central, timeout=2)  # type: ignore[arg-type]
+    task_round = notifier._round(("shop", "orders"))
+    assert await task_round is not None  # a retry is planned
+    await notifier.stop()
+    (record,) = (parse_status(kube.obj["status"]).notifications or {}).values()
+    assert record.deliveries[OPERATOR].error == "Secret ops/absent not found"
+    resource_error = record.deliveries[RESOURCE].error or ""
+    assert resource_error and "T0KEN" not in resource_error and "127.0.0.1" not in resource_error
+    assert all(d.state == "Pending" and d.attempts == 1 for d in record.deliveries.values())
