@@ -10,8 +10,8 @@ DEMO_DB   ?= postgresql
 PYTEST_ARGS ?=
 export PYTHONPATH := $(CURDIR)/tests$(if $(PYTHONPATH),:$(PYTHONPATH))
 
-.PHONY: help deps venv controlplane node tools test test-unit lint demo dev-cluster dev-cluster-down crd k8s-openapi clean \
-        image-check chart-check bench-gate bench-scale
+.PHONY: help deps venv controlplane node tools prometheus test test-unit lint demo dev-cluster dev-cluster-down crd k8s-openapi clean \
+        image-check chart-check bench-gate bench-scale bench-fleet
 
 help:
 	@echo "make demo              the operator's whole job, end to end, on the local bed (DEMO_DB=mariadb: on MariaDB)"
@@ -23,6 +23,7 @@ help:
 	@echo "make bench-gate        Ready -> last held pod released, for 1/10/100 pods (median, p99)"
 	@echo "make bench-scale       what N idle DatabaseMigrations cost (N=1000; N=\"200 500 1000\"), next to the empty operator"
 	@echo "make bench-rehearsal   a table rewrite on ~1 GB: rehearsal vs real duration, several runs (BENCH_ARGS=\"--runs 5\")"
+	@echo "make bench-fleet       a DatabaseMigrationSet over 200 PostgreSQL + 10 MariaDB tenants (canary failure, resume, ratio to the best possible), then 1,000 idle"
 	@echo "make crd               regenerate crds/, docs/crd-reference.md (the pydantic model), docs/reasons.md, docs/locking.md and the chart's approval-change.cel"
 	@echo "make k8s-openapi       re-vendor Kubernetes' core/v1 schemas from \$$KUBECONFIG's API server, then make crd"
 
@@ -74,14 +75,19 @@ node: deps
 tools: venv
 	$(PY) -m bed tools
 
+# promtool and prometheus (Prometheus' Go module), alertmanager (Alertmanager's), cached like the control plane: the
+# chart's alert tests (tests/unit/test_alerts.py) and the bed's end-to-end alert test use them.
+prometheus: deps
+	tests/bed/build-prometheus.sh
+
 # In parallel (pytest-xdist): one bed for all workers, each test in its own namespace with its own operator process
 # (tests/sharing.py); TEST_WORKERS=0 runs in one process.
 TEST_WORKERS ?= 4
-test: deps venv controlplane node tools
+test: deps venv controlplane node tools prometheus
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
-# No server at all: no PostgreSQL, no bed (tests/postgres, tests/cluster and tests/e2e need them).
-test-unit: venv
+# No server at all: no PostgreSQL, no bed (tests/postgres, tests/cluster and tests/e2e need them); promtool (cached).
+test-unit: venv prometheus
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
 lint: venv
@@ -116,6 +122,9 @@ bench-rehearsal: venv
 N ?= 1000
 bench-scale: deps venv controlplane tools
 	N="$(N)" $(PY) tests/bench_scale.py $(BENCH_ARGS)
+
+bench-fleet: deps venv controlplane node tools
+	$(PY) tests/bench_fleet.py $(BENCH_ARGS)
 
 image-check: venv
 	$(VENV)/bin/hadolint Dockerfile examples/shop/Dockerfile tests/bed/dockerfiles/*/Dockerfile

@@ -39,6 +39,7 @@ class Rev:
     down_revision: str | tuple[str, ...] | None = PREVIOUS
     message: str = ""
     extra_imports: Sequence[str] = field(default_factory=tuple)
+    phase: str | None = None  # expand/contract: the module attribute `phase` ("expand" or "contract")
 
 
 ALEMBIC_INI = """\
@@ -144,7 +145,7 @@ revision = {id!r}
 down_revision = {down_revision!r}
 branch_labels = None
 depends_on = None
-
+{phase}
 
 def upgrade():
 {upgrade}
@@ -187,6 +188,7 @@ def make_project(
                 revises=", ".join(down) if isinstance(down, tuple) else down,
                 down_revision=down,
                 extra_imports="\n".join(rev.extra_imports),
+                phase=f"phase = {rev.phase!r}\n" if rev.phase is not None else "",
                 upgrade=_body(rev.upgrade),
                 downgrade=_body(rev.downgrade),
             )

@@ -172,7 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     ns = f"bench-gate-{uuid.uuid4().hex[:6]}"
     operator: GateOperator | None = None
     try:
-        proc = bed.kubectl("apply", "--server-side", "-f", str(CRD))
+        proc = bed.kubectl("apply", "--server-side", "-f", str(CRD),
+                             "-f", str(CRD.with_name("databasemigrationsets.yaml")))
         assert proc.returncode == 0, proc.stderr
         core.create_namespace(k8s.V1Namespace(metadata=k8s.V1ObjectMeta(name=ns)))
         cluster = Cluster(api, ns)

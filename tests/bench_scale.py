@@ -267,7 +267,8 @@ def migrations(args: argparse.Namespace, tmp: Path) -> int:
     operator: OperatorProcess | None = None
     n, cap = args.migrations, args.max_running_jobs
     try:
-        proc = bed.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
+        proc = bed.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD),
+                             "-f", str(CRD.with_name("databasemigrationsets.yaml")))
         assert proc.returncode == 0, proc.stderr
         core.create_namespace(k8s.V1Namespace(metadata=k8s.V1ObjectMeta(name=ns)))
         cluster = Cluster(api, ns)
@@ -371,7 +372,8 @@ def main(argv: list[str] | None = None) -> int:
         db = pg.create_database("scale")
         db.query("CREATE TABLE alembic_version (version_num varchar(32) PRIMARY KEY)")
         db.query(f"INSERT INTO alembic_version VALUES ('{REVISION}')")
-        proc = bed.kubectl("apply", "--server-side", "-f", str(CRD))
+        proc = bed.kubectl("apply", "--server-side", "-f", str(CRD),
+                             "-f", str(CRD.with_name("databasemigrationsets.yaml")))
         assert proc.returncode == 0, proc.stderr
         bench = Bench(bed, pg, "scale", tmp, args.freshness)
         bench.cluster.secret("db-url", {"url": db.url})

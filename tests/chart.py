@@ -130,6 +130,7 @@ KOPF_RE = re.compile(r"@kopf\.(?:on\.(\w+)|daemon|timer|index)\(([^)]*)\)")
 # annotations: patch). Events: Kopf's poster (kopf.event / kopf.info ...).
 FRAMEWORK: set[Rule] = {
     (c.GROUP, f"{c.PLURAL}/finalizers", "update"),  # Jobs' ownerReferences with blockOwnerDeletion
+    (c.GROUP, f"{c.SET_PLURAL}/finalizers", "update"),  # the set's DatabaseMigrations' ownerReferences too
 }
 
 
@@ -169,7 +170,9 @@ def used_by_the_code() -> set[Rule]:
             if "METADATA_ONLY" in expr:  # kube.present: names of DatabaseMigrations and of our Jobs
                 needed |= {(c.GROUP, c.PLURAL, "list"), ("batch", "jobs", "list")}
                 continue
-            if "_migration_path" in expr or "c.PLURAL" in expr:
+            if "_set_path" in expr or "c.SET_PLURAL" in expr:
+                group, resource, named = c.GROUP, c.SET_PLURAL, "_set_path" in expr or "{name}" in expr
+            elif "_migration_path" in expr or "c.PLURAL" in expr:
                 group, resource, named = c.GROUP, c.PLURAL, "_migration_path" in expr or "{name}" in expr
             elif "log_path" in expr:  # kube.pod_log: GET pods/{name}/log
                 group, resource, named = "", "pods/log", True
@@ -181,6 +184,9 @@ def used_by_the_code() -> set[Rule]:
                 group, resource, named = "", "configmaps", "/configmaps/{" in expr
             elif "/secrets" in expr:
                 group, resource, named = "", "secrets", "/secrets/{" in expr
+            elif "/apis/apps/v1/" in expr:  # kube.list_workloads: expand/contract reads the older version's owners
+                needed |= {("apps", kind, "list") for kind in ("replicasets", "deployments", "statefulsets")}
+                continue
             elif "subjectaccessreviews" in expr:
                 needed |= REVIEWS
                 continue
@@ -205,6 +211,8 @@ def used_by_the_code() -> set[Rule]:
                 needed |= {("batch", "jobs", "list"), ("batch", "jobs", "watch")}
             elif '"pods"' in args:
                 needed |= {("", "pods", "list"), ("", "pods", "watch")}
+            elif "c.SET_PLURAL" in args:  # watched only (Kopf's event handler): its status is ours
+                needed |= {(c.GROUP, c.SET_PLURAL, v) for v in ("list", "watch")}
             elif "c.PLURAL" in args or c.PLURAL in args:
                 needed |= {(c.GROUP, c.PLURAL, v) for v in ("list", "watch", "patch")}
             else:

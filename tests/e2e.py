@@ -35,6 +35,7 @@ from harness import Cluster, OperatorProcess, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 CRD = REPO / "crds" / "databasemigrations.yaml"
+SET_CRD = REPO / "crds" / "databasemigrationsets.yaml"  # the operator watches DatabaseMigrationSets too
 APPS_ROOT = Path.home() / ".cache" / "alembic-operator" / "test-apps"
 
 R1, R2, R3, R4 = "a1a1a1a1a101", "b2b2b2b2b202", "c3c3c3c3c303", "d4d4d4d4d404"
@@ -208,8 +209,12 @@ class E2E:
 
     def upgrade_directly(self, project: Path, target: str) -> None:
         """Bring the database somewhere by hand (what a team did before the operator)."""
+        self.upgrade_directly_on(self.db, project, target)
+
+    @staticmethod
+    def upgrade_directly_on(db: Database, project: Path, target: str) -> None:
         cfg = Config(str(project / "alembic.ini"))
-        cfg.set_main_option("sqlalchemy.url", self.db.url.replace("%", "%%"))
+        cfg.set_main_option("sqlalchemy.url", db.url.replace("%", "%%"))
         command.upgrade(cfg, target)
 
     def seed(self) -> None:
@@ -252,13 +257,14 @@ class E2E:
 
 @pytest.fixture(scope="session")
 def crd(bed: Bed) -> Path:
-    proc = bed.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
+    proc = bed.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD), "-f", str(SET_CRD))
     assert proc.returncode == 0, proc.stderr
     ext = k8s.ApiextensionsV1Api(k8s.ApiClient(_config(bed)))
 
     def established() -> bool:
-        obj = ext.read_custom_resource_definition(f"{c.PLURAL}.{c.GROUP}")
-        return any(x.type == "Established" and x.status == "True" for x in obj.status.conditions or [])
+        return all(any(x.type == "Established" and x.status == "True" for x in
+                       ext.read_custom_resource_definition(f"{plural}.{c.GROUP}").status.conditions or [])
+                   for plural in (c.PLURAL, c.SET_PLURAL))
 
     wait_for(established, 30, "the CRD to be established")
     return CRD

@@ -200,6 +200,16 @@ class Cluster:
                 raise
             self.core.replace_namespaced_secret(name, self.ns, body)
 
+    def labelled_secret(self, name: str, data: dict[str, str], labels: dict[str, str]) -> None:
+        """A Secret with these labels (and no others), created or replaced."""
+        body = k8s.V1Secret(metadata=k8s.V1ObjectMeta(name=name, labels=labels), string_data=data)
+        try:
+            self.core.create_namespaced_secret(self.ns, body)
+        except k8s.ApiException as err:
+            if err.status != 409:
+                raise
+            self.core.replace_namespaced_secret(name, self.ns, body)
+
     def create(self, name: str, spec: dict[str, Any], annotations: dict[str, str] | None = None) -> dict[str, Any]:
         body = {"apiVersion": c.API_VERSION, "kind": c.KIND,
                 "metadata": {"name": name, "annotations": annotations or {}}, "spec": spec}

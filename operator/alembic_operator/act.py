@@ -119,6 +119,12 @@ def count(ctx: Context, namespace: str, name: str, before: DatabaseMigrationStat
         if job.state in ("succeeded", "failed") and job.name not in ctx.runtime.jobs_counted:
             ctx.runtime.jobs_counted.add(job.name)
             metrics.job_finished(namespace, name, role, job.seconds or 0.0, job.state == "succeeded")
+            result = job.result or {}
+            if role in ("migrate", "downgrade") and reasons.parse(result.get("reason")) == reasons.LOCK_TIMEOUT:
+                metrics.lock_timeout(namespace, name)
+            if role == "migrate" and job.state == "succeeded":
+                metrics.last_run_duration(namespace, name, str(result.get("to") or result.get("revision") or ""),
+                                          job.seconds or 0.0)
     done = decision.state.rehearsal
     if done is not None and done.result == "Passed" and done != before.rehearsal:
         metrics.rehearsed(namespace, name, done.seconds, done.migration_seconds)
@@ -135,6 +141,7 @@ async def start_jobs(ctx: Context, obj: Migration, obs: Observation, deleting: b
     is reached, decide again with the queue's reason (the resource is woken when a Job ends)."""
     decision = decision or decide_for(obs, deleting)
     if not decision.jobs:
+        metrics.queued(obs.namespace, obs.name, False)
         return decision, {}
     ref = (obs.namespace, obs.name)
     async with ctx.runtime.slots:
@@ -147,8 +154,11 @@ async def start_jobs(ctx: Context, obj: Migration, obs: Observation, deleting: b
             decision = decide_for(dataclasses.replace(obs, job_queue=queue), deleting)
             decision.jobs = []  # a drift check, a retry: they too wait for a slot
             ctx.runtime.queued[ref] = None
+            metrics.queued(*ref, True)
+            ctx.runtime.report_slots()
             return decision, {}
         ctx.runtime.queued.pop(ref, None)
+        metrics.queued(*ref, False)
         try:
             created = await _create_jobs(ctx, obj, decision, target)
         except _JobRefused as refused:  # tell the user now, in the status: retrying cannot help
@@ -156,6 +166,7 @@ async def start_jobs(ctx: Context, obj: Migration, obs: Observation, deleting: b
             return decide_for(dataclasses.replace(obs, refused=JobRefusal(refused.role, refused.message)), deleting), {}
         known = ctx.runtime.jobs.get(ref, ())
         ctx.runtime.starting.update({n: time.monotonic() for n in created.values() if n not in known})
+        ctx.runtime.report_slots()
     return decision, created
 
 

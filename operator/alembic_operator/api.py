@@ -730,6 +730,28 @@ class RehearsalStatus(_StatusModel):
         default=None, description="The scratch database that may exist now; dropped once the rehearsal Job ends.")
     migration_seconds: float | None = Field(
         default=None, description="The real migration's duration afterwards, to compare with the rehearsal's.")
+# --- expand/contract (issue 24) -------------------------------------------------------------------------------------
+DEFAULT_OLD_VERSION_TIMEOUT = "30m"
+
+
+class ContractSpec(_SpecModel):
+    """How a plan's contract part waits for the older version of the app (revisions marked phase = "contract")."""
+
+    old_version_timeout: str = Field(
+        default=DEFAULT_OLD_VERSION_TIMEOUT,
+        pattern=r"^([0-9]{1,6}h)?([0-9]{1,6}m)?([0-9]{1,6}s)?$",
+        min_length=2,
+        max_length=16,
+        description=(
+            "How long the contract part may wait for the pods of the older version (pods labelled "
+            "migrations.alembic-operator.io/wait-for with this resource whose revision the contract part would "
+            "break, and pods of older ReplicaSets or StatefulSet revisions of the gated workloads) before the "
+            f'resource turns Stalled (OldVersionStillRunning); it keeps waiting. A duration such as "30m" (default '
+            f"{DEFAULT_OLD_VERSION_TIMEOUT}) or \"2h\"."
+        ),
+    )
+
+
 # --- notifications (issue 26: webhook notifications, notify/) ----------------------------------------------------
 
 NotificationFormat = Literal["Slack", "CloudEvents"]
@@ -768,6 +790,60 @@ class NotificationsSpec(_SpecModel):
             "(failed, and how it was rolled back), DriftDetected. Unset: all four."
         ),
     )
+
+
+class PlanPart(_StatusModel):
+    """One part of a plan split at its first contract revision (phase = "contract" in the revision file)."""
+
+    revisions: list[str] = Field(default_factory=list, description="Its revisions, in the order they run.")
+    from_revision: str | None = Field(default=None, description="Where it starts (base: an empty database).")
+    to_revision: str | None = Field(default=None, description="Where it ends.")
+    destructive: list[str] = Field(default_factory=list, description="Its data-losing operations (first ones).")
+
+
+class PartRecord(_StatusModel):
+    """One part of a finished run (history, run records): expand, then contract."""
+
+    part: Literal["expand", "contract"] = Field(description="expand or contract.")
+    from_: str | None = Field(default=None, alias="from", description="Where it started.")
+    to: str | None = Field(default=None, description="Where it ended (or aimed).")
+    started_at: Time | None = Field(default=None, description="When its Job was started.")
+    finished_at: Time | None = Field(default=None, description="When it was applied.")
+
+
+class ContractStatus(_StatusModel):
+    """Where a plan split into expand and contract parts is (status.contract): the story of the run."""
+
+    generation: int | None = Field(default=None, description="The metadata.generation of the run.")
+    state: Literal["Expanding", "WaitingForOldVersion", "Contracting", "Contracted", "Failed"] = Field(
+        description="Expanding (the expand part runs), WaitingForOldVersion (applied; the older version's pods "
+                    "still run), Contracting, Contracted, or Failed.")
+    from_revision: str | None = Field(default=None, description="Where the expand part started (empty: base).")
+    expand_to: str | None = Field(default=None, description="The last expand revision: the new version's pods are "
+                                  "released once the database is there.")
+    target: str | None = Field(default=None, description="The end of the contract part (the run's target).")
+    expand_started_at: Time | None = Field(default=None, description="When the expand part's Job was started.")
+    expanded_at: Time | None = Field(default=None, description="When the expand part was applied.")
+    waiting_since: Time | None = Field(default=None, description="Since when the contract part waits for the older "
+                                       "version's pods.")
+    deadline: Time | None = Field(default=None, description="When the wait turns Stalled (spec.contract."
+                                  "oldVersionTimeout); it goes on waiting.")
+    older_pods: list[str] = Field(default_factory=list, description="The older version's pods still there (first "
+                                  "20), each as name (workload, the revision it needs).")
+    older_pod_count: int | None = Field(default=None, ge=0, description="How many there are.")
+    older_workloads: list[str] = Field(default_factory=list, description="Their workloads, e.g. Deployment/shop.")
+    old_version_gone_at: Time | None = Field(default=None, description="When the last of them was seen gone.")
+    contract_started_at: Time | None = Field(default=None, description="When the contract Job was started.")
+    contracted_at: Time | None = Field(default=None, description="When the contract part was applied.")
+
+    def parts(self) -> list[PartRecord]:
+        """Both parts with their timestamps (the contract part once it started), for history and run records."""
+        out = [PartRecord(part="expand", from_=self.from_revision or "base", to=self.expand_to or "base",
+                          started_at=self.expand_started_at, finished_at=self.expanded_at)]
+        if self.contract_started_at is not None or self.contracted_at is not None:
+            out.append(PartRecord(part="contract", from_=self.expand_to or "base", to=self.target,
+                                  started_at=self.contract_started_at, finished_at=self.contracted_at))
+        return out
 
 
 class NotificationDelivery(_StatusModel):
@@ -873,6 +949,14 @@ class DatabaseMigrationSpec(_SpecModel):
     rehearsal: RehearsalSpec = Field(
         default_factory=RehearsalSpec,
         description="Rehearse the plan on a scratch copy of the database first. Default: the chart's setting.",
+        json_schema_extra=EMPTY_DEFAULT,
+    )
+    contract: ContractSpec = Field(
+        default_factory=ContractSpec,
+        description=(
+            'Expand/contract: revisions marked phase = "contract" (a module attribute of the revision file) run '
+            "only after the older version's pods are gone; this says how long that may take. Default: 30m."
+        ),
         json_schema_extra=EMPTY_DEFAULT,
     )
     drift_check: DriftCheckSpec = Field(
@@ -1140,6 +1224,17 @@ class PlanStatus(_StatusModel):
     to_revision: str | None = Field(default=None, description="The revision the plan ends at.")
     generation: int | None = Field(default=None, description="The metadata.generation the plan was made for.")
     sql: PlanSQL | None = Field(default=None, description="The rendered SQL, kept for review.")
+    contract_revisions: list[str] | None = Field(
+        default=None, description='The revisions marked phase = "contract" among the plan\'s and the lineage\'s, '
+        "newest first: a pod built for an older revision is held once the database is past one of them (pod gate).")
+    expand: PlanPart | None = Field(default=None, description="The part that runs before the new version's pods are "
+                                    "released: every revision before the first contract revision.")
+    contract: PlanPart | None = Field(default=None, description="The part that runs once no pod of the older version "
+                                      "runs: from the first contract revision on.")
+    breaking: list[str] | None = Field(
+        default=None, description="Operations of revisions not marked contract that drop or rename a table or "
+        "column the running version uses (first ones): the plan waits for approval, like a destructive one.")
+    breaking_count: int | None = Field(default=None, ge=0, description="How many such operations the plan has.")
 
 
 class DriftStatus(_StatusModel):
@@ -1191,6 +1286,8 @@ class HistoryEntry(_StatusModel):
     approved_by: str | None = Field(default=None, description="Who approved its plan: a user (recorded by the "
                                     "webhook), spec.approval.allowDestructive, or the annotation when the webhook did "
                                     "not record a user.")
+    parts: list[PartRecord] | None = Field(default=None, description="A plan split into expand and contract: each "
+                                           "part, with its timestamps.")
 
 
 class RunRecord(HistoryEntry):
@@ -1205,7 +1302,8 @@ class RunRecord(HistoryEntry):
     rehearsal: RehearsalStatus | None = Field(default=None, description="The rehearsal of its plan, if any.")
 
 
-RunStep = Literal["Planning", "AwaitingApproval", "BackingUp", "Rehearsing", "Migrating", "RollingBack", "Done"]
+RunStep = Literal["Planning", "AwaitingApproval", "BackingUp", "Rehearsing", "Migrating", "WaitingForOldVersion",
+                  "RollingBack", "Done"]
 """Where a run is. From BackingUp to RollingBack it may write to the database (WRITING_STEPS): a new generation waits
 for it to end; before that, a new generation replaces the run."""
 WRITING_STEPS: frozenset[str] = frozenset({"BackingUp", "Rehearsing", "Migrating", "RollingBack"})
@@ -1283,6 +1381,9 @@ class RunStatus(_StatusModel):
     transient_since: Time | None = Field(default=None, description="Since when the database has been unreadable.")
     transient_retries: int | None = Field(default=None, description="Reads of an unreadable database so far.")
     baselined: bool | None = Field(default=None, description="spec.baseline was stamped in this run.")
+    part: Literal["expand", "contract"] | None = Field(
+        default=None, description="A plan split at its first contract revision: the part under way (its Jobs: "
+        "migrate, then contract; revisions, start and target revision are the part's).")
     drift_job: str | None = Field(default=None, description="The last drift Job whose result was recorded.")
     database_key: str | None = Field(
         default=None, description="The database's identity (no secrets): runs on the same database queue."
@@ -1343,6 +1444,8 @@ class DatabaseMigrationStatus(_StatusModel):
     )
     drift: DriftStatus | None = Field(default=None, description="The last drift check (spec.driftCheck).")
     rehearsal: RehearsalStatus | None = Field(default=None, description="The last rehearsal (spec.rehearsal).")
+    contract: ContractStatus | None = Field(default=None, description="A plan split into expand and contract parts "
+                                            "(revisions marked phase = \"contract\"): where it is.")
     notifications: dict[str, NotificationRecord] | None = Field(
         default=None,
         description=(

@@ -22,10 +22,14 @@ from typing import Any
 import kopf
 
 from . import constants as c
-from . import handlers, indexes, metrics, release, webhook
+from . import events, handlers, indexes, metrics, release, webhook
 from .config import OperatorConfig
+from .events import EventType
+from .fleet.handlers import Fleet
 from .kube import Client, KubeError
 from .notify.send import Notifier
+from .objects import Migration
+from .reasons import Reason
 
 log = logging.getLogger("alembic_operator")
 
@@ -36,7 +40,7 @@ class QuietSuccess(logging.Filter):
     """Drop Kopf's "... succeeded." lines of the handlers that run for every event: the wake-ups, the gate's watch
     and timer, the webhook (one per pod created)."""
 
-    QUIET = ("'job_changed'", "'migration_changed'", "'gate-migration'", f"'{webhook.HANDLER_ID}'",
+    QUIET = ("'job_changed'", "'migration_changed'", "'set_changed'", "'gate-migration'", f"'{webhook.HANDLER_ID}'",
              f"'{webhook.APPROVAL_HANDLER_ID}'")
 
     def filter(self, record: logging.LogRecord) -> bool:
@@ -50,6 +54,7 @@ class Operator:
     def __init__(self, config: OperatorConfig) -> None:
         self.config = config
         self.keeper = release.Gatekeeper()
+        self.fleet = Fleet()  # DatabaseMigrationSets (with the reconciler)
         self._ctx: indexes.Context | None = None
         self.settings: kopf.OperatorSettings | None = None
         self._sweeper: asyncio.Task[None] | None = None
@@ -58,6 +63,8 @@ class Operator:
         """The reconciler's runtime, its scheduler started (from the first watch event's handler: Kopf's context)."""
         if self.ctx.runtime.scheduler is None and self.settings is not None:
             handlers.start(self.ctx, self.settings)
+        if self.fleet.scheduler is None:
+            self.fleet.start(self.ctx)
         return self.ctx.runtime
 
     @property
@@ -82,7 +89,8 @@ class Operator:
             client = Client()
             self._ctx = indexes.Context(config=config, kube=client,
                                          runtime=indexes.Runtime(max_running_jobs=config.max_running_jobs))
-            self._ctx.runtime.notifier = Notifier(client, config.notify)
+            self._ctx.runtime.notifier = Notifier(client, config.notify, resources=config.notify_resources,
+                                                  post=_post_event)
             self.keeper.client = client
             metrics.serve(config.metrics)
         client = self._ctx.kube
@@ -116,12 +124,21 @@ class Operator:
                 await self._sweeper
             self._sweeper = None
         self.keeper.stop()
+        await self.fleet.stop()
         if self._ctx is not None and self._ctx.runtime.scheduler is not None:
             await self._ctx.runtime.scheduler.stop()
         if self._ctx is not None and self._ctx.runtime.notifier is not None:
             await self._ctx.runtime.notifier.stop()
         if self._ctx is not None:
             await self._ctx.kube.close()
+
+
+def _post_event(obj: Migration, kind: EventType, reason: Reason, message: str) -> None:
+    """An Event from the notifier's task (a copy of the reconcile worker's context: Kopf's poster is there)."""
+    try:
+        events.post(kopf.Body(obj), kind, reason, message)  # type: ignore[arg-type]
+    except LookupError:  # outside Kopf's context: the log has it
+        log.debug("no Event poster for %s", reason)
 
 
 def registry(config: OperatorConfig) -> tuple[kopf.OperatorRegistry, Operator]:
@@ -157,6 +174,12 @@ def registry(config: OperatorConfig) -> tuple[kopf.OperatorRegistry, Operator]:
             runtime = op.reconciler()
             if runtime.migration_seen(event.get("type"), dict(event.get("object") or {})) and namespace:
                 runtime.wake(namespace, name)
+            op.fleet.migration_seen(event.get("type"), dict(event.get("object") or {}))
+
+        @kopf.on.event(c.GROUP, c.VERSION, c.SET_PLURAL, id="set_changed", registry=reg)
+        async def set_changed(event: kopf.RawEvent, **_: Any) -> None:
+            op.reconciler()
+            op.fleet.set_seen(event.get("type"), dict(event.get("object") or {}))
 
         @kopf.on.delete(c.GROUP, c.VERSION, c.PLURAL, id="on_delete", registry=reg)
         async def on_delete(namespace: str | None, name: str, logger: indexes.Logger, **_: Any) -> None:
@@ -203,6 +226,7 @@ def run(config: OperatorConfig) -> int:
     logging.getLogger("alembic.runtime.migration").setLevel(logging.WARNING)
     logging.getLogger("kopf.objects").addFilter(QuietSuccess())
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)  # one line per admission request otherwise
+    metrics.follow_peering()
     kopf.run(
         registry=reg,
         settings=settings(config),

@@ -45,6 +45,7 @@ class OperatorConfig:
     reconciler: bool = True  # False: only the pod gating (the webhook and the release of held pods)
     rehearse_by_default: bool = False  # spec.rehearsal.enabled when a resource leaves it unset (the chart's)
     notify: Webhook | None = None  # the operator-wide notification webhook (--notify-secret)
+    notify_resources: bool = True  # spec.notifications' webhooks are used (--no-resource-notifications: not)
 
     @property
     def watched(self) -> list[str] | None:
@@ -71,6 +72,7 @@ class OperatorConfig:
             reconciler=args.reconciler,
             rehearse_by_default=bool(getattr(args, "rehearse_by_default", False)),
             notify=_notify_webhook(args),
+            notify_resources=args.notify_resources,
         )
 
 
@@ -113,6 +115,9 @@ def add_arguments(run: argparse.ArgumentParser) -> None:
                         help="Slack-compatible JSON or CloudEvents 1.0, structured (default %(default)s)")
     notify.add_argument("--notify-events", type=_notification_types, default=NOTIFICATION_TYPES,
                         metavar="TYPE,...", help="which notifications (default: " + ",".join(NOTIFICATION_TYPES) + ")")
+    notify.add_argument("--no-resource-notifications", dest="notify_resources", action="store_false",
+                        help="ignore spec.notifications: the operator then POSTs only to the operator-wide webhook "
+                             "(a resource's webhook is a URL its namespace's users choose, called from the operator)")
 
 
 def _notify_webhook(args: argparse.Namespace) -> Webhook | None:

@@ -31,8 +31,19 @@ URL_ENV: Final = "ALEMBIC_OPERATOR_DATABASE_URL"
 
 FINALIZER: Final = f"{GROUP}/finalizer"
 
+# --- DatabaseMigrationSet (issue 28: one migration, many databases) ---------------------------------------------------
+SET_KIND: Final = "DatabaseMigrationSet"
+SET_PLURAL: Final = "databasemigrationsets"
+SET_SINGULAR: Final = "databasemigrationset"
+SET_SHORT_NAME: Final = "dbms"
+SET_LABEL: Final = f"{GROUP}/set"  # on the DatabaseMigrations a set owns: the set's name
+TARGET_ANNOTATION: Final = f"{GROUP}/target"  # on them too: the target Secret's name
+SET_TEMPLATE_ANNOTATION: Final = f"{GROUP}/set-template"  # on them: the hash of the set's template they carry
+SET_ATTEMPT_ANNOTATION: Final = f"{GROUP}/set-attempt"  # in their spec.jobTemplate.podAnnotations: a retry's token
+RETRY_ANNOTATION: Final = f"{GROUP}/retry"  # on a set, written by users: retry its failed targets (any new value)
+
 # Job roles: the value of ROLE_LABEL and a part of each Job's name (jobs.ROLES declares what each does).
-Role = Literal["plan", "backup", "migrate", "downgrade", "restore", "stamp", "drift", "rehearse"]
+Role = Literal["plan", "backup", "migrate", "contract", "downgrade", "restore", "stamp", "drift", "rehearse"]
 
 # Phases (status.phase).
 Phase = Literal[
@@ -42,6 +53,8 @@ Phase = Literal[
     "BackingUp",
     "Rehearsing",
     "Migrating",
+    "WaitingForOldVersion",
+    "Contracting",
     "RollingBack",
     "Succeeded",
     "Failed",
@@ -58,6 +71,8 @@ ROLLED_BACK: Final = "RolledBack"
 APPROVAL_REQUIRED: Final = "ApprovalRequired"
 DRIFTED: Final = "Drifted"
 REHEARSED: Final = "Rehearsed"  # spec.rehearsal: True once the plan ran whole on a scratch copy
+EXPANDED: Final = "Expanded"  # expand/contract: the plan's expand part is applied
+CONTRACTED: Final = "Contracted"  # ... its contract part (False while it waits for the older version's pods)
 
 # The durable run records (audit.py): ConfigMaps of this component, the record under this key.
 RUN_RECORD_COMPONENT: Final = "run-record"

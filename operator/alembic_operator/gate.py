@@ -48,6 +48,7 @@ MIGRATION_NOT_FOUND = reasons.MIGRATION_NOT_FOUND
 NOT_READY = reasons.MIGRATION_NOT_READY
 WAITING_FOR_REVISION = reasons.WAITING_FOR_REVISION
 UNKNOWN_REVISION = reasons.UNKNOWN_REVISION
+SCHEMA_CONTRACTED = reasons.SCHEMA_CONTRACTED
 
 
 @dataclass(frozen=True)
@@ -159,6 +160,62 @@ def revision_state(status: Obj, revision: str) -> RevisionState:
     return "pending" if revision in known_revisions(status) else "unknown"
 
 
+# --- expand/contract: both bounds of a requirement ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """What a pod built for `revision` can run on: the database at `lower` or later, and not yet at `upper`.
+
+    Contract revisions (phase = "contract") only remove what an older version used, so a version built for a
+    contract revision runs on the schema its expand part left (`lower` is the newest non-contract revision at or
+    before it), and a version built before a contract revision stops working once that revision is applied
+    (`upper`: the first contract revision after it that follows an expand revision; a run of contract revisions
+    right after a contract revision belongs to the version built for it). None: no bound."""
+
+    lower: str | None
+    upper: str | None
+
+
+def bounds(lineage: Sequence[str], contract: Iterable[str], revision: str) -> Bounds:
+    """Both bounds of `revision` in a lineage (newest first) whose contract revisions are `contract`; a revision
+    outside the lineage keeps its own lower bound and has no upper one."""
+    marked = set(contract)
+    if revision not in lineage or not marked:
+        return Bounds(revision, None)
+    at = lineage.index(revision)
+    older = at
+    while older < len(lineage) and lineage[older] in marked:
+        older += 1
+    lower = lineage[older] if older < len(lineage) else None
+    expanded = revision not in marked
+    upper = None
+    for newer in reversed(lineage[:at]):
+        if newer in marked and expanded:
+            upper = newer
+            break
+        expanded = expanded or newer not in marked
+    return Bounds(lower, upper)
+
+
+def bounds_of(status: Obj, revision: str) -> Bounds:
+    """`bounds` from a DatabaseMigration's status (plan.lineage, plan.contractRevisions)."""
+    plan = status.get("plan") or {}
+    return bounds(_strings(plan.get("lineage")), _strings(plan.get("contractRevisions")), revision)
+
+
+def split_target(dbm: Obj) -> str | None:
+    """The target of this generation's plan when it is split into expand and contract parts (status.plan.contract
+    set for the resource's generation): a pod that waits for the target needs only the expand part."""
+    status = dbm.get("status") or {}
+    plan = status.get("plan") or {}
+    generation = (dbm.get("metadata") or {}).get("generation")
+    if not plan.get("contract") or plan.get("generation") != generation:
+        return None
+    target = status.get("targetRevision") or plan.get("toRevision")
+    return str(target) if target else None
+
+
 def _state_of(dbm: Obj) -> str:
     status = dbm.get("status") or {}
     phase = status.get("phase") or "not processed yet"
@@ -184,8 +241,27 @@ def evaluate(requirement: Requirement, dbm: Obj | None) -> Verdict:
         if ready_at_target(dbm):
             return Verdict(True, READY_AT_TARGET,
                            f"DatabaseMigration {name} is Ready at revision {status.get('currentRevision')}")
-        return Verdict(False, NOT_READY, f"waiting for {requirement.describe()} ({_state_of(dbm)})")
-    state = revision_state(status, requirement.revision)
+        target = split_target(dbm)
+        split = bounds_of(status, target) if target else None
+        if split is None or not split.lower or revision_state(status, split.lower) != "reached":
+            return Verdict(False, NOT_READY, f"waiting for {requirement.describe()} ({_state_of(dbm)})")
+        return Verdict(True, REVISION_REACHED,
+                       f"the database of DatabaseMigration {name} is at {status.get('currentRevision')}: the expand "
+                       f"part of the plan to {target} is applied, and what is left (contract revisions) removes only "
+                       "what the older version used")
+    wanted = resolve_revision(status, requirement.revision)
+    limits = bounds_of(status, wanted)
+    if limits.upper and revision_state(status, limits.upper) == "reached":
+        return Verdict(False, SCHEMA_CONTRACTED,
+                       f"this pod's version needs revision {requirement.revision} (annotation "
+                       f"{c.REVISION_ANNOTATION}), but the database of DatabaseMigration {name} is at "
+                       f"{status.get('currentRevision')}, past contract revision {limits.upper}, which removed what "
+                       f"that version uses: it stays held. Roll the workload forward to a version built for "
+                       f"{limits.upper} or later")
+    state = revision_state(status, limits.lower) if limits.lower and limits.lower != wanted else \
+        revision_state(status, requirement.revision)
+    if limits.lower is None:
+        state = "reached"  # contract revisions all the way down: nothing of the schema is needed first
     if state == "reached":
         return Verdict(True, REVISION_REACHED,
                        f"the database of DatabaseMigration {name} is at {status.get('currentRevision')}, "

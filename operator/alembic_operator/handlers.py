@@ -164,9 +164,19 @@ async def reconcile(ctx: Context, namespace: str, name: str, logger: Logger, del
             metrics.drifted(namespace, name, drift.status == "True")
         if status.backup is not None and status.backup.size_bytes is not None:
             metrics.backup_size(namespace, name, status.backup.size_bytes)
+        obj = ctx.runtime.migrations.get((namespace, name))
+        metrics.resource_state(namespace, name, metrics.state_of(status, backup_enabled=_takes_backups(obj)))
         if ctx.runtime.notifier is not None and (now := ctx.runtime.migrations.get((namespace, name))) is not None:
             ctx.runtime.notifier.offer(now)  # a task of its own: a webhook never holds up a run
     return delay
+
+
+def _takes_backups(obj: Migration | None) -> bool:
+    """spec.backup.enabled of a valid spec (an invalid one takes none)."""
+    try:
+        return obj is not None and parse_spec(obj.get("spec") or {}).backup.enabled
+    except SpecError:
+        return False
 
 
 async def _reconcile(ctx: Context, namespace: str, name: str, logger: Logger,

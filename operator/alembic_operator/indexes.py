@@ -120,6 +120,8 @@ class Runtime:
             self.active_jobs.discard((namespace, name))
         if was_active and (namespace, name) not in self.active_jobs:
             self.slot_freed()
+        if was_active != ((namespace, name) in self.active_jobs):
+            self.report_slots()
         return ref
 
     def has_active_jobs(self, ref: Ref) -> bool:
@@ -132,6 +134,10 @@ class Runtime:
         for name in [n for n, t in self.starting.items() if now - t > STARTING_SECONDS]:
             del self.starting[name]  # its event was missed (or it was deleted at once): the watch is the truth
         return active + len(self.starting)
+
+    def report_slots(self) -> None:
+        """The Job slots as the metrics show them: running, the cap, runs waiting."""
+        metrics.job_slots(self.running_jobs(), self.max_running_jobs, len(self.queued))
 
     def slot_freed(self) -> None:
         """A Job ended: wake the resource that has waited longest for a slot."""

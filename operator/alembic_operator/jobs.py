@@ -310,6 +310,11 @@ def _migrate(x: _Inputs) -> _Pods:
     return _Pods([x.install_runner()], [_runner_step(x, "migrate", "upgrade")])
 
 
+def _contract(x: _Inputs) -> _Pods:
+    """The plan's contract part (expand/contract): an upgrade like the migration's, its own Job and phase."""
+    return _Pods([x.install_runner()], [_runner_step(x, "contract", "upgrade")])
+
+
 def _downgrade(x: _Inputs) -> _Pods:
     return _Pods([x.install_runner()], [_runner_step(x, "downgrade", "downgrade")])
 
@@ -404,6 +409,8 @@ ROLES: Mapping[Role, JobRole] = _declare(
             retries=True, deadline=LONG, uses_store=True, build=_backup, dry_run_args={}),
     JobRole("migrate", "app", "Migrating", reasons.MIGRATING, writes=True, during_deletion=False, retries=True,
             deadline=LONG, uses_store=False, build=_migrate, dry_run_args={"from": "base", "to": "head"}),
+    JobRole("contract", "app", "Contracting", reasons.CONTRACTING, writes=True, during_deletion=False, retries=True,
+            deadline=LONG, uses_store=False, build=_contract),
     JobRole("downgrade", "app", "RollingBack", reasons.ROLLING_BACK, writes=True, during_deletion=True,
             retries=True, deadline=LONG, uses_store=False, build=_downgrade,
             dry_run_args={"from": "head", "to": "base"}),

@@ -42,6 +42,7 @@ from sqlalchemy.exc import ArgumentError
 from . import backupstores, engines, plansql, reasons, scratchdb, sqlrules
 from .jobio import REDACT, URL_ENV, JobError, log, sanitize
 from .jobio import remember_secret as _remember_secret
+from .reconcile import contract
 from .runner.lock import LOCK_WAIT_SECONDS
 from .runner.results import RESULT_LIMIT, BackupResult, CurrentResult, RestoreResult, ScanResult, fit_list, size
 from .runner.results import write_result as write_results
@@ -181,6 +182,11 @@ def cmd_scan(plan_dir: Path) -> ScanResult:
             revision=rev, statement=message[: sqlrules.STATEMENT_MAX]))
     findings.sort(key=lambda f: order.get(f.revision or "", len(order)))  # stable: statement order per revision
 
+    # Expand/contract: revisions before the first contract one run while the older version still serves.
+    contract_marked = [str(x) for x in plan.get("contract") or []]
+    parts = contract.split(revisions, set(contract_marked))
+    breaking = [contract.breaking_message(f, plan.get("current"))
+                for f in contract.breaking(findings, set(parts.expand), plan.get("current"))]
     destructive = _unique(f.describe() for f in findings if f.severity == "destructive")
     warnings = _unique(f.describe() for f in findings if f.severity in ("locking", "warning"))
     locking = _unique(f.describe() for f in findings if f.severity == "locking")
@@ -220,6 +226,13 @@ def cmd_scan(plan_dir: Path) -> ScanResult:
     }
     if isinstance(plan.get("lineage"), list):  # the pod gate needs it
         result["lineage"] = [str(x) for x in plan["lineage"]]
+    if contract_marked:
+        result["contract"] = contract_marked
+    if breaking:
+        result["breaking"] = _unique(breaking)[: contract.SHOWN_OPERATIONS]
+        result["breakingCount"] = len(_unique(breaking))
+    for line in breaking:
+        log(f"breaks the running version: {line}")
     if isinstance(plan.get("transactionPerMigration"), bool):  # the rollback logic needs them
         result["transactionPerMigration"] = plan["transactionPerMigration"]
     if isinstance(plan.get("transactionalDDL"), bool):

@@ -231,6 +231,46 @@ class Client:
             await self.request("PATCH", self._migration_path(namespace, name) + "/status",
                                {"status": {"heldPods": count}}, "application/merge-patch+json")
 
+    # --- DatabaseMigrationSets and the DatabaseMigrations they own ---------------------------------------------
+    @staticmethod
+    def _set_path(namespace: str, name: str) -> str:
+        return f"/apis/{c.GROUP}/{c.VERSION}/namespaces/{namespace}/{c.SET_PLURAL}/{name}"
+
+    async def create_migration(self, body: Mapping[str, JsonValue]) -> objects.Migration:
+        """A DatabaseMigration a set owns, created (Conflict: it exists already)."""
+        namespace = _meta(body, "namespace")
+        return objects.migration(await self.request(
+            "POST", f"/apis/{c.GROUP}/{c.VERSION}/namespaces/{namespace}/{c.PLURAL}", body))
+
+    async def replace_migration_spec(self, namespace: str, name: str, spec: Mapping[str, JsonValue],
+                                     annotations: Mapping[str, str]) -> objects.Migration:
+        """A set's DatabaseMigration gets a new spec (the whole of it: a JSON patch, so removed keys go) and the
+        annotations saying which template it carries."""
+        ops: list[JsonValue] = [{"op": "replace", "path": "/spec", "value": dict(spec)}]
+        ops += [{"op": "add", "path": "/metadata/annotations/" + k.replace("~", "~0").replace("/", "~1"),
+                 "value": v} for k, v in annotations.items()]
+        return objects.migration(await self.request(
+            "PATCH", self._migration_path(namespace, name), ops, "application/json-patch+json"))
+
+    async def delete_migration(self, namespace: str, name: str) -> None:
+        """A set's DatabaseMigration whose target is gone (its finalizer never touches the database)."""
+        with contextlib.suppress(NotFound):
+            await self.request("DELETE", self._migration_path(namespace, name))
+
+    async def patch_set_status(self, namespace: str, name: str, patch: Mapping[str, JsonValue]) -> JsonObject:
+        with contextlib.suppress(NotFound):
+            return await self.request("PATCH", self._set_path(namespace, name) + "/status", {"status": patch},
+                                      "application/merge-patch+json")
+        return {}
+
+    async def secret_labels(self, namespace: str, selector: str | None) -> dict[str, dict[str, str]]:
+        """The Secrets of a namespace (those matching `selector`), name -> labels: metadata only, never their data."""
+        params = {"labelSelector": selector} if selector else None
+        listed = await self.request("GET", f"/api/v1/namespaces/{namespace}/secrets", params=params,
+                                    accept=METADATA_ONLY)
+        return {str(m.get("name")): {str(k): str(v) for k, v in (m.get("labels") or {}).items()}
+                for m in ((item.get("metadata") or {}) for item in listed.get("items") or [])}
+
     # --- Secrets ------------------------------------------------------------------------------------------------
     async def read_secret_data(self, namespace: str, name: str) -> dict[str, str] | None:
         """The Secret's data (base64 values, as the API gives them); None when it does not exist."""
@@ -284,6 +324,13 @@ class Client:
     async def list_pods(self, namespace: str, selector: str) -> list[objects.Pod]:
         result = await self.request("GET", f"/api/v1/namespaces/{namespace}/pods", params={"labelSelector": selector})
         return [objects.pod(item) for item in _items(result)]
+
+    async def list_workloads(self, namespace: str,
+                             plural: Literal["replicasets", "deployments", "statefulsets"]) -> list[objects.Workload]:
+        """A namespace's ReplicaSets, Deployments or StatefulSets (expand/contract: which pods are the older
+        version's), read only while a contract part waits."""
+        result = await self.request("GET", f"/apis/apps/v1/namespaces/{namespace}/{plural}")
+        return [objects.workload(item) for item in _items(result)]
 
     async def job_pods(self, namespace: str, job_name: str) -> list[objects.Pod]:
         return await self.list_pods(namespace, f"batch.kubernetes.io/job-name={job_name}")

@@ -8,6 +8,12 @@
     metrics.held_pods(namespace, name, 3)
     metrics.drifted(namespace, name, True)
     metrics.current_revision(namespace, name, "3f2a9c1d0b7e")
+    metrics.resource_state(namespace, name, metrics.state_of(status, backup_enabled=True))  # what alerts read
+    metrics.queued(namespace, name, True)      # waiting for a Job slot under --max-running-jobs (False: not now)
+    metrics.job_slots(running=3, cap=4, queued=2)
+    metrics.lock_timeout(namespace, name)      # a migration or downgrade Job ended LockTimeout
+    metrics.last_run_duration(namespace, name, "9d81aa02c4f5", 42.0)  # the migration Job that reached it
+    metrics.notification(namespace, name, "operator", "Failed", "delivered")
     metrics.forget(namespace, name)            # the DatabaseMigration is gone: drop its series
     metrics.serve(metrics.options_from_env())  # at start-up: serve /metrics when ALEMBIC_OPERATOR_METRICS_PORT is set
 
@@ -24,7 +30,36 @@ Series (all prefixed ``alembic_operator_``; ``namespace``/``name`` are the Datab
     drifted{namespace,name}                              gauge     1 when the last drift check found differences
     current_revision_info{namespace,name,revision}       gauge     1 for the database's revision (one series per
                                                                    resource: the old revision's series is removed)
+    notifications_total{namespace,name,webhook,type,result}  counter notification attempts (notify/): webhook
+                                                                   operator|resource, result delivered|failed|expired
     build_info{version}                                  gauge     1
+
+What the alert rules and the dashboard read (charts/alembic-operator/templates/prometheusrule.yaml, dashboard.json):
+
+    phase_info{namespace,name,phase,reason}              gauge     1 for the resource's phase and summary reason
+                                                                   (Stalled's when stalled, else Reconciling's,
+                                                                   else Ready's); one series per resource
+    condition_transition_timestamp_seconds{namespace,name,condition,status,reason}
+                                                         gauge     each condition's lastTransitionTime (Unix
+                                                                   seconds): `time() - x` is how long it has held;
+                                                                   one series per condition type
+    backup_enabled{namespace,name}                       gauge     1 when spec.backup.enabled (it takes backups)
+    backup_last_success_timestamp_seconds{namespace,name} gauge    when the newest backup completed
+    lock_timeouts_total{namespace,name}                  counter   migration/downgrade Jobs that ended LockTimeout
+                                                                   (0 from the first pass, so increase() sees the
+                                                                   first one)
+    queued_since_timestamp_seconds{namespace,name}       gauge     since when its next Job waits for a slot under
+                                                                   --max-running-jobs (only while it waits)
+    running_jobs, max_running_jobs, queued_runs          gauge     the operator's Job slots: running, the cap (0:
+                                                                   none), runs waiting
+    last_run_duration_seconds{namespace,name,revision}   gauge     how long the last successful migration Job ran,
+                                                                   labelled with the revision it reached (one
+                                                                   series per resource)
+    leading                                              gauge     1 while this replica is the active one (Kopf
+                                                                   peering; always 1 standalone), 0 while paused
+
+Labels carry names, phases, condition types and reasons only (declared words, reasons.py): never a URL, a message
+or a value from a Secret.
 
 The reconcile histogram has no per-resource labels (cardinality); the rest have one series set per resource, which
 `forget` removes. Every function is cheap, thread-safe and never raises on bad input (metrics never break a
@@ -37,8 +72,10 @@ import contextlib
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Literal
 from wsgiref.simple_server import WSGIServer
 
@@ -46,6 +83,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 from prometheus_client.registry import REGISTRY
 
 from . import __version__
+from . import constants as c
+from .api import DatabaseMigrationStatus
 
 log = logging.getLogger("alembic_operator.metrics")
 
@@ -60,6 +99,50 @@ RollbackMode = Literal["transaction", "downgrade", "restore"]
 RECONCILE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 # Jobs: from a quick plan to a multi-hour backup or migration.
 JOB_BUCKETS = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 14400.0, 21600.0)
+
+
+@dataclass(frozen=True)
+class ConditionSample:
+    """One condition as the alert rules read it: since when it holds (its lastTransitionTime, Unix seconds)."""
+
+    type: str
+    status: str
+    reason: str
+    since: float
+
+
+@dataclass(frozen=True)
+class ResourceState:
+    """What the alert rules and the dashboard read of one DatabaseMigration, derived from its status (state_of)."""
+
+    phase: str
+    reason: str
+    conditions: tuple[ConditionSample, ...]
+    backup_enabled: bool
+    last_backup: float | None  # Unix seconds of the newest backup's completion, None: no backup yet
+
+
+def _seconds(moment: datetime) -> float:
+    return moment.timestamp()
+
+
+def state_of(status: DatabaseMigrationStatus, *, backup_enabled: bool) -> ResourceState:
+    """The state a status shows (pure): its phase, the summary reason (Stalled's when it is True, else
+    Reconciling's, else Ready's), every condition with its transition time, and its newest backup."""
+    by_type = {cond.type: cond for cond in status.conditions}
+    reason = ""
+    for summary in (c.STALLED, c.RECONCILING, c.READY):
+        cond = by_type.get(summary)
+        if cond is not None and (cond.status == "True" or summary == c.READY):
+            reason = cond.reason
+            break
+    backup = status.backup
+    return ResourceState(
+        phase=str(status.phase or ""), reason=reason,
+        conditions=tuple(ConditionSample(cond.type, cond.status, cond.reason, _seconds(cond.last_transition_time))
+                         for cond in status.conditions),
+        backup_enabled=backup_enabled,
+        last_backup=_seconds(backup.completed_at) if backup is not None and backup.completed_at else None)
 
 
 class Metrics:
@@ -99,9 +182,41 @@ class Metrics:
         self.migration_duration = Gauge(f"{PREFIX}_migration_duration_seconds", "The last migration's wall time, "
                                         "when its plan was rehearsed (compare with the rehearsal's).",
                                         ["namespace", "name"], registry=registry)
+        self.notifications_total = Counter(f"{PREFIX}_notifications_total", "Attempts to deliver a notification "
+                                           "to a webhook, by result (delivered, failed: retried, expired: given up).",
+                                           ["namespace", "name", "webhook", "type", "result"], registry=registry)
         self.build_info = Gauge(f"{PREFIX}_build_info", "The operator's version (value 1).", ["version"],
                                 registry=registry)
         self.build_info.labels(version=__version__).set(1)
+        # What the alert rules read: series that keep one label set per resource (or per condition type) replace
+        # the previous one (_exclusive), as current_revision_info does.
+        self._current: dict[tuple[str, tuple[str, ...]], tuple[str, ...]] = {}
+        self.phase_info = Gauge(f"{PREFIX}_phase_info", "The resource's phase and summary reason (value 1).",
+                                ["namespace", "name", "phase", "reason"], registry=registry)
+        self.condition_since = Gauge(f"{PREFIX}_condition_transition_timestamp_seconds",
+                                     "When each condition last changed status (its lastTransitionTime, Unix seconds).",
+                                     ["namespace", "name", "condition", "status", "reason"], registry=registry)
+        self.backup_enabled_gauge = Gauge(f"{PREFIX}_backup_enabled", "1 when the resource takes backups "
+                                          "(spec.backup.enabled).", ["namespace", "name"], registry=registry)
+        self.backup_last_success = Gauge(f"{PREFIX}_backup_last_success_timestamp_seconds",
+                                         "When the newest backup completed (Unix seconds).", ["namespace", "name"],
+                                         registry=registry)
+        self.lock_timeouts_total = Counter(f"{PREFIX}_lock_timeouts", "Migration and downgrade Jobs that waited "
+                                           "longer than lockTimeout for a lock (reason LockTimeout).",
+                                           ["namespace", "name"], registry=registry)
+        self.queued_since = Gauge(f"{PREFIX}_queued_since_timestamp_seconds", "Since when the resource's next Job "
+                                  "waits for a slot under --max-running-jobs (Unix seconds).", ["namespace", "name"],
+                                  registry=registry)
+        self.running_jobs = Gauge(f"{PREFIX}_running_jobs", "Jobs of the operator running now.", registry=registry)
+        self.max_running_jobs = Gauge(f"{PREFIX}_max_running_jobs", "The cap on running Jobs (--max-running-jobs; "
+                                      "0: none).", registry=registry)
+        self.queued_runs = Gauge(f"{PREFIX}_queued_runs", "Runs waiting for a Job slot.", registry=registry)
+        self.leading = Gauge(f"{PREFIX}_leading", "1 while this replica is the active one (Kopf peering), 0 while "
+                             "it is paused in favour of another.", registry=registry)
+        self.leading.set(1)
+        self.last_run = Gauge(f"{PREFIX}_last_run_duration_seconds", "How long the last successful migration Job "
+                              "ran, labelled with the revision it reached.", ["namespace", "name", "revision"],
+                              registry=registry)
 
     # --- recording ---------------------------------------------------------------------------------------------
 
@@ -165,12 +280,78 @@ class Metrics:
             self._revision[key] = rev
             self._note("revision_info", (namespace, name, rev))
 
+    def notification(self, namespace: str, name: str, webhook: str, type_: str, result: str) -> None:
+        with self._lock:
+            labels = (namespace, name, webhook, type_, result)
+            self.notifications_total.labels(*labels).inc()
+            self._note("notifications_total", labels)
+
+    def _exclusive(self, metric: str, key: tuple[str, ...], labels: tuple[str, ...], value: float) -> None:
+        """Set the series `key + labels` of `metric`, removing the one this key had with other labels (under
+        self._lock)."""
+        old = self._current.get((metric, key))
+        if old is not None and old != labels:
+            self._remove(metric, key + old)
+        getattr(self, metric).labels(*key, *labels).set(value)
+        self._current[(metric, key)] = labels
+        self._note(metric, key + labels)
+
+    def resource_state(self, namespace: str, name: str, state: ResourceState) -> None:
+        """The series the alert rules read, from one pass's status (see state_of)."""
+        with self._lock:
+            key = (namespace, name)
+            self._exclusive("phase_info", key, (state.phase, state.reason), 1)
+            present = set()
+            for cond in state.conditions:
+                present.add(cond.type)
+                self._exclusive("condition_since", (namespace, name, cond.type), (cond.status, cond.reason),
+                                cond.since)
+            for (metric, ckey), labels in list(self._current.items()):
+                if metric == "condition_since" and ckey[:2] == key and ckey[2] not in present:
+                    self._remove(metric, ckey + labels)
+                    del self._current[(metric, ckey)]
+            self.backup_enabled_gauge.labels(namespace, name).set(1 if state.backup_enabled else 0)
+            self._note("backup_enabled_gauge", key)
+            if state.last_backup is not None:
+                self.backup_last_success.labels(namespace, name).set(state.last_backup)
+                self._note("backup_last_success", key)
+            self.lock_timeouts_total.labels(namespace, name).inc(0)  # the series exists before its first increment
+            self._note("lock_timeouts_total", key)
+
+    def lock_timeout(self, namespace: str, name: str) -> None:
+        with self._lock:
+            self.lock_timeouts_total.labels(namespace, name).inc()
+            self._note("lock_timeouts_total", (namespace, name))
+
+    def queued(self, namespace: str, name: str, waiting: bool, now: float | None = None) -> None:
+        """A resource's next Job waits for a slot (True: since the first time it was seen waiting) or not."""
+        key = (namespace, name)
+        with self._lock:
+            if not waiting:
+                if ("queued_since", key) in self._current:
+                    del self._current[("queued_since", key)]
+                    self._remove("queued_since", key)
+                return
+            if ("queued_since", key) not in self._current:
+                self._exclusive("queued_since", key, (), time.time() if now is None else now)
+
+    def job_slots(self, running: int, cap: int, queued: int) -> None:
+        self.running_jobs.set(max(0, running))
+        self.max_running_jobs.set(max(0, cap))
+        self.queued_runs.set(max(0, queued))
+
+    def last_run_duration(self, namespace: str, name: str, revision: str, seconds: float) -> None:
+        with self._lock:
+            self._exclusive("last_run", (namespace, name), (revision,), max(0.0, float(seconds)))
+
     def forget(self, namespace: str, name: str) -> None:
         """Remove every series of a DatabaseMigration (deleted, or no longer watched)."""
         with self._lock:
             for metric, labels in sorted(self._seen.pop((namespace, name), set())):
                 self._remove(metric, labels)
             self._revision.pop((namespace, name), None)
+            for current in [k for k in self._current if k[1][:2] == (namespace, name)]:
+                del self._current[current]
 
     def _remove(self, metric: str, labels: tuple[str, ...]) -> None:
         collector = getattr(self, metric)
@@ -231,8 +412,67 @@ def current_revision(namespace: str, name: str, revision: str | None) -> None:
     _safely(default().current_revision, namespace, name, revision)
 
 
+def notification(namespace: str, name: str, webhook: str, type_: str, result: str) -> None:
+    _safely(default().notification, namespace, name, webhook, type_, result)
+
+
+def resource_state(namespace: str, name: str, state: ResourceState) -> None:
+    _safely(default().resource_state, namespace, name, state)
+
+
+def lock_timeout(namespace: str, name: str) -> None:
+    _safely(default().lock_timeout, namespace, name)
+
+
+def queued(namespace: str, name: str, waiting: bool) -> None:
+    _safely(default().queued, namespace, name, waiting)
+
+
+def job_slots(running: int, cap: int, queued: int) -> None:
+    _safely(default().job_slots, running, cap, queued)
+
+
+def last_run_duration(namespace: str, name: str, revision: str, seconds: float) -> None:
+    _safely(default().last_run_duration, namespace, name, revision, seconds)
+
+
 def forget(namespace: str, name: str) -> None:
     _safely(default().forget, namespace, name)
+
+
+PEERING_LOGGER = "kopf._core.engines.peering"
+
+
+class LeadershipFromPeering(logging.Handler):
+    """Kopf keeps to itself whether this replica is paused (a live peer of higher priority, or one of the same) and
+    logs each change ("Pausing operations in favour of ...", "Resuming operations after the pause ..."): the
+    `leading` gauge follows those records. tests/unit/test_metrics.py drives Kopf's own peering code, so a Kopf that
+    words them differently fails there."""
+
+    def __init__(self, metrics: Metrics | None = None) -> None:
+        super().__init__(logging.INFO)
+        self.metrics = metrics
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = record.getMessage()
+        except Exception:  # a malformed record is Kopf's, never ours to fail on
+            return
+        target = self.metrics or default()
+        if message.startswith("Pausing"):
+            target.leading.set(0)
+        elif message.startswith("Resuming"):
+            target.leading.set(1)
+
+
+def follow_peering(metrics: Metrics | None = None) -> LeadershipFromPeering:
+    """Keep the `leading` gauge in step with Kopf's peering (at start-up; returns the handler it installed)."""
+    handler = LeadershipFromPeering(metrics)
+    peering = logging.getLogger(PEERING_LOGGER)
+    if peering.getEffectiveLevel() > logging.INFO:
+        peering.setLevel(logging.INFO)
+    peering.addHandler(handler)
+    return handler
 
 
 def _safely(fn: Callable[..., None], *args: object) -> None:

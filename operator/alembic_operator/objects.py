@@ -16,6 +16,13 @@ from pydantic import JsonValue
 from .api import JsonObject
 
 
+class OwnerReference(TypedDict, total=False):
+    kind: str
+    name: str
+    uid: str
+    controller: bool
+
+
 class ObjectMeta(TypedDict, total=False):
     name: str
     namespace: str
@@ -27,6 +34,7 @@ class ObjectMeta(TypedDict, total=False):
     creationTimestamp: str
     deletionTimestamp: str
     managedFields: list[JsonValue]
+    ownerReferences: list[OwnerReference]
 
 
 class Said(TypedDict, total=False):
@@ -116,6 +124,19 @@ class Pod(TypedDict, total=False):
     status: PodStatus
 
 
+class WorkloadStatus(TypedDict, total=False):
+    updateRevision: str  # a StatefulSet's current controller revision
+
+
+class Workload(TypedDict, total=False):
+    """A ReplicaSet, Deployment or StatefulSet: which revision of its template a pod comes from (expand/contract)."""
+
+    apiVersion: str
+    kind: str
+    metadata: ObjectMeta
+    status: WorkloadStatus
+
+
 class Migration(TypedDict, total=False):
     """A DatabaseMigration: its spec and status are read through api.py's models (parse_spec, parse_status)."""
 
@@ -134,6 +155,11 @@ def job(body: Mapping[str, object]) -> Job:
 def pod(body: Mapping[str, object]) -> Pod:
     """A pod's body from the API read as what it is."""
     return cast(Pod, body)
+
+
+def workload(body: Mapping[str, object]) -> Workload:
+    """A ReplicaSet's, Deployment's or StatefulSet's body from the API read as what it is."""
+    return cast(Workload, body)
 
 
 def migration(body: Mapping[str, object]) -> Migration:

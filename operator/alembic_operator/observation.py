@@ -13,6 +13,7 @@ from typing import Literal
 
 from .api import DatabaseMigrationSpec, DatabaseMigrationStatus, JsonObject, SpecError, parse_spec
 from .constants import Role
+from .objects import Pod, Workload
 from .reasons import Reason
 from .runner.results import JobResult
 
@@ -30,6 +31,17 @@ class JobObservation:
     cause: tuple[Reason, str] | None = None  # (reason, message): a failed Job stopped from outside (OOMKilled...)
     waiting: str = ""  # what a pod that has not started yet waits for (the scheduler, an image pull...)
     plan_sql: bytes | None = None  # a finished plan Job's SQL (plansql: gzip JSON), read from its log
+
+
+@dataclass(frozen=True)
+class AppPods:
+    """The pods that wait for this resource (label wait-for) and the workloads they come from: read while a contract
+    part waits for the older version of the app (reconcile/contract.py)."""
+
+    pods: tuple[Pod, ...] = ()
+    replica_sets: tuple[Workload, ...] = ()
+    deployments: tuple[Workload, ...] = ()
+    stateful_sets: tuple[Workload, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -73,6 +85,7 @@ class Observation:
     database_moved_by: str | None = None
     rehearse_by_default: bool = False  # the chart's rehearsal.enabled: spec.rehearsal.enabled unset means this
     job_queue: str | None = None  # set when the operator-wide Job cap is reached: why no Job may start now
+    app_pods: AppPods | None = None  # read while a contract part waits for the older version (None: not read)
 
     @cached_property
     def parsed(self) -> DatabaseMigrationSpec | SpecError:

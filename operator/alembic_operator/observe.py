@@ -26,7 +26,7 @@ from .dbstate import DatabaseError, DatabaseTarget, decode_secret_value, parse_u
 from .indexes import GENERATIONS_KEPT, Context, Ref, job_generation, job_instance, job_state
 from .jobs import ROLES
 from .objects import Job, Migration, Pod
-from .observation import DatabaseObservation, JobObservation, Observation
+from .observation import AppPods, DatabaseObservation, JobObservation, Observation
 from .podstate import failure_cause, never_ran, pod_progress, pod_waiting
 from .runner.results import JobResult
 
@@ -59,13 +59,37 @@ async def observe(ctx: Context, obj: Migration,
         kept = ANY_JOB
     jobs = await _observe_jobs(ctx, namespace, name, run_generation, target, kept)
     lineage, moved_by = await _database_lineage(ctx, ref, run, database, target)
+    # A split plan's run reads its app's pods from the expand part's migration on, so that the turn that applies it
+    # already names the older version's pods.
+    waits = run.step == "WaitingForOldVersion" or (run.part == "expand" and run.step in ("AwaitingApproval",
+                                                                                         "Migrating"))
+    app_pods = await _app_pods(ctx, namespace, name) if waits else None
     obs = Observation(
         name=name, namespace=namespace, generation=generation, spec=dict(obj.get("spec") or {}),
         annotations=dict(meta.get("annotations") or {}), status=status, database=database, jobs=jobs,
         now=datetime.now(UTC), busy_with=ctx.runtime.busy_with(target.key, ref) if target else None,
-        database_lineage=lineage, database_moved_by=moved_by, rehearse_by_default=ctx.config.rehearse_by_default,
+        database_lineage=lineage, database_moved_by=moved_by, app_pods=app_pods,
+        rehearse_by_default=ctx.config.rehearse_by_default,
     )
     return obs, target
+
+
+async def _app_pods(ctx: Context, namespace: str, name: str) -> AppPods | None:
+    """The pods that wait for this resource, and (for those without a revision annotation that a controller made)
+    the ReplicaSets, Deployments and StatefulSets of the namespace: which of them are the older version. None when
+    the API could not answer (the wait looks again)."""
+    try:
+        pods = [objects.pod(p) for p in await ctx.kube.list_pods(namespace, f"{c.WAIT_FOR_LABEL}={name}")]
+        unmarked = [p for p in pods if not ((p.get("metadata") or {}).get("annotations") or {}).get(
+            c.REVISION_ANNOTATION) and (p.get("metadata") or {}).get("ownerReferences")]
+        kinds = {str(ref.get("kind")) for p in unmarked
+                 for ref in (p.get("metadata") or {}).get("ownerReferences") or []}
+        replica_sets = await ctx.kube.list_workloads(namespace, "replicasets") if "ReplicaSet" in kinds else []
+        deployments = await ctx.kube.list_workloads(namespace, "deployments") if "ReplicaSet" in kinds else []
+        stateful_sets = await ctx.kube.list_workloads(namespace, "statefulsets") if "StatefulSet" in kinds else []
+    except kube.KubeError:
+        return None
+    return AppPods(tuple(pods), tuple(replica_sets), tuple(deployments), tuple(stateful_sets))
 
 
 async def _observe_jobs(ctx: Context, namespace: str, name: str, generation: int,

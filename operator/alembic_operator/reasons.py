@@ -226,6 +226,13 @@ DRIFT_CHECK_FAILED = _reason("DriftCheckFailed", None, "the drift Job failed", w
 BASELINED = _reason("Baselined", None, "a pre-Alembic database was stamped at spec.baseline", where=("Event",))
 DRIFT_RESOLVED = _reason("DriftResolved", None, "the live database matches the models again", where=("Event",))
 
+# --- notifications (issue 26: notify/): a webhook that does not take them --------------------------------------------
+NOTIFICATION_FAILED = _reason("NotificationFailed", None, "a webhook did not accept a notification (its Secret "
+                              "missing, unreachable, a non-2xx answer): it is retried with backoff for a day",
+                              where=("Event",))
+NOTIFICATION_EXPIRED = _reason("NotificationExpired", None, "a notification was not delivered within a day: given up",
+                               where=("Event",))
+
 # --- the gate: why an app's pod is held or released (pod and DatabaseMigration Events) --------------------------------
 READY_AT_TARGET = _reason("ReadyAtTarget", None, "the DatabaseMigration is Ready at its target: pods are released",
                          where=("pod Event",))
@@ -244,6 +251,25 @@ PODS_RELEASED = _reason("PodsReleased", None, "held pods were released", where=(
 HELD = _reason("Held", None, "this pod waits for its DatabaseMigration (the message says for what)",
                where=("pod Event",))
 RELEASED = _reason("Released", None, "this pod's scheduling gate was removed", where=("pod Event",))
+
+# --- DatabaseMigrationSet (issue 28): a set's summary conditions and its Events ---------------------------------------
+_SET_STOPPED = "a-sets-rollout-stopped--stalled--failurebudgetspent-canaryfailed-targetsawaitingapproval"
+ROLLING_OUT = _reason("RollingOut", "progressing", "a DatabaseMigrationSet is migrating its targets, wave by wave")
+ROLLOUT_PAUSED = _reason("RolloutPaused", "progressing", "a DatabaseMigrationSet's spec.strategy.paused is true: no "
+                         "target starts until it is false")
+ALL_TARGETS_READY = _reason("AllTargetsReady", "ready", "every target of a DatabaseMigrationSet is Ready at the "
+                            "set's template")
+FAILURE_BUDGET_SPENT = _reason("FailureBudgetSpent", "stalled", "spec.strategy.failureBudget targets of a "
+                               "DatabaseMigrationSet failed: no more start", runbook=_SET_STOPPED)
+CANARY_FAILED = _reason("CanaryFailed", "stalled", "a canary of a DatabaseMigrationSet failed: no other target "
+                        "starts", runbook=_SET_STOPPED)
+TARGETS_AWAITING_APPROVAL = _reason("TargetsAwaitingApproval", "stalled", "every target a DatabaseMigrationSet may "
+                                    "start waits for its plan's approval", runbook=_SET_STOPPED)
+WAVE_STARTED = _reason("WaveStarted", None, "a DatabaseMigrationSet started a wave of targets", where=("Event",))
+WAVE_COMPLETED = _reason("WaveCompleted", None, "every target of a DatabaseMigrationSet's wave is Ready",
+                         where=("Event",))
+TARGETS_RETRIED = _reason("TargetsRetried", None, "a DatabaseMigrationSet started its failed targets again "
+                          "(annotation retry)", where=("Event",))
 
 # --- reported by Jobs (their result and log; some become condition reasons above) ------------------------------------
 _JOB = ("Job result",)
@@ -298,6 +324,27 @@ REHEARSAL_SKIPPED = _reason("RehearsalSkipped", None, "the rehearsal was skipped
                             "guard, no scratch server)", where=("Rehearsed", "Event"))
 SCRATCH_DATABASE_LEFT = _reason("ScratchDatabaseLeft", None, "a scratch database could not be dropped (the operator "
                                 "tries again)", where=("Event",))
+
+# --- expand/contract (issue 24): a plan split at its first contract revision, the contract part after the older
+# version's pods are gone (reconcile/contract.py), the pod gate's upper bound (gate.py) --------------------------------
+WAITING_FOR_OLD_VERSION = _reason(
+    "WaitingForOldVersion", "progressing", "the expand part is applied; the contract part waits until no pod of the "
+    "older version runs (status.contract names them)", where=("Contracted",))
+CONTRACTING = _reason("Contracting", "progressing", "the contract Job runs the plan's contract part (the older "
+                      "version's pods are gone)")
+OLD_VERSION_STILL_RUNNING = _reason(
+    "OldVersionStillRunning", "stalled", "pods of the older version still run past spec.contract.oldVersionTimeout "
+    "(a stuck rollout?): the contract part waits, and starts by itself once they are gone", where=("Contracted",),
+    runbook="the-older-version-does-not-go-away--stalled--oldversionstillrunning")
+BREAKS_RUNNING_VERSION = _reason(
+    "BreaksRunningVersion", "stalled", "a revision not marked phase = \"contract\" drops or renames a table or column "
+    "the running version uses: the plan waits for approval of its hash", where=("ApprovalRequired",),
+    runbook="a-revision-breaks-the-running-version--awaitingapproval--breaksrunningversion")
+EXPANDED = _reason("Expanded", None, "the plan's expand part is applied: the new version's pods may start",
+                   where=("Expanded",))
+CONTRACTED = _reason("Contracted", None, "the plan's contract part is applied", where=("Contracted",))
+SCHEMA_CONTRACTED = _reason("SchemaContracted", None, "the pod's version needs a revision that a contract revision "
+                            "applied since removed what it uses: it stays held", where=("pod Event",))
 
 # --- sets other modules need, derived ---------------------------------------------------------------------------------
 # A plan Job's result reason the user reads as it is (others become PlanFailed).

@@ -326,7 +326,8 @@ class Gatekeeper:
             if p.uid not in self.announced:
                 self.announced.add(p.uid)
                 kind: events.EventType = (
-                    "Warning" if p.verdict.reason in (gate.UNKNOWN_REVISION, gate.MIGRATION_NOT_FOUND) else "Normal")
+                    "Warning" if p.verdict.reason in (gate.UNKNOWN_REVISION, gate.MIGRATION_NOT_FOUND,
+                                                      gate.SCHEMA_CONTRACTED) else "Normal")
                 events.post(pod_ref(p.namespace, p.name, p.uid), kind, reasons.HELD,
                             f"{p.verdict.reason}: scheduling gate {c.SCHEDULING_GATE} kept: {p.verdict.message}")
         self._count_soon(key)

@@ -463,9 +463,17 @@ def app_base() -> str:
     return build(DOCKERFILES / "appbase", None, "appbase", {"BASE": python_base()})
 
 
-def shop_image(fixed: bool = False) -> str:
+SHOP_VERSIONS = {"1.0": (False, ()), "1.1": (True, ()), "2.0": (True, ("2.0",)), "2.1": (True, ("2.0", "2.1")),
+                 "2.0-naive": (True, ("2.0-naive",))}  # the shop's releases: revision 5 fixed, releases/ laid over
+
+
+def shop_image(fixed: bool = False, version: str | None = None) -> str:
+    """The shop's image (examples/shop/Dockerfile); ``version`` one of SHOP_VERSIONS (``fixed`` says 1.1 or 1.0)."""
     shop = REPO / "examples" / "shop"
-    return build(shop, None, "shop", {"PYTHON_IMAGE": python_base(), "SHOP_FIXED": "1" if fixed else "0"})
+    version = version or ("1.1" if fixed else "1.0")
+    fixed, releases = SHOP_VERSIONS[version]
+    return build(shop, None, "shop", {"PYTHON_IMAGE": python_base(), "SHOP_FIXED": "1" if fixed else "0",
+                                      "SHOP_RELEASES": " ".join(releases), "SHOP_VERSION": version})
 
 
 def app_image(project: Path, push_to: str | None = None, netns_cmd: list[str] | None = None,

@@ -183,6 +183,42 @@ def test_plan_nothing_to_do(runner: Runner, app: Path, tmp_path: Path) -> None:
     assert list((tmp_path / "plan").glob("*.sql")) == []
 
 
+def test_plan_names_contract_revisions_and_the_scan_finds_what_breaks_the_running_version(
+        runner: Runner, app: Path, tmp_path: Path) -> None:
+    """Expand/contract: the runner reads `phase` from each revision module; the scan (jobtools) splits the plan and
+    reports an unmarked drop or rename of what the running version uses."""
+    from alembic_operator import jobtools
+
+    make_project(app, [
+        Rev("c0000000000a", upgrade=['op.create_table("orders", sa.Column("id", sa.Integer, primary_key=True), '
+                                     'sa.Column("code", sa.Text), sa.Column("total", sa.Integer), '
+                                     'sa.Column("legacy", sa.Text))']),
+        Rev("c0000000000b", upgrade=['op.add_column("orders", sa.Column("ref", sa.Text))',
+                                     'op.execute("UPDATE orders SET ref = code")',
+                                     'op.alter_column("orders", "total", new_column_name="amount")'], phase="expand"),
+        Rev("c0000000000c", upgrade=['op.drop_column("orders", "code")'], phase="contract"),
+        Rev("c0000000000d", upgrade=['op.drop_column("orders", "legacy")']),
+    ])
+    assert runner("upgrade", "--from", "base", "--to", "c0000000000a").rc == 0
+    out = tmp_path / "plan"
+    r = runner("plan", "--target", "head", "--out", str(out))
+    assert r.rc == 0, r.stderr
+    plan = json.loads((out / "plan.json").read_text())
+    assert plan["contract"] == ["c0000000000c"]
+    assert [e["phase"] for e in plan["revisions"]] == ["expand", "contract", "expand"]
+    scan = jobtools.cmd_scan(out)
+    assert scan["contract"] == ["c0000000000c"]
+    # The rename in the expand part breaks the running version; the drops after the contract revision do not.
+    assert scan["breakingCount"] == 1
+    assert scan["breaking"][0].startswith("RENAME COLUMN orders.total TO amount (revision c0000000000b)")
+    assert 'mark revision c0000000000b phase = "contract"' in scan["breaking"][0]
+    # A typo never runs a revision in the wrong part.
+    (app / "migrations" / "versions" / "c0000000000d_rev.py").write_text(
+        (app / "migrations" / "versions" / "c0000000000d_rev.py").read_text() + '\nphase = "contrat"\n')
+    r = runner("plan", "--target", "head", "--out", str(out))
+    assert r.rc != 0 and r.result["reason"] == "ScriptError" and "'contrat'" in r.result["message"]
+
+
 def test_plan_multiple_heads(runner: Runner, app: Path, tmp_path: Path) -> None:
     make_project(app, [
         Rev("aaaaaaaaaa01", upgrade=['op.create_table("a", sa.Column("id", sa.Integer, primary_key=True))']),

@@ -41,7 +41,7 @@ def test_configuration_from_the_flags_and_the_environment_the_chart_sets() -> No
 def test_every_handler_is_registered_on_the_operators_registry() -> None:
     registry, _operator = app.registry(parse([]))
     # No daemon and no timer per resource: the reconciles run on one scheduler (handlers.start), fed by the watches.
-    assert ids(registry) == {"job_changed", "migration_changed", "on_delete", "gate-migration",
+    assert ids(registry) == {"job_changed", "migration_changed", "set_changed", "on_delete", "gate-migration",
                              "hold-until-schema-ready", "govern-approvals"}
     activities = [str(h.activity.value) for h in registry._activities.get_all_handlers()]
     assert sorted(activities) == ["authentication", "cleanup", "startup"]  # one start-up

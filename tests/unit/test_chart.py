@@ -55,17 +55,21 @@ def test_values_schema_refuses_typos_and_bad_values() -> None:
 
 
 def test_chart_crd_is_the_generated_crd() -> None:
-    """files/crds/ links to crds/databasemigrations.yaml (Helm reads nothing outside the chart but follows links)."""
-    copy = CHART / "files" / "crds" / "databasemigrations.yaml"
-    fix = "ln -sf ../../../../crds/databasemigrations.yaml charts/alembic-operator/files/crds/"
-    assert copy.read_text() == (REPO / "crds" / "databasemigrations.yaml").read_text(), f"stale copy: {fix}"
-    generated = next(d for d in yaml.safe_load_all((REPO / "crds" / "databasemigrations.yaml").read_text()) if d)
-    rendered = one(render(), "CustomResourceDefinition")
-    assert rendered["spec"] == generated["spec"]
-    assert rendered["metadata"]["name"] == generated["metadata"]["name"]
-    assert rendered["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    """files/crds/ links to crds/databasemigrations.yaml and crds/databasemigrationsets.yaml (Helm reads nothing
+    outside the chart but follows links); both are rendered, kept on uninstall."""
+    rendered = find(render(), "CustomResourceDefinition")
+    assert len(rendered) == 2
+    for file, crd in zip(("databasemigrations.yaml", "databasemigrationsets.yaml"), rendered, strict=True):
+        copy = CHART / "files" / "crds" / file
+        fix = f"ln -sf ../../../../crds/{file} charts/alembic-operator/files/crds/"
+        assert copy.read_text() == (REPO / "crds" / file).read_text(), f"stale copy: {fix}"
+        generated = next(d for d in yaml.safe_load_all((REPO / "crds" / file).read_text()) if d)
+        assert crd["spec"] == generated["spec"]
+        assert crd["metadata"]["name"] == generated["metadata"]["name"]
+        assert crd["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
     assert not find(render({"crds": {"install": False}}), "CustomResourceDefinition")
-    assert "annotations" not in one(render({"crds": {"keep": False}}), "CustomResourceDefinition")["metadata"]
+    assert all("annotations" not in crd["metadata"]
+               for crd in find(render({"crds": {"keep": False}}), "CustomResourceDefinition"))
 
 
 def test_kopf_peering_crds_in_crds_dir() -> None:
@@ -278,6 +282,7 @@ def test_notifications_pass_the_secret_reference_and_read_only_that_secret() -> 
         "--notify-secret=ops/hook", "--notify-url-key=url", "--notify-token-key=token", "--notify-format=Slack",
         "--notify-events=AwaitingApproval,Failed"]
     assert not find(render(values), "Role")  # all namespaces: the ClusterRole reads Secrets already
+    assert "--no-resource-notifications" in container(render({"notifications": {"perResource": False}}))["args"]
     scoped = render({**values, "watchNamespaces": ["shop"]})
     role = find(scoped, "Role", "rel-alembic-operator-notifications")[0]
     assert role["metadata"]["namespace"] == "ops"

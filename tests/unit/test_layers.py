@@ -8,8 +8,8 @@ import for types only, under TYPE_CHECKING, counts like any other):
                 metrics, config, audit, schedule, freshness, events, notify.send: talk to Kubernetes (Kopf, the API
                 client), keep what it said, and when
     programs    jobtools, check.*: commands that run in Jobs or in CI
-    decisions   reconcile, status, gate, podstate, jobs, approvals, notify (but notify.send): pure functions of what
-                was observed
+    decisions   reconcile, status, gate, podstate, jobs, approvals, notify (but notify.send), fleet (the sets'
+                strategy; fleet.api is model, fleet.handlers operator): pure functions of what was observed
     seams       engines.*, backupstores.*, dbstate, jobio, plugins, sqlscan, sqlscan_mysql, scratchdb: databases and
                 backup stores (and rehearsals' scratch databases);
                 they answer the decisions (through what the model says) and never ask them
@@ -32,12 +32,12 @@ Layers = tuple[tuple[str, tuple[str, ...]], ...]
 LAYERS: Layers = (
     ("entry", ("cli", "__main__", "app", "crdgen", "dbm", "k8s_openapi.__main__")),
     ("operator", ("handlers", "act", "observe", "indexes", "configmaps", "release", "webhook", "kube", "kept",
-                  "metrics", "config", "audit", "schedule", "freshness", "events", "notify.send")),
+                  "metrics", "config", "audit", "schedule", "freshness", "events", "notify.send", "fleet.handlers")),
     ("programs", ("jobtools", "check")),
-    ("decisions", ("reconcile", "status", "gate", "podstate", "jobs", "approvals", "notify")),
+    ("decisions", ("reconcile", "status", "gate", "podstate", "jobs", "approvals", "notify", "fleet")),
     ("seams", ("engines", "backupstores", "dbstate", "jobio", "plugins", "sqlscan", "sqlscan_mysql", "scratchdb")),
-    ("model", ("api", "observation", "objects", "k8s_openapi", "jobparts", "constants", "reasons", "plansql",
-               "sqlrules",
+    ("model", ("api", "fleet.api", "observation", "objects", "k8s_openapi", "jobparts", "constants", "reasons",
+               "plansql", "sqlrules",
                "__init__")),
     ("runner", ("runner",)),
 )

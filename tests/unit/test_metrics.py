@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import urllib.request
 
@@ -10,6 +11,14 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from alembic_operator import metrics
+from alembic_operator.api import parse_status
+
+# Unlabelled or pre-set series every registry has (the alert rules and the dashboard read them).
+ALERT_SERIES = {"alembic_operator_running_jobs", "alembic_operator_max_running_jobs", "alembic_operator_queued_runs",
+                "alembic_operator_leading", "alembic_operator_phase_info",
+                "alembic_operator_condition_transition_timestamp_seconds", "alembic_operator_backup_enabled",
+                "alembic_operator_backup_last_success_timestamp_seconds", "alembic_operator_lock_timeouts",
+                "alembic_operator_queued_since_timestamp_seconds", "alembic_operator_last_run_duration_seconds"}
 
 
 @pytest.fixture
@@ -45,8 +54,9 @@ def test_every_name_is_prefixed(m: metrics.Metrics) -> None:
     m.held_pods("ns", "a", 1)
     m.current_revision("ns", "a", "abc")
     m.drifted("ns", "a", True)
-    assert names(m) == {
-        "alembic_operator_drifted",
+    m.notification("ns", "a", "operator", "Failed", "delivered")
+    assert names(m) == ALERT_SERIES | {
+        "alembic_operator_drifted", "alembic_operator_notifications",
         "alembic_operator_reconcile", "alembic_operator_reconcile_duration_seconds", "alembic_operator_jobs",
         "alembic_operator_job_duration_seconds", "alembic_operator_backup_size_bytes", "alembic_operator_rollbacks",
         "alembic_operator_held_pods", "alembic_operator_current_revision_info", "alembic_operator_build_info",
@@ -209,3 +219,116 @@ def test_drifted_is_a_per_resource_flag_that_forget_removes(m: metrics.Metrics) 
     assert value(scrape(m), "alembic_operator_drifted", namespace="shop", name="db") == 0.0
     m.forget("shop", "db")
     assert value(scrape(m), "alembic_operator_drifted", namespace="shop", name="db") is None
+
+
+def test_notifications_count_by_webhook_type_and_result_and_forget_removes_them(m: metrics.Metrics) -> None:
+    m.notification("shop", "db", "resource", "Failed", "failed")
+    m.notification("shop", "db", "resource", "Failed", "delivered")
+    assert value(scrape(m), "alembic_operator_notifications_total", namespace="shop", name="db", webhook="resource",
+                 type="Failed", result="failed") == 1
+    m.forget("shop", "db")
+    assert "alembic_operator_notifications_total{" not in scrape(m)
+
+
+def _status(*conditions: tuple[str, str, str, str], phase: str = "Failed",
+            backup_at: str | None = "2026-12-01T10:00:00Z") -> metrics.ResourceState:
+    raw: dict[str, object] = {"phase": phase, "conditions": [
+        {"type": t, "status": st, "reason": r, "message": "m", "lastTransitionTime": at}
+        for t, st, r, at in conditions]}
+    if backup_at:
+        raw["backup"] = {"location": "/backups/x", "sizeBytes": 10, "completedAt": backup_at}
+    return metrics.state_of(parse_status(raw), backup_enabled=True)
+
+
+def test_state_of_reads_phase_summary_reason_conditions_and_backup() -> None:
+    state = _status(("Ready", "False", "JobFailed", "2026-12-01T10:00:00Z"),
+                    ("Stalled", "True", "JobFailed", "2026-12-01T10:05:00Z"),
+                    ("Reconciling", "False", "JobFailed", "2026-12-01T10:05:00Z"),
+                    ("RolledBack", "True", "TransactionRolledBack", "2026-12-01T10:05:00Z"))
+    assert (state.phase, state.reason, state.backup_enabled) == ("Failed", "JobFailed", True)
+    assert state.last_backup == 1796119200.0  # 2026-12-01T10:00:00Z
+    assert [(x.type, x.status, x.reason, x.since) for x in state.conditions][1] == (
+        "Stalled", "True", "JobFailed", 1796119500.0)
+    progressing = _status(("Reconciling", "True", "JobQueued", "2026-12-01T10:00:00Z"),
+                          ("Stalled", "False", "JobQueued", "2026-12-01T10:00:00Z"), phase="Planning", backup_at=None)
+    assert (progressing.reason, progressing.last_backup) == ("JobQueued", None)
+    assert metrics.state_of(parse_status({}), backup_enabled=False) == metrics.ResourceState("", "", (), False, None)
+
+
+def test_resource_state_keeps_one_series_per_condition_and_per_phase(m: metrics.Metrics) -> None:
+    m.resource_state("shop", "db", _status(("Stalled", "True", "ImagePullFailed", "2026-12-01T10:00:00Z"),
+                                           ("ApprovalRequired", "True", "DestructiveChangesNotApproved",
+                                            "2026-12-01T09:00:00Z"), phase="Planning"))
+    m.resource_state("shop", "db", _status(("Stalled", "True", "JobFailed", "2026-12-01T11:00:00Z")))
+    s = scrape(m)
+    conds = {(d["condition"], d["status"], d["reason"]): v for (n, labels), v in s.items()
+             if n == "alembic_operator_condition_transition_timestamp_seconds" for d in [dict(labels)]}
+    assert conds == {("Stalled", "True", "JobFailed"): 1796122800.0}  # the approval's series went with it
+    phases = {(d["phase"], d["reason"]) for (n, labels), _v in s.items() if n == "alembic_operator_phase_info"
+              for d in [dict(labels)]}
+    assert phases == {("Failed", "JobFailed")}
+    assert value(s, "alembic_operator_backup_enabled", namespace="shop", name="db") == 1
+    assert value(s, "alembic_operator_backup_last_success_timestamp_seconds", namespace="shop", name="db") == 1796119200
+    # the counter exists from the first pass, so that increase() counts the first timeout
+    assert value(s, "alembic_operator_lock_timeouts_total", namespace="shop", name="db") == 0
+    m.lock_timeout("shop", "db")
+    assert value(scrape(m), "alembic_operator_lock_timeouts_total", namespace="shop", name="db") == 1
+    m.forget("shop", "db")
+    assert not [k for k in scrape(m) if ("namespace", "shop") in k[1]]
+
+
+def test_queue_slots_and_last_run(m: metrics.Metrics) -> None:
+    m.queued("shop", "db", True, now=100.0)
+    m.queued("shop", "db", True, now=200.0)  # still the first time it was seen waiting
+    m.job_slots(running=4, cap=4, queued=1)
+    m.last_run_duration("shop", "db", "r1", 12)
+    m.last_run_duration("shop", "db", "r2", 30)
+    s = scrape(m)
+    assert value(s, "alembic_operator_queued_since_timestamp_seconds", namespace="shop", name="db") == 100
+    assert (value(s, "alembic_operator_running_jobs"), value(s, "alembic_operator_max_running_jobs"),
+            value(s, "alembic_operator_queued_runs")) == (4, 4, 1)
+    runs = {dict(labels)["revision"]: v for (n, labels), v in s.items()
+            if n == "alembic_operator_last_run_duration_seconds"}
+    assert runs == {"r2": 30}
+    m.queued("shop", "db", False)
+    assert value(scrape(m), "alembic_operator_queued_since_timestamp_seconds", namespace="shop", name="db") is None
+    m.queued("shop", "db", True, now=300.0)
+    assert value(scrape(m), "alembic_operator_queued_since_timestamp_seconds", namespace="shop", name="db") == 300
+
+
+def test_leading_follows_kopfs_own_peering() -> None:
+    """Kopf's real peering code, with a live peer of higher priority, then without: the gauge follows it."""
+    asyncio.run(_leading_follows_kopfs_own_peering())
+
+
+async def _leading_follows_kopfs_own_peering() -> None:
+    import datetime
+    import logging
+
+    from kopf._cogs.aiokits.aiotoggles import Toggle
+    from kopf._cogs.configs.configuration import OperatorSettings
+    from kopf._core.engines import peering
+
+    m = metrics.Metrics(CollectorRegistry())
+    handler = metrics.follow_peering(m)
+    try:
+        settings = OperatorSettings()
+        settings.peering.name = "ops"
+        settings.peering.priority = 0
+        conflicts = Toggle(False)
+        now = datetime.datetime.now(datetime.UTC).isoformat()
+        for peers, leading in (({"other": {"priority": 10, "lifetime": 600, "lastseen": now}}, 0), ({}, 1)):
+            event = {"type": "MODIFIED", "object": {"metadata": {"name": "ops"}, "status": peers}}
+            await peering.process_peering_event(
+                raw_event=event, namespace=None, resource=None, identity=peering.Identity("me"),  # type: ignore[arg-type]
+                settings=settings, autoclean=False, conflicts_found=conflicts,
+                stream_pressure=_set_event())
+            assert value(scrape(m), "alembic_operator_leading") == leading
+    finally:
+        logging.getLogger(metrics.PEERING_LOGGER).removeHandler(handler)
+
+
+def _set_event() -> asyncio.Event:
+    event = asyncio.Event()
+    event.set()  # Kopf waits for the peers' deadlines unless pressed: do not wait
+    return event

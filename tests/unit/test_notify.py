@@ -290,12 +290,38 @@ async def test_an_unreachable_or_missing_webhook_is_recorded_without_its_url(rec
                              {"urlSecretRef": {"name": "hook", "key": "url"}}))
     kube.secrets[("shop", "hook")] = {"url": f"http://127.0.0.1:{port + 1 if port < 65535 else 1}/x?k=T0KEN"}
     central = Webhook(secret="absent", url_key="url", format="CloudEvents", namespace="ops")
-    notifier = Notifier(kube, central, timeout=2)  # type: ignore[arg-type]
-    task_round = notifier._round(("shop", "orders"))
-    assert await task_round is not None  # a retry is planned
+    posted: list[tuple[str, str, str]] = []
+    notifier = Notifier(kube, central, timeout=2,  # type: ignore[arg-type]
+                        post=lambda obj, kind, reason, message: posted.append((kind, reason, message)))
+    assert await notifier._round(("shop", "orders")) is not None  # a retry is planned
     await notifier.stop()
+    assert sorted(reason for _kind, reason, _message in posted) == ["NotificationFailed", "NotificationFailed"]
+    assert not [m for _k, _r, m in posted if "T0KEN" in m or "127.0.0.1" in m]
     (record,) = (parse_status(kube.obj["status"]).notifications or {}).values()
     assert record.deliveries[OPERATOR].error == "Secret ops/absent not found"
     resource_error = record.deliveries[RESOURCE].error or ""
     assert resource_error and "T0KEN" not in resource_error and "127.0.0.1" not in resource_error
     assert all(d.state == "Pending" and d.attempts == 1 for d in record.deliveries.values())
+
+
+def test_a_resources_own_webhook_can_be_turned_off_and_the_flags_parse() -> None:
+    import argparse
+
+    from alembic_operator.config import OperatorConfig, add_arguments
+
+    body = cast(Migration, resource(awaiting(), {"urlSecretRef": {"name": "hook", "key": "url"}}))
+    kube = FakeKube(dict(body))
+    assert set(Notifier(kube).webhooks(body)) == {RESOURCE}  # type: ignore[arg-type]
+    assert Notifier(kube, resources=False).webhooks(body) == {}  # type: ignore[arg-type]
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    config = OperatorConfig.from_args(parser.parse_args([
+        "--notify-secret", "ops/hook", "--notify-token-key", "token", "--notify-format", "Slack",
+        "--notify-events", "Failed,AwaitingApproval", "--no-resource-notifications"]), environ={})
+    assert config.notify == Webhook(secret="hook", url_key="url", format="Slack", namespace="ops",
+                                    events=("AwaitingApproval", "Failed"), token_secret="hook", token_key="token")
+    assert config.notify_resources is False
+    assert OperatorConfig.from_args(parser.parse_args([]), environ={}).notify is None
+    for bad in (["--notify-secret", "hook"], ["--notify-events", "Deployed"], ["--notify-format", "Teams"]):
+        with pytest.raises(SystemExit):
+            parser.parse_args(bad)

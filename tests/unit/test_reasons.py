@@ -26,11 +26,13 @@ CAMEL = re.compile(r"^(?:[A-Z][a-z]+|OOM)(?:[A-Z][a-z0-9]*|URL)*$")  # OOMKilled
 # reason is spelled.
 REGISTRIES = {PACKAGE / "reasons.py", PACKAGE / "runner" / "reasons.py"}
 NOT_REASONS = set(c.PHASES) | {c.READY, c.RECONCILING, c.STALLED, c.BACKUP_SUCCEEDED, c.MIGRATED, c.ROLLED_BACK,
-                               c.APPROVAL_REQUIRED, c.DRIFTED, "True", "False", "Normal", "Warning"}
+                               c.APPROVAL_REQUIRED, c.DRIFTED, c.EXPANDED, c.CONTRACTED, "True", "False", "Normal",
+                               "Warning"}
 # Words of other vocabularies that happen to be spelled like a reason (a phase Planning, a run's result UpToDate, the
 # condition type Migrated, the printer column Held): allowed as such, never where a reason goes (`_literals`).
 SHARED = (set(c.PHASES) | set(get_args(api.RunStep)) | set(get_args(api.RunResult)) | NOT_REASONS
           | {str(col["name"]) for col in crdgen.PRINTER_COLUMNS}
+          | set(get_args(api.ContractStatus.model_fields["state"].annotation))  # status.contract.state
           | {"Baselined"})  # status.history[].result of a baseline stamp (reconcile.record)
 REASON_KEYWORDS = {"reason", "error_reason"}
 # Kubernetes' own reasons: CRD validation rules' (x-kubernetes-validations), and those read from pods and Jobs, never

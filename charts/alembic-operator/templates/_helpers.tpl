@@ -103,10 +103,25 @@ app.kubernetes.io/part-of: alembic-operator
 - apiGroups: ["migrations.alembic-operator.io"]
   resources: ["databasemigrations/finalizers"]
   verbs: ["update"]
-# The database URL (spec.database.urlSecretRef): the operator reads it to observe the database's revision.
+# DatabaseMigrationSets: watched; their status written; the DatabaseMigrations they own created, given the
+# template, deleted when their target goes (never their database); ownerReferences with blockOwnerDeletion.
+- apiGroups: ["migrations.alembic-operator.io"]
+  resources: ["databasemigrationsets"]
+  verbs: ["list", "watch"]
+- apiGroups: ["migrations.alembic-operator.io"]
+  resources: ["databasemigrationsets/status"]
+  verbs: ["patch"]
+- apiGroups: ["migrations.alembic-operator.io"]
+  resources: ["databasemigrationsets/finalizers"]
+  verbs: ["update"]
+- apiGroups: ["migrations.alembic-operator.io"]
+  resources: ["databasemigrations"]
+  verbs: ["create", "delete"]
+# The database URL (spec.database.urlSecretRef): the operator reads it to observe the database's revision. A set's
+# label selector lists Secrets, metadata only (their names and labels).
 - apiGroups: [""]
   resources: ["secrets"]
-  verbs: ["get"]
+  verbs: ["get", "list"]
 # The steps of a run are Jobs: created, watched, deleted (retention).
 - apiGroups: ["batch"]
   resources: ["jobs"]
@@ -115,6 +130,11 @@ app.kubernetes.io/part-of: alembic-operator
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["list", "watch", "patch"]
+# Expand/contract: which pods are the older version's (their ReplicaSets, Deployments, StatefulSets), read while
+# a contract part waits.
+- apiGroups: ["apps"]
+  resources: ["replicasets", "deployments", "statefulsets"]
+  verbs: ["list"]
 # The plan Job's SQL, read once per plan from its scan container's log (kept in a ConfigMap for reviewers).
 - apiGroups: [""]
   resources: ["pods/log"]

@@ -15,6 +15,9 @@ revision: str = ${repr(up_revision)}
 down_revision: str | Sequence[str] | None = ${repr(down_revision)}
 branch_labels: str | Sequence[str] | None = ${repr(branch_labels)}
 depends_on: str | Sequence[str] | None = ${repr(depends_on)}
+# alembic-operator: "expand" runs before the new version's pods start; "contract" (a revision that drops or renames
+# something the previous release still uses) runs only once no pod of the previous release is left.
+phase = "expand"
 
 
 def upgrade() -> None:

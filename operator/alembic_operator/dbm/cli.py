@@ -6,6 +6,8 @@
     kubectl dbm history NAME [--all]        finished runs, oldest first (--all: the whole audit trail)
     kubectl dbm held [NAME]                 pods held until the schema is ready, and why
     kubectl dbm logs NAME [--role migrate]  the logs of the newest run's Job of that role
+    kubectl dbm set [NAME]                  DatabaseMigrationSets: progress, failed targets, plans (dbm/sets.py)
+    kubectl dbm pause|resume NAME           a set: stop starting targets; go on, running its failed ones again
 
 It uses the user's kubeconfig (and `-n`, `--context`, `--kubeconfig` as kubectl does), so it can do exactly what
 the user may do: approving is the user's own annotation, made with their own credentials. `-o json` prints plain
@@ -25,7 +27,7 @@ from typing import TYPE_CHECKING, TypedDict, cast
 
 from .. import constants as c
 from .. import objects, plansql
-from . import views
+from . import sets, views
 
 if TYPE_CHECKING:
     from kubernetes.client import ApiException, V1Job
@@ -79,6 +81,11 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("name")
     s.add_argument("--role", default="migrate", help="plan, backup, migrate, downgrade, restore, stamp or drift")
     s.add_argument("--generation", type=int, help="default: the newest that has a Job of that role")
+    s = sub.add_parser("set", parents=[common], help="DatabaseMigrationSets: progress and failed targets")
+    s.add_argument("name", nargs="?")
+    for verb, what in (("pause", "a set: start no more targets"),
+                       ("resume", "a set: go on, and run its failed targets again")):
+        sub.add_parser(verb, parents=[common], help=what).add_argument("name")
     return p
 
 
@@ -291,7 +298,43 @@ def cmd_logs(s: Session, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"status": cmd_status, "plan": cmd_plan, "approve": cmd_approve, "history": cmd_history,
+def cmd_set(s: Session, args: argparse.Namespace) -> int:
+    if args.name:
+        from kubernetes.client import ApiException
+
+        try:
+            obj = cast(dict[str, object], s.custom.get_namespaced_custom_object(
+                c.GROUP, c.VERSION, s.namespace, c.SET_PLURAL, args.name))
+        except ApiException as exc:
+            if exc.status == 404:
+                raise Refused(f"dbms/{args.name} not found in namespace {s.namespace}") from None
+            raise
+        (one,) = sets.by_name([obj])
+        _print(args, sets.detail_text(one), sets.summary(one))
+        return EXIT_OK
+    listed = cast(dict[str, list[dict[str, object]]], s.custom.list_namespaced_custom_object(
+        c.GROUP, c.VERSION, s.namespace, c.SET_PLURAL))
+    items = sets.by_name(listed.get("items") or [])
+    _print(args, sets.list_text(items), [sets.summary(o) for o in items])
+    return EXIT_OK
+
+
+def _patch_set(s: Session, args: argparse.Namespace, patch: dict[str, object], done: str) -> int:
+    s.custom.patch_namespaced_custom_object(c.GROUP, c.VERSION, s.namespace, c.SET_PLURAL, args.name, patch)
+    _print(args, f"dbms/{args.name}: {done}\n", {"name": args.name, "done": done})
+    return EXIT_OK
+
+
+def cmd_pause(s: Session, args: argparse.Namespace) -> int:
+    return _patch_set(s, args, sets.pause_patch(True), "paused")
+
+
+def cmd_resume(s: Session, args: argparse.Namespace) -> int:
+    return _patch_set(s, args, sets.resume_patch(), "resumed; its failed targets run again")
+
+
+COMMANDS = {"set": cmd_set, "pause": cmd_pause, "resume": cmd_resume,
+            "status": cmd_status, "plan": cmd_plan, "approve": cmd_approve, "history": cmd_history,
             "held": cmd_held, "logs": cmd_logs}
 
 

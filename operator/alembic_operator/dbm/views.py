@@ -30,6 +30,27 @@ class PlanSqlRef(TypedDict, total=False):
     sha256: str
 
 
+class PlanPart(TypedDict, total=False):
+    revisions: list[str]
+    fromRevision: str
+    toRevision: str
+    destructive: list[str]
+
+
+class ContractStatus(TypedDict, total=False):
+    state: str
+    expandTo: str
+    target: str
+    expandedAt: str
+    waitingSince: str
+    deadline: str
+    olderPods: list[str]
+    olderPodCount: int
+    oldVersionGoneAt: str
+    contractStartedAt: str
+    contractedAt: str
+
+
 class PlanStatus(TypedDict, total=False):
     fromRevision: str | None
     toRevision: str
@@ -39,6 +60,10 @@ class PlanStatus(TypedDict, total=False):
     destructiveCount: int
     hash: str
     sql: PlanSqlRef
+    expand: PlanPart
+    contract: PlanPart
+    breaking: list[str]
+    breakingCount: int
 
 
 class RehearsedRevision(TypedDict, total=False):
@@ -71,6 +96,7 @@ class Status(TypedDict, total=False):
     conditions: list[Condition]
     plan: PlanStatus
     history: list[dict[str, JsonValue]]  # status.history's entries, shown as they are
+    contract: ContractStatus
 
 
 class Spec(TypedDict, total=False):
@@ -110,7 +136,8 @@ PlanRecord = TypedDict("PlanRecord", {
     "name": str | None, "phase": str | None, "from": str | None, "to": str | None, "revisions": list[str],
     "destructive": list[str], "warnings": list[str], "destructiveCount": int | None,
     "findings": list[PlanFinding] | None, "hash": str | None, "waitsForApproval": bool, "approvedHash": str | None,
-    "approved": bool, "sql": list[RevisionSql] | None, "sqlNote": str, "rehearsal": Rehearsal | None})
+    "approved": bool, "sql": list[RevisionSql] | None, "sqlNote": str, "expand": PlanPart | None,
+    "contract": PlanPart | None, "breaking": list[str], "rehearsal": Rehearsal | None})
 
 
 class HeldRecord(TypedDict):
@@ -180,7 +207,36 @@ def status_text(items: Sequence[Migration], now: datetime | None = None, all_nam
         rows.append(([s["namespace"] or ""] if all_namespaces else []) + [
             s["name"] or "", s["phase"], s["current"], s["target"], "True" if s["ready"] else "False", s["reason"],
             str(s["heldPods"]), age(s["created"], now), short(s["message"])])
-    return table(rows) if items else "No DatabaseMigrations found.\n"
+    if not items:
+        return "No DatabaseMigrations found.\n"
+    split = [line for obj in items if (line := contract_line(obj))]
+    return table(rows) + ("\nExpand/contract:\n" + "".join(f"  {line}\n" for line in split) if split else "")
+
+
+def contract_line(obj: Migration) -> str:
+    """Where a plan split into expand and contract parts is, in one line (status.contract); "" for other plans."""
+    cs = (obj.get("status") or Status()).get("contract")
+    if not cs:
+        return ""
+    name = (obj.get("metadata") or Metadata()).get("name")
+    expand = f"expand -> {cs.get('expandTo') or 'base'}"
+    contract = f"contract -> {cs.get('target')}"
+    state = cs.get("state")
+    if state == "Expanding":
+        return f"dbm/{name}: {expand} running; {contract} after the older version's pods are gone"
+    if state == "WaitingForOldVersion":
+        pods = cs.get("olderPods") or []
+        count = cs.get("olderPodCount") or len(pods)
+        return (f"dbm/{name}: {expand} applied at {cs.get('expandedAt')}; {contract} waits for {count} pod(s) of "
+                f"the older version (until {cs.get('deadline')}, then Stalled): {', '.join(pods[:5])}"
+                + (f" and {count - 5} more" if count > 5 else ""))
+    if state == "Contracting":
+        return (f"dbm/{name}: {expand} applied at {cs.get('expandedAt')}; older version gone at "
+                f"{cs.get('oldVersionGoneAt')}; {contract} started at {cs.get('contractStartedAt') or '(next)'}")
+    if state == "Contracted":
+        return (f"dbm/{name}: {expand} applied at {cs.get('expandedAt')}; older version gone at "
+                f"{cs.get('oldVersionGoneAt')}; {contract} applied at {cs.get('contractedAt')}")
+    return f"dbm/{name}: {state}: {expand}; {contract}"
 
 
 def plan_record(obj: Migration, sql: list[RevisionSql] | None = None, sql_note: str = "",
@@ -199,7 +255,8 @@ def plan_record(obj: Migration, sql: list[RevisionSql] | None = None, sql_note: 
         "destructiveCount": plan.get("destructiveCount"), "findings": findings,
         "hash": plan.get("hash"), "waitsForApproval": approval.get("status") == "True",
         "approvedHash": approved, "approved": bool(approved) and approved == plan.get("hash"),
-        "sql": sql, "sqlNote": sql_note,
+        "sql": sql, "sqlNote": sql_note, "expand": plan.get("expand"), "contract": plan.get("contract"),
+        "breaking": plan.get("breaking") or [],
         "rehearsal": st.get("rehearsal") if (st.get("rehearsal") or {}).get("planHash") == plan.get("hash") else None,
     }
 
@@ -213,7 +270,19 @@ def plan_text(record: PlanRecord) -> str:
         lines.append(f"waits for approval: kubectl dbm approve {record['name']} --hash {record['hash']}")
     elif record["approved"]:
         lines.append("approved (the annotation carries this hash)")
-    lines += ["", "Revisions, in order:", *[f"  {rev}" for rev in record["revisions"]]]
+    if record["contract"] is not None:
+        expand, contract = record["expand"] or PlanPart(), record["contract"]
+        lines += ["", f"Expand part, before the new version's pods start ({len(expand.get('revisions') or [])}): "
+                  f"{expand.get('fromRevision') or 'base'} -> {expand.get('toRevision')}",
+                  *[f"  {rev}" for rev in expand.get("revisions") or []],
+                  f"Contract part, once no pod of the older version runs ({len(contract.get('revisions') or [])}): "
+                  f"{contract.get('fromRevision')} -> {contract.get('toRevision')}",
+                  *[f"  {rev}" for rev in contract.get("revisions") or []]]
+    else:
+        lines += ["", "Revisions, in order:", *[f"  {rev}" for rev in record["revisions"]]]
+    if record["breaking"]:
+        lines += ["", f"Breaks the running version ({len(record['breaking'])}):",
+                  *[f"  ! {b}" for b in record["breaking"]]]
     lines += rehearsal_lines(record["rehearsal"])
     if (findings := record["findings"]) is not None:  # all of them, from the ConfigMap
         for severity, title, mark in (("destructive", "Destructive", "!"), ("locking", "Locking", "-"),

@@ -19,12 +19,15 @@ import base64
 import binascii
 import contextlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Literal
 
 import aiohttp
 from pydantic import JsonValue, ValidationError
 
+from .. import metrics, reasons
 from ..api import (
     NOTIFICATION_TYPES,
     DatabaseMigrationStatus,
@@ -37,6 +40,9 @@ from ..api import (
 from ..kube import Client, KubeError
 from ..objects import Migration
 from . import due, payload
+
+Poster = Callable[[Migration, Literal["Normal", "Warning"], reasons.Reason, str], None]
+"""Posts an Event on the resource (the app passes events.post through Kopf's context; tests collect them)."""
 
 log = logging.getLogger("alembic_operator.notify")
 
@@ -81,17 +87,20 @@ class Notifier:
     """Delivers the notifications of every resource this process reconciles (the leader's: a standby reconciles
     nothing, so it sends nothing)."""
 
-    def __init__(self, kube: Client, operator_webhook: Webhook | None = None, timeout: float = TIMEOUT) -> None:
+    def __init__(self, kube: Client, operator_webhook: Webhook | None = None, timeout: float = TIMEOUT,
+                 resources: bool = True, post: Poster | None = None) -> None:
         self.kube = kube
         self.operator_webhook = operator_webhook
         self.timeout = timeout
+        self.resources = resources  # False (--no-resource-notifications): spec.notifications is ignored
+        self.post = post
         self._tasks: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._woken: dict[tuple[str, str], asyncio.Event] = {}  # set: look again at once
         self._session: aiohttp.ClientSession | None = None
 
     def webhooks(self, body: Migration) -> dict[str, Webhook]:
         out = {OPERATOR: self.operator_webhook} if self.operator_webhook is not None else {}
-        if (own := resource_webhook(body)) is not None:
+        if self.resources and (own := resource_webhook(body)) is not None:
             out[RESOURCE] = own
         return out
 
@@ -165,13 +174,19 @@ class Notifier:
             after = due.after_attempt(record, delivery, error, datetime.now(UTC))
             status = await self._patch(ref, {attempt.ident: {"deliveries": {
                 attempt.target: after.model_dump(mode="json", by_alias=True)}}})
+            result = "delivered" if error is None else "expired" if after.state == "Expired" else "failed"
+            metrics.notification(*ref, attempt.target, record.type, result)
             if error is None:
                 log.info("notification %s of %s/%s delivered to the %s webhook", attempt.ident, *ref, attempt.target)
-            else:
-                log.warning("notification %s of %s/%s not delivered to the %s webhook (attempt %d): %s%s",
-                            attempt.ident, *ref, attempt.target, after.attempts, error,
-                            f"; again in {due.backoff(after.attempts):.0f}s" if after.state == "Pending" else
-                            "; given up (older than a day)")
+                continue
+            retry = (f"again in {due.backoff(after.attempts):.0f}s" if after.state == "Pending" else
+                     "given up (older than a day)")
+            log.warning("notification %s of %s/%s not delivered to the %s webhook (attempt %d): %s; %s",
+                        attempt.ident, *ref, attempt.target, after.attempts, error, retry)
+            if self.post is not None and (after.attempts == 1 or after.state == "Expired"):
+                reason = reasons.NOTIFICATION_EXPIRED if after.state == "Expired" else reasons.NOTIFICATION_FAILED
+                self.post(body, "Warning", reason, f"the {attempt.target} webhook did not take notification "
+                          f"{attempt.ident} ({record.type}): {error}; {retry}")
         if drop := due.pruned(status):
             status = await self._patch(ref, dict.fromkeys(drop))
         nxt = due.next_attempt(status)

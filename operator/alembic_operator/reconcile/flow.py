@@ -10,6 +10,7 @@ from ..api import (
     RunStep,
 )
 from ..observation import JobRefusal, Observation
+from .contract import waiting
 from .decision import Decision
 from .idle import idle
 from .migrating import backing_up, migrating
@@ -19,7 +20,8 @@ from .rollback import rolling_back
 from .turn import POLL_IDLE, Step, Turn
 
 STEPS: dict[RunStep, Step] = {"Planning": planning, "AwaitingApproval": approval, "BackingUp": backing_up,
-                               "Rehearsing": rehearsing, "Migrating": migrating, "RollingBack": rolling_back,
+                               "Rehearsing": rehearsing, "Migrating": migrating, "WaitingForOldVersion": waiting,
+                               "RollingBack": rolling_back,
                                "Done": idle}
 
 
@@ -48,6 +50,8 @@ def flow(turn: Turn) -> Decision:
         return rehearsing(turn)
     if step == "Migrating":
         return migrating(turn)
+    if step == "WaitingForOldVersion":
+        return waiting(turn)
     return rolling_back(turn)
 
 

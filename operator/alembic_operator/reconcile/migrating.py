@@ -11,8 +11,9 @@ from ..api import (
     BackupStatus,
     RunBackup,
 )
+from ..constants import Role
 from ..runner.results import BackupResult, MigrateResult
-from . import rehearsal
+from . import contract, rehearsal
 from .decision import Decision
 from .rollback import choose_rollback, half_applied
 from .turn import JOB_RETRIES, POLL_IDLE, Turn, rev
@@ -85,7 +86,14 @@ def backing_up(turn: Turn) -> Decision:
 
 
 def migrating(turn: Turn) -> Decision:
+    decision = _migrating(turn)
+    contract.note_started(turn)
+    return decision
+
+
+def _migrating(turn: Turn) -> Decision:
     start, target = turn.run.start_revision, turn.run.target_revision
+    role: Role = "contract" if turn.run.part == "contract" else "migrate"  # a split plan's part (contract.py)
 
     def unless_moved() -> Decision | None:
         if (stop := turn.database("Migrating")) is not None:
@@ -95,13 +103,13 @@ def migrating(turn: Turn) -> Decision:
                                "before the migration started")
         return None
 
-    kept = clean_stop(turn)  # a lock timeout or a lost connection: the retry continues from the database
+    kept = clean_stop(turn, role)  # a lock timeout or a lost connection: the retry continues from the database
     resume = turn.obs.database.revision if kept else start
     changed = (f"{', '.join(kept)} committed whole and kept: the retry continues the plan from {rev(resume)}"
                if kept else "nothing was changed")
-    job = turn.drive("migrate", {"from": rev(resume), "to": str(target)},
+    job = turn.drive(role, {"from": rev(resume), "to": str(target)},
                      f"upgrading {rev(start)} -> {target}{rehearsal.expectation(turn)}",
-                     f"migration Job {turn.job('migrate').name} is upgrading {rev(start)} -> {target}"
+                     f"{role} Job {turn.job(role).name} is upgrading {rev(start)} -> {target}"
                      f"{rehearsal.expectation(turn)}",
                      before_start=unless_moved, before_retry=lambda: turn.database("Migrating"),
                      may_retry=lambda: kept is not None, changed=changed)
@@ -110,13 +118,19 @@ def migrating(turn: Turn) -> Decision:
     db_rev = turn.obs.database.revision
     report = cast(MigrateResult, job.result) if job.result is not None else None
     if job.state == "succeeded" and db_rev == target:
-        rehearsal.migrated(turn, report)
-        turn.condition(c.MIGRATED, "True", r.UPGRADE_SUCCEEDED, f"upgraded {rev(start)} -> {target}"
+        if turn.run.part is None:  # a whole plan: its duration next to its rehearsal's
+            rehearsal.migrated(turn, report)
+        if turn.run.part == "expand":
+            return contract.expanded(turn)
+        if turn.run.part == "contract":
+            contract.contracted(turn)
+        first = turn.st.contract.from_revision if turn.run.part == "contract" and turn.st.contract else start
+        turn.condition(c.MIGRATED, "True", r.UPGRADE_SUCCEEDED, f"upgraded {rev(first)} -> {target}"
                        f"{rehearsal.expectation(turn)}")
         turn.finish("Succeeded", r.MIGRATED)
         return turn.goto("Done")
     if kept:  # retried until now: what committed is whole and good, so it stays; a human ends the blocker
-        why = (f"{turn.failure_message('migrate')} (attempt {int((turn.run.attempts or {}).get('migrate', 0)) + 1}"
+        why = (f"{turn.failure_message(role)} (attempt {int((turn.run.attempts or {}).get(role, 0)) + 1}"
                f" of {JOB_RETRIES + 1}); {', '.join(kept)} committed whole and {'is' if len(kept) == 1 else 'are'}"
                f" kept (nothing undone): the database is at {rev(db_rev)}, on the way from {rev(start)} to "
                f"{target}")
@@ -134,12 +148,12 @@ def migrating(turn: Turn) -> Decision:
     if job.state == "succeeded":
         why = f"the migration Job succeeded but the database is at {rev(db_rev)}, not {target}"
     else:
-        why = turn.failure_message("migrate")
+        why = turn.failure_message(role)
     if locked:  # retried until now: a human must end the blocker (or allow a longer wait)
-        why += f" (attempt {int((turn.run.attempts or {}).get('migrate', 0)) + 1} of {JOB_RETRIES + 1})"
+        why += f" (attempt {int((turn.run.attempts or {}).get(role, 0)) + 1} of {JOB_RETRIES + 1})"
     turn.condition(c.MIGRATED, "False", r.UPGRADE_FAILED, why)
     turn.run.failure = why
-    turn.run.failure_reason = (turn.failure_reason("migrate", r.LOCK_TIMEOUT if locked else r.JOB_FAILED)
+    turn.run.failure_reason = (turn.failure_reason(role, r.LOCK_TIMEOUT if locked else r.JOB_FAILED)
                                if job.state == "failed" else None)
     if committed is None:
         ran = (report or {}).get("applied") or (report or {}).get("attempted") or []
@@ -152,12 +166,12 @@ def migrating(turn: Turn) -> Decision:
     return choose_rollback(turn, db_rev, committed, why, report, lost)
 
 
-def clean_stop(turn: Turn) -> list[str] | None:
+def clean_stop(turn: Turn, role: Role = "migrate") -> list[str] | None:
     """What this run committed, when its migration Job stopped for a passing reason (a lock timeout, a lost
     connection) with the database at a revision of the plan, each revision whole: the retry continues the same
     approved plan from there (no new plan, approval or backup), and nothing is undone. None when it did not (a
     real failure, a half-applied revision, a database another writer moved): the rollback decides."""
-    job, db = turn.job("migrate"), turn.obs.database
+    job, db = turn.job(role), turn.obs.database
     report = job.result or {}
     if job.state != "failed" or report.get("reason") not in r.TRANSIENT_JOB_REASONS or not db.ok \
             or half_applied(cast(MigrateResult, report)):

@@ -20,7 +20,7 @@ from ..api import (
     name_problem,
 )
 from ..runner.results import ScanResult
-from . import rehearsal
+from . import contract, rehearsal
 from .decision import Decision, Event, PlanSQLKept
 from .turn import POLL_IDLE, SUSPENDED, Turn, rev
 
@@ -75,6 +75,7 @@ def new_run(turn: Turn) -> Decision:
     turn.run = RunStatus(generation=obs.generation, step="Planning", started_at=obs.now, spec=dict(obs.spec),
                          requested_by=obs.annotations.get(c.SPEC_CHANGED_BY_ANNOTATION))
     turn.st.plan = None
+    turn.st.contract = None
     turn.st.target_revision = None
     # A new generation flips Ready to False before any work starts (kstatus; kubectl wait must not pass early).
     turn.st = s.without_conditions(turn.st, c.APPROVAL_REQUIRED, c.BACKUP_SUCCEEDED, c.MIGRATED, c.ROLLED_BACK)
@@ -203,6 +204,9 @@ def planned(turn: Turn, spec: DatabaseMigrationSpec, result: ScanResult) -> Deci
         plan.notes = list(result["notes"])[:NOTES_SHOWN]
     if result.get("lineage"):
         plan.lineage = list(result["lineage"])
+    contract.plan_parts(turn.st, run, list(result.get("contract") or []), turn.generation,
+                        list(result.get("breaking") or []),
+                        int(result.get("breakingCount") or len(result.get("breaking") or [])))
     keep_plan_sql(turn)
     if not revisions:
         turn.done("UpToDate")
@@ -230,14 +234,16 @@ def approval(turn: Turn) -> Decision:
     spec = turn.spec()
     live_spec = turn.live() if turn.obs.spec else spec
     plan = turn.st.plan or PlanStatus()
-    destructive = plan.destructive
-    locking = [f.operation for f in plan.locking or []]
-    locking_count = int(plan.locking_count or len(locking))
+    scope = contract.to_approve(turn.run, plan)  # a split plan: the part under way (approved up front by its hash)
+    destructive = scope.destructive
+    breaking = scope.breaking
+    locking = [f.operation for f in plan.locking or []] if turn.run.part != "contract" else []
+    locking_count = int(plan.locking_count or len(locking)) if locking else 0
     gate_locking = live_spec.approval.require_for_locking and locking_count > 0
-    if (destructive or gate_locking) and rehearsal.before_approval(turn, live_spec):
+    if (destructive or gate_locking or breaking) and rehearsal.before_approval(turn, live_spec):
         turn.condition(c.APPROVAL_REQUIRED, "True", r.REHEARSAL_REQUIRED, "spec.approval.requireRehearsal: the plan "
                        "is rehearsed on a scratch copy of the database first, then waits for approval")
-    elif destructive or gate_locking:
+    elif destructive or gate_locking or breaking:
         plan_hash_ = turn.run.plan_hash
         annotated = turn.obs.annotations.get(c.APPROVE_ANNOTATION) == plan_hash_
         how = (f"review it with kubectl dbm plan {turn.obs.name} -n {turn.obs.namespace}, then approve its hash "
@@ -245,12 +251,21 @@ def approval(turn: Turn) -> Decision:
         if annotated:  # the user the webhook recorded for this hash, when it did
             approved_by = approvals.approved_by(turn.obs.annotations, plan_hash_) or c.APPROVE_ANNOTATION
         elif destructive and not live_spec.approval.allow_destructive:
-            count = int(plan.destructive_count or len(destructive))
-            message = f"the plan destroys data: {_listed(destructive, count)}. To go ahead, {how}"
+            count = scope.count
+            message = f"{scope.part} destroys data: {_listed(destructive, count)}. To go ahead, {how}"
+            if breaking:  # a drop the running version still reads: the same approval, and a better way
+                message += (f". It also breaks the running version ({len(breaking)} operation(s), status.plan."
+                            'breaking): marking those revisions phase = "contract" runs them after its pods are gone')
             message += rehearsal.rehearsed_note(turn)
             turn.condition(c.APPROVAL_REQUIRED, "True", r.DESTRUCTIVE_CHANGES_NOT_APPROVED, message)
             return turn.outcome(s.stalled("AwaitingApproval", r.DESTRUCTIVE_CHANGES_NOT_APPROVED, message),
                                 POLL_IDLE)
+        elif breaking and not live_spec.approval.allow_destructive:
+            count = int(plan.breaking_count or len(breaking))
+            message = (f"the plan breaks the running version: {_listed(breaking, count)}. Mark such revisions "
+                       f'phase = "contract" in a new image, or, to accept the outage, {how}')
+            turn.condition(c.APPROVAL_REQUIRED, "True", r.BREAKS_RUNNING_VERSION, message)
+            return turn.outcome(s.stalled("AwaitingApproval", r.BREAKS_RUNNING_VERSION, message), POLL_IDLE)
         elif gate_locking:
             message = (f"the plan takes strong locks on existing tables: {_listed(locking, locking_count)}. "
                        f"Rewrite them the safer way (status.plan.locking), or {how}{rehearsal.rehearsed_note(turn)}")
@@ -259,13 +274,14 @@ def approval(turn: Turn) -> Decision:
                                 POLL_IDLE)
         else:
             approved_by = "spec.approval.allowDestructive"
-        what = "destructive changes" if destructive else "locking changes"
+        what = "destructive changes" if destructive else "locking changes" if gate_locking else \
+            "changes that break the running version"
         if destructive and gate_locking:
             what = "destructive and locking changes"
         turn.run.approved_by = approved_by
         turn.condition(c.APPROVAL_REQUIRED, "False", r.APPROVED, f"{what} approved by {approved_by}")
     else:
-        turn.condition(c.APPROVAL_REQUIRED, "False", r.NO_DESTRUCTIVE_CHANGES, "the plan destroys no data")
+        turn.condition(c.APPROVAL_REQUIRED, "False", r.NO_DESTRUCTIVE_CHANGES, f"{scope.part} destroys no data")
     if turn.obs.busy_with:
         return turn.outcome(s.progressing(
             "Pending", r.WAITING_FOR_DATABASE,
@@ -277,6 +293,8 @@ def approval(turn: Turn) -> Decision:
     if turn.obs.database.revision != turn.run.start_revision:  # e.g. while it waited for approval or
         return turn.replan(f"the database moved from {rev(turn.run.start_revision)} to "  # another writer
                            f"{rev(turn.obs.database.revision)} since this run planned")
+    if turn.run.part == "expand" and not turn.run.revisions:  # all contract: it waits for the older version now
+        return contract.expanded(turn)
     if spec.backup.enabled:
         turn.run.step = "BackingUp"
         return turn.goto("BackingUp")

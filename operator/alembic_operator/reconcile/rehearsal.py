@@ -67,7 +67,7 @@ def needs_rehearsed_approval(turn: Turn) -> bool:
     """After a passed rehearsal: the plan waits for an approval that requireRehearsal held back."""
     plan = turn.st.plan
     spec = turn.spec()
-    needs = plan is not None and bool(plan.destructive or (spec.approval.require_for_locking and (
+    needs = plan is not None and bool(plan.destructive or plan.breaking or (spec.approval.require_for_locking and (
         plan.locking_count or plan.locking)))
     return spec.approval.require_rehearsal and needs and turn.run.approved_by is None
 
@@ -97,12 +97,14 @@ def rehearsing(turn: Turn) -> Decision:
     if backup is None or not backup.file or not backup.sha256:
         return skipped(turn, "the run has no backup to restore")
     name = scratch_name(turn.obs.namespace, turn.obs.name, turn.generation)
-    args = {"from": rev(turn.run.start_revision), "to": str(turn.run.target_revision), "file": backup.file,
+    # the whole plan, both parts of one split at its contract boundary (contract.py: the run's target is the part's)
+    target = (turn.st.plan.to_revision if turn.st.plan else None) or turn.run.target_revision
+    args = {"from": rev(turn.run.start_revision), "to": str(target), "file": backup.file,
             "sha256": backup.sha256, "database": name}
     if turn.job("rehearse").state in ("absent", "active"):
         turn.st.rehearsal = RehearsalStatus(result="Running", plan_hash=turn.run.plan_hash,
                                             generation=turn.generation, scratch_database=name)
-    job = turn.drive("rehearse", args, f"rehearsing {rev(turn.run.start_revision)} -> {turn.run.target_revision} on "
+    job = turn.drive("rehearse", args, f"rehearsing {rev(turn.run.start_revision)} -> {target} on "
                      "a scratch copy of the backup",
                      f"rehearsal Job {turn.job('rehearse').name} runs the plan on a scratch copy of the backup "
                      f"({name}); production is untouched until it passes",

@@ -171,8 +171,13 @@ class Turn:
         return self._spec[1]
 
     def finish(self, result: RunResult, reason: Reason) -> None:
-        self.record(result, reason, rev(self.run.start_revision),
-                    self.run.target_revision or self.spec().target_revision,
+        split = self.st.contract if self.st.contract and self.st.contract.generation == self.generation else None
+        if split is not None and result != "Succeeded":
+            split.state = "Failed"
+        start = split.from_revision if split is not None and self.run.part == "contract" else self.run.start_revision
+        self.record(result, reason, rev(start),
+                    (split.target if split is not None else None) or self.run.target_revision
+                    or self.spec().target_revision,
                     self.run.backup.location if self.run.backup else None)
         self.done(result)
 
@@ -189,7 +194,8 @@ class Turn:
             generation=self.generation, from_=from_, to=to, result=result, reason=reason,
             started_at=self.run.started_at, finished_at=self.obs.now, backup=backup, plan_hash=self.run.plan_hash,
             sql_config_map=sql.config_map if sql else None, requested_by=self.run.requested_by,
-            approved_by=self.run.approved_by)
+            approved_by=self.run.approved_by,
+            parts=self.st.contract.parts() if self.st.contract and self.run.part else None)
         history = [*self.st.history, HistoryEntry.model_validate(record.model_dump(exclude_none=True))]
         self.st.history = history[-HISTORY_LIMIT:]
         record.sequence = sum(1 for e in history if e.generation == self.generation)  # stable across re-decisions
@@ -277,7 +283,8 @@ class Turn:
             self.finish("Failed", r.DATABASE_KEEPS_MOVING)
             return self.outcome(s.stalled("Failed", r.DATABASE_KEEPS_MOVING, msg), POLL_IDLE)
         self.decision.events.append(Event("Normal", r.DATABASE_MOVED, f"{why}; nothing was run: planning again"))
-        for role in ("plan", "backup", "migrate"):  # new Job names: this round's Jobs never reuse the last one's
+        # New Job names: this round's Jobs never reuse the last one's.
+        for role in ("plan", "backup", "migrate", "contract"):
             self.next_instance(role)
         old = self.run
         self.run = RunStatus(generation=old.generation, started_at=old.started_at, spec=old.spec,

@@ -15,7 +15,7 @@ from typing import Any, NoReturn, cast
 
 from . import reasons
 from .blockers import LockWatch, describe_blockers, poll_interval
-from .driver import ConfigError, Driver, has_downgrade, heads_str, parse_revs
+from .driver import ConfigError, Driver, has_downgrade, heads_str, parse_revs, phase_of
 from .engine import make_engine
 from .errors import REDACT, Failure, classify, describe, error_code, first_line, log, log_exception, lost_connection
 from .lock import DIALECTS, DialectSQL, migration_lock, session_sql
@@ -329,6 +329,18 @@ def cmd_plan(runner: Runner) -> PlanResult:
             f"cannot upgrade from {heads_str(current) or 'base'} to {heads_str(target_ids)}: {describe(exc)}",
         )
 
+    # The contract revisions (phase = "contract") among the plan's and the lineage's: the operator splits the plan
+    # at the first one, and the pod gate derives a pod's upper bound from them.
+    contract: list[str] = []
+    for revision_id in dict.fromkeys([*base["lineage"], *reversed(revisions)]):
+        sc = runner.lookup(revision_id)
+        try:
+            if sc is not None and phase_of(sc) == "contract":
+                contract.append(revision_id)
+        except ValueError as exc:
+            fail(reasons.SCRIPT_ERROR, str(exc))
+    base["contract"] = contract
+
     out = args.out
     os.makedirs(out, exist_ok=True)
     for name in os.listdir(out):
@@ -347,6 +359,7 @@ def cmd_plan(runner: Runner) -> PlanResult:
             "hasDowngrade": has_downgrade(getattr(sc, "path", None)),
             "isMerge": isinstance(down, (tuple, list)) and len(down) > 1,
             "path": os.path.relpath(sc.path) if getattr(sc, "path", None) else None,
+            "phase": "contract" if revision_id in contract else "expand",
         }
         log(f"rendering {revision_id} ({number}/{len(revisions)}) offline")
         try:

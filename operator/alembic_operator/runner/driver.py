@@ -37,6 +37,21 @@ def parse_revs(value: str | None) -> tuple[str, ...]:
     return tuple(sorted(part.strip() for part in value.split(",") if part.strip()))
 
 
+PHASES = ("expand", "contract")
+
+
+def phase_of(script: Any) -> str:
+    """A revision's phase, from its module attribute ``phase`` next to ``revision`` and ``down_revision``:
+    "expand" (the default: the running version keeps working) or "contract" (it removes what the older version
+    uses: it runs only once that version's pods are gone). ValueError for any other value, so a typo never runs a
+    contract revision early."""
+    value = getattr(getattr(script, "module", None), "phase", "expand")
+    if value not in PHASES:
+        raise ValueError(f"revision {getattr(script, 'revision', '?')} sets phase = {value!r}: use \"expand\" "
+                         "(the default) or \"contract\"")
+    return str(value)
+
+
 def _does_something(tree: ast.Module, name: str) -> bool | None:
     """Does the module's function `name` do anything (more than pass / ... / a docstring / raise)? None: absent."""
     for node in tree.body:

@@ -82,6 +82,7 @@ class PlanResult(Outcome, total=False):
     heads: list[str]
     target: str | None
     lineage: list[str]  # the target's newest ancestors, target first
+    contract: list[str]  # the contract revisions (phase = "contract") among the lineage's and the plan's, newest first
     revisions: list[str]
     revisionCount: int
     unrenderable: list[Unrenderable]
@@ -119,6 +120,10 @@ class ScanResult(Outcome, total=False):
     findings: list[ScanFinding]
     sqlSha256: str
     lineage: list[str]
+    contract: list[str]  # contract revisions among the lineage's and the plan's (the runner's plan), newest first
+    breaking: list[str]  # operations of expand revisions that break the running version (contract.breaking)
+    breakingRevisions: list[str]
+    breakingCount: int
     transactionPerMigration: bool
     transactionalDDL: bool
 
