@@ -124,6 +124,31 @@ BACKUP_VOLUME_NOT_WRITABLE = _reason(
     "hostPath or NFS directory it does not own: those volume types ignore fsGroup); no migration started",
     where=("BackupSucceeded", "Job result"),
     runbook="the-backup-volume-is-not-writable--stalled--backupvolumenotwritable")
+# The S3 backup store (backupstores/s3.py): what users get wrong about a bucket, each Stalled with its fix before any
+# migration starts (the backup Job runs first); an upload cut off midway is retried.
+_S3_RUNBOOK = ("the-s3-backup-store-refuses-the-backup--stalled--backupbucketnotfound-backupstoreaccessdenied-"
+               "backupstoreunreachable-backupstorewrongregion-backupstoreclockskew")
+_S3_WHERE = ("BackupSucceeded", "Job result")
+BACKUP_BUCKET_NOT_FOUND = _reason(
+    "BackupBucketNotFound", "stalled", "spec.backup.s3.bucket does not exist on the endpoint (the Jobs never create "
+    "it); no migration started", where=_S3_WHERE, runbook=_S3_RUNBOOK)
+BACKUP_STORE_ACCESS_DENIED = _reason(
+    "BackupStoreAccessDenied", "stalled", "the object store refused the Jobs' credentials (an unknown access key, a "
+    "wrong secret key, an expired token, a role it cannot assume, or a policy without the needed s3: actions); no "
+    "migration started", where=_S3_WHERE, runbook=_S3_RUNBOOK)
+BACKUP_STORE_UNREACHABLE = _reason(
+    "BackupStoreUnreachable", "stalled", "the object store's endpoint does not answer (name, connection refused, "
+    "timeout) or its TLS certificate is not trusted (spec.backup.s3.caBundle); no migration started",
+    where=_S3_WHERE, runbook=_S3_RUNBOOK)
+BACKUP_STORE_WRONG_REGION = _reason(
+    "BackupStoreWrongRegion", "stalled", "the bucket is in another region than spec.backup.s3.region (the message "
+    "names the bucket's); no migration started", where=_S3_WHERE, runbook=_S3_RUNBOOK)
+BACKUP_STORE_CLOCK_SKEW = _reason(
+    "BackupStoreClockSkew", "stalled", "the object store refused the Jobs' signed requests because the node's clock "
+    "is too far from the store's (more than 15 minutes); no migration started", where=_S3_WHERE, runbook=_S3_RUNBOOK)
+BACKUP_UPLOAD_INTERRUPTED = _reason(
+    "BackupUploadInterrupted", None, "the upload to the object store broke off midway: the partial upload was "
+    "aborted and nothing counts as a backup; retried with backoff", where=_S3_WHERE, transient=True)
 PERSISTENT_VOLUME_CLAIM_NOT_FOUND = _reason(
     "PersistentVolumeClaimNotFound", "stalled", "a Job's pod waits for a PersistentVolumeClaim that does not exist",
     runbook="a-jobs-pod-cannot-start-for-a-missing-claim--stalled--persistentvolumeclaimnotfound")
