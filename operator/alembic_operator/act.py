@@ -17,7 +17,7 @@ from . import audit, backupstores, configmaps, events, jobparts, kube, metrics, 
 from . import constants as c
 from .api import DatabaseMigrationStatus, JsonObject, RunStatus
 from .constants import Role
-from .dbstate import DatabaseError, DatabaseTarget, decode_secret_value, parse_url, sanitize
+from .dbstate import DatabaseError, DatabaseTarget, decode_secret_value, sanitize
 from .indexes import GENERATIONS_KEPT, Context, Logger
 from .jobs import ROLES, Owner, build_job, dry_run_jobs, job_name, source_field
 from .objects import Migration
@@ -85,7 +85,7 @@ async def drop_scratch(ctx: Context, namespace: str, decision: Decision, logger:
             data = await ctx.kube.read_secret_data(namespace, name)
             if data is None:
                 raise DatabaseError(reasons.SECRET_NOT_FOUND, f"Secret {namespace}/{name} does not exist")
-            url = parse_url(decode_secret_value(data, f"{namespace}/{name}", key), name, key).url
+            url = scratchdb.server_url(decode_secret_value(data, f"{namespace}/{name}", key))
             dropped = await asyncio.to_thread(_drop_scratch, url, drop.names, drop.prefix)
             logger.info("dropped the scratch database(s) %s", ", ".join(dropped) or "(none left)")
         except Exception as err:  # the database's or the Secret's: said without the URL

@@ -16,13 +16,24 @@ from __future__ import annotations
 import re
 
 from sqlalchemy import create_engine, text
-from sqlalchemy.engine import URL, Engine
+from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.pool import NullPool
 
 from . import engines
 
 PREFIX = "alembic_rehearsal_"
 NAME = re.compile(r"alembic_rehearsal_[0-9a-f]{10}_g[0-9]+")  # what a Job may create, and nothing else
+
+
+def server_url(raw: str) -> URL:
+    """The scratch server's URL from its Secret's value: a URL of an engine's database, which may name no database
+    (MySQL/MariaDB; unlike production's, where the engine refuses that). ValueError (no secret in it) otherwise."""
+    try:
+        url = make_url(raw.strip())
+        engines.for_url(url)
+    except Exception:  # the parser's message may quote the URL
+        raise ValueError("the scratch server's Secret does not hold a SQLAlchemy URL of a supported database") from None
+    return url
 
 
 def _sync(url: URL) -> URL:

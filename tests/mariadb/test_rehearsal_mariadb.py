@@ -47,3 +47,25 @@ def test_a_passing_rehearsal_is_measured(mariadb: MariaDBServer, mariadb_databas
     result = cases.check_passing(server(mariadb, mariadb_database), job, tmp_path, "SELECT SLEEP(0.4)")
     # The bed's server runs without performance_schema: it cannot say which metadata locks a session holds.
     assert result["locksSampled"] is False
+
+
+def test_the_operator_drops_only_its_own_scratch_databases(mariadb: MariaDBServer, mariadb_database: Database) -> None:
+    """What the operator's drop (act.drop_scratch) does with the scratch server's URL, which names no database."""
+    from alembic_operator import scratchdb
+
+    srv = server(mariadb, mariadb_database)
+    url = scratchdb.server_url(srv.scratch_server)
+    ours = [scratchdb.create(url, f"alembic_rehearsal_abcdef0123_g{n}").database for n in (1, 2)]
+    other = scratchdb.create(url, "alembic_rehearsal_fedcba3210_g1").database  # another resource's
+    assert scratchdb.listed(url, "alembic_rehearsal_abcdef0123_") == sorted(ours)
+    for name in scratchdb.listed(url, "alembic_rehearsal_abcdef0123_"):
+        scratchdb.drop(url, name)
+    assert not set(ours) & srv.databases() and other in srv.databases()
+    assert mariadb_database.name in srv.databases()  # a user's database is never a candidate
+    scratchdb.drop(url, str(other))
+    for bad in (mariadb_database.name, "alembic_rehearsal_users"):
+        try:
+            scratchdb.drop(url, bad)
+        except ValueError:
+            continue
+        raise AssertionError(f"dropped {bad}")
