@@ -53,7 +53,7 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
     base = Path(tempfile.mkdtemp(prefix="bench-rehearsal-"))
-    server = PostgresServer(base / "pg")
+    server = PostgresServer(Path(tempfile.mkdtemp(prefix="alembic-operator-pg-")))  # as conftest.py makes it
     server.start()
     try:
         db = server.create_database("shop")
