@@ -252,11 +252,12 @@ BASELINED = _reason("Baselined", None, "a pre-Alembic database was stamped at sp
 DRIFT_RESOLVED = _reason("DriftResolved", None, "the live database matches the models again", where=("Event",))
 
 # --- notifications (issue 26: notify/): a webhook that does not take them --------------------------------------------
+_NOTIFICATIONS_RUNBOOK = "a-notification-does-not-arrive--event-notificationfailed-later-notificationexpired"
 NOTIFICATION_FAILED = _reason("NotificationFailed", None, "a webhook did not accept a notification (its Secret "
                               "missing, unreachable, a non-2xx answer): it is retried with backoff for a day",
-                              where=("Event",))
+                              where=("Event",), runbook=_NOTIFICATIONS_RUNBOOK)
 NOTIFICATION_EXPIRED = _reason("NotificationExpired", None, "a notification was not delivered within a day: given up",
-                               where=("Event",))
+                               where=("Event",), runbook=_NOTIFICATIONS_RUNBOOK)
 
 # --- the gate: why an app's pod is held or released (pod and DatabaseMigration Events) --------------------------------
 READY_AT_TARGET = _reason("ReadyAtTarget", None, "the DatabaseMigration is Ready at its target: pods are released",
