@@ -85,7 +85,9 @@ TOKEN_DIR: Final = "/var/run/secrets/alembic-operator/s3-token"  # the projected
 CA_DIR: Final = "/etc/alembic-operator/s3-ca"  # the CA bundle's mount
 MIN_PART: Final = 5 << 20  # S3's smallest part but the last
 DEFAULT_PART: Final = 16 << 20
-PARTS_IN_FLIGHT: Final = 4  # parts uploading while the next is read: memory is about (this + 1) x the part size
+PARTS_IN_FLIGHT: Final = 4  # parts uploading at once
+PARTS_AHEAD: Final = 8  # parts read and waiting for an upload slot, so that a slow part never stalls the dump:
+# memory is about (PARTS_AHEAD + 1) x the part size (144 MiB with 16 MiB parts)
 _CHUNK: Final = 1 << 20
 _RECORD: Final = ".json"
 
@@ -257,7 +259,7 @@ class _Upload:
                         break
                     self.sha256.update(chunk)
                     self.size += len(chunk)
-                    while len(pending) >= PARTS_IN_FLIGHT:
+                    while len(pending) >= PARTS_AHEAD:
                         pending.popleft().result()
                     pending.append(pool.submit(self._put, number, chunk))
                     number += 1
