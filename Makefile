@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 export PYTHONPATH := $(CURDIR)/tests$(if $(PYTHONPATH),:$(PYTHONPATH))
 
 .PHONY: help deps venv controlplane node tools prometheus test test-unit lint demo dev-cluster dev-cluster-down crd k8s-openapi clean \
-        image-check chart-check bench-gate bench-scale bench-fleet
+        image-check chart-check bench-gate bench-scale bench-fleet seaweedfs bench-s3
 
 help:
 	@echo "make demo              the operator's whole job, end to end, on the local bed (DEMO_DB=mariadb: on MariaDB)"
@@ -22,6 +22,7 @@ help:
 	@echo "make dev-cluster-down  stop it"
 	@echo "make bench-gate        Ready -> last held pod released, for 1/10/100 pods (median, p99)"
 	@echo "make bench-scale       what N idle DatabaseMigrations cost (N=1000; N=\"200 500 1000\"), next to the empty operator"
+	@echo "make bench-s3          the backup Job's command to S3 (SeaweedFS) vs pg_dump piped by hand, ~1 GB (BENCH_MB=1024)"
 	@echo "make bench-fleet       a DatabaseMigrationSet over 200 PostgreSQL + 10 MariaDB tenants (canary failure, resume, ratio to the best possible), then 1,000 idle"
 	@echo "make crd               regenerate crds/, docs/crd-reference.md (the pydantic model), docs/reasons.md, docs/locking.md and the chart's approval-change.cel"
 	@echo "make k8s-openapi       re-vendor Kubernetes' core/v1 schemas from \$$KUBECONFIG's API server, then make crd"
@@ -74,6 +75,10 @@ node: deps
 tools: venv
 	$(PY) -m bed tools
 
+# SeaweedFS' `weed` (the S3-compatible server of the S3 store's tests), built from its Go module and cached
+seaweedfs: deps
+	tests/bed/build-seaweedfs.sh
+
 # promtool and prometheus (Prometheus' Go module), alertmanager (Alertmanager's), cached like the control plane: the
 # chart's alert tests (tests/unit/test_alerts.py) and the bed's end-to-end alert test use them.
 prometheus: deps
@@ -82,7 +87,7 @@ prometheus: deps
 # In parallel (pytest-xdist): one bed for all workers, each test in its own namespace with its own operator process
 # (tests/sharing.py); TEST_WORKERS=0 runs in one process.
 TEST_WORKERS ?= 4
-test: deps venv controlplane node tools prometheus
+test: deps venv controlplane node tools prometheus seaweedfs
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 # No server at all: no PostgreSQL, no bed (tests/postgres, tests/cluster and tests/e2e need them); promtool (cached).
@@ -117,6 +122,10 @@ bench-gate: deps venv controlplane node tools
 N ?= 1000
 bench-scale: deps venv controlplane tools
 	N="$(N)" $(PY) tests/bench_scale.py $(BENCH_ARGS)
+
+BENCH_MB ?= 1024
+bench-s3: deps venv seaweedfs
+	nice -n 10 $(PY) tests/bench_s3.py --mb $(BENCH_MB) $(BENCH_ARGS)
 
 bench-fleet: deps venv controlplane node tools
 	$(PY) tests/bench_fleet.py $(BENCH_ARGS)

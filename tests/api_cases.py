@@ -97,13 +97,19 @@ _DELETE = object()
 INVALID: list[Invalid] = [
     Invalid("missing-targetRevision", _with("targetRevision", _DELETE), "spec.targetRevision", "schema"),
     Invalid("bad-rollback-strategy", _with("rollback.strategy", "Sometimes"), "spec.rollback.strategy", "schema"),
-    Invalid("backup-without-volume", _with("backup.volume", _DELETE), "spec.backup.volume", "cel"),
+    Invalid("backup-without-volume", _with("backup.volume", _DELETE), "spec.backup", "cel"),
     Invalid(
         "backup-omitted-defaults-to-enabled",
         {k: v for k, v in example_spec().items() if k != "backup"},
-        "spec.backup.volume",
+        "spec.backup",
         "cel",
     ),
+    Invalid("s3-two-credential-sources", _with("backup", {"s3": {
+        "bucket": "shop-backups", "credentials": {"name": "keys"},
+        "webIdentity": {"roleArn": "arn:aws:iam::123456789012:role/backups"}}}), "spec.backup.s3", "cel"),
+    Invalid("s3-endpoint-with-credentials", _with("backup", {"s3": {
+        "bucket": "shop-backups", "endpoint": "https://key:secret@s3.example.com"}}), "spec.backup.s3.endpoint",
+        "schema"),
     Invalid(
         "restore-without-backup",
         _with("rollback.strategy", "Restore", _with("backup.enabled", False)),

@@ -17,6 +17,7 @@ from bed.controlplane import Bed
 from bed.mariadb import Database as MariaDBDatabase
 from bed.mariadb import MariaDBServer
 from bed.postgres import Database, PostgresServer
+from bed.s3 import SeaweedFS
 
 # the end-to-end fixtures (crd, e2e); job (the Job commands, in-process); the run's clock and order, and one bed
 # shared by pytest-xdist's workers
@@ -31,9 +32,11 @@ if TYPE_CHECKING:
 # Tests by kind: the folder says what a test needs, and a test may not need more than its folder allows.
 SERVER_FIXTURES = {"postgres": {"postgres", "database"},
                    "mariadb": {"mariadb", "mariadb_database"},
-                   "bed": {"bed", "kube_api", "namespace", "kubectl", "postgres_in_bed", "mariadb_in_bed", "e2e"}}
-FOLDER_ALLOWS = {"unit": set(), "postgres": {"postgres"}, "mariadb": {"mariadb"},
-                 "cluster": {"postgres", "mariadb", "bed"}, "e2e": {"postgres", "mariadb", "bed"}}
+                   "s3": {"s3", "s3_bucket"},
+                   "bed": {"bed", "kube_api", "namespace", "kubectl", "postgres_in_bed", "mariadb_in_bed", "s3_in_bed",
+                           "e2e"}}
+FOLDER_ALLOWS = {"unit": set(), "postgres": {"postgres", "s3"}, "mariadb": {"mariadb", "s3"},
+                 "cluster": {"postgres", "mariadb", "s3", "bed"}, "e2e": {"postgres", "mariadb", "s3", "bed"}}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -103,6 +106,28 @@ def mariadb_database(mariadb: MariaDBServer, request: pytest.FixtureRequest) -> 
         mariadb.drop_database(name)
 
 
+# --- an S3-compatible server (bed.s3: SeaweedFS) ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def s3() -> Iterator[SeaweedFS]:
+    """One real S3-compatible server (SeaweedFS) for the session (for each pytest-xdist worker), on free loopback
+    ports, requiring signed requests (`s3.keys` may write, `s3.reader` only read; other keys are refused)."""
+    server = SeaweedFS(Path(tempfile.mkdtemp(prefix="alembic-operator-s3-")))
+    try:
+        server.start()
+        yield server
+    finally:
+        server.destroy()
+
+
+@pytest.fixture
+def s3_bucket(s3: SeaweedFS, request: pytest.FixtureRequest) -> str:
+    """A fresh bucket per test, named after it (its objects go with the session's server)."""
+    slug = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")[:40].rstrip("-")
+    return s3.create_bucket(f"{slug}-{uuid.uuid4().hex[:8]}")
+
+
 # --- Kubernetes test bed (bed.controlplane) ----------------------------------------------------------------------
 
 Kubectl = Callable[..., "subprocess.CompletedProcess[str]"]
@@ -153,6 +178,14 @@ def mariadb_in_bed(bed: Bed, mariadb: MariaDBServer, request: pytest.FixtureRequ
     from sharing import suffix
 
     return bed.expose_host_port(mariadb.port, name=f"mariadb-relay{suffix(request.config)}")
+
+
+@pytest.fixture(scope="session")
+def s3_in_bed(bed: Bed, s3: SeaweedFS, request: pytest.FixtureRequest) -> tuple[str, int]:
+    """(host, port) at which pods inside the bed reach the `s3` server (its endpoint there is http://host:port)."""
+    from sharing import suffix
+
+    return bed.expose_host_port(s3.port, name=f"s3-relay{suffix(request.config)}")
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,8 @@
 """Fixtures for the end-to-end tests: the CRD on the bed, an operator process, an app, its database.
 
-Every end-to-end test ends with a leak check: the database password must not appear in the operator's log, in
-any Event, status or Job spec of the namespace, or in any container log the node kept.
+Every end-to-end test ends with a leak check: the database password (and any value a test adds to `e2e.secrets`,
+such as an S3 store's keys) must not appear in the operator's log, in any Event, status or Job spec of the
+namespace, or in any container log the node kept.
 
 The helpers that read the database (`checksum`, `revision`, `columns`, `has_table`) go through SQLAlchemy with the
 database's URL, so that a scenario reads the same on every engine. The `engine` fixture says which database a test
@@ -188,6 +189,7 @@ class E2E:
     projects: list[Path] = field(default_factory=list)
     images: dict[Path, str] = field(default_factory=dict)  # project -> its image in the bed's registry
     kind: EngineKind = POSTGRESQL
+    secrets: list[str] = field(default_factory=list)  # more values the leak check looks for (a store's keys)
 
     @property
     def ns(self) -> str:
@@ -253,6 +255,9 @@ class E2E:
         assert any(str(pod_logs) in where for where in places) or not self.cluster.pods(), "no container log found"
         leaks = [where for where, text in places.items() if password in text]
         assert not leaks, f"the database password leaked into: {leaks}"
+        for secret in self.secrets:
+            leaks = [where for where, text in places.items() if secret in text]
+            assert not leaks, f"a secret ({len(secret)} characters) leaked into: {leaks}"
 
 
 @pytest.fixture(scope="session")

@@ -69,6 +69,7 @@ __all__ = [
     "RollbackStrategy",
     "RunRecord",
     "RunStatus",
+    "S3Spec",
     "SpecError",
     "Time",
     "dump",
@@ -281,13 +282,138 @@ class StoreField:
     """What to set it to, for the message when no store is set (``a volume source, e.g. ...``)."""
 
 
+# --- the S3 backup store (backupstores/s3.py) -----------------------------------------------------------------------
+
+S3_BUCKET_PATTERN = r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"
+S3_PREFIX_PATTERN = r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$"
+# No user information (user:password@) in an endpoint: credentials come from a Secret or the workload identity only.
+S3_ENDPOINT_PATTERN = r"^https?://[A-Za-z0-9.\[\]:-]+(/)?$"
+S3_REGION_PATTERN = r"^[a-z0-9-]{1,32}$"
+IAM_ROLE_ARN_PATTERN = r"^arn:[a-z-]+:iam::[0-9]{12}:role/[A-Za-z0-9+=,.@_/-]{1,512}$"
+
+
+class S3SecretKeys(_SpecModel):
+    """Static S3 keys, from a Secret in the DatabaseMigration's namespace."""
+
+    name: str = Field(
+        min_length=1, max_length=253, pattern=DNS_SUBDOMAIN,
+        description=("Name of the Secret holding the keys, in the same namespace. Required. The Jobs read it "
+                     "through secretKeyRef; no key appears in status, Events, logs or Job specs."),
+    )
+    access_key_id_key: str = Field(
+        default="AWS_ACCESS_KEY_ID", min_length=1, max_length=253, pattern=SECRET_KEY,
+        description="The Secret's key holding the access key id. Default AWS_ACCESS_KEY_ID.",
+    )
+    secret_access_key_key: str = Field(
+        default="AWS_SECRET_ACCESS_KEY", min_length=1, max_length=253, pattern=SECRET_KEY,
+        description="The Secret's key holding the secret access key. Default AWS_SECRET_ACCESS_KEY.",
+    )
+    session_token_key: str | None = Field(
+        default=None, min_length=1, max_length=253, pattern=SECRET_KEY,
+        description="The Secret's key holding a session token, for temporary keys. Default: none.",
+    )
+
+
+class S3WebIdentity(_SpecModel):
+    """Credentials from the Jobs' ServiceAccount (IRSA and other OIDC web-identity federation): no static key."""
+
+    role_arn: str = Field(
+        min_length=1, max_length=600, pattern=IAM_ROLE_ARN_PATTERN,
+        description=("The IAM role the Jobs assume with their ServiceAccount's token "
+                     "(AssumeRoleWithWebIdentity), e.g. arn:aws:iam::123456789012:role/shop-backups. Required. Its "
+                     "trust policy must name the cluster's OIDC issuer and the ServiceAccount of "
+                     "spec.jobTemplate.serviceAccountName (default: the namespace's default)."),
+    )
+    audience: str = Field(
+        default="sts.amazonaws.com", min_length=1, max_length=253,
+        description="The audience of the projected ServiceAccount token. Default sts.amazonaws.com.",
+    )
+    expiration_seconds: int = Field(
+        default=3600, ge=600, le=86400,
+        description="Lifetime of the projected token, in seconds (the kubelet renews it). Default 3600.",
+    )
+
+
+class S3CABundle(_SpecModel):
+    """A CA bundle (PEM) that signs the endpoint's certificate, from a Secret or a ConfigMap."""
+
+    kind: Literal["Secret", "ConfigMap"] = Field(
+        description="Where the bundle is: Secret or ConfigMap (in the DatabaseMigration's namespace). Required.",
+    )
+    name: str = Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN,
+                      description="Name of the Secret or ConfigMap. Required.")
+    key: str = Field(default="ca.crt", min_length=1, max_length=253, pattern=SECRET_KEY,
+                     description="The key holding the PEM bundle. Default ca.crt.")
+
+
+class S3Encryption(_SpecModel):
+    """Server-side encryption of the objects the Jobs write."""
+
+    algorithm: Literal["AES256", "aws:kms", "aws:kms:dsse"] = Field(
+        description="AES256 (keys managed by the store), aws:kms or aws:kms:dsse (a KMS key). Required.",
+    )
+    kms_key_id: str | None = Field(
+        default=None, min_length=1, max_length=2048,
+        description="With aws:kms: the KMS key id or ARN. Default: the bucket's (or the account's) default key.",
+    )
+
+
+class S3Spec(_SpecModel):
+    """An S3 bucket (AWS S3 or any server speaking its API): dumps are streamed to it, never kept locally."""
+
+    bucket: str = Field(
+        min_length=3, max_length=63, pattern=S3_BUCKET_PATTERN,
+        description="The bucket, e.g. shop-backups. Required. It must exist: the Jobs never create it.",
+    )
+    prefix: str | None = Field(
+        default=None, min_length=1, max_length=512, pattern=S3_PREFIX_PATTERN,
+        description=("A key prefix, e.g. prod/db (no leading or trailing slash). A resource's dumps are under "
+                     "s3://<bucket>/<prefix>/<namespace>/<name>/. Default: none."),
+    )
+    endpoint: str | None = Field(
+        default=None, min_length=1, max_length=512, pattern=S3_ENDPOINT_PATTERN,
+        description=("The S3 API's URL for S3-compatible servers (MinIO, SeaweedFS, Ceph RGW, R2...), e.g. "
+                     "https://s3.example.internal:9000 (scheme, host and port only; no credentials). Default: "
+                     "AWS S3's endpoint of the region."),
+    )
+    region: str | None = Field(
+        default=None, min_length=1, max_length=32, pattern=S3_REGION_PATTERN,
+        description=("The bucket's region, e.g. eu-west-1 (requests are signed for it). Default us-east-1. A "
+                     "wrong one fails the backup as BackupStoreWrongRegion, naming the bucket's region."),
+    )
+    force_path_style: bool | None = Field(
+        default=None,
+        description=("Address the bucket in the path (https://host/bucket/key) rather than as a host name "
+                     "(https://bucket.host/key). Default: true when endpoint is set, false on AWS S3."),
+    )
+    ca_bundle: S3CABundle | None = Field(
+        default=None,
+        description=("The CA bundle that signs the endpoint's TLS certificate (a private CA): mounted into the "
+                     "backup and restore Jobs. Default: the operator image's public CAs."),
+    )
+    credentials: S3SecretKeys | None = Field(
+        default=None,
+        description=("Static keys from a Secret. Set this or webIdentity; with neither, the Jobs use the AWS SDK's "
+                     "default chain (e.g. the node's instance profile)."),
+    )
+    web_identity: S3WebIdentity | None = Field(
+        default=None,
+        description=("Credentials from the Jobs' ServiceAccount (IRSA-style web identity): the Jobs get a projected "
+                     "ServiceAccount token and assume roleArn with it; no static key anywhere."),
+    )
+    server_side_encryption: S3Encryption | None = Field(
+        default=None,
+        description="Server-side encryption of the dumps and their records. Default: the bucket's default.",
+    )
+
+
 class BackupSpec(_SpecModel):
     """The backup taken before a migration runs, restored if the migration destroys data and fails."""
 
     enabled: bool = Field(
         default=True,
         description=(
-            "Take a backup of the database before each migration. Default true. Needs volume. Turn it off only "
+            "Take a backup of the database before each migration. Default true. Needs volume or s3. Turn it off only "
             "for databases you can rebuild: without a backup, rollback can only downgrade."
         ),
     )
@@ -304,6 +430,14 @@ class BackupSpec(_SpecModel):
             "(ReadWriteMany, or ReadWriteOnce if the Jobs can share a node), never emptyDir."
         ),
         json_schema_extra=PRESERVE_UNKNOWN,
+    )
+    s3: Annotated[S3Spec | None, StoreField("an S3 bucket, e.g. {bucket: shop-backups, region: eu-west-1}")] = Field(
+        default=None,
+        description=(
+            "Where backups are written instead of a volume: an S3 bucket (AWS S3 or an S3-compatible server). Dumps "
+            "are streamed to it as they are produced, with their sha256 and size, and count as backups only once "
+            "complete and verified. Set volume or s3 when enabled is true."
+        ),
     )
     retain: int = Field(
         default=5,
@@ -351,8 +485,9 @@ def _store_rules() -> tuple[CrossFieldRule, ...]:
     rules = [CrossFieldRule(
         rule="!self.backup.enabled || " + " || ".join(has),
         message=(
-            f"{named if len(fields) == 1 else 'one of ' + named} is required when spec.backup.enabled is true "
-            f"(the default): set {set_one}, or set spec.backup.enabled: false to migrate without backups"
+            f"{named + ' is required' if len(fields) == 1 else 'spec.backup needs one of ' + named} when "
+            f"spec.backup.enabled is true (the default): set {set_one}, or set spec.backup.enabled: false to migrate "
+            "without backups"
         ),
         field_path=f".backup.{next(iter(fields))}" if len(fields) == 1 else ".backup",
         reason="FieldValueRequired",
@@ -361,7 +496,7 @@ def _store_rules() -> tuple[CrossFieldRule, ...]:
     if len(fields) > 1:
         rules.append(CrossFieldRule(
             rule=f"[{', '.join(has)}].filter(x, x).size() <= 1",
-            message=f"set only one of {named}: backups go to one store",
+            message=f"spec.backup: set only one of {named}: backups go to one store",
             field_path=".backup",
             reason="FieldValueInvalid",
             check=lambda spec: sum(getattr(spec.backup, name) is not None for name in store_fields()) <= 1,
@@ -911,6 +1046,15 @@ class CrossFieldRule(ObjectRule):
 
 SPEC_RULES: tuple[CrossFieldRule, ...] = (
     *_store_rules(),
+    CrossFieldRule(  # the S3 store's credentials come from one place
+        rule="!has(self.backup.s3) || !has(self.backup.s3.credentials) || !has(self.backup.s3.webIdentity)",
+        message=("spec.backup.s3: set only one of credentials (static keys from a Secret) and webIdentity (the "
+                 "ServiceAccount's identity)"),
+        field_path=".backup.s3",
+        reason="FieldValueInvalid",
+        check=lambda spec: spec.backup.s3 is None or spec.backup.s3.credentials is None
+        or spec.backup.s3.web_identity is None,
+    ),
     CrossFieldRule(
         rule="self.rollback.strategy != 'Restore' || self.backup.enabled",
         message=(

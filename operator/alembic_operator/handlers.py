@@ -165,7 +165,7 @@ async def reconcile(ctx: Context, namespace: str, name: str, logger: Logger, del
         if status.backup is not None and status.backup.size_bytes is not None:
             metrics.backup_size(namespace, name, status.backup.size_bytes)
         obj = ctx.runtime.migrations.get((namespace, name))
-        metrics.resource_state(namespace, name, metrics.state_of(status, backup_enabled=_takes_backups(obj)))
+        metrics.observe_status(namespace, name, status, backup_enabled=_takes_backups(obj))
         if ctx.runtime.notifier is not None and (now := ctx.runtime.migrations.get((namespace, name))) is not None:
             ctx.runtime.notifier.offer(now)  # a task of its own: a webhook never holds up a run
     return delay

@@ -8,7 +8,7 @@
     metrics.held_pods(namespace, name, 3)
     metrics.drifted(namespace, name, True)
     metrics.current_revision(namespace, name, "3f2a9c1d0b7e")
-    metrics.resource_state(namespace, name, metrics.state_of(status, backup_enabled=True))  # what alerts read
+    metrics.observe_status(namespace, name, status, backup_enabled=True)  # what the alert rules read
     metrics.queued(namespace, name, True)      # waiting for a Job slot under --max-running-jobs (False: not now)
     metrics.job_slots(running=3, cap=4, queued=2)
     metrics.lock_timeout(namespace, name)      # a migration or downgrade Job ended LockTimeout
@@ -394,12 +394,13 @@ def current_revision(namespace: str, name: str, revision: str | None) -> None:
     _safely(default().current_revision, namespace, name, revision)
 
 
+def observe_status(namespace: str, name: str, status: DatabaseMigrationStatus, backup_enabled: bool) -> None:
+    """The series the alert rules read, from one pass's status (state_of); never raises."""
+    _safely(lambda: default().resource_state(namespace, name, state_of(status, backup_enabled=backup_enabled)))
+
+
 def notification(namespace: str, name: str, webhook: str, type_: str, result: str) -> None:
     _safely(default().notification, namespace, name, webhook, type_, result)
-
-
-def resource_state(namespace: str, name: str, state: ResourceState) -> None:
-    _safely(default().resource_state, namespace, name, state)
 
 
 def lock_timeout(namespace: str, name: str) -> None:

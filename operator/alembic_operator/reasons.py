@@ -124,6 +124,31 @@ BACKUP_VOLUME_NOT_WRITABLE = _reason(
     "hostPath or NFS directory it does not own: those volume types ignore fsGroup); no migration started",
     where=("BackupSucceeded", "Job result"),
     runbook="the-backup-volume-is-not-writable--stalled--backupvolumenotwritable")
+# The S3 backup store (backupstores/s3.py): what users get wrong about a bucket, each Stalled with its fix before any
+# migration starts (the backup Job runs first); an upload cut off midway is retried.
+_S3_RUNBOOK = ("the-s3-backup-store-refuses-the-backup--stalled--backupbucketnotfound-backupstoreaccessdenied-"
+               "backupstoreunreachable-backupstorewrongregion-backupstoreclockskew")
+_S3_WHERE = ("BackupSucceeded", "Job result")
+BACKUP_BUCKET_NOT_FOUND = _reason(
+    "BackupBucketNotFound", "stalled", "spec.backup.s3.bucket does not exist on the endpoint (the Jobs never create "
+    "it); no migration started", where=_S3_WHERE, runbook=_S3_RUNBOOK)
+BACKUP_STORE_ACCESS_DENIED = _reason(
+    "BackupStoreAccessDenied", "stalled", "the object store refused the Jobs' credentials (an unknown access key, a "
+    "wrong secret key, an expired token, a role it cannot assume, or a policy without the needed s3: actions); no "
+    "migration started", where=_S3_WHERE, runbook=_S3_RUNBOOK)
+BACKUP_STORE_UNREACHABLE = _reason(
+    "BackupStoreUnreachable", "stalled", "the object store's endpoint does not answer (name, connection refused, "
+    "timeout) or its TLS certificate is not trusted (spec.backup.s3.caBundle); no migration started",
+    where=_S3_WHERE, runbook=_S3_RUNBOOK)
+BACKUP_STORE_WRONG_REGION = _reason(
+    "BackupStoreWrongRegion", "stalled", "the bucket is in another region than spec.backup.s3.region (the message "
+    "names the bucket's); no migration started", where=_S3_WHERE, runbook=_S3_RUNBOOK)
+BACKUP_STORE_CLOCK_SKEW = _reason(
+    "BackupStoreClockSkew", "stalled", "the object store refused the Jobs' signed requests because the node's clock "
+    "is too far from the store's (more than 15 minutes); no migration started", where=_S3_WHERE, runbook=_S3_RUNBOOK)
+BACKUP_UPLOAD_INTERRUPTED = _reason(
+    "BackupUploadInterrupted", None, "the upload to the object store broke off midway: the partial upload was "
+    "aborted and nothing counts as a backup; retried with backoff", where=_S3_WHERE, transient=True)
 PERSISTENT_VOLUME_CLAIM_NOT_FOUND = _reason(
     "PersistentVolumeClaimNotFound", "stalled", "a Job's pod waits for a PersistentVolumeClaim that does not exist",
     runbook="a-jobs-pod-cannot-start-for-a-missing-claim--stalled--persistentvolumeclaimnotfound")
@@ -227,11 +252,12 @@ BASELINED = _reason("Baselined", None, "a pre-Alembic database was stamped at sp
 DRIFT_RESOLVED = _reason("DriftResolved", None, "the live database matches the models again", where=("Event",))
 
 # --- notifications (issue 26: notify/): a webhook that does not take them --------------------------------------------
+_NOTIFICATIONS_RUNBOOK = "a-notification-does-not-arrive--event-notificationfailed-later-notificationexpired"
 NOTIFICATION_FAILED = _reason("NotificationFailed", None, "a webhook did not accept a notification (its Secret "
                               "missing, unreachable, a non-2xx answer): it is retried with backoff for a day",
-                              where=("Event",))
+                              where=("Event",), runbook=_NOTIFICATIONS_RUNBOOK)
 NOTIFICATION_EXPIRED = _reason("NotificationExpired", None, "a notification was not delivered within a day: given up",
-                               where=("Event",))
+                               where=("Event",), runbook=_NOTIFICATIONS_RUNBOOK)
 
 # --- the gate: why an app's pod is held or released (pod and DatabaseMigration Events) --------------------------------
 READY_AT_TARGET = _reason("ReadyAtTarget", None, "the DatabaseMigration is Ready at its target: pods are released",

@@ -224,7 +224,8 @@ def test_cel_message_reads_well_in_kubectl(crd: dict[str, Any], namespace: str, 
     manifest = yaml.safe_dump({**_manifest("shop", spec), "metadata": {"name": "shop", "namespace": namespace}})
     out = kubectl("apply", "--dry-run=server", "-f", "-", input=manifest)
     assert out.returncode != 0
-    assert "spec.backup.volume: Required value: spec.backup.volume is required" in out.stderr, out.stderr
+    assert "spec.backup: Required value: spec.backup needs one of spec.backup.volume, spec.backup.s3" in out.stderr, \
+        out.stderr
 
 
 def _openapi_v3(bed: Bed) -> dict[str, Any]:

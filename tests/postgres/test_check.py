@@ -449,3 +449,56 @@ def test_shop_example(capsys: pytest.CaptureFixture[str], scratch_url: str, data
                        "--allow", "drop-column")
     assert code == 0
     assert scratch_databases(postgres) == []
+
+
+def test_previous_release_reports_what_would_break_it_with_the_marker_that_fixes_it(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Expand/contract: against the previous release (a git tag of the scripts, or its models' import path), each
+    new revision not marked phase = "contract" that drops or renames what it uses is an error naming the fix."""
+    import subprocess
+    import sys
+
+    orders = Rev("0rders000001", upgrade=['op.create_table("orders", sa.Column("id", sa.Integer, primary_key=True), '
+                                          'sa.Column("code", sa.Text), sa.Column("note", sa.Text))'])
+    ini = make_project(tmp_path / "app", [orders])
+
+    def git(*args: str) -> None:
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path / "app",
+                       check=True, capture_output=True)
+
+    git("init", "-q")
+    git("add", "-A")
+    git("commit", "-qm", "v1")
+    git("tag", "v1")
+    make_project(tmp_path / "app", [
+        orders,
+        Rev("expand000002", upgrade=['op.add_column("orders", sa.Column("ref", sa.Text))',
+                                     'op.alter_column("orders", "note", new_column_name="remark")']),
+        Rev("contract0003", upgrade=['op.drop_column("orders", "code")'], phase="contract"),
+    ])
+    code, report = run(capsys, "-c", str(ini), "--scratch", "none", "--previous", "v1")
+    found = of(report, "breaks-previous-release")
+    assert code == 1 and [f["revision"] for f in found] == ["expand000002"], report["findings"]
+    assert "RENAME COLUMN orders.note TO remark" in found[0]["message"]
+    assert 'Mark revision expand000002 phase = "contract"' in found[0]["message"]
+    assert "breaks the previous release (v1)" in found[0]["message"]
+    # Its models say what it uses: a release that never read orders.note is not broken by its rename.
+    (tmp_path / "models_v1.py").write_text("import sqlalchemy as sa\nmetadata = sa.MetaData()\n"
+                                           "sa.Table('orders', metadata, sa.Column('id', sa.Integer), "
+                                           "sa.Column('code', sa.Text))\n")
+    sys.path.insert(0, str(tmp_path))
+    try:
+        code, report = run(capsys, "-c", str(ini), "--scratch", "none", "--previous", "models_v1:metadata")
+    finally:
+        sys.path.remove(str(tmp_path))
+    assert of(report, "breaks-previous-release") == [], report["findings"]
+    # Unmarked, the drop of a column those models map breaks it.
+    (tmp_path / "app" / "migrations" / "versions" / "contract0003_rev.py").write_text(
+        (tmp_path / "app" / "migrations" / "versions" / "contract0003_rev.py").read_text().replace(
+            "phase = 'contract'", "phase = 'expand'"))
+    sys.path.insert(0, str(tmp_path))
+    try:
+        code, report = run(capsys, "-c", str(ini), "--scratch", "none", "--previous", "models_v1")
+    finally:
+        sys.path.remove(str(tmp_path))
+    assert [f["revision"] for f in of(report, "breaks-previous-release")] == ["contract0003"], report["findings"]

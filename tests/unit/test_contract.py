@@ -82,7 +82,7 @@ def test_an_unmarked_drop_or_rename_breaks_the_running_version_and_a_marked_one_
     assert breaking(found, {"e1"}, "r1") == found[:3]
     assert breaking(found, {"e1"}, None) == []  # an empty database: no running version to break
     # Known from the previous release's models: only what they use.
-    assert breaking(found, {"e1"}, "r1", used={"orders.total", "customers"}) == [found[1]]
+    assert breaking(found, {"e1"}, "r1", used={"orders", "orders.total", "customers"}) == [found[1]]
     assert breaking(found, {"e1"}, "r1", used={"items"}) == [found[2]]
 
 
@@ -293,3 +293,57 @@ def test_kubectl_dbm_status_and_plan_show_the_split() -> None:
                                      contractedAt="2026-12-07T07:05:09Z")
     assert "older version gone at 2026-12-07T07:05:00Z; contract -> k1 applied at 2026-12-07T07:05:09Z" in \
         views.status_text([obj], now=NOW)
+
+
+def _at_contract(spec: dict[str, Any]) -> tuple[Decision, dict[str, JobObservation]]:
+    """A run whose expand part is applied and whose older version is gone: the contract Job was just started."""
+    d = decide(observe(None, spec=spec))
+    jobs = {"plan": done("plan", PLAN), "migrate": done("migrate", {"ok": True, "applied": ["e1"]})}
+    d = decide(observe(d.status, jobs={"plan": jobs["plan"]}, spec=spec))
+    d = decide(observe(d.status, db="e1", jobs=jobs, app=AppPods(), spec=spec))
+    assert [j.role for j in d.jobs] == ["contract"]
+    return d, jobs
+
+
+def test_a_failed_contract_part_is_undone_back_to_the_expand_part_only() -> None:
+    spec = {**SPEC, "backup": {"enabled": False}, "approval": {"allowDestructive": True}}
+    d, jobs = _at_contract(spec)
+    jobs["contract"] = JobObservation(name="shop-contract-g1", state="failed",
+                                      result={"ok": False, "reason": "MigrationFailed", "message": "boom",
+                                              "applied": []})
+    d = decide(observe(d.status, db="e1", jobs=jobs, spec=spec))
+    # Its transaction rolled back: the database stays at the expand part's end, the new version keeps running.
+    assert d.status["phase"] == "Failed" and d.jobs == []
+    assert conditions(d)[c.ROLLED_BACK] == ("True", "TransactionRolledBack")
+    assert "still at e1" in d.status["message"] and d.status["contract"]["state"] == "Failed"
+    entry = d.status["history"][-1]
+    assert (entry["from"], entry["to"], entry["result"]) == ("r1", "k1", "RolledBack")
+    assert [p["part"] for p in entry["parts"]] == ["expand", "contract"]
+
+
+def test_a_plan_that_only_contracts_waits_for_the_older_version_first() -> None:
+    only = {**PLAN, "current": "e1", "revisions": ["k1"]}
+    spec = {**SPEC, "backup": {"enabled": False}, "approval": {"allowDestructive": True}}
+    d = decide(observe(None, db="e1", spec=spec))
+    old = AppPods(pods=(pod("web-old-1", "r1"),))
+    d = decide(observe(d.status, db="e1", jobs={"plan": done("plan", only)}, app=old, spec=spec))
+    assert d.status["phase"] == "WaitingForOldVersion" and d.jobs == []
+    assert d.status["contract"]["olderPods"] == ["web-old-1 (needs r1)"]
+    d = decide(observe(d.status, db="e1", jobs={"plan": done("plan", only)}, app=AppPods(), spec=spec))
+    assert [(j.role, j.args) for j in d.jobs] == [("contract", {"from": "e1", "to": "k1"})]
+
+
+def test_a_new_generation_while_it_waits_plans_again_from_the_expanded_database() -> None:
+    d = decide(observe(None))
+    jobs = {"plan": done("plan", PLAN), "backup": done("backup", BACKUP),
+            "migrate": done("migrate", {"ok": True, "applied": ["e1"]})}
+    d = decide(observe(d.status, jobs={"plan": jobs["plan"]}))
+    d = decide(observe(d.status, jobs={k: jobs[k] for k in ("plan", "backup")}))
+    d = decide(observe(d.status, db="e1", jobs=jobs, app=AppPods(pods=(pod("web-old-1", "r1"),))))
+    assert d.status["phase"] == "WaitingForOldVersion"
+    newer = Observation(name="shop", namespace="shop", generation=2, spec={**SPEC, "migrations": {"image": "shop:3"}},
+                        annotations={}, status=parse_status(d.status), database=DatabaseObservation(revision="e1"),
+                        jobs={}, now=NOW)
+    d = decide(newer)
+    assert [j.role for j in d.jobs] == ["plan"] and d.status["phase"] == "Planning"
+    assert "contract" not in d.status

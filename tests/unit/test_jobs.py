@@ -374,9 +374,12 @@ def test_the_store_comes_from_its_field_of_spec_backup_and_none_when_backups_are
 def test_every_store_field_of_the_spec_has_its_store_and_the_cel_rule_names_them_all() -> None:
     from alembic_operator.api import SPEC_RULES, store_fields
 
-    assert {s.spec_field for s in backupstores.REGISTRY} == set(store_fields()) == {"volume"}
-    rule = SPEC_RULES[0]
-    assert rule.rule == "!self.backup.enabled || has(self.backup.volume)" and rule.field_path == ".backup.volume"
+    assert {s.spec_field for s in backupstores.REGISTRY} == set(store_fields()) == {"volume", "s3"}
+    needed, one = SPEC_RULES[0], SPEC_RULES[1]
+    assert needed.rule == "!self.backup.enabled || has(self.backup.volume) || has(self.backup.s3)"
+    assert needed.field_path == ".backup"
+    assert needed.message.startswith("spec.backup needs one of spec.backup.volume, spec.backup.s3 when")
+    assert one.rule == "[has(self.backup.volume), has(self.backup.s3)].filter(x, x).size() <= 1"
 
 
 def test_a_backup_volume_kubernetes_would_not_read_is_refused_in_the_spec() -> None:

@@ -153,7 +153,13 @@ def test_module_functions_never_raise(monkeypatch: pytest.MonkeyPatch) -> None:
     metrics.job_finished("ns", "x", "backup", 1.5, False)
     metrics.backup_size("ns", "x", 7)
     metrics.rollback("ns", "x", "restore")
+    metrics.observe_status("ns", "x", None, True)  # type: ignore[arg-type]
+    metrics.lock_timeout("ns", "x")
+    metrics.queued("ns", "x", True)
+    metrics.job_slots(1, 2, 3)
+    metrics.last_run_duration("ns", "x", "r", "long")  # type: ignore[arg-type]
     assert value(scrape(m), "alembic_operator_held_pods", namespace="ns", name="x") == 4
+    assert value(scrape(m), "alembic_operator_lock_timeouts_total", namespace="ns", name="x") == 1
     metrics.forget("ns", "x")
     assert list(m.resources()) == []
 

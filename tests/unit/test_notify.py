@@ -325,3 +325,17 @@ def test_a_resources_own_webhook_can_be_turned_off_and_the_flags_parse() -> None
     for bad in (["--notify-secret", "hook"], ["--notify-events", "Deployed"], ["--notify-format", "Teams"]):
         with pytest.raises(SystemExit):
             parser.parse_args(bad)
+
+
+def test_the_reconcilers_status_patch_never_touches_the_notifiers_record() -> None:
+    """The reconciler writes its status with a merge patch computed against the status it read: a status it rebuilt
+    without status.notifications must not remove the record (that would send everything again)."""
+    from alembic_operator import act
+    from alembic_operator.status import merge_patch
+
+    record = next(iter(due.due(REF, awaiting(), [ALL], NOW).values()))
+    stored = json.loads(awaiting().model_copy(update={"notifications": {"approval": record}}).model_dump_json(
+        by_alias=True, exclude_none=True))
+    rebuilt = {k: v for k, v in stored.items() if k != "notifications"} | {"phase": "BackingUp"}
+    assert "notifications" in merge_patch(stored, rebuilt)  # what a plain patch would do: null it
+    assert merge_patch(act._reconcilers(stored), act._reconcilers(rebuilt)) == {"phase": "BackingUp"}

@@ -291,7 +291,7 @@ def test_derived_sets() -> None:
     plan_errors = {"MultipleHeads", "UnknownRevision", "UnknownTargetRevision", "DowngradeNotSupported"}
     modes = {"TransactionRolledBack": "transaction", "Downgraded": "downgrade", "Restored": "restore"}
     assert plan_errors == reasons.PLAN_ERRORS
-    assert {"DatabaseUnreachable", "LockTimeout"} == reasons.TRANSIENT_JOB_REASONS
+    assert {"DatabaseUnreachable", "LockTimeout", "BackupUploadInterrupted"} == reasons.TRANSIENT_JOB_REASONS
     assert modes == reasons.ROLLBACK_MODES
     assert all(reasons.info(r).kind == "stalled" for r in reasons.PLAN_ERRORS)
 

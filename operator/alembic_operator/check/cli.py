@@ -2,6 +2,7 @@
 
     alembic-operator check [-c alembic.ini] [--scratch-url URL | --scratch sqlite] [--database-url URL]
                            [--steps N] [--allow RULE] [--skip CHECK] [--format human|json] [--junit FILE]
+                           [--previous REF]
 
 Checks: integrity (heads, duplicate ids, missing down_revisions, unreachable revisions), lint (destructive and
 locking SQL in pending revisions), upgrade (base -> head on a scratch database), models (target_metadata vs the
@@ -67,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also hand the URL to env.py as environment variable VAR (for env.py files or models that "
                         "read one; each database is then checked in a fresh process with VAR set before the app is "
                         "imported)")
+    p.add_argument("--previous", metavar="REF", help="the previous release, still serving during the rollout: a git "
+                   "ref of the scripts' repository, or the import path of its models (package.module[:attr]); "
+                   "reports each new revision not marked phase = \"contract\" that drops or renames what it uses")
     p.add_argument("-v", "--verbose", action="store_true", help="keep env.py's and Alembic's log output")
     return p
 
@@ -99,7 +103,7 @@ def options(args: argparse.Namespace, environ: dict[str, str]) -> Options:
     return Options(config=args.config, section=args.name, scratch=scratch, scratch_url=scratch_url,
                    database_url=_url(args.database_url or environ.get(DATABASE_URL_ENV), "the database URL"),
                    steps=args.steps, allow=allow, skip=skip, export_env=tuple(args.export_url_env),
-                   fail_on=args.fail_on)
+                   fail_on=args.fail_on, previous=args.previous)
 
 
 def redactor(opts: Options | None, argv: Sequence[str], environ: dict[str, str]) -> Redactor:

@@ -58,6 +58,10 @@ RULES: Final[dict[str, Rule]] = dict([
     _rule("downgrade-failed", "roundtrip", "error", "A revision's downgrade() fails."),
     _rule("roundtrip-mismatch", "roundtrip", "error", "After downgrading and upgrading again, the schema differs "
           "from the one the upgrade built."),
+    _rule("breaks-previous-release", "lint", "error", "A new revision not marked phase = \"contract\" drops or "
+          "renames a table or column the previous release (--previous) uses: it commits while that release still "
+          "serves. Add what the new version needs in an expand revision, and mark the one that removes "
+          "phase = \"contract\": the operator runs it once the previous release's pods are gone."),
     _rule("behind-head", "live", "info", "The live database is at an older revision than head: the pending "
           "revisions run at the next deployment."),
     _rule("unknown-revision", "live", "error", "The live database is at a revision the scripts do not contain."),

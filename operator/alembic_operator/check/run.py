@@ -17,6 +17,7 @@ from sqlalchemy.engine import URL
 
 from .. import sqlrules
 from . import lint as linting
+from . import previous
 from .integrity import RevisionFile, check_files, read_revision_file, revision_files
 from .model import CheckError, CheckResult, Finding, Report, Severity, finding
 from .project import OFFLINE_URL, EnvFacts, MigrationFailed, Project, describe
@@ -40,6 +41,7 @@ class Options:
     skip: frozenset[str] = frozenset()
     export_env: tuple[str, ...] = ()
     fail_on: Severity = "error"
+    previous: str | None = None  # the previous release: a git ref or its models' import path (check/previous.py)
 
 
 @dataclass
@@ -270,6 +272,16 @@ class Checker:
             return
         with self.timed("lint"):
             self.report.add(*linting.scan(self.rendered, self.before))
+            if self.opts.previous:
+                self.report.add(*self.env("checking against the previous release " + self.opts.previous,
+                                          self._previous))
+
+    def _previous(self) -> list[Finding]:
+        """Revisions that would break the previous release while it still runs (--previous)."""
+        ref = str(self.opts.previous)
+        release = previous.from_git(ref, self.project.version_dirs()) or previous.from_models(ref)
+        assert self.rendered is not None
+        return previous.breaking(release, self.path, self.rendered, self.project.script)
 
     # --- scratch database -------------------------------------------------------------------------------------
 

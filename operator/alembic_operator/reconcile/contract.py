@@ -78,7 +78,7 @@ def breaking(findings: Iterable[Finding], expand: Collection[str], start: str | 
         if f.rule not in BREAKING_RULES or f.revision not in expand:
             continue
         name = object_of(f)
-        if used is not None and name is not None and name not in used and name.split(".")[0] not in used:
+        if used is not None and name is not None and name not in used:  # a column counts as itself, not its table
             continue
         found.append(f)
     return found
