@@ -23,6 +23,7 @@ help:
 	@echo "make bench-gate        Ready -> last held pod released, for 1/10/100 pods (median, p99)"
 	@echo "make bench-rollout     requests/s, p50/p99 and failed requests of the served shop during rollouts: none, a rename (expand/contract), a naive rename"
 	@echo "make bench-scale       what N idle DatabaseMigrations cost (N=1000; N=\"200 500 1000\"), next to the empty operator"
+	@echo "make bench-rehearsal   a table rewrite on ~1 GB: rehearsal vs real duration, several runs (BENCH_ARGS=\"--runs 5\")"
 	@echo "make bench-s3          the backup Job's command to S3 (SeaweedFS) vs pg_dump piped by hand, ~1 GB (BENCH_MB=1024)"
 	@echo "make bench-fleet       a DatabaseMigrationSet over 200 PostgreSQL + 10 MariaDB tenants (canary failure, resume, ratio to the best possible), then 1,000 idle"
 	@echo "make crd               regenerate crds/, docs/crd-reference.md (the pydantic model), docs/reasons.md, docs/locking.md and the chart's approval-change.cel"
@@ -122,6 +123,10 @@ bench-gate: deps venv controlplane node tools
 
 bench-rollout: deps venv controlplane node tools
 	$(PY) tests/bench_rollout.py --bed-dir $(BED_DIR) $(BENCH_ARGS)
+
+# spec.rehearsal: a table-rewriting revision on ~1 GB, rehearsal vs real duration, several runs (docs/rehearsal.md)
+bench-rehearsal: venv
+	nice -n 10 $(PY) tests/bench_rehearsal.py $(BENCH_ARGS)
 
 N ?= 1000
 bench-scale: deps venv controlplane tools

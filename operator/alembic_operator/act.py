@@ -11,17 +11,18 @@ import dataclasses
 import time
 
 import kopf
+from sqlalchemy.engine import URL
 
-from . import audit, backupstores, configmaps, events, jobparts, kube, metrics, plansql, reasons
+from . import audit, backupstores, configmaps, events, jobparts, kube, metrics, plansql, reasons, scratchdb
 from . import constants as c
 from .api import DatabaseMigrationStatus, JsonObject, RunStatus
 from .constants import Role
-from .dbstate import DatabaseTarget
+from .dbstate import DatabaseError, DatabaseTarget, decode_secret_value, sanitize
 from .indexes import GENERATIONS_KEPT, Context, Logger
 from .jobs import ROLES, Owner, build_job, dry_run_jobs, job_name, source_field
 from .objects import Migration
 from .observation import JobObservation, JobRefusal, Observation
-from .reconcile import Decision, JobRequest, PlanSQLKept, decide
+from .reconcile import Decision, Event, JobRequest, PlanSQLKept, decide
 from .runner.lock import database_lock_key
 from .status import condition_is, get_condition, merge_patch
 
@@ -57,6 +58,8 @@ async def write(ctx: Context, obj: Migration, stored: JsonObject, decision: Deci
     """Keep the decision's plan SQL and run records, then write its status (a merge patch against `stored`, the
     status as read), then post its Events. False: the resource is gone."""
     meta = obj["metadata"]
+    if decision.scratch_drops:  # before the status that forgets their names: a failed drop keeps the name
+        await drop_scratch(ctx, str(meta["namespace"]), decision, logger)
     if decision.config_maps:  # before the status that names them
         await keep_plan_sql(ctx, obj, decision.config_maps)
     if decision.records:  # before the status that ends the run: a crash in between loses no record
@@ -73,6 +76,37 @@ async def write(ctx: Context, obj: Migration, stored: JsonObject, decision: Deci
     return True
 
 
+async def drop_scratch(ctx: Context, namespace: str, decision: Decision, logger: Logger) -> None:
+    """Drop the rehearsals' scratch databases the decision names (and any other of the resource's prefix); one that
+    cannot be dropped goes back into status.rehearsal.scratchDatabase, to be tried again on the next pass."""
+    for drop in decision.scratch_drops:
+        name, key = drop.secret
+        try:
+            data = await ctx.kube.read_secret_data(namespace, name)
+            if data is None:
+                raise DatabaseError(reasons.SECRET_NOT_FOUND, f"Secret {namespace}/{name} does not exist")
+            url = scratchdb.server_url(decode_secret_value(data, f"{namespace}/{name}", key))
+            dropped = await asyncio.to_thread(_drop_scratch, url, drop.names, drop.prefix)
+            logger.info("dropped the scratch database(s) %s", ", ".join(dropped) or "(none left)")
+        except Exception as err:  # the database's or the Secret's: said without the URL
+            message = sanitize(f"cannot drop the rehearsal's scratch database {', '.join(drop.names)} (Secret "
+                               f"{namespace}/{name}): {type(err).__name__}: {err}; trying again")
+            logger.warning("%s", message)
+            decision.events.append(Event("Warning", reasons.SCRATCH_DATABASE_LEFT, message))
+            if decision.state.rehearsal is not None:
+                decision.state.rehearsal.scratch_database = drop.names[0]
+            decision.requeue_after = min(decision.requeue_after or POLL_RETRY_DROP, POLL_RETRY_DROP)
+
+
+POLL_RETRY_DROP = 30.0
+
+
+def _drop_scratch(url: URL, names: tuple[str, ...], prefix: str) -> list[str]:
+    """Blocking: drop `names`, then whatever else of `prefix` is on the server; what was there to drop."""
+    found = scratchdb.listed(url, prefix)
+    for name in sorted({*names, *found}):
+        scratchdb.drop(url, name)
+    return found
 def _reconcilers(status: JsonObject) -> JsonObject:
     """The status without the fields other writers own (status.notifications: the notifier's)."""
     return {k: v for k, v in status.items() if k != "notifications"}
@@ -91,6 +125,9 @@ def count(ctx: Context, namespace: str, name: str, before: DatabaseMigrationStat
             if role == "migrate" and job.state == "succeeded":
                 metrics.last_run_duration(namespace, name, str(result.get("to") or result.get("revision") or ""),
                                           job.seconds or 0.0)
+    done = decision.state.rehearsal
+    if done is not None and done.result == "Passed" and done != before.rehearsal:
+        metrics.rehearsed(namespace, name, done.seconds, done.migration_seconds)
     rolled = get_condition(decision.state, c.ROLLED_BACK)
     if rolled is not None and rolled.status == "True" and not condition_is(before, c.ROLLED_BACK, "True"):
         mode = next((m for reason, m in reasons.ROLLBACK_MODES.items() if reason == rolled.reason), rolled.reason)

@@ -66,6 +66,10 @@ __all__ = [
     "Phase",
     "PlanFinding",
     "PlanStatus",
+    "RehearsalSpec",
+    "RehearsalStatus",
+    "RehearsedLock",
+    "RehearsedRevision",
     "RollbackStrategy",
     "RunRecord",
     "RunStatus",
@@ -543,6 +547,14 @@ class ApprovalSpec(_SpecModel):
             "<status.plan.hash>. Default false: they are reported and run. allowDestructive does not approve them."
         ),
     )
+    require_rehearsal: bool = Field(
+        default=False,
+        description=(
+            "A plan that needs approval is approved only once a rehearsal of exactly that plan (status.plan.hash) "
+            "passed (spec.rehearsal): the run rehearses first, then waits in AwaitingApproval with the rehearsal's "
+            "measures in status.rehearsal, and takes a fresh backup once approved. Default false."
+        ),
+    )
     require_different_user: bool | None = Field(
         default=None,
         description=(
@@ -771,6 +783,88 @@ def duration_seconds(text: str | None) -> int | None:
     return hours * 3600 + minutes * 60 + seconds
 
 
+# --- rehearsal (issue 25): the plan run first on a scratch copy of the backup -------------------------------------
+
+
+class RehearsalSpec(_SpecModel):
+    """Run the plan on a scratch copy of the database (restored from this run's backup) before production."""
+
+    enabled: bool | None = Field(
+        default=None,
+        description=(
+            "Rehearse every migration: after the backup, restore it into a scratch database, run the plan there "
+            "with the same image, settings and timeouts, measure each revision, drop the scratch database; a "
+            "rehearsal that fails stops the run before production is touched (Stalled, RehearsalFailed). Unset: "
+            "the chart's rehearsal.enabled (default false). Needs spec.backup.enabled, and urlSecretRef or "
+            "onProductionServer."
+        ),
+    )
+    url_secret_ref: SecretKeyRef | None = Field(
+        default=None,
+        description=(
+            "A Secret key holding a SQLAlchemy URL of the server where scratch databases are created and dropped "
+            "(any database on it: postgres, or none on MariaDB). Its role needs CREATEDB (PostgreSQL) or CREATE "
+            "and DROP on alembic_rehearsal_% (MySQL/MariaDB), and the server room for one copy of the database "
+            "(docs/rehearsal.md)."
+        ),
+    )
+    on_production_server: bool = Field(
+        default=False,
+        description=(
+            "Without urlSecretRef: create the scratch database on production's own server, with "
+            "spec.database.urlSecretRef's credentials (which then need CREATEDB). Default false: it shares the "
+            "server's disk, memory and I/O with production while it runs."
+        ),
+    )
+    max_backup_bytes: int | None = Field(
+        default=None,
+        ge=0,
+        description=(
+            "The size guard: when the run's backup is larger than this many bytes, the rehearsal is skipped "
+            "(overLimit Skip: the migration goes on, condition Rehearsed=False RehearsalSkipped) or the run stops "
+            "(overLimit Refuse: Stalled, RehearsalTooLarge). Unset: no limit."
+        ),
+        json_schema_extra={"format": "int64"},
+    )
+    over_limit: Literal["Skip", "Refuse"] = Field(
+        default="Skip", description="What a backup over maxBackupBytes does: Skip (default) or Refuse.")
+
+
+class RehearsedLock(_StatusModel):
+    """A lock the rehearsal's migration session held or waited for (sampled from the server while it ran)."""
+
+    on: str = Field(description="What was locked: a table (schema.table) or another object.")
+    mode: str = Field(description="The lock's mode as the server names it (AccessExclusiveLock, SHARED_UPGRADABLE...).")
+    held_seconds: float | None = Field(default=None, description="How long it was held (from first to last seen).")
+    waited_seconds: float | None = Field(default=None, description="How long it was waited for.")
+
+
+class RehearsedRevision(_StatusModel):
+    """What one revision did on the scratch copy."""
+
+    revision: str = Field(description="The revision id.")
+    seconds: float | None = Field(default=None, description="Its wall time on the scratch copy.")
+    rows: int | None = Field(default=None, description="Rows its statements touched, where the server says so "
+                             "(UPDATE/INSERT/DELETE; ALTER TABLE on MySQL/MariaDB).")
+    locks: list[RehearsedLock] = Field(default_factory=list, description="The longest-held locks it took.")
+
+
+class RehearsalStatus(_StatusModel):
+    """The last rehearsal of this resource's plan (spec.rehearsal)."""
+
+    result: Literal["Running", "Passed", "Failed", "Skipped"] | None = Field(
+        default=None, description="Running, Passed, Failed (the run stopped before production) or Skipped.")
+    plan_hash: str | None = Field(default=None, description="The plan it rehearsed (status.plan.hash).")
+    generation: int | None = Field(default=None, description="The metadata.generation it ran for.")
+    seconds: float | None = Field(default=None, description="The plan's wall time on the scratch copy.")
+    revisions: list[RehearsedRevision] = Field(default_factory=list, description="Each revision's measures.")
+    failed_revision: str | None = Field(default=None, description="The revision that failed.")
+    message: str | None = Field(default=None, description="What happened (the database's error when it failed).")
+    finished_at: Time | None = Field(default=None, description="When it ended (RFC 3339).")
+    scratch_database: str | None = Field(
+        default=None, description="The scratch database that may exist now; dropped once the rehearsal Job ends.")
+    migration_seconds: float | None = Field(
+        default=None, description="The real migration's duration afterwards, to compare with the rehearsal's.")
 # --- expand/contract (issue 24) -------------------------------------------------------------------------------------
 DEFAULT_OLD_VERSION_TIMEOUT = "30m"
 
@@ -987,6 +1081,11 @@ class DatabaseMigrationSpec(_SpecModel):
         ),
         json_schema_extra=EMPTY_DEFAULT,
     )
+    rehearsal: RehearsalSpec = Field(
+        default_factory=RehearsalSpec,
+        description="Rehearse the plan on a scratch copy of the database first. Default: the chart's setting.",
+        json_schema_extra=EMPTY_DEFAULT,
+    )
     contract: ContractSpec = Field(
         default_factory=ContractSpec,
         description=(
@@ -1101,6 +1200,29 @@ SPEC_RULES: tuple[CrossFieldRule, ...] = (
         field_path=".freshnessCheck.interval",
         reason="FieldValueInvalid",
         check=lambda spec: (duration_seconds(spec.freshness_check.interval) or 0) >= MIN_FRESHNESS_INTERVAL,
+    ),
+)
+
+# spec.rehearsal (issue 25): a rehearsal restores the run's backup, on a server it is told about
+SPEC_RULES = (
+    *SPEC_RULES,
+    CrossFieldRule(
+        rule="!has(self.rehearsal) || !has(self.rehearsal.enabled) || !self.rehearsal.enabled || self.backup.enabled",
+        message=("spec.rehearsal.enabled needs a backup to restore into the scratch database: set "
+                 "spec.backup.enabled: true (with a backup store), or turn the rehearsal off"),
+        field_path=".rehearsal.enabled",
+        reason="FieldValueInvalid",
+        check=lambda spec: not spec.rehearsal.enabled or spec.backup.enabled,
+    ),
+    CrossFieldRule(
+        rule=("!has(self.rehearsal) || !has(self.rehearsal.enabled) || !self.rehearsal.enabled || "
+              "has(self.rehearsal.urlSecretRef) || self.rehearsal.onProductionServer"),
+        message=("spec.rehearsal.urlSecretRef is required by spec.rehearsal.enabled (a Secret key with the URL of "
+                 "the server for its scratch databases), unless spec.rehearsal.onProductionServer is true"),
+        field_path=".rehearsal.urlSecretRef",
+        reason="FieldValueRequired",
+        check=lambda spec: (not spec.rehearsal.enabled or spec.rehearsal.url_secret_ref is not None
+                            or spec.rehearsal.on_production_server),
     ),
 )
 
@@ -1321,13 +1443,14 @@ class RunRecord(HistoryEntry):
     destructive: int | None = Field(default=None, description="How many data-losing operations the plan had.")
     image: str | None = Field(default=None, description="The migrations image the run used.")
     message: str | None = Field(default=None, description="The status message the run ended with.")
+    rehearsal: RehearsalStatus | None = Field(default=None, description="The rehearsal of its plan, if any.")
 
 
-RunStep = Literal["Planning", "AwaitingApproval", "BackingUp", "Migrating", "WaitingForOldVersion", "RollingBack",
-                  "Done"]
+RunStep = Literal["Planning", "AwaitingApproval", "BackingUp", "Rehearsing", "Migrating", "WaitingForOldVersion",
+                  "RollingBack", "Done"]
 """Where a run is. From BackingUp to RollingBack it may write to the database (WRITING_STEPS): a new generation waits
 for it to end; before that, a new generation replaces the run."""
-WRITING_STEPS: frozenset[str] = frozenset({"BackingUp", "Migrating", "RollingBack"})
+WRITING_STEPS: frozenset[str] = frozenset({"BackingUp", "Rehearsing", "Migrating", "RollingBack"})
 RunResult = Literal["Succeeded", "UpToDate", "Failed", "RolledBack"]
 
 
@@ -1464,6 +1587,7 @@ class DatabaseMigrationStatus(_StatusModel):
         description="Pods waiting for this migration (label migrations.alembic-operator.io/wait-for), still gated.",
     )
     drift: DriftStatus | None = Field(default=None, description="The last drift check (spec.driftCheck).")
+    rehearsal: RehearsalStatus | None = Field(default=None, description="The last rehearsal (spec.rehearsal).")
     contract: ContractStatus | None = Field(default=None, description="A plan split into expand and contract parts "
                                             "(revisions marked phase = \"contract\"): where it is.")
     notifications: dict[str, NotificationRecord] | None = Field(

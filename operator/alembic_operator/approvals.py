@@ -28,8 +28,9 @@ VERB = "approve"
 
 # spec.approval settings that let more run without a human, and the value that does.
 LOOSENING: tuple[tuple[str, bool], ...] = (("allowDestructive", True), ("requireForLocking", False),
-                                           ("requireDifferentUser", False))
-_DEFAULTS = {"allowDestructive": False, "requireForLocking": False, "requireDifferentUser": False}
+                                           ("requireDifferentUser", False), ("requireRehearsal", False))
+_DEFAULTS = {"allowDestructive": False, "requireForLocking": False, "requireDifferentUser": False,
+             "requireRehearsal": False}
 
 
 def _cel_annotation(obj: str, key: str = c.APPROVE_ANNOTATION) -> str:

@@ -17,7 +17,8 @@ Handler = Callable[[argparse.Namespace], int]
 # name, one line of help: the top level's listing, in this order
 COMMANDS: tuple[tuple[str, str], ...] = (
     ("run", "run the operator"),
-    ("job", "the commands the operator's Jobs run (scan, backup, restore, current, install-runner)"),
+    ("job", "the commands the operator's Jobs run (scan, backup, restore, rehearsal-restore, current, "
+             "install-runner)"),
     ("check", "check an Alembic project in CI: integrity, models vs migrations, round trip, lint, drift "
               "(docs/check.md)"),
     ("crd", "print the CRD (alembic-operator crd | kubectl apply -f -); --write/--check every generated file"),

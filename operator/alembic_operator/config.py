@@ -43,6 +43,7 @@ class OperatorConfig:
     verbose: bool = False
     max_running_jobs: int = 0  # Jobs running at once operator-wide; 0: no cap
     reconciler: bool = True  # False: only the pod gating (the webhook and the release of held pods)
+    rehearse_by_default: bool = False  # spec.rehearsal.enabled when a resource leaves it unset (the chart's)
     notify: Webhook | None = None  # the operator-wide notification webhook (--notify-secret)
     notify_resources: bool = True  # spec.notifications' webhooks are used (--no-resource-notifications: not)
 
@@ -69,6 +70,7 @@ class OperatorConfig:
             max_running_jobs=args.max_running_jobs,
             verbose=args.verbose,
             reconciler=args.reconciler,
+            rehearse_by_default=bool(getattr(args, "rehearse_by_default", False)),
             notify=_notify_webhook(args),
             notify_resources=args.notify_resources,
         )
@@ -94,6 +96,9 @@ def add_arguments(run: argparse.ArgumentParser) -> None:
                      help="run at most N Jobs at once operator-wide (plans, backups, migrations, drift checks; a "
                           "rollback never waits); the others wait, their resource Reconciling with reason JobQueued, "
                           "and start in the order they queued (default %(default)s: no cap)")
+    run.add_argument("--rehearse-by-default", action="store_true",
+                     help="rehearse every migration whose spec.rehearsal.enabled is unset (the chart's "
+                          "rehearsal.enabled): it still needs a scratch server in its spec.rehearsal")
     run.add_argument("-v", "--verbose", action="store_true")
     run.add_argument("--no-reconciler", dest="reconciler", action="store_false",
                      help="only the pod gating: serve the webhook and release held pods, run no migration "

@@ -43,7 +43,7 @@ SET_ATTEMPT_ANNOTATION: Final = f"{GROUP}/set-attempt"  # in their spec.jobTempl
 RETRY_ANNOTATION: Final = f"{GROUP}/retry"  # on a set, written by users: retry its failed targets (any new value)
 
 # Job roles: the value of ROLE_LABEL and a part of each Job's name (jobs.ROLES declares what each does).
-Role = Literal["plan", "backup", "migrate", "contract", "downgrade", "restore", "stamp", "drift"]
+Role = Literal["plan", "backup", "migrate", "contract", "downgrade", "restore", "stamp", "drift", "rehearse"]
 
 # Phases (status.phase).
 Phase = Literal[
@@ -51,6 +51,7 @@ Phase = Literal[
     "Planning",
     "AwaitingApproval",
     "BackingUp",
+    "Rehearsing",
     "Migrating",
     "WaitingForOldVersion",
     "Contracting",
@@ -69,6 +70,7 @@ MIGRATED: Final = "Migrated"
 ROLLED_BACK: Final = "RolledBack"
 APPROVAL_REQUIRED: Final = "ApprovalRequired"
 DRIFTED: Final = "Drifted"
+REHEARSED: Final = "Rehearsed"  # spec.rehearsal: True once the plan ran whole on a scratch copy
 EXPANDED: Final = "Expanded"  # expand/contract: the plan's expand part is applied
 CONTRACTED: Final = "Contracted"  # ... its contract part (False while it waits for the older version's pods)
 

@@ -342,6 +342,38 @@ def _restore(x: _Inputs) -> _Pods:
         *x.locking()])])
 
 
+def scratch_server(spec: DatabaseMigrationSpec) -> tuple[str, str] | None:
+    """The Secret (name, key) of the server a rehearsal's scratch database goes on; None: none is named."""
+    rehearsal = spec.rehearsal
+    if rehearsal.url_secret_ref is not None:
+        return rehearsal.url_secret_ref.name, rehearsal.url_secret_ref.key
+    if rehearsal.on_production_server:
+        return spec.database.url_secret_ref.name, spec.database.url_secret_ref.key
+    return None
+
+
+def _on_scratch_server(x: _Inputs, container: V1Container) -> V1Container:
+    """The container with the scratch server's URL in URL_ENV instead of production's: a rehearsal never gets
+    production's URL (unless spec.rehearsal.onProductionServer makes them one server)."""
+    server = scratch_server(x.spec)
+    env = [e for e in container.env or [] if e.name != URL_ENV]
+    if server is not None:  # else no URL at all: the Job fails (MissingDatabaseURL), production stays out of reach
+        ref = V1EnvVarSource(secret_key_ref=V1SecretKeySelector(name=server[0], key=server[1]))
+        env.insert(0, V1EnvVar(name=URL_ENV, value_from=ref))
+    container.env = env
+    return container
+
+
+def _rehearse(x: _Inputs) -> _Pods:
+    database = x.args["database"]
+    restore = x.with_store("restore", [
+        "alembic-operator", "job", "rehearsal-restore", *x.wiring.restore_args(x.args["file"]),
+        "--sha256", x.args["sha256"], "--database", database])
+    rehearse = x.app("rehearse", "rehearse", "--from", x.args["from"], "--to", x.args["to"], "--database", database,
+                     *x.limits())
+    return _Pods([x.install_runner(), _on_scratch_server(x, restore)], [_on_scratch_server(x, rehearse)])
+
+
 @dataclass(frozen=True)
 class JobRole:
     """What the operator must know about one kind of Job; `ROLES` below declares them all.
@@ -387,6 +419,12 @@ ROLES: Mapping[Role, JobRole] = _declare(
             dry_run_args={"sha256": "sha256:0"}),
     JobRole("drift", "app", None, reasons.PLANNING, writes=False, during_deletion=False, retries=False,
             deadline=SHORT, uses_store=False, build=_drift),
+    # Writes only to its own scratch database (never production's: it gets the scratch server's URL), so it takes
+    # no lock; dry-run validated only with spec.rehearsal on (dry_run_jobs).
+    JobRole("rehearse", "app", "Rehearsing", reasons.REHEARSING, writes=False, during_deletion=False, retries=True,
+            deadline=LONG, uses_store=True, build=_rehearse,
+            dry_run_args={"from": "base", "to": "head", "sha256": "sha256:0",
+                          "database": "alembic_rehearsal_0000000000_g0"}),
 )
 
 
@@ -398,6 +436,8 @@ def dry_run_jobs(owner: Owner, spec: DatabaseMigrationSpec, *, operator_image: s
     for role in ROLES.values():
         if role.dry_run_args is None or (role.uses_store and store is None):
             continue
+        if role.name == "rehearse" and scratch_server(spec) is None:
+            continue  # no rehearsal without a scratch server
         args = {**role.dry_run_args, "lockKey": "0", "instance": "dry-run"}
         if store and role.uses_store:
             args.setdefault("file", store.placeholder())

@@ -39,7 +39,7 @@ from typing import Any, Final, TypeVar, cast
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from . import backupstores, engines, plansql, reasons, sqlrules
+from . import backupstores, engines, plansql, reasons, scratchdb, sqlrules
 from .jobio import REDACT, URL_ENV, JobError, log, sanitize
 from .jobio import remember_secret as _remember_secret
 from .reconcile import contract
@@ -60,7 +60,10 @@ def database_from_env(environ: dict[str, str] | None = None) -> Any:
     return _engine_and_database(environ)[1]
 
 
-def _engine_and_database(environ: dict[str, str] | None = None) -> tuple[engines.Engine[Any], Any]:
+def _engine_and_database(environ: dict[str, str] | None = None,
+                         database: str | None = None) -> tuple[engines.Engine[Any], Any]:
+    """The engine and the Job's connection parameters for the URL in URL_ENV; `database`: for that database on the
+    URL's server instead (a rehearsal's scratch database)."""
     raw = (environ if environ is not None else dict(os.environ)).get(URL_ENV)
     if not raw or not raw.strip():
         raise JobError(reasons.INVALID_DATABASE_URL,
@@ -80,6 +83,8 @@ def _engine_and_database(environ: dict[str, str] | None = None) -> tuple[engines
                        f"{err.explain()} ({URL_EXAMPLE})") from None
     for secret in engine.secrets(url):
         _remember_secret(secret)
+    if database is not None:
+        url = url.set(database=database)
     problem = engine.problem(url)
     if problem:
         raise JobError(reasons.INVALID_DATABASE_URL, f"the database URL {problem} ({engine.url_example})")
@@ -366,6 +371,36 @@ def cmd_restore(store_kind: str, dump: str, expected: str, lock_key: int | None 
     return _fitted(RestoreResult(ok=True, revision=revision, dropped=dropped), "dropped", lambda n: f"... and {n} more")
 
 
+# --- rehearsal: the backup restored into a scratch database -------------------------------------------------------
+
+
+def cmd_rehearsal_restore(store_kind: str, dump: str, expected: str, database: str) -> RestoreResult:
+    """Create the scratch database `database` on the server of the URL this Job got (spec.rehearsal's Secret, never
+    production's) and restore the run's backup into it, checksum verified, for `runner rehearse`."""
+    if not re.fullmatch(r"sha256:[0-9a-f]{64}", expected.strip().lower()):
+        raise JobError(reasons.INVALID_ARGUMENT, "--sha256 must be sha256:<64 hex digits>")
+    if not scratchdb.NAME.fullmatch(database):
+        raise JobError(reasons.INVALID_ARGUMENT, f"--database {database!r} is not a rehearsal's scratch database")
+    store, name = backupstores.store_kind(store_kind).open_dump(dump)
+    _actual, size = store.verify(name, expected.strip().lower())
+    log(f"checksum verified: {name} ({size} bytes)")
+    engine, db = _engine_and_database(database=database)  # checks the URL, remembers its secrets
+    url = make_url(os.environ[URL_ENV].strip())
+    try:
+        scratchdb.create(url, database)
+    except Exception as err:
+        raise JobError(reasons.DATABASE_ERROR, f"cannot create the scratch database {database} on "
+                       f"{engine.where(url)} (spec.rehearsal's server; its user needs CREATEDB on PostgreSQL, "
+                       f"CREATE and DROP on {scratchdb.PREFIX}% on MySQL/MariaDB): {type(err).__name__}: {err}"
+                       ) from None
+    started = time.monotonic()
+    with store.fetch(name) as local:
+        dropped = engine.restore(db, local)
+    revision = _revision(engine.heads(db))
+    log(f"restored {name} into {database} in {time.monotonic() - started:.1f}s: at revision {revision or 'base'}")
+    return _fitted(RestoreResult(ok=True, revision=revision, dropped=dropped), "dropped", lambda n: f"... and {n} more")
+
+
 # --- current ------------------------------------------------------------------------------------------------------
 
 
@@ -407,6 +442,11 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
                    "restoring")
     p.add_argument("--lock-wait-seconds", type=float, default=LOCK_WAIT_SECONDS, metavar="S",
                    help="how long to wait for that lock (default %(default)s)")
+    p = command("rehearsal-restore", "create a rehearsal's scratch database and restore a backup into it")
+    p.add_argument("--store", required=True, help="the backup store that holds --dump")
+    p.add_argument("--dump", required=True, help="the dump's reference, as `backup` returned it in `file`")
+    p.add_argument("--sha256", required=True)
+    p.add_argument("--database", required=True, help="the scratch database (alembic_rehearsal_...)")
     command("current", "print the database's current Alembic revision")
 
 
@@ -420,6 +460,8 @@ def run(args: argparse.Namespace) -> int:
             result = cmd_backup(args.store, args.location, args.prefix, args.retain, args.location_prefix)
         elif args.job_command == "restore":
             result = cmd_restore(args.store, args.dump, args.sha256, args.lock_key, args.lock_wait_seconds)
+        elif args.job_command == "rehearsal-restore":
+            result = cmd_rehearsal_restore(args.store, args.dump, args.sha256, args.database)
         else:
             result = cmd_current()
     except (JobError, backupstores.StoreError) as err:

@@ -175,6 +175,13 @@ class Metrics:
                                    registry=registry)
         self.revision_info = Gauge(f"{PREFIX}_current_revision_info", "The database's Alembic revision (value 1).",
                                    ["namespace", "name", "revision"], registry=registry)
+        # spec.rehearsal (issue 25): the prediction and what happened, to compare over time
+        self.rehearsal_duration = Gauge(f"{PREFIX}_rehearsal_duration_seconds", "The last rehearsal's plan wall "
+                                        "time on a scratch copy of the database.", ["namespace", "name"],
+                                        registry=registry)
+        self.migration_duration = Gauge(f"{PREFIX}_migration_duration_seconds", "The last migration's wall time, "
+                                        "when its plan was rehearsed (compare with the rehearsal's).",
+                                        ["namespace", "name"], registry=registry)
         self.notifications_total = Counter(f"{PREFIX}_notifications_total", "Attempts to deliver a notification "
                                            "to a webhook, by result (delivered, failed: retried, expired: given up).",
                                            ["namespace", "name", "webhook", "type", "result"], registry=registry)
@@ -252,6 +259,13 @@ class Metrics:
         with self._lock:
             self.drifted_gauge.labels(namespace, name).set(1 if drifted else 0)
             self._note("drifted_gauge", (namespace, name))
+
+    def rehearsed(self, namespace: str, name: str, seconds: float | None, migration: float | None) -> None:
+        with self._lock:
+            for metric, value in (("rehearsal_duration", seconds), ("migration_duration", migration)):
+                if value is not None:
+                    getattr(self, metric).labels(namespace, name).set(max(0.0, float(value)))
+                    self._note(metric, (namespace, name))
 
     def current_revision(self, namespace: str, name: str, revision: str | None) -> None:
         """One series per resource: the revision's label set replaces the previous one (None: the empty database,
@@ -390,6 +404,10 @@ def drifted(namespace: str, name: str, drifted: bool) -> None:
     _safely(default().drifted, namespace, name, drifted)
 
 
+def rehearsed(namespace: str, name: str, seconds: float | None, migration: float | None) -> None:
+    _safely(default().rehearsed, namespace, name, seconds, migration)
+
+
 def current_revision(namespace: str, name: str, revision: str | None) -> None:
     _safely(default().current_revision, namespace, name, revision)
 
@@ -448,9 +466,12 @@ class LeadershipFromPeering(logging.Handler):
             target.leading.set(1)
 
 
-def follow_peering(metrics: Metrics | None = None) -> LeadershipFromPeering:
-    """Keep the `leading` gauge in step with Kopf's peering (at start-up; returns the handler it installed)."""
+def follow_peering(metrics: Metrics | None = None, paused_at_start: bool = False) -> LeadershipFromPeering:
+    """Keep the `leading` gauge in step with Kopf's peering (at start-up; returns the handler it installed). With a
+    named peering (--peering) Kopf starts paused and logs "Resuming" once it finds no peer above it: the gauge starts
+    at 0 then. With several watched namespaces (a peering in each) it follows the last change any of them logged."""
     handler = LeadershipFromPeering(metrics)
+    (metrics or default()).leading.set(0 if paused_at_start else 1)
     peering = logging.getLogger(PEERING_LOGGER)
     if peering.getEffectiveLevel() > logging.INFO:
         peering.setLevel(logging.INFO)

@@ -83,6 +83,7 @@ class Observation:
     # that resource: lets a resource whose target is contained in what another one migrated to stay Ready.
     database_lineage: tuple[str, ...] = ()
     database_moved_by: str | None = None
+    rehearse_by_default: bool = False  # the chart's rehearsal.enabled: spec.rehearsal.enabled unset means this
     job_queue: str | None = None  # set when the operator-wide Job cap is reached: why no Job may start now
     app_pods: AppPods | None = None  # read while a contract part waits for the older version (None: not read)
 

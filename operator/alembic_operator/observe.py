@@ -69,6 +69,7 @@ async def observe(ctx: Context, obj: Migration,
         annotations=dict(meta.get("annotations") or {}), status=status, database=database, jobs=jobs,
         now=datetime.now(UTC), busy_with=ctx.runtime.busy_with(target.key, ref) if target else None,
         database_lineage=lineage, database_moved_by=moved_by, app_pods=app_pods,
+        rehearse_by_default=ctx.config.rehearse_by_default,
     )
     return obs, target
 

@@ -330,6 +330,27 @@ RESULT_TOO_LARGE = _reason("ResultTooLarge", None, "a Job's result does not fit 
 TOOL_NOT_FOUND = _reason("ToolNotFound", None, "a database client tool (pg_dump, pg_restore, psql, mariadb-dump, "
                          "mariadb) is missing from the operator image", where=_JOB)
 
+# --- spec.rehearsal (issue 25): the plan rehearsed on a scratch copy of the backup ------------------------------------
+REHEARSING = _reason("Rehearsing", "progressing", "the rehearsal Job restores the backup into a scratch database and "
+                     "runs the plan there, before production", where=("Rehearsed",))
+_REHEARSAL_BOOK = "a-rehearsal-failed--stalled--rehearsalfailed"
+REHEARSAL_FAILED = _reason("RehearsalFailed", "stalled", "the plan failed on the scratch copy of the database (the "
+                           "message names the revision and the database's error): production was not touched",
+                           where=("Rehearsed",), runbook=_REHEARSAL_BOOK)
+REHEARSAL_TOO_LARGE = _reason("RehearsalTooLarge", "stalled", "the backup is larger than spec.rehearsal."
+                              "maxBackupBytes and overLimit is Refuse: production was not touched",
+                              where=("Rehearsed",), runbook="a-rehearsal-is-refused-for-size--stalled--"
+                                                            "rehearsaltoolarge")
+REHEARSAL_REQUIRED = _reason("RehearsalRequired", "stalled", "spec.approval.requireRehearsal: the plan waits for "
+                             "approval after its rehearsal passed (status.rehearsal)", where=("ApprovalRequired",),
+                             runbook="a-rehearsed-plan-waits-for-approval--awaitingapproval--rehearsalrequired")
+REHEARSAL_PASSED = _reason("RehearsalPassed", None, "the plan ran whole on a scratch copy of the database",
+                           where=("Rehearsed", "Event"))
+REHEARSAL_SKIPPED = _reason("RehearsalSkipped", None, "the rehearsal was skipped (the message says why: the size "
+                            "guard, no scratch server)", where=("Rehearsed", "Event"))
+SCRATCH_DATABASE_LEFT = _reason("ScratchDatabaseLeft", None, "a scratch database could not be dropped (the operator "
+                                "tries again)", where=("Event",))
+
 # --- expand/contract (issue 24): a plan split at its first contract revision, the contract part after the older
 # version's pods are gone (reconcile/contract.py), the pod gate's upper bound (gate.py) --------------------------------
 WAITING_FOR_OLD_VERSION = _reason(

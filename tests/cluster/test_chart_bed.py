@@ -70,13 +70,15 @@ def app_namespace(kube_api: Any) -> Iterator[str]:
 
 
 def _adopt_crd(kubectl: Any, release: str, namespace: str) -> None:
-    """A CRD applied with kubectl (e.g. by the end-to-end tests) is adopted by the release, as a user would."""
-    crd = f"customresourcedefinitions/{c.PLURAL}.{c.GROUP}"
-    if kubectl("get", crd).returncode != 0:
-        return
-    kubectl("label", "--overwrite", crd, "app.kubernetes.io/managed-by=Helm", check=True)
-    kubectl("annotate", "--overwrite", crd, f"meta.helm.sh/release-name={release}",
-            f"meta.helm.sh/release-namespace={namespace}", check=True)
+    """The CRDs applied with kubectl (e.g. by the end-to-end tests: the DatabaseMigration's and the
+    DatabaseMigrationSet's) are adopted by the release, as a user would."""
+    for plural in (c.PLURAL, c.SET_PLURAL):
+        crd = f"customresourcedefinitions/{plural}.{c.GROUP}"
+        if kubectl("get", crd).returncode != 0:
+            continue
+        kubectl("label", "--overwrite", crd, "app.kubernetes.io/managed-by=Helm", check=True)
+        kubectl("annotate", "--overwrite", crd, f"meta.helm.sh/release-name={release}",
+                f"meta.helm.sh/release-namespace={namespace}", check=True)
 
 
 RELEASE = "ao"

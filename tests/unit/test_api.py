@@ -319,7 +319,8 @@ def test_empty_sections_get_their_defaults(spec_schema: dict[str, Any]) -> None:
     defaulted = apply_defaults(spec_schema, raw)
     assert defaulted["backup"] == {"volume": {"emptyDir": {}}, "enabled": True, "retain": 5}
     assert defaulted["rollback"] == {"strategy": "Auto"}
-    assert defaulted["approval"] == {"allowDestructive": False, "requireForLocking": False}
+    assert defaulted["approval"] == {"allowDestructive": False, "requireForLocking": False,
+                                     "requireRehearsal": False}
     assert defaulted["jobTemplate"] == {}
     assert defaulted["suspend"] is False
     assert defaulted["migrations"]["config"] == "alembic.ini"

@@ -47,7 +47,7 @@ def _help(path: tuple[str, ...], capsys: pytest.CaptureFixture[str]) -> str:
 def test_the_tree_lists_every_command_once(capsys: pytest.CaptureFixture[str]) -> None:
     assert list(_subcommands(cli.build_parser())) == ["run", "job", "check", "crd"]
     jobs = _subcommands(_subcommands(cli.build_parser(["job"]))["job"])
-    assert sorted(jobs) == ["backup", "current", "install-runner", "restore", "scan"]
+    assert sorted(jobs) == ["backup", "current", "install-runner", "rehearsal-restore", "restore", "scan"]
     top, job = _help((), capsys), _help(("job",), capsys)
     for name in ("run", "job", "check", "crd"):
         assert len(re.findall(rf"^    {name}( |$)", top, re.M)) == 1, top

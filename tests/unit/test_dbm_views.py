@@ -65,6 +65,21 @@ def test_plan_shows_revisions_findings_hash_and_sql() -> None:
     assert "no plan yet" in views.plan_text(views.plan_record(dbm(phase="Planning")))
 
 
+def test_plan_shows_the_rehearsal_of_that_very_plan() -> None:
+    rehearsal = {"result": "Failed", "planHash": "sha256:abc", "seconds": 3.25, "failedRevision": "r3",
+                 "message": "revision r3 failed: could not create unique index", "revisions": [
+                     {"revision": "r2", "seconds": 2.5, "rows": 1200,
+                      "locks": [{"on": "public.orders", "mode": "AccessExclusiveLock", "heldSeconds": 2.4}]},
+                     {"revision": "r3", "seconds": 0.75}]}
+    text = views.plan_text(views.plan_record({**WAITING, "status": {**WAITING["status"], "rehearsal": rehearsal}}))
+    assert "Rehearsal on a scratch copy: Failed in 3.2s" in text
+    assert "  r2: 2.5s, 1200 rows, AccessExclusiveLock on public.orders held 2.4s" in text
+    assert "  r3: 0.8s  <- failed" in text and "could not create unique index" in text
+    other = {**rehearsal, "planHash": "sha256:older"}  # another plan's rehearsal says nothing of this one
+    text = views.plan_text(views.plan_record({**WAITING, "status": {**WAITING["status"], "rehearsal": other}}))
+    assert "Rehearsal" not in text
+
+
 def test_history_in_order() -> None:
     text = views.history_text(READY)
     assert text.splitlines()[1].split()[:5] == ["1", "base", "r9", "Succeeded", "Migrated"]

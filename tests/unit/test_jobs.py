@@ -37,7 +37,9 @@ ARGS = {"plan": {"target": "head"}, "backup": {}, "migrate": {"from": "base", "t
         "contract": {"from": "base", "to": "abc", "lockKey": "42"},
         "downgrade": {"from": "abc", "to": "base", "lockKey": "42"},
         "restore": {"file": "/backups/shop/shop/x.dump", "sha256": "sha256:aa", "lockKey": "42"},
-        "stamp": {"revision": "abc", "lockKey": "42"}, "drift": {"instance": "7"}}
+        "stamp": {"revision": "abc", "lockKey": "42"}, "drift": {"instance": "7"},
+        "rehearse": {"from": "base", "to": "abc", "file": "/backups/shop/shop/x.dump", "sha256": "sha256:aa",
+                     "database": "alembic_rehearsal_0123456789_g4"}}
 
 
 def job_of(role: str, spec: dict[str, Any], owner: Owner = OWNER, args: dict[str, str] | None = None,
@@ -334,7 +336,8 @@ def test_a_store_defined_outside_the_package_wires_the_backup_and_restore_jobs()
             job: Any = manifest(build_job(role, OWNER, spec, operator_image="op:1", args=ARGS[role],  # type: ignore[arg-type]
                                           store=wiring))
             pod = job["spec"]["template"]["spec"]
-            ctr = pod["containers"][0]
+            # the container that reaches the store: the rehearsal's restore runs before the app's rehearsal
+            ctr = next((x for x in pod.get("initContainers", []) if x["name"] == "restore"), pod["containers"][0])
             env = {e["name"]: e for e in ctr["env"]}
             if not ROLES[role].uses_store:  # type: ignore[index]
                 assert [v["name"] for v in pod["volumes"]] == ["work"] and "SPOOL_TOKEN" not in env

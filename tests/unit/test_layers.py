@@ -10,7 +10,8 @@ import for types only, under TYPE_CHECKING, counts like any other):
     programs    jobtools, check.*: commands that run in Jobs or in CI
     decisions   reconcile, status, gate, podstate, jobs, approvals, notify (but notify.send), fleet (the sets'
                 strategy; fleet.api is model, fleet.handlers operator): pure functions of what was observed
-    seams       engines.*, backupstores.*, dbstate, jobio, plugins, sqlscan, sqlscan_mysql: databases and backup stores;
+    seams       engines.*, backupstores.*, dbstate, jobio, plugins, sqlscan, sqlscan_mysql, scratchdb: databases and
+                backup stores (and rehearsals' scratch databases);
                 they answer the decisions (through what the model says) and never ask them
     model       api, observation, objects, k8s_openapi, jobparts, constants, reasons, plansql, sqlrules: the API
                 types, what was observed, Kubernetes' object types, the vocabulary (reasons, the scanners' rules and
@@ -34,7 +35,7 @@ LAYERS: Layers = (
                   "metrics", "config", "audit", "schedule", "freshness", "events", "notify.send", "fleet.handlers")),
     ("programs", ("jobtools", "check")),
     ("decisions", ("reconcile", "status", "gate", "podstate", "jobs", "approvals", "notify", "fleet")),
-    ("seams", ("engines", "backupstores", "dbstate", "jobio", "plugins", "sqlscan", "sqlscan_mysql")),
+    ("seams", ("engines", "backupstores", "dbstate", "jobio", "plugins", "sqlscan", "sqlscan_mysql", "scratchdb")),
     ("model", ("api", "fleet.api", "observation", "objects", "k8s_openapi", "jobparts", "constants", "reasons",
                "plansql", "sqlrules",
                "__init__")),

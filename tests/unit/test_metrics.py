@@ -60,6 +60,7 @@ def test_every_name_is_prefixed(m: metrics.Metrics) -> None:
         "alembic_operator_reconcile", "alembic_operator_reconcile_duration_seconds", "alembic_operator_jobs",
         "alembic_operator_job_duration_seconds", "alembic_operator_backup_size_bytes", "alembic_operator_rollbacks",
         "alembic_operator_held_pods", "alembic_operator_current_revision_info", "alembic_operator_build_info",
+        "alembic_operator_rehearsal_duration_seconds", "alembic_operator_migration_duration_seconds",
     }
 
 
@@ -102,6 +103,17 @@ def test_backup_size_rollbacks_held_pods(m: metrics.Metrics) -> None:
     assert value(s, "alembic_operator_rollbacks_total", namespace="shop", name="db", mode="downgrade") == 1
     assert value(s, "alembic_operator_rollbacks_total", namespace="shop", name="db", mode="restore") == 1
     assert value(s, "alembic_operator_held_pods", namespace="shop", name="db") == 0
+
+
+def test_rehearsal_and_real_durations_side_by_side(m: metrics.Metrics) -> None:
+    m.rehearsed("shop", "db", 41.5, None)  # rehearsed, not migrated yet
+    assert value(scrape(m), "alembic_operator_migration_duration_seconds", namespace="shop", name="db") is None
+    m.rehearsed("shop", "db", 41.5, 44.0)
+    s = scrape(m)
+    assert value(s, "alembic_operator_rehearsal_duration_seconds", namespace="shop", name="db") == 41.5
+    assert value(s, "alembic_operator_migration_duration_seconds", namespace="shop", name="db") == 44.0
+    m.forget("shop", "db")
+    assert value(scrape(m), "alembic_operator_rehearsal_duration_seconds", namespace="shop", name="db") is None
 
 
 def test_current_revision_keeps_one_series_per_resource(m: metrics.Metrics) -> None:
@@ -304,8 +316,9 @@ async def _leading_follows_kopfs_own_peering() -> None:
     from kopf._core.engines import peering
 
     m = metrics.Metrics(CollectorRegistry())
-    handler = metrics.follow_peering(m)
+    handler = metrics.follow_peering(m, paused_at_start=True)  # --peering NAME: Kopf starts paused
     try:
+        assert value(scrape(m), "alembic_operator_leading") == 0
         settings = OperatorSettings()
         settings.peering.name = "ops"
         settings.peering.priority = 0

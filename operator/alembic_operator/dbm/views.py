@@ -66,7 +66,27 @@ class PlanStatus(TypedDict, total=False):
     breakingCount: int
 
 
+class RehearsedRevision(TypedDict, total=False):
+    revision: str
+    seconds: float
+    rows: int
+    locks: list[dict[str, JsonValue]]
+
+
+class Rehearsal(TypedDict, total=False):
+    """status.rehearsal (spec.rehearsal): the plan's run on a scratch copy of the database."""
+
+    result: str
+    planHash: str
+    seconds: float
+    revisions: list[RehearsedRevision]
+    failedRevision: str
+    message: str
+    migrationSeconds: float
+
+
 class Status(TypedDict, total=False):
+    rehearsal: Rehearsal
     phase: str
     currentRevision: str
     targetRevision: str
@@ -117,7 +137,7 @@ PlanRecord = TypedDict("PlanRecord", {
     "destructive": list[str], "warnings": list[str], "destructiveCount": int | None,
     "findings": list[PlanFinding] | None, "hash": str | None, "waitsForApproval": bool, "approvedHash": str | None,
     "approved": bool, "sql": list[RevisionSql] | None, "sqlNote": str, "expand": PlanPart | None,
-    "contract": PlanPart | None, "breaking": list[str]})
+    "contract": PlanPart | None, "breaking": list[str], "rehearsal": Rehearsal | None})
 
 
 class HeldRecord(TypedDict):
@@ -237,6 +257,7 @@ def plan_record(obj: Migration, sql: list[RevisionSql] | None = None, sql_note: 
         "approvedHash": approved, "approved": bool(approved) and approved == plan.get("hash"),
         "sql": sql, "sqlNote": sql_note, "expand": plan.get("expand"), "contract": plan.get("contract"),
         "breaking": plan.get("breaking") or [],
+        "rehearsal": st.get("rehearsal") if (st.get("rehearsal") or {}).get("planHash") == plan.get("hash") else None,
     }
 
 
@@ -262,6 +283,7 @@ def plan_text(record: PlanRecord) -> str:
     if record["breaking"]:
         lines += ["", f"Breaks the running version ({len(record['breaking'])}):",
                   *[f"  ! {b}" for b in record["breaking"]]]
+    lines += rehearsal_lines(record["rehearsal"])
     if (findings := record["findings"]) is not None:  # all of them, from the ConfigMap
         for severity, title, mark in (("destructive", "Destructive", "!"), ("locking", "Locking", "-"),
                                       ("warning", "Warnings", "-"), ("note", "Notes", " ")):
@@ -283,6 +305,27 @@ def plan_text(record: PlanRecord) -> str:
             lines += ["", f"-- revision {part['revision']}" + (f": {part['message']}" if part.get("message") else ""),
                       part["sql"].rstrip()]
     return "\n".join(lines) + "\n"
+
+
+def rehearsal_lines(rehearsal: Rehearsal | None) -> list[str]:
+    """The rehearsal of this very plan (spec.rehearsal): its result, and each revision's time, rows and locks."""
+    if not rehearsal:
+        return []
+    took = f" in {rehearsal['seconds']:.1f}s" if rehearsal.get("seconds") is not None else ""
+    lines = ["", f"Rehearsal on a scratch copy: {rehearsal.get('result')}{took}"]
+    if rehearsal.get("migrationSeconds") is not None:
+        lines.append(f"  the real migration took {rehearsal['migrationSeconds']:.1f}s")
+    for item in rehearsal.get("revisions") or []:
+        parts = [f"{item['seconds']:.1f}s" if item.get("seconds") is not None else "?"]
+        if item.get("rows") is not None:
+            parts.append(f"{item['rows']} rows")
+        for lock in item.get("locks") or []:
+            parts.append(f"{lock.get('mode')} on {lock.get('on')} held {lock.get('heldSeconds', 0)}s")
+        failed = "  <- failed" if item.get("revision") == rehearsal.get("failedRevision") else ""
+        lines.append(f"  {item.get('revision')}: {', '.join(parts)}{failed}")
+    if rehearsal.get("result") == "Failed" and rehearsal.get("message"):
+        lines.append(f"  {rehearsal['message']}")
+    return lines
 
 
 def _described(finding: PlanFinding) -> str:

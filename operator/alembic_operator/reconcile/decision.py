@@ -41,6 +41,16 @@ class PlanSQLKept:
     data: bytes
 
 
+@dataclass(frozen=True)
+class ScratchDrop:
+    """Rehearsals' scratch databases to drop (reconcile/rehearsal.py): `names`, and any other starting with `prefix`,
+    on the server of the Secret key `secret` (name, key) in the resource's namespace."""
+
+    secret: tuple[str, str]
+    names: tuple[str, ...]
+    prefix: str
+
+
 @dataclass
 class Decision:
     state: DatabaseMigrationStatus  # the status to write
@@ -49,6 +59,7 @@ class Decision:
     requeue_after: float | None = None
     records: list[RunRecord] = field(default_factory=list)  # finished runs, for the durable audit trail
     config_maps: list[PlanSQLKept] = field(default_factory=list)  # the plans' SQL to keep (plansql)
+    scratch_drops: list[ScratchDrop] = field(default_factory=list)  # spec.rehearsal: dropped before status is written
 
     @property
     def status(self) -> JsonObject:

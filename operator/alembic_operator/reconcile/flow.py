@@ -15,11 +15,13 @@ from .decision import Decision
 from .idle import idle
 from .migrating import backing_up, migrating
 from .planning import approval, new_run, planning
+from .rehearsal import rehearsing, tidy
 from .rollback import rolling_back
 from .turn import POLL_IDLE, Step, Turn
 
 STEPS: dict[RunStep, Step] = {"Planning": planning, "AwaitingApproval": approval, "BackingUp": backing_up,
-                               "Migrating": migrating, "WaitingForOldVersion": waiting, "RollingBack": rolling_back,
+                               "Rehearsing": rehearsing, "Migrating": migrating, "WaitingForOldVersion": waiting,
+                               "RollingBack": rolling_back,
                                "Done": idle}
 
 
@@ -29,6 +31,7 @@ def decide(obs: Observation) -> Decision:
     decision = flow(turn)
     if obs.refused is not None:
         return refuse(turn, obs.refused)
+    tidy(turn)
     return decision
 
 
@@ -43,6 +46,8 @@ def flow(turn: Turn) -> Decision:
         return planning(turn) if step == "Planning" else approval(turn)
     if step == "BackingUp":
         return backing_up(turn)
+    if step == "Rehearsing":
+        return rehearsing(turn)
     if step == "Migrating":
         return migrating(turn)
     if step == "WaitingForOldVersion":

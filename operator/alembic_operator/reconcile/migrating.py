@@ -13,7 +13,7 @@ from ..api import (
 )
 from ..constants import Role
 from ..runner.results import BackupResult, MigrateResult
-from . import contract
+from . import contract, rehearsal
 from .decision import Decision
 from .rollback import choose_rollback, half_applied
 from .turn import JOB_RETRIES, POLL_IDLE, Turn, rev
@@ -82,8 +82,7 @@ def backing_up(turn: Turn) -> Decision:
                                 sha256=result.get("sha256"), revision=result.get("revision"))
     turn.condition(c.BACKUP_SUCCEEDED, "True", r.BACKUP_COMPLETED,
                    f"backup at {result.get('location')} ({result.get('sizeBytes')} bytes)")
-    turn.run.step = "Migrating"
-    return migrating(turn)
+    return turn.goto("Rehearsing")  # spec.rehearsal, or straight on to Migrating
 
 
 def migrating(turn: Turn) -> Decision:
@@ -108,8 +107,10 @@ def _migrating(turn: Turn) -> Decision:
     resume = turn.obs.database.revision if kept else start
     changed = (f"{', '.join(kept)} committed whole and kept: the retry continues the plan from {rev(resume)}"
                if kept else "nothing was changed")
-    job = turn.drive(role, {"from": rev(resume), "to": str(target)}, f"upgrading {rev(start)} -> {target}",
-                     f"{role} Job {turn.job(role).name} is upgrading {rev(start)} -> {target}",
+    job = turn.drive(role, {"from": rev(resume), "to": str(target)},
+                     f"upgrading {rev(start)} -> {target}{rehearsal.expectation(turn)}",
+                     f"{role} Job {turn.job(role).name} is upgrading {rev(start)} -> {target}"
+                     f"{rehearsal.expectation(turn)}",
                      before_start=unless_moved, before_retry=lambda: turn.database("Migrating"),
                      may_retry=lambda: kept is not None, changed=changed)
     if isinstance(job, Decision):
@@ -117,12 +118,15 @@ def _migrating(turn: Turn) -> Decision:
     db_rev = turn.obs.database.revision
     report = cast(MigrateResult, job.result) if job.result is not None else None
     if job.state == "succeeded" and db_rev == target:
+        if turn.run.part is None:  # a whole plan: its duration next to its rehearsal's
+            rehearsal.migrated(turn, report)
         if turn.run.part == "expand":
             return contract.expanded(turn)
         if turn.run.part == "contract":
             contract.contracted(turn)
         first = turn.st.contract.from_revision if turn.run.part == "contract" and turn.st.contract else start
-        turn.condition(c.MIGRATED, "True", r.UPGRADE_SUCCEEDED, f"upgraded {rev(first)} -> {target}")
+        turn.condition(c.MIGRATED, "True", r.UPGRADE_SUCCEEDED, f"upgraded {rev(first)} -> {target}"
+                       f"{rehearsal.expectation(turn)}")
         turn.finish("Succeeded", r.MIGRATED)
         return turn.goto("Done")
     if kept:  # retried until now: what committed is whole and good, so it stays; a human ends the blocker

@@ -20,7 +20,7 @@ from ..api import (
     name_problem,
 )
 from ..runner.results import ScanResult
-from . import contract
+from . import contract, rehearsal
 from .decision import Decision, Event, PlanSQLKept
 from .turn import POLL_IDLE, SUSPENDED, Turn, rev
 
@@ -240,7 +240,10 @@ def approval(turn: Turn) -> Decision:
     locking = [f.operation for f in plan.locking or []] if turn.run.part != "contract" else []
     locking_count = int(plan.locking_count or len(locking)) if locking else 0
     gate_locking = live_spec.approval.require_for_locking and locking_count > 0
-    if destructive or gate_locking or breaking:
+    if (destructive or gate_locking or breaking) and rehearsal.before_approval(turn, live_spec):
+        turn.condition(c.APPROVAL_REQUIRED, "True", r.REHEARSAL_REQUIRED, "spec.approval.requireRehearsal: the plan "
+                       "is rehearsed on a scratch copy of the database first, then waits for approval")
+    elif destructive or gate_locking or breaking:
         plan_hash_ = turn.run.plan_hash
         annotated = turn.obs.annotations.get(c.APPROVE_ANNOTATION) == plan_hash_
         how = (f"review it with kubectl dbm plan {turn.obs.name} -n {turn.obs.namespace}, then approve its hash "
@@ -253,6 +256,7 @@ def approval(turn: Turn) -> Decision:
             if breaking:  # a drop the running version still reads: the same approval, and a better way
                 message += (f". It also breaks the running version ({len(breaking)} operation(s), status.plan."
                             'breaking): marking those revisions phase = "contract" runs them after its pods are gone')
+            message += rehearsal.rehearsed_note(turn)
             turn.condition(c.APPROVAL_REQUIRED, "True", r.DESTRUCTIVE_CHANGES_NOT_APPROVED, message)
             return turn.outcome(s.stalled("AwaitingApproval", r.DESTRUCTIVE_CHANGES_NOT_APPROVED, message),
                                 POLL_IDLE)
@@ -264,7 +268,7 @@ def approval(turn: Turn) -> Decision:
             return turn.outcome(s.stalled("AwaitingApproval", r.BREAKS_RUNNING_VERSION, message), POLL_IDLE)
         elif gate_locking:
             message = (f"the plan takes strong locks on existing tables: {_listed(locking, locking_count)}. "
-                       f"Rewrite them the safer way (status.plan.locking), or {how}")
+                       f"Rewrite them the safer way (status.plan.locking), or {how}{rehearsal.rehearsed_note(turn)}")
             turn.condition(c.APPROVAL_REQUIRED, "True", r.LOCKING_CHANGES_NOT_APPROVED, message)
             return turn.outcome(s.stalled("AwaitingApproval", r.LOCKING_CHANGES_NOT_APPROVED, message),
                                 POLL_IDLE)

@@ -203,6 +203,8 @@ class Turn:
         record.sql_sha256 = sql.sha256 if sql else None
         record.destructive = int(this_plan.destructive_count or len(this_plan.destructive)) if this_plan else None
         record.image = self.spec().migrations.image
+        done = self.st.rehearsal  # spec.rehearsal: its measures next to the real run's
+        record.rehearsal = done if done is not None and done.plan_hash == self.run.plan_hash else None
         self.decision.records.append(record)
 
     def failure_message(self, role: Role) -> str:

@@ -32,10 +32,12 @@ database with several heads reads "a,b" (sorted) in single-revision fields and f
         Writes DIR/NNN-<rev>.sql, the offline SQL of each revision (`alembic upgrade <down>:<rev> --sql`) in
         upgrade order (NNN from 001), and DIR/plan.json: the result below plus "version": 1 and, per revision,
         {"revision", "downRevisions", "message", "hasDowngrade", "isMerge", "path", "file" (null if unrenderable),
-         "renderable", "sha256" (of the file) or "error"}. hasDowngrade (best effort, null: cannot tell): its
-        downgrade() does something, or its upgrade() does nothing either (a merge point).
+         "renderable", "sha256" (of the file) or "error", "phase"}. hasDowngrade (best effort, null: cannot tell): its
+        downgrade() does something, or its upgrade() does nothing either (a merge point). phase: the revision
+        module's attribute `phase`, "expand" (the default) or "contract" (any other value: ScriptError).
         {"ok": true, "command": "plan", "current": "abc" | null, "currentHeads": [...], "versionTable": true,
          "tables": 3, "dialect": "postgresql", "targetRequested": "head", "heads": [...], "target": "<id>",
+         "contract": ["<id>", ...] (contract revisions of the lineage and the plan, newest first),
          "revisions": ["...", ...], "revisionCount": 2, "unrenderable": [{"revision": ..., "message": ...}],
          "transactionPerMigration": false, "transactionalDDL": true, "planFile": "DIR/plan.json"}
         Nothing to do: "revisions": []. A revision that cannot be rendered offline (it reads data) is listed in
@@ -73,6 +75,12 @@ database with several heads reads "a,b" (sorted) in single-revision fields and f
     stamp --revision REV [--lock-key N] [--lock-wait-seconds S]
         {"ok": true, "command": "stamp", "to": "abc", "revision": "abc"}, only when the version table does not
         exist yet (adopting a database Alembic never managed); otherwise AlreadyVersioned ("revision" = current).
+    rehearse --from REV --to REV --database alembic_rehearsal_... [upgrade's options]
+        upgrade's result, on that scratch database of the URL's server (the rehearsal Job's URL is the scratch
+        server's, never production's), plus {"database": ..., "rehearsalSeconds": 1.2, "revisions": [{"revision":
+        "abc", "seconds": 0.4, "rows": 12, "locks": [{"on": "public.orders", "mode": "AccessExclusiveLock",
+        "heldSeconds": 0.4}]}], "locksSampled": true}; the scratch database is dropped before it is written.
+
     drift
         Read-only: compares the live database with the scripts and with the app's models (env.py's target_metadata).
         {"ok": true, "command": "drift", "current": "abc" | null, "currentHeads": ["abc"], "heads": ["def"],
@@ -131,6 +139,7 @@ from .drift import cmd_drift
 from .errors import EXIT_CODES, EXIT_FAILED, EXIT_OK, REDACT, Failure, describe, log, log_exception
 from .lock import DEFAULT_LOCK_KEY, LOCK_WAIT_SECONDS, lock_key
 from .redact import RedactingStream
+from .rehearse import cmd_rehearse
 from .results import write_result
 
 
@@ -148,6 +157,9 @@ def summary(result: Mapping[str, Any]) -> str:
         extra = f", {unrenderable} cannot be rendered offline" if unrenderable else ""
         return (f"plan: {result.get('revisionCount', 0)} revision(s) from {result.get('current') or 'base'} "
                 f"to {result.get('target') or 'base'}{extra}")
+    if command == "rehearse":
+        return (f"rehearse succeeded in {result.get('rehearsalSeconds')}s on a scratch copy: "
+                f"{len(result.get('revisions') or [])} revision(s) measured")
     if command in ("upgrade", "downgrade"):
         if result.get("alreadyAtTarget"):
             return f"{command}: the database is already at {result.get('to') or 'base'}; nothing was run"
@@ -173,6 +185,7 @@ COMMANDS: dict[str, Callable[[Runner], Mapping[str, Any]]] = {
     "downgrade": lambda runner: cmd_migrate(runner, "downgrade"),
     "stamp": cmd_stamp,
     "drift": cmd_drift,
+    "rehearse": lambda runner: cmd_rehearse(runner, lambda r: cmd_migrate(r, "upgrade")),
 }
 
 
@@ -227,6 +240,14 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--to", required=True, help="the revision to go back to (or base)")
     p.add_argument("--allow-empty-downgrades", action="store_true",
                    help="also run revisions whose downgrade() is empty")
+    locking(p)
+    limits(p)
+
+    p = sub.add_parser("rehearse", help="upgrade a scratch copy of the database, measured, then drop it")
+    common(p, suppress=True)
+    p.add_argument("--from", required=True, help="the revision the plan starts from (base for an empty database)")
+    p.add_argument("--to", required=True, help="the target revision")
+    p.add_argument("--database", required=True, help="the scratch database on the URL's server (alembic_rehearsal_...)")
     locking(p)
     limits(p)
 

@@ -58,6 +58,8 @@ class Runner(Driver):
         self.watch: LockWatch | None = None
         self.session: DialectSQL | None = None  # the limits of the migration's session, once it is known
         self.ran = StatementLog()  # what the running revision executed (a half-applied revision reports it)
+        self.observer: Any = None  # rehearse: measures each revision (rehearse.Measures)
+        self.server_url: Any = None  # rehearse: the scratch server's URL, before the scratch database was set
         super().__init__(args.config, args.name, self._read_url(), log=log)
         self.engine = self._make_engine()
 
@@ -76,6 +78,12 @@ class Runner(Driver):
             raise Failure(reasons.INVALID_DATABASE_URL, f"the database URL cannot be parsed: {describe(exc)}") from None
         REDACT.add_password(str(parsed.password) if parsed.password else None, min_length=4)
         REDACT.add(parsed.render_as_string(hide_password=False))
+        scratch = getattr(self.args, "database", None)
+        if scratch:  # rehearse: the URL names a scratch server; the migration runs in this database on it
+            self.server_url = parsed
+            parsed = parsed.set(database=scratch)
+            url = parsed.render_as_string(hide_password=False)
+            REDACT.add(url)
         url = self._with_limits(parsed) or url
         for name in self.args.export_url_env or ():
             os.environ[name] = url
@@ -195,12 +203,16 @@ class Runner(Driver):
 
         def step() -> None:
             self.ran.start(progress[-1])
+            if self.observer is not None:
+                self.observer.started(progress[-1])
             if on_step is not None:
                 on_step()
 
         def prepare(context: Any) -> None:
             self.ran.attach(context.connection, getattr(context, "version_table", None))
             self.limit_session(context, doing)
+            if self.observer is not None:
+                self.observer.attach(context.connection)
 
         try:
             if not self.migrate(direction, destination, progress, on_step=step, check=prepare):

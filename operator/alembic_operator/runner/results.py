@@ -182,6 +182,31 @@ class MigrateResult(_Migration, Outcome, total=False):
     partialRevision: PartialRevision  # the failed revision committed some of its statements (non-transactional DDL)
 
 
+class RehearsedLockResult(TypedDict, total=False):
+    """A lock the rehearsal's migration session held or waited for (runner/rehearse.py)."""
+
+    on: str
+    mode: str
+    heldSeconds: float
+    waitedSeconds: float
+
+
+class RehearsedRevisionResult(TypedDict, total=False):
+    revision: str
+    seconds: float
+    rows: int
+    locks: list[RehearsedLockResult]
+
+
+class RehearseResult(MigrateResult, total=False):
+    """`runner rehearse`: the upgrade's result on the scratch database, with each revision's measures."""
+
+    database: str  # the scratch database (dropped before the result is written)
+    rehearsalSeconds: float
+    revisions: list[RehearsedRevisionResult]  # the slowest 20 when there are more, in plan order
+    locksSampled: bool  # False: the server would not say which locks the session held
+
+
 class StampResult(Outcome, total=False):
     """`runner stamp`."""
 
@@ -210,7 +235,8 @@ class DriftResult(Outcome, total=False):
 
 # Union, not X | Y: this line runs, on Python 3.9 too.
 JobResult = Union[  # noqa: UP007
-    CurrentResult, PlanResult, ScanResult, BackupResult, RestoreResult, MigrateResult, StampResult, DriftResult
+    CurrentResult, PlanResult, ScanResult, BackupResult, RestoreResult, MigrateResult, StampResult, DriftResult,
+    RehearseResult,
 ]
 
 
