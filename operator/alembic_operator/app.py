@@ -226,7 +226,7 @@ def run(config: OperatorConfig) -> int:
     logging.getLogger("alembic.runtime.migration").setLevel(logging.WARNING)
     logging.getLogger("kopf.objects").addFilter(QuietSuccess())
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)  # one line per admission request otherwise
-    metrics.follow_peering()
+    metrics.follow_peering(paused_at_start=bool(config.peering) and not config.standalone)
     kopf.run(
         registry=reg,
         settings=settings(config),

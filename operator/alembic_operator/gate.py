@@ -262,6 +262,11 @@ def evaluate(requirement: Requirement, dbm: Obj | None) -> Verdict:
         revision_state(status, requirement.revision)
     if limits.lower is None:
         state = "reached"  # contract revisions all the way down: nothing of the schema is needed first
+    if state == "reached" and limits.lower != wanted:
+        return Verdict(True, REVISION_REACHED,
+                       f"the database of DatabaseMigration {name} is at {status.get('currentRevision')}: the expand "
+                       f"part before revision {requirement.revision} is applied, and what is left of it (contract "
+                       "revisions) removes only what the older version used")
     if state == "reached":
         return Verdict(True, REVISION_REACHED,
                        f"the database of DatabaseMigration {name} is at {status.get('currentRevision')}, "

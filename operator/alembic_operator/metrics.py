@@ -466,9 +466,12 @@ class LeadershipFromPeering(logging.Handler):
             target.leading.set(1)
 
 
-def follow_peering(metrics: Metrics | None = None) -> LeadershipFromPeering:
-    """Keep the `leading` gauge in step with Kopf's peering (at start-up; returns the handler it installed)."""
+def follow_peering(metrics: Metrics | None = None, paused_at_start: bool = False) -> LeadershipFromPeering:
+    """Keep the `leading` gauge in step with Kopf's peering (at start-up; returns the handler it installed). With a
+    named peering (--peering) Kopf starts paused and logs "Resuming" once it finds no peer above it: the gauge starts
+    at 0 then. With several watched namespaces (a peering in each) it follows the last change any of them logged."""
     handler = LeadershipFromPeering(metrics)
+    (metrics or default()).leading.set(0 if paused_at_start else 1)
     peering = logging.getLogger(PEERING_LOGGER)
     if peering.getEffectiveLevel() > logging.INFO:
         peering.setLevel(logging.INFO)

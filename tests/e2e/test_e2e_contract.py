@@ -1,8 +1,8 @@
 """Expand/contract on the bed (issue 24): one apply moves the resource to a plan whose last revision is marked
 phase = "contract" and the app's Deployment to the version built for it, as GitOps does. The expand part runs while
 the old version serves, the new pods are released once it is applied, the contract part starts only after the last
-old pod is gone (proved by etcd's own order: the old pods' deletions come before the contract Job's creation), and
-an old version's pod started afterwards is held, naming the revision it needs."""
+old pod has terminated (proved by etcd's own order: the old pods' terminations come before the contract Job's
+creation), and an old version's pod started afterwards is held, naming the revision it needs."""
 
 from __future__ import annotations
 
@@ -49,8 +49,9 @@ def gated(e2e: E2E) -> Iterator[E2E]:
 
 
 class Recorder:
-    """The etcd revision (resourceVersion) of each pod deletion and Job creation in the namespace, from watches
-    started before the change: one global order, whatever the clocks and the polling."""
+    """The etcd revision (resourceVersion) at which each pod of the namespace terminated (its phase Succeeded or
+    Failed: every container has exited; or deleted) and each Job was created, from watches started before the
+    change: one global order, whatever the clocks and the polling."""
 
     def __init__(self, api: k8s.ApiClient, namespace: str) -> None:
         self.core, self.batch, self.ns = k8s.CoreV1Api(api), k8s.BatchV1Api(api), namespace
@@ -71,8 +72,9 @@ class Recorder:
     def _events(self, w: watch.Watch, fn: Any, since: str) -> None:
         for event in w.stream(fn, self.ns, resource_version=since, timeout_seconds=300):
             meta = event["object"].metadata
-            if event["type"] == "DELETED" and fn == self.core.list_namespaced_pod:
-                self.deleted[meta.name] = int(meta.resource_version)
+            if fn == self.core.list_namespaced_pod and meta.name not in self.deleted and (
+                    event["type"] == "DELETED" or event["object"].status.phase in ("Succeeded", "Failed")):
+                self.deleted[meta.name] = int(meta.resource_version)  # terminated: every container has exited
             elif event["type"] == "ADDED" and fn == self.batch.list_namespaced_job:
                 self.created.setdefault(meta.name, int(meta.resource_version))
 
@@ -110,7 +112,7 @@ def test_expand_then_contract_once_the_old_version_is_gone(gated: E2E) -> None:
     assert "code" in columns(e2e.db, "orders") and "legacy_code" not in columns(e2e.db, "orders")
     assert st["plan"]["expand"]["revisions"] == [EXPAND] and st["plan"]["contract"]["revisions"] == [CONTRACT]
     assert e2e.cluster.job_roles("shop") == ["contract-g2", "migrate-g2", "plan-g2"]
-    # While it waited, it named the old version's pods; the contract Job was created after every one was deleted.
+    # While it waited, it named the old version's pods; the contract Job was created after every one terminated.
     waited = e2e.cluster.wait_event("shop", "WaitingForOldVersion")
     assert any(name in waited["message"] for name in old), waited["message"]
     contract_job = "shop-contract-g2"

@@ -119,6 +119,7 @@ def test_the_gate_releases_each_version_only_onto_a_schema_it_can_use() -> None:
     assert not gate.evaluate(new, _dbm("r1")).met and not gate.evaluate(plain, _dbm("r1")).met
     # Expanded: both run; a pod that waits for the target needs only the expand part of a split plan.
     assert gate.evaluate(old, _dbm("e1")).met and gate.evaluate(new, _dbm("e1")).met
+    assert "the expand part before revision k1 is applied" in gate.evaluate(new, _dbm("e1")).message
     assert gate.evaluate(plain, _dbm("e1")).met
     assert not gate.evaluate(plain, _dbm("e1", generation=3)).met  # not this generation's plan: Ready is needed
     # Contracted: an old pod is held, naming the revision it needs and the contract revision past it.

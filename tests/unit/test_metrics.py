@@ -316,8 +316,9 @@ async def _leading_follows_kopfs_own_peering() -> None:
     from kopf._core.engines import peering
 
     m = metrics.Metrics(CollectorRegistry())
-    handler = metrics.follow_peering(m)
+    handler = metrics.follow_peering(m, paused_at_start=True)  # --peering NAME: Kopf starts paused
     try:
+        assert value(scrape(m), "alembic_operator_leading") == 0
         settings = OperatorSettings()
         settings.peering.name = "ops"
         settings.peering.priority = 0

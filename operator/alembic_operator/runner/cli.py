@@ -32,10 +32,12 @@ database with several heads reads "a,b" (sorted) in single-revision fields and f
         Writes DIR/NNN-<rev>.sql, the offline SQL of each revision (`alembic upgrade <down>:<rev> --sql`) in
         upgrade order (NNN from 001), and DIR/plan.json: the result below plus "version": 1 and, per revision,
         {"revision", "downRevisions", "message", "hasDowngrade", "isMerge", "path", "file" (null if unrenderable),
-         "renderable", "sha256" (of the file) or "error"}. hasDowngrade (best effort, null: cannot tell): its
-        downgrade() does something, or its upgrade() does nothing either (a merge point).
+         "renderable", "sha256" (of the file) or "error", "phase"}. hasDowngrade (best effort, null: cannot tell): its
+        downgrade() does something, or its upgrade() does nothing either (a merge point). phase: the revision
+        module's attribute `phase`, "expand" (the default) or "contract" (any other value: ScriptError).
         {"ok": true, "command": "plan", "current": "abc" | null, "currentHeads": [...], "versionTable": true,
          "tables": 3, "dialect": "postgresql", "targetRequested": "head", "heads": [...], "target": "<id>",
+         "contract": ["<id>", ...] (contract revisions of the lineage and the plan, newest first),
          "revisions": ["...", ...], "revisionCount": 2, "unrenderable": [{"revision": ..., "message": ...}],
          "transactionPerMigration": false, "transactionalDDL": true, "planFile": "DIR/plan.json"}
         Nothing to do: "revisions": []. A revision that cannot be rendered offline (it reads data) is listed in
