@@ -507,8 +507,9 @@ def test_rbac_grants_exactly_what_the_operator_uses(bed: Any, namespace: str, ap
             cluster_scoped = resource in ("customresourcedefinitions", "clusterkopfpeerings")
             assert _can_i(kubectl, sa, verb, _resource_arg(group, resource),
                           None if cluster_scoped else app_namespace), (verb, group, resource)
-        for verb, resource in [("delete", f"{c.PLURAL}.{c.GROUP}"), ("create", f"{c.PLURAL}.{c.GROUP}"),
-                               ("update", f"{c.PLURAL}.{c.GROUP}"), ("list", "secrets"), ("create", "secrets"),
+        # (a DatabaseMigrationSet creates and deletes its DatabaseMigrations and lists Secrets' metadata)
+        for verb, resource in [("update", f"{c.PLURAL}.{c.GROUP}"), ("update", f"{c.SET_PLURAL}.{c.GROUP}"),
+                               ("delete", f"{c.SET_PLURAL}.{c.GROUP}"), ("watch", "secrets"), ("create", "secrets"),
                                ("update", "jobs.batch"), ("get", "configmaps"), ("delete", "pods"),
                                ("create", "pods")]:
             assert not _can_i(kubectl, sa, verb, resource, app_namespace), (verb, resource)
