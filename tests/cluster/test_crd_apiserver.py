@@ -158,7 +158,9 @@ def test_minimal_spec_gets_every_default(crd: dict[str, Any], objects: Any, name
         "volume": {"persistentVolumeClaim": {"claimName": "shop-backups"}},
     }
     assert spec["rollback"] == {"strategy": "Auto"}
-    assert spec["approval"] == {"allowDestructive": False, "requireForLocking": False}
+    assert spec["approval"] == {"allowDestructive": False, "requireForLocking": False, "requireRehearsal": False}
+    assert spec["contract"] == {"oldVersionTimeout": "30m"}
+    assert spec["rehearsal"] == {"onProductionServer": False, "overLimit": "Skip"}  # enabled: the chart's default
     assert spec["jobTemplate"] == {}
     assert spec["suspend"] is False
     assert spec["migrations"] == {"image": "ghcr.io/acme/shop:1.4.2", "config": "alembic.ini", "lockTimeout": "3s"}
