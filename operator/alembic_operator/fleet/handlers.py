@@ -65,6 +65,7 @@ class Fleet:
         # The last listing of a namespace's Secrets, by selector: reused for half the rescan interval (a rollout
         # wakes its set at each change of a member: one listing a pass would be hundreds a minute).
         self.listed: dict[tuple[str, str | None], tuple[float, dict[str, dict[str, str]]]] = {}
+        self.listed_members: set[str] = set()  # namespaces whose DatabaseMigrations were listed since the start
 
     def start(self, ctx: Context) -> None:
         """Start the scheduler from within a Kopf handler (its context carries Kopf's Event poster)."""
@@ -102,10 +103,16 @@ class Fleet:
 
     def migration_seen(self, event_type: str | None, body: Mapping[str, Any]) -> None:
         """A DatabaseMigration changed: when a set owns it, index it and wake the set."""
+        ref = self._index(event_type, body)
+        if ref is not None:
+            self.wake(ref)
+
+    def _index(self, event_type: str | None, body: Mapping[str, Any]) -> Ref | None:
+        """Index a DatabaseMigration under the set that owns it; that set (None: no set's)."""
         meta = body.get("metadata") or {}
         owner = (meta.get("labels") or {}).get(c.SET_LABEL)
         if not owner:
-            return
+            return None
         ref = (str(meta.get("namespace")), str(owner))
         names = self.members.setdefault(ref, set())
         if event_type == "DELETED":
@@ -113,7 +120,17 @@ class Fleet:
             self.given.pop((ref[0], str(meta.get("name"))), None)
         else:
             names.add(str(meta.get("name")))
-        self.wake(ref)
+        return ref
+
+    async def _list_members(self, ctx: Context, namespace: str) -> None:
+        """The namespace's DatabaseMigrations as the API server has them, once after a start: the watch may deliver
+        a set before its members, and a pass that saw none of them under way would start more than maxInFlight."""
+        if namespace in self.listed_members:
+            return
+        for obj in await ctx.kube.list_migrations([namespace]):
+            self._index(None, obj)
+            ctx.runtime.migration_seen(None, obj)
+        self.listed_members.add(namespace)
 
     # --- a pass -------------------------------------------------------------------------------------------------
     async def tick(self, namespace: str, name: str) -> float | None:
@@ -132,6 +149,7 @@ class Fleet:
         meta = body.get("metadata") or {}
         if meta.get("deletionTimestamp"):
             return None  # the garbage collector deletes its DatabaseMigrations (never their databases)
+        await self._list_members(ctx, namespace)
         generation = int(meta.get("generation") or 0)
         stored: JsonObject = dict(body.get("status") or {})
         previous = parse_set_status(stored)

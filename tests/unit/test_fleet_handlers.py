@@ -1,0 +1,67 @@
+"""A DatabaseMigrationSet's pass against kmock's Kubernetes emulator (no cluster): what it creates when the watch
+has not delivered its members yet, as right after an operator's start."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import kmock
+import kubernetes
+import pytest
+
+from alembic_operator import constants as c
+from alembic_operator import events, indexes
+from alembic_operator.config import OperatorConfig
+from alembic_operator.fleet.api import parse_set_spec, template_json
+from alembic_operator.fleet.handlers import Fleet
+from alembic_operator.fleet.strategy import migration_name, template_hash
+from alembic_operator.kube import Client
+
+DBM = kmock.resource(group=c.GROUP, version=c.VERSION, plural=c.PLURAL)
+NS = "tenants"
+
+
+def a_set() -> dict[str, Any]:
+    return {"apiVersion": c.API_VERSION, "kind": c.SET_KIND,
+            "metadata": {"name": "fleet", "namespace": NS, "uid": "set-uid", "generation": 1,
+                         "resourceVersion": "5"},
+            "spec": {"template": {"migrations": {"image": "shop:2"}, "targetRevision": "head",
+                                  "backup": {"enabled": False}},
+                     "targets": {"secrets": [{"name": f"t{i}", "key": "url"} for i in range(3)]},
+                     "strategy": {"maxInFlight": 1}}}
+
+
+def a_member(secret: str) -> dict[str, Any]:
+    """A DatabaseMigration the set started before the operator restarted: its run is still under way."""
+    return {"apiVersion": c.API_VERSION, "kind": c.KIND,
+            "metadata": {"name": migration_name("fleet", secret), "namespace": NS, "generation": 1,
+                         "resourceVersion": "7", "labels": {c.SET_LABEL: "fleet"},
+                         "annotations": {c.TARGET_ANNOTATION: secret, c.SET_TEMPLATE_ANNOTATION: template_hash(
+                             template_json(parse_set_spec(a_set()["spec"])))}},
+            "spec": {"database": {"urlSecretRef": {"name": secret, "key": "url"}},
+                     "migrations": {"image": "shop:2"}, "targetRevision": "head", "backup": {"enabled": False}},
+            "status": {"observedGeneration": 1, "phase": "Migrating"}}
+
+
+@pytest.mark.asyncio
+async def test_a_pass_before_the_watch_delivered_the_members_counts_the_ones_under_way(
+        kmock: kmock.KubernetesEmulator, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(events, "post", lambda *_args: None)  # Kopf's poster needs Kopf's own loop
+    for declared in ("v1/secrets", "v1/events", f"{c.GROUP}/{c.VERSION}/{c.PLURAL}",
+                     f"{c.GROUP}/{c.VERSION}/{c.SET_PLURAL}"):
+        kmock.resources[declared] = {}
+    kmock.objects[DBM, NS, migration_name("fleet", "t2")] = a_member("t2")
+    client = Client(kubernetes.client.Configuration(host=str(kmock.url).rstrip("/")))
+    fleet = Fleet()
+    runtime = indexes.Runtime()
+    fleet.ctx = indexes.Context(config=OperatorConfig(), kube=client, runtime=runtime)
+    fleet.set_seen(None, a_set())  # the set's watch event came first; its member's has not arrived
+    try:
+        await fleet.reconcile(NS, "fleet")
+    finally:
+        await client.close()
+    names = {name for (resource, ns, name) in kmock.objects if resource == DBM and ns == NS}
+    # t2 is under way and the cap is 1: nothing new starts, and the member is known to the reconciler too.
+    assert names == {migration_name("fleet", "t2")}
+    assert fleet.members[(NS, "fleet")] == {migration_name("fleet", "t2")}
+    assert (NS, migration_name("fleet", "t2")) in runtime.migrations
