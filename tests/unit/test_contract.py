@@ -268,7 +268,8 @@ def test_an_unmarked_rename_holds_the_plan_like_a_destructive_change() -> None:
     d = decide(observe(None))
     d = decide(observe(d.status, jobs={"plan": done("plan", drops)}))
     assert conditions(d)[c.APPROVAL_REQUIRED] == ("True", "DestructiveChangesNotApproved")
-    assert "It also breaks the running version (1 operation(s)" in d.status["message"]
+    assert '1 operation(s) break the running version (status.plan.breaking): mark their revisions phase = "contract"' \
+        in d.status["message"] and "DROP COLUMN orders.code (revision e1)" in d.status["message"]
 
 
 def test_kubectl_dbm_status_and_plan_show_the_split() -> None:

@@ -31,8 +31,8 @@ LISTED_CHARS = 160  # ... in about this many characters: a status message stays 
 OPERATION_CHARS = 100
 
 
-def _listed(operations: list[str], total: int) -> str:
-    """The first few operations of a waiting plan (at most LISTED, in about LISTED_CHARS), and how many more:
+def _listed(operations: list[str], total: int, chars: int = LISTED_CHARS) -> str:
+    """The first few operations of a waiting plan (at most LISTED, in about `chars`), and how many more:
     `kubectl dbm plan` lists them all."""
     if not operations:
         return f"{total} operation(s), listed by kubectl dbm plan"
@@ -41,7 +41,7 @@ def _listed(operations: list[str], total: int) -> str:
         if op.startswith("... and "):  # the scan's own "and N more" marker: `total` counts them
             break
         op = op if len(op) <= OPERATION_CHARS else op[:OPERATION_CHARS - 3] + "..."
-        if shown and sum(len(x) + 2 for x in shown) + len(op) > LISTED_CHARS:
+        if shown and sum(len(x) + 2 for x in shown) + len(op) > chars:
             break
         shown.append(op)
     if not shown:
@@ -252,10 +252,12 @@ def approval(turn: Turn) -> Decision:
             approved_by = approvals.approved_by(turn.obs.annotations, plan_hash_) or c.APPROVE_ANNOTATION
         elif destructive and not live_spec.approval.allow_destructive:
             count = scope.count
-            message = f"{scope.part} destroys data: {_listed(destructive, count)}. To go ahead, {how}"
-            if breaking:  # a drop the running version still reads: the same approval, and a better way
-                message += (f". It also breaks the running version ({len(breaking)} operation(s), status.plan."
-                            'breaking): marking those revisions phase = "contract" runs them after its pods are gone')
+            # A drop the running version still reads: the same approval, and a better way (the note takes the
+            # room of a listed operation, so that the message stays a few hundred characters long).
+            note = (f". {len(breaking)} operation(s) break the running version (status.plan.breaking): mark their "
+                    'revisions phase = "contract"') if breaking else ""
+            listed = _listed(destructive, count, LISTED_CHARS - len(note))
+            message = f"{scope.part} destroys data: {listed}. To go ahead, {how}{note}"
             message += rehearsal.rehearsed_note(turn)
             turn.condition(c.APPROVAL_REQUIRED, "True", r.DESTRUCTIVE_CHANGES_NOT_APPROVED, message)
             return turn.outcome(s.stalled("AwaitingApproval", r.DESTRUCTIVE_CHANGES_NOT_APPROVED, message),
