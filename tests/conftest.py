@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import subprocess
@@ -37,6 +38,17 @@ SERVER_FIXTURES = {"postgres": {"postgres", "database"},
                            "e2e"}}
 FOLDER_ALLOWS = {"unit": set(), "postgres": {"postgres", "s3"}, "mariadb": {"mariadb", "s3"},
                  "cluster": {"postgres", "mariadb", "s3", "bed"}, "e2e": {"postgres", "mariadb", "s3", "bed"}}
+
+
+@pytest.fixture(autouse=True)
+def _loggers_stay_enabled() -> Iterator[None]:
+    """An Alembic env.py run in the test process (a project's `check`, a runner test) calls logging's fileConfig,
+    which disables every logger that exists then: a later test on the same worker would see nothing of the code
+    under test (caplog empty, Kopf's peering records unseen). Each test starts with them enabled."""
+    yield
+    for logger in logging.Logger.manager.loggerDict.values():
+        if isinstance(logger, logging.Logger):
+            logger.disabled = False
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
