@@ -313,7 +313,7 @@ def serve_and_roll(bed: Bed, cluster: Cluster, db: Any, refs: dict[str, str]) ->
             responses = loadgen.between(loadgen.read(out), started, time.time())
             summary = report(f"requests during the rollout {old} -> {version}", responses)
             print(contract_timeline(rollout, "shop", old, responses, generation).line("shop", old))
-            dbm(bed, "status", "shop")
+            dbm(bed, "status")  # every DatabaseMigration of the namespace: the split shows in its row
             ok = ok and summary.failed == 0
     if not ok:
         print("unexpected: requests failed during an expand/contract rollout", file=sys.stderr)
