@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import heapq
 import os
 import statistics
 import sys
@@ -38,6 +39,8 @@ from kubernetes import watch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from alembic_operator import constants as c
+from alembic_operator.fleet.api import parse_set_spec
+from alembic_operator.fleet.strategy import wave_ends
 from apps import Rev, make_project
 from bed.controlplane import Bed
 from bed.mariadb import MariaDBServer
@@ -158,8 +161,10 @@ class Timeline:
                 if finished and started:
                     seen.info[f"{st['name']}:ran"] = (finished - started).total_seconds()
 
-    def report(self, since: float, m: int) -> None:
-        """Where each slot's time went between `since` and the last member Ready."""
+    def report(self, since: float, m: int, ends: list[int]) -> None:
+        """Where each slot's time went between `since` and the last member Ready; and the same members' Job times
+        packed under the waves (`ends`: each wave's end in the rollout order, a member's place is its tenant's
+        number) with no gap at all: what the waves alone cost against the best possible."""
         with self.lock:
             members = {k: v for k, v in self.members.items() if v.first >= since - 1 and "ready" in v.marks}
             jobs = {k: v for k, v in self.jobs.items() if v.first >= since - 1}
@@ -209,6 +214,14 @@ class Timeline:
               f"the last Ready, M={m}: {m * (end - since):.0f} slot-seconds)")
         print(f"  slots held by a member: {held:.0f}s ({100 * held / max(1.0, m * (end - since)):.0f} %), "
               f"of which Jobs running: {run:.0f}s; free slots: {m * (end - since) - held:.0f}s")
+        work: dict[int, float] = {}
+        for name in members:
+            mine = [j for j in by_member.get(name, []) if "start" in j.info and "completion" in j.info]
+            work[int(name.split("@")[0].rsplit("-", 1)[1])] = sum(j.info["completion"] - j.info["start"] for j in mine)
+        packed = _packed(work, ends, m)
+        print(f"  the same Jobs packed with no gap but the waves' barriers: {packed:.0f}s, "
+              f"{packed / max(1.0, run / m):.2f} x the best possible (sum / M); the wall time is "
+              f"{(end - since) / max(1.0, packed):.2f} x that")
         print("| step | count | mean s | median s | p90 s | sum s |")
         print("|---|---|---|---|---|---|")
         for what, values in gaps.items():
@@ -216,6 +229,18 @@ class Timeline:
                 values.sort()
                 print(f"| {what} | {len(values)} | {statistics.fmean(values):.2f} | {statistics.median(values):.2f} | "
                       f"{values[int(0.9 * (len(values) - 1))]:.2f} | {sum(values):.0f} |")
+
+
+def _packed(work: dict[int, float], ends: list[int], m: int) -> float:
+    """When the last of these members (place -> its Jobs' run time) would end, started in order at most `m` at once
+    the moment a slot frees, each wave once every member of the ones before it ended: no gap of any kind."""
+    now, begin = 0.0, 0
+    for end in ends:
+        slots = [now] * m
+        for place in sorted(p for p in work if begin <= p < end):
+            heapq.heappush(slots, heapq.heappop(slots) + work[place])
+        now, begin = max(slots), end
+    return now
 
 
 def rollout(args: argparse.Namespace, bed: Bed, tmp: Path) -> None:
@@ -300,7 +325,7 @@ def rollout(args: argparse.Namespace, bed: Bed, tmp: Path) -> None:
               f"{sum(durations):.0f} | {best:.0f} | {wall / best:.2f} | {load[0]:.2f} / {load[1]:.2f} |", flush=True)
         print(f"operator CPU from the resume to Ready: {operator_cpu:.1f}s "
               f"({100 * operator_cpu / wall:.1f} % of a core)", flush=True)
-        timeline.report(resumed, m)
+        timeline.report(resumed, m, wave_ends(parse_set_spec(spec), total, 2))
     finally:
         if timeline is not None:
             timeline.stop()
