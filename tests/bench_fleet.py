@@ -12,9 +12,13 @@ how many tenants beyond the canary wave got a DatabaseMigration or the new revis
 set is Stalled naming the canary; then, after the row is fixed and the set resumed (the retry annotation): the wall
 time until every tenant is Ready, the sum of the Jobs' run times (plan and migrate of each tenant, from the resume
 on), the best possible for the same cap (that sum ÷ M: Jobs packed perfectly, no gap, no wave barrier) and the
-ratio. Idle (``--idle N``): N DatabaseMigrations owned by 4 sets over N Secrets whose database is already at the
-target revision (Ready with no Job), then an idle window: the operator's CPU, RSS and API requests per minute (not
-watches, every client's: bench_scale.py's measures). Prints figures only: nothing is asserted.
+ratio; the operator's CPU over the same time; and where the slots' time went, from the bench's own watches of the
+namespace's DatabaseMigrations, Jobs and pods: the set's reaction (a member Ready -> the next one given the
+template), a member's first Job, a Job's pod start and completion, the step between a member's plan and migrate
+Jobs, the last Job to Ready; and the same Jobs packed under the waves with no gap (what the waves' barriers alone
+cost against sum / M). Idle (``--idle N``): N DatabaseMigrations owned by 4 sets over N Secrets whose database is
+already at the target revision (Ready with no Job), then an idle window: the operator's CPU, RSS and API requests
+per minute (not watches, every client's: bench_scale.py's measures). Prints figures only: nothing is asserted.
 """
 
 from __future__ import annotations
