@@ -518,6 +518,19 @@ class S3Store(BackupStore[S3Spec]):
                                    Body=(json.dumps(record, indent=2) + "\n").encode(),
                                    ContentType="application/json", **self.settings.encryption())  # type: ignore[arg-type]
 
+    def read_record(self, name: str) -> bytes | None:
+        from botocore.exceptions import ClientError
+
+        key = self._key(name + _RECORD)
+        try:
+            return self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+        except ClientError as err:
+            if str(err.response.get("Error", {}).get("Code")) in ("NoSuchKey", "404"):
+                return None
+            raise self._fail(err, f"reading s3://{self.bucket}/{key}") from None
+        except Exception as err:
+            raise self._fail(err, f"reading s3://{self.bucket}/{key}") from None
+
     def _names(self) -> list[str]:
         """The object names directly under the location."""
         names: list[str] = []
