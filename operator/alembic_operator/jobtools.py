@@ -43,7 +43,6 @@ from sqlalchemy.exc import ArgumentError
 from . import backupstores, engines, plansql, reasons, scratchdb, sqlrules
 from .jobio import REDACT, URL_ENV, JobError, log, sanitize
 from .jobio import remember_secret as _remember_secret
-from .reconcile import contract
 from .runner.lock import LOCK_WAIT_SECONDS
 from .runner.results import RESULT_LIMIT, BackupResult, CurrentResult, RestoreResult, ScanResult, fit_list, size
 from .runner.results import write_result as write_results
@@ -126,6 +125,8 @@ def _plan_file(plan_dir: Path, name: Any) -> Path:
 
 
 def cmd_scan(plan_dir: Path) -> ScanResult:
+    from .reconcile import contract  # the decisions' package (jobs, kubernetes' models): only scan needs it
+
     path = plan_dir / "plan.json"
     try:
         plan = json.loads(path.read_text(encoding="utf-8"))
