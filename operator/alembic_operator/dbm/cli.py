@@ -8,6 +8,7 @@
     kubectl dbm logs NAME [--role migrate]  the logs of the newest run's Job of that role
     kubectl dbm set [NAME]                  DatabaseMigrationSets: progress, failed targets, plans (dbm/sets.py)
     kubectl dbm pause|resume NAME           a set: stop starting targets; go on, running its failed ones again
+    kubectl dbm restore NAME [BACKUP]       restore a backup by hand, checksum verified first (dbm/restore.py)
 
 It uses the user's kubeconfig (and `-n`, `--context`, `--kubeconfig` as kubectl does), so it can do exactly what
 the user may do: approving is the user's own annotation, made with their own credentials. `-o json` prints plain
@@ -27,7 +28,7 @@ from typing import TYPE_CHECKING, TypedDict, cast
 
 from .. import constants as c
 from .. import objects, plansql
-from . import sets, views
+from . import restore, sets, views
 
 if TYPE_CHECKING:
     from kubernetes.client import ApiException, V1Job
@@ -86,6 +87,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--generation", type=int, help="default: the newest that has a Job of that role")
     s = sub.add_parser("set", parents=[common], help="DatabaseMigrationSets: progress and failed targets")
     s.add_argument("name", nargs="?")
+    restore.add_parser(sub, common)
     for verb, what in (("pause", "a set: start no more targets"),
                        ("resume", "a set: go on, and run its failed targets again")):
         sub.add_parser(verb, parents=[common], help=what).add_argument("name")
@@ -386,7 +388,11 @@ def cmd_resume(s: Session, args: argparse.Namespace) -> int:
     return _patch_set(s, args, sets.resume_patch(), "resumed; its failed targets run again")
 
 
-COMMANDS = {"set": cmd_set, "pause": cmd_pause, "resume": cmd_resume,
+def cmd_restore(s: Session, args: argparse.Namespace) -> int:
+    return restore.cmd_restore(s, args, lambda text, data: _print(args, text, data))
+
+
+COMMANDS = {"set": cmd_set, "restore": cmd_restore, "pause": cmd_pause, "resume": cmd_resume,
             "status": cmd_status, "plan": cmd_plan, "approve": cmd_approve, "history": cmd_history,
             "held": cmd_held, "logs": cmd_logs}
 
@@ -396,7 +402,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         session = Session(args)
         return COMMANDS[args.command](session, args)
-    except Refused as exc:
+    except (Refused, restore.Refused) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_REFUSED
     except Exception as exc:  # the API server unreachable, no kubeconfig...: one line, not a traceback
