@@ -14,18 +14,25 @@ after the other:
 - by hand: ``pg_dump --format=custom | <upload stdin>`` where the upload is boto3's own managed transfer
   (``upload_fileobj`` from stdin: concurrent multipart, what ``aws s3 cp - s3://...`` does), no checksum, no record.
 
-Prints the wall times, the dump size and the ratio (best of the runs of each); asserts nothing.
+Prints, per run, the wall time and the CPU time (user + system of the whole process tree: pg_dump, Python, the
+upload) of each side, and the Job's phases read from its log as it runs (start-up: interpreter, imports, the
+snapshot, the store's preflight; dump and upload; record and retention); then the dump size, the ratio of the
+best runs and the median of each run's pair ratio. The machine's other load moves wall times by tens of percent
+between runs: the pairs alternate which side goes first, and CPU seconds, which load barely moves, say what each
+side costs. Asserts nothing.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -62,20 +69,40 @@ def fill(server: PostgresServer, mb: int) -> tuple[object, int]:
             return db, size
 
 
-def timed(cmd: list[str] | str, env: dict[str, str], shell: bool = False) -> float:
+@dataclass
+class Timing:
+    wall: float
+    cpu: float  # user + system seconds of the process tree
+    marks: dict[str, float]  # seconds from the start to the first stderr line starting with each mark
+
+
+def timed(cmd: list[str] | str, env: dict[str, str], shell: bool = False, marks: tuple[str, ...] = ()) -> Timing:
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.monotonic()
-    proc = subprocess.run(cmd, env=env, shell=shell, capture_output=True, text=True, check=False,
-                          executable="/bin/bash" if shell else None)
+    proc = subprocess.Popen(cmd, env=env, shell=shell, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            executable="/bin/bash" if shell else None)
+    seen: dict[str, float] = {}
+    lines: list[str] = []
+    assert proc.stderr is not None and proc.stdout is not None
+    for line in proc.stderr:  # the Job logs each step as it goes: when each arrived
+        lines.append(line)
+        for mark in marks:
+            if mark not in seen and line.startswith(mark):
+                seen[mark] = time.monotonic() - started
+    out = proc.stdout.read()
+    code = proc.wait()
     took = time.monotonic() - started
-    if proc.returncode != 0:
-        raise SystemExit(f"{cmd!r} failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
-    return took
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if code != 0:
+        raise SystemExit(f"{cmd!r} failed ({code}):\n{out[-2000:]}\n{''.join(lines)[-3000:]}")
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return Timing(took, cpu, seen)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--mb", type=int, default=1024, help="the table's size in MiB (default 1024)")
-    parser.add_argument("--runs", type=int, default=2)
+    parser.add_argument("--runs", type=int, default=4)
     args = parser.parse_args()
     base = Path(tempfile.mkdtemp(prefix="alembic-operator-bench-s3-"))
     pg = PostgresServer(Path(tempfile.mkdtemp(prefix="alembic-operator-bench-pg-")))  # its own: postgres's
@@ -96,24 +123,40 @@ def main() -> None:
                    f"{sys.executable} -c '{UPLOAD_STDIN}' bench hand/bench.dump")
         # SeaweedFS allocates the bucket's volumes on its first write (seconds): not part of either figure
         s3.client().put_object(Bucket="bench", Key="warm-up", Body=os.urandom(64 << 20))
-        jobs, hands = [], []
+        alone = timed(f"{pg_bin('pg_dump')} --format=custom --no-password -d '{conninfo}' > /dev/null", env,
+                      shell=True)
+        print(f"pg_dump alone to /dev/null: {alone.wall:.1f} s, {alone.cpu:.1f} s CPU", flush=True)
+        marks = ("backing up ", "backup ")
+        jobs: list[Timing] = []
+        hands: list[Timing] = []
         for run in range(args.runs):  # alternating which goes first, so that neither always follows the other
             if run % 2:
                 hands.append(timed(by_hand, env, shell=True))
-                jobs.append(timed(job, env))
+                jobs.append(timed(job, env, marks=marks))
             else:
-                jobs.append(timed(job, env))
+                jobs.append(timed(job, env, marks=marks))
                 hands.append(timed(by_hand, env, shell=True))
-            print(f"run {run + 1}: job {jobs[-1]:.1f} s, pg_dump | upload {hands[-1]:.1f} s", flush=True)
+            j, h = jobs[-1], hands[-1]
+            began, ended = j.marks.get("backing up ", 0.0), j.marks.get("backup ", j.wall)
+            print(f"run {run + 1}: job {j.wall:.1f} s ({j.cpu:.1f} s CPU; start-up {began:.1f} s, dump and upload "
+                  f"{ended - began:.1f} s, record and retention {j.wall - ended:.1f} s), pg_dump | upload "
+                  f"{h.wall:.1f} s ({h.cpu:.1f} s CPU): ratio {j.wall / h.wall:.2f}, load {os.getloadavg()[0]:.1f}",
+                  flush=True)
         client = s3.client()
         dumps = [o for o in client.list_objects_v2(Bucket="bench", Prefix="job/")["Contents"]
                  if o["Key"].endswith(".dump")]
         hand = client.head_object(Bucket="bench", Key="hand/bench.dump")["ContentLength"]
         print(f"dump: {dumps[0]['Size'] / 2**20:.0f} MiB (job), {hand / 2**20:.0f} MiB (by hand)")
-        best_job, best_hand = min(jobs), min(hands)
-        print(f"backup Job: best {best_job:.1f} s, median {statistics.median(jobs):.1f} s")
-        print(f"pg_dump | upload by hand: best {best_hand:.1f} s, median {statistics.median(hands):.1f} s")
-        print(f"ratio (best / best): {best_job / best_hand:.2f}  (goal <= 1.1)")
+        best_job, best_hand = min(j.wall for j in jobs), min(h.wall for h in hands)
+        print(f"backup Job: best {best_job:.1f} s, median {statistics.median(j.wall for j in jobs):.1f} s, "
+              f"CPU median {statistics.median(j.cpu for j in jobs):.1f} s")
+        hand_cpu = statistics.median(h.cpu for h in hands)
+        print(f"pg_dump | upload by hand: best {best_hand:.1f} s, median "
+              f"{statistics.median(h.wall for h in hands):.1f} s, CPU median {hand_cpu:.1f} s")
+        pairs = statistics.median(j.wall / h.wall for j, h in zip(jobs, hands, strict=True))
+        cpu = statistics.median(j.cpu for j in jobs) / hand_cpu
+        print(f"ratio (best / best): {best_job / best_hand:.2f}, median of the runs' ratios {pairs:.2f}, CPU "
+              f"{cpu:.2f}  (goal <= 1.1)")
         print(f"load average: {os.getloadavg()[0]:.1f}")
     finally:
         s3.destroy()

@@ -36,7 +36,9 @@ REFERENCE_PATH = Path("docs") / "crd-reference.md"
 REASONS_PATH = Path("docs") / "reasons.md"
 LOCKING_PATH = Path("docs") / "locking.md"
 APPROVAL_CHANGE_PATH = Path("charts") / "alembic-operator" / "files" / "approval-change.cel"
-GENERATED = (CRD_PATH, SET_CRD_PATH, REFERENCE_PATH, REASONS_PATH, LOCKING_PATH, APPROVAL_CHANGE_PATH)
+SET_APPROVAL_CHANGE_PATH = Path("charts") / "alembic-operator" / "files" / "set-approval-change.cel"
+GENERATED = (CRD_PATH, SET_CRD_PATH, REFERENCE_PATH, REASONS_PATH, LOCKING_PATH, APPROVAL_CHANGE_PATH,
+             SET_APPROVAL_CHANGE_PATH)
 CRD_NAME = f"{c.PLURAL}.{c.GROUP}"
 SET_CRD_NAME = f"{c.SET_PLURAL}.{c.GROUP}"
 STATUS_DEFAULT: Schema = {"observedGeneration": -1}
@@ -178,13 +180,16 @@ def model_schema(model: type[BaseModel]) -> Schema:
     return structural(raw, _node(raw.get("$defs", {}), "$defs"), "")
 
 
-def openapi_schema() -> Schema:
-    """The CRD's openAPIV3Schema."""
-    spec = model_schema(DatabaseMigrationSpec)
-    status = model_schema(DatabaseMigrationStatus)
-    status = {"type": "object", "description": status["description"], "default": STATUS_DEFAULT} | {
+def status_schema(model: type[BaseModel]) -> Schema:
+    """A kind's status schema, defaulted so that a new object shows it has not been seen yet."""
+    status = model_schema(model)
+    return {"type": "object", "description": status["description"], "default": STATUS_DEFAULT} | {
         k: v for k, v in status.items() if k not in ("type", "description")
     }
+
+
+def openapi_schema() -> Schema:
+    """The CRD's openAPIV3Schema."""
     return {
         "type": "object",
         "description": (
@@ -209,8 +214,8 @@ def openapi_schema() -> Schema:
                     },
                 },
             },
-            "spec": spec,
-            "status": status,
+            "spec": model_schema(DatabaseMigrationSpec),
+            "status": status_schema(DatabaseMigrationStatus),
         },
         "x-kubernetes-validations": [dict[str, JsonValue](NAME_RULE.cel())],
     }
@@ -261,23 +266,24 @@ PRINTER_COLUMNS: list[Schema] = [
 ]
 
 
-def crd() -> Schema:
-    """The CustomResourceDefinition, as a dict."""
+def definition(kind: str, plural: str, singular: str, short_name: str, columns: list[Schema],
+               schema: Schema) -> Schema:
+    """A CustomResourceDefinition of this group: one namespaced version, stored, with a status subresource."""
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
         "metadata": {
-            "name": CRD_NAME,
+            "name": f"{plural}.{c.GROUP}",
             "labels": {"app.kubernetes.io/name": c.MANAGED_BY, "app.kubernetes.io/part-of": c.MANAGED_BY},
         },
         "spec": {
             "group": c.GROUP,
             "names": {
-                "kind": c.KIND,
-                "listKind": f"{c.KIND}List",
-                "plural": c.PLURAL,
-                "singular": c.SINGULAR,
-                "shortNames": [c.SHORT_NAME],
+                "kind": kind,
+                "listKind": f"{kind}List",
+                "plural": plural,
+                "singular": singular,
+                "shortNames": [short_name],
                 "categories": [c.CATEGORY],
             },
             "scope": "Namespaced",
@@ -287,12 +293,17 @@ def crd() -> Schema:
                     "served": True,
                     "storage": True,
                     "subresources": {"status": {}},
-                    "additionalPrinterColumns": list[JsonValue](PRINTER_COLUMNS),
-                    "schema": {"openAPIV3Schema": openapi_schema()},
+                    "additionalPrinterColumns": list[JsonValue](columns),
+                    "schema": {"openAPIV3Schema": schema},
                 }
             ],
         },
     }
+
+
+def crd() -> Schema:
+    """The DatabaseMigration CustomResourceDefinition, as a dict."""
+    return definition(c.KIND, c.PLURAL, c.SINGULAR, c.SHORT_NAME, PRINTER_COLUMNS, openapi_schema())
 
 
 def _count(name: str, field: str, description: str, priority: int = 0) -> Schema:
@@ -319,10 +330,6 @@ def set_crd() -> Schema:
     """The DatabaseMigrationSet CustomResourceDefinition, as a dict."""
     from .fleet.api import DatabaseMigrationSetSpec, DatabaseMigrationSetStatus
 
-    status = model_schema(DatabaseMigrationSetStatus)
-    status = {"type": "object", "description": status["description"], "default": STATUS_DEFAULT} | {
-        k: v for k, v in status.items() if k not in ("type", "description")
-    }
     schema: Schema = {
         "type": "object",
         "description": (
@@ -336,39 +343,10 @@ def set_crd() -> Schema:
             "kind": {"type": "string", "description": f"Kind of this object: {c.SET_KIND}."},
             "metadata": {"type": "object"},
             "spec": model_schema(DatabaseMigrationSetSpec),
-            "status": status,
+            "status": status_schema(DatabaseMigrationSetStatus),
         },
     }
-    return {
-        "apiVersion": "apiextensions.k8s.io/v1",
-        "kind": "CustomResourceDefinition",
-        "metadata": {
-            "name": SET_CRD_NAME,
-            "labels": {"app.kubernetes.io/name": c.MANAGED_BY, "app.kubernetes.io/part-of": c.MANAGED_BY},
-        },
-        "spec": {
-            "group": c.GROUP,
-            "names": {
-                "kind": c.SET_KIND,
-                "listKind": f"{c.SET_KIND}List",
-                "plural": c.SET_PLURAL,
-                "singular": c.SET_SINGULAR,
-                "shortNames": [c.SET_SHORT_NAME],
-                "categories": [c.CATEGORY],
-            },
-            "scope": "Namespaced",
-            "versions": [
-                {
-                    "name": c.VERSION,
-                    "served": True,
-                    "storage": True,
-                    "subresources": {"status": {}},
-                    "additionalPrinterColumns": list[JsonValue](SET_PRINTER_COLUMNS),
-                    "schema": {"openAPIV3Schema": schema},
-                }
-            ],
-        },
-    }
+    return definition(c.SET_KIND, c.SET_PLURAL, c.SET_SINGULAR, c.SET_SHORT_NAME, SET_PRINTER_COLUMNS, schema)
 
 
 class _Dumper(yaml.SafeDumper):
@@ -576,7 +554,8 @@ def outputs() -> dict[Path, str]:
 
     return {CRD_PATH: crd_yaml(), SET_CRD_PATH: crd_yaml(set_crd()), REFERENCE_PATH: reference_markdown(),
             REASONS_PATH: reasons.markdown(),
-            LOCKING_PATH: engines.locking_markdown(), APPROVAL_CHANGE_PATH: approvals.APPROVAL_CHANGE + "\n"}
+            LOCKING_PATH: engines.locking_markdown(), APPROVAL_CHANGE_PATH: approvals.APPROVAL_CHANGE + "\n",
+            SET_APPROVAL_CHANGE_PATH: approvals.SET_APPROVAL_CHANGE + "\n"}
 
 
 def default_root() -> Path:

@@ -2,7 +2,8 @@
 
     alembic-operator job scan    --plan-dir DIR                      [--result-file F]
     alembic-operator job backup  --store S --location L --prefix P --retain N [--location-prefix S] [--result-file F]
-    alembic-operator job restore --store S --dump REF --sha256 sha256:HEX [--lock-key K]        [--result-file F]
+    alembic-operator job restore --store S --dump REF --sha256 sha256:HEX|recorded [--lock-key K|database]
+                                                                                                [--result-file F]
     alembic-operator job current                                      [--result-file F]
 
 Each command writes one compact JSON object (< 3500 bytes: a container's termination message holds 4096) to
@@ -42,7 +43,6 @@ from sqlalchemy.exc import ArgumentError
 from . import backupstores, engines, plansql, reasons, scratchdb, sqlrules
 from .jobio import REDACT, URL_ENV, JobError, log, sanitize
 from .jobio import remember_secret as _remember_secret
-from .reconcile import contract
 from .runner.lock import LOCK_WAIT_SECONDS
 from .runner.results import RESULT_LIMIT, BackupResult, CurrentResult, RestoreResult, ScanResult, fit_list, size
 from .runner.results import write_result as write_results
@@ -125,6 +125,8 @@ def _plan_file(plan_dir: Path, name: Any) -> Path:
 
 
 def cmd_scan(plan_dir: Path) -> ScanResult:
+    from .reconcile import contract  # the decisions' package (jobs, kubernetes' models): only scan needs it
+
     path = plan_dir / "plan.json"
     try:
         plan = json.loads(path.read_text(encoding="utf-8"))
@@ -353,22 +355,50 @@ def cmd_backup(store_kind: str, location: str, prefix: str, retain: int, locatio
 # --- restore ------------------------------------------------------------------------------------------------------
 
 
-def cmd_restore(store_kind: str, dump: str, expected: str, lock_key: int | None = None,
+RECORDED: Final = "recorded"  # --sha256: the one the dump's record kept (a restore by hand of an older backup)
+DATABASE_LOCK: Final = "database"  # --lock-key: the database's migration lock, from the URL this Job got
+
+
+def cmd_restore(store_kind: str, dump: str, expected: str, lock_key: int | str | None = None,
                 lock_wait: float = LOCK_WAIT_SECONDS) -> RestoreResult:
     """The store hands the dump over once its checksum matched; the engine restores it all or nothing, holding the
-    database's migration lock (restore writes, like migrate, downgrade and stamp)."""
-    if not re.fullmatch(r"sha256:[0-9a-f]{64}", expected.strip().lower()):
-        raise JobError(reasons.INVALID_ARGUMENT, "--sha256 must be sha256:<64 hex digits>")
+    database's migration lock (restore writes, like migrate, downgrade and stamp).
+
+    `expected` ``recorded``: the checksum of the dump's record (kubectl dbm restore of a backup status no longer
+    lists); `lock_key` ``database``: the lock the operator's writers take on this database, derived here from the
+    URL (a restore by hand is created by a person, who never reads the Secret)."""
     expected = expected.strip().lower()
+    if expected != RECORDED and not backupstores.SHA256.fullmatch(expected):
+        raise JobError(reasons.INVALID_ARGUMENT, f"--sha256 must be sha256:<64 hex digits> or {RECORDED}")
     store, name = backupstores.store_kind(store_kind).open_dump(dump)
+    if expected == RECORDED:
+        expected = store.recorded_sha256(name)
+        log(f"checksum recorded with {name}: {expected}")
     _actual, size = store.verify(name, expected)
     log(f"checksum verified: {name} ({size} bytes)")
     engine, db = _engine_and_database()
-    with store.fetch(name) as local, engine.advisory_lock(db, lock_key, lock_wait):
+    if lock_key == DATABASE_LOCK:
+        url = make_url(os.environ[URL_ENV].strip())  # _engine_and_database checked it
+        lock_key = engine.lock_key(engine.database_key(url))
+    with store.fetch(name) as local, engine.advisory_lock(db, _int_or_none(lock_key), lock_wait):
         dropped = engine.restore(db, local)
     revision = _revision(engine.heads(db))
     log(f"restored {name}: the database is at revision {revision or 'base'}")
     return _fitted(RestoreResult(ok=True, revision=revision, dropped=dropped), "dropped", lambda n: f"... and {n} more")
+
+
+def _int_or_none(value: int | str | None) -> int | None:
+    return None if value is None else int(value)
+
+
+def _lock_key(text: str) -> int | str:
+    """--lock-key: a number, or ``database``."""
+    if text == DATABASE_LOCK:
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither a number nor {DATABASE_LOCK!r}") from None
 
 
 # --- rehearsal: the backup restored into a scratch database -------------------------------------------------------
@@ -437,9 +467,10 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p = command("restore", "restore a backup written by `backup`")
     p.add_argument("--store", required=True, help="the backup store that holds --dump")
     p.add_argument("--dump", required=True, help="the dump's reference, as `backup` returned it in `file`")
-    p.add_argument("--sha256", required=True)
-    p.add_argument("--lock-key", type=int, help="hold this advisory lock (the database's migration lock) while "
-                   "restoring")
+    p.add_argument("--sha256", required=True, help=f"the checksum recorded when it was taken (sha256:HEX), or "
+                   f"{RECORDED!r}: the one its record in the store kept")
+    p.add_argument("--lock-key", type=_lock_key, help="hold this advisory lock (the database's migration lock) while "
+                   f"restoring; {DATABASE_LOCK!r}: the database's own, derived from its URL")
     p.add_argument("--lock-wait-seconds", type=float, default=LOCK_WAIT_SECONDS, metavar="S",
                    help="how long to wait for that lock (default %(default)s)")
     p = command("rehearsal-restore", "create a rehearsal's scratch database and restore a backup into it")

@@ -1,14 +1,17 @@
 """Backups in object storage on the real bed: the backup Job streams the dump to a real S3-compatible server
 (SeaweedFS, relayed into the bed like the databases), a migration that destroyed data and failed is restored from
-it, and a store the Jobs cannot use stalls the run under its own reason before any migration. The keys of the
-store are in the leak check."""
+it (and again by hand, with kubectl dbm restore), and a store the Jobs cannot use stalls the run under its own
+reason before any migration. The keys of the store are in the leak check."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 from test_e2e_runs import fail_after_add
 
 from alembic_operator import constants as c
+from alembic_operator.dbm.cli import main as kubectl_dbm
 from bed.s3 import SeaweedFS
 from e2e import BASE_REVISIONS, DROP_LEGACY, E2E, R3, checksum, on_every_engine, revision
 
@@ -26,11 +29,13 @@ def s3_spec(e2e: E2E, s3: SeaweedFS, in_bed: tuple[str, int], bucket: str) -> di
 
 @on_every_engine
 def test_backups_in_the_object_store_stall_on_wrong_keys_then_restore_a_failed_migration(
-        e2e: E2E, s3: SeaweedFS, s3_in_bed: tuple[str, int], s3_bucket: str) -> None:
+        e2e: E2E, s3: SeaweedFS, s3_in_bed: tuple[str, int], s3_bucket: str,
+        capsys: pytest.CaptureFixture[str]) -> None:
     """Wrong keys: Stalled under BackupStoreAccessDenied before any migration (on PostgreSQL only: the store's
     reasons do not depend on the engine). The keys fixed (a new generation): the dump goes to the bucket, the
     migration destroys a column and fails, Auto restores the dump from the bucket (checksum verified) and the rows
-    are identical; status and history name the object, never a key."""
+    are identical; status and history name the object, never a key. Then (PostgreSQL only: the Job is the same
+    on both engines) rows are lost and kubectl dbm restore brings the same object back by hand."""
     project = e2e.project([*BASE_REVISIONS, DROP_LEGACY, fail_after_add(e2e)], transaction_per_migration=True)
     e2e.upgrade_directly(project, R3)
     e2e.seed()
@@ -72,3 +77,14 @@ def test_backups_in_the_object_store_stall_on_wrong_keys_then_restore_a_failed_m
                       and j["metadata"]["labels"][c.GENERATION_LABEL] == generation)
     pod = backup_job["spec"]["template"]["spec"]
     assert [v["name"] for v in pod["volumes"]] == ["work"]  # no volume: the dump streams to the bucket
+    if e2e.kind.name != "postgresql":
+        return
+    e2e.db.query("DELETE FROM orders")
+    rc = kubectl_dbm(["restore", "shop", st["backup"]["location"], "--yes", "-o", "json", "-n", e2e.ns,
+                      "--kubeconfig", str(e2e.bed.kubeconfig)])
+    said = json.loads(capsys.readouterr().out)
+    assert rc == 0 and said["ok"] and said["backup"] == st["backup"]["location"], said
+    assert revision(e2e.db) == R3
+    assert checksum(e2e.db, "orders", ORDERS) + checksum(e2e.db, "customers", "id, name") == before
+    by_hand = [j for j in e2e.cluster.jobs("shop") if j["metadata"]["labels"][c.ROLE_LABEL] == "restore-by-hand"]
+    assert [j["metadata"]["annotations"][f"{c.GROUP}/backup"] for j in by_hand] == [st["backup"]["location"]]

@@ -11,9 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy.engine import make_url
 
-from alembic_operator import jobtools
+from alembic_operator import engines, jobtools
 from alembic_operator.api import parse_spec
+from alembic_operator.dbstate import database_key
 from alembic_operator.jobparts import manifest
 from alembic_operator.jobs import Owner, build_job
 from alembic_operator.sqlscan import RULES
@@ -184,6 +186,29 @@ def test_restore_waits_for_the_migration_lock_and_restores_nothing_without_it(
     assert run.rc == 0, run
     assert relations(database) == {"public.orders", "public.alembic_version"}
     assert "took the migration lock (advisory lock -4242)" in run.err
+
+
+def test_a_restore_by_hand_verifies_the_recorded_checksum_and_takes_the_databases_own_lock(
+        database: Database, job: Any, tmp_path: Path) -> None:
+    """kubectl dbm restore's Job: --sha256 recorded (the dump's record in the store) and --lock-key database (the
+    lock the operator's writers take on this database, derived from the URL in the Job): it waits for a migration
+    holding that lock and restores nothing meanwhile; then it restores."""
+    seed(database)
+    file, _sha = backup(database, job, tmp_path)
+    failed_migration(database)
+    url = make_url(database.url)
+    key = engines.for_url(url).lock_key(database_key(url))  # what act.py passes the operator's Jobs
+    by_hand = ["restore", "--store", "volume", "--dump", file, "--sha256", "recorded", "--lock-key", "database",
+               "--lock-wait-seconds", "1"]
+    with database.connect() as holder:
+        holder.execute("SELECT pg_advisory_lock(%s)", (key,))
+        run = job(database.url, *by_hand)
+        assert run.rc == 1 and run.result["reason"] == "LockTimeout", run
+        assert f"advisory lock {key}" in run.result["message"] and "public.invoices" in relations(database)
+    run = job(database.url, *by_hand)
+    assert run.rc == 0 and run.result["revision"] == "a1", run
+    assert "checksum recorded with" in run.err and "checksum verified" in run.err
+    assert relations(database) == {"public.orders", "public.alembic_version"}
 
 
 def test_restore_with_nothing_extra_uses_pg_restore_directly(database: Database, job: Any, tmp_path: Path) -> None:

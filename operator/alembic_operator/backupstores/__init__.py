@@ -12,6 +12,7 @@ one (S3, ...) means adding one module here (it is found and imported on the firs
 from .base import (
     PREFIX,
     REGISTRY,
+    SHA256,
     BackupStore,
     StoredDump,
     StoreError,
@@ -24,5 +25,5 @@ from .base import (
     wiring_for,
 )
 
-__all__ = ["PREFIX", "REGISTRY", "BackupStore", "StoreError", "StoredDump", "dump_name", "dump_pattern", "newest_first",
-           "open_store", "store_kind", "to_prune", "wiring_for"]
+__all__ = ["PREFIX", "REGISTRY", "SHA256", "BackupStore", "StoreError", "StoredDump", "dump_name", "dump_pattern",
+           "newest_first", "open_store", "store_kind", "to_prune", "wiring_for"]

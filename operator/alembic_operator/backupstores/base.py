@@ -22,6 +22,7 @@ them, the heads say at which revision the database was.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
@@ -41,6 +42,7 @@ from ..reasons import Reason
 Config = TypeVar("Config")
 
 TIMESTAMP: Final = "%Y%m%dT%H%M%SZ"
+SHA256: Final = re.compile(r"sha256:[0-9a-f]{64}")
 PREFIX: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
@@ -156,6 +158,26 @@ class BackupStore(ABC, Generic[Config]):
     @abstractmethod
     def fetch(self, name: str) -> AbstractContextManager[Path]:
         """A local file holding dump `name` for the time of the block."""
+
+    @abstractmethod
+    def read_record(self, name: str) -> bytes | None:
+        """The JSON record of dump `name` as written (``<name>.json``), None when there is none."""
+
+    def recorded_sha256(self, name: str) -> str:
+        """The checksum the record of dump `name` kept when it was taken: a restore by hand names a backup that
+        status may no longer list, and still verifies the dump against what was recorded."""
+        raw = self.read_record(name)
+        if raw is None:
+            raise StoreError(reasons.BACKUP_NOT_FOUND, f"the backup {self.reference(name)} has no record "
+                             f"({name}.json): it is not a complete backup (an interrupted one, or not a backup at all)")
+        try:
+            sha = json.loads(raw).get("sha256")
+        except (ValueError, AttributeError):
+            sha = None
+        if not isinstance(sha, str) or not SHA256.fullmatch(sha):
+            raise StoreError(reasons.BACKUP_CORRUPT, f"the record of {self.reference(name)} holds no checksum "
+                             "(sha256:<hex>): nothing was restored")
+        return sha
 
     def verify(self, name: str, expected: str) -> tuple[str, int]:
         """The dump's (checksum, size) if its checksum is `expected`, else BackupCorrupt."""

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import fcntl
 import hashlib
 import io
 import json
@@ -89,6 +90,7 @@ PARTS_IN_FLIGHT: Final = 4  # parts uploading at once
 PARTS_AHEAD: Final = 8  # parts read and waiting for an upload slot, so that a slow part never stalls the dump:
 # memory is about (PARTS_AHEAD + 1) x the part size (144 MiB with 16 MiB parts)
 _CHUNK: Final = 1 << 20
+PIPE_BUFFER: Final = 1 << 20  # the system's default ceiling for an unprivileged process (fs.pipe-max-size)
 _RECORD: Final = ".json"
 
 
@@ -279,6 +281,14 @@ class _Upload:
             self.parts.append((number, answer["ETag"], digest))
 
 
+def _widen(fd: int) -> None:
+    """Give the pipe PIPE_BUFFER bytes (Linux's default is 64 KiB): the dump tool keeps writing while the reader
+    hashes a part or waits for the GIL (a 64 KiB pipe fills in milliseconds and stalls pg_dump). Best effort: a
+    smaller system limit (fs.pipe-max-size) keeps the default."""
+    with contextlib.suppress(OSError, AttributeError):
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_BUFFER)
+
+
 def _read_full(src: io.FileIO, size: int) -> bytes:
     """Up to `size` bytes from `src`, fewer only at its end."""
     buf = bytearray(size)
@@ -453,6 +463,7 @@ class S3Store(BackupStore[S3Spec]):
                 **self.settings.encryption())["UploadId"]  # type: ignore[arg-type]
         upload = _Upload(self.client, self.bucket, key, upload_id, self.settings.part_size)
         read_fd, write_fd = os.pipe()
+        _widen(write_fd)
         pump = threading.Thread(target=upload.pump, args=(read_fd,), name="s3-upload", daemon=True)
         pump.start()
         out = os.fdopen(write_fd, "wb")
@@ -517,6 +528,19 @@ class S3Store(BackupStore[S3Spec]):
             self.client.put_object(Bucket=self.bucket, Key=self._key(name + _RECORD),
                                    Body=(json.dumps(record, indent=2) + "\n").encode(),
                                    ContentType="application/json", **self.settings.encryption())  # type: ignore[arg-type]
+
+    def read_record(self, name: str) -> bytes | None:
+        from botocore.exceptions import ClientError
+
+        key = self._key(name + _RECORD)
+        try:
+            return self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+        except ClientError as err:
+            if str(err.response.get("Error", {}).get("Code")) in ("NoSuchKey", "404"):
+                return None
+            raise self._fail(err, f"reading s3://{self.bucket}/{key}") from None
+        except Exception as err:
+            raise self._fail(err, f"reading s3://{self.bucket}/{key}") from None
 
     def _names(self) -> list[str]:
         """The object names directly under the location."""

@@ -178,3 +178,11 @@ class VolumeStore(BackupStore[Mapping[str, JsonValue]]):
     @contextlib.contextmanager
     def fetch(self, name: str) -> Iterator[Path]:
         yield self._path(name)
+
+    def read_record(self, name: str) -> bytes | None:
+        try:
+            return self._path(f"{name}.json").read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as err:
+            raise StoreError(reasons.BACKUP_FAILED, f"cannot read the record of {name}: {err.strerror}") from None

@@ -521,17 +521,11 @@ class MySQL(Engine[Database]):
                                        error_message=f"cannot read {target.where}: {redact_urls(str(err), url)}")
         return observation(heads, names)
 
-    def connect(self, url: URL) -> Database:
-        return database(url)
-
-    def snapshot(self, db: Database) -> contextlib.AbstractContextManager[Snapshot]:
-        return _snapshot(db)
-
-    def advisory_lock(self, db: Database, key: int | None, timeout: float) -> contextlib.AbstractContextManager[None]:
-        return advisory_lock(db, key, timeout)
-
-    def restore(self, db: Database, path: Path) -> list[str]:
-        return restore(db, path)
+    # The Job side is this module's functions (documented on the base class).
+    connect = staticmethod(database)
+    snapshot = staticmethod(_snapshot)
+    advisory_lock = staticmethod(advisory_lock)
+    restore = staticmethod(restore)
 
     def heads(self, db: Database) -> list[str]:
         conn = db.connect()

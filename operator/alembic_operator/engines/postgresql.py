@@ -503,17 +503,11 @@ class PostgreSQL(Engine[Database]):
                   for v in ([value] if isinstance(value, str) else value)]
         return [*super().secrets(url), *values]
 
-    def connect(self, url: URL) -> Database:
-        return database(url)
-
-    def snapshot(self, db: Database) -> contextlib.AbstractContextManager[Snapshot]:
-        return _snapshot(db)
-
-    def advisory_lock(self, db: Database, key: int | None, timeout: float) -> contextlib.AbstractContextManager[None]:
-        return advisory_lock(db, key, timeout)
-
-    def restore(self, db: Database, path: Path) -> list[str]:
-        return restore(db, path)
+    # The Job side is this module's functions (documented on the base class).
+    connect = staticmethod(database)
+    snapshot = staticmethod(_snapshot)
+    advisory_lock = staticmethod(advisory_lock)
+    restore = staticmethod(restore)
 
     def heads(self, db: Database) -> list[str]:
         with db.connect(autocommit=True) as conn:
