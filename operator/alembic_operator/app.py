@@ -40,8 +40,8 @@ class QuietSuccess(logging.Filter):
     """Drop Kopf's "... succeeded." lines of the handlers that run for every event: the wake-ups, the gate's watch
     and timer, the webhook (one per pod created)."""
 
-    QUIET = ("'job_changed'", "'migration_changed'", "'set_changed'", "'gate-migration'", f"'{webhook.HANDLER_ID}'",
-             f"'{webhook.APPROVAL_HANDLER_ID}'")
+    QUIET = ("'job_changed'", "'migration_changed'", "'set_changed'", "'gate-migration'", "'gate-set'",
+             f"'{webhook.HANDLER_ID}'", f"'{webhook.APPROVAL_HANDLER_ID}'", f"'{webhook.SET_APPROVAL_HANDLER_ID}'")
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
@@ -54,7 +54,7 @@ class Operator:
     def __init__(self, config: OperatorConfig) -> None:
         self.config = config
         self.keeper = release.Gatekeeper()
-        self.fleet = Fleet()  # DatabaseMigrationSets (with the reconciler)
+        self.fleet = Fleet(governed=config.webhook.enabled)  # DatabaseMigrationSets (with the reconciler)
         self._ctx: indexes.Context | None = None
         self.settings: kopf.OperatorSettings | None = None
         self._sweeper: asyncio.Task[None] | None = None
@@ -190,6 +190,11 @@ def registry(config: OperatorConfig) -> tuple[kopf.OperatorRegistry, Operator]:
     async def gate_migration_changed(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
         op.keeper.migration_seen(event.get("type"), dict(body))
 
+    @kopf.on.event(c.GROUP, c.VERSION, c.SET_PLURAL, id="gate-set", registry=reg)
+    async def gate_set_changed(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
+        if event.get("type") != "DELETED":
+            op.keeper.set_seen(dict(body))
+
     # --- the webhook: holding labelled pods at creation ---------------------------------------------------------
     if config.webhook.enabled:
         @kopf.on.mutate("v1", "pods", id=webhook.HANDLER_ID, operations=["CREATE"],
@@ -205,6 +210,13 @@ def registry(config: OperatorConfig) -> tuple[kopf.OperatorRegistry, Operator]:
                                    logger: indexes.Logger, **kwargs: Any) -> None:
             await webhook.govern_approvals(op.ctx.kube, config.webhook, body, kwargs.get("old"), userinfo,
                                            patch, logger)
+
+        @kopf.on.mutate(c.GROUP, c.VERSION, c.SET_PLURAL, id=webhook.SET_APPROVAL_HANDLER_ID,
+                        operations=["CREATE", "UPDATE"], side_effects=False, registry=reg)
+        async def govern_set_approvals(body: kopf.Body, userinfo: kopf.UserInfo, patch: kopf.Patch,
+                                       logger: indexes.Logger, **kwargs: Any) -> None:
+            await webhook.govern_set_approvals(op.ctx.kube, config.webhook, body, kwargs.get("old"), userinfo,
+                                               patch, logger)
 
     return reg, op
 

@@ -14,6 +14,7 @@ operator outage never blocks ordinary edits (nor lets an approval or a forged re
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -150,3 +151,79 @@ def approved_by(annotations: dict[str, str], plan_hash: str | None) -> str | Non
     """The user who approved this exact plan, from the webhook's record (None: not recorded for this hash)."""
     user, _, approved = (annotations.get(APPROVED_BY) or "").rpartition(" ")
     return user if user and plan_hash and approved == plan_hash else None
+
+
+# --- a DatabaseMigrationSet's approval: one person, one plan hash, every member whose plan has it -----------------
+# The set carries `approve: <hash>[,<hash>...]` (one hash per plan its members showed), and the webhook records who
+# approved each in `approved-by` as JSON ({"<hash>": "<username>"}): several people may approve several plans of
+# one rollout, each named for their own. Members never get an approval written by the operator: a member's decision
+# reads its owning set's record (fleet.approval).
+
+SET_HASHES_MAX = 20  # hashes one set's annotation keeps (a rollout whose members disagree on more is broken)
+
+
+def set_hashes(value: str | None) -> list[str]:
+    """The plan hashes a set's approve annotation names, in order, without repeats."""
+    return list(dict.fromkeys(h.strip() for h in (value or "").split(",") if h.strip()))[:SET_HASHES_MAX]
+
+
+def set_record(annotations: Mapping[str, str]) -> dict[str, str]:
+    """The webhook's record on a set: plan hash -> the user who approved it (empty when absent or not ours)."""
+    try:
+        raw = json.loads(annotations.get(APPROVED_BY) or "{}")
+    except ValueError:
+        return {}
+    return {k: v for k, v in raw.items() if isinstance(k, str) and isinstance(v, str)} if isinstance(raw, dict) else {}
+
+
+def set_approves(old: Body | None, new: Body) -> list[str]:
+    """The hashes this request approves on a set (empty: none; removing a hash approves nothing)."""
+    before = set(set_hashes(_annotations(old).get(c.APPROVE_ANNOTATION)))
+    return [h for h in set_hashes(_annotations(new).get(c.APPROVE_ANNOTATION)) if h not in before]
+
+
+def set_identity_patch(old: Body | None, new: Body, user: User) -> dict[str, str | None]:
+    """A set's identity annotations as this request must leave them: who changed the spec; who approved each hash
+    still named (a hash approved before keeps its approver; one this request adds is this user's)."""
+    before, after = _annotations(old), _annotations(new)
+    kept = set_record(before)
+    named_before = set(set_hashes(before.get(c.APPROVE_ANNOTATION)))
+    record = {h: (kept[h] if h in named_before and h in kept else user.username)
+              for h in set_hashes(after.get(c.APPROVE_ANNOTATION))}
+    want: dict[str, str | None] = {
+        SPEC_CHANGED_BY: user.username if spec_changed(old, new) else before.get(SPEC_CHANGED_BY),
+        APPROVED_BY: json.dumps(record, sort_keys=True, separators=(",", ":")) if record else None}
+    return {key: value for key, value in want.items() if after.get(key) != value}
+
+
+def set_four_eyes(old: Body | None, new: Body, user: User, required_everywhere: bool) -> str | None:
+    """The four-eyes rule on a set: its approver must not be the user who last changed its spec (the template's
+    spec.approval.requireDifferentUser asks for it, or the chart for every resource)."""
+    template = _object(_object(new.get("spec")).get("template"))
+    required = required_everywhere or bool(_object(template.get("approval")).get("requireDifferentUser"))
+    if not required or not set_approves(old, new):
+        return None
+    changed_by = user.username if spec_changed(old, new) else _annotations(old).get(SPEC_CHANGED_BY, "")
+    if changed_by and changed_by == user.username:
+        return (f"{user.username} changed the spec of this DatabaseMigrationSet, and its approval needs another user "
+                "(spec.template.approval.requireDifferentUser): ask a reviewer to approve it")
+    return None
+
+
+def set_refusal(user: User, namespace: str, name: str, hashes: list[str]) -> str:
+    return (f"{user.username} may not approve databasemigrationsets/{name} in namespace {namespace} (plan "
+            f"{', '.join(hashes)}): approving needs the '{VERB}' verb on databasemigrationsets.{c.GROUP} "
+            "(bind the ClusterRole alembic-operator-approver to reviewers, in this namespace)")
+
+
+def _cel_set_approval_change() -> str:
+    annotation = (f"({_cel_annotation('object')} != '' && {_cel_annotation('object')} != "
+                  f"(oldObject == null ? '' : {_cel_annotation('oldObject')}))")
+    record = [f"({_cel_annotation('object', key)} != (oldObject == null ? '' : {_cel_annotation('oldObject', key)}))"
+              for key in IDENTITY_ANNOTATIONS]
+    return " || ".join([annotation, *record])
+
+
+# The requests on a set that fail closed: any change of its approve annotation but its removal, and any touch of
+# its identity record (a hash removed from a longer list goes there too: the webhook then drops its record).
+SET_APPROVAL_CHANGE = _cel_set_approval_change()

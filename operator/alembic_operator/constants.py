@@ -17,6 +17,8 @@ SPEC_CHANGED_BY_ANNOTATION: Final = f"{GROUP}/spec-changed-by"  # written by the
 APPROVED_BY_ANNOTATION: Final = f"{GROUP}/approved-by"  # written by the webhook only: "<username> <plan hash>"
 WAIT_FOR_LABEL: Final = f"{GROUP}/wait-for"  # on pod templates: the DatabaseMigration's name
 REVISION_ANNOTATION: Final = f"{GROUP}/revision"  # on pod templates: the revision the pod needs
+# on pod templates: "DatabaseMigrationSet" when wait-for names a set (every one of its DatabaseMigrations)
+WAIT_FOR_KIND_ANNOTATION: Final = f"{GROUP}/wait-for-kind"
 SCHEDULING_GATE: Final = f"{GROUP}/schema"  # the gate put on held pods
 
 # Labels the operator puts on what it creates.

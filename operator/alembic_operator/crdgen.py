@@ -36,7 +36,9 @@ REFERENCE_PATH = Path("docs") / "crd-reference.md"
 REASONS_PATH = Path("docs") / "reasons.md"
 LOCKING_PATH = Path("docs") / "locking.md"
 APPROVAL_CHANGE_PATH = Path("charts") / "alembic-operator" / "files" / "approval-change.cel"
-GENERATED = (CRD_PATH, SET_CRD_PATH, REFERENCE_PATH, REASONS_PATH, LOCKING_PATH, APPROVAL_CHANGE_PATH)
+SET_APPROVAL_CHANGE_PATH = Path("charts") / "alembic-operator" / "files" / "set-approval-change.cel"
+GENERATED = (CRD_PATH, SET_CRD_PATH, REFERENCE_PATH, REASONS_PATH, LOCKING_PATH, APPROVAL_CHANGE_PATH,
+             SET_APPROVAL_CHANGE_PATH)
 CRD_NAME = f"{c.PLURAL}.{c.GROUP}"
 SET_CRD_NAME = f"{c.SET_PLURAL}.{c.GROUP}"
 STATUS_DEFAULT: Schema = {"observedGeneration": -1}
@@ -552,7 +554,8 @@ def outputs() -> dict[Path, str]:
 
     return {CRD_PATH: crd_yaml(), SET_CRD_PATH: crd_yaml(set_crd()), REFERENCE_PATH: reference_markdown(),
             REASONS_PATH: reasons.markdown(),
-            LOCKING_PATH: engines.locking_markdown(), APPROVAL_CHANGE_PATH: approvals.APPROVAL_CHANGE + "\n"}
+            LOCKING_PATH: engines.locking_markdown(), APPROVAL_CHANGE_PATH: approvals.APPROVAL_CHANGE + "\n",
+            SET_APPROVAL_CHANGE_PATH: approvals.SET_APPROVAL_CHANGE + "\n"}
 
 
 def default_root() -> Path:

@@ -8,6 +8,12 @@ A pod whose labels carry ``migrations.alembic-operator.io/wait-for: <DatabaseMig
   status.targetRevision``);
 - with it: the database is at that revision or at a descendant of it, whatever the resource is doing.
 
+A pod that needs a whole DatabaseMigrationSet (every tenant's database migrated, e.g. a service that reads them all)
+adds the annotation ``migrations.alembic-operator.io/wait-for-kind: DatabaseMigrationSet``: ``wait-for`` then names
+the set, and the requirement holds for every one of its DatabaseMigrations (:func:`evaluate_set`), the set itself
+Ready at its generation when no revision is named. A tenant's own pods keep waiting for their own tenant's
+DatabaseMigration (``<set>-<secret>``).
+
 A pod whose requirement is not met when it is created gets the scheduling gate ``constants.SCHEDULING_GATE`` (the
 admission webhook, :mod:`alembic_operator.webhook`); the gate is removed as soon as the requirement is met
 (:mod:`alembic_operator.release`). Nothing here talks to Kubernetes: the functions take the objects as dicts, as
@@ -53,12 +59,18 @@ SCHEMA_CONTRACTED = reasons.SCHEMA_CONTRACTED
 
 @dataclass(frozen=True)
 class Requirement:
-    """What a pod waits for: a DatabaseMigration (same namespace) and, optionally, a revision."""
+    """What a pod waits for: a DatabaseMigration (same namespace), or every one of a DatabaseMigrationSet's (kind),
+    and, optionally, a revision."""
 
     migration: str
     revision: str | None = None
+    kind: str = c.KIND  # or c.SET_KIND
 
     def describe(self) -> str:
+        if self.kind == c.SET_KIND:
+            every = f"every DatabaseMigration of DatabaseMigrationSet {self.migration}"
+            return f"{every} to reach revision {self.revision}" if self.revision else \
+                f"{every} to be Ready at its target revision"
         if self.revision:
             return f"the database of DatabaseMigration {self.migration} to reach revision {self.revision}"
         return f"DatabaseMigration {self.migration} to be Ready at its target revision"
@@ -82,8 +94,11 @@ def requirement_of(meta: Obj | None) -> Requirement | None:
     name = str((meta.get("labels") or {}).get(c.WAIT_FOR_LABEL) or "").strip()
     if not name:
         return None
-    revision = str((meta.get("annotations") or {}).get(c.REVISION_ANNOTATION) or "").strip()
-    return Requirement(name, None if revision.lower() in ("", "head") else revision)
+    annotations = meta.get("annotations") or {}
+    revision = str(annotations.get(c.REVISION_ANNOTATION) or "").strip()
+    kind = c.SET_KIND if str(annotations.get(c.WAIT_FOR_KIND_ANNOTATION) or "").strip().lower() in (
+        c.SET_KIND.lower(), c.SET_SHORT_NAME) else c.KIND
+    return Requirement(name, None if revision.lower() in ("", "head") else revision, kind)
 
 
 # --- the DatabaseMigration's side ---------------------------------------------------------------------------------
@@ -280,6 +295,54 @@ def evaluate(requirement: Requirement, dbm: Obj | None) -> Verdict:
     return Verdict(False, WAITING_FOR_REVISION, f"waiting for {requirement.describe()} ({_state_of(dbm)})")
 
 
+# --- a whole DatabaseMigrationSet ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SetView:
+    """A DatabaseMigrationSet (None: it does not exist) and its DatabaseMigrations, read together."""
+
+    set: Obj | None
+    members: tuple[Obj, ...] = ()
+
+
+def evaluate_set(requirement: Requirement, view: SetView | None) -> Verdict:
+    """Is the requirement met by every DatabaseMigration of the set? Every target must have its DatabaseMigration
+    (the set's status counts them), each meets the requirement as a pod of its own would, and without a revision the
+    set is Ready at its generation (a new template is a new rollout: its old Ready does not count)."""
+    name = requirement.migration
+    if view is None or view.set is None:
+        return Verdict(False, MIGRATION_NOT_FOUND,
+                       f"waiting for {requirement.describe()}, but DatabaseMigrationSet {name} does not exist in "
+                       f"this namespace: create it, or fix the label {c.WAIT_FOR_LABEL}")
+    meta, status = view.set.get("metadata") or {}, view.set.get("status") or {}
+    members = sorted((m for m in view.members if not (m.get("metadata") or {}).get("deletionTimestamp")),
+                     key=lambda m: str((m.get("metadata") or {}).get("name")))
+    counts = status.get("counts") or {}
+    cond = _condition(status, c.READY) or {}
+    current = status.get("observedGeneration") == meta.get("generation")
+    ready = current and cond.get("status") == "True" and cond.get("observedGeneration", status.get(
+        "observedGeneration")) == meta.get("generation")
+    progress = (f"DatabaseMigrationSet {name}: {counts.get('ready', 0)}/{counts.get('total', 0)} Ready, wave "
+                f"{status.get('waveName') or '-'}, {cond.get('reason') or 'not processed yet'}")
+    if not current or (requirement.revision is None and not ready) or counts.get("total", 0) != len(members):
+        return Verdict(False, NOT_READY, f"waiting for {requirement.describe()} ({progress})")
+    for member in members:
+        verdict = evaluate(Requirement(str((member.get("metadata") or {}).get("name")), requirement.revision), member)
+        if not verdict.met:
+            return Verdict(False, verdict.reason, f"waiting for {requirement.describe()}: {verdict.message}")
+    if requirement.revision is None:
+        return Verdict(True, READY_AT_TARGET, f"DatabaseMigrationSet {name} is Ready: its {len(members)} "
+                       "DatabaseMigration(s) are Ready at their target revision")
+    return Verdict(True, REVISION_REACHED, f"the {len(members)} database(s) of DatabaseMigrationSet {name} are at "
+                   f"revision {requirement.revision} or a descendant of it")
+
+
+def verdict_of(requirement: Requirement, dbm: Obj | None, view: SetView | None = None) -> Verdict:
+    """The requirement's verdict, on the DatabaseMigration it names or on the set (kind)."""
+    return evaluate_set(requirement, view) if requirement.kind == c.SET_KIND else evaluate(requirement, dbm)
+
+
 # --- the pod's side -----------------------------------------------------------------------------------------------
 
 
@@ -323,15 +386,16 @@ class Admission:
     warning: str | None = None
 
 
-def admit(pod: Obj, dbm: Obj | None, excluded_namespaces: Iterable[str] = ()) -> Admission:
-    """Decide at creation. Unlabelled pods, pods whose requirement is met and pods already gated pass unchanged."""
+def admit(pod: Obj, dbm: Obj | None, excluded_namespaces: Iterable[str] = (), view: SetView | None = None) -> Admission:
+    """Decide at creation. Unlabelled pods, pods whose requirement is met and pods already gated pass unchanged.
+    `view`: the set and its DatabaseMigrations, for a pod that waits for a set."""
     meta = pod.get("metadata") or {}
     requirement = requirement_of(meta)
     if requirement is None or meta.get("namespace") in set(excluded_namespaces):
         return Admission(hold=False)
     if has_gate(pod):
         return Admission(hold=False)  # gated in its template already: the release loop handles it
-    verdict = evaluate(requirement, dbm)
+    verdict = verdict_of(requirement, dbm, view)
     if verdict.met:
         return Admission(hold=False, verdict=verdict)
     if (pod.get("spec") or {}).get("nodeName"):
@@ -350,10 +414,12 @@ class PodVerdict:
     verdict: Verdict
 
 
-def review_pods(pods: Iterable[Obj], migrations: Mapping[tuple[str, str], Obj]) -> list[PodVerdict]:
+def review_pods(pods: Iterable[Obj], migrations: Mapping[tuple[str, str], Obj],
+                sets: Mapping[tuple[str, str], SetView] | None = None) -> list[PodVerdict]:
     """For each pod that carries our gate and a requirement: is the requirement met now?
 
-    ``migrations`` maps (namespace, name) to the DatabaseMigration; a missing key means it does not exist.
+    ``migrations`` maps (namespace, name) to the DatabaseMigration; a missing key means it does not exist. ``sets``
+    the same for DatabaseMigrationSets (pods that wait for a whole set).
     Pods without our gate (released, or never held) and pods being deleted are left out.
     """
     out: list[PodVerdict] = []
@@ -363,8 +429,9 @@ def review_pods(pods: Iterable[Obj], migrations: Mapping[tuple[str, str], Obj]) 
         if requirement is None or not has_gate(pod) or meta.get("deletionTimestamp"):
             continue
         namespace, name = pod_key(pod)
-        dbm = migrations.get((namespace, requirement.migration))
-        out.append(PodVerdict(namespace, name, str(meta.get("uid") or ""), requirement, evaluate(requirement, dbm)))
+        key = (namespace, requirement.migration)
+        out.append(PodVerdict(namespace, name, str(meta.get("uid") or ""), requirement,
+                              verdict_of(requirement, migrations.get(key), (sets or {}).get(key))))
     return out
 
 

@@ -22,6 +22,7 @@ from . import freshness, kube, metrics
 from .api import WRITING_STEPS, RunStatus
 from .config import OperatorConfig
 from .dbstate import DatabaseTarget, read_revision
+from .fleet.approval import SetApprovals
 from .kept import KeptObjects, job_summary, resource_version, without_managed_fields
 from .notify.send import Notifier
 from .objects import Job, Migration, Object, job, migration
@@ -70,6 +71,8 @@ class Runtime:
         self.slots = asyncio.Lock()
         self.scheduler: Scheduler | None = None
         self.notifier: Notifier | None = None  # delivers status.notifications (notify/)
+        # DatabaseMigrationSets' approvals by (namespace, set), kept by the fleet: what their members count.
+        self.set_approvals: dict[Ref, SetApprovals] = {}
         self.revisions: freshness.RevisionReader[DatabaseObservation] = freshness.RevisionReader(
             lambda target: read_revision(cast(DatabaseTarget, target)))
         self._trim: asyncio.TimerHandle | None = None

@@ -257,6 +257,19 @@ class Client:
         with contextlib.suppress(NotFound):
             await self.request("DELETE", self._migration_path(namespace, name))
 
+    async def get_set(self, namespace: str, name: str) -> JsonObject | None:
+        """A DatabaseMigrationSet, read fresh (a pod that waits for the whole set is decided on it)."""
+        try:
+            return await self.request("GET", self._set_path(namespace, name))
+        except NotFound:
+            return None
+
+    async def list_set_members(self, namespace: str, name: str) -> list[objects.Migration]:
+        """The DatabaseMigrations a set owns (its label), read fresh."""
+        listed = await self.request("GET", f"/apis/{c.GROUP}/{c.VERSION}/namespaces/{namespace}/{c.PLURAL}",
+                                    params={"labelSelector": f"{c.SET_LABEL}={name}"})
+        return [objects.migration(item) for item in _items(listed)]
+
     async def patch_set_status(self, namespace: str, name: str, patch: Mapping[str, JsonValue]) -> JsonObject:
         with contextlib.suppress(NotFound):
             return await self.request("PATCH", self._set_path(namespace, name) + "/status", {"status": patch},
@@ -389,11 +402,12 @@ class Client:
 
     # --- authorization ------------------------------------------------------------------------------------------
     async def may(self, username: str, uid: str, groups: list[str], extra: dict[str, list[str]], verb: str,
-                  namespace: str, name: str) -> tuple[bool, str]:
-        """(allowed, the authorizer's reason): a SubjectAccessReview of `verb` on one DatabaseMigration for a user."""
+                  namespace: str, name: str, resource: str = c.PLURAL) -> tuple[bool, str]:
+        """(allowed, the authorizer's reason): a SubjectAccessReview of `verb` on one DatabaseMigration (or one
+        DatabaseMigrationSet: `resource`) for a user."""
         review = {"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview", "spec": {
             "user": username, "uid": uid, "groups": groups, "extra": extra,
-            "resourceAttributes": {"namespace": namespace, "verb": verb, "group": c.GROUP, "resource": c.PLURAL,
+            "resourceAttributes": {"namespace": namespace, "verb": verb, "group": c.GROUP, "resource": resource,
                                    "name": name}}}
         result = await self.request("POST", "/apis/authorization.k8s.io/v1/subjectaccessreviews", review)
         status = result.get("status") or {}

@@ -6,7 +6,8 @@ depending on the decisions made from it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cached_property
 from typing import Literal
@@ -86,6 +87,8 @@ class Observation:
     rehearse_by_default: bool = False  # the chart's rehearsal.enabled: spec.rehearsal.enabled unset means this
     job_queue: str | None = None  # set when the operator-wide Job cap is reached: why no Job may start now
     app_pods: AppPods | None = None  # read while a contract part waits for the older version (None: not read)
+    # Plan hash -> who approved it for the whole DatabaseMigrationSet that owns this resource (fleet.approval).
+    set_approvals: Mapping[str, str] = field(default_factory=dict)
 
     @cached_property
     def parsed(self) -> DatabaseMigrationSpec | SpecError:

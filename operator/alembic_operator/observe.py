@@ -23,6 +23,7 @@ from .api import (
     parse_status,
 )
 from .dbstate import DatabaseError, DatabaseTarget, decode_secret_value, parse_url, sanitize
+from .fleet.approval import member_approvals
 from .indexes import GENERATIONS_KEPT, Context, Ref, job_generation, job_instance, job_state
 from .jobs import ROLES
 from .objects import Job, Migration, Pod
@@ -70,6 +71,8 @@ async def observe(ctx: Context, obj: Migration,
         now=datetime.now(UTC), busy_with=ctx.runtime.busy_with(target.key, ref) if target else None,
         database_lineage=lineage, database_moved_by=moved_by, app_pods=app_pods,
         rehearse_by_default=ctx.config.rehearse_by_default,
+        set_approvals=member_approvals(obj, ctx.runtime.set_approvals.get(
+            (namespace, str((meta.get("labels") or {}).get(c.SET_LABEL) or "")))),
     )
     return obs, target
 

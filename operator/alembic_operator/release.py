@@ -29,6 +29,7 @@ import logging
 import time
 from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, field
+from typing import cast
 
 import kopf
 
@@ -62,9 +63,10 @@ def pod_ref(namespace: str, name: str, uid: str) -> kopf.Body:
                       "metadata": {"namespace": namespace, "name": name, "uid": uid}})
 
 
-def migration_ref(dbm: Migration) -> kopf.Body:
-    meta = dbm.get("metadata") or {}
-    return kopf.Body({"apiVersion": c.API_VERSION, "kind": c.KIND,
+def migration_ref(dbm: Mapping[str, object]) -> kopf.Body:
+    """The object an Event names: a DatabaseMigration, or the DatabaseMigrationSet pods wait for."""
+    meta = cast(objects.ObjectMeta, dbm.get("metadata") or {})
+    return kopf.Body({"apiVersion": c.API_VERSION, "kind": str(dbm.get("kind") or c.KIND),
                       "metadata": {"namespace": str(meta.get("namespace")), "name": str(meta.get("name")),
                                    "uid": str(meta.get("uid"))}})
 
@@ -117,6 +119,22 @@ class Gatekeeper:
             self.kick(key)
         elif key in self.held:
             del self.held[key]
+        owner = (meta.get("labels") or {}).get(c.SET_LABEL)
+        if owner and self.held.get((key[0], owner)):
+            self.kick((key[0], owner))  # a member changed: pods that wait for its whole set may go
+
+    def set_seen(self, raw: Mapping[str, object]) -> None:
+        """A DatabaseMigrationSet changed (its status: Ready): pods waiting for it are looked at again."""
+        meta = cast(objects.ObjectMeta, raw.get("metadata") or {})
+        key = (str(meta.get("namespace")), str(meta.get("name")))
+        if self.held.get(key):
+            self.kick(key)
+
+    async def read_set(self, namespace: str, name: str) -> gate.SetView:
+        """A set and its DatabaseMigrations, read fresh together (what a pod waiting for the set is decided on)."""
+        found, members = await asyncio.gather(self.kube.get_set(namespace, name),
+                                              self.kube.list_set_members(namespace, name))
+        return gate.SetView(found, tuple(members))
 
     def _resync_soon(self) -> None:
         task = self.tasks.get(("resync", ("", "")))
@@ -201,6 +219,9 @@ class Gatekeeper:
         if event_type == "DELETED" or not gate.has_gate(pod) or meta.get("deletionTimestamp"):
             self._forget_pod(uid)
             return
+        if requirement.kind == c.SET_KIND:
+            self.kick(key)  # the sync reads the set and its members fresh
+            return
         dbm = self.migrations.get(key)
         if dbm is None:
             self.kick(key)  # not seen yet (start-up) or absent: the sync reads it and reports
@@ -257,14 +278,18 @@ class Gatekeeper:
         fresh, pods = await asyncio.gather(self.read_migration(namespace, name),
                                            self.kube.list_pods(namespace, f"{c.WAIT_FOR_LABEL}={name}"))
         dbm = self.migrations.get(key) if fresh is not None else None
-        verdicts = gate.review_pods(pods, {key: dbm} if dbm is not None else {})
+        wanted = [gate.requirement_of(p.get("metadata")) for p in pods]
+        view = await self.read_set(namespace, name) if any(
+            r is not None and r.kind == c.SET_KIND for r in wanted) else None
+        verdicts = gate.review_pods(pods, {key: dbm} if dbm is not None else {}, {key: view} if view else {})
         ready = [v for v in verdicts if v.verdict.met and v.uid not in self.releasing]
         held = [v for v in verdicts if not v.verdict.met]
         self.held[key] = {v.uid: v for v in held}
         if not held:
             del self.held[key]
-        if ready and dbm is not None:
-            await self._release(key, dbm, ready)
+        subject = dbm if dbm is not None else (view.set if view is not None else None)
+        if ready and subject is not None:
+            await self._release(key, subject, ready)
         if held:
             self._note_held(key, dbm, held)
         self._count_soon(key)
@@ -283,7 +308,7 @@ class Gatekeeper:
             log.warning("could not release a pod of %s/%s: %s", *key, err)
             self.kick(key)
 
-    async def _release(self, key: Key, dbm: Migration, pods: list[gate.PodVerdict]) -> None:
+    async def _release(self, key: Key, dbm: Mapping[str, object], pods: list[gate.PodVerdict]) -> None:
         started = time.monotonic()
         for p in pods:
             self.releasing.add(p.uid)

@@ -63,10 +63,13 @@ log = logging.getLogger("alembic_operator.webhook")
 
 HANDLER_ID = "hold-until-schema-ready"
 APPROVAL_HANDLER_ID = "govern-approvals"
+SET_APPROVAL_HANDLER_ID = "govern-set-approvals"
 CONFIG_NAME = f"alembic-operator.{c.GROUP}"
 WEBHOOK_NAME = f"schema-gate.{c.GROUP}"
 APPROVALS_WEBHOOK_NAME = f"approvals.{c.GROUP}"  # requests that approve: fails closed
 IDENTITY_WEBHOOK_NAME = f"identity.{c.GROUP}"  # every other change of a DatabaseMigration: fails open
+SET_APPROVALS_WEBHOOK_NAME = f"set-approvals.{c.GROUP}"  # the same two for DatabaseMigrationSets
+SET_IDENTITY_WEBHOOK_NAME = f"set-identity.{c.GROUP}"
 REGISTERED_BY = f"{c.GROUP}/registered-by"  # the process that wrote the configuration: only it removes it
 UNREGISTER_SECONDS = 10.0  # a stop waits this long at most for the API server to remove the configuration
 NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
@@ -303,10 +306,11 @@ def webhook_configuration(opts: WebhookOptions, client_config: kopf.WebhookClien
 
 
 def _approval_webhooks(opts: WebhookOptions, client_config: kopf.WebhookClientConfig) -> list[k8s.V1MutatingWebhook]:
-    def entry(name: str, failure_policy: str, condition: k8s.V1MatchCondition) -> k8s.V1MutatingWebhook:
+    def entry(name: str, failure_policy: str, condition: k8s.V1MatchCondition, handler: str = APPROVAL_HANDLER_ID,
+              plural: str = c.PLURAL) -> k8s.V1MutatingWebhook:
         return k8s.V1MutatingWebhook(
-            name=name, client_config=_client_config(opts, client_config, APPROVAL_HANDLER_ID),
-            rules=[k8s.V1RuleWithOperations(api_groups=[c.GROUP], api_versions=[c.VERSION], resources=[c.PLURAL],
+            name=name, client_config=_client_config(opts, client_config, handler),
+            rules=[k8s.V1RuleWithOperations(api_groups=[c.GROUP], api_versions=[c.VERSION], resources=[plural],
                                             operations=["CREATE", "UPDATE"], scope="Namespaced")],
             match_policy="Equivalent", side_effects="None", timeout_seconds=opts.timeout_seconds,
             admission_review_versions=["v1"], reinvocation_policy="Never", namespace_selector=namespace_selector(opts),
@@ -317,12 +321,19 @@ def _approval_webhooks(opts: WebhookOptions, client_config: kopf.WebhookClientCo
                                                                    expression=approvals.APPROVAL_CHANGE)),
         entry(IDENTITY_WEBHOOK_NAME, "Ignore", k8s.V1MatchCondition(name="does-not-approve",
                                                                     expression=f"!({approvals.APPROVAL_CHANGE})")),
+        # A set's approval counts for its members (fleet.approval): governed the same way, by its own handler.
+        entry(SET_APPROVALS_WEBHOOK_NAME, "Fail", k8s.V1MatchCondition(
+            name="approves", expression=approvals.SET_APPROVAL_CHANGE), SET_APPROVAL_HANDLER_ID, c.SET_PLURAL),
+        entry(SET_IDENTITY_WEBHOOK_NAME, "Ignore", k8s.V1MatchCondition(
+            name="does-not-approve", expression=f"!({approvals.SET_APPROVAL_CHANGE})"), SET_APPROVAL_HANDLER_ID,
+            c.SET_PLURAL),
     ]
 
 
 def approval_webhooks(opts: WebhookOptions, client_config: kopf.WebhookClientConfig) -> list[dict[str, JsonValue]]:
-    """The two entries for DatabaseMigrations (see approvals): the same handler, split by the API server with
-    matchConditions so that only a request that approves fails closed (the chart writes the same ones)."""
+    """The two entries for DatabaseMigrations (see approvals), and the same two for DatabaseMigrationSets: one
+    handler each, split by the API server with matchConditions so that only a request that approves fails closed
+    (the chart writes the same ones)."""
     return [manifest(hook) for hook in _approval_webhooks(opts, client_config)]
 
 
@@ -400,15 +411,16 @@ async def hold_until_schema_ready(keeper: Gatekeeper, opts: WebhookOptions, body
     excluded = opts.excluded()
     try:
         # A fresh read, not the watch's copy: a DatabaseMigration and a Deployment applied together must not let
-        # a new pod through on the resource's previous Ready.
-        dbm = await keeper.read_migration(*key)
+        # a new pod through on the resource's previous Ready (a set: it and its DatabaseMigrations).
+        view = await keeper.read_set(*key) if requirement.kind == c.SET_KIND else None
+        dbm = await keeper.read_migration(*key) if view is None else None
     except Exception as err:  # fail closed: hold; the release loop frees the pod if its requirement is met
-        logger.warning("could not read DatabaseMigration %s/%s, holding the pod: %s", *key, err)
+        logger.warning("could not read %s %s/%s, holding the pod: %s", requirement.kind, *key, err)
         decision = gate.Admission(hold=not gate.has_gate(pod) and not (pod.get("spec") or {}).get("nodeName"),
                                   verdict=gate.Verdict(False, reasons.MIGRATION_UNREADABLE,
                                                        f"could not read it: {err}"))
     else:
-        decision = gate.admit(pod, dbm, excluded)
+        decision = gate.admit(pod, dbm, excluded, view)
     if decision.warning:
         warnings.append(decision.warning)
     if decision.hold and decision.verdict is not None:
@@ -435,4 +447,26 @@ async def govern_approvals(client: Client, opts: WebhookOptions, body: kopf.Body
             raise kopf.AdmissionError(problem, code=403)
         logger.info("%s approved %s (%s)", user.username, name, "; ".join(what))
     for key, value in approvals.identity_patch(before, new, user).items():
+        patch.metadata.setdefault("annotations", {})[key] = value
+
+
+async def govern_set_approvals(client: Client, opts: WebhookOptions, body: kopf.Body, old: kopf.Body | None,
+                               userinfo: Mapping[str, object], patch: kopf.Patch,
+                               logger: logging.Logger | logging.LoggerAdapter[Any]) -> None:
+    """The admission of a change of a DatabaseMigrationSet: a plan hash approved for the whole set only by a user who
+    may `approve` the set (its members count it: fleet.approval); its identity record always true."""
+    new, before = dict(body), (dict(old) if old is not None else None)
+    meta = dict(new.get("metadata") or {})
+    namespace, name = str(meta.get("namespace") or ""), str(meta.get("name") or "")
+    user = approvals.User.from_userinfo(userinfo)
+    if hashes := approvals.set_approves(before, new):
+        allowed, why = await client.may(user.username, user.uid, list(user.groups), user.extra, approvals.VERB,
+                                        namespace, name, c.SET_PLURAL)
+        if not allowed:
+            logger.warning("refused a set approval by %s: %s", user.username, why or "no RBAC rule allows it")
+            raise kopf.AdmissionError(approvals.set_refusal(user, namespace, name, hashes), code=403)
+        if problem := approvals.set_four_eyes(before, new, user, opts.require_different_approver):
+            raise kopf.AdmissionError(problem, code=403)
+        logger.info("%s approved plan %s for the set %s", user.username, ", ".join(hashes), name)
+    for key, value in approvals.set_identity_patch(before, new, user).items():
         patch.metadata.setdefault("annotations", {})[key] = value

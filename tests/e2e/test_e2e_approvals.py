@@ -18,8 +18,9 @@ from kubernetes import client as k8s
 
 from alembic_operator import approvals
 from alembic_operator import constants as c
-from e2e import BASE_REVISIONS, DROP_LEGACY, E2E, R4, revision
-from gating import GateOperator
+from bed.postgres import PostgresServer
+from e2e import BASE_REVISIONS, DROP_LEGACY, E2E, R3, R4, revision
+from gating import Apps, GateOperator, held, template
 from harness import wait_for
 
 pytestmark = pytest.mark.bed
@@ -158,3 +159,91 @@ def test_four_eyes_refuses_the_user_who_changed_the_spec(governed: E2E) -> None:
     wait_for(lambda: e2e.cluster.get("shop")["status"].get("phase") == "AwaitingApproval" or None, 10,
              "still waiting")
 
+
+
+def test_a_set_is_approved_once_by_a_person_and_a_pod_waits_for_the_whole_set(
+        governed: E2E, postgres: PostgresServer, postgres_in_bed: tuple[str, int]) -> None:
+    """Three tenants, one DatabaseMigrationSet, a destructive revision: two tenants' plans agree (one hash), the
+    third starts from an older revision (another hash) and is held apart. dev may not approve the set; reviewer
+    approves the shared hash once with kubectl dbm approve --set, and exactly those two tenants migrate, each naming
+    reviewer through the set (the operator approves no DatabaseMigration: no member carries the approve
+    annotation). A pod that waits for the whole set stays held until the second hash is approved and every tenant is
+    Ready, then it is released."""
+    e2e = governed
+    dev, reviewer = _users(e2e)
+    rbac = k8s.RbacAuthorizationV1Api(e2e.cluster.api)
+    rbac.patch_namespaced_role("editor", e2e.ns, {"rules": [k8s.V1PolicyRule(
+        api_groups=[c.GROUP], resources=[c.PLURAL, c.SET_PLURAL],
+        verbs=["get", "list", "watch", "create", "update", "patch"])]})
+    rbac.patch_namespaced_role("approver", e2e.ns, {"rules": [  # the chart's approver role, sets included
+        k8s.V1PolicyRule(api_groups=[c.GROUP], resources=[c.PLURAL, c.SET_PLURAL],
+                         verbs=["get", "list", "watch", "patch", approvals.VERB]),
+        k8s.V1PolicyRule(api_groups=[""], resources=["configmaps"], verbs=["get", "list"])]})
+    project = e2e.project([*BASE_REVISIONS, DROP_LEGACY])
+    label = {"tenants.example.com/app": "shop"}
+    dbs = {}
+    try:
+        for i, start in enumerate((R3, R3, BASE_REVISIONS[1].id)):
+            dbs[f"t{i}"] = db = postgres.create_database(f"{e2e.ns.replace('-', '_')[:40]}_t{i}")
+            e2e.upgrade_directly_on(db, project, start)
+            e2e.cluster.labelled_secret(f"t{i}", {"url": db.at(*postgres_in_bed).url}, label)
+        spec = {"template": {"migrations": {"image": e2e.images[project], "workingDir": "/app"},
+                             "targetRevision": "head", "backup": {"enabled": False}},
+                "targets": {"selector": {"matchLabels": label}}, "strategy": {"maxInFlight": 3}}
+        manifest = {"apiVersion": c.API_VERSION, "kind": c.SET_KIND, "metadata": {"name": "fleet"}, "spec": spec}
+        created = kubectl(e2e, "create", "-f", "-", user=dev, stdin=json.dumps(manifest))
+        assert created.returncode == 0, created.stderr
+
+        def plans() -> dict[str, int] | None:
+            st = _set(e2e, "fleet").get("status") or {}
+            found = {p["hash"]: p["count"] for p in st.get("plans") or []}
+            return found if sorted(found.values()) == [1, 2] else None
+
+        shared, apart = sorted(wait_for(plans, 300, "two plans waiting").items(), key=lambda kv: -kv[1])
+        # A pod that needs every tenant: held at creation.
+        pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "report"}, **template("v1", "report", "fleet")}
+        pod["metadata"] = {**pod["metadata"], "name": "report",
+                           "annotations": {c.WAIT_FOR_KIND_ANNOTATION: c.SET_KIND}}
+        e2e.cluster.core.create_namespaced_pod(e2e.ns, pod)
+        apps = Apps(e2e.cluster.api, e2e.ns)
+        assert held(apps.pods("app=report")[0])
+
+        refused = kubectl(e2e, "dbm", "approve", "--set", "fleet", "--hash", shared[0], user=dev)
+        assert refused.returncode != 0 and f"{dev} may not approve databasemigrationsets/fleet" in refused.stderr, \
+            refused.stderr
+        shown = kubectl(e2e, "dbm", "set", "fleet", user=reviewer)
+        assert shown.returncode == 0 and shared[0] in shown.stdout and apart[0] in shown.stdout, shown
+        assert "fleet-t0, fleet-t1" in shown.stdout and "fleet-t2" in shown.stdout
+        approved = kubectl(e2e, "dbm", "approve", "--set", "fleet", "--hash", shared[0], user=reviewer)
+        assert approved.returncode == 0, approved.stderr
+        record = approvals.set_record(_set(e2e, "fleet")["metadata"]["annotations"])
+        assert record == {shared[0]: reviewer}
+
+        for name in ("fleet-t0", "fleet-t1"):
+            obj = e2e.cluster.wait_condition(name, "Ready", timeout=300)
+            entry = obj["status"]["history"][-1]
+            assert (entry["approvedBy"], entry["planHash"]) == (f"{reviewer} (DatabaseMigrationSet fleet)",
+                                                               shared[0]), entry
+            assert c.APPROVE_ANNOTATION not in (obj["metadata"].get("annotations") or {})
+        assert revision(dbs["t0"]) == revision(dbs["t1"]) == R4
+        assert e2e.cluster.get("fleet-t2")["status"]["phase"] == "AwaitingApproval"  # its own plan: held apart
+        assert revision(dbs["t2"]) == BASE_REVISIONS[1].id and held(apps.pods("app=report")[0])
+
+        assert kubectl(e2e, "dbm", "approve", "--set", "fleet", "--yes", user=reviewer).returncode == 0
+        wait_for(lambda: _set(e2e, "fleet") if _condition(_set(e2e, "fleet"), c.READY).get("status") == "True"
+                 else None, 300, "the set Ready")
+        assert revision(dbs["t2"]) == R4
+        wait_for(lambda: not held(apps.pods("app=report")[0]) or None, 60, "the report pod released")
+        assert any(e["reason"] == "Released" and "DatabaseMigrationSet fleet is Ready" in e["message"]
+                   for e in apps.events("report"))
+    finally:
+        for db in dbs.values():
+            postgres.drop_database(db.name)
+
+
+def _set(e2e: E2E, name: str) -> dict[str, Any]:
+    return dict(e2e.cluster.custom.get_namespaced_custom_object(c.GROUP, c.VERSION, e2e.ns, c.SET_PLURAL, name))
+
+
+def _condition(obj: dict[str, Any], type_: str) -> dict[str, Any]:
+    return next((x for x in (obj.get("status") or {}).get("conditions") or [] if x["type"] == type_), {})

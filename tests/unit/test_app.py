@@ -42,7 +42,7 @@ def test_every_handler_is_registered_on_the_operators_registry() -> None:
     registry, _operator = app.registry(parse([]))
     # No daemon and no timer per resource: the reconciles run on one scheduler (handlers.start), fed by the watches.
     assert ids(registry) == {"job_changed", "migration_changed", "set_changed", "on_delete", "gate-migration",
-                             "hold-until-schema-ready", "govern-approvals"}
+                             "gate-set", "hold-until-schema-ready", "govern-approvals", "govern-set-approvals"}
     activities = [str(h.activity.value) for h in registry._activities.get_all_handlers()]
     assert sorted(activities) == ["authentication", "cleanup", "startup"]  # one start-up
     assert not kopf.get_default_registry()._webhooks.get_all_handlers()  # nothing registered by import
@@ -50,10 +50,11 @@ def test_every_handler_is_registered_on_the_operators_registry() -> None:
 
 def test_gating_only_and_without_the_webhook() -> None:
     gating, _ = app.registry(parse(["--no-reconciler"]))
-    assert ids(gating) == {"gate-migration", "hold-until-schema-ready", "govern-approvals"}
+    assert ids(gating) == {"gate-migration", "gate-set", "hold-until-schema-ready", "govern-approvals",
+                           "govern-set-approvals"}
     no_webhook, _ = app.registry(parse(["--no-webhook"]))
     assert "hold-until-schema-ready" not in ids(no_webhook) and "on_delete" in ids(no_webhook)
-    assert "govern-approvals" not in ids(no_webhook)
+    assert "govern-approvals" not in ids(no_webhook) and "govern-set-approvals" not in ids(no_webhook)
 
 
 def test_the_peering_lifetime_is_kopfs_setting_from_the_first_keep_alive() -> None:

@@ -265,7 +265,8 @@ def _reviews_and_approver(docs: list[dict[str, Any]]) -> None:
     binding = find(docs, "ClusterRoleBinding", "ops-rel-alembic-operator-reviews")[0]
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "rel-alembic-operator", "namespace": "ops"}]
     approver = find(docs, "ClusterRole", "alembic-operator-approver")[0]
-    assert granted(approver["rules"]) == ({(c.GROUP, c.PLURAL, v) for v in ("get", "list", "watch", "patch", "approve")}
+    assert granted(approver["rules"]) == ({(c.GROUP, kind, v) for v in ("get", "list", "watch", "patch", "approve")
+                                           for kind in (c.PLURAL, c.SET_PLURAL)}
                                           | {("", "configmaps", v) for v in ("get", "list")})
     assert not find(render({"approval": {"approverRole": {"create": False}}}), "ClusterRole",
                     "alembic-operator-approver")

@@ -13,10 +13,11 @@ from cryptography import x509
 
 from alembic_operator import constants as c
 from alembic_operator import gate
-from alembic_operator.approvals import APPROVAL_CHANGE
+from alembic_operator.approvals import APPROVAL_CHANGE, SET_APPROVAL_CHANGE
 from alembic_operator.webhook import (
     APPROVAL_HANDLER_ID,
     HANDLER_ID,
+    SET_APPROVAL_HANDLER_ID,
     WebhookOptions,
     add_arguments,
     make_certificates,
@@ -264,7 +265,7 @@ def test_held_summary() -> None:
 def test_webhook_configuration_fails_closed_for_labelled_pods_only() -> None:
     opts = WebhookOptions(exclude_namespaces=("alembic-operator",), timeout_seconds=7)
     body = webhook_configuration(opts, {"url": "https://10.0.0.1:9443", "caBundle": "Q0E="})
-    hook, approving, identity = body["webhooks"]
+    hook, approving, identity, set_approving, set_identity = body["webhooks"]
     # DatabaseMigrations: one handler, two entries split by the API server; only approvals fail closed.
     assert [approving["name"], identity["name"]] == [f"approvals.{c.GROUP}", f"identity.{c.GROUP}"]
     assert approving["failurePolicy"] == "Fail" and identity["failurePolicy"] == "Ignore"
@@ -274,6 +275,15 @@ def test_webhook_configuration_fails_closed_for_labelled_pods_only() -> None:
                                    "operations": ["CREATE", "UPDATE"], "scope": "Namespaced"}]
     assert approving["matchConditions"] == [{"name": "approves", "expression": APPROVAL_CHANGE}]
     assert identity["matchConditions"] == [{"name": "does-not-approve", "expression": f"!({APPROVAL_CHANGE})"}]
+    # DatabaseMigrationSets the same way, by their own handler (a set's approval counts for its members).
+    assert [set_approving["name"], set_identity["name"]] == [f"set-approvals.{c.GROUP}", f"set-identity.{c.GROUP}"]
+    assert set_approving["failurePolicy"] == "Fail" and set_identity["failurePolicy"] == "Ignore"
+    for entry in (set_approving, set_identity):
+        assert entry["clientConfig"]["url"] == f"https://10.0.0.1:9443/{SET_APPROVAL_HANDLER_ID}"
+        assert entry["rules"][0]["resources"] == [c.SET_PLURAL]
+    assert set_approving["matchConditions"] == [{"name": "approves", "expression": SET_APPROVAL_CHANGE}]
+    assert set_identity["matchConditions"] == [{"name": "does-not-approve",
+                                                "expression": f"!({SET_APPROVAL_CHANGE})"}]
     assert body["metadata"]["name"] == f"alembic-operator.{c.GROUP}"
     assert hook["clientConfig"] == {"url": f"https://10.0.0.1:9443/{HANDLER_ID}", "caBundle": "Q0E="}
     assert hook["failurePolicy"] == "Fail"
@@ -287,7 +297,7 @@ def test_webhook_configuration_fails_closed_for_labelled_pods_only() -> None:
 
 def test_webhook_configuration_through_a_service_and_for_some_namespaces() -> None:
     opts = WebhookOptions(service="ops/alembic-operator:8443", namespaces=("b", "a"), exclude_namespaces=("ops",))
-    hook, approving, _identity = webhook_configuration(opts, {"url": "https://ignored:9443",
+    hook, approving, *_rest = webhook_configuration(opts, {"url": "https://ignored:9443",
                                                               "caBundle": "Q0E="})["webhooks"]
     assert approving["clientConfig"]["service"]["path"] == f"/{APPROVAL_HANDLER_ID}"
     assert approving["namespaceSelector"] == hook["namespaceSelector"]

@@ -103,11 +103,12 @@ app.kubernetes.io/part-of: alembic-operator
 - apiGroups: ["migrations.alembic-operator.io"]
   resources: ["databasemigrations/finalizers"]
   verbs: ["update"]
-# DatabaseMigrationSets: watched; their status written; the DatabaseMigrations they own created, given the
-# template, deleted when their target goes (never their database); ownerReferences with blockOwnerDeletion.
+# DatabaseMigrationSets: watched, read fresh for a pod that waits for a whole set; their status written; the
+# DatabaseMigrations they own created, given the template, deleted when their target goes (never their database);
+# ownerReferences with blockOwnerDeletion.
 - apiGroups: ["migrations.alembic-operator.io"]
   resources: ["databasemigrationsets"]
-  verbs: ["list", "watch"]
+  verbs: ["get", "list", "watch"]
 - apiGroups: ["migrations.alembic-operator.io"]
   resources: ["databasemigrationsets/status"]
   verbs: ["patch"]

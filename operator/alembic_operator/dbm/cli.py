@@ -32,6 +32,7 @@ from . import restore, sets, views
 
 if TYPE_CHECKING:
     from kubernetes.client import ApiException, V1Job
+    from pydantic import JsonValue
 
 EXIT_OK, EXIT_ERROR, EXIT_REFUSED = 0, 1, 2
 
@@ -71,6 +72,8 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("approve", parents=[common], help="approve the plan shown, by its hash")
     s.add_argument("name")
     s.add_argument("--hash", help="the hash you reviewed (kubectl dbm plan shows it): refused if the plan changed")
+    s.add_argument("--set", action="store_true", help="NAME is a DatabaseMigrationSet: approve the plan hash once "
+                   "for every target whose plan has it (kubectl dbm set NAME shows the plans waiting)")
     s.add_argument("-y", "--yes", action="store_true", help="do not ask (scripts: prefer --hash)")
     s = sub.add_parser("history", parents=[common], help="finished runs")
     s.add_argument("name")
@@ -197,6 +200,8 @@ def cmd_approve(s: Session, args: argparse.Namespace) -> int:
     in between (a new plan, a new spec), the API server refuses it (409) and nothing is approved."""
     from kubernetes.client import ApiException
 
+    if args.set:
+        return _approve_set(s, args)
     obj = s.migration(args.name)
     record = views.plan_record(obj)
     if not record["hash"]:
@@ -229,6 +234,58 @@ def cmd_approve(s: Session, args: argparse.Namespace) -> int:
         raise
     _print(args, f"dbm/{args.name}: approved plan {record['hash']}\n",
            {"approved": True, "hash": record["hash"], "changed": True})
+    return EXIT_OK
+
+
+def _read_set(s: Session, name: str) -> sets.SetObject:
+    from kubernetes.client import ApiException
+
+    try:
+        obj = cast(dict[str, object], s.custom.get_namespaced_custom_object(
+            c.GROUP, c.VERSION, s.namespace, c.SET_PLURAL, name))
+    except ApiException as exc:
+        if exc.status == 404:
+            raise Refused(f"dbms/{name} not found in namespace {s.namespace}") from None
+        raise
+    (one,) = sets.by_name([obj])
+    return one
+
+
+def _approve_set(s: Session, args: argparse.Namespace) -> int:
+    """One plan hash approved for the whole set (its targets whose plan has it go on; the others stay held), on the
+    set's version read: a change in between is refused (409) and nothing is approved."""
+    from kubernetes.client import ApiException
+
+    obj = _read_set(s, args.name)
+    group, why = sets.approval_choice(obj, args.hash)
+    if group is None:
+        raise Refused(why)
+    if why:
+        _print(args, f"dbms/{args.name}: plan {group.hash} is {why}\n",
+               {"approved": True, "hash": group.hash, "changed": False})
+        return EXIT_OK
+    if not args.hash and not args.yes:
+        if not sys.stdin.isatty():
+            raise Refused("not a terminal: pass --hash HASH (from kubectl dbm set NAME) or --yes")
+        first = group.migrations[0] if group.migrations else "?"
+        sys.stdout.write(f"{group.count} target(s) of dbms/{args.name} wait for plan {group.hash} (review it: kubectl "
+                         f"dbm plan {first}).\nApprove it for the whole set? [y/N] ")
+        sys.stdout.flush()
+        if sys.stdin.readline().strip().lower() not in ("y", "yes"):
+            sys.stdout.write("Not approved.\n")
+            return EXIT_REFUSED
+    try:
+        s.custom.patch_namespaced_custom_object(c.GROUP, c.VERSION, s.namespace, c.SET_PLURAL, args.name,
+                                                sets.approve_patch(obj, group.hash))
+    except ApiException as exc:
+        if exc.status == 409:
+            raise Refused(f"dbms/{args.name} changed while you reviewed it; nothing was approved. Review it again: "
+                          f"kubectl dbm set {args.name}") from None
+        if exc.status in (401, 403):
+            raise Refused(f"the API server refused the approval: {_reason(exc)}") from None
+        raise
+    _print(args, f"dbms/{args.name}: approved plan {group.hash} for its {group.count} target(s) waiting (and any "
+                 "target whose plan has it later)\n", {"approved": True, "hash": group.hash, "changed": True})
     return EXIT_OK
 
 
@@ -302,17 +359,13 @@ def cmd_logs(s: Session, args: argparse.Namespace) -> int:
 
 def cmd_set(s: Session, args: argparse.Namespace) -> int:
     if args.name:
-        from kubernetes.client import ApiException
-
-        try:
-            obj = cast(dict[str, object], s.custom.get_namespaced_custom_object(
-                c.GROUP, c.VERSION, s.namespace, c.SET_PLURAL, args.name))
-        except ApiException as exc:
-            if exc.status == 404:
-                raise Refused(f"dbms/{args.name} not found in namespace {s.namespace}") from None
-            raise
-        (one,) = sets.by_name([obj])
-        _print(args, sets.detail_text(one), sets.summary(one))
+        one = _read_set(s, args.name)
+        waiting: dict[str, list[str]] = {}
+        if sets.summary(one)["plans"]:  # which members wait on which plan: every one, from the members themselves
+            listed = cast(dict[str, list[dict[str, object]]], s.custom.list_namespaced_custom_object(
+                c.GROUP, c.VERSION, s.namespace, c.PLURAL, label_selector=f"{c.SET_LABEL}={args.name}"))
+            waiting = sets.waiting_by_plan(listed.get("items") or [])
+        _print(args, sets.detail_text(one, waiting), {**sets.summary(one), "waiting": waiting})
         return EXIT_OK
     listed = cast(dict[str, list[dict[str, object]]], s.custom.list_namespaced_custom_object(
         c.GROUP, c.VERSION, s.namespace, c.SET_PLURAL))
@@ -321,7 +374,7 @@ def cmd_set(s: Session, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _patch_set(s: Session, args: argparse.Namespace, patch: dict[str, object], done: str) -> int:
+def _patch_set(s: Session, args: argparse.Namespace, patch: dict[str, JsonValue], done: str) -> int:
     s.custom.patch_namespaced_custom_object(c.GROUP, c.VERSION, s.namespace, c.SET_PLURAL, args.name, patch)
     _print(args, f"dbms/{args.name}: {done}\n", {"name": args.name, "done": done})
     return EXIT_OK

@@ -9,10 +9,11 @@ when each one gets the template (:mod:`.strategy`). ``crdgen`` turns these model
 
 from __future__ import annotations
 
+import types
 from collections.abc import Mapping
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
-from pydantic import BaseModel, Field, ValidationError, create_model
+from pydantic import Field, ValidationError
 
 from ..api import (
     EMPTY_DEFAULT,
@@ -45,19 +46,22 @@ WAVE_PATTERN = r"^([1-9][0-9]{0,5}|([1-9][0-9]?|100)%)$"
 """A wave's end: a number of targets ("20") or a share of them ("10%"), counted from the first target."""
 
 
-def _template_fields() -> dict[str, Any]:
-    """Every field of a DatabaseMigration's spec but its database, with its own description and default."""
-    return {name: (info.annotation, info) for name, info in DatabaseMigrationSpec.model_fields.items()
-            if name != "database"}
+def _template_body(body: dict[str, object]) -> None:
+    """The class body of MigrationTemplate: every field of a DatabaseMigration's spec but its database, with its own
+    description and default (written once there, so the two never drift apart)."""
+    fields = {name: info for name, info in DatabaseMigrationSpec.model_fields.items() if name != "database"}
+    body["__annotations__"] = {name: info.annotation for name, info in fields.items()}
+    body["__doc__"] = ("What every DatabaseMigration of the set runs: a DatabaseMigration's spec without "
+                       "spec.database (each target brings its own).")
+    body["__module__"] = __name__
+    body.update(fields)
 
 
-MigrationTemplate: type[BaseModel] = create_model(
-    "MigrationTemplate",
-    __base__=_SpecModel,
-    __doc__=("What every DatabaseMigration of the set runs: a DatabaseMigration's spec without spec.database (each "
-             "target brings its own)."),
-    **_template_fields(),
-)
+if TYPE_CHECKING:
+    class MigrationTemplate(_SpecModel):
+        """Its fields are DatabaseMigrationSpec's but database (built below, at run time)."""
+else:
+    MigrationTemplate = types.new_class("MigrationTemplate", (_SpecModel,), exec_body=_template_body)
 
 
 class LabelSelector(_SpecModel):
@@ -180,10 +184,14 @@ class FailedTarget(_StatusModel):
 class PlanGroup(_StatusModel):
     """Targets waiting for approval of one plan: one approval (its hash) fits all of them."""
 
-    hash: str = Field(description="The plan's hash: approve with the annotation migrations.alembic-operator.io/"
-                      "approve: <hash> on each DatabaseMigration (kubectl dbm approve).")
+    hash: str = Field(description="The plan's hash: approve it once for the whole set with the annotation "
+                      "migrations.alembic-operator.io/approve: <hash> on the set (several hashes: comma-separated; "
+                      "kubectl dbm approve --set NAME), or on each DatabaseMigration.")
     count: int = Field(description="How many targets wait for this plan.")
     migrations: list[str] = Field(default_factory=list, description="Their DatabaseMigrations (the first few).")
+    # --- one approval for the set (setapproval) ---
+    approved_by: str | None = Field(default=None, description="Who approved this plan for the whole set (the "
+                                    "webhook's record): its targets go on.")
 
 
 class DatabaseMigrationSetStatus(_StatusModel):

@@ -30,7 +30,7 @@ from ..kube import Conflict, NotFound
 from ..objects import Migration, ObjectMeta
 from ..schedule import Scheduler
 from ..status import merge_patch
-from . import strategy
+from . import approval, strategy
 from .api import parse_set_spec, parse_set_status, template_json
 
 log = logging.getLogger("alembic_operator.fleet")
@@ -53,7 +53,8 @@ RESCAN_ENV = "ALEMBIC_OPERATOR_SET_RESCAN_SECONDS"
 class Fleet:
     """The sets as last seen, which DatabaseMigrations each owns (by name), and the scheduler of set passes."""
 
-    def __init__(self) -> None:
+    def __init__(self, governed: bool = False) -> None:
+        self.governed = governed  # the approvals webhook runs: a set's approval counts only as it recorded it
         self.sets: dict[Ref, SetObject] = {}
         self.members: dict[Ref, set[str]] = {}  # set -> names of its DatabaseMigrations
         # DatabaseMigrations given the template (namespace, name) -> (template hash, generation written): under
@@ -91,6 +92,8 @@ class Fleet:
         ref = (str(meta.get("namespace")), str(meta.get("name")))
         if event_type == "DELETED":
             self.sets.pop(ref, None)
+            if self.ctx is not None:
+                self.ctx.runtime.set_approvals.pop(ref, None)
             if self.scheduler is not None:
                 self.scheduler.forget(ref)
             return
@@ -98,6 +101,7 @@ class Fleet:
         if old is not None and _version(old) > _version(body):
             return  # our own status write, already kept
         self.sets[ref] = cast(SetObject, dict(body))
+        self._keep_approvals(ref, None)
         if old is None or _what_matters(old) != _what_matters(body):
             self.wake(ref)  # not for the echo of our own status writes
 
@@ -175,6 +179,7 @@ class Fleet:
                 targets += [strategy.Target(s, spec.targets.key, lab) for s, lab in sorted(labels.items())
                             if s not in listed and all(lab.get(k) == v for k, v in wanted.items())]
 
+        self._keep_approvals((namespace, name), frozenset(t.secret for t in targets))
         owned: dict[str, Migration] = {}
         for member_name in sorted(self.members.get((namespace, name), ())):
             obj = ctx.runtime.migrations.get((namespace, member_name))
@@ -222,6 +227,8 @@ class Fleet:
             self.given[(namespace, member_name)] = (
                 thash, int((created.get("metadata") or {}).get("generation") or 1), target.secret)
 
+        kept = ctx.runtime.set_approvals.get((namespace, name))
+        rollout.status.plans = approval.shown(rollout.status.plans, kept.approvals if kept is not None else {})
         patch = merge_patch(stored, dump(rollout.status))
         if patch:
             written = await ctx.kube.patch_set_status(namespace, name, patch)
@@ -233,6 +240,25 @@ class Fleet:
             for event in rollout.events:
                 events.post(posted, event.type, event.reason, event.message)
         return self.rescan * random.uniform(0.9, 1.1) if wants_labels else None
+
+    def _keep_approvals(self, ref: Ref, targets: frozenset[str] | None) -> None:
+        """What the set's members count of its approvals (fleet.approval); a change wakes them (one may wait)."""
+        body = self.sets.get(ref)
+        if self.ctx is None or body is None:
+            return
+        try:
+            spec = parse_set_spec(body.get("spec") or {})
+        except SpecError:
+            return
+        before = self.ctx.runtime.set_approvals.get(ref)
+        kept = approval.of_set(body.get("metadata") or {}, spec, self.governed,
+                               targets if targets is not None else before.targets if before is not None else None)
+        self.ctx.runtime.set_approvals[ref] = kept
+        if before is None or before != kept:
+            for member in sorted(self.members.get(ref, ())) if kept.approvals else ():
+                obj = self.ctx.runtime.migrations.get((ref[0], member)) or {}
+                if (obj.get("status") or {}).get("phase") == "AwaitingApproval":
+                    self.ctx.runtime.wake(ref[0], member)
 
     async def _secret_labels(self, ctx: Context, namespace: str, selector: str | None) -> dict[str, dict[str, str]]:
         key = (namespace, selector)

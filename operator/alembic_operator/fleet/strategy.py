@@ -291,8 +291,9 @@ def _summary(x: Inputs, counts: SetCounts, failed: list[FailedTarget], spent: bo
         return "progressing", reasons.ROLLOUT_PAUSED, f"paused (spec.strategy.paused): {progress}"
     if counts.awaiting_approval and not counts.migrating and not starting:
         return ("stalled", reasons.TARGETS_AWAITING_APPROVAL,
-                f"{counts.awaiting_approval} target(s) wait for their plan's approval (status.plans lists each plan "
-                f"and its targets; kubectl dbm approve): {progress}")
+                f"{counts.awaiting_approval} target(s) wait for their plan's approval (kubectl dbm set {x.name} "
+                f"lists each plan and its targets; approve one for the whole set: kubectl dbm approve --set "
+                f"{x.name}): {progress}")
     if not counts.total:
         return "ready", reasons.ALL_TARGETS_READY, "the set has no targets"
     return "progressing", reasons.ROLLING_OUT, progress

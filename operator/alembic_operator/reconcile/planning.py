@@ -250,6 +250,8 @@ def approval(turn: Turn) -> Decision:
                f"{plan_hash_}")
         if annotated:  # the user the webhook recorded for this hash, when it did
             approved_by = approvals.approved_by(turn.obs.annotations, plan_hash_) or c.APPROVE_ANNOTATION
+        elif plan_hash_ and (by_set := turn.obs.set_approvals.get(plan_hash_)):  # a person, for the whole set
+            approved_by = by_set
         elif destructive and not live_spec.approval.allow_destructive:
             count = scope.count
             # A drop the running version still reads: the same approval, and a better way (the note takes the

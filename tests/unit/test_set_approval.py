@@ -1,0 +1,197 @@
+"""One approval for a whole DatabaseMigrationSet (no server): the webhook's decisions on a set (who approved which
+hash, the four-eyes rule, what fails closed), what a member counts of its owning set's approvals (and when it counts
+nothing), the plan groups shown with their approver, and a member's approval decision taking the set's."""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any
+
+from alembic_operator import approvals
+from alembic_operator import constants as c
+from alembic_operator.approvals import User, set_approves, set_four_eyes, set_hashes, set_identity_patch
+from alembic_operator.fleet.api import PlanGroup, parse_set_spec
+from alembic_operator.fleet.approval import (
+    SetApprovals,
+    approvals_of,
+    member_approvals,
+    member_template_hash,
+    of_set,
+    shown,
+)
+from alembic_operator.fleet.strategy import Target, member_spec, template_hash
+from alembic_operator.objects import Migration
+
+ALICE, BOB = User("alice"), User("bob")
+H1, H2 = "sha256:" + "a1" * 32, "sha256:" + "b2" * 32
+TEMPLATE = {"migrations": {"image": "shop:2"}, "targetRevision": "head", "backup": {"enabled": False}}
+
+
+def a_set(annotations: dict[str, str] | None = None, **approval: Any) -> dict[str, Any]:
+    template = {**TEMPLATE, "approval": dict(approval)} if approval else dict(TEMPLATE)
+    return {"metadata": {"name": "tenants", "namespace": "shop", "uid": "set-uid",
+                         "annotations": dict(annotations or {})},
+            "spec": {"template": template, "targets": {"selector": {"matchLabels": {"tier": "t"}}}}}
+
+
+def approving(obj: dict[str, Any], value: str) -> dict[str, Any]:
+    out = copy.deepcopy(obj)
+    out["metadata"]["annotations"][c.APPROVE_ANNOTATION] = value
+    return out
+
+
+def test_a_set_approves_each_new_hash_and_the_record_names_each_approver() -> None:
+    old = a_set()
+    assert set_hashes(f" {H1}, {H2},{H1}") == [H1, H2] and set_hashes(None) == []
+    assert set_approves(old, approving(old, H1)) == [H1]
+    first = approving(old, H1)
+    first["metadata"]["annotations"].update(set_identity_patch(old, first, ALICE))  # as the webhook leaves it
+    assert approvals.set_record(first["metadata"]["annotations"]) == {H1: "alice"}
+    # Bob adds the second plan: only it is his; Alice's stays hers.
+    both = approving(first, f"{H1},{H2}")
+    assert set_approves(first, both) == [H2]
+    patch = set_identity_patch(first, both, BOB)
+    assert json.loads(str(patch[approvals.APPROVED_BY])) == {H1: "alice", H2: "bob"}
+    # Removing a hash approves nothing and drops its record; a forged record is replaced by the truth.
+    assert set_approves(both, approving(first, H1)) == []
+    forged = approving(first, H1)
+    forged["metadata"]["annotations"][approvals.APPROVED_BY] = json.dumps({H1: "mallory"})
+    assert json.loads(str(set_identity_patch(first, forged, BOB)[approvals.APPROVED_BY])) == {H1: "alice"}
+    gone = copy.deepcopy(first)
+    del gone["metadata"]["annotations"][c.APPROVE_ANNOTATION]
+    assert set_identity_patch(first, gone, BOB) == {approvals.APPROVED_BY: None}
+    # A hash approved in the same request that names it anew is this user's, not an earlier record's.
+    assert json.loads(str(set_identity_patch(old, approving(old, H1), BOB)[approvals.APPROVED_BY])) == {H1: "bob"}
+    assert approvals.set_record({approvals.APPROVED_BY: "not json"}) == {}
+
+
+def test_the_four_eyes_rule_on_a_set_and_the_refusal() -> None:
+    before = a_set({approvals.SPEC_CHANGED_BY: "alice"}, requireDifferentUser=True)
+    assert set_four_eyes(before, approving(before, H1), BOB, required_everywhere=False) is None
+    problem = set_four_eyes(before, approving(before, H1), ALICE, required_everywhere=False)
+    assert problem is not None and "alice changed the spec of this DatabaseMigrationSet" in problem
+    plain = a_set({approvals.SPEC_CHANGED_BY: "alice"})
+    assert set_four_eyes(plain, approving(plain, H1), ALICE, required_everywhere=False) is None
+    assert set_four_eyes(plain, approving(plain, H1), ALICE, required_everywhere=True) is not None
+    message = approvals.set_refusal(ALICE, "shop", "tenants", [H1])
+    assert "may not approve databasemigrationsets/tenants" in message and f"databasemigrationsets.{c.GROUP}" in message
+
+
+def test_the_fail_closed_condition_names_the_sets_annotations() -> None:
+    cel = approvals.SET_APPROVAL_CHANGE
+    for key in (c.APPROVE_ANNOTATION, approvals.APPROVED_BY, approvals.SPEC_CHANGED_BY):
+        assert f"'{key}'" in cel
+    assert "spec.approval" not in cel  # a set's template settings are its members' business
+
+
+def test_governed_only_the_webhooks_record_counts() -> None:
+    annotations = {c.APPROVE_ANNOTATION: f"{H1},{H2}", approvals.APPROVED_BY: json.dumps({H1: "alice"})}
+    assert approvals_of(annotations, governed=True) == {H1: "alice"}  # H2 without the webhook's word: nothing
+    assert approvals_of(annotations, governed=False) == {H1: "alice", H2: c.APPROVE_ANNOTATION}
+    assert approvals_of({}, governed=False) == {}
+
+
+def member(spec: dict[str, Any] | None = None, uid: str = "set-uid", label: str = "tenants",
+           secret: str = "t001") -> Migration:
+    return {"metadata": {"name": f"tenants-{secret}", "namespace": "shop", "labels": {c.SET_LABEL: label},
+                         "ownerReferences": [{"kind": c.SET_KIND, "name": "tenants", "uid": uid, "controller": True}]},
+            "spec": spec if spec is not None else member_spec(TEMPLATE, Target(secret, "url"), None)}
+
+
+def owner(**approved: str) -> SetApprovals:
+    body = a_set()
+    kept = of_set(body["metadata"], parse_set_spec(body["spec"]), governed=True, targets=frozenset({"t001", "t002"}))
+    return SetApprovals(name=kept.name, uid=kept.uid, template_hash=kept.template_hash, approvals=dict(approved),
+                        targets=kept.targets)
+
+
+def test_a_member_counts_its_owning_sets_approvals_only_when_it_is_the_sets() -> None:
+    kept = owner(**{H1: "alice"})
+    assert member_approvals(member(), kept) == {H1: "alice (DatabaseMigrationSet tenants)"}
+    # A retry's token among the pods' annotations is still the set's template.
+    retried = member(member_spec(TEMPLATE, Target("t001", "url"), "2"))
+    assert member_approvals(retried, kept) == {H1: "alice (DatabaseMigrationSet tenants)"}
+    # Not the set's: another owner, another label, a database that is not a target, a changed template.
+    assert member_approvals(member(uid="other"), kept) == {}
+    assert member_approvals(member(label="other"), kept) == {}
+    assert member_approvals(member(secret="t999"), kept) == {}
+    changed = member_spec({**TEMPLATE, "targetRevision": "r9"}, Target("t001", "url"), None)
+    assert member_approvals(member(changed), kept) == {}
+    assert member_approvals(member(), None) == {} and member_approvals(member(), owner()) == {}
+    # Targets unknown until the set's first pass: nothing counts yet.
+    assert member_approvals(member(), SetApprovals("tenants", "set-uid", kept.template_hash, {H1: "alice"})) == {}
+
+
+def test_the_members_template_hashes_as_the_sets() -> None:
+    body = a_set()
+    spec = parse_set_spec(body["spec"])
+    set_hash = of_set(body["metadata"], spec, governed=False).template_hash
+    assert set_hash == template_hash(spec.template.model_dump(mode="json", by_alias=True, exclude_none=True))
+    # The member's spec as the API server keeps it: the set's template with its defaults filled in, plus a database.
+    stored = member_spec(spec.template.model_dump(mode="json", by_alias=True, exclude_none=True),
+                         Target("t001", "url"), None)
+    assert member_template_hash(stored) == set_hash
+    assert member_template_hash({"migrations": "not an object"}) is None
+
+
+def test_plan_groups_show_who_approved_them_for_the_set() -> None:
+    plans = [PlanGroup(hash=H1, count=180, migrations=["tenants-t001"]),
+             PlanGroup(hash=H2, count=3, migrations=["tenants-t007"])]
+    out = shown(plans, {H1: "alice"})
+    assert [(p.hash, p.approved_by) for p in out] == [(H1, "alice"), (H2, None)]
+
+
+def test_a_members_destructive_plan_goes_on_with_its_sets_approval_of_that_hash() -> None:
+    from dataclasses import replace
+
+    from test_reconcile import PLAN_DESTRUCTIVE, advance, cond, decide, done, observe
+
+    jobs = {"plan": done("plan", PLAN_DESTRUCTIVE)}
+    waiting = advance(decide(observe()), jobs=jobs)
+    h = waiting.status["plan"]["hash"]
+
+    def by_set(approved: dict[str, str]) -> Any:
+        return decide(replace(observe(waiting.status, jobs=jobs), set_approvals=approved))
+
+    other = by_set({"sha256:other": "alice (DatabaseMigrationSet tenants)"})
+    assert other.status["phase"] == "AwaitingApproval"  # another plan's approval: held apart
+    ok = by_set({h: "alice (DatabaseMigrationSet tenants)"})
+    assert ok.status["phase"] == "BackingUp" and [j.role for j in ok.jobs] == ["backup"]
+    assert cond(ok, c.APPROVAL_REQUIRED)["message"] == ("destructive changes approved by alice (DatabaseMigrationSet "
+                                                        "tenants)")
+
+
+def test_kubectl_dbm_shows_which_members_wait_on_which_plan_and_approves_one_for_the_set() -> None:
+    from alembic_operator.dbm import sets
+    from alembic_operator.fleet.api import DatabaseMigrationSetStatus
+
+    status = DatabaseMigrationSetStatus(plans=[PlanGroup(hash=H1, count=3, migrations=["tenants-t001"]),
+                                               PlanGroup(hash=H2, count=1, migrations=["tenants-t007"])])
+    obj = {"metadata": {"name": "tenants", "resourceVersion": "42", "annotations": {}},
+           "status": status.model_dump(mode="json", by_alias=True, exclude_none=True)}
+    (one,) = sets.by_name([obj])
+    members = [{"metadata": {"name": f"tenants-t00{i}"},
+                "status": {"phase": "AwaitingApproval", "plan": {"hash": H2 if i == 7 else H1}}} for i in (1, 2, 3, 7)]
+    members.append({"metadata": {"name": "tenants-t004"}, "status": {"phase": "Succeeded", "plan": {"hash": H1}}})
+    waiting = sets.waiting_by_plan(members)
+    assert waiting == {H1: ["tenants-t001", "tenants-t002", "tenants-t003"], H2: ["tenants-t007"]}
+    detail = sets.detail_text(one, waiting)
+    assert "tenants-t001, tenants-t002, tenants-t003" in detail and "tenants-t007" in detail
+    assert f"kubectl dbm approve --set tenants --hash {H1}" in detail
+    # Two plans wait: the hash must be named; a hash no target waits for is refused; the patch keeps the version.
+    group, why = sets.approval_choice(one, None)
+    assert group is None and "2 different plans" in why and H1 in why and H2 in why
+    group, why = sets.approval_choice(one, "sha256:unknown")
+    assert group is None and "no target of dbms/tenants waits for plan sha256:unknown" in why
+    group, why = sets.approval_choice(one, H1)
+    assert group is not None and group.hash == H1 and why == ""
+    assert sets.approve_patch(one, H1) == {"metadata": {"resourceVersion": "42",
+                                                        "annotations": {c.APPROVE_ANNOTATION: H1}}}
+    # Once H1 is approved, the other is the only one left; approving H1 again changes nothing.
+    one["metadata"]["annotations"] = {c.APPROVE_ANNOTATION: H1}
+    group, why = sets.approval_choice(one, None)
+    assert group is not None and group.hash == H2
+    assert sets.approve_patch(one, H2)["metadata"] == {"resourceVersion": "42",
+                                                       "annotations": {c.APPROVE_ANNOTATION: f"{H1},{H2}"}}
+    assert sets.approval_choice(one, H1)[1] == "already approved"
