@@ -3,7 +3,8 @@
     migrate to revision 3 with data in the tables (Ready)
     -> a destructive plan (revision 4 drops orders.legacy_code) held for approval
     -> review its SQL and approve exactly that plan with kubectl dbm -> Ready
-    -> a failing revision (5) -> automatic rollback, the data intact
+    -> a failing revision (5), rehearsed first on a scratch copy of production (spec.rehearsal): caught there,
+       Stalled (RehearsalFailed), production's rows and schema untouched, no migrate or rollback Job against it
     -> ship the fixed image with a typo in its tag -> Stalled within seconds (ImagePullFailed), the kubelet quoted
     -> the right tag -> Ready at head, without deleting anything
     -> serve it (3 replicas of the shop's HTTP API) under a load generator, and roll out release 2.0 (a column
@@ -19,9 +20,9 @@ the database runs on the host (pods reach it through the bed's relay on the node
 afterwards so you can look around (`make dev-cluster-down` stops it).
 
 The database is PostgreSQL, or MariaDB with `--db mariadb` (`make demo DEMO_DB=mariadb`): the same steps and checks.
-On MariaDB, DDL commits statement by statement, so the failing revision 5 is half-applied (shipments and its index
-created, then the CHECK fails) and the operator restores the backup taken before it, instead of PostgreSQL's
-transaction taking it all back.
+Without the rehearsal, revision 5 would fail on production itself: PostgreSQL's transaction would take it back, and on
+MariaDB (DDL commits statement by statement) it would be half-applied and the operator would restore the backup
+(tests/e2e cover both); with it, production is never touched. The rehearsal's scratch server is the demo's own.
 """
 
 from __future__ import annotations
@@ -97,13 +98,30 @@ def rows(db: Any) -> list[tuple[Any, ...]]:
                     "ORDER BY o.id")
 
 
-def has_table(db: Any, table: str) -> bool:
+def schema(db: Any) -> str:
+    """Every table's columns, indexes, foreign keys and CHECK constraints as the server describes them, in JSON (a
+    reflected column's type is an object that compares by identity: its text is what counts)."""
     engine = sa.create_engine(db.url, poolclass=sa.pool.NullPool)
     try:
         with engine.connect() as conn:
-            return bool(sa.inspect(conn).has_table(table))
+            inspector = sa.inspect(conn)
+            return json.dumps({table: (inspector.get_columns(table), inspector.get_indexes(table),
+                                       inspector.get_foreign_keys(table), inspector.get_check_constraints(table))
+                               for table in inspector.get_table_names()}, default=str, sort_keys=True)
     finally:
         engine.dispose()
+
+
+def scratch_url(server: PostgresServer | MariaDBServer, in_bed: Any) -> str:
+    """The rehearsal's scratch server as pods reach it: the demo's own server, its application user allowed to create
+    and drop alembic_rehearsal_* databases (PostgreSQL: the role has CREATEDB; the URL names the postgres database.
+    MariaDB: a grant on the prefix; the URL names none)."""
+    url = sa.make_url(in_bed.url)
+    if isinstance(server, MariaDBServer):
+        with server.admin() as conn, conn.cursor() as cur:
+            cur.execute(f"GRANT ALL PRIVILEGES ON `alembic\\_rehearsal\\_%`.* TO '{url.username}'@'%'")
+        return url.set(database="").render_as_string(hide_password=False)
+    return url.set(database="postgres").render_as_string(hide_password=False)
 
 
 def start_database(kind: str) -> PostgresServer | MariaDBServer:
@@ -220,23 +238,32 @@ def main() -> int:
         show(bed, "wait", "-n", NS, "--for=condition=Ready", "dbm/shop", "--timeout=300s")
         show(bed, "get", "dbm", "-n", NS)
 
-        say(f"4. Target head ({REV5}): this revision fails on purpose (CHECK total > 0, a free sample order)")
-        cluster.patch("shop", {"spec": {"targetRevision": "head"}})
-        cluster.wait_condition("shop", "RolledBack", timeout=300)
-        obj = cluster.wait_condition("shop", "Stalled", timeout=120)
-        show(bed, "get", "dbm", "-n", NS, "-o", "wide")
+        say(f"4. Target head ({REV5}) with spec.rehearsal on: this revision fails on purpose over production's rows "
+            "(CHECK total > 0, a free sample order); the rehearsal catches it on a scratch copy")
+        cluster.secret("scratch-db", {"url": scratch_url(server, in_bed)})
+        print("scratch server: Secret scratch-db (here the same server; its user may create alembic_rehearsal_* "
+              "databases)")
+        schema_before, jobs_before = schema(db), set(cluster.job_roles("shop"))
+        cluster.patch("shop", {"spec": {"targetRevision": "head", "rehearsal": {
+            "enabled": True, "urlSecretRef": {"name": "scratch-db", "key": "url"}}}})
+        obj = cluster.wait_condition("shop", "Stalled", reason="RehearsalFailed", timeout=300)
+        show(bed, "get", "dbm", "-n", NS)
         conditions(cluster, "shop")
-        print("history:", json.dumps(obj["status"]["history"], indent=2))
-        show(bed, "get", "events", "-n", NS, "--field-selector", "involvedObject.kind=DatabaseMigration",
-             "--sort-by=.lastTimestamp")
+        rehearsal = obj["status"]["rehearsal"]
+        print(f"status.rehearsal: {rehearsal['result']} at revision {rehearsal.get('failedRevision')} after "
+              f"{rehearsal.get('seconds')}s on the copy")
+        print("message:", obj["status"]["message"])
+        jobs = sorted(set(cluster.job_roles("shop")) - jobs_before)
         after = rows(db)
         version = db.query("SELECT version_num FROM alembic_version")[0][0]
-        print(f"\nthe database is at {version}; orders before and after the failed migration are "
-              f"{'identical' if after == before else 'DIFFERENT'} ({len(after)} rows)")
-        shipments = has_table(db, "shipments")
-        print(f"half-created table shipments present: {shipments}")
-        if after != before or version != REV4 or shipments:
-            print("unexpected: the rollback did not keep the data", file=sys.stderr)
+        same_schema = schema(db) == schema_before
+        print(f"\nJobs of this generation: {', '.join(jobs)} (no migrate, downgrade or restore Job ran against "
+              "production)")
+        print(f"production is at {version}; its orders are {'identical' if after == before else 'DIFFERENT'} "
+              f"({len(after)} rows), its schema {'identical' if same_schema else 'DIFFERENT'}")
+        touching = [j for j in jobs if not j.startswith(("plan-", "backup-", "rehearse-"))]
+        if after != before or version != REV4 or not same_schema or touching:
+            print("unexpected: production was touched", file=sys.stderr)
             return 1
 
         typo = f"{bed.registry}/acme/shop:1.l"  # 1.l, not 1.1: the tag a tired human types
@@ -254,6 +281,9 @@ def main() -> int:
         cluster.patch("shop", {"spec": {"migrations": {"image": fixed_ref}}})
         show(bed, "wait", "-n", NS, "--for=condition=Ready", "dbm/shop", "--timeout=300s")
         show(bed, "get", "dbm", "-n", NS)
+        rehearsed = cluster.get("shop")["status"]["rehearsal"]
+        print(f"rehearsal {rehearsed['result']} in {rehearsed['seconds']}s on the copy; the real migration took "
+              f"{rehearsed.get('migrationSeconds')}s")
         version = db.query("SELECT version_num FROM alembic_version")[0][0]
         left = [j["metadata"]["name"] for j in cluster.jobs("shop") if j["spec"]["template"]["spec"].get(
             "initContainers") and any(ctr["image"] == typo for ctr in j["spec"]["template"]["spec"]["initContainers"]
@@ -279,6 +309,8 @@ def _release(version: str, ref: str) -> list[dict[str, Any]]:
     docs = release(NS, "shop", version, ref)
     docs[0]["spec"]["backup"] = {"volume": {"persistentVolumeClaim": {"claimName": "shop-backups"}}, "retain": 5}
     del docs[0]["spec"]["approval"]
+    # Steps 4-6 showed the rehearsal; here it would add one more Job (and its restore) to each release's expand part.
+    docs[0]["spec"]["rehearsal"] = {"enabled": False}
     return docs
 
 
