@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 from kubernetes import client as k8s
+from prometheus_client.parser import text_string_to_metric_families
 
 from alembic_operator import constants as c
 from e2e import BASE_REVISIONS, DROP_LEGACY, E2E, FAILING_AT_ONCE, GATE_TABLE, R3, SLOW, gated, revision
@@ -255,8 +256,18 @@ def _scenario(e2e: E2E, rx: Receiver, leader: PeeredOperator, standby: PeeredOpe
     # No secret anywhere it could leak: payloads (bodies and headers but the token's own), status, Events, logs.
     payloads = [a.body.decode() + json.dumps({k: v for k, v in a.headers.items() if k != "Authorization"})
                 for a in rx.arrivals]
+    # The new leader's metrics count what it delivered (all but the approval), per webhook and type; none retries.
+    exported = standby.metrics()
+    samples = {(x.name, x.labels.get("webhook"), x.labels.get("type"), x.labels.get("result")): x.value
+               for family in text_string_to_metric_families(exported) for x in family.samples
+               if x.labels.get("namespace") == e2e.ns}
+    for webhook in ("operator", "resource"):
+        assert {(t, n) for (name, w, t, r), n in samples.items() if name == "alembic_operator_notifications_total"
+                and w == webhook} == {("Succeeded", 2), ("Failed", 1), ("DriftDetected", 1)}, samples
+    assert not [n for (name, *_), n in samples.items() if name == "alembic_operator_notifications_retrying" and n]
     places = {"payloads": "\n".join(payloads), "status": json.dumps(e2e.cluster.get("shop")),
-              "events": json.dumps(e2e.cluster.events()), "leader log": leader.log(), "standby log": standby.log()}
+              "events": json.dumps(e2e.cluster.events()), "leader log": leader.log(), "standby log": standby.log(),
+              "metrics": exported}
     for secret in (TOKEN, URL_MARK, e2e.db.password):
         assert not [where for where, text in places.items() if secret in text], secret
     print(f"\nthe team's approval notification arrived {retried:+.2f}s after its Secret was created (retried)")
