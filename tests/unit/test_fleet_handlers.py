@@ -65,3 +65,27 @@ async def test_a_pass_before_the_watch_delivered_the_members_counts_the_ones_und
     assert names == {migration_name("fleet", "t2")}
     assert fleet.members[(NS, "fleet")] == {migration_name("fleet", "t2")}
     assert (NS, migration_name("fleet", "t2")) in runtime.migrations
+
+
+def test_a_member_wakes_its_set_only_when_what_the_set_reads_of_it_changes(monkeypatch: pytest.MonkeyPatch) -> None:
+    fleet = Fleet()
+    woken: list[tuple[str, str]] = []
+    monkeypatch.setattr(fleet, "wake", woken.append)
+    member = a_member("t0")
+
+    def seen(version: int, **status: Any) -> int:
+        member["metadata"]["resourceVersion"] = str(version)
+        member["status"] = {**member["status"], **status}
+        fleet.migration_seen("MODIFIED", member)
+        return len(woken)
+
+    assert seen(7, message="planning") == 1  # first sight
+    assert seen(8, message="migrating 1 of 2 revisions") == 1  # progress only: the set's pass would decide alike
+    assert seen(8) == 1  # the same version again (a re-list)
+    ready = {"type": "Ready", "status": "True", "reason": "Migrated", "message": "", "observedGeneration": 1,
+             "lastTransitionTime": "2026-01-01T00:00:00Z"}
+    assert seen(9, phase="Succeeded", conditions=[ready]) == 2  # Ready: its slot is free, the set runs at once
+    member["metadata"]["generation"] = 2
+    assert seen(10) == 3  # a new generation (a retry): under way again
+    fleet.migration_seen("DELETED", member)
+    assert woken == [(NS, "fleet")] * 4 and (NS, member["metadata"]["name"]) not in fleet.observed
