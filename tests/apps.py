@@ -162,7 +162,8 @@ def _body(lines: Sequence[str]) -> str:
 
 
 def make_project(
-    path: Path, revisions: Sequence[Rev], transaction_per_migration: bool = False, models: str | None = None
+    path: Path, revisions: Sequence[Rev], transaction_per_migration: bool = False, models: str | None = None,
+    models_module: str | None = None,
 ) -> Path:
     """Write an Alembic project into `path` (created if needed) and return the path of its alembic.ini."""
     versions = path / "migrations" / "versions"
@@ -170,7 +171,9 @@ def make_project(
     (path / "alembic.ini").write_text(ALEMBIC_INI)
     env = ENV_PY.format(transaction_per_migration=transaction_per_migration)
     if models is not None:
-        module = f"models_{uuid.uuid4().hex[:10]}"  # unique: in-process tests import each project's own
+        # Unique: in-process tests import each project's own. A bed test that builds the project into an image may
+        # name it (a name of its own): the same content is then the same image, built once.
+        module = models_module or f"models_{uuid.uuid4().hex[:10]}"
         header = "import sqlalchemy as sa\n\nmetadata = sa.MetaData()\n\n"
         (path / f"{module}.py").write_text(header + textwrap.dedent(models))
         env = env.replace("target_metadata = None", f"from {module} import metadata as target_metadata")

@@ -12,28 +12,39 @@ how many tenants beyond the canary wave got a DatabaseMigration or the new revis
 set is Stalled naming the canary; then, after the row is fixed and the set resumed (the retry annotation): the wall
 time until every tenant is Ready, the sum of the Jobs' run times (plan and migrate of each tenant, from the resume
 on), the best possible for the same cap (that sum ÷ M: Jobs packed perfectly, no gap, no wave barrier) and the
-ratio. Idle (``--idle N``): N DatabaseMigrations owned by 4 sets over N Secrets whose database is already at the
-target revision (Ready with no Job), then an idle window: the operator's CPU, RSS and API requests per minute (not
-watches, every client's: bench_scale.py's measures). Prints figures only: nothing is asserted.
+ratio; the operator's CPU over the same time; and where the slots' time went, from the bench's own watches of the
+namespace's DatabaseMigrations, Jobs and pods: the set's reaction (a member Ready -> the next one given the
+template), a member's first Job, a Job's pod start and completion, the step between a member's plan and migrate
+Jobs, the last Job to Ready; and the same Jobs packed under the waves with no gap (what the waves' barriers alone
+cost against sum / M). Idle (``--idle N``): N DatabaseMigrations owned by 4 sets over N Secrets whose database is
+already at the target revision (Ready with no Job), then an idle window: the operator's CPU, RSS and API requests
+per minute (not watches, every client's: bench_scale.py's measures). Prints figures only: nothing is asserted.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import heapq
 import os
+import statistics
 import sys
 import tempfile
+import threading
 import time
 import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from kubernetes import client as k8s
+from kubernetes import watch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from alembic_operator import constants as c
+from alembic_operator.fleet.api import parse_set_spec
+from alembic_operator.fleet.strategy import wave_ends
 from apps import Rev, make_project
 from bed.controlplane import Bed
 from bed.mariadb import MariaDBServer
@@ -58,6 +69,184 @@ def _condition(obj: dict[str, Any], type_: str) -> dict[str, Any]:
     return next((x for x in (obj.get("status") or {}).get("conditions") or [] if x["type"] == type_), {})
 
 
+# --- where the time goes: a timeline of the namespace's DatabaseMigrations, Jobs and pods, seen by watches ---------
+
+
+@dataclass
+class Seen:
+    """First times (time.time(), as the bench's watches saw them) of what happened to one object."""
+
+    first: float = 0.0
+    marks: dict[str, float] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def mark(self, what: str, at: float) -> None:
+        self.marks.setdefault(what, at)
+
+
+class Timeline:
+    """Watches (in threads) the namespace's DatabaseMigrations, Jobs and pods and keeps when each changed: a member
+    given the template (created, or its generation raised by a retry) and seen Ready; each Job created, started and
+    complete (its own startTime/completionTime too); each pod's containers running and terminated."""
+
+    def __init__(self, api: k8s.ApiClient, ns: str) -> None:
+        self.ns = ns
+        self.custom, self.batch, self.core = k8s.CustomObjectsApi(api), k8s.BatchV1Api(api), k8s.CoreV1Api(api)
+        self.members: dict[str, Seen] = {}  # "<name>@<generation>"
+        self.jobs: dict[str, Seen] = {}
+        self.pods: dict[str, Seen] = {}
+        self.lock = threading.Lock()
+        self.stopping = threading.Event()
+        self.threads = [threading.Thread(target=self._watch, args=(kind,), daemon=True)
+                        for kind in ("members", "jobs", "pods")]
+
+    def start(self) -> Timeline:
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    def _list(self, kind: str) -> Any:
+        if kind == "members":
+            return lambda **kw: self.custom.list_namespaced_custom_object(c.GROUP, c.VERSION, self.ns, c.PLURAL, **kw)
+        return {"jobs": self.batch.list_namespaced_job, "pods": self.core.list_namespaced_pod}[kind]
+
+    def _watch(self, kind: str) -> None:
+        while not self.stopping.is_set():
+            with contextlib.suppress(Exception):
+                stream = watch.Watch().stream(self._list(kind), **({} if kind == "members" else {"namespace": self.ns}),
+                                              timeout_seconds=20)
+                for event in stream:
+                    obj = event["object"]
+                    with self.lock:
+                        getattr(self, f"_{kind}")(time.time(), obj if isinstance(obj, dict) else obj.to_dict())
+                    if self.stopping.is_set():
+                        return
+
+    def _members(self, now: float, obj: dict[str, Any]) -> None:
+        meta, status = obj["metadata"], obj.get("status") or {}
+        gen = int(meta.get("generation") or 0)
+        seen = self.members.setdefault(f"{meta['name']}@{gen}", Seen(first=now))
+        ready = _condition(obj, c.READY)
+        if status.get("observedGeneration") == gen and ready.get("status") == "True" \
+                and ready.get("observedGeneration") == gen:
+            seen.mark("ready", now)
+
+    def _jobs(self, now: float, obj: dict[str, Any]) -> None:
+        meta, status = obj["metadata"], obj.get("status") or {}
+        seen = self.jobs.setdefault(meta["name"], Seen(first=now))
+        seen.info["name"] = meta["name"]
+        seen.info["member"] = (meta.get("labels") or {}).get(c.OWNER_LABEL)
+        seen.info["role"] = (meta.get("labels") or {}).get(c.ROLE_LABEL)
+        seen.info["generation"] = (meta.get("labels") or {}).get(c.GENERATION_LABEL)
+        if status.get("start_time"):
+            seen.info["start"] = status["start_time"].timestamp()
+        if status.get("completion_time"):
+            seen.info["completion"] = status["completion_time"].timestamp()
+        if any(x["type"] in ("Complete", "Failed") and x["status"] == "True" for x in status.get("conditions") or []):
+            seen.mark("done", now)
+
+    def _pods(self, now: float, obj: dict[str, Any]) -> None:
+        meta, status = obj["metadata"], obj.get("status") or {}
+        seen = self.pods.setdefault(meta["name"], Seen(first=now))
+        seen.info["job"] = (meta.get("labels") or {}).get("job-name")
+        if (obj.get("spec") or {}).get("node_name"):
+            seen.mark("scheduled", now)
+        for st in (status.get("init_container_statuses") or []) + (status.get("container_statuses") or []):
+            state = st.get("state") or {}
+            if state.get("running") or state.get("terminated"):
+                seen.mark(f"{st['name']}:running", now)
+            if state.get("terminated"):
+                seen.mark(f"{st['name']}:terminated", now)
+                finished = state["terminated"].get("finished_at")
+                started = state["terminated"].get("started_at")
+                if finished and started:
+                    seen.info[f"{st['name']}:ran"] = (finished - started).total_seconds()
+
+    def report(self, since: float, m: int, ends: list[int]) -> None:
+        """Where each slot's time went between `since` and the last member Ready; and the same members' Job times
+        packed under the waves (`ends`: each wave's end in the rollout order, a member's place is its tenant's
+        number) with no gap at all: what the waves alone cost against the best possible."""
+        with self.lock:
+            members = {k: v for k, v in self.members.items() if v.first >= since - 1 and "ready" in v.marks}
+            jobs = {k: v for k, v in self.jobs.items() if v.first >= since - 1}
+            pods = dict(self.pods)
+        by_member: dict[str, list[Seen]] = {}
+        for job in jobs.values():
+            by_member.setdefault(f"{job.info['member']}@{job.info['generation']}", []).append(job)
+        pod_of = {p.info.get("job"): p for p in pods.values()}
+        gaps: dict[str, list[float]] = {k: [] for k in (
+            "set: a member Ready -> the next member given the template", "member given the template -> its first Job",
+            "a Job created -> its pod's first container running", "a pod's last container done -> its Job complete",
+            "plan Job complete -> migrate Job created", "migrate Job complete -> the member Ready",
+            "Job run time (startTime -> completionTime)", "  of which containers' own run times")}
+        keys = list(gaps)
+        readies = sorted(v.marks["ready"] for v in members.values())
+        for seen in members.values():
+            before = [r for r in readies if r <= seen.first]
+            gaps[keys[0]].append(seen.first - (before[-1] if before else since))
+        for name, seen in members.items():
+            mine = sorted(by_member.get(name, []), key=lambda j: j.first)
+            if not mine:
+                continue
+            gaps[keys[1]].append(mine[0].first - seen.first)
+            for job in mine:
+                pod = pod_of.get(job.info["name"])
+                if pod is not None:
+                    running = [t for k, t in pod.marks.items() if k.endswith(":running")]
+                    done = [t for k, t in pod.marks.items() if k.endswith(":terminated")]
+                    if running:
+                        gaps[keys[2]].append(min(running) - job.first)
+                    if done and "done" in job.marks:
+                        gaps[keys[3]].append(job.marks["done"] - max(done))
+                    gaps[keys[7]].append(sum(v for k, v in pod.info.items() if k.endswith(":ran")))
+                if "start" in job.info and "completion" in job.info:
+                    gaps[keys[6]].append(job.info["completion"] - job.info["start"])
+            roles = {j.info["role"]: j for j in mine}
+            if "plan" in roles and "migrate" in roles and "done" in roles["plan"].marks:
+                gaps[keys[4]].append(roles["migrate"].first - roles["plan"].marks["done"])
+            last = mine[-1]
+            if "done" in last.marks:
+                gaps[keys[5]].append(seen.marks["ready"] - last.marks["done"])
+        end = max(readies) if readies else since
+        held = sum(v.marks["ready"] - v.first for v in members.values())
+        run = sum(gaps[keys[6]])
+        print()
+        print(f"Where the time went ({len(members)} members, {len(jobs)} Jobs, {end - since:.0f}s from the resume to "
+              f"the last Ready, M={m}: {m * (end - since):.0f} slot-seconds)")
+        print(f"  slots held by a member: {held:.0f}s ({100 * held / max(1.0, m * (end - since)):.0f} %), "
+              f"of which Jobs running: {run:.0f}s; free slots: {m * (end - since) - held:.0f}s")
+        work: dict[int, float] = {}
+        for name in members:
+            mine = [j for j in by_member.get(name, []) if "start" in j.info and "completion" in j.info]
+            work[int(name.split("@")[0].rsplit("-", 1)[1])] = sum(j.info["completion"] - j.info["start"] for j in mine)
+        packed = _packed(work, ends, m)
+        print(f"  the same Jobs packed with no gap but the waves' barriers: {packed:.0f}s, "
+              f"{packed / max(1.0, run / m):.2f} x the best possible (sum / M); the wall time is "
+              f"{(end - since) / max(1.0, packed):.2f} x that")
+        print("| step | count | mean s | median s | p90 s | sum s |")
+        print("|---|---|---|---|---|---|")
+        for what, values in gaps.items():
+            if values:
+                values.sort()
+                print(f"| {what} | {len(values)} | {statistics.fmean(values):.2f} | {statistics.median(values):.2f} | "
+                      f"{values[int(0.9 * (len(values) - 1))]:.2f} | {sum(values):.0f} |")
+
+
+def _packed(work: dict[int, float], ends: list[int], m: int) -> float:
+    """When the last of these members (place -> its Jobs' run time) would end, started in order at most `m` at once
+    the moment a slot frees, each wave once every member of the ones before it ended: no gap of any kind."""
+    now, begin = 0.0, 0
+    for end in ends:
+        slots = [now] * m
+        for place in sorted(p for p in work if begin <= p < end):
+            heapq.heappush(slots, heapq.heappop(slots) + work[place])
+        now, begin = max(slots), end
+    return now
+
+
 def rollout(args: argparse.Namespace, bed: Bed, tmp: Path) -> None:
     pg, my = PostgresServer(tmp / "pg"), MariaDBServer(Path(tempfile.mkdtemp(prefix="bench-fleet-mariadb-")))
     pg.start()
@@ -66,6 +255,7 @@ def rollout(args: argparse.Namespace, bed: Bed, tmp: Path) -> None:
     core, custom = k8s.CoreV1Api(api), k8s.CustomObjectsApi(api)
     ns = f"bench-fleet-{uuid.uuid4().hex[:6]}"
     operator: OperatorProcess | None = None
+    timeline: Timeline | None = None
     try:
         core.create_namespace(k8s.V1Namespace(metadata=k8s.V1ObjectMeta(name=ns)))
         cluster = Cluster(api, ns)
@@ -88,6 +278,7 @@ def rollout(args: argparse.Namespace, bed: Bed, tmp: Path) -> None:
         print(f"{args.pg} PostgreSQL + {args.mariadb} MariaDB tenants at {BASE.id} in "
               f"{time.monotonic() - t0:.0f}s; the canary t-000 has a row that breaks {CHECK.id}", flush=True)
         operator = OperatorProcess(bed, [ns], tmp / "operator-rollout.log", extra_args=["--no-webhook"]).start()
+        timeline = Timeline(bed.api_client(), ns).start()
         m = args.max_in_flight
         spec = {"template": {"migrations": {"image": image, "workingDir": "/app"}, "targetRevision": "head",
                              "backup": {"enabled": False}},
@@ -115,10 +306,13 @@ def rollout(args: argparse.Namespace, bed: Bed, tmp: Path) -> None:
 
         dbs["t-000"].query("UPDATE items SET qty = 0 WHERE qty < 0")
         resumed = time.time()
+        pid = operator.proc.pid if operator.proc is not None else 0
+        cpu0 = cpu_seconds(pid)
         custom.patch_namespaced_custom_object(c.GROUP, c.VERSION, ns, c.SET_PLURAL, "tenants", {
             "metadata": {"annotations": {c.RETRY_ANNOTATION: "fixed"}}})
         wait_for(lambda: _condition(get(), c.READY).get("status") == "True" or None, 7200, "the set Ready")
         wall = time.time() - resumed
+        operator_cpu = cpu_seconds(pid) - cpu0
         at_target = sum(1 for db in dbs.values() if _revision(db) == CHECK.id)
         durations = []
         for job in cluster.batch.list_namespaced_job(ns).items:
@@ -133,7 +327,12 @@ def rollout(args: argparse.Namespace, bed: Bed, tmp: Path) -> None:
         print("|---|---|---|---|---|---|---|---|---|")
         print(f"| {args.pg} + {args.mariadb} | {at_target} | {len(durations)} | {m} | {wall:.0f} | "
               f"{sum(durations):.0f} | {best:.0f} | {wall / best:.2f} | {load[0]:.2f} / {load[1]:.2f} |", flush=True)
+        print(f"operator CPU from the resume to Ready: {operator_cpu:.1f}s "
+              f"({100 * operator_cpu / wall:.1f} % of a core)", flush=True)
+        timeline.report(resumed, m, wave_ends(parse_set_spec(spec), total, 2))
     finally:
+        if timeline is not None:
+            timeline.stop()
         if operator is not None:
             operator.stop()
         with contextlib.suppress(k8s.ApiException):

@@ -196,10 +196,11 @@ class E2E:
         return self.cluster.ns
 
     def project(self, revisions: list[Rev], transaction_per_migration: bool = False, name: str = "app",
-                models: str | None = None) -> Path:
+                models: str | None = None, models_module: str | None = None) -> Path:
         # A directory that outlives the test run less often than tmp_path is cleaned: the "image" of the Jobs.
         path = make_project(self.apps / f"{name}-{len(self.projects)}", revisions,
-                            transaction_per_migration=transaction_per_migration, models=models).parent
+                            transaction_per_migration=transaction_per_migration, models=models,
+                            models_module=models_module).parent
         self.projects.append(path)
         self.images[path] = app_image(self.bed, path)
         return path

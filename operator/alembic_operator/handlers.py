@@ -202,8 +202,12 @@ async def _reconcile(ctx: Context, namespace: str, name: str, logger: Logger,
     act.count(ctx, namespace, name, status, decision, obs.jobs)
     delay = decision.requeue_after
     ctx.runtime.settled.pop(ref, None)
-    if _settles(run, obs, decision, ctx.runtime.has_active_jobs(ref)) and target is not None:
-        current = ctx.runtime.migrations.get(ref) or obj
+    current = ctx.runtime.migrations.get(ref) or obj
+    if changed_meanwhile(obj, current):
+        # An edit (a new spec, an approval) landed between this pass's read and its status write: the write's answer
+        # carried it into the cache, so its own watch event will look old and wake nothing. Look again now.
+        ctx.runtime.wake(namespace, name)
+    elif _settles(run, obs, decision, ctx.runtime.has_active_jobs(ref)) and target is not None:
         drift_on = bool(_drift_interval(obs))
         settled = freshness.Settled(
             resource_version=str(current["metadata"].get("resourceVersion")), revision=obs.database.revision,
@@ -214,6 +218,13 @@ async def _reconcile(ctx: Context, namespace: str, name: str, logger: Logger,
     else:
         ctx.runtime.targets.pop(ref, None)
     return delay, decision.state
+
+
+def changed_meanwhile(read: Migration, current: Migration) -> bool:
+    """Whether someone else changed the resource since `read` (its spec's generation, its annotations, its
+    deletion), as `current` (the cache after our own status write) shows it."""
+    before, after = read.get("metadata") or {}, current.get("metadata") or {}
+    return any(before.get(key) != after.get(key) for key in ("generation", "annotations", "deletionTimestamp"))
 
 
 def _settles(run: RunStatus, obs: Observation, decision: Decision, jobs_running: bool) -> bool:

@@ -14,6 +14,8 @@
     metrics.lock_timeout(namespace, name)      # a migration or downgrade Job ended LockTimeout
     metrics.last_run_duration(namespace, name, "9d81aa02c4f5", 42.0)  # the migration Job that reached it
     metrics.notification(namespace, name, "operator", "Failed", "delivered")
+    metrics.notifications_retrying(namespace, name, {("operator", "Failed"): 1})  # after each delivery round
+    metrics.leading()                          # whether Kopf's peering has this replica active (the notifier asks)
     metrics.forget(namespace, name)            # the DatabaseMigration is gone: drop its series
     metrics.serve(metrics.options_from_env())  # at start-up: serve /metrics when ALEMBIC_OPERATOR_METRICS_PORT is set
 
@@ -32,6 +34,8 @@ Series (all prefixed ``alembic_operator_``; ``namespace``/``name`` are the Datab
                                                                    resource: the old revision's series is removed)
     notifications_total{namespace,name,webhook,type,result}  counter notification attempts (notify/): webhook
                                                                    operator|resource, result delivered|failed|expired
+    notifications_retrying{namespace,name,webhook,type}  gauge     deliveries that failed and wait for their next
+                                                                   attempt (0 once delivered or given up)
     build_info{version}                                  gauge     1
 
 What the alert rules and the dashboard read (charts/alembic-operator/templates/prometheusrule.yaml, dashboard.json):
@@ -185,6 +189,12 @@ class Metrics:
         self.notifications_total = Counter(f"{PREFIX}_notifications_total", "Attempts to deliver a notification "
                                            "to a webhook, by result (delivered, failed: retried, expired: given up).",
                                            ["namespace", "name", "webhook", "type", "result"], registry=registry)
+        # notify/ (issue 26): what the dashboard's notification panels read besides notifications_total
+        self.notifications_retrying_gauge = Gauge(
+            f"{PREFIX}_notifications_retrying", "Deliveries of a notification that failed and wait for their next "
+            "attempt (status.notifications: Pending after a failed attempt).", ["namespace", "name", "webhook", "type"],
+            registry=registry)
+        self.leading_now = True  # what the `leading` gauge says, for the notifier (a paused replica sends nothing)
         self.build_info = Gauge(f"{PREFIX}_build_info", "The operator's version (value 1).", ["version"],
                                 registry=registry)
         self.build_info.labels(version=__version__).set(1)
@@ -285,6 +295,21 @@ class Metrics:
             labels = (namespace, name, webhook, type_, result)
             self.notifications_total.labels(*labels).inc()
             self._note("notifications_total", labels)
+
+    def notifications_retrying(self, namespace: str, name: str, counts: Mapping[tuple[str, str], int]) -> None:
+        """The resource's deliveries waiting for a retry, per (webhook, type); a pair it had before and not in
+        `counts` goes to 0 (the panel shows the retry ending)."""
+        with self._lock:
+            metric = "notifications_retrying_gauge"
+            before = {(labels[2], labels[3]) for m, labels in self._seen.get((namespace, name), set()) if m == metric}
+            for key in before | set(counts):
+                labels = (namespace, name, *key)
+                self.notifications_retrying_gauge.labels(*labels).set(max(0, int(counts.get(key, 0))))
+                self._note(metric, labels)
+
+    def set_leading(self, leading: bool) -> None:
+        self.leading_now = leading
+        self.leading.set(1 if leading else 0)
 
     def _exclusive(self, metric: str, key: tuple[str, ...], labels: tuple[str, ...], value: float) -> None:
         """Set the series `key + labels` of `metric`, removing the one this key had with other labels (under
@@ -421,6 +446,15 @@ def notification(namespace: str, name: str, webhook: str, type_: str, result: st
     _safely(default().notification, namespace, name, webhook, type_, result)
 
 
+def notifications_retrying(namespace: str, name: str, counts: Mapping[tuple[str, str], int]) -> None:
+    _safely(default().notifications_retrying, namespace, name, counts)
+
+
+def leading() -> bool:
+    """Whether this replica is the active one (Kopf peering; always standalone), as the `leading` gauge says."""
+    return default().leading_now
+
+
 def lock_timeout(namespace: str, name: str) -> None:
     _safely(default().lock_timeout, namespace, name)
 
@@ -461,9 +495,9 @@ class LeadershipFromPeering(logging.Handler):
             return
         target = self.metrics or default()
         if message.startswith("Pausing"):
-            target.leading.set(0)
+            target.set_leading(False)
         elif message.startswith("Resuming"):
-            target.leading.set(1)
+            target.set_leading(True)
 
 
 def follow_peering(metrics: Metrics | None = None, paused_at_start: bool = False) -> LeadershipFromPeering:
@@ -471,7 +505,7 @@ def follow_peering(metrics: Metrics | None = None, paused_at_start: bool = False
     named peering (--peering) Kopf starts paused and logs "Resuming" once it finds no peer above it: the gauge starts
     at 0 then. With several watched namespaces (a peering in each) it follows the last change any of them logged."""
     handler = LeadershipFromPeering(metrics)
-    (metrics or default()).leading.set(0 if paused_at_start else 1)
+    (metrics or default()).set_leading(not paused_at_start)
     peering = logging.getLogger(PEERING_LOGGER)
     if peering.getEffectiveLevel() > logging.INFO:
         peering.setLevel(logging.INFO)

@@ -1,13 +1,14 @@
 """Notifications on the bed (issue 26): two operator processes in Kopf peering, the leader killed in the middle, and
 a receiver of the test's own (an HTTP server on the host, relayed to the node as the database is) behind both
 webhooks: the operator-wide one (--notify-secret, CloudEvents) and the resource's own (spec.notifications, Slack,
-with a bearer token). Awaiting approval, succeeded and failed (rolled back) each arrive exactly once per webhook
-(the old leader sent the approval; the new one sees it recorded and sends the rest), with no secret in any payload.
-The delays from each condition to its arrival are printed (no timed assertion)."""
+with a bearer token). Awaiting approval, succeeded, failed (rolled back) and drift detected each arrive exactly once
+per webhook (the old leader sent the approval; the new one sees it recorded and sends the rest), with no secret in
+any payload. The delays from each condition to its arrival are printed (no timed assertion)."""
 
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ from typing import Any
 
 import pytest
 from kubernetes import client as k8s
+from prometheus_client.parser import text_string_to_metric_families
 
 from alembic_operator import constants as c
 from e2e import BASE_REVISIONS, DROP_LEGACY, E2E, FAILING_AT_ONCE, GATE_TABLE, R3, SLOW, gated, revision
@@ -27,6 +29,15 @@ from harness import VENV_BIN, OperatorProcess, wait_for
 pytestmark = pytest.mark.bed
 
 PEERING = "notify-e2e"
+# The app's models: the schema at head (the failing revision's check constraint is not compared by autogenerate).
+MODELS = '''
+sa.Table("customers", metadata, sa.Column("id", sa.Integer, primary_key=True),
+         sa.Column("name", sa.String(80), nullable=False), sa.Column("email", sa.String(120)))
+sa.Table("orders", metadata, sa.Column("id", sa.Integer, primary_key=True),
+         sa.Column("customer_id", sa.Integer, sa.ForeignKey("customers.id")),
+         sa.Column("total", sa.Numeric(10, 2), nullable=False))
+sa.Table("runs", metadata, sa.Column("rev", sa.Text))
+'''
 TOKEN = "bearer-7e1c0d5f"
 URL_MARK = "hook-path-secret-91b2"  # in both URLs' paths: a URL from a Secret is a secret too
 
@@ -144,15 +155,17 @@ def test_notifications_once_each_across_a_leader_failover(e2e: E2E, receiver: tu
     standby = PeeredOperator(e2e.bed, [e2e.ns], e2e.tmp / "standby.log", [*notify, "--priority", "1"]).start()
     # Kopf starts a peer paused; only the leader says "Resuming operations" (when it has found no higher peer).
     wait_for(lambda: "Resuming operations after the pause" in leader.log(), 60, "the leader to lead")
-    e2e.operator = standby  # the fixture's leak check reads its log and stops it
+    e2e.operator = standby  # the fixture's leak check reads its log (it stops the operator it started itself)
     try:
         _scenario(e2e, rx, leader, standby, f"http://{host}:{inner}/team/{URL_MARK}")
     finally:
         leader.stop()
+        standby.stop()
 
 
 def _scenario(e2e: E2E, rx: Receiver, leader: PeeredOperator, standby: PeeredOperator, team_url: str) -> None:
-    project = e2e.project([*BASE_REVISIONS, DROP_LEGACY, gated(SLOW), FAILING_AT_ONCE])
+    project = e2e.project([*BASE_REVISIONS, DROP_LEGACY, gated(SLOW), FAILING_AT_ONCE], models=MODELS,
+                          models_module="models_notify_e2e")  # named: one image build, reused by later runs
     e2e.upgrade_directly(project, R3)
     e2e.seed()
     own = {"urlSecretRef": {"name": "team-hook", "key": "url"},
@@ -214,20 +227,47 @@ def _scenario(e2e: E2E, rx: Receiver, leader: PeeredOperator, standby: PeeredOpe
     assert failed["reason"] == obj["status"]["history"][-1]["reason"] and failed["rollback"].startswith(
         "TransactionRolledBack") and failed["to"] == FAILING_AT_ONCE.id
 
-    # Exactly once each, per webhook: 3 CloudEvents and 3 Slack messages, no repeat, none lost.
+    # 5. The team fixes the row the revision tripped on and turns drift checks on (a new generation: the run to head
+    # is tried again and succeeds); someone had added a column by hand meanwhile. The first check at head (at once
+    # when Ready; the next one an hour later) finds it, and both webhooks hear of it.
+    e2e.db.query("UPDATE orders SET total = 1 WHERE total <= 0")
+    e2e.db.query("ALTER TABLE customers ADD COLUMN nickname text")
+    e2e.cluster.patch("shop", {"spec": {"driftCheck": {"interval": "1h"}}})
+    for part in ("/central/", "/team/"):
+        _arrived(rx, part, "succeeded-g3-", timeout=180)
+    seen = _condition_since(e2e, "shop", "Drifted", reason="SchemaDrift")
+    for part in ("/central/", "/team/"):
+        delays.setdefault("drift detected", []).append(_arrived(rx, part, "/drift-").at - seen)
+    drift = _arrived(rx, "/central/", "/drift-").json
+    assert drift["type"] == "io.alembic-operator.databasemigration.driftdetected"
+    assert [f for f in drift["data"]["findings"] if "nickname" in f], drift["data"]["findings"]
+    assert "nickname" in _arrived(rx, "/team/", "/drift-").json["blocks"][0]["text"]["text"]
+
+    # Exactly once each, per webhook: 5 CloudEvents and 5 Slack messages, no repeat, none lost.
     time.sleep(2)  # a repeat would come within the notifier's first retry (2 s): show that none does
     for part, fmt in (("/central/", "CloudEvents"), ("/team/", "Slack")):
-        keys = [a.key.split("/", 1)[1].split("-g")[0] for a in rx.on(part)]
-        assert sorted(keys) == ["approval", "failed", "succeeded"], (part, keys)
+        keys = [re.sub(r"-(\d{8}T\d{6}Z|[0-9a-f]{12})$", "", a.key.split("/", 1)[1]) for a in rx.on(part)]
+        assert sorted(keys) == ["approval-g1", "drift", "failed-g2", "succeeded-g1", "succeeded-g3"], (part, keys)
         for a in rx.on(part):
             assert ("specversion" in a.json) == (fmt == "CloudEvents")
+            assert fmt == "Slack" or a.json["id"] == a.key  # the id a receiver deduplicates on: uid/notification
             assert ("Authorization" in a.headers) == (part == "/team/")
     assert all(a.headers.get("Authorization") == f"Bearer {TOKEN}" for a in rx.on("/team/"))
     # No secret anywhere it could leak: payloads (bodies and headers but the token's own), status, Events, logs.
     payloads = [a.body.decode() + json.dumps({k: v for k, v in a.headers.items() if k != "Authorization"})
                 for a in rx.arrivals]
+    # The new leader's metrics count what it delivered (all but the approval), per webhook and type; none retries.
+    exported = standby.metrics()
+    samples = {(x.name, x.labels.get("webhook"), x.labels.get("type"), x.labels.get("result")): x.value
+               for family in text_string_to_metric_families(exported) for x in family.samples
+               if x.labels.get("namespace") == e2e.ns}
+    for webhook in ("operator", "resource"):
+        assert {(t, n) for (name, w, t, r), n in samples.items() if name == "alembic_operator_notifications_total"
+                and w == webhook} == {("Succeeded", 2), ("Failed", 1), ("DriftDetected", 1)}, samples
+    assert not [n for (name, *_), n in samples.items() if name == "alembic_operator_notifications_retrying" and n]
     places = {"payloads": "\n".join(payloads), "status": json.dumps(e2e.cluster.get("shop")),
-              "events": json.dumps(e2e.cluster.events()), "leader log": leader.log(), "standby log": standby.log()}
+              "events": json.dumps(e2e.cluster.events()), "leader log": leader.log(), "standby log": standby.log(),
+              "metrics": exported}
     for secret in (TOKEN, URL_MARK, e2e.db.password):
         assert not [where for where, text in places.items() if secret in text], secret
     print(f"\nthe team's approval notification arrived {retried:+.2f}s after its Secret was created (retried)")

@@ -58,6 +58,8 @@ def exported() -> set[str]:
     m.resource_state("n", "a", metrics.state_of(status, backup_enabled=True))
     m.queued("n", "a", True)
     m.last_run_duration("n", "a", "r", 1)
+    m.notification("n", "a", "operator", "Failed", "failed")
+    m.notifications_retrying("n", "a", {("operator", "Failed"): 1})
     text = generate_latest(m.registry).decode()
     return {s.name for f in text_string_to_metric_families(text) for s in f.samples}
 
@@ -179,7 +181,8 @@ def test_dashboard_panels_parse_and_read_only_exported_metrics(tmp_path: Path) -
     assert len(exprs) >= 15
     titles = {p["title"] for p in board["panels"]}
     for wanted in ("Runs per resource", "Failures and rollbacks", "Job duration (p95) per resource",
-                   "Last migration per revision", "Backup age", "Backup size", "Held pods", "Job slots", "Lock waits"):
+                   "Last migration per revision", "Backup age", "Backup size", "Held pods", "Job slots", "Lock waits",
+                   "Notifications delivered", "Notification attempts failed", "Notifications retrying now"):
         assert wanted in titles
     rules = {"groups": [{"name": "dashboard", "rules": [{"record": f"dashboard:panel_{i}", "expr": e}
                                                         for i, e in enumerate(exprs)]}]}
@@ -192,7 +195,7 @@ def test_dashboard_panels_parse_and_read_only_exported_metrics(tmp_path: Path) -
     assert metric_names(variable.removeprefix("label_values(").split(",")[0]) <= names
 
 
-@pytest.mark.parametrize("part", ["prometheusRule", "grafanaDashboard"])
+@pytest.mark.parametrize("part", ["prometheusRule", "grafanaDashboard", "notifications"])
 def test_readmes_show_how_to_turn_each_part_on(part: str) -> None:
     for readme in (REPO / "README.md", CHART / "README.md"):
         assert f"{part}.enabled=true" in readme.read_text(), readme

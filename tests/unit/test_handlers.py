@@ -42,15 +42,19 @@ def events(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str, str]]:
 
 
 async def reconcile(emulator: kmock.KubernetesEmulator, deleted_meanwhile: bool = False,
+                    edited_meanwhile: bool = False, runtime: indexes.Runtime | None = None,
                     ) -> tuple[float | None, dict[str, Any]]:
-    """One pass on `db`; with `deleted_meanwhile`, the watch delivers its deletion while the pass writes status."""
-    runtime = indexes.Runtime()
+    """One pass on `db`; with `deleted_meanwhile`, the watch delivers its deletion while the pass writes status; with
+    `edited_meanwhile`, someone edits its spec between the pass's read and its status write."""
+    runtime = indexes.Runtime() if runtime is None else runtime
     for declared in ("batch/v1/jobs", "v1/pods", "v1/secrets", "v1/events", f"{c.GROUP}/{c.VERSION}/{c.PLURAL}"):
         emulator.resources[declared] = {}
 
     def patch_status(request: kmock.Request) -> dict[str, Any]:
         """The status subresource, as the API server does it: only .status changes (a merge patch)."""
         obj = emulator.objects[DBM, NS, "db"]
+        if edited_meanwhile:
+            obj.patch({"metadata": {"generation": 2, "resourceVersion": "2"}, "spec": {"targetRevision": "abc123"}})
         obj.patch({"status": request.data["status"]})
         if deleted_meanwhile:
             runtime.migration_seen("DELETED", dict(obj.raw))
@@ -86,6 +90,24 @@ async def test_a_missing_secret_is_written_as_stalled_and_starts_no_job(
     assert [(kind, reason) for kind, reason, _ in events] == [("Warning", "SecretNotFound")]
     _delay, again = await reconcile(kmock)  # nothing changed: the same status, no second Event
     assert again == status and len(events) == 1
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("edited", [False, True])
+async def test_an_edit_between_a_pass_s_read_and_its_status_write_is_looked_at_again(
+        kmock: kmock.KubernetesEmulator, events: list[tuple[str, str, str]], edited: bool) -> None:
+    """The status write answers with the edited object, which the cache keeps: the edit's own watch event then looks
+    old and wakes nothing (a new spec waited minutes on the bed). The pass asks for another at once instead."""
+    from alembic_operator.schedule import Scheduler
+
+    async def work(_key: object) -> float | None:
+        return None
+
+    kmock.objects[DBM, NS, "db"] = migration()
+    runtime = indexes.Runtime()
+    runtime.scheduler = Scheduler(work)  # not started: what it was asked to do stays visible
+    await reconcile(kmock, edited_meanwhile=edited, runtime=runtime)
+    assert runtime.scheduler.pending() == (1 if edited else 0)
 
 
 def series(name: str) -> list[str]:

@@ -151,7 +151,7 @@ def test_payloads_cloudevents_and_slack() -> None:
     record = next(iter(due.due(REF, awaiting(), [ALL], NOW).values()))
     event = payload.cloudevent(REF, "uid-1", "approval-g3-1ee138a8c0ff", record)
     assert {k: event[k] for k in ("specversion", "id", "type", "subject", "time", "datacontenttype")} == {  # type: ignore[literal-required]
-        "specversion": "1.0", "id": "approval-g3-1ee138a8c0ff",
+        "specversion": "1.0", "id": "uid-1/approval-g3-1ee138a8c0ff",
         "type": "io.alembic-operator.databasemigration.awaitingapproval", "subject": "orders",
         "time": "2026-12-07T07:00:00Z", "datacontenttype": "application/json"}
     assert event["source"] == "/apis/migrations.alembic-operator.io/v1alpha1/namespaces/shop/databasemigrations/orders"
@@ -210,10 +210,13 @@ class Receiver:
     answers: list[int] = field(default_factory=list)  # status codes to answer in turn (then 200)
     got: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
+    hold: asyncio.Event | None = None  # set: answer; None: answer at once
 
     async def handle(self, request: web.Request) -> web.Response:
         self.got.append((dict(request.headers), await request.read()))
         self.arrived.set()
+        if self.hold is not None:
+            await self.hold.wait()
         return web.Response(status=self.answers.pop(0) if self.answers else 200)
 
 
@@ -339,3 +342,113 @@ def test_the_reconcilers_status_patch_never_touches_the_notifiers_record() -> No
     rebuilt = {k: v for k, v in stored.items() if k != "notifications"} | {"phase": "BackingUp"}
     assert "notifications" in merge_patch(stored, rebuilt)  # what a plain patch would do: null it
     assert merge_patch(act._reconcilers(stored), act._reconcilers(rebuilt)) == {"phase": "BackingUp"}
+
+
+class Crash(BaseException):
+    """The process dies (SIGKILL, a node lost): nothing after it runs, nothing catches it."""
+
+
+@dataclass
+class CrashAfterTheReceiverAnswers(FakeKube):
+    """The API server write that would record a delivery never happens: the process died just before it."""
+
+    async def patch_status(self, namespace: str, name: str, patch: dict[str, Any]) -> Migration:
+        if any("deliveries" in (x or {}) and all(d.get("state") == "Delivered" for d in x["deliveries"].values())
+               for x in patch.get("notifications", {}).values()):
+            raise Crash
+        return await super().patch_status(namespace, name, patch)
+
+
+def _two_webhooks(port: int, status: DatabaseMigrationStatus, kube: type[FakeKube] = FakeKube) -> tuple[
+        FakeKube, Webhook]:
+    """The resource's own webhook (Slack) and the operator's (CloudEvents), on the test's receiver."""
+    fake = kube(resource(status, {"urlSecretRef": {"name": "hook", "key": "url"}, "format": "Slack"}))
+    fake.secrets[("shop", "hook")] = {"url": URL_SECRET_VALUE.format(port=port)}
+    fake.secrets[("ops", "central")] = {"url": URL_SECRET_VALUE.format(port=port)}
+    return fake, Webhook(secret="central", url_key="url", format="CloudEvents", namespace="ops")
+
+
+@pytest.mark.asyncio
+async def test_a_repeat_is_the_same_request_after_a_retry_or_a_crash_before_the_status_write(
+        receiver: tuple[Receiver, int]) -> None:
+    """The one window exactly-once cannot close: the receiver answered 2xx, the process died before recording it.
+    The next leader sends it again, byte for byte what the first one sent (and a retry after a failure is the same
+    request too): a receiver that keeps the CloudEvents id (or the Idempotency-Key, the same value) drops it."""
+    rx, port = receiver
+    rx.answers = [503]  # attempts run in target order: the operator's fails (recorded), the resource's gets a 2xx
+    kube, central = _two_webhooks(port, ended("RolledBack", "JobFailed", datetime.now(UTC)),
+                                  CrashAfterTheReceiverAnswers)
+    dying = Notifier(kube, central)  # type: ignore[arg-type]
+    with pytest.raises(Crash):  # ... and the process dies before writing that delivery down
+        await dying._round(("shop", "orders"))
+    await dying.stop()  # (only to close its HTTP session: a killed process runs nothing more)
+    (ident, record), = (parse_status(kube.obj["status"]).notifications or {}).items()
+    assert {t: (d.state, d.attempts) for t, d in record.deliveries.items()} == {
+        OPERATOR: ("Pending", 1), RESOURCE: ("Pending", 0)}
+    kube.obj["status"]["notifications"][ident]["deliveries"][OPERATOR]["nextAttemptAt"] = "2026-01-01T00:00:00Z"
+    leader = Notifier(FakeKube(kube.obj, kube.secrets), central)  # type: ignore[arg-type]  # the next leader
+    assert await leader._round(("shop", "orders")) is None
+    assert all(d.state == "Delivered" for d in parse_status(kube.obj["status"]).notifications[ident]  # type: ignore[index]
+               .deliveries.values())
+    assert await Notifier(FakeKube(kube.obj, kube.secrets), central)._round(("shop", "orders")) is None  # type: ignore[arg-type]
+    assert len(rx.got) == 4  # operator 503, resource 2xx (lost), operator retry, resource again: nothing more
+    by_format: dict[str, list[tuple[dict[str, str], bytes]]] = {}
+    for headers, body in rx.got:
+        by_format.setdefault(headers["Content-Type"].split(";")[0], []).append((headers, body))
+    assert sorted(by_format) == ["application/cloudevents+json", "application/json"]
+    for sent in by_format.values():
+        (first_headers, first_body), (again_headers, again_body) = sent
+        assert again_body == first_body
+        assert again_headers["Idempotency-Key"] == first_headers["Idempotency-Key"] == f"uid-1/{ident}"
+    event = json.loads(by_format["application/cloudevents+json"][0][1])
+    assert event["id"] == f"uid-1/{ident}" and event["data"]["id"] == ident
+    slack = json.loads(by_format["application/json"][0][1])
+    assert ident in slack["blocks"][1]["elements"][0]["text"]  # what a person sees twice in Slack: the same id
+
+
+@pytest.mark.asyncio
+async def test_stopping_lets_the_attempt_in_flight_record_its_delivery(receiver: tuple[Receiver, int]) -> None:
+    """A rollout or a leader handing over stops the process gracefully: the request in flight is answered and written
+    down before the task ends, so the next leader does not send it again (only a kill leaves that window)."""
+    rx, port = receiver
+    rx.hold = asyncio.Event()
+    kube, central = _two_webhooks(port, ended("Succeeded", "Migrated", datetime.now(UTC), rolled=False))
+    notifier = Notifier(kube, central)  # type: ignore[arg-type]
+    notifier.offer(cast(Migration, kube.obj))
+    await asyncio.wait_for(rx.arrived.wait(), 5)
+    stopping = asyncio.create_task(notifier.stop())
+    await asyncio.sleep(0.05)
+    assert not stopping.done()  # it waits for the answer ...
+    rx.hold.set()
+    await stopping
+    (record,) = (parse_status(kube.obj["status"]).notifications or {}).values()
+    assert record.deliveries[OPERATOR].state == "Delivered"  # ... and writes it down
+    assert record.deliveries[RESOURCE].state == "Pending" and len(rx.got) == 1  # the next attempt waits for a leader
+
+
+@pytest.mark.asyncio
+async def test_a_paused_replica_sends_nothing_and_the_retrying_gauge_follows(receiver: tuple[Receiver, int]) -> None:
+    from prometheus_client import generate_latest
+
+    from alembic_operator import metrics
+
+    rx, port = receiver
+    kube, central = _two_webhooks(port, awaiting(datetime.now(UTC)))
+    assert await Notifier(kube, central, leading=lambda: False)._round(("shop", "orders")) is None  # type: ignore[arg-type]
+    assert kube.patches == 0 and rx.got == []  # Kopf's peering paused it: the leader records and sends
+
+    def retrying() -> dict[str, float]:
+        text = generate_latest(metrics.default().registry).decode()
+        return {line.split("webhook=\"")[1].split("\"")[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                if line.startswith("alembic_operator_notifications_retrying{") and 'name="orders"' in line
+                and 'namespace="shop"' in line and 'type="AwaitingApproval"' in line}
+
+    rx.answers = [503]
+    notifier = Notifier(kube, central)  # type: ignore[arg-type]
+    assert await notifier._round(("shop", "orders")) is not None
+    assert retrying() == {OPERATOR: 1.0}  # the operator's webhook failed and waits; the resource's was delivered
+    kube.obj["status"]["notifications"][next(iter(kube.obj["status"]["notifications"]))]["deliveries"][OPERATOR][
+        "nextAttemptAt"] = "2026-01-01T00:00:00Z"
+    assert await notifier._round(("shop", "orders")) is None
+    assert retrying() == {OPERATOR: 0.0}
+    await notifier.stop()

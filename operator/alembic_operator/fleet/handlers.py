@@ -10,12 +10,14 @@ idle DatabaseMigrations makes no other request.
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import logging
 import os
 import random
 import time
 from collections.abc import Hashable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypedDict, cast
 
@@ -45,7 +47,17 @@ class SetObject(TypedDict, total=False):
     spec: JsonObject
     status: JsonObject
 
+@dataclass(frozen=True)
+class Seen:
+    """What a set's pass reads of one of its DatabaseMigrations."""
+
+    member: strategy.Member
+    generation: int
+    deleting: bool
+
+
 WORKERS = 4
+STARTS_AT_ONCE = 8  # DatabaseMigrations a pass creates (or updates) at once
 # An idle set with a selector looks for new Secrets this often (the environment may say otherwise: the tests).
 RESCAN_ENV = "ALEMBIC_OPERATOR_SET_RESCAN_SECONDS"
 
@@ -60,6 +72,10 @@ class Fleet:
         # DatabaseMigrations given the template (namespace, name) -> (template hash, generation written): under
         # way until the watch shows that generation (a pass before it must not count them as they were).
         self.given: dict[Ref, tuple[str, int, str]] = {}
+        # Each DatabaseMigration a set owns, as its last watch event showed it: (resourceVersion, what its set reads
+        # of it). A pass reuses it (no parsing of every member's status at every pass) and an event that changes
+        # none of it wakes no set (a member's progress writes would otherwise run its set's pass again and again).
+        self.observed: dict[Ref, tuple[str, Seen]] = {}
         self.scheduler: Scheduler | None = None
         self.ctx: Context | None = None
         self.rescan = float(os.environ.get(RESCAN_ENV) or 60.0)
@@ -106,10 +122,29 @@ class Fleet:
             self.wake(ref)  # not for the echo of our own status writes
 
     def migration_seen(self, event_type: str | None, body: Mapping[str, Any]) -> None:
-        """A DatabaseMigration changed: when a set owns it, index it and wake the set."""
+        """A DatabaseMigration changed: when a set owns it, index it and wake the set at once if what the set reads
+        of it changed (its state, template, generation...): a slot it frees is filled without waiting."""
         ref = self._index(event_type, body)
-        if ref is not None:
+        if ref is None:
+            return
+        key = (ref[0], str((body.get("metadata") or {}).get("name")))
+        before = self.observed.get(key)
+        if event_type == "DELETED":
+            self.observed.pop(key, None)
             self.wake(ref)
+        elif self._observe(key, cast(Migration, body)) != (before[1] if before is not None else None):
+            self.wake(ref)
+
+    def _observe(self, key: Ref, obj: Migration) -> Seen:
+        """What the set reads of one of its DatabaseMigrations, from the cache when its resourceVersion is known."""
+        meta = obj.get("metadata") or {}
+        version = str(meta.get("resourceVersion") or "")
+        kept = self.observed.get(key)
+        if kept is not None and version and kept[0] == version:
+            return kept[1]
+        seen = Seen(strategy.member_of(obj), int(meta.get("generation") or 0), bool(meta.get("deletionTimestamp")))
+        self.observed[key] = (version, seen)
+        return seen
 
     def _index(self, event_type: str | None, body: Mapping[str, Any]) -> Ref | None:
         """Index a DatabaseMigration under the set that owns it; that set (None: no set's)."""
@@ -122,6 +157,7 @@ class Fleet:
         if event_type == "DELETED":
             names.discard(str(meta.get("name")))
             self.given.pop((ref[0], str(meta.get("name"))), None)
+            self.observed.pop((ref[0], str(meta.get("name"))), None)
         else:
             names.add(str(meta.get("name")))
         return ref
@@ -180,12 +216,12 @@ class Fleet:
                             if s not in listed and all(lab.get(k) == v for k, v in wanted.items())]
 
         self._keep_approvals((namespace, name), frozenset(t.secret for t in targets))
-        owned: dict[str, Migration] = {}
+        owned: dict[str, Seen] = {}
         for member_name in sorted(self.members.get((namespace, name), ())):
             obj = ctx.runtime.migrations.get((namespace, member_name))
-            if obj is not None and (obj.get("metadata") or {}).get("deletionTimestamp") is None:
-                owned[member_name] = obj
-        members = [self._member(namespace, member_name, obj) for member_name, obj in owned.items()]
+            if obj is not None and not (seen := self._observe((namespace, member_name), obj)).deleting:
+                owned[member_name] = seen
+        members = [self._member(namespace, member_name, seen) for member_name, seen in owned.items()]
         members += [strategy.Member(name=n, target=t, template_hash=h, state="migrating")
                     for (ns, n), (h, _g, t) in self.given.items()
                     if ns == namespace and n not in owned and n in self.members.get((namespace, name), ())]
@@ -206,26 +242,34 @@ class Fleet:
             if target is not None:
                 await self._give(ctx, namespace, m.name, template, thash, target,
                                  annotations.get(c.RETRY_ANNOTATION))
-        for target in rollout.start:
-            existing = by_target.get(target.secret)
-            if existing is not None:
-                await self._give(ctx, namespace, existing.name, template, thash, target, None)
-                continue
-            member_name = strategy.migration_name(name, target.secret)
-            manifest: JsonObject = {
-                "apiVersion": c.API_VERSION, "kind": c.KIND,
-                "metadata": {"name": member_name, "namespace": namespace,
-                             "labels": {c.SET_LABEL: name, c.MANAGED_BY_LABEL: c.MANAGED_BY},
-                             "annotations": {c.SET_TEMPLATE_ANNOTATION: thash, c.TARGET_ANNOTATION: target.secret},
-                             "ownerReferences": [cast(JsonValue, owner)]},
-                "spec": strategy.member_spec(template, target, None)}
-            self.members.setdefault((namespace, name), set()).add(member_name)
-            try:
-                created = await ctx.kube.create_migration(manifest)
-            except Conflict:  # exists, not yet seen by the watch: the next pass gives it the template
-                continue
-            self.given[(namespace, member_name)] = (
-                thash, int((created.get("metadata") or {}).get("generation") or 1), target.secret)
+        starting = asyncio.Semaphore(STARTS_AT_ONCE)
+
+        async def start(target: strategy.Target) -> None:
+            async with starting:
+                existing = by_target.get(target.secret)
+                if existing is not None:
+                    await self._give(ctx, namespace, existing.name, template, thash, target, None)
+                    return
+                member_name = strategy.migration_name(name, target.secret)
+                manifest: JsonObject = {
+                    "apiVersion": c.API_VERSION, "kind": c.KIND,
+                    "metadata": {"name": member_name, "namespace": namespace,
+                                 "labels": {c.SET_LABEL: name, c.MANAGED_BY_LABEL: c.MANAGED_BY},
+                                 "annotations": {c.SET_TEMPLATE_ANNOTATION: thash, c.TARGET_ANNOTATION: target.secret},
+                                 "ownerReferences": [cast(JsonValue, owner)]},
+                    "spec": strategy.member_spec(template, target, None)}
+                self.members.setdefault((namespace, name), set()).add(member_name)
+                try:
+                    created = await ctx.kube.create_migration(manifest)
+                except Conflict:  # exists, not yet seen by the watch: the next pass gives it the template
+                    return
+                self.given[(namespace, member_name)] = (
+                    thash, int((created.get("metadata") or {}).get("generation") or 1), target.secret)
+
+        # A wave's start is up to maxInFlight creations: together, not one round trip after another.
+        outcomes = await asyncio.gather(*(start(t) for t in rollout.start), return_exceptions=True)
+        if failure := next((o for o in outcomes if isinstance(o, BaseException)), None):
+            raise failure  # the others started; the next pass (in 5s) starts what this one could not
 
         kept = ctx.runtime.set_approvals.get((namespace, name))
         rollout.status.plans = approval.shown(rollout.status.plans, kept.approvals if kept is not None else {})
@@ -285,13 +329,13 @@ class Fleet:
         self.given[(namespace, member)] = (
             thash, int((updated.get("metadata") or {}).get("generation") or 0), target.secret)
 
-    def _member(self, namespace: str, name: str, obj: Migration) -> strategy.Member:
+    def _member(self, namespace: str, name: str, seen: Seen) -> strategy.Member:
         """A member as observed; one just given the template counts as under way until the watch shows it."""
-        member = strategy.member_of(obj)
+        member = seen.member
         given = self.given.get((namespace, name))
         if given is None:
             return member
-        if int((obj.get("metadata") or {}).get("generation") or 0) >= given[1]:
+        if seen.generation >= given[1]:
             del self.given[(namespace, name)]
             return member
         return strategy.Member(name=member.name, target=member.target, template_hash=given[0], state="migrating")

@@ -47,7 +47,8 @@ class Target:
 
 @dataclass(frozen=True)
 class Member:
-    """A DatabaseMigration the set owns, as observed."""
+    """A DatabaseMigration the set owns, as observed: only what a decision reads (two equal Members decide alike, so
+    a watch event that leaves a member's Member unchanged need not wake its set)."""
 
     name: str
     target: str
@@ -128,7 +129,8 @@ def member_spec(template: JsonObject, target: Target, attempt: str | None) -> Js
 
 def member_of(obj: Migration) -> Member:
     """A DatabaseMigration of the set as a Member: its state for its current generation (a status older than its
-    generation is work under way)."""
+    generation is work under way). Its message is kept for a failed member only (the set shows it), so the progress
+    messages of one under way do not tell it apart from itself."""
     meta = obj.get("metadata") or {}
     generation = int(meta.get("generation") or 0)
     status = parse_status(obj.get("status") or {})
@@ -149,7 +151,7 @@ def member_of(obj: Migration) -> Member:
     annotations = meta.get("annotations") or {}
     return Member(name=str(meta.get("name") or ""), target=annotations.get(c.TARGET_ANNOTATION, ""),
                   template_hash=annotations.get(c.SET_TEMPLATE_ANNOTATION), state=state,
-                  reason=reason, message=message, plan_hash=plan_hash)
+                  reason=reason, message=message if state == "failed" else "", plan_hash=plan_hash)
 
 
 # --- order and waves ------------------------------------------------------------------------------------------------

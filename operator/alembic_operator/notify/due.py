@@ -172,6 +172,16 @@ def next_attempt(status: DatabaseMigrationStatus) -> datetime | None:
     return min(times, default=None)
 
 
+def retrying(status: DatabaseMigrationStatus) -> dict[tuple[str, str], int]:
+    """Deliveries that failed and wait for their next attempt, per (target, type): what the dashboard shows."""
+    out: dict[tuple[str, str], int] = {}
+    for record in (status.notifications or {}).values():
+        for target, delivery in record.deliveries.items():
+            if delivery.state == "Pending" and delivery.attempts > 0:
+                out[(target, record.type)] = out.get((target, record.type), 0) + 1
+    return out
+
+
 def backoff(attempts: int) -> float:
     """Seconds before attempt `attempts + 1`: 2, 4, 8 ... at most MAX_RETRY."""
     return float(min(FIRST_RETRY * 2.0 ** max(attempts - 1, 0), MAX_RETRY))

@@ -1,7 +1,9 @@
 """What a webhook receives for one notification: a Slack-compatible message or a CloudEvents 1.0 event (structured
 mode, JSON). Pure: built only from the notification's record (itself built from the status, which holds no secret),
-the resource's name and uid. Both carry the notification's id, so a receiver can drop a repeat (the ``Idempotency-Key``
-header carries it too).
+the resource's name and uid. The same record gives the same bytes, so a repeat (a retry, or a new leader sending again
+after a crash between the receiver's 2xx and the status write) is the same request: its CloudEvents ``id`` and its
+``Idempotency-Key`` header are both ``<resource uid>/<notification id>``, stable across retries and restarts and
+distinct for a resource deleted and created again under the same name (whose ids would otherwise repeat).
 """
 
 from __future__ import annotations
@@ -57,9 +59,10 @@ def data(ref: Ref, uid: str, ident: str, record: NotificationRecord) -> dict[str
 
 
 def cloudevent(ref: Ref, uid: str, ident: str, record: NotificationRecord) -> CloudEvent:
-    """A CloudEvents 1.0 event: id unique within its source (the resource), type per notification."""
+    """A CloudEvents 1.0 event: `id` unique within its source (the resource's path) and the same on every attempt
+    (source + id is what a receiver deduplicates on), type per notification."""
     return CloudEvent(
-        specversion="1.0", id=ident,
+        specversion="1.0", id=idempotency_key(uid, ident),
         source=f"/apis/{c.GROUP}/{c.VERSION}/namespaces/{ref.namespace}/{c.PLURAL}/{ref.name}",
         type=TYPE_PREFIX + record.type.lower(), subject=ref.name, time=str(dump(record)["occurredAt"]),
         datacontenttype="application/json", data=data(ref, uid, ident, record))
@@ -88,4 +91,6 @@ def render(fmt: NotificationFormat, ref: Ref, uid: str, ident: str, record: Noti
 
 
 def idempotency_key(uid: str, ident: str) -> str:
+    """What identifies one notification for good: the resource's uid (a new object under the same name has another)
+    and the notification's id (derived from the status)."""
     return f"{uid}/{ident}"

@@ -4,9 +4,11 @@ Exactly once per notification and webhook, across restarts and leader changes: i
 resource's status (``status.notifications``, written only here, with merge patches the reconciler never touches).
 Before sending, the resource is read afresh from the API server, so a new leader sees what the old one delivered.
 One task per resource sends one request at a time; a webhook that is down is retried with backoff (due.backoff) by
-that task, never by the reconcile: a migration never waits for a notification. What remains is the short window
-between a webhook's 2xx and the status write: a process killed there sends that one again on restart, with the same
-id (CloudEvents ``id``, header ``Idempotency-Key``), so a receiver that keeps ids drops it.
+that task, never by the reconcile: a migration never waits for a notification. A replica that Kopf's peering paused
+sends nothing (the new leader does), and stopping lets the attempt in flight end and record its delivery first. What
+remains is a process killed between a webhook's 2xx and the status write: the next leader sends that one again, the
+same bytes with the same id (CloudEvents ``id`` and header ``Idempotency-Key``: payload.idempotency_key), so a receiver
+that keeps ids drops it.
 
 Secrets: the webhook's URL and token are read from their Secret for each attempt and go nowhere else; errors are
 recorded and logged as an HTTP status or an exception's class, never its text (aiohttp's name the URL).
@@ -88,12 +90,15 @@ class Notifier:
     nothing, so it sends nothing)."""
 
     def __init__(self, kube: Client, operator_webhook: Webhook | None = None, timeout: float = TIMEOUT,
-                 resources: bool = True, post: Poster | None = None) -> None:
+                 resources: bool = True, post: Poster | None = None,
+                 leading: Callable[[], bool] = metrics.leading) -> None:
         self.kube = kube
         self.operator_webhook = operator_webhook
         self.timeout = timeout
         self.resources = resources  # False (--no-resource-notifications): spec.notifications is ignored
         self.post = post
+        self.leading = leading  # False: Kopf's peering paused this replica; another one sends
+        self._stopping = False
         self._tasks: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._woken: dict[tuple[str, str], asyncio.Event] = {}  # set: look again at once
         self._session: aiohttp.ClientSession | None = None
@@ -116,6 +121,8 @@ class Notifier:
         now = datetime.now(UTC)
         if not due.due(due.Ref(*ref), status, self.targets(body), now) and due.next_attempt(status) is None:
             return
+        if self._stopping:
+            return
         if (task := self._tasks.get(ref)) is not None and not task.done():
             self._woken[ref].set()
             return
@@ -123,8 +130,15 @@ class Notifier:
         self._tasks[ref] = asyncio.create_task(self._deliver(ref), name=f"notify {ref[0]}/{ref[1]}")
 
     async def stop(self) -> None:
-        for task in self._tasks.values():
-            task.cancel()
+        """Let each task end its attempt in flight (its POST, then the status write that records it: cancelled in
+        between, the next leader would send it again), bounded by the request's timeout; then cancel what is left."""
+        self._stopping = True
+        for woken in self._woken.values():
+            woken.set()
+        if tasks := [t for t in self._tasks.values() if not t.done()]:
+            _done, late = await asyncio.wait(tasks, timeout=self.timeout + 5.0)
+            for task in late:
+                task.cancel()
         await asyncio.gather(*self._tasks.values(), return_exceptions=True)
         self._tasks.clear()
         if self._session is not None:
@@ -134,7 +148,7 @@ class Notifier:
     async def _deliver(self, ref: tuple[str, str]) -> None:
         """Until nothing is pending: record what is due, send what is due now, sleep until the next retry."""
         woken = self._woken[ref]
-        while True:
+        while not self._stopping:
             woken.clear()
             try:
                 wait = await self._round(ref)
@@ -148,6 +162,8 @@ class Notifier:
                     await asyncio.wait_for(woken.wait(), timeout=max(wait, 0.0))
 
     async def _round(self, ref: tuple[str, str]) -> float | None:
+        if not self.leading():  # paused: the leader's reconciles offer the resource there
+            return None
         body = await self.kube.get_migration(*ref)  # afresh: what another process delivered is seen
         if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
             return None
@@ -161,6 +177,8 @@ class Notifier:
                 log.info("notification %s of %s/%s due (%s) for the %s webhook(s)", ident, *ref, record.type,
                          ", ".join(sorted(record.deliveries)))
         for attempt in due.attempts_due(status, datetime.now(UTC)):
+            if self._stopping or not self.leading():
+                break
             record = attempt.record
             delivery = record.deliveries[attempt.target]
             error: str | None = None
@@ -189,6 +207,7 @@ class Notifier:
                           f"{attempt.ident} ({record.type}): {error}; {retry}")
         if drop := due.pruned(status):
             status = await self._patch(ref, dict.fromkeys(drop))
+        metrics.notifications_retrying(*ref, due.retrying(status))
         nxt = due.next_attempt(status)
         return None if nxt is None else (nxt - datetime.now(UTC)).total_seconds()
 
