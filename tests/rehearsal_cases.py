@@ -56,14 +56,15 @@ class Server:
     snapshot: Callable[[], Any]  # production's schema and rows
 
 
-def runner(cwd: Path, url: str, *args: str, password: str) -> tuple[int, dict[str, Any], str]:
+def runner(cwd: Path, url: str, *args: str, password: str,
+           timeout: float = 180) -> tuple[int, dict[str, Any], str]:
     """The app container's command: the runner zipapp in the app's directory, the URL only in the environment."""
     handle, name = tempfile.mkstemp(prefix="rehearse-result-", suffix=".json")  # never in the app's directory
     os.close(handle)
     result_file = Path(name)
     env = {**{k: v for k, v in os.environ.items() if k != URL_ENV}, URL_ENV: url}
     proc = subprocess.run([sys.executable, str(RUNNER), "--result-file", str(result_file), *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=180)
+                          capture_output=True, text=True, timeout=timeout)
     text = result_file.read_text()
     result_file.unlink()
     assert len(text.encode()) < 3500

@@ -40,7 +40,7 @@ from typing import Any, Final, TypeVar, cast
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from . import backupstores, engines, plansql, reasons, scratchdb, sqlrules
+from . import backupstores, engines, reasons, scratchdb, sqlrules
 from .jobio import REDACT, URL_ENV, JobError, log, sanitize
 from .jobio import remember_secret as _remember_secret
 from .runner.lock import LOCK_WAIT_SECONDS
@@ -125,7 +125,9 @@ def _plan_file(plan_dir: Path, name: Any) -> Path:
 
 
 def cmd_scan(plan_dir: Path) -> ScanResult:
-    from .reconcile import contract  # the decisions' package (jobs, kubernetes' models): only scan needs it
+    # only scan needs these (the decisions' package, pydantic): a backup Job's start-up does not import them
+    from . import plansql
+    from .reconcile import contract
 
     path = plan_dir / "plan.json"
     try:

@@ -69,8 +69,11 @@ class Database(database.Database):
 
 
 class PostgresServer:
-    def __init__(self, base: Path, port: int | None = None, password: str | None = None) -> None:
+    def __init__(self, base: Path, port: int | None = None, password: str | None = None,
+                 durable: bool = False) -> None:
         self.base = base
+        # Tests trade durability for speed (fsync off); a benchmark of write timings wants a production's settings.
+        self.durable = durable
         self.datadir = base / "data"
         self.socketdir = base / "run"
         self.port = port or free_port()
@@ -97,7 +100,9 @@ class PostgresServer:
             self._run(pg_bin("initdb"), "-D", str(self.datadir), "-U", "postgres", "--auth-local=trust",
                       "--auth-host=scram-sha-256", "-E", "UTF8", "--locale=C.UTF-8", "--no-sync")
         opts = (f"-c listen_addresses=127.0.0.1 -c port={self.port} -c unix_socket_directories={self.socketdir} "
-                "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200")
+                "-c max_connections=200")
+        if not self.durable:
+            opts += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
         self._run(pg_bin("pg_ctl"), "-D", str(self.datadir), "-o", opts, "-l", str(self.base / "postgres.log"),
                   "-w", "-t", "60", "start")
         with self.admin() as conn:

@@ -511,7 +511,9 @@ def test_rbac_grants_exactly_what_the_operator_uses(bed: Any, namespace: str, ap
         for verb, group, resource in [("update", c.GROUP, c.PLURAL), ("update", c.GROUP, c.SET_PLURAL),
                                       ("delete", c.GROUP, c.SET_PLURAL), ("watch", "", "secrets"),
                                       ("create", "", "secrets"), ("update", "batch", "jobs"), ("get", "", "configmaps"),
-                                      ("delete", "", "pods"), ("create", "", "pods")]:
+                                      ("delete", "", "pods"), ("create", "", "pods"),
+                                      # never an approver, of a DatabaseMigration or of a whole set
+                                      ("approve", c.GROUP, c.PLURAL), ("approve", c.GROUP, c.SET_PLURAL)]:
             assert not _can_i(kubectl, sa, verb, group, resource, app_namespace), (verb, group, resource)
         assert not _can_i(kubectl, sa, "create", "admissionregistration.k8s.io", "mutatingwebhookconfigurations", None)
         assert not _can_i(kubectl, sa, "list", "", "namespaces", None)

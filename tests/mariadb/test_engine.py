@@ -212,8 +212,16 @@ def test_restore_waits_for_the_migration_lock(mariadb_database: Database, job: A
         run = job(mariadb_database.url, "restore", "--store", "volume", "--dump", file, "--sha256", sha, "--lock-key",
                   str(key),
                   "--lock-wait-seconds", "2")
-    assert run.result["reason"] == "LockTimeout", run
+        assert run.result["reason"] == "LockTimeout", run
+        # kubectl dbm restore's Job: the same lock, derived in the Job from the URL; the record's checksum
+        by_hand = ["restore", "--store", "volume", "--dump", file, "--sha256", "recorded", "--lock-key", "database",
+                   "--lock-wait-seconds", "1"]
+        run = job(mariadb_database.url, *by_hand)
+        assert run.result["reason"] == "LockTimeout", run
     assert mariadb_database.query("SHOW TABLES LIKE 'extra'") == [("extra",)]
+    run = job(mariadb_database.url, *by_hand)
+    assert run.rc == 0 and run.result["revision"] == "a1", run
+    assert mariadb_database.query("SHOW TABLES LIKE 'extra'") == []
 
 
 def test_current_and_failures_name_no_secret(mariadb_database: Database, job: Any, tmp_path: Path) -> None:

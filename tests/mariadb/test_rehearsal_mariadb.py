@@ -47,6 +47,7 @@ def test_a_passing_rehearsal_is_measured(mariadb: MariaDBServer, mariadb_databas
     result = cases.check_passing(server(mariadb, mariadb_database), job, tmp_path, "SELECT SLEEP(0.4)")
     # The bed's server runs without performance_schema: it cannot say which metadata locks a session holds.
     assert result["locksSampled"] is False
+    assert "settleSeconds" not in result, result  # InnoDB's restored copy has nothing to settle (PostgreSQL's hints)
 
 
 def test_the_operator_drops_only_its_own_scratch_databases(mariadb: MariaDBServer, mariadb_database: Database) -> None:

@@ -91,7 +91,7 @@ def test_metric_names_reads_what_promql_reads() -> None:
 
 def test_rules_pass_promtool_check_and_their_unit_tests(tmp_path: Path) -> None:
     (tmp_path / "rules.yaml").write_text(yaml.safe_dump({"groups": rule_groups()}))
-    assert "SUCCESS: 10 rules found" in promtool("check", "rules", "rules.yaml", cwd=tmp_path)
+    assert "SUCCESS: 11 rules found" in promtool("check", "rules", "rules.yaml", cwd=tmp_path)
     files = sorted(p.name for p in TESTS.glob("*.test.yaml"))
     for name in files:
         shutil.copy(TESTS / name, tmp_path / name)
@@ -126,7 +126,7 @@ def test_every_alert_names_the_resource_and_reason_and_links_its_runbook() -> No
         assert url.startswith(CHART_RUNBOOK + "#") and url.split("#", 1)[1] in anchors, (name, url)
         assert labels["severity"] in ("critical", "warning"), name
         text = annotations["summary"]
-        if alert in alerts(rule_groups())[:8]:  # the resources' alerts (the rest are the operator's own)
+        if alert in alerts(rule_groups())[:9]:  # the resources' alerts (the rest are the operator's own)
             assert "{{ $labels.namespace }}/{{ $labels.name }}" in text, name
             assert "reason" in labels or "{{ $labels.reason }}" in text, name
         else:
@@ -140,11 +140,12 @@ def test_thresholds_are_values() -> None:
     groups = rule_groups({"stalledMinutes": 5, "approvalPendingHours": 2, "backupMaxAgeDays": 0, "queuedMinutes": 7,
                           "lockTimeouts": {"count": 5, "window": "30m"}, "operatorAbsentFor": "2m",
                           "operatorSelector": 'namespace="ops", service="op-metrics"', "runbookURL": "https://x/r.md",
-                          "severity": {"failed": "page"}})
+                          "severity": {"failed": "page"}, "notificationRetryingMinutes": 0})
     by_name = {a["alert"]: a for a in alerts(groups)}
     assert "> 300" in by_name["AlembicMigrationStalled"]["expr"]
     assert "> 7200" in by_name["AlembicApprovalPending"]["expr"]
-    assert "AlembicBackupTooOld" not in by_name
+    assert "AlembicBackupTooOld" not in by_name and "AlembicNotificationUndelivered" not in by_name
+    assert alerts(rule_groups())[8]["for"] == "30m"  # AlembicNotificationUndelivered, by default
     assert "> 420" in by_name["AlembicJobsQueued"]["expr"]
     assert "[30m]) >= 5" in by_name["AlembicLockTimeoutsRepeating"]["expr"]
     assert by_name["AlembicOperatorAbsent"]["for"] == "2m"

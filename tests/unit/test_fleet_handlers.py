@@ -67,6 +67,49 @@ async def test_a_pass_before_the_watch_delivered_the_members_counts_the_ones_und
     assert (NS, migration_name("fleet", "t2")) in runtime.migrations
 
 
+@pytest.mark.asyncio
+async def test_a_sets_recorded_approval_reaches_its_members_and_its_status(
+        kmock: kmock.KubernetesEmulator, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Governed (the webhook on): the hash the webhook recorded counts, the other named one does not; the member
+    waiting for approval is woken, counts it from its observation's view, and status.plans names the approver."""
+    import json
+
+    from alembic_operator import approvals
+    from alembic_operator.fleet.approval import member_approvals
+
+    monkeypatch.setattr(events, "post", lambda *_args: None)
+    for declared in ("v1/secrets", "v1/events", f"{c.GROUP}/{c.VERSION}/{c.PLURAL}",
+                     f"{c.GROUP}/{c.VERSION}/{c.SET_PLURAL}"):
+        kmock.resources[declared] = {}
+    waiting = a_member("t0")
+    waiting["metadata"]["ownerReferences"] = [{"apiVersion": c.API_VERSION, "kind": c.SET_KIND, "name": "fleet",
+                                               "uid": "set-uid", "controller": True}]
+    waiting["status"] = {"observedGeneration": 1, "phase": "AwaitingApproval", "plan": {"hash": "sha256:p1"}}
+    kmock.objects[DBM, NS, migration_name("fleet", "t0")] = waiting
+    kmock.objects[kmock.resource(group=c.GROUP, version=c.VERSION, plural=c.SET_PLURAL), NS, "fleet"] = a_set()
+    client = Client(kubernetes.client.Configuration(host=str(kmock.url).rstrip("/")))
+    fleet = Fleet(governed=True)
+    runtime = indexes.Runtime()
+    woken: list[tuple[str, str]] = []
+    monkeypatch.setattr(runtime, "wake", lambda ns, name: woken.append((ns, name)))
+    fleet.ctx = indexes.Context(config=OperatorConfig(), kube=client, runtime=runtime)
+    approved = a_set()
+    approved["metadata"]["annotations"] = {c.APPROVE_ANNOTATION: "sha256:p1,sha256:p2",
+                                           approvals.APPROVED_BY: json.dumps({"sha256:p1": "reviewer"})}
+    try:
+        fleet.set_seen(None, approved)
+        await fleet.reconcile(NS, "fleet")
+    finally:
+        await client.close()
+    kept = runtime.set_approvals[(NS, "fleet")]
+    assert kept.approvals == {"sha256:p1": "reviewer"} and kept.targets == frozenset({"t0", "t1", "t2"})
+    assert woken == [(NS, migration_name("fleet", "t0"))]
+    assert member_approvals(waiting, kept) == {"sha256:p1": "reviewer (DatabaseMigrationSet fleet)"}
+    status = kmock.objects[kmock.resource(group=c.GROUP, version=c.VERSION, plural=c.SET_PLURAL), NS,
+                           "fleet"]["status"]
+    assert [(p["hash"], p.get("approvedBy")) for p in status["plans"]] == [("sha256:p1", "reviewer")]
+
+
 def test_a_member_wakes_its_set_only_when_what_the_set_reads_of_it_changes(monkeypatch: pytest.MonkeyPatch) -> None:
     fleet = Fleet()
     woken: list[tuple[str, str]] = []

@@ -5,6 +5,8 @@ tests/postgres/test_s3_jobtools.py and tests/mariadb/test_s3_mariadb.py."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -191,3 +193,13 @@ def test_no_answer_is_unreachable_before_the_upload_and_interrupted_during_it() 
     assert tls.reason == reasons.BACKUP_STORE_UNREACHABLE and "spec.backup.s3.caBundle" in tls.message
     during = unreachable("https://s3.example:9000", "connection reset", "uploading s3://b/x", uploading=True)
     assert during.reason == reasons.BACKUP_UPLOAD_INTERRUPTED and "retried" in during.message
+
+
+def test_a_backup_jobs_start_up_loads_none_of_the_operators_packages() -> None:
+    """What a backup or restore Job imports before pg_dump starts is its start-up, seconds on a busy node (make
+    bench-s3): the operator's packages (pydantic models, Kubernetes' models, Alembic, Kopf) stay out of it."""
+    code = ("import sys; from alembic_operator import cli, jobtools, backupstores, engines; "
+            "backupstores.store_kind('s3'); engines.for_backend('postgresql'); engines.for_backend('mysql'); "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'pydantic', 'kubernetes', 'alembic', 'kopf'}))")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert loaded.strip() == "[]", loaded

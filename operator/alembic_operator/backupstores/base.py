@@ -29,15 +29,17 @@ from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, ClassVar, Final, Generic, TypedDict, TypeVar
-
-from pydantic import JsonValue
+from typing import IO, TYPE_CHECKING, Any, ClassVar, Final, Generic, TypedDict, TypeVar
 
 from .. import reasons
-from ..api import BackupSpec
-from ..jobparts import StoreWiring
 from ..plugins import Registry
 from ..reasons import Reason
+
+if TYPE_CHECKING:  # the operator's side (the spec, the Jobs' wiring): a Job's start-up never imports them
+    from pydantic import JsonValue
+
+    from ..api import BackupSpec
+    from ..jobparts import StoreWiring
 
 Config = TypeVar("Config")
 

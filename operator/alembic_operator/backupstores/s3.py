@@ -47,23 +47,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Final
 
-from kubernetes.client.models.v1_config_map_projection import V1ConfigMapProjection
-from kubernetes.client.models.v1_key_to_path import V1KeyToPath
-from kubernetes.client.models.v1_projected_volume_source import V1ProjectedVolumeSource
-from kubernetes.client.models.v1_secret_projection import V1SecretProjection
-from kubernetes.client.models.v1_service_account_token_projection import V1ServiceAccountTokenProjection
-from kubernetes.client.models.v1_volume import V1Volume
-from kubernetes.client.models.v1_volume_mount import V1VolumeMount
-from kubernetes.client.models.v1_volume_projection import V1VolumeProjection
-
 from .. import reasons
-from ..api import S3Spec
 from ..jobio import log, remember_secret
-from ..jobparts import SecretEnv, StoreWiring
 from .base import BackupStore, DumpRecord, StoredDump, StoreError, newest_first, to_prune
 
 if TYPE_CHECKING:
+    from kubernetes.client.models.v1_volume import V1Volume
+    from kubernetes.client.models.v1_volume_mount import V1VolumeMount
     from mypy_boto3_s3.client import S3Client
+
+    from ..api import S3Spec
+    from ..jobparts import StoreWiring
 
 # The Jobs' environment: the AWS SDK's own names where it has one (so its documentation applies), ours otherwise.
 ENDPOINT_ENV: Final = "AWS_ENDPOINT_URL_S3"
@@ -303,12 +297,24 @@ def _read_full(src: io.FileIO, size: int) -> bytes:
     return bytes(buf)
 
 
-class S3Store(BackupStore[S3Spec]):
+class S3Store(BackupStore["S3Spec"]):
     name = "s3"
     spec_field = "s3"
 
     @classmethod
     def wiring(cls, config: S3Spec, namespace: str, name: str) -> StoreWiring:
+        # Kubernetes' models are the operator's: the Job that opens the store never imports them (start-up time)
+        from kubernetes.client.models.v1_config_map_projection import V1ConfigMapProjection
+        from kubernetes.client.models.v1_key_to_path import V1KeyToPath
+        from kubernetes.client.models.v1_projected_volume_source import V1ProjectedVolumeSource
+        from kubernetes.client.models.v1_secret_projection import V1SecretProjection
+        from kubernetes.client.models.v1_service_account_token_projection import V1ServiceAccountTokenProjection
+        from kubernetes.client.models.v1_volume import V1Volume
+        from kubernetes.client.models.v1_volume_mount import V1VolumeMount
+        from kubernetes.client.models.v1_volume_projection import V1VolumeProjection
+
+        from ..jobparts import SecretEnv, StoreWiring
+
         settings: list[tuple[str, str]] = [(REGION_ENV, config.region or DEFAULT_REGION)]
         if config.endpoint:
             settings.append((ENDPOINT_ENV, config.endpoint.rstrip("/")))

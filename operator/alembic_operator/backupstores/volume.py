@@ -21,15 +21,15 @@ import os
 import re
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import IO, Final
-
-from kubernetes.client.models.v1_volume import V1Volume
-from kubernetes.client.models.v1_volume_mount import V1VolumeMount
-from pydantic import JsonValue
+from typing import IO, TYPE_CHECKING, Final
 
 from .. import reasons
-from ..jobparts import StoreWiring, typed
 from .base import BackupStore, DumpRecord, StoredDump, StoreError, newest_first, to_prune
+
+if TYPE_CHECKING:  # the operator's side: a Job's start-up never imports pydantic or Kubernetes' models
+    from pydantic import JsonValue
+
+    from ..jobparts import StoreWiring
 
 _CHUNK: Final = 1 << 20
 _NOT_WRITABLE: Final = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
@@ -78,12 +78,17 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-class VolumeStore(BackupStore[Mapping[str, JsonValue]]):
+class VolumeStore(BackupStore["Mapping[str, JsonValue]"]):
     name = "volume"
     spec_field = "volume"  # a volume source, free-form JSON (api.BackupSpec.volume)
 
     @classmethod
     def wiring(cls, config: Mapping[str, JsonValue], namespace: str, name: str) -> StoreWiring:
+        from kubernetes.client.models.v1_volume import V1Volume
+        from kubernetes.client.models.v1_volume_mount import V1VolumeMount
+
+        from ..jobparts import StoreWiring, typed
+
         return StoreWiring(
             store=cls.name,
             location=f"{MOUNT}/{namespace}/{name}",

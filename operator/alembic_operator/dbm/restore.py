@@ -36,6 +36,8 @@ from .. import constants as c
 from ..api import DatabaseMigrationSpec, DatabaseMigrationStatus, SpecError, parse_spec, parse_status
 from ..jobparts import StoreWiring, manifest
 from ..jobs import Owner, build_job, job_name
+from ..objects import Pod
+from ..podstate import pod_progress
 from .views import Migration
 
 if TYPE_CHECKING:
@@ -50,6 +52,8 @@ class Session(Protocol):
     core: CoreV1Api
 
     def migration(self, name: str) -> Migration: ...
+
+    def pods(self, selector: str) -> list[Pod]: ...
 
 ROLE: Final = "restore-by-hand"  # the Job's role label: not a role of the operator's runs (jobs.ROLES)
 BACKUP_ANNOTATION: Final = f"{c.GROUP}/backup"  # on the Job: which backup it restores, as status names it
@@ -158,7 +162,7 @@ def outcome(result: object) -> tuple[bool, str]:
 
 def _operator_image(s: Session, name: str, image: str | None) -> str:
     """--image, else the image of the operator's containers in this resource's Jobs (the plan Job's runner
-    installer is one), else this plugin's version of the operator's image."""
+    installer is one): the operator's own setting, which this command cannot read."""
     if image:
         return image
     jobs = s.batch.list_namespaced_job(s.namespace, label_selector=f"{c.OWNER_LABEL}={name}").items
@@ -167,9 +171,15 @@ def _operator_image(s: Session, name: str, image: str | None) -> str:
         for ctr in [*(pod.init_containers or []), *(pod.containers or [])] if pod else []:
             if (ctr.command or [""])[0] == "alembic-operator" and ctr.image:
                 return str(ctr.image)
-    from ..config import DEFAULT_IMAGE
+    raise Refused(f"no Job of dbm/{name} is left to show the operator's image: pass --image (the operator's, as "
+                  "its chart sets image.repository and image.tag); nothing was restored")
 
-    return DEFAULT_IMAGE
+
+def _stuck(s: Session, job: str) -> str | None:
+    """Why the Job's pod cannot start without a human (its image, a missing Secret: the operator's own judgment,
+    podstate), None while it may still start."""
+    _started, blocked = pod_progress(s.pods(f"job-name={job}"))
+    return f"{blocked[0]}: {blocked[1]}" if blocked else None
 
 
 def _running_restore(s: Session, name: str) -> str | None:
@@ -258,6 +268,9 @@ def cmd_restore(s: Session, args: argparse.Namespace, say: Callable[[str, object
     sys.stderr.write(f"Job {name}: verifying {chosen.shown} against {checked}, then restoring...\n")
     deadline = time.monotonic() + args.timeout
     while (done := _finished(s.batch.read_namespaced_job(name, s.namespace))) is None:
+        if (why := _stuck(s, name)) is not None:
+            raise Refused(f"the pod of Job {name} cannot start ({why}); nothing was restored. Fix it (or delete "
+                          f"the Job: kubectl delete job {name}) and run the command again")
         if time.monotonic() > deadline:
             raise Refused(f"Job {name} still runs after {args.timeout:.0f}s; follow it with: kubectl dbm logs "
                           f"{args.name} --role {ROLE}")
@@ -277,4 +290,4 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], common:
     s.add_argument("-y", "--yes", action="store_true", help="do not ask")
     s.add_argument("--no-wait", action="store_true", help="create the Job and return")
     s.add_argument("--timeout", type=float, default=6 * 3600, help="seconds to wait for the Job (default 6h)")
-    s.add_argument("--image", help="the operator's image for the Job (default: the one of the resource's Jobs)")
+    s.add_argument("--image", help="the operator's image for the Job (default: the one the resource's Jobs run)")

@@ -26,16 +26,15 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar
 
 import sqlalchemy
-from alembic.runtime.migration import MigrationContext
 from sqlalchemy.engine import URL
 from sqlalchemy.pool import NullPool
 
 from .. import reasons
-from ..observation import DatabaseObservation
 from ..plugins import Registry
 from ..runner.redact import Redactor
 
 if TYPE_CHECKING:
+    from ..observation import DatabaseObservation
     from ..sqlrules import Catalog, Connection, Finding, Rule, Scanner, ScannerModule
 
 
@@ -246,6 +245,8 @@ def for_url(url: URL) -> Engine[Any]:
 
 def read_alembic_state(url: URL, connect_args: Mapping[str, object]) -> tuple[list[str], list[str]]:
     """(Alembic heads, table names) through SQLAlchemy; the driver's errors are the caller's to explain."""
+    from alembic.runtime.migration import MigrationContext  # the operator's; a Job's start-up does without
+
     engine = sqlalchemy.create_engine(url, poolclass=NullPool, connect_args=dict(connect_args))
     try:
         with engine.connect() as conn:
@@ -257,6 +258,8 @@ def read_alembic_state(url: URL, connect_args: Mapping[str, object]) -> tuple[li
 
 
 def observation(heads: list[str], names: list[str]) -> DatabaseObservation:
+    from ..observation import DatabaseObservation  # the model (pydantic, api): the operator's, not a Job's
+
     if len(heads) > 1:
         return DatabaseObservation(error_reason=reasons.MULTIPLE_HEADS, transient=False,
                                    error_message=f"the database's alembic_version holds several revisions "

@@ -42,7 +42,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Final
+from typing import IO, TYPE_CHECKING, Any, Final
 
 import pymysql
 from sqlalchemy.engine import URL
@@ -50,11 +50,13 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from .. import reasons
 from ..jobio import JobError, log, sanitize
-from ..observation import DatabaseObservation
 from ..runner.blockers import describe_blockers, from_row
 from ..runner.lock import database_lock_key, mysql_lock_name
 from ..sqlrules import Catalog, ScannerModule
 from .base import DatabaseTarget, Engine, Snapshot, observation, read_alembic_state, redact_urls
+
+if TYPE_CHECKING:
+    from ..observation import DatabaseObservation
 
 # A directory holding the client tools (optional), searched first: e.g. MySQL's own mysqldump and mysql for a MySQL
 # server whose features mariadb-dump does not know.
@@ -496,6 +498,8 @@ class MySQL(Engine[Database]):
         """Through PyMySQL, the driver the operator ships, whatever driver the URL names for the app (mysqlclient,
         MariaDB Connector/C and the async drivers need not be in the operator's image), with the query parameters
         the Jobs use too (the other driver's own options are the app's)."""
+        from ..observation import DatabaseObservation  # the operator's model: a Job never loads it
+
         url = target.url
         kept = {key: value for key, value in url.query.items() if key in _READ_OPTIONS}
         try:

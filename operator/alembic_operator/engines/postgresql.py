@@ -41,7 +41,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Final
+from typing import IO, TYPE_CHECKING, Any, Final
 
 import psycopg
 from psycopg import pq
@@ -51,11 +51,13 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from .. import reasons
 from ..jobio import URL_ENV, JobError, log, sanitize
-from ..observation import DatabaseObservation
 from ..reasons import Reason
 from ..runner.lock import database_lock_key
 from ..sqlrules import Catalog, ScannerModule
 from .base import DatabaseTarget, Engine, Snapshot, observation, read_alembic_state, redact_urls
+
+if TYPE_CHECKING:
+    from ..observation import DatabaseObservation
 
 PG_BIN_ENV: Final = "ALEMBIC_OPERATOR_PG_BIN"  # a directory holding pg_dump, pg_restore, psql (optional)
 OPERATOR_CONNECT_TIMEOUT: Final = 5  # the operator reads the revision every few seconds
@@ -472,6 +474,8 @@ class PostgreSQL(Engine[Database]):
         """Through psycopg, the driver the operator ships, whatever driver the URL names for the app (psycopg2,
         asyncpg, pg8000 are the app's: an async one cannot even be used synchronously), with the URL's libpq
         parameters (the other drivers' own options are the app's)."""
+        from ..observation import DatabaseObservation  # the operator's model: a Job never loads it
+
         url = target.url
         known = {d.keyword.decode() for d in pq.Conninfo.get_defaults()} | {"host"}
         read_url = url.set(drivername="postgresql+psycopg",

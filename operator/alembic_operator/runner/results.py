@@ -205,6 +205,8 @@ class RehearseResult(MigrateResult, total=False):
     rehearsalSeconds: float
     revisions: list[RehearsedRevisionResult]  # the slowest 20 when there are more, in plan order
     locksSampled: bool  # False: the server would not say which locks the session held
+    settleSeconds: float  # PostgreSQL: the copy vacuumed (and checkpointed) before the plan was timed
+    checkpointed: bool  # False: the scratch user may not CHECKPOINT (pg_checkpoint), the restore still being written
 
 
 class StampResult(Outcome, total=False):
