@@ -313,8 +313,18 @@ def rollout(args: argparse.Namespace, bed: Bed, tmp: Path) -> None:
         custom.patch_namespaced_custom_object(c.GROUP, c.VERSION, ns, c.SET_PLURAL, "tenants", {
             "metadata": {"annotations": {c.RETRY_ANNOTATION: "fixed"}}})
 
+        waves_seen: set[object] = set()
+
         def ready_set() -> bool | None:
             obj = get()  # Stalled until the operator has seen the retry; Stalled after it: a target failed again
+            if (wave := (obj.get("status") or {}).get("waveName")) not in waves_seen:  # figures so far, per wave
+                waves_seen.add(wave)
+                ran = [(j.status.completion_time - j.status.start_time).total_seconds()
+                       for j in cluster.batch.list_namespaced_job(ns).items
+                       if j.status.start_time and j.status.completion_time
+                       and j.status.start_time.timestamp() >= resumed - 1]
+                print(f"  +{time.time() - resumed:.0f}s wave {wave}: {(obj.get('status') or {}).get('counts')}; "
+                      f"{len(ran)} Jobs done, run times {sum(ran):.0f}s, / M {sum(ran) / m:.0f}s", flush=True)
             retried = (obj.get("status") or {}).get("retried") == "fixed"
             if retried and _condition(obj, c.STALLED).get("status") == "True":
                 raise AssertionError(f"the set Stalled after the resume: {_condition(obj, c.STALLED)}")
