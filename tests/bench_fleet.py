@@ -280,8 +280,10 @@ def rollout(args: argparse.Namespace, bed: Bed, tmp: Path) -> None:
         operator = OperatorProcess(bed, [ns], tmp / "operator-rollout.log", extra_args=["--no-webhook"]).start()
         timeline = Timeline(bed.api_client(), ns).start()
         m = args.max_in_flight
+        # A loaded machine runs 20 plan Jobs at once slowly: the default 600 s deadline failed them (a 210-tenant
+        # run, load average 35), which measures the machine, not the rollout.
         spec = {"template": {"migrations": {"image": image, "workingDir": "/app"}, "targetRevision": "head",
-                             "backup": {"enabled": False}},
+                             "backup": {"enabled": False}, "jobTemplate": {"activeDeadlineSeconds": 7200}},
                 "targets": {"selector": {"matchLabels": {LABEL: "shop"}}},
                 "strategy": {"canary": {"count": 2}, "waves": ["10%", "50%", "100%"], "maxInFlight": m,
                              "failureBudget": 1}}
@@ -310,7 +312,25 @@ def rollout(args: argparse.Namespace, bed: Bed, tmp: Path) -> None:
         cpu0 = cpu_seconds(pid)
         custom.patch_namespaced_custom_object(c.GROUP, c.VERSION, ns, c.SET_PLURAL, "tenants", {
             "metadata": {"annotations": {c.RETRY_ANNOTATION: "fixed"}}})
-        wait_for(lambda: _condition(get(), c.READY).get("status") == "True" or None, 7200, "the set Ready")
+
+        waves_seen: set[object] = set()
+
+        def ready_set() -> bool | None:
+            obj = get()  # Stalled until the operator has seen the retry; Stalled after it: a target failed again
+            if (wave := (obj.get("status") or {}).get("waveName")) not in waves_seen:  # figures so far, per wave
+                waves_seen.add(wave)
+                ran = [(j.status.completion_time - j.status.start_time).total_seconds()
+                       for j in cluster.batch.list_namespaced_job(ns).items
+                       if j.status.start_time and j.status.completion_time
+                       and j.status.start_time.timestamp() >= resumed - 1]
+                print(f"  +{time.time() - resumed:.0f}s wave {wave}: {(obj.get('status') or {}).get('counts')}; "
+                      f"{len(ran)} Jobs done, run times {sum(ran):.0f}s, / M {sum(ran) / m:.0f}s", flush=True)
+            retried = (obj.get("status") or {}).get("retried") == "fixed"
+            if retried and _condition(obj, c.STALLED).get("status") == "True":
+                raise AssertionError(f"the set Stalled after the resume: {_condition(obj, c.STALLED)}")
+            return _condition(obj, c.READY).get("status") == "True" or None
+
+        wait_for(ready_set, 7200, "the set Ready")
         wall = time.time() - resumed
         operator_cpu = cpu_seconds(pid) - cpu0
         at_target = sum(1 for db in dbs.values() if _revision(db) == CHECK.id)

@@ -16,7 +16,7 @@ after the other:
 
 Prints, per run, the wall time and the CPU time (user + system of the whole process tree: pg_dump, Python, the
 upload) of each side, and the Job's phases read from its log as it runs (start-up: interpreter, imports, the
-snapshot, the store's preflight; dump and upload; record and retention); then the dump size, the ratio of the
+snapshot, the store's preflight; dump, upload and record; retention and exit); then the dump size, the ratio of the
 best runs and the median of each run's pair ratio. The machine's other load moves wall times by tens of percent
 between runs: the pairs alternate which side goes first, and CPU seconds, which load barely moves, say what each
 side costs. Asserts nothing.
@@ -138,8 +138,8 @@ def main() -> None:
                 hands.append(timed(by_hand, env, shell=True))
             j, h = jobs[-1], hands[-1]
             began, ended = j.marks.get("backing up ", 0.0), j.marks.get("backup ", j.wall)
-            print(f"run {run + 1}: job {j.wall:.1f} s ({j.cpu:.1f} s CPU; start-up {began:.1f} s, dump and upload "
-                  f"{ended - began:.1f} s, record and retention {j.wall - ended:.1f} s), pg_dump | upload "
+            print(f"run {run + 1}: job {j.wall:.1f} s ({j.cpu:.1f} s CPU; start-up {began:.1f} s, dump, upload and "
+                  f"record {ended - began:.1f} s, retention and exit {j.wall - ended:.1f} s), pg_dump | upload "
                   f"{h.wall:.1f} s ({h.cpu:.1f} s CPU): ratio {j.wall / h.wall:.2f}, load {os.getloadavg()[0]:.1f}",
                   flush=True)
         client = s3.client()

@@ -97,8 +97,11 @@ class Scheduler:
                     self.now(key)
             self._compact()
             timeout = self._heap[0][0] - now if self._heap else None
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for drops a cancellation that arrives as the wait
+            # ends, and stop() then waited forever for this loop.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await self._changed.wait()
 
     async def _worker(self) -> None:
         while True:

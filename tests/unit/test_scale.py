@@ -4,7 +4,7 @@ shared revision reads and jitter, the status merge patch, and the reconciler's w
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from typing import Any
 
 import pytest
@@ -17,6 +17,14 @@ from alembic_operator.schedule import Scheduler
 from alembic_operator.status import merge_patch
 
 # --- the scheduler ------------------------------------------------------------------------------------------------
+
+
+async def until(condition: Callable[[], bool], what: str) -> None:
+    """Let the loop run until `condition` holds (a busy machine may take long; no test passes on a clock)."""
+    async with asyncio.timeout(30):
+        while not condition():
+            await asyncio.sleep(0.001)
+    assert condition(), what
 
 
 @pytest.mark.asyncio
@@ -39,11 +47,11 @@ async def test_a_key_is_never_worked_on_twice_at_once_and_an_event_during_a_pass
     sched = Scheduler(work, workers=4)
     sched.start()
     sched.now("a")
-    await asyncio.sleep(0.01)
+    await until(lambda: passes == ["a"], "the first pass")
     sched.now("a")  # while the first pass runs: coalesced into one more pass
     sched.now("a")
     gate.set()
-    await asyncio.sleep(0.05)
+    await until(lambda: len(passes) == 2 and not running, "the second pass")
     await sched.stop()
     assert passes == ["a", "a"] and not overlap
 
@@ -63,7 +71,7 @@ async def test_the_delay_a_pass_returns_is_kept_an_event_comes_first_and_a_forgo
     sched.forget("gone")
     sched.later("event", 10.0)
     sched.now("event")  # sooner than its timer
-    await asyncio.sleep(0.18)
+    await until(lambda: passes.count("periodic") >= 3, "three periodic passes")  # "gone" was due 0.02 s in
     await sched.stop()
     assert passes.count("periodic") >= 3 and passes.count("event") == 1 and "gone" not in passes
     assert sched.due.keys() <= {"periodic"}
@@ -82,10 +90,9 @@ async def test_a_pass_that_raises_is_retried_and_the_worker_lives_on() -> None:
     sched = Scheduler(work, workers=1)
     sched.start()
     sched.now("x")
-    await asyncio.sleep(0.01)
-    assert "x" in sched.due  # retried later, not dropped
+    await until(lambda: "x" in sched.due, "the retry's timer")  # retried later, not dropped
     sched.now("x")
-    await asyncio.sleep(0.01)
+    await until(lambda: len(calls) == 2, "the second pass")
     await sched.stop()
     assert len(calls) == 2
 
@@ -155,7 +162,7 @@ async def test_a_reconcile_only_takes_a_read_that_started_after_it_asked() -> No
 
     reader = freshness.RevisionReader(read, limit=4)
     first = asyncio.create_task(reader.fresh("db", "t"))
-    await asyncio.sleep(0.05)  # the first read is under way
+    await until(lambda: started == ["r1"], "the first read under way")
     revision[0] = "r2"  # a Job commits
     later = [asyncio.create_task(reader.fresh("db", "t")) for _ in range(20)]  # asked after the commit
     await asyncio.sleep(0.05)

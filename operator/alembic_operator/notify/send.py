@@ -158,8 +158,9 @@ class Notifier:
             if wait is None and not woken.is_set():
                 return
             if wait is not None:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(woken.wait(), timeout=max(wait, 0.0))
+                with contextlib.suppress(TimeoutError):  # not wait_for: it may drop a cancellation (3.11)
+                    async with asyncio.timeout(max(wait, 0.0)):
+                        await woken.wait()
 
     async def _round(self, ref: tuple[str, str]) -> float | None:
         if not self.leading():  # paused: the leader's reconciles offer the resource there
