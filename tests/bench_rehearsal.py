@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -116,6 +117,7 @@ def main() -> int:
               f"{max(ratios):.2f}); within +-25 %: {within} of {len(ratios)} runs")
     finally:
         server.destroy()
+        shutil.rmtree(base, ignore_errors=True)  # the app and a backup of --gigabytes
     return 0
 
 
