@@ -46,6 +46,9 @@ RETRY_ANNOTATION: Final = f"{GROUP}/retry"  # on a set, written by users: retry 
 
 # Job roles: the value of ROLE_LABEL and a part of each Job's name (jobs.ROLES declares what each does).
 Role = Literal["plan", "backup", "migrate", "contract", "downgrade", "restore", "stamp", "drift", "rehearse"]
+# The role label of a restore a person starts (kubectl dbm restore): the restore role's Job, which no run takes as
+# its own (observe.py reads only ROLES' Jobs), and which its command finds again by this label.
+RESTORE_BY_HAND: Final = "restore-by-hand"
 
 # Phases (status.phase).
 Phase = Literal[

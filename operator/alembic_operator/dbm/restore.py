@@ -55,7 +55,7 @@ class Session(Protocol):
 
     def pods(self, selector: str) -> list[Pod]: ...
 
-ROLE: Final = "restore-by-hand"  # the Job's role label: not a role of the operator's runs (jobs.ROLES)
+ROLE: Final = c.RESTORE_BY_HAND  # the Job's role label: not a role of the operator's runs (jobs.ROLES)
 BACKUP_ANNOTATION: Final = f"{c.GROUP}/backup"  # on the Job: which backup it restores, as status names it
 RECORDED: Final = "recorded"  # the Job's --sha256 when status no longer knows the backup's checksum
 DATABASE_LOCK: Final = "database"  # the Job's --lock-key: the database's migration lock, derived in the Job
