@@ -132,18 +132,25 @@ def four_eyes(old: Body | None, new: Body, user: User, required_everywhere: bool
     resource (an approver could otherwise turn the rule off for the resource first); a resource may add it."""
     required = required_everywhere or bool(_object(_object(new.get("spec")).get("approval")).get(
         "requireDifferentUser"))
-    if not required or not approves(old, new):
-        return None
-    changed_by = user.username if spec_changed(old, new) else _annotations(old).get(SPEC_CHANGED_BY, "")
-    if changed_by and changed_by == user.username:
-        return (f"{user.username} changed the spec of this DatabaseMigration, and its approval needs another user "
-                "(spec.approval.requireDifferentUser): ask a reviewer to approve it")
+    if required and approves(old, new) and _approver_changed_the_spec(old, new, user):
+        return _same_user(user, c.KIND, "spec.approval.requireDifferentUser")
     return None
 
 
-def refusal(user: User, namespace: str, name: str, what: list[str]) -> str:
-    return (f"{user.username} may not approve databasemigrations/{name} in namespace {namespace} "
-            f"({'; '.join(what)}): approving needs the '{VERB}' verb on databasemigrations.{c.GROUP} "
+def _approver_changed_the_spec(old: Body | None, new: Body, user: User) -> bool:
+    """Whether the approving user is the one who last changed the spec (this very request included)."""
+    changed_by = user.username if spec_changed(old, new) else _annotations(old).get(SPEC_CHANGED_BY, "")
+    return bool(changed_by) and changed_by == user.username
+
+
+def _same_user(user: User, kind: str, field: str) -> str:
+    return (f"{user.username} changed the spec of this {kind}, and its approval needs another user ({field}): ask a "
+            "reviewer to approve it")
+
+
+def refusal(user: User, namespace: str, name: str, what: list[str], plural: str = c.PLURAL) -> str:
+    return (f"{user.username} may not approve {plural}/{name} in namespace {namespace} "
+            f"({'; '.join(what)}): approving needs the '{VERB}' verb on {plural}.{c.GROUP} "
             "(bind the ClusterRole alembic-operator-approver to reviewers, in this namespace)")
 
 
@@ -201,19 +208,13 @@ def set_four_eyes(old: Body | None, new: Body, user: User, required_everywhere: 
     spec.approval.requireDifferentUser asks for it, or the chart for every resource)."""
     template = _object(_object(new.get("spec")).get("template"))
     required = required_everywhere or bool(_object(template.get("approval")).get("requireDifferentUser"))
-    if not required or not set_approves(old, new):
-        return None
-    changed_by = user.username if spec_changed(old, new) else _annotations(old).get(SPEC_CHANGED_BY, "")
-    if changed_by and changed_by == user.username:
-        return (f"{user.username} changed the spec of this DatabaseMigrationSet, and its approval needs another user "
-                "(spec.template.approval.requireDifferentUser): ask a reviewer to approve it")
+    if required and set_approves(old, new) and _approver_changed_the_spec(old, new, user):
+        return _same_user(user, c.SET_KIND, "spec.template.approval.requireDifferentUser")
     return None
 
 
 def set_refusal(user: User, namespace: str, name: str, hashes: list[str]) -> str:
-    return (f"{user.username} may not approve databasemigrationsets/{name} in namespace {namespace} (plan "
-            f"{', '.join(hashes)}): approving needs the '{VERB}' verb on databasemigrationsets.{c.GROUP} "
-            "(bind the ClusterRole alembic-operator-approver to reviewers, in this namespace)")
+    return refusal(user, namespace, name, [f"plan {', '.join(hashes)}"], plural=c.SET_PLURAL)
 
 
 def _cel_set_approval_change() -> str:
