@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, TypedDict, cast
 from .. import constants as c
 from .. import objects, plansql
 from . import restore, sets, views
+from .ask import Refused, confirm
 
 if TYPE_CHECKING:
     from kubernetes.client import ApiException, V1Job
@@ -46,10 +47,6 @@ class LogRecord(TypedDict):
     pod: str
     container: str
     log: str
-
-
-class Refused(Exception):
-    """The request cannot be done as asked (nothing to approve, the plan changed): exit code 2, with why."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -213,14 +210,10 @@ def cmd_approve(s: Session, args: argparse.Namespace) -> int:
         _print(args, f"dbm/{args.name}: plan {record['hash']} is already approved\n",
                {"approved": True, "hash": record["hash"], "changed": False})
         return EXIT_OK
-    if not args.hash and not args.yes:
-        if not sys.stdin.isatty():
-            raise Refused("not a terminal: pass --hash HASH (from kubectl dbm plan) or --yes")
-        sys.stdout.write(views.plan_text(record) + f"\nApprove plan {record['hash']}? [y/N] ")
-        sys.stdout.flush()
-        if sys.stdin.readline().strip().lower() not in ("y", "yes"):
-            sys.stdout.write("Not approved.\n")
-            return EXIT_REFUSED
+    if not args.hash and not args.yes and not confirm(views.plan_text(record) + f"\nApprove plan {record['hash']}?",
+                                                      instead="--hash HASH (from kubectl dbm plan) or --yes"):
+        sys.stdout.write("Not approved.\n")
+        return EXIT_REFUSED
     patch = {"metadata": {"resourceVersion": obj["metadata"]["resourceVersion"],
                           "annotations": {c.APPROVE_ANNOTATION: record["hash"]}}}
     try:
@@ -264,16 +257,12 @@ def _approve_set(s: Session, args: argparse.Namespace) -> int:
         _print(args, f"dbms/{args.name}: plan {group.hash} is {why}\n",
                {"approved": True, "hash": group.hash, "changed": False})
         return EXIT_OK
-    if not args.hash and not args.yes:
-        if not sys.stdin.isatty():
-            raise Refused("not a terminal: pass --hash HASH (from kubectl dbm set NAME) or --yes")
-        first = group.migrations[0] if group.migrations else "?"
-        sys.stdout.write(f"{group.count} target(s) of dbms/{args.name} wait for plan {group.hash} (review it: kubectl "
-                         f"dbm plan {first}).\nApprove it for the whole set? [y/N] ")
-        sys.stdout.flush()
-        if sys.stdin.readline().strip().lower() not in ("y", "yes"):
-            sys.stdout.write("Not approved.\n")
-            return EXIT_REFUSED
+    first = group.migrations[0] if group.migrations else "?"
+    if not args.hash and not args.yes and not confirm(
+            f"{group.count} target(s) of dbms/{args.name} wait for plan {group.hash} (review it: kubectl dbm plan "
+            f"{first}).\nApprove it for the whole set?", instead="--hash HASH (from kubectl dbm set NAME) or --yes"):
+        sys.stdout.write("Not approved.\n")
+        return EXIT_REFUSED
     try:
         s.custom.patch_namespaced_custom_object(c.GROUP, c.VERSION, s.namespace, c.SET_PLURAL, args.name,
                                                 sets.approve_patch(obj, group.hash))
@@ -402,7 +391,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         session = Session(args)
         return COMMANDS[args.command](session, args)
-    except (Refused, restore.Refused) as exc:
+    except Refused as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_REFUSED
     except Exception as exc:  # the API server unreachable, no kubeconfig...: one line, not a traceback

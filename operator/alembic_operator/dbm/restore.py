@@ -38,6 +38,7 @@ from ..jobparts import StoreWiring, manifest
 from ..jobs import Owner, build_job, job_name
 from ..objects import Pod
 from ..podstate import pod_progress
+from .ask import Refused, confirm
 from .views import Migration
 
 if TYPE_CHECKING:
@@ -60,10 +61,6 @@ BACKUP_ANNOTATION: Final = f"{c.GROUP}/backup"  # on the Job: which backup it re
 RECORDED: Final = "recorded"  # the Job's --sha256 when status no longer knows the backup's checksum
 DATABASE_LOCK: Final = "database"  # the Job's --lock-key: the database's migration lock, derived in the Job
 POLL_SECONDS: Final = 2.0
-
-
-class Refused(Exception):
-    """Not done, and why (exit code 2)."""
 
 
 @dataclass(frozen=True)
@@ -241,13 +238,8 @@ def cmd_restore(s: Session, args: argparse.Namespace, say: Callable[[str, object
         raise Refused(f"another restore by hand of dbm/{args.name} is running (Job {other}): wait for it")
     what = (f"restore {chosen.shown}" + (f" (revision {chosen.revision})" if chosen.revision else "")
             + f" into the database of dbm/{args.name}, replacing its contents")
-    if not args.yes:
-        if not sys.stdin.isatty():
-            raise Refused(f"not a terminal: pass --yes to {what}")
-        sys.stdout.write(f"This will {what}. Go on? [y/N] ")
-        sys.stdout.flush()
-        if sys.stdin.readline().strip().lower() not in ("y", "yes"):
-            raise Refused("not restored")
+    if not args.yes and not confirm(f"This will {what}. Go on?", instead=f"--yes to {what}"):
+        raise Refused("not restored")
     owner = Owner(name=args.name, namespace=s.namespace, uid=str(meta.get("uid") or ""),
                   generation=int(meta.get("generation") or 0))
     job = restore_job(owner, spec, wiring, chosen, operator_image=_operator_image(s, args.name, args.image),
