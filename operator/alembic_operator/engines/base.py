@@ -23,7 +23,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar
+from typing import IO, TYPE_CHECKING, Any, ClassVar, Generic, Literal, Protocol, TypeVar
 
 import sqlalchemy
 from sqlalchemy.engine import URL
@@ -255,6 +255,27 @@ def read_alembic_state(url: URL, connect_args: Mapping[str, object]) -> tuple[li
     finally:
         engine.dispose()
     return heads, names
+
+
+Unreadable = Literal["no-database", "login", "unreachable", "unreadable"]
+
+
+def unreadable(target: DatabaseTarget, why: Unreadable, text: str, server: str = "") -> DatabaseObservation:
+    """Why the revision read failed, in the same words on every engine (each engine tells which case its driver's
+    error is; `text` is already scrubbed, `server` names where a missing database was looked for)."""
+    from ..observation import DatabaseObservation  # the model (pydantic, api): the operator's, not a Job's
+
+    if why == "no-database":
+        return DatabaseObservation(error_reason=reasons.DATABASE_NOT_FOUND, transient=False,
+                                   error_message=f"the database {target.url.database!r} does not exist on {server}: "
+                                   "create it, or fix the database name in the Secret's URL (checked again every 15 s)")
+    if why == "login":
+        return DatabaseObservation(error_reason=reasons.DATABASE_AUTHENTICATION_FAILED, transient=False,
+                                   error_message=f"cannot log in to {target.where}: {text}; check the credentials in "
+                                   "the Secret")
+    said = "cannot reach the database at" if why == "unreachable" else "cannot read"
+    return DatabaseObservation(error_reason=reasons.DATABASE_UNREACHABLE, transient=True,
+                               error_message=f"{said} {target.where}: {text}")
 
 
 def observation(heads: list[str], names: list[str]) -> DatabaseObservation:

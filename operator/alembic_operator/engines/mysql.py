@@ -53,7 +53,7 @@ from ..jobio import JobError, log, sanitize
 from ..runner.blockers import describe_blockers, from_row
 from ..runner.lock import database_lock_key, mysql_lock_name
 from ..sqlrules import Catalog, ScannerModule
-from .base import DatabaseTarget, Engine, Snapshot, observation, read_alembic_state, redact_urls
+from .base import DatabaseTarget, Engine, Snapshot, observation, read_alembic_state, redact_urls, unreadable
 
 if TYPE_CHECKING:
     from ..observation import DatabaseObservation
@@ -498,8 +498,6 @@ class MySQL(Engine[Database]):
         """Through PyMySQL, the driver the operator ships, whatever driver the URL names for the app (mysqlclient,
         MariaDB Connector/C and the async drivers need not be in the operator's image), with the query parameters
         the Jobs use too (the other driver's own options are the app's)."""
-        from ..observation import DatabaseObservation  # the operator's model: a Job never loads it
-
         url = target.url
         kept = {key: value for key, value in url.query.items() if key in _READ_OPTIONS}
         try:
@@ -510,19 +508,12 @@ class MySQL(Engine[Database]):
             orig = getattr(err, "orig", err)
             code, text = _error_code(orig), redact_urls(_error_text(orig), url)
             if code == UNKNOWN_DATABASE:
-                return DatabaseObservation(error_reason=reasons.DATABASE_NOT_FOUND, transient=False,
-                                           error_message=f"the database {url.database!r} does not exist on "
-                                           f"{self.where(url).rsplit('/', 1)[0]}: create it, or fix the database "
-                                           "name in the Secret's URL (checked again every 15 s)")
+                return unreadable(target, "no-database", text, self.where(url).rsplit("/", 1)[0])
             if code in AUTH_ERRORS:
-                return DatabaseObservation(error_reason=reasons.DATABASE_AUTHENTICATION_FAILED, transient=False,
-                                           error_message=f"cannot log in to {target.where}: {text}; check the "
-                                           "credentials in the Secret")
-            return DatabaseObservation(error_reason=reasons.DATABASE_UNREACHABLE, transient=True,
-                                       error_message=f"cannot reach the database at {target.where}: {text}")
+                return unreadable(target, "login", text)
+            return unreadable(target, "unreachable", text)
         except SQLAlchemyError as err:
-            return DatabaseObservation(error_reason=reasons.DATABASE_UNREACHABLE, transient=True,
-                                       error_message=f"cannot read {target.where}: {redact_urls(str(err), url)}")
+            return unreadable(target, "unreadable", redact_urls(str(err), url))
         return observation(heads, names)
 
     # The Job side is this module's functions (documented on the base class).

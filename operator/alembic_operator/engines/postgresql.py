@@ -54,7 +54,7 @@ from ..jobio import URL_ENV, JobError, log, sanitize
 from ..reasons import Reason
 from ..runner.lock import database_lock_key
 from ..sqlrules import Catalog, ScannerModule
-from .base import DatabaseTarget, Engine, Snapshot, observation, read_alembic_state, redact_urls
+from .base import DatabaseTarget, Engine, Snapshot, observation, read_alembic_state, redact_urls, unreadable
 
 if TYPE_CHECKING:
     from ..observation import DatabaseObservation
@@ -474,8 +474,6 @@ class PostgreSQL(Engine[Database]):
         """Through psycopg, the driver the operator ships, whatever driver the URL names for the app (psycopg2,
         asyncpg, pg8000 are the app's: an async one cannot even be used synchronously), with the URL's libpq
         parameters (the other drivers' own options are the app's)."""
-        from ..observation import DatabaseObservation  # the operator's model: a Job never loads it
-
         url = target.url
         known = {d.keyword.decode() for d in pq.Conninfo.get_defaults()} | {"host"}
         read_url = url.set(drivername="postgresql+psycopg",
@@ -486,20 +484,13 @@ class PostgreSQL(Engine[Database]):
             text = redact_urls(str(getattr(err, "orig", err)).strip().splitlines()[0] if str(err).strip()
                                     else "", target.url)
             if re.search(r'database "[^"]*" does not exist', text):
-                return DatabaseObservation(error_reason=reasons.DATABASE_NOT_FOUND, transient=False,
-                                           error_message=f"the database {target.url.database!r} does not exist on "
-                                           f"{target.url.host or 'localhost'}:{target.url.port or 5432}: create it, "
-                                           "or fix the database name in the Secret's URL (checked again every 15 s)")
+                return unreadable(target, "no-database", text,
+                                  f"{target.url.host or 'localhost'}:{target.url.port or 5432}")
             if "password authentication failed" in text or ("role" in text and "does not exist" in text):
-                return DatabaseObservation(error_reason=reasons.DATABASE_AUTHENTICATION_FAILED, transient=False,
-                                           error_message=f"cannot log in to {target.where}: {text}; check the "
-                                           "credentials in the Secret")
-            return DatabaseObservation(error_reason=reasons.DATABASE_UNREACHABLE, transient=True,
-                                       error_message=f"cannot reach the database at {target.where}: {text}")
+                return unreadable(target, "login", text)
+            return unreadable(target, "unreachable", text)
         except SQLAlchemyError as err:
-            return DatabaseObservation(error_reason=reasons.DATABASE_UNREACHABLE, transient=True,
-                                       error_message=f"cannot read {target.where}: "
-                                       f"{redact_urls(str(err), target.url)}")
+            return unreadable(target, "unreadable", redact_urls(str(err), target.url))
         return observation(heads, names)
 
     def secrets(self, url: URL) -> list[str]:
