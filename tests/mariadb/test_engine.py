@@ -301,6 +301,30 @@ def test_a_restore_that_fails_midway_says_so_and_a_rerun_converges(
     assert checksums(db) == before
 
 
+def test_a_backup_taken_at_base_restores_to_an_empty_database(
+        mariadb_database: Database, job: Any, tmp_path: Path) -> None:
+    """Rolling back a plan that started at base: the dump of the empty database is whole, and restoring it drops
+    every table, view and routine the failed migration made."""
+    db = mariadb_database
+    file, sha = backup(db, job, tmp_path)
+    seed(db)
+    db.query("CREATE PROCEDURE total() SELECT SUM(amount) FROM orders")
+    run = job(db.url, "restore", "--store", "volume", "--dump", file, "--sha256", sha)
+    assert run.rc == 0, run
+    assert run.result["revision"] in (None, "base"), run
+    assert sorted(run.result["dropped"]) == ["PROCEDURE total", "TABLE alembic_version", "TABLE customers",
+                                             "TABLE orders", "VIEW big_orders"]
+    assert db.query("SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE()") == [(0,)]
+    # a file that is not a whole dump is refused and changes nothing
+    seed(db)
+    other = tmp_path / "other.sql"
+    other.write_bytes(b"DROP TABLE orders;\n")
+    run = job(db.url, "restore", "--store", "volume", "--dump", str(other),
+              "--sha256", "sha256:" + hashlib.sha256(other.read_bytes()).hexdigest())
+    assert run.result["reason"] == "BackupCorrupt" and "Dump completed" in run.result["message"], run
+    assert db.query("SHOW TABLES LIKE 'orders'") == [("orders",)]
+
+
 def test_localhost_in_the_url_means_tcp_for_the_client_tools_too(
         mariadb_database: Database, job: Any, tmp_path: Path) -> None:
     seed(mariadb_database)

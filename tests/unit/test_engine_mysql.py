@@ -72,3 +72,20 @@ def test_dump_contents_from_its_drop_statements(tmp_path: Path) -> None:
     contents = mysql.dump_contents(path)
     assert contents.tables == {"orders", "v`x"} and contents.events == {"e"}
     assert contents.routines == {("PROCEDURE", "p"), ("FUNCTION", "f")}
+    assert not contents.whole  # neither the tool's header nor its closing line
+
+
+def test_a_whole_dump_has_the_tools_header_and_closing_line_even_with_nothing_in_it(tmp_path: Path) -> None:
+    """A dump of an empty database (revision base) is a whole dump; a file cut short or from elsewhere is not."""
+    path = tmp_path / "d.sql"
+    for header in (b"-- MariaDB dump 10.19  Distrib 10.11.19-MariaDB", b"-- MySQL dump 10.13  Distrib 8.0.36"):
+        path.write_bytes(header + b"\n--\n-- Host: db    Database: shop\n/*!40101 SET NAMES utf8mb4 */;\n"
+                         b"-- Dump completed on 2026-12-07 12:00:00\n")
+        contents = mysql.dump_contents(path)
+        assert contents.whole and not contents.tables
+    path.write_bytes(b"-- MariaDB dump 10.19\nDROP TABLE IF EXISTS `orders`;\n")  # cut short
+    assert not mysql.dump_contents(path).whole
+    path.write_bytes(b"/*M!999999\\- enable the sandbox mode */ \n-- MariaDB dump 10.19\n-- Dump completed\n")
+    assert mysql.dump_contents(path).whole  # MariaDB 10.11.8 and later open with the sandbox line
+    path.write_bytes(b"SELECT 1;\nSELECT 2;\n-- MariaDB dump 10.19\n-- Dump completed\n")  # the header opens it
+    assert not mysql.dump_contents(path).whole

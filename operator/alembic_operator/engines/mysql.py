@@ -342,20 +342,31 @@ _DROP_IN_DUMP = re.compile(
     rb"DROP (TABLE|VIEW|SEQUENCE|PROCEDURE|FUNCTION|EVENT) IF EXISTS `((?:[^`]|``)+)`")
 
 
+# The client tools' opening and closing comment lines: a dump of an empty database (revision base) has nothing else.
+# The opening one is the first line, or the second after newer MariaDB's "enable the sandbox mode" line.
+_DUMP_HEADERS: Final = (b"-- MariaDB dump ", b"-- MySQL dump ")
+_HEADER_LINES: Final = 2
+_DUMP_TRAILER: Final = b"-- Dump completed"
+
+
 @dataclass
 class DumpContents:
     """What a dump (re)creates, from its DROP ... IF EXISTS statements (mariadb-dump drops each object before it
-    creates it)."""
+    creates it), and whether it is a whole dump at all (the tool's header and its "Dump completed" line)."""
 
     tables: set[str] = field(default_factory=set)  # tables, views and sequences: one namespace in MySQL
     routines: set[tuple[str, str]] = field(default_factory=set)  # ("PROCEDURE" | "FUNCTION", name)
     events: set[str] = field(default_factory=set)
+    whole: bool = False
 
 
 def dump_contents(path: Path) -> DumpContents:
     out = DumpContents()
+    headed = completed = False
     with open(path, "rb") as handle:
-        for line in handle:
+        for number, line in enumerate(handle):
+            headed = headed or (number < _HEADER_LINES and line.startswith(_DUMP_HEADERS))
+            completed = completed or line.startswith(_DUMP_TRAILER)
             for kind, raw in _DROP_IN_DUMP.findall(line):
                 name = raw.replace(b"``", b"`").decode()
                 word = kind.decode()
@@ -365,6 +376,7 @@ def dump_contents(path: Path) -> DumpContents:
                     out.events.add(name)
                 else:
                     out.routines.add((word, name))
+    out.whole = headed and completed
     return out
 
 
@@ -394,12 +406,15 @@ def extra_objects(conn: pymysql.connections.Connection[Any], dump: DumpContents)
 
 def restore(db: Database, path: Path) -> list[str]:
     """Make the database what the dump at `path` holds (its checksum already verified), in one pass of the client;
-    the extra objects dropped. See the module's docstring for what "all or nothing" means on MySQL."""
+    the extra objects dropped. A dump of an empty database (taken at revision base) is valid: restoring it drops
+    everything, which is what rolling back a plan that started at base means. See the module's docstring for what
+    "all or nothing" means on MySQL."""
     tool = _client_tool()
     dump = dump_contents(path)
-    if not dump.tables:
-        raise JobError(reasons.BACKUP_CORRUPT, f"{path.name} creates no table: it is not a mariadb-dump of a database "
-                       "with an Alembic version table; nothing was restored")
+    if not dump.whole:
+        raise JobError(reasons.BACKUP_CORRUPT, f"{path.name} is not a whole mariadb-dump or mysqldump output (its "
+                       "opening line names neither tool, or it lacks the closing 'Dump completed' line); nothing was "
+                       "restored")
     conn = db.connect()
     try:
         drops = extra_objects(conn, dump)
