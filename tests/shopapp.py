@@ -8,12 +8,14 @@ loopback port, as a pod runs it; ``upgrade``/``downgrade`` run Alembic's command
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import subprocess
 import sys
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 
@@ -55,20 +57,33 @@ def _config(tree: Path, url: str) -> Config:
     return cfg
 
 
-def _in_tree(tree: Path) -> None:
-    """env.py imports shop.models: the tree's own (a module imported from another tree is dropped first)."""
+def _drop_shop_modules() -> None:
     for name in [m for m in sys.modules if m == "shop" or m.startswith("shop.")]:
         del sys.modules[name]
 
 
+@contextlib.contextmanager
+def _in_tree() -> Iterator[None]:
+    """env.py imports shop.models: the tree's own, and only while Alembic runs in it. Alembic prepends the tree to
+    sys.path (alembic.ini's prepend_sys_path) and keeps it there: left behind, the release's models (a renamed
+    column) were the ones a later test on the same worker imported for examples/shop (its models check failed)."""
+    path = list(sys.path)
+    _drop_shop_modules()
+    try:
+        yield
+    finally:
+        sys.path[:] = path
+        _drop_shop_modules()
+
+
 def upgrade(tree: Path, url: str, target: str) -> None:
-    _in_tree(tree)
-    command.upgrade(_config(tree, url), target)
+    with _in_tree():
+        command.upgrade(_config(tree, url), target)
 
 
 def downgrade(tree: Path, url: str, target: str) -> None:
-    _in_tree(tree)
-    command.downgrade(_config(tree, url), target)
+    with _in_tree():
+        command.downgrade(_config(tree, url), target)
 
 
 def seed(tree: Path, url: str) -> None:
