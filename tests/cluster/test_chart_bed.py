@@ -70,8 +70,10 @@ def app_namespace(kube_api: Any) -> Iterator[str]:
 
 
 def _adopt_crd(kubectl: Any, release: str, namespace: str) -> None:
-    """The CRDs applied with kubectl (e.g. by the end-to-end tests: the DatabaseMigration's and the
-    DatabaseMigrationSet's) are adopted by the release, as a user would."""
+    """The CRDs applied with kubectl (the `crd` fixture, as the end-to-end tests on every worker do: the
+    DatabaseMigration's and the DatabaseMigrationSet's) are adopted by the release, as a user would. The test asks
+    for that fixture so both exist before adoption: another worker applying one between this check and `helm
+    install` made the install refuse a CRD it did not own."""
     for plural in (c.PLURAL, c.SET_PLURAL):
         crd = f"customresourcedefinitions/{plural}.{c.GROUP}"
         if kubectl("get", crd).returncode != 0:
@@ -196,7 +198,7 @@ def _pod_ready(core: Any, namespace: str, name: str, uid: str | None = None) -> 
 
 
 @pytest.mark.bed
-def test_install_migrate_upgrade_uninstall(bed: Any, kube_api: Any, namespace: str, app_namespace: str,
+def test_install_migrate_upgrade_uninstall(bed: Any, crd: Path, kube_api: Any, namespace: str, app_namespace: str,
                                            kubectl: Any, database: Any, postgres_in_bed: tuple[str, int],
                                            operator_ref: str, tmp_path: Path) -> None:
     """The chart on the real node, one release for the whole story: two replicas from the real image; a migration;
