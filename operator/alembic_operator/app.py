@@ -17,12 +17,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import kopf
 
+from . import approvals, events, handlers, indexes, metrics, release, webhook
 from . import constants as c
-from . import events, handlers, indexes, metrics, release, webhook
 from .config import OperatorConfig
 from .events import EventType
 from .fleet.handlers import Fleet
@@ -204,21 +205,22 @@ def registry(config: OperatorConfig) -> tuple[kopf.OperatorRegistry, Operator]:
             await webhook.hold_until_schema_ready(op.keeper, config.webhook, body, patch, warnings, logger)
 
         # --- and governing approvals: who may approve, who changed the spec, who approved ---------------------
-        @kopf.on.mutate(c.GROUP, c.VERSION, c.PLURAL, id=webhook.APPROVAL_HANDLER_ID,
-                        operations=["CREATE", "UPDATE"], side_effects=False, registry=reg)
-        async def govern_approvals(body: kopf.Body, userinfo: kopf.UserInfo, patch: kopf.Patch,
-                                   logger: indexes.Logger, **kwargs: Any) -> None:
-            await webhook.govern_approvals(op.ctx.kube, config.webhook, body, kwargs.get("old"), userinfo,
-                                           patch, logger)
-
-        @kopf.on.mutate(c.GROUP, c.VERSION, c.SET_PLURAL, id=webhook.SET_APPROVAL_HANDLER_ID,
-                        operations=["CREATE", "UPDATE"], side_effects=False, registry=reg)
-        async def govern_set_approvals(body: kopf.Body, userinfo: kopf.UserInfo, patch: kopf.Patch,
-                                       logger: indexes.Logger, **kwargs: Any) -> None:
-            await webhook.govern_set_approvals(op.ctx.kube, config.webhook, body, kwargs.get("old"), userinfo,
-                                               patch, logger)
+        for governed, handler_id in ((approvals.MIGRATION_APPROVALS, webhook.APPROVAL_HANDLER_ID),
+                                     (approvals.SET_APPROVALS, webhook.SET_APPROVAL_HANDLER_ID)):
+            kopf.on.mutate(c.GROUP, c.VERSION, governed.plural, id=handler_id, operations=["CREATE", "UPDATE"],
+                           side_effects=False, registry=reg)(_governing(governed, op, config))
 
     return reg, op
+
+
+def _governing(governed: approvals.Governed, op: Operator, config: OperatorConfig) -> Callable[..., Awaitable[None]]:
+    """The admission handler of one kind's approvals (webhook.govern_approvals)."""
+    async def govern_approvals(body: kopf.Body, userinfo: kopf.UserInfo, patch: kopf.Patch, logger: indexes.Logger,
+                               **kwargs: Any) -> None:
+        await webhook.govern_approvals(governed, op.ctx.kube, config.webhook, body, kwargs.get("old"), userinfo,
+                                       patch, logger)
+
+    return govern_approvals
 
 
 def settings(config: OperatorConfig) -> kopf.OperatorSettings:

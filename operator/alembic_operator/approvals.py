@@ -15,7 +15,7 @@ operator outage never blocks ordinary edits (nor lets an approval or a forged re
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from pydantic import JsonValue
@@ -215,6 +215,25 @@ def set_four_eyes(old: Body | None, new: Body, user: User, required_everywhere: 
 
 def set_refusal(user: User, namespace: str, name: str, hashes: list[str]) -> str:
     return refusal(user, namespace, name, [f"plan {', '.join(hashes)}"], plural=c.SET_PLURAL)
+
+
+@dataclass(frozen=True)
+class Governed:
+    """How the webhook governs one kind's approvals: what a request approves (each item named), the four-eyes
+    rule, the refusal, the identity record it leaves, and how the operator's log names an approval."""
+
+    plural: str
+    approves: Callable[[Body | None, Body], list[str]]
+    four_eyes: Callable[[Body | None, Body, User, bool], str | None]
+    refusal: Callable[[User, str, str, list[str]], str]
+    identity_patch: Callable[[Body | None, Body, User], dict[str, str | None]]
+    approved: Callable[[str, list[str]], str]  # (name, what) -> "shop (the annotation ...)"
+
+
+MIGRATION_APPROVALS = Governed(c.PLURAL, approves, four_eyes, refusal, identity_patch,
+                               lambda name, what: f"{name} ({'; '.join(what)})")
+SET_APPROVALS = Governed(c.SET_PLURAL, set_approves, set_four_eyes, set_refusal, set_identity_patch,
+                         lambda name, hashes: f"plan {', '.join(hashes)} for the set {name}")
 
 
 def _cel_set_approval_change() -> str:

@@ -428,45 +428,25 @@ async def hold_until_schema_ready(keeper: Gatekeeper, opts: WebhookOptions, body
         warnings.append(f"pod held by scheduling gate {c.SCHEDULING_GATE}: {decision.verdict.message}")
 
 
-async def govern_approvals(client: Client, opts: WebhookOptions, body: kopf.Body, old: kopf.Body | None,
-                           userinfo: Mapping[str, object], patch: kopf.Patch,
+async def govern_approvals(governed: approvals.Governed, client: Client, opts: WebhookOptions, body: kopf.Body,
+                           old: kopf.Body | None, userinfo: Mapping[str, object], patch: kopf.Patch,
                            logger: logging.Logger | logging.LoggerAdapter[Any]) -> None:
-    """The admission of a change of a DatabaseMigration: an approval only from a user who may `approve` it (and, with
-    the four-eyes rule, not from the user who changed the spec); the identity annotations always true."""
+    """The admission of a change of a DatabaseMigration or a DatabaseMigrationSet (`governed` says which): an
+    approval only from a user who may `approve` that resource (and, with the four-eyes rule, not from the user who
+    changed the spec); the identity record always true (a set's members count its approval: fleet.approval)."""
     new, before = dict(body), (dict(old) if old is not None else None)
     meta = dict(new.get("metadata") or {})
     namespace, name = str(meta.get("namespace") or ""), str(meta.get("name") or "")
     user = approvals.User.from_userinfo(userinfo)
-    if what := approvals.approves(before, new):
+    if what := governed.approves(before, new):
         allowed, why = await client.may(user.username, user.uid, list(user.groups), user.extra, approvals.VERB,
-                                        namespace, name)
+                                        namespace, name, governed.plural)
         if not allowed:
-            logger.warning("refused an approval by %s: %s", user.username, why or "no RBAC rule allows it")
-            raise kopf.AdmissionError(approvals.refusal(user, namespace, name, what), code=403)
-        if problem := approvals.four_eyes(before, new, user, opts.require_different_approver):
+            logger.warning("refused an approval of %s/%s by %s: %s", governed.plural, name, user.username,
+                           why or "no RBAC rule allows it")
+            raise kopf.AdmissionError(governed.refusal(user, namespace, name, what), code=403)
+        if problem := governed.four_eyes(before, new, user, opts.require_different_approver):
             raise kopf.AdmissionError(problem, code=403)
-        logger.info("%s approved %s (%s)", user.username, name, "; ".join(what))
-    for key, value in approvals.identity_patch(before, new, user).items():
-        patch.metadata.setdefault("annotations", {})[key] = value
-
-
-async def govern_set_approvals(client: Client, opts: WebhookOptions, body: kopf.Body, old: kopf.Body | None,
-                               userinfo: Mapping[str, object], patch: kopf.Patch,
-                               logger: logging.Logger | logging.LoggerAdapter[Any]) -> None:
-    """The admission of a change of a DatabaseMigrationSet: a plan hash approved for the whole set only by a user who
-    may `approve` the set (its members count it: fleet.approval); its identity record always true."""
-    new, before = dict(body), (dict(old) if old is not None else None)
-    meta = dict(new.get("metadata") or {})
-    namespace, name = str(meta.get("namespace") or ""), str(meta.get("name") or "")
-    user = approvals.User.from_userinfo(userinfo)
-    if hashes := approvals.set_approves(before, new):
-        allowed, why = await client.may(user.username, user.uid, list(user.groups), user.extra, approvals.VERB,
-                                        namespace, name, c.SET_PLURAL)
-        if not allowed:
-            logger.warning("refused a set approval by %s: %s", user.username, why or "no RBAC rule allows it")
-            raise kopf.AdmissionError(approvals.set_refusal(user, namespace, name, hashes), code=403)
-        if problem := approvals.set_four_eyes(before, new, user, opts.require_different_approver):
-            raise kopf.AdmissionError(problem, code=403)
-        logger.info("%s approved plan %s for the set %s", user.username, ", ".join(hashes), name)
-    for key, value in approvals.set_identity_patch(before, new, user).items():
+        logger.info("%s approved %s", user.username, governed.approved(name, what))
+    for key, value in governed.identity_patch(before, new, user).items():
         patch.metadata.setdefault("annotations", {})[key] = value

@@ -195,7 +195,6 @@ def _plan_sql(s: Session, obj: views.Migration
 def cmd_approve(s: Session, args: argparse.Namespace) -> int:
     """Annotate with the hash of the plan shown. The patch carries the resourceVersion read: if anything changed
     in between (a new plan, a new spec), the API server refuses it (409) and nothing is approved."""
-    from kubernetes.client import ApiException
 
     if args.set:
         return _approve_set(s, args)
@@ -210,21 +209,12 @@ def cmd_approve(s: Session, args: argparse.Namespace) -> int:
         _print(args, f"dbm/{args.name}: plan {record['hash']} is already approved\n",
                {"approved": True, "hash": record["hash"], "changed": False})
         return EXIT_OK
-    if not args.hash and not args.yes and not confirm(views.plan_text(record) + f"\nApprove plan {record['hash']}?",
-                                                      instead="--hash HASH (from kubectl dbm plan) or --yes"):
-        sys.stdout.write("Not approved.\n")
+    if not _confirmed(args, views.plan_text(record) + f"\nApprove plan {record['hash']}?",
+                      "--hash HASH (from kubectl dbm plan) or --yes"):
         return EXIT_REFUSED
-    patch = {"metadata": {"resourceVersion": obj["metadata"]["resourceVersion"],
-                          "annotations": {c.APPROVE_ANNOTATION: record["hash"]}}}
-    try:
-        s.custom.patch_namespaced_custom_object(c.GROUP, c.VERSION, s.namespace, c.PLURAL, args.name, patch)
-    except ApiException as exc:
-        if exc.status == 409:
-            raise Refused(f"dbm/{args.name} changed while you reviewed it; nothing was approved. Review it again: "
-                          f"kubectl dbm plan {args.name}") from None
-        if exc.status in (401, 403):
-            raise Refused(f"the API server refused the approval: {_reason(exc)}") from None
-        raise
+    patch: dict[str, JsonValue] = {"metadata": {"resourceVersion": obj["metadata"]["resourceVersion"],
+                                                "annotations": {c.APPROVE_ANNOTATION: record["hash"]}}}
+    _send_approval(s, c.PLURAL, args.name, patch, f"kubectl dbm plan {args.name}")
     _print(args, f"dbm/{args.name}: approved plan {record['hash']}\n",
            {"approved": True, "hash": record["hash"], "changed": True})
     return EXIT_OK
@@ -247,7 +237,6 @@ def _read_set(s: Session, name: str) -> sets.SetObject:
 def _approve_set(s: Session, args: argparse.Namespace) -> int:
     """One plan hash approved for the whole set (its targets whose plan has it go on; the others stay held), on the
     set's version read: a change in between is refused (409) and nothing is approved."""
-    from kubernetes.client import ApiException
 
     obj = _read_set(s, args.name)
     group, why = sets.approval_choice(obj, args.hash)
@@ -258,24 +247,39 @@ def _approve_set(s: Session, args: argparse.Namespace) -> int:
                {"approved": True, "hash": group.hash, "changed": False})
         return EXIT_OK
     first = group.migrations[0] if group.migrations else "?"
-    if not args.hash and not args.yes and not confirm(
-            f"{group.count} target(s) of dbms/{args.name} wait for plan {group.hash} (review it: kubectl dbm plan "
-            f"{first}).\nApprove it for the whole set?", instead="--hash HASH (from kubectl dbm set NAME) or --yes"):
-        sys.stdout.write("Not approved.\n")
+    if not _confirmed(args, f"{group.count} target(s) of dbms/{args.name} wait for plan {group.hash} (review it: "
+                      f"kubectl dbm plan {first}).\nApprove it for the whole set?",
+                      "--hash HASH (from kubectl dbm set NAME) or --yes"):
         return EXIT_REFUSED
-    try:
-        s.custom.patch_namespaced_custom_object(c.GROUP, c.VERSION, s.namespace, c.SET_PLURAL, args.name,
-                                                sets.approve_patch(obj, group.hash))
-    except ApiException as exc:
-        if exc.status == 409:
-            raise Refused(f"dbms/{args.name} changed while you reviewed it; nothing was approved. Review it again: "
-                          f"kubectl dbm set {args.name}") from None
-        if exc.status in (401, 403):
-            raise Refused(f"the API server refused the approval: {_reason(exc)}") from None
-        raise
+    _send_approval(s, c.SET_PLURAL, args.name, sets.approve_patch(obj, group.hash), f"kubectl dbm set {args.name}")
     _print(args, f"dbms/{args.name}: approved plan {group.hash} for its {group.count} target(s) waiting (and any "
                  "target whose plan has it later)\n", {"approved": True, "hash": group.hash, "changed": True})
     return EXIT_OK
+
+
+def _confirmed(args: argparse.Namespace, question: str, instead: str) -> bool:
+    """An approval goes on with the reviewed hash (--hash), --yes, or a "yes" at the terminal."""
+    if args.hash or args.yes or confirm(question, instead=instead):
+        return True
+    sys.stdout.write("Not approved.\n")
+    return False
+
+
+def _send_approval(s: Session, plural: str, name: str, patch: dict[str, JsonValue], review: str) -> None:
+    """The approval patch, on the version that was reviewed: a change in between (409) or the API server's refusal
+    (401/403, e.g. the approvals webhook) is said, and nothing is approved."""
+    from kubernetes.client import ApiException
+
+    shown = f"{'dbms' if plural == c.SET_PLURAL else 'dbm'}/{name}"
+    try:
+        s.custom.patch_namespaced_custom_object(c.GROUP, c.VERSION, s.namespace, plural, name, patch)
+    except ApiException as exc:
+        if exc.status == 409:
+            raise Refused(f"{shown} changed while you reviewed it; nothing was approved. Review it again: "
+                          f"{review}") from None
+        if exc.status in (401, 403):
+            raise Refused(f"the API server refused the approval: {_reason(exc)}") from None
+        raise
 
 
 def _reason(exc: ApiException) -> str:
