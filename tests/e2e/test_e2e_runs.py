@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
 from alembic_operator import constants as c
 from apps import Rev
@@ -26,6 +27,7 @@ from e2e import (
     SLOW,
     checksum,
     columns,
+    connect,
     gated,
     has_table,
     on_every_engine,
@@ -110,6 +112,21 @@ def test_auto_restores_when_a_committed_revision_destroyed_data(e2e: E2E) -> Non
     assert conds["RolledBack"]["reason"] == "Restored", conds["RolledBack"]
     assert revision(e2e.db) == R3
     assert rows(e2e) == before  # legacy_code is back, with its values
+    assert e2e.cluster.job_roles("shop") == ["backup-g1", "migrate-g1", "plan-g1", "restore-g1"]
+
+
+@on_every_engine
+def test_a_plan_from_an_empty_database_that_fails_is_restored_to_an_empty_database(e2e: E2E) -> None:
+    """The backup of a database at base holds nothing: restoring it drops every table the committed revisions
+    made (MariaDB's restore once refused such a dump as "not a dump", and the rollback failed)."""
+    failing = Rev(FAIL, upgrade=['op.execute("SELECT no_such_function()")'])  # fails whatever the rows
+    project = e2e.project([*BASE_REVISIONS, failing], transaction_per_migration=True)
+    e2e.cluster.create("shop", e2e.spec(project, rollback={"strategy": "Restore"}))
+    conds = failed(e2e)
+    assert conds["RolledBack"]["reason"] == "Restored", conds["RolledBack"]
+    assert revision(e2e.db) is None
+    with connect(e2e.db) as conn:
+        assert sa.inspect(conn).get_table_names() == []
     assert e2e.cluster.job_roles("shop") == ["backup-g1", "migrate-g1", "plan-g1", "restore-g1"]
 
 
