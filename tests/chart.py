@@ -134,8 +134,10 @@ FRAMEWORK: set[Rule] = {
 }
 
 
-# Cluster-scoped in every mode, in a ClusterRole of its own (<name>-reviews): the webhook's SubjectAccessReviews.
-REVIEWS: set[Rule] = {("authorization.k8s.io", "subjectaccessreviews", "create")}
+# Cluster-scoped in every mode, in a ClusterRole of its own (<name>-reviews): the webhook's SubjectAccessReviews,
+# and the SelfSubjectReview that tells the operator its own user name (a set's members carry its template's approval).
+REVIEWS: set[Rule] = {("authorization.k8s.io", "subjectaccessreviews", "create"),
+                      ("authentication.k8s.io", "selfsubjectreviews", "create")}
 
 
 CLUSTER_ONLY: set[Rule] = {
@@ -187,7 +189,7 @@ def used_by_the_code() -> set[Rule]:
             elif "/apis/apps/v1/" in expr:  # kube.list_workloads: expand/contract reads the older version's owners
                 needed |= {("apps", kind, "list") for kind in ("replicasets", "deployments", "statefulsets")}
                 continue
-            elif "subjectaccessreviews" in expr:
+            elif "subjectaccessreviews" in expr or "selfsubjectreviews" in expr:
                 needed |= REVIEWS
                 continue
             elif "WEBHOOK_CONFIGURATIONS" in expr:

@@ -59,6 +59,7 @@ class Operator:
         self._ctx: indexes.Context | None = None
         self.settings: kopf.OperatorSettings | None = None
         self._sweeper: asyncio.Task[None] | None = None
+        self.identity: str | None = None  # the operator's own user name (the approvals webhook knows its requests)
 
     def reconciler(self) -> indexes.Runtime:
         """The reconciler's runtime, its scheduler started (from the first watch event's handler: Kopf's context)."""
@@ -102,6 +103,12 @@ class Operator:
         self.settings = settings
         settings.admission.managed = None  # ours: see webhook's docstring
         if config.webhook.enabled:
+            if self.identity is None:
+                try:
+                    self.identity = await client.whoami()
+                except KubeError as err:  # before Kubernetes 1.28: members of a set cannot loosen spec.approval
+                    log.warning("could not learn the operator's own user name (SelfSubjectReview): %s; a set whose "
+                                "template loosens spec.approval cannot create its DatabaseMigrations", err)
             settings.admission.server = webhook.GateWebhookServer(config.webhook, client)
         else:
             log.warning("the pod gating webhook is disabled: labelled pods are not held at creation (held pods, "
@@ -218,7 +225,7 @@ def _governing(governed: approvals.Governed, op: Operator, config: OperatorConfi
     async def govern_approvals(body: kopf.Body, userinfo: kopf.UserInfo, patch: kopf.Patch, logger: indexes.Logger,
                                **kwargs: Any) -> None:
         await webhook.govern_approvals(governed, op.ctx.kube, config.webhook, body, kwargs.get("old"), userinfo,
-                                       patch, logger)
+                                       patch, logger, operator=op.identity)
 
     return govern_approvals
 

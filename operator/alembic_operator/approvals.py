@@ -39,17 +39,27 @@ def _cel_annotation(obj: str, key: str = c.APPROVE_ANNOTATION) -> str:
             f"{obj}.metadata.annotations['{key}'] : '')")
 
 
-def _cel_setting(obj: str, name: str) -> str:
-    return (f"(has({obj}.spec) && has({obj}.spec.approval) && has({obj}.spec.approval.{name}) ? "
-            f"{obj}.spec.approval.{name} : {str(_DEFAULTS[name]).lower()})")
+# Where approval settings live: a DatabaseMigration's spec, and a DatabaseMigrationSet's template for its members.
+APPROVAL: tuple[str, ...] = ("spec", "approval")
+TEMPLATE_APPROVAL: tuple[str, ...] = ("spec", "template", "approval")
+
+
+def _cel_setting(obj: str, name: str, at: tuple[str, ...] = APPROVAL) -> str:
+    paths = [".".join((obj, *at[:i])) for i in range(1, len(at) + 1)] + [".".join((obj, *at, name))]
+    return f"({' && '.join(f'has({p})' for p in paths)} ? {paths[-1]} : {str(_DEFAULTS[name]).lower()})"
+
+
+def _cel_loosened(at: tuple[str, ...]) -> list[str]:
+    """The CEL twin of `loosened()`."""
+    return [f"({_cel_setting('object', name, at)} == {str(value).lower()} && (oldObject == null ? "
+            f"{str(_DEFAULTS[name]).lower()} : {_cel_setting('oldObject', name, at)}) != {str(value).lower()})"
+            for name, value in LOOSENING]
 
 
 def _cel_approval_change() -> str:
     annotation = (f"({_cel_annotation('object')} != '' && {_cel_annotation('object')} != "
                   f"(oldObject == null ? '' : {_cel_annotation('oldObject')}))")
-    settings = [f"({_cel_setting('object', name)} == {str(value).lower()} && (oldObject == null ? "
-                f"{str(_DEFAULTS[name]).lower()} : {_cel_setting('oldObject', name)}) != {str(value).lower()})"
-                for name, value in LOOSENING]
+    settings = _cel_loosened(APPROVAL)
     # A request that touches the identity record is sent to the same entry: with the operator down, nobody can
     # write a record the webhook did not (the operator's own requests never touch it).
     record = [f"({_cel_annotation('object', key)} != (oldObject == null ? '' : {_cel_annotation('oldObject', key)}))"
@@ -93,8 +103,18 @@ def _annotations(obj: Body | None) -> dict[str, str]:
     return {k: v for k, v in annotations.items() if isinstance(v, str)}
 
 
-def _setting(obj: Body | None, name: str) -> bool:
-    return bool(_object(_object((obj or {}).get("spec")).get("approval")).get(name, _DEFAULTS[name]))
+def _setting(obj: Body | None, name: str, at: tuple[str, ...] = APPROVAL) -> bool:
+    node: Mapping[str, JsonValue] = obj or {}
+    for key in at:
+        node = _object(node.get(key))
+    return bool(node.get(name, _DEFAULTS[name]))
+
+
+def loosened(old: Body | None, new: Body, at: tuple[str, ...] = APPROVAL) -> list[str]:
+    """The approval settings at `at` this request loosens (a new resource starts from the defaults), each named."""
+    return [f"{'.'.join(at)}.{name}: {str(value).lower()}" for name, value in LOOSENING
+            if _setting(new, name, at) == value
+            and (_DEFAULTS[name] if old is None else _setting(old, name, at)) != value]
 
 
 def approves(old: Body | None, new: Body) -> list[str]:
@@ -103,10 +123,22 @@ def approves(old: Body | None, new: Body) -> list[str]:
     before, after = _annotations(old).get(c.APPROVE_ANNOTATION, ""), _annotations(new).get(c.APPROVE_ANNOTATION, "")
     if after and after != before:
         what.append(f"the annotation {c.APPROVE_ANNOTATION}={after}")
-    for name, value in LOOSENING:  # a new resource starts from the defaults
-        if _setting(new, name) == value and (_DEFAULTS[name] if old is None else _setting(old, name)) != value:
-            what.append(f"spec.approval.{name}: {str(value).lower()}")
-    return what
+    return what + loosened(old, new)
+
+
+def set_member_by_the_operator(old: Body | None, new: Body, user: User, operator: str | None) -> str | None:
+    """The DatabaseMigrationSet whose template this request applies (None: it is not such a request): the operator's
+    own request (`operator` is its identity), on a DatabaseMigration a set controls, that loosens only what
+    spec.approval says (never the approve annotation). The template's settings were admitted with the set, by a
+    user who may approve it: the member carries them, it does not approve anything new."""
+    if not operator or user.username != operator or loosened(old, new) != approves(old, new):
+        return None
+    refs = _object(new.get("metadata")).get("ownerReferences")
+    for owner in map(_object, refs if isinstance(refs, list) else []):
+        if owner.get("controller") is True and owner.get("kind") == c.SET_KIND \
+                and owner.get("apiVersion") == c.API_VERSION:
+            return str(owner.get("name") or "")
+    return None
 
 
 def spec_changed(old: Body | None, new: Body) -> bool:
@@ -203,24 +235,35 @@ def set_identity_patch(old: Body | None, new: Body, user: User) -> dict[str, str
     return {key: value for key, value in want.items() if after.get(key) != value}
 
 
+def set_approval_items(old: Body | None, new: Body) -> list[str]:
+    """What in this request on a set approves: new plan hashes in its approve annotation, and a loosened
+    spec.template.approval (every member would carry it: the set's admission is where it is governed)."""
+    hashes = set_approves(old, new)
+    return ([f"plan {', '.join(hashes)}"] if hashes else []) + loosened(old, new, TEMPLATE_APPROVAL)
+
+
 def set_four_eyes(old: Body | None, new: Body, user: User, required_everywhere: bool) -> str | None:
     """The four-eyes rule on a set: its approver must not be the user who last changed its spec (the template's
     spec.approval.requireDifferentUser asks for it, or the chart for every resource)."""
-    template = _object(_object(new.get("spec")).get("template"))
-    required = required_everywhere or bool(_object(template.get("approval")).get("requireDifferentUser"))
-    if required and set_approves(old, new) and _approver_changed_the_spec(old, new, user):
+    required = required_everywhere or _setting(new, "requireDifferentUser", TEMPLATE_APPROVAL)
+    if required and set_approval_items(old, new) and _approver_changed_the_spec(old, new, user):
         return _same_user(user, c.SET_KIND, "spec.template.approval.requireDifferentUser")
     return None
 
 
-def set_refusal(user: User, namespace: str, name: str, hashes: list[str]) -> str:
-    return refusal(user, namespace, name, [f"plan {', '.join(hashes)}"], plural=c.SET_PLURAL)
+def set_refusal(user: User, namespace: str, name: str, what: list[str]) -> str:
+    return refusal(user, namespace, name, what, plural=c.SET_PLURAL)
+
+
+def _no_set(old: Body | None, new: Body, user: User, operator: str | None) -> str | None:
+    return None
 
 
 @dataclass(frozen=True)
 class Governed:
     """How the webhook governs one kind's approvals: what a request approves (each item named), the four-eyes
-    rule, the refusal, the identity record it leaves, and how the operator's log names an approval."""
+    rule, the refusal, the identity record it leaves, how the operator's log names an approval, and when a set's
+    admission already governed it (the operator applying a set's template to a member)."""
 
     plural: str
     approves: Callable[[Body | None, Body], list[str]]
@@ -228,12 +271,13 @@ class Governed:
     refusal: Callable[[User, str, str, list[str]], str]
     identity_patch: Callable[[Body | None, Body, User], dict[str, str | None]]
     approved: Callable[[str, list[str]], str]  # (name, what) -> "shop (the annotation ...)"
+    admitted_with_set: Callable[[Body | None, Body, User, str | None], str | None] = _no_set
 
 
 MIGRATION_APPROVALS = Governed(c.PLURAL, approves, four_eyes, refusal, identity_patch,
-                               lambda name, what: f"{name} ({'; '.join(what)})")
-SET_APPROVALS = Governed(c.SET_PLURAL, set_approves, set_four_eyes, set_refusal, set_identity_patch,
-                         lambda name, hashes: f"plan {', '.join(hashes)} for the set {name}")
+                               lambda name, what: f"{name} ({'; '.join(what)})", set_member_by_the_operator)
+SET_APPROVALS = Governed(c.SET_PLURAL, set_approval_items, set_four_eyes, set_refusal, set_identity_patch,
+                         lambda name, what: f"{'; '.join(what)} for the set {name}")
 
 
 def _cel_set_approval_change() -> str:
@@ -241,9 +285,10 @@ def _cel_set_approval_change() -> str:
                   f"(oldObject == null ? '' : {_cel_annotation('oldObject')}))")
     record = [f"({_cel_annotation('object', key)} != (oldObject == null ? '' : {_cel_annotation('oldObject', key)}))"
               for key in IDENTITY_ANNOTATIONS]
-    return " || ".join([annotation, *record])
+    return " || ".join([annotation, *_cel_loosened(TEMPLATE_APPROVAL), *record])
 
 
-# The requests on a set that fail closed: any change of its approve annotation but its removal, and any touch of
-# its identity record (a hash removed from a longer list goes there too: the webhook then drops its record).
+# The requests on a set that fail closed: any change of its approve annotation but its removal, a loosened
+# spec.template.approval (the same test as `set_approval_items()`), and any touch of its identity record (a hash
+# removed from a longer list goes there too: the webhook then drops its record).
 SET_APPROVAL_CHANGE = _cel_set_approval_change()

@@ -401,6 +401,12 @@ class Client:
             await self.request("DELETE", f"/api/v1/namespaces/{namespace}/configmaps/{name}")
 
     # --- authorization ------------------------------------------------------------------------------------------
+    async def whoami(self) -> str:
+        """This client's own user name, as the API server authenticates it (a SelfSubjectReview)."""
+        review = {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"}
+        result = await self.request("POST", "/apis/authentication.k8s.io/v1/selfsubjectreviews", review)
+        return str(((result.get("status") or {}).get("userInfo") or {}).get("username") or "")
+
     async def may(self, username: str, uid: str, groups: list[str], extra: dict[str, list[str]], verb: str,
                   namespace: str, name: str, resource: str = c.PLURAL) -> tuple[bool, str]:
         """(allowed, the authorizer's reason): a SubjectAccessReview of `verb` on one DatabaseMigration (or one

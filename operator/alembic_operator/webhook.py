@@ -430,15 +430,20 @@ async def hold_until_schema_ready(keeper: Gatekeeper, opts: WebhookOptions, body
 
 async def govern_approvals(governed: approvals.Governed, client: Client, opts: WebhookOptions, body: kopf.Body,
                            old: kopf.Body | None, userinfo: Mapping[str, object], patch: kopf.Patch,
-                           logger: logging.Logger | logging.LoggerAdapter[Any]) -> None:
+                           logger: logging.Logger | logging.LoggerAdapter[Any], operator: str | None = None) -> None:
     """The admission of a change of a DatabaseMigration or a DatabaseMigrationSet (`governed` says which): an
     approval only from a user who may `approve` that resource (and, with the four-eyes rule, not from the user who
-    changed the spec); the identity record always true (a set's members count its approval: fleet.approval)."""
+    changed the spec); the identity record always true (a set's members count its approval: fleet.approval). The
+    operator (its identity: `operator`) applying a set's template to a member approves nothing new: the template's
+    approval settings were governed when the set was admitted."""
     new, before = dict(body), (dict(old) if old is not None else None)
     meta = dict(new.get("metadata") or {})
     namespace, name = str(meta.get("namespace") or ""), str(meta.get("name") or "")
     user = approvals.User.from_userinfo(userinfo)
-    if what := governed.approves(before, new):
+    if (what := governed.approves(before, new)) and (owner := governed.admitted_with_set(before, new, user, operator)):
+        logger.info("%s carries the approval settings of DatabaseMigrationSet %s's template (%s), admitted with the "
+                    "set", name, owner, "; ".join(what))
+    elif what:
         allowed, why = await client.may(user.username, user.uid, list(user.groups), user.extra, approvals.VERB,
                                         namespace, name, governed.plural)
         if not allowed:

@@ -241,6 +241,50 @@ def test_a_set_is_approved_once_by_a_person_and_a_pod_waits_for_the_whole_set(
             postgres.drop_database(db.name)
 
 
+def test_a_template_that_allows_destructive_plans_is_approved_at_the_set_and_its_members_migrate(
+        governed: E2E, postgres: PostgresServer, postgres_in_bed: tuple[str, int]) -> None:
+    """spec.template.approval.allowDestructive approves every member's plan: dev may not create such a set,
+    reviewer may, and the operator's members then carry it through the webhook and migrate the destructive plan
+    with no approval of their own."""
+    e2e = governed
+    dev, reviewer = _users(e2e)
+    rbac = k8s.RbacAuthorizationV1Api(e2e.cluster.api)
+    rbac.patch_namespaced_role("editor", e2e.ns, {"rules": [k8s.V1PolicyRule(
+        api_groups=[c.GROUP], resources=[c.PLURAL, c.SET_PLURAL],
+        verbs=["get", "list", "watch", "create", "update", "patch"])]})
+    rbac.patch_namespaced_role("approver", e2e.ns, {"rules": [k8s.V1PolicyRule(
+        api_groups=[c.GROUP], resources=[c.PLURAL, c.SET_PLURAL],
+        verbs=["get", "list", "watch", "patch", approvals.VERB])]})
+    project = e2e.project([*BASE_REVISIONS, DROP_LEGACY])
+    label = {"tenants.example.com/app": "loose"}
+    db = postgres.create_database(f"{e2e.ns.replace('-', '_')[:40]}_t0")
+    try:
+        e2e.upgrade_directly_on(db, project, R3)
+        e2e.cluster.labelled_secret("t0", {"url": db.at(*postgres_in_bed).url}, label)
+        spec = {"template": {"migrations": {"image": e2e.images[project], "workingDir": "/app"},
+                             "targetRevision": "head", "backup": {"enabled": False},
+                             "approval": {"allowDestructive": True}},
+                "targets": {"selector": {"matchLabels": label}}}
+        manifest = json.dumps({"apiVersion": c.API_VERSION, "kind": c.SET_KIND, "metadata": {"name": "loose"},
+                               "spec": spec})
+        refused = kubectl(e2e, "create", "-f", "-", user=dev, stdin=manifest)
+        assert refused.returncode != 0, refused.stdout
+        assert f"{dev} may not approve databasemigrationsets/loose" in refused.stderr, refused.stderr
+        assert "spec.template.approval.allowDestructive: true" in refused.stderr, refused.stderr
+        created = kubectl(e2e, "create", "-f", "-", user=reviewer, stdin=manifest)
+        assert created.returncode == 0, created.stderr
+        assert _set(e2e, "loose")["metadata"]["annotations"][approvals.SPEC_CHANGED_BY] == reviewer
+
+        obj = e2e.cluster.wait_condition("loose-t0", "Ready", timeout=300)
+        assert revision(db) == R4
+        assert obj["status"]["history"][-1]["approvedBy"] == "spec.approval.allowDestructive", obj["status"]
+        annotations = obj["metadata"].get("annotations") or {}
+        assert c.APPROVE_ANNOTATION not in annotations and approvals.APPROVED_BY not in annotations
+        assert annotations[approvals.SPEC_CHANGED_BY] not in (dev, reviewer)  # the operator's own user name
+    finally:
+        postgres.drop_database(db.name)
+
+
 def _set(e2e: E2E, name: str) -> dict[str, Any]:
     return dict(e2e.cluster.custom.get_namespaced_custom_object(c.GROUP, c.VERSION, e2e.ns, c.SET_PLURAL, name))
 

@@ -74,15 +74,97 @@ def test_the_four_eyes_rule_on_a_set_and_the_refusal() -> None:
     plain = a_set({approvals.SPEC_CHANGED_BY: "alice"})
     assert set_four_eyes(plain, approving(plain, H1), ALICE, required_everywhere=False) is None
     assert set_four_eyes(plain, approving(plain, H1), ALICE, required_everywhere=True) is not None
-    message = approvals.set_refusal(ALICE, "shop", "tenants", [H1])
+    message = approvals.set_refusal(ALICE, "shop", "tenants", [f"plan {H1}"])
     assert "may not approve databasemigrationsets/tenants" in message and f"databasemigrationsets.{c.GROUP}" in message
+    assert f"(plan {H1})" in message
 
 
-def test_the_fail_closed_condition_names_the_sets_annotations() -> None:
+def test_a_template_that_loosens_approval_is_an_approval_of_the_set() -> None:
+    """Every member carries the template's spec.approval: loosening it is approving, governed at the set."""
+    plain, loose = a_set(), a_set(allowDestructive=True)
+    assert approvals.set_approval_items(None, loose) == ["spec.template.approval.allowDestructive: true"]
+    assert approvals.set_approval_items(None, plain) == [] and approvals.set_approval_items(loose, loose) == []
+    assert approvals.set_approval_items(plain, approving(loose, H1)) == [
+        f"plan {H1}", "spec.template.approval.allowDestructive: true"]
+    assert approvals.set_approval_items(loose, plain) == []  # tightening approves nothing
+    # The four-eyes rule: whoever loosens the template changes the spec in the same request.
+    assert set_four_eyes(plain, loose, ALICE, required_everywhere=True) is not None
+    assert set_four_eyes(plain, loose, ALICE, required_everywhere=False) is None
+
+
+def test_the_operator_applying_a_sets_template_approves_nothing_new() -> None:
+    """A member created by the operator (its own user name) under a set's controller reference carries the
+    template's loosened approval without an approver; anyone else, or anything beyond spec.approval, does not."""
+    operator = User("system:serviceaccount:ops:alembic-operator")
+    spec = member_spec({**TEMPLATE, "approval": {"allowDestructive": True}}, Target("t001", "url"), None)
+    new = member(spec)
+    new["metadata"]["ownerReferences"][0]["apiVersion"] = c.API_VERSION
+    by_operator = approvals.set_member_by_the_operator
+    assert approvals.approves(None, new) == ["spec.approval.allowDestructive: true"]
+    assert by_operator(None, new, operator, operator.username) == "tenants"
+    assert by_operator(None, new, ALICE, operator.username) is None  # a person is governed as always
+    assert by_operator(None, new, operator, None) is None  # the operator's identity unknown: governed as always
+    annotated = approving({**new, "metadata": {**new["metadata"], "annotations": {}}}, H1)
+    assert by_operator(None, annotated, operator, operator.username) is None  # the annotation is a person's act
+    orphan = copy.deepcopy(new)
+    orphan["metadata"]["ownerReferences"][0]["controller"] = False
+    assert by_operator(None, orphan, operator, operator.username) is None
+
+
+def test_the_webhook_refuses_a_loosened_member_from_a_person_and_admits_the_operators() -> None:
+    import asyncio
+    import logging
+
+    import kopf
+
+    from alembic_operator import webhook
+
+    class Client:
+        def __init__(self) -> None:
+            self.asked: list[tuple[str, str]] = []
+
+        async def may(self, username: str, *args: Any) -> tuple[bool, str]:
+            self.asked.append((username, args[-1]))
+            return False, ""
+
+    operator = "system:serviceaccount:ops:alembic-operator"
+    spec = member_spec({**TEMPLATE, "approval": {"allowDestructive": True}}, Target("t001", "url"), None)
+    new = member(spec)
+    new["metadata"]["ownerReferences"][0]["apiVersion"] = c.API_VERSION
+    opts = webhook.WebhookOptions(require_different_approver=True)
+    log = logging.getLogger("test")
+
+    def admit(user: str, body: dict[str, Any], governed: approvals.Governed) -> kopf.Patch:
+        patch = kopf.Patch()
+        asyncio.run(webhook.govern_approvals(governed, client, opts, kopf.Body(body), None,  # type: ignore[arg-type]
+                                             {"username": user}, patch, log, operator=operator))
+        return patch
+
+    client = Client()
+    patch = admit(operator, new, approvals.MIGRATION_APPROVALS)
+    assert client.asked == [] and patch["metadata"]["annotations"][approvals.SPEC_CHANGED_BY] == operator
+    try:
+        admit("alice", new, approvals.MIGRATION_APPROVALS)
+        raise AssertionError("admitted")
+    except kopf.AdmissionError as err:
+        assert "alice may not approve databasemigrations/tenants-t001" in str(err)
+        assert "spec.approval.allowDestructive: true" in str(err)
+    try:  # the set itself, loosened by a user who may not approve it
+        admit("alice", a_set(allowDestructive=True), approvals.SET_APPROVALS)
+        raise AssertionError("admitted")
+    except kopf.AdmissionError as err:
+        assert "may not approve databasemigrationsets/tenants in namespace shop (spec.template.approval." \
+            "allowDestructive: true)" in str(err)
+    assert client.asked == [("alice", c.PLURAL), ("alice", c.SET_PLURAL)]
+
+
+def test_the_fail_closed_condition_names_the_sets_annotations_and_its_templates_approval() -> None:
     cel = approvals.SET_APPROVAL_CHANGE
     for key in (c.APPROVE_ANNOTATION, approvals.APPROVED_BY, approvals.SPEC_CHANGED_BY):
         assert f"'{key}'" in cel
-    assert "spec.approval" not in cel  # a set's template settings are its members' business
+    for name, _ in approvals.LOOSENING:  # the members carry the template's settings: loosening them fails closed
+        assert f"has(object.spec.template.approval.{name}) ? object.spec.template.approval.{name}" in cel
+    assert "object.spec.approval" not in cel
 
 
 def test_governed_only_the_webhooks_record_counts() -> None:
