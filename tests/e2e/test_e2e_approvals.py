@@ -275,6 +275,7 @@ def test_a_template_that_allows_destructive_plans_is_approved_at_the_set_and_its
         assert created.returncode == 0, created.stderr
         assert _set(e2e, "loose")["metadata"]["annotations"][approvals.SPEC_CHANGED_BY] == reviewer
 
+        wait_for(lambda: e2e.cluster.exists("loose-t0") or None, 60, "the set to create its DatabaseMigration")
         obj = e2e.cluster.wait_condition("loose-t0", "Ready", timeout=300)
         assert revision(db) == R4
         assert obj["status"]["history"][-1]["approvedBy"] == "spec.approval.allowDestructive", obj["status"]
