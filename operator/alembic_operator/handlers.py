@@ -201,7 +201,7 @@ async def _reconcile(ctx: Context, namespace: str, name: str, logger: Logger,
     ctx.runtime.note(ref, run)
     act.count(ctx, namespace, name, status, decision, obs.jobs)
     delay = decision.requeue_after
-    ctx.runtime.settled.pop(ref, None)
+    was_settled = ctx.runtime.settled.pop(ref, None) is not None
     current = ctx.runtime.migrations.get(ref) or obj
     if changed_meanwhile(obj, current):
         # An edit (a new spec, an approval) landed between this pass's read and its status write: the write's answer
@@ -215,6 +215,8 @@ async def _reconcile(ctx: Context, namespace: str, name: str, logger: Logger,
         ctx.runtime.settled[ref] = settled
         ctx.runtime.targets[ref] = target
         delay = _next_check(current, settled)
+        if not was_settled:  # a run's objects are garbage now: after a burst of them, give the heap back
+            ctx.runtime.trim_soon()
     else:
         ctx.runtime.targets.pop(ref, None)
     return delay, decision.state

@@ -172,10 +172,11 @@ class Runtime:
             self.active_jobs.discard((ref[0], name))
             for key in [k for k in self.observed if k[0] == name]:
                 del self.observed[key]
-        self._trim_soon()
+        self.trim_soon()
 
-    def _trim_soon(self) -> None:
-        """After a burst of deletions: collect and hand freed heap pages back to the system (glibc keeps them)."""
+    def trim_soon(self) -> None:
+        """After a burst (of deletions, of resources settling after a rollout): collect and hand freed heap pages back
+        to the system (glibc keeps them), once the burst is over."""
         if self._trim is not None:
             self._trim.cancel()
         with contextlib.suppress(RuntimeError):  # no loop (unit tests): nothing to trim later

@@ -132,3 +132,24 @@ def test_a_member_wakes_its_set_only_when_what_the_set_reads_of_it_changes(monke
     assert seen(10) == 3  # a new generation (a retry): under way again
     fleet.migration_seen("DELETED", member)
     assert woken == [(NS, "fleet")] * 4 and (NS, member["metadata"]["name"]) not in fleet.observed
+
+
+@pytest.mark.asyncio
+async def test_a_member_is_created_with_kopfs_finalizer(kmock: kmock.KubernetesEmulator,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Kopf would otherwise PATCH each new member to add it: a wave of hundreds, hundreds of PATCHes at once (on
+    as many connections: measured 223 sockets and +40 MiB RSS for a 1,000-member set, bench_fleet --idle)."""
+    monkeypatch.setattr(events, "post", lambda *_args: None)
+    for declared in ("v1/secrets", "v1/events", f"{c.GROUP}/{c.VERSION}/{c.PLURAL}",
+                     f"{c.GROUP}/{c.VERSION}/{c.SET_PLURAL}"):
+        kmock.resources[declared] = {}
+    client = Client(kubernetes.client.Configuration(host=str(kmock.url).rstrip("/")))
+    fleet = Fleet()
+    fleet.ctx = indexes.Context(config=OperatorConfig(), kube=client, runtime=indexes.Runtime())
+    fleet.set_seen(None, a_set())
+    try:
+        await fleet.reconcile(NS, "fleet")
+    finally:
+        await client.close()
+    created = [obj for (resource, ns, _name), obj in kmock.objects.items() if resource == DBM and ns == NS]
+    assert len(created) == 1 and created[0]["metadata"]["finalizers"] == [c.FINALIZER]

@@ -408,3 +408,20 @@ async def test_the_sweep_drops_what_was_deleted_while_a_watch_was_down_and_frees
     assert [obj["metadata"]["name"] for obj in gatekeeper] == ["a"]
     assert woken == [("ns", "b")]  # its Job is gone: it looks again
     assert await indexes.sweep(ctx, gatekeeper.append) == 0
+
+
+@pytest.mark.asyncio
+async def test_memory_is_given_back_once_after_a_burst(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A burst (a thousand resources settling, or deleted) ends in one collection and malloc_trim, not one each:
+    measured, the trim took an idle 1,000-member set from 219 to 180 MiB RSS (bench_fleet --idle)."""
+    trims: list[float] = []
+    monkeypatch.setattr(indexes, "TRIM_DELAY", 0.05)
+    monkeypatch.setattr(indexes, "_release_memory", lambda: trims.append(asyncio.get_running_loop().time()))
+    runtime = indexes.Runtime()
+    for _ in range(100):
+        runtime.trim_soon()
+    deadline = asyncio.get_running_loop().time() + 5
+    while not trims and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.1)
+    assert len(trims) == 1

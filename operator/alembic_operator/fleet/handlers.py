@@ -256,7 +256,10 @@ class Fleet:
                     "metadata": {"name": member_name, "namespace": namespace,
                                  "labels": {c.SET_LABEL: name, c.MANAGED_BY_LABEL: c.MANAGED_BY},
                                  "annotations": {c.SET_TEMPLATE_ANNOTATION: thash, c.TARGET_ANNOTATION: target.secret},
-                                 "ownerReferences": [cast(JsonValue, owner)]},
+                                 "ownerReferences": [cast(JsonValue, owner)],
+                                 # Kopf's finalizer from the start: else Kopf patches each new member to add it, and
+                                 # a wave of hundreds is hundreds of PATCHes on as many connections at once
+                                 "finalizers": [c.FINALIZER]},
                     "spec": strategy.member_spec(template, target, None)}
                 self.members.setdefault((namespace, name), set()).add(member_name)
                 try:
