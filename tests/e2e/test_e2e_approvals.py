@@ -52,6 +52,20 @@ def _users(e2e: E2E) -> tuple[str, str]:
     return _as(ns, "dev"), _as(ns, "reviewer")
 
 
+def _set_users(e2e: E2E) -> tuple[str, str]:
+    """`_users`, with DatabaseMigrationSets in both roles (the chart's approver role covers sets too)."""
+    dev, reviewer = _users(e2e)
+    rbac = k8s.RbacAuthorizationV1Api(e2e.cluster.api)
+    rbac.patch_namespaced_role("editor", e2e.ns, {"rules": [k8s.V1PolicyRule(
+        api_groups=[c.GROUP], resources=[c.PLURAL, c.SET_PLURAL],
+        verbs=["get", "list", "watch", "create", "update", "patch"])]})
+    rbac.patch_namespaced_role("approver", e2e.ns, {"rules": [
+        k8s.V1PolicyRule(api_groups=[c.GROUP], resources=[c.PLURAL, c.SET_PLURAL],
+                         verbs=["get", "list", "watch", "patch", approvals.VERB]),
+        k8s.V1PolicyRule(api_groups=[""], resources=["configmaps"], verbs=["get", "list"])]})
+    return dev, reviewer
+
+
 def kubectl(e2e: E2E, *args: str, user: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     from bed.tools import ensure_tools
 
@@ -170,15 +184,7 @@ def test_a_set_is_approved_once_by_a_person_and_a_pod_waits_for_the_whole_set(
     annotation). A pod that waits for the whole set stays held until the second hash is approved and every tenant is
     Ready, then it is released."""
     e2e = governed
-    dev, reviewer = _users(e2e)
-    rbac = k8s.RbacAuthorizationV1Api(e2e.cluster.api)
-    rbac.patch_namespaced_role("editor", e2e.ns, {"rules": [k8s.V1PolicyRule(
-        api_groups=[c.GROUP], resources=[c.PLURAL, c.SET_PLURAL],
-        verbs=["get", "list", "watch", "create", "update", "patch"])]})
-    rbac.patch_namespaced_role("approver", e2e.ns, {"rules": [  # the chart's approver role, sets included
-        k8s.V1PolicyRule(api_groups=[c.GROUP], resources=[c.PLURAL, c.SET_PLURAL],
-                         verbs=["get", "list", "watch", "patch", approvals.VERB]),
-        k8s.V1PolicyRule(api_groups=[""], resources=["configmaps"], verbs=["get", "list"])]})
+    dev, reviewer = _set_users(e2e)
     project = e2e.project([*BASE_REVISIONS, DROP_LEGACY])
     label = {"tenants.example.com/app": "shop"}
     dbs = {}
@@ -247,14 +253,7 @@ def test_a_template_that_allows_destructive_plans_is_approved_at_the_set_and_its
     reviewer may, and the operator's members then carry it through the webhook and migrate the destructive plan
     with no approval of their own."""
     e2e = governed
-    dev, reviewer = _users(e2e)
-    rbac = k8s.RbacAuthorizationV1Api(e2e.cluster.api)
-    rbac.patch_namespaced_role("editor", e2e.ns, {"rules": [k8s.V1PolicyRule(
-        api_groups=[c.GROUP], resources=[c.PLURAL, c.SET_PLURAL],
-        verbs=["get", "list", "watch", "create", "update", "patch"])]})
-    rbac.patch_namespaced_role("approver", e2e.ns, {"rules": [k8s.V1PolicyRule(
-        api_groups=[c.GROUP], resources=[c.PLURAL, c.SET_PLURAL],
-        verbs=["get", "list", "watch", "patch", approvals.VERB])]})
+    dev, reviewer = _set_users(e2e)
     project = e2e.project([*BASE_REVISIONS, DROP_LEGACY])
     label = {"tenants.example.com/app": "loose"}
     db = postgres.create_database(f"{e2e.ns.replace('-', '_')[:40]}_t0")
