@@ -845,7 +845,10 @@ class Bed:
         holder = by_name.get("namespaces")
         net, mnt = state.get("ns_inodes") or (0, 0)
         if holder is not None and holder.alive() and net:
-            realnode.kill_all(realnode.pids_in_namespaces(net, mnt) - {holder.pid})
+            # Again until none is left: a process started while the sweep ran (a shim's child) is not in its list.
+            deadline = time.monotonic() + 15
+            while (left := realnode.pids_in_namespaces(net, mnt) - {holder.pid}) and time.monotonic() < deadline:
+                realnode.kill_all(left)
         _terminate([c for c in comps if c.name == "namespaces"], grace=5)
         if cgroup_root:
             left = realnode.remove_cgroups(cgroup_root, state.get("cgroups_created") or [])
