@@ -240,8 +240,8 @@ def test_a_set_is_approved_once_by_a_person_and_a_pod_waits_for_the_whole_set(
                  else None, 300, "the set Ready")
         assert revision(dbs["t2"]) == R4
         wait_for(lambda: not held(apps.pods("app=report")[0]) or None, 60, "the report pod released")
-        assert any(e["reason"] == "Released" and "DatabaseMigrationSet fleet is Ready" in e["message"]
-                   for e in apps.events("report"))
+        wait_for(lambda: any(e["reason"] == "Released" and "DatabaseMigrationSet fleet is Ready" in e["message"]
+                             for e in apps.events("report")) or None, 30, "the Released Event")  # posted after
     finally:
         for db in dbs.values():
             postgres.drop_database(db.name)
