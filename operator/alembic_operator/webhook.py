@@ -38,6 +38,7 @@ import ipaddress
 import logging
 import os
 import secrets
+import shutil
 import socket
 import tempfile
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -250,12 +251,15 @@ def make_certificates(directory: Path, hostnames: Sequence[str], days: int = 365
     return files
 
 
-def cert_files(opts: WebhookOptions) -> CertFiles:
+def cert_files(opts: WebhookOptions) -> tuple[CertFiles, Path | None]:
+    """The serving certificate's files, and the temporary directory this process generated them in (None: they are
+    --webhook-cert-dir's, which belong to whoever mounted them)."""
     if opts.cert_dir:
         base = Path(opts.cert_dir)
         ca = base / "ca.crt"
-        return CertFiles(base / "tls.crt", base / "tls.key", ca if ca.is_file() else base / "tls.crt")
-    return make_certificates(Path(tempfile.mkdtemp(prefix="alembic-operator-webhook-")), opts.hostnames())
+        return CertFiles(base / "tls.crt", base / "tls.key", ca if ca.is_file() else base / "tls.crt"), None
+    made = Path(tempfile.mkdtemp(prefix="alembic-operator-webhook-"))
+    return make_certificates(made, opts.hostnames()), made
 
 
 # --- the configuration --------------------------------------------------------------------------------------------
@@ -347,7 +351,7 @@ class GateWebhookServer:
         self.client = client
         self.identity = f"{socket.gethostname()}/{os.getpid()}/{secrets.token_hex(4)}"  # this process, this start
         self.registered = False
-        files = cert_files(opts)
+        files, self.generated = cert_files(opts)
         self.server = kopf.WebhookServer(addr=opts.listen, port=opts.port, host=opts.url_host(),
                                          certfile=str(files.cert), pkeyfile=str(files.key), cafile=str(files.ca))
 
@@ -359,10 +363,20 @@ class GateWebhookServer:
         try:
             await self.unregister()
         finally:
+            self.forget_generated_certificate()
             await self.server.__aexit__(*exc)
+
+    def forget_generated_certificate(self) -> None:
+        """Delete the generated key and certificates: Kopf's server has them in memory once it listens, and a
+        private key left in /tmp by every start would outlive the process (only a kill before listening leaves
+        the directory, mode 0700)."""
+        if self.generated is not None:
+            shutil.rmtree(self.generated, ignore_errors=True)
+            self.generated = None
 
     async def __call__(self, fn: kopf.WebhookFn) -> AsyncIterator[kopf.WebhookClientConfig]:
         async for client_config in self.server(fn):
+            self.forget_generated_certificate()  # read by now: Kopf builds its TLS context before the first yield
             body = webhook_configuration(self.opts, client_config, self.identity)
             target = _client_config(self.opts, client_config, HANDLER_ID).url or f"the Service {self.opts.service}"
             if self.opts.managed():

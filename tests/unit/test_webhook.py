@@ -83,3 +83,30 @@ async def test_what_a_stop_leaves(api: tuple[FakeApi, Client]) -> None:
     await _serve_once(webhook.GateWebhookServer(
         webhook.WebhookOptions(listen="127.0.0.1", port=_port(), config_name="none"), client))
     assert fake.seen == []
+
+
+@pytest.mark.asyncio
+async def test_a_generated_key_is_gone_once_the_server_listens(api: tuple[FakeApi, Client], tmp_path: Any) -> None:
+    _, client = api
+    opts = webhook.WebhookOptions(listen="127.0.0.1", port=_port(), config_name="none")
+    server = webhook.GateWebhookServer(opts, client)
+    made = server.generated
+    assert made is not None and (made / "tls.key").is_file()
+    async with server as entered:
+        configs: AsyncIterator[Any] = entered(_handler)
+        config = await anext(configs)
+        assert config["caBundle"]  # read before the files went
+        assert not made.exists()  # a private key in /tmp for every start would outlive the process
+        await configs.aclose()
+    # Entered and left without serving (a failed start): removed on the way out.
+    server = webhook.GateWebhookServer(opts, client)
+    made = server.generated
+    assert made is not None
+    async with server:
+        pass
+    assert not made.exists()
+    # Mounted certificates (--webhook-cert-dir) belong to whoever mounted them.
+    files = webhook.make_certificates(tmp_path, ["127.0.0.1"])
+    await _serve_once(webhook.GateWebhookServer(webhook.WebhookOptions(
+        listen="127.0.0.1", port=_port(), config_name="none", cert_dir=str(tmp_path)), client))
+    assert files.key.is_file() and files.cert.is_file()
