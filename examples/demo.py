@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -348,7 +349,10 @@ def serve_and_roll(bed: Bed, cluster: Cluster, db: Any, refs: dict[str, str]) ->
             dbm(bed, "status")  # every DatabaseMigration of the namespace: the split shows in its row
             ok = ok and summary.failed == 0
     if not ok:
-        print("unexpected: requests failed during an expand/contract rollout", file=sys.stderr)
+        print(f"unexpected: requests failed during an expand/contract rollout (every response: {rollout.tmp})",
+              file=sys.stderr)
+    else:
+        shutil.rmtree(rollout.tmp, ignore_errors=True)
     return ok
 
 

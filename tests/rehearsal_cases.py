@@ -9,8 +9,10 @@ database is left on the server.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -23,7 +25,9 @@ from alembic_operator.runner import build
 from apps import Rev, make_project
 
 URL_ENV = "ALEMBIC_OPERATOR_DATABASE_URL"
-RUNNER = build.build(Path(tempfile.mkdtemp(prefix="runner-pyz-")) / "runner.pyz")
+_BUILT = Path(tempfile.mkdtemp(prefix="runner-pyz-"))
+atexit.register(shutil.rmtree, _BUILT, True)
+RUNNER = build.build(_BUILT / "runner.pyz")
 SCRATCH = "alembic_rehearsal_0123456789_g"  # + a number per test: recognisably a rehearsal's
 SHOP = Path(__file__).resolve().parents[1] / "examples" / "shop"
 
