@@ -301,11 +301,7 @@ def backups_dir(bed: Bed, namespace: str) -> Path:
 
 
 def _config(bed: Bed) -> k8s.Configuration:
-    from kubernetes import config
-
-    cfg = k8s.Configuration()
-    config.load_kube_config(str(bed.kubeconfig), client_configuration=cfg)
-    return cfg
+    return bed.client_configuration()
 
 
 @pytest.fixture

@@ -49,7 +49,7 @@ import yaml
 from bed import pki, realnode, relay
 
 if TYPE_CHECKING:
-    from kubernetes.client import ApiClient
+    from kubernetes.client import ApiClient, Configuration
 
 HERE = Path(__file__).resolve().parent
 REPO_ROOT = HERE.parents[1]
@@ -61,7 +61,7 @@ SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
 
 # What `stop(purge=True)` removes from DIR (nothing else: DIR may be a directory the user gave).
 _OWNED_ENTRIES = ("state.json", "state.lock", "kubeconfig", "kubeconfig-netns", "pki", "etcd", "logs", "bin",
-                  "node", "fs")
+                  "node", "fs", "clients")
 NODE_MODES = ("real", "none")
 _STATE_VERSION = 1
 _LOG_TAIL_LINES = 40
@@ -889,12 +889,26 @@ class Bed:
             input=input, capture_output=True, text=True, check=check, timeout=timeout,
         )  # fmt: skip
 
-    def api_client(self) -> ApiClient:
-        """A kubernetes.client.ApiClient for the admin kubeconfig (no global configuration is touched)."""
+    def client_configuration(self) -> Configuration:
+        """The admin kubeconfig as a kubernetes.client.Configuration (no global configuration is touched). The
+        library writes the embedded certificate and key to files: here, under the bed's `clients/` (removed with
+        the bed), not in /tmp, where a test process that ends without running atexit (an xdist worker, a kill)
+        left the admin's private key behind."""
         from kubernetes import config
+        from kubernetes.client import Configuration
 
-        api: ApiClient = config.new_client_from_config(config_file=str(self.kubeconfig))  # type: ignore[no-untyped-call]
-        return api
+        cfg = Configuration()
+        clients = self.dir / "clients"
+        clients.mkdir(mode=0o700, exist_ok=True)
+        config.load_kube_config(str(self.kubeconfig), client_configuration=cfg,  # type: ignore[no-untyped-call]
+                                temp_file_path=str(clients))
+        return cfg
+
+    def api_client(self) -> ApiClient:
+        """A kubernetes.client.ApiClient for the admin kubeconfig."""
+        from kubernetes.client import ApiClient
+
+        return ApiClient(self.client_configuration())
 
     def status_lines(self) -> list[str]:
         state = self._read_state()
