@@ -1,8 +1,8 @@
 """Fixtures for the end-to-end tests: the CRD on the bed, an operator process, an app, its database.
 
 Every end-to-end test ends with a leak check: the database password (and any value a test adds to `e2e.secrets`,
-such as an S3 store's keys) must not appear in the operator's log, in any Event, status or Job spec of the
-namespace, or in any container log the node kept.
+such as an S3 store's keys) must not appear in the operator's log, in any Event, status, ConfigMap (run records,
+plans' SQL) or Job spec of the namespace, or in any container log the node kept.
 
 The helpers that read the database (`checksum`, `revision`, `columns`, `has_table`) go through SQLAlchemy with the
 database's URL, so that a scenario reads the same on every engine. The `engine` fixture says which database a test
@@ -250,6 +250,12 @@ class E2E:
         for obj in self.cluster.custom.list_namespaced_custom_object(c.GROUP, c.VERSION, self.ns,
                                                                      c.PLURAL)["items"]:
             places[f"dbm/{obj['metadata']['name']}"] = str(obj)
+        for obj in self.cluster.custom.list_namespaced_custom_object(c.GROUP, c.VERSION, self.ns,
+                                                                     c.SET_PLURAL)["items"]:
+            places[f"dbms/{obj['metadata']['name']}"] = str(obj)
+        # The run records and the plans' SQL (ConfigMaps the operator writes), and any other ConfigMap of the test.
+        for cm in self.cluster.core.list_namespaced_config_map(self.ns).items:
+            places[f"configmap/{cm.metadata.name}"] = str(cm.data) + str(cm.binary_data) + str(cm.metadata)
         places["events"] = str(self.cluster.events())
         places["jobs"] = str([self.cluster.api.sanitize_for_serialization(j)
                               for j in self.cluster.batch.list_namespaced_job(self.ns).items])

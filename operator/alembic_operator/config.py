@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from . import __version__, metrics, webhook
+from . import constants as c
 from .api import NOTIFICATION_TYPES, NotificationType
 from .notify.send import Webhook
 
@@ -42,6 +43,7 @@ class OperatorConfig:
     run_records: int = 100  # audit records (ConfigMaps) kept per DatabaseMigration
     verbose: bool = False
     max_running_jobs: int = 0  # Jobs running at once operator-wide; 0: no cap
+    job_retry_backoff: int = c.JOB_RETRY_BACKOFF
     reconciler: bool = True  # False: only the pod gating (the webhook and the release of held pods)
     rehearse_by_default: bool = False  # spec.rehearsal.enabled when a resource leaves it unset (the chart's)
     notify: Webhook | None = None  # the operator-wide notification webhook (--notify-secret)
@@ -68,6 +70,7 @@ class OperatorConfig:
             peering_lifetime=args.peering_lifetime,
             run_records=args.run_records,
             max_running_jobs=args.max_running_jobs,
+            job_retry_backoff=args.job_retry_backoff,
             verbose=args.verbose,
             reconciler=args.reconciler,
             rehearse_by_default=bool(getattr(args, "rehearse_by_default", False)),
@@ -96,6 +99,11 @@ def add_arguments(run: argparse.ArgumentParser) -> None:
                      help="run at most N Jobs at once operator-wide (plans, backups, migrations, drift checks; a "
                           "rollback never waits); the others wait, their resource Reconciling with reason JobQueued, "
                           "and start in the order they queued (default %(default)s: no cap)")
+    run.add_argument("--job-retry-backoff", type=_positive, default=OperatorConfig.job_retry_backoff,
+                     metavar="SECONDS",
+                     help="wait this long before retrying a Job that failed for a passing reason (a lock timeout, a "
+                          "lost connection, an interrupted upload), twice as long before each later attempt, at most "
+                          "12 times as long (default %(default)s: 5, 10, 20, 40, 60 s)")
     run.add_argument("--rehearse-by-default", action="store_true",
                      help="rehearse every migration whose spec.rehearsal.enabled is unset (the chart's "
                           "rehearsal.enabled): it still needs a scratch server in its spec.rehearsal")

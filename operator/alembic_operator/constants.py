@@ -82,3 +82,7 @@ CONTRACTED: Final = "Contracted"  # ... its contract part (False while it waits 
 # The durable run records (audit.py): ConfigMaps of this component, the record under this key.
 RUN_RECORD_COMPONENT: Final = "run-record"
 RUN_RECORD_KEY: Final = "record.json"
+
+# A Job that failed for a passing reason (a lock timeout, a lost connection, an interrupted upload) is started again
+# after this many seconds, twice as long before each later attempt, at most 12 times as long (--job-retry-backoff).
+JOB_RETRY_BACKOFF = 5

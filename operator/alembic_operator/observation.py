@@ -13,7 +13,7 @@ from functools import cached_property
 from typing import Literal
 
 from .api import DatabaseMigrationSpec, DatabaseMigrationStatus, JsonObject, SpecError, parse_spec
-from .constants import Role
+from .constants import JOB_RETRY_BACKOFF, Role
 from .objects import Pod, Workload
 from .reasons import Reason
 from .runner.results import JobResult
@@ -85,6 +85,7 @@ class Observation:
     database_lineage: tuple[str, ...] = ()
     database_moved_by: str | None = None
     rehearse_by_default: bool = False  # the chart's rehearsal.enabled: spec.rehearsal.enabled unset means this
+    job_retry_backoff: int = JOB_RETRY_BACKOFF  # --job-retry-backoff
     job_queue: str | None = None  # set when the operator-wide Job cap is reached: why no Job may start now
     app_pods: AppPods | None = None  # read while a contract part waits for the older version (None: not read)
     # Plan hash -> who approved it for the whole DatabaseMigrationSet that owns this resource (fleet.approval).

@@ -70,7 +70,7 @@ async def observe(ctx: Context, obj: Migration,
         annotations=dict(meta.get("annotations") or {}), status=status, database=database, jobs=jobs,
         now=datetime.now(UTC), busy_with=ctx.runtime.busy_with(target.key, ref) if target else None,
         database_lineage=lineage, database_moved_by=moved_by, app_pods=app_pods,
-        rehearse_by_default=ctx.config.rehearse_by_default,
+        rehearse_by_default=ctx.config.rehearse_by_default, job_retry_backoff=ctx.config.job_retry_backoff,
         set_approvals=member_approvals(obj, ctx.runtime.set_approvals.get(
             (namespace, str((meta.get("labels") or {}).get(c.SET_LABEL) or "")))),
     )

@@ -91,8 +91,7 @@ def listed(server: URL, prefix: str) -> list[str]:
         raise ValueError(f"{prefix!r} is not a prefix of rehearsals' scratch databases")
     engine = _engine(server)
     try:
-        query = ("SELECT datname FROM pg_database" if engine.dialect.name == "postgresql"
-                 else "SELECT schema_name FROM information_schema.schemata")
+        query = engines.for_url(engine.url).list_databases()
         with engine.connect() as conn:
             names = [str(row[0]) for row in conn.execute(text(query))]
     finally:

@@ -153,3 +153,114 @@ async def test_a_member_is_created_with_kopfs_finalizer(kmock: kmock.KubernetesE
         await client.close()
     created = [obj for (resource, ns, _name), obj in kmock.objects.items() if resource == DBM and ns == NS]
     assert len(created) == 1 and created[0]["metadata"]["finalizers"] == [c.FINALIZER]
+
+
+@pytest.mark.asyncio
+async def test_a_sets_members_waiting_for_one_plan_make_one_notification_of_the_set(
+        kmock: kmock.KubernetesEmulator, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """The whole path without a cluster: three members wait for one plan; the set's pass writes status.plans and
+    offers the set to the notifier, which records one notification in the set's status and delivers it to the
+    operator's webhook (CloudEvents) and the template's (Slack: the members' own); the members, offered too, record
+    none; a new leader sends nothing again; the set's next pass (a member approved) leaves the record in place."""
+    import asyncio
+    import base64
+    import json
+    import logging
+    from datetime import UTC, datetime
+
+    from aiohttp import web
+    from aiohttp.test_utils import TestServer
+
+    from alembic_operator.notify.send import OPERATOR, RESOURCE, Notifier, Webhook
+
+    monkeypatch.setattr(events, "post", lambda *_args: None)
+    caplog.set_level(logging.DEBUG, "alembic_operator")
+    got: list[tuple[dict[str, str], bytes]] = []
+
+    async def receive(request: web.Request) -> web.Response:
+        got.append((dict(request.headers), await request.read()))
+        return web.Response(status=200)
+
+    app = web.Application()
+    app.router.add_post("/hooks/{tail:.*}", receive)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    url = base64.b64encode(f"http://127.0.0.1:{server.port}/hooks/T0KEN-IN-URL".encode()).decode()
+    for declared in ("v1/secrets", "v1/events", f"{c.GROUP}/{c.VERSION}/{c.PLURAL}",
+                     f"{c.GROUP}/{c.VERSION}/{c.SET_PLURAL}"):
+        kmock.resources[declared] = {}
+    secrets = kmock.resource(group="", version="v1", plural="secrets")
+    for ns, name in (("ops", "central"), (NS, "hook")):
+        kmock.objects[secrets, ns, name] = {"apiVersion": "v1", "kind": "Secret",
+                                            "metadata": {"name": name, "namespace": ns}, "data": {"url": url}}
+    body = a_set()
+    body["spec"]["template"]["notifications"] = {"urlSecretRef": {"name": "hook", "key": "url"}, "format": "Slack"}
+    body["spec"]["strategy"]["maxInFlight"] = 3
+    sets = kmock.resource(group=c.GROUP, version=c.VERSION, plural=c.SET_PLURAL)
+    kmock.objects[sets, NS, "fleet"] = body
+    thash = template_hash(template_json(parse_set_spec(body["spec"])))
+    plan_hash = "sha256:" + "5f0c" * 16
+    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    for secret in ("t0", "t1", "t2"):
+        member = a_member(secret)
+        member["spec"]["notifications"] = body["spec"]["template"]["notifications"]
+        member["metadata"]["annotations"][c.SET_TEMPLATE_ANNOTATION] = thash
+        member["metadata"]["ownerReferences"] = [{"apiVersion": c.API_VERSION, "kind": c.SET_KIND, "name": "fleet",
+                                                  "uid": "set-uid", "controller": True}]
+        member["status"] = {
+            "observedGeneration": 1, "phase": "AwaitingApproval", "targetRevision": "b2",
+            "plan": {"hash": plan_hash, "revisions": ["b2"], "fromRevision": "a1", "toRevision": "b2",
+                     "generation": 1, "destructive": ["DROP COLUMN orders.legacy_code (revision b2)"]},
+            "conditions": [{"type": c.APPROVAL_REQUIRED, "status": "True", "reason": "DestructiveChangesNotApproved",
+                            "message": "the plan destroys data", "lastTransitionTime": now, "observedGeneration": 1}]}
+        kmock.objects[DBM, NS, migration_name("fleet", secret)] = member
+    client = Client(kubernetes.client.Configuration(host=str(kmock.url).rstrip("/")))
+    central = Webhook(secret="central", url_key="url", format="CloudEvents", namespace="ops")
+    runtime = indexes.Runtime()
+    runtime.notifier = Notifier(client, central)
+    fleet = Fleet()
+    fleet.ctx = indexes.Context(config=OperatorConfig(), kube=client, runtime=runtime)
+    try:
+        fleet.set_seen(None, body)
+        await fleet.reconcile(NS, "fleet")
+        for obj in list(runtime.migrations.values()):  # after each member's own reconcile
+            runtime.notifier.offer(obj)
+        assert [key[0] for key in runtime.notifier._tasks] == [c.SET_KIND]  # the members have nothing due
+        await asyncio.gather(*runtime.notifier._tasks.values())
+        stored = kmock.objects[sets, NS, "fleet"].raw["status"]
+        (ident, record), = stored["notifications"].items()
+        assert ident == f"approval-{'5f0c' * 3}-{thash}"
+        assert {k: record[k] for k in ("type", "waiting", "planHash")} == {
+            "type": "AwaitingApproval", "waiting": 3, "planHash": plan_hash}
+        assert {t: d["state"] for t, d in record["deliveries"].items()} == {OPERATOR: "Delivered",
+                                                                            RESOURCE: "Delivered"}
+        assert [dict(kmock.objects[DBM, NS, migration_name("fleet", s)].raw["status"]).get("notifications")
+                for s in ("t0", "t1", "t2")] == [None] * 3
+        assert len(got) == 2 and {h["Idempotency-Key"] for h, _b in got} == {f"set-uid/{ident}"}
+        event = next(json.loads(b) for h, b in got if h["Content-Type"].startswith("application/cloudevents"))
+        assert event["type"] == "io.alembic-operator.databasemigrationset.awaitingapproval"
+        assert event["data"]["migrations"] == [migration_name("fleet", s) for s in ("t0", "t1", "t2")]
+        slack = next(json.loads(b) for h, b in got if not h["Content-Type"].startswith("application/cloudevents"))
+        assert f"kubectl dbm approve --set fleet -n {NS} --hash {plan_hash}" in slack["blocks"][0]["text"]["text"]
+        # A new leader (nothing in memory) looks at the set: nothing is sent again.
+        leader = Notifier(client, central)
+        assert await leader._round_set((NS, "fleet")) is None
+        await leader.stop()
+        # t0 approved and migrating: the set's next pass rewrites status.plans and leaves status.notifications be.
+        approved = dict(kmock.objects[DBM, NS, migration_name("fleet", "t0")].raw)
+        approved["metadata"] = {**approved["metadata"], "resourceVersion": "8"}
+        approved["status"] = {**approved["status"], "phase": "Migrating"}
+        runtime.migration_seen("MODIFIED", approved)
+        fleet.migration_seen("MODIFIED", approved)
+        seen = dict(kmock.objects[sets, NS, "fleet"].raw)  # the watch brings the notifier's write to the set's cache
+        fleet.set_seen("MODIFIED", {**seen, "metadata": {**seen["metadata"], "resourceVersion": "99"}})
+        await fleet.reconcile(NS, "fleet")
+        stored = kmock.objects[sets, NS, "fleet"].raw["status"]
+        assert [p["count"] for p in stored["plans"]] == [2] and list(stored["notifications"]) == [ident]
+        await runtime.notifier.stop()
+    finally:
+        await client.close()
+        await server.close()
+    assert len(got) == 2
+    for secret in ("T0KEN-IN-URL", "/hooks/"):
+        assert not [x for x in (stored, caplog.text, *(b.decode() for _h, b in got)) if secret in str(x)], secret

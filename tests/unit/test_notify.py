@@ -28,6 +28,7 @@ from alembic_operator.api import (
     PlanStatus,
     parse_status,
 )
+from alembic_operator.fleet.api import DatabaseMigrationSetStatus, PlanGroup, SetCounts
 from alembic_operator.notify import due, payload
 from alembic_operator.notify.send import OPERATOR, RESOURCE, Notifier, Webhook
 from alembic_operator.objects import Migration
@@ -164,6 +165,84 @@ def test_payloads_cloudevents_and_slack() -> None:
     text = message["blocks"][0]["text"]["text"]
     assert f"`kubectl dbm approve orders -n shop --hash {HASH}`" in text and "DROP COLUMN" in text
     assert payload.render("Slack", REF, "u", "i", record)[1].startswith("application/json")
+
+
+# --- a DatabaseMigrationSet: one notification per plan its members wait for ----------------------------------------
+
+SET = due.Ref("shop", "tenants", kind="DatabaseMigrationSet")
+WAITING = [f"tenants-t{i:03d}" for i in range(5)]
+
+
+def set_waiting(migrating: int = 0, approved_by: str | None = None) -> DatabaseMigrationSetStatus:
+    return DatabaseMigrationSetStatus(
+        observed_generation=2, template_hash="0123456789abcdef",
+        counts=SetCounts(total=210, awaiting_approval=207, migrating=migrating, pending=3 - migrating),
+        plans=[PlanGroup(hash=HASH, count=207, migrations=WAITING, approved_by=approved_by),
+               PlanGroup(hash="", count=1, migrations=["tenants-odd"])])  # no hash: nothing to approve by
+
+
+def test_a_sets_plan_is_announced_once_when_settled_with_the_count_and_the_sets_command() -> None:
+    member = {HASH: due.Waiting("tenants-t000", awaiting())}
+    ident = "approval-1ee138a8c0ff-0123456789abcdef"
+    # Members still planning: the count is not worth telling yet; due SETTLE after the member began waiting.
+    assert due.set_plans_unannounced(set_waiting(migrating=3), [ALL]) == [set_waiting().plans[0]]
+    assert due.set_due(SET, set_waiting(migrating=3), member, [ALL], NOW) == due.SetDue({}, NOW + due.SETTLE)
+    settled = due.set_due(SET, set_waiting(migrating=3), member, [ALL], NOW + due.SETTLE)
+    assert list(settled.records) == [ident] and settled.settling is None
+    (found, record), = due.set_due(SET, set_waiting(), member, [ALL], NOW).records.items()  # nothing else moves
+    assert found == ident and record.waiting == 207 and record.migrations == WAITING
+    assert (record.type, record.plan_hash, record.occurred_at, record.generation) == ("AwaitingApproval", HASH, NOW, 2)
+    assert record.summary == ("dbms/tenants in shop: 207 DatabaseMigration(s) wait for approval of one plan: "
+                              "fc7b070a6d88 -> 382cd6ceb09e (1 revision(s); 1 destructive, 1 locking)")
+    assert record.commands == ["kubectl dbm set tenants -n shop", "kubectl dbm plan tenants-t000 -n shop",
+                               f"kubectl dbm approve --set tenants -n shop --hash {HASH}"]
+    assert record.findings == next(iter(due.due(REF, awaiting(), [ALL], NOW).values())).findings
+    assert record.deliveries["operator"].state == "Pending"
+    # Recorded: nothing is due again, whoever looks; approved for the set, nobody needs telling.
+    recorded = set_waiting().model_copy(update={"notifications": {ident: record}})
+    assert due.set_plans_unannounced(recorded, [ALL]) == []
+    assert due.set_due(SET, recorded, member, [ALL], NOW) == due.SetDue({})
+    assert due.set_plans_unannounced(set_waiting(approved_by="alice"), [ALL]) == []
+    # No webhook wants it, the member read moved on to another plan, or it began more than a day ago: nothing.
+    assert due.set_plans_unannounced(set_waiting(), [due.Target("resource", ("Failed",))]) == []
+    plan = awaiting().plan
+    assert plan is not None
+    replanned = awaiting().model_copy(update={"plan": plan.model_copy(update={"hash": "sha256:" + "ab" * 32})})
+    assert due.set_due(SET, set_waiting(), {HASH: due.Waiting("tenants-t000", replanned)}, [ALL], NOW) == due.SetDue({})
+    old = due.set_due(SET, set_waiting(), member, [ALL], NOW + timedelta(days=2))
+    assert old == due.SetDue({}, stale=frozenset({ident}))  # never announced; the notifier reads it no more
+    assert due.set_plans_unannounced(set_waiting(), [ALL], old.stale) == []
+    # A new template planning the same SQL is another rollout: announced again.
+    again = recorded.model_copy(update={"template_hash": "fedcba9876543210"})
+    assert list(due.set_due(SET, again, member, [ALL], NOW).records) == ["approval-1ee138a8c0ff-fedcba9876543210"]
+    # The generic bookkeeping reads a set's status as a DatabaseMigration's.
+    assert [a.ident for a in due.attempts_due(recorded, NOW)] == [ident] and due.next_attempt(recorded) == NOW
+
+
+def test_a_member_its_set_announces_records_no_approval_of_its_own_but_its_runs_still() -> None:
+    assert due.due(REF, awaiting(), [ALL], NOW, approval_by_set=True) == {}
+    assert list(due.due(REF, ended("RolledBack", "JobFailed"), [ALL], NOW, approval_by_set=True)) == [
+        "failed-g4-20261207T070000Z"]
+
+
+def test_a_sets_payloads_name_the_set() -> None:
+    (ident, record), = due.set_due(SET, set_waiting(), {HASH: due.Waiting("tenants-t000", awaiting())}, [ALL],
+                                   NOW).records.items()
+    event = payload.cloudevent(SET, "set-uid", ident, record)
+    assert event["type"] == "io.alembic-operator.databasemigrationset.awaitingapproval"
+    assert event["source"] == ("/apis/migrations.alembic-operator.io/v1alpha1/namespaces/shop/databasemigrationsets/"
+                               "tenants")
+    assert event["id"] == f"set-uid/{ident}" and event["subject"] == "tenants"
+    assert {k: event["data"][k] for k in ("kind", "name", "waiting", "migrations", "planHash")} == {
+        "kind": "DatabaseMigrationSet", "name": "tenants", "waiting": 207, "migrations": WAITING, "planHash": HASH}
+    text = payload.slack(SET, ident, record)["blocks"][0]["text"]["text"]
+    assert f"Waiting: {', '.join(WAITING)} ... (207 in all)" in text
+    assert f"`kubectl dbm approve --set tenants -n shop --hash {HASH}`" in text and "DROP COLUMN" in text
+    context = payload.slack(SET, ident, record)["blocks"][1]["elements"][0]["text"]
+    assert context == f"shop/tenants (DatabaseMigrationSet) · {ident}"
+    # A DatabaseMigration's payload says no kind: the same bytes as before sets had notifications.
+    member_record = next(iter(due.due(REF, awaiting(), [ALL], NOW).values()))
+    assert "kind" not in payload.cloudevent(REF, "uid-1", "x", member_record)["data"]
 
 
 # --- the notifier, end to end on loopback ------------------------------------------------------------------------

@@ -4,6 +4,7 @@ and after the retries it is Stalled with reason LockTimeout and the fix."""
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import timedelta
 from typing import Any
 
@@ -129,3 +130,25 @@ def test_a_downgrade_that_timed_out_on_a_lock_is_retried_before_anything_else() 
     d = advance(d, jobs={**failed, "downgrade": done("downgrade", locked, "failed")}, db=DatabaseObservation("r2"),
                 now=NOW + timedelta(seconds=6))
     assert [(j.role, j.args["instance"]) for j in d.jobs] == [("downgrade", "1")]
+
+
+@pytest.mark.parametrize(("backoff", "delays"), [(5, [5, 10, 20, 40, 60]), (1, [1, 2, 4, 8, 12])])
+def test_retries_wait_the_configured_backoff_doubled_up_to_twelve_times_it(backoff: int, delays: list[int]) -> None:
+    """--job-retry-backoff: the first retry's delay, doubled per attempt, capped at 12 times it (60 s by default)."""
+    status = _at_migrating()
+    now, seen = NOW, []
+    obs = dataclasses.replace(observe(status, jobs={"migrate": done("migrate", LOCKED, "failed")},
+                                      db=DatabaseObservation("r1")), job_retry_backoff=backoff)
+    d = decide(obs)
+    for attempt in range(1, JOB_RETRIES + 1):
+        seen.append(d.requeue_after)
+        assert f"retrying in {d.requeue_after}s (attempt {attempt + 1} of 6)" in cond(d, c.RECONCILING)["message"]
+        now += timedelta(seconds=d.requeue_after or 0)
+        retried = decide(dataclasses.replace(observe(d.status, jobs={"migrate": done("migrate", LOCKED, "failed",
+                                                                                       attempt - 1)},
+                                                     db=DatabaseObservation("r1"), now=now), job_retry_backoff=backoff))
+        assert [j.role for j in retried.jobs] == ["migrate"]
+        d = decide(dataclasses.replace(observe(retried.status, jobs={"migrate": done("migrate", LOCKED, "failed",
+                                                                                       attempt)},
+                                               db=DatabaseObservation("r1"), now=now), job_retry_backoff=backoff))
+    assert seen == delays and d.status["phase"] == "Failed"

@@ -14,6 +14,7 @@ from alembic_operator.approvals import User, set_approves, set_four_eyes, set_ha
 from alembic_operator.fleet.api import PlanGroup, parse_set_spec
 from alembic_operator.fleet.approval import (
     SetApprovals,
+    announced_by_set,
     approvals_of,
     member_approvals,
     member_template_hash,
@@ -203,6 +204,31 @@ def test_a_member_counts_its_owning_sets_approvals_only_when_it_is_the_sets() ->
     assert member_approvals(member(), None) == {} and member_approvals(member(), owner()) == {}
     # Targets unknown until the set's first pass: nothing counts yet.
     assert member_approvals(member(), SetApprovals("tenants", "set-uid", kept.template_hash, {H1: "alice"})) == {}
+
+
+def test_a_member_the_set_announces_is_its_controlled_member_at_the_template_it_was_given() -> None:
+    """Read from the member alone (no set in memory after a restart): its set announces its plans waiting for
+    approval, and it none of its own (notify.due.due(approval_by_set=True))."""
+    def given(obj: Migration, template: dict[str, Any] = TEMPLATE) -> Migration:
+        out = copy.deepcopy(obj)
+        out["metadata"]["annotations"] = {c.SET_TEMPLATE_ANNOTATION: template_hash(
+            parse_set_spec({"template": template, "targets": {}}).template.model_dump(
+                mode="json", by_alias=True, exclude_none=True))}
+        return out
+
+    assert announced_by_set(given(member())) == "tenants"
+    assert announced_by_set(given(member(member_spec(TEMPLATE, Target("t001", "url"), "2")))) == "tenants"  # a retry
+    assert announced_by_set(member()) is None  # no set-template annotation: not given by a set
+    assert announced_by_set(given(member(label="other"))) is None  # its label names another set than its owner
+    edited = given(member())
+    edited["spec"]["targetRevision"] = "r9"  # a person changed the member's spec: it announces its own
+    assert announced_by_set(edited) is None
+    not_controller = given(member())
+    not_controller["metadata"]["ownerReferences"][0]["controller"] = False
+    assert announced_by_set(not_controller) is None
+    # A member left on an older template (the set's changed since) is still the set's to announce.
+    older = {**TEMPLATE, "targetRevision": "r1"}
+    assert announced_by_set(given(member(member_spec(older, Target("t001", "url"), None)), older)) == "tenants"
 
 
 def test_the_members_template_hashes_as_the_sets() -> None:

@@ -213,6 +213,10 @@ class Engine(ABC, Generic[DB]):
         """The statements that drop a scratch database (`quoted` name), tried in order until one succeeds."""
         return [f"DROP DATABASE IF EXISTS {quoted}"]
 
+    def list_databases(self) -> str:
+        """The query (one column: the name) of the server's databases, for its leftover scratch databases."""
+        return "SELECT schema_name FROM information_schema.schemata"
+
 
 REGISTRY: Registry[Engine[Any]] = Registry("alembic_operator.engines")
 

@@ -546,6 +546,9 @@ class PostgreSQL(Engine[Database]):
                             "-c default_transaction_read_only=on"])
         return url.update_query_dict({"options": options.strip()})
 
+    def list_databases(self) -> str:
+        return "SELECT datname FROM pg_database"
+
     def drop_database(self, quoted: str) -> list[str]:
         # WITH (FORCE) ends the sessions still on it (PostgreSQL 13 and later); the plain DROP for older servers
         return [f"DROP DATABASE IF EXISTS {quoted} WITH (FORCE)", f"DROP DATABASE IF EXISTS {quoted}"]

@@ -22,6 +22,8 @@ from ..api import (
     DatabaseMigrationSpec,
     JsonObject,
     LabelValue,
+    NotificationDelivery,
+    NotificationRecord,
     SecretKeyRef,
     SpecError,
     Time,
@@ -37,6 +39,7 @@ __all__ = [
     "MigrationTemplate",
     "PlanGroup",
     "SetCounts",
+    "SetNotificationRecord",
     "Strategy",
     "parse_set_spec",
     "parse_set_status",
@@ -194,6 +197,18 @@ class PlanGroup(_StatusModel):
                                     "webhook's record): its targets go on.")
 
 
+class SetNotificationRecord(NotificationRecord):
+    """A notification of the set (notify/): one per plan hash its DatabaseMigrations wait for, instead of one per
+    DatabaseMigration."""
+
+    waiting: int = Field(default=0, ge=0, description="How many of the set's DatabaseMigrations waited for this plan "
+                         "when it was recorded.")
+    migrations: list[str] = Field(default_factory=list, description="The first of them.")
+    deliveries: dict[str, NotificationDelivery] = Field(
+        default_factory=dict, description="By webhook: operator (the chart's) and resource "
+        "(spec.template.notifications, the members' own).")
+
+
 class DatabaseMigrationSetStatus(_StatusModel):
     """The observed state of the rollout, written by the operator."""
 
@@ -208,6 +223,12 @@ class DatabaseMigrationSetStatus(_StatusModel):
     retried: str | None = Field(default=None, description="The last retry annotation acted on.")
     message: str | None = Field(default=None, description="The rollout in one sentence.")
     updated_at: Time | None = Field(default=None, description="When the counts last changed.")
+    notifications: dict[str, SetNotificationRecord] | None = Field(
+        default=None,
+        description=("The set's notifications due or sent (newest few), by id: a plan its DatabaseMigrations wait "
+                     "for, announced once for the set (they announce none of their own). Written only by the "
+                     "notifier."),
+    )
     conditions: list[Condition] = Field(
         default_factory=list,
         description=("kstatus conditions: Ready (every target Ready at the template), Reconciling (a rollout under "

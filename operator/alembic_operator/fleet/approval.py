@@ -100,6 +100,26 @@ def member_approvals(member: Migration, owner: SetApprovals | None) -> dict[str,
     return {h: f"{who} (DatabaseMigrationSet {owner.name})" for h, who in owner.approvals.items()}
 
 
+def announced_by_set(member: Migration) -> str | None:
+    """The set that announces this DatabaseMigration's plans waiting for approval (notify/: one notification per set
+    and plan hash, none of the member's own), None when the member announces its own.
+
+    The part of :func:`member_approvals`'s rule a member shows by itself: a set controls it (its label and its
+    controller ownerReference name the set) and it runs the template that set gave it, unchanged (its spec hashes as
+    its set-template annotation says). Read from the member alone, so it holds from an operator's first look (a
+    member reconciled before its set's first pass would otherwise announce its own), and it is exactly what the
+    set's status.plans counts (members at the set's template, by that annotation). A person's edit of a member's
+    spec makes it announce its own again; a member left on an older template (the set's changed since) stays
+    quiet: the set announced that plan when it began waiting, and gives the member the new template at its wave."""
+    meta = member.get("metadata") or {}
+    owner = (meta.get("labels") or {}).get(c.SET_LABEL)
+    if not owner or not any(ref.get("controller") and ref.get("kind") == c.SET_KIND and ref.get("name") == owner
+                            for ref in meta.get("ownerReferences") or []):
+        return None
+    given = (meta.get("annotations") or {}).get(c.SET_TEMPLATE_ANNOTATION)
+    return str(owner) if given and member_template_hash(member.get("spec") or {}) == given else None
+
+
 def shown(plans: list[PlanGroup], approved: Mapping[str, str]) -> list[PlanGroup]:
     """The set's plan groups, each saying who approved it for the whole set (when someone did)."""
     return [p.model_copy(update={"approved_by": approved.get(p.hash)}) for p in plans]

@@ -25,7 +25,7 @@ import kopf
 from pydantic import JsonValue
 
 from .. import constants as c
-from .. import events
+from .. import events, metrics
 from ..api import JsonObject, SpecError, dump
 from ..indexes import Context
 from ..kube import Conflict, NotFound
@@ -110,6 +110,8 @@ class Fleet:
             self.sets.pop(ref, None)
             if self.ctx is not None:
                 self.ctx.runtime.set_approvals.pop(ref, None)
+                if ref not in self.ctx.runtime.migrations:  # its notifications' series (unless a
+                    metrics.forget(*ref)                    # DatabaseMigration's share its name and labels)
             if self.scheduler is not None:
                 self.scheduler.forget(ref)
             return
@@ -276,11 +278,15 @@ class Fleet:
 
         kept = ctx.runtime.set_approvals.get((namespace, name))
         rollout.status.plans = approval.shown(rollout.status.plans, kept.approvals if kept is not None else {})
-        patch = merge_patch(stored, dump(rollout.status))
+        # status.notifications is the notifier's: left out here, so this patch never removes it (nor sends it again)
+        patch = merge_patch({k: v for k, v in stored.items() if k != "notifications"}, dump(rollout.status))
+        written: JsonObject = {}
         if patch:
             written = await ctx.kube.patch_set_status(namespace, name, patch)
             if written and _version(written) > _version(body):
                 self.sets[(namespace, name)] = cast(SetObject, written)
+        if ctx.runtime.notifier is not None:  # a plan its members wait for is announced once, for the set
+            ctx.runtime.notifier.offer_set(written or body)
         if rollout.events:
             posted = kopf.Body({"apiVersion": c.API_VERSION, "kind": c.SET_KIND,
                                 "metadata": {"namespace": namespace, "name": name, "uid": meta.get("uid", "")}})

@@ -8,14 +8,21 @@ one, a new leader) derives the same id and finds it already recorded in ``status
     failed-g<generation>-<finished, UTC>         ... result Failed or RolledBack
     drift-<Drifted's lastTransitionTime, UTC>    Drifted=True (each time it becomes True)
 
+A DatabaseMigrationSet announces the plans its DatabaseMigrations wait for, once per plan hash and template (and
+those members announce none of their own: fleet.approval.announced_by_set):
+
+    approval-<plan hash, 12 hex>-<template hash>   a status.plans entry nobody approved yet
+
 Only what the status says now is looked at (the newest history entry, the current phase and condition), and only if
 it began less than MAX_AGE ago: turning notifications on never replays a resource's past.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Literal, Protocol
 
 from .. import constants as c
 from ..api import (
@@ -24,7 +31,9 @@ from ..api import (
     NotificationDelivery,
     NotificationRecord,
     NotificationType,
+    PlanStatus,
 )
+from ..fleet.api import DatabaseMigrationSetStatus, PlanGroup, SetNotificationRecord
 from ..status import get_condition
 
 MAX_AGE = timedelta(hours=24)  # older conditions are not announced, and deliveries are given up after it
@@ -33,6 +42,7 @@ FIRST_RETRY = 2.0  # seconds; doubled each attempt
 MAX_RETRY = 300.0
 MESSAGE_CHARS = 600
 FINDINGS = 5
+SETTLE = timedelta(seconds=30)  # a set's plan is announced once nothing else moves, or this long after it began
 
 
 @dataclass(frozen=True)
@@ -47,6 +57,14 @@ class Target:
 class Ref:
     namespace: str
     name: str
+    kind: Literal["DatabaseMigration", "DatabaseMigrationSet"] = c.KIND
+
+
+class Notified(Protocol):
+    """A status that keeps notifications: a DatabaseMigration's or a DatabaseMigrationSet's."""
+
+    @property
+    def notifications(self) -> Mapping[str, NotificationRecord] | None: ...
 
 
 def _stamp(when: datetime) -> str:
@@ -70,21 +88,31 @@ def _approval(ref: Ref, status: DatabaseMigrationStatus) -> tuple[str, Notificat
     if status.phase != "AwaitingApproval" or plan is None or not plan.hash or cond is None or cond.status != "True":
         return None
     generation = plan.generation or (status.run.generation if status.run else None)
+    summary = f"dbm/{ref.name} in {ref.namespace} waits for approval: plan {_plan_line(plan, status)}"
+    return f"approval-g{generation}-{_digest(plan.hash)}", NotificationRecord(
+        type="AwaitingApproval", occurred_at=cond.last_transition_time, generation=generation, summary=summary,
+        from_=plan.from_revision, to=plan.to_revision or status.target_revision, reason=cond.reason,
+        message=_short(cond.message), plan_hash=plan.hash, findings=_findings(plan), commands=_commands(ref, plan.hash))
+
+
+def _digest(plan_hash: str) -> str:
+    return plan_hash.split(":")[-1][:12]
+
+
+def _plan_line(plan: PlanStatus, status: DatabaseMigrationStatus) -> str:
+    """'<from> -> <to> (<n> revision(s); <counts of findings>)'."""
     destructive = int(plan.destructive_count or len(plan.destructive))
     locking = int(plan.locking_count or len(plan.locking or []))
-    findings = [f"destructive: {x}" for x in plan.destructive[:FINDINGS]]
-    findings += [f"locking: {x.operation}" for x in (plan.locking or [])[: max(0, FINDINGS - len(findings))]]
     counts = ", ".join(f"{n} {what}" for n, what in ((destructive, "destructive"), (locking, "locking"),
                                                        (int(plan.warning_count or len(plan.warnings)), "warning"))
                        if n)
-    summary = (f"dbm/{ref.name} in {ref.namespace} waits for approval: plan {plan.from_revision or 'base'} -> "
-               f"{plan.to_revision or status.target_revision} ({len(plan.revisions)} revision(s); "
-               f"{counts or 'no findings'})")
-    digest = plan.hash.split(":")[-1][:12]
-    return f"approval-g{generation}-{digest}", NotificationRecord(
-        type="AwaitingApproval", occurred_at=cond.last_transition_time, generation=generation, summary=summary,
-        from_=plan.from_revision, to=plan.to_revision or status.target_revision, reason=cond.reason,
-        message=_short(cond.message), plan_hash=plan.hash, findings=findings, commands=_commands(ref, plan.hash))
+    return (f"{plan.from_revision or 'base'} -> {plan.to_revision or status.target_revision} "
+            f"({len(plan.revisions)} revision(s); {counts or 'no findings'})")
+
+
+def _findings(plan: PlanStatus) -> list[str]:
+    findings = [f"destructive: {x}" for x in plan.destructive[:FINDINGS]]
+    return findings + [f"locking: {x.operation}" for x in (plan.locking or [])[: max(0, FINDINGS - len(findings))]]
 
 
 def _run_ended(ref: Ref, status: DatabaseMigrationStatus) -> tuple[str, NotificationRecord] | None:
@@ -129,21 +157,103 @@ def _drift(ref: Ref, status: DatabaseMigrationStatus) -> tuple[str, Notification
         commands=[f"kubectl dbm status {ref.name} -n {ref.namespace}"])
 
 
-def due(ref: Ref, status: DatabaseMigrationStatus, targets: list[Target],
-        now: datetime) -> dict[str, NotificationRecord]:
+def due(ref: Ref, status: DatabaseMigrationStatus, targets: list[Target], now: datetime,
+        approval_by_set: bool = False) -> dict[str, NotificationRecord]:
     """The notifications the status makes due that status.notifications does not hold yet, each with a Pending
-    delivery to every target that wants its type (none: nothing is recorded)."""
+    delivery to every target that wants its type (none: nothing is recorded). `approval_by_set`: a set announces
+    this member's plans waiting for approval (fleet.approval.announced_by_set), so it announces none of its own."""
     known = status.notifications or {}
     out: dict[str, NotificationRecord] = {}
-    for found in (_approval(ref, status), _run_ended(ref, status), _drift(ref, status)):
+    for found in (None if approval_by_set else _approval(ref, status), _run_ended(ref, status), _drift(ref, status)):
         if found is None or found[0] in known or now - found[1].occurred_at > MAX_AGE:
             continue
         ident, record = found
-        wanted = {t.name: NotificationDelivery(state="Pending", next_attempt_at=now)
-                  for t in targets if record.type in t.events}
-        if wanted:
+        if wanted := _deliveries(record.type, targets, now):
             out[ident] = record.model_copy(update={"deliveries": wanted})
     return out
+
+
+def _deliveries(kind: NotificationType, targets: list[Target], now: datetime) -> dict[str, NotificationDelivery]:
+    return {t.name: NotificationDelivery(state="Pending", next_attempt_at=now) for t in targets if kind in t.events}
+
+
+# --- a DatabaseMigrationSet: one notification per plan its members wait for ---------------------------------------
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """One of a set's DatabaseMigrations waiting for a plan, as read: its plan (revisions, findings) is every
+    member's with that hash, and its ApprovalRequired condition says since when it waits."""
+
+    name: str
+    status: DatabaseMigrationStatus
+
+
+def set_approval_id(plan_hash: str, template_hash: str) -> str:
+    """One per plan and template: the set's generation is not in it, so pausing and resuming the set announces
+    nothing again; a new template that plans the same SQL (approved by hash) is a new rollout, announced again."""
+    return f"approval-{_digest(plan_hash)}-{template_hash}"
+
+
+def set_plans_unannounced(status: DatabaseMigrationSetStatus, targets: list[Target],
+                          stale: frozenset[str] = frozenset()) -> list[PlanGroup]:
+    """The plans status.plans lists that nobody approved for the set yet and that status.notifications does not
+    hold (nor `stale`: found too old to announce): what the notifier reads a member of (none when no webhook wants
+    AwaitingApproval)."""
+    if not status.template_hash or not any("AwaitingApproval" in t.events for t in targets):
+        return []
+    known = status.notifications or {}
+    return [g for g in status.plans if g.hash and not g.approved_by
+            and (ident := set_approval_id(g.hash, status.template_hash)) not in known and ident not in stale]
+
+
+@dataclass(frozen=True)
+class SetDue:
+    """What a set's status makes due: records to keep now, when the first plan still settling is due (None: none
+    is), and the ids of plans that began waiting more than MAX_AGE ago (never announced: the notifier stops
+    reading their members)."""
+
+    records: dict[str, SetNotificationRecord]
+    settling: datetime | None = None
+    stale: frozenset[str] = frozenset()
+
+
+def set_due(ref: Ref, status: DatabaseMigrationSetStatus, waiting: Mapping[str, Waiting], targets: list[Target],
+            now: datetime) -> SetDue:
+    """The set's notifications due now (`waiting`: a member waiting for each plan hash, as read).
+
+    A plan is announced once the count is worth telling: when no target of the set is planning or migrating any
+    more (everyone under way waits for a person: a wave's members plan at about the same time), or SETTLE after
+    its member began waiting (others may still be running for long). Then: how many wait, the findings of the plan
+    (one member's: the same plan for all), and the one command that approves it for every one of them."""
+    out: dict[str, SetNotificationRecord] = {}
+    later: datetime | None = None
+    stale: set[str] = set()
+    for group in set_plans_unannounced(status, targets):
+        sample = waiting.get(group.hash)
+        found = _approval(Ref(ref.namespace, sample.name), sample.status) if sample is not None else None
+        plan = sample.status.plan if sample is not None else None
+        if sample is None or found is None or plan is None or found[1].plan_hash != group.hash:
+            continue  # that member moved on: the set's next pass says who waits now
+        began = found[1].occurred_at
+        if now - began > MAX_AGE:
+            stale.add(set_approval_id(group.hash, status.template_hash or ""))
+            continue
+        if status.counts.migrating and now < began + SETTLE:
+            later = min(later or began + SETTLE, began + SETTLE)
+            continue
+        wanted = _deliveries("AwaitingApproval", targets, now)
+        out[set_approval_id(group.hash, status.template_hash or "")] = SetNotificationRecord(
+            type="AwaitingApproval", occurred_at=began, generation=status.observed_generation,
+            summary=(f"dbms/{ref.name} in {ref.namespace}: {group.count} DatabaseMigration(s) wait for approval of "
+                     f"one plan: {_plan_line(plan, sample.status)}"),
+            from_=plan.from_revision, to=found[1].to, reason=found[1].reason, message=found[1].message,
+            plan_hash=group.hash, findings=found[1].findings,
+            commands=[f"kubectl dbm set {ref.name} -n {ref.namespace}",
+                      f"kubectl dbm plan {sample.name} -n {ref.namespace}",
+                      f"kubectl dbm approve --set {ref.name} -n {ref.namespace} --hash {group.hash}"],
+            waiting=group.count, migrations=list(group.migrations), deliveries=wanted)
+    return SetDue(out, later, frozenset(stale))
 
 
 @dataclass(frozen=True)
@@ -155,7 +265,7 @@ class Attempt:
     target: str
 
 
-def attempts_due(status: DatabaseMigrationStatus, now: datetime) -> list[Attempt]:
+def attempts_due(status: Notified, now: datetime) -> list[Attempt]:
     """Pending deliveries whose time has come, oldest notification first."""
     out = []
     for ident, record in sorted((status.notifications or {}).items(), key=lambda x: x[1].occurred_at):
@@ -165,14 +275,14 @@ def attempts_due(status: DatabaseMigrationStatus, now: datetime) -> list[Attempt
     return out
 
 
-def next_attempt(status: DatabaseMigrationStatus) -> datetime | None:
+def next_attempt(status: Notified) -> datetime | None:
     """When the earliest Pending delivery is due (None: nothing pending)."""
     times = [d.next_attempt_at or r.occurred_at for r in (status.notifications or {}).values()
              for d in r.deliveries.values() if d.state == "Pending"]
     return min(times, default=None)
 
 
-def retrying(status: DatabaseMigrationStatus) -> dict[tuple[str, str], int]:
+def retrying(status: Notified) -> dict[tuple[str, str], int]:
     """Deliveries that failed and wait for their next attempt, per (target, type): what the dashboard shows."""
     out: dict[tuple[str, str], int] = {}
     for record in (status.notifications or {}).values():
@@ -200,7 +310,7 @@ def after_attempt(record: NotificationRecord, delivery: NotificationDelivery, er
                                 next_attempt_at=now + timedelta(seconds=backoff(attempts)))
 
 
-def pruned(status: DatabaseMigrationStatus) -> list[str]:
+def pruned(status: Notified) -> list[str]:
     """Ids to drop so that at most KEPT records stay: the oldest whose deliveries are all settled."""
     records = status.notifications or {}
     if len(records) <= KEPT:

@@ -15,11 +15,12 @@ from pydantic import JsonValue
 
 from .. import constants as c
 from ..api import NotificationFormat, NotificationRecord, dump
+from ..fleet.api import SetNotificationRecord
 from .due import Ref
 
 CLOUDEVENTS_CONTENT_TYPE = "application/cloudevents+json; charset=utf-8"
 JSON_CONTENT_TYPE = "application/json; charset=utf-8"
-TYPE_PREFIX = "io.alembic-operator.databasemigration."
+TYPE_PREFIX = "io.alembic-operator."  # then the kind and the notification, lower case
 EMOJI = {"AwaitingApproval": ":raised_hand:", "Succeeded": ":white_check_mark:", "Failed": ":x:",
          "DriftDetected": ":warning:"}
 
@@ -52,20 +53,23 @@ class SlackMessage(TypedDict):
 
 
 def data(ref: Ref, uid: str, ident: str, record: NotificationRecord) -> dict[str, JsonValue]:
-    """The notification as JSON (camelCase, as in status), without its deliveries, with the resource it is about."""
+    """The notification as JSON (camelCase, as in status), without its deliveries, with the resource it is about (a
+    set's says its kind; a DatabaseMigration's is as it always was, byte for byte)."""
     body = dump(record.model_copy(update={"deliveries": {}}))
     body.pop("deliveries", None)
-    return {"id": ident, "namespace": ref.namespace, "name": ref.name, "uid": uid, **body}
+    kind: dict[str, JsonValue] = {"kind": ref.kind} if ref.kind != c.KIND else {}
+    return {"id": ident, **kind, "namespace": ref.namespace, "name": ref.name, "uid": uid, **body}
 
 
 def cloudevent(ref: Ref, uid: str, ident: str, record: NotificationRecord) -> CloudEvent:
     """A CloudEvents 1.0 event: `id` unique within its source (the resource's path) and the same on every attempt
-    (source + id is what a receiver deduplicates on), type per notification."""
+    (source + id is what a receiver deduplicates on), type per kind and notification."""
+    plural = c.SET_PLURAL if ref.kind == c.SET_KIND else c.PLURAL
     return CloudEvent(
         specversion="1.0", id=idempotency_key(uid, ident),
-        source=f"/apis/{c.GROUP}/{c.VERSION}/namespaces/{ref.namespace}/{c.PLURAL}/{ref.name}",
-        type=TYPE_PREFIX + record.type.lower(), subject=ref.name, time=str(dump(record)["occurredAt"]),
-        datacontenttype="application/json", data=data(ref, uid, ident, record))
+        source=f"/apis/{c.GROUP}/{c.VERSION}/namespaces/{ref.namespace}/{plural}/{ref.name}",
+        type=f"{TYPE_PREFIX}{ref.kind.lower()}.{record.type.lower()}", subject=ref.name,
+        time=str(dump(record)["occurredAt"]), datacontenttype="application/json", data=data(ref, uid, ident, record))
 
 
 def slack(ref: Ref, ident: str, record: NotificationRecord) -> SlackMessage:
@@ -75,11 +79,15 @@ def slack(ref: Ref, ident: str, record: NotificationRecord) -> SlackMessage:
         lines.append(record.message)
     if record.rollback:
         lines.append(f"Rollback: {record.rollback}")
+    if isinstance(record, SetNotificationRecord) and record.migrations:
+        more = f" ... ({record.waiting} in all)" if record.waiting > len(record.migrations) else ""
+        lines.append(f"Waiting: {', '.join(record.migrations)}{more}")
     lines += [f"• {x}" for x in record.findings]
     lines += [f"`{x}`" for x in record.commands]
     return SlackMessage(text=record.summary, blocks=[
         SlackBlock(type="section", text=SlackText(type="mrkdwn", text="\n".join(lines)[:2900])),
-        SlackBlock(type="context", elements=[SlackText(type="mrkdwn", text=f"{ref.namespace}/{ref.name} · {ident}")]),
+        SlackBlock(type="context", elements=[SlackText(type="mrkdwn", text=(
+            f"{ref.namespace}/{ref.name}{' (DatabaseMigrationSet)' if ref.kind != c.KIND else ''} · {ident}"))]),
     ])
 
 

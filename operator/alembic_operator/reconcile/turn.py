@@ -255,7 +255,7 @@ class Turn:
         phase, reason = ROLES[role].phase or "Succeeded", said
         retry_at = self.run.retry_at
         if retry_at is None:
-            delay = min(60, 5 * 2**done)
+            delay = min(12 * self.obs.job_retry_backoff, self.obs.job_retry_backoff * 2**done)
             self.run.retry_at = self.obs.now + timedelta(seconds=delay)
             message = (f"{self.failure_message(role)}; {changed}; retrying in {delay}s (attempt {done + 2} "
                        f"of {JOB_RETRIES + 1})")

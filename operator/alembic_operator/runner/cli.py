@@ -227,29 +227,24 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--target", required=True, help="head or a revision id")
     p.add_argument("--out", required=True, help="directory for plan.json and the NNN-<rev>.sql files")
 
-    p = sub.add_parser("upgrade", help="upgrade from a planned revision to the target")
-    common(p, suppress=True)
-    p.add_argument("--from", required=True, help="the revision the plan started from (base for an empty database)")
-    p.add_argument("--to", required=True, help="the target revision")
-    locking(p)
-    limits(p)
+    def migration(name: str, summary: str, start: str, target: str) -> argparse.ArgumentParser:
+        """upgrade, downgrade, rehearse: from one revision to another, under the lock and the session's limits."""
+        p = sub.add_parser(name, help=summary)
+        common(p, suppress=True)
+        p.add_argument("--from", required=True, help=start)
+        p.add_argument("--to", required=True, help=target)
+        locking(p)
+        limits(p)
+        return p
 
-    p = sub.add_parser("downgrade", help="downgrade from a revision to an earlier one")
-    common(p, suppress=True)
-    p.add_argument("--from", required=True, help="the revision the database should be at")
-    p.add_argument("--to", required=True, help="the revision to go back to (or base)")
-    p.add_argument("--allow-empty-downgrades", action="store_true",
-                   help="also run revisions whose downgrade() is empty")
-    locking(p)
-    limits(p)
-
-    p = sub.add_parser("rehearse", help="upgrade a scratch copy of the database, measured, then drop it")
-    common(p, suppress=True)
-    p.add_argument("--from", required=True, help="the revision the plan starts from (base for an empty database)")
-    p.add_argument("--to", required=True, help="the target revision")
-    p.add_argument("--database", required=True, help="the scratch database on the URL's server (alembic_rehearsal_...)")
-    locking(p)
-    limits(p)
+    migration("upgrade", "upgrade from a planned revision to the target",
+              "the revision the plan started from (base for an empty database)", "the target revision")
+    migration("downgrade", "downgrade from a revision to an earlier one", "the revision the database should be at",
+              "the revision to go back to (or base)").add_argument(
+        "--allow-empty-downgrades", action="store_true", help="also run revisions whose downgrade() is empty")
+    migration("rehearse", "upgrade a scratch copy of the database, measured, then drop it",
+              "the revision the plan starts from (base for an empty database)", "the target revision").add_argument(
+        "--database", required=True, help="the scratch database on the URL's server (alembic_rehearsal_...)")
 
     p = sub.add_parser("stamp", help="stamp a database that has no version table yet")
     common(p, suppress=True)

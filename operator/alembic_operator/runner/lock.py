@@ -92,6 +92,13 @@ class DialectSQL:
     # the runner sets them on the migration's connection instead).
     url_options: Callable[[Any, int | None, int | None], Any] | None = None
     double_quoted_strings: bool = False  # "..." is a string literal (MySQL): redacted from the holder's query
+    # The rehearsal (runner/rehearse.py): `held_locks`, the (what, mode, granted) rows of the table locks backend :pid
+    # holds or waits for (None: not measured); `settle`, what makes a restored copy like production before the plan
+    # is timed; `drop_database`, format strings ({name}) that drop a scratch database, tried in order.
+    held_locks: str | None = None
+    settle: tuple[str, ...] = ()
+    drop_database: tuple[str, ...] = ("DROP DATABASE IF EXISTS {name}",)
+    sync_driver: str | None = None  # for the scratch database's drop when the URL names an async driver
 
 
 DIALECTS: dict[str, DialectSQL] = {}
@@ -147,6 +154,17 @@ register("postgresql", DialectSQL(
     lock_timeout_codes=("55P03",),  # lock_not_available: lock_timeout (or NOWAIT)
     statement_timeout_codes=("57014",),  # query_canceled: statement_timeout (or pg_cancel_backend)
     url_options=libpq_options,
+    held_locks=("SELECT coalesce(n.nspname || '.' || c.relname, l.locktype), l.mode, l.granted FROM pg_locks l "
+                "LEFT JOIN pg_class c ON c.oid = l.relation LEFT JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "WHERE l.pid = :pid AND l.locktype = 'relation' AND c.relkind IN ('r', 'p', 'm') "
+                "AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND c.relname <> 'alembic_version'"),
+    # A freshly restored copy has no hint bits, no visibility map, no statistics, and the server is still writing
+    # the restore out: timed on it, a table rewrite ran about a fifth slower than on production (make
+    # bench-rehearsal, docs/rehearsal.md). CHECKPOINT needs a superuser or pg_checkpoint's member (else skipped).
+    settle=("SET statement_timeout = 0", "VACUUM (ANALYZE)", "CHECKPOINT"),
+    # WITH (FORCE) ends the sessions still on it (PostgreSQL 13 and later); the plain DROP for older servers.
+    drop_database=('DROP DATABASE IF EXISTS "{name}" WITH (FORCE)', 'DROP DATABASE IF EXISTS "{name}"'),
+    sync_driver="postgresql+psycopg",
 ))
 
 
@@ -232,6 +250,13 @@ for _dialect, _statement, _set_statement, _opt_out in (
         statement_opt_out=_opt_out,
         url_options=mysql_options,
         double_quoted_strings=True,
+        held_locks=("SELECT CONCAT(m.OBJECT_SCHEMA, '.', m.OBJECT_NAME), m.LOCK_TYPE, m.LOCK_STATUS = 'GRANTED' "
+                    "FROM performance_schema.metadata_locks m JOIN performance_schema.threads t "
+                    "ON t.THREAD_ID = m.OWNER_THREAD_ID WHERE t.PROCESSLIST_ID = :pid AND m.OBJECT_TYPE = 'TABLE' "
+                    "AND m.OBJECT_SCHEMA NOT IN ('mysql', 'performance_schema', 'information_schema') "
+                    "AND m.OBJECT_NAME <> 'alembic_version'"),
+        drop_database=("DROP DATABASE IF EXISTS `{name}`",),
+        sync_driver=f"{_dialect}+pymysql",
     ))
 
 

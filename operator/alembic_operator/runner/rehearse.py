@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import reasons
 from .errors import Failure, describe, log
+from .lock import DIALECTS, session_sql
 from .results import MigrateResult, RehearsedLockResult, RehearsedRevisionResult, RehearseResult
 
 if TYPE_CHECKING:
@@ -30,29 +31,6 @@ if TYPE_CHECKING:
 SAMPLE_SECONDS = 0.05
 LOCKS_KEPT = 3  # per revision: the longest held
 REVISIONS_KEPT = 20  # in the result (a termination message): the slowest, in plan order
-
-# The migration session's locks: (what, mode, granted) rows; :pid is its backend.
-_LOCKS = {
-    "postgresql": (
-        "SELECT coalesce(n.nspname || '.' || c.relname, l.locktype), l.mode, l.granted FROM pg_locks l "
-        "LEFT JOIN pg_class c ON c.oid = l.relation LEFT JOIN pg_namespace n ON n.oid = c.relnamespace "
-        "WHERE l.pid = :pid AND l.locktype = 'relation' AND c.relkind IN ('r', 'p', 'm') "
-        "AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND c.relname <> 'alembic_version'"
-    ),
-    "mysql": (
-        "SELECT CONCAT(m.OBJECT_SCHEMA, '.', m.OBJECT_NAME), m.LOCK_TYPE, m.LOCK_STATUS = 'GRANTED' "
-        "FROM performance_schema.metadata_locks m JOIN performance_schema.threads t "
-        "ON t.THREAD_ID = m.OWNER_THREAD_ID WHERE t.PROCESSLIST_ID = :pid AND m.OBJECT_TYPE = 'TABLE' "
-        "AND m.OBJECT_SCHEMA NOT IN ('mysql', 'performance_schema', 'information_schema') "
-        "AND m.OBJECT_NAME <> 'alembic_version'"
-    ),
-}
-_PID = {"postgresql": "SELECT pg_backend_pid()", "mysql": "SELECT CONNECTION_ID()"}
-
-
-def _family(dialect: str) -> str:
-    return "mysql" if dialect in ("mysql", "mariadb") else dialect
-
 
 class Revision:
     def __init__(self, revision: str, started: float) -> None:
@@ -112,15 +90,15 @@ class Measures:
             return
         self._attached.add(id(connection))
         event.listen(connection, "after_cursor_execute", self._executed)
-        family = _family(connection.dialect.name)
-        if family not in _LOCKS or self._thread is not None:
+        sql = session_sql(connection.dialect)
+        if sql is None or sql.held_locks is None or sql.session is None or self._thread is not None:
             return
         try:
-            pid = int(connection.exec_driver_sql(_PID[family]).scalar())
+            pid = int(connection.exec_driver_sql(sql.session).one()[2])
         except Exception as exc:  # the migration goes on unmeasured
             log(f"cannot read the migration session's id: {describe(exc)}; its locks are not measured")
             return
-        self._thread = threading.Thread(target=self._sample, args=(family, pid), name="rehearsal-locks",
+        self._thread = threading.Thread(target=self._sample, args=(sql.held_locks, pid), name="rehearsal-locks",
                                         daemon=True)
         self._thread.start()
 
@@ -158,7 +136,7 @@ class Measures:
                 current = self.revisions[-1]
                 current.rows = (current.rows or 0) + count
 
-    def _sample(self, family: str, pid: int) -> None:
+    def _sample(self, held_locks: str, pid: int) -> None:
         from sqlalchemy import text
 
         try:
@@ -167,7 +145,7 @@ class Measures:
             log(f"cannot sample the migration's locks: {describe(exc)}")
             self.sampled = False
             return
-        query = text(_LOCKS[family])
+        query = text(held_locks)
         try:
             while not self._stop.is_set():
                 try:
@@ -199,21 +177,14 @@ class Measures:
                 times[3] = now
 
 
-# A freshly restored PostgreSQL copy differs from a production table that has been read and autovacuumed: no hint
-# bits (the plan's first scan checks each row's transaction and rewrites every page to note it), no visibility map, no
-# statistics; and the server is still writing the restore out (its checkpoint, the kernel's dirty pages), which the
-# plan would share its disk with. Timed on such a copy, a table rewrite ran about a fifth slower than on production
-# (make bench-rehearsal, docs/rehearsal.md). So before the plan is timed the copy is vacuumed (hint bits, visibility
-# map, statistics) and the restore written out (CHECKPOINT: a superuser or pg_checkpoint's member; else skipped).
-SETTLE = {"postgresql": ("SET statement_timeout = 0", "VACUUM (ANALYZE)", "CHECKPOINT")}
-
-
 def settle(engine: Any) -> RehearseResult:
-    """Make the restored copy like production before the plan is timed (`SETTLE`); what was done, and how long it
-    took, for the result (the rehearsal Job's time includes it; the plan's measures do not)."""
+    """Make the restored copy like production before the plan is timed (the dialect's `settle`, runner/lock.py); what
+    was done, and how long it took, for the result (the rehearsal Job's time includes it; the plan's measures do
+    not)."""
     from sqlalchemy import text
 
-    statements = SETTLE.get(_family(engine.dialect.name))
+    sql = session_sql(engine.dialect)
+    statements = sql.settle if sql is not None else ()
     if not statements:
         return {}
     started = time.monotonic()
@@ -236,11 +207,10 @@ def settle(engine: Any) -> RehearseResult:
     return done
 
 
-def drop_statements(dialect: str, name: str) -> list[str]:
-    """How the scratch database is dropped, in order until one works (PostgreSQL 13+ ends its sessions first)."""
-    if _family(dialect) == "mysql":
-        return [f"DROP DATABASE IF EXISTS `{name}`"]
-    return [f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)', f'DROP DATABASE IF EXISTS "{name}"']
+def drop_statements(dialect: Any, name: str) -> list[str]:
+    """How the scratch database is dropped, in order until one works (the dialect's `drop_database`)."""
+    sql = session_sql(dialect)
+    return [statement.format(name=name) for statement in sql.drop_database] if sql is not None else []
 
 
 def drop_scratch(server_url: Any, name: str) -> bool:
@@ -251,7 +221,7 @@ def drop_scratch(server_url: Any, name: str) -> bool:
     engine = create_engine(server_url.set(drivername=_sync_driver(server_url)), poolclass=NullPool,
                            isolation_level="AUTOCOMMIT")
     try:
-        for statement in drop_statements(engine.dialect.name, name):
+        for statement in drop_statements(engine.dialect, name):
             try:
                 with engine.connect() as conn:
                     conn.execute(text(statement))
@@ -265,10 +235,10 @@ def drop_scratch(server_url: Any, name: str) -> bool:
 
 
 def _sync_driver(url: Any) -> str:
-    """The URL's driver, or its family's synchronous one for an async driver (the drop is one statement)."""
-    if getattr(url.get_dialect(), "is_async", False):
-        return {"postgresql": "postgresql+psycopg", "mysql": "mysql+pymysql", "mariadb": "mariadb+pymysql"}.get(
-            url.get_backend_name(), str(url.drivername))
+    """The URL's driver, or its dialect's synchronous one for an async driver (the drop is one statement)."""
+    sql = DIALECTS.get(url.get_backend_name())
+    if getattr(url.get_dialect(), "is_async", False) and sql is not None and sql.sync_driver:
+        return sql.sync_driver
     return str(url.drivername)
 
 
