@@ -367,16 +367,15 @@ class GateWebhookServer:
             await self.server.__aexit__(*exc)
 
     def forget_generated_certificate(self) -> None:
-        """Delete the generated key and certificates: Kopf's server has them in memory once it listens, and a
-        private key left in /tmp by every start would outlive the process (only a kill before listening leaves
-        the directory, mode 0700)."""
+        """Delete the generated key and certificates when the server stops: a private key left in /tmp by every
+        start would outlive the process. Not sooner: Kopf's server re-reads the files every few seconds, to restart
+        with renewed ones, and fails when they are gone. A killed process leaves the directory (mode 0700)."""
         if self.generated is not None:
             shutil.rmtree(self.generated, ignore_errors=True)
             self.generated = None
 
     async def __call__(self, fn: kopf.WebhookFn) -> AsyncIterator[kopf.WebhookClientConfig]:
         async for client_config in self.server(fn):
-            self.forget_generated_certificate()  # read by now: Kopf builds its TLS context before the first yield
             body = webhook_configuration(self.opts, client_config, self.identity)
             target = _client_config(self.opts, client_config, HANDLER_ID).url or f"the Service {self.opts.service}"
             if self.opts.managed():

@@ -258,6 +258,19 @@ async def test_a_sets_members_waiting_for_one_plan_make_one_notification_of_the_
         stored = kmock.objects[sets, NS, "fleet"].raw["status"]
         assert [p["count"] for p in stored["plans"]] == [2] and list(stored["notifications"]) == [ident]
         await runtime.notifier.stop()
+        # The set's deletion removes its notifications' series (counted under the set's name).
+        from prometheus_client import generate_latest
+
+        from alembic_operator import metrics
+
+        def series() -> list[str]:
+            return [line for line in generate_latest(metrics.default().registry).decode().splitlines()
+                    if line.startswith("alembic_operator_notifications_") and f'namespace="{NS}"' in line
+                    and 'name="fleet"' in line]
+
+        assert len([x for x in series() if x.startswith("alembic_operator_notifications_total{")]) == 2
+        fleet.set_seen("DELETED", seen)
+        assert series() == []
     finally:
         await client.close()
         await server.close()
