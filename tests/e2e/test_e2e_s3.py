@@ -156,7 +156,7 @@ def test_a_missing_bucket_or_unreachable_endpoint_stalls_then_retention_keeps_th
     st = obj["status"]
     assert st["currentRevision"] == R3 and revision(e2e.db) == R3, st
     assert [(h["generation"], h["result"], h["reason"], h.get("backup")) for h in st["history"]] == [
-        (1, "Failed", "BackupFailed", None), (2, "Failed", "BackupFailed", None),
+        (1, "Failed", "BackupBucketNotFound", None), (2, "Failed", "BackupStoreUnreachable", None),
         (3, "Succeeded", "Migrated", first), (4, "Succeeded", "Migrated", st["backup"]["location"])]
     where = f"s3://{s3_bucket}/prod/{e2e.ns}/shop/"
     assert first.startswith(where) and st["backup"]["location"].startswith(where) and first != st["backup"]["location"]

@@ -269,6 +269,13 @@ def test_an_unwritable_backup_volume_stalls_under_its_own_reason_with_the_fix() 
     assert d.jobs == [] and d.status["phase"] == "Failed"  # no migration started
     assert cond(d, c.STALLED)["reason"] == "BackupVolumeNotWritable" and fix in cond(d, c.STALLED)["message"]
     assert cond(d, c.BACKUP_SUCCEEDED)["reason"] == "BackupVolumeNotWritable"
+    assert d.status["history"][-1]["reason"] == "BackupVolumeNotWritable"  # the run's record names the cause too
+    # A backup that failed for a cause of the Job's own stays BackupFailed in the history.
+    d = decide(observe())
+    d = advance(d, jobs={"plan": done("plan", PLAN_OK)})
+    crashed = done("backup", {"ok": False, "reason": "InternalError", "message": "boom"}, "failed")
+    d = advance(d, jobs={"plan": done("plan", PLAN_OK), "backup": crashed})
+    assert d.status["history"][-1]["reason"] == "BackupFailed"
 
 
 BACKUP = {"ok": True, "location": "pvc/b/x.dump", "file": "/backups/x.dump", "sha256": "sha256:aa", "revision": "r1"}

@@ -70,10 +70,10 @@ def backing_up(turn: Turn) -> Decision:
         message = turn.failure_message("backup") + "; nothing was changed in the database"
         said = r.parse(result.get("reason"))
         turn.condition(c.BACKUP_SUCCEEDED, "False", said or r.BACKUP_FAILED, message)
-        turn.finish("Failed", r.BACKUP_FAILED)
-        # A store that cannot be written (BackupVolumeNotWritable...) is Stalled under its own reason: its fix
-        # is the store's, not the Job's
+        # A store that cannot be written (BackupVolumeNotWritable, BackupBucketNotFound...) is Stalled under its own
+        # reason, and the run's history entry says it too: its fix is the store's, not the Job's
         store_stall = said is not None and said.info.kind == "stalled" and c.BACKUP_SUCCEEDED in said.info.where
+        turn.finish("Failed", said if store_stall and said else r.BACKUP_FAILED)
         return turn.outcome(s.stalled("Failed", said if store_stall and said else turn.failure_reason(
             "backup", r.JOB_FAILED), message + ". Fix the cause, then edit the resource to retry."), POLL_IDLE)
     turn.st.backup = BackupStatus.model_validate(
