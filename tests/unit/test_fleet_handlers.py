@@ -161,7 +161,8 @@ async def test_a_sets_members_waiting_for_one_plan_make_one_notification_of_the_
     """The whole path without a cluster: three members wait for one plan; the set's pass writes status.plans and
     offers the set to the notifier, which records one notification in the set's status and delivers it to the
     operator's webhook (CloudEvents) and the template's (Slack: the members' own); the members, offered too, record
-    none; a new leader sends nothing again; the set's next pass (a member approved) leaves the record in place."""
+    none; a new leader sends nothing again; the set's next pass (a member approved) leaves the record in place; once
+    every member migrated, the set announces the rollout's end and the members no success of their own."""
     import asyncio
     import base64
     import json
@@ -257,6 +258,32 @@ async def test_a_sets_members_waiting_for_one_plan_make_one_notification_of_the_
         await fleet.reconcile(NS, "fleet")
         stored = kmock.objects[sets, NS, "fleet"].raw["status"]
         assert [p["count"] for p in stored["plans"]] == [2] and list(stored["notifications"]) == [ident]
+        # Every member migrated: the set announces the rollout's end once; the members announce no success of theirs.
+        for version, secret in enumerate(("t0", "t1", "t2"), start=10):
+            done = dict(kmock.objects[DBM, NS, migration_name("fleet", secret)].raw)
+            done["metadata"] = {**done["metadata"], "resourceVersion": str(version)}
+            done["status"] = {
+                "observedGeneration": 1, "phase": "Succeeded",
+                "conditions": [{"type": c.READY, "status": "True", "reason": "Migrated", "message": "at b2",
+                                "observedGeneration": 1,
+                                "lastTransitionTime": now}],
+                "history": [{"generation": 1, "from": "a1", "to": "b2", "result": "Succeeded", "reason": "Migrated",
+                             "startedAt": now, "finishedAt": now}]}
+            kmock.objects[DBM, NS, migration_name("fleet", secret)] = done
+            runtime.migration_seen("MODIFIED", done)
+            fleet.migration_seen("MODIFIED", done)
+        seen = dict(kmock.objects[sets, NS, "fleet"].raw)
+        fleet.set_seen("MODIFIED", {**seen, "metadata": {**seen["metadata"], "resourceVersion": "100"}})
+        await fleet.reconcile(NS, "fleet")
+        for obj in list(runtime.migrations.values()):
+            runtime.notifier.offer(obj)
+        assert {key[0] for key in runtime.notifier._tasks} == {c.SET_KIND}
+        await asyncio.gather(*runtime.notifier._tasks.values())
+        stored = kmock.objects[sets, NS, "fleet"].raw["status"]
+        (done_id,) = set(stored["notifications"]) - {ident}
+        assert done_id.startswith(f"succeeded-{thash}-") and stored["notifications"][done_id]["summary"] == (
+            f"dbms/fleet in {NS}: all 3 target(s) Ready at template {thash}")
+        assert len(got) == 4 and sum(f"set-uid/{done_id}" == h["Idempotency-Key"] for h, _b in got) == 2
         await runtime.notifier.stop()
         # The set's deletion removes its notifications' series (counted under the set's name).
         from prometheus_client import generate_latest
@@ -268,12 +295,12 @@ async def test_a_sets_members_waiting_for_one_plan_make_one_notification_of_the_
                     if line.startswith("alembic_operator_notifications_") and f'namespace="{NS}"' in line
                     and 'name="fleet"' in line]
 
-        assert len([x for x in series() if x.startswith("alembic_operator_notifications_total{")]) == 2
+        assert len([x for x in series() if x.startswith("alembic_operator_notifications_total{")]) == 4
         fleet.set_seen("DELETED", seen)
         assert series() == []
     finally:
         await client.close()
         await server.close()
-    assert len(got) == 2
+    assert len(got) == 4
     for secret in ("T0KEN-IN-URL", "/hooks/"):
         assert not [x for x in (stored, caplog.text, *(b.decode() for _h, b in got)) if secret in str(x)], secret

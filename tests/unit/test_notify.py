@@ -219,10 +219,58 @@ def test_a_sets_plan_is_announced_once_when_settled_with_the_count_and_the_sets_
     assert [a.ident for a in due.attempts_due(recorded, NOW)] == [ident] and due.next_attempt(recorded) == NOW
 
 
-def test_a_member_its_set_announces_records_no_approval_of_its_own_but_its_runs_still() -> None:
-    assert due.due(REF, awaiting(), [ALL], NOW, approval_by_set=True) == {}
-    assert list(due.due(REF, ended("RolledBack", "JobFailed"), [ALL], NOW, approval_by_set=True)) == [
+def test_a_member_its_set_announces_records_no_approval_nor_success_of_its_own_but_its_failures_and_drift() -> None:
+    assert due.due(REF, awaiting(), [ALL], NOW, by_set=True) == {}
+    assert due.due(REF, ended("Succeeded", "Migrated", rolled=False), [ALL], NOW, by_set=True) == {}
+    assert list(due.due(REF, ended("RolledBack", "JobFailed"), [ALL], NOW, by_set=True)) == [
         "failed-g4-20261207T070000Z"]
+    drifted = DatabaseMigrationStatus(observed_generation=2, conditions=[cond("Drifted", "True", "SchemaDrift")])
+    assert list(due.due(REF, drifted, [ALL], NOW, by_set=True)) == ["drift-20261207T070000Z"]
+
+
+def rollout(ready: int, failed: int = 0, pending: int = 0, migrating: int = 0, awaiting: int = 0,
+            stalled: bool = False) -> DatabaseMigrationSetStatus:
+    from alembic_operator.fleet.api import FailedTarget
+
+    total = ready + failed + pending + migrating + awaiting
+    return DatabaseMigrationSetStatus(
+        observed_generation=2, template_hash="0123456789abcdef", updated_at=NOW,
+        counts=SetCounts(total=total, ready=ready, failed=failed, pending=pending, migrating=migrating,
+                         awaiting_approval=awaiting),
+        failed=[FailedTarget(target=f"t{i:03d}", migration=f"tenants-t{i:03d}", canary=i == 0, reason="JobFailed",
+                             message="check constraint violated") for i in range(failed)],
+        message="a sentence", conditions=[
+            cond("Ready", "True" if ready == total else "False", "AllTargetsReady" if ready == total else "RollingOut"),
+            cond("Stalled", "True" if stalled else "False", "FailureBudgetSpent" if stalled else "AllTargetsReady")])
+
+
+def test_a_sets_rollout_is_announced_once_when_it_ends() -> None:
+    (ident, record), = due.set_ended(SET, rollout(210), [ALL], NOW).items()
+    assert ident == "succeeded-0123456789abcdef-20261207T070000Z" and record.type == "Succeeded"
+    assert record.summary == "dbms/tenants in shop: all 210 target(s) Ready at template 0123456789abcdef"
+    assert due.set_ended(SET, rollout(210).model_copy(update={"notifications": {ident: record}}), [ALL], NOW) == {}
+    # Not ended: targets under way, waiting for approval, or not started (paused): nothing yet.
+    for busy in (rollout(200, migrating=10), rollout(200, awaiting=10), rollout(200, pending=10)):
+        assert due.set_due(SET, busy, {}, [ALL], NOW).records == {}
+    # Stopped with the budget spent: Failed, naming the failed targets and how to run them again.
+    (ident, record), = due.set_ended(SET, rollout(1, failed=1, pending=208, stalled=True), [ALL], NOW).items()
+    assert ident == "failed-0123456789abcdef-20261207T070000Z" and record.type == "Failed"
+    assert record.summary == ("dbms/tenants in shop: the rollout of template 0123456789abcdef stopped with 1 "
+                              "target(s) failed: 1/210 Ready, 208 not started")
+    assert record.findings == ["t000 (canary): JobFailed: check constraint violated"]
+    assert record.reason == "FailureBudgetSpent" and record.migrations == ["tenants-t000"]
+    assert record.commands[-1].startswith("kubectl dbm resume tenants -n shop")
+    ended_ = due.set_ended(SET, rollout(208, failed=2), [ALL], NOW + timedelta(minutes=5))
+    assert [r.summary.split(": ", 1)[1] for r in ended_.values()] == [
+        "the rollout of template 0123456789abcdef ended with 2 target(s) failed: 208/210 Ready"]
+    # A later ending (fixed and resumed: the counts changed since) is news again; a webhook decides what it wants.
+    later = rollout(210).model_copy(update={"updated_at": NOW + timedelta(hours=1)})
+    assert list(due.set_ended(SET, later, [ALL], NOW + timedelta(hours=1))) == [
+        "succeeded-0123456789abcdef-20261207T080000Z"]
+    assert due.set_ended(SET, later, [due.Target("resource", ("Failed",))], NOW) == {}
+    assert due.set_ended(SET, rollout(210), [ALL], NOW + timedelta(days=2)) == {}
+    text = payload.slack(SET, ident, record)["blocks"][0]["text"]["text"]
+    assert "Waiting:" not in text and "• t000 (canary): JobFailed" in text
 
 
 def test_a_sets_payloads_name_the_set() -> None:

@@ -208,7 +208,7 @@ def test_a_member_counts_its_owning_sets_approvals_only_when_it_is_the_sets() ->
 
 def test_a_member_the_set_announces_is_its_controlled_member_at_the_template_it_was_given() -> None:
     """Read from the member alone (no set in memory after a restart): its set announces its plans waiting for
-    approval, and it none of its own (notify.due.due(approval_by_set=True))."""
+    approval, and it none of its own (notify.due.due(by_set=True))."""
     def given(obj: Migration, template: dict[str, Any] = TEMPLATE) -> Migration:
         out = copy.deepcopy(obj)
         out["metadata"]["annotations"] = {c.SET_TEMPLATE_ANNOTATION: template_hash(

@@ -198,12 +198,13 @@ class PlanGroup(_StatusModel):
 
 
 class SetNotificationRecord(NotificationRecord):
-    """A notification of the set (notify/): one per plan hash its DatabaseMigrations wait for, instead of one per
-    DatabaseMigration."""
+    """A notification of the set (notify/), instead of one per DatabaseMigration: a plan its members wait for (one
+    per plan hash), or the end of a rollout (Succeeded, or Failed naming the failed targets)."""
 
-    waiting: int = Field(default=0, ge=0, description="How many of the set's DatabaseMigrations waited for this plan "
-                         "when it was recorded.")
-    migrations: list[str] = Field(default_factory=list, description="The first of them.")
+    waiting: int = Field(default=0, ge=0, description="AwaitingApproval: how many of the set's DatabaseMigrations "
+                         "waited for this plan when it was recorded.")
+    migrations: list[str] = Field(default_factory=list, description="The DatabaseMigrations it is about (the first "
+                                  "few): those waiting for the plan, or those that failed.")
     deliveries: dict[str, NotificationDelivery] = Field(
         default_factory=dict, description="By webhook: operator (the chart's) and resource "
         "(spec.template.notifications, the members' own).")
@@ -226,8 +227,8 @@ class DatabaseMigrationSetStatus(_StatusModel):
     notifications: dict[str, SetNotificationRecord] | None = Field(
         default=None,
         description=("The set's notifications due or sent (newest few), by id: a plan its DatabaseMigrations wait "
-                     "for, announced once for the set (they announce none of their own). Written only by the "
-                     "notifier."),
+                     "for, and the end of a rollout, announced once for the set (they announce neither of their own; "
+                     "their failures and drift are theirs). Written only by the notifier."),
     )
     conditions: list[Condition] = Field(
         default_factory=list,

@@ -101,8 +101,9 @@ def member_approvals(member: Migration, owner: SetApprovals | None) -> dict[str,
 
 
 def announced_by_set(member: Migration) -> str | None:
-    """The set that announces this DatabaseMigration's plans waiting for approval (notify/: one notification per set
-    and plan hash, none of the member's own), None when the member announces its own.
+    """The set that announces this DatabaseMigration's plans waiting for approval and its success (notify/: one
+    notification per set and plan hash, one per rollout's end, none of the member's own), None when the member
+    announces its own.
 
     The part of :func:`member_approvals`'s rule a member shows by itself: a set controls it (its label and its
     controller ownerReference name the set) and it runs the template that set gave it, unchanged (its spec hashes as

@@ -12,6 +12,11 @@ A DatabaseMigrationSet announces the plans its DatabaseMigrations wait for, once
 those members announce none of their own: fleet.approval.announced_by_set):
 
     approval-<plan hash, 12 hex>-<template hash>   a status.plans entry nobody approved yet
+    succeeded-<template hash>-<updatedAt, UTC>     the rollout ended: every target Ready
+    failed-<template hash>-<updatedAt, UTC>        ... with targets failed (or stopped: the budget spent)
+
+(those members announce no success of their own either: one message per rollout; their failures and drift stay
+theirs, each is news of its own)
 
 Only what the status says now is looked at (the newest history entry, the current phase and condition), and only if
 it began less than MAX_AGE ago: turning notifications on never replays a resource's past.
@@ -158,14 +163,17 @@ def _drift(ref: Ref, status: DatabaseMigrationStatus) -> tuple[str, Notification
 
 
 def due(ref: Ref, status: DatabaseMigrationStatus, targets: list[Target], now: datetime,
-        approval_by_set: bool = False) -> dict[str, NotificationRecord]:
+        by_set: bool = False) -> dict[str, NotificationRecord]:
     """The notifications the status makes due that status.notifications does not hold yet, each with a Pending
-    delivery to every target that wants its type (none: nothing is recorded). `approval_by_set`: a set announces
-    this member's plans waiting for approval (fleet.approval.announced_by_set), so it announces none of its own."""
+    delivery to every target that wants its type (none: nothing is recorded). `by_set`: a set announces this
+    member's plans waiting for approval and its rollout's success (fleet.approval.announced_by_set), so it announces
+    neither of its own; its failures and drift are its own."""
     known = status.notifications or {}
     out: dict[str, NotificationRecord] = {}
-    for found in (None if approval_by_set else _approval(ref, status), _run_ended(ref, status), _drift(ref, status)):
+    for found in (None if by_set else _approval(ref, status), _run_ended(ref, status), _drift(ref, status)):
         if found is None or found[0] in known or now - found[1].occurred_at > MAX_AGE:
+            continue
+        if by_set and found[1].type == "Succeeded":
             continue
         ident, record = found
         if wanted := _deliveries(record.type, targets, now):
@@ -195,16 +203,56 @@ def set_approval_id(plan_hash: str, template_hash: str) -> str:
     return f"approval-{_digest(plan_hash)}-{template_hash}"
 
 
+def _rollout_ended(ref: Ref, status: DatabaseMigrationSetStatus) -> tuple[str, SetNotificationRecord] | None:
+    """The rollout of the set's template ended: nothing under way or waiting for approval, and nothing pending but
+    what cannot start (the set Stalled: the failure budget spent, a canary failed). Its id takes the time the counts
+    last changed: a later ending (after a retry, or a new tenant's target) is another notification."""
+    n = status.counts
+    if not status.template_hash or status.updated_at is None or not n.total or n.migrating or n.awaiting_approval:
+        return None
+    stalled = next((x for x in status.conditions if x.type == c.STALLED), None)
+    if n.pending and (stalled is None or stalled.status != "True"):
+        return None  # paused, or not started yet
+    where = f"dbms/{ref.name} in {ref.namespace}"
+    commands = [f"kubectl dbm set {ref.name} -n {ref.namespace}"]
+    if n.ready == n.total:
+        return f"succeeded-{status.template_hash}-{_stamp(status.updated_at)}", SetNotificationRecord(
+            type="Succeeded", occurred_at=status.updated_at, generation=status.observed_generation,
+            summary=f"{where}: all {n.total} target(s) Ready at template {status.template_hash}",
+            reason=next((x.reason for x in status.conditions if x.type == c.READY), None), commands=commands)
+    failed = [f"{f.target}{' (canary)' if f.canary else ''}: {f.reason}{': ' + f.message if f.message else ''}"
+              for f in status.failed[:FINDINGS * 2]]
+    return f"failed-{status.template_hash}-{_stamp(status.updated_at)}", SetNotificationRecord(
+        type="Failed", occurred_at=status.updated_at, generation=status.observed_generation,
+        summary=(f"{where}: the rollout of template {status.template_hash} "
+                 f"{'stopped' if n.pending else 'ended'} with {n.failed} target(s) failed: {n.ready}/{n.total} Ready"
+                 f"{f', {n.pending} not started' if n.pending else ''}"),
+        reason=stalled.reason if stalled is not None and stalled.status == "True" else None,
+        message=_short(status.message), findings=failed,
+        commands=[*commands, f"kubectl dbm resume {ref.name} -n {ref.namespace}  # once fixed: the failed run again"],
+        migrations=[f.migration for f in status.failed[:FINDINGS]])
+
+
 def set_plans_unannounced(status: DatabaseMigrationSetStatus, targets: list[Target],
                           stale: frozenset[str] = frozenset()) -> list[PlanGroup]:
     """The plans status.plans lists that nobody approved for the set yet and that status.notifications does not
     hold (nor `stale`: found too old to announce): what the notifier reads a member of (none when no webhook wants
-    AwaitingApproval)."""
+    AwaitingApproval). A rollout's end needs no member: see set_ended."""
     if not status.template_hash or not any("AwaitingApproval" in t.events for t in targets):
         return []
     known = status.notifications or {}
     return [g for g in status.plans if g.hash and not g.approved_by
             and (ident := set_approval_id(g.hash, status.template_hash)) not in known and ident not in stale]
+
+
+def set_ended(ref: Ref, status: DatabaseMigrationSetStatus, targets: list[Target],
+              now: datetime) -> dict[str, SetNotificationRecord]:
+    """The end of the set's rollout, when it is news (not recorded yet, less than MAX_AGE old, a webhook wants it)."""
+    found = _rollout_ended(ref, status)
+    if found is None or found[0] in (status.notifications or {}) or now - found[1].occurred_at > MAX_AGE:
+        return {}
+    wanted = _deliveries(found[1].type, targets, now)
+    return {found[0]: found[1].model_copy(update={"deliveries": wanted})} if wanted else {}
 
 
 @dataclass(frozen=True)
@@ -253,7 +301,7 @@ def set_due(ref: Ref, status: DatabaseMigrationSetStatus, waiting: Mapping[str, 
                       f"kubectl dbm plan {sample.name} -n {ref.namespace}",
                       f"kubectl dbm approve --set {ref.name} -n {ref.namespace} --hash {group.hash}"],
             waiting=group.count, migrations=list(group.migrations), deliveries=wanted)
-    return SetDue(out, later, frozenset(stale))
+    return SetDue({**out, **set_ended(ref, status, targets, now)}, later, frozenset(stale))
 
 
 @dataclass(frozen=True)

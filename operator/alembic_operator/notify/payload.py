@@ -79,7 +79,7 @@ def slack(ref: Ref, ident: str, record: NotificationRecord) -> SlackMessage:
         lines.append(record.message)
     if record.rollback:
         lines.append(f"Rollback: {record.rollback}")
-    if isinstance(record, SetNotificationRecord) and record.migrations:
+    if isinstance(record, SetNotificationRecord) and record.type == "AwaitingApproval" and record.migrations:
         more = f" ... ({record.waiting} in all)" if record.waiting > len(record.migrations) else ""
         lines.append(f"Waiting: {', '.join(record.migrations)}{more}")
     lines += [f"• {x}" for x in record.findings]

@@ -145,7 +145,7 @@ class Notifier:
         ref = (str(meta.get("namespace")), str(meta.get("name")))
         status = parse_status(body.get("status") or {})
         if (due.due(due.Ref(*ref), status, self.targets(body), datetime.now(UTC),
-                    approval_by_set=announced_by_set(body) is not None) or due.next_attempt(status) is not None):
+                    by_set=announced_by_set(body) is not None) or due.next_attempt(status) is not None):
             self._start((c.KIND, *ref))
 
     def offer_set(self, body: Mapping[str, Any]) -> None:
@@ -154,7 +154,9 @@ class Notifier:
         meta = body.get("metadata") or {}
         key = (c.SET_KIND, str(meta.get("namespace")), str(meta.get("name")))
         status = parse_set_status(body.get("status") or {})
-        if (due.set_plans_unannounced(status, _targets(self.set_webhooks(body)), self._stale.get(key, frozenset()))
+        targets = _targets(self.set_webhooks(body))
+        if (due.set_plans_unannounced(status, targets, self._stale.get(key, frozenset()))
+                or due.set_ended(due.Ref(key[1], key[2], kind=c.SET_KIND), status, targets, datetime.now(UTC))
                 or due.next_attempt(status) is not None):
             self._start(key)
 
@@ -210,7 +212,7 @@ class Notifier:
         status = parse_status(body.get("status") or {})
         hooks = self.webhooks(body)
         new = due.due(due.Ref(*ref), status, _targets(hooks), datetime.now(UTC),
-                      approval_by_set=announced_by_set(body) is not None)
+                      by_set=announced_by_set(body) is not None)
 
         async def patch(notifications: dict[str, JsonValue]) -> due.Notified:
             return parse_status((await self.kube.patch_status(*ref, {"notifications": notifications})).get("status")
