@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from kubernetes import client as k8s
+from test_e2e_notify import Receiver, receiver
 
 from alembic_operator import approvals
 from alembic_operator import constants as c
@@ -22,6 +23,8 @@ from bed.postgres import PostgresServer
 from e2e import BASE_REVISIONS, DROP_LEGACY, E2E, R3, R4, revision
 from gating import Apps, GateOperator, held, template
 from harness import wait_for
+
+__all__ = ["receiver"]  # the fixture
 
 pytestmark = pytest.mark.bed
 
@@ -176,15 +179,21 @@ def test_four_eyes_refuses_the_user_who_changed_the_spec(governed: E2E) -> None:
 
 
 def test_a_set_is_approved_once_by_a_person_and_a_pod_waits_for_the_whole_set(
-        governed: E2E, postgres: PostgresServer, postgres_in_bed: tuple[str, int]) -> None:
+        governed: E2E, postgres: PostgresServer, postgres_in_bed: tuple[str, int],
+        receiver: tuple[Receiver, int]) -> None:
     """Three tenants, one DatabaseMigrationSet, a destructive revision: two tenants' plans agree (one hash), the
     third starts from an older revision (another hash) and is held apart. dev may not approve the set; reviewer
     approves the shared hash once with kubectl dbm approve --set, and exactly those two tenants migrate, each naming
     reviewer through the set (the operator approves no DatabaseMigration: no member carries the approve
     annotation). A pod that waits for the whole set stays held until the second hash is approved and every tenant is
-    Ready, then it is released."""
+    Ready, then it is released. The template's webhook hears the set, not its members: one notification per plan
+    hash (how many wait, the approve --set command), then one when every tenant is Ready."""
     e2e = governed
     dev, reviewer = _set_users(e2e)
+    rx, port = receiver
+    host, inner = e2e.bed.expose_host_port(port)
+    e2e.cluster.secret("team-hook", {"url": f"http://{host}:{inner}/team/hook-path-of-the-set-test-5c1e"})
+    e2e.secrets.append("hook-path-of-the-set-test-5c1e")
     project = e2e.project([*BASE_REVISIONS, DROP_LEGACY])
     label = {"tenants.example.com/app": "shop"}
     dbs = {}
@@ -194,7 +203,9 @@ def test_a_set_is_approved_once_by_a_person_and_a_pod_waits_for_the_whole_set(
             e2e.upgrade_directly_on(db, project, start)
             e2e.cluster.labelled_secret(f"t{i}", {"url": db.at(*postgres_in_bed).url}, label)
         spec = {"template": {"migrations": {"image": e2e.images[project], "workingDir": "/app"},
-                             "targetRevision": "head", "backup": {"enabled": False}},
+                             "targetRevision": "head", "backup": {"enabled": False},
+                             "notifications": {"urlSecretRef": {"name": "team-hook", "key": "url"},
+                                               "format": "CloudEvents"}},
                 "targets": {"selector": {"matchLabels": label}}, "strategy": {"maxInFlight": 3}}
         manifest = {"apiVersion": c.API_VERSION, "kind": c.SET_KIND, "metadata": {"name": "fleet"}, "spec": spec}
         created = kubectl(e2e, "create", "-f", "-", user=dev, stdin=json.dumps(manifest))
@@ -242,6 +253,23 @@ def test_a_set_is_approved_once_by_a_person_and_a_pod_waits_for_the_whole_set(
         wait_for(lambda: not held(apps.pods("app=report")[0]) or None, 60, "the report pod released")
         wait_for(lambda: any(e["reason"] == "Released" and "DatabaseMigrationSet fleet is Ready" in e["message"]
                              for e in apps.events("report")) or None, 30, "the Released Event")  # posted after
+
+        # Told once per plan and once at the end, by the set; no member said anything of its own.
+        prefix = "io.alembic-operator.databasemigrationset."
+        def told() -> list[Any] | None:
+            found = [a.json for a in rx.on("/team/")]
+            return found if len(found) >= 3 else None
+
+        events = wait_for(told, 60, "the set's three notifications")
+        assert all(e["type"].startswith(prefix) for e in events), [e["type"] for e in events]
+        approvals_told = sorted((e["data"]["planHash"], e["data"]["waiting"]) for e in events
+                                if e["type"] == prefix + "awaitingapproval")
+        assert approvals_told == sorted([(shared[0], 2), (apart[0], 1)]), approvals_told
+        first = next(e for e in events if e["data"].get("planHash") == shared[0])
+        assert f"kubectl dbm approve --set fleet -n {e2e.ns} --hash {shared[0]}" in first["data"]["commands"]
+        assert sorted(first["data"]["migrations"]) == ["fleet-t0", "fleet-t1"]
+        assert [e["type"] for e in events].count(prefix + "succeeded") == 1
+        assert len(events) == 3 and all(a.json["id"] == a.key for a in rx.on("/team/"))  # nothing twice
     finally:
         for db in dbs.values():
             postgres.drop_database(db.name)
