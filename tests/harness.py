@@ -115,7 +115,11 @@ class OperatorProcess:
 
     def base_env(self) -> dict[str, str]:
         env = self.bed.netns_env() if self.bed else {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
-        return {**env, "ALEMBIC_OPERATOR_IMAGE": self.image, "PYTHONUNBUFFERED": "1"}
+        # The kubernetes library writes the kubeconfig's embedded client key to a temporary file, removed at exit:
+        # an operator a test SIGKILLs would leave it in /tmp. Here it goes with the bed (or the test's directory).
+        tmp = self.bed.dir / "clients" if self.bed else self.log_path.parent
+        tmp.mkdir(mode=0o700, exist_ok=True)
+        return {**env, "ALEMBIC_OPERATOR_IMAGE": self.image, "PYTHONUNBUFFERED": "1", "TMPDIR": str(tmp)}
 
     def wrap(self, argv: list[str]) -> list[str]:
         return self.bed.exec_cmd(argv) if self.bed else argv
