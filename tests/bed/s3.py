@@ -94,7 +94,8 @@ class SeaweedFS:
     def start(self, timeout: float = 120) -> None:
         self.data.mkdir(parents=True, exist_ok=True)
         weed = weed_binary()
-        cmd = [str(weed), "server", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-dir={self.data}",
+        # -logdir: glog's files (weed.INFO, weed.ERROR...) go with the server, not to /tmp.
+        cmd = [str(weed), f"-logdir={self.base}", "server", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-dir={self.data}",
                f"-master.port={self.master}", f"-master.port.grpc={self.master_grpc}", "-master.telemetry=false",
                "-master.volumeSizeLimitMB=256", "-volume.max=0", "-master.electionTimeout=1s",
                "-volume.preStopSeconds=0",
