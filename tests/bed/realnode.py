@@ -214,15 +214,17 @@ def make_cgroup_root(name: str) -> tuple[str, list[str]]:
     return root, created
 
 
-def cgroup_pids(root: str) -> set[int]:
-    """Every process in the bed's cgroup subtree (pods' processes), in any hierarchy."""
+def cgroup_pids(root: str, names: Iterable[str] | None = None) -> set[int]:
+    """Every process in the bed's cgroup subtree (pods' processes), in any hierarchy; with `names`, only those of
+    the cgroups so named (the kubelet's cgroupfs driver names a container's after its id)."""
+    only = set(names) if names is not None else None
     pids: set[int] = set()
     for hierarchy in hierarchies(unified=True):
         base = hierarchy / root.strip("/")
         if not base.is_dir():
             continue
         for dirpath, _, files in os.walk(base):
-            if "cgroup.procs" in files:
+            if "cgroup.procs" in files and (only is None or Path(dirpath).name in only):
                 with contextlib.suppress(OSError):
                     pids.update(int(p) for p in (Path(dirpath) / "cgroup.procs").read_text().split())
     return pids

@@ -8,8 +8,6 @@ create and drop alembic_rehearsal_* databases."""
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -89,15 +87,10 @@ def rehearsing(e2e: E2E, name: str) -> bool:
 def kill_containers(e2e: E2E, pod: dict[str, Any]) -> None:
     """SIGKILL the processes of the pod's running containers, as the OOM killer would: unlike a deleted pod (SIGTERM,
     which the runner turns into dropping its copy), nothing of the runner gets to clean up. They are found on the
-    host by their cgroup (the kubelet's cgroupfs driver names a container's directory after its id)."""
+    host by their cgroup (realnode.cgroup_pids)."""
     ids = {s["containerID"].split("://")[-1] for s in pod["status"]["containerStatuses"] if s["state"].get("running")}
     assert ids, pod["status"]
-    root = e2e.bed.state["cgroup_root"].strip("/")
-    pids: set[int] = set()
-    for hierarchy in realnode.hierarchies():
-        for dirpath, _, files in os.walk(hierarchy / root):
-            if Path(dirpath).name in ids and "cgroup.procs" in files:
-                pids.update(int(pid) for pid in (Path(dirpath) / "cgroup.procs").read_text().split())
+    pids = realnode.cgroup_pids(e2e.bed.state["cgroup_root"], ids)
     assert pids, f"no process of containers {ids} under the bed's cgroups"
     realnode.kill_all(pids)
 

@@ -94,22 +94,19 @@ def test_backups_in_the_object_store_stall_on_wrong_keys_then_restore_a_failed_m
     assert [j["metadata"]["annotations"][f"{c.GROUP}/backup"] for j in by_hand] == [st["backup"]["location"]]
 
 
-def _time(stamp: str) -> datetime:
-    return datetime.fromisoformat(stamp.replace("Z", "+00:00"))
-
-
 def stall_delay(e2e: E2E, obj: dict[str, Any], generation: int) -> str:
     """The seconds from the failure of the generation's backup Job (the Job's Failed condition, and its pod's
     termination) to the Stalled condition, in words to print for docs/backups.md: a figure, never asserted (no
     timed assertions). The API's timestamps are whole seconds."""
     job = next(j for j in e2e.cluster.jobs("shop") if j["metadata"]["labels"][c.ROLE_LABEL] == "backup"
                and j["metadata"]["labels"][c.GENERATION_LABEL] == str(generation))
-    failed = next(_time(x["lastTransitionTime"]) for x in job["status"]["conditions"] if x["type"] == "Failed")
-    ended = min((_time(s["state"]["terminated"]["finishedAt"]) for pod in e2e.cluster.pods()
+    failed = next(datetime.fromisoformat(x["lastTransitionTime"]) for x in job["status"]["conditions"]
+                  if x["type"] == "Failed")
+    ended = min((datetime.fromisoformat(s["state"]["terminated"]["finishedAt"]) for pod in e2e.cluster.pods()
                  if pod["metadata"]["labels"].get("job-name") == job["metadata"]["name"]
                  for s in pod["status"]["containerStatuses"] if s["state"].get("terminated")), default=failed)
     stalled = next(x for x in obj["status"]["conditions"] if x["type"] == "Stalled")
-    at = _time(stalled["lastTransitionTime"])
+    at = datetime.fromisoformat(stalled["lastTransitionTime"])
     return (f"\nStalled {stalled['reason']} {(at - failed).total_seconds():.0f} s after the backup Job's Failed "
             f"condition ({(at - ended).total_seconds():.0f} s after its pod ended; generation {generation})")
 

@@ -169,11 +169,10 @@ def due(ref: Ref, status: DatabaseMigrationStatus, targets: list[Target], now: d
     member's plans waiting for approval and its rollout's success (fleet.approval.announced_by_set), so it announces
     neither of its own; its failures and drift are its own."""
     known = status.notifications or {}
+    quiet: set[NotificationType] = {"AwaitingApproval", "Succeeded"} if by_set else set()
     out: dict[str, NotificationRecord] = {}
-    for found in (None if by_set else _approval(ref, status), _run_ended(ref, status), _drift(ref, status)):
-        if found is None or found[0] in known or now - found[1].occurred_at > MAX_AGE:
-            continue
-        if by_set and found[1].type == "Succeeded":
+    for found in (_approval(ref, status), _run_ended(ref, status), _drift(ref, status)):
+        if found is None or found[1].type in quiet or found[0] in known or now - found[1].occurred_at > MAX_AGE:
             continue
         ident, record = found
         if wanted := _deliveries(record.type, targets, now):
@@ -288,7 +287,7 @@ def set_due(ref: Ref, status: DatabaseMigrationSetStatus, waiting: Mapping[str, 
             stale.add(set_approval_id(group.hash, status.template_hash or ""))
             continue
         if status.counts.migrating and now < began + SETTLE:
-            later = min(later or began + SETTLE, began + SETTLE)
+            later = began + SETTLE if later is None else min(later, began + SETTLE)
             continue
         wanted = _deliveries("AwaitingApproval", targets, now)
         out[set_approval_id(group.hash, status.template_hash or "")] = SetNotificationRecord(

@@ -188,13 +188,14 @@ class Notifier:
     async def _deliver(self, key: Key) -> None:
         """Until nothing is pending: record what is due, send what is due now, sleep until the next retry."""
         woken = self._woken[key]
-        kind, *ref = key
+        kind, namespace, name = key
+        rounds = self._round if kind == c.KIND else self._round_set
         while not self._stopping:
             woken.clear()
             try:
-                wait = await (self._round((ref[0], ref[1])) if kind == c.KIND else self._round_set((ref[0], ref[1])))
+                wait = await rounds((namespace, name))
             except KubeError as err:  # the API server: try again soon
-                log.warning("notifications of %s %s/%s: %s; again in 5s", kind, *ref, type(err).__name__)
+                log.warning("notifications of %s %s/%s: %s; again in 5s", kind, namespace, name, type(err).__name__)
                 wait = 5.0
             if wait is None and not woken.is_set():
                 return
