@@ -65,6 +65,10 @@ def install_crd(kube_api: ApiClient) -> dict[str, Any]:
                 raise
             current = ext.read_custom_resource_definition(crdgen.CRD_NAME)
             body["metadata"]["resourceVersion"] = current.metadata.resource_version
+            # A replace drops what it does not carry: keep the labels and annotations others set (the chart's test
+            # adopts the CRD into its Helm release; without them its `helm install`/`upgrade` refuses the CRD).
+            for key in ("labels", "annotations"):
+                body["metadata"][key] = {**(getattr(current.metadata, key) or {}), **body["metadata"].get(key, {})}
             try:
                 ext.replace_custom_resource_definition(crdgen.CRD_NAME, body)
             except k8s.ApiException as conflict:
