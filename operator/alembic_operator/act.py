@@ -164,6 +164,8 @@ async def start_jobs(ctx: Context, obj: Migration, obs: Observation, deleting: b
         except _JobRefused as refused:  # tell the user now, in the status: retrying cannot help
             logger.warning("the API server refused the %s Job: %s", refused.role, refused.message)
             return decide_for(dataclasses.replace(obs, refused=JobRefusal(refused.role, refused.message)), deleting), {}
+        for role, name in created.items():  # which Jobs a pass started: the log says, as the Jobs' Events do
+            logger.info("started the %s Job %s", role, name)
         known = ctx.runtime.jobs.get(ref, ())
         ctx.runtime.starting.update({n: time.monotonic() for n in created.values() if n not in known})
         ctx.runtime.report_slots()

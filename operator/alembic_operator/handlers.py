@@ -198,6 +198,9 @@ async def _reconcile(ctx: Context, namespace: str, name: str, logger: Logger,
     decision, run = await act.decide_and_start(ctx, obj, obs, deleting, logger, target)
     if not await act.write(ctx, obj, stored, decision, logger):
         return None, None
+    checked = get_condition(decision.state, c.DRIFTED)
+    if checked is not None and (decision.state.drift, checked) != (status.drift, get_condition(status, c.DRIFTED)):
+        logger.info("drift check: %s (%s)", checked.reason, checked.message)  # a check's result, once each
     ctx.runtime.note(ref, run)
     act.count(ctx, namespace, name, status, decision, obs.jobs)
     delay = decision.requeue_after
