@@ -1099,7 +1099,7 @@ class DatabaseMigrationSpec(_SpecModel):
         description=(
             "Periodic comparison of the live database with the app's models and scripts (in the app's image). "
             "Differences set the Drifted condition, post an Event and a metric; the schema is never changed. "
-            "Default: off."
+            "A check that fails sets Drifted to Unknown (DriftCheckFailed) with a Warning Event. Default: off."
         ),
         json_schema_extra=EMPTY_DEFAULT,
     )

@@ -245,7 +245,7 @@ RESTORE_FAILED = _reason("RestoreFailed", None, "the restore Job failed", where=
 SCHEMA_DRIFT = _reason("SchemaDrift", None, "the live database differs from the app's models",
                        where=("Drifted", "Event"))
 NO_DRIFT = _reason("NoDrift", None, "the live database matches the app's models and scripts", where=("Drifted",))
-DRIFT_CHECK_FAILED = _reason("DriftCheckFailed", None, "the drift Job failed", where=("Drifted",))
+DRIFT_CHECK_FAILED = _reason("DriftCheckFailed", None, "the drift Job failed", where=("Drifted", "Event"))
 
 # --- Events only -----------------------------------------------------------------------------------------------------
 BASELINED = _reason("Baselined", None, "a pre-Alembic database was stamped at spec.baseline", where=("Event",))

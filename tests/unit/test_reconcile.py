@@ -479,6 +479,24 @@ def test_a_drift_check_longer_than_its_interval_is_let_finish_and_read() -> None
     assert [(j.role, j.args["instance"]) for j in d.jobs] == [("drift", str(int(later.timestamp()) // 10))]
 
 
+def test_a_failed_drift_check_is_unknown_with_a_warning_once_and_the_next_interval_checks_again() -> None:
+    spec = {**SPEC, "driftCheck": {"interval": "10m"}}
+    d = _ready(spec)
+    bucket = d.jobs[0].args["instance"]
+    failed = JobObservation(f"shop-drift-g1-{bucket}", "failed", {"ok": False, "error": "connection refused"},
+                            message="container drift exited 1", instance=bucket)
+    d = advance(d, spec=spec, jobs={"drift": failed})
+    assert (cond(d, c.DRIFTED)["status"], cond(d, c.DRIFTED)["reason"]) == ("Unknown", "DriftCheckFailed")
+    assert summary(d) == ("True", "False", "False")  # the schema was not judged: the migration stays Ready
+    assert [(e[0], e[1]) for e in d.events] == [("Warning", "DriftCheckFailed")]
+    assert d.jobs == []  # not again within the interval
+    later = advance(d, spec=spec, jobs={"drift": failed}, now=NOW + timedelta(minutes=11))
+    assert [j.role for j in later.jobs] == ["drift"]
+    again = JobObservation("shop-drift-g1-y", "failed", {"ok": False}, instance=str(int(bucket) + 1))
+    d = advance(later, spec=spec, jobs={"drift": again}, now=NOW + timedelta(minutes=11))
+    assert cond(d, c.DRIFTED)["reason"] == "DriftCheckFailed" and d.events == []  # still failing: said once
+
+
 def test_no_drift_check_unless_asked() -> None:
     assert _ready(SPEC).jobs == []
 

@@ -79,14 +79,18 @@ def drift_result(turn: Turn, job: JobObservation) -> None:
         return  # already recorded
     turn.run.drift_job = job.name
     result = cast(DriftResult, job.result or {})
+    before = s.get_condition(turn.st, c.DRIFTED)
     if job.state == "failed" or not result.get("ok"):
-        turn.condition(c.DRIFTED, "Unknown", r.DRIFT_CHECK_FAILED, turn.failure_message("drift"))
+        # Said once, as drift is: a check that keeps failing is a Warning to act on, not a silent Unknown.
+        message = turn.failure_message("drift")
+        turn.condition(c.DRIFTED, "Unknown", r.DRIFT_CHECK_FAILED, message)
+        if before is None or before.reason != r.DRIFT_CHECK_FAILED:
+            turn.decision.events.append(Event("Warning", r.DRIFT_CHECK_FAILED, message))
         return
     differences = [str(x) for x in result.get("differences") or []]
     if result.get("behindHead"):
         differences.insert(0, f"behind head: {len(result.get('pending') or [])} revision(s) pending")
     drifted = bool(result.get("drifted"))
-    before = s.get_condition(turn.st, c.DRIFTED)
     turn.st.drift = DriftStatus(checked_at=turn.obs.now, drifted=drifted, differences=differences[:20])
     if drifted:
         message = "the live database differs from the app's models: " + "; ".join(differences[:5])
