@@ -479,6 +479,19 @@ def test_a_drift_check_longer_than_its_interval_is_let_finish_and_read() -> None
     assert [(j.role, j.args["instance"]) for j in d.jobs] == [("drift", str(int(later.timestamp()) // 10))]
 
 
+def test_a_running_drift_check_is_looked_at_within_a_minute_not_at_the_next_interval() -> None:
+    spec = {**SPEC, "driftCheck": {"interval": "1h"}}
+    d = _ready(spec)
+    assert [j.role for j in d.jobs] == ["drift"] and d.requeue_after is not None and d.requeue_after <= 60
+    bucket = d.jobs[0].args["instance"]
+    running = JobObservation(f"shop-drift-g1-{bucket}", "active", instance=bucket)
+    d = advance(d, spec=spec, jobs={"drift": running})
+    assert d.jobs == [] and d.requeue_after is not None and d.requeue_after <= 60  # its end's event may be missed
+    done_ = JobObservation(running.name, "succeeded", {"ok": True, "drifted": False}, instance=bucket)
+    d = advance(d, spec=spec, jobs={"drift": done_})
+    assert cond(d, c.DRIFTED)["reason"] == "NoDrift" and d.requeue_after is not None and d.requeue_after > 60
+
+
 def test_a_failed_drift_check_is_unknown_with_a_warning_once_and_the_next_interval_checks_again() -> None:
     spec = {**SPEC, "driftCheck": {"interval": "10m"}}
     d = _ready(spec)

@@ -71,7 +71,12 @@ def drift_check(turn: Turn) -> float:
     # supersede every check before its result is read, and Drifted would never be written.
     if job.state == "absent" or (job.state != "active" and int(job.instance or -1) < bucket):
         turn.decision.jobs.append(JobRequest("drift", turn.generation, live, {"instance": str(bucket)}))
-    return float((bucket + 1) * interval - turn.obs.now.timestamp() + 1)  # the operator wakes it then
+    next_check = float((bucket + 1) * interval - turn.obs.now.timestamp() + 1)  # the operator wakes it then
+    if turn.decision.jobs or job.state == "active":
+        # The Job's end wakes the resource; should that event be missed, its result is still read within a
+        # minute, not at the next interval (an hour later, say).
+        return min(next_check, POLL_IDLE)
+    return next_check
 
 
 def drift_result(turn: Turn, job: JobObservation) -> None:
