@@ -69,10 +69,11 @@ def drift_check(turn: Turn) -> float:
         drift_result(turn, job)
     # A check still running is let finish: starting the next one over it (a slow node, a large schema) would
     # supersede every check before its result is read, and Drifted would never be written.
-    if job.state == "absent" or (job.state != "active" and int(job.instance or -1) < bucket):
+    starting = job.state == "absent" or (job.state != "active" and int(job.instance or -1) < bucket)
+    if starting:
         turn.decision.jobs.append(JobRequest("drift", turn.generation, live, {"instance": str(bucket)}))
     next_check = float((bucket + 1) * interval - turn.obs.now.timestamp() + 1)  # the operator wakes it then
-    if turn.decision.jobs or job.state == "active":
+    if starting or job.state == "active":
         # The Job's end wakes the resource; should that event be missed, its result is still read within a
         # minute, not at the next interval (an hour later, say).
         return min(next_check, POLL_IDLE)
