@@ -30,6 +30,7 @@ import ctypes
 import fcntl
 import functools
 import http.client
+import itertools
 import json
 import os
 import shutil
@@ -58,6 +59,11 @@ BUILD_SCRIPT = HERE / "build-control-plane.sh"
 DEFAULT_NODE_NAME = "bed-node"
 SERVICE_CLUSTER_IP_RANGE = "198.18.0.0/24"
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
+# Ports for the tests' processes in the bed's namespace (Bed.free_port): below the ephemeral ports (32768-60999)
+# and NodePorts (30000-32767), one block per pytest-xdist worker.
+_PORTS, _PORT_BLOCKS = (20000, 30000), 8
+_PORT_BLOCK = (_PORTS[1] - _PORTS[0]) // _PORT_BLOCKS
+_PORT_TURN = itertools.count()
 
 # What `stop(purge=True)` removes from DIR (nothing else: DIR may be a directory the user gave).
 _OWNED_ENTRIES = ("state.json", "state.lock", "kubeconfig", "kubeconfig-netns", "pki", "etcd", "logs", "bin",
@@ -382,12 +388,21 @@ class Bed:
     def free_port(self) -> int:
         """A port free on 127.0.0.1 inside the bed's network namespace, for a process run there with
         :meth:`exec_cmd` (the host's free ports say nothing about the namespace's, where other sessions' operators
-        listen)."""
-        sock = relay.listen_in_netns(Path(f"/proc/{self._holder()}/ns/net"), "127.0.0.1", 0)
-        try:
-            return int(sock.getsockname()[1])
-        finally:
-            sock.close()
+        listen). Taken from this test process's own block below the ephemeral range: a port the kernel picks
+        (port 0) can go to another process's outgoing connection before the caller's process binds it (seen: an
+        operator's webhook failing with "address already in use"), and a block per xdist worker keeps two
+        sessions from being handed the same one."""
+        worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")[2:]
+        first = _PORTS[0] + (int(worker) if worker.isdigit() else 0) % _PORT_BLOCKS * _PORT_BLOCK
+        netns = Path(f"/proc/{self._holder()}/ns/net")
+        for _ in range(_PORT_BLOCK):
+            port = first + next(_PORT_TURN) % _PORT_BLOCK
+            try:
+                relay.listen_in_netns(netns, "127.0.0.1", port).close()
+            except OSError:
+                continue  # in use: the next one
+            return port
+        raise BedError(f"no free port in {first}-{first + _PORT_BLOCK - 1} inside the bed's network namespace")
 
     def _python_env(self) -> dict[str, str]:
         env = dict(os.environ)
